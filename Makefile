@@ -1,0 +1,39 @@
+# Switchyard. `make run` starts the server on the embedded default;
+# `make test` installs what the tests need and runs every test.
+# Areas add their own targets in mk/*.mk and append to TEST_TARGETS.
+
+CARGO ?= cargo
+# A failing command in a pipeline fails the target.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+TEST_TARGETS :=
+CHECK_TARGETS :=
+
+.PHONY: all build run test test-rust check-generated lint fmt
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+
+run:
+	$(CARGO) run --release --bin switchyard -- serve
+
+include $(sort $(wildcard mk/*.mk))
+
+# Every test: Rust unit and integration tests, then each area's own.
+test: check-generated lint test-rust $(TEST_TARGETS)
+
+test-rust:
+	$(CARGO) build --bins --examples
+	$(CARGO) test --all-targets -- --nocapture --test-threads=2 2>&1 | tail -n 400
+
+# Generated code must match the protos.
+check-generated: $(CHECK_TARGETS)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all

@@ -1,0 +1,25 @@
+//! Compiles the protos with protox (pure Rust, no system `protoc`) and
+//! generates the tonic stubs plus the file descriptor set for reflection.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/switchyard/v1/task.proto",
+        "proto/switchyard/v1/orchestrator.proto",
+        "proto/switchyard/v1/worker.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("switchyard_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,48 @@
+/**
+ * The client without NestJS: `@switchyard/client/core` loads neither
+ * @nestjs/common nor @nestjs/core. Everything here is also exported by the
+ * package root, next to the NestJS module.
+ */
+export { SwitchyardClient, type SwitchyardClientOptions } from './client.js';
+export {
+  DEFAULT_CALL_TIMEOUT_MS,
+  SwitchyardConnection,
+  parseUrl,
+  type CallSettings,
+  type SwitchyardConnectionOptions,
+} from './connection.js';
+export {
+  NonRetryableError,
+  RetryableError,
+  SwitchyardError,
+  TaskCancelledError,
+  decodeStatusDetails,
+  grpcCodeName,
+  type FieldViolation,
+  type GrpcCodeName,
+  type SwitchyardErrorInit,
+  type TaskFailureOptions,
+} from './errors.js';
+export { ExecutionManagerService, type SubmitOptions } from './execution-manager.service.js';
+export { StandardizedOrchestratorService, type CancelOptions, type KindOptions } from './orchestrator.service.js';
+export * from './types.js';
+export { TaskContext, type TaskHandlerFn, type TaskLogLevel } from './worker/context.js';
+export {
+  DEFAULT_CONCURRENCY,
+  DEFAULT_DRAIN_TIMEOUT_MS,
+  DEFAULT_IMMEDIATE_SLOTS,
+  SwitchyardWorker,
+  createWorker,
+  type CreateWorkerOptions,
+  type TaskHandlerRegistration,
+  type TaskOutcomeEvent,
+  type WorkerLogger,
+} from './worker/worker.js';
+export {
+  NotAvailableError,
+  withSwitchyardCancellation,
+  type BullJobLike,
+  type CancellableProcessor,
+  type SwitchyardCancellationOptions,
+} from './bullmq.js';
+export * as pb from './pb.js';

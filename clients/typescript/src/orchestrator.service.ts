@@ -1,0 +1,314 @@
+/**
+ * `StandardizedOrchestratorService`: the original design's orchestrator API
+ * (`scheduleTask`, `scheduleSimpleTask`, `scheduleComplexWorkflow`,
+ * `scheduleExternalIntegration`, `getTaskStatus`, `cancelTask`) plus
+ * `watchTasks`, `listTasks`, `getTaskLogs`, `getMetrics` and `disconnect`,
+ * over Switchyard's OrchestratorService.
+ *
+ * A plain class: NestJS provides it through `SwitchyardModule` (inject it by
+ * class), and `new SwitchyardClient({ url }).orchestrator` gives the same
+ * object without NestJS.
+ */
+import { filter as rxFilter, type Observable } from 'rxjs';
+
+import type { CallSettings, SwitchyardConnection } from './connection.js';
+import {
+  cancelOutcomeName,
+  toJsonObject,
+  toLogLine,
+  toPbFilter,
+  toScheduleRequest,
+  toTaskInfo,
+} from './convert.js';
+import { SwitchyardError } from './errors.js';
+import {
+  CancelTaskRequest,
+  DisconnectRequest,
+  GetMetricsRequest,
+  GetTaskLogsRequest,
+  GetTaskStatusRequest,
+  ListTasksRequest,
+  ListWorkflowsRequest,
+  RegisterWorkflowRequest,
+  SignalTaskRequest,
+} from './gen/switchyard/v1/orchestrator.js';
+import type {
+  CancelResult,
+  DisconnectReceipt,
+  DisconnectTarget,
+  N8nOptions,
+  RegisteredWorkflow,
+  ScheduleDefaults,
+  ScheduleResult,
+  ScheduleTaskOptions,
+  SwitchyardMetrics,
+  TaskFilter,
+  TaskInfo,
+  TaskLogs,
+  TaskPage,
+  TaskWatchEvent,
+  TaskWatchItem,
+  TemporalOptions,
+  WatchOptions,
+  WorkflowInfo,
+} from './types.js';
+import { watchTasks } from './watch.js';
+
+/** Options of `scheduleSimpleTask`, `scheduleComplexWorkflow` and `scheduleExternalIntegration`: everything but the type and target. */
+export type KindOptions = Omit<ScheduleTaskOptions, 'taskType' | 'temporal' | 'n8n'>;
+
+/** Options of `cancelTask`. */
+export interface CancelOptions {
+  /** Recorded in the task's log. At most 1024 bytes. */
+  reason?: string;
+  /**
+   * Stop without letting the task clean up: for Temporal, terminate instead of
+   * requesting cancellation; on the embedded engine a running task is marked
+   * CANCELLED at once and its worker told to stop.
+   */
+  force?: boolean;
+}
+
+export class StandardizedOrchestratorService {
+  constructor(
+    /** The shared channel. */
+    readonly connection: SwitchyardConnection,
+    /** Applied to every `scheduleTask` unless the call says otherwise. */
+    readonly defaults: ScheduleDefaults = {},
+  ) {}
+
+  /**
+   * Schedules a task of any kind. The task is durably stored before this
+   * resolves. The kind is `options.taskType`, or COMPLEX when `temporal` is
+   * given, INTEGRATION when `n8n` is given, else SIMPLE.
+   *
+   * Rejects with a {@link SwitchyardError}: `INVALID_ARGUMENT` with
+   * `fieldViolations` for a bad request, `FAILED_PRECONDITION` when the server
+   * runs no executor for the kind, `UNAVAILABLE` while it drains.
+   */
+  async scheduleTask(name: string, payload: unknown, options: ScheduleTaskOptions = {}): Promise<ScheduleResult> {
+    const request = toScheduleRequest(name, payload, options, this.defaults);
+    const res = await this.connection.unary('scheduleTask', request);
+    if (!res.status) {
+      throw new SwitchyardError({ code: 'INTERNAL', details: 'ScheduleTask answered without a status', method: 'ScheduleTask' });
+    }
+    const task = toTaskInfo(res.status);
+    return { taskId: res.taskId, existing: res.existing, status: task.status, task };
+  }
+
+  /** Schedules a SIMPLE task: a queue job run by a worker that registered `name`. */
+  scheduleSimpleTask(name: string, payload: unknown, options: KindOptions = {}): Promise<ScheduleResult> {
+    return this.scheduleTask(name, payload, { ...options, taskType: 'SIMPLE' });
+  }
+
+  /**
+   * Schedules a COMPLEX task: a workflow (`workflowType` is required), with
+   * its arguments and queues as the original design passes them to Temporal.
+   */
+  scheduleComplexWorkflow(name: string, workflow: TemporalOptions, options: KindOptions = {}): Promise<ScheduleResult> {
+    return this.scheduleTask(name, {}, { ...options, taskType: 'COMPLEX', temporal: workflow });
+  }
+
+  /**
+   * Schedules an INTEGRATION task: Switchyard POSTs `payload` to the webhook
+   * (`webhookUrl`, or the n8n `workflowId`), retrying as configured, and
+   * records the response as the result.
+   */
+  scheduleExternalIntegration(name: string, payload: unknown, target: N8nOptions, options: KindOptions = {}): Promise<ScheduleResult> {
+    return this.scheduleTask(name, payload, { ...options, taskType: 'INTEGRATION', n8n: target });
+  }
+
+  /** The task's status, with its payload. Rejects with `NOT_FOUND` for an unknown id. */
+  async getTaskStatus(taskId: string, settings?: CallSettings): Promise<TaskInfo> {
+    const res = await this.connection.unary('getTaskStatus', GetTaskStatusRequest.create({ taskId }), settings);
+    if (!res.status) {
+      throw new SwitchyardError({ code: 'INTERNAL', details: 'GetTaskStatus answered without a status', method: 'GetTaskStatus' });
+    }
+    return toTaskInfo(res.status, res.payload ?? {});
+  }
+
+  /**
+   * Cancels a task. Resolves `true` when the task is now CANCELLED (it was
+   * pending) or a cancel was requested from its worker or engine (it was
+   * running: it becomes CANCELLED when the worker acknowledges, or its lease
+   * expires); `false` when the task had already finished, so nothing changed.
+   * Rejects with `NOT_FOUND` for an unknown id. `cancelTaskWithOutcome` says
+   * which of the three happened.
+   */
+  async cancelTask(taskId: string, options: CancelOptions = {}): Promise<boolean> {
+    const { outcome } = await this.cancelTaskWithOutcome(taskId, options);
+    return outcome === 'CANCELLED' || outcome === 'CANCEL_REQUESTED';
+  }
+
+  /** Cancels a task and says what happened: CANCELLED, CANCEL_REQUESTED or ALREADY_FINISHED. */
+  async cancelTaskWithOutcome(taskId: string, options: CancelOptions = {}): Promise<CancelResult> {
+    const res = await this.connection.unary(
+      'cancelTask',
+      CancelTaskRequest.create({ taskId, reason: options.reason ?? '', force: options.force ?? false }),
+    );
+    if (!res.status) {
+      throw new SwitchyardError({ code: 'INTERNAL', details: 'CancelTask answered without a status', method: 'CancelTask' });
+    }
+    return { outcome: cancelOutcomeName(res.outcome), task: toTaskInfo(res.status) };
+  }
+
+  /**
+   * Streams task events that match `filter` as an Observable. Items are
+   * `event` (a task changed; `task` is its whole status), `live` (replay is
+   * over), `gap` (history was lost while away: snapshots follow) and
+   * `reconnecting` (the stream broke and is being resumed with
+   * `after_sequence`, so no event is missed or repeated). Unsubscribe to stop.
+   * Errors a retry cannot fix end it with a {@link SwitchyardError}.
+   *
+   * ```ts
+   * orchestrator.watchTasks({ userId: 'u1' }).subscribe((item) => {
+   *   if (item.type === 'event') console.log(item.task.id, item.task.status);
+   * });
+   * ```
+   */
+  watchTasks(filter: TaskFilter = {}, options: WatchOptions = {}): Observable<TaskWatchItem> {
+    return watchTasks(this.connection, filter, options);
+  }
+
+  /** `watchTasks` narrowed to task events. */
+  watchTaskEvents(filter: TaskFilter = {}, options: WatchOptions = {}): Observable<TaskWatchEvent> {
+    return this.watchTasks(filter, options).pipe(rxFilter((i): i is TaskWatchEvent => i.type === 'event'));
+  }
+
+  /**
+   * Resolves with the task once it is in a final state (COMPLETED, FAILED,
+   * CANCELLED, COMPENSATED). Watches first, then reads the status, so a
+   * change in between is not missed. Rejects with `DEADLINE_EXCEEDED` after
+   * `timeoutMs` (default: no limit).
+   */
+  async waitForTask(taskId: string, options: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<TaskInfo> {
+    const controller = new AbortController();
+    const cleanup: (() => void)[] = [];
+    const abort = new Promise<never>((_, reject) => {
+      if (options.timeoutMs !== undefined) {
+        const t = setTimeout(
+          () => reject(new SwitchyardError({ code: 'DEADLINE_EXCEEDED', details: `task ${taskId} was not final within ${options.timeoutMs} ms` })),
+          options.timeoutMs,
+        );
+        cleanup.push(() => clearTimeout(t));
+      }
+      if (options.signal) {
+        const onAbort = () => reject(new SwitchyardError({ code: 'CANCELLED', details: 'waitForTask was aborted' }));
+        options.signal.addEventListener('abort', onAbort, { once: true });
+        cleanup.push(() => options.signal?.removeEventListener('abort', onAbort));
+      }
+    });
+    const items = this.watchTasks({ taskIds: [taskId] });
+    let sub: { unsubscribe(): void } | undefined;
+    try {
+      const final = new Promise<TaskInfo>((resolve, reject) => {
+        sub = items.subscribe({
+          next: (item) => {
+            if (item.type === 'live' && !item.resumed) {
+              // Watching now: the current status cannot slip past us.
+              this.getTaskStatus(taskId, { signal: controller.signal }).then((t) => t.isFinal && resolve(t), reject);
+            } else if (item.type === 'event' && item.task.isFinal) {
+              resolve(item.task);
+            }
+          },
+          error: reject,
+        });
+      });
+      return await Promise.race([final, abort]);
+    } finally {
+      controller.abort();
+      sub?.unsubscribe();
+      cleanup.forEach((f) => f());
+    }
+  }
+
+  /** One page of tasks, newest first. */
+  async listTasks(filter: TaskFilter = {}, page: { pageSize?: number; pageToken?: string } = {}): Promise<TaskPage> {
+    const res = await this.connection.unary(
+      'listTasks',
+      ListTasksRequest.create({ filter: toPbFilter(filter), pageSize: page.pageSize ?? 0, pageToken: page.pageToken ?? '' }),
+    );
+    return { tasks: res.tasks.map((t) => toTaskInfo(t)), nextPageToken: res.nextPageToken || undefined };
+  }
+
+  /** Every matching task, newest first, page by page. */
+  async *iterateTasks(filter: TaskFilter = {}, pageSize = 200): AsyncGenerator<TaskInfo> {
+    let pageToken: string | undefined;
+    do {
+      const page = await this.listTasks(filter, { pageSize, pageToken });
+      yield* page.tasks;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  /** The task's log, oldest first: state changes, attempts and the worker's own lines. */
+  async getTaskLogs(taskId: string, page: { afterLine?: number; limit?: number } = {}): Promise<TaskLogs> {
+    const res = await this.connection.unary(
+      'getTaskLogs',
+      GetTaskLogsRequest.create({ taskId, afterLine: page.afterLine ?? 0, limit: page.limit ?? 0 }),
+    );
+    return { lines: res.lines.map(toLogLine), hasMore: res.hasMore };
+  }
+
+  /** Counts by state, type and name, queue depths, throughput and latency percentiles. */
+  getMetrics(): Promise<SwitchyardMetrics> {
+    return this.connection.unary('getMetrics', GetMetricsRequest.create({}));
+  }
+
+  /**
+   * Cancels every active task of a user (on logout) or of a session (on
+   * server stop): exactly one of `userId` and `sessionId`. Resolves with a
+   * receipt per task that was active: CANCELLED, CANCEL_REQUESTED (running;
+   * its worker was told) or ALREADY_FINISHED.
+   */
+  async disconnect(target: DisconnectTarget): Promise<DisconnectReceipt[]> {
+    const userId = target?.userId ?? '';
+    const sessionId = target?.sessionId ?? '';
+    if ((userId === '') === (sessionId === '')) {
+      throw SwitchyardError.invalidArgument(userId === '' ? 'user_id' : 'session_id', 'exactly one of userId and sessionId is required');
+    }
+    const res = await this.connection.unary('disconnect', DisconnectRequest.create({ userId, sessionId, reason: target.reason ?? '' }));
+    return res.receipts.map((r) => ({ taskId: r.taskId, name: r.name, outcome: cancelOutcomeName(r.outcome) }));
+  }
+
+  /**
+   * Delivers a named signal with a payload to a running workflow (a human
+   * approval, an external event); it becomes the waiting `signal` step's
+   * output. A workflow not waiting for it yet keeps it until a step does.
+   * `FAILED_PRECONDITION` if the task is not an active COMPLEX task.
+   */
+  async signalTask(taskId: string, signal: string, payload: unknown = {}): Promise<TaskInfo> {
+    const res = await this.connection.unary('signalTask', SignalTaskRequest.create({ taskId, signal, payload: toJsonObject(payload, 'payload') }));
+    if (!res.status) {
+      throw new SwitchyardError({ code: 'INTERNAL', details: 'SignalTask answered without a status', method: 'SignalTask' });
+    }
+    return toTaskInfo(res.status);
+  }
+
+  /**
+   * Registers a workflow definition (the COMPLEX tasks' `workflowType`), or a
+   * new version of one: a JSON object, or its text in `json` or `toml`. Runs
+   * in progress finish on the version they started with. The schema is the
+   * server's (see its workflow engine docs); a bad definition is
+   * `INVALID_ARGUMENT` on `definition`.
+   */
+  async registerWorkflow(definition: string | object, format: 'json' | 'toml' = 'json'): Promise<RegisteredWorkflow> {
+    const text = typeof definition === 'string' ? definition : JSON.stringify(definition);
+    const res = await this.connection.unary('registerWorkflow', RegisterWorkflowRequest.create({ definition: text, format }));
+    return { name: res.name, version: res.version, created: res.created };
+  }
+
+  /** The registered workflow definitions (latest version of each). */
+  async listWorkflows(): Promise<WorkflowInfo[]> {
+    const res = await this.connection.unary('listWorkflows', ListWorkflowsRequest.create({}));
+    return res.workflows.map((w) => {
+      let definition: unknown = w.definitionJson;
+      try {
+        definition = JSON.parse(w.definitionJson);
+      } catch {
+        // Kept as text.
+      }
+      return { name: w.name, version: w.version, definition };
+    });
+  }
+}

@@ -1,0 +1,439 @@
+/**
+ * The public shapes of the client API: the original design's option and
+ * result objects, with names instead of proto enum numbers, milliseconds or
+ * duration strings instead of `google.protobuf.Duration`, and Dates for
+ * timestamps. The wire messages themselves are generated (see `pb`).
+ */
+import type { GetMetricsResponse, LogLine } from './gen/switchyard/v1/orchestrator.js';
+import type { TaskStatus } from './gen/switchyard/v1/task.js';
+
+/** The three kinds of work. The kind picks the executor. */
+export enum TaskType {
+  /** A short queue job run by a worker that registered the task's name (BullMQ-style). */
+  SIMPLE = 'SIMPLE',
+  /** A stateful, long-running workflow with compensation (Temporal-style). */
+  COMPLEX = 'COMPLEX',
+  /** A call to an external webhook (n8n-style). */
+  INTEGRATION = 'INTEGRATION',
+}
+
+/** A task type by name: `'SIMPLE' | 'COMPLEX' | 'INTEGRATION'`. */
+export type TaskTypeName = `${TaskType}`;
+
+/**
+ * Where a task is in its life. PENDING, RUNNING and COMPENSATING are active;
+ * the others are final. `UNSPECIFIED` only appears for a status the server
+ * left empty; `UNRECOGNIZED` for a state newer than this client.
+ */
+export type TaskStatusName =
+  | 'PENDING'
+  | 'RUNNING'
+  | 'COMPLETED'
+  | 'FAILED'
+  | 'CANCELLED'
+  | 'COMPENSATING'
+  | 'COMPENSATED'
+  | 'UNSPECIFIED'
+  | 'UNRECOGNIZED';
+
+/** The final states: a task in one of them never changes again. */
+export const FINAL_STATUSES: ReadonlySet<TaskStatusName> = new Set<TaskStatusName>([
+  'COMPLETED',
+  'FAILED',
+  'CANCELLED',
+  'COMPENSATED',
+]);
+
+/** The engine that runs, or will run, a task. */
+export type TaskSourceName = 'EMBEDDED' | 'BULLMQ' | 'TEMPORAL' | 'N8N' | 'UNSPECIFIED' | 'UNRECOGNIZED';
+
+/** Why a PENDING task is not running yet. */
+export type WaitingReasonName =
+  | 'QUEUED'
+  | 'NO_WORKER'
+  | 'DELAYED'
+  | 'BACKING_OFF'
+  | 'CAPACITY_FULL'
+  | 'ENGINE_UNREACHABLE'
+  | 'UNRECOGNIZED';
+
+/** What a cancel did to one task. */
+export type CancelOutcomeName = 'CANCELLED' | 'CANCEL_REQUESTED' | 'ALREADY_FINISHED' | 'UNRECOGNIZED';
+
+/** What happened to a task, on a watch stream. */
+export type TaskEventKindName =
+  | 'SCHEDULED'
+  | 'STARTED'
+  | 'PROGRESS'
+  | 'COMPLETED'
+  | 'RETRYING'
+  | 'FAILED'
+  | 'CANCEL_REQUESTED'
+  | 'CANCELLED'
+  | 'REQUEUED'
+  | 'UPDATED'
+  | 'SNAPSHOT'
+  | 'UNRECOGNIZED';
+
+/**
+ * A duration: a number of milliseconds, or a string such as `'250ms'`,
+ * `'30s'`, `'5m'`, `'2h'`, `'1d'` (units may be combined: `'1m30s'`).
+ */
+export type DurationLike = number | string;
+
+/**
+ * How long to wait between attempts. A number is a fixed delay in
+ * milliseconds (as BullMQ reads it); the object is BullMQ's shape plus a cap.
+ */
+export type BackoffOptions =
+  | number
+  | {
+      /** `exponential` (default): `delay * 2^(attempt-1)`, capped at `maxDelay`. `fixed`: always `delay`. */
+      type?: 'fixed' | 'exponential';
+      /** The first delay. Server default 1 s; at most 24 h. */
+      delay?: DurationLike;
+      /** The largest delay (exponential only). Server default 5 min; at most 7 days. */
+      maxDelay?: DurationLike;
+    };
+
+/** `scheduleTask`'s `temporal` target: a workflow, as the original design passes it to Temporal. */
+export interface TemporalOptions {
+  /** The workflow type (definition name). Required for COMPLEX tasks. */
+  workflowType: string;
+  /** Arguments given to the workflow, as JSON values. */
+  workflowArgs?: unknown[];
+  /** Temporal's task queue for the workflow's work. */
+  taskQueue?: string;
+  /** A BullMQ queue that receives each state change of the workflow as a job. */
+  trackingQueue?: string;
+  /** The workflow id. Default: the task id. */
+  workflowId?: string;
+}
+
+/** `scheduleTask`'s `n8n` target: the webhook an INTEGRATION task calls. */
+export interface N8nOptions {
+  /** An n8n workflow id, resolved by the server against its n8n base URL. */
+  workflowId?: string;
+  /** A full http(s) URL to POST to. Takes precedence over `workflowId`. */
+  webhookUrl?: string;
+  /** The system the integration concerns (github, jenkins, ...): recorded, and selects per-source settings. */
+  integrationSource?: string;
+}
+
+/**
+ * Options of `scheduleTask`. Every field is optional; the server's defaults
+ * are in the proto (`TaskOptions`), and `SwitchyardModule.forRoot({ defaults })`
+ * sets this client's.
+ */
+export interface ScheduleTaskOptions {
+  /**
+   * The kind of task. Default: COMPLEX when `temporal` is given, INTEGRATION
+   * when `n8n` is given, else `defaults.taskType`, else SIMPLE.
+   */
+  taskType?: TaskType | TaskTypeName;
+  /** -1000 (lowest) to 1000 (highest), default 0. Higher runs first (the original "priority 10"). */
+  priority?: number;
+  /** Attempts in all, first included: 1 to 100. Server default 1 (5 for INTEGRATION). */
+  attempts?: number;
+  /** Delay between attempts. */
+  backoff?: BackoffOptions;
+  /** Do not start before this delay. At most 365 days. */
+  delay?: DurationLike;
+  /** Time limit of one attempt (the proto's `execution_timeout`). At most 7 days. */
+  timeout?: DurationLike;
+  /** The owner: `disconnect({ userId })` stops the task. At most 256 bytes. */
+  userId?: string;
+  /** The session: `disconnect({ sessionId })` stops the task. At most 256 bytes. */
+  sessionId?: string;
+  /** Run on reserved capacity, ahead of normal tasks (reads, quick CRUD). */
+  immediate?: boolean;
+  /** Scheduling twice with the same key returns the first task (`existing: true`). */
+  idempotencyKey?: string;
+  /** Free-form labels, returned in status and usable in filters. */
+  labels?: Record<string, string>;
+  /** SIMPLE only: the queue (BullMQ queue name on the BullMQ backend). Default: the task name. */
+  queue?: string;
+  /** A task to schedule with the same payload when this one fails for good or is cancelled. */
+  cleanupTask?: string;
+  /** COMPLEX target. */
+  temporal?: TemporalOptions;
+  /** INTEGRATION target. */
+  n8n?: N8nOptions;
+}
+
+/** What the module or client applies to every `scheduleTask` unless the call says otherwise. */
+export interface ScheduleDefaults {
+  taskType?: TaskType | TaskTypeName;
+  priority?: number;
+  attempts?: number;
+  backoff?: BackoffOptions;
+  timeout?: DurationLike;
+  userId?: string;
+  sessionId?: string;
+  /** Merged under each call's labels. */
+  labels?: Record<string, string>;
+}
+
+/** The error of the last failed attempt. */
+export interface TaskErrorInfo {
+  message: string;
+  /** The error's kind or class (for example `TimeoutError`, `lease_expired`). */
+  kind: string;
+  /** A stack trace or response excerpt; at most 8 KiB. */
+  details: string;
+  /** Whether the error allowed another attempt. */
+  retryable: boolean;
+  /** The attempt that failed. */
+  attempt: number;
+}
+
+/** Where a workflow step is. `UNSPECIFIED`: not started, its dependencies have not completed. */
+export type StepStateName =
+  | 'UNSPECIFIED'
+  | 'PENDING'
+  | 'RUNNING'
+  | 'COMPLETED'
+  | 'FAILED'
+  | 'CANCELLED'
+  | 'SKIPPED'
+  | 'COMPENSATING'
+  | 'COMPENSATED'
+  | 'COMPENSATION_FAILED'
+  | 'UNRECOGNIZED';
+
+/** One step of a workflow run (COMPLEX tasks). */
+export interface StepInfo {
+  /** The step id from the definition. */
+  id: string;
+  /** `task`, `webhook`, `timer` or `signal`. */
+  kind: string;
+  state: StepStateName;
+  /** Attempts made (tasks and webhooks). */
+  attempt: number;
+  /** The step's output (a task's result, a signal's payload). */
+  output?: unknown;
+  error?: TaskErrorInfo;
+  startedAt?: Date;
+  finishedAt?: Date;
+  /** The task that runs (or ran) the step. */
+  taskId?: string;
+  /** The task that runs (or ran) its compensation. */
+  compensationTaskId?: string;
+  /** The steps it waits for. */
+  dependsOn: string[];
+}
+
+/** A registered workflow definition (latest version). */
+export interface WorkflowInfo {
+  /** The workflow type (`temporal.workflowType`). */
+  name: string;
+  version: number;
+  /** The definition, parsed from the server's canonical JSON. */
+  definition: unknown;
+}
+
+/** What `registerWorkflow` did. */
+export interface RegisteredWorkflow {
+  name: string;
+  /** 1 for the first, +1 for each changed definition. */
+  version: number;
+  /** False when the definition was identical to the latest version. */
+  created: boolean;
+}
+
+/** Everything Switchyard knows about a task: `getTaskStatus`'s answer, and every watch event's. */
+export interface TaskInfo {
+  /** The task id (UUIDv7). */
+  id: string;
+  name: string;
+  taskType: TaskTypeName | 'UNSPECIFIED' | 'UNRECOGNIZED';
+  status: TaskStatusName;
+  /** The engine that runs it. */
+  source: TaskSourceName;
+  /** The current or last attempt, from 1; 0 before the first. */
+  attempt: number;
+  maxAttempts: number;
+  /** -1000..1000, higher first. */
+  priority: number;
+  immediate: boolean;
+  userId?: string;
+  sessionId?: string;
+  /** 0 to 100, as the worker last reported it. */
+  progress: number;
+  progressMessage?: string;
+  /** The result of a COMPLETED task (any JSON value). */
+  result?: unknown;
+  /** The last error's message, if an attempt failed. */
+  error?: string;
+  /** The last error in full. */
+  lastError?: TaskErrorInfo;
+  createdAt: Date;
+  /** When it may start (creation plus delay, or the end of a backoff). */
+  runAt?: Date;
+  startedAt?: Date;
+  finishedAt?: Date;
+  /** The engine's own id (BullMQ job id, Temporal run id, n8n execution id). */
+  externalId?: string;
+  /** While PENDING: why it waits. */
+  waitingReason?: WaitingReasonName;
+  /** A cancel was asked for and not yet acknowledged (the status stays RUNNING until it is). */
+  cancelRequested: boolean;
+  labels: Record<string, string>;
+  /** The worker running the current attempt, while RUNNING. */
+  workerId?: string;
+  idempotencyKey?: string;
+  /** The queue, workflow type or webhook the task targets, for display. */
+  target?: string;
+  /** The sequence number of the last event about this task. */
+  sequence: number;
+  /** COMPLEX tasks: every step of the workflow, in definition order (empty otherwise). */
+  steps: StepInfo[];
+  /** COMPLEX tasks: the definition version this run uses. */
+  workflowVersion?: number;
+  /** A workflow step's task: the id of its workflow task. */
+  parentId?: string;
+  /** Whether the status is final (COMPLETED, FAILED, CANCELLED, COMPENSATED). */
+  isFinal: boolean;
+  /** The payload, as scheduled (`getTaskStatus` only). */
+  payload?: Record<string, unknown>;
+  /** The generated message, for fields newer than this shape. */
+  raw: TaskStatus;
+}
+
+/** `scheduleTask`'s answer. */
+export interface ScheduleResult {
+  /** The task id (UUIDv7). */
+  taskId: string;
+  /** True when the idempotency key matched an existing task: nothing new was scheduled. */
+  existing: boolean;
+  /** The status right after scheduling (usually PENDING). */
+  status: TaskStatusName;
+  /** The whole task right after scheduling. */
+  task: TaskInfo;
+}
+
+/** What `cancelTaskWithOutcome` reports. */
+export interface CancelResult {
+  outcome: CancelOutcomeName;
+  task: TaskInfo;
+}
+
+/** Which tasks to list or watch. Fields combine with AND; empty lists mean any. */
+export interface TaskFilter {
+  userId?: string;
+  sessionId?: string;
+  taskIds?: string[];
+  names?: string[];
+  taskTypes?: (TaskType | TaskTypeName)[];
+  /** Only tasks now in these states. */
+  statuses?: TaskStatusName[];
+  sources?: TaskSourceName[];
+}
+
+/** One page of `listTasks`. */
+export interface TaskPage {
+  /** Newest first. */
+  tasks: TaskInfo[];
+  /** Pass as `pageToken` for the next page; undefined on the last page. */
+  nextPageToken?: string;
+}
+
+/** One line of a task's log. */
+export interface TaskLogLine {
+  /** Increasing within the task; pass the last one as `afterLine` to page. */
+  line: number;
+  time?: Date;
+  /** Who wrote it. */
+  source: 'SYSTEM' | 'WORKER' | 'ENGINE' | 'UNSPECIFIED' | 'UNRECOGNIZED';
+  /** `info`, `warn`, `error` or `debug`. */
+  level: string;
+  message: string;
+  /** The attempt it concerns; 0 if none. */
+  attempt: number;
+  raw: LogLine;
+}
+
+/** One page of `getTaskLogs`. */
+export interface TaskLogs {
+  /** Oldest first. */
+  lines: TaskLogLine[];
+  /** More lines follow: call again with `afterLine` = the last line. */
+  hasMore: boolean;
+}
+
+/** `getMetrics`'s answer: the generated message (numbers and Dates already). */
+export type SwitchyardMetrics = GetMetricsResponse;
+
+/** What `disconnect` did to one task. */
+export interface DisconnectReceipt {
+  taskId: string;
+  name: string;
+  outcome: CancelOutcomeName;
+}
+
+/** Whose tasks `disconnect` stops: exactly one of the two. */
+export type DisconnectTarget = { userId: string; sessionId?: undefined; reason?: string } | { sessionId: string; userId?: undefined; reason?: string };
+
+/** An item of a `watchTasks` stream. */
+export type TaskWatchItem = TaskWatchEvent | TaskWatchGap | TaskWatchLive | TaskWatchReconnecting;
+
+/** A task changed. */
+export interface TaskWatchEvent {
+  type: 'event';
+  /** Strictly increasing, not contiguous. */
+  sequence: number;
+  kind: TaskEventKindName;
+  /** When the change was committed. */
+  time?: Date;
+  /** The whole task after the change. */
+  task: TaskInfo;
+}
+
+/**
+ * Events between `afterSequence` and `oldestKept` are no longer kept one by
+ * one (the client was away too long). The events that follow give the latest
+ * status of every matching task that changed since, each once (kind
+ * SNAPSHOT), then live events resume. Refresh anything derived from events.
+ */
+export interface TaskWatchGap {
+  type: 'gap';
+  /** The sequence the stream was resumed after. */
+  afterSequence: number;
+  /** The oldest sequence still kept event by event. */
+  oldestKept: number;
+}
+
+/** Replay is over; what follows is live. */
+export interface TaskWatchLive {
+  type: 'live';
+  /** The last sequence covered so far. */
+  sequence: number;
+  /** False for the first stream, true after each reconnect. */
+  resumed: boolean;
+}
+
+/** The stream broke; the client reconnects after `delayMs` and resumes after `afterSequence`. */
+export interface TaskWatchReconnecting {
+  type: 'reconnecting';
+  /** 1 for the first reconnect in a row. */
+  attempt: number;
+  delayMs: number;
+  afterSequence: number;
+  /** Why the stream broke. */
+  error: Error;
+}
+
+/** Options of `watchTasks`. */
+export interface WatchOptions {
+  /** Resume after this sequence (the last one seen), replaying what was missed. Default 0: live only. */
+  afterSequence?: number;
+  /** With no `afterSequence`: first send the current status of every active matching task. */
+  includeSnapshot?: boolean;
+  /**
+   * Reconnect when the stream breaks (server restart, network), resuming
+   * after the last sequence seen. Default true, with 100 ms .. 5 s of backoff
+   * and no attempt limit. Errors a retry cannot fix (INVALID_ARGUMENT, ...)
+   * always end the Observable with a SwitchyardError.
+   */
+  reconnect?: boolean | { initialDelayMs?: number; maxDelayMs?: number; maxAttempts?: number };
+}

@@ -1,0 +1,421 @@
+//! `OrchestratorService`: thin handlers that validate, call the core and map
+//! errors. No scheduling decision and no SQL here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::convert::{self, Limits};
+use crate::core::Core;
+use crate::domain::TaskFilter;
+use crate::executor::WorkflowRegistry;
+use crate::pb;
+use crate::pb::orchestrator_service_server::OrchestratorService;
+use crate::pb::watch_tasks_response::Item;
+use crate::store::ListQuery;
+
+/// The service.
+pub struct Orchestrator {
+    core: Core,
+    limits: Limits,
+    shutdown: CancellationToken,
+    workflows: Option<Arc<dyn WorkflowRegistry>>,
+}
+
+impl Orchestrator {
+    /// A service over a core. Watch streams end when `shutdown` is cancelled.
+    pub fn new(
+        core: Core,
+        limits: Limits,
+        shutdown: CancellationToken,
+        workflows: Option<Arc<dyn WorkflowRegistry>>,
+    ) -> Self {
+        Orchestrator {
+            core,
+            limits,
+            shutdown,
+            workflows,
+        }
+    }
+
+    fn registry(&self) -> Result<&Arc<dyn WorkflowRegistry>, Status> {
+        self.workflows.as_ref().ok_or_else(|| {
+            Status::failed_precondition("the workflow engine is not running on this server")
+        })
+    }
+}
+
+fn traceparent<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256)
+        .map(str::to_string)
+}
+
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchTasksResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OrchestratorService for Orchestrator {
+    #[instrument(skip_all, fields(name = %req.get_ref().name, task_id))]
+    async fn schedule_task(
+        &self,
+        req: Request<pb::ScheduleTaskRequest>,
+    ) -> Result<Response<pb::ScheduleTaskResponse>, Status> {
+        let tp = traceparent(&req);
+        let new = convert::new_task(req.into_inner(), &self.limits, tp)?;
+        let s = self.core.schedule(new).await?;
+        tracing::Span::current().record("task_id", tracing::field::display(s.task.id));
+        Ok(Response::new(pb::ScheduleTaskResponse {
+            task_id: s.task.id.to_string(),
+            existing: s.existing,
+            status: Some(convert::status(&s.task)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn get_task_status(
+        &self,
+        req: Request<pb::GetTaskStatusRequest>,
+    ) -> Result<Response<pb::GetTaskStatusResponse>, Status> {
+        let id = convert::parse_id("task_id", &req.get_ref().task_id)?;
+        let (t, payload) = self.core.status_with_payload(id).await?;
+        let payload = serde_json::from_str::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|v| crate::worker::convert::json_to_struct(&v).ok());
+        Ok(Response::new(pb::GetTaskStatusResponse {
+            status: Some(convert::status(&t)),
+            payload,
+        }))
+    }
+
+    #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn cancel_task(
+        &self,
+        req: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let r = req.into_inner();
+        let id = convert::parse_id("task_id", &r.task_id)?;
+        if r.reason.len() > 1024 {
+            return Err(
+                crate::core::CoreError::field("reason", "must be at most 1024 bytes").into(),
+            );
+        }
+        let (outcome, t) = self.core.cancel(id, &r.reason, r.force).await?;
+        Ok(Response::new(pb::CancelTaskResponse {
+            outcome: convert::cancel_outcome(outcome) as i32,
+            status: Some(convert::status(&t)),
+        }))
+    }
+
+    type WatchTasksStream = WatchStream;
+
+    #[instrument(skip_all)]
+    async fn watch_tasks(
+        &self,
+        req: Request<pb::WatchTasksRequest>,
+    ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let r = req.into_inner();
+        let filter = convert::filter(r.filter, "filter")?;
+        let (tx, rx) = mpsc::channel(1024);
+        let core = self.core.clone();
+        let shutdown = self.shutdown.clone();
+        // Policy on shutdown: ends the stream when the server drains.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = watch(core, filter, r.after_sequence, r.include_snapshot, tx) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    #[instrument(skip_all, fields(user_id = %req.get_ref().user_id, session_id = %req.get_ref().session_id))]
+    async fn disconnect(
+        &self,
+        req: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        let r = req.into_inner();
+        let (u, s) = (r.user_id.as_str(), r.session_id.as_str());
+        if u.is_empty() == s.is_empty() {
+            return Err(crate::core::CoreError::field(
+                if u.is_empty() {
+                    "user_id"
+                } else {
+                    "session_id"
+                },
+                "exactly one of user_id and session_id is required",
+            )
+            .into());
+        }
+        let reason = if r.reason.is_empty() {
+            "disconnected".to_string()
+        } else {
+            format!("disconnected: {}", r.reason)
+        };
+        let receipts = self
+            .core
+            .disconnect(
+                (!u.is_empty()).then_some(u),
+                (!s.is_empty()).then_some(s),
+                &reason,
+            )
+            .await?
+            .into_iter()
+            .map(|(id, name, o)| pb::DisconnectReceipt {
+                task_id: id.to_string(),
+                name,
+                outcome: convert::cancel_outcome(o) as i32,
+            })
+            .collect();
+        Ok(Response::new(pb::DisconnectResponse { receipts }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let filter = convert::filter(r.filter, "filter")?;
+        let limit = match r.page_size {
+            0 => 50,
+            n if n > 1000 => {
+                return Err(
+                    crate::core::CoreError::field("page_size", "must be at most 1000").into(),
+                )
+            }
+            n => n as usize,
+        };
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(convert::parse_id("page_token", &r.page_token)?)
+        };
+        let tasks = self
+            .core
+            .list(ListQuery {
+                filter,
+                limit,
+                before,
+            })
+            .await?;
+        let next = if tasks.len() == limit {
+            tasks.last().map(|t| t.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.iter().map(convert::status).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn get_task_logs(
+        &self,
+        req: Request<pb::GetTaskLogsRequest>,
+    ) -> Result<Response<pb::GetTaskLogsResponse>, Status> {
+        let r = req.into_inner();
+        let id = convert::parse_id("task_id", &r.task_id)?;
+        let limit = match r.limit {
+            0 => 200,
+            n if n > 5000 => {
+                return Err(crate::core::CoreError::field("limit", "must be at most 5000").into())
+            }
+            n => n as usize,
+        };
+        let mut lines = self.core.logs(id, r.after_line, limit + 1).await?;
+        let has_more = lines.len() > limit;
+        lines.truncate(limit);
+        Ok(Response::new(pb::GetTaskLogsResponse {
+            lines: lines.iter().map(convert::log_line).collect(),
+            has_more,
+        }))
+    }
+
+    #[instrument(skip_all, fields(task_id = %req.get_ref().task_id, signal = %req.get_ref().signal))]
+    async fn signal_task(
+        &self,
+        req: Request<pb::SignalTaskRequest>,
+    ) -> Result<Response<pb::SignalTaskResponse>, Status> {
+        let r = req.into_inner();
+        let id = convert::parse_id("task_id", &r.task_id)?;
+        if let Err(e) = convert::check_name(&r.signal) {
+            return Err(crate::core::CoreError::field("signal", e).into());
+        }
+        let payload = match r
+            .payload
+            .as_ref()
+            .map(crate::worker::convert::struct_to_json)
+        {
+            None => serde_json::json!({}),
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                return Err(crate::core::CoreError::field("payload", e.to_string()).into())
+            }
+        };
+        if payload.to_string().len() > self.limits.max_payload_bytes {
+            return Err(
+                crate::core::CoreError::field("payload", "is over the payload limit").into(),
+            );
+        }
+        let t = self.core.signal(id, &r.signal, payload).await?;
+        Ok(Response::new(pb::SignalTaskResponse {
+            status: Some(convert::status(&t)),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn register_workflow(
+        &self,
+        req: Request<pb::RegisterWorkflowRequest>,
+    ) -> Result<Response<pb::RegisterWorkflowResponse>, Status> {
+        let r = req.into_inner();
+        let format = if r.format.is_empty() {
+            "json"
+        } else {
+            r.format.as_str()
+        };
+        if format != "json" && format != "toml" {
+            return Err(crate::core::CoreError::field("format", "must be json or toml").into());
+        }
+        let (name, version, created) = self.registry()?.register(&r.definition, format).await?;
+        Ok(Response::new(pb::RegisterWorkflowResponse {
+            name,
+            version,
+            created,
+        }))
+    }
+
+    async fn list_workflows(
+        &self,
+        _req: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        let workflows = self
+            .registry()?
+            .list()
+            .await?
+            .into_iter()
+            .map(|(name, version, definition_json)| pb::WorkflowInfo {
+                name,
+                version,
+                definition_json,
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkflowsResponse { workflows }))
+    }
+
+    async fn get_metrics(
+        &self,
+        _req: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        Ok(Response::new(convert::metrics(&self.core.metrics())))
+    }
+}
+
+type Tx = mpsc::Sender<Result<pb::WatchTasksResponse, Status>>;
+
+async fn send(tx: &Tx, item: Item) -> bool {
+    tx.send(Ok(pb::WatchTasksResponse { item: Some(item) }))
+        .await
+        .is_ok()
+}
+
+/// Drives one watch: snapshot or replay, then live events; resubscribes from
+/// its position when it falls behind. Returns when the client goes away.
+pub async fn watch(core: Core, filter: TaskFilter, after: u64, snapshot: bool, tx: Tx) {
+    let mut pos = after;
+    let mut first = true;
+    loop {
+        let mut sub = core.events().subscribe(pos);
+        if first && snapshot && after == 0 {
+            for t in core.active_tasks(&filter) {
+                if !send(&tx, Item::Event(convert::snapshot_event(&t))).await {
+                    return;
+                }
+            }
+        }
+        if let Some(gap) = sub.gap {
+            if !send(
+                &tx,
+                Item::Gap(pb::WatchGap {
+                    oldest_kept: gap.oldest_kept,
+                }),
+            )
+            .await
+            {
+                return;
+            }
+            let mut from = pos;
+            loop {
+                let page = match core
+                    .store()
+                    .changed_since(from, gap.up_to, filter.clone(), 1000)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("replay failed: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last().map(|t| t.rt.seq) else {
+                    break;
+                };
+                for t in &page {
+                    if !send(&tx, Item::Event(convert::snapshot_event(t))).await {
+                        return;
+                    }
+                }
+                from = last;
+            }
+            pos = gap.up_to;
+        }
+        for e in sub.replay.drain(..) {
+            if filter.matches(&e.task) && !send(&tx, Item::Event(convert::event(&e))).await {
+                return;
+            }
+            pos = e.seq;
+        }
+        pos = pos.max(sub.position);
+        if first {
+            if !send(&tx, Item::Live(pb::WatchLive { sequence: pos })).await {
+                return;
+            }
+            first = false;
+        }
+        loop {
+            match sub.rx.recv().await {
+                Ok(e) => {
+                    if e.seq <= pos {
+                        continue;
+                    }
+                    pos = e.seq;
+                    if filter.matches(&e.task) && !send(&tx, Item::Event(convert::event(&e))).await
+                    {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(
+                        missed = n,
+                        pos,
+                        "watcher fell behind; resuming from history"
+                    );
+                    break;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! `WorkerService`: one bidirectional stream per worker. Inbound messages
+//! become core reports; what the core pushes becomes outbound messages.
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use super::convert;
+use crate::core::{Core, CoreError, Push, Report};
+use crate::pb;
+use crate::pb::server_message::Msg as Out;
+use crate::pb::worker_message::Msg as In;
+use crate::pb::worker_service_server::WorkerService;
+use crate::worker::convert::value_to_json;
+
+/// The service.
+pub struct Workers {
+    core: Core,
+}
+
+impl Workers {
+    /// A service over a core.
+    pub fn new(core: Core) -> Self {
+        Workers { core }
+    }
+}
+
+type OutStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+type Tx = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+
+fn dur(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Workers {
+    type WorkStream = OutStream;
+
+    async fn work(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<OutStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::cancelled("the worker closed the stream before registering"))?;
+        let Some(In::Register(reg)) = first.msg else {
+            return Err(CoreError::FailedPrecondition(
+                "the first message of a worker must be Register".into(),
+            )
+            .into());
+        };
+        let (name, names, slots, imm) = convert::registration(reg)?;
+        let link = self
+            .core
+            .register_worker(&name, &names, slots, imm, false)?;
+        let worker_id = link.id.clone();
+        let (tx, rx) = mpsc::channel::<Result<pb::ServerMessage, Status>>(1024);
+        let cfg = self.core.config();
+        let _ = tx
+            .send(Ok(pb::ServerMessage {
+                msg: Some(Out::Registered(pb::Registered {
+                    worker_id: worker_id.clone(),
+                    lease_ttl: Some(dur(cfg.lease_ttl)),
+                    heartbeat_interval: Some(dur(cfg.heartbeat_interval)),
+                })),
+            }))
+            .await;
+        let span = tracing::info_span!("worker", worker_id = %worker_id, worker_name = %name);
+        // Outbound: policy on shutdown — ends when the core closes the worker.
+        tokio::spawn(outbound(self.core.clone(), link.rx, tx.clone()).instrument(span.clone()));
+        // Inbound: ends when the worker's stream ends; its tasks are requeued.
+        let core = self.core.clone();
+        tokio::spawn(
+            async move {
+                let why = loop {
+                    match inbound.message().await {
+                        Ok(Some(m)) => handle(&core, &worker_id, m, &tx).await,
+                        Ok(None) => break "the worker closed its stream".to_string(),
+                        Err(e) => break format!("stream error: {}", e.message()),
+                    }
+                };
+                core.worker_gone(&worker_id, &why);
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn handle(core: &Core, worker_id: &str, m: pb::WorkerMessage, tx: &Tx) {
+    let Some(msg) = m.msg else {
+        core.touch(worker_id);
+        return;
+    };
+    let (task_id, attempt, report) = match msg {
+        In::Heartbeat(_) => {
+            core.touch(worker_id);
+            return;
+        }
+        In::Drain(_) => {
+            core.drain_worker(worker_id);
+            return;
+        }
+        In::Register(_) => {
+            reject(tx, "", "FAILED_PRECONDITION", "already registered".into()).await;
+            return;
+        }
+        In::Progress(p) => (
+            p.task_id,
+            p.attempt,
+            Report::Progress {
+                percent: p.percent,
+                message: cut(&p.message, 1024),
+            },
+        ),
+        In::Log(l) => (
+            l.task_id,
+            l.attempt,
+            Report::Log {
+                level: match l.level.as_str() {
+                    "" => "info".to_string(),
+                    "debug" | "info" | "warn" | "error" => l.level,
+                    _ => "info".to_string(),
+                },
+                message: cut(&l.message, 8192),
+            },
+        ),
+        In::Complete(c) => {
+            let result = match c.result.as_ref().map(value_to_json) {
+                None => serde_json::Value::Null,
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
+                    reject(tx, &c.task_id, "INVALID_ARGUMENT", format!("result: {e}")).await;
+                    return;
+                }
+            };
+            (c.task_id, c.attempt, Report::Complete(result))
+        }
+        In::Fail(f) => {
+            let (error, retry_after) = convert::fail_report(&f);
+            (f.task_id, f.attempt, Report::Fail { error, retry_after })
+        }
+        In::CancelAck(a) => (a.task_id, a.attempt, Report::CancelAck),
+    };
+    let id = match convert::parse_id("task_id", &task_id) {
+        Ok(id) => id,
+        Err(e) => {
+            reject(tx, &task_id, "INVALID_ARGUMENT", e.to_string()).await;
+            return;
+        }
+    };
+    if let Err(e) = core.report(worker_id, id, attempt, report) {
+        tracing::warn!(task_id = %id, attempt, cause = %e, "worker report refused");
+        reject(tx, &task_id, "FAILED_PRECONDITION", e.to_string()).await;
+    }
+}
+
+fn cut(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+async fn reject(tx: &Tx, task_id: &str, code: &str, message: String) {
+    let _ = tx
+        .send(Ok(pb::ServerMessage {
+            msg: Some(Out::Rejected(pb::Rejected {
+                task_id: task_id.to_string(),
+                code: code.to_string(),
+                message,
+            })),
+        }))
+        .await;
+}
+
+async fn outbound(core: Core, mut rx: mpsc::UnboundedReceiver<Push>, tx: Tx) {
+    while let Some(push) = rx.recv().await {
+        let msg = match push {
+            Push::Assign(a) => {
+                let payload = match &a.payload {
+                    Some(p) => Some(p.clone()),
+                    None => load_payload(&core, a.task.id).await,
+                };
+                let Some(payload) = payload else {
+                    tracing::error!(task_id = %a.task.id, "payload missing from the store");
+                    continue;
+                };
+                Out::Assignment(convert::assignment(&a, &payload))
+            }
+            Push::Cancel {
+                task_id,
+                attempt,
+                reason,
+                ..
+            } => Out::Cancel(pb::CancelAssignment {
+                task_id: task_id.to_string(),
+                attempt,
+                reason,
+            }),
+            Push::Rejected {
+                task_id,
+                code,
+                message,
+            } => Out::Rejected(pb::Rejected {
+                task_id,
+                code: code.to_string(),
+                message,
+            }),
+            Push::Close(why) => {
+                let _ = tx.send(Err(Status::unavailable(why))).await;
+                return;
+            }
+            // Only in-process executors hold workflows; nothing to forward.
+            Push::ChildDone { .. } | Push::Signal { .. } => continue,
+        };
+        if tx
+            .send(Ok(pb::ServerMessage { msg: Some(msg) }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Reads a payload; a task scheduled inside the server may not be committed
+/// yet, so a miss waits for the store to catch up once.
+async fn load_payload(core: &Core, id: crate::domain::TaskId) -> Option<std::sync::Arc<str>> {
+    match core.store().payload(id).await {
+        Ok(Some(p)) => return Some(p),
+        Ok(None) => {}
+        Err(e) => tracing::error!(task_id = %id, cause = %e, "reading a payload failed"),
+    }
+    let _ = core.store().flush().await;
+    core.store().payload(id).await.ok().flatten()
+}

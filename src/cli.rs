@@ -1,0 +1,104 @@
+//! Client subcommands of the `switchyard` CLI: `task schedule|status|cancel|
+//! watch|list|logs`, `disconnect` and `metrics`, all over gRPC to
+//! `OrchestratorService`.
+//!
+//! This module owns the clap types of those subcommands, their output (tables
+//! for people, JSON with `--json`) and the readable rendering of gRPC errors.
+//! It does not own the top-level parser, `serve`, or any server code: `main.rs`
+//! embeds these types and calls the `run_*` functions, which return a
+//! [`CliError`] carrying the exit code.
+//!
+//! ```ignore
+//! #[derive(clap::Parser)]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     client: switchyard::cli::ClientArgs,
+//!     #[command(subcommand)]
+//!     command: Command,
+//! }
+//! #[derive(clap::Subcommand)]
+//! enum Command {
+//!     #[command(subcommand)]
+//!     Task(switchyard::cli::TaskCommand),
+//!     Disconnect(switchyard::cli::DisconnectArgs),
+//!     Metrics(switchyard::cli::MetricsArgs),
+//! }
+//! // In an async main returning std::process::ExitCode:
+//! let result = match cli.command {
+//!     Command::Task(cmd) => switchyard::cli::run_task(&cli.client, cmd).await,
+//!     Command::Disconnect(args) => switchyard::cli::run_disconnect(&cli.client, args).await,
+//!     Command::Metrics(args) => switchyard::cli::run_metrics(&cli.client, args).await,
+//! };
+//! match result {
+//!     Ok(()) => std::process::ExitCode::SUCCESS,
+//!     Err(err) => err.report(),
+//! }
+//! ```
+
+mod args;
+mod commands;
+mod error;
+mod json;
+mod render;
+
+use std::io;
+
+pub use args::{
+    parse_duration, parse_json_array, parse_json_object, parse_label, BackoffArg, CancelArgs,
+    ClientArgs, DisconnectArgs, FilterArgs, ListArgs, LogsArgs, MetricsArgs, ScheduleArgs,
+    StatusArgs, TaskCommand, TaskSourceArg, TaskStateArg, TaskTypeArg, WatchArgs,
+};
+pub use error::CliError;
+
+use commands::{connect, Output};
+
+/// Resolves on Ctrl-C (or never, if the signal cannot be listened for).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs one `task` subcommand against the server in `client`, printing to
+/// stdout. `task watch` and `task logs --follow` run until Ctrl-C (or, for
+/// logs, until the task is final).
+pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    let server = &client.server;
+    match command {
+        TaskCommand::Schedule(args) => {
+            // Bad flags fail before the connection does.
+            let request = args.to_request()?;
+            commands::schedule(&mut connect(server).await?, request, &mut out).await
+        }
+        TaskCommand::Status(args) => {
+            commands::status(&mut connect(server).await?, &args, &mut out).await
+        }
+        TaskCommand::Cancel(args) => {
+            commands::cancel(&mut connect(server).await?, &args, &mut out).await
+        }
+        TaskCommand::List(args) => {
+            commands::list(&mut connect(server).await?, &args, &mut out).await
+        }
+        TaskCommand::Logs(args) => {
+            commands::logs(&mut connect(server).await?, &args, &mut out, ctrl_c()).await
+        }
+        TaskCommand::Watch(args) => commands::watch(server, &args, &mut out, ctrl_c()).await,
+    }
+}
+
+/// Runs `disconnect`: cancels every active task of a user or a session and
+/// prints a receipt per task.
+pub async fn run_disconnect(client: &ClientArgs, args: DisconnectArgs) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    let mut grpc = connect(&client.server).await?;
+    commands::disconnect(&mut grpc, &args, &mut out).await
+}
+
+/// Runs `metrics`: prints counts per state and type, queues, throughput and
+/// latency.
+pub async fn run_metrics(client: &ClientArgs, args: MetricsArgs) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    let mut grpc = connect(&client.server).await?;
+    commands::metrics(&mut grpc, &args, &mut out).await
+}

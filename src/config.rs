@@ -1,0 +1,298 @@
+//! Configuration by layers: built-in defaults, then a TOML file, then
+//! `SWITCHYARD_*` environment variables (`__` separates sections:
+//! `SWITCHYARD_SCHEDULER__LEASE_TTL=10s`), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::store::sqlite::Synchronous;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Where the store keeps its file.
+    pub data_dir: PathBuf,
+    /// The store.
+    pub store: StoreConfig,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// The scheduler core.
+    pub scheduler: SchedulerConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// INTEGRATION executor.
+    pub webhook: crate::executor::webhook::WebhookConfig,
+    /// The embedded workflow engine (COMPLEX tasks).
+    pub workflows: crate::executor::workflow::WorkflowsConfig,
+    /// The Temporal backend of COMPLEX tasks.
+    pub temporal: crate::backend::temporal::TemporalConfig,
+    /// The BullMQ backend of SIMPLE tasks.
+    pub bullmq: crate::backend::bullmq::BullmqConfig,
+}
+
+/// Store settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Keep everything in memory (tests, demos): nothing survives a restart.
+    pub memory: bool,
+    /// `full` (fsync every group commit) or `normal` (survives kill -9, not
+    /// power loss).
+    pub synchronous: Synchronous,
+    /// Most writes in one transaction.
+    pub max_batch: usize,
+}
+
+/// Limits on requests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest payload, serialised as JSON.
+    pub max_payload_bytes: usize,
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How long a worker's leases last without a message from it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often workers are asked to heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How often a task may lose its worker before it fails.
+    pub max_lease_losses: u32,
+    /// Events kept for resuming watches.
+    pub event_history: usize,
+    /// Payload bytes of pending tasks kept in memory.
+    pub payload_cache_bytes: usize,
+    /// Execution timeout of tasks that set none (none if absent).
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_execution_timeout: Option<Duration>,
+    /// How long running tasks get to finish on shutdown before they are
+    /// requeued.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `switchyard=debug`). `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./data"),
+            store: StoreConfig::default(),
+            limits: LimitsConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            log: LogConfig::default(),
+            webhook: crate::executor::webhook::WebhookConfig::default(),
+            workflows: crate::executor::workflow::WorkflowsConfig::default(),
+            temporal: crate::backend::temporal::TemporalConfig::default(),
+            bullmq: crate::backend::bullmq::BullmqConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            memory: false,
+            synchronous: Synchronous::Full,
+            max_batch: 4096,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        let c = crate::core::CoreConfig::default();
+        SchedulerConfig {
+            lease_ttl: c.lease_ttl,
+            heartbeat_interval: c.heartbeat_interval,
+            max_lease_losses: c.max_lease_losses,
+            event_history: c.event_history,
+            payload_cache_bytes: c.payload_cache_bytes,
+            default_execution_timeout: c.default_execution_timeout,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Values given as flags; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--memory`.
+    #[serde(skip_serializing_if = "Option::is_none", rename = "store.memory")]
+    pub memory: Option<bool>,
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none", rename = "log.format")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Config {
+    /// Loads the layers. `file` is the TOML file, if any (missing is an error
+    /// only when named explicitly).
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Box<figment::Error>> {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    path.display()
+                ))));
+            }
+            f = f.merge(Toml::file(path));
+        }
+        f = f.merge(
+            Env::prefixed("SWITCHYARD_")
+                .split("__")
+                .ignore(&["SERVER", "CONFIG"]),
+        );
+        let mut flat = Figment::new();
+        if let Some(l) = overrides.listen {
+            flat = flat.merge(Serialized::default("listen", l));
+        }
+        if let Some(d) = &overrides.data_dir {
+            flat = flat.merge(Serialized::default("data_dir", d));
+        }
+        if let Some(m) = overrides.memory {
+            flat = flat.merge(Serialized::default("store.memory", m));
+        }
+        if let Some(l) = overrides.log_format {
+            flat = flat.merge(Serialized::default("log.format", l));
+        }
+        f.merge(flat).extract().map_err(Box::new)
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+
+    /// The core's settings.
+    pub fn core(&self) -> crate::core::CoreConfig {
+        let s = &self.scheduler;
+        let mut routes = crate::core::Routes::default();
+        if self.temporal.enabled {
+            routes.temporal_workflows = self.temporal.workflow_types.clone();
+        }
+        if self.bullmq.enabled {
+            routes.bullmq_queues = self.bullmq.queues.clone();
+        }
+        crate::core::CoreConfig {
+            lease_ttl: s.lease_ttl,
+            heartbeat_interval: s.heartbeat_interval,
+            max_lease_losses: s.max_lease_losses,
+            event_history: s.event_history,
+            payload_cache_bytes: s.payload_cache_bytes,
+            default_execution_timeout: s.default_execution_timeout,
+            routes,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail returns its own large error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "listen = \"127.0.0.1:6000\"\n[scheduler]\nlease_ttl = \"5s\"\nmax_lease_losses = 2\n",
+            )?;
+            jail.set_env("SWITCHYARD_SCHEDULER__LEASE_TTL", "7s");
+            let c = Config::load(
+                Some(Path::new("s.toml")),
+                &Overrides {
+                    listen: Some("127.0.0.1:7000".parse().unwrap()),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 7000, "flag beats file");
+            assert_eq!(
+                c.scheduler.lease_ttl,
+                Duration::from_secs(7),
+                "env beats file"
+            );
+            assert_eq!(c.scheduler.max_lease_losses, 2, "file beats defaults");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "[scheduler]\nlease_tt = \"5s\"\n")?;
+            assert!(Config::load(Some(Path::new("s.toml")), &Overrides::default()).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,782 @@
+//! The domain model: what a task is, independent of protobuf and of storage.
+//!
+//! Owns the task types, states, options and the pure rules over them (final
+//! states, backoff). It must not know about gRPC, SQL or any engine.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A task id: a UUIDv7, so ids sort by creation time.
+pub type TaskId = Uuid;
+
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
+
+/// The current wall-clock time in microseconds since the epoch.
+pub fn now_micros() -> Micros {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Adds a duration to a timestamp, saturating.
+pub fn add_micros(t: Micros, d: Duration) -> Micros {
+    t.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The kind of work; it picks the executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskType {
+    /// A short queue job run by a worker.
+    Simple,
+    /// A workflow.
+    Complex,
+    /// A webhook call.
+    Integration,
+}
+
+impl TaskType {
+    /// All types, in order.
+    pub const ALL: [TaskType; 3] = [TaskType::Simple, TaskType::Complex, TaskType::Integration];
+
+    /// Stable small integer for storage.
+    pub fn code(self) -> i64 {
+        match self {
+            TaskType::Simple => 1,
+            TaskType::Complex => 2,
+            TaskType::Integration => 3,
+        }
+    }
+
+    /// Inverse of [`TaskType::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        Some(match c {
+            1 => TaskType::Simple,
+            2 => TaskType::Complex,
+            3 => TaskType::Integration,
+            _ => return None,
+        })
+    }
+
+    /// Upper-case name, as in metrics maps.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Simple => "SIMPLE",
+            TaskType::Complex => "COMPLEX",
+            TaskType::Integration => "INTEGRATION",
+        }
+    }
+}
+
+/// The engine that runs a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub enum Source {
+    /// Not decided yet.
+    #[default]
+    Unspecified,
+    /// Switchyard's embedded engine.
+    Embedded,
+    /// BullMQ on Redis.
+    Bullmq,
+    /// A Temporal cluster.
+    Temporal,
+    /// n8n or another webhook.
+    N8n,
+}
+
+impl Source {
+    /// Stable small integer for storage.
+    pub fn code(self) -> i64 {
+        match self {
+            Source::Unspecified => 0,
+            Source::Embedded => 1,
+            Source::Bullmq => 2,
+            Source::Temporal => 3,
+            Source::N8n => 4,
+        }
+    }
+
+    /// Inverse of [`Source::code`].
+    pub fn from_code(c: i64) -> Self {
+        match c {
+            1 => Source::Embedded,
+            2 => Source::Bullmq,
+            3 => Source::Temporal,
+            4 => Source::N8n,
+            _ => Source::Unspecified,
+        }
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Accepted, not running.
+    Pending,
+    /// An attempt is in progress.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Running compensations.
+    Compensating,
+    /// Compensations done.
+    Compensated,
+}
+
+impl TaskState {
+    /// All states, in order.
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Cancelled,
+        TaskState::Compensating,
+        TaskState::Compensated,
+    ];
+
+    /// Whether the state never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed
+                | TaskState::Failed
+                | TaskState::Cancelled
+                | TaskState::Compensated
+        )
+    }
+
+    /// Stable small integer for storage.
+    pub fn code(self) -> i64 {
+        match self {
+            TaskState::Pending => 1,
+            TaskState::Running => 2,
+            TaskState::Completed => 3,
+            TaskState::Failed => 4,
+            TaskState::Cancelled => 5,
+            TaskState::Compensating => 6,
+            TaskState::Compensated => 7,
+        }
+    }
+
+    /// Inverse of [`TaskState::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        Some(match c {
+            1 => TaskState::Pending,
+            2 => TaskState::Running,
+            3 => TaskState::Completed,
+            4 => TaskState::Failed,
+            5 => TaskState::Cancelled,
+            6 => TaskState::Compensating,
+            7 => TaskState::Compensated,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Compensating => "compensating",
+            TaskState::Compensated => "compensated",
+        }
+    }
+}
+
+/// Why a pending task waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WaitingReason {
+    /// Behind other tasks.
+    Queued,
+    /// No worker registered the name.
+    NoWorker,
+    /// Delayed until `run_at`.
+    Delayed,
+    /// Backing off until `run_at`.
+    BackingOff,
+    /// Every slot busy.
+    CapacityFull,
+    /// The external engine cannot be reached.
+    EngineUnreachable,
+}
+
+impl WaitingReason {
+    /// Stable small integer for storage.
+    pub fn code(self) -> i64 {
+        match self {
+            WaitingReason::Queued => 1,
+            WaitingReason::NoWorker => 2,
+            WaitingReason::Delayed => 3,
+            WaitingReason::BackingOff => 4,
+            WaitingReason::CapacityFull => 5,
+            WaitingReason::EngineUnreachable => 6,
+        }
+    }
+
+    /// Inverse of [`WaitingReason::code`].
+    pub fn from_code(c: i64) -> Option<Self> {
+        Some(match c {
+            1 => WaitingReason::Queued,
+            2 => WaitingReason::NoWorker,
+            3 => WaitingReason::Delayed,
+            4 => WaitingReason::BackingOff,
+            5 => WaitingReason::CapacityFull,
+            6 => WaitingReason::EngineUnreachable,
+            _ => return None,
+        })
+    }
+}
+
+/// How the delay between attempts grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackoffKind {
+    /// Always the base delay.
+    Fixed,
+    /// Doubling from the base delay up to the cap.
+    Exponential,
+}
+
+/// The delay between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// How it grows.
+    pub kind: BackoffKind,
+    /// The first delay.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    /// The cap.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            kind: BackoffKind::Exponential,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay after attempt `attempt` (1-based) failed.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        match self.kind {
+            BackoffKind::Fixed => self.base,
+            BackoffKind::Exponential => {
+                let exp = attempt.saturating_sub(1).min(40);
+                let factor = 1u64 << exp;
+                let d = self
+                    .base
+                    .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX));
+                d.min(self.max.max(self.base))
+            }
+        }
+    }
+}
+
+/// Where a task goes, per type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Target {
+    /// SIMPLE: a queue.
+    Simple {
+        /// The queue (defaults to the name on engines that need one).
+        queue: Option<String>,
+    },
+    /// COMPLEX: a workflow.
+    Complex {
+        /// The workflow type.
+        workflow_type: String,
+        /// Arguments, as JSON values.
+        workflow_args: Vec<serde_json::Value>,
+        /// The engine's task queue.
+        task_queue: Option<String>,
+        /// A BullMQ queue that follows the workflow.
+        tracking_queue: Option<String>,
+        /// The workflow id (default the task id).
+        workflow_id: Option<String>,
+    },
+    /// INTEGRATION: a webhook.
+    Integration {
+        /// n8n workflow id.
+        workflow_id: Option<String>,
+        /// Full URL.
+        webhook_url: Option<String>,
+        /// The external system.
+        integration_source: Option<String>,
+    },
+}
+
+impl Target {
+    /// A short description for display.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Simple { queue } => queue.clone().unwrap_or_default(),
+            Target::Complex { workflow_type, .. } => workflow_type.clone(),
+            Target::Integration {
+                workflow_id,
+                webhook_url,
+                ..
+            } => webhook_url
+                .clone()
+                .or_else(|| workflow_id.as_ref().map(|w| format!("n8n:{w}")))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What was asked for: the immutable part of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task name.
+    pub name: String,
+    /// The type.
+    pub task_type: TaskType,
+    /// Priority, -1000..=1000, higher first.
+    pub priority: i32,
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// Delay between attempts.
+    pub backoff: Backoff,
+    /// Time limit of one attempt.
+    #[serde(with = "humantime_serde", default)]
+    pub execution_timeout: Option<Duration>,
+    /// Owner.
+    pub user_id: Option<String>,
+    /// Session.
+    pub session_id: Option<String>,
+    /// Immediate lane.
+    pub immediate: bool,
+    /// Idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Cleanup task name.
+    pub cleanup: Option<String>,
+    /// Per-type target.
+    pub target: Target,
+    /// W3C traceparent of the scheduling request.
+    pub traceparent: Option<String>,
+    /// The workflow this task is a step of, if any.
+    pub parent_id: Option<TaskId>,
+}
+
+/// An error reported by a worker or engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TaskError {
+    /// Message.
+    pub message: String,
+    /// Kind or class.
+    pub kind: String,
+    /// Detail (bounded).
+    pub details: String,
+    /// Whether another attempt was allowed.
+    pub retryable: bool,
+    /// The attempt that failed.
+    pub attempt: u32,
+}
+
+/// The mutable part of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRuntime {
+    /// State.
+    pub state: TaskState,
+    /// Current or last attempt (0 before the first).
+    pub attempt: u32,
+    /// When it may start.
+    pub run_at: Micros,
+    /// When the current or last attempt started.
+    pub started_at: Option<Micros>,
+    /// When it became final.
+    pub finished_at: Option<Micros>,
+    /// Progress 0..100.
+    pub progress: f64,
+    /// Progress message.
+    pub progress_message: Option<String>,
+    /// Result of a completed task.
+    pub result: Option<serde_json::Value>,
+    /// Last error.
+    pub last_error: Option<TaskError>,
+    /// The engine's id.
+    pub external_id: Option<String>,
+    /// The engine.
+    pub source: Source,
+    /// Why it waits, while pending.
+    pub waiting_reason: Option<WaitingReason>,
+    /// A cancel is pending acknowledgement.
+    pub cancel_requested: bool,
+    /// The worker running it.
+    pub worker_id: Option<String>,
+    /// How often its worker was lost.
+    pub lease_losses: u32,
+    /// Sequence number of the last event.
+    pub seq: u64,
+    /// Whether it has been handed to its external engine (outbox).
+    pub forwarded: bool,
+    /// Executor-specific state (workflow steps), as JSON.
+    pub detail: Option<serde_json::Value>,
+}
+
+impl TaskRuntime {
+    /// A new pending task's runtime.
+    pub fn new_pending(run_at: Micros, source: Source, reason: WaitingReason) -> Self {
+        TaskRuntime {
+            state: TaskState::Pending,
+            attempt: 0,
+            run_at,
+            started_at: None,
+            finished_at: None,
+            progress: 0.0,
+            progress_message: None,
+            result: None,
+            last_error: None,
+            external_id: None,
+            source,
+            waiting_reason: Some(reason),
+            cancel_requested: false,
+            worker_id: None,
+            lease_losses: 0,
+            seq: 0,
+            forwarded: false,
+            detail: None,
+        }
+    }
+}
+
+/// A whole task: id, creation time, spec and runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Id.
+    pub id: TaskId,
+    /// Creation time.
+    pub created_at: Micros,
+    /// What was asked.
+    pub spec: Arc<TaskSpec>,
+    /// Where it is.
+    pub rt: TaskRuntime,
+}
+
+/// A new task to schedule, as validated by the API edge.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// The spec.
+    pub spec: TaskSpec,
+    /// The payload.
+    pub payload: crate::store::Payload,
+    /// Delay before the first attempt.
+    pub delay: Duration,
+}
+
+/// Where a workflow step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Waiting for its dependencies.
+    #[default]
+    Pending,
+    /// Running or waiting (timer, signal).
+    Running,
+    /// Done.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Stopped by a cancel.
+    Cancelled,
+    /// Not run.
+    Skipped,
+    /// Compensation running.
+    Compensating,
+    /// Compensation done.
+    Compensated,
+    /// Compensation failed.
+    CompensationFailed,
+}
+
+/// One step of a workflow run, as kept in a COMPLEX task's
+/// `TaskRuntime::detail` (see [`WorkflowRun`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StepRun {
+    /// Step id from the definition.
+    pub id: String,
+    /// `task`, `webhook`, `timer` or `signal`.
+    pub kind: String,
+    /// Where it is.
+    pub state: StepState,
+    /// Attempts made.
+    pub attempt: u32,
+    /// Output.
+    pub output: Option<serde_json::Value>,
+    /// Last error.
+    pub error: Option<TaskError>,
+    /// Start time.
+    pub started_at: Option<Micros>,
+    /// End time.
+    pub finished_at: Option<Micros>,
+    /// The task running the step.
+    pub task_id: Option<TaskId>,
+    /// The task running its compensation.
+    pub compensation_task_id: Option<TaskId>,
+    /// Dependencies.
+    pub depends_on: Vec<String>,
+    /// When a timer fires or a signal wait times out.
+    pub wake_at: Option<Micros>,
+    /// Order in which steps completed (for reverse-order compensation).
+    pub completed_order: Option<u32>,
+}
+
+/// A signal delivered to a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct SignalRecord {
+    /// Signal name.
+    pub name: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// When it arrived.
+    pub received_at: Micros,
+    /// The step that consumed it, once consumed.
+    pub consumed_by: Option<String>,
+}
+
+/// The state of a workflow run, kept as JSON in the COMPLEX task's
+/// `TaskRuntime::detail`. The core appends signals; the workflow engine owns
+/// the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct WorkflowRun {
+    /// The definition version this run uses.
+    pub version: u32,
+    /// Steps, in definition order.
+    pub steps: Vec<StepRun>,
+    /// Signals received, in arrival order.
+    pub signals: Vec<SignalRecord>,
+    /// Engine-specific state.
+    pub engine: serde_json::Value,
+}
+
+impl WorkflowRun {
+    /// Reads a run from a task's detail (empty if none or unreadable).
+    pub fn from_detail(detail: Option<&serde_json::Value>) -> WorkflowRun {
+        detail
+            .and_then(|d| serde_json::from_value(d.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// What happened to a task (an event's kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// Accepted.
+    Scheduled,
+    /// An attempt started.
+    Started,
+    /// Progress.
+    Progress,
+    /// Completed.
+    Completed,
+    /// Retrying.
+    Retrying,
+    /// Failed for good.
+    Failed,
+    /// Cancel requested.
+    CancelRequested,
+    /// Cancelled.
+    Cancelled,
+    /// Requeued after a lost lease or a restart.
+    Requeued,
+    /// Other change.
+    Updated,
+    /// Snapshot replayed from the store.
+    Snapshot,
+}
+
+/// A committed change to a task.
+#[derive(Debug, Clone)]
+pub struct TaskEvent {
+    /// Sequence number.
+    pub seq: u64,
+    /// Kind.
+    pub kind: EventKind,
+    /// Commit time.
+    pub time: Micros,
+    /// The whole task after the change.
+    pub task: Task,
+}
+
+/// Who wrote a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogSource {
+    /// Switchyard.
+    System,
+    /// The worker.
+    Worker,
+    /// The external engine.
+    Engine,
+}
+
+impl LogSource {
+    /// Stable small integer for storage.
+    pub fn code(self) -> i64 {
+        match self {
+            LogSource::System => 1,
+            LogSource::Worker => 2,
+            LogSource::Engine => 3,
+        }
+    }
+
+    /// Inverse of [`LogSource::code`].
+    pub fn from_code(c: i64) -> Self {
+        match c {
+            2 => LogSource::Worker,
+            3 => LogSource::Engine,
+            _ => LogSource::System,
+        }
+    }
+}
+
+/// One line of a task's log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// The task.
+    pub task_id: TaskId,
+    /// Line number (assigned by the store).
+    pub line: u64,
+    /// Time.
+    pub time: Micros,
+    /// Who wrote it.
+    pub source: LogSource,
+    /// Level.
+    pub level: String,
+    /// Text.
+    pub message: String,
+    /// Attempt, 0 if none.
+    pub attempt: u32,
+}
+
+impl LogEntry {
+    /// A system line at `info` level.
+    pub fn system(task_id: TaskId, attempt: u32, message: impl Into<String>) -> Self {
+        LogEntry {
+            task_id,
+            line: 0,
+            time: now_micros(),
+            source: LogSource::System,
+            level: "info".into(),
+            message: message.into(),
+            attempt,
+        }
+    }
+
+    /// Sets the level.
+    pub fn level(mut self, level: &str) -> Self {
+        self.level = level.to_string();
+        self
+    }
+}
+
+/// A filter over tasks, for watch and list. Empty means any.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Owner.
+    pub user_id: Option<String>,
+    /// Session.
+    pub session_id: Option<String>,
+    /// Ids.
+    pub task_ids: Vec<TaskId>,
+    /// Names.
+    pub names: Vec<String>,
+    /// Types.
+    pub task_types: Vec<TaskType>,
+    /// States.
+    pub states: Vec<TaskState>,
+    /// Sources.
+    pub sources: Vec<Source>,
+}
+
+impl TaskFilter {
+    /// Whether a task matches.
+    pub fn matches(&self, t: &Task) -> bool {
+        if let Some(u) = &self.user_id {
+            if t.spec.user_id.as_deref() != Some(u.as_str()) {
+                return false;
+            }
+        }
+        if let Some(s) = &self.session_id {
+            if t.spec.session_id.as_deref() != Some(s.as_str()) {
+                return false;
+            }
+        }
+        (self.task_ids.is_empty() || self.task_ids.contains(&t.id))
+            && (self.names.is_empty() || self.names.iter().any(|n| *n == t.spec.name))
+            && (self.task_types.is_empty() || self.task_types.contains(&t.spec.task_type))
+            && (self.states.is_empty() || self.states.contains(&t.rt.state))
+            && (self.sources.is_empty() || self.sources.contains(&t.rt.source))
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Now cancelled.
+    Cancelled,
+    /// Asked the worker or engine to stop.
+    CancelRequested,
+    /// Already final.
+    AlreadyFinished,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_backoff_doubles_and_caps() {
+        let b = Backoff {
+            kind: BackoffKind::Exponential,
+            base: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(200));
+        assert_eq!(b.delay(4), Duration::from_millis(800));
+        assert_eq!(b.delay(5), Duration::from_millis(1000));
+        assert_eq!(b.delay(500), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn fixed_backoff_is_constant() {
+        let b = Backoff {
+            kind: BackoffKind::Fixed,
+            base: Duration::from_millis(250),
+            max: Duration::from_millis(10),
+        };
+        assert_eq!(b.delay(1), b.delay(9));
+    }
+
+    #[test]
+    fn codes_round_trip() {
+        for s in TaskState::ALL {
+            assert_eq!(TaskState::from_code(s.code()), Some(s));
+        }
+        for t in TaskType::ALL {
+            assert_eq!(TaskType::from_code(t.code()), Some(t));
+        }
+        assert!(TaskState::Completed.is_final());
+        assert!(!TaskState::Compensating.is_final());
+    }
+}

@@ -1,0 +1,403 @@
+//! The SSRF guard: which destinations a webhook call may reach.
+//!
+//! Checked after DNS resolution (the HTTP client resolves names through
+//! [`GuardedResolver`], so a name that points at a private address is refused
+//! at connect time, whatever the name), and before each request for URLs whose
+//! host is an IP literal (the client does not resolve those). Redirects are
+//! followed by the executor itself, so every hop goes through the same checks.
+//! It owns no I/O besides the resolver's lookup.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::Url;
+
+/// Why an address is refused, or `None` when it is a public address.
+pub fn refused_reason(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => v4_reason(v4),
+        IpAddr::V6(v6) => v6_reason(v6),
+    }
+}
+
+fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    Some(if ip == Ipv4Addr::new(169, 254, 169, 254) {
+        "cloud metadata"
+    } else if ip.is_unspecified() || a == 0 {
+        "unspecified"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else if ip.is_private() {
+        "private"
+    } else if ip.is_link_local() {
+        "link-local"
+    } else if a == 100 && (b & 0xc0) == 64 {
+        "shared (CGNAT)"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if ip.is_broadcast() || a >= 240 {
+        "reserved"
+    } else {
+        return None;
+    })
+}
+
+fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
+    // Addresses that carry an IPv4 address are judged by it.
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return v4_reason(v4);
+    }
+    let s = ip.segments();
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        // NAT64 (64:ff9b::/96).
+        return v4_reason(Ipv4Addr::new(
+            (s[6] >> 8) as u8,
+            s[6] as u8,
+            (s[7] >> 8) as u8,
+            s[7] as u8,
+        ));
+    }
+    if s[0] == 0x2002 {
+        // 6to4 (2002::/16) embeds an IPv4 address.
+        return v4_reason(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    Some(
+        if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+            "cloud metadata"
+        } else if ip.is_unspecified() {
+            "unspecified"
+        } else if ip.is_loopback() {
+            "loopback"
+        } else if s[0..6] == [0, 0, 0, 0, 0, 0] {
+            // IPv4-compatible (deprecated) ::a.b.c.d.
+            "reserved"
+        } else if (s[0] & 0xfe00) == 0xfc00 {
+            "unique-local (private)"
+        } else if (s[0] & 0xffc0) == 0xfe80 || (s[0] & 0xffc0) == 0xfec0 {
+            "link-local"
+        } else if ip.is_multicast() {
+            "multicast"
+        } else {
+            return None;
+        },
+    )
+}
+
+/// A destination the guard refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsrfRefused {
+    /// The host as named in the URL.
+    pub host: String,
+    /// The address refused, if the refusal is about one.
+    pub ip: Option<IpAddr>,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for SsrfRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            Some(ip) if ip.to_string() != self.host => write!(
+                f,
+                "refused to call {} ({ip}): {} address; list it in webhook.allow_hosts to allow it",
+                self.host, self.reason
+            ),
+            Some(_) => write!(
+                f,
+                "refused to call {}: {} address; list it in webhook.allow_hosts to allow it",
+                self.host, self.reason
+            ),
+            None => write!(f, "refused to call {}: {}", self.host, self.reason),
+        }
+    }
+}
+
+impl std::error::Error for SsrfRefused {}
+
+/// The destinations exempt from the guard (`webhook.allow_hosts`).
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    names: HashSet<String>,
+    nets: Vec<IpNet>,
+}
+
+/// Lower-cases a host name and drops a trailing dot and IPv6 brackets.
+pub fn normalize_host(host: &str) -> String {
+    let h = host.trim_end_matches('.');
+    let h = h
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(h);
+    h.to_ascii_lowercase()
+}
+
+impl AllowList {
+    /// Parses entries: host names, IP addresses or CIDRs.
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        let mut out = AllowList::default();
+        for e in entries {
+            let e = normalize_host(e.trim());
+            if e.is_empty() {
+                return Err("webhook.allow_hosts has an empty entry".into());
+            }
+            if let Ok(net) = e.parse::<IpNet>() {
+                out.nets.push(net.trunc());
+            } else if let Ok(ip) = e.parse::<IpAddr>() {
+                out.nets.push(IpNet::from(ip));
+            } else if e.contains('/') || e.contains(':') {
+                return Err(format!(
+                    "webhook.allow_hosts entry {e:?} is neither a host name, an IP address nor a CIDR"
+                ));
+            } else {
+                out.names.insert(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a host name is listed as such.
+    pub fn host_allowed(&self, host: &str) -> bool {
+        !self.names.is_empty() && self.names.contains(&normalize_host(host))
+    }
+
+    /// Checks one address that `host` resolved to (or is).
+    pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), SsrfRefused> {
+        let Some(reason) = refused_reason(ip) else {
+            return Ok(());
+        };
+        if self.nets.iter().any(|n| n.contains(&ip)) || self.ip_mapped_allowed(ip) {
+            return Ok(());
+        }
+        Err(SsrfRefused {
+            host: host.to_string(),
+            ip: Some(ip),
+            reason: reason.to_string(),
+        })
+    }
+
+    fn ip_mapped_allowed(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.nets.iter().any(|n| n.contains(&IpAddr::V4(v4)))),
+            IpAddr::V4(_) => false,
+        }
+    }
+
+    /// Checks a URL before a request: the scheme, and the host when it is an
+    /// IP literal (names are checked by [`GuardedResolver`] when connecting).
+    pub fn check_url(&self, url: &Url) -> Result<(), SsrfRefused> {
+        let host = url.host_str().unwrap_or_default();
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(SsrfRefused {
+                host: host.to_string(),
+                ip: None,
+                reason: format!(
+                    "the scheme {:?} is not allowed (http and https only)",
+                    url.scheme()
+                ),
+            });
+        }
+        if host.is_empty() {
+            return Err(SsrfRefused {
+                host: String::new(),
+                ip: None,
+                reason: "the URL has no host".into(),
+            });
+        }
+        // The URL parser normalises IP literals (`0x7f.1` is `127.0.0.1`), so
+        // a host that parses as an address is one; anything else is a name.
+        match normalize_host(host).parse::<IpAddr>() {
+            Ok(ip) => self.check_ip(host, ip),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// A DNS resolver that drops refused addresses and fails when none is left.
+#[derive(Clone)]
+pub struct GuardedResolver {
+    allow: Arc<AllowList>,
+}
+
+impl GuardedResolver {
+    /// A resolver enforcing `allow`.
+    pub fn new(allow: Arc<AllowList>) -> Self {
+        GuardedResolver { allow }
+    }
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow = self.allow.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if allow.host_allowed(&host) {
+                return Ok(Box::new(found.into_iter()) as Addrs);
+            }
+            let mut refused = None;
+            let mut ok = Vec::with_capacity(found.len());
+            for a in found {
+                match allow.check_ip(&host, a.ip()) {
+                    Ok(()) => ok.push(a),
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                    }
+                }
+            }
+            match refused {
+                Some(e) if ok.is_empty() => {
+                    Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                }
+                _ => Ok(Box::new(ok.into_iter()) as Addrs),
+            }
+        })
+    }
+}
+
+/// Finds an SSRF refusal in an error's chain of causes.
+pub fn find_refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a SsrfRefused> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<SsrfRefused>() {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(s: &str) -> Option<&'static str> {
+        refused_reason(s.parse().unwrap())
+    }
+
+    #[test]
+    fn classifies_addresses() {
+        for (ip, why) in [
+            ("127.0.0.1", "loopback"),
+            ("127.9.9.9", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "cloud metadata"),
+            ("169.254.1.1", "link-local"),
+            ("100.64.0.1", "shared (CGNAT)"),
+            ("100.127.255.255", "shared (CGNAT)"),
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "reserved"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("fd00:ec2::254", "cloud metadata"),
+            ("fc00::1", "unique-local (private)"),
+            ("fd12:3456::1", "unique-local (private)"),
+            ("fe80::1", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::ffff:169.254.169.254", "cloud metadata"),
+            ("64:ff9b::a00:1", "private"),
+            ("2002:c0a8:101::1", "private"),
+        ] {
+            assert_eq!(reason(ip), Some(why), "{ip}");
+        }
+        for ip in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "192.169.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+        ] {
+            assert_eq!(reason(ip), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn allow_list_takes_names_ips_and_cidrs() {
+        let a = AllowList::parse(&[
+            "127.0.0.1".into(),
+            "10.1.0.0/16".into(),
+            "N8N.Internal.".into(),
+            "[::1]".into(),
+        ])
+        .unwrap();
+        assert!(a.check_ip("x", "127.0.0.1".parse().unwrap()).is_ok());
+        assert!(a.check_ip("x", "::ffff:127.0.0.1".parse().unwrap()).is_ok());
+        assert!(a.check_ip("x", "::1".parse().unwrap()).is_ok());
+        assert!(a.check_ip("x", "10.1.200.3".parse().unwrap()).is_ok());
+        let e = a.check_ip("x", "10.2.0.1".parse().unwrap()).unwrap_err();
+        assert_eq!(e.reason, "private");
+        assert!(a.check_ip("x", "127.0.0.2".parse().unwrap()).is_err());
+        assert!(a.host_allowed("n8n.internal"));
+        assert!(!a.host_allowed("other.internal"));
+        assert!(AllowList::parse(&["10.0.0.0/33".into()]).is_err());
+        assert!(AllowList::parse(&["".into()]).is_err());
+    }
+
+    #[test]
+    fn urls_are_checked_for_scheme_and_ip_literals() {
+        let none = AllowList::default();
+        let check = |u: &str| none.check_url(&Url::parse(u).unwrap());
+        assert!(
+            check("https://example.com/x").is_ok(),
+            "names are checked at resolution"
+        );
+        assert_eq!(
+            check("http://169.254.169.254/latest").unwrap_err().reason,
+            "cloud metadata"
+        );
+        assert_eq!(check("http://[::1]:8080/").unwrap_err().reason, "loopback");
+        assert_eq!(
+            check("http://0x7f.1/").unwrap_err().reason,
+            "loopback",
+            "the URL parser normalises"
+        );
+        assert!(check("ftp://example.com/")
+            .unwrap_err()
+            .reason
+            .contains("scheme"));
+        assert!(check("file:///etc/passwd").is_err());
+        let msg = check("http://10.0.0.1/").unwrap_err().to_string();
+        assert!(
+            msg.contains("private") && msg.contains("allow_hosts"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_names_of_private_addresses() {
+        let r = GuardedResolver::new(Arc::new(AllowList::default()));
+        let err = match r.resolve("localhost".parse().unwrap()).await {
+            Ok(_) => panic!("localhost must be refused"),
+            Err(e) => e,
+        };
+        let refusal = find_refusal(err.as_ref()).expect("an SSRF refusal");
+        assert_eq!(refusal.reason, "loopback");
+
+        let allowed =
+            GuardedResolver::new(Arc::new(AllowList::parse(&["localhost".into()]).unwrap()));
+        let addrs: Vec<_> = match allowed.resolve("localhost".parse().unwrap()).await {
+            Ok(a) => a.collect(),
+            Err(e) => panic!("{e}"),
+        };
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
+}

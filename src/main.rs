@@ -1,0 +1,169 @@
+//! The `switchyard` binary: `serve`, `config`, and the client subcommands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+// The scheduler allocates small objects on every transition; mimalloc cuts
+// that cost well below glibc's malloc (see the README's Performance section).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use switchyard::config::{Config, LogFormat, Overrides};
+
+/// One API to schedule, track, cancel and watch background work.
+#[derive(Parser)]
+#[command(name = "switchyard", version, about)]
+struct Cli {
+    #[command(flatten)]
+    client: switchyard::cli::ClientArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the server.
+    Serve(ServeArgs),
+    /// Prints the effective configuration (defaults, file, environment, flags).
+    Config(ServeArgs),
+    /// Schedules and inspects tasks.
+    #[command(subcommand)]
+    Task(switchyard::cli::TaskCommand),
+    /// Cancels every active task of a user or session.
+    Disconnect(switchyard::cli::DisconnectArgs),
+    /// Prints counts, queues, throughput and latencies.
+    Metrics(switchyard::cli::MetricsArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// A TOML config file.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Where the store keeps its file [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep everything in memory: nothing survives a restart.
+    #[arg(long)]
+    memory: bool,
+    /// Log format: pretty or json.
+    #[arg(long, value_parser = ["pretty", "json"])]
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> Result<Config, String> {
+        let o = Overrides {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            memory: self.memory.then_some(true),
+            log_format: self.log_format.as_deref().map(|f| {
+                if f == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Pretty
+                }
+            }),
+        };
+        Config::load(self.config.as_deref(), &o).map_err(|e| format!("configuration error: {e}"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let result = match cli.command {
+            Command::Serve(args) => return serve(args).await,
+            Command::Config(args) => {
+                return match args.load() {
+                    Ok(c) => {
+                        print!("{}", c.to_toml());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::from(2)
+                    }
+                }
+            }
+            Command::Task(cmd) => switchyard::cli::run_task(&cli.client, cmd).await,
+            Command::Disconnect(a) => switchyard::cli::run_disconnect(&cli.client, a).await,
+            Command::Metrics(a) => switchyard::cli::run_metrics(&cli.client, a).await,
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => e.report(),
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    switchyard::telemetry::init(&config.log);
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, cause = %e, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    match switchyard::run(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(cause = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

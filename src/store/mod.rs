@@ -1,0 +1,151 @@
+//! Durable storage of tasks and their logs.
+//!
+//! Owns persistence only: it applies ordered writes, commits them in groups
+//! (one transaction and one fsync for many callers) and then tells a
+//! [`CommitListener`] which events became durable. It makes no scheduling
+//! decision. The embedded default is [`sqlite::SqliteStore`]; a Postgres store
+//! for several replicas can implement the same trait.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::domain::{
+    EventKind, LogEntry, Task, TaskEvent, TaskFilter, TaskId, TaskState, TaskType,
+};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A stored row could not be read back.
+    #[error("corrupt row for task {id}: {reason}")]
+    Corrupt {
+        /// The task.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The writer stopped (shutdown or a fatal error).
+    #[error("the store is closed")]
+    Closed,
+    /// Opening the store failed.
+    #[error("cannot open the store at {path}: {reason}")]
+    Open {
+        /// Path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One write, applied in submission order.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert a new task. If its idempotency key exists already, nothing is
+    /// written and the outcome is [`WriteOutcome::Existing`].
+    Insert {
+        /// The task.
+        task: Task,
+        /// Its payload.
+        payload: Payload,
+        /// Log lines to append if inserted.
+        log: Vec<LogEntry>,
+        /// Event to publish once durable.
+        event: Option<EventKind>,
+    },
+    /// Replace the mutable part of an existing task.
+    Update {
+        /// The task after the change.
+        task: Task,
+        /// Log lines to append.
+        log: Vec<LogEntry>,
+        /// Event to publish once durable.
+        event: Option<EventKind>,
+    },
+    /// Append log lines.
+    Log(Vec<LogEntry>),
+}
+
+/// The payload of an inserted task.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A JSON object, serialised.
+    Json(Arc<str>),
+    /// The payload of another stored task (a cleanup task reuses the
+    /// original's).
+    CopyOf(TaskId),
+}
+
+/// What one write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Written.
+    Done,
+    /// The idempotency key belongs to this existing task.
+    Existing(TaskId),
+}
+
+/// Receives the events of every committed group, in commit order.
+pub trait CommitListener: Send + Sync {
+    /// Called on the writer after each commit with the events that became
+    /// durable. Must not block.
+    fn committed(&self, events: Vec<Arc<TaskEvent>>);
+}
+
+/// Where to send the outcome of a submitted group.
+pub type Completion = oneshot::Sender<Result<Vec<WriteOutcome>, Arc<StoreError>>>;
+
+/// Counts of tasks per type, name and state.
+pub type Counts = Vec<(TaskType, String, TaskState, u64)>;
+
+/// A page of tasks.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Filter.
+    pub filter: TaskFilter,
+    /// Page size.
+    pub limit: usize,
+    /// Continue after (older than) this id.
+    pub before: Option<TaskId>,
+}
+
+/// Durable storage for tasks.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Queues writes, applied in order after every earlier submission.
+    /// `done`, if given, receives the outcomes once they are durable.
+    fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>);
+    /// Installs the listener told of every commit's events.
+    fn set_listener(&self, listener: Arc<dyn CommitListener>);
+    /// Resolves once everything submitted before is durable.
+    async fn flush(&self) -> Result<(), Arc<StoreError>>;
+    /// One task, with its payload.
+    async fn get(&self, id: TaskId) -> Result<Option<(Task, Arc<str>)>, StoreError>;
+    /// A task's payload.
+    async fn payload(&self, id: TaskId) -> Result<Option<Arc<str>>, StoreError>;
+    /// Tasks matching a filter, newest first.
+    async fn list(&self, q: ListQuery) -> Result<Vec<Task>, StoreError>;
+    /// A task's log lines after `after`, oldest first.
+    async fn logs(&self, id: TaskId, after: u64, limit: usize)
+        -> Result<Vec<LogEntry>, StoreError>;
+    /// Every task not in a final state (for start-up).
+    async fn load_active(&self) -> Result<Vec<Task>, StoreError>;
+    /// Tasks whose last event has `after < seq <= up_to`, in sequence order.
+    async fn changed_since(
+        &self,
+        after: u64,
+        up_to: u64,
+        filter: TaskFilter,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError>;
+    /// Task counts per type, name and state.
+    async fn counts(&self) -> Result<Counts, StoreError>;
+    /// The largest sequence number stored.
+    async fn max_seq(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,835 @@
+//! The embedded store: one SQLite file in WAL mode, written by one thread
+//! that commits every write queued while the previous commit ran in one
+//! transaction (group commit), so durability costs one fsync per group, not
+//! per call.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{
+    CommitListener, Completion, Counts, ListQuery, Payload, Store, StoreError, WriteOp,
+    WriteOutcome,
+};
+use crate::domain::{
+    now_micros, LogEntry, LogSource, Task, TaskEvent, TaskFilter, TaskId, TaskRuntime, TaskSpec,
+    TaskState, TaskType,
+};
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints: survives a crash of the process (kill -9), not of
+    /// the machine.
+    Normal,
+}
+
+/// Options of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database file; `None` keeps everything in memory (tests).
+    pub path: Option<PathBuf>,
+    /// Commit durability.
+    pub synchronous: Synchronous,
+    /// Most operations in one transaction.
+    pub max_batch: usize,
+    /// Reader connections.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            path: None,
+            synchronous: Synchronous::Full,
+            max_batch: 4096,
+            readers: 4,
+        }
+    }
+}
+
+/// Statistics of the commit path (for metrics).
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Commits done.
+    pub commits: std::sync::atomic::AtomicU64,
+    /// Operations committed.
+    pub ops: std::sync::atomic::AtomicU64,
+    /// Total commit time in microseconds.
+    pub commit_micros: std::sync::atomic::AtomicU64,
+}
+
+struct Group {
+    ops: Vec<WriteOp>,
+    done: Option<Completion>,
+}
+
+type Listener = OnceLock<Arc<dyn CommitListener>>;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    tx: Mutex<Option<mpsc::Sender<Group>>>,
+    readers: Vec<Arc<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+    listener: Arc<Listener>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Commit statistics.
+    pub stats: Arc<CommitStats>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS tasks (
+    id BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    task_type INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    source INTEGER NOT NULL,
+    user_id TEXT,
+    session_id TEXT,
+    idempotency_key TEXT,
+    parent_id BLOB,
+    spec TEXT NOT NULL,
+    rt TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_seq ON tasks(seq);
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks(state) WHERE state IN (1, 2, 6);
+CREATE INDEX IF NOT EXISTS tasks_user ON tasks(user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_session ON tasks(session_id) WHERE session_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS task_logs (
+    line INTEGER PRIMARY KEY,
+    task_id BLOB NOT NULL,
+    time INTEGER NOT NULL,
+    source INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_logs_task ON task_logs(task_id, line);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
+"#;
+
+fn configure(conn: &Connection, sync: Synchronous, memory: bool) -> rusqlite::Result<()> {
+    if !memory {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store and starts its writer thread.
+    pub fn open(opts: SqliteOptions) -> Result<Arc<Self>, StoreError> {
+        let open_err = |p: &str, e: &dyn std::fmt::Display| StoreError::Open {
+            path: p.to_string(),
+            reason: e.to_string(),
+        };
+        let (writer_conn, readers) = match &opts.path {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| open_err(&path.display().to_string(), &e))?;
+                    }
+                }
+                let w = Connection::open(path)?;
+                configure(&w, opts.synchronous, false)?;
+                w.execute_batch(SCHEMA)?;
+                let w = Arc::new(Mutex::new(w));
+                let mut readers = Vec::new();
+                for _ in 0..opts.readers.max(1) {
+                    readers.push(Arc::new(Mutex::new(open_reader(path)?)));
+                }
+                (w, readers)
+            }
+            None => {
+                let w = Connection::open_in_memory()?;
+                configure(&w, opts.synchronous, true)?;
+                w.execute_batch(SCHEMA)?;
+                let w = Arc::new(Mutex::new(w));
+                (w.clone(), vec![w])
+            }
+        };
+        let (tx, rx) = mpsc::channel::<Group>();
+        let listener: Arc<Listener> = Arc::new(OnceLock::new());
+        let stats = Arc::new(CommitStats::default());
+        let writer = {
+            let listener = listener.clone();
+            let stats = stats.clone();
+            let max_batch = opts.max_batch.max(1);
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer_loop(writer_conn, rx, listener, stats, max_batch))
+                .map_err(|e| open_err("writer thread", &e))?
+        };
+        Ok(Arc::new(SqliteStore {
+            tx: Mutex::new(Some(tx)),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            listener,
+            writer: Mutex::new(Some(writer)),
+            stats,
+        }))
+    }
+
+    /// Stops the writer after it has committed everything queued.
+    pub fn close(&self) {
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    fn reader(&self) -> &Arc<Mutex<Connection>> {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        &self.readers[i]
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.reader().clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock()))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.pragma_update(None, "busy_timeout", 5000)?;
+    c.pragma_update(None, "cache_size", -16384)?;
+    Ok(c)
+}
+
+fn writer_loop(
+    conn: Arc<Mutex<Connection>>,
+    rx: mpsc::Receiver<Group>,
+    listener: Arc<Listener>,
+    stats: Arc<CommitStats>,
+    max_batch: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        let mut n = groups[0].ops.len();
+        while n < max_batch {
+            match rx.try_recv() {
+                Ok(g) => {
+                    n += g.ops.len();
+                    groups.push(g);
+                }
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let mut conn = conn.lock();
+        let mut results: Vec<Result<Vec<WriteOutcome>, Arc<StoreError>>> =
+            Vec::with_capacity(groups.len());
+        let mut events: Vec<Arc<TaskEvent>> = Vec::new();
+        // Fast path: every group in one transaction. A group that fails
+        // (rare: a constraint or I/O error) rolls the batch back, and then
+        // each group is committed on its own so only the failing one is lost.
+        let commit = (|| -> Result<(), StoreError> {
+            let tx = conn.transaction()?;
+            let mut outs = Vec::with_capacity(groups.len());
+            let mut failed = false;
+            for g in &groups {
+                match apply_group(&tx, &g.ops, &mut events) {
+                    Ok(out) => outs.push(Ok(out)),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if !failed {
+                tx.commit()?;
+                results = outs;
+                return Ok(());
+            }
+            tx.rollback()?;
+            events.clear();
+            for g in &groups {
+                let tx = conn.transaction()?;
+                let mut group_events = Vec::new();
+                match apply_group(&tx, &g.ops, &mut group_events) {
+                    Ok(out) => {
+                        tx.commit()?;
+                        results.push(Ok(out));
+                        events.extend(group_events);
+                    }
+                    Err(e) => {
+                        tx.rollback()?;
+                        tracing::error!(cause = %e, "store write group rolled back");
+                        results.push(Err(Arc::new(e)));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(conn);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(n as u64, Ordering::Relaxed);
+        stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match commit {
+            Ok(()) => {
+                for (g, r) in groups.into_iter().zip(results) {
+                    if let Some(done) = g.done {
+                        let _ = done.send(r);
+                    }
+                }
+                if !events.is_empty() {
+                    if let Some(l) = listener.get() {
+                        l.committed(events);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "store commit failed; the writes of this group are lost");
+                let e = Arc::new(e);
+                for g in groups {
+                    if let Some(done) = g.done {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn apply_group(
+    conn: &Connection,
+    ops: &[WriteOp],
+    events: &mut Vec<Arc<TaskEvent>>,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut out = Vec::with_capacity(ops.len());
+    let now = now_micros();
+    for op in ops {
+        match op {
+            WriteOp::Insert {
+                task,
+                payload,
+                log,
+                event,
+            } => {
+                let spec = serde_json::to_string(&*task.spec).map_err(|e| corrupt(task.id, e))?;
+                let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
+                let (sql, payload) = match payload {
+                    Payload::Json(p) => (
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                         ON CONFLICT DO NOTHING",
+                        rusqlite::types::Value::Text(p.to_string()),
+                    ),
+                    Payload::CopyOf(src) => (
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'))
+                         ON CONFLICT DO NOTHING",
+                        rusqlite::types::Value::Blob(src.as_bytes().to_vec()),
+                    ),
+                };
+                let mut st = conn.prepare_cached(sql)?;
+                let n = st.execute(params![
+                    task.id.as_bytes(),
+                    task.created_at,
+                    task.spec.name,
+                    task.spec.task_type.code(),
+                    task.rt.state.code(),
+                    task.rt.seq as i64,
+                    task.rt.source.code(),
+                    task.spec.user_id,
+                    task.spec.session_id,
+                    task.spec.idempotency_key,
+                    task.spec.parent_id.map(|p| p.as_bytes().to_vec()),
+                    spec,
+                    rt,
+                    payload,
+                ])?;
+                if n == 0 {
+                    let existing: Option<Vec<u8>> = match &task.spec.idempotency_key {
+                        Some(k) => conn
+                            .prepare_cached("SELECT id FROM tasks WHERE idempotency_key = ?1")?
+                            .query_row([k], |r| r.get(0))
+                            .optional()?,
+                        None => None,
+                    };
+                    let id = existing
+                        .and_then(|b| TaskId::from_slice(&b).ok())
+                        .unwrap_or(task.id);
+                    out.push(WriteOutcome::Existing(id));
+                    continue;
+                }
+                insert_logs(conn, log)?;
+                if let Some(kind) = event {
+                    events.push(Arc::new(TaskEvent {
+                        seq: task.rt.seq,
+                        kind: *kind,
+                        time: now,
+                        task: task.clone(),
+                    }));
+                }
+                out.push(WriteOutcome::Done);
+            }
+            WriteOp::Update { task, log, event } => {
+                let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
+                conn.prepare_cached(
+                    "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5 WHERE id = ?1",
+                )?
+                .execute(params![
+                    task.id.as_bytes(),
+                    task.rt.state.code(),
+                    task.rt.seq as i64,
+                    task.rt.source.code(),
+                    rt
+                ])?;
+                insert_logs(conn, log)?;
+                if let Some(kind) = event {
+                    events.push(Arc::new(TaskEvent {
+                        seq: task.rt.seq,
+                        kind: *kind,
+                        time: now,
+                        task: task.clone(),
+                    }));
+                }
+                out.push(WriteOutcome::Done);
+            }
+            WriteOp::Log(lines) => {
+                insert_logs(conn, lines)?;
+                out.push(WriteOutcome::Done);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn corrupt(id: TaskId, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn insert_logs(conn: &Connection, lines: &[LogEntry]) -> Result<(), StoreError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut st = conn.prepare_cached(
+        "INSERT INTO task_logs (task_id, time, source, level, attempt, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for l in lines {
+        st.execute(params![
+            l.task_id.as_bytes(),
+            l.time,
+            l.source.code(),
+            l.level,
+            l.attempt,
+            l.message
+        ])?;
+    }
+    Ok(())
+}
+
+const TASK_COLUMNS: &str = "id, created_at, spec, rt";
+
+fn row_to_task(r: &Row<'_>) -> Result<Task, StoreError> {
+    let idb: Vec<u8> = r.get(0)?;
+    let id = TaskId::from_slice(&idb).map_err(|e| StoreError::Corrupt {
+        id: format!("{idb:?}"),
+        reason: e.to_string(),
+    })?;
+    let created_at: i64 = r.get(1)?;
+    let spec: String = r.get(2)?;
+    let rt: String = r.get(3)?;
+    let spec: TaskSpec = serde_json::from_str(&spec).map_err(|e| corrupt(id, e))?;
+    let rt: TaskRuntime = serde_json::from_str(&rt).map_err(|e| corrupt(id, e))?;
+    Ok(Task {
+        id,
+        created_at,
+        spec: Arc::new(spec),
+        rt,
+    })
+}
+
+/// Runs a query selecting `TASK_COLUMNS` and reads every row as a task.
+fn query_tasks(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Task>, StoreError> {
+    let mut st = conn.prepare(sql)?;
+    let mut rows = st.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(row_to_task(r)?);
+    }
+    Ok(out)
+}
+
+/// Builds the WHERE clause of a filter; returns the clause and its values.
+fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut clauses: Vec<String> = Vec::new();
+    let mut vals: Vec<Value> = Vec::new();
+    let mut push_in = |col: &str, items: Vec<Value>, clauses: &mut Vec<String>| {
+        if items.is_empty() {
+            return;
+        }
+        let start = vals.len();
+        let ph: Vec<String> = (0..items.len())
+            .map(|i| format!("?{}", start + i + 1))
+            .collect();
+        vals.extend(items);
+        clauses.push(format!("{col} IN ({})", ph.join(", ")));
+    };
+    if let Some(u) = &f.user_id {
+        push_in("user_id", vec![Value::Text(u.clone())], &mut clauses);
+    }
+    if let Some(s) = &f.session_id {
+        push_in("session_id", vec![Value::Text(s.clone())], &mut clauses);
+    }
+    push_in(
+        "id",
+        f.task_ids
+            .iter()
+            .map(|i| Value::Blob(i.as_bytes().to_vec()))
+            .collect(),
+        &mut clauses,
+    );
+    push_in(
+        "name",
+        f.names.iter().map(|n| Value::Text(n.clone())).collect(),
+        &mut clauses,
+    );
+    push_in(
+        "task_type",
+        f.task_types
+            .iter()
+            .map(|t| Value::Integer(t.code()))
+            .collect(),
+        &mut clauses,
+    );
+    push_in(
+        "state",
+        f.states.iter().map(|s| Value::Integer(s.code())).collect(),
+        &mut clauses,
+    );
+    push_in(
+        "source",
+        f.sources.iter().map(|s| Value::Integer(s.code())).collect(),
+        &mut clauses,
+    );
+    (clauses.join(" AND "), vals)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>) {
+        let guard = self.tx.lock();
+        let sent = match guard.as_ref() {
+            Some(tx) => tx.send(Group { ops, done }).map_err(|e| e.0.done),
+            None => Err(done),
+        };
+        if let Err(Some(done)) = sent {
+            let _ = done.send(Err(Arc::new(StoreError::Closed)));
+        }
+    }
+
+    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    async fn flush(&self) -> Result<(), Arc<StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Vec::new(), Some(tx));
+        rx.await
+            .map_err(|_| Arc::new(StoreError::Closed))?
+            .map(|_| ())
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<(Task, Arc<str>)>, StoreError> {
+        let conn = self.reader().lock();
+        let mut st = conn
+            .prepare_cached("SELECT id, created_at, spec, rt, payload FROM tasks WHERE id = ?1")?;
+        let mut rows = st.query([id.as_bytes()])?;
+        match rows.next()? {
+            Some(r) => {
+                let t = row_to_task(r)?;
+                let p: String = r.get(4)?;
+                Ok(Some((t, Arc::from(p))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn payload(&self, id: TaskId) -> Result<Option<Arc<str>>, StoreError> {
+        let conn = self.reader().lock();
+        let p: Option<String> = conn
+            .prepare_cached("SELECT payload FROM tasks WHERE id = ?1")?
+            .query_row([id.as_bytes()], |r| r.get(0))
+            .optional()?;
+        Ok(p.map(Arc::from))
+    }
+
+    async fn list(&self, q: ListQuery) -> Result<Vec<Task>, StoreError> {
+        self.blocking(move |conn| {
+            let (mut clause, mut vals) = filter_sql(&q.filter);
+            if let Some(b) = q.before {
+                if !clause.is_empty() {
+                    clause.push_str(" AND ");
+                }
+                vals.push(rusqlite::types::Value::Blob(b.as_bytes().to_vec()));
+                clause.push_str(&format!("id < ?{}", vals.len()));
+            }
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks {} {} ORDER BY id DESC LIMIT {}",
+                if clause.is_empty() { "" } else { "WHERE" },
+                clause,
+                q.limit.max(1)
+            );
+            query_tasks(conn, &sql, rusqlite::params_from_iter(vals))
+        })
+        .await
+    }
+
+    async fn logs(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.blocking(move |conn| {
+            let mut st = conn.prepare_cached(
+                "SELECT line, time, source, level, attempt, message FROM task_logs
+                 WHERE task_id = ?1 AND line > ?2 ORDER BY line LIMIT ?3",
+            )?;
+            let rows = st.query_map(
+                params![
+                    id.as_bytes(),
+                    after.min(i64::MAX as u64) as i64,
+                    limit as i64
+                ],
+                |r| {
+                    Ok(LogEntry {
+                        task_id: id,
+                        line: r.get::<_, i64>(0)? as u64,
+                        time: r.get(1)?,
+                        source: LogSource::from_code(r.get(2)?),
+                        level: r.get(3)?,
+                        attempt: r.get(4)?,
+                        message: r.get(5)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn load_active(&self) -> Result<Vec<Task>, StoreError> {
+        self.blocking(|conn| {
+            query_tasks(
+                conn,
+                &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state IN (1, 2, 6)"),
+                [],
+            )
+        })
+        .await
+    }
+
+    async fn changed_since(
+        &self,
+        after: u64,
+        up_to: u64,
+        filter: TaskFilter,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        self.blocking(move |conn| {
+            let (clause, mut vals) = filter_sql(&filter);
+            vals.push(rusqlite::types::Value::Integer(after.min(i64::MAX as u64) as i64));
+            vals.push(rusqlite::types::Value::Integer(up_to as i64));
+            let n = vals.len();
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE {} seq > ?{} AND seq <= ?{} ORDER BY seq LIMIT {}",
+                if clause.is_empty() { String::new() } else { format!("{clause} AND") },
+                n - 1,
+                n,
+                limit.max(1)
+            );
+            query_tasks(conn, &sql, rusqlite::params_from_iter(vals))
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        self.blocking(|conn| {
+            let mut st = conn.prepare(
+                "SELECT task_type, name, state, count(*) FROM tasks GROUP BY task_type, name, state",
+            )?;
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let (Some(t), Some(s)) = (
+                    TaskType::from_code(r.get(0)?),
+                    TaskState::from_code(r.get(2)?),
+                ) else {
+                    continue;
+                };
+                out.push((t, r.get(1)?, s, r.get::<_, i64>(3)? as u64));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn max_seq(&self) -> Result<u64, StoreError> {
+        self.blocking(|conn| {
+            let s: Option<i64> = conn.query_row("SELECT max(seq) FROM tasks", [], |r| r.get(0))?;
+            Ok(s.unwrap_or(0) as u64)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Backoff, EventKind, Source, Target, WaitingReason};
+    use std::collections::BTreeMap;
+
+    fn task(key: Option<&str>) -> Task {
+        Task {
+            id: TaskId::now_v7(),
+            created_at: now_micros(),
+            spec: Arc::new(TaskSpec {
+                name: "t".into(),
+                task_type: TaskType::Simple,
+                priority: 0,
+                max_attempts: 1,
+                backoff: Backoff::default(),
+                execution_timeout: None,
+                user_id: Some("u1".into()),
+                session_id: None,
+                immediate: false,
+                idempotency_key: key.map(String::from),
+                labels: BTreeMap::new(),
+                cleanup: None,
+                target: Target::Simple { queue: None },
+                traceparent: None,
+                parent_id: None,
+            }),
+            rt: TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued),
+        }
+    }
+
+    async fn insert(s: &SqliteStore, t: &Task) -> WriteOutcome {
+        let (tx, rx) = oneshot::channel();
+        s.submit(
+            vec![WriteOp::Insert {
+                task: t.clone(),
+                payload: Payload::Json(Arc::from("{}")),
+                log: vec![LogEntry::system(t.id, 0, "scheduled")],
+                event: Some(EventKind::Scheduled),
+            }],
+            Some(tx),
+        );
+        rx.await.unwrap().unwrap().remove(0)
+    }
+
+    #[tokio::test]
+    async fn insert_get_update_and_idempotency() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(SqliteOptions {
+            path: Some(dir.path().join("t.db")),
+            ..Default::default()
+        })
+        .unwrap();
+        let a = task(Some("k"));
+        assert_eq!(insert(&s, &a).await, WriteOutcome::Done);
+        let b = task(Some("k"));
+        assert_eq!(insert(&s, &b).await, WriteOutcome::Existing(a.id));
+        let mut a2 = a.clone();
+        a2.rt.state = TaskState::Completed;
+        a2.rt.seq = 7;
+        s.submit(
+            vec![WriteOp::Update {
+                task: a2.clone(),
+                log: vec![],
+                event: None,
+            }],
+            None,
+        );
+        s.flush().await.unwrap();
+        let (got, payload) = s.get(a.id).await.unwrap().unwrap();
+        assert_eq!(got.rt.state, TaskState::Completed);
+        assert_eq!(&*payload, "{}");
+        assert!(s.get(b.id).await.unwrap().is_none());
+        assert_eq!(s.max_seq().await.unwrap(), 7);
+        assert!(s.load_active().await.unwrap().is_empty());
+        let logs = s.logs(a.id, 0, 10).await.unwrap();
+        assert_eq!(logs.len(), 1);
+        let listed = s
+            .list(ListQuery {
+                filter: TaskFilter {
+                    user_id: Some("u1".into()),
+                    ..Default::default()
+                },
+                limit: 10,
+                before: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        let changed = s
+            .changed_since(0, 100, TaskFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(changed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn memory_mode_works() {
+        let s = SqliteStore::open(SqliteOptions::default()).unwrap();
+        let a = task(None);
+        assert_eq!(insert(&s, &a).await, WriteOutcome::Done);
+        assert_eq!(s.load_active().await.unwrap().len(), 1);
+        assert_eq!(s.counts().await.unwrap()[0].3, 1);
+    }
+}

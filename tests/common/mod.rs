@@ -1,0 +1,700 @@
+//! Shared helpers of the integration tests: a real server on an ephemeral
+//! port (in-process, or as a separate process for kill -9 tests), gRPC
+//! clients, waiting on conditions with a deadline, and small builders for
+//! requests.
+//!
+//! Nothing here sleeps to synchronise: every wait polls a condition until a
+//! deadline and fails the test with what it was waiting for.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+use tonic_types::StatusExt;
+
+use switchyard::pb;
+use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
+use switchyard::pb::worker_service_client::WorkerServiceClient;
+use switchyard::worker::{TaskContext, Worker, WorkerHandle};
+
+/// The orchestrator client the tests use.
+pub type Client = OrchestratorServiceClient<Channel>;
+
+/// How long a test waits for something that should take well under a second.
+pub const SHORT: Duration = Duration::from_secs(5);
+/// How long a test waits for something that involves a lease or a restart.
+pub const LONG: Duration = Duration::from_secs(15);
+
+/// Installs a tracing subscriber once (quiet unless `RUST_LOG` says more).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+// ---------------------------------------------------------------------------
+// Waiting on conditions.
+// ---------------------------------------------------------------------------
+
+/// Polls `check` until it returns `Some`, and returns that value; panics with
+/// `what` once `timeout` has passed.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        // A pause between polls, not a synchronisation: the condition decides.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Polls `check` until it is true; panics with `what` once `timeout` has
+/// passed.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(what, timeout, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than
+/// `timeout`.
+pub async fn within<T>(what: &str, timeout: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Servers.
+// ---------------------------------------------------------------------------
+
+/// The test defaults: short leases so that lease tests stay fast, a short
+/// drain, and a file store in a temporary directory.
+pub fn test_config(data_dir: &Path) -> switchyard::Config {
+    let mut cfg = switchyard::Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    };
+    cfg.scheduler.lease_ttl = Duration::from_secs(2);
+    cfg.scheduler.heartbeat_interval = Duration::from_millis(500);
+    cfg.scheduler.shutdown_grace = Duration::from_secs(1);
+    cfg
+}
+
+/// A server running inside the test process on `127.0.0.1:0`.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<Result<(), switchyard::api::ServeError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with the test defaults.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server with the test defaults changed by `f`.
+    pub async fn start_with(f: impl FnOnce(&mut switchyard::Config)) -> TestServer {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut cfg = test_config(dir.path());
+        f(&mut cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let (tx, rx) = oneshot::channel::<()>();
+        let join = tokio::spawn(switchyard::run(listener, cfg, async move {
+            let _ = rx.await;
+        }));
+        let server = TestServer {
+            addr,
+            url: format!("http://{addr}"),
+            shutdown: Some(tx),
+            join: Some(join),
+            _dir: dir,
+        };
+        // Ready once the orchestrator answers.
+        let mut client = server.client().await;
+        wait_until("the server to answer GetMetrics", SHORT, || {
+            let mut c = client.clone();
+            async move { c.get_metrics(pb::GetMetricsRequest {}).await.is_ok() }
+        })
+        .await;
+        let _ = client.get_metrics(pb::GetMetricsRequest {}).await;
+        server
+    }
+
+    /// A connected orchestrator client (retries the connection until ready).
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    /// A raw worker-service client.
+    pub async fn worker_client(&self) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::new(channel(&self.url).await)
+    }
+
+    /// Drains and stops the server, waiting for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(join) = self.join.take() {
+            let r = within("the server to stop", LONG, join).await;
+            r.expect("the server task")
+                .expect("the server stopped cleanly");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A channel to `url`, retrying until the server accepts connections.
+pub async fn channel(url: &str) -> Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .expect("a valid URL")
+        .connect_timeout(Duration::from_secs(2));
+    wait_for(&format!("a connection to {url}"), SHORT, || {
+        let e = endpoint.clone();
+        async move { e.connect().await.ok() }
+    })
+    .await
+}
+
+/// An orchestrator client for `url`.
+pub async fn connect(url: &str) -> Client {
+    OrchestratorServiceClient::new(channel(url).await)
+}
+
+/// A free port on 127.0.0.1, found by binding port 0 and letting it go.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local address").port()
+}
+
+/// The `switchyard` binary running `serve` as a child process.
+pub struct ServerProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub url: String,
+    child: tokio::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts `switchyard serve` on `port` with its store in `data_dir`, with
+    /// the extra environment `env`, and waits until its health check answers
+    /// SERVING.
+    pub async fn start(port: u16, data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("SWITCHYARD_SCHEDULER__LEASE_TTL", "2s")
+            .env("SWITCHYARD_SCHEDULER__HEARTBEAT_INTERVAL", "500ms")
+            .env("SWITCHYARD_SCHEDULER__SHUTDOWN_GRACE", "1s")
+            .env(
+                "SWITCHYARD_LOG__FILTER",
+                std::env::var("SWITCHYARD_TEST_SERVER_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn the switchyard binary");
+        let mut server = ServerProcess {
+            addr,
+            url: format!("http://{addr}"),
+            child,
+        };
+        server.wait_serving().await;
+        server
+    }
+
+    /// Waits until `grpc.health.v1.Health/Check` answers SERVING.
+    pub async fn wait_serving(&mut self) {
+        let url = self.url.clone();
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server process exited early: {status}");
+            }
+            if health_serving(&url).await {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("timed out waiting for {url} to answer SERVING");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("SIGKILL the server");
+        let status = within("the killed server to exit", SHORT, self.child.wait())
+            .await
+            .expect("wait for the server");
+        assert!(!status.success(), "a SIGKILLed server cannot exit cleanly");
+    }
+}
+
+/// Whether the health service at `url` answers SERVING (for the whole server).
+pub async fn health_serving(url: &str) -> bool {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) else {
+        return false;
+    };
+    let Ok(ch) = endpoint
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut h = HealthClient::new(ch);
+    match h
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+    {
+        Ok(r) => {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        }
+        Err(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Requests.
+// ---------------------------------------------------------------------------
+
+/// A JSON object as a protobuf `Struct`.
+pub fn payload(v: Value) -> prost_types::Struct {
+    switchyard::worker::convert::json_to_struct(&v).expect("a JSON object")
+}
+
+/// A protobuf `Value` as JSON.
+pub fn to_json(v: &prost_types::Value) -> Value {
+    switchyard::worker::convert::value_to_json(v).expect("a JSON value")
+}
+
+/// A protobuf `Struct` as JSON.
+pub fn struct_json(s: &prost_types::Struct) -> Value {
+    switchyard::worker::convert::struct_to_json(s).expect("a JSON object")
+}
+
+/// A protobuf duration.
+pub fn dur(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A SIMPLE task request with default options.
+pub fn simple(name: &str, p: Value) -> pb::ScheduleTaskRequest {
+    pb::ScheduleTaskRequest {
+        name: name.to_string(),
+        payload: Some(payload(p)),
+        task_type: pb::TaskType::Simple as i32,
+        options: Some(pb::TaskOptions::default()),
+        target: None,
+    }
+}
+
+/// A SIMPLE task request with `options`.
+pub fn simple_with(name: &str, p: Value, options: pb::TaskOptions) -> pb::ScheduleTaskRequest {
+    pb::ScheduleTaskRequest {
+        options: Some(options),
+        ..simple(name, p)
+    }
+}
+
+/// Schedules a task and returns its id.
+pub async fn schedule(client: &mut Client, req: pb::ScheduleTaskRequest) -> String {
+    let name = req.name.clone();
+    let r = client
+        .schedule_task(req)
+        .await
+        .unwrap_or_else(|e| panic!("ScheduleTask {name}: {e:?}"))
+        .into_inner();
+    assert!(!r.task_id.is_empty(), "ScheduleTask returned no id");
+    r.task_id
+}
+
+/// The status of a task.
+pub async fn status(client: &mut Client, id: &str) -> pb::TaskStatus {
+    client
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: id.to_string(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetTaskStatus {id}: {e:?}"))
+        .into_inner()
+        .status
+        .expect("a status")
+}
+
+/// The state of a status.
+pub fn state(s: &pb::TaskStatus) -> pb::TaskState {
+    pb::TaskState::try_from(s.state).unwrap_or(pb::TaskState::Unspecified)
+}
+
+/// Waits until a task reaches `want` and returns its status; fails early if
+/// it reaches another final state.
+pub async fn wait_state(
+    client: &mut Client,
+    id: &str,
+    want: pb::TaskState,
+    timeout: Duration,
+) -> pb::TaskStatus {
+    let c = client.clone();
+    wait_for(&format!("task {id} to be {want:?}"), timeout, || {
+        let mut c = c.clone();
+        let id = id.to_string();
+        async move {
+            let s = status(&mut c, &id).await;
+            let st = state(&s);
+            if st != want && is_final(st) {
+                panic!("task {id} ended {st:?} instead of {want:?}: {s:#?}");
+            }
+            (st == want).then_some(s)
+        }
+    })
+    .await
+}
+
+/// Whether a state is final.
+pub fn is_final(s: pb::TaskState) -> bool {
+    matches!(
+        s,
+        pb::TaskState::Completed
+            | pb::TaskState::Failed
+            | pb::TaskState::Cancelled
+            | pb::TaskState::Compensated
+    )
+}
+
+/// Every log line of a task, oldest first (pages through `has_more`).
+pub async fn logs(client: &mut Client, id: &str) -> Vec<pb::LogLine> {
+    let mut out: Vec<pb::LogLine> = Vec::new();
+    let mut after = 0;
+    loop {
+        let r = client
+            .get_task_logs(pb::GetTaskLogsRequest {
+                task_id: id.to_string(),
+                after_line: after,
+                limit: 100,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("GetTaskLogs {id}: {e:?}"))
+            .into_inner();
+        if let Some(l) = r.lines.last() {
+            after = l.line;
+        }
+        out.extend(r.lines);
+        if !r.has_more {
+            return out;
+        }
+    }
+}
+
+/// The log lines' messages, one per line, for assertion messages.
+pub fn log_text(lines: &[pb::LogLine]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("#{} [{}] a{} {}", l.line, l.level, l.attempt, l.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The index of the first line at or after `from` whose message contains
+/// every one of `needles`.
+pub fn find_line(lines: &[pb::LogLine], from: usize, needles: &[&str]) -> Option<usize> {
+    lines
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, l)| needles.iter().all(|n| l.message.contains(n)))
+        .map(|(i, _)| i)
+}
+
+/// Microseconds since the epoch of a timestamp.
+pub fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
+    let t = t.as_ref().expect("a timestamp");
+    t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
+}
+
+/// The gRPC status of a failed call, and the fields its `BadRequest` names.
+pub fn violations(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts a call failed with INVALID_ARGUMENT naming `field` in its
+/// `google.rpc.BadRequest`.
+#[track_caller]
+pub fn assert_invalid<T: std::fmt::Debug>(case: &str, r: Result<T, Status>, field: &str) {
+    let status = match r {
+        Ok(v) => panic!("{case}: expected INVALID_ARGUMENT on {field}, got OK: {v:?}"),
+        Err(s) => s,
+    };
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "{case}: expected INVALID_ARGUMENT, got {status:?}"
+    );
+    let fields = violations(&status);
+    assert!(
+        fields.iter().any(|f| f == field),
+        "{case}: expected a BadRequest violation on {field:?}, got {fields:?} ({})",
+        status.message()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Workers.
+// ---------------------------------------------------------------------------
+
+/// Spawns a worker and waits until it is registered.
+pub async fn spawn_worker(worker: Worker) -> (WorkerHandle, String) {
+    let handle = worker.spawn();
+    let id = within("the worker to register", SHORT, handle.wait_registered())
+        .await
+        .expect("the worker stopped before registering");
+    (handle, id)
+}
+
+/// A record of what handlers saw, shared between handlers and the test.
+#[derive(Clone, Default)]
+pub struct Journal {
+    inner: Arc<Mutex<Vec<Entry>>>,
+}
+
+/// One handler call.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The task id.
+    pub task_id: String,
+    /// The task name.
+    pub name: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The payload.
+    pub payload: Value,
+    /// The labels.
+    pub labels: HashMap<String, String>,
+    /// When the handler started.
+    pub at: Instant,
+}
+
+impl Journal {
+    /// Records a handler call.
+    pub fn record(&self, ctx: &TaskContext) {
+        self.inner.lock().push(Entry {
+            task_id: ctx.task_id().to_string(),
+            name: ctx.name().to_string(),
+            attempt: ctx.attempt(),
+            payload: ctx.payload().clone(),
+            labels: ctx.labels().clone(),
+            at: Instant::now(),
+        });
+    }
+
+    /// Every call so far.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.inner.lock().clone()
+    }
+
+    /// How many calls so far.
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Whether no call happened.
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().is_empty()
+    }
+
+    /// The calls for one task id.
+    pub fn for_task(&self, id: &str) -> Vec<Entry> {
+        self.inner
+            .lock()
+            .iter()
+            .filter(|e| e.task_id == id)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A gate that handlers wait on until the test opens it.
+#[derive(Clone, Default)]
+pub struct Gate {
+    open: Arc<tokio::sync::Notify>,
+    opened: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    /// Opens the gate for every waiter, now and later.
+    pub fn open(&self) {
+        self.opened.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.open.notify_waiters();
+    }
+
+    /// Waits until the gate is open.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.open.notified();
+            if self.opened.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The raw worker protocol.
+// ---------------------------------------------------------------------------
+
+/// A hand-driven `WorkerService.Work` stream.
+pub struct RawWorker {
+    /// Feeds the worker's side of the stream; dropping it ends the stream.
+    pub tx: mpsc::Sender<pb::WorkerMessage>,
+    /// The server's side.
+    pub rx: Streaming<pb::ServerMessage>,
+    /// The id the server gave.
+    pub worker_id: String,
+}
+
+impl RawWorker {
+    /// Opens a stream and registers for `names` with `slots` slots.
+    pub async fn register(url: &str, names: &[&str], slots: u32) -> RawWorker {
+        let mut client = WorkerServiceClient::new(channel(url).await);
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(wmsg(pb::worker_message::Msg::Register(pb::Register {
+            worker_name: "raw-test-worker".into(),
+            task_names: names.iter().map(|s| s.to_string()).collect(),
+            slots,
+            immediate_slots: 0,
+        })))
+        .await
+        .expect("queue Register");
+        let mut inbound = within("the Work call", SHORT, client.work(ReceiverStream::new(rx)))
+            .await
+            .expect("Work accepted")
+            .into_inner();
+        let first = within("Registered", SHORT, inbound.next())
+            .await
+            .expect("a first message")
+            .expect("no stream error");
+        let Some(pb::server_message::Msg::Registered(r)) = first.msg else {
+            panic!("expected Registered, got {first:?}");
+        };
+        RawWorker {
+            tx,
+            rx: inbound,
+            worker_id: r.worker_id,
+        }
+    }
+
+    /// Sends a message.
+    pub async fn send(&self, msg: pb::worker_message::Msg) {
+        self.tx.send(wmsg(msg)).await.expect("the stream is open");
+    }
+
+    /// The next server message (fails on a stream error or the end).
+    pub async fn next(&mut self, what: &str) -> pb::server_message::Msg {
+        let m = within(what, SHORT, self.rx.next())
+            .await
+            .unwrap_or_else(|| panic!("the server ended the stream while waiting for {what}"))
+            .unwrap_or_else(|e| panic!("stream error while waiting for {what}: {e:?}"));
+        m.msg.expect("a non-empty server message")
+    }
+
+    /// The next assignment, skipping nothing else.
+    pub async fn assignment(&mut self) -> pb::Assignment {
+        match self.next("an assignment").await {
+            pb::server_message::Msg::Assignment(a) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+}
+
+/// Wraps a worker message.
+pub fn wmsg(msg: pb::worker_message::Msg) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(msg) }
+}
+
+/// The example worker binary (`target/<profile>/examples/worker`), next to
+/// the test binary's `deps` folder, if it was built.
+pub fn example_worker_path() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let p = profile_dir.join("examples").join("worker");
+    p.is_file().then_some(p)
+}
+
+/// Whether tests run in CI, where missing tools are failures, not skips.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
