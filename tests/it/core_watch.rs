@@ -2,8 +2,6 @@
 //! filters, snapshots, and resuming after a reconnect (from history, or
 //! across a gap in it).
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use switchyard::worker::{TaskContext, Worker};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
-use common::*;
+use crate::common::*;
 
 type Watch = Streaming<pb::WatchTasksResponse>;
 

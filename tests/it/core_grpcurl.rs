@@ -4,13 +4,11 @@
 //! grpcurl comes from `make test` (mk/test-core.mk installs it into .venv).
 //! Without it the test fails in CI and is skipped, loudly, elsewhere.
 
-mod common;
-
 use std::path::PathBuf;
 
 use serde_json::Value;
 
-use common::*;
+use crate::common::*;
 
 fn grpcurl() -> Option<PathBuf> {
     let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl");

@@ -1,8 +1,6 @@
 //! Idempotent scheduling, `ListTasks` pagination and filters, log paging,
 //! delayed tasks, and `GetMetrics` counts.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -10,7 +8,7 @@ use serde_json::json;
 use switchyard::pb;
 use switchyard::worker::{HandlerError, TaskContext, Worker};
 
-use common::*;
+use crate::common::*;
 
 async fn list(
     client: &mut Client,

@@ -2,8 +2,6 @@
 //! restarted on the same store: every accepted task still completes
 //! (at-least-once), none is lost.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use serde_json::json;
 use switchyard::pb;
 use switchyard::worker::{TaskContext, Worker};
 
-use common::*;
+use crate::common::*;
 
 const TASKS: usize = 200;
 

@@ -4,8 +4,6 @@
 //! signals, timers, the workflow timeout, a SIGKILL in the middle of a run,
 //! definition errors and definition updates while runs are in flight.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,7 +20,7 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-use common::*;
+use crate::common::*;
 
 // ---------------------------------------------------------------------------
 // Helpers.

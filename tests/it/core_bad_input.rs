@@ -2,15 +2,13 @@
 //! `google.rpc.BadRequest` details naming the field, unknown ids get
 //! NOT_FOUND, and none of it hurts the server or its store.
 
-mod common;
-
 use std::time::Duration;
 
 use serde_json::json;
 use switchyard::pb;
 use switchyard::pb::schedule_task_request::Target;
 
-use common::*;
+use crate::common::*;
 
 const MAX_PAYLOAD: usize = 1024;
 

@@ -6,7 +6,7 @@
 //! Without Redis or the Node worker these tests skip with a message, except
 //! when `CI=true`: there they fail.
 
-#[path = "bullmq/support.rs"]
+#[path = "../bullmq/support.rs"]
 mod support;
 
 use std::collections::HashMap;

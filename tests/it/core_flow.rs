@@ -2,8 +2,6 @@
 //! happy path and its log, priority order, the immediate lane, retries with
 //! backoff, failures, execution timeouts and cleanup tasks.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +10,7 @@ use serde_json::json;
 use switchyard::pb;
 use switchyard::worker::{HandlerError, TaskContext, Worker};
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_task_completes_with_its_result_and_its_log_tells_the_story() {

@@ -3,8 +3,6 @@
 //! `Disconnect`, which cancels every active task of an owner with a receipt
 //! per task.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -13,7 +11,7 @@ use serde_json::json;
 use switchyard::pb;
 use switchyard::worker::{HandlerError, TaskContext, Worker};
 
-use common::*;
+use crate::common::*;
 
 type Reasons = Arc<Mutex<HashMap<String, String>>>;
 

@@ -2,8 +2,6 @@
 //! goes silent is requeued (at-least-once) and its log says so; a worker
 //! cannot report on a task it does not hold.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use switchyard::pb::worker_message::Msg as In;
 use switchyard::worker::{HandlerError, TaskContext, Worker};
 use tokio_stream::StreamExt;
 
-use common::*;
+use crate::common::*;
 
 /// A worker whose handler for `name` never finishes unless cancelled.
 fn stuck_worker(url: &str, name: &str, journal: &Journal) -> Worker {

@@ -1,0 +1,21 @@
+//! Every integration test in one binary: one link instead of one per file,
+//! which keeps the debug build small (CI has limited disk). Each module is
+//! an area; `common` holds the shared rig (a real server on an ephemeral
+//! port, clients, waits with deadlines).
+//!
+//! Run one area with `cargo test --test it core_flow::`.
+
+mod common;
+
+mod bullmq;
+mod core_bad_input;
+mod core_cancel;
+mod core_crash;
+mod core_flow;
+mod core_grpcurl;
+mod core_leases;
+mod core_list_metrics;
+mod core_watch;
+mod temporal;
+mod webhook;
+mod workflow;
