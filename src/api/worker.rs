@@ -126,6 +126,7 @@ async fn handle(core: &Core, worker_id: &str, m: pb::WorkerMessage, tx: &Tx) {
             l.task_id,
             l.attempt,
             Report::Log {
+                source: crate::domain::LogSource::Worker,
                 level: match l.level.as_str() {
                     "" => "info".to_string(),
                     "debug" | "info" | "warn" | "error" => l.level,

@@ -269,6 +269,10 @@ pub enum Report {
         level: String,
         /// Text.
         message: String,
+        /// Who wrote it. Set by [`Core::report`] from the reporter: a remote
+        /// worker's lines are `Worker`, a backend's `Engine`, an embedded
+        /// executor's `System`; callers pass `LogSource::Worker`.
+        source: LogSource,
     },
     /// Success.
     Complete(serde_json::Value),
@@ -474,7 +478,16 @@ struct Inner {
     wake: Notify,
     started_at: Micros,
     closed: AtomicBool,
+    /// Admission checks per queue key, set by executors (see
+    /// [`Core::set_admission`]).
+    admissions: parking_lot::RwLock<HashMap<String, Admission>>,
 }
+
+/// An executor's check of a task routed to its queue key, run by
+/// [`Core::schedule`] before anything is written: a task its executor could
+/// never run (an unknown workflow type, say) is refused with a clear error
+/// instead of failing later.
+pub type Admission = Arc<dyn Fn(&TaskSpec) -> Result<(), CoreError> + Send + Sync>;
 
 struct Listener {
     hub: Arc<EventHub>,
@@ -1019,6 +1032,7 @@ impl Core {
             wake: Notify::new(),
             started_at: now_micros(),
             closed: AtomicBool::new(false),
+            admissions: Default::default(),
         });
         store.set_listener(Arc::new(Listener {
             hub,
@@ -1147,6 +1161,9 @@ impl Core {
                 new.spec.task_type.as_str()
             )));
         }
+        if let Some(admit) = self.inner.admissions.read().get(key) {
+            admit(&new.spec)?;
+        }
         let now = now_micros();
         let id = TaskId::now_v7();
         let run_at = add_micros(now, new.delay);
@@ -1224,6 +1241,11 @@ impl Core {
     /// queued in order behind the write that caused it, not awaited.
     pub fn schedule_internal(&self, new: NewTask) -> Task {
         self.with_state(|st, cfg| schedule_internal(st, cfg, new))
+    }
+
+    /// Sets the admission check of the tasks routed to queue `key`.
+    pub fn set_admission(&self, key: &str, admit: Admission) {
+        self.inner.admissions.write().insert(key.to_string(), admit);
     }
 
     fn has_consumer(&self, key: &str) -> bool {
@@ -1505,9 +1527,22 @@ impl Core {
                     "worker {worker_id} does not hold attempt {attempt} of task {id}"
                 )));
             }
+            let mut report = report;
             if let Some(n) = n {
                 if let Some(w) = st.workers.get_mut(&n) {
                     w.last_seen = now_micros();
+                    // A backend's log lines come from its engine (BullMQ's job
+                    // log, Temporal's history); an embedded executor's are
+                    // Switchyard's own; a remote worker's are the worker's.
+                    if let Report::Log { source, .. } = &mut report {
+                        if w.local {
+                            *source = if w.keys.iter().any(|k| is_backend_key(k)) {
+                                LogSource::Engine
+                            } else {
+                                LogSource::System
+                            };
+                        }
+                    }
                 }
             }
             apply_report(st, cfg, id, attempt, report);
@@ -1904,6 +1939,33 @@ fn schedule_cleanup(st: &mut State, cfg: &CoreConfig, id: TaskId, why: &str) {
 
 /// Cancels an active task. `word` is what the worker is told
 /// (`cancelled` or `disconnected`); `reason` goes to the task's log.
+/// A workflow ended by force outside its engine: the steps it shows as
+/// running or compensating are stopped (the engine cancels their tasks when
+/// it learns of the end), so the final status shows no step still running.
+fn stop_running_steps(rt: &mut TaskRuntime) {
+    let Some(detail) = rt.detail.as_mut() else {
+        return;
+    };
+    let Ok(mut run) = serde_json::from_value::<WorkflowRun>(detail.clone()) else {
+        return;
+    };
+    let now = now_micros();
+    let mut changed = false;
+    for step in &mut run.steps {
+        if matches!(step.state, StepState::Running | StepState::Compensating) {
+            step.state = StepState::Cancelled;
+            step.finished_at = Some(now);
+            step.wake_at = None;
+            changed = true;
+        }
+    }
+    if changed {
+        if let Ok(v) = serde_json::to_value(&run) {
+            *detail = v;
+        }
+    }
+}
+
 fn cancel_locked(
     st: &mut State,
     cfg: &CoreConfig,
@@ -1943,6 +2005,9 @@ fn cancel_locked(
                 });
             }
             if force || wid.is_none() {
+                if let Some(a) = st.tasks.get_mut(&id) {
+                    stop_running_steps(&mut a.task.rt);
+                }
                 st.finish(
                     id,
                     TaskState::Cancelled,
@@ -1993,9 +2058,13 @@ fn apply_report(st: &mut State, cfg: &CoreConfig, id: TaskId, attempt: u32, repo
             }
             st.emit(id, EventKind::Progress, Vec::new());
         }
-        Report::Log { level, message } => {
+        Report::Log {
+            level,
+            message,
+            source,
+        } => {
             let mut l = LogEntry::system(id, attempt, message);
-            l.source = LogSource::Worker;
+            l.source = source;
             l.level = level;
             st.log(l);
         }

@@ -439,6 +439,7 @@ impl Executor {
             Some(d) => {
                 if let Some((level, message)) = d.log {
                     report(Report::Log {
+                        source: crate::domain::LogSource::Worker,
                         level: level.into(),
                         message,
                     });
@@ -485,6 +486,7 @@ impl Executor {
                         ),
                     };
                     report(Report::Log {
+                        source: crate::domain::LogSource::Worker,
                         level: level.into(),
                         message,
                     });

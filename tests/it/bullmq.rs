@@ -308,6 +308,12 @@ async fn a_job_completes_with_its_result_logs_and_events() {
         .unwrap_or_else(|| panic!("no job.log line:\n{text}"));
     let second = find_line(&lines, hello, &["second line"])
         .unwrap_or_else(|| panic!("no second line:\n{text}"));
+    // They come from the engine, not from a Switchyard worker.
+    assert_eq!(
+        lines[hello].source,
+        pb::LogSource::Engine as i32,
+        "job.log lines are the engine's:\n{text}"
+    );
     assert!(
         find_line(&lines, second, &["completed"]).is_some(),
         "log order:\n{text}"

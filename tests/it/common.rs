@@ -39,14 +39,53 @@ pub const SHORT: Duration = Duration::from_secs(5);
 /// How long a test waits for something that involves a lease or a restart.
 pub const LONG: Duration = Duration::from_secs(15);
 
-/// Installs a tracing subscriber once (quiet unless `RUST_LOG` says more).
+/// Installs the test binary's one tracing subscriber (every test module
+/// shares the process): the test output gets what `RUST_LOG` asks for
+/// (errors by default), and [`server_logs`] captures Switchyard's own lines
+/// at debug level for the tests that check what the server logs.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let _ = server_logs();
+}
+
+/// Everything the in-process servers of this test binary logged at debug
+/// level and above.
+pub fn server_logs() -> Arc<parking_lot::Mutex<Vec<u8>>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    static LOGS: std::sync::OnceLock<Arc<parking_lot::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct W(Arc<parking_lot::Mutex<Vec<u8>>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let shown = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+        let _ = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(shown),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || W(sink.clone()))
+                    .with_filter(tracing_subscriber::EnvFilter::new("switchyard=debug")),
+            )
+            .try_init();
+        buf
+    })
+    .clone()
 }
 
 // ---------------------------------------------------------------------------

@@ -48,14 +48,7 @@ const TYPES: [&str; 7] = [
 /// How long a workflow step may take on a busy two-core machine.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
+use crate::common::init_tracing;
 
 // ---------------------------------------------------------------------------
 // Waiting.

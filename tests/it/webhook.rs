@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -25,6 +25,7 @@ use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
+use crate::common::server_logs;
 
 /// How long any condition may take before a test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -401,32 +402,6 @@ async fn n8n(
 // ---------------------------------------------------------------------------
 // The server under test, and its client.
 // ---------------------------------------------------------------------------
-
-/// Everything the servers in this test binary log.
-fn server_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        struct W(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .with_writer(move || W(sink.clone()))
-            .try_init();
-        buf
-    })
-    .clone()
-}
 
 struct Switchyard {
     client: OrchestratorServiceClient<Channel>,
@@ -1464,7 +1439,7 @@ async fn no_secret_reaches_status_logs_or_the_server_log() {
     // ...and appear nowhere else.
     use base64::Engine as _;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("jenkins:{PASSWORD}"));
-    let server_log = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let server_log = String::from_utf8_lossy(&logs.lock()).into_owned();
     assert!(
         server_log.contains("webhook executor started"),
         "the server's log is captured"

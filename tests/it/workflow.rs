@@ -784,8 +784,15 @@ task = "cx-3"
         .expect("CancelTask")
         .into_inner();
     assert_eq!(r.outcome, pb::CancelOutcome::Cancelled as i32);
+    // The final status shows no step still running: the one in flight is
+    // stopped, the completed one stays completed.
+    let after = r.status.expect("status");
+    assert_eq!(sstate(step(&after, "two")), pb::StepState::Cancelled);
+    assert_eq!(sstate(step(&after, "one")), pb::StepState::Completed);
     let two = step(&s4, "two").task_id.clone();
     wait_state(&mut client, &two, pb::TaskState::Cancelled, LONG).await;
+    let later = wait_state(&mut client, &id4, pb::TaskState::Cancelled, LONG).await;
+    assert_eq!(sstate(step(&later, "two")), pb::StepState::Cancelled);
     assert_eq!(
         calls.named("cx-undo").len(),
         2,
@@ -1265,15 +1272,33 @@ async fn bad_definitions_are_invalid_arguments_that_name_the_step() {
         .await;
     assert_invalid("json", r, "definition");
 
-    // An unknown workflow type fails the task.
-    let id = schedule(&mut client, workflow("nobody-registered-this", vec![], "")).await;
-    let s = wait_state(&mut client, &id, pb::TaskState::Failed, LONG).await;
-    assert!(
-        s.last_error
-            .as_ref()
-            .is_some_and(|e| e.message.contains("nobody-registered-this")),
-        "{s:?}"
-    );
+    // An unknown workflow type is refused at schedule, naming the field,
+    // and nothing is stored.
+    let before = client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .expect("ListTasks")
+        .into_inner()
+        .tasks
+        .len();
+    let r = client
+        .schedule_task(workflow("nobody-registered-this", vec![], ""))
+        .await;
+    let msg = r
+        .as_ref()
+        .err()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert_invalid("unknown workflow type", r, "complex.workflow_type");
+    assert!(msg.contains("nobody-registered-this"), "{msg}");
+    let after = client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .expect("ListTasks")
+        .into_inner()
+        .tasks
+        .len();
+    assert_eq!(before, after, "a refused task must not be stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

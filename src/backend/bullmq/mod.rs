@@ -365,6 +365,7 @@ impl Follower {
             if !self.report(
                 job_id,
                 Report::Log {
+                    source: crate::domain::LogSource::Worker,
                     level: "info".into(),
                     message: l,
                 },
@@ -609,6 +610,7 @@ impl Follower {
                     self.report(
                         &id,
                         Report::Log {
+                            source: crate::domain::LogSource::Worker,
                             level: "warn".into(),
                             message: LOST.into(),
                         },
@@ -733,7 +735,7 @@ impl Follower {
                     tracing::warn!(task_id = %job_id, "the job is not in Redis (lost with Redis's data?); adding it again");
                     self.report(
                         job_id,
-                        Report::Log {
+                        Report::Log { source: crate::domain::LogSource::Worker,
                             level: "warn".into(),
                             message: format!("BullMQ job {job_id} not found in Redis (Redis lost its data?); adding it again"),
                         },
@@ -996,6 +998,7 @@ impl Follower {
                 self.report(
                     &job_id,
                     Report::Log {
+                        source: crate::domain::LogSource::Worker,
                         level: "warn".into(),
                         message:
                             "BullMQ found the job stalled (its worker stopped renewing the lock)"

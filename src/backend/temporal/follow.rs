@@ -125,6 +125,7 @@ impl Follower {
 
     fn log(&self, level: &str, message: impl Into<String>) -> bool {
         self.report(Report::Log {
+            source: crate::domain::LogSource::Worker,
             level: level.into(),
             message: message.into(),
         })

@@ -189,7 +189,7 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Push>, sink: Arc<d
                     let id = a.task.id;
                     if !sh.tracking {
                         if let Target::Complex { tracking_queue: Some(q), .. } = &a.task.spec.target {
-                            let _ = sh.core.report(&sh.worker_id, id, a.task.rt.attempt, crate::core::Report::Log {
+                            let _ = sh.core.report(&sh.worker_id, id, a.task.rt.attempt, crate::core::Report::Log { source: crate::domain::LogSource::Worker,
                                 level: "warn".into(),
                                 message: format!("tracking_queue {q} is not published: no BullMQ connection is configured"),
                             });

@@ -112,13 +112,14 @@ pub mod registry;
 pub mod template;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::config::Config;
 use crate::core::{internal_key, Core, CoreError};
-use crate::domain::TaskType;
+use crate::domain::{Target, TaskSpec, TaskType};
 
 pub use registry::Registry;
 
@@ -161,6 +162,24 @@ pub fn start(
     }
     let key = internal_key(TaskType::Complex).unwrap_or("#workflow");
     let link = core.register_worker("workflows", &[key.to_string()], 1_000_000, 0, true)?;
+    // A COMPLEX task for this engine must name a registered workflow type
+    // (tasks routed to Temporal never reach this key, so they are not
+    // checked: Temporal's workers know their own types).
+    core.set_admission(key, {
+        let registry = registry.clone();
+        Arc::new(move |spec: &TaskSpec| match &spec.target {
+            Target::Complex { workflow_type, .. } if registry.latest(workflow_type).is_none() => {
+                Err(CoreError::field(
+                    "complex.workflow_type",
+                    format!(
+                        "no workflow definition named {workflow_type:?} is registered \
+                         (RegisterWorkflow, or a file in workflows.dir)"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        })
+    });
     let engine = engine::Engine::new(core.clone(), link.id, registry.clone());
     let task = tokio::spawn(
         engine
