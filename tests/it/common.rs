@@ -53,8 +53,7 @@ pub fn server_logs() -> Arc<parking_lot::Mutex<Vec<u8>>> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
-    static LOGS: std::sync::OnceLock<Arc<parking_lot::Mutex<Vec<u8>>>> =
-        std::sync::OnceLock::new();
+    static LOGS: std::sync::OnceLock<Arc<parking_lot::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
         struct W(Arc<parking_lot::Mutex<Vec<u8>>>);
         impl std::io::Write for W {

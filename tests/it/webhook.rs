@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::server_logs;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -25,7 +26,6 @@ use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::Channel;
-use crate::common::server_logs;
 
 /// How long any condition may take before a test fails.
 const DEADLINE: Duration = Duration::from_secs(20);
