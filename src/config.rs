@@ -28,6 +28,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// OpenTelemetry traces over OTLP/gRPC (off without an endpoint).
+    pub otel: crate::telemetry::OtelConfig,
     /// INTEGRATION executor.
     pub webhook: crate::executor::webhook::WebhookConfig,
     /// The embedded workflow engine (COMPLEX tasks).
@@ -117,6 +119,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             scheduler: SchedulerConfig::default(),
             log: LogConfig::default(),
+            otel: crate::telemetry::OtelConfig::default(),
             webhook: crate::executor::webhook::WebhookConfig::default(),
             workflows: crate::executor::workflow::WorkflowsConfig::default(),
             temporal: crate::backend::temporal::TemporalConfig::default(),

@@ -119,21 +119,31 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    switchyard::telemetry::init(&config.log);
+    let telemetry = match switchyard::telemetry::init(&config.log, &config.otel) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listen = %config.listen, cause = %e, "cannot listen");
+            telemetry.shutdown().await;
             return ExitCode::FAILURE;
         }
     };
-    match switchyard::run(listener, config, shutdown_signal()).await {
+    let code = match switchyard::run(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(cause = %e, "server failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Telemetry flushes last, once the server has stopped.
+    telemetry.shutdown().await;
+    code
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.

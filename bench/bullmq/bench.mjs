@@ -29,6 +29,9 @@ const cfg = {
   drain_concurrency: 100,
   lat_concurrency: 100,
   rates: [],
+  // Which scenarios: add (a), e2e and drain (b), lat (c). The harness asks
+  // for add alone when it interleaves it with Switchyard-via-BullMQ (g).
+  parts: ['add', 'e2e', 'drain', 'lat'],
   ...(process.argv[2]?.startsWith('{') ? JSON.parse(process.argv[2]) : {}),
 };
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -352,17 +355,20 @@ async function main() {
   };
   await flushPrefix();
   for (let run = 1; run <= cfg.runs; run++) {
-    for (const c of cfg.inflight) {
+    const part = (p) => cfg.parts.includes(p);
+    for (const c of part('add') ? cfg.inflight : []) {
       log(`a. add, ${c} in flight, run ${run}`);
       pushRate(`add.c${c}`, await add(c));
     }
-    for (const c of cfg.concurrency) {
+    for (const c of part('e2e') ? cfg.concurrency : []) {
       log(`b. add and process, concurrency ${c}, run ${run}`);
       pushRate(`e2e.c${c}`, await endToEnd(c));
     }
-    log(`b. drain of ${cfg.drain_n}, concurrency ${cfg.drain_concurrency}, run ${run}`);
-    push(`drain.c${cfg.drain_concurrency}`, await drain(cfg.drain_n, cfg.drain_concurrency));
-    for (const { percent, rate } of cfg.rates) {
+    if (part('drain')) {
+      log(`b. drain of ${cfg.drain_n}, concurrency ${cfg.drain_concurrency}, run ${run}`);
+      push(`drain.c${cfg.drain_concurrency}`, await drain(cfg.drain_n, cfg.drain_concurrency));
+    }
+    for (const { percent, rate } of part('lat') ? cfg.rates : []) {
       log(`c. add-to-start at ${rate}/s, run ${run}`);
       const l = await latency(rate);
       push(`lat.${percent}.p50`, l.p50);

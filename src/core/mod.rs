@@ -224,6 +224,20 @@ pub struct Assignment {
     pub payload: Option<Arc<str>>,
     /// When this attempt times out.
     pub deadline: Option<Micros>,
+    /// The W3C traceparent of this attempt's `task.run` span, while tracing
+    /// is on; see [`Assignment::traceparent`].
+    pub run_traceparent: Option<String>,
+}
+
+impl Assignment {
+    /// The trace context to hand to whatever runs this attempt: the
+    /// `task.run` span's while tracing is on, else the one the task was
+    /// scheduled with.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.run_traceparent
+            .as_deref()
+            .or(self.task.spec.traceparent.as_deref())
+    }
 }
 
 /// A worker as the core sees it.
@@ -462,6 +476,9 @@ struct State {
     timer_wake: Micros,
     /// Routing to external engines.
     routes: Routes,
+    /// The `task.run` span of each running attempt, while tracing is on
+    /// (empty otherwise).
+    runs: HashMap<TaskId, tracing::Span>,
 }
 
 /// The scheduler core. Cheap to clone.
@@ -710,8 +727,19 @@ impl State {
         }
     }
 
+    /// Ends the `task.run` span of a task's attempt, if it has one.
+    fn end_run(&mut self, id: TaskId, outcome: &str) {
+        if self.runs.is_empty() {
+            return;
+        }
+        if let Some(span) = self.runs.remove(&id) {
+            span.record("task.outcome", outcome);
+        }
+    }
+
     /// Frees the worker slot a running task holds.
     fn release_slot(&mut self, id: TaskId) -> Option<u64> {
+        self.end_run(id, "released");
         let a = self.tasks.get_mut(&id)?;
         let wid = a.worker.take()?;
         let slot = a.slot;
@@ -733,6 +761,7 @@ impl State {
 
     /// Moves a task to a final state and out of the active set.
     fn finish(&mut self, id: TaskId, state: TaskState, kind: EventKind, log: Vec<LogEntry>) {
+        self.end_run(id, state.as_str());
         self.unplace(id);
         self.set_deadline(id, None);
         self.release_slot(id);
@@ -864,10 +893,33 @@ impl State {
         let Some(a) = self.tasks.get(&id) else {
             return;
         };
+        let run_traceparent = if crate::telemetry::enabled() {
+            let t = &a.task;
+            let span = tracing::info_span!(
+                parent: None,
+                "task.run",
+                task.id = %t.id,
+                task.name = %t.spec.name,
+                task.type = t.spec.task_type.as_str(),
+                task.attempt = t.rt.attempt,
+                task.queue = &*a.key,
+                worker.id = %worker_name,
+                task.outcome = tracing::field::Empty,
+            );
+            let tp = crate::telemetry::adopt(&span, t.spec.traceparent.as_deref());
+            self.runs.insert(id, span);
+            tp
+        } else {
+            None
+        };
+        let Some(a) = self.tasks.get(&id) else {
+            return;
+        };
         let push = Push::Assign(Assignment {
             task: a.task.clone(),
             payload: a.payload.clone(),
             deadline,
+            run_traceparent,
         });
         if let Some(w) = self.workers.get(&wid) {
             let _ = w.tx.send(push);
@@ -910,6 +962,13 @@ impl State {
     /// Takes a task off its worker and puts it back to PENDING, runnable
     /// again after `delay` (a backoff, or an unreachable engine).
     fn back_to_pending(&mut self, id: TaskId, delay: Duration, reason: WaitingReason) {
+        self.end_run(
+            id,
+            match reason {
+                WaitingReason::EngineUnreachable => "engine_unreachable",
+                _ => "retry",
+            },
+        );
         self.set_deadline(id, None);
         self.release_slot(id);
         self.set_state(id, TaskState::Pending);
@@ -961,6 +1020,7 @@ impl State {
             );
             return;
         }
+        self.end_run(id, "requeued");
         self.set_deadline(id, None);
         self.release_slot(id);
         self.set_state(id, TaskState::Pending);
@@ -1025,6 +1085,7 @@ impl Core {
                 dirty_keys: Vec::new(),
                 timer_wake: 0,
                 routes: cfg.routes.clone(),
+                runs: HashMap::new(),
             }),
             store: store.clone(),
             hub: hub.clone(),

@@ -126,6 +126,9 @@ struct Flight {
     phase: AtomicU8,
     status: AtomicU16,
     url: OnceLock<String>,
+    /// The `traceparent` header: the `webhook.call` span's while tracing is
+    /// on, else the one the task was scheduled with.
+    traceparent: Option<String>,
 }
 
 /// What a finished call reports.
@@ -355,6 +358,25 @@ impl Executor {
         while let Some(push) = link.rx.recv().await {
             match push {
                 Push::Assign(a) => {
+                    // One client span per attempt (a child of the task's
+                    // `task.run`), whose context goes in the header.
+                    let span = crate::telemetry::enabled().then(|| {
+                        tracing::info_span!(
+                            parent: None,
+                            "webhook.call",
+                            otel.kind = "client",
+                            task.id = %a.task.id,
+                            task.name = %a.task.spec.name,
+                            task.type = a.task.spec.task_type.as_str(),
+                            task.attempt = a.task.rt.attempt,
+                            http.request.method = "POST",
+                            http.response.status_code = tracing::field::Empty,
+                        )
+                    });
+                    let traceparent = match &span {
+                        Some(span) => crate::telemetry::adopt(span, a.traceparent()),
+                        None => a.task.spec.traceparent.clone(),
+                    };
                     let flight = Arc::new(Flight {
                         attempt: a.task.rt.attempt,
                         token: root.child_token(),
@@ -362,9 +384,28 @@ impl Executor {
                         phase: AtomicU8::new(QUEUED),
                         status: AtomicU16::new(0),
                         url: OnceLock::new(),
+                        traceparent,
                     });
                     self.inflight.lock().insert(a.task.id, flight.clone());
-                    tokio::spawn(self.clone().call(worker.clone(), a, flight));
+                    let call = self.clone().call(worker.clone(), a, flight.clone());
+                    match span {
+                        None => {
+                            tokio::spawn(call);
+                        }
+                        Some(span) => {
+                            tokio::spawn(
+                                async move {
+                                    call.await;
+                                    let status = flight.status.load(Ordering::Acquire);
+                                    if status != 0 {
+                                        tracing::Span::current()
+                                            .record("http.response.status_code", status);
+                                    }
+                                }
+                                .instrument(span),
+                            );
+                        }
+                    }
                 }
                 Push::Cancel {
                     task_id,
@@ -416,6 +457,7 @@ impl Executor {
             task,
             payload,
             deadline,
+            ..
         } = a;
         let id = task.id;
         let attempt = flight.attempt;
@@ -588,7 +630,7 @@ impl Executor {
         }
         let until = tokio::time::Instant::now() + budget;
         let body = call::request_body(task, &payload);
-        let mut headers = self.headers(task, &body);
+        let mut headers = self.headers(task, flight.traceparent.as_deref(), &body);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(a) = settings.auth {
             headers.insert(a.name.clone(), a.value.clone());
@@ -836,7 +878,7 @@ impl Executor {
 
     /// The headers of every request of a call (credentials are added per
     /// hop).
-    fn headers(&self, task: &Task, body: &[u8]) -> HeaderMap {
+    fn headers(&self, task: &Task, traceparent: Option<&str>, body: &[u8]) -> HeaderMap {
         let mut h = HeaderMap::with_capacity(8);
         let mut buf = uuid::Uuid::encode_buffer();
         let id = task.id.hyphenated().encode_lower(&mut buf);
@@ -845,7 +887,7 @@ impl Executor {
             h.insert(TASK_ID.clone(), v);
         }
         h.insert(ATTEMPT.clone(), HeaderValue::from(task.rt.attempt));
-        if let Some(tp) = task.spec.traceparent.as_deref() {
+        if let Some(tp) = traceparent {
             if let Ok(v) = HeaderValue::from_str(tp) {
                 h.insert(TRACEPARENT.clone(), v);
             }

@@ -178,9 +178,23 @@ impl TaskContext {
         &self.inner.labels
     }
 
-    /// The W3C trace context of the request that scheduled the task, if any.
+    /// The W3C trace context (`traceparent`) of this attempt, if any: with
+    /// tracing on in the server, its parent is the server's `task.run` span
+    /// of this attempt; otherwise it is the one the task was scheduled with.
+    /// The handler already runs inside a `task` span whose OpenTelemetry
+    /// parent is this context, when this process has a
+    /// `tracing-opentelemetry` layer.
     pub fn traceparent(&self) -> Option<&str> {
         self.inner.traceparent.as_deref()
+    }
+
+    /// [`TaskContext::traceparent`] as an OpenTelemetry context (a remote
+    /// parent), for code that makes spans with the OpenTelemetry API
+    /// directly; empty without one.
+    pub fn otel_context(&self) -> opentelemetry::Context {
+        self.traceparent()
+            .map(crate::telemetry::context_of)
+            .unwrap_or_default()
     }
 
     /// The owner, if the task was scheduled with one.

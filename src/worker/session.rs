@@ -434,6 +434,14 @@ impl Session<'_> {
             attempt = assignment.attempt,
             name = %assignment.name
         );
+        // With an OpenTelemetry layer in this process's subscriber, the
+        // handler's span continues the server's trace (a no-op without one).
+        if !assignment.traceparent.is_empty() {
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
+                &span,
+                crate::telemetry::context_of(&assignment.traceparent),
+            );
+        }
         let key = (assignment.task_id.clone(), assignment.attempt);
         if self.running.contains_key(&key) {
             warn!(parent: &span, "ignoring a duplicate assignment of a running attempt");

@@ -270,6 +270,27 @@ impl ServerProcess {
     /// the extra environment `env`, and waits until its health check answers
     /// SERVING.
     pub async fn start(port: u16, data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_with_log(port, data_dir, env, Stdio::null()).await
+    }
+
+    /// [`ServerProcess::start`], with the server's log (its stdout) written
+    /// to the file `log`.
+    pub async fn start_logging_to(
+        port: u16,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> ServerProcess {
+        let file = std::fs::File::create(log).expect("create the server's log file");
+        Self::start_with_log(port, data_dir, env, Stdio::from(file)).await
+    }
+
+    async fn start_with_log(
+        port: u16,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        log: Stdio,
+    ) -> ServerProcess {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("serve")
@@ -285,7 +306,7 @@ impl ServerProcess {
                 std::env::var("SWITCHYARD_TEST_SERVER_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         for (k, v) in env {
@@ -317,6 +338,21 @@ impl ServerProcess {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Stops the process with SIGTERM (a graceful drain) and waits until it
+    /// has exited; returns whether it exited successfully.
+    pub async fn terminate(mut self) -> bool {
+        let pid = self.child.id().expect("the server is running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        within("the server to exit after SIGTERM", LONG, self.child.wait())
+            .await
+            .expect("wait for the server")
+            .success()
     }
 
     /// Kills the process with SIGKILL and reaps it.

@@ -17,5 +17,6 @@ mod core_leases;
 mod core_list_metrics;
 mod core_watch;
 mod temporal;
+mod tracing_otlp;
 mod webhook;
 mod workflow;

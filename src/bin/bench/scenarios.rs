@@ -43,6 +43,10 @@ pub struct Plan {
     pub webhook_n: u64,
     pub pending_n: u64,
     pub fill_inflight: usize,
+    /// Workflow starts per run on Temporal (the peer's and h's).
+    pub temporal_starts_n: u64,
+    /// Three-activity workflows completed per run on Temporal.
+    pub temporal_completed_n: u64,
 }
 
 impl Plan {
@@ -63,6 +67,8 @@ impl Plan {
                 webhook_n: 200,
                 pending_n: 20_000,
                 fill_inflight: 256,
+                temporal_starts_n: 50,
+                temporal_completed_n: 20,
             }
         } else {
             Plan {
@@ -80,6 +86,8 @@ impl Plan {
                 webhook_n: 10_000,
                 pending_n: 1_000_000,
                 fill_inflight: 256,
+                temporal_starts_n: 1_000,
+                temporal_completed_n: 300,
             }
         }
     }
@@ -138,13 +146,25 @@ impl Ctx {
     }
 
     pub async fn fresh(&self, tag: &str) -> Result<Fresh> {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.fresh_with(tag, &[]).await
+    }
+
+    /// A fresh server with `env` added to its configuration.
+    pub async fn fresh_with(&self, tag: &str, env: &[(String, String)]) -> Result<Fresh> {
+        let n = self.next_id();
         let dir = self
             .work_dir
             .join(format!("{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let server = Server::start(&self.spec, &dir, READY_TIMEOUT).await?;
+        let mut spec = self.spec.clone();
+        spec.env.extend(env.iter().cloned());
+        let server = Server::start(&spec, &dir, READY_TIMEOUT).await?;
         Ok(Fresh { server, dir })
+    }
+
+    /// A number no other call returns (directory names, key prefixes).
+    pub fn next_id(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
     }
 }
 

@@ -115,9 +115,51 @@ struct Flow {
     queue: Option<String>,
     /// Whether the task is in COMPENSATING already.
     compensating: bool,
+    /// The trace context of this attempt ([`Assignment::traceparent`]); the
+    /// steps' tasks continue it.
+    traceparent: Option<String>,
+    /// The `workflow.step` span of each running step, while tracing is on.
+    step_spans: HashMap<usize, tracing::Span>,
 }
 
 impl Flow {
+    /// Starts the `workflow.step` span of step `i` (in the trace of this
+    /// attempt) and returns its traceparent, while tracing is on.
+    fn start_step_span(&mut self, i: usize) -> Option<String> {
+        if !crate::telemetry::enabled() {
+            return None;
+        }
+        let step = &self.wf.steps[i];
+        let span = tracing::info_span!(
+            parent: None,
+            "workflow.step",
+            workflow.id = %self.key,
+            workflow.type = %self.wf.name,
+            workflow.step = %step.id,
+            workflow.step_kind = step.kind.as_str(),
+            workflow.step_state = tracing::field::Empty,
+        );
+        let tp = crate::telemetry::adopt(&span, self.traceparent.as_deref());
+        self.step_spans.insert(i, span);
+        tp
+    }
+
+    /// Ends the spans of steps that are no longer running.
+    fn end_step_spans(&mut self) {
+        if self.step_spans.is_empty() {
+            return;
+        }
+        let steps = &self.run.steps;
+        self.step_spans
+            .retain(|i, span| match steps.get(*i).map(|s| s.state) {
+                Some(StepState::Running) => true,
+                state => {
+                    span.record("workflow.step_state", tracing::field::debug(state));
+                    false
+                }
+            });
+    }
+
     fn scope(&self) -> Scope<'_> {
         Scope {
             args: &self.args,
@@ -194,7 +236,7 @@ impl Flow {
                 labels,
                 cleanup: None,
                 target,
-                traceparent: self.spec.traceparent.clone(),
+                traceparent: self.traceparent.clone(),
                 parent_id: None,
             },
             payload: Payload::Json(Arc::from(input.to_string())),
@@ -499,6 +541,7 @@ impl Engine {
             ((r, run.clone()), logs)
         })?;
         flow.run = run;
+        flow.end_step_spans();
         Ok(r)
     }
 
@@ -522,6 +565,7 @@ impl Engine {
         if let Some(run) = copy {
             flow.run = run;
         }
+        flow.end_step_spans();
         Ok(child)
     }
 
@@ -551,6 +595,7 @@ impl Engine {
     }
 
     async fn on_assign(&mut self, a: Assignment) -> Result<(), CoreError> {
+        let traceparent = a.traceparent().map(str::to_string);
         let task = a.task;
         let id = task.id;
         let attempt = task.rt.attempt;
@@ -621,6 +666,8 @@ impl Engine {
             key,
             queue: task_queue.clone(),
             compensating: task.rt.state == TaskState::Compensating,
+            traceparent,
+            step_spans: HashMap::new(),
         };
         self.flows.insert(id, flow);
         if resumed {
@@ -780,17 +827,21 @@ impl Engine {
     /// Starts step `i`. Returns true if it completed at once (a signal that
     /// had already arrived).
     fn start_step(&mut self, id: TaskId, i: usize) -> Result<bool, CoreError> {
-        let Some(flow) = self.flows.get(&id) else {
+        let Some(flow) = self.flows.get_mut(&id) else {
             return Ok(false);
         };
+        let step_traceparent = flow.start_step_span(i);
         let step = &flow.wf.steps[i];
         let step_id = step.id.clone();
         let now = now_micros();
         match step.kind.clone() {
             StepKind::Task { .. } | StepKind::Webhook { .. } => {
-                let Some(new) = flow.step_task(i) else {
+                let Some(mut new) = flow.step_task(i) else {
                     return Ok(false);
                 };
+                if step_traceparent.is_some() {
+                    new.spec.traceparent = step_traceparent;
+                }
                 let what = match &step.kind {
                     StepKind::Task { name } => format!("task {name}"),
                     _ => format!("webhook {}", new.spec.target.describe()),
@@ -1369,6 +1420,8 @@ mod tests {
             key: "wf-1".into(),
             queue: Some("orders".into()),
             compensating: false,
+            traceparent: None,
+            step_spans: HashMap::new(),
         }
     }
 
