@@ -93,7 +93,24 @@ export class TaskContext {
   readonly immediate: boolean;
   /** SIMPLE (also for a workflow step). */
   readonly taskType: TaskTypeName | 'UNSPECIFIED' | 'UNRECOGNIZED';
-  /** W3C trace context of the request that scheduled the task, if any. */
+  /**
+   * W3C trace context (`traceparent`) of this attempt, if any. With tracing
+   * on in the server, its parent is the server's `task.run` span of this
+   * attempt; otherwise it is the one the task was scheduled with. With
+   * `@opentelemetry/api` (not a dependency of this package), continue the
+   * trace in the handler:
+   *
+   * ```ts
+   * import { context, propagation, trace } from '@opentelemetry/api';
+   * const parent = propagation.extract(context.active(), { traceparent: ctx.traceparent ?? '' });
+   * await trace.getTracer('my-worker').startActiveSpan('send-email', {}, parent, async (span) => {
+   *   try { ... } finally { span.end(); }
+   * });
+   * ```
+   *
+   * (`propagation.extract` needs the W3C propagator registered, which the
+   * Node SDK does by default.)
+   */
   readonly traceparent: string | undefined;
   /** The assignment as received. */
   readonly assignment: Assignment;

@@ -4494,7 +4494,10 @@ export type OrchestratorServiceService = typeof OrchestratorServiceService;
 export const OrchestratorServiceService = {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server.
+   * returns OK the task survives a crash of the server. The W3C trace
+   * context in the request's metadata (`traceparent`, `tracestate`) is the
+   * parent of the server's spans and is carried on to the task's worker,
+   * webhook or engine (see `Assignment.traceparent`).
    */
   scheduleTask: {
     path: "/switchyard.v1.OrchestratorService/ScheduleTask" as const,
@@ -4637,7 +4640,10 @@ export const OrchestratorServiceService = {
 export interface OrchestratorServiceServer extends UntypedServiceImplementation {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server.
+   * returns OK the task survives a crash of the server. The W3C trace
+   * context in the request's metadata (`traceparent`, `tracestate`) is the
+   * parent of the server's spans and is carried on to the task's worker,
+   * webhook or engine (see `Assignment.traceparent`).
    */
   scheduleTask: handleUnaryCall<ScheduleTaskRequest, ScheduleTaskResponse>;
   /** The current status of one task. NOT_FOUND if the id is unknown. */
@@ -4687,7 +4693,10 @@ export interface OrchestratorServiceServer extends UntypedServiceImplementation 
 export interface OrchestratorServiceClient extends Client {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server.
+   * returns OK the task survives a crash of the server. The W3C trace
+   * context in the request's metadata (`traceparent`, `tracestate`) is the
+   * parent of the server's spans and is carried on to the task's worker,
+   * webhook or engine (see `Assignment.traceparent`).
    */
   scheduleTask(
     request: ScheduleTaskRequest,

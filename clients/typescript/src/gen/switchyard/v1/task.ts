@@ -575,7 +575,10 @@ export interface ComplexTarget {
  *   Idempotency-Key: <task id>            (the same on every attempt)
  *   X-Switchyard-Task-Id: <task id>
  *   X-Switchyard-Attempt: <attempt, from 1>
- *   traceparent: <the W3C traceparent ScheduleTask was called with, if any>
+ *   traceparent: <W3C trace context: with tracing on in the server, that of
+ *                 its `webhook.call` span of this attempt, in the scheduling
+ *                 request's trace; else the one ScheduleTask was called with,
+ *                 if any>
  *   credentials configured for the host or the source (header, basic or
  *   bearer), never supplied by the caller; and, when the server has a
  *   signing secret:

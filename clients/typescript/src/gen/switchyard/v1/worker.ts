@@ -208,7 +208,13 @@ export interface Assignment {
     | undefined;
   /** The task's labels. */
   labels: { [key: string]: string };
-  /** W3C trace context of the request that scheduled the task, if any. */
+  /**
+   * W3C trace context of this attempt, if any. With tracing on in the server
+   * (`[otel]`), a `traceparent` in the scheduling request's trace whose
+   * parent is the server's `task.run` span of this attempt (a handler's
+   * spans become its children); with tracing off, the `traceparent`
+   * ScheduleTask was called with. Empty if none.
+   */
   traceparent: string;
   /** The owner, as scheduled. */
   userId: string;

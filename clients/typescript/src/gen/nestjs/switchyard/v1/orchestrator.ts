@@ -516,7 +516,10 @@ wrappers[".google.protobuf.Struct"] = { fromObject: Struct.wrap, toObject: Struc
 export interface OrchestratorServiceClient {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server.
+   * returns OK the task survives a crash of the server. The W3C trace
+   * context in the request's metadata (`traceparent`, `tracestate`) is the
+   * parent of the server's spans and is carried on to the task's worker,
+   * webhook or engine (see `Assignment.traceparent`).
    */
 
   scheduleTask(request: ScheduleTaskRequest): Observable<ScheduleTaskResponse>;
@@ -595,7 +598,10 @@ export interface OrchestratorServiceClient {
 export interface OrchestratorServiceController {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server.
+   * returns OK the task survives a crash of the server. The W3C trace
+   * context in the request's metadata (`traceparent`, `tracestate`) is the
+   * parent of the server's spans and is carried on to the task's worker,
+   * webhook or engine (see `Assignment.traceparent`).
    */
 
   scheduleTask(
