@@ -38,6 +38,10 @@ pub struct Config {
     pub temporal: crate::backend::temporal::TemporalConfig,
     /// The BullMQ backend of SIMPLE tasks.
     pub bullmq: crate::backend::bullmq::BullmqConfig,
+    /// The admin HTTP server (JSON API, events, Prometheus, dashboard).
+    pub admin: crate::admin::AdminConfig,
+    /// Bearer tokens required by the gRPC services and the admin server.
+    pub auth: crate::admin::auth::AuthConfig,
 }
 
 /// Store settings.
@@ -124,6 +128,8 @@ impl Default for Config {
             workflows: crate::executor::workflow::WorkflowsConfig::default(),
             temporal: crate::backend::temporal::TemporalConfig::default(),
             bullmq: crate::backend::bullmq::BullmqConfig::default(),
+            admin: crate::admin::AdminConfig::default(),
+            auth: crate::admin::auth::AuthConfig::default(),
         }
     }
 }
@@ -185,6 +191,9 @@ pub struct Overrides {
     /// `--log-format`.
     #[serde(skip_serializing_if = "Option::is_none", rename = "log.format")]
     pub log_format: Option<LogFormat>,
+    /// `--admin-listen`.
+    #[serde(skip_serializing_if = "Option::is_none", rename = "admin.listen")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -219,6 +228,9 @@ impl Config {
         if let Some(l) = overrides.log_format {
             flat = flat.merge(Serialized::default("log.format", l));
         }
+        if let Some(l) = overrides.admin_listen {
+            flat = flat.merge(Serialized::default("admin.listen", l));
+        }
         f.merge(flat).extract().map_err(Box::new)
     }
 
@@ -245,6 +257,7 @@ impl Config {
             payload_cache_bytes: s.payload_cache_bytes,
             default_execution_timeout: s.default_execution_timeout,
             routes,
+            metrics_sink: None,
         }
     }
 }

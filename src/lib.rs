@@ -6,6 +6,7 @@
 //! [`worker`] library and the [`cli`] talk to a server over gRPC.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod backend;
 pub mod cli;
@@ -18,5 +19,5 @@ pub mod store;
 pub mod telemetry;
 pub mod worker;
 
-pub use api::run;
+pub use api::{run, run_with, Listeners};
 pub use config::Config;

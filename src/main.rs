@@ -53,6 +53,10 @@ struct ServeArgs {
     /// Log format: pretty or json.
     #[arg(long, value_parser = ["pretty", "json"])]
     log_format: Option<String>,
+    /// Admin HTTP listen address (JSON API, /metrics, dashboard)
+    /// [default: 127.0.0.1:50052].
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServeArgs {
@@ -61,6 +65,7 @@ impl ServeArgs {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             memory: self.memory.then_some(true),
+            admin_listen: self.admin_listen,
             log_format: self.log_format.as_deref().map(|f| {
                 if f == "json" {
                     LogFormat::Json
@@ -134,7 +139,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match switchyard::run(listener, config, shutdown_signal()).await {
+    let admin = match admin_listener(&config).await {
+        Ok(l) => l,
+        Err(code) => {
+            telemetry.shutdown().await;
+            return code;
+        }
+    };
+    let listeners = switchyard::Listeners {
+        grpc: listener,
+        admin,
+    };
+    let code = match switchyard::run_with(listeners, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(cause = %e, "server failed");
@@ -144,6 +160,34 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // Telemetry flushes last, once the server has stopped.
     telemetry.shutdown().await;
     code
+}
+
+/// The admin server's listener, if enabled. The default address, when
+/// taken (another server on this machine), is skipped with a warning; an
+/// address set by the file, the environment or a flag must be bound.
+async fn admin_listener(config: &Config) -> Result<Option<tokio::net::TcpListener>, ExitCode> {
+    if !config.admin.enabled {
+        return Ok(None);
+    }
+    let addr = config.admin.listen;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AddrInUse
+                && addr == switchyard::admin::AdminConfig::default().listen =>
+        {
+            tracing::warn!(
+                admin_listen = %addr,
+                "the default admin address is in use: no admin server, metrics or dashboard \
+                 (set admin.listen, SWITCHYARD_ADMIN__LISTEN or --admin-listen)"
+            );
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::error!(admin_listen = %addr, cause = %e, "cannot listen");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM; a second one exits at once.

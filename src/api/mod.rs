@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::config::Config;
@@ -38,6 +39,21 @@ pub enum ServeError {
     /// Reflection set-up failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A setting cannot be used (an unreadable `auth.tokens_file`).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The admin HTTP server failed.
+    #[error("admin server: {0}")]
+    Admin(#[from] std::io::Error),
+}
+
+/// Where a server listens: gRPC, and the admin HTTP server if given.
+pub struct Listeners {
+    /// The gRPC services.
+    pub grpc: TcpListener,
+    /// The admin HTTP API, event stream, Prometheus metrics and dashboard
+    /// (see [`crate::admin`]); `None` serves none of it.
+    pub admin: Option<TcpListener>,
 }
 
 /// Opens the configured store.
@@ -50,17 +66,56 @@ pub fn open_store(config: &Config) -> Result<Arc<SqliteStore>, crate::store::Sto
     })
 }
 
-/// Serves Switchyard on `listener` until `shutdown` resolves, then drains:
-/// health goes NOT_SERVING, nothing new is accepted, running tasks get
-/// `scheduler.shutdown_grace` to finish and the rest are requeued durably.
+/// Serves Switchyard's gRPC services on `listener` until `shutdown`
+/// resolves, then drains: health goes NOT_SERVING, nothing new is accepted,
+/// running tasks get `scheduler.shutdown_grace` to finish and the rest are
+/// requeued durably. Serves no admin HTTP server; [`run_with`] does.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_with(
+        Listeners {
+            grpc: listener,
+            admin: None,
+        },
+        config,
+        shutdown,
+    )
+    .await
+}
+
+/// As [`run`], and also the admin HTTP server on `listeners.admin` (JSON
+/// routes, server-sent events, Prometheus `/metrics`, the dashboard). With
+/// `auth.tokens` set, both require a bearer token. The admin server stops
+/// with the gRPC server; its event streams end when the drain starts.
+pub async fn run_with(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: listener,
+        admin: admin_listener,
+    } = listeners;
+    let tokens = crate::admin::auth::Tokens::load(&config.auth).map_err(ServeError::Config)?;
     let store = open_store(&config)?;
     let started = std::time::Instant::now();
-    let core = Core::start(store.clone() as Arc<dyn Store>, config.core()).await?;
+    // This server's own registry, fed by the store writer and the webhook
+    // executor through one-line hooks; only when something serves it.
+    let metrics = admin_listener
+        .is_some()
+        .then(crate::admin::metrics::Metrics::new);
+    let mut core_config = config.core();
+    if let Some(m) = &metrics {
+        let _ = store.stats.sink.set(m.clone());
+        core_config.metrics_sink = Some(m.clone());
+    }
+    let core = Core::start(store.clone() as Arc<dyn Store>, core_config).await?;
+    if let Some(m) = &metrics {
+        m.attach(core.clone());
+    }
     let executors = crate::executor::start(&core, &config)?;
     let addr = listener.local_addr().ok();
     tracing::info!(
@@ -126,6 +181,26 @@ pub async fn run(
         });
     }
 
+    // Admin server: policy on shutdown — closes gracefully with the gRPC
+    // server (`serve_stop`); its event streams end with `watch_stop`.
+    let admin = match (admin_listener, metrics) {
+        (Some(l), Some(m)) => Some(tokio::spawn(crate::admin::serve(
+            l,
+            crate::admin::AdminState {
+                core: core.clone(),
+                metrics: m,
+                streams_stop: watch_stop.clone(),
+                heartbeat: config.admin.heartbeat,
+            },
+            tokens.clone(),
+            serve_stop.clone(),
+        ))),
+        _ => None,
+    };
+
+    // Health and reflection stay open; the two services need the token
+    // when `auth.tokens` is set.
+    let auth = crate::admin::auth::GrpcAuth(tokens);
     let serve = Server::builder()
         // A server span per RPC, parented on the caller's traceparent, while
         // tracing is on (nothing otherwise).
@@ -133,16 +208,18 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(InterceptedService::new(
             OrchestratorServiceServer::new(orchestrator)
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(max_msg),
-        )
-        .add_service(
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
             WorkerServiceServer::new(worker::Workers::new(core.clone()))
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(max_msg),
-        )
+            auth,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
             let s = serve_stop.clone();
             async move { s.cancelled().await }
@@ -156,6 +233,14 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(5)).await;
         } => Ok(()),
     };
+    if let Some(admin) = admin {
+        serve_stop.cancel();
+        match tokio::time::timeout(Duration::from_secs(5), admin).await {
+            Ok(Ok(Err(e))) => tracing::error!(cause = %e, "admin server failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("admin server connections did not close in time"),
+        }
+    }
     store.close();
     tracing::info!("stopped");
     Ok(result?)

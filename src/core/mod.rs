@@ -93,6 +93,9 @@ pub struct CoreConfig {
     pub default_execution_timeout: Option<Duration>,
     /// Which tasks go to external engines.
     pub routes: Routes,
+    /// Where the in-process executors report measurements the core does not
+    /// see (webhook response codes); none when nothing exports metrics.
+    pub metrics_sink: Option<Arc<dyn metrics::MetricsSink>>,
 }
 
 /// Which tasks an external engine runs instead of the embedded one. Routing
@@ -156,6 +159,7 @@ impl Default for CoreConfig {
             payload_cache_bytes: 256 << 20,
             default_execution_timeout: None,
             routes: Routes::default(),
+            metrics_sink: None,
         }
     }
 }

@@ -667,6 +667,9 @@ impl Executor {
                     .await
                     .map_err(|e| send_failure(&e, &shown))?;
                 let status = resp.status();
+                if let Some(m) = &self.core.config().metrics_sink {
+                    m.webhook_response(status.as_u16());
+                }
                 flight.status.store(status.as_u16(), Ordering::Release);
                 if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                     let next = self.redirect_target(&url, &shown, status, resp.headers(), hops)?;

@@ -68,6 +68,8 @@ pub struct CommitStats {
     pub ops: std::sync::atomic::AtomicU64,
     /// Total commit time in microseconds.
     pub commit_micros: std::sync::atomic::AtomicU64,
+    /// Told of each commit's latency and size, once set (metrics).
+    pub sink: OnceLock<Arc<dyn crate::core::metrics::MetricsSink>>,
 }
 
 struct Group {
@@ -308,6 +310,9 @@ fn writer_loop(
         stats
             .commit_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Some(s) = stats.sink.get() {
+            s.store_commit(started.elapsed(), n);
+        }
         match commit {
             Ok(()) => {
                 for (g, r) in groups.into_iter().zip(results) {

@@ -159,6 +159,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// `http://addr`.
     pub url: String,
+    /// Where its admin HTTP server listens.
+    pub admin_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<Result<(), switchyard::api::ServeError>>>,
     _dir: tempfile::TempDir,
@@ -180,26 +182,45 @@ impl TestServer {
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let admin_addr = admin.local_addr().expect("local address");
         let (tx, rx) = oneshot::channel::<()>();
-        let join = tokio::spawn(switchyard::run(listener, cfg, async move {
+        let listeners = switchyard::Listeners {
+            grpc: listener,
+            admin: Some(admin),
+        };
+        let join = tokio::spawn(switchyard::run_with(listeners, cfg, async move {
             let _ = rx.await;
         }));
         let server = TestServer {
             addr,
             url: format!("http://{addr}"),
+            admin_addr,
             shutdown: Some(tx),
             join: Some(join),
             _dir: dir,
         };
-        // Ready once the orchestrator answers.
+        // Ready once the orchestrator answers (asking for a token counts).
         let mut client = server.client().await;
         wait_until("the server to answer GetMetrics", SHORT, || {
             let mut c = client.clone();
-            async move { c.get_metrics(pb::GetMetricsRequest {}).await.is_ok() }
+            async move {
+                match c.get_metrics(pb::GetMetricsRequest {}).await {
+                    Ok(_) => true,
+                    Err(s) => s.code() == Code::Unauthenticated,
+                }
+            }
         })
         .await;
         let _ = client.get_metrics(pb::GetMetricsRequest {}).await;
         server
+    }
+
+    /// `http://admin_addr` (no trailing slash).
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
     }
 
     /// A connected orchestrator client (retries the connection until ready).
@@ -301,6 +322,7 @@ impl ServerProcess {
             .env("SWITCHYARD_SCHEDULER__LEASE_TTL", "2s")
             .env("SWITCHYARD_SCHEDULER__HEARTBEAT_INTERVAL", "500ms")
             .env("SWITCHYARD_SCHEDULER__SHUTDOWN_GRACE", "1s")
+            .env("SWITCHYARD_ADMIN__LISTEN", "127.0.0.1:0")
             .env(
                 "SWITCHYARD_LOG__FILTER",
                 std::env::var("SWITCHYARD_TEST_SERVER_LOG").unwrap_or_else(|_| "error".into()),

@@ -7,6 +7,7 @@
 
 mod common;
 
+mod admin;
 mod bullmq;
 mod core_bad_input;
 mod core_cancel;

@@ -1,0 +1,302 @@
+//! Bearer tokens: one check shared by both transports. The gRPC
+//! `OrchestratorService` and `WorkerService` get it as a tonic interceptor
+//! (health and reflection stay open); every admin route except `/healthz`
+//! gets it as an axum middleware. No token configured means open (the local
+//! default).
+//!
+//! Tokens are compared in constant time: each candidate and each configured
+//! token are hashed (SHA-256) and the digests compared with `subtle`, so
+//! neither the content nor the length of a token leaks through timing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// `[auth]`: who may call the API.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accepted bearer tokens. Empty (with no `tokens_file`): no check.
+    /// From the environment as a comma-separated list
+    /// (`SWITCHYARD_AUTH__TOKENS=t1,t2`). Never printed.
+    #[serde(
+        deserialize_with = "string_or_list",
+        serialize_with = "redacted",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub tokens: Vec<String>,
+    /// A file with more tokens, one a line (`#` starts a comment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("tokens_file", &self.tokens_file)
+            .finish()
+    }
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => split_tokens(&s),
+        OneOrMany::Many(v) => v
+            .into_iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+    })
+}
+
+fn redacted<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|_| "<redacted>"))
+}
+
+fn split_tokens(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The accepted tokens, as SHA-256 digests.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    digests: Arc<Vec<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} configured)", self.digests.len())
+    }
+}
+
+fn digest(t: &[u8]) -> [u8; 32] {
+    Sha256::digest(t).into()
+}
+
+impl Tokens {
+    /// The tokens of `cfg`: its list plus its file's lines. A named file
+    /// that cannot be read is an error naming it.
+    pub fn load(cfg: &AuthConfig) -> Result<Tokens, String> {
+        let mut all = cfg.tokens.clone();
+        if let Some(path) = &cfg.tokens_file {
+            all.extend(read_file(path)?);
+        }
+        Ok(Tokens::new(all))
+    }
+
+    /// Tokens from a list.
+    pub fn new<S: AsRef<str>>(tokens: impl IntoIterator<Item = S>) -> Tokens {
+        Tokens {
+            digests: Arc::new(
+                tokens
+                    .into_iter()
+                    .filter(|t| !t.as_ref().is_empty())
+                    .map(|t| digest(t.as_ref().as_bytes()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether no token is required.
+    pub fn is_open(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Whether `candidate` is one of the tokens (constant time per token).
+    pub fn accepts(&self, candidate: &str) -> bool {
+        let d = digest(candidate.as_bytes());
+        // Every token is compared, whichever matches.
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, t| acc | t.ct_eq(&d))
+            .into()
+    }
+
+    /// Whether a request with this `authorization` value (and, where the
+    /// route allows it, this `access_token` query value) may pass.
+    pub fn allows(&self, authorization: Option<&str>, access_token: Option<&str>) -> bool {
+        if self.is_open() {
+            return true;
+        }
+        if let Some(t) = authorization.and_then(bearer) {
+            return self.accepts(t);
+        }
+        access_token.is_some_and(|t| self.accepts(t))
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("auth.tokens_file {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The gRPC check: `authorization: Bearer <token>` metadata, else
+/// UNAUTHENTICATED.
+#[derive(Clone, Debug)]
+pub struct GrpcAuth(pub Tokens);
+
+impl tonic::service::Interceptor for GrpcAuth {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if self.0.is_open() {
+            return Ok(req);
+        }
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if self.0.allows(header, None) {
+            Ok(req)
+        } else if header.is_none() {
+            Err(tonic::Status::unauthenticated(
+                "this server requires `authorization: Bearer <token>`",
+            ))
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "the bearer token is not valid",
+            ))
+        }
+    }
+}
+
+/// The `access_token` query parameter, if any.
+pub fn query_token(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Routes that take `?access_token=` (EventSource cannot set headers, and a
+/// browser opening the dashboard cannot either).
+fn query_token_allowed(path: &str) -> bool {
+    matches!(
+        path,
+        "/" | "/dashboard" | "/dashboard/" | "/internal/execution-manager/events"
+    )
+}
+
+/// The axum middleware: every route but `/healthz` needs a token when any
+/// is configured.
+pub async fn require(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
+    if tokens.is_open() || req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let header = header_value(req.headers());
+    let query = if query_token_allowed(req.uri().path()) {
+        query_token(req.uri().query())
+    } else {
+        None
+    };
+    if tokens.allows(header.as_deref(), query.as_deref()) {
+        return next.run(req).await;
+    }
+    let message = if header.is_none() && query.is_none() {
+        "this server requires `Authorization: Bearer <token>`"
+    } else {
+        "the bearer token is not valid"
+    };
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(super::error::ErrorBody {
+            code: "UNAUTHENTICATED",
+            message: message.to_string(),
+            field: None,
+        }),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+fn header_value(h: &HeaderMap) -> Option<String> {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_without_tokens_and_strict_with() {
+        let open = Tokens::new(Vec::<String>::new());
+        assert!(open.allows(None, None));
+        let t = Tokens::new(["alpha", "beta"]);
+        assert!(!t.allows(None, None));
+        assert!(t.allows(Some("Bearer beta"), None));
+        assert!(t.allows(Some("bearer  alpha "), None));
+        assert!(!t.allows(Some("Bearer alph"), None));
+        assert!(!t.allows(Some("Basic alpha"), None));
+        assert!(t.allows(None, Some("alpha")));
+        // A wrong header is not rescued by a query token.
+        assert!(!t.allows(Some("Bearer nope"), Some("alpha")));
+    }
+
+    #[test]
+    fn tokens_come_from_a_list_a_string_and_a_file() {
+        let c: AuthConfig = toml::from_str("tokens = \"a, b,,\"").unwrap();
+        assert_eq!(c.tokens, vec!["a", "b"]);
+        let c: AuthConfig = toml::from_str("tokens = [\"x\", \" y \"]").unwrap();
+        assert_eq!(c.tokens, vec!["x", "y"]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "# ops\nfrom-file\n\n").unwrap();
+        let t = Tokens::load(&AuthConfig {
+            tokens: vec!["x".into()],
+            tokens_file: Some(f),
+        })
+        .unwrap();
+        assert!(t.accepts("from-file") && t.accepts("x") && !t.accepts("# ops"));
+        let missing = Tokens::load(&AuthConfig {
+            tokens: vec![],
+            tokens_file: Some(dir.path().join("nope")),
+        });
+        assert!(missing.unwrap_err().contains("auth.tokens_file"));
+    }
+
+    #[test]
+    fn tokens_are_never_printed() {
+        let c = AuthConfig {
+            tokens: vec!["s3cret".into()],
+            tokens_file: None,
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!toml::to_string(&c).unwrap().contains("s3cret"));
+    }
+}

@@ -1,0 +1,105 @@
+//! The admin HTTP server, on its own port (`[admin] listen`, default
+//! `127.0.0.1:50052`): the original design's JSON routes under
+//! `/internal/execution-manager/`, a server-sent-events stream of task
+//! events, Prometheus text at `/metrics`, `/healthz`, and the live dashboard
+//! at `/`.
+//!
+//! Like `api/`, this is an edge: handlers validate, call the core, and map
+//! errors through the one mapping (`CoreError` → gRPC status → HTTP, see
+//! [`error`]). The JSON is the gRPC messages' own JSON mapping ([`json`]);
+//! the event stream is the `WatchTasks` machinery
+//! ([`crate::api::orchestrator::watch`]). No scheduling decision and no SQL
+//! here, and nothing here changes a task except `DELETE …/tasks/{id}`, which
+//! is `CancelTask`.
+
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod metrics;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Core;
+use auth::Tokens;
+use metrics::Metrics;
+
+/// `[admin]`: the admin HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve it (`switchyard serve` binds `listen`).
+    pub enabled: bool,
+    /// Where it listens. Port 0 picks a free port (logged at start).
+    pub listen: SocketAddr,
+    /// How often an idle event stream gets a heartbeat comment.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The scheduler core.
+    pub core: Core,
+    /// This server's metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server drains: event streams end.
+    pub streams_stop: CancellationToken,
+    /// Heartbeat interval of event streams.
+    pub heartbeat: Duration,
+}
+
+/// The admin router: every route, behind the bearer-token check.
+pub fn router(state: AdminState, tokens: Tokens) -> axum::Router {
+    routes::routes(state).layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+}
+
+/// Serves the admin API on `listener` until `stop` is cancelled, then
+/// closes gracefully (event streams end when `state.streams_stop` is
+/// cancelled, which the drain does first). Also follows committed events
+/// for the metrics' histograms (policy on shutdown: abort with the server).
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    tokens: Tokens,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let follower = tokio::spawn(
+        state
+            .metrics
+            .clone()
+            .follow(state.core.clone(), stop.clone()),
+    );
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(
+            %addr,
+            dashboard = %format!("http://{addr}/"),
+            metrics = %format!("http://{addr}/metrics"),
+            auth = if tokens.is_open() { "open" } else { "bearer token" },
+            "admin server ready"
+        );
+    }
+    let app = router(state, tokens);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    follower.abort();
+    result
+}

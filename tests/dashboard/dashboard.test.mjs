@@ -1,0 +1,241 @@
+// The dashboard end to end: the real server (target/debug/switchyard, in
+// memory, ephemeral ports), the real example worker
+// (target/debug/examples/worker), tasks scheduled with the real CLI, and the
+// page in headless Debian Chromium driven by playwright-core.
+//
+// Checks: tasks appear and change state live, the task detail shows its
+// result and logs, a workflow shows its steps, the cancel button cancels a
+// running task, filters narrow the list, workers and charts show, and the
+// page keeps rendering during a burst. Saves target/artifacts/dashboard.png.
+//
+// Run: make test-dashboard (builds the binaries, installs Chromium and
+// playwright-core). Outside CI, a missing Chromium skips; with CI=true it
+// fails.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { chromium } from 'playwright-core';
+
+const run = promisify(execFile);
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SERVER_BIN = join(ROOT, 'target', 'debug', 'switchyard');
+const WORKER_BIN = join(ROOT, 'target', 'debug', 'examples', 'worker');
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const ARTIFACTS = join(ROOT, 'target', 'artifacts');
+const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
+const SHORT = 15_000;
+
+const children = [];
+const dirs = [];
+let grpcUrl;
+let adminUrl;
+let browser;
+let page;
+let userDataDir;
+let serverLog = '';
+
+/** Spawns a child that is killed when the test ends. */
+function child(cmd, args, env) {
+  const p = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(p);
+  return p;
+}
+
+/** Resolves with the addresses once the server logs both listeners. */
+function startServer(workflowDir) {
+  return new Promise((resolveReady, reject) => {
+    const p = child(
+      SERVER_BIN,
+      ['serve', '--memory', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--log-format', 'json'],
+      {
+        SWITCHYARD_LOG__FILTER: 'info',
+        SWITCHYARD_SCHEDULER__SHUTDOWN_GRACE: '1s',
+        SWITCHYARD_WORKFLOWS__DIR: workflowDir,
+      },
+    );
+    let grpc;
+    let admin;
+    let buf = '';
+    const onData = (d) => {
+      serverLog += d.toString();
+      buf += d.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        let rec;
+        try {
+          rec = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        const f = rec.fields || {};
+        const addr = String(f.addr || '').match(/\d+\.\d+\.\d+\.\d+:\d+/);
+        if (f.message === 'switchyard ready' && addr) grpc = addr[0];
+        if (f.message === 'admin server ready' && addr) admin = addr[0];
+        if (grpc && admin) {
+          p.stdout.off('data', onData);
+          p.stderr.off('data', onData);
+          p.stdout.on('data', (x) => { serverLog += x.toString(); });
+          p.stderr.on('data', (x) => { serverLog += x.toString(); });
+          resolveReady({ grpc, admin });
+        }
+      }
+    };
+    p.stdout.on('data', onData);
+    p.stderr.on('data', onData);
+    p.once('exit', (code) => reject(new Error(`the server exited (${code}):\n${serverLog}`)));
+    setTimeout(() => reject(new Error(`the server did not start:\n${serverLog}`)), SHORT);
+  });
+}
+
+/** Schedules a task with the CLI; returns its id. */
+async function schedule(name, payload, extra = []) {
+  const { stdout } = await run(SERVER_BIN, [
+    '--server', grpcUrl, '--json', 'task', 'schedule', name, '--payload', JSON.stringify(payload), ...extra,
+  ]);
+  const id = JSON.parse(stdout).task_id;
+  assert.ok(id, stdout);
+  return id;
+}
+
+const row = (id) => `#task-rows tr[data-id="${id}"]`;
+
+async function waitRowState(id, state) {
+  await page.waitForSelector(`${row(id)}[data-state="${state}"]`, { timeout: SHORT });
+}
+
+before(async () => {
+  for (const [what, path] of [['switchyard', SERVER_BIN], ['the example worker', WORKER_BIN]]) {
+    assert.ok(existsSync(path), `${what} is not built (${path}): cargo build --bin switchyard --example worker`);
+  }
+  if (!existsSync(CHROMIUM)) {
+    assert.ok(!IN_CI, `${CHROMIUM} is missing (apt-get install -y chromium); CI must run this test`);
+    return;
+  }
+  userDataDir = mkdtempSync(join(tmpdir(), 'switchyard-chromium-'));
+  const workflowDir = mkdtempSync(join(tmpdir(), 'switchyard-flows-'));
+  dirs.push(userDataDir, workflowDir);
+  writeFileSync(join(workflowDir, 'dash-flow.toml'),
+    'name = "dash-flow"\n[[steps]]\nid = "greet"\ntask = "echo"\n' +
+    '[[steps]]\nid = "approve"\nsignal = "go"\ntimeout = "1h"\n');
+  const addrs = await startServer(workflowDir);
+  grpcUrl = `http://${addrs.grpc}`;
+  adminUrl = `http://${addrs.admin}`;
+  const worker = child(WORKER_BIN, [], { SWITCHYARD_SERVER: grpcUrl, RUST_LOG: 'warn' });
+  worker.once('exit', (code) => { if (code) serverLog += `\n[worker exited ${code}]`; });
+  browser = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox', '--headless', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run',
+    ],
+    viewport: { width: 1440, height: 1050 },
+  });
+  page = browser.pages()[0] || (await browser.newPage());
+  page.on('pageerror', (e) => { serverLog += `\n[page error] ${e.message}`; });
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  for (const c of children.reverse()) c.kill('SIGKILL');
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+test('the dashboard shows tasks live, opens one, cancels one', { timeout: 120_000 }, async (t) => {
+  if (!browser) {
+    t.skip(`${CHROMIUM} is not installed`);
+    return;
+  }
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  await page.goto(`${adminUrl}/`);
+  await page.waitForSelector('#conn.pill-live', { timeout: SHORT });
+  assert.equal(await page.title(), 'Switchyard');
+
+  // The worker registers: it shows with its task names.
+  await page.waitForSelector('.worker[data-worker^="example-worker-"]', { timeout: SHORT });
+  const workerText = await page.textContent('.worker[data-worker^="example-worker-"]');
+  for (const n of ['echo', 'sleep', 'fail']) assert.ok(workerText.includes(n), workerText);
+
+  // Tasks appear live, and change state live.
+  const echo = await schedule('echo', { hello: 'dashboard' }, ['--user', 'dash-user']);
+  await waitRowState(echo, 'completed');
+  const slow = await schedule('sleep', { ms: 2500 }, ['--user', 'dash-user']);
+  await waitRowState(slow, 'running');
+  await waitRowState(slow, 'completed');
+  const failing = await schedule('fail', {}, ['--user', 'dash-user']);
+  await waitRowState(failing, 'failed');
+
+  // Open one: status, result, logs.
+  await page.click(row(echo));
+  await page.waitForSelector('#detail[data-state="completed"] #d-result', { timeout: SHORT });
+  assert.ok((await page.textContent('#d-result')).includes('dashboard'));
+  assert.ok((await page.textContent('#d-logs')).includes('completed'));
+  assert.ok(await page.isDisabled('#cancel-btn'), 'no cancel for a finished task');
+  await page.click(row(failing));
+  await page.waitForSelector(`#detail[data-task-id="${failing}"] #d-error`, { timeout: SHORT });
+
+  // Cancel one that runs.
+  const long = await schedule('sleep', { ms: 60000 }, ['--user', 'dash-user']);
+  await waitRowState(long, 'running');
+  await page.click(row(long));
+  await page.waitForSelector(`#detail[data-task-id="${long}"][data-state="running"]`, { timeout: SHORT });
+  await page.click('#cancel-btn');
+  await page.waitForSelector(`#detail[data-task-id="${long}"][data-state="cancelled"]`, { timeout: SHORT });
+  await waitRowState(long, 'cancelled');
+
+  // A workflow (from the server's workflow directory) shows its steps.
+  const flow = await schedule('dash-flow-run', {}, ['--workflow-type', 'dash-flow']);
+  await page.waitForSelector(row(flow), { timeout: SHORT });
+  await page.click(row(flow));
+  await page.waitForSelector('#d-steps li[data-step="greet"][data-state="completed"]', { timeout: SHORT });
+  await page.waitForSelector('#d-steps li[data-step="approve"][data-state="running"]', { timeout: SHORT });
+
+  // A backlog for a task name no worker takes: a queue that stays deep.
+  await Promise.all(Array.from({ length: 25 }, (_, i) => schedule('nightly-report', { i }, ['--user', 'ops'])));
+  await page.waitForFunction(() => Number(document.getElementById('c-pending').textContent) >= 25,
+    null, { timeout: SHORT });
+
+  // A burst: the page keeps up and keeps rendering.
+  const burst = await Promise.all(Array.from({ length: 40 }, (_, i) => schedule('echo', { i }, ['--user', 'burst'])));
+  for (const id of [burst[0], burst[burst.length - 1]]) await waitRowState(id, 'completed');
+
+  // Filters narrow the list (server side, and the stream with it).
+  await page.fill('#f-name', 'sleep');
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#task-rows tr[data-id]')];
+    return rows.length > 0 && rows.every((r) => r.children[1].textContent === 'sleep');
+  }, null, { timeout: SHORT });
+  await page.fill('#f-name', '');
+  await page.selectOption('#f-state', 'failed');
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#task-rows tr[data-id]')];
+    return rows.length > 0 && rows.every((r) => r.dataset.state === 'failed');
+  }, null, { timeout: SHORT });
+  await page.selectOption('#f-state', '');
+  await page.waitForSelector(row(burst[0]), { timeout: SHORT });
+
+  // Counts and charts fill in from the polled metrics.
+  await page.waitForFunction(() => Number(document.getElementById('c-completed').textContent.replace(/,/g, '')) >= 40,
+    null, { timeout: SHORT });
+  await page.waitForFunction(() => document.getElementById('lg-queues').textContent.includes('nightly-report 25'),
+    null, { timeout: SHORT });
+  await page.click(row(long));
+  await page.waitForSelector(`#detail[data-task-id="${long}"][data-state="cancelled"]`, { timeout: SHORT });
+  // A few more metric polls, so the charts have lines.
+  const polls = Number(await page.getAttribute('body', 'data-polls'));
+  await page.waitForFunction((n) => Number(document.body.dataset.polls) >= n + 3, polls, { timeout: SHORT });
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const shot = join(ARTIFACTS, 'dashboard.png');
+  await page.screenshot({ path: shot, fullPage: true });
+  assert.ok(existsSync(shot));
+  assert.deepEqual(pageErrors, [], `no script errors:\n${serverLog.slice(-3000)}`);
+});
