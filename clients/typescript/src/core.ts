@@ -39,10 +39,15 @@ export {
   type WorkerLogger,
 } from './worker/worker.js';
 export {
-  NotAvailableError,
+  SwitchyardCancelledError,
+  switchyardCancelChannel,
+  switchyardCancelMarker,
   withSwitchyardCancellation,
   type BullJobLike,
   type CancellableProcessor,
+  type SwitchyardCancellableProcessor,
+  type SwitchyardCancellationLogger,
   type SwitchyardCancellationOptions,
+  type SwitchyardRedisConnection,
 } from './bullmq.js';
 export * as pb from './pb.js';

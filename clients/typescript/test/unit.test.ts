@@ -10,7 +10,14 @@ import { Status } from '../src/gen/google/rpc/status.js';
 import { TaskSource, TaskState, TaskStatus, TaskType as PbTaskType } from '../src/gen/switchyard/v1/task.js';
 import { truncateUtf8 } from '../src/worker/context.js';
 import { heartbeatPeriod } from '../src/worker/worker.js';
-import { NotAvailableError, SwitchyardError, parseUrl, withSwitchyardCancellation, pb } from '../src/core.js';
+import {
+  SwitchyardError,
+  parseUrl,
+  switchyardCancelChannel,
+  switchyardCancelMarker,
+  withSwitchyardCancellation,
+  pb,
+} from '../src/core.js';
 
 describe('durations', () => {
   it('reads milliseconds and unit strings', () => {
@@ -177,8 +184,17 @@ describe('worker helpers', () => {
     assert.equal(truncateUtf8('é', 0), '');
   });
 
-  it('withSwitchyardCancellation refuses to pretend until the BullMQ backend lands', () => {
-    assert.throws(() => withSwitchyardCancellation(async () => 1, { connection: {}, channel: 'c' }), NotAvailableError);
+  it('withSwitchyardCancellation speaks the backend’s key names and takes BullMQ’s signal', async () => {
+    // src/backend/bullmq/conn.rs: publish_cancel.
+    assert.equal(switchyardCancelChannel('bull', 'emails'), 'bull:emails:switchyard:cancel');
+    assert.equal(switchyardCancelMarker('bull', 'emails', '0190-ab'), 'bull:emails:0190-ab:switchyard:cancel');
+    // BullMQ 5 passes its own AbortSignal only to a processor of three parameters.
+    const wrapped = withSwitchyardCancellation(async () => 1, { connection: 'redis://127.0.0.1:1', logger: false });
+    assert.equal(wrapped.length, 3);
+    // Nothing connects before a job runs.
+    await wrapped.close();
+    await assert.rejects(wrapped({ id: '1', name: 'n', queueName: 'q', data: {} }), /closed/);
+    assert.throws(() => withSwitchyardCancellation(async () => 1, {} as never), TypeError);
   });
 });
 
@@ -190,6 +206,7 @@ describe('entry points', () => {
     const start = resolve(dirname(fileURLToPath(import.meta.url)), '../src/core.js');
     const seen = new Set<string>();
     const bare = new Set<string>();
+    const staticBare = new Set<string>();
     const visit = (file: string): void => {
       if (seen.has(file)) {
         return;
@@ -202,12 +219,18 @@ describe('entry points', () => {
           visit(resolve(dirname(file), spec));
         } else {
           bare.add(spec);
+          if (m[2] === undefined) {
+            staticBare.add(spec);
+          }
         }
       }
     };
     visit(start);
     assert.ok(seen.size > 10, `walked ${seen.size} files`);
     assert.deepEqual([...bare].filter((s) => s.startsWith('@nestjs/') || s === 'protobufjs' || s === 'reflect-metadata'), []);
+    // The optional BullMQ peers load only when a wrapped processor runs.
+    assert.ok(bare.has('ioredis') && bare.has('bullmq'), [...bare].join(', '));
+    assert.deepEqual([...staticBare].filter((s) => s === 'ioredis' || s === 'bullmq'), []);
   });
 
   it('@switchyard/client/nestjs-grpc exposes the NestJS interfaces and decorators', async () => {
