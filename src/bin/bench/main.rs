@@ -1,5 +1,5 @@
 //! `bench`: Switchyard's load generator and benchmark harness. It starts the
-//! release server as a child process, measures scenarios a–f with the
+//! release server as a child process, measures scenarios a–h with the
 //! generated client and in-process workers, runs the BullMQ and Temporal
 //! peers on the same machine in the same run, and prints a markdown table
 //! with ratios; the JSON goes to `bench/results/<date>.json`.
