@@ -3,6 +3,7 @@
 //! transaction (group commit), so durability costs one fsync per group, not
 //! per call.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
@@ -68,6 +69,9 @@ pub struct CommitStats {
     pub ops: std::sync::atomic::AtomicU64,
     /// Total commit time in microseconds.
     pub commit_micros: std::sync::atomic::AtomicU64,
+    /// Row writes skipped because a later write of the same task in the same
+    /// batch superseded them (write coalescing).
+    pub coalesced: std::sync::atomic::AtomicU64,
     /// Told of each commit's latency and size, once set (metrics).
     pub sink: OnceLock<Arc<dyn crate::core::metrics::MetricsSink>>,
 }
@@ -270,8 +274,9 @@ fn writer_loop(
             let tx = conn.transaction()?;
             let mut outs = Vec::with_capacity(groups.len());
             let mut failed = false;
+            let mut latest = Latest::of(&groups);
             for g in &groups {
-                match apply_group(&tx, &g.ops, &mut events) {
+                match apply_group(&tx, &g.ops, &mut events, latest.as_mut()) {
                     Ok(out) => outs.push(Ok(out)),
                     Err(_) => {
                         failed = true;
@@ -281,6 +286,9 @@ fn writer_loop(
             }
             if !failed {
                 tx.commit()?;
+                if let Some(l) = &latest {
+                    stats.coalesced.fetch_add(l.skipped, Ordering::Relaxed);
+                }
                 results = outs;
                 return Ok(());
             }
@@ -289,7 +297,7 @@ fn writer_loop(
             for g in &groups {
                 let tx = conn.transaction()?;
                 let mut group_events = Vec::new();
-                match apply_group(&tx, &g.ops, &mut group_events) {
+                match apply_group(&tx, &g.ops, &mut group_events, None) {
                     Ok(out) => {
                         tx.commit()?;
                         results.push(Ok(out));
@@ -339,15 +347,98 @@ fn writer_loop(
     }
 }
 
+/// Write coalescing within one batch (one transaction): a task changed
+/// several times in a batch has its row written once, with its latest
+/// runtime state. Every log line and every event is still written and
+/// published in order; only the superseded row images are skipped. The
+/// batch commits or rolls back as a whole, so no reader or crash can see the
+/// difference.
+struct Latest {
+    /// For each task written more than once in the batch: the position (in
+    /// batch order) of its last write.
+    last: HashMap<TaskId, usize>,
+    /// Position of the op being applied.
+    pos: usize,
+    /// Row writes skipped so far.
+    skipped: u64,
+}
+
+impl Latest {
+    /// `None` when no task is written twice (nothing to coalesce).
+    fn of(groups: &[Group]) -> Option<Latest> {
+        let mut seen: HashMap<TaskId, (usize, u32)> = HashMap::new();
+        let mut pos = 0;
+        for g in groups {
+            for op in &g.ops {
+                if let Some(id) = op_task(op) {
+                    let e = seen.entry(id).or_insert((pos, 0));
+                    *e = (pos, e.1 + 1);
+                }
+                pos += 1;
+            }
+        }
+        let last: HashMap<TaskId, usize> = seen
+            .into_iter()
+            .filter(|(_, (_, n))| *n > 1)
+            .map(|(id, (p, _))| (id, p))
+            .collect();
+        (!last.is_empty()).then_some(Latest {
+            last,
+            pos: 0,
+            skipped: 0,
+        })
+    }
+
+    /// Whether the op at the current position is superseded by a later write
+    /// of the same task in this batch.
+    fn superseded(&self, id: TaskId) -> bool {
+        self.last.get(&id).is_some_and(|&p| p > self.pos)
+    }
+}
+
+fn op_task(op: &WriteOp) -> Option<TaskId> {
+    match op {
+        WriteOp::Insert { task, .. } | WriteOp::Update { task, .. } => Some(task.id),
+        WriteOp::Log(_) => None,
+    }
+}
+
 fn apply_group(
     conn: &Connection,
     ops: &[WriteOp],
     events: &mut Vec<Arc<TaskEvent>>,
+    mut latest: Option<&mut Latest>,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let mut out = Vec::with_capacity(ops.len());
     let now = now_micros();
     for op in ops {
+        let superseded = match (&mut latest, op_task(op)) {
+            (Some(l), Some(id)) => {
+                let s = l.superseded(id) && matches!(op, WriteOp::Update { .. });
+                l.pos += 1;
+                l.skipped += u64::from(s);
+                s
+            }
+            (Some(l), None) => {
+                l.pos += 1;
+                false
+            }
+            _ => false,
+        };
         match op {
+            WriteOp::Update { task, log, event } if superseded => {
+                // A later write of this batch carries the row.
+                insert_logs(conn, log)?;
+                if let Some(kind) = event {
+                    events.push(Arc::new(TaskEvent {
+                        seq: task.rt.seq,
+                        kind: *kind,
+                        time: now,
+                        task: task.clone(),
+                    }));
+                }
+                out.push(WriteOutcome::Done);
+            }
             WriteOp::Insert {
                 task,
                 payload,
@@ -827,6 +918,105 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(changed.len(), 1);
+    }
+
+    /// Collects published events.
+    struct Seen(parking_lot::Mutex<Vec<(TaskId, u64, EventKind, TaskState)>>);
+    impl CommitListener for Seen {
+        fn committed(&self, events: Vec<Arc<TaskEvent>>) {
+            let mut v = self.0.lock();
+            for e in events {
+                v.push((e.task.id, e.seq, e.kind, e.task.rt.state));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_of_one_task_in_a_batch_are_coalesced_but_logs_and_events_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = SqliteStore::open(SqliteOptions {
+            path: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let seen = Arc::new(Seen(Default::default()));
+        s.set_listener(seen.clone());
+        let a = task(None);
+        let other = task(None);
+        assert_eq!(insert(&s, &a).await, WriteOutcome::Done);
+        assert_eq!(insert(&s, &other).await, WriteOutcome::Done);
+        let step = |t: &Task, state, seq: u64, msg: &str| {
+            let mut t = t.clone();
+            t.rt.state = state;
+            t.rt.seq = seq;
+            WriteOp::Update {
+                log: vec![LogEntry::system(t.id, 1, msg)],
+                task: t,
+                event: Some(EventKind::Updated),
+            }
+        };
+        // One group: a's two updates around an update of another task, and
+        // a log line; then a second group in the same batch finishes a.
+        let (tx, rx) = oneshot::channel();
+        s.submit(
+            vec![
+                step(&a, TaskState::Running, 10, "started"),
+                step(&other, TaskState::Running, 11, "other started"),
+                WriteOp::Log(vec![LogEntry::system(a.id, 1, "a line")]),
+                step(&a, TaskState::Running, 12, "progress"),
+            ],
+            None,
+        );
+        s.submit(
+            vec![step(&a, TaskState::Completed, 13, "completed")],
+            Some(tx),
+        );
+        rx.await.unwrap().unwrap();
+        let (got, _) = s.get(a.id).await.unwrap().unwrap();
+        assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 13));
+        let (o, _) = s.get(other.id).await.unwrap().unwrap();
+        assert_eq!((o.rt.state, o.rt.seq), (TaskState::Running, 11));
+        let lines: Vec<String> = s
+            .logs(a.id, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(
+            lines,
+            ["scheduled", "started", "a line", "progress", "completed"]
+        );
+        let ev: Vec<(u64, TaskState)> = seen
+            .0
+            .lock()
+            .iter()
+            .filter(|e| e.0 == a.id && e.2 == EventKind::Updated)
+            .map(|e| (e.1, e.3))
+            .collect();
+        assert_eq!(
+            ev,
+            [
+                (10, TaskState::Running),
+                (12, TaskState::Running),
+                (13, TaskState::Completed)
+            ]
+        );
+        // The first group alone supersedes a's first update; if both groups
+        // shared a batch (the writer was busy), the second too.
+        let skipped = s.stats.coalesced.load(Ordering::Relaxed);
+        assert!((1..=2).contains(&skipped), "{skipped}");
+        // And what was committed survives a reopen.
+        s.close();
+        drop(s);
+        let s = SqliteStore::open(SqliteOptions {
+            path: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        let (got, _) = s.get(a.id).await.unwrap().unwrap();
+        assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 13));
     }
 
     #[tokio::test]
