@@ -328,6 +328,16 @@ pub enum Report {
         /// What failed.
         message: String,
     },
+    /// The executor had no capacity for the task's destination and sent
+    /// nothing (a webhook host with every per-host slot taken): the task goes
+    /// back to PENDING (reason CAPACITY_FULL) without using an attempt, and
+    /// is offered again after `retry_after`.
+    Busy {
+        /// When to try again.
+        retry_after: Duration,
+        /// Why.
+        message: String,
+    },
     /// A workflow starts compensating (state COMPENSATING; still held).
     Compensating,
     /// Ends the task in a final state chosen by an in-process executor
@@ -2218,6 +2228,30 @@ fn apply_report(st: &mut State, cfg: &CoreConfig, id: TaskId, attempt: u32, repo
                     ),
                 )
                 .level("warn")],
+            );
+        }
+        Report::Busy {
+            retry_after,
+            message,
+        } => {
+            st.back_to_pending(id, retry_after, WaitingReason::CapacityFull);
+            if let Some(a) = st.tasks.get_mut(&id) {
+                // Nothing was sent: this attempt does not count.
+                a.task.rt.attempt = attempt.saturating_sub(1);
+            }
+            st.emit(
+                id,
+                EventKind::Updated,
+                vec![LogEntry::system(
+                    id,
+                    attempt,
+                    format!(
+                        "{message}; not sent, kept and offered again in {}",
+                        humantime::format_duration(Duration::from_millis(
+                            retry_after.as_millis() as u64
+                        ))
+                    ),
+                )],
             );
         }
         Report::Compensating => {

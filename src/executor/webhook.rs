@@ -565,6 +565,23 @@ impl Executor {
                     .map(str::to_string),
                 report: Report::Complete(result),
             },
+            // Nothing was sent: the task waits for the host without using
+            // an attempt.
+            Err(f) if f.kind == kind::HOST_BUSY => Done {
+                log: None,
+                external_id: None,
+                report: Report::Busy {
+                    retry_after: f.retry_after.unwrap_or_else(|| {
+                        jitter(
+                            task.spec
+                                .backoff
+                                .delay(1)
+                                .clamp(Duration::from_millis(50), Duration::from_secs(2)),
+                        )
+                    }),
+                    message: f.message,
+                },
+            },
             Err(f) => {
                 let what = match flight.status.load(Ordering::Acquire) {
                     0 => f.kind.to_string(),

@@ -1034,6 +1034,42 @@ async fn cancel_aborts_the_call_in_flight() {
     assert!(logs.contains("no response before the disconnect"), "{logs}");
 }
 
+/// A host with every per-host slot and waiting place taken: the calls past
+/// them are not sent and use no attempt; they wait (CAPACITY_FULL) and go
+/// out once the host has room, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_host_delays_calls_without_using_their_attempts() {
+    let n8n = N8nFixture::start().await;
+    n8n.add(
+        "busy",
+        Workflow::active(Respond::Slow(Duration::from_millis(300))),
+    );
+    let mut sy = start_switchyard(WebhookConfig {
+        per_host_concurrency: 1,
+        ..allowed(&n8n)
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(sy.schedule(Call::workflow("busy").attempts(1)).await);
+    }
+    let mut kept = 0;
+    for id in &ids {
+        let s = sy.finished(id).await;
+        assert_eq!(s.state(), pb::TaskState::Completed, "{s:?}");
+        assert_eq!(s.attempt, 1, "{s:?}");
+        let logs = sy.logs(id).await.join("\n");
+        if logs.contains("not sent, kept and offered again") {
+            assert!(logs.contains("webhook.per_host_concurrency"), "{logs}");
+            kept += 1;
+        }
+    }
+    // One call in flight and one waiting for the host: the others were
+    // turned away at least once.
+    assert!(kept >= 2, "{kept} tasks waited for the host");
+    assert_eq!(n8n.count("busy"), 4, "each call was sent once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_aborts_the_calls_in_flight() {
     let n8n = N8nFixture::start().await;
