@@ -136,6 +136,29 @@ pub trait Store: Send + Sync + 'static {
         -> Result<Vec<LogEntry>, StoreError>;
     /// Every task not in a final state (for start-up).
     async fn load_active(&self) -> Result<Vec<Task>, StoreError>;
+    /// Every task not in a final state, sent to `tx` in chunks of about
+    /// `chunk` tasks, so start-up can place one chunk while the next is
+    /// read. The default sends [`Store::load_active`] as one chunk.
+    async fn stream_active(
+        &self,
+        chunk: usize,
+        tx: tokio::sync::mpsc::Sender<Vec<Task>>,
+    ) -> Result<(), StoreError> {
+        let _ = chunk;
+        let all = self.load_active().await?;
+        let _ = tx.send(all).await;
+        Ok(())
+    }
+    /// Task counts per type, name and final state (start-up counts the
+    /// active tasks as it loads them).
+    async fn final_counts(&self) -> Result<Counts, StoreError> {
+        Ok(self
+            .counts()
+            .await?
+            .into_iter()
+            .filter(|c| c.2.is_final())
+            .collect())
+    }
     /// Tasks whose last event has `after < seq <= up_to`, in sequence order.
     async fn changed_since(
         &self,
