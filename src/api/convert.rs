@@ -380,7 +380,7 @@ pub fn new_task(
         labels: o.labels.into_iter().collect::<BTreeMap<_, _>>(),
         cleanup,
         target,
-        traceparent,
+        traceparent: traceparent.map(String::into_boxed_str),
         parent_id: None,
     };
     vs.into_result(NewTask {
@@ -456,9 +456,13 @@ pub fn status(t: &Task) -> pb::TaskStatus {
         user_id: t.spec.user_id.clone().unwrap_or_default(),
         session_id: t.spec.session_id.clone().unwrap_or_default(),
         progress: rt.progress,
-        progress_message: rt.progress_message.clone().unwrap_or_default(),
-        result: rt.result.as_ref().map(json_to_value),
-        last_error: rt.last_error.as_ref().map(task_error),
+        progress_message: rt
+            .progress_message
+            .as_deref()
+            .unwrap_or_default()
+            .to_owned(),
+        result: rt.result.as_deref().map(json_to_value),
+        last_error: rt.last_error.as_deref().map(task_error),
         created_at: Some(ts(t.created_at)),
         run_at: Some(ts(rt.run_at)),
         started_at: rt.started_at.map(ts),
@@ -467,17 +471,17 @@ pub fn status(t: &Task) -> pb::TaskStatus {
         waiting_reason: pb_reason(rt.waiting_reason) as i32,
         cancel_requested: rt.cancel_requested,
         labels: t.spec.labels.clone().into_iter().collect(),
-        worker_id: rt.worker_id.clone().unwrap_or_default(),
+        worker_id: rt.worker_id.as_deref().unwrap_or_default().to_owned(),
         idempotency_key: t.spec.idempotency_key.clone().unwrap_or_default(),
         target: t.spec.target.describe(),
         sequence: rt.seq,
         steps: if t.spec.task_type == TaskType::Complex {
-            steps(&WorkflowRun::from_detail(rt.detail.as_ref()))
+            steps(&WorkflowRun::from_detail(rt.detail.as_deref()))
         } else {
             Vec::new()
         },
         workflow_version: if t.spec.task_type == TaskType::Complex {
-            WorkflowRun::from_detail(rt.detail.as_ref()).version
+            WorkflowRun::from_detail(rt.detail.as_deref()).version
         } else {
             0
         },

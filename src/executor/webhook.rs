@@ -375,7 +375,7 @@ impl Executor {
                     });
                     let traceparent = match &span {
                         Some(span) => crate::telemetry::adopt(span, a.traceparent()),
-                        None => a.task.spec.traceparent.clone(),
+                        None => a.task.spec.traceparent.as_deref().map(str::to_owned),
                     };
                     let flight = Arc::new(Flight {
                         attempt: a.task.rt.attempt,

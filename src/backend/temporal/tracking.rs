@@ -71,7 +71,7 @@ impl TrackingEvent {
             sequence: e.seq,
             time_micros: e.time,
             result: if t.rt.state == TaskState::Completed {
-                t.rt.result.clone()
+                t.rt.result.as_deref().cloned()
             } else {
                 None
             },
@@ -80,7 +80,7 @@ impl TrackingEvent {
                 .last_error
                 .as_ref()
                 .map(|e| format!("{}: {}", e.kind, e.message)),
-            progress_message: t.rt.progress_message.clone(),
+            progress_message: t.rt.progress_message.as_deref().map(str::to_owned),
             cancel_requested: t.rt.cancel_requested,
         };
         Some((queue.clone(), ev))

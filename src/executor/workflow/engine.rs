@@ -236,7 +236,7 @@ impl Flow {
                 labels,
                 cleanup: None,
                 target,
-                traceparent: self.traceparent.clone(),
+                traceparent: self.traceparent.as_deref().map(Box::from),
                 parent_id: None,
             },
             payload: Payload::Json(Arc::from(input.to_string())),
@@ -620,7 +620,7 @@ impl Engine {
                 fail("not a workflow (COMPLEX) task".into(), "invalid_task"),
             );
         };
-        let run = WorkflowRun::from_detail(task.rt.detail.as_ref());
+        let run = WorkflowRun::from_detail(task.rt.detail.as_deref());
         let resumed = run.version != 0;
         let wf = if resumed {
             self.registry.get(workflow_type, run.version)
@@ -840,7 +840,7 @@ impl Engine {
                     return Ok(false);
                 };
                 if step_traceparent.is_some() {
-                    new.spec.traceparent = step_traceparent;
+                    new.spec.traceparent = step_traceparent.map(String::into_boxed_str);
                 }
                 let what = match &step.kind {
                     StepKind::Task { name } => format!("task {name}"),
@@ -971,7 +971,7 @@ impl Engine {
         let child_id = child.id;
         match child.rt.state {
             TaskState::Completed => {
-                let output = child.rt.result.clone();
+                let output = child.rt.result.as_deref().cloned();
                 self.update(id, |run, _| {
                     let order = next_order(run);
                     if let Some(s) = run.steps.get_mut(i) {
@@ -991,7 +991,7 @@ impl Engine {
             }
             state => {
                 let error = match (&child.rt.last_error, state) {
-                    (Some(e), TaskState::Failed) => e.clone(),
+                    (Some(e), TaskState::Failed) => (**e).clone(),
                     (_, TaskState::Cancelled) => {
                         step_error(format!("step task {child_id} was cancelled"), "cancelled")
                     }
