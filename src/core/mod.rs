@@ -228,6 +228,12 @@ pub struct Assignment {
     pub payload: Option<Arc<str>>,
     /// When this attempt times out.
     pub deadline: Option<Micros>,
+    /// The task was handed out before and what became of that try is not
+    /// known (its engine was unreachable or busy, its worker was lost, or
+    /// the server restarted). An engine that adds work by the task's id
+    /// (BullMQ) may find that try's job there, already running or done,
+    /// and must read its state rather than wait for its events.
+    pub again: bool,
     /// The W3C traceparent of this attempt's `task.run` span, while tracing
     /// is on; see [`Assignment::traceparent`].
     pub run_traceparent: Option<String>,
@@ -420,6 +426,10 @@ struct Active {
     payload: Option<Arc<str>>,
     worker: Option<u64>,
     slot: SlotKind,
+    /// Handed out before without a known outcome (offered again after its
+    /// engine was unreachable or busy, or requeued after its worker was
+    /// lost or the server restarted): see [`Assignment::again`].
+    again: bool,
     deadline: Option<(Micros, DeadlineKind)>,
     /// Set while the task is in its queue's ready set.
     queued: Option<QKey>,
@@ -679,6 +689,7 @@ impl State {
                 payload,
                 worker: None,
                 slot: SlotKind::Normal,
+                again: false,
                 deadline: None,
                 queued: None,
                 timer: None,
@@ -948,6 +959,7 @@ impl State {
             task: a.task.clone(),
             payload: a.payload.clone(),
             deadline,
+            again: a.again,
             run_traceparent,
         });
         if let Some(w) = self.workers.get(&wid) {
@@ -1023,6 +1035,7 @@ impl State {
         self.back_to_pending(id, retry_after, reason);
         if let Some(a) = self.tasks.get_mut(&id) {
             a.task.rt.attempt = attempt.saturating_sub(1);
+            a.again = true;
         }
         self.emit(id, EventKind::Updated, vec![log]);
     }
@@ -1077,6 +1090,7 @@ impl State {
             a.task.rt.attempt = attempt.saturating_sub(1);
             a.task.rt.worker_id = None;
             a.task.rt.waiting_reason = Some(WaitingReason::Queued);
+            a.again = true;
         }
         self.place(id, now_micros());
         self.emit(
@@ -1213,6 +1227,9 @@ impl Core {
                         st.counts
                             .moved(t.spec.task_type, &t.spec.name, was, TaskState::Pending);
                         st.add_pending(t, None, 0);
+                        if let Some(a) = st.tasks.get_mut(&id) {
+                            a.again = true;
+                        }
                         st.emit(
                             id,
                             EventKind::Requeued,

@@ -932,6 +932,100 @@ async fn redis_down_and_back_while_scheduling_loses_and_doubles_nothing() {
     s.stop().await;
 }
 
+/// An add that times out may still land: Redis runs it once it answers
+/// again, and a worker takes the job while Switchyard has put the task back
+/// in its outbox. Offering the task again adds nothing (the job id is the
+/// task id), and that job's events went by while no one followed it: the
+/// backend must read the job's state, not wait for events that will not
+/// come again.
+#[tokio::test]
+async fn an_add_that_timed_out_but_landed_is_followed_from_its_state() {
+    let url = redis_url();
+    if !prerequisites(&url).await {
+        return;
+    }
+    if which("redis-server").is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("redis-server is not installed");
+        }
+        eprintln!("skipping: redis-server is not installed");
+        return;
+    }
+    let port = free_port();
+    let own_url = format!("redis://127.0.0.1:{port}");
+    let _redis = OwnRedis::start(port).await;
+    let p = Prefix::new(&own_url);
+    let (u, prefix) = (own_url.clone(), p.name.clone());
+    let s = TestServer::start_with(move |cfg| {
+        cfg.store.memory = true;
+        cfg.bullmq.enabled = true;
+        cfg.bullmq.url = u;
+        cfg.bullmq.prefix = prefix;
+        cfg.bullmq.queues = vec!["late".into()];
+        cfg.bullmq.command_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = s.client().await;
+    let worker = NodeWorker::start(&own_url, &p.name, "late", 1).await;
+
+    // A first job, so that the queue's follower is reading its stream.
+    let first = schedule(
+        &mut c,
+        task("late", json!({"mode": "ok"}), Default::default()),
+    )
+    .await;
+    wait_state(&mut c, &first, pb::TaskState::Completed, LONG_WAIT).await;
+
+    // Redis holds every command for 700 ms: the add times out after 300 ms
+    // (the task goes back to the outbox for 500 ms), then Redis runs it and
+    // the worker takes the job before the task is offered again.
+    let mut admin = redis::Client::open(own_url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(700)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    let id = schedule(
+        &mut c,
+        task(
+            "late",
+            json!({"mode": "slow", "ms": 3000}),
+            Default::default(),
+        ),
+    )
+    .await;
+    worker
+        .wait_said("the job to run", |v| {
+            v["event"] == "running" && v["id"] == id.as_str()
+        })
+        .await;
+    let running = wait_state(&mut c, &id, pb::TaskState::Running, LONG_WAIT).await;
+    assert_eq!(running.external_id, id);
+    wait_state(&mut c, &id, pb::TaskState::Completed, LONG_WAIT).await;
+
+    let lines = logs(&mut c, &id).await;
+    assert!(
+        find_line(&lines, 0, &["engine unreachable"]).is_some(),
+        "the add timed out first: {}",
+        log_text(&lines)
+    );
+    let runs = worker
+        .said("processed")
+        .iter()
+        .filter(|v| v["id"] == id.as_str())
+        .count();
+    assert_eq!(runs, 1, "one job, processed once");
+
+    worker.stop().await;
+    s.stop().await;
+}
+
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

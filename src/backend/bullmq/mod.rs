@@ -217,6 +217,10 @@ struct Job {
     cancel_until: Option<String>,
     /// Switchyard is removing it (its `removed` event is ours).
     removing: bool,
+    /// An earlier try may have added the job already (its add timed out,
+    /// or the server restarted): the add is then a no-op whose events went
+    /// by unheard, so the job's state is read once the add returns.
+    maybe_added: bool,
 }
 
 struct Follower {
@@ -378,6 +382,7 @@ impl Follower {
     // ---- assign and add ----------------------------------------------------
 
     async fn assign(&mut self, a: Assignment) {
+        let maybe_added = a.again;
         let task = a.task;
         let job_id = task.id.to_string();
         let resume = task.rt.forwarded;
@@ -397,6 +402,7 @@ impl Follower {
                 cancel,
                 cancel_until: None,
                 removing: false,
+                maybe_added,
                 task,
             },
         );
@@ -481,9 +487,15 @@ impl Follower {
         for (id, ev) in buffered {
             self.event(&id, ev, &HashMap::new()).await;
         }
-        if epoch != self.epoch && self.jobs.contains_key(&job_id) {
+        let maybe_added = self.jobs.get(&job_id).is_some_and(|j| j.maybe_added);
+        if (epoch != self.epoch || maybe_added) && self.jobs.contains_key(&job_id) {
             // The reader restarted from a later position while the add was in
-            // flight: read where the job is now.
+            // flight, or an earlier try had added the job already (this add
+            // then changed nothing and its events are long gone): read where
+            // the job is now.
+            if let Some(j) = self.jobs.get_mut(&job_id) {
+                j.maybe_added = false;
+            }
             self.resync_jobs(vec![job_id.clone()]).await;
         }
         if self
