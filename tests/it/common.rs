@@ -500,20 +500,29 @@ pub async fn wait_state(
     want: pb::TaskState,
     timeout: Duration,
 ) -> pb::TaskStatus {
-    let c = client.clone();
-    wait_for(&format!("task {id} to be {want:?}"), timeout, || {
-        let mut c = c.clone();
-        let id = id.to_string();
-        async move {
-            let s = status(&mut c, &id).await;
-            let st = state(&s);
-            if st != want && is_final(st) {
-                panic!("task {id} ended {st:?} instead of {want:?}: {s:#?}");
-            }
-            (st == want).then_some(s)
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let s = status(client, id).await;
+        let st = state(&s);
+        if st == want {
+            return s;
         }
-    })
-    .await
+        if is_final(st) {
+            panic!("task {id} ended {st:?} instead of {want:?}: {s:#?}");
+        }
+        if Instant::now() >= deadline {
+            // What the task's own log says is what tells a flake from a bug.
+            let lines = logs(client, id).await;
+            panic!(
+                "timed out after {timeout:?} waiting for task {id} to be {want:?}; it is {st:?} ({:?}); its log:\n{}",
+                pb::WaitingReason::try_from(s.waiting_reason).unwrap_or_default(),
+                log_text(&lines)
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 /// Whether a state is final.
