@@ -6,9 +6,6 @@
 //! Without Redis or the Node worker these tests skip with a message, except
 //! when `CI=true`: there they fail.
 
-#[path = "../bullmq/support.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_stream::StreamExt;
 
-use support::*;
+use crate::common::*;
 use switchyard::pb;
 
 const LONG_WAIT: Duration = Duration::from_secs(30);
