@@ -133,6 +133,16 @@ impl Prefix {
 
 /// Starts Switchyard with the BullMQ backend on `url`, `prefix`, `queues`.
 async fn server(url: &str, prefix: &str, queues: &[&str]) -> TestServer {
+    server_with(url, prefix, queues, |_| {}).await
+}
+
+/// [`server`], with `f` changing the configuration further.
+async fn server_with(
+    url: &str,
+    prefix: &str,
+    queues: &[&str],
+    f: impl FnOnce(&mut switchyard::Config),
+) -> TestServer {
     let (url, prefix) = (url.to_string(), prefix.to_string());
     let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
     TestServer::start_with(move |cfg| {
@@ -141,6 +151,7 @@ async fn server(url: &str, prefix: &str, queues: &[&str]) -> TestServer {
         cfg.bullmq.url = url;
         cfg.bullmq.prefix = prefix;
         cfg.bullmq.queues = queues;
+        f(cfg);
     })
     .await
 }
@@ -777,6 +788,26 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
+    /// A redis-server of the test's own on a free port, and its URL; `None`
+    /// (the test skips) without the prerequisites, except under `CI=true`.
+    async fn for_test() -> Option<(OwnRedis, String)> {
+        if !prerequisites(&redis_url()).await {
+            return None;
+        }
+        if which("redis-server").is_none() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("redis-server is not installed");
+            }
+            eprintln!("skipping: redis-server is not installed");
+            return None;
+        }
+        let port = free_port();
+        Some((
+            OwnRedis::start(port).await,
+            format!("redis://127.0.0.1:{port}"),
+        ))
+    }
+
     async fn start(port: u16) -> OwnRedis {
         let child = Command::new("redis-server")
             .args([
@@ -827,20 +858,9 @@ impl OwnRedis {
 
 #[tokio::test]
 async fn redis_down_and_back_while_scheduling_loses_and_doubles_nothing() {
-    let url = redis_url();
-    if !prerequisites(&url).await {
+    let Some((mut redis, own_url)) = OwnRedis::for_test().await else {
         return;
-    }
-    if which("redis-server").is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("redis-server is not installed");
-        }
-        eprintln!("skipping: redis-server is not installed");
-        return;
-    }
-    let port = free_port();
-    let own_url = format!("redis://127.0.0.1:{port}");
-    let mut redis = OwnRedis::start(port).await;
+    };
     let p = Prefix::new(&own_url);
     let s = server(&own_url, &p.name, &["bulk"]).await;
     let mut c = s.client().await;
@@ -937,28 +957,11 @@ async fn redis_down_and_back_while_scheduling_loses_and_doubles_nothing() {
 /// come again.
 #[tokio::test]
 async fn an_add_that_timed_out_but_landed_is_followed_from_its_state() {
-    let url = redis_url();
-    if !prerequisites(&url).await {
+    let Some((_redis, own_url)) = OwnRedis::for_test().await else {
         return;
-    }
-    if which("redis-server").is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("redis-server is not installed");
-        }
-        eprintln!("skipping: redis-server is not installed");
-        return;
-    }
-    let port = free_port();
-    let own_url = format!("redis://127.0.0.1:{port}");
-    let _redis = OwnRedis::start(port).await;
+    };
     let p = Prefix::new(&own_url);
-    let (u, prefix) = (own_url.clone(), p.name.clone());
-    let s = TestServer::start_with(move |cfg| {
-        cfg.store.memory = true;
-        cfg.bullmq.enabled = true;
-        cfg.bullmq.url = u;
-        cfg.bullmq.prefix = prefix;
-        cfg.bullmq.queues = vec!["late".into()];
+    let s = server_with(&own_url, &p.name, &["late"], |cfg| {
         cfg.bullmq.command_timeout = Duration::from_millis(300);
     })
     .await;
