@@ -138,6 +138,8 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
 /// few: 16 MiB wrote as fast as 64 MiB in the bench, and with a million
 /// pending tasks the other 48 MiB were RSS for nothing.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
+/// Each reader's page cache; see [`release_cache`] for the start-up scans.
+const READER_CACHE_KIB: i64 = 16 * 1024;
 
 fn configure(conn: &Connection, sync: Synchronous, memory: bool) -> rusqlite::Result<()> {
     if !memory {
@@ -260,7 +262,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     c.pragma_update(None, "busy_timeout", 5000)?;
-    c.pragma_update(None, "cache_size", -16384)?;
+    c.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
     Ok(c)
 }
 
@@ -686,7 +688,6 @@ fn decode_task(idb: &[u8], created_at: i64, spec: &str, rt: &str) -> Result<Task
     })
 }
 
-/// Runs a query selecting `TASK_COLUMNS` and reads every row as a task.
 /// Tasks counted by type, name and state, of the rows `filter` (a `WHERE`
 /// clause, or empty for all) selects.
 fn count_tasks(conn: &Connection, filter: &str) -> Result<Counts, StoreError> {
@@ -708,6 +709,7 @@ fn count_tasks(conn: &Connection, filter: &str) -> Result<Counts, StoreError> {
     Ok(out)
 }
 
+/// Runs a query selecting `TASK_COLUMNS` and reads every row as a task.
 fn query_tasks(
     conn: &Connection,
     sql: &str,

@@ -487,15 +487,15 @@ impl Follower {
         for (id, ev) in buffered {
             self.event(&id, ev, &HashMap::new()).await;
         }
-        let maybe_added = self.jobs.get(&job_id).is_some_and(|j| j.maybe_added);
-        if (epoch != self.epoch || maybe_added) && self.jobs.contains_key(&job_id) {
-            // The reader restarted from a later position while the add was in
-            // flight, or an earlier try had added the job already (this add
-            // then changed nothing and its events are long gone): read where
-            // the job is now.
-            if let Some(j) = self.jobs.get_mut(&job_id) {
-                j.maybe_added = false;
-            }
+        // Read where the job is now if the reader restarted from a later
+        // position while the add was in flight, or if an earlier try had
+        // added the job already (this add then changed nothing and its
+        // events are long gone).
+        let maybe_added = self
+            .jobs
+            .get_mut(&job_id)
+            .map(|j| std::mem::take(&mut j.maybe_added));
+        if maybe_added.is_some_and(|m| m || epoch != self.epoch) {
             self.resync_jobs(vec![job_id.clone()]).await;
         }
         if self
