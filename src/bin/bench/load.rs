@@ -263,6 +263,14 @@ pub struct OpenLoop {
     pub dropped: u64,
     /// The counts of the calls.
     pub counts: Arc<Counts>,
+    /// Send-to-reply of the accepted calls sent from `record_from` on, in
+    /// microseconds: how much of schedule-to-start is the durable accept.
+    pub replies: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+}
+
+/// A histogram of latencies in microseconds, 1 µs to 120 s, 3 digits.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 120_000_000, 3).expect("static histogram bounds")
 }
 
 /// Sends at `rate` per second for `duration`: every millisecond, every call
@@ -274,7 +282,10 @@ pub async fn open_loop(
     rate: f64,
     duration: Duration,
     make: Arc<dyn Fn(u64) -> pb::ScheduleTaskRequest + Send + Sync>,
+    record_from: Duration,
 ) -> OpenLoop {
+    let replies = Arc::new(Mutex::new(latency_histogram()));
+    let record_from = now_ns() + record_from.as_nanos() as u64;
     const MAX_OUTSTANDING: u64 = 20_000;
     let counts = Arc::new(Counts::default());
     let outstanding = Arc::new(AtomicU64::new(0));
@@ -293,13 +304,23 @@ pub async fn open_loop(
                 continue;
             }
             let mut client = pool.nth(sent);
-            let (make, counts, outstanding) = (make.clone(), counts.clone(), outstanding.clone());
+            let (make, counts, outstanding, replies) = (
+                make.clone(),
+                counts.clone(),
+                outstanding.clone(),
+                replies.clone(),
+            );
             outstanding.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let req = make(now_ns());
+                let t = now_ns();
+                let req = make(t);
                 match client.schedule_task(req).await {
                     Ok(_) => {
                         counts.ok.fetch_add(1, Ordering::Relaxed);
+                        if t >= record_from {
+                            let us = (now_ns() - t) / 1000;
+                            replies.lock().saturating_record(us.max(1));
+                        }
                     }
                     Err(s) => counts.error(s),
                 }
@@ -315,5 +336,6 @@ pub async fn open_loop(
         sent,
         dropped,
         counts,
+        replies,
     }
 }

@@ -243,11 +243,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     run + 1
                 ));
                 match scenarios::latency(&ctx, rate).await {
-                    Ok([p50, p99, p999, achieved]) => {
-                        sy.push(&format!("c.{pct}.p50"), p50);
-                        sy.push(&format!("c.{pct}.p99"), p99);
-                        sy.push(&format!("c.{pct}.p999"), p999);
-                        sy.push(&format!("c.{pct}.offered"), achieved);
+                    Ok(l) => {
+                        for (k, v) in [
+                            ("p50", l.p50),
+                            ("p99", l.p99),
+                            ("p999", l.p999),
+                            ("offered", l.offered),
+                            ("reply_p50", l.reply_p50),
+                            ("reply_p99", l.reply_p99),
+                        ] {
+                            sy.push(&format!("c.{pct}.{k}"), v);
+                        }
                     }
                     Err(e) => {
                         fail(&mut sy, "c.", e);
@@ -773,6 +779,14 @@ fn rows(plan: &Plan, rates: &[(u32, f64)]) -> Vec<RowDef> {
                     format!("add-to-start {name} at {rate:.0}/s"),
                 ),
             );
+        }
+        for (q, name) in [("p50", "p50"), ("p99", "p99")] {
+            r.push(RowDef::new(
+                format!("c.{pct}.reply_{q}"),
+                format!("c. ScheduleTask send-to-reply {name} at {pct}% load (the durable accept)"),
+                Unit::Ms,
+                Better::Lower,
+            ));
         }
     }
     r.push(

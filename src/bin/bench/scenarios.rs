@@ -284,16 +284,28 @@ async fn drain_once(ctx: &Ctx, url: &str) -> Result<f64> {
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-/// c. Schedule-to-start at a fixed offered rate; returns p50, p99, p99.9
-/// in ms and the rate achieved.
-pub async fn latency(ctx: &Ctx, rate: f64) -> Result<[f64; 4]> {
+/// What c measured at one rate; latencies in ms.
+pub struct Latency {
+    /// Schedule-to-start quantiles.
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    /// The rate achieved, per second.
+    pub offered: f64,
+    /// `ScheduleTask`'s send-to-reply quantiles: the durable accept's share.
+    pub reply_p50: f64,
+    pub reply_p99: f64,
+}
+
+/// c. Schedule-to-start at a fixed offered rate.
+pub async fn latency(ctx: &Ctx, rate: f64) -> Result<Latency> {
     let f = ctx.fresh("c").await?;
     let r = latency_once(ctx, &f.server.url, rate).await;
     f.done().await;
     r
 }
 
-async fn latency_once(ctx: &Ctx, url: &str, rate: f64) -> Result<[f64; 4]> {
+async fn latency_once(ctx: &Ctx, url: &str, rate: f64) -> Result<Latency> {
     let sink = Sink::with_latency();
     let workers = Workers::start(ctx.worker, url, &["bench.c"], 1, 100, sink.clone()).await?;
     let pool = Pool::new(url, ctx.plan.producer_inflight).await?;
@@ -301,7 +313,14 @@ async fn latency_once(ctx: &Ctx, url: &str, rate: f64) -> Result<[f64; 4]> {
     let from = start + ctx.plan.lat_warmup.as_nanos() as u64;
     sink.record_between(from, from + ctx.plan.lat_window.as_nanos() as u64);
     let make: MakeRequest = Arc::new(|t| simple("bench.c", payload_t(t)));
-    let ol = open_loop(&pool, rate, ctx.plan.lat_warmup + ctx.plan.lat_window, make).await;
+    let ol = open_loop(
+        &pool,
+        rate,
+        ctx.plan.lat_warmup + ctx.plan.lat_window,
+        make,
+        ctx.plan.lat_warmup,
+    )
+    .await;
     // Every accepted task must start.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -333,8 +352,16 @@ async fn latency_once(ctx: &Ctx, url: &str, rate: f64) -> Result<[f64; 4]> {
         bail!("no latency sample was recorded");
     }
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let achieved = ol.sent as f64 / (ctx.plan.lat_warmup + ctx.plan.lat_window).as_secs_f64();
-    Ok([ms(0.5), ms(0.99), ms(0.999), achieved])
+    let r = ol.replies.lock();
+    let reply = |q: f64| r.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Latency {
+        p50: ms(0.5),
+        p99: ms(0.99),
+        p999: ms(0.999),
+        offered: ol.sent as f64 / (ctx.plan.lat_warmup + ctx.plan.lat_window).as_secs_f64(),
+        reply_p50: reply(0.5),
+        reply_p99: reply(0.99),
+    })
 }
 
 /// Final events of one task type, counted once per task, from `WatchTasks`.

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::load::now_ns;
+use crate::load::{latency_histogram, now_ns};
 use crate::server::connect;
 
 /// Which worker client the bench uses.
@@ -77,9 +77,7 @@ impl Sink {
     pub fn with_latency() -> Arc<Sink> {
         let mut s = Sink::counting();
         if let Some(s) = Arc::get_mut(&mut s) {
-            s.latency = Some(Mutex::new(
-                Histogram::new_with_bounds(1, 120_000_000, 3).expect("static histogram bounds"),
-            ));
+            s.latency = Some(Mutex::new(latency_histogram()));
         }
         s
     }
