@@ -28,9 +28,11 @@ include $(sort $(wildcard mk/*.mk))
 # Every test: Rust unit and integration tests, then each area's own.
 test: check-generated lint test-rust $(TEST_TARGETS)
 
+# Output is captured: a failing test's output comes after the results, in
+# the tail that CI keeps.
 test-rust:
 	$(CARGO) build --bins --examples
-	$(CARGO) test --all-targets -- --nocapture --test-threads=2 2>&1 | tail -n 400
+	$(CARGO) test --all-targets -- --test-threads=2 2>&1 | tail -n 400
 
 # Generated code must match the protos.
 check-generated: $(CHECK_TARGETS)

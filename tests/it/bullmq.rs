@@ -781,6 +781,80 @@ async fn cancel_of_an_active_job_is_requested_then_honoured_by_the_helper() {
     p.clean().await;
 }
 
+/// A cancel that cannot reach Redis (its commands time out) is tried again
+/// until it does: an active job sends no event that would retry it, and
+/// Redis never looked down to the stream's reader.
+#[tokio::test]
+async fn a_cancel_that_cannot_reach_redis_is_tried_again_until_it_does() {
+    let Some((_redis, own_url)) = OwnRedis::for_test().await else {
+        return;
+    };
+    let p = Prefix::new(&own_url);
+    let s = server_with(&own_url, &p.name, &["stuck"], |cfg| {
+        cfg.bullmq.command_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = s.client().await;
+    let worker = NodeWorker::start(&own_url, &p.name, "stuck", 1).await;
+    let id = schedule(
+        &mut c,
+        task(
+            "stuck",
+            json!({"mode": "slow", "ms": 60000}),
+            Default::default(),
+        ),
+    )
+    .await;
+    worker
+        .wait_said("the job to run", |v| {
+            v["event"] == "running" && v["id"] == id.as_str()
+        })
+        .await;
+    wait_state(&mut c, &id, pb::TaskState::Running, LONG_WAIT).await;
+
+    // For 2 s Redis holds writes, scripts and PUBLISH, but not reads: the
+    // cancel's commands time out while the reader keeps reading.
+    let mut admin = redis::Client::open(own_url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
+    let r = c
+        .cancel_task(pb::CancelTaskRequest {
+            task_id: id.clone(),
+            reason: "user left".into(),
+            force: false,
+        })
+        .await
+        .expect("CancelTask")
+        .into_inner();
+    assert_eq!(r.outcome, pb::CancelOutcome::CancelRequested as i32);
+
+    // The job would run for a minute: it ends long before, cancelled.
+    worker
+        .wait_said("the helper to abort", |v| {
+            v["event"] == "aborted" && v["id"] == id.as_str()
+        })
+        .await;
+    wait_state(&mut c, &id, pb::TaskState::Cancelled, LONG_WAIT).await;
+    let lines = logs(&mut c, &id).await;
+    assert!(
+        find_line(&lines, 0, &["asked its worker to stop"]).is_some(),
+        "{}",
+        log_text(&lines)
+    );
+
+    worker.stop().await;
+    s.stop().await;
+}
+
 /// A redis-server of the test's own, on a fixed port it can restart on.
 struct OwnRedis {
     port: u16,

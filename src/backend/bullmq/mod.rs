@@ -49,6 +49,8 @@ const BLOCK: Duration = Duration::from_secs(2);
 const READ_COUNT: usize = 512;
 /// Most jobs read in one round trip.
 const PROBE_CHUNK: usize = 256;
+/// How soon a cancel that could not reach Redis is tried again.
+const CANCEL_RETRY: Duration = Duration::from_secs(1);
 /// What a task's log says when Redis is lost while it runs.
 const LOST: &str = "lost contact with Redis; status as last seen";
 
@@ -188,12 +190,15 @@ enum Msg {
     Events(Vec<(String, HashMap<String, String>)>),
     /// Read these jobs' state again (an earlier read failed).
     Resync(Vec<String>),
+    /// Try a cancel again that could not reach Redis.
+    RetryCancel(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CancelState {
     None,
-    /// Asked for, not done yet (retried on the next event or reconnect).
+    /// Asked for, not done yet (tried again after `CANCEL_RETRY`, and on
+    /// the next event or reconnect).
     Wanted,
     /// The job is active; its worker was asked to stop.
     Published,
@@ -290,8 +295,28 @@ impl Follower {
                         .collect();
                     self.resync_jobs(ids).await;
                 }
+                Msg::RetryCancel(job_id) => {
+                    if self
+                        .jobs
+                        .get(&job_id)
+                        .is_some_and(|j| j.cancel == CancelState::Wanted)
+                    {
+                        self.try_cancel(&job_id).await;
+                    }
+                }
             }
         }
+    }
+
+    /// Tries a cancel again after `CANCEL_RETRY`: an active job may send no
+    /// event for a long time, and a lost Redis may come back without the
+    /// reader noticing a gap.
+    fn retry_cancel_later(&self, job_id: &str) {
+        let (tx, job_id) = (self.tx.clone(), job_id.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(CANCEL_RETRY).await;
+            let _ = tx.send(Msg::RetryCancel(job_id));
+        });
     }
 
     // ---- reports ---------------------------------------------------------
@@ -537,7 +562,8 @@ impl Follower {
         let queue = self.queue.clone();
         match self.shared.conn.take_out(&queue, job_id).await {
             Err(e) => {
-                tracing::warn!(task_id = %job_id, cause = %e, "cannot cancel the job now; trying again on the next event or reconnect");
+                tracing::warn!(task_id = %job_id, cause = %e, retry_in = ?CANCEL_RETRY, "cannot cancel the job now");
+                self.retry_cancel_later(job_id);
             }
             Ok(TakeOut::TakenOut) => {
                 if let Some(j) = self.jobs.get_mut(job_id) {
@@ -568,7 +594,8 @@ impl Follower {
                         );
                     }
                     Err(e) => {
-                        tracing::warn!(task_id = %job_id, cause = %e, "cannot publish the cancel now")
+                        tracing::warn!(task_id = %job_id, cause = %e, retry_in = ?CANCEL_RETRY, "cannot publish the cancel now");
+                        self.retry_cancel_later(job_id);
                     }
                 }
             }
