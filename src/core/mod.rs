@@ -519,6 +519,9 @@ fn whole_millis(d: Duration) -> Duration {
 /// that transient memory under 8 MiB (with 8,192 the RSS after a restart
 /// with a million tasks was ~25 MiB higher; start-up took 2–3 s either way).
 const RECOVERY_CHUNK: usize = 2048;
+/// How long `CancelTask` waits for an in-process backend to settle a cancel
+/// (a queued BullMQ job is taken out at once), counted from the request.
+const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 
 /// The scheduler core. Cheap to clone.
 #[derive(Clone)]
@@ -1483,6 +1486,10 @@ impl Core {
     ) -> Result<(CancelOutcome, Task), CoreError> {
         // Subscribe first so the outcome of a quick backend cancel is not missed.
         let mut rx = self.inner.hub.subscribe(0).rx;
+        // The wait for a backend to settle counts from the request, so that
+        // a slow commit does not lengthen it (nor let a job that took the
+        // window's length to wind down answer CANCELLED).
+        let settle_by = tokio::time::Instant::now() + CANCEL_SETTLE;
         let local_holder = {
             let st = self.inner.state.lock();
             st.tasks
@@ -1500,7 +1507,7 @@ impl Core {
             Some((CancelOutcome::CancelRequested, t)) if local_holder => {
                 // An in-process backend (a queued BullMQ job, a webhook call)
                 // usually settles at once: answer with the truth if it does.
-                let settled = tokio::time::timeout(Duration::from_secs(2), async {
+                let settled = tokio::time::timeout_at(settle_by, async {
                     loop {
                         match rx.recv().await {
                             Ok(e) if e.task.id == id && e.task.rt.state.is_final() => {
