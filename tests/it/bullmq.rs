@@ -647,15 +647,7 @@ async fn cancel_removes_a_waiting_job() {
     .await;
     assert!(p.exists("idle", &id).await);
 
-    let r = c
-        .cancel_task(pb::CancelTaskRequest {
-            task_id: id.clone(),
-            reason: "not needed".into(),
-            force: false,
-        })
-        .await
-        .expect("CancelTask")
-        .into_inner();
+    let r = cancel(&mut c, &id, "not needed").await;
     assert_eq!(
         r.outcome,
         pb::CancelOutcome::Cancelled as i32,
@@ -708,31 +700,15 @@ async fn cancel_of_an_active_job_is_requested_then_honoured_by_the_helper() {
 
     // The job takes 3 s to wind down after the cancel: longer than
     // CancelTask waits for a backend to settle.
-    let id = schedule(
+    let (id, _) = run_slow(
         &mut c,
-        task(
-            "long",
-            json!({"mode": "slow", "ms": 60000, "stop_ms": 3000}),
-            Default::default(),
-        ),
+        &worker,
+        "long",
+        json!({"mode": "slow", "ms": 60000, "stop_ms": 3000}),
     )
     .await;
-    worker
-        .wait_said("the job to run", |v| {
-            v["event"] == "running" && v["id"] == id.as_str()
-        })
-        .await;
-    wait_state(&mut c, &id, pb::TaskState::Running, LONG_WAIT).await;
 
-    let r = c
-        .cancel_task(pb::CancelTaskRequest {
-            task_id: id.clone(),
-            reason: "user left".into(),
-            force: false,
-        })
-        .await
-        .expect("CancelTask")
-        .into_inner();
+    let r = cancel(&mut c, &id, "user left").await;
     assert_eq!(
         r.outcome,
         pb::CancelOutcome::CancelRequested as i32,
@@ -781,60 +757,60 @@ async fn cancel_of_an_active_job_is_requested_then_honoured_by_the_helper() {
     p.clean().await;
 }
 
+/// A redis-server of the test's own, a server whose Redis commands time
+/// out after 300 ms, and one Node worker on `queue`.
+struct Impatient {
+    _redis: OwnRedis,
+    url: String,
+    server: TestServer,
+    worker: NodeWorker,
+}
+
+impl Impatient {
+    async fn start(queue: &str) -> Option<Impatient> {
+        let (redis, url) = OwnRedis::for_test().await?;
+        let p = Prefix::new(&url);
+        let server = server_with(&url, &p.name, &[queue], |cfg| {
+            cfg.bullmq.command_timeout = Duration::from_millis(300);
+        })
+        .await;
+        let worker = NodeWorker::start(&url, &p.name, queue, 1).await;
+        Some(Impatient {
+            _redis: redis,
+            url,
+            server,
+            worker,
+        })
+    }
+
+    async fn stop(self) {
+        self.worker.stop().await;
+        self.server.stop().await;
+    }
+}
+
 /// A cancel that cannot reach Redis (its commands time out) is tried again
 /// until it does: an active job sends no event that would retry it, and
 /// Redis never looked down to the stream's reader.
 #[tokio::test]
 async fn a_cancel_that_cannot_reach_redis_is_tried_again_until_it_does() {
-    let Some((_redis, own_url)) = OwnRedis::for_test().await else {
+    let Some(t) = Impatient::start("stuck").await else {
         return;
     };
-    let p = Prefix::new(&own_url);
-    let s = server_with(&own_url, &p.name, &["stuck"], |cfg| {
-        cfg.bullmq.command_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let (own_url, s, worker) = (&t.url, &t.server, &t.worker);
     let mut c = s.client().await;
-    let worker = NodeWorker::start(&own_url, &p.name, "stuck", 1).await;
-    let id = schedule(
+    let (id, _) = run_slow(
         &mut c,
-        task(
-            "stuck",
-            json!({"mode": "slow", "ms": 60000}),
-            Default::default(),
-        ),
+        worker,
+        "stuck",
+        json!({"mode": "slow", "ms": 60000}),
     )
     .await;
-    worker
-        .wait_said("the job to run", |v| {
-            v["event"] == "running" && v["id"] == id.as_str()
-        })
-        .await;
-    wait_state(&mut c, &id, pb::TaskState::Running, LONG_WAIT).await;
 
     // For 2 s Redis holds writes, scripts and PUBLISH, but not reads: the
     // cancel's commands time out while the reader keeps reading.
-    let mut admin = redis::Client::open(own_url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let _: String = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(2000)
-        .arg("WRITE")
-        .query_async(&mut admin)
-        .await
-        .expect("CLIENT PAUSE");
-    let r = c
-        .cancel_task(pb::CancelTaskRequest {
-            task_id: id.clone(),
-            reason: "user left".into(),
-            force: false,
-        })
-        .await
-        .expect("CancelTask")
-        .into_inner();
+    pause_redis(own_url, 2000, "WRITE").await;
+    let r = cancel(&mut c, &id, "user left").await;
     assert_eq!(r.outcome, pb::CancelOutcome::CancelRequested as i32);
 
     // The job would run for a minute: it ends long before, cancelled.
@@ -851,8 +827,7 @@ async fn a_cancel_that_cannot_reach_redis_is_tried_again_until_it_does() {
         log_text(&lines)
     );
 
-    worker.stop().await;
-    s.stop().await;
+    t.stop().await;
 }
 
 /// A redis-server of the test's own, on a fixed port it can restart on.
@@ -1031,16 +1006,11 @@ async fn redis_down_and_back_while_scheduling_loses_and_doubles_nothing() {
 /// come again.
 #[tokio::test]
 async fn an_add_that_timed_out_but_landed_is_followed_from_its_state() {
-    let Some((_redis, own_url)) = OwnRedis::for_test().await else {
+    let Some(t) = Impatient::start("late").await else {
         return;
     };
-    let p = Prefix::new(&own_url);
-    let s = server_with(&own_url, &p.name, &["late"], |cfg| {
-        cfg.bullmq.command_timeout = Duration::from_millis(300);
-    })
-    .await;
+    let (own_url, s, worker) = (&t.url, &t.server, &t.worker);
     let mut c = s.client().await;
-    let worker = NodeWorker::start(&own_url, &p.name, "late", 1).await;
 
     // A first job, so that the queue's follower is reading its stream.
     let first = schedule(
@@ -1053,33 +1023,8 @@ async fn an_add_that_timed_out_but_landed_is_followed_from_its_state() {
     // Redis holds every command for 700 ms: the add times out after 300 ms
     // (the task goes back to the outbox for 500 ms), then Redis runs it and
     // the worker takes the job before the task is offered again.
-    let mut admin = redis::Client::open(own_url.as_str())
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let _: String = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(700)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .expect("CLIENT PAUSE");
-    let id = schedule(
-        &mut c,
-        task(
-            "late",
-            json!({"mode": "slow", "ms": 3000}),
-            Default::default(),
-        ),
-    )
-    .await;
-    worker
-        .wait_said("the job to run", |v| {
-            v["event"] == "running" && v["id"] == id.as_str()
-        })
-        .await;
-    let running = wait_state(&mut c, &id, pb::TaskState::Running, LONG_WAIT).await;
+    pause_redis(own_url, 700, "ALL").await;
+    let (id, running) = run_slow(&mut c, worker, "late", json!({"mode": "slow", "ms": 3000})).await;
     assert_eq!(running.external_id, id);
     wait_state(&mut c, &id, pb::TaskState::Completed, LONG_WAIT).await;
 
@@ -1096,8 +1041,41 @@ async fn an_add_that_timed_out_but_landed_is_followed_from_its_state() {
         .count();
     assert_eq!(runs, 1, "one job, processed once");
 
-    worker.stop().await;
-    s.stop().await;
+    t.stop().await;
+}
+
+/// Schedules a job that runs until it is cancelled (`data` says how long),
+/// and waits for it to run on `worker` and show RUNNING; its id and status.
+async fn run_slow(
+    c: &mut Client,
+    worker: &NodeWorker,
+    queue: &str,
+    data: Value,
+) -> (String, pb::TaskStatus) {
+    let id = schedule(c, task(queue, data, Default::default())).await;
+    worker
+        .wait_said("the job to run", |v| {
+            v["event"] == "running" && v["id"] == id.as_str()
+        })
+        .await;
+    let running = wait_state(c, &id, pb::TaskState::Running, LONG_WAIT).await;
+    (id, running)
+}
+
+/// `CLIENT PAUSE ms mode` on the Redis at `url`.
+async fn pause_redis(url: &str, ms: u64, mode: &str) {
+    let mut admin = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg(mode)
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT PAUSE");
 }
 
 fn which(bin: &str) -> Option<PathBuf> {

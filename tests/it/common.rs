@@ -492,6 +492,19 @@ pub fn state(s: &pb::TaskStatus) -> pb::TaskState {
     pb::TaskState::try_from(s.state).unwrap_or(pb::TaskState::Unspecified)
 }
 
+/// `CancelTask` without force; panics if the call fails.
+pub async fn cancel(client: &mut Client, id: &str, reason: &str) -> pb::CancelTaskResponse {
+    client
+        .cancel_task(pb::CancelTaskRequest {
+            task_id: id.to_string(),
+            reason: reason.to_string(),
+            force: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CancelTask {id}: {e:?}"))
+        .into_inner()
+}
+
 /// Waits until a task reaches `want` and returns its status; fails early if
 /// it reaches another final state.
 pub async fn wait_state(

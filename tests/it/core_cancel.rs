@@ -40,18 +40,6 @@ fn cancellable_worker(url: &str, names: &[&str], reasons: &Reasons, journal: &Jo
     b.build()
 }
 
-async fn cancel(client: &mut Client, id: &str, reason: &str) -> pb::CancelTaskResponse {
-    client
-        .cancel_task(pb::CancelTaskRequest {
-            task_id: id.to_string(),
-            reason: reason.to_string(),
-            force: false,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CancelTask {id}: {e:?}"))
-        .into_inner()
-}
-
 async fn wait_running_on_handler(client: &mut Client, journal: &Journal, id: &str) {
     wait_state(client, id, pb::TaskState::Running, SHORT).await;
     wait_until("the handler to start", SHORT, || {
