@@ -326,6 +326,12 @@ async fn a_job_completes_with_its_result_logs_and_events() {
         find_line(&lines, second, &["completed"]).is_some(),
         "log order:\n{text}"
     );
+    // The queue's first job is added once, though it came before the
+    // follower had read the queue's stream.
+    assert!(
+        find_line(&lines, 0, &["not found in Redis"]).is_none(),
+        "added once:\n{text}"
+    );
 
     // The job as Node sees it: name, data, the id.
     assert_eq!(p.hget("email", &id, "name").await.as_deref(), Some("email"));

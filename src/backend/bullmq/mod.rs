@@ -26,7 +26,7 @@ pub mod config;
 pub mod conn;
 pub mod mapping;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -457,6 +457,11 @@ impl Follower {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
+        if job.adding {
+            // One add at a time: a second one's answer would mirror PENDING
+            // over whatever the first one's job has become since.
+            return;
+        }
         job.adding = true;
         let task = job.task.clone();
         let (shared, queue, tx, epoch) = (
@@ -666,11 +671,18 @@ impl Follower {
             self.positioned = true;
             self.seen = pos;
             // Jobs resumed before the reader had a position: read them again,
-            // now that no later event can be missed.
+            // now that no later event can be missed. Not the new ones that
+            // wait to be added: they are not in Redis yet, and reading one
+            // would take it for a job Redis lost and add it twice.
+            let waiting: HashSet<&str> = self
+                .waiting_adds
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect();
             let ids: Vec<String> = self
                 .jobs
                 .iter()
-                .filter(|(_, j)| !j.adding)
+                .filter(|(k, j)| !j.adding && !waiting.contains(k.as_str()))
                 .map(|(k, _)| k.clone())
                 .collect();
             self.resync_jobs(ids).await;
