@@ -46,6 +46,16 @@ impl Counts {
         }
     }
 
+    /// Takes one task in `state` out of the counts.
+    pub fn remove(&mut self, t: TaskType, name: &str, state: TaskState) {
+        if let Some(a) = self.by_type.get_mut(&t) {
+            a[idx(state)] = a[idx(state)].saturating_sub(1);
+        }
+        if let Some(a) = self.by_name.get_mut(name) {
+            a[idx(state)] = a[idx(state)].saturating_sub(1);
+        }
+    }
+
     /// Moves one task from one state to another.
     pub fn moved(&mut self, t: TaskType, name: &str, from: TaskState, to: TaskState) {
         if from == to {

@@ -1300,7 +1300,20 @@ impl Core {
         self.inner.state.lock().draining
     }
 
-    /// Accepts a task: commits it durably, then queues it.
+    /// Accepts a task: commits it durably before answering.
+    ///
+    /// A task on a worker queue of the embedded engine is placed in its
+    /// queue in the same critical section that submits its insert (see
+    /// [`overlaps_commit`]): a worker may start it while the group commit is
+    /// under way, so the commit's wait is not added to schedule-to-start.
+    /// Its RUNNING write queues behind the insert, so no event of it is
+    /// published, and the caller is not answered, before the insert is
+    /// durable. Should the commit fail, the task is withdrawn (its worker is
+    /// told to stop) and the caller gets the error. Tasks with an
+    /// idempotency key (which may turn out to be an existing task) and tasks
+    /// for an engine or in-process executor (whose side effects must never
+    /// belong to a task the store does not have) are queued only once their
+    /// insert is durable.
     pub async fn schedule(&self, new: NewTask) -> Result<Scheduled, CoreError> {
         let (key, source) = self.inner.cfg.routes.route(&new.spec);
         if key.starts_with('#') && !self.has_consumer(key) {
@@ -1312,6 +1325,7 @@ impl Core {
         if let Some(admit) = self.inner.admissions.read().get(key) {
             admit(&new.spec)?;
         }
+        let early = overlaps_commit(key, &new.spec);
         let now = now_micros();
         let id = TaskId::now_v7();
         let run_at = add_micros(now, new.delay);
@@ -1326,20 +1340,24 @@ impl Core {
             spec: Arc::new(new.spec),
             rt: TaskRuntime::new_pending(run_at, source, reason),
         };
+        let mut msg = format!("scheduled ({})", task.spec.task_type.as_str());
+        if !new.delay.is_zero() {
+            msg.push_str(&format!(
+                ", delayed {}",
+                humantime::format_duration(new.delay)
+            ));
+        }
+        let cached = match &new.payload {
+            Payload::Json(p) => Some(p.clone()),
+            Payload::CopyOf(_) => None,
+        };
         let (tx, rx) = oneshot::channel();
-        {
-            let mut st = self.inner.state.lock();
+        // Submitted under the state lock: the store sees sequence order.
+        let accept = |st: &mut State, task: &mut Task| {
             if st.draining {
                 return Err(CoreError::Unavailable("the server is shutting down".into()));
             }
             task.rt.seq = st.seq();
-            let mut msg = format!("scheduled ({})", task.spec.task_type.as_str());
-            if !new.delay.is_zero() {
-                msg.push_str(&format!(
-                    ", delayed {}",
-                    humantime::format_duration(new.delay)
-                ));
-            }
             self.inner.store.submit(
                 vec![WriteOp::Insert {
                     task: task.clone(),
@@ -1349,40 +1367,103 @@ impl Core {
                 }],
                 Some(tx),
             );
-        }
-        let outcome = rx
-            .await
-            .map_err(|_| CoreError::Unavailable("the store is closed".into()))?
-            .map_err(CoreError::Store)?;
-        match outcome.first() {
-            Some(WriteOutcome::Existing(existing)) => {
+            Ok(())
+        };
+        // Counts the task and puts it in its queue; returns it as accepted.
+        let queue = |st: &mut State, cfg: &CoreConfig, task: Task, cached: Option<Arc<str>>| {
+            st.counts
+                .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
+            let mut snapshot = task.clone();
+            st.add_pending(task, cached, cfg.payload_cache_bytes);
+            if let Some(a) = st.tasks.get(&snapshot.id) {
+                snapshot.rt.waiting_reason = st.derived_reason(a);
+            }
+            snapshot
+        };
+        let accepted = if early {
+            // `with_state` dispatches after the closure, and submits what the
+            // dispatch wrote (the RUNNING transition) after the insert.
+            Some(self.with_state(|st, cfg| {
+                accept(st, &mut task)?;
+                Ok::<_, CoreError>(queue(st, cfg, task.clone(), cached.clone()))
+            })?)
+        } else {
+            accept(&mut self.inner.state.lock(), &mut task)?;
+            None
+        };
+        let outcome = match rx.await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                if early {
+                    self.withdraw(id, &format!("its insert failed: {e}"));
+                }
+                return Err(CoreError::Store(e));
+            }
+            Err(_) => {
+                if early {
+                    self.withdraw(id, "the store closed before its insert was durable");
+                }
+                return Err(CoreError::Unavailable("the store is closed".into()));
+            }
+        };
+        match (outcome.first(), accepted) {
+            (Some(WriteOutcome::Existing(existing)), accepted) => {
+                if accepted.is_some() {
+                    // Not expected without an idempotency key (the id is new).
+                    self.withdraw(id, "the store holds another task under its key");
+                }
                 let task = self.status(*existing).await?;
                 Ok(Scheduled {
                     task,
                     existing: true,
                 })
             }
-            _ => {
-                let task = self.with_state(|st, cfg| {
-                    st.counts
-                        .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
-                    let cached = match new.payload {
-                        Payload::Json(p) => Some(p),
-                        Payload::CopyOf(_) => None,
-                    };
-                    let mut snapshot = task.clone();
-                    st.add_pending(task, cached, cfg.payload_cache_bytes);
-                    if let Some(a) = st.tasks.get(&snapshot.id) {
-                        snapshot.rt.waiting_reason = st.derived_reason(a);
-                    }
-                    snapshot
-                });
+            (_, Some(task)) => Ok(Scheduled {
+                task,
+                existing: false,
+            }),
+            (_, None) => {
+                let task = self.with_state(|st, cfg| queue(st, cfg, task, cached));
                 Ok(Scheduled {
                     task,
                     existing: false,
                 })
             }
         }
+    }
+
+    /// Takes back a task that was queued before its insert was durable and
+    /// whose insert then failed: it leaves memory without a write (the store
+    /// has no row to change), and a worker that started it is told to stop.
+    fn withdraw(&self, id: TaskId, why: &str) {
+        self.with_state(|st, _| {
+            let Some(a) = st.tasks.get(&id) else {
+                return;
+            };
+            let (state, attempt) = (a.task.rt.state, a.task.rt.attempt);
+            let holder = a.worker;
+            st.end_run(id, "withdrawn");
+            st.unplace(id);
+            st.set_deadline(id, None);
+            st.release_slot(id);
+            if let Some(w) = holder.and_then(|w| st.workers.get(&w)) {
+                let _ = w.tx.send(Push::Cancel {
+                    task_id: id,
+                    attempt,
+                    reason: format!("not accepted: {why}"),
+                    force: true,
+                });
+            }
+            if let Some(a) = st.tasks.remove(&id) {
+                if let Some(p) = &a.payload {
+                    st.cached_bytes = st.cached_bytes.saturating_sub(p.len());
+                }
+                st.counts
+                    .remove(a.task.spec.task_type, &a.task.spec.name, state);
+                st.unindex_owner(&a.task);
+            }
+            tracing::error!(task_id = %id, why, "task withdrawn: it was queued before its insert was durable, and the insert failed");
+        });
     }
 
     /// Schedules a task from inside the server (cleanups, workflow steps):
@@ -2011,6 +2092,13 @@ fn store_run(
     Ok(())
 }
 
+/// Whether a task accepted by [`Core::schedule`] is queued while its insert
+/// commits, rather than after: a task for a worker queue of the embedded
+/// engine (a key without `#`) and with no idempotency key.
+fn overlaps_commit(key: &str, spec: &TaskSpec) -> bool {
+    !key.starts_with('#') && spec.idempotency_key.is_none()
+}
+
 fn schedule_internal(st: &mut State, cfg: &CoreConfig, new: NewTask) -> Task {
     let now = now_micros();
     let id = TaskId::now_v7();
@@ -2565,6 +2653,246 @@ fn remove_worker(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::store::{Completion, Counts as StoreCounts};
+    use async_trait::async_trait;
+    use std::collections::BTreeMap;
+
+    /// A store whose writer can be paused: while paused, submitted groups
+    /// wait in order; on resume they are applied in that order, or groups
+    /// with an insert fail without being written (a full disk, say).
+    struct PausableStore {
+        inner: Arc<SqliteStore>,
+        held: parking_lot::Mutex<Option<Vec<HeldGroup>>>,
+    }
+
+    /// A submitted group waiting for the paused writer.
+    type HeldGroup = (Vec<WriteOp>, Option<Completion>);
+
+    impl PausableStore {
+        fn pause(&self) {
+            *self.held.lock() = Some(Vec::new());
+        }
+        fn resume(&self, fail_inserts: bool) {
+            let held = self.held.lock().take().unwrap_or_default();
+            for (ops, done) in held {
+                let insert = ops.iter().any(|o| matches!(o, WriteOp::Insert { .. }));
+                if fail_inserts && insert {
+                    if let Some(done) = done {
+                        let _ = done.send(Err(Arc::new(StoreError::Closed)));
+                    }
+                } else {
+                    self.inner.submit(ops, done);
+                }
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Store for PausableStore {
+        fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>) {
+            let mut held = self.held.lock();
+            match held.as_mut() {
+                Some(v) => v.push((ops, done)),
+                None => self.inner.submit(ops, done),
+            }
+        }
+        fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+            self.inner.set_listener(listener)
+        }
+        async fn flush(&self) -> Result<(), Arc<StoreError>> {
+            self.inner.flush().await
+        }
+        async fn get(&self, id: TaskId) -> Result<Option<(Task, Arc<str>)>, StoreError> {
+            self.inner.get(id).await
+        }
+        async fn payload(&self, id: TaskId) -> Result<Option<Arc<str>>, StoreError> {
+            self.inner.payload(id).await
+        }
+        async fn list(&self, q: ListQuery) -> Result<Vec<Task>, StoreError> {
+            self.inner.list(q).await
+        }
+        async fn logs(
+            &self,
+            id: TaskId,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<LogEntry>, StoreError> {
+            self.inner.logs(id, after, limit).await
+        }
+        async fn load_active(&self) -> Result<Vec<Task>, StoreError> {
+            self.inner.load_active().await
+        }
+        async fn changed_since(
+            &self,
+            after: u64,
+            up_to: u64,
+            filter: TaskFilter,
+            limit: usize,
+        ) -> Result<Vec<Task>, StoreError> {
+            self.inner.changed_since(after, up_to, filter, limit).await
+        }
+        async fn counts(&self) -> Result<StoreCounts, StoreError> {
+            self.inner.counts().await
+        }
+        async fn max_seq(&self) -> Result<u64, StoreError> {
+            self.inner.max_seq().await
+        }
+    }
+
+    fn spec(name: &str, idempotency_key: Option<&str>) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            task_type: TaskType::Simple,
+            priority: 0,
+            max_attempts: 1,
+            backoff: Backoff::default(),
+            execution_timeout: None,
+            user_id: Some("u1".into()),
+            session_id: None,
+            immediate: false,
+            idempotency_key: idempotency_key.map(String::from),
+            labels: BTreeMap::new(),
+            cleanup: None,
+            target: Target::Simple { queue: None },
+            traceparent: None,
+            parent_id: None,
+        }
+    }
+
+    async fn core_on_pausable_store() -> (Core, Arc<PausableStore>) {
+        let store = Arc::new(PausableStore {
+            inner: SqliteStore::open(SqliteOptions::default()).unwrap(),
+            held: parking_lot::Mutex::new(None),
+        });
+        let core = Core::start(store.clone(), CoreConfig::default())
+            .await
+            .unwrap();
+        (core, store)
+    }
+
+    fn schedule_in_background(
+        core: &Core,
+        spec: TaskSpec,
+    ) -> tokio::task::JoinHandle<Result<Scheduled, CoreError>> {
+        let core = core.clone();
+        tokio::spawn(async move {
+            core.schedule(NewTask {
+                spec,
+                payload: Payload::Json(Arc::from("{}")),
+                delay: Duration::ZERO,
+            })
+            .await
+        })
+    }
+
+    async fn next_push(rx: &mut mpsc::UnboundedReceiver<Push>) -> Push {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a push within 5 s")
+            .expect("the worker's channel is open")
+    }
+
+    /// A worker starts a task while its insert is still being committed;
+    /// the caller is answered, and the task's events published, only once
+    /// the insert is durable, and the store then holds it RUNNING.
+    #[tokio::test]
+    async fn a_task_starts_while_its_insert_commits_and_is_answered_once_durable() {
+        let (core, store) = core_on_pausable_store().await;
+        let mut link = core
+            .register_worker("w", &["t".to_string()], 1, 0, false)
+            .unwrap();
+        store.pause();
+        let call = schedule_in_background(&core, spec("t", None));
+        let Push::Assign(a) = next_push(&mut link.rx).await else {
+            panic!("expected an assignment");
+        };
+        let id = a.task.id;
+        assert_eq!(a.task.rt.state, TaskState::Running);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !call.is_finished(),
+            "answered before the insert was durable"
+        );
+        assert!(store.inner.get(id).await.unwrap().is_none());
+        store.resume(false);
+        let scheduled = call.await.unwrap().unwrap();
+        assert_eq!(scheduled.task.id, id);
+        assert!(!scheduled.existing);
+        store.flush().await.unwrap();
+        let (stored, _) = store.inner.get(id).await.unwrap().unwrap();
+        assert_eq!(stored.rt.state, TaskState::Running);
+        let logs: Vec<String> = store
+            .logs(id, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert!(logs[0].starts_with("scheduled"), "{logs:?}");
+        assert!(logs[1].starts_with("attempt 1 started"), "{logs:?}");
+    }
+
+    /// When the insert of a task that a worker already started fails, the
+    /// caller gets the error, the worker is told to stop, its report is
+    /// refused, and nothing of the task remains: no status, no count, no row.
+    #[tokio::test]
+    async fn a_started_task_whose_insert_fails_is_withdrawn() {
+        let (core, store) = core_on_pausable_store().await;
+        let mut link = core
+            .register_worker("w", &["t".to_string()], 1, 0, false)
+            .unwrap();
+        store.pause();
+        let call = schedule_in_background(&core, spec("t", None));
+        let Push::Assign(a) = next_push(&mut link.rx).await else {
+            panic!("expected an assignment");
+        };
+        let id = a.task.id;
+        store.resume(true);
+        assert!(matches!(call.await.unwrap(), Err(CoreError::Store(_))));
+        match next_push(&mut link.rx).await {
+            Push::Cancel { task_id, force, .. } => {
+                assert_eq!(task_id, id);
+                assert!(force);
+            }
+            other => panic!("expected a cancel, got {other:?}"),
+        }
+        assert!(core
+            .report(&link.id, id, 1, Report::Complete(serde_json::json!({})))
+            .is_err());
+        store.flush().await.unwrap();
+        assert!(matches!(core.status(id).await, Err(CoreError::NotFound(_))));
+        assert_eq!(core.metrics().counts.total(), [0; 7]);
+        // The slot is free again: the next task starts on the same worker.
+        let call = schedule_in_background(&core, spec("t", None));
+        assert!(matches!(next_push(&mut link.rx).await, Push::Assign(_)));
+        assert!(call.await.unwrap().is_ok());
+    }
+
+    /// A task with an idempotency key may turn out to be an existing one:
+    /// it is queued only once the store has said it is new.
+    #[tokio::test]
+    async fn a_task_with_an_idempotency_key_waits_for_its_commit() {
+        let (core, store) = core_on_pausable_store().await;
+        let mut link = core
+            .register_worker("w", &["t".to_string()], 1, 0, false)
+            .unwrap();
+        store.pause();
+        let call = schedule_in_background(&core, spec("t", Some("k1")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(link.rx.try_recv().is_err(), "dispatched before its commit");
+        store.resume(false);
+        let first = call.await.unwrap().unwrap();
+        assert!(matches!(next_push(&mut link.rx).await, Push::Assign(_)));
+        let again = schedule_in_background(&core, spec("t", Some("k1")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(again.existing);
+        assert_eq!(again.task.id, first.task.id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(link.rx.try_recv().is_err(), "the existing task ran again");
+    }
 
     /// Every pending task holds one `Box<Active>` and one `Arc<TaskSpec>`,
     /// so their sizes decide the RSS with a million pending tasks. mimalloc

@@ -593,16 +593,24 @@ fn apply_group(
             }
             WriteOp::Update { task, log, event } => {
                 let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
-                conn.prepare_cached(
-                    "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5 WHERE id = ?1",
-                )?
-                .execute(params![
-                    task.id.as_bytes(),
-                    task.rt.state.code(),
-                    task.rt.seq as i64,
-                    task.rt.source.code(),
-                    rt
-                ])?;
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5 WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        task.id.as_bytes(),
+                        task.rt.state.code(),
+                        task.rt.seq as i64,
+                        task.rt.source.code(),
+                        rt
+                    ])?;
+                if n == 0 {
+                    // No such row: the task's insert failed (the core
+                    // withdraws such a task). Nothing of it is logged or
+                    // published: no watcher hears of a task the store lacks.
+                    out.push(WriteOutcome::Done);
+                    continue;
+                }
                 log_and_publish(conn, task, log, *event, now, events)?;
                 out.push(WriteOutcome::Done);
             }
@@ -1090,6 +1098,54 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(changed.len(), 1);
+    }
+
+    /// An update of a task the store has no row for (its insert failed)
+    /// changes nothing, logs nothing and publishes nothing.
+    #[tokio::test]
+    async fn an_update_of_a_missing_task_publishes_nothing() {
+        let s = SqliteStore::open(SqliteOptions::default()).unwrap();
+        let seen = Arc::new(Seen(parking_lot::Mutex::new(Vec::new())));
+        s.set_listener(seen.clone());
+        let mut ghost = task(None);
+        ghost.rt.state = TaskState::Running;
+        ghost.rt.seq = 3;
+        let (tx, rx) = oneshot::channel();
+        s.submit(
+            vec![WriteOp::Update {
+                task: ghost.clone(),
+                log: vec![LogEntry::system(ghost.id, 1, "attempt 1 started")],
+                event: Some(EventKind::Started),
+            }],
+            Some(tx),
+        );
+        assert_eq!(rx.await.unwrap().unwrap(), vec![WriteOutcome::Done]);
+        assert!(seen.0.lock().is_empty());
+        assert!(s.get(ghost.id).await.unwrap().is_none());
+        assert!(s.logs(ghost.id, 0, 10).await.unwrap().is_empty());
+        // A real task's update in the same way is published.
+        let real = task(None);
+        insert(&s, &real).await;
+        let mut r2 = real.clone();
+        r2.rt.state = TaskState::Running;
+        r2.rt.seq = 4;
+        s.submit(
+            vec![WriteOp::Update {
+                task: r2,
+                log: vec![],
+                event: Some(EventKind::Started),
+            }],
+            None,
+        );
+        s.flush().await.unwrap();
+        let kinds: Vec<_> = seen.0.lock().iter().map(|e| (e.0, e.2)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (real.id, EventKind::Scheduled),
+                (real.id, EventKind::Started)
+            ]
+        );
     }
 
     /// Collects published events.
