@@ -4494,7 +4494,14 @@ export type OrchestratorServiceService = typeof OrchestratorServiceService;
 export const OrchestratorServiceService = {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server. The W3C trace
+   * returns OK the task survives a crash of the server. A task for a worker
+   * queue of the embedded engine without an idempotency key may be handed to
+   * a worker while its commit runs (its events still wait for the commit):
+   * if the commit fails, the call fails and the worker gets a forced cancel;
+   * if the server crashes first, a call that got no answer may have started
+   * its task, as with any lost reply under at-least-once delivery. A task
+   * with an idempotency key is handed out only after its commit: no run of
+   * it starts before it is recorded. The W3C trace
    * context in the request's metadata (`traceparent`, `tracestate`) is the
    * parent of the server's spans and is carried on to the task's worker,
    * webhook or engine (see `Assignment.traceparent`).
@@ -4640,7 +4647,14 @@ export const OrchestratorServiceService = {
 export interface OrchestratorServiceServer extends UntypedServiceImplementation {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server. The W3C trace
+   * returns OK the task survives a crash of the server. A task for a worker
+   * queue of the embedded engine without an idempotency key may be handed to
+   * a worker while its commit runs (its events still wait for the commit):
+   * if the commit fails, the call fails and the worker gets a forced cancel;
+   * if the server crashes first, a call that got no answer may have started
+   * its task, as with any lost reply under at-least-once delivery. A task
+   * with an idempotency key is handed out only after its commit: no run of
+   * it starts before it is recorded. The W3C trace
    * context in the request's metadata (`traceparent`, `tracestate`) is the
    * parent of the server's spans and is carried on to the task's worker,
    * webhook or engine (see `Assignment.traceparent`).
@@ -4693,7 +4707,14 @@ export interface OrchestratorServiceServer extends UntypedServiceImplementation 
 export interface OrchestratorServiceClient extends Client {
   /**
    * Accepts a task. The task is durably committed before the reply: once this
-   * returns OK the task survives a crash of the server. The W3C trace
+   * returns OK the task survives a crash of the server. A task for a worker
+   * queue of the embedded engine without an idempotency key may be handed to
+   * a worker while its commit runs (its events still wait for the commit):
+   * if the commit fails, the call fails and the worker gets a forced cancel;
+   * if the server crashes first, a call that got no answer may have started
+   * its task, as with any lost reply under at-least-once delivery. A task
+   * with an idempotency key is handed out only after its commit: no run of
+   * it starts before it is recorded. The W3C trace
    * context in the request's metadata (`traceparent`, `tracestate`) is the
    * parent of the server's spans and is carried on to the task's worker,
    * webhook or engine (see `Assignment.traceparent`).
