@@ -376,6 +376,31 @@ pub struct TaskSpec {
     pub parent_id: Option<TaskId>,
 }
 
+#[cfg(test)]
+impl TaskSpec {
+    /// A SIMPLE task named `name` of user `u1`, with default options: the
+    /// unit tests' fixture.
+    pub(crate) fn test_simple(name: &str, idempotency_key: Option<&str>) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            task_type: TaskType::Simple,
+            priority: 0,
+            max_attempts: 1,
+            backoff: Backoff::default(),
+            execution_timeout: None,
+            user_id: Some("u1".into()),
+            session_id: None,
+            immediate: false,
+            idempotency_key: idempotency_key.map(String::from),
+            labels: Default::default(),
+            cleanup: None,
+            target: Target::Simple { queue: None },
+            traceparent: None,
+            parent_id: None,
+        }
+    }
+}
+
 /// An error reported by a worker or engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct TaskError {

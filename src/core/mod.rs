@@ -2656,7 +2656,6 @@ mod tests {
     use crate::store::sqlite::{SqliteOptions, SqliteStore};
     use crate::store::{Completion, Counts as StoreCounts};
     use async_trait::async_trait;
-    use std::collections::BTreeMap;
 
     /// A store whose writer can be paused: while paused, submitted groups
     /// wait in order; on resume they are applied in that order, or groups
@@ -2741,23 +2740,7 @@ mod tests {
     }
 
     fn spec(name: &str, idempotency_key: Option<&str>) -> TaskSpec {
-        TaskSpec {
-            name: name.into(),
-            task_type: TaskType::Simple,
-            priority: 0,
-            max_attempts: 1,
-            backoff: Backoff::default(),
-            execution_timeout: None,
-            user_id: Some("u1".into()),
-            session_id: None,
-            immediate: false,
-            idempotency_key: idempotency_key.map(String::from),
-            labels: BTreeMap::new(),
-            cleanup: None,
-            target: Target::Simple { queue: None },
-            traceparent: None,
-            parent_id: None,
-        }
+        TaskSpec::test_simple(name, idempotency_key)
     }
 
     async fn core_on_pausable_store() -> (Core, Arc<PausableStore>) {
@@ -2793,11 +2776,15 @@ mod tests {
             .expect("the worker's channel is open")
     }
 
-    /// A worker starts a task while its insert is still being committed;
-    /// the caller is answered, and the task's events published, only once
-    /// the insert is durable, and the store then holds it RUNNING.
-    #[tokio::test]
-    async fn a_task_starts_while_its_insert_commits_and_is_answered_once_durable() {
+    /// A core with one worker for `t`, the store paused, and a task being
+    /// scheduled that the worker has been handed.
+    async fn started_while_paused() -> (
+        Core,
+        Arc<PausableStore>,
+        WorkerLink,
+        tokio::task::JoinHandle<Result<Scheduled, CoreError>>,
+        Assignment,
+    ) {
         let (core, store) = core_on_pausable_store().await;
         let mut link = core
             .register_worker("w", &["t".to_string()], 1, 0, false)
@@ -2807,6 +2794,15 @@ mod tests {
         let Push::Assign(a) = next_push(&mut link.rx).await else {
             panic!("expected an assignment");
         };
+        (core, store, link, call, a)
+    }
+
+    /// A worker starts a task while its insert is still being committed;
+    /// the caller is answered, and the task's events published, only once
+    /// the insert is durable, and the store then holds it RUNNING.
+    #[tokio::test]
+    async fn a_task_starts_while_its_insert_commits_and_is_answered_once_durable() {
+        let (_core, store, _link, call, a) = started_while_paused().await;
         let id = a.task.id;
         assert_eq!(a.task.rt.state, TaskState::Running);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -2838,15 +2834,7 @@ mod tests {
     /// refused, and nothing of the task remains: no status, no count, no row.
     #[tokio::test]
     async fn a_started_task_whose_insert_fails_is_withdrawn() {
-        let (core, store) = core_on_pausable_store().await;
-        let mut link = core
-            .register_worker("w", &["t".to_string()], 1, 0, false)
-            .unwrap();
-        store.pause();
-        let call = schedule_in_background(&core, spec("t", None));
-        let Push::Assign(a) = next_push(&mut link.rx).await else {
-            panic!("expected an assignment");
-        };
+        let (core, store, mut link, call, a) = started_while_paused().await;
         let id = a.task.id;
         store.resume(true);
         assert!(matches!(call.await.unwrap(), Err(CoreError::Store(_))));

@@ -1044,30 +1044,13 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Backoff, EventKind, Source, Target, WaitingReason};
-    use std::collections::BTreeMap;
+    use crate::domain::{EventKind, Source, WaitingReason};
 
     fn task(key: Option<&str>) -> Task {
         Task {
             id: TaskId::now_v7(),
             created_at: now_micros(),
-            spec: Arc::new(TaskSpec {
-                name: "t".into(),
-                task_type: TaskType::Simple,
-                priority: 0,
-                max_attempts: 1,
-                backoff: Backoff::default(),
-                execution_timeout: None,
-                user_id: Some("u1".into()),
-                session_id: None,
-                immediate: false,
-                idempotency_key: key.map(String::from),
-                labels: BTreeMap::new(),
-                cleanup: None,
-                target: Target::Simple { queue: None },
-                traceparent: None,
-                parent_id: None,
-            }),
+            spec: Arc::new(TaskSpec::test_simple("t", key)),
             rt: TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued),
         }
     }
