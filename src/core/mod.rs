@@ -1380,16 +1380,23 @@ impl Core {
             }
             snapshot
         };
-        let accepted = if early {
+        /// Where the task is while its insert commits.
+        enum Placed {
+            /// In its queue already; the task as accepted.
+            Queued(Task),
+            /// To be queued once the insert is durable, with its payload.
+            AfterCommit(Task, Option<Arc<str>>),
+        }
+        let placed = if early {
             // `with_state` dispatches after the closure, and submits what the
             // dispatch wrote (the RUNNING transition) after the insert.
-            Some(self.with_state(|st, cfg| {
+            Placed::Queued(self.with_state(move |st, cfg| {
                 accept(st, &mut task)?;
-                Ok::<_, CoreError>(queue(st, cfg, task.clone(), cached.clone()))
+                Ok::<_, CoreError>(queue(st, cfg, task, cached))
             })?)
         } else {
             accept(&mut self.inner.state.lock(), &mut task)?;
-            None
+            Placed::AfterCommit(task, cached)
         };
         let outcome = match rx.await {
             Ok(Ok(outcome)) => outcome,
@@ -1406,9 +1413,9 @@ impl Core {
                 return Err(CoreError::Unavailable("the store is closed".into()));
             }
         };
-        match (outcome.first(), accepted) {
-            (Some(WriteOutcome::Existing(existing)), accepted) => {
-                if accepted.is_some() {
+        match (outcome.first(), placed) {
+            (Some(WriteOutcome::Existing(existing)), placed) => {
+                if matches!(placed, Placed::Queued(_)) {
                     // Not expected without an idempotency key (the id is new).
                     self.withdraw(id, "the store holds another task under its key");
                 }
@@ -1418,11 +1425,11 @@ impl Core {
                     existing: true,
                 })
             }
-            (_, Some(task)) => Ok(Scheduled {
+            (_, Placed::Queued(task)) => Ok(Scheduled {
                 task,
                 existing: false,
             }),
-            (_, None) => {
+            (_, Placed::AfterCommit(task, cached)) => {
                 let task = self.with_state(|st, cfg| queue(st, cfg, task, cached));
                 Ok(Scheduled {
                     task,
@@ -2776,6 +2783,11 @@ mod tests {
             .expect("the worker's channel is open")
     }
 
+    /// Whether the worker is pushed nothing for `d`.
+    async fn no_push_within(rx: &mut mpsc::UnboundedReceiver<Push>, d: Duration) -> bool {
+        tokio::time::timeout(d, rx.recv()).await.is_err()
+    }
+
     /// A core with one worker for `t`, the store paused, and a task being
     /// scheduled that the worker has been handed.
     async fn started_while_paused() -> (
@@ -2802,12 +2814,13 @@ mod tests {
     /// the insert is durable, and the store then holds it RUNNING.
     #[tokio::test]
     async fn a_task_starts_while_its_insert_commits_and_is_answered_once_durable() {
-        let (_core, store, _link, call, a) = started_while_paused().await;
+        let (_core, store, _link, mut call, a) = started_while_paused().await;
         let id = a.task.id;
         assert_eq!(a.task.rt.state, TaskState::Running);
-        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
-            !call.is_finished(),
+            tokio::time::timeout(Duration::from_millis(100), &mut call)
+                .await
+                .is_err(),
             "answered before the insert was durable"
         );
         assert!(store.inner.get(id).await.unwrap().is_none());
@@ -2867,8 +2880,10 @@ mod tests {
             .unwrap();
         store.pause();
         let call = schedule_in_background(&core, spec("t", Some("k1")));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(link.rx.try_recv().is_err(), "dispatched before its commit");
+        assert!(
+            no_push_within(&mut link.rx, Duration::from_millis(100)).await,
+            "dispatched before its commit"
+        );
         store.resume(false);
         let first = call.await.unwrap().unwrap();
         assert!(matches!(next_push(&mut link.rx).await, Push::Assign(_)));
@@ -2878,8 +2893,10 @@ mod tests {
             .unwrap();
         assert!(again.existing);
         assert_eq!(again.task.id, first.task.id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(link.rx.try_recv().is_err(), "the existing task ran again");
+        assert!(
+            no_push_within(&mut link.rx, Duration::from_millis(100)).await,
+            "the existing task ran again"
+        );
     }
 
     /// Every pending task holds one `Box<Active>` and one `Arc<TaskSpec>`,
