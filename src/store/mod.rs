@@ -9,6 +9,7 @@
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::oneshot;
@@ -43,6 +44,10 @@ pub enum StoreError {
         reason: String,
     },
 }
+
+/// The longest a write submitted with [`Store::submit_lazy`] waits for a
+/// commit to ride on.
+pub const LAZY_COMMIT_WITHIN: Duration = Duration::from_millis(10);
 
 /// One write, applied in submission order.
 #[derive(Debug, Clone)]
@@ -121,6 +126,15 @@ pub trait Store: Send + Sync + 'static {
     /// Queues writes, applied in order after every earlier submission.
     /// `done`, if given, receives the outcomes once they are durable.
     fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>);
+    /// Queues writes that need not be durable soon (facts that can be
+    /// rebuilt after a crash, such as "the engine has the job"). They are
+    /// applied in order with every other submission, but do not start a
+    /// commit on their own: they ride on the next commit, or are committed
+    /// after at most [`LAZY_COMMIT_WITHIN`]. Their events are published
+    /// when they commit. The default commits them like [`Store::submit`].
+    fn submit_lazy(&self, ops: Vec<WriteOp>) {
+        self.submit(ops, None)
+    }
     /// Installs the listener told of every commit's events.
     fn set_listener(&self, listener: Arc<dyn CommitListener>);
     /// Resolves once everything submitted before is durable.

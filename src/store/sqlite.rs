@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::{
     CommitListener, Completion, Counts, ListQuery, Payload, Store, StoreError, WriteOp,
-    WriteOutcome,
+    WriteOutcome, LAZY_COMMIT_WITHIN,
 };
 use crate::domain::{
     now_micros, LogEntry, LogSource, Task, TaskEvent, TaskFilter, TaskId, TaskRuntime, TaskSpec,
@@ -47,6 +47,9 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Reader connections.
     pub readers: usize,
+    /// The longest a lazy write waits for a commit to ride on (default
+    /// [`LAZY_COMMIT_WITHIN`]).
+    pub lazy_within: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -56,6 +59,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Full,
             max_batch: 4096,
             readers: 4,
+            lazy_within: LAZY_COMMIT_WITHIN,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct CommitStats {
 struct Group {
     ops: Vec<WriteOp>,
     done: Option<Completion>,
+    /// Submitted with [`Store::submit_lazy`]: does not start a commit.
+    lazy: bool,
 }
 
 type Listener = OnceLock<Arc<dyn CommitListener>>;
@@ -162,6 +168,19 @@ fn configure(conn: &Connection, sync: Synchronous, memory: bool) -> rusqlite::Re
 }
 
 impl SqliteStore {
+    /// Hands a group to the writer; a closed store answers its completion
+    /// with [`StoreError::Closed`].
+    fn send(&self, g: Group) {
+        let guard = self.tx.lock();
+        let sent = match guard.as_ref() {
+            Some(tx) => tx.send(g).map_err(|e| e.0.done),
+            None => Err(g.done),
+        };
+        if let Err(Some(done)) = sent {
+            let _ = done.send(Err(Arc::new(StoreError::Closed)));
+        }
+    }
+
     /// Opens (creating if needed) the store and starts its writer thread.
     pub fn open(opts: SqliteOptions) -> Result<Arc<Self>, StoreError> {
         let open_err = |p: &str, e: &dyn std::fmt::Display| StoreError::Open {
@@ -206,10 +225,13 @@ impl SqliteStore {
             let listener = listener.clone();
             let stats = stats.clone();
             let restart = restart_wanted.clone();
-            let max_batch = opts.max_batch.max(1);
+            let limits = Limits {
+                max_batch: opts.max_batch.max(1),
+                lazy_within: opts.lazy_within,
+            };
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer_loop(writer_conn, rx, listener, stats, restart, max_batch))
+                .spawn(move || writer_loop(writer_conn, rx, listener, stats, restart, limits))
                 .map_err(|e| open_err("writer thread", &e))?
         };
         let checkpointer = match &opts.path {
@@ -369,14 +391,26 @@ fn checkpointer_loop(
     }
 }
 
+/// How the writer batches.
+struct Limits {
+    /// Most operations in one transaction.
+    max_batch: usize,
+    /// The longest lazy writes wait for a commit to ride on.
+    lazy_within: Duration,
+}
+
 fn writer_loop(
     conn: Arc<Mutex<Connection>>,
     rx: mpsc::Receiver<Group>,
     listener: Arc<Listener>,
     stats: Arc<CommitStats>,
     restart_wanted: Arc<AtomicBool>,
-    max_batch: usize,
+    limits: Limits,
 ) {
+    let Limits {
+        max_batch,
+        lazy_within,
+    } = limits;
     while let Ok(first) = rx.recv() {
         if restart_wanted.swap(false, Ordering::AcqRel) {
             // No write transaction is open: nothing blocks the RESTART but
@@ -391,13 +425,25 @@ fn writer_loop(
         }
         let mut groups = vec![first];
         let mut n = groups[0].ops.len();
+        // Only lazy writes so far: wait (a little) for one that needs a
+        // commit, and ride on it.
+        let mut lazy_only = groups[0].lazy;
+        let lazy_until = Instant::now() + lazy_within;
         while n < max_batch {
-            match rx.try_recv() {
+            let next = match rx.try_recv() {
+                Ok(g) => Ok(g),
+                Err(mpsc::TryRecvError::Empty) if lazy_only => rx
+                    .recv_timeout(lazy_until.saturating_duration_since(Instant::now()))
+                    .map_err(|_| ()),
+                Err(_) => Err(()),
+            };
+            match next {
                 Ok(g) => {
                     n += g.ops.len();
+                    lazy_only &= g.lazy;
                     groups.push(g);
                 }
-                Err(_) => break,
+                Err(()) => break,
             }
         }
         let started = Instant::now();
@@ -828,14 +874,19 @@ fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>) {
 #[async_trait]
 impl Store for SqliteStore {
     fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>) {
-        let guard = self.tx.lock();
-        let sent = match guard.as_ref() {
-            Some(tx) => tx.send(Group { ops, done }).map_err(|e| e.0.done),
-            None => Err(done),
-        };
-        if let Err(Some(done)) = sent {
-            let _ = done.send(Err(Arc::new(StoreError::Closed)));
-        }
+        self.send(Group {
+            ops,
+            done,
+            lazy: false,
+        });
+    }
+
+    fn submit_lazy(&self, ops: Vec<WriteOp>) {
+        self.send(Group {
+            ops,
+            done: None,
+            lazy: true,
+        });
     }
 
     fn set_listener(&self, listener: Arc<dyn CommitListener>) {
@@ -1376,6 +1427,78 @@ mod tests {
             assert!(s.get(id).await.unwrap().is_some());
             assert_eq!(s.payload(id).await.unwrap().as_deref(), Some(&*big));
         }
+    }
+
+    fn update(t: &Task, state: TaskState, seq: u64) -> WriteOp {
+        let mut t = t.clone();
+        t.rt.state = state;
+        t.rt.seq = seq;
+        let log = vec![LogEntry::system(t.id, 1, format!("seq {seq}"))];
+        WriteOp::Update {
+            task: t,
+            log,
+            event: Some(EventKind::Updated),
+        }
+    }
+
+    /// A lazy write does not start a commit: it rides on the next write
+    /// that does, in submission order, in the same transaction.
+    #[tokio::test]
+    async fn a_lazy_write_rides_on_the_next_commit() {
+        let s = SqliteStore::open(SqliteOptions {
+            lazy_within: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .unwrap();
+        let a = task(None);
+        insert(&s, &a).await;
+        let commits = s.stats.commits.load(Ordering::Relaxed);
+        s.submit_lazy(vec![update(&a, TaskState::Running, 5)]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(s.stats.commits.load(Ordering::Relaxed), commits);
+        assert_eq!(
+            s.get(a.id).await.unwrap().unwrap().0.rt.state,
+            TaskState::Pending
+        );
+        // An eager write after it: one commit holds both, the later wins.
+        let (tx, rx) = oneshot::channel();
+        s.submit(vec![update(&a, TaskState::Completed, 6)], Some(tx));
+        rx.await.unwrap().unwrap();
+        assert_eq!(s.stats.commits.load(Ordering::Relaxed), commits + 1);
+        let (got, _) = s.get(a.id).await.unwrap().unwrap();
+        assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 6));
+        let logs: Vec<String> = s
+            .logs(a.id, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(logs, ["scheduled", "seq 5", "seq 6"]);
+    }
+
+    /// With nothing to ride on, a lazy write is committed on its own once
+    /// `lazy_within` has passed, and no sooner.
+    #[tokio::test]
+    async fn a_lazy_write_alone_commits_within_its_bound() {
+        let within = Duration::from_millis(200);
+        let s = SqliteStore::open(SqliteOptions {
+            lazy_within: within,
+            ..Default::default()
+        })
+        .unwrap();
+        let a = task(None);
+        insert(&s, &a).await;
+        let t0 = Instant::now();
+        s.submit_lazy(vec![update(&a, TaskState::Running, 5)]);
+        loop {
+            if s.get(a.id).await.unwrap().unwrap().0.rt.state == TaskState::Running {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "never committed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(t0.elapsed() >= within, "committed after {:?}", t0.elapsed());
     }
 
     #[tokio::test]
