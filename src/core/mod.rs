@@ -311,6 +311,16 @@ pub enum Report {
     CancelAck,
     /// Sets the engine's own id (BullMQ job id, n8n execution id, ...).
     ExternalId(String),
+    /// The engine has the task, under `external_id`, and it waits there
+    /// (PENDING for `waiting_reason`). Written lazily (it rides on the next
+    /// commit): after a crash the backend is offered the task again, and
+    /// finds the job it added.
+    Forwarded {
+        /// The engine's id of the task.
+        external_id: String,
+        /// Why it waits in the engine (queued, delayed).
+        waiting_reason: WaitingReason,
+    },
     /// An external engine holds the task: mirror its state (PENDING or
     /// RUNNING) while the backend keeps holding it.
     Mirror {
@@ -497,6 +507,11 @@ struct State {
     draining: bool,
     /// Writes queued by the current critical section, submitted at its end.
     pending_ops: Vec<WriteOp>,
+    /// Whether writes queued now need not start a commit (see
+    /// [`State::lazily`]).
+    lazy: bool,
+    /// Whether `pending_ops` holds a write that must start a commit.
+    eager: bool,
     /// Tasks whose queue may now dispatch.
     dirty_keys: Vec<Arc<str>>,
     /// When the timer loop next wakes on its own.
@@ -598,15 +613,32 @@ impl State {
         } else {
             a.task.rt.waiting_reason = None;
         }
-        self.pending_ops.push(WriteOp::Update {
+        let op = WriteOp::Update {
             task: a.task.clone(),
             log,
             event: Some(kind),
-        });
+        };
+        self.push_op(op);
     }
 
     fn log(&mut self, line: LogEntry) {
-        self.pending_ops.push(WriteOp::Log(vec![line]));
+        self.push_op(WriteOp::Log(vec![line]));
+    }
+
+    fn push_op(&mut self, op: WriteOp) {
+        self.eager |= !self.lazy;
+        self.pending_ops.push(op);
+    }
+
+    /// Runs `f` with its writes marked lazy: facts that can be rebuilt after
+    /// a crash (an engine has the task), committed with the next write that
+    /// needs a commit (see [`Store::submit_lazy`]). The state in memory, and
+    /// so `GetTaskStatus`, has them at once; their events wait for the commit.
+    fn lazily<R>(&mut self, f: impl FnOnce(&mut State) -> R) -> R {
+        let was = std::mem::replace(&mut self.lazy, true);
+        let r = f(self);
+        self.lazy = was;
+        r
     }
 
     fn derived_reason(&self, a: &Active) -> Option<WaitingReason> {
@@ -895,15 +927,19 @@ impl State {
                 }
             }
             let engine = key.trim_start_matches('#').to_string();
-            self.emit(
-                id,
-                EventKind::Updated,
-                vec![LogEntry::system(
+            // Rebuilt after a crash (the task is offered to the backend
+            // again): it rides on the next commit.
+            self.lazily(|st| {
+                st.emit(
                     id,
-                    attempt,
-                    format!("handed to the {engine} backend"),
-                )],
-            );
+                    EventKind::Updated,
+                    vec![LogEntry::system(
+                        id,
+                        attempt,
+                        format!("handed to the {engine} backend"),
+                    )],
+                )
+            });
         } else {
             let s2s = now - ready_since;
             // A workflow enforces its own timeout (and compensates); the core
@@ -1141,6 +1177,8 @@ impl Core {
                 throughput: Throughput::default(),
                 draining: false,
                 pending_ops: Vec::new(),
+                lazy: false,
+                eager: false,
                 dirty_keys: Vec::new(),
                 timer_wake: 0,
                 routes: cfg.routes.clone(),
@@ -1245,7 +1283,17 @@ impl Core {
                         );
                         requeued += 1;
                     }
-                    _ => st.add_pending(t, None, cfg.payload_cache_bytes),
+                    _ => {
+                        let maybe_handed = t.rt.state == TaskState::Pending && !t.rt.forwarded;
+                        st.add_pending(t, None, cfg.payload_cache_bytes);
+                        // Its backend may have had it before the crash: the
+                        // write that says so is lazy (`Report::Forwarded`).
+                        if let Some(a) = st.tasks.get_mut(&id) {
+                            if maybe_handed && is_backend_key(&a.key) {
+                                a.again = true;
+                            }
+                        }
+                    }
                 }
             }
         });
@@ -1260,7 +1308,11 @@ impl Core {
         let ops = std::mem::take(&mut st.pending_ops);
         if !ops.is_empty() {
             // Submitted under the lock so the store sees sequence order.
-            self.inner.store.submit(ops, None);
+            if std::mem::take(&mut st.eager) {
+                self.inner.store.submit(ops, None);
+            } else {
+                self.inner.store.submit_lazy(ops);
+            }
         }
         let earliest = [
             st.timers.first().map(|t| t.0),
@@ -2126,7 +2178,7 @@ fn schedule_internal(st: &mut State, cfg: &CoreConfig, new: NewTask) -> Task {
         Payload::Json(p) => Some(p.clone()),
         Payload::CopyOf(_) => None,
     };
-    st.pending_ops.push(WriteOp::Insert {
+    st.push_op(WriteOp::Insert {
         task: task.clone(),
         payload: new.payload,
         log: vec![LogEntry::system(
@@ -2337,6 +2389,20 @@ fn apply_report(st: &mut State, cfg: &CoreConfig, id: TaskId, attempt: u32, repo
                 a.task.rt.external_id = Some(x);
             }
             st.emit(id, EventKind::Updated, Vec::new());
+        }
+        Report::Forwarded {
+            external_id,
+            waiting_reason,
+        } => {
+            let Some(a) = st.tasks.get_mut(&id) else {
+                return;
+            };
+            a.task.rt.external_id = Some(external_id);
+            a.task.rt.forwarded = true;
+            if a.task.rt.state == TaskState::Pending {
+                a.task.rt.waiting_reason = Some(waiting_reason);
+            }
+            st.lazily(|st| st.emit(id, EventKind::Updated, Vec::new()));
         }
         Report::Mirror {
             state,
@@ -2911,5 +2977,124 @@ mod tests {
         let spec = std::mem::size_of::<TaskSpec>() + 2 * std::mem::size_of::<usize>();
         assert!(active <= 320, "Active is {active} bytes");
         assert!(spec <= 384, "Arc<TaskSpec>'s allocation is {spec} bytes");
+    }
+
+    fn routed_to_bullmq() -> CoreConfig {
+        CoreConfig {
+            routes: Routes {
+                bullmq_queues: vec!["t".into()],
+                temporal_workflows: vec![],
+            },
+            ..CoreConfig::default()
+        }
+    }
+
+    /// The backend's "the engine has the job" is written lazily: the core
+    /// answers with it at once, and the store has it with the next commit.
+    #[tokio::test]
+    async fn forwarded_is_shown_at_once_and_rides_on_the_next_commit() {
+        let store = SqliteStore::open(SqliteOptions {
+            lazy_within: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .unwrap();
+        let core = Core::start(store.clone(), routed_to_bullmq())
+            .await
+            .unwrap();
+        let mut link = core
+            .register_worker("bullmq", &[BULLMQ_KEY.to_string()], 100, 0, true)
+            .unwrap();
+        let first = schedule_in_background(&core, spec("t", None))
+            .await
+            .unwrap()
+            .unwrap();
+        let Push::Assign(a) = next_push(&mut link.rx).await else {
+            panic!("expected an assignment");
+        };
+        assert_eq!(a.task.id, first.task.id);
+        assert!(!a.again);
+        let id = a.task.id;
+        let forwarded = Report::Forwarded {
+            external_id: id.to_string(),
+            waiting_reason: WaitingReason::Delayed,
+        };
+        core.report(&link.id, id, a.task.rt.attempt, forwarded)
+            .unwrap();
+        let shown = core.status(id).await.unwrap();
+        assert_eq!(shown.rt.state, TaskState::Pending);
+        assert_eq!(shown.rt.external_id.as_deref(), Some(&*id.to_string()));
+        assert_eq!(shown.rt.waiting_reason, Some(WaitingReason::Delayed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stored, _) = store.get(id).await.unwrap().unwrap();
+        assert!(!stored.rt.forwarded && stored.rt.external_id.is_none());
+        // The hand-over to the backend was lazy too.
+        assert_eq!(store.logs(id, 0, 10).await.unwrap().len(), 1);
+        // The next write that needs a commit (another task's insert)
+        // carries it.
+        schedule_in_background(&core, spec("t", None))
+            .await
+            .unwrap()
+            .unwrap();
+        let (stored, _) = store.get(id).await.unwrap().unwrap();
+        assert!(stored.rt.forwarded);
+        assert_eq!(stored.rt.external_id.as_deref(), Some(&*id.to_string()));
+        let logs: Vec<String> = store
+            .logs(id, 0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message)
+            .collect();
+        assert_eq!(logs, ["scheduled (SIMPLE)", "handed to the bullmq backend"]);
+    }
+
+    /// After a restart, a task its backend may have had (handed to it, the
+    /// lazy "forwarded" not yet written) is offered again as `again`, so the
+    /// backend reads where its job is; a forwarded one is resumed.
+    #[tokio::test]
+    async fn a_backend_task_not_known_forwarded_is_offered_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SqliteOptions {
+            path: Some(dir.path().join("t.db")),
+            ..Default::default()
+        };
+        let store = SqliteStore::open(opts.clone()).unwrap();
+        let mut ids = Vec::new();
+        for forwarded in [false, true] {
+            let mut rt = TaskRuntime::new_pending(0, Source::Bullmq, WaitingReason::Queued);
+            rt.forwarded = forwarded;
+            let t = Task {
+                id: TaskId::now_v7(),
+                created_at: now_micros(),
+                spec: Arc::new(spec("t", None)),
+                rt,
+            };
+            ids.push(t.id);
+            store.submit(
+                vec![WriteOp::Insert {
+                    task: t,
+                    payload: Payload::Json(Arc::from("{}")),
+                    log: vec![],
+                    event: None,
+                }],
+                None,
+            );
+        }
+        store.close();
+        drop(store);
+        let store = SqliteStore::open(opts).unwrap();
+        let core = Core::start(store, routed_to_bullmq()).await.unwrap();
+        let mut link = core
+            .register_worker("bullmq", &[BULLMQ_KEY.to_string()], 100, 0, true)
+            .unwrap();
+        let mut again = HashMap::new();
+        for _ in 0..2 {
+            let Push::Assign(a) = next_push(&mut link.rx).await else {
+                panic!("expected an assignment");
+            };
+            again.insert(a.task.id, (a.again, a.task.rt.forwarded));
+        }
+        assert_eq!(again[&ids[0]], (true, false), "not known forwarded");
+        assert_eq!(again[&ids[1]], (false, true), "forwarded: resumed");
     }
 }

@@ -6,7 +6,10 @@
 //! [`Push::Assign`] adds a job (queue = the task's queue or name, job name =
 //! the task name, data = the payload, job id = the task id, so a repeated
 //! add is a no-op) or, for a task added before a restart, resumes following
-//! it. If Redis cannot be reached the task goes back to the core with
+//! it. A successful add is reported as [`Report::Forwarded`], a lazy write
+//! (it rides on the next commit): if it is lost in a crash, the task is
+//! offered again with `again` set, the add finds the job, and the follower
+//! reads its state. If Redis cannot be reached the task goes back to the core with
 //! [`Report::Unreachable`]: it stays PENDING (ENGINE_UNREACHABLE) in the
 //! store and is offered again later (the outbox).
 //!
@@ -505,15 +508,24 @@ impl Follower {
             }
         };
         self.shared.reached();
-        if !self.report(&job_id, Report::ExternalId(job_id.clone())) {
-            return;
-        }
         let reason = if delayed {
             WaitingReason::Delayed
         } else {
             WaitingReason::Queued
         };
-        self.mirror(&job_id, TaskState::Pending, Some(reason), None, None);
+        // One lazy write: should the server die before it commits, the task
+        // is offered again after the restart, the add finds the job, and the
+        // follower reads where it is (`again`).
+        let forwarded = Report::Forwarded {
+            external_id: job_id.clone(),
+            waiting_reason: reason,
+        };
+        if !self.report(&job_id, forwarded) {
+            return;
+        }
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.shown = Some((TaskState::Pending, Some(reason)));
+        }
         for (id, ev) in buffered {
             self.event(&id, ev, &HashMap::new()).await;
         }
