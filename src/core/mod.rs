@@ -2897,13 +2897,7 @@ mod tests {
         store.flush().await.unwrap();
         let (stored, _) = store.inner.get(id).await.unwrap().unwrap();
         assert_eq!(stored.rt.state, TaskState::Running);
-        let logs: Vec<String> = store
-            .logs(id, 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.message)
-            .collect();
+        let logs = crate::store::log_messages(&*store, id).await;
         assert!(logs[0].starts_with("scheduled"), "{logs:?}");
         assert!(logs[1].starts_with("attempt 1 started"), "{logs:?}");
     }
@@ -3038,13 +3032,7 @@ mod tests {
         let (stored, _) = store.get(id).await.unwrap().unwrap();
         assert!(stored.rt.forwarded);
         assert_eq!(stored.rt.external_id.as_deref(), Some(&*id.to_string()));
-        let logs: Vec<String> = store
-            .logs(id, 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.message)
-            .collect();
+        let logs = crate::store::log_messages(&*store, id).await;
         assert_eq!(logs, ["scheduled (SIMPLE)", "handed to the bullmq backend"]);
     }
 

@@ -186,3 +186,15 @@ pub trait Store: Send + Sync + 'static {
     /// The largest sequence number stored.
     async fn max_seq(&self) -> Result<u64, StoreError>;
 }
+
+/// The messages of a task's first log lines (tests).
+#[cfg(test)]
+pub async fn log_messages(store: &dyn Store, id: TaskId) -> Vec<String> {
+    store
+        .logs(id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.message)
+        .collect()
+}

@@ -1276,13 +1276,7 @@ mod tests {
         assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 13));
         let (o, _) = s.get(other.id).await.unwrap().unwrap();
         assert_eq!((o.rt.state, o.rt.seq), (TaskState::Running, 11));
-        let lines: Vec<String> = s
-            .logs(a.id, 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.message)
-            .collect();
+        let lines = crate::store::log_messages(&*s, a.id).await;
         assert_eq!(
             lines,
             ["scheduled", "started", "a line", "progress", "completed"]
@@ -1467,13 +1461,7 @@ mod tests {
         assert_eq!(s.stats.commits.load(Ordering::Relaxed), commits + 1);
         let (got, _) = s.get(a.id).await.unwrap().unwrap();
         assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 6));
-        let logs: Vec<String> = s
-            .logs(a.id, 0, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.message)
-            .collect();
+        let logs = crate::store::log_messages(&*s, a.id).await;
         assert_eq!(logs, ["scheduled", "seq 5", "seq 6"]);
     }
 
