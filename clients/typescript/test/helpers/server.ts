@@ -38,6 +38,22 @@ export interface TestServer {
   output(): string;
 }
 
+/**
+ * This process's environment without the variables that configure the tests
+ * rather than the server (`SWITCHYARD_BIN`, `SWITCHYARD_TEST_*`): the server
+ * reads every other `SWITCHYARD_*` variable as configuration and refuses
+ * unknown ones.
+ */
+export function serverEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const key of Object.keys(env)) {
+    if (key === 'SWITCHYARD_BIN' || key.startsWith('SWITCHYARD_TEST_')) {
+      delete env[key];
+    }
+  }
+  return env;
+}
+
 /** A port nobody listens on right now. */
 export function freePort(): Promise<number> {
   return new Promise((resolvePort, reject) => {
@@ -66,7 +82,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
     args.push(...(dataDir ? ['--data-dir', dataDir] : ['--memory']));
     const proc = spawn(SERVER_BIN, args, {
       env: {
-        ...process.env,
+        ...serverEnv(),
         SWITCHYARD_LOG__FILTER: process.env.SWITCHYARD_TEST_LOG ?? 'warn',
         SWITCHYARD_SCHEDULER__SHUTDOWN_GRACE: '2s',
         ...options.env,
