@@ -13,7 +13,7 @@
 import type { ChannelCredentials, ChannelOptions } from '@grpc/grpc-js';
 
 import { SwitchyardConnection } from './connection.js';
-import { ExecutionManagerService } from './execution-manager.service.js';
+import { ExecutionManagerService, type ExecutionManagerSettings } from './execution-manager.service.js';
 import { StandardizedOrchestratorService } from './orchestrator.service.js';
 import type { ScheduleDefaults } from './types.js';
 import { SwitchyardWorker, type CreateWorkerOptions } from './worker/worker.js';
@@ -32,6 +32,10 @@ export interface SwitchyardClientOptions {
   callTimeoutMs?: number;
   /** Extra @grpc/grpc-js channel options. */
   channelOptions?: ChannelOptions;
+  /** How long `cancelTask` waits for a running task's cancel to settle. Default 10 000 ms. */
+  cancelTimeoutMs?: number;
+  /** The worker that runs the execution manager's `ExecutionTask`s in this process. */
+  executionManager?: ExecutionManagerSettings;
 }
 
 export class SwitchyardClient {
@@ -48,8 +52,16 @@ export class SwitchyardClient {
       callTimeoutMs: options.callTimeoutMs,
       channelOptions: options.channelOptions,
     });
-    this.orchestrator = new StandardizedOrchestratorService(this.connection, options.defaults ?? {});
-    this.executionManager = new ExecutionManagerService(this.orchestrator, options.defaults?.sessionId);
+    this.orchestrator = new StandardizedOrchestratorService(this.connection, options.defaults ?? {}, {
+      cancelTimeoutMs: options.cancelTimeoutMs,
+    });
+    this.executionManager = new ExecutionManagerService(
+      this.orchestrator,
+      options.defaults?.sessionId,
+      (name, handler, settings) =>
+        this.createWorker({ handlers: { [name]: handler }, concurrency: settings.concurrency, immediateSlots: settings.immediateSlots }),
+      options.executionManager,
+    );
   }
 
   /** Starts a worker on this client's connection (see `createWorker`). `close()` drains it. */
@@ -71,3 +83,72 @@ export class SwitchyardClient {
     this.connection.close();
   }
 }
+
+let defaultClient: SwitchyardClient | undefined;
+let defaultOptions: SwitchyardClientOptions | undefined;
+
+/**
+ * Sets the options of the process-wide client behind `standardizedOrchestrator`
+ * and `executionManager` (the original design's module-level instances).
+ * Without it they use `SWITCHYARD_URL` (default `http://127.0.0.1:50051`).
+ * `SwitchyardModule.forRoot` calls it, so code outside Nest's injection sees
+ * the module's server. Must be called before their first use.
+ */
+export function configureSwitchyard(options: SwitchyardClientOptions): void {
+  if (defaultClient && !defaultClient.connection.isClosed) {
+    if (defaultOptions?.url === options.url) {
+      return;
+    }
+    void defaultClient.close();
+  }
+  defaultClient = undefined;
+  defaultOptions = options;
+}
+
+/** The process-wide client (see `configureSwitchyard`), made on first use. */
+export function defaultSwitchyardClient(): SwitchyardClient {
+  if (!defaultClient || defaultClient.connection.isClosed) {
+    defaultClient = new SwitchyardClient(defaultOptions ?? { url: process.env.SWITCHYARD_URL || 'http://127.0.0.1:50051' });
+  }
+  return defaultClient;
+}
+
+/**
+ * Makes `client` the process-wide one behind `standardizedOrchestrator` and
+ * `executionManager` (`SwitchyardModule` does this with its own client).
+ */
+export function setDefaultSwitchyardClient(client: SwitchyardClient): void {
+  defaultClient = client;
+  defaultOptions = client.options;
+}
+
+/** Closes the process-wide client, if it was made. */
+export async function closeDefaultSwitchyardClient(): Promise<void> {
+  const c = defaultClient;
+  defaultClient = undefined;
+  await c?.close();
+}
+
+/** An object that forwards every property to the process-wide client's `pick(client)`, made on first use. */
+function lazy<T extends object>(pick: (c: SwitchyardClient) => T): T {
+  return new Proxy({} as T, {
+    get(_target, prop) {
+      const real = pick(defaultSwitchyardClient()) as Record<PropertyKey, unknown>;
+      const value = real[prop];
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(real) : value;
+    },
+    has: (_target, prop) => prop in pick(defaultSwitchyardClient()),
+    getPrototypeOf: () => Object.getPrototypeOf(pick(defaultSwitchyardClient())) as object | null,
+  });
+}
+
+/**
+ * The original design's module-level orchestrator, for code outside NestJS:
+ * `import { standardizedOrchestrator, TaskType } from '@switchyard/client'`.
+ * Talks to the server of `configureSwitchyard` / `SwitchyardModule.forRoot`,
+ * else `SWITCHYARD_URL`, else `http://127.0.0.1:50051`.
+ */
+export const standardizedOrchestrator: StandardizedOrchestratorService = lazy((c) => c.orchestrator);
+
+/** The module-level execution manager (same client as `standardizedOrchestrator`). */
+export const executionManager: ExecutionManagerService = lazy((c) => c.executionManager);

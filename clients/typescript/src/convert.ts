@@ -135,6 +135,9 @@ function toBackoff(b: BackoffOptions | undefined): TaskOptions['backoff'] {
   if (typeof b === 'number' || typeof b === 'string') {
     return { kind: Backoff_Kind.KIND_FIXED, base: toDuration(b, 'options.backoff.base'), max: undefined };
   }
+  if (b.jitter !== undefined && b.jitter !== 0) {
+    throw SwitchyardError.invalidArgument('options.backoff.jitter', 'BullMQ backoff jitter cannot be honoured: Switchyard applies its own backoff (remove jitter)');
+  }
   let kind: Backoff_Kind;
   switch (b.type) {
     case undefined:
@@ -147,7 +150,10 @@ function toBackoff(b: BackoffOptions | undefined): TaskOptions['backoff'] {
       kind = Backoff_Kind.KIND_EXPONENTIAL;
       break;
     default:
-      throw SwitchyardError.invalidArgument('options.backoff.kind', `unknown backoff type ${JSON.stringify(b.type)}; expected fixed or exponential`);
+      throw SwitchyardError.invalidArgument(
+        'options.backoff.kind',
+        `backoff type ${JSON.stringify(b.type)} cannot be honoured (custom BullMQ backoff strategies do not run in Switchyard); expected fixed or exponential`,
+      );
   }
   return {
     kind,
@@ -222,6 +228,56 @@ export function toJsonValue(value: unknown): unknown {
   return text === undefined ? null : JSON.parse(text);
 }
 
+/**
+ * Every option `scheduleTask` knows. Anything else (a typo, or a BullMQ option
+ * this client does not know) is refused with `INVALID_ARGUMENT` rather than
+ * silently dropped.
+ */
+const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
+  'taskType', 'priority', 'attempts', 'backoff', 'delay', 'timeout', 'userId', 'sessionId', 'immediate',
+  'idempotencyKey', 'labels', 'queue', 'cleanupTask', 'temporal', 'n8n', 'cancelTimeoutMs',
+  // BullMQ's JobsOptions that mean something here, or nothing harmful.
+  'jobId', 'removeOnComplete', 'removeOnFail', 'keepLogs', 'stackTraceLimit', 'sizeLimit', 'timestamp', 'telemetry', 'lifo',
+  // BullMQ's JobsOptions that cannot be honoured: refused below with a reason.
+  'repeat', 'parent', 'deduplication', 'debounce',
+]);
+
+/** BullMQ options that cannot be honoured, with the reason given when one is set. */
+const REFUSED_BULLMQ: Record<string, string> = {
+  repeat: 'BullMQ repeatable jobs cannot be honoured: Switchyard has no repeat schedules (schedule each run, or use a COMPLEX workflow with a timer)',
+  parent: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
+  deduplication: 'BullMQ deduplication cannot be honoured as such: use jobId (or idempotencyKey), which returns the first task for a repeated key',
+  debounce: 'BullMQ debounce cannot be honoured as such: use jobId (or idempotencyKey), which returns the first task for a repeated key',
+  failParentOnFailure: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
+  ignoreDependencyOnFailure: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
+  removeDependencyOnFailure: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
+  continueParentOnFailure: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
+  repeatJobKey: 'BullMQ repeatable jobs cannot be honoured: Switchyard has no repeat schedules',
+  prevMillis: 'BullMQ repeatable jobs cannot be honoured: Switchyard has no repeat schedules',
+};
+
+/** Refuses options that are unknown or cannot be honoured, naming them. */
+function checkOptionKeys(options: ScheduleTaskOptions): void {
+  for (const [key, value] of Object.entries(options)) {
+    if (value === undefined) {
+      continue;
+    }
+    const refused = REFUSED_BULLMQ[key];
+    if (refused !== undefined) {
+      throw SwitchyardError.invalidArgument(`options.${key}`, refused);
+    }
+    if (!KNOWN_OPTIONS.has(key)) {
+      throw SwitchyardError.invalidArgument(`options.${key}`, `unknown option ${JSON.stringify(key)}`);
+    }
+  }
+  if (options.lifo === true) {
+    throw SwitchyardError.invalidArgument('options.lifo', 'BullMQ LIFO order cannot be honoured: Switchyard runs by priority, then first in first out');
+  }
+  if (options.jobId !== undefined && options.idempotencyKey !== undefined && String(options.jobId) !== options.idempotencyKey) {
+    throw SwitchyardError.invalidArgument('options.idempotency_key', 'jobId and idempotencyKey are the same setting: give one, or the same value');
+  }
+}
+
 /** Builds the ScheduleTaskRequest for `scheduleTask(name, payload, options)`. */
 export function toScheduleRequest(
   name: string,
@@ -232,6 +288,7 @@ export function toScheduleRequest(
   if (typeof name !== 'string') {
     throw SwitchyardError.invalidArgument('name', 'must be a string');
   }
+  checkOptionKeys(options);
   const typeName = options.taskType ?? (options.temporal ? 'COMPLEX' : options.n8n ? 'INTEGRATION' : (defaults.taskType ?? 'SIMPLE'));
   const taskType = toPbTaskType(typeName);
   const labels = { ...defaults.labels, ...options.labels };
@@ -253,7 +310,7 @@ export function toScheduleRequest(
       userId: options.userId ?? defaults.userId ?? '',
       sessionId: options.sessionId ?? defaults.sessionId ?? '',
       immediate: options.immediate ?? false,
-      idempotencyKey: options.idempotencyKey ?? '',
+      idempotencyKey: options.idempotencyKey ?? (options.jobId === undefined ? '' : String(options.jobId)),
       labels,
       cleanup: options.cleanupTask ? { name: options.cleanupTask } : undefined,
     }),

@@ -3,7 +3,16 @@
  * @nestjs/common nor @nestjs/core. Everything here is also exported by the
  * package root, next to the NestJS module.
  */
-export { SwitchyardClient, type SwitchyardClientOptions } from './client.js';
+export {
+  SwitchyardClient,
+  closeDefaultSwitchyardClient,
+  configureSwitchyard,
+  defaultSwitchyardClient,
+  setDefaultSwitchyardClient,
+  executionManager,
+  standardizedOrchestrator,
+  type SwitchyardClientOptions,
+} from './client.js';
 export {
   DEFAULT_CALL_TIMEOUT_MS,
   SwitchyardConnection,
@@ -23,8 +32,30 @@ export {
   type SwitchyardErrorInit,
   type TaskFailureOptions,
 } from './errors.js';
-export { ExecutionManagerService, type SubmitOptions } from './execution-manager.service.js';
-export { StandardizedOrchestratorService, type CancelOptions, type KindOptions } from './orchestrator.service.js';
+export {
+  ExecutionManagerService,
+  ExecutionTask,
+  LogTask,
+  ScanTask,
+  TopologyTask,
+  UserTask,
+  UtilTask,
+  type ExecutionManagerSettings,
+  type ExecutionTaskOptions,
+  type ExecutionTaskView,
+  type SubmitOptions,
+} from './execution-manager.service.js';
+export { TaskFailedError, TaskHandle } from './handle.js';
+export { asWatchStream, type WatchStream } from './watch.js';
+export {
+  DEFAULT_CANCEL_TIMEOUT_MS,
+  StandardizedOrchestratorService,
+  type CancelOptions,
+  type ComplexWorkflowOptions,
+  type ExternalIntegrationOptions,
+  type KindOptions,
+  type OrchestratorSettings,
+} from './orchestrator.service.js';
 export * from './types.js';
 export { TaskContext, type TaskHandlerFn, type TaskLogLevel } from './worker/context.js';
 export {

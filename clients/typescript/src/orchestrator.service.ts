@@ -9,7 +9,7 @@
  * class), and `new SwitchyardClient({ url }).orchestrator` gives the same
  * object without NestJS.
  */
-import { filter as rxFilter, type Observable } from 'rxjs';
+import { filter as rxFilter } from 'rxjs';
 
 import type { CallSettings, SwitchyardConnection } from './connection.js';
 import {
@@ -52,10 +52,17 @@ import type {
   WatchOptions,
   WorkflowInfo,
 } from './types.js';
-import { watchTasks } from './watch.js';
+import { TaskHandle } from './handle.js';
+import { asWatchStream, watchTasks, type WatchStream } from './watch.js';
 
-/** Options of `scheduleSimpleTask`, `scheduleComplexWorkflow` and `scheduleExternalIntegration`: everything but the type and target. */
+/** Options of `scheduleSimpleTask`: every `scheduleTask` option but the type and the other kinds' targets. */
 export type KindOptions = Omit<ScheduleTaskOptions, 'taskType' | 'temporal' | 'n8n'>;
+
+/** Options of `scheduleComplexWorkflow`: `temporal` (the workflow) is required. */
+export type ComplexWorkflowOptions = Omit<ScheduleTaskOptions, 'taskType' | 'n8n' | 'queue'> & { temporal: TemporalOptions };
+
+/** Options of `scheduleExternalIntegration`: `n8n` (the webhook) is required. */
+export type ExternalIntegrationOptions = Omit<ScheduleTaskOptions, 'taskType' | 'temporal' | 'queue'> & { n8n: N8nOptions };
 
 /** Options of `cancelTask`. */
 export interface CancelOptions {
@@ -67,6 +74,21 @@ export interface CancelOptions {
    * CANCELLED at once and its worker told to stop.
    */
   force?: boolean;
+  /**
+   * `cancelTask` only: how long to wait, when the task was running, for the
+   * cancel to settle (the worker's or engine's acknowledgement). Default: the
+   * service's `cancelTimeoutMs` (10 000).
+   */
+  timeoutMs?: number;
+}
+
+/** The default of `cancelTimeoutMs`. */
+export const DEFAULT_CANCEL_TIMEOUT_MS = 10_000;
+
+/** Settings of the service that are not per-task defaults. */
+export interface OrchestratorSettings {
+  /** How long `cancelTask` waits for a running task's cancel to settle. Default 10 000 ms. */
+  cancelTimeoutMs?: number;
 }
 
 export class StandardizedOrchestratorService {
@@ -75,6 +97,8 @@ export class StandardizedOrchestratorService {
     readonly connection: SwitchyardConnection,
     /** Applied to every `scheduleTask` unless the call says otherwise. */
     readonly defaults: ScheduleDefaults = {},
+    /** `cancelTimeoutMs`. */
+    readonly settings: OrchestratorSettings = {},
   ) {}
 
   /**
@@ -96,26 +120,60 @@ export class StandardizedOrchestratorService {
     return { taskId: res.taskId, existing: res.existing, status: task.status, task };
   }
 
-  /** Schedules a SIMPLE task: a queue job run by a worker that registered `name`. */
-  scheduleSimpleTask(name: string, payload: unknown, options: KindOptions = {}): Promise<ScheduleResult> {
-    return this.scheduleTask(name, payload, { ...options, taskType: 'SIMPLE' });
+  /**
+   * Schedules a SIMPLE task (a queue job run by a worker that registered
+   * `name`, or a BullMQ job on the BullMQ backend) and resolves with its id,
+   * as the original design's helper does. `scheduleTask` gives the whole
+   * result.
+   */
+  async scheduleSimpleTask(name: string, data: unknown, options: KindOptions = {}): Promise<string> {
+    rejectTargets(options, 'scheduleSimpleTask', ['temporal', 'n8n']);
+    return (await this.scheduleTask(name, data, { ...options, taskType: 'SIMPLE' })).taskId;
   }
 
   /**
-   * Schedules a COMPLEX task: a workflow (`workflowType` is required), with
-   * its arguments and queues as the original design passes them to Temporal.
+   * Schedules a COMPLEX task, a workflow, and resolves with its id. The
+   * workflow is `options.temporal` (`workflowType` is required; its
+   * arguments and queues as the original design passes them to Temporal);
+   * `data` is the task's payload.
+   *
+   * ```ts
+   * const id = await orchestrator.scheduleComplexWorkflow('migration', { projectId }, {
+   *   temporal: { workflowType: 'migrationWorkflow', workflowArgs: [projectId], taskQueue: 'migrations' },
+   * });
+   * ```
    */
-  scheduleComplexWorkflow(name: string, workflow: TemporalOptions, options: KindOptions = {}): Promise<ScheduleResult> {
-    return this.scheduleTask(name, {}, { ...options, taskType: 'COMPLEX', temporal: workflow });
+  async scheduleComplexWorkflow(name: string, data: unknown, options: ComplexWorkflowOptions): Promise<string> {
+    if (!options?.temporal || typeof options.temporal !== 'object') {
+      throw SwitchyardError.invalidArgument(
+        'complex.workflow_type',
+        'scheduleComplexWorkflow(name, data, { temporal: { workflowType, workflowArgs, taskQueue } }) needs options.temporal',
+      );
+    }
+    rejectTargets(options, 'scheduleComplexWorkflow', ['n8n']);
+    return (await this.scheduleTask(name, data, { ...options, taskType: 'COMPLEX' })).taskId;
   }
 
   /**
-   * Schedules an INTEGRATION task: Switchyard POSTs `payload` to the webhook
-   * (`webhookUrl`, or the n8n `workflowId`), retrying as configured, and
-   * records the response as the result.
+   * Schedules an INTEGRATION task and resolves with its id: Switchyard POSTs
+   * `data` to the webhook of `options.n8n` (`webhookUrl`, or the n8n
+   * `workflowId` resolved against the server's n8n base URL), retrying as
+   * configured, and records the response as the result.
    */
-  scheduleExternalIntegration(name: string, payload: unknown, target: N8nOptions, options: KindOptions = {}): Promise<ScheduleResult> {
-    return this.scheduleTask(name, payload, { ...options, taskType: 'INTEGRATION', n8n: target });
+  async scheduleExternalIntegration(name: string, data: unknown, options: ExternalIntegrationOptions): Promise<string> {
+    if (!options?.n8n || typeof options.n8n !== 'object') {
+      throw SwitchyardError.invalidArgument(
+        'integration.n8n',
+        'scheduleExternalIntegration(name, data, { n8n: { workflowId | webhookUrl, integrationSource } }) needs options.n8n',
+      );
+    }
+    rejectTargets(options, 'scheduleExternalIntegration', ['temporal']);
+    return (await this.scheduleTask(name, data, { ...options, taskType: 'INTEGRATION' })).taskId;
+  }
+
+  /** A handle on a task: its status, its result (awaited), cancel and signal. No call is made until used. */
+  getHandle(taskId: string): TaskHandle {
+    return new TaskHandle(this, taskId);
   }
 
   /** The task's status, with its payload. Rejects with `NOT_FOUND` for an unknown id. */
@@ -128,16 +186,37 @@ export class StandardizedOrchestratorService {
   }
 
   /**
-   * Cancels a task. Resolves `true` when the task is now CANCELLED (it was
-   * pending) or a cancel was requested from its worker or engine (it was
-   * running: it becomes CANCELLED when the worker acknowledges, or its lease
-   * expires); `false` when the task had already finished, so nothing changed.
-   * Rejects with `NOT_FOUND` for an unknown id. `cancelTaskWithOutcome` says
-   * which of the three happened.
+   * Cancels a task and resolves `true` only once it is cancelled:
+   * - a pending task is CANCELLED at once: `true`;
+   * - a running task is asked to stop (its worker's `ctx.signal`, BullMQ's
+   *   wrapped processor, Temporal's cancellation); this waits up to
+   *   `options.timeoutMs` (default `cancelTimeoutMs`, 10 s) for it to settle:
+   *   `true` if it ends CANCELLED (or COMPENSATED, a workflow rolled back),
+   *   `false` if it ends otherwise (it completed or failed anyway, e.g. an
+   *   unwrapped BullMQ processor) or is still running at the deadline (the
+   *   cancel stays requested and may still take effect);
+   * - a task that had already finished: `false`.
+   * Rejects with `NOT_FOUND` for an unknown id. `cancelTaskWithOutcome`
+   * answers at once with what the server did.
    */
   async cancelTask(taskId: string, options: CancelOptions = {}): Promise<boolean> {
     const { outcome } = await this.cancelTaskWithOutcome(taskId, options);
-    return outcome === 'CANCELLED' || outcome === 'CANCEL_REQUESTED';
+    if (outcome === 'CANCELLED') {
+      return true;
+    }
+    if (outcome !== 'CANCEL_REQUESTED') {
+      return false;
+    }
+    const timeoutMs = options.timeoutMs ?? this.settings.cancelTimeoutMs ?? DEFAULT_CANCEL_TIMEOUT_MS;
+    try {
+      const task = await this.waitForTask(taskId, { timeoutMs });
+      return task.status === 'CANCELLED' || task.status === 'COMPENSATED';
+    } catch (err) {
+      if (err instanceof SwitchyardError && err.code === 'DEADLINE_EXCEEDED') {
+        return false;
+      }
+      throw err;
+    }
   }
 
   /** Cancels a task and says what happened: CANCELLED, CANCEL_REQUESTED or ALREADY_FINISHED. */
@@ -166,13 +245,13 @@ export class StandardizedOrchestratorService {
    * });
    * ```
    */
-  watchTasks(filter: TaskFilter = {}, options: WatchOptions = {}): Observable<TaskWatchItem> {
+  watchTasks(filter: TaskFilter = {}, options: WatchOptions = {}): WatchStream<TaskWatchItem> {
     return watchTasks(this.connection, filter, options);
   }
 
   /** `watchTasks` narrowed to task events. */
-  watchTaskEvents(filter: TaskFilter = {}, options: WatchOptions = {}): Observable<TaskWatchEvent> {
-    return this.watchTasks(filter, options).pipe(rxFilter((i): i is TaskWatchEvent => i.type === 'event'));
+  watchTaskEvents(filter: TaskFilter = {}, options: WatchOptions = {}): WatchStream<TaskWatchEvent> {
+    return asWatchStream(this.watchTasks(filter, options).pipe(rxFilter((i): i is TaskWatchEvent => i.type === 'event')));
   }
 
   /**
@@ -257,17 +336,23 @@ export class StandardizedOrchestratorService {
 
   /**
    * Cancels every active task of a user (on logout) or of a session (on
-   * server stop): exactly one of `userId` and `sessionId`. Resolves with a
+   * server stop): `disconnect(userId)`, or exactly one of `userId` and
+   * `sessionId`. Resolves with a
    * receipt per task that was active: CANCELLED, CANCEL_REQUESTED (running;
    * its worker was told) or ALREADY_FINISHED.
    */
-  async disconnect(target: DisconnectTarget): Promise<DisconnectReceipt[]> {
-    const userId = target?.userId ?? '';
-    const sessionId = target?.sessionId ?? '';
+  async disconnect(target: DisconnectTarget | string): Promise<DisconnectReceipt[]> {
+    const t: Partial<{ userId: string; sessionId: string; reason: string }> =
+      typeof target === 'string' ? { userId: target } : (target ?? {});
+    const userId = t.userId ?? '';
+    const sessionId = t.sessionId ?? '';
     if ((userId === '') === (sessionId === '')) {
-      throw SwitchyardError.invalidArgument(userId === '' ? 'user_id' : 'session_id', 'exactly one of userId and sessionId is required');
+      throw SwitchyardError.invalidArgument(
+        userId === '' ? 'user_id' : 'session_id',
+        'exactly one of userId and sessionId is required: disconnect(userId), disconnect({ userId }) or disconnect({ sessionId })',
+      );
     }
-    const res = await this.connection.unary('disconnect', DisconnectRequest.create({ userId, sessionId, reason: target.reason ?? '' }));
+    const res = await this.connection.unary('disconnect', DisconnectRequest.create({ userId, sessionId, reason: t.reason ?? '' }));
     return res.receipts.map((r) => ({ taskId: r.taskId, name: r.name, outcome: cancelOutcomeName(r.outcome) }));
   }
 
@@ -310,5 +395,14 @@ export class StandardizedOrchestratorService {
       }
       return { name: w.name, version: w.version, definition };
     });
+  }
+}
+
+/** A helper's options must not carry another kind's target. */
+function rejectTargets(options: object, helper: string, keys: ('temporal' | 'n8n')[]): void {
+  for (const key of keys) {
+    if ((options as Record<string, unknown>)[key] !== undefined) {
+      throw SwitchyardError.invalidArgument(`options.${key}`, `${helper} does not take ${key}: use scheduleTask, or the helper of that kind`);
+    }
   }
 }

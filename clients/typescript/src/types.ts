@@ -88,12 +88,19 @@ export type DurationLike = number | string;
 export type BackoffOptions =
   | number
   | {
-      /** `exponential` (default): `delay * 2^(attempt-1)`, capped at `maxDelay`. `fixed`: always `delay`. */
-      type?: 'fixed' | 'exponential';
+      /**
+       * `exponential` (default): `delay * 2^(attempt-1)`, capped at `maxDelay`.
+       * `fixed`: always `delay`. Typed as a string so BullMQ's `BackoffOptions`
+       * spreads in; any other strategy (BullMQ's custom ones) is refused with
+       * `INVALID_ARGUMENT` on `options.backoff.kind`.
+       */
+      type?: 'fixed' | 'exponential' | (string & {});
       /** The first delay. Server default 1 s; at most 24 h. */
       delay?: DurationLike;
       /** The largest delay (exponential only). Server default 5 min; at most 7 days. */
       maxDelay?: DurationLike;
+      /** BullMQ's jitter: only 0 is accepted (Switchyard applies its own backoff). */
+      jitter?: number;
     };
 
 /** `scheduleTask`'s `temporal` target: a workflow, as the original design passes it to Temporal. */
@@ -159,6 +166,41 @@ export interface ScheduleTaskOptions {
   temporal?: TemporalOptions;
   /** INTEGRATION target. */
   n8n?: N8nOptions;
+  /**
+   * How long `cancelTask` waits for a running task's cancel to settle (see
+   * `cancelTask`). Not sent; used by the `cancel()` of this task's handle.
+   */
+  cancelTimeoutMs?: number;
+
+  // BullMQ's job options, so that `scheduleTask(name, data, { ...jobOptions })`
+  // (the original design's migration path from `queue.add`) compiles and does
+  // what it can. See `BULLMQ_OPTIONS` in convert.ts for what each becomes.
+  /** BullMQ's `jobId`: the idempotency key (adding the same id twice returns the first task). */
+  jobId?: string;
+  /** BullMQ's retention of finished jobs: accepted and left to Switchyard's own retention. */
+  removeOnComplete?: boolean | number | { age?: number; count?: number; limit?: number };
+  /** BullMQ's retention of failed jobs: accepted and left to Switchyard's own retention. */
+  removeOnFail?: boolean | number | { age?: number; count?: number; limit?: number };
+  /** BullMQ's log retention: accepted; Switchyard keeps the task log itself. */
+  keepLogs?: number;
+  /** BullMQ's stack trace limit: accepted; Switchyard keeps the last error's details (at most 8 KiB). */
+  stackTraceLimit?: number;
+  /** BullMQ's payload size limit: accepted; the server enforces its own (`limits.max_payload_bytes`). */
+  sizeLimit?: number;
+  /** BullMQ's creation time: accepted and ignored (the server stamps `createdAt`). */
+  timestamp?: number;
+  /** BullMQ's telemetry metadata: accepted and ignored (Switchyard propagates `traceparent` itself). */
+  telemetry?: unknown;
+  /** BullMQ's LIFO order: only `false`; Switchyard orders by priority, then FIFO. */
+  lifo?: boolean;
+  /** BullMQ's repeatable jobs: refused (Switchyard has no repeat schedules). */
+  repeat?: unknown;
+  /** BullMQ flows: refused (use a COMPLEX workflow). */
+  parent?: unknown;
+  /** BullMQ's deduplication: refused (use `jobId` / `idempotencyKey`). */
+  deduplication?: unknown;
+  /** BullMQ's debounce: refused (use `jobId` / `idempotencyKey`). */
+  debounce?: unknown;
 }
 
 /** What the module or client applies to every `scheduleTask` unless the call says otherwise. */

@@ -32,9 +32,74 @@ const PERMANENT: ReadonlySet<GrpcCodeName> = new Set<GrpcCodeName>([
   'DATA_LOSS',
 ]);
 
+/**
+ * A watch: an RxJS Observable that is also an async iterable, so both
+ * `watch.subscribe(...)` and `for await (const item of watch)` work. Each
+ * subscription (and each `for await`) opens its own stream; leaving the loop
+ * (`break`, `return`, a throw) closes it.
+ */
+export type WatchStream<T> = Observable<T> & AsyncIterable<T>;
+
+/** Makes an Observable async-iterable (see {@link WatchStream}). */
+export function asWatchStream<T>(source: Observable<T>): WatchStream<T> {
+  const stream = source as WatchStream<T>;
+  stream[Symbol.asyncIterator] = function iterate(): AsyncIterator<T> {
+    const queue: T[] = [];
+    let failure: { error: unknown } | undefined;
+    let ended = false;
+    let wake: (() => void) | undefined;
+    const notify = (): void => {
+      wake?.();
+      wake = undefined;
+    };
+    const sub = source.subscribe({
+      next: (v) => {
+        queue.push(v);
+        notify();
+      },
+      error: (error: unknown) => {
+        failure = { error };
+        notify();
+      },
+      complete: () => {
+        ended = true;
+        notify();
+      },
+    });
+    const finish = (): IteratorResult<T> => {
+      sub.unsubscribe();
+      ended = true;
+      return { value: undefined as never, done: true };
+    };
+    return {
+      async next(): Promise<IteratorResult<T>> {
+        for (;;) {
+          if (queue.length > 0) {
+            return { value: queue.shift() as T, done: false };
+          }
+          if (failure) {
+            const { error } = failure;
+            failure = undefined;
+            finish();
+            throw error;
+          }
+          if (ended) {
+            return finish();
+          }
+          await new Promise<void>((resolve) => (wake = resolve));
+        }
+      },
+      async return(): Promise<IteratorResult<T>> {
+        return finish();
+      },
+    };
+  };
+  return stream;
+}
+
 /** The watch Observable. See `StandardizedOrchestratorService.watchTasks`. */
-export function watchTasks(conn: SwitchyardConnection, filter: TaskFilter = {}, options: WatchOptions = {}): Observable<TaskWatchItem> {
-  return new Observable<TaskWatchItem>((subscriber) => {
+export function watchTasks(conn: SwitchyardConnection, filter: TaskFilter = {}, options: WatchOptions = {}): WatchStream<TaskWatchItem> {
+  return asWatchStream(new Observable<TaskWatchItem>((subscriber) => {
     const pbFilter = toPbFilter(filter);
     const reconnect = options.reconnect ?? true;
     const policy = typeof reconnect === 'object' ? reconnect : {};
@@ -115,5 +180,5 @@ export function watchTasks(conn: SwitchyardConnection, filter: TaskFilter = {}, 
       }
       call?.cancel();
     };
-  });
+  }));
 }

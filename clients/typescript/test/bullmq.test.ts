@@ -112,8 +112,8 @@ describe('withSwitchyardCancellation with Switchyard’s BullMQ backend', { time
       { connection: REDIS_URL, logger: false },
     );
     // The jobs wait in Redis, followed by Switchyard, before a worker takes them.
-    const victim = await client.orchestrator.scheduleSimpleTask(QUEUE, { wait: true }, { attempts: 3 });
-    const bystander = await client.orchestrator.scheduleSimpleTask(QUEUE, { wait: true });
+    const victim = await client.orchestrator.scheduleTask(QUEUE, { wait: true }, { attempts: 3 });
+    const bystander = await client.orchestrator.scheduleTask(QUEUE, { wait: true });
     for (const t of [victim, bystander]) {
       await until(
         async () => {
@@ -192,7 +192,7 @@ describe('withSwitchyardCancellation with Switchyard’s BullMQ backend', { time
     );
     try {
       await worker.waitUntilReady();
-      const task = await client.orchestrator.scheduleSimpleTask(QUEUE, { wait: true }, { attempts: 3 });
+      const task = await client.orchestrator.scheduleTask(QUEUE, { wait: true }, { attempts: 3 });
       const token = randomUUID();
       let job: Job | undefined;
       await until(
@@ -251,7 +251,7 @@ describe('withSwitchyardCancellation with Switchyard’s BullMQ backend', { time
     const worker = new Worker(QUEUE, processor, { connection: { url: REDIS_URL, maxRetriesPerRequest: null }, prefix });
     try {
       await worker.waitUntilReady();
-      const task = await client.orchestrator.scheduleSimpleTask(QUEUE, {}, { attempts: 2, backoff: { type: 'fixed', delay: 10 } });
+      const task = await client.orchestrator.scheduleTask(QUEUE, {}, { attempts: 2, backoff: { type: 'fixed', delay: 10 } });
       const id = await started.promise;
       assert.equal(id, task.taskId);
       assert.equal(worker.cancelJob(id, 'local reason'), true);

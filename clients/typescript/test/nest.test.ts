@@ -152,7 +152,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('schedules a SIMPLE task that a @TaskHandler processes', async () => {
-    const res = await orchestrator.scheduleSimpleTask('ts.echo', { text: 'hello' }, { userId: 'user-1', priority: 10, attempts: 2 });
+    const res = await orchestrator.scheduleTask('ts.echo', { text: 'hello' }, { userId: 'user-1', priority: 10, attempts: 2 });
     assert.match(res.taskId, /^[0-9a-f-]{36}$/);
     assert.equal(res.existing, false);
     assert.ok(['PENDING', 'RUNNING'].includes(res.status), res.status);
@@ -203,7 +203,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
 
   it(`schedules a COMPLEX workflow (executor ${EXECUTORS.COMPLEX})`, async () => {
     if (EXECUTORS.COMPLEX === 'absent') {
-      await expectNoExecutor('COMPLEX', orchestrator.scheduleComplexWorkflow('ts.onboard', { workflowType: 'ts-onboarding', workflowArgs: [{ user: 'u1' }] }));
+      await expectNoExecutor('COMPLEX', orchestrator.scheduleTask('ts.onboard', {}, { temporal: { workflowType: 'ts-onboarding', workflowArgs: [{ user: 'u1' }] } }));
       return;
     }
     // A task step run by the @TaskHandler above, then a wait for a signal.
@@ -225,10 +225,12 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
 
     const res = await expectExecutor(
       'COMPLEX',
-      orchestrator.scheduleComplexWorkflow('ts.onboard', {
-        workflowType: 'ts-onboarding',
-        workflowArgs: [{ user: 'u1' }],
-        taskQueue: 'onboarding-queue',
+      orchestrator.scheduleTask('ts.onboard', {}, {
+        temporal: {
+          workflowType: 'ts-onboarding',
+          workflowArgs: [{ user: 'u1' }],
+          taskQueue: 'onboarding-queue',
+        },
       }),
     );
     assert.equal(res.task.taskType, 'COMPLEX');
@@ -252,7 +254,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
 
   it(`schedules an INTEGRATION webhook call (executor ${EXECUTORS.INTEGRATION})`, async () => {
     const webhookUrl = receiver ? `${receiver.url}/webhook/ci-notify` : 'http://127.0.0.1:9/webhook/ci-notify';
-    const attempt = orchestrator.scheduleExternalIntegration('ts.notify-ci', { build: 42 }, { webhookUrl, integrationSource: 'jenkins' });
+    const attempt = orchestrator.scheduleTask('ts.notify-ci', { build: 42 }, { n8n: { webhookUrl, integrationSource: 'jenkins' } });
     if (EXECUTORS.INTEGRATION === 'absent') {
       await expectNoExecutor('INTEGRATION', attempt);
     } else {
@@ -286,7 +288,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
     });
     try {
       await live.promise;
-      const res = await orchestrator.scheduleSimpleTask('ts.echo', { text: 'watched' }, { userId: 'watcher' });
+      const res = await orchestrator.scheduleTask('ts.echo', { text: 'watched' }, { userId: 'watcher' });
       await until(() => events.some((e) => e.task.id === res.taskId && e.kind === 'COMPLETED'), 'the COMPLETED event');
       const mine = events.filter((e) => e.task.id === res.taskId);
       const kinds = mine.map((e) => e.kind);
@@ -304,7 +306,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('cancels a running task: the handler sees its AbortSignal fire', async () => {
-    const res = await orchestrator.scheduleSimpleTask('ts.slow', {});
+    const res = await orchestrator.scheduleTask('ts.slow', {});
     const ctx = await onStart(res.taskId).promise;
     assert.equal((await orchestrator.getTaskStatus(res.taskId)).status, 'RUNNING');
 
@@ -323,7 +325,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('cancels a pending task at once', async () => {
-    const res = await orchestrator.scheduleSimpleTask('ts.nobody-handles-this', {});
+    const res = await orchestrator.scheduleTask('ts.nobody-handles-this', {});
     assert.equal(res.status, 'PENDING');
     assert.equal(await orchestrator.cancelTask(res.taskId), true);
     const status = await orchestrator.getTaskStatus(res.taskId);
@@ -331,10 +333,10 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('disconnects a user: running and pending tasks are stopped, with receipts', async () => {
-    const running = await orchestrator.scheduleSimpleTask('ts.slow', {}, { userId: 'leaving-user' });
+    const running = await orchestrator.scheduleTask('ts.slow', {}, { userId: 'leaving-user' });
     const ctx = await onStart(running.taskId).promise;
-    const pending = await orchestrator.scheduleSimpleTask('ts.nobody-handles-this', {}, { userId: 'leaving-user' });
-    const done = await orchestrator.scheduleSimpleTask('ts.echo', { text: 'x' }, { userId: 'leaving-user' });
+    const pending = await orchestrator.scheduleTask('ts.nobody-handles-this', {}, { userId: 'leaving-user' });
+    const done = await orchestrator.scheduleTask('ts.echo', { text: 'x' }, { userId: 'leaving-user' });
     await orchestrator.waitForTask(done.taskId, { timeoutMs: 10_000 });
 
     const receipts = await orchestrator.disconnect({ userId: 'leaving-user', reason: 'logout' });
@@ -368,7 +370,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('reports a NonRetryableError as a final failure and retries a RetryableError', async () => {
-    const bad = await orchestrator.scheduleSimpleTask('ts.invalid', {}, { attempts: 3 });
+    const bad = await orchestrator.scheduleTask('ts.invalid', {}, { attempts: 3 });
     const failed = await orchestrator.waitForTask(bad.taskId, { timeoutMs: 10_000 });
     assert.equal(failed.status, 'FAILED');
     assert.equal(failed.attempt, 1, 'no second attempt after a non-retryable error');
@@ -376,7 +378,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
     assert.equal(failed.lastError?.kind, 'validation');
     assert.equal(failed.lastError?.retryable, false);
 
-    const flaky = await orchestrator.scheduleSimpleTask('ts.flaky', {}, { attempts: 2, backoff: { type: 'fixed', delay: '20ms' } });
+    const flaky = await orchestrator.scheduleTask('ts.flaky', {}, { attempts: 2, backoff: { type: 'fixed', delay: '20ms' } });
     const ok = await orchestrator.waitForTask(flaky.taskId, { timeoutMs: 10_000 });
     assert.equal(ok.status, 'COMPLETED');
     assert.deepEqual(ok.result, { attempt: 2 });
@@ -385,7 +387,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('surfaces a bad request as a SwitchyardError with field violations', async () => {
-    await assert.rejects(orchestrator.scheduleSimpleTask('', {}, { attempts: 1000 }), (err: unknown) => {
+    await assert.rejects(orchestrator.scheduleTask('', {}, { attempts: 1000 }), (err: unknown) => {
       assert.ok(err instanceof SwitchyardError, String(err));
       assert.equal(err.code, 'INVALID_ARGUMENT');
       assert.equal(err.grpcCode, 3);
@@ -413,7 +415,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('lists tasks and reads metrics', async () => {
-    const res = await orchestrator.scheduleSimpleTask('ts.echo', { text: 'listed' }, { userId: 'lister' });
+    const res = await orchestrator.scheduleTask('ts.echo', { text: 'listed' }, { userId: 'lister' });
     await orchestrator.waitForTask(res.taskId, { timeoutMs: 10_000 });
     const page = await orchestrator.listTasks({ userId: 'lister', statuses: ['COMPLETED'] }, { pageSize: 10 });
     assert.deepEqual(page.tasks.map((t) => t.id), [res.taskId]);
@@ -427,7 +429,7 @@ describe('SwitchyardModule (NestJS) against the real server', { timeout: 120_000
   });
 
   it('watchTasks replays from a sequence number', async () => {
-    const res = await orchestrator.scheduleSimpleTask('ts.echo', { text: 'replayed' }, { userId: 'replayer' });
+    const res = await orchestrator.scheduleTask('ts.echo', { text: 'replayed' }, { userId: 'replayer' });
     const done = await orchestrator.waitForTask(res.taskId, { timeoutMs: 10_000 });
     // Everything about the task, from just before it was scheduled.
     const replayed: TaskWatchEvent[] = [];
@@ -484,7 +486,7 @@ describe('SwitchyardModule.forRootAsync', { timeout: 60_000 }, () => {
     try {
       const user = moduleRef.get(UsesOrchestrator);
       assert.equal(user.settings.switchyardUrl, server.url);
-      const res = await user.orchestrator.scheduleSimpleTask('async.nobody', {});
+      const res = await user.orchestrator.scheduleTask('async.nobody', {});
       assert.equal(res.task.userId, 'async-user', 'defaults from the factory apply');
       assert.equal(moduleRef.get(SwitchyardLifecycle).taskWorker, undefined);
       assert.equal(moduleRef.get(ExecutionManagerService).sessionId.startsWith('exec-'), true);

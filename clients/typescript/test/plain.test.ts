@@ -49,10 +49,10 @@ describe('SwitchyardClient and createWorker, without NestJS', { timeout: 120_000
       const ids = await worker.waitUntilRegistered();
       assert.equal(ids.length, 2, 'one stream for the shared handlers, one for plain.narrow');
 
-      const sum = await client.orchestrator.scheduleSimpleTask('plain.add', { a: 2, b: 3 });
+      const sum = await client.orchestrator.scheduleTask('plain.add', { a: 2, b: 3 });
       assert.deepEqual((await client.orchestrator.waitForTask(sum.taskId, { timeoutMs: 10_000 })).result, { sum: 5 });
 
-      const narrow = await Promise.all([1, 2, 3, 4, 5].map(() => client.orchestrator.scheduleSimpleTask('plain.narrow', {})));
+      const narrow = await Promise.all([1, 2, 3, 4, 5].map(() => client.orchestrator.scheduleTask('plain.narrow', {})));
       await until(() => inFlight === 2, 'two narrow tasks running');
       const waiting = await client.orchestrator.listTasks({ names: ['plain.narrow'], statuses: ['PENDING'] });
       assert.equal(waiting.tasks.length, 3, 'the server holds the rest back');
@@ -83,10 +83,10 @@ describe('SwitchyardClient and createWorker, without NestJS', { timeout: 120_000
       },
     });
     await worker.waitUntilRegistered();
-    const first = await client.orchestrator.scheduleSimpleTask('plain.drain', {});
+    const first = await client.orchestrator.scheduleTask('plain.drain', {});
     const ctx = await started.promise;
     // The only slot is busy: the second task waits.
-    const second = await client.orchestrator.scheduleSimpleTask('plain.drain', {});
+    const second = await client.orchestrator.scheduleTask('plain.drain', {});
     assert.equal((await client.orchestrator.getTaskStatus(second.taskId)).waitingReason, 'CAPACITY_FULL');
     const closed = worker.close();
     // Drain goes out on the worker's stream before the first task's Complete,
@@ -116,7 +116,7 @@ describe('SwitchyardClient and createWorker, without NestJS', { timeout: 120_000
     });
     worker.on('task', (e: TaskOutcomeEvent) => outcomes.push(e));
     await worker.waitUntilRegistered();
-    const task = await client.orchestrator.scheduleSimpleTask('plain.stuck', {}, { attempts: 3 });
+    const task = await client.orchestrator.scheduleTask('plain.stuck', {}, { attempts: 3 });
     const ctx = await started.promise;
     await worker.close();
     assert.equal(ctx.cancelReason, 'worker_shutdown');
@@ -176,7 +176,7 @@ describe('reconnects after a server restart', { timeout: 120_000 }, () => {
         },
       });
       await until(() => items.includes('live'), 'the watch to be live');
-      const before = await client.orchestrator.scheduleSimpleTask('restart.echo', { n: 1 });
+      const before = await client.orchestrator.scheduleTask('restart.echo', { n: 1 });
       await client.orchestrator.waitForTask(before.taskId, { timeoutMs: 10_000 });
 
       await server.restart();
@@ -186,7 +186,7 @@ describe('reconnects after a server restart', { timeout: 120_000 }, () => {
       await until(() => items.filter((t) => t === 'live').length >= 2, 'the watch to resume', 20_000);
       assert.ok(reconnects >= 1);
 
-      const afterRestart = await client.orchestrator.scheduleSimpleTask('restart.echo', { n: 2 });
+      const afterRestart = await client.orchestrator.scheduleTask('restart.echo', { n: 2 });
       const done = await client.orchestrator.waitForTask(afterRestart.taskId, { timeoutMs: 10_000 });
       assert.deepEqual(done.result, { n: 2 });
       await until(() => (events.get(afterRestart.taskId) ?? []).includes(done.sequence), 'the watched COMPLETED event after the restart');
@@ -207,7 +207,7 @@ describe('reconnects after a server restart', { timeout: 120_000 }, () => {
       const ids: string[] = [];
       let lastSeq = 0;
       for (let i = 0; i < 8; i++) {
-        const res = await client.orchestrator.scheduleSimpleTask('gap.nobody', { i });
+        const res = await client.orchestrator.scheduleTask('gap.nobody', { i });
         ids.push(res.taskId);
         lastSeq = Math.max(lastSeq, res.task.sequence);
       }

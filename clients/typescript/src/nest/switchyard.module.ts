@@ -26,7 +26,7 @@ import {
 } from '@nestjs/common';
 import { DiscoveryModule, DiscoveryService, MetadataScanner, Reflector } from '@nestjs/core';
 
-import { SwitchyardClient, type SwitchyardClientOptions } from '../client.js';
+import { SwitchyardClient, setDefaultSwitchyardClient, type SwitchyardClientOptions } from '../client.js';
 import { SwitchyardConnection } from '../connection.js';
 import { ExecutionManagerService } from '../execution-manager.service.js';
 import { StandardizedOrchestratorService } from '../orchestrator.service.js';
@@ -171,7 +171,12 @@ function providers(): Provider[] {
   return [
     {
       provide: SwitchyardClient,
-      useFactory: (options: SwitchyardModuleOptions) => new SwitchyardClient(options),
+      useFactory: (options: SwitchyardModuleOptions) => {
+        const client = new SwitchyardClient(options);
+        // The module-level `standardizedOrchestrator` of the original design is this client's.
+        setDefaultSwitchyardClient(client);
+        return client;
+      },
       inject: [SWITCHYARD_MODULE_OPTIONS],
     },
     { provide: SwitchyardConnection, useFactory: (c: SwitchyardClient) => c.connection, inject: [SwitchyardClient] },
