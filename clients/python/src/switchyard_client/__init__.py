@@ -1,0 +1,120 @@
+"""Switchyard's Python client and worker, over stubs generated from
+`proto/switchyard/v1` (the API reference).
+
+- `AsyncClient`: every `OrchestratorService` call, asyncio.
+- `Client`: a small blocking facade for scripts.
+- `Worker`: runs task handlers registered by name (`@worker.task("name")`).
+- `errors`: `SwitchyardError` and a subclass per gRPC code, with the field
+  violations; `RetryableError` / `FatalError` for handlers.
+"""
+
+from .client import AsyncClient
+from .connection import TLS
+from .errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FatalError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NonRetryableError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    RetryableError,
+    SwitchyardError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from .sync import Client
+from .types import (
+    Backoff,
+    BackoffKind,
+    CancelOutcome,
+    CancelResult,
+    DisconnectReceipt,
+    EventKind,
+    LatencySummary,
+    LogLine,
+    LogPage,
+    LogSource,
+    Metrics,
+    QueueMetrics,
+    RegisteredWorkflow,
+    ScheduleResult,
+    StateCounts,
+    StepState,
+    StepStatus,
+    Task,
+    TaskError,
+    TaskEvent,
+    TaskPage,
+    TaskSource,
+    TaskState,
+    TaskType,
+    WaitingReason,
+    WatchGap,
+    WatchItem,
+    WatchLive,
+    WatchReconnecting,
+    WorkflowInfo,
+)
+from .worker import TaskContext, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Worker",
+    "TaskContext",
+    "TLS",
+    "SwitchyardError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "FailedPreconditionError",
+    "ResourceExhaustedError",
+    "UnavailableError",
+    "DeadlineExceededError",
+    "PermissionDeniedError",
+    "UnauthenticatedError",
+    "UnimplementedError",
+    "AlreadyExistsError",
+    "InternalError",
+    "FieldViolation",
+    "RetryableError",
+    "FatalError",
+    "NonRetryableError",
+    "Backoff",
+    "BackoffKind",
+    "CancelOutcome",
+    "CancelResult",
+    "DisconnectReceipt",
+    "EventKind",
+    "LatencySummary",
+    "LogLine",
+    "LogPage",
+    "LogSource",
+    "Metrics",
+    "QueueMetrics",
+    "RegisteredWorkflow",
+    "ScheduleResult",
+    "StateCounts",
+    "StepState",
+    "StepStatus",
+    "Task",
+    "TaskError",
+    "TaskEvent",
+    "TaskPage",
+    "TaskSource",
+    "TaskState",
+    "TaskType",
+    "WaitingReason",
+    "WatchGap",
+    "WatchItem",
+    "WatchLive",
+    "WatchReconnecting",
+    "WorkflowInfo",
+]

@@ -1,0 +1,519 @@
+"""The asyncio client for `switchyard.v1.OrchestratorService`.
+
+```python
+async with AsyncClient("127.0.0.1:50051") as client:
+    res = await client.schedule("send-email", {"to": "a@example.com"}, attempts=3)
+    task = await client.wait(res.task_id, timeout=60)
+```
+
+Every method takes `timeout=` (seconds or a `timedelta`; `None` for no
+deadline), default the client's `timeout` (30 s). Failures raise a
+`SwitchyardError` subclass (see `errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, AsyncIterator, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+
+import grpc
+
+from . import convert
+from ._gen.switchyard.v1 import orchestrator_pb2 as opb
+from ._gen.switchyard.v1 import task_pb2 as tpb
+from .connection import DEFAULT, TLS, Connection, resolve_timeout
+from .errors import SwitchyardError, UnavailableError, from_rpc_error, invalid_argument
+from .types import (
+    Backoff,
+    CancelResult,
+    DisconnectReceipt,
+    DurationLike,
+    LogLine,
+    LogPage,
+    Metrics,
+    RegisteredWorkflow,
+    ScheduleResult,
+    Task,
+    TaskEvent,
+    TaskPage,
+    TaskSource,
+    TaskState,
+    TaskType,
+    WatchGap,
+    WatchItem,
+    WatchLive,
+    WatchReconnecting,
+    WorkflowInfo,
+)
+
+__all__ = ["AsyncClient"]
+
+# Codes that end a watch instead of reconnecting: a retry would get the same answer.
+_WATCH_PERMANENT = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+StrOrMany = Union[str, Iterable[str], None]
+
+
+class AsyncClient:
+    """An asyncio client of one Switchyard server (or several addresses of
+    it, tried in turn).
+
+    - `address`: `host:port`, `http://host:port`, `https://host:port`, or
+      several (a list, or comma-separated).
+    - `token`: sent as `authorization: Bearer <token>` on every call;
+      `metadata`: other headers for every call.
+    - `tls`: `TLS(ca_file=..., cert_file=..., key_file=...)`, `True` for TLS
+      with the system roots; default: TLS for `https://` addresses only.
+    - `timeout`: the default deadline of each unary call, in seconds (30).
+    - `channel_options`: extra grpc channel options.
+    """
+
+    def __init__(
+        self,
+        address: Union[str, Sequence[str]] = "127.0.0.1:50051",
+        *,
+        token: Optional[str] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        tls: Union[TLS, bool, None] = None,
+        timeout: Optional[float] = 30.0,
+        channel_options: Sequence[Tuple[str, Any]] = (),
+    ) -> None:
+        self.connection = Connection(address, token=token, metadata=metadata, tls=tls, channel_options=channel_options)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(
+        self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException], tb: Optional[TracebackType]
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Closes the channels. Watches end."""
+        await self.connection.close()
+
+    async def wait_for_serving(self, timeout: float = 20.0) -> None:
+        """Waits until the server's health check says SERVING."""
+        await self.connection.wait_for_serving(timeout)
+
+    async def _call(self, method: str, request: Any, timeout: Any, *, safe: bool = True) -> Any:
+        return await self.connection.unary(method, request, resolve_timeout(timeout, self.timeout), safe=safe)
+
+    # Schedule.
+
+    async def schedule(
+        self,
+        name: str,
+        payload: Optional[Mapping[str, Any]] = None,
+        *,
+        task_type: Union[TaskType, str] = TaskType.SIMPLE,
+        priority: Optional[int] = None,
+        attempts: Optional[int] = None,
+        backoff: Optional[Backoff] = None,
+        delay: Optional[DurationLike] = None,
+        execution_timeout: Optional[DurationLike] = None,
+        user_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+        immediate: bool = False,
+        idempotency_key: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        cleanup: Optional[str] = None,
+        queue: Optional[str] = None,
+        workflow_type: Optional[str] = None,
+        workflow_args: Optional[Sequence[Any]] = None,
+        task_queue: Optional[str] = None,
+        tracking_queue: Optional[str] = None,
+        workflow_id: Optional[str] = None,
+        webhook_url: Optional[str] = None,
+        n8n_workflow_id: Optional[str] = None,
+        integration_source: Optional[str] = None,
+        timeout: Any = DEFAULT,
+    ) -> ScheduleResult:
+        """Schedules a task; returns once it is durably stored.
+
+        `task_type` picks the target: SIMPLE (`queue`), COMPLEX
+        (`workflow_type`, `workflow_args`, `task_queue`, `tracking_queue`,
+        `workflow_id`) or INTEGRATION (`webhook_url` or `n8n_workflow_id`,
+        `integration_source`). Priority runs -1000..1000 (higher first);
+        `attempts` 1..100; `delay` and `execution_timeout` are durations
+        (timedelta, seconds, or '30s'); `idempotency_key` makes a second
+        schedule return the first task with `existing=True`.
+        """
+        req = self._schedule_request(
+            name,
+            payload,
+            task_type=task_type,
+            priority=priority,
+            attempts=attempts,
+            backoff=backoff,
+            delay=delay,
+            execution_timeout=execution_timeout,
+            user_id=user_id,
+            session_id=session_id,
+            immediate=immediate,
+            idempotency_key=idempotency_key,
+            labels=labels,
+            cleanup=cleanup,
+            queue=queue,
+            workflow_type=workflow_type,
+            workflow_args=workflow_args,
+            task_queue=task_queue,
+            tracking_queue=tracking_queue,
+            workflow_id=workflow_id,
+            webhook_url=webhook_url,
+            n8n_workflow_id=n8n_workflow_id,
+            integration_source=integration_source,
+        )
+        res = await self._call("ScheduleTask", req, timeout, safe=bool(idempotency_key))
+        return ScheduleResult(task_id=res.task_id, existing=res.existing, task=convert.task_from_pb(res.status))
+
+    @staticmethod
+    def _schedule_request(
+        name: str,
+        payload: Optional[Mapping[str, Any]],
+        *,
+        task_type: Union[TaskType, str],
+        queue: Optional[str] = None,
+        workflow_type: Optional[str] = None,
+        workflow_args: Optional[Sequence[Any]] = None,
+        task_queue: Optional[str] = None,
+        tracking_queue: Optional[str] = None,
+        workflow_id: Optional[str] = None,
+        webhook_url: Optional[str] = None,
+        n8n_workflow_id: Optional[str] = None,
+        integration_source: Optional[str] = None,
+        **options: Any,
+    ) -> opb.ScheduleTaskRequest:
+        if not isinstance(name, str):
+            raise invalid_argument("name", f"must be a string, got {type(name).__name__}")
+        req = opb.ScheduleTaskRequest(name=name)
+        convert.payload_to_struct(req.payload, payload)
+        req.task_type = convert.task_type_to_pb(task_type)  # type: ignore[assignment]
+        convert.fill_options(req.options, **options)
+        if req.task_type == tpb.TASK_TYPE_SIMPLE:
+            if queue:
+                req.simple.queue = queue
+            else:
+                req.simple.SetInParent()
+        elif req.task_type == tpb.TASK_TYPE_COMPLEX:
+            c = req.complex
+            c.SetInParent()
+            if workflow_type:
+                c.workflow_type = workflow_type
+            if workflow_args is not None:
+                if isinstance(workflow_args, (str, bytes, Mapping)) or not isinstance(workflow_args, Sequence):
+                    raise invalid_argument("complex.workflow_args", "must be a list of JSON values")
+                c.workflow_args.SetInParent()
+                for i, arg in enumerate(workflow_args):
+                    convert.set_value(c.workflow_args.values.add(), arg, f"complex.workflow_args[{i}]")
+            if task_queue:
+                c.task_queue = task_queue
+            if tracking_queue:
+                c.tracking_queue = tracking_queue
+            if workflow_id:
+                c.workflow_id = workflow_id
+        elif req.task_type == tpb.TASK_TYPE_INTEGRATION:
+            n = req.integration.n8n
+            req.integration.SetInParent()
+            n.SetInParent()
+            if webhook_url:
+                n.webhook_url = webhook_url
+            if n8n_workflow_id:
+                n.workflow_id = n8n_workflow_id
+            if integration_source:
+                n.integration_source = integration_source
+        return req
+
+    async def schedule_simple(self, name: str, payload: Optional[Mapping[str, Any]] = None, **options: Any) -> ScheduleResult:
+        """A SIMPLE task: a queue job for a worker that registered `name`."""
+        return await self.schedule(name, payload, task_type=TaskType.SIMPLE, **options)
+
+    async def schedule_workflow(
+        self,
+        name: str,
+        workflow_type: str,
+        args: Optional[Sequence[Any]] = None,
+        *,
+        payload: Optional[Mapping[str, Any]] = None,
+        **options: Any,
+    ) -> ScheduleResult:
+        """A COMPLEX task: a run of the workflow `workflow_type` with `args`."""
+        return await self.schedule(
+            name, payload, task_type=TaskType.COMPLEX, workflow_type=workflow_type, workflow_args=args if args is not None else [], **options
+        )
+
+    async def schedule_integration(
+        self,
+        name: str,
+        payload: Optional[Mapping[str, Any]] = None,
+        *,
+        webhook_url: Optional[str] = None,
+        n8n_workflow_id: Optional[str] = None,
+        integration_source: Optional[str] = None,
+        **options: Any,
+    ) -> ScheduleResult:
+        """An INTEGRATION task: the server POSTs `payload` to `webhook_url` (or
+        the n8n workflow `n8n_workflow_id`), retrying transient failures."""
+        return await self.schedule(
+            name,
+            payload,
+            task_type=TaskType.INTEGRATION,
+            webhook_url=webhook_url,
+            n8n_workflow_id=n8n_workflow_id,
+            integration_source=integration_source,
+            **options,
+        )
+
+    # Status, cancel, disconnect.
+
+    async def status(self, task_id: str, *, timeout: Any = DEFAULT) -> Task:
+        """The task's current status, with its `payload`. NotFoundError for an
+        unknown id."""
+        res = await self._call("GetTaskStatus", opb.GetTaskStatusRequest(task_id=task_id), timeout)
+        return convert.task_from_pb(res.status, res.payload)
+
+    async def cancel(self, task_id: str, *, reason: str = "", force: bool = False, timeout: Any = DEFAULT) -> CancelResult:
+        """Cancels a task. `outcome` is CANCELLED (it was pending),
+        CANCEL_REQUESTED (its worker was told to stop) or ALREADY_FINISHED."""
+        res = await self._call("CancelTask", opb.CancelTaskRequest(task_id=task_id, reason=reason, force=force), timeout)
+        return CancelResult(outcome=convert.cancel_outcome(res.outcome), task=convert.task_from_pb(res.status))
+
+    async def disconnect(
+        self, *, user_id: Optional[str] = None, session_id: Optional[str] = None, reason: str = "", timeout: Any = DEFAULT
+    ) -> List[DisconnectReceipt]:
+        """Cancels every active task of a user or a session (exactly one of
+        the two) and returns a receipt per task."""
+        if bool(user_id) == bool(session_id):
+            raise invalid_argument("user_id" if not user_id else "session_id", "exactly one of user_id and session_id is required")
+        req = opb.DisconnectRequest(user_id=user_id or "", session_id=session_id or "", reason=reason)
+        res = await self._call("Disconnect", req, timeout)
+        return [DisconnectReceipt(task_id=r.task_id, name=r.name, outcome=convert.cancel_outcome(r.outcome)) for r in res.receipts]
+
+    async def wait(self, task_id: str, *, timeout: Optional[float] = None, poll: float = 0.05) -> Task:
+        """Waits until the task is in a final state and returns it (watching
+        its events; `timeout` in seconds raises `asyncio.TimeoutError`)."""
+
+        async def run() -> Task:
+            task = await self.status(task_id)
+            if task.is_final:
+                return task
+            async for item in self.watch(task_ids=[task_id], after_sequence=task.sequence):
+                if isinstance(item, TaskEvent) and item.task.is_final:
+                    return item.task
+                if isinstance(item, (WatchLive, WatchGap)):
+                    current = await self.status(task_id)
+                    if current.is_final:
+                        return current
+            raise UnavailableError("the watch ended")  # pragma: no cover
+
+        return await asyncio.wait_for(run(), timeout)
+
+    # Lists and logs.
+
+    async def list_tasks(
+        self,
+        *,
+        user_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+        task_ids: StrOrMany = None,
+        names: StrOrMany = None,
+        task_types: Any = None,
+        states: Any = None,
+        sources: Any = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: Any = DEFAULT,
+    ) -> TaskPage:
+        """One page of tasks, newest first (`page_size` default 50, at most
+        1000). Pass `next_page_token` back as `page_token` for the next."""
+        req = opb.ListTasksRequest(page_size=page_size, page_token=page_token)
+        convert.fill_filter(
+            req.filter, user_id=user_id, session_id=session_id, task_ids=task_ids, names=names, task_types=task_types, states=states, sources=sources
+        )
+        res = await self._call("ListTasks", req, timeout)
+        return TaskPage(tasks=[convert.task_from_pb(t) for t in res.tasks], next_page_token=res.next_page_token)
+
+    async def iter_tasks(self, *, page_size: int = 0, timeout: Any = DEFAULT, **filter: Any) -> AsyncIterator[Task]:
+        """Every matching task, newest first, page after page."""
+        token = ""
+        while True:
+            page = await self.list_tasks(page_size=page_size, page_token=token, timeout=timeout, **filter)
+            for t in page.tasks:
+                yield t
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def logs(self, task_id: str, *, after_line: int = 0, limit: int = 0, timeout: Any = DEFAULT) -> LogPage:
+        """Lines of a task's log after `after_line`, oldest first (`limit`
+        default 200, at most 5000)."""
+        res = await self._call("GetTaskLogs", opb.GetTaskLogsRequest(task_id=task_id, after_line=after_line, limit=limit), timeout)
+        return LogPage(lines=[convert.log_line(l) for l in res.lines], has_more=res.has_more)
+
+    async def iter_logs(self, task_id: str, *, after_line: int = 0, limit: int = 0, timeout: Any = DEFAULT) -> AsyncIterator[LogLine]:
+        """Every line of a task's log after `after_line`, page after page."""
+        while True:
+            page = await self.logs(task_id, after_line=after_line, limit=limit, timeout=timeout)
+            for line in page.lines:
+                yield line
+                after_line = line.line
+            if not page.has_more or not page.lines:
+                return
+
+    async def metrics(self, *, timeout: Any = DEFAULT) -> Metrics:
+        """Counts, queue depths, throughput and latency percentiles."""
+        return convert.metrics(await self._call("GetMetrics", opb.GetMetricsRequest(), timeout))
+
+    # Workflows.
+
+    async def signal(self, task_id: str, signal: str, payload: Optional[Mapping[str, Any]] = None, *, timeout: Any = DEFAULT) -> Task:
+        """Delivers a named signal to a running workflow; returns its status."""
+        req = opb.SignalTaskRequest(task_id=task_id, signal=signal)
+        convert.payload_to_struct(req.payload, payload)
+        res = await self._call("SignalTask", req, timeout)
+        return convert.task_from_pb(res.status)
+
+    async def register_workflow(
+        self, definition: Union[Mapping[str, Any], str], *, format: Optional[str] = None, timeout: Any = DEFAULT
+    ) -> RegisteredWorkflow:
+        """Registers a workflow definition (a dict, or JSON/TOML text with
+        `format="json"|"toml"`)."""
+        if isinstance(definition, Mapping):
+            text, fmt = json.dumps(definition), format or "json"
+        elif isinstance(definition, str):
+            text, fmt = definition, format or "json"
+        else:
+            raise invalid_argument("definition", "must be a dict or a JSON/TOML string")
+        res = await self._call("RegisterWorkflow", opb.RegisterWorkflowRequest(definition=text, format=fmt), timeout)
+        return RegisteredWorkflow(name=res.name, version=res.version, created=res.created)
+
+    async def list_workflows(self, *, timeout: Any = DEFAULT) -> List[WorkflowInfo]:
+        """The registered workflow definitions (latest version of each)."""
+        res = await self._call("ListWorkflows", opb.ListWorkflowsRequest(), timeout)
+        out = []
+        for w in res.workflows:
+            try:
+                definition = json.loads(w.definition_json) if w.definition_json else {}
+            except ValueError:
+                definition = {"raw": w.definition_json}
+            out.append(WorkflowInfo(name=w.name, version=w.version, definition=definition))
+        return out
+
+    # Watch.
+
+    async def watch(
+        self,
+        *,
+        user_id: Optional[str] = None,
+        session_id: Optional[str] = None,
+        task_ids: StrOrMany = None,
+        names: StrOrMany = None,
+        task_types: Any = None,
+        states: Any = None,
+        sources: Any = None,
+        after_sequence: int = 0,
+        include_snapshot: bool = False,
+        reconnect: bool = True,
+        max_attempts: Optional[int] = None,
+        initial_delay: float = 0.1,
+        max_delay: float = 5.0,
+        report_reconnects: bool = False,
+    ) -> AsyncIterator[WatchItem]:
+        """Task events matching a filter, live, as an async iterator of
+        `TaskEvent`, `WatchGap` and `WatchLive` (and `WatchReconnecting` with
+        `report_reconnects=True`).
+
+        The iterator remembers the last sequence it has seen (from events,
+        and from `WatchLive`, which covers events the filter skipped). When
+        the stream breaks or the server restarts it reconnects with backoff
+        (`initial_delay` .. `max_delay` seconds, with jitter) and asks for
+        what came after that sequence: nothing is missed or repeated. When
+        the server no longer keeps those events one by one, a `WatchGap` is
+        yielded, then SNAPSHOT events. Errors a retry cannot fix
+        (INVALID_ARGUMENT, ...) are raised. Stop by breaking out of the loop
+        (or `aclose()`)."""
+        req_filter = opb.TaskFilter()
+        convert.fill_filter(
+            req_filter, user_id=user_id, session_id=session_id, task_ids=task_ids, names=names, task_types=task_types, states=states, sources=sources
+        )
+        last = after_sequence
+        streams = 0
+        failures = 0
+        conn = self.connection
+        while True:
+            resumed = streams > 0
+            streams += 1
+            start_after = last
+            req = opb.WatchTasksRequest(after_sequence=start_after, include_snapshot=include_snapshot and start_after == 0)
+            req.filter.CopyFrom(req_filter)
+            index = conn.current
+            call = conn.orchestrator(index).WatchTasks(req, metadata=conn.metadata)
+            error: SwitchyardError
+            try:
+                async for res in call:
+                    item = res.WhichOneof("item")
+                    if item == "event":
+                        ev = res.event
+                        if ev.kind == opb.TASK_EVENT_KIND_SNAPSHOT:
+                            # Snapshots (after a gap, or include_snapshot) come in no
+                            # sequence order: the position moves on with `live`.
+                            pass
+                        elif ev.sequence <= last:
+                            continue  # already seen: the server replays after `last`
+                        else:
+                            last = ev.sequence
+                        yield TaskEvent(
+                            sequence=ev.sequence,
+                            kind=convert.event_kind(ev.kind),
+                            time=convert.timestamp_to_datetime(ev, "time"),
+                            task=convert.task_from_pb(ev.status),
+                        )
+                    elif item == "gap":
+                        yield WatchGap(after_sequence=start_after, oldest_kept=res.gap.oldest_kept)
+                    elif item == "live":
+                        failures = 0
+                        last = max(last, res.live.sequence)
+                        yield WatchLive(sequence=last, resumed=resumed)
+                # An OK end: the server drained or restarted. Resume as after an error.
+                error = UnavailableError("the server ended the watch stream", method="WatchTasks")
+            except grpc.RpcError as err:
+                error = from_rpc_error(err, "WatchTasks")
+            finally:
+                call.cancel()
+            if conn.closed:
+                return
+            if not reconnect or error.status_code in _WATCH_PERMANENT or (max_attempts is not None and failures >= max_attempts):
+                raise error
+            if error.status_code == grpc.StatusCode.UNAVAILABLE and len(conn.endpoints) > 1:
+                conn.advance(index)
+            failures += 1
+            exp = min(max_delay, initial_delay * 2 ** (failures - 1))
+            delay = exp / 2 + random.random() * exp / 2
+            if report_reconnects:
+                yield WatchReconnecting(attempt=failures, delay=timedelta(seconds=delay), after_sequence=last, error=error)
+            await asyncio.sleep(delay)
+
+    async def watch_events(self, **kwargs: Any) -> AsyncIterator[TaskEvent]:
+        """`watch()`, yielding only the `TaskEvent`s."""
+        async for item in self.watch(**kwargs):
+            if isinstance(item, TaskEvent):
+                yield item
+
+

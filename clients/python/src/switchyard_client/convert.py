@@ -1,0 +1,436 @@
+"""Conversions between plain Python values and the generated messages.
+
+A bad value becomes an `InvalidArgumentError` naming the field the way the
+server would (`payload`, `options.delay`, `task_type`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Type, TypeVar, Union
+
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from ._gen.switchyard.v1 import orchestrator_pb2 as opb
+from ._gen.switchyard.v1 import task_pb2 as tpb
+from .errors import invalid_argument
+from .types import (
+    Backoff,
+    BackoffKind,
+    CancelOutcome,
+    DurationLike,
+    EventKind,
+    LatencySummary,
+    LogLine,
+    LogSource,
+    Metrics,
+    QueueMetrics,
+    StateCounts,
+    StepState,
+    StepStatus,
+    Task,
+    TaskError,
+    TaskSource,
+    TaskState,
+    TaskType,
+    WaitingReason,
+)
+
+E = TypeVar("E")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _enum_maps(pb_enum: Any, prefix: str, py_enum: Type[E]) -> tuple[Dict[int, E], Dict[str, int]]:
+    to_py: Dict[int, E] = {}
+    to_pb: Dict[str, int] = {}
+    for name, number in pb_enum.items():
+        short = name[len(prefix):] if name.startswith(prefix) else name
+        try:
+            member = py_enum(short)  # type: ignore[call-arg]
+        except ValueError:
+            continue
+        to_py[number] = member
+        if number != 0:
+            to_pb[short] = number
+    return to_py, to_pb
+
+
+_TYPE_PY, _TYPE_PB = _enum_maps(tpb.TaskType, "TASK_TYPE_", TaskType)
+_STATE_PY, _STATE_PB = _enum_maps(tpb.TaskState, "TASK_STATE_", TaskState)
+_SOURCE_PY, _SOURCE_PB = _enum_maps(tpb.TaskSource, "TASK_SOURCE_", TaskSource)
+_REASON_PY, _ = _enum_maps(tpb.WaitingReason, "WAITING_REASON_", WaitingReason)
+_OUTCOME_PY, _ = _enum_maps(opb.CancelOutcome, "CANCEL_OUTCOME_", CancelOutcome)
+_EVENT_PY, _ = _enum_maps(opb.TaskEventKind, "TASK_EVENT_KIND_", EventKind)
+_LOG_SOURCE_PY, _ = _enum_maps(opb.LogSource, "LOG_SOURCE_", LogSource)
+_STEP_PY, _ = _enum_maps(tpb.StepState, "STEP_STATE_", StepState)
+_BACKOFF_PB = {"FIXED": tpb.Backoff.KIND_FIXED, "EXPONENTIAL": tpb.Backoff.KIND_EXPONENTIAL}
+
+
+def _enum_value(value: Any, table: Mapping[str, int], field: str, what: str) -> int:
+    name = getattr(value, "value", value)
+    if isinstance(name, str):
+        number = table.get(name.upper())
+        if number is not None:
+            return number
+    expected = ", ".join(table)
+    raise invalid_argument(field, f"unknown {what} {value!r}; expected one of {expected}")
+
+
+def task_type_to_pb(value: Union[TaskType, str], field: str = "task_type") -> int:
+    return _enum_value(value, _TYPE_PB, field, "task type")
+
+
+def task_state_to_pb(value: Union[TaskState, str], field: str = "filter.states") -> int:
+    return _enum_value(value, _STATE_PB, field, "state")
+
+
+def task_source_to_pb(value: Union[TaskSource, str], field: str = "filter.sources") -> int:
+    return _enum_value(value, _SOURCE_PB, field, "source")
+
+
+def cancel_outcome(number: int) -> CancelOutcome:
+    try:
+        return _OUTCOME_PY[number]
+    except KeyError:
+        raise ValueError(f"unknown cancel outcome {number}") from None
+
+
+def event_kind(number: int) -> EventKind:
+    return _EVENT_PY.get(number, EventKind.UPDATED)
+
+
+# JSON values.
+
+
+def value_to_py(v: struct_pb2.Value) -> Any:
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "number_value":
+        n = v.number_value
+        if n.is_integer() and abs(n) <= 9007199254740992:
+            return int(n)
+        return n
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(v.struct_value)
+    if kind == "list_value":
+        return [value_to_py(x) for x in v.list_value.values]
+    return None
+
+
+def struct_to_dict(s: struct_pb2.Struct) -> Dict[str, Any]:
+    return {k: value_to_py(v) for k, v in s.fields.items()}
+
+
+def set_value(v: struct_pb2.Value, obj: Any, field: str) -> None:
+    if obj is None:
+        v.null_value = struct_pb2.NULL_VALUE
+    elif obj is True or obj is False:
+        v.bool_value = obj
+    elif isinstance(obj, str):
+        v.string_value = obj
+    elif isinstance(obj, (int, float)):
+        f = float(obj)
+        if not math.isfinite(f):
+            raise invalid_argument(field, f"must be JSON-serialisable: {obj!r} is not a finite number")
+        v.number_value = f
+    elif isinstance(obj, Mapping):
+        fill_struct(v.struct_value, obj, field)
+    elif isinstance(obj, (list, tuple)):
+        lv = v.list_value
+        lv.SetInParent()
+        for i, item in enumerate(obj):
+            set_value(lv.values.add(), item, f"{field}[{i}]")
+    else:
+        raise invalid_argument(field, f"must be JSON-serialisable: {type(obj).__name__} is not a JSON value")
+
+
+def fill_struct(s: struct_pb2.Struct, obj: Mapping[str, Any], field: str) -> None:
+    s.SetInParent()
+    fields = s.fields
+    for k, item in obj.items():
+        if not isinstance(k, str):
+            raise invalid_argument(field, f"must be JSON-serialisable: key {k!r} is not a string")
+        set_value(fields[k], item, field)
+
+
+def payload_to_struct(target: struct_pb2.Struct, payload: Any, field: str = "payload") -> None:
+    if payload is None:
+        return
+    if not isinstance(payload, Mapping):
+        raise invalid_argument(field, "must be a JSON object (a dict, not a list or a scalar)")
+    fill_struct(target, payload, field)
+
+
+def to_value(obj: Any, field: str = "result") -> struct_pb2.Value:
+    v = struct_pb2.Value()
+    set_value(v, obj, field)
+    return v
+
+
+# Durations and times.
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def to_seconds(value: DurationLike, field: str) -> float:
+    """A duration as seconds: a timedelta, a number of seconds, or '500ms',
+    '30s', '5m', '2h', '1d'."""
+    if isinstance(value, timedelta):
+        secs = value.total_seconds()
+    elif isinstance(value, bool):
+        raise invalid_argument(field, f"not a duration: {value!r}")
+    elif isinstance(value, (int, float)):
+        secs = float(value)
+    elif isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if not m:
+            raise invalid_argument(field, f"not a duration: {value!r} (use seconds, a timedelta, or e.g. '500ms', '30s', '5m', '2h', '1d')")
+        secs = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise invalid_argument(field, f"not a duration: {value!r}")
+    if not math.isfinite(secs) or secs < 0:
+        raise invalid_argument(field, f"must be a finite, non-negative duration, got {value!r}")
+    return secs
+
+
+def set_duration(d: duration_pb2.Duration, value: DurationLike, field: str) -> None:
+    secs = to_seconds(value, field)
+    whole = int(secs)
+    d.seconds = whole
+    d.nanos = int(round((secs - whole) * 1e9))
+    if d.nanos >= 1_000_000_000:
+        d.seconds += 1
+        d.nanos -= 1_000_000_000
+
+
+def duration_to_timedelta(d: duration_pb2.Duration) -> timedelta:
+    return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
+
+
+def timestamp_to_datetime(msg: Any, field: str) -> Optional[datetime]:
+    if not msg.HasField(field):
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(msg, field)
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+# Statuses.
+
+
+def task_error(e: tpb.TaskError) -> TaskError:
+    return TaskError(message=e.message, kind=e.kind, details=e.details, retryable=e.retryable, attempt=e.attempt)
+
+
+def _step(s: tpb.StepStatus) -> StepStatus:
+    return StepStatus(
+        id=s.id,
+        kind=s.kind,
+        state=_STEP_PY.get(s.state, StepState.UNSPECIFIED),
+        attempt=s.attempt,
+        output=value_to_py(s.output) if s.HasField("output") else None,
+        error=task_error(s.error) if s.HasField("error") else None,
+        started_at=timestamp_to_datetime(s, "started_at"),
+        finished_at=timestamp_to_datetime(s, "finished_at"),
+        task_id=s.task_id,
+        compensation_task_id=s.compensation_task_id,
+        depends_on=list(s.depends_on),
+    )
+
+
+def task_from_pb(s: tpb.TaskStatus, payload: Optional[struct_pb2.Struct] = None) -> Task:
+    state = _STATE_PY.get(s.state)
+    if state is None:
+        raise ValueError(f"task {s.id}: unknown state {s.state}")
+    return Task(
+        id=s.id,
+        name=s.name,
+        task_type=_TYPE_PY.get(s.task_type),
+        source=_SOURCE_PY.get(s.source, TaskSource.UNSPECIFIED),
+        state=state,
+        attempt=s.attempt,
+        max_attempts=s.max_attempts,
+        priority=s.priority,
+        immediate=s.immediate,
+        user_id=s.user_id,
+        session_id=s.session_id,
+        progress=s.progress,
+        progress_message=s.progress_message,
+        result=value_to_py(s.result) if s.HasField("result") else None,
+        last_error=task_error(s.last_error) if s.HasField("last_error") else None,
+        created_at=timestamp_to_datetime(s, "created_at"),
+        run_at=timestamp_to_datetime(s, "run_at"),
+        started_at=timestamp_to_datetime(s, "started_at"),
+        finished_at=timestamp_to_datetime(s, "finished_at"),
+        external_id=s.external_id,
+        waiting_reason=_REASON_PY.get(s.waiting_reason) if s.waiting_reason else None,
+        cancel_requested=s.cancel_requested,
+        labels=dict(s.labels),
+        worker_id=s.worker_id,
+        idempotency_key=s.idempotency_key,
+        target=s.target,
+        sequence=s.sequence,
+        steps=[_step(x) for x in s.steps],
+        workflow_version=s.workflow_version,
+        parent_id=s.parent_id,
+        payload=struct_to_dict(payload) if payload is not None else None,
+    )
+
+
+def log_line(line: opb.LogLine) -> LogLine:
+    return LogLine(
+        line=line.line,
+        time=timestamp_to_datetime(line, "time"),
+        source=_LOG_SOURCE_PY.get(line.source, LogSource.UNSPECIFIED),
+        level=line.level,
+        message=line.message,
+        attempt=line.attempt,
+    )
+
+
+def _counts(c: opb.StateCounts) -> StateCounts:
+    return StateCounts(
+        pending=c.pending,
+        running=c.running,
+        completed=c.completed,
+        failed=c.failed,
+        cancelled=c.cancelled,
+        compensating=c.compensating,
+        compensated=c.compensated,
+    )
+
+
+def _latency(l: opb.LatencySummary) -> LatencySummary:
+    ms = lambda x: timedelta(milliseconds=x)  # noqa: E731
+    return LatencySummary(count=l.count, p50=ms(l.p50_ms), p90=ms(l.p90_ms), p99=ms(l.p99_ms), p999=ms(l.p999_ms), max=ms(l.max_ms))
+
+
+def metrics(m: opb.GetMetricsResponse) -> Metrics:
+    return Metrics(
+        total=_counts(m.total),
+        by_type={k: _counts(v) for k, v in m.by_type.items()},
+        by_name={k: _counts(v) for k, v in m.by_name.items()},
+        queues=[
+            QueueMetrics(name=q.name, ready=q.ready, scheduled=q.scheduled, running=q.running, workers=q.workers, free_slots=q.free_slots)
+            for q in m.queues
+        ],
+        throughput_per_sec=m.throughput_per_sec,
+        schedule_to_start=_latency(m.schedule_to_start),
+        run_time=_latency(m.run_time),
+        workers_connected=m.workers_connected,
+        started_at=timestamp_to_datetime(m, "started_at"),
+        last_sequence=m.last_sequence,
+    )
+
+
+# Requests.
+
+
+def _strings(value: Union[str, Iterable[str], None], field: str) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    out = list(value)
+    for v in out:
+        if not isinstance(v, str):
+            raise invalid_argument(field, f"must be strings, got {v!r}")
+    return out
+
+
+def _many(value: Any) -> List[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return [value]
+    return list(value)
+
+
+def fill_filter(
+    f: opb.TaskFilter,
+    *,
+    user_id: Optional[str] = None,
+    session_id: Optional[str] = None,
+    task_ids: Union[str, Iterable[str], None] = None,
+    names: Union[str, Iterable[str], None] = None,
+    task_types: Any = None,
+    states: Any = None,
+    sources: Any = None,
+) -> None:
+    if user_id:
+        f.user_id = user_id
+    if session_id:
+        f.session_id = session_id
+    f.task_ids.extend(_strings(task_ids, "filter.task_ids"))
+    f.names.extend(_strings(names, "filter.names"))
+    f.task_types.extend([task_type_to_pb(t, "filter.task_types") for t in _many(task_types)])  # type: ignore[misc]
+    f.states.extend([task_state_to_pb(s, "filter.states") for s in _many(states)])  # type: ignore[misc]
+    f.sources.extend([task_source_to_pb(s, "filter.sources") for s in _many(sources)])  # type: ignore[misc]
+
+
+def fill_options(
+    o: tpb.TaskOptions,
+    *,
+    priority: Optional[int] = None,
+    attempts: Optional[int] = None,
+    backoff: Optional[Backoff] = None,
+    delay: Optional[DurationLike] = None,
+    execution_timeout: Optional[DurationLike] = None,
+    user_id: Optional[str] = None,
+    session_id: Optional[str] = None,
+    immediate: bool = False,
+    idempotency_key: Optional[str] = None,
+    labels: Optional[Mapping[str, str]] = None,
+    cleanup: Optional[str] = None,
+) -> None:
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise invalid_argument("options.priority", f"must be an integer, got {priority!r}")
+        o.priority = priority  # the server checks the range
+    if attempts is not None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+            raise invalid_argument("options.attempts", f"must be a non-negative integer, got {attempts!r}")
+        o.attempts = min(attempts, 2**32 - 1)
+    if backoff is not None:
+        b = o.backoff
+        b.SetInParent()
+        if backoff.kind is not None:
+            b.kind = _enum_value(backoff.kind, _BACKOFF_PB, "options.backoff.kind", "backoff kind")  # type: ignore[assignment]
+        if backoff.base is not None:
+            set_duration(b.base, backoff.base, "options.backoff.base")
+        if backoff.max is not None:
+            set_duration(b.max, backoff.max, "options.backoff.max")
+    if delay is not None:
+        set_duration(o.delay, delay, "options.delay")
+    if execution_timeout is not None:
+        set_duration(o.execution_timeout, execution_timeout, "options.execution_timeout")
+    if user_id:
+        o.user_id = user_id
+    if session_id:
+        o.session_id = session_id
+    if immediate:
+        o.immediate = True
+    if idempotency_key:
+        o.idempotency_key = idempotency_key
+    if labels:
+        for k, v in labels.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise invalid_argument(f"options.labels[{k}]", "label keys and values must be strings")
+            o.labels[k] = v
+    if cleanup:
+        o.cleanup.name = cleanup
+
+
+def json_dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def ensure_str_list(value: Sequence[Any], field: str) -> List[str]:
+    return _strings(value, field)
