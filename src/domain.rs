@@ -29,6 +29,76 @@ pub fn add_micros(t: Micros, d: Duration) -> Micros {
     t.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// Progress in percent as the domain keeps it: within 0..=100, and a number
+/// JSON can hold. A NaN (which a worker or an engine may send) reads as 0;
+/// infinities clamp to the ends.
+pub fn progress_percent(p: f64) -> f64 {
+    if p.is_nan() {
+        0.0
+    } else {
+        p.clamp(0.0, 100.0)
+    }
+}
+
+/// Bounded text: every value a request, a worker or an engine sends may be
+/// as long as a message allows, so what the server keeps of it, and what an
+/// error quotes back, is cut here.
+pub mod text {
+    /// The longest prefix of `s` of at most `max` bytes that ends on a
+    /// character boundary.
+    pub fn prefix(s: &str, max: usize) -> &str {
+        if s.len() <= max {
+            return s;
+        }
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        &s[..end]
+    }
+
+    /// `s` cut to at most `max` bytes, with `…` appended when it was cut.
+    pub fn cut(s: &str, max: usize) -> String {
+        let p = prefix(s, max);
+        if p.len() == s.len() {
+            s.to_string()
+        } else {
+            format!("{p}…")
+        }
+    }
+
+    /// How an error message quotes a value it refuses: at most
+    /// [`QUOTE_BYTES`] of it, debug-escaped, and its length when it was
+    /// longer, so an error never echoes a large input.
+    pub fn quote(s: &str) -> String {
+        let p = prefix(s, QUOTE_BYTES);
+        if p.len() == s.len() {
+            format!("{s:?}")
+        } else {
+            format!("{p:?}… ({} bytes)", s.len())
+        }
+    }
+
+    /// The most of a refused value an error message quotes.
+    pub const QUOTE_BYTES: usize = 64;
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn cuts_on_character_boundaries() {
+            assert_eq!(prefix("héllo", 2), "h");
+            assert_eq!(cut("héllo", 3), "hé…");
+            assert_eq!(cut("abc", 3), "abc");
+            let long = "x".repeat(1 << 20);
+            assert!(quote(&long).len() < 100);
+            assert!(quote(&long).ends_with("(1048576 bytes)"));
+            assert_eq!(quote("a\nb"), "\"a\\nb\"");
+        }
+    }
+}
+
 /// The kind of work; it picks the executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TaskType {
@@ -429,7 +499,9 @@ pub struct TaskRuntime {
     pub started_at: Option<Micros>,
     /// When it became final.
     pub finished_at: Option<Micros>,
-    /// Progress 0..100.
+    /// Progress 0..100. Rows written before NaN was refused hold `null`
+    /// here; they read as 0.
+    #[serde(deserialize_with = "progress_or_null")]
     pub progress: f64,
     /// Progress message.
     pub progress_message: Option<Box<str>>,
@@ -458,6 +530,10 @@ pub struct TaskRuntime {
     pub forwarded: bool,
     /// Executor-specific state (workflow steps), as JSON.
     pub detail: Option<Box<serde_json::Value>>,
+}
+
+fn progress_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.map_or(0.0, progress_percent))
 }
 
 impl TaskRuntime {

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api;
 pub mod backend;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod core;
 pub mod domain;

@@ -53,14 +53,22 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         One(String),
         Many(Vec<String>),
     }
-    Ok(match OneOrMany::deserialize(d)? {
+    let tokens: Vec<String> = match OneOrMany::deserialize(d)? {
         OneOrMany::One(s) => split_tokens(&s),
         OneOrMany::Many(v) => v
             .into_iter()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
             .collect(),
-    })
+    };
+    // Set but empty (`SWITCHYARD_AUTH__TOKENS=","`, `tokens = [""]`) is a
+    // mistake, never a wish for an open server: refuse it (fail closed).
+    if tokens.is_empty() {
+        return Err(serde::de::Error::custom(
+            "auth.tokens is set but holds no token; unset it to run without authentication",
+        ));
+    }
+    Ok(tokens)
 }
 
 fn redacted<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
@@ -97,7 +105,15 @@ impl Tokens {
     pub fn load(cfg: &AuthConfig) -> Result<Tokens, String> {
         let mut all = cfg.tokens.clone();
         if let Some(path) = &cfg.tokens_file {
-            all.extend(read_file(path)?);
+            let from_file = read_file(path)?;
+            if from_file.is_empty() {
+                return Err(format!(
+                    "auth.tokens_file {} holds no token (only blank lines or comments); \
+                     refusing to start without authentication",
+                    path.display()
+                ));
+            }
+            all.extend(from_file);
         }
         Ok(Tokens::new(all))
     }
@@ -288,6 +304,30 @@ mod tests {
             tokens_file: Some(dir.path().join("nope")),
         });
         assert!(missing.unwrap_err().contains("auth.tokens_file"));
+    }
+
+    #[test]
+    fn a_token_set_that_is_configured_but_empty_refuses_to_start() {
+        for bad in [
+            "tokens = \",\"",
+            "tokens = \" \"",
+            "tokens = \"\"",
+            "tokens = [\"\"]",
+        ] {
+            let e = toml::from_str::<AuthConfig>(bad).unwrap_err().to_string();
+            assert!(e.contains("holds no token"), "{bad}: {e}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tokens");
+        std::fs::write(&f, "# only a comment\n\n").unwrap();
+        let e = Tokens::load(&AuthConfig {
+            tokens: vec![],
+            tokens_file: Some(f),
+        })
+        .unwrap_err();
+        assert!(e.contains("holds no token"), "{e}");
+        // Nothing configured at all stays open (the local default).
+        assert!(Tokens::load(&AuthConfig::default()).unwrap().is_open());
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub struct Metrics {
     commit_seconds: Histogram,
     commit_batch: Histogram,
     events_missed: Counter,
+    quarantined: Counter,
 }
 
 impl Metrics {
@@ -94,6 +95,12 @@ impl Metrics {
             1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
         ]);
         let events_missed = Counter::default();
+        let quarantined = Counter::default();
+        registry.register(
+            "switchyard_store_quarantined_rows",
+            "Stored task rows set aside at start-up because they could not be read back (GetTaskStatus answers DATA_LOSS for them)",
+            quarantined.clone(),
+        );
         registry.register(
             "switchyard_schedule_to_start_seconds",
             "Time from when a task could start (created, or its delay or backoff over) to the start of an attempt, by task type",
@@ -152,6 +159,7 @@ impl Metrics {
             commit_seconds,
             commit_batch,
             events_missed,
+            quarantined,
         })
     }
 
@@ -238,6 +246,10 @@ impl MetricsSink for Metrics {
     fn store_commit(&self, elapsed: Duration, ops: usize) {
         self.commit_seconds.observe(elapsed.as_secs_f64());
         self.commit_batch.observe(ops as f64);
+    }
+
+    fn store_quarantined(&self, rows: u64) {
+        self.quarantined.inc_by(rows);
     }
 
     fn webhook_response(&self, status: u16) {

@@ -120,7 +120,10 @@ impl Params {
                 Ok(_) => Err(ApiError::field(name, format!("must be at most {max}"))),
                 Err(_) => Err(ApiError::field(
                     name,
-                    format!("{v:?} is not a non-negative integer"),
+                    format!(
+                        "{} is not a non-negative integer",
+                        crate::domain::text::quote(v)
+                    ),
                 )),
             },
         }
@@ -131,7 +134,10 @@ impl Params {
             None => Ok(false),
             Some("true" | "1" | "yes") => Ok(true),
             Some("false" | "0" | "no") => Ok(false),
-            Some(v) => Err(ApiError::field(name, format!("{v:?} is not true or false"))),
+            Some(v) => Err(ApiError::field(
+                name,
+                format!("{} is not true or false", crate::domain::text::quote(v)),
+            )),
         }
     }
 

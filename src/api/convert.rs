@@ -81,7 +81,11 @@ fn duration(
     max: Duration,
 ) -> Option<Duration> {
     let d = d?;
-    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+    if d.nanos >= 1_000_000_000 || d.nanos <= -1_000_000_000 {
+        vs.add(field, "nanos must be between 0 and 999,999,999");
+        return None;
+    }
+    if d.seconds < 0 || d.nanos < 0 {
         vs.add(field, "must not be negative");
         return None;
     }
@@ -101,8 +105,12 @@ pub fn parse_id(field: &str, s: &str) -> Result<TaskId, CoreError> {
     if s.is_empty() {
         return Err(CoreError::field(field, "must not be empty"));
     }
-    TaskId::parse_str(s)
-        .map_err(|_| CoreError::field(field, format!("{s:?} is not a task id (a UUID)")))
+    TaskId::parse_str(s).map_err(|_| {
+        CoreError::field(
+            field,
+            format!("{} is not a task id (a UUID)", text::quote(s)),
+        )
+    })
 }
 
 fn task_type(v: i32) -> Option<TaskType> {
@@ -238,13 +246,16 @@ pub fn new_task(
         if k.is_empty() || k.len() > 128 {
             vs.add(
                 "options.labels",
-                format!("label key {k:?} must be 1 to 128 bytes"),
+                format!("label key {} must be 1 to 128 bytes", text::quote(k)),
             );
         }
         if v.len() > 1024 {
             vs.add(
                 "options.labels",
-                format!("the value of label {k:?} must be at most 1024 bytes"),
+                format!(
+                    "the value of label {} must be at most 1024 bytes",
+                    text::quote(k)
+                ),
             );
         }
     }
@@ -577,10 +588,77 @@ pub fn cancel_outcome(o: CancelOutcome) -> pb::CancelOutcome {
     }
 }
 
+/// The most values one filter list (`task_ids`, `names`, …) may hold.
+pub const MAX_FILTER_VALUES: usize = 1000;
+/// The longest user or session id.
+pub const MAX_OWNER_BYTES: usize = 256;
+/// The longest reason of a cancel or a disconnect.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// The longest workflow definition `RegisterWorkflow` takes.
+pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
+/// The longest `Fail.retry_after` a worker may ask for.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 86_400);
+
+/// Checks a user or session id of a filter or a disconnect.
+pub fn check_owner(vs_field: &str, v: &str) -> Result<(), CoreError> {
+    if v.len() > MAX_OWNER_BYTES {
+        return Err(CoreError::field(
+            vs_field,
+            format!("must be at most {MAX_OWNER_BYTES} bytes, got {}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the reason of a cancel or a disconnect.
+pub fn check_reason(v: &str) -> Result<(), CoreError> {
+    if v.len() > MAX_REASON_BYTES {
+        return Err(CoreError::field(
+            "reason",
+            format!("must be at most {MAX_REASON_BYTES} bytes, got {}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a filter.
 pub fn filter(f: Option<pb::TaskFilter>, prefix: &str) -> Result<TaskFilter, CoreError> {
     let f = f.unwrap_or_default();
     let mut vs = Violations::default();
+    check_len(
+        &mut vs,
+        &format!("{prefix}.user_id"),
+        &f.user_id,
+        MAX_OWNER_BYTES,
+    );
+    check_len(
+        &mut vs,
+        &format!("{prefix}.session_id"),
+        &f.session_id,
+        MAX_OWNER_BYTES,
+    );
+    for (field, n) in [
+        ("task_ids", f.task_ids.len()),
+        ("names", f.names.len()),
+        ("task_types", f.task_types.len()),
+        ("states", f.states.len()),
+        ("sources", f.sources.len()),
+    ] {
+        if n > MAX_FILTER_VALUES {
+            vs.add(
+                &format!("{prefix}.{field}"),
+                format!("at most {MAX_FILTER_VALUES} values, got {n}"),
+            );
+        }
+    }
+    if !vs.0.is_empty() {
+        return vs.into_result(TaskFilter::default());
+    }
+    for (i, n) in f.names.iter().enumerate() {
+        if let Err(e) = check_name(n) {
+            vs.add(&format!("{prefix}.names[{i}]"), e);
+        }
+    }
     let mut out = TaskFilter {
         user_id: non_empty(f.user_id),
         session_id: non_empty(f.session_id),
@@ -591,7 +669,7 @@ pub fn filter(f: Option<pb::TaskFilter>, prefix: &str) -> Result<TaskFilter, Cor
             Ok(id) => out.task_ids.push(id),
             Err(_) => vs.add(
                 &format!("{prefix}.task_ids[{i}]"),
-                format!("{id:?} is not a task id"),
+                format!("{} is not a task id", text::quote(id)),
             ),
         }
     }
@@ -769,33 +847,33 @@ pub fn assignment(a: &crate::core::Assignment, payload: &str) -> pb::Assignment 
     }
 }
 
-/// A worker's failure report as a domain error.
-pub fn fail_report(f: &pb::Fail) -> (TaskError, Option<Duration>) {
-    let cut = |s: &str, n: usize| {
-        if s.len() <= n {
-            s.to_string()
-        } else {
-            let mut end = n;
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}…", &s[..end])
-        }
-    };
+/// A worker's failure report as a domain error; a `retry_after` over
+/// [`MAX_RETRY_AFTER`] is refused (a negative one is ignored: the task's
+/// backoff applies).
+pub fn fail_report(f: &pb::Fail) -> Result<(TaskError, Option<Duration>), CoreError> {
     let retry_after = f.retry_after.and_then(|d| {
-        (d.seconds >= 0 && d.nanos >= 0)
-            .then(|| Duration::new(d.seconds as u64, d.nanos.max(0) as u32))
+        (d.seconds >= 0 && (0..1_000_000_000).contains(&d.nanos))
+            .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
     });
-    (
+    if retry_after.is_some_and(|d| d > MAX_RETRY_AFTER) {
+        return Err(CoreError::field(
+            "fail.retry_after",
+            format!(
+                "must be at most {}",
+                humantime::format_duration(MAX_RETRY_AFTER)
+            ),
+        ));
+    }
+    Ok((
         TaskError {
-            message: cut(&f.message, 2048),
-            kind: cut(&f.kind, 128),
-            details: cut(&f.details, 8192),
+            message: text::cut(&f.message, 2048),
+            kind: text::cut(&f.kind, 128),
+            details: text::cut(&f.details, 8192),
             retryable: f.retryable,
             attempt: f.attempt,
         },
         retry_after,
-    )
+    ))
 }
 
 #[cfg(test)]

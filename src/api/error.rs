@@ -4,37 +4,92 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::core::CoreError;
+use crate::core::{CoreError, FieldViolation};
+use crate::domain::text;
 use crate::store::StoreError;
+
+/// The most field violations one status carries; the rest are counted.
+pub const MAX_VIOLATIONS: usize = 20;
+/// The most bytes of one violation's description (and of its field name).
+const MAX_VIOLATION_BYTES: usize = 256;
+
+/// INVALID_ARGUMENT with `google.rpc.BadRequest` details. Its size is
+/// bounded whatever the request held: at most [`MAX_VIOLATIONS`] violations,
+/// each cut short, so a request with 100,000 bad ids gets a short answer
+/// that standard clients (16 KiB of metadata) can read.
+fn invalid_argument(violations: &[FieldViolation]) -> Status {
+    let shown = &violations[..violations.len().min(MAX_VIOLATIONS)];
+    let cut = |v: &FieldViolation| {
+        (
+            text::cut(&v.field, MAX_VIOLATION_BYTES),
+            text::cut(&v.description, MAX_VIOLATION_BYTES),
+        )
+    };
+    let mut msg = shown
+        .iter()
+        .map(|v| {
+            let (f, d) = cut(v);
+            format!("{f}: {d}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if violations.len() > shown.len() {
+        msg.push_str(&format!(
+            "; and {} more violations",
+            violations.len() - shown.len()
+        ));
+    }
+    let mut details = ErrorDetails::new();
+    for v in shown {
+        let (f, d) = cut(v);
+        details.add_bad_request_violation(f, d);
+    }
+    Status::with_error_details(Code::InvalidArgument, msg, details)
+}
 
 impl From<CoreError> for Status {
     fn from(e: CoreError) -> Self {
         match e {
-            CoreError::InvalidArgument(violations) => {
-                let msg = violations
-                    .iter()
-                    .map(|v| format!("{}: {}", v.field, v.description))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                let mut details = ErrorDetails::new();
-                for v in &violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
-                }
-                Status::with_error_details(Code::InvalidArgument, msg, details)
+            CoreError::InvalidArgument(violations) => invalid_argument(&violations),
+            CoreError::NotFound(id) => {
+                Status::not_found(format!("task {} not found", text::prefix(&id, 64)))
             }
-            CoreError::NotFound(id) => Status::not_found(format!("task {id} not found")),
-            CoreError::FailedPrecondition(m) => Status::failed_precondition(m),
-            CoreError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            CoreError::Unavailable(m) => Status::unavailable(m),
+            CoreError::FailedPrecondition(m) => Status::failed_precondition(text::cut(&m, 1024)),
+            CoreError::ResourceExhausted(m) => Status::resource_exhausted(text::cut(&m, 1024)),
+            CoreError::Unavailable(m) => Status::unavailable(text::cut(&m, 1024)),
             CoreError::Store(e) => match &*e {
                 StoreError::Closed => Status::unavailable("the store is closed"),
+                StoreError::Corrupt { id, reason } => Status::data_loss(format!(
+                    "task {}: its stored row cannot be read back ({}); it is quarantined",
+                    text::prefix(id, 64),
+                    text::cut(reason, 256)
+                )),
                 other => {
                     tracing::error!(cause = %other, "store error");
-                    Status::internal(format!("store error: {other}"))
+                    Status::internal(text::cut(&format!("store error: {other}"), 1024))
                 }
             },
         }
     }
+}
+
+/// tonic answers a request larger than the decoding limit with
+/// OUT_OF_RANGE ("decoded message length too large"), before any handler
+/// runs. The gRPC status guide, and every other limit of ours, say
+/// RESOURCE_EXHAUSTED: this rewrites that one answer (a trailers-only
+/// response, so its status is in the headers). Nothing of ours answers
+/// OUT_OF_RANGE, and the message is matched too.
+pub fn resize_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers_mut();
+    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message").is_some_and(|m| {
+            m.to_str()
+                .is_ok_and(|m| m.contains("message%20length%20too%20large"))
+        });
+    if too_large {
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
 }
 
 #[cfg(test)]

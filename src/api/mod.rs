@@ -205,6 +205,9 @@ pub async fn run_with(
         // A server span per RPC, parented on the caller's traceparent, while
         // tracing is on (nothing otherwise).
         .trace_fn(crate::telemetry::grpc_request_span)
+        .layer(tower::util::MapResponseLayer::new(
+            error::resize_status::<tonic::body::Body>,
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -111,11 +111,7 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let r = req.into_inner();
         let id = convert::parse_id("task_id", &r.task_id)?;
-        if r.reason.len() > 1024 {
-            return Err(
-                crate::core::CoreError::field("reason", "must be at most 1024 bytes").into(),
-            );
-        }
+        convert::check_reason(&r.reason)?;
         let (outcome, t) = self.core.cancel(id, &r.reason, r.force).await?;
         Ok(Response::new(pb::CancelTaskResponse {
             outcome: convert::cancel_outcome(outcome) as i32,
@@ -163,6 +159,9 @@ impl OrchestratorService for Orchestrator {
             )
             .into());
         }
+        convert::check_owner("user_id", u)?;
+        convert::check_owner("session_id", s)?;
+        convert::check_reason(&r.reason)?;
         let reason = if r.reason.is_empty() {
             "disconnected".to_string()
         } else {
@@ -294,6 +293,17 @@ impl OrchestratorService for Orchestrator {
         };
         if format != "json" && format != "toml" {
             return Err(crate::core::CoreError::field("format", "must be json or toml").into());
+        }
+        if r.definition.len() > convert::MAX_DEFINITION_BYTES {
+            return Err(crate::core::CoreError::field(
+                "definition",
+                format!(
+                    "must be at most {} bytes, got {}",
+                    convert::MAX_DEFINITION_BYTES,
+                    r.definition.len()
+                ),
+            )
+            .into());
         }
         let (name, version, created) = self.registry()?.register(&r.definition, format).await?;
         Ok(Response::new(pb::RegisterWorkflowResponse {

@@ -2,6 +2,8 @@
 //! become core reports; what the core pushes becomes outbound messages.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -10,21 +12,40 @@ use tracing::Instrument;
 
 use super::convert;
 use crate::core::{Core, CoreError, Push, Report};
+use crate::domain::text;
 use crate::pb;
 use crate::pb::server_message::Msg as Out;
 use crate::pb::worker_message::Msg as In;
 use crate::pb::worker_service_server::WorkerService;
 use crate::worker::convert::value_to_json;
 
+/// The most worker streams open at once that have not registered yet; more
+/// are refused with RESOURCE_EXHAUSTED.
+pub const MAX_UNREGISTERED: usize = 1024;
+
 /// The service.
 pub struct Workers {
     core: Core,
+    /// Streams open that have not sent `Register` yet.
+    unregistered: Arc<AtomicUsize>,
 }
 
 impl Workers {
     /// A service over a core.
     pub fn new(core: Core) -> Self {
-        Workers { core }
+        Workers {
+            core,
+            unregistered: Arc::default(),
+        }
+    }
+}
+
+/// Counts a stream as unregistered while it lives.
+struct Unregistered(Arc<AtomicUsize>);
+
+impl Drop for Unregistered {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -48,10 +69,26 @@ impl WorkerService for Workers {
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<OutStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
+        // A stream must register within a lease: one that never does would
+        // otherwise hold its memory forever, uncounted.
+        if self.unregistered.fetch_add(1, Ordering::Relaxed) >= MAX_UNREGISTERED {
+            self.unregistered.fetch_sub(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "more than {MAX_UNREGISTERED} worker streams are waiting to register"
+            )));
+        }
+        let waiting = Unregistered(self.unregistered.clone());
+        let within = self.core.config().lease_ttl;
+        let first = tokio::time::timeout(within, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the worker did not register within the lease ({})",
+                    humantime::format_duration(within)
+                ))
+            })??
             .ok_or_else(|| Status::cancelled("the worker closed the stream before registering"))?;
+        drop(waiting);
         let Some(In::Register(reg)) = first.msg else {
             return Err(CoreError::FailedPrecondition(
                 "the first message of a worker must be Register".into(),
@@ -119,7 +156,7 @@ async fn handle(core: &Core, worker_id: &str, m: pb::WorkerMessage, tx: &Tx) {
             p.attempt,
             Report::Progress {
                 percent: p.percent,
-                message: cut(&p.message, 1024),
+                message: text::prefix(&p.message, 1024).to_string(),
             },
         ),
         In::Log(l) => (
@@ -132,7 +169,7 @@ async fn handle(core: &Core, worker_id: &str, m: pb::WorkerMessage, tx: &Tx) {
                     "debug" | "info" | "warn" | "error" => l.level,
                     _ => "info".to_string(),
                 },
-                message: cut(&l.message, 8192),
+                message: text::prefix(&l.message, 8192).to_string(),
             },
         ),
         In::Complete(c) => {
@@ -146,10 +183,13 @@ async fn handle(core: &Core, worker_id: &str, m: pb::WorkerMessage, tx: &Tx) {
             };
             (c.task_id, c.attempt, Report::Complete(result))
         }
-        In::Fail(f) => {
-            let (error, retry_after) = convert::fail_report(&f);
-            (f.task_id, f.attempt, Report::Fail { error, retry_after })
-        }
+        In::Fail(f) => match convert::fail_report(&f) {
+            Ok((error, retry_after)) => (f.task_id, f.attempt, Report::Fail { error, retry_after }),
+            Err(e) => {
+                reject(tx, &f.task_id, "INVALID_ARGUMENT", e.to_string()).await;
+                return;
+            }
+        },
         In::CancelAck(a) => (a.task_id, a.attempt, Report::CancelAck),
     };
     let id = match convert::parse_id("task_id", &task_id) {
@@ -163,17 +203,6 @@ async fn handle(core: &Core, worker_id: &str, m: pb::WorkerMessage, tx: &Tx) {
         tracing::warn!(task_id = %id, attempt, cause = %e, "worker report refused");
         reject(tx, &task_id, "FAILED_PRECONDITION", e.to_string()).await;
     }
-}
-
-fn cut(s: &str, n: usize) -> String {
-    if s.len() <= n {
-        return s.to_string();
-    }
-    let mut end = n;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 async fn reject(tx: &Tx, task_id: &str, code: &str, message: String) {

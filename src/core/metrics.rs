@@ -12,6 +12,8 @@ use crate::domain::{TaskState, TaskType};
 pub trait MetricsSink: std::fmt::Debug + Send + Sync {
     /// A store commit: how long it took and how many writes it held.
     fn store_commit(&self, _elapsed: std::time::Duration, _ops: usize) {}
+    /// Rows the store set aside at start-up because they could not be read.
+    fn store_quarantined(&self, _rows: u64) {}
     /// A webhook answered with this HTTP status.
     fn webhook_response(&self, _status: u16) {}
 }

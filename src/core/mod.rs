@@ -2352,7 +2352,7 @@ fn apply_report(st: &mut State, cfg: &CoreConfig, id: TaskId, attempt: u32, repo
     match report {
         Report::Progress { percent, message } => {
             if let Some(a) = st.tasks.get_mut(&id) {
-                a.task.rt.progress = percent.clamp(0.0, 100.0);
+                a.task.rt.progress = crate::domain::progress_percent(percent);
                 a.task.rt.progress_message =
                     (!message.is_empty()).then(|| message.into_boxed_str());
             }
@@ -2421,7 +2421,7 @@ fn apply_report(st: &mut State, cfg: &CoreConfig, id: TaskId, attempt: u32, repo
                     a.task.rt.waiting_reason = waiting_reason.or(Some(WaitingReason::Queued));
                 }
                 if let Some(p) = progress {
-                    a.task.rt.progress = p.clamp(0.0, 100.0);
+                    a.task.rt.progress = crate::domain::progress_percent(p);
                 }
                 if let Some(n) = engine_attempt {
                     a.task.rt.attempt = n.max(1);

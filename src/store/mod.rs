@@ -75,6 +75,15 @@ pub enum WriteOp {
     },
     /// Append log lines.
     Log(Vec<LogEntry>),
+    /// Set aside a stored row that cannot be read back (see
+    /// [`Store::stream_active`]): it leaves every active scan, its reason is
+    /// kept, and reading it answers [`StoreError::Corrupt`].
+    Quarantine {
+        /// The row's key as stored (normally a task id's 16 bytes).
+        key: Vec<u8>,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
 /// The payload of an inserted task.
@@ -152,7 +161,9 @@ pub trait Store: Send + Sync + 'static {
     async fn load_active(&self) -> Result<Vec<Task>, StoreError>;
     /// Every task not in a final state, sent to `tx` in chunks of about
     /// `chunk` tasks, so start-up can place one chunk while the next is
-    /// read. The default sends [`Store::load_active`] as one chunk.
+    /// read. A row that cannot be decoded does not stop it: the row is
+    /// quarantined ([`WriteOp::Quarantine`]), logged and counted, and the
+    /// scan goes on. The default sends [`Store::load_active`] as one chunk.
     async fn stream_active(
         &self,
         chunk: usize,

@@ -80,6 +80,8 @@ pub struct CommitStats {
     pub checkpoints: std::sync::atomic::AtomicU64,
     /// WAL restarts run by the writer (see `WAL_RESTART_FRAMES`).
     pub restarts: std::sync::atomic::AtomicU64,
+    /// Rows set aside at start-up because they could not be read back.
+    pub quarantined: std::sync::atomic::AtomicU64,
     /// Told of each commit's latency and size, once set (metrics).
     pub sink: OnceLock<Arc<dyn crate::core::metrics::MetricsSink>>,
 }
@@ -138,6 +140,12 @@ CREATE TABLE IF NOT EXISTS task_logs (
 );
 CREATE INDEX IF NOT EXISTS task_logs_task ON task_logs(task_id, line);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id BLOB PRIMARY KEY,
+    at INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
 "#;
 
@@ -585,9 +593,14 @@ impl Latest {
 fn op_task(op: &WriteOp) -> Option<TaskId> {
     match op {
         WriteOp::Insert { task, .. } | WriteOp::Update { task, .. } => Some(task.id),
-        WriteOp::Log(_) => None,
+        WriteOp::Log(_) | WriteOp::Quarantine { .. } => None,
     }
 }
+
+/// The `state` column of a quarantined row: no task state has this code, so
+/// no active scan, filter or count selects it (the state it had is kept in
+/// the `quarantine` table).
+const QUARANTINED: i64 = 100;
 
 fn apply_group(
     conn: &Connection,
@@ -701,6 +714,16 @@ fn apply_group(
                 insert_logs(conn, lines)?;
                 out.push(WriteOutcome::Done);
             }
+            WriteOp::Quarantine { key, reason } => {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO quarantine (id, at, state, reason)
+                     SELECT id, ?2, state, ?3 FROM tasks WHERE id = ?1",
+                )?
+                .execute(params![key, now, reason])?;
+                conn.prepare_cached("UPDATE tasks SET state = ?2 WHERE id = ?1")?
+                    .execute(params![key, QUARANTINED])?;
+                out.push(WriteOutcome::Done);
+            }
         }
     }
     Ok(out)
@@ -810,7 +833,15 @@ fn query_tasks(
     let mut rows = st.query(params)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
-        out.push(row_to_task(r)?);
+        match row_to_task(r) {
+            Ok(t) => out.push(t),
+            // One unreadable row must not hide every other: it is left out
+            // of lists (start-up quarantines it; `get` reports it).
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(cause = %e, "a stored row cannot be read; left out")
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
 }
@@ -997,53 +1028,83 @@ impl Store for SqliteStore {
         tx: tokio::sync::mpsc::Sender<Vec<Task>>,
     ) -> Result<(), StoreError> {
         let chunk = chunk.max(1);
-        self.blocking(move |conn| {
-            // This thread steps SQLite; a second one decodes the JSON columns
-            // (the larger cost) and hands the tasks on.
-            type Raw = (Vec<u8>, i64, String, String);
-            let (raw_tx, raw_rx) = mpsc::sync_channel::<Vec<Raw>>(2);
-            std::thread::scope(|scope| {
-                let decoder = scope.spawn(move || -> Result<(), StoreError> {
-                    for rows in raw_rx {
-                        let tasks = rows
-                            .into_iter()
-                            .map(|(id, created_at, spec, rt)| {
-                                decode_task(&id, created_at, &spec, &rt)
-                            })
-                            .collect::<Result<Vec<_>, _>>()?;
-                        if tx.blocking_send(tasks).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(())
-                });
-                let read = (|| -> Result<(), StoreError> {
-                    let mut st = conn.prepare(&format!(
-                        "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN (1, 2, 6)"
-                    ))?;
-                    let mut rows = st.query([])?;
-                    let mut buf = Vec::with_capacity(chunk);
-                    while let Some(r) = rows.next()? {
-                        buf.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
-                        if buf.len() == chunk {
-                            let full = std::mem::replace(&mut buf, Vec::with_capacity(chunk));
-                            if raw_tx.send(full).is_err() {
-                                return Ok(());
+        let bad = self
+            .blocking(move |conn| {
+                // This thread steps SQLite; a second one decodes the JSON columns
+                // (the larger cost) and hands the tasks on.
+                type Raw = (Vec<u8>, i64, String, String);
+                let (raw_tx, raw_rx) = mpsc::sync_channel::<Vec<Raw>>(2);
+                std::thread::scope(|scope| {
+                    let decoder = scope.spawn(move || -> Result<Vec<WriteOp>, StoreError> {
+                        let mut bad = Vec::new();
+                        for rows in raw_rx {
+                            let mut tasks = Vec::with_capacity(rows.len());
+                            for (id, created_at, spec, rt) in rows {
+                                match decode_task(&id, created_at, &spec, &rt) {
+                                    Ok(t) => tasks.push(t),
+                                    Err(e) => {
+                                        tracing::error!(
+                                            cause = %e,
+                                            "a stored task cannot be read back: quarantined \
+                                             (it stays in the file; GetTaskStatus reports it)"
+                                        );
+                                        bad.push(WriteOp::Quarantine {
+                                            key: id,
+                                            reason: crate::domain::text::cut(&e.to_string(), 1024),
+                                        });
+                                    }
+                                }
+                            }
+                            if tx.blocking_send(tasks).is_err() {
+                                break;
                             }
                         }
-                    }
-                    if !buf.is_empty() {
-                        let _ = raw_tx.send(buf);
-                    }
-                    Ok(())
-                })();
-                drop(raw_tx);
-                let decoded = decoder.join().unwrap_or(Err(StoreError::Closed));
-                release_cache(conn);
-                read.and(decoded)
+                        Ok(bad)
+                    });
+                    let read = (|| -> Result<(), StoreError> {
+                        let mut st = conn.prepare(&format!(
+                            "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN (1, 2, 6)"
+                        ))?;
+                        let mut rows = st.query([])?;
+                        let mut buf = Vec::with_capacity(chunk);
+                        while let Some(r) = rows.next()? {
+                            buf.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+                            if buf.len() == chunk {
+                                let full = std::mem::replace(&mut buf, Vec::with_capacity(chunk));
+                                if raw_tx.send(full).is_err() {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        if !buf.is_empty() {
+                            let _ = raw_tx.send(buf);
+                        }
+                        Ok(())
+                    })();
+                    drop(raw_tx);
+                    let decoded = decoder.join().unwrap_or(Err(StoreError::Closed));
+                    release_cache(conn);
+                    read.and(decoded)
+                })
             })
-        })
-        .await
+            .await?;
+        if !bad.is_empty() {
+            self.stats
+                .quarantined
+                .fetch_add(bad.len() as u64, Ordering::Relaxed);
+            if let Some(sink) = self.stats.sink.get() {
+                sink.store_quarantined(bad.len() as u64);
+            }
+            let (done, wait) = oneshot::channel();
+            self.submit(bad, Some(done));
+            wait.await
+                .map_err(|_| StoreError::Closed)?
+                .map_err(|e| StoreError::Open {
+                    path: "quarantine".into(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
     }
 
     async fn final_counts(&self) -> Result<Counts, StoreError> {

@@ -23,6 +23,13 @@ pub const MAX_NAME: usize = 128;
 pub const MAX_STEP_ID: usize = 64;
 /// Most steps in one workflow.
 pub const MAX_STEPS: usize = 200;
+/// An error of a parser, cut short: TOML's quote the offending lines.
+fn short(e: impl std::fmt::Display) -> String {
+    crate::domain::text::cut(&e.to_string(), 512)
+}
+
+/// The most errors one definition's check reports.
+const MAX_ERRORS: usize = 20;
 const DAY: u64 = 86_400;
 /// Longest timer, signal wait or workflow timeout.
 const MAX_WAIT: Duration = Duration::from_secs(365 * DAY);
@@ -268,14 +275,13 @@ pub fn parse(text: &str, format: &str) -> Result<RawDefinition, Vec<DefinitionEr
     };
     let doc: Value = match format {
         "toml" => {
-            let t: toml::Table =
-                toml::from_str(text).map_err(|e| err("", format!("not valid TOML: {e}")))?;
+            let t: toml::Table = toml::from_str(text)
+                .map_err(|e| err("", format!("not valid TOML: {}", short(e))))?;
             serde_json::to_value(t)
                 .map_err(|e| err("", format!("not representable as JSON: {e}")))?
         }
-        "json" => {
-            serde_json::from_str(text).map_err(|e| err("", format!("not valid JSON: {e}")))?
-        }
+        "json" => serde_json::from_str(text)
+            .map_err(|e| err("", format!("not valid JSON: {}", short(e))))?,
         other => {
             return Err(err(
                 "format",
@@ -286,8 +292,17 @@ pub fn parse(text: &str, format: &str) -> Result<RawDefinition, Vec<DefinitionEr
     let Value::Object(mut top) = doc else {
         return Err(err("", "must be an object (a table)".into()));
     };
-    // Steps one by one, so an error names its step.
+    // Steps one by one, so an error names its step. Too many is refused
+    // before any per-step work: the checks below are not linear in the
+    // step count (ancestor sets), and a definition of 120,000 steps once
+    // took the server's memory with them.
     let steps = match top.remove("steps") {
+        Some(Value::Array(steps)) if steps.len() > MAX_STEPS => {
+            return Err(err(
+                "steps",
+                format!("at most {MAX_STEPS} steps, got {}", steps.len()),
+            ))
+        }
         Some(Value::Array(steps)) => steps,
         Some(_) => {
             return Err(err(
@@ -308,15 +323,16 @@ pub fn parse(text: &str, format: &str) -> Result<RawDefinition, Vec<DefinitionEr
     let mut errors = Vec::new();
     for (i, s) in steps.into_iter().enumerate() {
         let label = match s.get("id").and_then(Value::as_str) {
-            Some(id) => format!("step {id:?}"),
+            Some(id) => format!("step {}", crate::domain::text::quote(id)),
             None => format!("step #{}", i + 1),
         };
         match serde_json::from_value::<RawStep>(s) {
             Ok(step) => raw.steps.push(step),
-            Err(e) => errors.push(DefinitionError {
+            Err(e) if errors.len() < MAX_ERRORS => errors.push(DefinitionError {
                 location: label,
-                message: e.to_string(),
+                message: crate::domain::text::cut(&e.to_string(), 256),
             }),
+            Err(_) => {}
         }
     }
     if errors.is_empty() {
@@ -360,6 +376,7 @@ pub fn compile(mut raw: RawDefinition) -> Result<Workflow, Vec<DefinitionError>>
     }
     if raw.steps.len() > MAX_STEPS {
         errs.add("steps", format!("at most {MAX_STEPS} steps"));
+        return Err(errs.0);
     }
 
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -713,10 +730,16 @@ fn ancestors(deps: &[Vec<usize>]) -> Vec<BTreeSet<usize>> {
 struct Errors(Vec<DefinitionError>);
 
 impl Errors {
+    /// Records an error; past [`MAX_ERRORS`] they are dropped (the first
+    /// ones say enough), and each is cut short, so the answer to a hostile
+    /// definition stays small.
     fn add(&mut self, location: &str, message: impl Into<String>) {
+        if self.0.len() >= MAX_ERRORS {
+            return;
+        }
         self.0.push(DefinitionError {
-            location: location.to_string(),
-            message: message.into(),
+            location: crate::domain::text::cut(location, 128),
+            message: crate::domain::text::cut(&message.into(), 256),
         });
     }
 
