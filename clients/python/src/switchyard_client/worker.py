@@ -535,6 +535,7 @@ class _Stream:
         self.draining = False
         self.stopped = False
         self._call: Optional[Any] = None
+        self._aborted: Optional[Any] = None  # the call we cancelled ourselves
         self._out: Deque[wpb.WorkerMessage] = collections.deque()
         self._wake_writer: Optional[asyncio.Future[None]] = None
         self._loop_task: Optional[asyncio.Task[None]] = None
@@ -589,6 +590,7 @@ class _Stream:
             if self.worker_id is not None:
                 self.send(self.session, wpb.WorkerMessage(drain=wpb.Drain()))
             else:
+                self._aborted = self._call
                 self._call.cancel()
 
     def cancel_all(self, reason: str) -> None:
@@ -599,6 +601,7 @@ class _Stream:
         self.stopped = True
         self.draining = True
         if self._call is not None:
+            self._aborted = self._call
             self._call.cancel()
 
     async def stop(self) -> None:
@@ -621,6 +624,7 @@ class _Stream:
                 try:
                     await asyncio.wait_for(asyncio.shield(self._session_done), max(0.0, deadline - self.loop.time()))
                 except asyncio.TimeoutError:
+                    self._aborted = call
                     call.cancel()
         if self._loop_task is not None:
             try:
@@ -720,6 +724,11 @@ class _Stream:
             result = (_STOPPED, "closed") if self.stopped else (_LOST, "the server closed the stream")
         except asyncio.TimeoutError:
             result = (_LOST, f"no Registered within {REGISTER_TIMEOUT:.0f} s")
+        except asyncio.CancelledError:
+            # grpc.aio raises CancelledError from a call cancelled locally.
+            if self._aborted is not call:
+                raise
+            result = (_STOPPED, "aborted")
         except grpc.RpcError as err:
             e = from_rpc_error(err, "Work")
             if not registered and e.status_code in _PERMANENT:
