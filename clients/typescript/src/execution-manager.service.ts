@@ -206,8 +206,10 @@ export class ExecutionManagerService {
   readonly sessionId: string;
   /** The Switchyard task name this process's worker runs `ExecutionTask`s under. */
   readonly taskName: string;
-  private readonly tasks = new Map<string, ExecutionTask>();
-  private readonly byTaskId = new Map<string, ExecutionTask>();
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  private readonly tasks = new Map<string, ExecutionTask<any>>();
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  private readonly byTaskId = new Map<string, ExecutionTask<any>>();
   private worker: SwitchyardWorker | undefined;
 
   constructor(
@@ -226,13 +228,15 @@ export class ExecutionManagerService {
    * scheduling failure is then recorded on the task (`status` FAILED,
    * `error`) rather than thrown.
    */
-  submit(task: ExecutionTask): Promise<string>;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  submit(task: ExecutionTask<any>): Promise<string>;
   /**
    * Submits work by name: a SIMPLE task (unless `taskType` says otherwise)
    * in this manager's session, run by whichever worker registered `name`.
    */
   submit(name: string, payload: unknown, options?: SubmitOptions): Promise<ScheduleResult>;
-  submit(what: ExecutionTask | string, payload?: unknown, options: SubmitOptions = {}): Promise<string | ScheduleResult> {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  submit(what: ExecutionTask<any> | string, payload?: unknown, options: SubmitOptions = {}): Promise<string | ScheduleResult> {
     if (what instanceof ExecutionTask) {
       return this.submitTask(what);
     }
@@ -248,7 +252,8 @@ export class ExecutionManagerService {
     });
   }
 
-  private submitTask(task: ExecutionTask): Promise<string> {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  private submitTask(task: ExecutionTask<any>): Promise<string> {
     if (task.submitted) {
       return Promise.reject(SwitchyardError.invalidArgument('task', `task ${task.id} was already submitted`));
     }

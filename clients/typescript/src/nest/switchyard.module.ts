@@ -32,6 +32,17 @@ import { ExecutionManagerService } from '../execution-manager.service.js';
 import { StandardizedOrchestratorService } from '../orchestrator.service.js';
 import type { TaskHandlerFn } from '../worker/context.js';
 import type { SwitchyardWorker, TaskHandlerRegistration } from '../worker/worker.js';
+import { ExecutionManagerController } from './execution-manager.controller.js';
+import {
+  ON_TASK_EVENT_METADATA,
+  PROCESSOR_METADATA,
+  SwitchyardJob,
+  SwitchyardQueue,
+  getSwitchyardQueueToken,
+  type ProcessorMetadata,
+  type RegisterQueueOptions,
+  type TaskEventName,
+} from './queue.js';
 import { TASK_HANDLER_METADATA, type TaskHandlerMetadata } from './task-handler.decorator.js';
 
 /** The token of the module's options. */
@@ -61,10 +72,17 @@ export interface SwitchyardModuleOptions extends SwitchyardClientOptions {
    * server stop. Default false.
    */
   disconnectOnShutdown?: boolean;
+  /**
+   * Serve the original design's `/internal/execution-manager/*` routes
+   * (`ExecutionManagerController`) from this app. Default false.
+   */
+  executionManagerRoutes?: boolean;
 }
 
 /** Options of `SwitchyardModule.forRootAsync`. */
 export interface SwitchyardModuleAsyncOptions extends Pick<ModuleMetadata, 'imports'> {
+  /** Serve the `/internal/execution-manager/*` routes (known before the factory runs, so here). */
+  executionManagerRoutes?: boolean;
   useFactory: (...args: any[]) => SwitchyardModuleOptions | Promise<SwitchyardModuleOptions>;
   inject?: (InjectionToken | OptionalFactoryDependency)[];
   /** Register the module globally (default true: import it once, in the root module). */
@@ -129,6 +147,46 @@ export class SwitchyardLifecycle implements OnApplicationBootstrap, BeforeApplic
     await this.client.close();
   }
 
+  /** Runs a `@Processor` class's `process(job)` and tells its `@OnTaskEvent` methods. */
+  private processorHandler(instance: Record<string, unknown>, proto: object, queue: string): TaskHandlerFn {
+    if (typeof instance.process !== 'function') {
+      throw new Error(`@Processor('${queue}') ${proto.constructor.name} has no process(job) method`);
+    }
+    const listeners = new Map<TaskEventName, ((...args: unknown[]) => unknown)[]>();
+    for (const method of this.scanner.getAllMethodNames(proto)) {
+      const fn = instance[method];
+      if (typeof fn !== 'function') {
+        continue;
+      }
+      const event = this.reflector.get<TaskEventName | undefined>(ON_TASK_EVENT_METADATA, fn as never);
+      if (event) {
+        listeners.set(event, [...(listeners.get(event) ?? []), (...args) => (fn as (...a: unknown[]) => unknown).apply(instance, args)]);
+      }
+    }
+    const emit = (event: TaskEventName, ...args: unknown[]): void => {
+      for (const listener of listeners.get(event) ?? []) {
+        try {
+          void Promise.resolve(listener(...args)).catch((err: unknown) => this.logger.warn(`@OnTaskEvent('${event}') of ${queue} failed: ${String(err)}`));
+        } catch (err) {
+          this.logger.warn(`@OnTaskEvent('${event}') of ${queue} failed: ${String(err)}`);
+        }
+      }
+    };
+    const process = instance.process as (job: SwitchyardJob) => unknown;
+    return async (payload, ctx) => {
+      const job = new SwitchyardJob(payload, ctx, (j, progress) => emit('progress', j, progress));
+      emit('active', job);
+      try {
+        const result = await process.call(instance, job);
+        emit('completed', job, result);
+        return result;
+      } catch (err) {
+        emit(ctx.signal.aborted ? 'cancelled' : 'failed', job, err);
+        throw err;
+      }
+    };
+  }
+
   /** Every `@TaskHandler` method of every static provider, bound to its instance. */
   private discoverHandlers(): Record<string, TaskHandlerRegistration> {
     const found: Record<string, TaskHandlerRegistration> = {};
@@ -141,6 +199,20 @@ export class SwitchyardLifecycle implements OnApplicationBootstrap, BeforeApplic
       const proto = Object.getPrototypeOf(instance) as object | null;
       if (!proto) {
         continue;
+      }
+      const processor = this.reflector.get<ProcessorMetadata | undefined>(PROCESSOR_METADATA, proto.constructor as never);
+      if (processor) {
+        const owner = `${wrapper.name ?? proto.constructor.name}.process`;
+        const previous = owners.get(processor.name);
+        if (previous !== undefined) {
+          throw new Error(`the queue '${processor.name}' has two handlers: ${previous} and ${owner}`);
+        }
+        owners.set(processor.name, owner);
+        found[processor.name] = {
+          handler: this.processorHandler(instance as Record<string, unknown>, proto, processor.name),
+          concurrency: processor.concurrency,
+          immediateSlots: processor.immediateSlots,
+        };
       }
       for (const method of this.scanner.getAllMethodNames(proto)) {
         const fn = (instance as Record<string, unknown>)[method];
@@ -205,6 +277,7 @@ export class SwitchyardModule {
       module: SwitchyardModule,
       global: isGlobal ?? true,
       imports: [DiscoveryModule],
+      controllers: rest.executionManagerRoutes ? [ExecutionManagerController] : [],
       providers: [{ provide: SWITCHYARD_MODULE_OPTIONS, useValue: rest }, ...providers()],
       exports: exported,
     };
@@ -226,8 +299,31 @@ export class SwitchyardModule {
       module: SwitchyardModule,
       global: options.isGlobal ?? true,
       imports: [DiscoveryModule, ...(options.imports ?? [])],
+      controllers: options.executionManagerRoutes ? [ExecutionManagerController] : [],
       providers: [{ provide: SWITCHYARD_MODULE_OPTIONS, useFactory: options.useFactory, inject: options.inject ?? [] }, ...providers()],
       exports: exported,
     };
   }
+
+  /**
+   * Provides a {@link SwitchyardQueue} bound to each queue, for
+   * `@InjectSwitchyardQueue(name)`, as `@nestjs/bullmq`'s `registerQueue`.
+   * Needs `SwitchyardModule.forRoot` (global) in the app.
+   *
+   * ```ts
+   * @Module({ imports: [SwitchyardModule.registerQueue({ name: 'emails', defaults: { attempts: 3 } })] })
+   * ```
+   */
+  static registerQueue(...queues: RegisterQueueOptions[]): DynamicModule {
+    const providers: Provider[] = queues.map((q) => ({
+      provide: getSwitchyardQueueToken(q.name),
+      useFactory: (orchestrator: StandardizedOrchestratorService) => new SwitchyardQueue(q.name, orchestrator, q.defaults ?? {}),
+      inject: [StandardizedOrchestratorService],
+    }));
+    return { module: SwitchyardQueueModule, providers, exports: providers };
+  }
 }
+
+/** The module `registerQueue` returns. */
+@Module({})
+export class SwitchyardQueueModule {}
