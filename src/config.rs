@@ -12,6 +12,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::sqlite::Synchronous;
 
+/// The top-level keys of [`Config`], the only first parts of a
+/// `SWITCHYARD_*` variable read as settings (a unit test keeps the list
+/// true).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "store",
+    "limits",
+    "scheduler",
+    "log",
+    "otel",
+    "webhook",
+    "workflows",
+    "temporal",
+    "bullmq",
+    "admin",
+    "auth",
+];
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -210,11 +229,14 @@ impl Config {
             }
             f = f.merge(Toml::file(path));
         }
-        f = f.merge(
-            Env::prefixed("SWITCHYARD_")
-                .split("__")
-                .ignore(&["SERVER", "CONFIG"]),
-        );
+        // Only variables whose first part names a setting of ours: other
+        // tools use the prefix too (SWITCHYARD_SERVER for the CLI, test
+        // rigs' SWITCHYARD_BIN). Inside a known section an unknown key is
+        // still an error, so a typo is caught.
+        f = f.merge(Env::prefixed("SWITCHYARD_").split("__").filter(|k| {
+            let top = k.as_str().split('.').next().unwrap_or_default();
+            TOP_LEVEL_KEYS.iter().any(|t| t.eq_ignore_ascii_case(top))
+        }));
         let mut flat = Figment::new();
         if let Some(l) = overrides.listen {
             flat = flat.merge(Serialized::default("listen", l));
@@ -299,6 +321,29 @@ mod tests {
                 "env beats file"
             );
             assert_eq!(c.scheduler.max_lease_losses, 2, "file beats defaults");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn top_level_keys_are_the_configs() {
+        let v = serde_json::to_value(Config::default()).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut listed = TOP_LEVEL_KEYS.to_vec();
+        keys.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn other_tools_variables_are_ignored_but_typos_in_a_section_are_not() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SWITCHYARD_BIN", "/somewhere/switchyard");
+            jail.set_env("SWITCHYARD_TEST_LOG", "1");
+            jail.set_env("SWITCHYARD_SERVER", "http://127.0.0.1:1");
+            assert!(Config::load(None, &Overrides::default()).is_ok());
+            jail.set_env("SWITCHYARD_SCHEDULER__LEASE_TLL", "5s");
+            assert!(Config::load(None, &Overrides::default()).is_err());
             Ok(())
         });
     }

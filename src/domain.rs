@@ -522,14 +522,24 @@ pub struct TaskRuntime {
     pub cancel_requested: bool,
     /// The worker running it.
     pub worker_id: Option<Box<str>>,
-    /// How often its worker was lost.
+    /// How often its worker was lost during the current attempt.
     pub lease_losses: u32,
+    /// The next delivery repeats `attempt` instead of starting the next
+    /// one: the attempt did not finish (its worker was lost, the server
+    /// restarted, or its engine was unreachable), so `attempt` stays the
+    /// current or last attempt while the task waits.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub repeat: bool,
     /// Sequence number of the last event.
     pub seq: u64,
     /// Whether it has been handed to its external engine (outbox).
     pub forwarded: bool,
     /// Executor-specific state (workflow steps), as JSON.
     pub detail: Option<Box<serde_json::Value>>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn progress_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -555,6 +565,7 @@ impl TaskRuntime {
             cancel_requested: false,
             worker_id: None,
             lease_losses: 0,
+            repeat: false,
             seq: 0,
             forwarded: false,
             detail: None,

@@ -142,6 +142,26 @@ impl Params {
     }
 
     fn filter(&self) -> Result<TaskFilter, ApiError> {
+        for k in ["user", "user_id", "session", "session_id"] {
+            if let Some(v) = self.one(&[k]) {
+                convert::check_owner(k, v)?;
+            }
+        }
+        for keys in [
+            &["id", "task_id"][..],
+            &["name"],
+            &["type"],
+            &["state"],
+            &["source"],
+        ] {
+            let n = self.many(keys).len();
+            if n > convert::MAX_FILTER_VALUES {
+                return Err(ApiError::field(
+                    keys[0],
+                    format!("at most {} values, got {n}", convert::MAX_FILTER_VALUES),
+                ));
+            }
+        }
         let mut f = TaskFilter {
             user_id: self.one(&["user", "user_id"]).map(str::to_string),
             session_id: self.one(&["session", "session_id"]).map(str::to_string),
@@ -281,9 +301,7 @@ async fn cancel_task(
     let id = task_id(&id)?;
     let force = p.flag("force")?;
     let reason = p.one(&["reason"]).unwrap_or_default();
-    if reason.len() > 1024 {
-        return Err(ApiError::field("reason", "must be at most 1024 bytes"));
-    }
+    convert::check_reason(reason)?;
     let (outcome, t) = s.core.cancel(id, reason, force).await?;
     Ok(Json(to_json(
         "CancelTaskResponse",

@@ -116,8 +116,13 @@ pub async fn run_with(
     if let Some(m) = &metrics {
         m.attach(core.clone());
     }
-    let executors = crate::executor::start(&core, &config)?;
     let addr = listener.local_addr().ok();
+    let mut config = config;
+    config.webhook.own_addresses = addr
+        .into_iter()
+        .chain(admin_listener.as_ref().and_then(|l| l.local_addr().ok()))
+        .collect();
+    let executors = crate::executor::start(&core, &config)?;
     tracing::info!(
         ?addr,
         store = %if config.store.memory { "memory".to_string() } else { config.data_dir.join("switchyard.db").display().to_string() },

@@ -906,7 +906,11 @@ impl State {
         a.worker = Some(wid);
         a.slot = slot;
         a.queued = None;
-        a.task.rt.attempt += 1;
+        if a.task.rt.repeat {
+            a.task.rt.repeat = false;
+        } else {
+            a.task.rt.attempt += 1;
+        }
         a.task.rt.started_at = Some(now);
         a.task.rt.worker_id = Some(Box::from(&*worker_name));
         a.task.rt.progress = 0.0;
@@ -1073,7 +1077,8 @@ impl State {
     ) {
         self.back_to_pending(id, retry_after, reason);
         if let Some(a) = self.tasks.get_mut(&id) {
-            a.task.rt.attempt = attempt.saturating_sub(1);
+            a.task.rt.attempt = attempt;
+            a.task.rt.repeat = attempt > 0;
             a.again = true;
         }
         self.emit(id, EventKind::Updated, vec![log]);
@@ -1099,9 +1104,42 @@ impl State {
             return;
         }
         let losses = a.task.rt.lease_losses + u32::from(counts_as_loss);
+        let (max_attempts, backoff) = (a.task.spec.max_attempts, a.task.spec.backoff);
+        if losses > max_losses && attempt < max_attempts {
+            // Lost too often, this attempt fails; the next one starts afresh
+            // (lease losses count per attempt, so every attempt is used).
+            let err = TaskError {
+                message: format!("{why}; the worker was lost {losses} times in this attempt"),
+                kind: "worker_lost".into(),
+                details: String::new(),
+                retryable: true,
+                attempt,
+            };
+            let delay = backoff.delay(attempt);
+            self.back_to_pending(id, delay, WaitingReason::BackingOff);
+            if let Some(a) = self.tasks.get_mut(&id) {
+                a.task.rt.last_error = Some(Box::new(err.clone()));
+                a.task.rt.lease_losses = 0;
+            }
+            self.emit(
+                id,
+                EventKind::Retrying,
+                vec![LogEntry::system(
+                    id,
+                    attempt,
+                    format!(
+                        "attempt {attempt} of {max_attempts} failed: {}; retrying in {}",
+                        err.message,
+                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+                    ),
+                )
+                .level("warn")],
+            );
+            return;
+        }
         if losses > max_losses {
             let err = TaskError {
-                message: format!("{why}; the worker was lost {losses} times"),
+                message: format!("{why}; the worker was lost {losses} times in its last attempt"),
                 kind: "worker_lost".into(),
                 details: String::new(),
                 retryable: false,
@@ -1126,7 +1164,7 @@ impl State {
         if let Some(a) = self.tasks.get_mut(&id) {
             a.task.rt.lease_losses = losses;
             // The attempt did not finish: the next delivery repeats it.
-            a.task.rt.attempt = attempt.saturating_sub(1);
+            a.task.rt.repeat = attempt > 0;
             a.task.rt.worker_id = None;
             a.task.rt.waiting_reason = Some(WaitingReason::Queued);
             a.again = true;
@@ -1262,7 +1300,7 @@ impl Core {
                         let attempt = t.rt.attempt;
                         let was = t.rt.state;
                         t.rt.state = TaskState::Pending;
-                        t.rt.attempt = attempt.saturating_sub(1);
+                        t.rt.repeat = attempt > 0;
                         t.rt.worker_id = None;
                         t.rt.waiting_reason = Some(WaitingReason::Queued);
                         st.counts
@@ -1589,6 +1627,10 @@ impl Core {
 
     /// Lists tasks, newest first. Active tasks show their live status.
     pub async fn list(&self, q: ListQuery) -> Result<Vec<Task>, CoreError> {
+        // The store filters by its own columns: flush first, so a task seen
+        // in a new state before the call (GetTaskStatus, an event) is
+        // selected by that state.
+        self.inner.store.flush().await.map_err(CoreError::Store)?;
         let mut tasks = self.inner.store.list(q).await?;
         let st = self.inner.state.lock();
         for t in tasks.iter_mut() {
@@ -2042,8 +2084,9 @@ impl Core {
     }
 
     async fn timer_loop(&self) {
-        let lease = self.inner.cfg.lease_ttl;
-        let check_every = (lease / 4).max(Duration::from_millis(50));
+        // Leases are checked when the earliest one can run out (a worker's
+        // last message plus `lease_ttl`), not on a period, so a lost worker
+        // is found on time.
         let mut next_lease_check = now_micros();
         loop {
             if self.inner.closed.load(Ordering::Acquire) {
@@ -2051,9 +2094,6 @@ impl Core {
             }
             let now = now_micros();
             let run_lease_check = now >= next_lease_check;
-            if run_lease_check {
-                next_lease_check = add_micros(now, check_every);
-            }
             let next = self.with_state(|st, cfg| {
                 while let Some(&(t, id)) = st.timers.first() {
                     if t > now {
@@ -2080,7 +2120,7 @@ impl Core {
                     let lost: Vec<String> = st
                         .workers
                         .values()
-                        .filter(|w| !w.local && now - w.last_seen > ttl)
+                        .filter(|w| !w.local && now - w.last_seen >= ttl)
                         .map(|w| w.id.to_string())
                         .collect();
                     for w in lost {
@@ -2092,6 +2132,14 @@ impl Core {
                             true,
                         );
                     }
+                    next_lease_check = st
+                        .workers
+                        .values()
+                        .filter(|w| !w.local)
+                        .map(|w| w.last_seen.saturating_add(ttl))
+                        .min()
+                        .unwrap_or(now + ttl)
+                        .max(now + 1_000);
                 }
                 let until = [
                     st.timers.first().map(|t| t.0),

@@ -285,7 +285,9 @@ impl Executor {
             None => None,
         };
         let allow = Arc::new(
-            AllowList::parse(&cfg.allow_hosts).map_err(|e| invalid("webhook.allow_hosts", e))?,
+            AllowList::parse(&cfg.allow_hosts)
+                .map_err(|e| invalid("webhook.allow_hosts", e))?
+                .with_own(&cfg.own_addresses),
         );
         let signing = match (&cfg.signing_secret_env, &cfg.signing_secret_file) {
             (None, None) => None,
@@ -626,7 +628,7 @@ impl Executor {
             .map_err(|m| Failure::new(kind::INVALID_TARGET, false, m))?;
         let mut shown = call::display_url(&url);
         let _ = flight.url.set(shown.clone());
-        self.allow.check_url(&url).map_err(refused)?;
+        self.allow.check(&url).await.map_err(refused)?;
         let source = match &task.spec.target {
             Target::Integration {
                 integration_source, ..
@@ -689,7 +691,9 @@ impl Executor {
                 }
                 flight.status.store(status.as_u16(), Ordering::Release);
                 if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
-                    let next = self.redirect_target(&url, &shown, status, resp.headers(), hops)?;
+                    let next = self
+                        .redirect_target(&url, &shown, status, resp.headers(), hops)
+                        .await?;
                     if next.origin() != url.origin() {
                         // Credentials belong to the origin they were configured for.
                         if let Some(a) = settings.auth {
@@ -928,7 +932,7 @@ impl Executor {
     }
 
     /// Where a redirect goes, once the guard has accepted it.
-    fn redirect_target(
+    async fn redirect_target(
         &self,
         from: &Url,
         shown: &str,
@@ -961,7 +965,7 @@ impl Executor {
                     ),
                 )
             })?;
-        self.allow.check_url(&next).map_err(|r| {
+        self.allow.check(&next).await.map_err(|r| {
             let mut f = refused(r);
             f.message = format!("POST {shown} redirected: {}", f.message);
             f

@@ -218,6 +218,11 @@ impl TestServer {
         server
     }
 
+    /// The server's data directory (its store is `switchyard.db` there).
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// `http://admin_addr` (no trailing slash).
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin_addr)

@@ -17,6 +17,7 @@ mod core_grpcurl;
 mod core_leases;
 mod core_list_metrics;
 mod core_watch;
+mod hostile;
 mod temporal;
 mod tracing_otlp;
 mod webhook;

@@ -41,6 +41,11 @@ pub struct WebhookConfig {
     /// (`10.1.0.0/16`). Empty by default: loopback, private, link-local,
     /// CGNAT, multicast and cloud-metadata addresses are refused.
     pub allow_hosts: Vec<String>,
+    /// The server's own listen addresses (gRPC, admin), set at start-up, not
+    /// configured: a webhook may reach them only through an `allow_hosts`
+    /// entry that names the port.
+    #[serde(skip)]
+    pub own_addresses: Vec<std::net::SocketAddr>,
     /// Time to establish a connection (TCP and TLS). Default 5s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -81,6 +86,7 @@ impl Default for WebhookConfig {
             n8n_base_url: None,
             workflow_paths: BTreeMap::new(),
             allow_hosts: Vec::new(),
+            own_addresses: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             max_redirects: 3,

@@ -7,7 +7,6 @@
 //! followed by the executor itself, so every hop goes through the same checks.
 //! It owns no I/O besides the resolver's lookup.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -124,11 +123,17 @@ impl fmt::Display for SsrfRefused {
 
 impl std::error::Error for SsrfRefused {}
 
-/// The destinations exempt from the guard (`webhook.allow_hosts`).
+/// The destinations exempt from the guard (`webhook.allow_hosts`), and
+/// Switchyard's own listeners, which a webhook may never reach unless an
+/// entry names them with their port.
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
-    names: HashSet<String>,
-    nets: Vec<IpNet>,
+    /// Host names, each with the one port it allows (`None`: any).
+    names: Vec<(String, Option<u16>)>,
+    /// Addresses and networks, likewise.
+    nets: Vec<(IpNet, Option<u16>)>,
+    /// The server's own listen addresses (gRPC, admin).
+    own: Vec<SocketAddr>,
 }
 
 /// Lower-cases a host name and drops a trailing dot and IPv6 brackets.
@@ -142,61 +147,138 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 impl AllowList {
-    /// Parses entries: host names, IP addresses or CIDRs.
+    /// Parses entries: host names, IP addresses or CIDRs, the first two
+    /// optionally with a port (`n8n.internal:5678`, `127.0.0.1:5678`,
+    /// `[::1]:5678`), which then is the only port they allow.
     pub fn parse(entries: &[String]) -> Result<Self, String> {
         let mut out = AllowList::default();
-        for e in entries {
-            let e = normalize_host(e.trim());
+        for raw in entries {
+            let e = raw.trim().to_ascii_lowercase();
             if e.is_empty() {
                 return Err("webhook.allow_hosts has an empty entry".into());
             }
             if let Ok(net) = e.parse::<IpNet>() {
-                out.nets.push(net.trunc());
-            } else if let Ok(ip) = e.parse::<IpAddr>() {
-                out.nets.push(IpNet::from(ip));
-            } else if e.contains('/') || e.contains(':') {
-                return Err(format!(
-                    "webhook.allow_hosts entry {e:?} is neither a host name, an IP address nor a CIDR"
-                ));
+                out.nets.push((net.trunc(), None));
+            } else if let Ok(ip) = normalize_host(&e).parse::<IpAddr>() {
+                out.nets.push((IpNet::from(ip), None));
+            } else if let Ok(sa) = e.parse::<SocketAddr>() {
+                out.nets.push((IpNet::from(sa.ip()), Some(sa.port())));
             } else {
-                out.names.insert(e);
+                let (host, port) = match e.rsplit_once(':') {
+                    Some((h, p)) if !h.contains(':') => {
+                        let port = p.parse::<u16>().map_err(|_| {
+                            format!(
+                                "webhook.allow_hosts entry {} has a port that is not a number from 0 to 65535",
+                                crate::domain::text::quote(raw)
+                            )
+                        })?;
+                        (h, Some(port))
+                    }
+                    _ => (e.as_str(), None),
+                };
+                let host = normalize_host(host);
+                if host.is_empty() || host.contains('/') || host.contains(':') {
+                    return Err(format!(
+                        "webhook.allow_hosts entry {} is neither a host name, an IP address nor a CIDR (each optionally with :port)",
+                        crate::domain::text::quote(raw)
+                    ));
+                }
+                out.names.push((host, port));
             }
         }
         Ok(out)
     }
 
-    /// Whether a host name is listed as such.
-    pub fn host_allowed(&self, host: &str) -> bool {
-        !self.names.is_empty() && self.names.contains(&normalize_host(host))
+    /// The same list, knowing the server's own listen addresses.
+    pub fn with_own(mut self, own: &[SocketAddr]) -> Self {
+        self.own = own.to_vec();
+        self
     }
 
-    /// Checks one address that `host` resolved to (or is).
+    /// Whether a host name is listed as such (on some port; [`Self::check`]
+    /// checks the port).
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let h = normalize_host(host);
+        self.names.iter().any(|(n, _)| *n == h)
+    }
+
+    /// Checks one address that `host` resolved to (or is), on any port a
+    /// matching entry allows ([`Self::check`] checks the port).
     pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), SsrfRefused> {
+        self.check_ip_port(host, ip, None)
+    }
+
+    /// Checks an address, and with `port` also that an entry allowing the
+    /// address allows that port.
+    fn check_ip_port(&self, host: &str, ip: IpAddr, port: Option<u16>) -> Result<(), SsrfRefused> {
         let Some(reason) = refused_reason(ip) else {
             return Ok(());
         };
-        if self.nets.iter().any(|n| n.contains(&ip)) || self.ip_mapped_allowed(ip) {
+        let v4 = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let listed = self.nets.iter().any(|(n, p)| {
+            (n.contains(&ip) || v4.is_some_and(|v4| n.contains(&v4)))
+                && (p.is_none() || port.is_none() || *p == port)
+        });
+        if listed {
             return Ok(());
         }
         Err(SsrfRefused {
             host: host.to_string(),
             ip: Some(ip),
-            reason: reason.to_string(),
+            reason: match port {
+                Some(port) if self.nets.iter().any(|(n, _)| n.contains(&ip)) => {
+                    format!("{reason} address, allowed on other ports than {port}")
+                }
+                _ => reason.to_string(),
+            },
         })
     }
 
-    fn ip_mapped_allowed(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .is_some_and(|v4| self.nets.iter().any(|n| n.contains(&IpAddr::V4(v4)))),
-            IpAddr::V4(_) => false,
-        }
+    /// Whether `ip:port` reaches one of the server's own listeners (a
+    /// listener on 0.0.0.0 or :: is reached through any loopback or private
+    /// address).
+    fn is_own(&self, ip: IpAddr, port: u16) -> bool {
+        self.own.iter().any(|a| {
+            a.port() == port
+                && (a.ip() == ip
+                    || (a.ip().is_loopback() && ip.is_loopback())
+                    || (a.ip().is_unspecified() && refused_reason(ip).is_some()))
+        })
     }
 
-    /// Checks a URL before a request: the scheme, and the host when it is an
-    /// IP literal (names are checked by [`GuardedResolver`] when connecting).
-    pub fn check_url(&self, url: &Url) -> Result<(), SsrfRefused> {
+    /// Refuses the server's own listeners unless an entry names them with
+    /// their port.
+    fn check_own(&self, host: &str, ip: IpAddr, port: u16) -> Result<(), SsrfRefused> {
+        if !self.is_own(ip, port) {
+            return Ok(());
+        }
+        let h = normalize_host(host);
+        let named = self.names.iter().any(|(n, p)| *n == h && *p == Some(port))
+            || self
+                .nets
+                .iter()
+                .any(|(n, p)| n.contains(&ip) && *p == Some(port));
+        if named {
+            return Ok(());
+        }
+        Err(SsrfRefused {
+            host: host.to_string(),
+            ip: Some(ip),
+            reason: format!(
+                "Switchyard's own listener (port {port}); only an entry with this port in webhook.allow_hosts allows it"
+            ),
+        })
+    }
+
+    /// Checks a URL before a request: the scheme; the host and port when the
+    /// host is an IP literal; for a name, the port its entry allows, and
+    /// (resolving it here) that it does not lead to the server's own
+    /// listeners or to an address listed for other ports only. Names are
+    /// checked again by [`GuardedResolver`] when connecting.
+    pub async fn check(&self, url: &Url) -> Result<(), SsrfRefused> {
         let host = url.host_str().unwrap_or_default();
         if !matches!(url.scheme(), "http" | "https") {
             return Err(SsrfRefused {
@@ -215,12 +297,40 @@ impl AllowList {
                 reason: "the URL has no host".into(),
             });
         }
+        let port = url.port_or_known_default().unwrap_or(0);
         // The URL parser normalises IP literals (`0x7f.1` is `127.0.0.1`), so
         // a host that parses as an address is one; anything else is a name.
-        match normalize_host(host).parse::<IpAddr>() {
-            Ok(ip) => self.check_ip(host, ip),
-            Err(_) => Ok(()),
+        if let Ok(ip) = normalize_host(host).parse::<IpAddr>() {
+            self.check_own(host, ip, port)?;
+            return self.check_ip_port(host, ip, Some(port));
         }
+        let h = normalize_host(host);
+        let entries: Vec<Option<u16>> = self
+            .names
+            .iter()
+            .filter(|(n, _)| *n == h)
+            .map(|(_, p)| *p)
+            .collect();
+        if !entries.is_empty() && !entries.iter().any(|p| p.is_none() || *p == Some(port)) {
+            return Err(SsrfRefused {
+                host: host.to_string(),
+                ip: None,
+                reason: format!("webhook.allow_hosts allows {host} on other ports than {port}"),
+            });
+        }
+        let port_rules =
+            self.own.iter().any(|a| a.port() == port) || self.nets.iter().any(|(_, p)| p.is_some());
+        if port_rules {
+            if let Ok(found) = tokio::net::lookup_host((h.as_str(), port)).await {
+                for a in found {
+                    self.check_own(host, a.ip(), port)?;
+                    if entries.is_empty() {
+                        self.check_ip_port(host, a.ip(), Some(port))?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -352,30 +462,97 @@ mod tests {
         assert!(AllowList::parse(&["".into()]).is_err());
     }
 
-    #[test]
-    fn urls_are_checked_for_scheme_and_ip_literals() {
+    async fn check_with(a: &AllowList, u: &str) -> Result<(), SsrfRefused> {
+        a.check(&Url::parse(u).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn entries_with_a_port_allow_that_port_only() {
+        let a = AllowList::parse(&[
+            "127.0.0.1:5678".into(),
+            "n8n.internal:5678".into(),
+            "[::1]:80".into(),
+        ])
+        .unwrap();
+        assert!(check_with(&a, "http://127.0.0.1:5678/webhook/x")
+            .await
+            .is_ok());
+        let e = check_with(&a, "http://127.0.0.1:9000/").await.unwrap_err();
+        assert!(e.reason.contains("other ports"), "{e}");
+        assert!(check_with(&a, "http://[::1]/").await.is_ok());
+        assert!(check_with(&a, "http://[::1]:81/").await.is_err());
+        let e = check_with(&a, "http://n8n.internal:80/").await.unwrap_err();
+        assert!(e.reason.contains("other ports"), "{e}");
+        assert!(AllowList::parse(&["n8n.internal:http".into()]).is_err());
+        assert!(AllowList::parse(&["n8n.internal:70000".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_servers_own_listeners_need_an_entry_with_their_port() {
+        let own: Vec<SocketAddr> = vec![
+            "127.0.0.1:50051".parse().unwrap(),
+            "0.0.0.0:9090".parse().unwrap(),
+        ];
+        // Loopback allowed on every port: still not the admin or gRPC port.
+        let a = AllowList::parse(&["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .with_own(&own);
+        assert!(check_with(&a, "http://127.0.0.1:5678/").await.is_ok());
+        for u in [
+            "http://127.0.0.1:50051/",
+            "http://127.0.0.1:9090/api/tasks",
+            "http://127.0.0.2:9090/",
+            "http://localhost:9090/api/tasks",
+        ] {
+            let e = check_with(&a, u).await.unwrap_err();
+            assert!(e.reason.contains("own listener"), "{u}: {e}");
+        }
+        // Listed with its port: allowed.
+        let b = AllowList::parse(&["127.0.0.1:9090".into()])
+            .unwrap()
+            .with_own(&own);
+        assert!(check_with(&b, "http://127.0.0.1:9090/").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_for_scheme_and_ip_literals() {
         let none = AllowList::default();
-        let check = |u: &str| none.check_url(&Url::parse(u).unwrap());
         assert!(
-            check("https://example.com/x").is_ok(),
+            check_with(&none, "https://example.com/x").await.is_ok(),
             "names are checked at resolution"
         );
         assert_eq!(
-            check("http://169.254.169.254/latest").unwrap_err().reason,
+            check_with(&none, "http://169.254.169.254/latest")
+                .await
+                .unwrap_err()
+                .reason,
             "cloud metadata"
         );
-        assert_eq!(check("http://[::1]:8080/").unwrap_err().reason, "loopback");
         assert_eq!(
-            check("http://0x7f.1/").unwrap_err().reason,
+            check_with(&none, "http://[::1]:8080/")
+                .await
+                .unwrap_err()
+                .reason,
+            "loopback"
+        );
+        assert_eq!(
+            check_with(&none, "http://0x7f.1/")
+                .await
+                .unwrap_err()
+                .reason,
             "loopback",
             "the URL parser normalises"
         );
-        assert!(check("ftp://example.com/")
+        assert!(check_with(&none, "ftp://example.com/")
+            .await
             .unwrap_err()
             .reason
             .contains("scheme"));
-        assert!(check("file:///etc/passwd").is_err());
-        let msg = check("http://10.0.0.1/").unwrap_err().to_string();
+        assert!(check_with(&none, "file:///etc/passwd").await.is_err());
+        let msg = check_with(&none, "http://10.0.0.1/")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("private") && msg.contains("allow_hosts"),
             "{msg}"

@@ -1,0 +1,860 @@
+//! Hostile input: what a client, a worker or an operator can send that once
+//! hurt the server, and the kinds of case behind each. Every case asserts
+//! the code, the field named, that the answer stays small, that the server
+//! still serves, and (where the store was written) that SQLite's
+//! `PRAGMA integrity_check` passes afterwards.
+//!
+//! Raw bytes go through [`RawCodec`], so nothing here depends on the
+//! generated encoder being well-behaved.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use switchyard::pb;
+use tokio_stream::StreamExt;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::common::*;
+
+/// The largest gRPC answer (message and details) a refusal may take: far
+/// below the 16 KiB of metadata standard clients accept.
+const MAX_ANSWER: usize = 4096;
+
+/// Sends and receives messages as bytes, unchanged.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let v = buf.chunk().to_vec();
+        buf.advance(v.len());
+        Ok(Some(v))
+    }
+}
+
+const SCHEDULE: &str = "/switchyard.v1.OrchestratorService/ScheduleTask";
+const WORK: &str = "/switchyard.v1.WorkerService/Work";
+
+async fn raw_unary(ch: &Channel, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(body),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// The size of a refusal as a client receives it.
+fn answer_size(s: &Status) -> usize {
+    s.message().len() + s.details().len()
+}
+
+#[track_caller]
+fn assert_small(case: &str, s: &Status) {
+    assert!(
+        answer_size(s) <= MAX_ANSWER,
+        "{case}: the answer takes {} bytes ({:?}…)",
+        answer_size(s),
+        switchyard::domain::text::prefix(s.message(), 200)
+    );
+}
+
+/// Asserts INVALID_ARGUMENT naming `field`, with a small answer.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(case: &str, r: Result<T, Status>, field: &str) {
+    if let Err(s) = &r {
+        assert_small(case, s);
+    }
+    assert_invalid(case, r, field);
+}
+
+fn integrity_ok(data_dir: &Path) {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("switchyard.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store read-only");
+    let r: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(r, "ok", "the store's integrity check");
+}
+
+async fn still_serves(client: &mut Client) {
+    let id = schedule(client, simple("still-serving", json!({"ok": true}))).await;
+    status(client, &id).await;
+    client
+        .get_metrics(pb::GetMetricsRequest {})
+        .await
+        .expect("GetMetrics after the hostile input");
+}
+
+fn schedule_bytes() -> Vec<u8> {
+    simple_with(
+        "mutated",
+        json!({"user": {"id": 7, "tags": ["a", "b"]}, "note": "hé"}),
+        pb::TaskOptions {
+            priority: 5,
+            attempts: 3,
+            user_id: "u-1".into(),
+            idempotency_key: "k-1".into(),
+            labels: [("team".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        },
+    )
+    .encode_to_vec()
+}
+
+// ---------------------------------------------------------------------------
+// Decoding.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument_never_internal() {
+    let server = TestServer::start().await;
+    let ch = channel(&server.url).await;
+    // Invalid UTF-8 in `name` (field 1) and in a payload string.
+    let mut bad_name = vec![0x0a, 0x03, b'a', 0xc3, 0x28];
+    bad_name.extend(&schedule_bytes()[..0]);
+    let mut bad_payload = schedule_bytes();
+    let at = bad_payload
+        .windows(3)
+        .position(|w| w == b"h\xc3\xa9")
+        .expect("the payload's string");
+    bad_payload[at + 2] = 0x28; // é becomes an invalid sequence
+    for (case, body) in [
+        ("invalid UTF-8 in name", bad_name),
+        ("invalid UTF-8 in a payload string", bad_payload),
+        ("garbage", vec![0xff; 64]),
+        ("a truncated field", vec![0x0a, 0x40, b'a']),
+    ] {
+        let e = raw_unary(&ch, SCHEDULE, body).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{case}: {e:?}");
+        assert!(e.message().contains("decoded"), "{case}: {}", e.message());
+        assert_small(case, &e);
+    }
+
+    // Random mutations of a valid request: each is accepted or refused as
+    // the client's fault, never INTERNAL, never a large answer.
+    let valid = schedule_bytes();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let (mut ok, mut invalid) = (0, 0);
+    for i in 0..300 {
+        let mut m = valid.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..m.len());
+            match rng.random_range(0..4) {
+                0 => m[at] = rng.random(),
+                1 => m[at] ^= 1 << rng.random_range(0..8),
+                2 => m.insert(at, rng.random()),
+                _ => m.truncate(at.max(1)),
+            }
+        }
+        match raw_unary(&ch, SCHEDULE, m.clone()).await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.code(),
+                        Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound
+                    ),
+                    "mutation {i} ({m:02x?}): {e:?}"
+                );
+                assert_small(&format!("mutation {i}"), &e);
+                invalid += 1;
+            }
+        }
+    }
+    assert!(ok > 0 && invalid > 0, "{ok} accepted, {invalid} refused");
+    let mut client = server.client().await;
+    still_serves(&mut client).await;
+    integrity_ok(server.data_dir());
+}
+
+#[tokio::test]
+async fn garbage_as_a_workers_first_message_is_invalid_argument() {
+    let server = TestServer::start().await;
+    let ch = channel(&server.url).await;
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.expect("ready");
+    let msgs = tokio_stream::iter(vec![vec![0xffu8; 32]]);
+    let r = grpc
+        .streaming(
+            tonic::Request::new(msgs),
+            http::uri::PathAndQuery::from_static(WORK),
+            RawCodec,
+        )
+        .await;
+    let e = match r {
+        Err(e) => e,
+        Ok(resp) => {
+            let mut s = resp.into_inner();
+            match s.next().await {
+                Some(Err(e)) => e,
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    };
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_small("garbage first message", &e);
+}
+
+#[tokio::test]
+async fn payloads_nest_sixty_four_levels_deep_and_no_deeper_than_the_limit() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let nested = |levels: usize| {
+        let mut v = json!({"leaf": 1});
+        for _ in 1..levels {
+            v = json!({ "a": v });
+        }
+        v
+    };
+    let id = schedule(&mut client, simple("deep", nested(64))).await;
+    let got = client
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .expect("GetTaskStatus of a deep payload")
+        .into_inner();
+    assert_eq!(
+        got.payload.map(|p| struct_json(&p)),
+        Some(nested(64)),
+        "the payload round-trips"
+    );
+    let e = client
+        .schedule_task(simple("deep", nested(80)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("64 levels"), "{}", e.message());
+    still_serves(&mut client).await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_resource_exhausted() {
+    let server = TestServer::start().await;
+    let ch = channel(&server.url).await;
+    let mut big = vec![0x0a];
+    let name = vec![b'a'; 8 << 20];
+    prost::encoding::encode_varint(name.len() as u64, &mut big);
+    big.extend(name);
+    let e = raw_unary(&ch, SCHEDULE, big).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let mut client = server.client().await;
+    still_serves(&mut client).await;
+}
+
+// ---------------------------------------------------------------------------
+// Bounded answers and fields.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn errors_quote_a_short_prefix_and_a_bounded_number_of_violations() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let huge = "x".repeat(1 << 20);
+    for (case, r) in [
+        (
+            "GetTaskStatus",
+            client
+                .get_task_status(pb::GetTaskStatusRequest {
+                    task_id: huge.clone(),
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "CancelTask",
+            client
+                .cancel_task(pb::CancelTaskRequest {
+                    task_id: huge.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "GetTaskLogs",
+            client
+                .get_task_logs(pb::GetTaskLogsRequest {
+                    task_id: huge.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        refused(case, r, "task_id");
+    }
+    // 1,000 bad ids: at most 20 violations come back, counted.
+    let r = client
+        .list_tasks(pb::ListTasksRequest {
+            filter: Some(pb::TaskFilter {
+                task_ids: (0..1000).map(|i| format!("not-an-id-{i}")).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let e = r.as_ref().unwrap_err().clone();
+    refused("1,000 bad ids", r, "filter.task_ids[0]");
+    assert_eq!(violations(&e).len(), 20);
+    assert!(e.message().contains("980 more"), "{}", e.message());
+    // 100,000 of them: refused by count, before any is parsed.
+    let r = client
+        .list_tasks(pb::ListTasksRequest {
+            filter: Some(pb::TaskFilter {
+                task_ids: vec!["x".into(); 100_000],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    refused("100,000 ids", r, "filter.task_ids");
+    still_serves(&mut client).await;
+}
+
+#[tokio::test]
+async fn every_free_text_field_is_bounded() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let long = |n: usize| "r".repeat(n);
+    refused(
+        "Disconnect.reason of 1 MiB",
+        client
+            .disconnect(pb::DisconnectRequest {
+                user_id: "u".into(),
+                reason: long(1 << 20),
+                ..Default::default()
+            })
+            .await,
+        "reason",
+    );
+    refused(
+        "Disconnect.user_id of 257 bytes",
+        client
+            .disconnect(pb::DisconnectRequest {
+                user_id: long(257),
+                ..Default::default()
+            })
+            .await,
+        "user_id",
+    );
+    refused(
+        "Disconnect.session_id of 257 bytes",
+        client
+            .disconnect(pb::DisconnectRequest {
+                session_id: long(257),
+                ..Default::default()
+            })
+            .await,
+        "session_id",
+    );
+    refused(
+        "ListTasks user_id of 257 bytes",
+        client
+            .list_tasks(pb::ListTasksRequest {
+                filter: Some(pb::TaskFilter {
+                    user_id: long(257),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await,
+        "filter.user_id",
+    );
+    // WatchTasks validates its filter's names like ListTasks.
+    refused(
+        "WatchTasks with a bad name",
+        client
+            .watch_tasks(pb::WatchTasksRequest {
+                filter: Some(pb::TaskFilter {
+                    names: vec!["no spaces".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await,
+        "filter.names[0]",
+    );
+    // A delay with nanos past a second says so.
+    let r = client
+        .schedule_task(simple_with(
+            "n",
+            json!({}),
+            pb::TaskOptions {
+                delay: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 2_000_000_000,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    let e = r.as_ref().unwrap_err().clone();
+    refused("delay nanos 2e9", r, "options.delay");
+    assert!(e.message().contains("nanos"), "{}", e.message());
+    // A definition over the size limit, and one of 120,000 steps (3.5 MiB
+    // once took 24 GB): refused at once, with one short error.
+    let steps: Vec<String> = (0..120_000)
+        .map(|i| format!("{{\"id\":\"s{i}\",\"task\":\"t\"}}"))
+        .collect();
+    let started = std::time::Instant::now();
+    refused(
+        "a definition of 120,000 steps",
+        client
+            .register_workflow(pb::RegisterWorkflowRequest {
+                definition: format!("{{\"name\":\"huge\",\"steps\":[{}]}}", steps.join(",")),
+                format: "json".into(),
+            })
+            .await,
+        "definition",
+    );
+    let steps: String = (0..2_000)
+        .map(|i| format!("{{\"id\": \"s{i}\", \"task\": \"t\"}},"))
+        .collect();
+    let json_def = format!(
+        "{{\"name\": \"many\", \"steps\": [{}]}}",
+        steps.trim_end_matches(',')
+    );
+    let r = client
+        .register_workflow(pb::RegisterWorkflowRequest {
+            definition: json_def,
+            format: "json".into(),
+        })
+        .await;
+    let e = r.as_ref().unwrap_err().clone();
+    refused("2,000 steps", r, "definition");
+    assert!(e.message().contains("at most 200 steps"), "{}", e.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusing large definitions took {:?}",
+        started.elapsed()
+    );
+    still_serves(&mut client).await;
+    integrity_ok(server.data_dir());
+}
+
+// ---------------------------------------------------------------------------
+// Workers.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_nan_progress_is_stored_as_zero_and_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = ServerProcess::start(port, dir.path(), &[]).await;
+    let mut client = connect(&server.url).await;
+    let id = schedule(&mut client, simple("nan", json!({}))).await;
+    let mut w = RawWorker::register(&server.url, &["nan"], 1).await;
+    let a = w.assignment().await;
+    for percent in [f64::NAN, f64::INFINITY, -5.0, 1e308] {
+        w.send(pb::worker_message::Msg::Progress(pb::Progress {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            percent,
+            message: "m".repeat(100_000),
+        }))
+        .await;
+        wait_until("the progress to be applied", SHORT, || {
+            let mut c = client.clone();
+            let id = id.clone();
+            async move {
+                let s = status(&mut c, &id).await;
+                s.progress_message.len() == 1024
+                    && s.progress == if percent > 50.0 { 100.0 } else { 0.0 }
+            }
+        })
+        .await;
+    }
+    w.send(pb::worker_message::Msg::Progress(pb::Progress {
+        task_id: a.task_id.clone(),
+        attempt: a.attempt,
+        percent: f64::NAN,
+        message: String::new(),
+    }))
+    .await;
+    // Listed while active (this answered INTERNAL), and after a kill -9.
+    wait_until("the NaN progress to be listed as 0", SHORT, || {
+        let mut c = client.clone();
+        async move {
+            let l = c
+                .list_tasks(pb::ListTasksRequest::default())
+                .await
+                .expect("ListTasks with a NaN progress")
+                .into_inner();
+            l.tasks.iter().any(|t| t.progress == 0.0)
+        }
+    })
+    .await;
+    server.kill9().await;
+    integrity_ok(dir.path());
+    let server = ServerProcess::start(port, dir.path(), &[]).await;
+    let mut client = connect(&server.url).await;
+    let s = status(&mut client, &id).await;
+    assert_eq!(s.progress, 0.0);
+    still_serves(&mut client).await;
+    assert!(server.terminate().await);
+}
+
+#[tokio::test]
+async fn rows_that_cannot_be_read_are_quarantined_and_the_server_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = ServerProcess::start(port, dir.path(), &[]).await;
+    let mut client = connect(&server.url).await;
+    let broken = schedule(&mut client, simple("broken", json!({}))).await;
+    let nulled = schedule(&mut client, simple("nulled", json!({}))).await;
+    let fine = schedule(&mut client, simple("fine", json!({}))).await;
+    assert!(server.terminate().await);
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("switchyard.db")).unwrap();
+        let id = |s: &str| uuid::Uuid::parse_str(s).unwrap().as_bytes().to_vec();
+        conn.execute(
+            "UPDATE tasks SET rt = '{\"state\": ' WHERE id = ?1",
+            [id(&broken)],
+        )
+        .unwrap();
+        // What the NaN defect wrote: a row of today's format with a null.
+        conn.execute(
+            "UPDATE tasks SET rt = json_set(rt, '$.progress', json('null')) WHERE id = ?1",
+            [id(&nulled)],
+        )
+        .unwrap();
+    }
+    let server = ServerProcess::start(port, dir.path(), &[]).await;
+    let mut client = connect(&server.url).await;
+    let e = client
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: broken.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    assert!(e.message().contains("quarantined"), "{}", e.message());
+    assert_eq!(status(&mut client, &nulled).await.progress, 0.0);
+    status(&mut client, &fine).await;
+    let listed = client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .expect("ListTasks past a quarantined row")
+        .into_inner();
+    let ids: Vec<&str> = listed.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert!(ids.contains(&fine.as_str()) && !ids.contains(&broken.as_str()));
+    // The other tasks still run.
+    let worker = switchyard::worker::Worker::builder(&server.url)
+        .handler("nulled", |_ctx: switchyard::worker::TaskContext| async {
+            Ok(json!({}))
+        })
+        .handler("fine", |_ctx: switchyard::worker::TaskContext| async {
+            Ok(json!({}))
+        })
+        .build();
+    let (_h, _) = spawn_worker(worker).await;
+    wait_state(&mut client, &fine, pb::TaskState::Completed, LONG).await;
+    wait_state(&mut client, &nulled, pb::TaskState::Completed, LONG).await;
+    assert!(server.terminate().await);
+    integrity_ok(dir.path());
+    let conn = rusqlite::Connection::open(dir.path().join("switchyard.db")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "one row quarantined, with its reason");
+}
+
+#[tokio::test]
+async fn a_worker_stream_that_never_registers_is_closed_within_a_lease() {
+    let server = TestServer::start().await;
+    let mut client = server.worker_client().await;
+    let (_tx, rx) = tokio::sync::mpsc::channel::<pb::WorkerMessage>(1);
+    let started = std::time::Instant::now();
+    let r = within(
+        "the server to close a silent stream",
+        LONG,
+        client.work(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await;
+    let e = r.expect_err("a stream without Register is refused");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    // test_config's lease is 2 s.
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn a_retry_after_of_ten_years_is_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let id = schedule(&mut client, simple("retry-after", json!({}))).await;
+    let mut w = RawWorker::register(&server.url, &["retry-after"], 1).await;
+    let a = w.assignment().await;
+    w.send(pb::worker_message::Msg::Fail(pb::Fail {
+        task_id: a.task_id.clone(),
+        attempt: a.attempt,
+        message: "later".into(),
+        retryable: true,
+        retry_after: Some(dur(Duration::from_secs(10 * 365 * 86_400))),
+        ..Default::default()
+    }))
+    .await;
+    match w.next("the refusal").await {
+        pb::server_message::Msg::Rejected(r) => {
+            assert_eq!(r.code, "INVALID_ARGUMENT");
+            assert!(r.message.contains("fail.retry_after"), "{}", r.message);
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(
+        state(&status(&mut client, &id).await),
+        pb::TaskState::Running
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Leases and attempts.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_requeued_task_shows_its_last_attempt_and_lease_losses_use_every_attempt() {
+    let server = TestServer::start_with(|c| {
+        c.scheduler.lease_ttl = Duration::from_millis(600);
+        c.scheduler.max_lease_losses = 1;
+    })
+    .await;
+    let mut client = server.client().await;
+    let id = schedule(
+        &mut client,
+        simple_with(
+            "lost",
+            json!({}),
+            pb::TaskOptions {
+                attempts: 3,
+                backoff: Some(pb::Backoff {
+                    kind: pb::backoff::Kind::Fixed as i32,
+                    base: Some(dur(Duration::from_millis(10))),
+                    max: None,
+                }),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    // Each attempt may lose its worker once (max_lease_losses = 1); the
+    // second loss fails the attempt and the next one starts.
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let mut w = RawWorker::register(&server.url, &["lost"], 1).await;
+        let a = w.assignment().await;
+        seen.push(a.attempt);
+        drop(w); // the stream ends: the worker is lost
+        let s = wait_for("the task to leave its lost worker", SHORT, || {
+            let mut c = client.clone();
+            let id = id.clone();
+            async move {
+                let s = status(&mut c, &id).await;
+                (state(&s) != pb::TaskState::Running).then_some(s)
+            }
+        })
+        .await;
+        if state(&s) == pb::TaskState::Failed {
+            break;
+        }
+        assert_eq!(s.attempt, a.attempt, "while it waits, its last attempt");
+    }
+    assert_eq!(seen, vec![1, 1, 2, 2, 3, 3], "every attempt used");
+    let s = status(&mut client, &id).await;
+    assert_eq!(state(&s), pb::TaskState::Failed);
+    let err = s.last_error.expect("an error");
+    assert_eq!(err.kind, "worker_lost");
+    assert_eq!(s.attempt, 3);
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_found_lost_at_its_lease_not_later() {
+    let server = TestServer::start_with(|c| {
+        c.scheduler.lease_ttl = Duration::from_millis(800);
+    })
+    .await;
+    let mut client = server.client().await;
+    let id = schedule(&mut client, simple("silent", json!({}))).await;
+    let mut w = RawWorker::register(&server.url, &["silent"], 1).await;
+    let _a = w.assignment().await;
+    let since = std::time::Instant::now();
+    // The stream stays open but says nothing.
+    let s = wait_for("the lease to run out", LONG, || {
+        let mut c = client.clone();
+        let id = id.clone();
+        async move {
+            let s = status(&mut c, &id).await;
+            (state(&s) == pb::TaskState::Pending).then_some(s)
+        }
+    })
+    .await;
+    let late = since.elapsed();
+    assert!(
+        late < Duration::from_millis(800 + 150),
+        "found lost after {late:?} (lease 800 ms)"
+    );
+    assert_eq!(s.attempt, 1);
+    drop(w);
+}
+
+// ---------------------------------------------------------------------------
+// Configuration and the SSRF guard.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_configured_but_empty_token_set_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let comments = dir.path().join("tokens");
+    std::fs::write(&comments, "# nobody yet\n\n").unwrap();
+    let comments = comments.display().to_string();
+    for env in [
+        vec![("SWITCHYARD_AUTH__TOKENS", ",")],
+        vec![("SWITCHYARD_AUTH__TOKENS", " ")],
+        vec![("SWITCHYARD_AUTH__TOKENS_FILE", comments.as_str())],
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .envs(env.iter().copied())
+            .env("SWITCHYARD_ADMIN__LISTEN", "127.0.0.1:0")
+            .output();
+        let out = within("the server to refuse to start", LONG, out)
+            .await
+            .expect("run switchyard serve");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?} started: {text}");
+        assert!(text.contains("holds no token"), "{env:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_cannot_call_the_servers_own_admin_api() {
+    let server = TestServer::start_with(|c| {
+        c.webhook.allow_hosts = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let mut client = server.client().await;
+    let req = |url: String| pb::ScheduleTaskRequest {
+        name: "self-call".into(),
+        payload: Some(payload(json!({}))),
+        task_type: pb::TaskType::Integration as i32,
+        options: Some(pb::TaskOptions {
+            attempts: 1,
+            ..Default::default()
+        }),
+        target: Some(pb::schedule_task_request::Target::Integration(
+            pb::IntegrationTarget {
+                n8n: Some(pb::N8nTarget {
+                    webhook_url: url,
+                    ..Default::default()
+                }),
+            },
+        )),
+    };
+    for url in [
+        format!("{}/api/tasks", server.admin_url()),
+        format!("http://localhost:{}/api/metrics", server.admin_addr.port()),
+        format!("{}/", server.url),
+    ] {
+        let id = schedule(&mut client, req(url.clone())).await;
+        let s = wait_state(&mut client, &id, pb::TaskState::Failed, LONG).await;
+        let e = s.last_error.expect("an error");
+        assert!(e.message.contains("own listener"), "{url}: {}", e.message);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The admin HTTP API.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn admin_routes_bound_their_input_and_their_answers() {
+    const API: &str = "/internal/execution-manager";
+    let server = TestServer::start().await;
+    let http = reqwest::Client::builder().timeout(SHORT).build().unwrap();
+    let base = server.admin_url();
+    let long_id = "x".repeat(10_000);
+    let many_ids = (0..1001)
+        .map(|i| format!("id=bad-{i}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let cases = [
+        (
+            "a 10 KB id",
+            http.get(format!("{base}{API}/tasks/{long_id}")),
+            "id",
+        ),
+        (
+            "a user of 257 bytes",
+            http.get(format!("{base}{API}/tasks?user={}", "u".repeat(257))),
+            "user",
+        ),
+        (
+            "1,001 ids",
+            http.get(format!("{base}{API}/tasks?{many_ids}")),
+            "id",
+        ),
+        (
+            "a reason of 2 KB",
+            http.delete(format!(
+                "{base}{API}/tasks/{}?reason={}",
+                uuid::Uuid::now_v7(),
+                "r".repeat(2048)
+            )),
+            "reason",
+        ),
+    ];
+    for (case, req, field) in cases {
+        let resp = req.send().await.expect("the admin server answers");
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        assert!(body.len() <= MAX_ANSWER, "{case}: {} bytes", body.len());
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, 400, "{case}: {v}");
+        assert_eq!(v["field"], field, "{case}: {v}");
+    }
+    let ok = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert!(ok.status().is_success());
+}
