@@ -273,7 +273,8 @@ export interface SignalTaskResponse {
 export interface RegisterWorkflowRequest {
   /**
    * The definition text (see the README's "Workflows" section for the
-   * schema).
+   * schema). At most 256 KiB and 200 steps; a refusal lists at most 20
+   * errors.
    */
   definition: string;
   /** `json` or `toml`. Default `json`. */
@@ -323,7 +324,9 @@ export interface ScheduleTaskRequest {
   name: string;
   /**
    * The input, as a JSON object. At most the server's `max_payload_bytes`
-   * (default 1 MiB) once serialised.
+   * (default 1 MiB) once serialised, and 64 levels deep (an object or an
+   * array is a level; a message nesting deeper is INVALID_ARGUMENT). The
+   * same depth applies to signal payloads and workers' results.
    */
   payload:
     | { [key: string]: any }
@@ -399,13 +402,16 @@ export interface CancelTaskResponse {
 
 /** Which events to watch. Empty lists mean "any"; the filters combine with AND. */
 export interface TaskFilter {
-  /** Only tasks of this user. */
+  /** Only tasks of this user. At most 256 bytes. */
   userId: string;
-  /** Only tasks of this session. */
+  /** Only tasks of this session. At most 256 bytes. */
   sessionId: string;
-  /** Only these task ids. */
+  /**
+   * Only these task ids. Each list of this filter holds at most 1,000
+   * values.
+   */
   taskIds: string[];
-  /** Only these task names. */
+  /** Only these task names (each checked like `ScheduleTaskRequest.name`). */
   names: string[];
   /** Only these types. */
   taskTypes: TaskType[];
@@ -485,11 +491,14 @@ export interface WatchLive {
 
 /** Stops every active task of one owner. Exactly one of the two is required. */
 export interface DisconnectRequest {
-  /** The user whose tasks to stop. */
+  /**
+   * The user whose tasks to stop. At most 256 bytes; exactly one of
+   * `user_id` and `session_id` is set.
+   */
   userId: string;
-  /** The session whose tasks to stop. */
+  /** The session whose tasks to stop. At most 256 bytes. */
   sessionId: string;
-  /** A reason for the task logs. */
+  /** A reason for the task logs. At most 1,024 bytes. */
   reason: string;
 }
 
@@ -4486,9 +4495,16 @@ export const GetMetricsResponse_ByNameEntry: MessageFns<GetMetricsResponse_ByNam
 /**
  * Schedules, tracks, cancels and watches tasks of every type. Errors:
  * INVALID_ARGUMENT (with `google.rpc.BadRequest` field violations) for a bad
- * request, NOT_FOUND for an unknown task id, FAILED_PRECONDITION for an
- * operation the task's state does not allow, RESOURCE_EXHAUSTED when a limit
- * is reached, UNAVAILABLE while the server drains.
+ * request, and for a message that cannot be decoded (invalid UTF-8, a
+ * truncated field) or nests deeper than the limit (see
+ * `ScheduleTaskRequest.payload`); NOT_FOUND for an unknown task id;
+ * FAILED_PRECONDITION for an operation the task's state does not allow;
+ * RESOURCE_EXHAUSTED when a limit is reached, a request larger than the
+ * server's message limit (4 MiB, or twice `max_payload_bytes`) included;
+ * UNAVAILABLE while the server drains; DATA_LOSS for a task whose stored row
+ * cannot be read back (it was quarantined at start-up). An error quotes at
+ * most 64 bytes of a refused value and carries at most 20 field violations
+ * (the message counts the rest).
  */
 export type OrchestratorServiceService = typeof OrchestratorServiceService;
 export const OrchestratorServiceService = {

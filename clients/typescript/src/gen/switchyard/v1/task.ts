@@ -669,7 +669,11 @@ export interface TaskStatus {
   source: TaskSource;
   /** The state. */
   state: TaskState;
-  /** The current or last attempt, from 1; 0 before the first attempt. */
+  /**
+   * The current or last attempt, from 1; 0 before the first attempt. A task
+   * requeued because its worker was lost (or the server restarted, or its
+   * engine was unreachable) keeps its attempt: the next delivery repeats it.
+   */
   attempt: number;
   /** The number of attempts allowed. */
   maxAttempts: number;

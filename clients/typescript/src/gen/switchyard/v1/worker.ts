@@ -90,7 +90,7 @@ export interface Progress {
   taskId: string;
   /** The attempt, as assigned. */
   attempt: number;
-  /** 0 to 100. */
+  /** 0 to 100; values outside are clamped, and NaN reads as 0. */
   percent: number;
   /** A short message. At most 1024 bytes. */
   message: string;
@@ -132,7 +132,11 @@ export interface Fail {
   details: string;
   /** False: fail the task for good now. True: retry if attempts remain. */
   retryable: boolean;
-  /** Overrides the backoff for the next attempt, if set. */
+  /**
+   * Overrides the backoff for the next attempt, if set. At most 7 days: a
+   * longer one is answered with `Rejected` (INVALID_ARGUMENT,
+   * `fail.retry_after`) and the task keeps running.
+   */
   retryAfter: Duration | undefined;
 }
 
@@ -2198,10 +2202,20 @@ export const Rejected: MessageFns<Rejected> = {
  * `CancelAssignment` when a running task is cancelled. The worker reports
  * progress, log lines, heartbeats and each task's end on the same stream.
  *
+ * The first message must come within `lease_ttl`, or the stream ends with
+ * DEADLINE_EXCEEDED; at most 1,024 streams may wait to register at once
+ * (RESOURCE_EXHAUSTED past that). A message that cannot be decoded ends the
+ * stream with INVALID_ARGUMENT.
+ *
  * Leases: every task assigned to a worker holds a lease of `lease_ttl`,
  * renewed by any message from the worker (send `Heartbeat` at
- * `heartbeat_interval` when idle). A task whose lease expires, or whose worker's
- * stream closes, is requeued (at-least-once); its log says so.
+ * `heartbeat_interval` when idle). A task whose lease expires (checked when
+ * it runs out), or whose worker's stream closes, is requeued (at-least-once)
+ * to repeat the same attempt: its `attempt` stays, and its log says so. An
+ * attempt may lose its worker `scheduler.max_lease_losses` times (default
+ * 5); one more loss fails that attempt with kind `worker_lost`, and the task
+ * retries (after its backoff, with a new count) if attempts remain, or
+ * fails.
  */
 export type WorkerServiceService = typeof WorkerServiceService;
 export const WorkerServiceService = {

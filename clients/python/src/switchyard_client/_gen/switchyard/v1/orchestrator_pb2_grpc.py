@@ -29,9 +29,16 @@ if _version_not_supported:
 class OrchestratorServiceStub:
     """Schedules, tracks, cancels and watches tasks of every type. Errors:
     INVALID_ARGUMENT (with `google.rpc.BadRequest` field violations) for a bad
-    request, NOT_FOUND for an unknown task id, FAILED_PRECONDITION for an
-    operation the task's state does not allow, RESOURCE_EXHAUSTED when a limit
-    is reached, UNAVAILABLE while the server drains.
+    request, and for a message that cannot be decoded (invalid UTF-8, a
+    truncated field) or nests deeper than the limit (see
+    `ScheduleTaskRequest.payload`); NOT_FOUND for an unknown task id;
+    FAILED_PRECONDITION for an operation the task's state does not allow;
+    RESOURCE_EXHAUSTED when a limit is reached, a request larger than the
+    server's message limit (4 MiB, or twice `max_payload_bytes`) included;
+    UNAVAILABLE while the server drains; DATA_LOSS for a task whose stored row
+    cannot be read back (it was quarantined at start-up). An error quotes at
+    most 64 bytes of a refused value and carries at most 20 field violations
+    (the message counts the rest).
     """
 
     def __init__(self, channel):
@@ -100,9 +107,16 @@ class OrchestratorServiceStub:
 class OrchestratorServiceServicer:
     """Schedules, tracks, cancels and watches tasks of every type. Errors:
     INVALID_ARGUMENT (with `google.rpc.BadRequest` field violations) for a bad
-    request, NOT_FOUND for an unknown task id, FAILED_PRECONDITION for an
-    operation the task's state does not allow, RESOURCE_EXHAUSTED when a limit
-    is reached, UNAVAILABLE while the server drains.
+    request, and for a message that cannot be decoded (invalid UTF-8, a
+    truncated field) or nests deeper than the limit (see
+    `ScheduleTaskRequest.payload`); NOT_FOUND for an unknown task id;
+    FAILED_PRECONDITION for an operation the task's state does not allow;
+    RESOURCE_EXHAUSTED when a limit is reached, a request larger than the
+    server's message limit (4 MiB, or twice `max_payload_bytes`) included;
+    UNAVAILABLE while the server drains; DATA_LOSS for a task whose stored row
+    cannot be read back (it was quarantined at start-up). An error quotes at
+    most 64 bytes of a refused value and carries at most 20 field violations
+    (the message counts the rest).
     """
 
     def ScheduleTask(self, request, context):
@@ -272,9 +286,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
 class OrchestratorService:
     """Schedules, tracks, cancels and watches tasks of every type. Errors:
     INVALID_ARGUMENT (with `google.rpc.BadRequest` field violations) for a bad
-    request, NOT_FOUND for an unknown task id, FAILED_PRECONDITION for an
-    operation the task's state does not allow, RESOURCE_EXHAUSTED when a limit
-    is reached, UNAVAILABLE while the server drains.
+    request, and for a message that cannot be decoded (invalid UTF-8, a
+    truncated field) or nests deeper than the limit (see
+    `ScheduleTaskRequest.payload`); NOT_FOUND for an unknown task id;
+    FAILED_PRECONDITION for an operation the task's state does not allow;
+    RESOURCE_EXHAUSTED when a limit is reached, a request larger than the
+    server's message limit (4 MiB, or twice `max_payload_bytes`) included;
+    UNAVAILABLE while the server drains; DATA_LOSS for a task whose stored row
+    cannot be read back (it was quarantined at start-up). An error quotes at
+    most 64 bytes of a refused value and carries at most 20 field violations
+    (the message counts the rest).
     """
 
     @staticmethod

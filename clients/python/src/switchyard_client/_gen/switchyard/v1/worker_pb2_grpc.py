@@ -33,10 +33,20 @@ class WorkerServiceStub:
     `CancelAssignment` when a running task is cancelled. The worker reports
     progress, log lines, heartbeats and each task's end on the same stream.
 
+    The first message must come within `lease_ttl`, or the stream ends with
+    DEADLINE_EXCEEDED; at most 1,024 streams may wait to register at once
+    (RESOURCE_EXHAUSTED past that). A message that cannot be decoded ends the
+    stream with INVALID_ARGUMENT.
+
     Leases: every task assigned to a worker holds a lease of `lease_ttl`,
     renewed by any message from the worker (send `Heartbeat` at
-    `heartbeat_interval` when idle). A task whose lease expires, or whose worker's
-    stream closes, is requeued (at-least-once); its log says so.
+    `heartbeat_interval` when idle). A task whose lease expires (checked when
+    it runs out), or whose worker's stream closes, is requeued (at-least-once)
+    to repeat the same attempt: its `attempt` stays, and its log says so. An
+    attempt may lose its worker `scheduler.max_lease_losses` times (default
+    5); one more loss fails that attempt with kind `worker_lost`, and the task
+    retries (after its backoff, with a new count) if attempts remain, or
+    fails.
     """
 
     def __init__(self, channel):
@@ -59,10 +69,20 @@ class WorkerServiceServicer:
     `CancelAssignment` when a running task is cancelled. The worker reports
     progress, log lines, heartbeats and each task's end on the same stream.
 
+    The first message must come within `lease_ttl`, or the stream ends with
+    DEADLINE_EXCEEDED; at most 1,024 streams may wait to register at once
+    (RESOURCE_EXHAUSTED past that). A message that cannot be decoded ends the
+    stream with INVALID_ARGUMENT.
+
     Leases: every task assigned to a worker holds a lease of `lease_ttl`,
     renewed by any message from the worker (send `Heartbeat` at
-    `heartbeat_interval` when idle). A task whose lease expires, or whose worker's
-    stream closes, is requeued (at-least-once); its log says so.
+    `heartbeat_interval` when idle). A task whose lease expires (checked when
+    it runs out), or whose worker's stream closes, is requeued (at-least-once)
+    to repeat the same attempt: its `attempt` stays, and its log says so. An
+    attempt may lose its worker `scheduler.max_lease_losses` times (default
+    5); one more loss fails that attempt with kind `worker_lost`, and the task
+    retries (after its backoff, with a new count) if attempts remain, or
+    fails.
     """
 
     def Work(self, request_iterator, context):
@@ -95,10 +115,20 @@ class WorkerService:
     `CancelAssignment` when a running task is cancelled. The worker reports
     progress, log lines, heartbeats and each task's end on the same stream.
 
+    The first message must come within `lease_ttl`, or the stream ends with
+    DEADLINE_EXCEEDED; at most 1,024 streams may wait to register at once
+    (RESOURCE_EXHAUSTED past that). A message that cannot be decoded ends the
+    stream with INVALID_ARGUMENT.
+
     Leases: every task assigned to a worker holds a lease of `lease_ttl`,
     renewed by any message from the worker (send `Heartbeat` at
-    `heartbeat_interval` when idle). A task whose lease expires, or whose worker's
-    stream closes, is requeued (at-least-once); its log says so.
+    `heartbeat_interval` when idle). A task whose lease expires (checked when
+    it runs out), or whose worker's stream closes, is requeued (at-least-once)
+    to repeat the same attempt: its `attempt` stays, and its log says so. An
+    attempt may lose its worker `scheduler.max_lease_losses` times (default
+    5); one more loss fails that attempt with kind `worker_lost`, and the task
+    retries (after its backoff, with a new count) if attempts remain, or
+    fails.
     """
 
     @staticmethod
