@@ -113,25 +113,7 @@ pub struct SchedulerConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Log output.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// `pretty` or `json`.
-    pub format: LogFormat,
-    /// A tracing filter (`info`, `switchyard=debug`). `RUST_LOG` overrides it.
-    pub filter: String,
-}
-
-/// Log format.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable.
-    Pretty,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::telemetry::{LogConfig, LogFormat};
 
 impl Default for Config {
     fn default() -> Self {
@@ -182,15 +164,6 @@ impl Default for SchedulerConfig {
             payload_cache_bytes: c.payload_cache_bytes,
             default_execution_timeout: c.default_execution_timeout,
             shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Pretty,
-            filter: "info".into(),
         }
     }
 }

@@ -592,9 +592,19 @@ pub struct NewTask {
     /// The spec.
     pub spec: TaskSpec,
     /// The payload.
-    pub payload: crate::store::Payload,
+    pub payload: Payload,
     /// Delay before the first attempt.
     pub delay: Duration,
+}
+
+/// The payload of an inserted task.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A JSON object, serialised.
+    Json(Arc<str>),
+    /// The payload of another stored task (a cleanup task reuses the
+    /// original's).
+    CopyOf(TaskId),
 }
 
 /// Where a workflow step is.

@@ -25,7 +25,46 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
-use crate::config::{LogConfig, LogFormat};
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `switchyard=debug`). `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Measurements made outside the core (the store's commits, the webhook
+/// executor's responses), reported to whatever exports metrics (the admin
+/// server's Prometheus registry). Every method defaults to doing nothing.
+pub trait MetricsSink: std::fmt::Debug + Send + Sync {
+    /// A store commit: how long it took and how many writes it held.
+    fn store_commit(&self, _elapsed: std::time::Duration, _ops: usize) {}
+    /// Rows the store set aside at start-up because they could not be read.
+    fn store_quarantined(&self, _rows: u64) {}
+    /// A webhook answered with this HTTP status.
+    fn webhook_response(&self, _status: u16) {}
+}
 
 /// OpenTelemetry traces (`[otel]`). Off unless an endpoint is known.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -27,9 +27,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::metrics::MetricsSink;
 use crate::core::{Core, BULLMQ_KEY, TEMPORAL_KEY};
 use crate::domain::{EventKind, Source, TaskEvent, TaskState, TaskType};
+use crate::telemetry::MetricsSink;
 
 type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;

@@ -6,17 +6,7 @@ use hdrhistogram::Histogram;
 
 use crate::domain::{TaskState, TaskType};
 
-/// Measurements made outside the core (the store's commits, the webhook
-/// executor's responses), reported to whatever exports metrics (the admin
-/// server's Prometheus registry). Every method defaults to doing nothing.
-pub trait MetricsSink: std::fmt::Debug + Send + Sync {
-    /// A store commit: how long it took and how many writes it held.
-    fn store_commit(&self, _elapsed: std::time::Duration, _ops: usize) {}
-    /// Rows the store set aside at start-up because they could not be read.
-    fn store_quarantined(&self, _rows: u64) {}
-    /// A webhook answered with this HTTP status.
-    fn webhook_response(&self, _status: u16) {}
-}
+pub use crate::telemetry::MetricsSink;
 
 /// Counts per state.
 pub type StateArray = [u64; 7];

@@ -86,15 +86,7 @@ pub enum WriteOp {
     },
 }
 
-/// The payload of an inserted task.
-#[derive(Debug, Clone)]
-pub enum Payload {
-    /// A JSON object, serialised.
-    Json(Arc<str>),
-    /// The payload of another stored task (a cleanup task reuses the
-    /// original's).
-    CopyOf(TaskId),
-}
+pub use crate::domain::Payload;
 
 /// What one write did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -83,7 +83,7 @@ pub struct CommitStats {
     /// Rows set aside at start-up because they could not be read back.
     pub quarantined: std::sync::atomic::AtomicU64,
     /// Told of each commit's latency and size, once set (metrics).
-    pub sink: OnceLock<Arc<dyn crate::core::metrics::MetricsSink>>,
+    pub sink: OnceLock<Arc<dyn crate::telemetry::MetricsSink>>,
 }
 
 struct Group {
