@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("switchyard_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    // Our codec (src/codec.rs) bounds nesting and answers undecodable
+    // Our codec (src/pb/codec.rs) bounds nesting and answers undecodable
     // messages with INVALID_ARGUMENT; it finds each message's descriptor by
     // its type name.
     let mut config = tonic_prost_build::Config::new();
@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .codec_path("crate::codec::ProstCodec")
+        .codec_path("crate::pb::codec::ProstCodec")
         .compile_fds_with_config(fds, config)?;
     Ok(())
 }

@@ -60,7 +60,7 @@ pub struct Config {
     /// The admin HTTP server (JSON API, events, Prometheus, dashboard).
     pub admin: crate::admin::AdminConfig,
     /// Bearer tokens required by the gRPC services and the admin server.
-    pub auth: crate::admin::auth::AuthConfig,
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// Store settings.
@@ -130,7 +130,7 @@ impl Default for Config {
             temporal: crate::backend::temporal::TemporalConfig::default(),
             bullmq: crate::backend::bullmq::BullmqConfig::default(),
             admin: crate::admin::AdminConfig::default(),
-            auth: crate::admin::auth::AuthConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }

@@ -40,6 +40,52 @@ pub fn progress_percent(p: f64) -> f64 {
     }
 }
 
+/// The rules every edge and the workflow parser apply to names and sizes:
+/// one place, so the gRPC API, the admin API and a workflow definition
+/// refuse the same things.
+pub mod rules {
+    use std::time::Duration;
+
+    /// The longest task, queue, signal or worker task name.
+    pub const MAX_NAME_BYTES: usize = 200;
+    /// The priority scale: higher runs first.
+    pub const PRIORITY: std::ops::RangeInclusive<i32> = -1000..=1000;
+    /// The most attempts a task may have.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// The most values one filter list (`task_ids`, `names`, …) may hold.
+    pub const MAX_FILTER_VALUES: usize = 1000;
+    /// The longest user or session id.
+    pub const MAX_OWNER_BYTES: usize = 256;
+    /// The longest reason of a cancel or a disconnect.
+    pub const MAX_REASON_BYTES: usize = 1024;
+    /// The longest workflow definition `RegisterWorkflow` takes.
+    pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
+    /// The longest `Fail.retry_after` a worker may ask for.
+    pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 86_400);
+
+    /// Checks a task name (also queue names and worker task names).
+    pub fn check_name(v: &str) -> Result<(), String> {
+        if v.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if v.len() > MAX_NAME_BYTES {
+            return Err(format!(
+                "must be at most {MAX_NAME_BYTES} bytes, got {}",
+                v.len()
+            ));
+        }
+        if let Some(c) = v
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')))
+        {
+            return Err(format!(
+                "may hold only letters, digits and _ - . : / (found {c:?})"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Bounded text: every value a request, a worker or an engine sends may be
 /// as long as a message allows, so what the server keeps of it, and what an
 /// error quotes back, is cut here.

@@ -8,17 +8,19 @@
 
 pub mod admin;
 pub mod api;
+pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod core;
 pub mod domain;
 pub mod executor;
 pub mod pb;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
 
-pub use api::{run, run_with, Listeners};
 pub use config::Config;
+pub use server::{run, run_with, Listeners};

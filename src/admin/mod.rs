@@ -12,8 +12,9 @@
 //! here, and nothing here changes a task except `DELETE …/tasks/{id}`, which
 //! is `CancelTask`.
 
-pub mod auth;
+pub use crate::auth;
 pub mod error;
+pub mod guard;
 pub mod json;
 pub mod metrics;
 mod routes;
@@ -69,7 +70,7 @@ pub struct AdminState {
 
 /// The admin router: every route, behind the bearer-token check.
 pub fn router(state: AdminState, tokens: Tokens) -> axum::Router {
-    routes::routes(state).layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+    routes::routes(state).layer(axum::middleware::from_fn_with_state(tokens, guard::require))
 }
 
 /// Serves the admin API on `listener` until `stop` is cancelled, then

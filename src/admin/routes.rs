@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::json::to_json;
 use super::metrics::{source_name, type_name};
 use super::AdminState;
-use crate::api::convert;
+use crate::app::convert;
 use crate::domain::{Source, TaskFilter, TaskId, TaskState, TaskType};
 use crate::pb;
 use crate::pb::watch_tasks_response::Item;
@@ -282,7 +282,7 @@ async fn get_task(
     let (t, payload) = s.core.status_with_payload(task_id(&id)?).await?;
     let payload = serde_json::from_str::<Value>(&payload)
         .ok()
-        .and_then(|v| crate::worker::convert::json_to_struct(&v).ok());
+        .and_then(|v| crate::pb::json::json_to_struct(&v).ok());
     Ok(Json(to_json(
         "GetTaskStatusResponse",
         &pb::GetTaskStatusResponse {

@@ -97,7 +97,7 @@ impl OrchestratorService for Orchestrator {
         let (t, payload) = self.core.status_with_payload(id).await?;
         let payload = serde_json::from_str::<serde_json::Value>(&payload)
             .ok()
-            .and_then(|v| crate::worker::convert::json_to_struct(&v).ok());
+            .and_then(|v| crate::pb::json::json_to_struct(&v).ok());
         Ok(Response::new(pb::GetTaskStatusResponse {
             status: Some(convert::status(&t)),
             payload,
@@ -258,11 +258,7 @@ impl OrchestratorService for Orchestrator {
         if let Err(e) = convert::check_name(&r.signal) {
             return Err(crate::core::CoreError::field("signal", e).into());
         }
-        let payload = match r
-            .payload
-            .as_ref()
-            .map(crate::worker::convert::struct_to_json)
-        {
+        let payload = match r.payload.as_ref().map(crate::pb::json::struct_to_json) {
             None => serde_json::json!({}),
             Some(Ok(v)) => v,
             Some(Err(e)) => {

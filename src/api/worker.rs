@@ -14,10 +14,10 @@ use super::convert;
 use crate::core::{Core, CoreError, Push, Report};
 use crate::domain::text;
 use crate::pb;
+use crate::pb::json::value_to_json;
 use crate::pb::server_message::Msg as Out;
 use crate::pb::worker_message::Msg as In;
 use crate::pb::worker_service_server::WorkerService;
-use crate::worker::convert::value_to_json;
 
 /// The most worker streams open at once that have not registered yet; more
 /// are refused with RESOURCE_EXHAUSTED.

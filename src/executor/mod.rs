@@ -11,9 +11,6 @@
 pub mod webhook;
 pub mod workflow;
 
-use crate::config::Config;
-use crate::core::Core;
-
 use std::sync::Arc;
 
 use crate::core::CoreError;
@@ -44,46 +41,4 @@ impl Drop for Executors {
             t.abort();
         }
     }
-}
-
-/// Starts every configured in-process executor.
-pub fn start(core: &Core, config: &Config) -> Result<Executors, crate::core::CoreError> {
-    let mut ex = Executors::default();
-    if config.webhook.enabled {
-        // Shutdown policy: abort (calls in flight are requeued by the core).
-        ex.tasks.push(webhook::start(core, &config.webhook)?);
-    }
-    if config.temporal.enabled {
-        // Shutdown policy: abort (followers stop; the core requeues their
-        // tasks and a restarted server resumes following their runs).
-        // `tracking_queue` jobs go to BullMQ when a connection is configured.
-        let sink: Arc<dyn crate::backend::temporal::TrackingSink> = if config.bullmq.enabled {
-            Arc::new(
-                crate::backend::temporal::BullmqTrackingSink::new(&config.bullmq)
-                    .map_err(crate::core::CoreError::FailedPrecondition)?,
-            )
-        } else {
-            Arc::new(crate::backend::temporal::NoopTrackingSink)
-        };
-        ex.tasks.push(crate::backend::temporal::start_with_sink(
-            core,
-            &config.temporal,
-            sink,
-        )?);
-    }
-    if config.bullmq.enabled {
-        // Shutdown policy: abort (followers stop; the core requeues their
-        // tasks and a restarted server resumes following their jobs).
-        ex.tasks
-            .push(crate::backend::bullmq::start(core, &config.bullmq)?);
-    }
-    if config.workflows.enabled {
-        // Shutdown policy: the engine stops when the core closes its channel
-        // (the core requeues the workflows it held); aborted on drop.
-        let (registry, task) = workflow::start(core, config)?;
-        ex.workflows = Some(Arc::new(registry));
-        ex.tasks.push(task);
-    }
-    let _ = (core, config);
-    Ok(ex)
 }

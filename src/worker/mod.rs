@@ -104,7 +104,8 @@ use tokio_util::sync::CancellationToken;
 
 mod backoff;
 mod context;
-pub mod convert;
+/// `google.protobuf.Struct` ⇄ JSON (payloads in, results out).
+pub use crate::pb::json as convert;
 mod error;
 mod session;
 mod transport;

@@ -162,7 +162,7 @@ pub struct TestServer {
     /// Where its admin HTTP server listens.
     pub admin_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    join: Option<JoinHandle<Result<(), switchyard::api::ServeError>>>,
+    join: Option<JoinHandle<Result<(), switchyard::server::ServeError>>>,
     _dir: tempfile::TempDir,
 }
 

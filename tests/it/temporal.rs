@@ -268,7 +268,7 @@ fn shared_rig() -> Option<&'static Rig> {
 struct Server {
     client: Client,
     shutdown: Option<oneshot::Sender<()>>,
-    join: Option<tokio::task::JoinHandle<Result<(), switchyard::api::ServeError>>>,
+    join: Option<tokio::task::JoinHandle<Result<(), switchyard::server::ServeError>>>,
 }
 
 fn config(data_dir: &Path, temporal: &str) -> switchyard::Config {

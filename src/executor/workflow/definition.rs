@@ -362,7 +362,7 @@ pub fn compile(mut raw: RawDefinition) -> Result<Workflow, Vec<DefinitionError>>
         s.depends_on.get_or_insert_with(Vec::new);
     }
 
-    if let Err(e) = crate::api::convert::check_name(&raw.name) {
+    if let Err(e) = crate::domain::rules::check_name(&raw.name) {
         errs.add("name", e);
     } else if raw.name.len() > MAX_NAME {
         errs.add("name", format!("must be at most {MAX_NAME} bytes"));
@@ -456,7 +456,7 @@ pub fn compile(mut raw: RawDefinition) -> Result<Workflow, Vec<DefinitionError>>
             continue;
         }
         let kind = if let Some(t) = &s.task {
-            if let Err(e) = crate::api::convert::check_name(t) {
+            if let Err(e) = crate::domain::rules::check_name(t) {
                 errs.add(&loc, format!("task name {t:?} {e}"));
             }
             StepKind::Task { name: t.clone() }
@@ -474,7 +474,7 @@ pub fn compile(mut raw: RawDefinition) -> Result<Workflow, Vec<DefinitionError>>
             StepKind::Timer(d)
         } else {
             let name = s.signal.clone().unwrap_or_default();
-            if let Err(e) = crate::api::convert::check_name(&name) {
+            if let Err(e) = crate::domain::rules::check_name(&name) {
                 errs.add(&loc, format!("signal name {name:?} {e}"));
             }
             StepKind::Signal { name }
@@ -534,7 +534,7 @@ pub fn compile(mut raw: RawDefinition) -> Result<Workflow, Vec<DefinitionError>>
             errs.retry(&format!("{loc}: retry"), s.retry.as_ref(), default_attempts);
         let compensate = s.compensate.as_ref().map(|c| {
             let cloc = format!("{loc}: compensate");
-            if let Err(e) = crate::api::convert::check_name(&c.task) {
+            if let Err(e) = crate::domain::rules::check_name(&c.task) {
                 errs.add(&cloc, format!("task name {:?} {e}", c.task));
             }
             if let Some(input) = &c.input {
@@ -651,13 +651,13 @@ fn check_webhook(errs: &mut Errors, loc: &str, w: &RawWebhook) {
             }
         }
         (None, Some(id)) => {
-            if let Err(e) = crate::api::convert::check_name(id) {
+            if let Err(e) = crate::domain::rules::check_name(id) {
                 errs.add(&loc, format!("workflow_id {id:?} {e}"));
             }
         }
     }
     if let Some(s) = &w.source {
-        if let Err(e) = crate::api::convert::check_name(s) {
+        if let Err(e) = crate::domain::rules::check_name(s) {
             errs.add(&loc, format!("source {s:?} {e}"));
         }
     }

@@ -117,7 +117,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::config::Config;
 use crate::core::{internal_key, Core, CoreError};
 use crate::domain::{Target, TaskSpec, TaskType};
 
@@ -144,20 +143,20 @@ impl Default for WorkflowsConfig {
     }
 }
 
-/// Opens the registry (loading `workflows.dir`), registers the engine with
+/// Opens the registry (`db`, or in memory; loading `workflows.dir`), registers the engine with
 /// the core and spawns it. Policy on shutdown: the engine stops when the
 /// core closes its channel (the core requeues the workflows it held); it is
 /// aborted if the server drops it first.
 pub fn start(
     core: &Core,
-    config: &Config,
+    config: &WorkflowsConfig,
+    db: Option<&std::path::Path>,
 ) -> Result<(Registry, tokio::task::JoinHandle<()>), CoreError> {
-    let registry = if config.store.memory {
-        Registry::in_memory()
-    } else {
-        Registry::open(&config.data_dir.join("workflows.db"))?
+    let registry = match db {
+        None => Registry::in_memory(),
+        Some(path) => Registry::open(path)?,
     };
-    if let Some(dir) = &config.workflows.dir {
+    if let Some(dir) = &config.dir {
         registry.load_dir(dir)?;
     }
     let key = internal_key(TaskType::Complex).unwrap_or("#workflow");

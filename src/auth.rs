@@ -1,8 +1,8 @@
 //! Bearer tokens: one check shared by both transports. The gRPC
 //! `OrchestratorService` and `WorkerService` get it as a tonic interceptor
 //! (health and reflection stay open); every admin route except `/healthz`
-//! gets it as an axum middleware. No token configured means open (the local
-//! default).
+//! gets it as an axum middleware (`admin::guard`). No token configured
+//! means open (the local default). It knows neither transport's routes.
 //!
 //! Tokens are compared in constant time: each candidate and each configured
 //! token are hashed (SHA-256) and the digests compared with `subtle`, so
@@ -11,10 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -212,57 +208,6 @@ pub fn query_token(query: Option<&str>) -> Option<String> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.into_owned())
-}
-
-/// Routes that take `?access_token=` (EventSource cannot set headers, and a
-/// browser opening the dashboard cannot either).
-fn query_token_allowed(path: &str) -> bool {
-    matches!(
-        path,
-        "/" | "/dashboard" | "/dashboard/" | "/internal/execution-manager/events"
-    )
-}
-
-/// The axum middleware: every route but `/healthz` needs a token when any
-/// is configured.
-pub async fn require(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
-    if tokens.is_open() || req.uri().path() == "/healthz" {
-        return next.run(req).await;
-    }
-    let header = header_value(req.headers());
-    let query = if query_token_allowed(req.uri().path()) {
-        query_token(req.uri().query())
-    } else {
-        None
-    };
-    if tokens.allows(header.as_deref(), query.as_deref()) {
-        return next.run(req).await;
-    }
-    let message = if header.is_none() && query.is_none() {
-        "this server requires `Authorization: Bearer <token>`"
-    } else {
-        "the bearer token is not valid"
-    };
-    let mut resp = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(super::error::ErrorBody {
-            code: "UNAUTHENTICATED",
-            message: message.to_string(),
-            field: None,
-        }),
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
-    resp
-}
-
-fn header_value(h: &HeaderMap) -> Option<String> {
-    h.get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use crate::core::metrics::{StateArray, Summary};
 use crate::core::{CoreError, FieldViolation, MetricsSnapshot};
+use crate::domain::rules;
+use crate::domain::Payload;
 use crate::domain::*;
 use crate::pb;
-use crate::store::Payload;
-use crate::worker::convert::{json_to_value, struct_to_json, value_to_json};
+use crate::pb::json::{json_to_value, struct_to_json, value_to_json};
 
 /// Limits applied to requests.
 #[derive(Debug, Clone)]
@@ -41,24 +42,7 @@ impl Violations {
     }
 }
 
-/// Checks a task name (also queue names and worker task names).
-pub fn check_name(v: &str) -> Result<(), String> {
-    if v.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if v.len() > 200 {
-        return Err(format!("must be at most 200 bytes, got {}", v.len()));
-    }
-    if let Some(c) = v
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')))
-    {
-        return Err(format!(
-            "may hold only letters, digits and _ - . : / (found {c:?})"
-        ));
-    }
-    Ok(())
-}
+pub use crate::domain::rules::check_name;
 
 fn check_len(vs: &mut Violations, field: &str, v: &str, max: usize) {
     if v.len() > max {
@@ -176,7 +160,7 @@ pub fn new_task(
     }
     // Options.
     let o = req.options.unwrap_or_default();
-    if !(-1000..=1000).contains(&o.priority) {
+    if !rules::PRIORITY.contains(&o.priority) {
         vs.add(
             "options.priority",
             format!("must be between -1000 and 1000, got {}", o.priority),
@@ -186,7 +170,7 @@ pub fn new_task(
         // Webhook calls retry by default; other types run once unless asked.
         0 if tt == Some(TaskType::Integration) => 5,
         0 => 1,
-        n if n > 100 => {
+        n if n > rules::MAX_ATTEMPTS => {
             vs.add(
                 "options.attempts",
                 format!("must be between 1 and 100, got {n}"),
@@ -588,16 +572,9 @@ pub fn cancel_outcome(o: CancelOutcome) -> pb::CancelOutcome {
     }
 }
 
-/// The most values one filter list (`task_ids`, `names`, …) may hold.
-pub const MAX_FILTER_VALUES: usize = 1000;
-/// The longest user or session id.
-pub const MAX_OWNER_BYTES: usize = 256;
-/// The longest reason of a cancel or a disconnect.
-pub const MAX_REASON_BYTES: usize = 1024;
-/// The longest workflow definition `RegisterWorkflow` takes.
-pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
-/// The longest `Fail.retry_after` a worker may ask for.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 86_400);
+pub use crate::domain::rules::{
+    MAX_DEFINITION_BYTES, MAX_FILTER_VALUES, MAX_OWNER_BYTES, MAX_REASON_BYTES, MAX_RETRY_AFTER,
+};
 
 /// Checks a user or session id of a filter or a disconnect.
 pub fn check_owner(vs_field: &str, v: &str) -> Result<(), CoreError> {
@@ -825,7 +802,7 @@ pub fn assignment(a: &crate::core::Assignment, payload: &str) -> pb::Assignment 
     let t = &a.task;
     let payload = serde_json::from_str::<serde_json::Value>(payload)
         .ok()
-        .and_then(|v| crate::worker::convert::json_to_struct(&v).ok());
+        .and_then(|v| crate::pb::json::json_to_struct(&v).ok());
     pb::Assignment {
         task_id: t.id.to_string(),
         name: t.spec.name.clone(),
@@ -965,7 +942,7 @@ mod tests {
         let mut r = req();
         let big = "x".repeat(2048);
         r.payload =
-            Some(crate::worker::convert::json_to_struct(&serde_json::json!({ "a": big })).unwrap());
+            Some(crate::pb::json::json_to_struct(&serde_json::json!({ "a": big })).unwrap());
         let f = fields(
             new_task(
                 r,

@@ -111,7 +111,7 @@ fn decode_error(e: prost::DecodeError) -> Status {
 
 fn descriptor(full_name: &str) -> Option<MessageDescriptor> {
     static POOL: OnceLock<Option<DescriptorPool>> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).ok())
+    POOL.get_or_init(|| DescriptorPool::decode(super::FILE_DESCRIPTOR_SET).ok())
         .as_ref()?
         .get_message_by_name(full_name)
 }
