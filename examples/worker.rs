@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchyard::worker::{HandlerError, TaskContext, Worker};
+use switchyard_client::worker::{HandlerError, TaskContext, Worker};
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 

@@ -1,9 +1,13 @@
 //! Switchyard: one gRPC API to schedule, track, cancel and watch background
 //! work, routed to the engine that suits it.
 //!
-//! Layers, from the edge inwards: [`api`] (gRPC handlers and conversions),
-//! [`core`] (the scheduler state machine), [`store`] (durable storage). The
-//! [`worker`] library and the [`cli`] talk to a server over gRPC.
+//! Layers, from the bottom up (ARCHITECTURE.md; `tests/layers.rs` keeps
+//! them): [`domain`], [`store`] (durable storage), [`core`] (the scheduler
+//! state machine), the engines ([`executor`], [`backend`]), [`app`] (what
+//! both edges share), the edges ([`api`] for gRPC, [`admin`] for HTTP),
+//! [`config`] and [`server`] (the wiring). The protos ([`pb`]) and the
+//! [`worker`] library come from the `switchyard-client` crate; the [`cli`]
+//! talks to a server over gRPC.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -16,11 +20,13 @@ pub mod config;
 pub mod core;
 pub mod domain;
 pub mod executor;
-pub mod pb;
+/// The generated protos, their codec and Struct ⇄ JSON (the client crate's).
+pub use switchyard_client::pb;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod worker;
+/// The Rust worker library (the client crate's).
+pub use switchyard_client::worker;
 
 pub use config::Config;
 pub use server::{run, run_with, Listeners};

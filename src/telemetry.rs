@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry::Context;
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -258,18 +257,6 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// A stored `traceparent`, as a carrier.
-struct Traceparent<'a>(&'a str);
-
-impl Extractor for Traceparent<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        (key == "traceparent").then_some(self.0)
-    }
-    fn keys(&self) -> Vec<&str> {
-        vec!["traceparent"]
-    }
-}
-
 /// Catches the `traceparent` a propagator writes.
 #[derive(Default)]
 struct TraceparentOut(Option<String>);
@@ -282,10 +269,9 @@ impl Injector for TraceparentOut {
     }
 }
 
-/// The remote context a W3C `traceparent` names (empty if it is malformed).
-pub fn context_of(traceparent: &str) -> Context {
-    TraceContextPropagator::new().extract(&Traceparent(traceparent))
-}
+/// The remote context a W3C `traceparent` names (empty if it is malformed);
+/// the client crate's, shared with the worker library.
+pub use switchyard_client::trace::context_of;
 
 /// The W3C `traceparent` whose parent is `span`, if the span is in a trace
 /// (tracing is on and the span is exported).

@@ -20,7 +20,7 @@ pub(crate) const MAX_DETAILS_BYTES: usize = 8 * 1024;
 ///
 /// ```
 /// use std::time::Duration;
-/// use switchyard::worker::HandlerError;
+/// use switchyard_client::worker::HandlerError;
 ///
 /// let err = HandlerError::retryable("upstream answered 503")
 ///     .with_kind("http_503")

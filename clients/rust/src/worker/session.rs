@@ -439,7 +439,7 @@ impl Session<'_> {
         if !assignment.traceparent.is_empty() {
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(
                 &span,
-                crate::telemetry::context_of(&assignment.traceparent),
+                crate::trace::context_of(&assignment.traceparent),
             );
         }
         let key = (assignment.task_id.clone(), assignment.attempt);

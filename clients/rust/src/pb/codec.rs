@@ -105,8 +105,20 @@ fn check_depth<U: Name>(bytes: &[u8]) -> Result<(), Status> {
 fn decode_error(e: prost::DecodeError) -> Status {
     Status::invalid_argument(format!(
         "the message could not be decoded: {}",
-        crate::domain::text::cut(&e.to_string(), 256)
+        cut(&e.to_string(), 256)
     ))
+}
+
+/// At most `max` bytes of `s`, on a character boundary, with `…` when cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn descriptor(full_name: &str) -> Option<MessageDescriptor> {

@@ -193,7 +193,7 @@ impl TaskContext {
     /// directly; empty without one.
     pub fn otel_context(&self) -> opentelemetry::Context {
         self.traceparent()
-            .map(crate::telemetry::context_of)
+            .map(crate::trace::context_of)
             .unwrap_or_default()
     }
 

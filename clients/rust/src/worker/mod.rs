@@ -8,17 +8,17 @@
 //! into the task's [`CancellationToken`],
 //! reconnects with backoff when the stream breaks, and drains on shutdown.
 //!
-//! This module owns the client side of the worker protocol and the
-//! `Struct`/JSON conversions in [`convert`] (which the server reuses). It must
-//! not touch the server's core, store or API: it speaks only the protos.
+//! This module owns the client side of the worker protocol; the
+//! `Struct`/JSON conversions in [`convert`] are `pb::json`'s. It speaks
+//! only the protos.
 //!
 //! # Example
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use switchyard::worker::{HandlerError, TaskContext, Worker};
+//! use switchyard_client::worker::{HandlerError, TaskContext, Worker};
 //!
-//! # async fn example() -> Result<(), switchyard::worker::WorkerError> {
+//! # async fn example() -> Result<(), switchyard_client::worker::WorkerError> {
 //! let worker = Worker::builder("http://127.0.0.1:50051")
 //!     .name("thumbnailer-1")
 //!     .concurrency(8)
@@ -48,8 +48,8 @@
 //! Or in the background, as tests do:
 //!
 //! ```no_run
-//! # use switchyard::worker::{TaskContext, Worker};
-//! # async fn example() -> Result<(), switchyard::worker::WorkerError> {
+//! # use switchyard_client::worker::{TaskContext, Worker};
+//! # async fn example() -> Result<(), switchyard_client::worker::WorkerError> {
 //! let handle = Worker::builder("http://127.0.0.1:50051")
 //!     .handler("echo", |ctx: TaskContext| async move { Ok(ctx.payload().clone()) })
 //!     .build()

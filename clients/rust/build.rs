@@ -3,15 +3,17 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The protos live at the repository's top, shared by every client.
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
-        "proto/switchyard/v1/task.proto",
-        "proto/switchyard/v1/orchestrator.proto",
-        "proto/switchyard/v1/worker.proto",
+        "switchyard/v1/task.proto",
+        "switchyard/v1/orchestrator.proto",
+        "switchyard/v1/worker.proto",
     ];
     for f in &files {
-        println!("cargo:rerun-if-changed={f}");
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
-    let fds = protox::compile(files, ["proto"])?;
+    let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out.join("switchyard_descriptor.bin"),

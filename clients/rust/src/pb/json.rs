@@ -15,7 +15,7 @@
 //! - A `Value` whose `kind` is unset is read as `null`.
 //!
 //! ```
-//! use switchyard::worker::convert::{json_to_struct, struct_to_json};
+//! use switchyard_client::worker::convert::{json_to_struct, struct_to_json};
 //!
 //! let json = serde_json::json!({"ms": 250, "tags": ["a", null], "ratio": 0.5});
 //! let pb = json_to_struct(&json).unwrap();

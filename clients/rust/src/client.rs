@@ -1,0 +1,194 @@
+//! A typed `OrchestratorService` client: the generated client behind
+//! methods that take and return the messages a caller cares about, with an
+//! optional bearer token on every call.
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+use crate::pb;
+use crate::pb::orchestrator_service_client::OrchestratorServiceClient;
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address is not a URL tonic accepts.
+    #[error("invalid server address {0:?}")]
+    Address(String),
+    /// The connection failed.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The address.
+        url: String,
+        /// The transport's error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// A connected client. Cheap to clone (one HTTP/2 connection is shared).
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: OrchestratorServiceClient<Channel>,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    /// Connects to `url` (`http://127.0.0.1:50051`).
+    pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
+        let url = url.into();
+        let endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|_| ClientError::Address(url.clone()))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect { url, source })?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// A client over a channel of the caller's (TLS, a balancer, …).
+    pub fn from_channel(channel: Channel) -> Client {
+        Client {
+            inner: OrchestratorServiceClient::new(channel),
+            token: None,
+        }
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call. A token that
+    /// is not valid metadata is refused.
+    pub fn with_token(mut self, token: &str) -> Result<Client, Status> {
+        let v = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::invalid_argument("the token is not valid metadata"))?;
+        self.token = Some(v);
+        Ok(self)
+    }
+
+    /// The generated client, for calls this type does not wrap.
+    pub fn raw(&mut self) -> &mut OrchestratorServiceClient<Channel> {
+        &mut self.inner
+    }
+
+    fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("authorization", t.clone());
+        }
+        r
+    }
+
+    /// Schedules a task (see `ScheduleTaskRequest`).
+    pub async fn schedule(
+        &mut self,
+        req: pb::ScheduleTaskRequest,
+    ) -> Result<pb::ScheduleTaskResponse, Status> {
+        let r = self.req(req);
+        Ok(self.inner.schedule_task(r).await?.into_inner())
+    }
+
+    /// One task's status.
+    pub async fn status(&mut self, task_id: &str) -> Result<pb::TaskStatus, Status> {
+        let r = self.req(pb::GetTaskStatusRequest {
+            task_id: task_id.into(),
+        });
+        self.inner
+            .get_task_status(r)
+            .await?
+            .into_inner()
+            .status
+            .ok_or_else(|| Status::internal("the answer has no status"))
+    }
+
+    /// Cancels a task; `force` ends it without waiting for its worker.
+    pub async fn cancel(
+        &mut self,
+        task_id: &str,
+        reason: &str,
+        force: bool,
+    ) -> Result<pb::CancelTaskResponse, Status> {
+        let r = self.req(pb::CancelTaskRequest {
+            task_id: task_id.into(),
+            reason: reason.into(),
+            force,
+        });
+        Ok(self.inner.cancel_task(r).await?.into_inner())
+    }
+
+    /// Stops every active task of a user.
+    pub async fn disconnect_user(
+        &mut self,
+        user_id: &str,
+        reason: &str,
+    ) -> Result<Vec<pb::DisconnectReceipt>, Status> {
+        let r = self.req(pb::DisconnectRequest {
+            user_id: user_id.into(),
+            session_id: String::new(),
+            reason: reason.into(),
+        });
+        Ok(self.inner.disconnect(r).await?.into_inner().receipts)
+    }
+
+    /// Stops every active task of a session.
+    pub async fn disconnect_session(
+        &mut self,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<Vec<pb::DisconnectReceipt>, Status> {
+        let r = self.req(pb::DisconnectRequest {
+            user_id: String::new(),
+            session_id: session_id.into(),
+            reason: reason.into(),
+        });
+        Ok(self.inner.disconnect(r).await?.into_inner().receipts)
+    }
+
+    /// Watches tasks that match `filter`, resuming after `after_sequence`
+    /// (0: live only).
+    pub async fn watch(
+        &mut self,
+        filter: pb::TaskFilter,
+        after_sequence: u64,
+    ) -> Result<Streaming<pb::WatchTasksResponse>, Status> {
+        let r = self.req(pb::WatchTasksRequest {
+            filter: Some(filter),
+            after_sequence,
+            include_snapshot: false,
+        });
+        Ok(self.inner.watch_tasks(r).await?.into_inner())
+    }
+
+    /// One page of tasks, newest first.
+    pub async fn list(
+        &mut self,
+        filter: pb::TaskFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<pb::ListTasksResponse, Status> {
+        let r = self.req(pb::ListTasksRequest {
+            filter: Some(filter),
+            page_size,
+            page_token: page_token.into(),
+        });
+        Ok(self.inner.list_tasks(r).await?.into_inner())
+    }
+
+    /// A task's log lines after `after_line`.
+    pub async fn logs(
+        &mut self,
+        task_id: &str,
+        after_line: u64,
+        limit: u32,
+    ) -> Result<pb::GetTaskLogsResponse, Status> {
+        let r = self.req(pb::GetTaskLogsRequest {
+            task_id: task_id.into(),
+            after_line,
+            limit,
+        });
+        Ok(self.inner.get_task_logs(r).await?.into_inner())
+    }
+
+    /// Counts, queues, throughput and latencies.
+    pub async fn metrics(&mut self) -> Result<pb::GetMetricsResponse, Status> {
+        let r = self.req(pb::GetMetricsRequest {});
+        Ok(self.inner.get_metrics(r).await?.into_inner())
+    }
+}
