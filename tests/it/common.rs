@@ -459,6 +459,15 @@ pub fn simple(name: &str, p: Value) -> pb::ScheduleTaskRequest {
     }
 }
 
+/// A fixed backoff of `base` between attempts.
+pub fn fixed_backoff(base: Duration) -> Option<pb::Backoff> {
+    Some(pb::Backoff {
+        kind: pb::backoff::Kind::Fixed as i32,
+        base: Some(dur(base)),
+        max: None,
+    })
+}
+
 /// A SIMPLE task request with `options`.
 pub fn simple_with(name: &str, p: Value, options: pb::TaskOptions) -> pb::ScheduleTaskRequest {
     pb::ScheduleTaskRequest {

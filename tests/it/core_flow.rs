@@ -378,11 +378,7 @@ async fn retryable_failures_are_retried_after_the_backoff_until_success() {
             json!({}),
             pb::TaskOptions {
                 attempts: 3,
-                backoff: Some(pb::Backoff {
-                    kind: pb::backoff::Kind::Fixed as i32,
-                    base: Some(dur(backoff)),
-                    max: None,
-                }),
+                backoff: fixed_backoff(backoff),
                 ..Default::default()
             },
         ),
@@ -474,11 +470,7 @@ async fn non_retryable_failure_fails_the_task_at_once() {
             json!({}),
             pb::TaskOptions {
                 attempts: 5,
-                backoff: Some(pb::Backoff {
-                    kind: pb::backoff::Kind::Fixed as i32,
-                    base: Some(dur(Duration::from_millis(10))),
-                    max: None,
-                }),
+                backoff: fixed_backoff(Duration::from_millis(10)),
                 ..Default::default()
             },
         ),
@@ -636,11 +628,7 @@ async fn timed_out_attempt_is_retried_when_attempts_remain() {
             pb::TaskOptions {
                 attempts: 2,
                 execution_timeout: Some(dur(Duration::from_millis(300))),
-                backoff: Some(pb::Backoff {
-                    kind: pb::backoff::Kind::Fixed as i32,
-                    base: Some(dur(Duration::from_millis(50))),
-                    max: None,
-                }),
+                backoff: fixed_backoff(Duration::from_millis(50)),
                 ..Default::default()
             },
         ),

@@ -665,11 +665,7 @@ async fn a_requeued_task_shows_its_last_attempt_and_lease_losses_use_every_attem
             json!({}),
             pb::TaskOptions {
                 attempts: 3,
-                backoff: Some(pb::Backoff {
-                    kind: pb::backoff::Kind::Fixed as i32,
-                    base: Some(dur(Duration::from_millis(10))),
-                    max: None,
-                }),
+                backoff: fixed_backoff(Duration::from_millis(10)),
                 ..Default::default()
             },
         ),
