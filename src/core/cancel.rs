@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use crate::domain::*;
 
-use super::schedule::schedule_cleanup;
 use super::state::{DeadlineKind, State};
-use super::{Core, CoreConfig, CoreError, Push};
+use super::{Core, CoreError, Push};
 
 /// How long `CancelTask` waits for an in-process backend to settle a cancel
 /// (a queued BullMQ job is taken out at once), counted from the request.
@@ -38,7 +37,7 @@ impl Core {
                 .and_then(|w| st.workers.get(&w))
                 .is_some_and(|w| w.local)
         };
-        let r = self.with_state(|st, cfg| cancel_locked(st, cfg, id, "cancelled", reason, force));
+        let r = self.with_state(|st| st.cancel_locked(id, "cancelled", reason, force));
         if r.is_some() {
             // The cancel is durable before the reply, like a schedule.
             self.inner.store.flush().await.map_err(CoreError::Store)?;
@@ -91,7 +90,7 @@ impl Core {
         session_id: Option<&str>,
         reason: &str,
     ) -> Result<Vec<(TaskId, String, CancelOutcome)>, CoreError> {
-        let receipts = self.with_state(|st, cfg| {
+        let receipts = self.with_state(|st| {
             let mut ids: Vec<TaskId> = Vec::new();
             if let Some(u) = user_id {
                 ids.extend(st.by_user.get(u).into_iter().flatten().copied());
@@ -103,7 +102,7 @@ impl Core {
             ids.dedup();
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some((o, t)) = cancel_locked(st, cfg, id, "disconnected", reason, false) {
+                if let Some((o, t)) = st.cancel_locked(id, "disconnected", reason, false) {
                     out.push((id, t.spec.name.clone(), o));
                 }
             }
@@ -141,87 +140,80 @@ pub(super) fn stop_running_steps(rt: &mut TaskRuntime) {
     }
 }
 
-/// Cancels an active task. `word` is what the worker is told
-/// (`cancelled` or `disconnected`); `reason` goes to the task's log.
-pub(super) fn cancel_locked(
-    st: &mut State,
-    cfg: &CoreConfig,
-    id: TaskId,
-    word: &str,
-    reason: &str,
-    force: bool,
-) -> Option<(CancelOutcome, Task)> {
-    let a = st.tasks.get(&id)?;
-    let attempt = a.task.rt.attempt;
-    let why = if reason.is_empty() {
-        "cancelled".to_string()
-    } else {
-        format!("cancelled: {reason}")
-    };
-    let held = a.worker.is_some();
-    match a.task.rt.state {
-        TaskState::Pending if !held => {
-            st.finish(
-                id,
-                TaskState::Cancelled,
-                EventKind::Cancelled,
-                vec![LogEntry::system(id, attempt, why)],
-            );
-            schedule_cleanup(st, cfg, id, "cancelled");
-            let t = st.finishing.get(&id)?.clone();
-            Some((CancelOutcome::Cancelled, t))
-        }
-        TaskState::Pending | TaskState::Running | TaskState::Compensating => {
-            let wid = a.worker;
-            if let Some(w) = wid.and_then(|w| st.workers.get(&w)) {
-                let _ = w.tx.send(Push::Cancel {
-                    task_id: id,
-                    attempt,
-                    reason: word.to_string(),
-                    force,
-                });
+impl State {
+    /// Cancels an active task. `word` is what the worker is told
+    /// (`cancelled` or `disconnected`); `reason` goes to the task's log.
+    pub(super) fn cancel_locked(
+        &mut self,
+        id: TaskId,
+        word: &str,
+        reason: &str,
+        force: bool,
+    ) -> Option<(CancelOutcome, Task)> {
+        let a = self.tasks.get(&id)?;
+        let attempt = a.task.rt.attempt;
+        let why = if reason.is_empty() {
+            "cancelled".to_string()
+        } else {
+            format!("cancelled: {reason}")
+        };
+        let held = a.worker.is_some();
+        match a.task.rt.state {
+            TaskState::Pending if !held => {
+                self.conclude(id, TaskState::Cancelled, LogEntry::system(id, attempt, why));
+                let t = self.finishing.get(&id)?.clone();
+                Some((CancelOutcome::Cancelled, t))
             }
-            if force || wid.is_none() {
-                if let Some(a) = st.tasks.get_mut(&id) {
-                    stop_running_steps(&mut a.task.rt);
-                }
-                st.finish(
-                    id,
-                    TaskState::Cancelled,
-                    EventKind::Cancelled,
-                    vec![LogEntry::system(id, attempt, format!("{why} (forced)"))],
-                );
-                schedule_cleanup(st, cfg, id, "cancelled");
-                let t = st.finishing.get(&id)?.clone();
-                return Some((CancelOutcome::Cancelled, t));
-            }
-            if !a.task.rt.cancel_requested {
-                let local = wid
-                    .and_then(|w| st.workers.get(&w))
-                    .is_some_and(|w| w.local);
-                if let Some(a) = st.tasks.get_mut(&id) {
-                    a.task.rt.cancel_requested = true;
-                }
-                // A remote worker must acknowledge within its lease; an
-                // in-process executor (a compensating workflow) is trusted to
-                // finish the cancel itself.
-                if !local {
-                    let until = add_micros(now_micros(), cfg.lease_ttl);
-                    st.set_deadline(id, Some((until, DeadlineKind::Cancel)));
-                }
-                st.emit(
-                    id,
-                    EventKind::CancelRequested,
-                    vec![LogEntry::system(
-                        id,
+            TaskState::Pending | TaskState::Running | TaskState::Compensating => {
+                let wid = a.worker;
+                if let Some(w) = wid.and_then(|w| self.workers.get(&w)) {
+                    let _ = w.tx.send(Push::Cancel {
+                        task_id: id,
                         attempt,
-                        format!("{why}; asked the worker to stop"),
-                    )],
-                );
+                        reason: word.to_string(),
+                        force,
+                    });
+                }
+                if force || wid.is_none() {
+                    if let Some(a) = self.tasks.get_mut(&id) {
+                        stop_running_steps(&mut a.task.rt);
+                    }
+                    self.conclude(
+                        id,
+                        TaskState::Cancelled,
+                        LogEntry::system(id, attempt, format!("{why} (forced)")),
+                    );
+                    let t = self.finishing.get(&id)?.clone();
+                    return Some((CancelOutcome::Cancelled, t));
+                }
+                if !a.task.rt.cancel_requested {
+                    let local = wid
+                        .and_then(|w| self.workers.get(&w))
+                        .is_some_and(|w| w.local);
+                    if let Some(a) = self.tasks.get_mut(&id) {
+                        a.task.rt.cancel_requested = true;
+                    }
+                    // A remote worker must acknowledge within its lease; an
+                    // in-process executor (a compensating workflow) is trusted to
+                    // finish the cancel itself.
+                    if !local {
+                        let until = add_micros(now_micros(), self.cfg.lease_ttl);
+                        self.set_deadline(id, Some((until, DeadlineKind::Cancel)));
+                    }
+                    self.emit(
+                        id,
+                        EventKind::CancelRequested,
+                        vec![LogEntry::system(
+                            id,
+                            attempt,
+                            format!("{why}; asked the worker to stop"),
+                        )],
+                    );
+                }
+                let t = self.tasks.get(&id)?.task.clone();
+                Some((CancelOutcome::CancelRequested, t))
             }
-            let t = st.tasks.get(&id)?.task.clone();
-            Some((CancelOutcome::CancelRequested, t))
+            _ => None,
         }
-        _ => None,
     }
 }

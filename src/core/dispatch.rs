@@ -4,7 +4,7 @@
 //! handed-to-a-backend) transition of an assignment.
 //! Must not: block or allocate beyond the assignment (it is the hot path).
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::domain::*;
 
@@ -12,15 +12,44 @@ use super::state::{DeadlineKind, SlotKind, State};
 use super::{is_backend_key, Assignment, Push};
 
 impl State {
-    /// Starts a task on a worker.
-    pub(super) fn assign(&mut self, id: TaskId, wid: u64, default_timeout: Option<Duration>) {
+    /// Starts a task on a worker: takes a slot, moves the task to RUNNING
+    /// (or hands it to a backend) and pushes the assignment.
+    pub(super) fn assign(&mut self, id: TaskId, wid: u64) {
         let now = now_micros();
-        let Some(w) = self.workers.get_mut(&wid) else {
+        let Some((worker_name, key, attempt)) = self.occupy(id, wid, now) else {
             return;
         };
-        let Some(a) = self.tasks.get_mut(&id) else {
+        if is_backend_key(&key) {
+            self.hand_to_backend(id, attempt, &key);
+        } else {
+            self.start_running(id, attempt, now, &worker_name);
+        }
+        let run_traceparent = self.open_run_span(id, &worker_name);
+        let Some(a) = self.tasks.get(&id) else {
             return;
         };
+        let deadline = a
+            .deadline
+            .filter(|(_, k)| *k == DeadlineKind::Execution)
+            .map(|(t, _)| t);
+        let push = Push::Assign(Assignment {
+            task: a.task.clone(),
+            payload: a.payload.clone(),
+            deadline,
+            again: a.again,
+            run_traceparent,
+        });
+        if let Some(w) = self.workers.get(&wid) {
+            let _ = w.tx.send(push);
+        }
+    }
+
+    /// Takes a slot of worker `wid` for the task and starts its attempt (a
+    /// repeated one keeps its number); returns the worker's id, the task's
+    /// queue key and the attempt.
+    fn occupy(&mut self, id: TaskId, wid: u64, now: Micros) -> Option<(Arc<str>, Arc<str>, u32)> {
+        let w = self.workers.get_mut(&wid)?;
+        let a = self.tasks.get_mut(&id)?;
         let slot = if a.task.spec.immediate && w.free_imm() > 0 {
             w.used_imm += 1;
             SlotKind::Immediate
@@ -44,101 +73,86 @@ impl State {
         a.task.rt.progress_message = None;
         let attempt = a.task.rt.attempt;
         let key = a.key.clone();
-        let ready_since = a.ready_since;
-        let (task_type, task_timeout) = (a.task.spec.task_type, a.task.spec.execution_timeout);
         self.queue(&key).running += 1;
-        if is_backend_key(&key) {
-            // Handed to an external engine: the task is not running yet. The
-            // backend mirrors the engine's own states (and timeouts).
-            if let Some(a) = self.tasks.get_mut(&id) {
-                a.task.rt.started_at = None;
-                // The engine now owns a delay; anything else is queued there.
-                if a.task.rt.waiting_reason != Some(WaitingReason::Delayed) {
-                    a.task.rt.waiting_reason = Some(WaitingReason::Queued);
-                }
+        Some((worker_name, key, attempt))
+    }
+
+    /// Handed to an external engine: the task is not running yet. The
+    /// backend mirrors the engine's own states (and timeouts).
+    fn hand_to_backend(&mut self, id: TaskId, attempt: u32, key: &str) {
+        if let Some(a) = self.tasks.get_mut(&id) {
+            a.task.rt.started_at = None;
+            // The engine now owns a delay; anything else is queued there.
+            if a.task.rt.waiting_reason != Some(WaitingReason::Delayed) {
+                a.task.rt.waiting_reason = Some(WaitingReason::Queued);
             }
-            let engine = key.trim_start_matches('#').to_string();
-            // Rebuilt after a crash (the task is offered to the backend
-            // again): it rides on the next commit.
-            self.lazily(|st| {
-                st.emit(
-                    id,
-                    EventKind::Updated,
-                    vec![LogEntry::system(
-                        id,
-                        attempt,
-                        format!("handed to the {engine} backend"),
-                    )],
-                )
-            });
-        } else {
-            let s2s = now - ready_since;
-            // A workflow enforces its own timeout (and compensates); the core
-            // times out attempts of every other type.
-            let timeout = if task_type == TaskType::Complex {
-                None
-            } else {
-                task_timeout.or(default_timeout)
-            };
-            let deadline = timeout.map(|d| add_micros(now, d));
-            self.s2s.record(now, s2s.max(0));
-            self.set_state(id, TaskState::Running);
-            self.set_deadline(id, deadline.map(|d| (d, DeadlineKind::Execution)));
-            self.emit(
+        }
+        let line = format!("handed to the {} backend", key.trim_start_matches('#'));
+        // Rebuilt after a crash (the task is offered to the backend again):
+        // it rides on the next commit.
+        self.lazily(|st| {
+            st.emit(
                 id,
-                EventKind::Started,
-                vec![LogEntry::system(
-                    id,
-                    attempt,
-                    format!("attempt {attempt} started on worker {worker_name}"),
-                )],
-            );
-        }
-        let deadline = self
-            .tasks
-            .get(&id)
-            .and_then(|a| a.deadline)
-            .filter(|(_, k)| *k == DeadlineKind::Execution)
-            .map(|(t, _)| t);
-        let Some(a) = self.tasks.get(&id) else {
-            return;
-        };
-        let run_traceparent = if crate::telemetry::enabled() {
-            let t = &a.task;
-            let span = tracing::info_span!(
-                parent: None,
-                "task.run",
-                task.id = %t.id,
-                task.name = %t.spec.name,
-                task.type = t.spec.task_type.as_str(),
-                task.attempt = t.rt.attempt,
-                task.queue = &*a.key,
-                worker.id = %worker_name,
-                task.outcome = tracing::field::Empty,
-            );
-            let tp = crate::telemetry::adopt(&span, t.spec.traceparent.as_deref());
-            self.runs.insert(id, span);
-            tp
-        } else {
-            None
-        };
-        let Some(a) = self.tasks.get(&id) else {
-            return;
-        };
-        let push = Push::Assign(Assignment {
-            task: a.task.clone(),
-            payload: a.payload.clone(),
-            deadline,
-            again: a.again,
-            run_traceparent,
+                EventKind::Updated,
+                vec![LogEntry::system(id, attempt, line)],
+            )
         });
-        if let Some(w) = self.workers.get(&wid) {
-            let _ = w.tx.send(push);
+    }
+
+    /// Moves an assigned task to RUNNING, with its execution deadline.
+    fn start_running(&mut self, id: TaskId, attempt: u32, now: Micros, worker_name: &str) {
+        let Some(a) = self.tasks.get(&id) else {
+            return;
+        };
+        let s2s = now - a.ready_since;
+        // A workflow enforces its own timeout (and compensates); the core
+        // times out attempts of every other type.
+        let timeout = if a.task.spec.task_type == TaskType::Complex {
+            None
+        } else {
+            a.task
+                .spec
+                .execution_timeout
+                .or(self.cfg.default_execution_timeout)
+        };
+        let deadline = timeout.map(|d| add_micros(now, d));
+        self.s2s.record(now, s2s.max(0));
+        self.set_state(id, TaskState::Running);
+        self.set_deadline(id, deadline.map(|d| (d, DeadlineKind::Execution)));
+        let line = format!("attempt {attempt} started on worker {worker_name}");
+        self.emit(
+            id,
+            EventKind::Started,
+            vec![LogEntry::system(id, attempt, line)],
+        );
+    }
+
+    /// Opens the attempt's `task.run` span while tracing is on; returns its
+    /// traceparent.
+    fn open_run_span(&mut self, id: TaskId, worker_name: &str) -> Option<String> {
+        if !crate::telemetry::enabled() {
+            return None;
         }
+        let a = self.tasks.get(&id)?;
+        let t = &a.task;
+        let span = tracing::info_span!(
+            parent: None,
+            "task.run",
+            task.id = %t.id,
+            task.name = %t.spec.name,
+            task.type = t.spec.task_type.as_str(),
+            task.attempt = t.rt.attempt,
+            task.queue = &*a.key,
+            worker.id = %worker_name,
+            task.outcome = tracing::field::Empty,
+        );
+        let tp = crate::telemetry::adopt(&span, t.spec.traceparent.as_deref());
+        self.runs.insert(id, span);
+        tp
     }
 
     /// Dispatches what can be dispatched on the dirty queues.
-    pub(super) fn dispatch(&mut self, default_timeout: Option<Duration>) {
+    pub(super) fn dispatch(&mut self) {
         if self.draining {
             self.dirty_keys.clear();
             return;
@@ -165,7 +179,7 @@ impl State {
                 if let Some(q) = self.queues.get_mut(&key) {
                     q.ready.remove(&head);
                 }
-                self.assign(head.id, wid, default_timeout);
+                self.assign(head.id, wid);
             }
         }
     }

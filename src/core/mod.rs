@@ -69,7 +69,6 @@ use events::EventHub;
 use metrics::{Counts, Throughput, Window};
 use recovery::RECOVERY_CHUNK;
 use state::State;
-use workers::remove_worker;
 
 pub use config::{internal_key, is_backend_key, CoreConfig, Routes, BULLMQ_KEY, TEMPORAL_KEY};
 pub use error::{CoreError, FieldViolation};
@@ -87,7 +86,7 @@ struct Inner {
     state: Mutex<State>,
     store: Arc<dyn Store>,
     hub: Arc<EventHub>,
-    cfg: CoreConfig,
+    cfg: Arc<CoreConfig>,
     wake: Notify,
     started_at: Micros,
     closed: AtomicBool,
@@ -123,6 +122,7 @@ impl Core {
     /// Loads the active tasks from the store and starts the core's loops.
     pub async fn start(store: Arc<dyn Store>, cfg: CoreConfig) -> Result<Core, CoreError> {
         let max_seq = store.max_seq().await?;
+        let cfg = Arc::new(cfg);
         let hub = Arc::new(EventHub::new(cfg.event_history, max_seq));
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
@@ -148,7 +148,7 @@ impl Core {
                 eager: false,
                 dirty_keys: Vec::new(),
                 timer_wake: 0,
-                routes: cfg.routes.clone(),
+                cfg: cfg.clone(),
                 runs: HashMap::new(),
             }),
             store: store.clone(),
@@ -183,7 +183,7 @@ impl Core {
             store.stream_active(RECOVERY_CHUNK, tx),
             place
         )?;
-        core.with_state(|st, _| {
+        core.with_state(|st| {
             for (t, name, s, n) in finished {
                 st.counts.add(t, &name, s, n);
             }
@@ -201,10 +201,10 @@ impl Core {
     }
 
     /// Runs `f` on the state, then submits its writes and dispatches.
-    fn with_state<R>(&self, f: impl FnOnce(&mut State, &CoreConfig) -> R) -> R {
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let mut st = self.inner.state.lock();
-        let r = f(&mut st, &self.inner.cfg);
-        st.dispatch(self.inner.cfg.default_execution_timeout);
+        let r = f(&mut st);
+        st.dispatch();
         let ops = std::mem::take(&mut st.pending_ops);
         if !ops.is_empty() {
             // Submitted under the lock so the store sees sequence order.
@@ -256,7 +256,7 @@ impl Core {
     /// until `grace` to finish, then are requeued durably and their workers
     /// told to stop. Resolves once the store has committed everything.
     pub async fn shutdown(&self, grace: Duration) {
-        self.with_state(|st, _| st.draining = true);
+        self.with_state(|st| st.draining = true);
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let running = self
@@ -282,10 +282,10 @@ impl Core {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        self.with_state(|st, cfg| {
+        self.with_state(|st| {
             let ids: Vec<String> = st.workers.values().map(|w| w.id.to_string()).collect();
             for id in ids {
-                remove_worker(st, cfg, &id, "server shutting down", false);
+                st.remove_worker(&id, "server shutting down", false);
             }
         });
         if let Err(e) = self.inner.store.flush().await {

@@ -27,18 +27,14 @@ impl State {
     }
 
     /// Adds a pending task to memory: on a timer or in its queue.
-    pub(super) fn add_pending(
-        &mut self,
-        task: Task,
-        payload: Option<Arc<str>>,
-        cache_limit: usize,
-    ) {
-        let (k, _) = self.routes.route(&task.spec);
+    pub(super) fn add_pending(&mut self, task: Task, payload: Option<Arc<str>>) {
+        let (k, _) = self.cfg.routes.route(&task.spec);
         let key: Arc<str> = match self.queues.get_key_value(k) {
             Some((k, _)) => k.clone(),
             None => Arc::from(k),
         };
-        let payload = payload.filter(|p| self.cached_bytes + p.len() <= cache_limit);
+        let payload =
+            payload.filter(|p| self.cached_bytes + p.len() <= self.cfg.payload_cache_bytes);
         if let Some(p) = &payload {
             self.cached_bytes += p.len();
         }

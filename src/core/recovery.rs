@@ -20,14 +20,14 @@ impl Core {
     /// and counts them; returns how many were requeued.
     pub(super) fn recover(&self, active: Vec<Task>) -> usize {
         let mut requeued = 0usize;
-        self.with_state(|st, cfg| {
+        self.with_state(|st| {
             for mut t in active {
                 let id = t.id;
                 st.counts.add(t.spec.task_type, &t.spec.name, t.rt.state, 1);
                 match t.rt.state {
                     TaskState::Running if t.rt.cancel_requested => {
                         let attempt = t.rt.attempt;
-                        st.add_pending(t, None, 0);
+                        st.add_pending(t, None);
                         st.unplace(id);
                         st.set_state(id, TaskState::Running);
                         st.finish(
@@ -50,7 +50,7 @@ impl Core {
                         t.rt.waiting_reason = Some(WaitingReason::Queued);
                         st.counts
                             .moved(t.spec.task_type, &t.spec.name, was, TaskState::Pending);
-                        st.add_pending(t, None, 0);
+                        st.add_pending(t, None);
                         if let Some(a) = st.tasks.get_mut(&id) {
                             a.again = true;
                         }
@@ -68,7 +68,7 @@ impl Core {
                     }
                     _ => {
                         let maybe_handed = t.rt.state == TaskState::Pending && !t.rt.forwarded;
-                        st.add_pending(t, None, cfg.payload_cache_bytes);
+                        st.add_pending(t, None);
                         // Its backend may have had it before the crash: the
                         // write that says so is lazy (`Report::Forwarded`).
                         if let Some(a) = st.tasks.get_mut(&id) {

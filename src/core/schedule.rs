@@ -11,10 +11,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::domain::*;
-use crate::store::{Payload, WriteOp, WriteOutcome};
+use crate::store::{Completion, Payload, WriteOp, WriteOutcome};
 
 use super::state::State;
-use super::{Core, CoreConfig, CoreError, Push};
+use super::transitions::CleanupReason;
+use super::{Core, CoreError, Push};
 
 /// An executor's check of a task routed to its queue key, run by
 /// [`Core::schedule`] before anything is written: a task its executor could
@@ -47,126 +48,111 @@ impl Core {
     /// belong to a task the store does not have) are queued only once their
     /// insert is durable.
     pub async fn schedule(&self, new: NewTask) -> Result<Scheduled, CoreError> {
-        let (key, source) = self.inner.cfg.routes.route(&new.spec);
-        if key.starts_with('#') && !self.has_consumer(key) {
-            return Err(CoreError::FailedPrecondition(format!(
-                "no executor for {} tasks is running on this server (queue {key})",
-                new.spec.task_type.as_str()
-            )));
-        }
-        if let Some(admit) = self.inner.admissions.read().get(key) {
-            admit(&new.spec)?;
-        }
+        let (key, source) = self.admit(&new.spec)?;
         let early = overlaps_commit(key, &new.spec);
-        let now = now_micros();
-        let id = TaskId::now_v7();
-        let run_at = add_micros(now, new.delay);
-        let reason = if new.delay.is_zero() {
-            WaitingReason::Queued
-        } else {
-            WaitingReason::Delayed
-        };
-        let mut task = Task {
-            id,
-            created_at: now,
-            spec: Arc::new(new.spec),
-            rt: TaskRuntime::new_pending(run_at, source, reason),
-        };
-        let mut msg = format!("scheduled ({})", task.spec.task_type.as_str());
+        let mut msg = format!("scheduled ({})", new.spec.task_type.as_str());
         if !new.delay.is_zero() {
             msg.push_str(&format!(
                 ", delayed {}",
                 humantime::format_duration(new.delay)
             ));
         }
-        let cached = match &new.payload {
-            Payload::Json(p) => Some(p.clone()),
-            Payload::CopyOf(_) => None,
-        };
+        let cached = cached_payload(&new.payload);
+        let mut task = pending_task(new.spec, new.delay, source);
+        let id = task.id;
+        let insert = (new.payload, msg);
         let (tx, rx) = oneshot::channel();
-        // Submitted under the state lock: the store sees sequence order.
-        let accept = |st: &mut State, task: &mut Task| {
-            if st.draining {
-                return Err(CoreError::Unavailable("the server is shutting down".into()));
-            }
-            task.rt.seq = st.seq();
-            self.inner.store.submit(
-                vec![WriteOp::Insert {
-                    task: task.clone(),
-                    payload: new.payload.clone(),
-                    log: vec![LogEntry::system(id, 0, msg)],
-                    event: Some(EventKind::Scheduled),
-                }],
-                Some(tx),
-            );
-            Ok(())
-        };
-        // Counts the task and puts it in its queue; returns it as accepted.
-        let queue = |st: &mut State, cfg: &CoreConfig, task: Task, cached: Option<Arc<str>>| {
-            st.counts
-                .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
-            let mut snapshot = task.clone();
-            st.add_pending(task, cached, cfg.payload_cache_bytes);
-            if let Some(a) = st.tasks.get(&snapshot.id) {
-                snapshot.rt.waiting_reason = st.derived_reason(a);
-            }
-            snapshot
-        };
-        /// Where the task is while its insert commits.
-        enum Placed {
-            /// In its queue already; the task as accepted.
-            Queued(Task),
-            /// To be queued once the insert is durable, with its payload.
-            AfterCommit(Task, Option<Arc<str>>),
-        }
         let placed = if early {
             // `with_state` dispatches after the closure, and submits what the
             // dispatch wrote (the RUNNING transition) after the insert.
-            Placed::Queued(self.with_state(move |st, cfg| {
-                accept(st, &mut task)?;
-                Ok::<_, CoreError>(queue(st, cfg, task, cached))
+            Placed::Queued(self.with_state(move |st| {
+                self.submit_insert(st, &mut task, insert, tx)?;
+                Ok::<_, CoreError>(st.queue_accepted(task, cached))
             })?)
         } else {
-            accept(&mut self.inner.state.lock(), &mut task)?;
+            self.submit_insert(&mut self.inner.state.lock(), &mut task, insert, tx)?;
             Placed::AfterCommit(task, cached)
         };
-        let outcome = match rx.await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => {
-                if early {
-                    self.withdraw(id, &format!("its insert failed: {e}"));
-                }
-                return Err(CoreError::Store(e));
-            }
-            Err(_) => {
-                if early {
-                    self.withdraw(id, "the store closed before its insert was durable");
-                }
-                return Err(CoreError::Unavailable("the store is closed".into()));
-            }
-        };
-        match (outcome.first(), placed) {
+        let outcome = self.await_insert(rx, id, early).await?;
+        let (task, existing) = match (outcome.first(), placed) {
             (Some(WriteOutcome::Existing(existing)), placed) => {
                 if matches!(placed, Placed::Queued(_)) {
                     // Not expected without an idempotency key (the id is new).
                     self.withdraw(id, "the store holds another task under its key");
                 }
-                let task = self.status(*existing).await?;
-                Ok(Scheduled {
-                    task,
-                    existing: true,
-                })
+                (self.status(*existing).await?, true)
             }
-            (_, Placed::Queued(task)) => Ok(Scheduled {
-                task,
-                existing: false,
-            }),
+            (_, Placed::Queued(task)) => (task, false),
             (_, Placed::AfterCommit(task, cached)) => {
-                let task = self.with_state(|st, cfg| queue(st, cfg, task, cached));
-                Ok(Scheduled {
-                    task,
-                    existing: false,
-                })
+                (self.with_state(|st| st.queue_accepted(task, cached)), false)
+            }
+        };
+        Ok(Scheduled { task, existing })
+    }
+
+    /// The queue key and engine of a new task, once its engine is running
+    /// here and admits it.
+    fn admit<'a>(&self, spec: &'a TaskSpec) -> Result<(&'a str, Source), CoreError> {
+        let (key, source) = self.inner.cfg.routes.route(spec);
+        if key.starts_with('#') && !self.has_consumer(key) {
+            return Err(CoreError::FailedPrecondition(format!(
+                "no executor for {} tasks is running on this server (queue {key})",
+                spec.task_type.as_str()
+            )));
+        }
+        if let Some(admit) = self.inner.admissions.read().get(key) {
+            admit(spec)?;
+        }
+        Ok((key, source))
+    }
+
+    /// Gives a new task its sequence number and submits its insert (with
+    /// its payload and first log line), to be answered on `done`. Called
+    /// under the state lock: the store sees sequence order.
+    fn submit_insert(
+        &self,
+        st: &mut State,
+        task: &mut Task,
+        (payload, msg): (Payload, String),
+        done: Completion,
+    ) -> Result<(), CoreError> {
+        if st.draining {
+            return Err(CoreError::Unavailable("the server is shutting down".into()));
+        }
+        task.rt.seq = st.seq();
+        self.inner.store.submit(
+            vec![WriteOp::Insert {
+                task: task.clone(),
+                payload,
+                log: vec![LogEntry::system(task.id, 0, msg)],
+                event: Some(EventKind::Scheduled),
+            }],
+            Some(done),
+        );
+        Ok(())
+    }
+
+    /// Waits for a new task's insert; a task queued before (`early`) is
+    /// withdrawn if the insert fails.
+    async fn await_insert(
+        &self,
+        rx: oneshot::Receiver<Result<Vec<WriteOutcome>, Arc<crate::store::StoreError>>>,
+        id: TaskId,
+        early: bool,
+    ) -> Result<Vec<WriteOutcome>, CoreError> {
+        match rx.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => {
+                if early {
+                    self.withdraw(id, &format!("its insert failed: {e}"));
+                }
+                Err(CoreError::Store(e))
+            }
+            Err(_) => {
+                if early {
+                    self.withdraw(id, "the store closed before its insert was durable");
+                }
+                Err(CoreError::Unavailable("the store is closed".into()))
             }
         }
     }
@@ -175,7 +161,7 @@ impl Core {
     /// whose insert then failed: it leaves memory without a write (the store
     /// has no row to change), and a worker that started it is told to stop.
     pub(super) fn withdraw(&self, id: TaskId, why: &str) {
-        self.with_state(|st, _| {
+        self.with_state(|st| {
             let Some(a) = st.tasks.get(&id) else {
                 return;
             };
@@ -208,7 +194,7 @@ impl Core {
     /// Schedules a task from inside the server (cleanups, workflow steps):
     /// queued in order behind the write that caused it, not awaited.
     pub fn schedule_internal(&self, new: NewTask) -> Task {
-        self.with_state(|st, cfg| schedule_internal(st, cfg, new))
+        self.with_state(|st| st.schedule_internal(new))
     }
 
     /// Sets the admission check of the tasks routed to queue `key`.
@@ -222,6 +208,38 @@ impl Core {
     }
 }
 
+/// Where a new task is while its insert commits.
+enum Placed {
+    /// In its queue already; the task as accepted.
+    Queued(Task),
+    /// To be queued once the insert is durable, with its payload.
+    AfterCommit(Task, Option<Arc<str>>),
+}
+
+/// The payload to keep in memory, if the new task carries its own.
+fn cached_payload(p: &Payload) -> Option<Arc<str>> {
+    match p {
+        Payload::Json(p) => Some(p.clone()),
+        Payload::CopyOf(_) => None,
+    }
+}
+
+/// A new PENDING task, runnable after `delay`.
+fn pending_task(spec: TaskSpec, delay: Duration, source: Source) -> Task {
+    let now = now_micros();
+    let reason = if delay.is_zero() {
+        WaitingReason::Queued
+    } else {
+        WaitingReason::Delayed
+    };
+    Task {
+        id: TaskId::now_v7(),
+        created_at: now,
+        spec: Arc::new(spec),
+        rt: TaskRuntime::new_pending(add_micros(now, delay), source, reason),
+    }
+}
+
 /// Whether a task accepted by [`Core::schedule`] is queued while its insert
 /// commits, rather than after: a task for a worker queue of the embedded
 /// engine (a key without `#`) and with no idempotency key.
@@ -229,80 +247,78 @@ pub(super) fn overlaps_commit(key: &str, spec: &TaskSpec) -> bool {
     !key.starts_with('#') && spec.idempotency_key.is_none()
 }
 
-pub(super) fn schedule_internal(st: &mut State, cfg: &CoreConfig, new: NewTask) -> Task {
-    let now = now_micros();
-    let id = TaskId::now_v7();
-    let reason = if new.delay.is_zero() {
-        WaitingReason::Queued
-    } else {
-        WaitingReason::Delayed
-    };
-    let source = st.routes.route(&new.spec).1;
-    let mut task = Task {
-        id,
-        created_at: now,
-        spec: Arc::new(new.spec),
-        rt: TaskRuntime::new_pending(add_micros(now, new.delay), source, reason),
-    };
-    task.rt.seq = st.seq();
-    let cached = match &new.payload {
-        Payload::Json(p) => Some(p.clone()),
-        Payload::CopyOf(_) => None,
-    };
-    st.push_op(WriteOp::Insert {
-        task: task.clone(),
-        payload: new.payload,
-        log: vec![LogEntry::system(
+impl State {
+    /// Schedules a task from inside the server: its insert is queued with
+    /// the current critical section's writes, and it is queued at once.
+    pub(super) fn schedule_internal(&mut self, new: NewTask) -> Task {
+        let source = self.cfg.routes.route(&new.spec).1;
+        let mut task = pending_task(new.spec, new.delay, source);
+        task.rt.seq = self.seq();
+        let cached = cached_payload(&new.payload);
+        let msg = format!("scheduled ({})", task.spec.task_type.as_str());
+        self.push_op(WriteOp::Insert {
+            task: task.clone(),
+            payload: new.payload,
+            log: vec![LogEntry::system(task.id, 0, msg)],
+            event: Some(EventKind::Scheduled),
+        });
+        self.counts
+            .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
+        self.add_pending(task.clone(), cached);
+        task
+    }
+
+    /// Counts an accepted task and puts it in its queue; returns it as
+    /// accepted (with its waiting reason).
+    fn queue_accepted(&mut self, task: Task, cached: Option<Arc<str>>) -> Task {
+        self.counts
+            .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
+        let mut snapshot = task.clone();
+        self.add_pending(task, cached);
+        if let Some(a) = self.tasks.get(&snapshot.id) {
+            snapshot.rt.waiting_reason = self.derived_reason(a);
+        }
+        snapshot
+    }
+    /// Schedules the cleanup task of a task that failed for good or was cancelled.
+    pub(super) fn schedule_cleanup(&mut self, id: TaskId, why: CleanupReason) {
+        let Some(t) = self.finishing.get(&id) else {
+            return;
+        };
+        let Some(cleanup) = t.spec.cleanup.clone() else {
+            return;
+        };
+        let spec = &t.spec;
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("cleanup_of".to_string(), id.to_string());
+        labels.insert("cleanup_reason".to_string(), why.as_str().to_string());
+        let new_spec = TaskSpec {
+            name: cleanup.clone(),
+            task_type: TaskType::Simple,
+            priority: spec.priority,
+            max_attempts: spec.max_attempts.max(3),
+            backoff: spec.backoff,
+            execution_timeout: spec.execution_timeout,
+            user_id: None,
+            session_id: None,
+            immediate: false,
+            idempotency_key: None,
+            labels,
+            cleanup: None,
+            target: Target::Simple { queue: None },
+            traceparent: spec.traceparent.clone(),
+            parent_id: None,
+        };
+        let new = NewTask {
+            spec: new_spec,
+            payload: Payload::CopyOf(id),
+            delay: Duration::ZERO,
+        };
+        let task = self.schedule_internal(new);
+        self.log(LogEntry::system(
             id,
             0,
-            format!("scheduled ({})", task.spec.task_type.as_str()),
-        )],
-        event: Some(EventKind::Scheduled),
-    });
-    st.counts
-        .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
-    st.add_pending(task.clone(), cached, cfg.payload_cache_bytes);
-    task
-}
-
-/// Schedules the cleanup task of a task that failed for good or was cancelled.
-pub(super) fn schedule_cleanup(st: &mut State, cfg: &CoreConfig, id: TaskId, why: &str) {
-    let Some(t) = st.finishing.get(&id) else {
-        return;
-    };
-    let Some(cleanup) = t.spec.cleanup.clone() else {
-        return;
-    };
-    let spec = &t.spec;
-    let mut labels = std::collections::BTreeMap::new();
-    labels.insert("cleanup_of".to_string(), id.to_string());
-    labels.insert("cleanup_reason".to_string(), why.to_string());
-    let new_spec = TaskSpec {
-        name: cleanup.clone(),
-        task_type: TaskType::Simple,
-        priority: spec.priority,
-        max_attempts: spec.max_attempts.max(3),
-        backoff: spec.backoff,
-        execution_timeout: spec.execution_timeout,
-        user_id: None,
-        session_id: None,
-        immediate: false,
-        idempotency_key: None,
-        labels,
-        cleanup: None,
-        target: Target::Simple { queue: None },
-        traceparent: spec.traceparent.clone(),
-        parent_id: None,
-    };
-    let new = NewTask {
-        spec: new_spec,
-        payload: Payload::CopyOf(id),
-        delay: Duration::ZERO,
-    };
-    let task = schedule_internal(st, cfg, new);
-    st.log(LogEntry::system(
-        id,
-        0,
-        format!("cleanup task {cleanup} scheduled as {}", task.id),
-    ));
+            format!("cleanup task {cleanup} scheduled as {}", task.id),
+        ));
+    }
 }

@@ -17,7 +17,7 @@ use crate::store::WriteOp;
 use super::metrics::{Counts, Throughput, Window};
 use super::queue::Queue;
 use super::workers::WorkerSlot;
-use super::Routes;
+use super::CoreConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum DeadlineKind {
@@ -92,8 +92,8 @@ pub(super) struct State {
     pub(super) dirty_keys: Vec<Arc<str>>,
     /// When the timer loop next wakes on its own.
     pub(super) timer_wake: Micros,
-    /// Routing to external engines.
-    pub(super) routes: Routes,
+    /// The core's configuration (routing, timeouts, limits).
+    pub(super) cfg: Arc<CoreConfig>,
     /// The `task.run` span of each running attempt, while tracing is on
     /// (empty otherwise).
     pub(super) runs: HashMap<TaskId, tracing::Span>,

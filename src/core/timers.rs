@@ -9,11 +9,8 @@ use std::time::Duration;
 
 use crate::domain::*;
 
-use super::report::apply_report;
-use super::schedule::schedule_cleanup;
 use super::state::{DeadlineKind, State};
-use super::workers::remove_worker;
-use super::{Core, CoreConfig, Push, Report};
+use super::{Core, Push, Report};
 
 impl Core {
     pub(super) async fn timer_loop(&self) {
@@ -27,7 +24,7 @@ impl Core {
             }
             let now = now_micros();
             let run_lease_check = now >= next_lease_check;
-            let next = self.with_state(|st, cfg| {
+            let next = self.with_state(|st| {
                 while let Some(&(t, id)) = st.timers.first() {
                     if t > now {
                         break;
@@ -46,10 +43,10 @@ impl Core {
                         break;
                     }
                     st.deadlines.pop_first();
-                    deadline_passed(st, cfg, id);
+                    st.deadline_passed(id);
                 }
                 if run_lease_check {
-                    let ttl = add_micros(0, cfg.lease_ttl);
+                    let ttl = add_micros(0, st.cfg.lease_ttl);
                     let lost: Vec<String> = st
                         .workers
                         .values()
@@ -57,13 +54,7 @@ impl Core {
                         .map(|w| w.id.to_string())
                         .collect();
                     for w in lost {
-                        remove_worker(
-                            st,
-                            cfg,
-                            &w,
-                            "lease expired: no heartbeat from its worker",
-                            true,
-                        );
+                        st.remove_worker(&w, "lease expired: no heartbeat from its worker", true);
                     }
                     next_lease_check = st
                         .workers
@@ -96,63 +87,61 @@ impl Core {
     }
 }
 
-pub(super) fn deadline_passed(st: &mut State, cfg: &CoreConfig, id: TaskId) {
-    let Some(a) = st.tasks.get_mut(&id) else {
-        return;
-    };
-    let Some((_, kind)) = a.deadline.take() else {
-        return;
-    };
-    let attempt = a.task.rt.attempt;
-    match kind {
-        DeadlineKind::Cancel => {
-            st.finish(
-                id,
-                TaskState::Cancelled,
-                EventKind::Cancelled,
-                vec![LogEntry::system(
+impl State {
+    pub(super) fn deadline_passed(&mut self, id: TaskId) {
+        let Some(a) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let Some((_, kind)) = a.deadline.take() else {
+            return;
+        };
+        let attempt = a.task.rt.attempt;
+        match kind {
+            DeadlineKind::Cancel => {
+                self.conclude(
+                    id,
+                    TaskState::Cancelled,
+                    LogEntry::system(
+                        id,
+                        attempt,
+                        "the worker did not acknowledge the cancel within the lease; cancelled",
+                    )
+                    .level("warn"),
+                );
+            }
+            DeadlineKind::Execution => {
+                if let Some(w) = a.worker.and_then(|w| self.workers.get(&w)) {
+                    let _ = w.tx.send(Push::Cancel {
+                        task_id: id,
+                        attempt,
+                        reason: "timeout".into(),
+                        force: false,
+                    });
+                }
+                let timeout = a
+                    .task
+                    .spec
+                    .execution_timeout
+                    .or(self.cfg.default_execution_timeout)
+                    .unwrap_or_default();
+                self.apply_report(
                     id,
                     attempt,
-                    "the worker did not acknowledge the cancel within the lease; cancelled",
-                )
-                .level("warn")],
-            );
-            schedule_cleanup(st, cfg, id, "cancelled");
-        }
-        DeadlineKind::Execution => {
-            if let Some(w) = a.worker.and_then(|w| st.workers.get(&w)) {
-                let _ = w.tx.send(Push::Cancel {
-                    task_id: id,
-                    attempt,
-                    reason: "timeout".into(),
-                    force: false,
-                });
-            }
-            let timeout = a
-                .task
-                .spec
-                .execution_timeout
-                .or(cfg.default_execution_timeout)
-                .unwrap_or_default();
-            apply_report(
-                st,
-                cfg,
-                id,
-                attempt,
-                Report::Fail {
-                    error: TaskError {
-                        message: format!(
-                            "execution timed out after {}",
-                            humantime::format_duration(timeout)
-                        ),
-                        kind: "timeout".into(),
-                        details: String::new(),
-                        retryable: true,
-                        attempt,
+                    Report::Fail {
+                        error: TaskError {
+                            message: format!(
+                                "execution timed out after {}",
+                                humantime::format_duration(timeout)
+                            ),
+                            kind: "timeout".into(),
+                            details: String::new(),
+                            retryable: true,
+                            attempt,
+                        },
+                        retry_after: None,
                     },
-                    retry_after: None,
-                },
-            );
+                );
+            }
         }
     }
 }

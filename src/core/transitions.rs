@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::domain::*;
 
-use super::state::{DeadlineKind, SlotKind, State};
+use super::state::{whole_millis, DeadlineKind, SlotKind, State};
 use super::Push;
 
 impl State {
@@ -149,13 +149,7 @@ impl State {
     }
 
     /// Requeues a running task whose worker is gone, or ends it.
-    pub(super) fn requeue_lost(
-        &mut self,
-        id: TaskId,
-        why: &str,
-        counts_as_loss: bool,
-        max_losses: u32,
-    ) {
+    pub(super) fn requeue_lost(&mut self, id: TaskId, why: &str, counts_as_loss: bool) {
         let Some(a) = self.tasks.get(&id) else {
             return;
         };
@@ -175,7 +169,7 @@ impl State {
         }
         let losses = a.task.rt.lease_losses + u32::from(counts_as_loss);
         let (max_attempts, backoff) = (a.task.spec.max_attempts, a.task.spec.backoff);
-        if losses > max_losses && attempt < max_attempts {
+        if losses > self.cfg.max_lease_losses && attempt < max_attempts {
             // Lost too often, this attempt fails; the next one starts afresh
             // (lease losses count per attempt, so every attempt is used).
             let err = TaskError {
@@ -185,29 +179,15 @@ impl State {
                 retryable: true,
                 attempt,
             };
-            let delay = backoff.delay(attempt);
-            self.back_to_pending(id, delay, WaitingReason::BackingOff);
             if let Some(a) = self.tasks.get_mut(&id) {
                 a.task.rt.last_error = Some(Box::new(err.clone()));
                 a.task.rt.lease_losses = 0;
             }
-            self.emit(
-                id,
-                EventKind::Retrying,
-                vec![LogEntry::system(
-                    id,
-                    attempt,
-                    format!(
-                        "attempt {attempt} of {max_attempts} failed: {}; retrying in {}",
-                        err.message,
-                        humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-                    ),
-                )
-                .level("warn")],
-            );
+            let delay = backoff.delay(attempt);
+            self.retry_after_failure(id, attempt, max_attempts, &err.message, delay);
             return;
         }
-        if losses > max_losses {
+        if losses > self.cfg.max_lease_losses {
             let err = TaskError {
                 message: format!("{why}; the worker was lost {losses} times in its last attempt"),
                 kind: "worker_lost".into(),
@@ -248,5 +228,65 @@ impl State {
                     .level("warn"),
             ],
         );
+    }
+
+    /// Puts a task whose attempt failed back to PENDING for another attempt
+    /// after `delay`, and logs why.
+    pub(super) fn retry_after_failure(
+        &mut self,
+        id: TaskId,
+        attempt: u32,
+        max_attempts: u32,
+        message: &str,
+        delay: Duration,
+    ) {
+        self.back_to_pending(id, delay, WaitingReason::BackingOff);
+        let line = format!(
+            "attempt {attempt} of {max_attempts} failed: {message}; retrying in {}",
+            humantime::format_duration(whole_millis(delay))
+        );
+        let log = LogEntry::system(id, attempt, line).level("warn");
+        self.emit(id, EventKind::Retrying, vec![log]);
+    }
+
+    /// Ends a task in the final `state` with its event, logging `log`, and
+    /// schedules its cleanup task if it did not complete (FAILED, CANCELLED,
+    /// COMPENSATED). The one way a report, a cancel or a deadline ends a
+    /// task; recovery and a lost worker end one without a cleanup
+    /// ([`State::finish`]).
+    pub(super) fn conclude(&mut self, id: TaskId, state: TaskState, log: LogEntry) {
+        let kind = match state {
+            TaskState::Completed => EventKind::Completed,
+            TaskState::Cancelled => EventKind::Cancelled,
+            TaskState::Failed => EventKind::Failed,
+            _ => EventKind::Updated,
+        };
+        self.finish(id, state, kind, vec![log]);
+        match state {
+            TaskState::Failed => self.schedule_cleanup(id, CleanupReason::Failed),
+            TaskState::Cancelled | TaskState::Compensated => {
+                self.schedule_cleanup(id, CleanupReason::Cancelled)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Why a cleanup task was scheduled (its `cleanup_reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CleanupReason {
+    /// The task failed for good.
+    Failed,
+    /// The task was cancelled (or compensated).
+    Cancelled,
+}
+
+impl CleanupReason {
+    /// The label's value.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            CleanupReason::Failed => "failed",
+            CleanupReason::Cancelled => "cancelled",
+        }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::domain::*;
 
 use super::state::State;
-use super::{Core, CoreConfig, CoreError, Push, WorkerInfo, WorkerLink};
+use super::{Core, CoreError, Push, WorkerInfo, WorkerLink};
 
 pub(super) struct WorkerSlot {
     pub(super) id: Arc<str>,
@@ -52,7 +52,7 @@ impl Core {
         local: bool,
     ) -> Result<WorkerLink, CoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = self.with_state(|st, _| {
+        let id = self.with_state(|st| {
             if st.draining {
                 return Err(CoreError::Unavailable("the server is shutting down".into()));
             }
@@ -107,7 +107,7 @@ impl Core {
 
     /// The worker takes no more tasks.
     pub fn drain_worker(&self, worker_id: &str) {
-        self.with_state(|st, _| {
+        self.with_state(|st| {
             if let Some(n) = st.worker_ids.get(worker_id).copied() {
                 if let Some(w) = st.workers.get_mut(&n) {
                     w.draining = true;
@@ -118,7 +118,7 @@ impl Core {
 
     /// The worker's stream closed: its tasks are requeued.
     pub fn worker_gone(&self, worker_id: &str, why: &str) {
-        self.with_state(|st, cfg| remove_worker(st, cfg, worker_id, why, true))
+        self.with_state(|st| st.remove_worker(worker_id, why, true))
     }
 
     /// Workers, for metrics and the dashboard.
@@ -139,48 +139,43 @@ impl Core {
     }
 }
 
-pub(super) fn remove_worker(
-    st: &mut State,
-    cfg: &CoreConfig,
-    worker_id: &str,
-    why: &str,
-    counts_as_loss: bool,
-) {
-    let Some(n) = st.worker_ids.remove(worker_id) else {
-        return;
-    };
-    let Some(w) = st.workers.remove(&n) else {
-        return;
-    };
-    for k in &w.keys {
-        if let Some(q) = st.queues.get_mut(k) {
-            q.workers.retain(|x| *x != n);
+impl State {
+    pub(super) fn remove_worker(&mut self, worker_id: &str, why: &str, counts_as_loss: bool) {
+        let Some(n) = self.worker_ids.remove(worker_id) else {
+            return;
+        };
+        let Some(w) = self.workers.remove(&n) else {
+            return;
+        };
+        for k in &w.keys {
+            if let Some(q) = self.queues.get_mut(k) {
+                q.workers.retain(|x| *x != n);
+            }
         }
-    }
-    let _ = w.tx.send(Push::Close(why.to_string()));
-    let mut running: Vec<TaskId> = w.running.iter().copied().collect();
-    running.sort();
-    if !running.is_empty() {
-        tracing::warn!(
-            worker_id,
-            tasks = running.len(),
-            why,
-            "worker removed; requeueing its tasks"
-        );
-    }
-    for id in running {
-        // The worker is gone: its slot accounting went with it.
-        if let Some(a) = st.tasks.get_mut(&id) {
-            a.worker = None;
-            let key = a.key.clone();
-            let q = st.queue(&key);
-            q.running = q.running.saturating_sub(1);
+        let _ = w.tx.send(Push::Close(why.to_string()));
+        let mut running: Vec<TaskId> = w.running.iter().copied().collect();
+        running.sort();
+        if !running.is_empty() {
+            tracing::warn!(
+                worker_id,
+                tasks = running.len(),
+                why,
+                "worker removed; requeueing its tasks"
+            );
         }
-        st.requeue_lost(
-            id,
-            &format!("worker {worker_id} lost ({why})"),
-            counts_as_loss,
-            cfg.max_lease_losses,
-        );
+        for id in running {
+            // The worker is gone: its slot accounting went with it.
+            if let Some(a) = self.tasks.get_mut(&id) {
+                a.worker = None;
+                let key = a.key.clone();
+                let q = self.queue(&key);
+                q.running = q.running.saturating_sub(1);
+            }
+            self.requeue_lost(
+                id,
+                &format!("worker {worker_id} lost ({why})"),
+                counts_as_loss,
+            );
+        }
     }
 }

@@ -6,7 +6,6 @@
 
 use crate::domain::*;
 
-use super::schedule::schedule_internal;
 use super::state::State;
 use super::{Core, CoreError, Push};
 
@@ -19,7 +18,7 @@ impl Core {
         name: &str,
         payload: serde_json::Value,
     ) -> Result<Task, CoreError> {
-        let r = self.with_state(|st, _| {
+        let r = self.with_state(|st| {
             let Some(a) = st.tasks.get_mut(&id) else {
                 return Err(None);
             };
@@ -76,10 +75,10 @@ impl Core {
         id: TaskId,
         f: impl FnOnce(&mut WorkflowRun) -> (R, Vec<String>),
     ) -> Result<R, CoreError> {
-        self.with_state(|st, _| {
-            let mut run = held_workflow(st, worker_id, id)?;
+        self.with_state(|st| {
+            let mut run = st.held_workflow(worker_id, id)?;
             let (r, logs) = f(&mut run);
-            store_run(st, id, &run, logs)?;
+            st.store_run(id, &run, logs)?;
             Ok(r)
         })
     }
@@ -94,12 +93,12 @@ impl Core {
         mut new: NewTask,
         f: impl FnOnce(&mut WorkflowRun, TaskId) -> Vec<String>,
     ) -> Result<TaskId, CoreError> {
-        self.with_state(|st, cfg| {
-            let mut run = held_workflow(st, worker_id, parent)?;
+        self.with_state(|st| {
+            let mut run = st.held_workflow(worker_id, parent)?;
             new.spec.parent_id = Some(parent);
-            let child = schedule_internal(st, cfg, new);
+            let child = st.schedule_internal(new);
             let logs = f(&mut run, child.id);
-            store_run(st, parent, &run, logs)?;
+            st.store_run(parent, &run, logs)?;
             Ok(child.id)
         })
     }
@@ -111,42 +110,46 @@ impl Core {
     }
 }
 
-pub(super) fn held_workflow(
-    st: &State,
-    worker_id: &str,
-    id: TaskId,
-) -> Result<WorkflowRun, CoreError> {
-    let n = st.worker_ids.get(worker_id).copied();
-    let a = st
-        .tasks
-        .get(&id)
-        .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
-    if n.is_none() || a.worker != n {
-        return Err(CoreError::FailedPrecondition(format!(
-            "worker {worker_id} does not hold workflow {id}"
-        )));
+impl State {
+    pub(super) fn held_workflow(
+        &self,
+        worker_id: &str,
+        id: TaskId,
+    ) -> Result<WorkflowRun, CoreError> {
+        let n = self.worker_ids.get(worker_id).copied();
+        let a = self
+            .tasks
+            .get(&id)
+            .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
+        if n.is_none() || a.worker != n {
+            return Err(CoreError::FailedPrecondition(format!(
+                "worker {worker_id} does not hold workflow {id}"
+            )));
+        }
+        Ok(WorkflowRun::from_detail(a.task.rt.detail.as_deref()))
     }
-    Ok(WorkflowRun::from_detail(a.task.rt.detail.as_deref()))
 }
 
-/// Writes a workflow run back to its task and records the change (an
-/// `UPDATED` event with `logs`).
-pub(super) fn store_run(
-    st: &mut State,
-    id: TaskId,
-    run: &WorkflowRun,
-    logs: Vec<String>,
-) -> Result<(), CoreError> {
-    let a = st
-        .tasks
-        .get_mut(&id)
-        .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
-    a.task.rt.detail = serde_json::to_value(run).ok().map(Box::new);
-    let attempt = a.task.rt.attempt;
-    let logs = logs
-        .into_iter()
-        .map(|m| LogEntry::system(id, attempt, m))
-        .collect();
-    st.emit(id, EventKind::Updated, logs);
-    Ok(())
+impl State {
+    /// Writes a workflow run back to its task and records the change (an
+    /// `UPDATED` event with `logs`).
+    pub(super) fn store_run(
+        &mut self,
+        id: TaskId,
+        run: &WorkflowRun,
+        logs: Vec<String>,
+    ) -> Result<(), CoreError> {
+        let a = self
+            .tasks
+            .get_mut(&id)
+            .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
+        a.task.rt.detail = serde_json::to_value(run).ok().map(Box::new);
+        let attempt = a.task.rt.attempt;
+        let logs = logs
+            .into_iter()
+            .map(|m| LogEntry::system(id, attempt, m))
+            .collect();
+        self.emit(id, EventKind::Updated, logs);
+        Ok(())
+    }
 }
