@@ -96,9 +96,7 @@ impl WorkerService for Workers {
             .into());
         };
         let (name, names, slots, imm) = convert::registration(reg)?;
-        let link = self
-            .core
-            .register_worker(&name, &names, slots, imm, false)?;
+        let link = self.core.register_worker(&name, &names, slots, imm)?;
         let worker_id = link.id.clone();
         let (tx, rx) = mpsc::channel::<Result<pb::ServerMessage, Status>>(1024);
         let cfg = self.core.config();

@@ -35,7 +35,7 @@ impl Core {
                 .get(&id)
                 .and_then(|a| a.worker)
                 .and_then(|w| st.workers.get(&w))
-                .is_some_and(|w| w.local)
+                .is_some_and(|w| w.local())
         };
         let r = self.with_state(|st| st.cancel_locked(id, "cancelled", reason, force));
         if r.is_some() {
@@ -189,7 +189,7 @@ impl State {
                 if !a.task.rt.cancel_requested {
                     let local = wid
                         .and_then(|w| self.workers.get(&w))
-                        .is_some_and(|w| w.local);
+                        .is_some_and(|w| w.local());
                     if let Some(a) = self.tasks.get_mut(&id) {
                         a.task.rt.cancel_requested = true;
                     }

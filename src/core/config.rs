@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use crate::domain::*;
 
+use super::EngineKind;
+
 /// Tunables of the core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -45,42 +47,32 @@ pub struct Routes {
     pub temporal_workflows: Vec<String>,
 }
 
-/// Whether a queue key belongs to an external engine's backend.
-pub fn is_backend_key(key: &str) -> bool {
-    key == BULLMQ_KEY || key == TEMPORAL_KEY
-}
-
-/// The internal queue key of the BullMQ backend.
-pub const BULLMQ_KEY: &str = "#bullmq";
-
-/// The internal queue key of the Temporal backend.
-pub const TEMPORAL_KEY: &str = "#temporal";
-
 impl Routes {
     pub(super) fn listed(list: &[String], v: &str) -> bool {
         list.iter().any(|x| x == "*" || x == v)
     }
 
     /// The queue key and the engine of a task.
-    pub fn route<'a>(&self, spec: &'a TaskSpec) -> (&'a str, Source) {
-        match (&spec.task_type, &spec.target) {
+    pub fn route<'a>(&self, spec: &'a TaskSpec) -> (&'a str, EngineKind) {
+        let engine = match (&spec.task_type, &spec.target) {
             (TaskType::Simple, Target::Simple { queue }) => {
                 let q = queue.as_deref().unwrap_or(&spec.name);
                 if Self::listed(&self.bullmq_queues, q) {
-                    (BULLMQ_KEY, Source::Bullmq)
+                    EngineKind::Bullmq
                 } else {
-                    (&spec.name, Source::Embedded)
+                    EngineKind::Queue
                 }
             }
             (TaskType::Complex, Target::Complex { workflow_type, .. })
                 if Self::listed(&self.temporal_workflows, workflow_type) =>
             {
-                (TEMPORAL_KEY, Source::Temporal)
+                EngineKind::Temporal
             }
-            (TaskType::Integration, _) => ("#integration", Source::N8n),
-            (TaskType::Complex, _) => ("#workflow", Source::Embedded),
-            (TaskType::Simple, _) => (&spec.name, Source::Embedded),
-        }
+            (TaskType::Integration, _) => EngineKind::Webhook,
+            (TaskType::Complex, _) => EngineKind::Workflow,
+            (TaskType::Simple, _) => EngineKind::Queue,
+        };
+        (engine.key().unwrap_or(&spec.name), engine)
     }
 }
 
@@ -96,14 +88,5 @@ impl Default for CoreConfig {
             routes: Routes::default(),
             metrics_sink: None,
         }
-    }
-}
-
-/// The queue key of tasks of a type that run on an in-process executor.
-pub fn internal_key(t: TaskType) -> Option<&'static str> {
-    match t {
-        TaskType::Simple => None,
-        TaskType::Complex => Some("#workflow"),
-        TaskType::Integration => Some("#integration"),
     }
 }

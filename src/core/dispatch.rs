@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::domain::*;
 
 use super::state::{DeadlineKind, SlotKind, State};
-use super::{is_backend_key, Assignment, Push};
+use super::{Assignment, EngineKind, Push};
 
 impl State {
     /// Starts a task on a worker: takes a slot, moves the task to RUNNING
@@ -19,8 +19,9 @@ impl State {
         let Some((worker_name, key, attempt)) = self.occupy(id, wid, now) else {
             return;
         };
-        if is_backend_key(&key) {
-            self.hand_to_backend(id, attempt, &key);
+        let engine = EngineKind::of_key(&key);
+        if engine.is_backend() {
+            self.hand_to_backend(id, attempt, engine);
         } else {
             self.start_running(id, attempt, now, &worker_name);
         }
@@ -79,7 +80,7 @@ impl State {
 
     /// Handed to an external engine: the task is not running yet. The
     /// backend mirrors the engine's own states (and timeouts).
-    fn hand_to_backend(&mut self, id: TaskId, attempt: u32, key: &str) {
+    fn hand_to_backend(&mut self, id: TaskId, attempt: u32, engine: EngineKind) {
         if let Some(a) = self.tasks.get_mut(&id) {
             a.task.rt.started_at = None;
             // The engine now owns a delay; anything else is queued there.
@@ -87,7 +88,7 @@ impl State {
                 a.task.rt.waiting_reason = Some(WaitingReason::Queued);
             }
         }
-        let line = format!("handed to the {} backend", key.trim_start_matches('#'));
+        let line = format!("handed to the {} backend", engine.name());
         // Rebuilt after a crash (the task is offered to the backend again):
         // it rides on the next commit.
         self.lazily(|st| {
@@ -170,7 +171,7 @@ impl State {
                     .filter(|(_, w)| w.can_take(head.lane))
                     .map(|(wid, w)| {
                         let imm = if head.lane == 0 { w.free_imm() } else { 0 };
-                        (wid, w.free_normal() + imm)
+                        (wid, w.free_normal().saturating_add(imm))
                     })
                     .max_by_key(|(_, free)| *free);
                 let Some((wid, _)) = best else {

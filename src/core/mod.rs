@@ -17,6 +17,7 @@
 //! | --- | --- |
 //! | `error` | [`CoreError`] |
 //! | `config` | [`CoreConfig`], [`Routes`] |
+//! | `engine` | [`EngineKind`]: the engines and their queue keys |
 //! | `protocol` | [`Push`], [`Report`], [`Assignment`], worker handles |
 //! | `state` | `State`, the per-task record, queued writes and events |
 //! | `queue` | per-key queues and timers |
@@ -38,6 +39,7 @@
 mod cancel;
 mod config;
 mod dispatch;
+mod engine;
 mod error;
 pub mod events;
 pub mod metrics;
@@ -70,7 +72,8 @@ use metrics::{Counts, Throughput, Window};
 use recovery::RECOVERY_CHUNK;
 use state::State;
 
-pub use config::{internal_key, is_backend_key, CoreConfig, Routes, BULLMQ_KEY, TEMPORAL_KEY};
+pub use config::{CoreConfig, Routes};
+pub use engine::EngineKind;
 pub use error::{CoreError, FieldViolation};
 pub use protocol::{Assignment, Push, Report, WorkerInfo, WorkerLink};
 pub use queries::{MetricsSnapshot, QueueInfo};
@@ -269,7 +272,7 @@ impl Core {
                 // drain; they are requeued and resume after the restart.
                 .filter(|a| {
                     a.worker.is_some()
-                        && !is_backend_key(&a.key)
+                        && !EngineKind::of_key(&a.key).is_backend()
                         && a.task.spec.task_type != TaskType::Complex
                 })
                 .count();

@@ -13,6 +13,8 @@ use tokio::sync::mpsc;
 
 use crate::domain::*;
 
+use super::EngineKind;
+
 /// What a worker is pushed.
 #[derive(Debug)]
 pub enum Push {
@@ -99,8 +101,10 @@ pub struct WorkerInfo {
     pub name: String,
     /// Task names (queue keys) it takes.
     pub keys: Vec<String>,
-    /// Normal slots.
-    pub slots: u32,
+    /// Normal slots; none for an engine without a concurrency limit.
+    pub slots: Option<u32>,
+    /// The in-process engine it is, if any.
+    pub engine: Option<EngineKind>,
     /// Immediate slots.
     pub immediate_slots: u32,
     /// Tasks running on it.

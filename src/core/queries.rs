@@ -46,8 +46,10 @@ pub struct QueueInfo {
     pub running: u64,
     /// Workers.
     pub workers: u32,
-    /// Free slots.
+    /// Free slots of the workers with a limit.
     pub free_slots: u32,
+    /// Whether an engine without a concurrency limit takes this queue.
+    pub unbounded: bool,
 }
 
 impl Core {
@@ -150,9 +152,10 @@ impl Core {
                     scheduled: q.scheduled,
                     running: q.running,
                     workers: ws.len() as u32,
+                    unbounded: ws.iter().any(|w| w.unbounded()),
                     free_slots: ws
                         .iter()
-                        .filter(|w| !w.draining)
+                        .filter(|w| !w.draining && !w.unbounded())
                         .map(|w| w.free_normal() + w.free_imm())
                         .sum(),
                 }
@@ -165,7 +168,7 @@ impl Core {
             throughput: st.throughput.per_sec(now),
             schedule_to_start: st.s2s.summary(now),
             run_time: st.run_time.summary(now),
-            workers_connected: st.workers.values().filter(|w| !w.local).count() as u32,
+            workers_connected: st.workers.values().filter(|w| !w.local()).count() as u32,
             started_at: self.inner.started_at,
             last_seq: self.inner.hub.last_seq(),
         }

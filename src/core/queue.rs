@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use crate::domain::*;
 
-use super::is_backend_key;
 use super::state::{lane, Active, QKey, SlotKind, State};
+use super::EngineKind;
 
 #[derive(Default)]
 pub(super) struct Queue {
@@ -67,7 +67,7 @@ impl State {
         let key = a.key.clone();
         // A delay is the engine's job once a backend holds the task; backoff
         // after an unreachable engine stays on the core's timer (the outbox).
-        let engine_delays = is_backend_key(&key)
+        let engine_delays = EngineKind::of_key(&key).is_backend()
             && !a.task.rt.forwarded
             && a.task.rt.waiting_reason == Some(WaitingReason::Delayed);
         if a.task.rt.run_at > now && !engine_delays {

@@ -6,7 +6,7 @@
 
 use crate::domain::*;
 
-use super::{is_backend_key, Core};
+use super::{Core, EngineKind};
 
 /// Active tasks per chunk read from the store at start-up. Up to five
 /// chunks are in flight between the SQL thread, the decoder and this core
@@ -72,7 +72,7 @@ impl Core {
                         // Its backend may have had it before the crash: the
                         // write that says so is lazy (`Report::Forwarded`).
                         if let Some(a) = st.tasks.get_mut(&id) {
-                            if maybe_handed && is_backend_key(&a.key) {
+                            if maybe_handed && EngineKind::of_key(&a.key).is_backend() {
                                 a.again = true;
                             }
                         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::domain::*;
 
 use super::state::{whole_millis, State};
-use super::{is_backend_key, Core, CoreError, Report};
+use super::{Core, CoreError, Report};
 
 impl Core {
     /// A worker reports on a task it holds. Refused (with the reason) if it
@@ -46,8 +46,8 @@ impl Core {
                     // log, Temporal's history); an embedded executor's are
                     // Switchyard's own; a remote worker's are the worker's.
                     if let Report::Log { source, .. } = &mut report {
-                        if w.local {
-                            *source = if w.keys.iter().any(|k| is_backend_key(k)) {
+                        if let Some(engine) = w.engine {
+                            *source = if engine.is_backend() {
                                 LogSource::Engine
                             } else {
                                 LogSource::System

@@ -15,7 +15,7 @@ use crate::store::{Completion, Payload, WriteOp, WriteOutcome};
 
 use super::state::State;
 use super::transitions::CleanupReason;
-use super::{Core, CoreError, Push};
+use super::{Core, CoreError, EngineKind, Push};
 
 /// An executor's check of a task routed to its queue key, run by
 /// [`Core::schedule`] before anything is written: a task its executor could
@@ -48,8 +48,8 @@ impl Core {
     /// belong to a task the store does not have) are queued only once their
     /// insert is durable.
     pub async fn schedule(&self, new: NewTask) -> Result<Scheduled, CoreError> {
-        let (key, source) = self.admit(&new.spec)?;
-        let early = overlaps_commit(key, &new.spec);
+        let (_, engine) = self.admit(&new.spec)?;
+        let early = overlaps_commit(engine, &new.spec);
         let mut msg = format!("scheduled ({})", new.spec.task_type.as_str());
         if !new.delay.is_zero() {
             msg.push_str(&format!(
@@ -58,7 +58,7 @@ impl Core {
             ));
         }
         let cached = cached_payload(&new.payload);
-        let mut task = pending_task(new.spec, new.delay, source);
+        let mut task = pending_task(new.spec, new.delay, engine.source());
         let id = task.id;
         let insert = (new.payload, msg);
         let (tx, rx) = oneshot::channel();
@@ -92,9 +92,9 @@ impl Core {
 
     /// The queue key and engine of a new task, once its engine is running
     /// here and admits it.
-    fn admit<'a>(&self, spec: &'a TaskSpec) -> Result<(&'a str, Source), CoreError> {
-        let (key, source) = self.inner.cfg.routes.route(spec);
-        if key.starts_with('#') && !self.has_consumer(key) {
+    fn admit<'a>(&self, spec: &'a TaskSpec) -> Result<(&'a str, EngineKind), CoreError> {
+        let (key, engine) = self.inner.cfg.routes.route(spec);
+        if engine.in_process() && !self.has_consumer(key) {
             return Err(CoreError::FailedPrecondition(format!(
                 "no executor for {} tasks is running on this server (queue {key})",
                 spec.task_type.as_str()
@@ -103,7 +103,7 @@ impl Core {
         if let Some(admit) = self.inner.admissions.read().get(key) {
             admit(spec)?;
         }
-        Ok((key, source))
+        Ok((key, engine))
     }
 
     /// Gives a new task its sequence number and submits its insert (with
@@ -197,9 +197,11 @@ impl Core {
         self.with_state(|st| st.schedule_internal(new))
     }
 
-    /// Sets the admission check of the tasks routed to queue `key`.
-    pub fn set_admission(&self, key: &str, admit: Admission) {
-        self.inner.admissions.write().insert(key.to_string(), admit);
+    /// Sets the admission check of the tasks routed to an in-process engine.
+    pub fn set_admission(&self, engine: EngineKind, admit: Admission) {
+        if let Some(key) = engine.key() {
+            self.inner.admissions.write().insert(key.to_string(), admit);
+        }
     }
 
     pub(super) fn has_consumer(&self, key: &str) -> bool {
@@ -242,16 +244,16 @@ fn pending_task(spec: TaskSpec, delay: Duration, source: Source) -> Task {
 
 /// Whether a task accepted by [`Core::schedule`] is queued while its insert
 /// commits, rather than after: a task for a worker queue of the embedded
-/// engine (a key without `#`) and with no idempotency key.
-pub(super) fn overlaps_commit(key: &str, spec: &TaskSpec) -> bool {
-    !key.starts_with('#') && spec.idempotency_key.is_none()
+/// queue and with no idempotency key.
+pub(super) fn overlaps_commit(engine: EngineKind, spec: &TaskSpec) -> bool {
+    !engine.in_process() && spec.idempotency_key.is_none()
 }
 
 impl State {
     /// Schedules a task from inside the server: its insert is queued with
     /// the current critical section's writes, and it is queued at once.
     pub(super) fn schedule_internal(&mut self, new: NewTask) -> Task {
-        let source = self.cfg.routes.route(&new.spec).1;
+        let source = self.cfg.routes.route(&new.spec).1.source();
         let mut task = pending_task(new.spec, new.delay, source);
         task.rt.seq = self.seq();
         let cached = cached_payload(&new.payload);

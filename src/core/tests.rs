@@ -146,9 +146,7 @@ async fn started_while_paused() -> (
     Assignment,
 ) {
     let (core, store) = core_on_pausable_store().await;
-    let mut link = core
-        .register_worker("w", &["t".to_string()], 1, 0, false)
-        .unwrap();
+    let mut link = core.register_worker("w", &["t".to_string()], 1, 0).unwrap();
     store.pause();
     let call = schedule_in_background(&core, spec("t", None));
     let Push::Assign(a) = next_push(&mut link.rx).await else {
@@ -217,9 +215,7 @@ async fn a_started_task_whose_insert_fails_is_withdrawn() {
 #[tokio::test]
 async fn a_task_with_an_idempotency_key_waits_for_its_commit() {
     let (core, store) = core_on_pausable_store().await;
-    let mut link = core
-        .register_worker("w", &["t".to_string()], 1, 0, false)
-        .unwrap();
+    let mut link = core.register_worker("w", &["t".to_string()], 1, 0).unwrap();
     store.pause();
     let call = schedule_in_background(&core, spec("t", Some("k1")));
     assert!(
@@ -277,9 +273,7 @@ async fn forwarded_is_shown_at_once_and_rides_on_the_next_commit() {
     let core = Core::start(store.clone(), routed_to_bullmq())
         .await
         .unwrap();
-    let mut link = core
-        .register_worker("bullmq", &[BULLMQ_KEY.to_string()], 100, 0, true)
-        .unwrap();
+    let mut link = core.register_engine(EngineKind::Bullmq, Some(100)).unwrap();
     let first = schedule_in_background(&core, spec("t", None))
         .await
         .unwrap()
@@ -354,9 +348,7 @@ async fn a_backend_task_not_known_forwarded_is_offered_again_after_a_restart() {
     drop(store);
     let store = SqliteStore::open(opts).unwrap();
     let core = Core::start(store, routed_to_bullmq()).await.unwrap();
-    let mut link = core
-        .register_worker("bullmq", &[BULLMQ_KEY.to_string()], 100, 0, true)
-        .unwrap();
+    let mut link = core.register_engine(EngineKind::Bullmq, Some(100)).unwrap();
     let mut again = HashMap::new();
     for _ in 0..2 {
         let Push::Assign(a) = next_push(&mut link.rx).await else {

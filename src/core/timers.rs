@@ -50,7 +50,7 @@ impl Core {
                     let lost: Vec<String> = st
                         .workers
                         .values()
-                        .filter(|w| !w.local && now - w.last_seen >= ttl)
+                        .filter(|w| !w.local() && now - w.last_seen >= ttl)
                         .map(|w| w.id.to_string())
                         .collect();
                     for w in lost {
@@ -59,7 +59,7 @@ impl Core {
                     next_lease_check = st
                         .workers
                         .values()
-                        .filter(|w| !w.local)
+                        .filter(|w| !w.local())
                         .map(|w| w.last_seen.saturating_add(ttl))
                         .min()
                         .unwrap_or(now + ttl)

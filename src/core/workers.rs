@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use crate::domain::*;
 
 use super::state::State;
-use super::{Core, CoreError, Push, WorkerInfo, WorkerLink};
+use super::{Core, CoreError, EngineKind, Push, WorkerInfo, WorkerLink};
 
+/// A registered worker (remote, or an in-process engine) and its slots.
 pub(super) struct WorkerSlot {
     pub(super) id: Arc<str>,
     pub(super) name: String,
@@ -26,10 +27,22 @@ pub(super) struct WorkerSlot {
     pub(super) running: HashSet<TaskId>,
     pub(super) last_seen: Micros,
     pub(super) draining: bool,
-    pub(super) local: bool,
+    /// The in-process engine it is, if any.
+    pub(super) engine: Option<EngineKind>,
 }
 
+/// The slots of an engine registered without a concurrency limit.
+pub(super) const UNBOUNDED: u32 = u32::MAX;
+
 impl WorkerSlot {
+    /// Whether it runs inside the server.
+    pub(super) fn local(&self) -> bool {
+        self.engine.is_some()
+    }
+    /// Whether it takes any number of tasks.
+    pub(super) fn unbounded(&self) -> bool {
+        self.slots == UNBOUNDED
+    }
     pub(super) fn free_normal(&self) -> u32 {
         self.slots.saturating_sub(self.used)
     }
@@ -42,14 +55,42 @@ impl WorkerSlot {
 }
 
 impl Core {
-    /// Registers a worker for queue keys; returns its id and push channel.
+    /// Registers a remote worker for queue keys (task names); returns its id
+    /// and push channel.
     pub fn register_worker(
         &self,
         name: &str,
         keys: &[String],
         slots: u32,
         immediate_slots: u32,
-        local: bool,
+    ) -> Result<WorkerLink, CoreError> {
+        self.register(name, keys, slots, immediate_slots, None)
+    }
+
+    /// Registers an in-process engine for its queue key, taking up to
+    /// `concurrency` tasks at once (`None`: no limit; the engine paces
+    /// itself). An engine's leases never run out.
+    pub fn register_engine(
+        &self,
+        kind: EngineKind,
+        concurrency: Option<u32>,
+    ) -> Result<WorkerLink, CoreError> {
+        let Some(key) = kind.key() else {
+            return Err(CoreError::FailedPrecondition(
+                "the embedded queue's workers register with register_worker".into(),
+            ));
+        };
+        let slots = concurrency.unwrap_or(UNBOUNDED);
+        self.register(kind.worker_name(), &[key.to_string()], slots, 0, Some(kind))
+    }
+
+    fn register(
+        &self,
+        name: &str,
+        keys: &[String],
+        slots: u32,
+        immediate_slots: u32,
+        engine: Option<EngineKind>,
     ) -> Result<WorkerLink, CoreError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.with_state(|st| {
@@ -85,7 +126,7 @@ impl Core {
                     running: HashSet::new(),
                     last_seen: now_micros(),
                     draining: false,
-                    local,
+                    engine,
                 },
             );
             st.worker_ids.insert(wid.clone(), n);
@@ -130,10 +171,11 @@ impl Core {
                 id: w.id.to_string(),
                 name: w.name.clone(),
                 keys: w.keys.iter().map(|k| k.to_string()).collect(),
-                slots: w.slots,
+                slots: (!w.unbounded()).then_some(w.slots),
+                engine: w.engine,
                 immediate_slots: w.imm_slots,
                 running: w.running.len(),
-                local: w.local,
+                local: w.local(),
             })
             .collect()
     }

@@ -36,15 +36,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::core::{internal_key, Assignment, Core, CoreError, Push, Report, WorkerLink};
-use crate::domain::{now_micros, Micros, Target, Task, TaskError, TaskId, TaskType};
+use crate::core::{Assignment, Core, CoreError, EngineKind, Push, Report, WorkerLink};
+use crate::domain::{now_micros, Micros, Target, Task, TaskError, TaskId};
 use call::{kind, Failure};
 use guard::{AllowList, GuardedResolver};
 
 pub use config::{load_secret, AuthConfig, AuthKind, Secret, SourceConfig, WebhookConfig};
-
-/// The name the executor registers under.
-const WORKER_NAME: &str = "webhook";
 
 /// Idle connections are kept this long for reuse.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -66,10 +63,7 @@ pub fn start(core: &Core, cfg: &WebhookConfig) -> Result<JoinHandle<()>, CoreErr
     let exec = Arc::new(Executor::new(core.clone(), cfg, &|k| {
         std::env::var(k).ok()
     })?);
-    let key = internal_key(TaskType::Integration)
-        .unwrap_or("#integration")
-        .to_string();
-    let link = core.register_worker(WORKER_NAME, &[key], cfg.concurrency, 0, true)?;
+    let link = core.register_engine(EngineKind::Webhook, Some(cfg.concurrency))?;
     tracing::info!(
         worker_id = %link.id,
         concurrency = cfg.concurrency,

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Assignment, Core, CoreError, Push, Report, BULLMQ_KEY};
+use crate::core::{Assignment, Core, CoreError, EngineKind, Push, Report};
 use crate::domain::*;
 
 pub use config::BullmqConfig;
@@ -69,7 +69,7 @@ pub fn start(core: &Core, cfg: &BullmqConfig) -> Result<JoinHandle<()>, CoreErro
             "bullmq.enabled is set but bullmq.queues is empty: nothing is routed to BullMQ"
         );
     }
-    let link = core.register_worker("bullmq", &[BULLMQ_KEY.to_string()], 1_000_000, 0, true)?;
+    let link = core.register_engine(EngineKind::Bullmq, None)?;
     let shared = Arc::new(Shared {
         core: core.clone(),
         worker_id: link.id,
