@@ -31,6 +31,7 @@
 //! | `workflow_hooks` | signals, run updates, child tasks |
 //! | `recovery` | the active tasks at start-up |
 //! | `queries` | status, lists, logs, metrics |
+//! | `watch` | payloads for assignments, watch replay pages |
 //! | `events` | the event hub |
 //! | `metrics` | counters and latency windows |
 //!
@@ -54,6 +55,7 @@ mod state;
 mod tests;
 mod timers;
 mod transitions;
+mod watch;
 mod workers;
 mod workflow_hooks;
 
@@ -78,6 +80,7 @@ pub use error::{CoreError, FieldViolation};
 pub use protocol::{Assignment, Push, Report, WorkerInfo, WorkerLink};
 pub use queries::{MetricsSnapshot, QueueInfo};
 pub use schedule::{Admission, Scheduled};
+pub use watch::REPLAY_PAGE;
 
 /// The scheduler core. Cheap to clone.
 #[derive(Clone)]
@@ -238,11 +241,6 @@ impl Core {
     /// The event hub.
     pub fn events(&self) -> &Arc<EventHub> {
         &self.inner.hub
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.inner.store
     }
 
     /// The configuration.

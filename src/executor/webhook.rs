@@ -749,33 +749,24 @@ impl Executor {
         }
     }
 
-    /// The task's payload: from the assignment, else the store (after a
-    /// flush if it is not there yet).
+    /// The task's payload (see [`Core::load_payload`]): a store error is
+    /// retryable, a payload still missing is not.
     async fn payload(&self, id: TaskId, cached: Option<Arc<str>>) -> Result<Arc<str>, Failure> {
-        if let Some(p) = cached {
-            return Ok(p);
-        }
-        let store = self.core.store();
-        let read_error = |e: crate::store::StoreError| {
-            Failure::new(
-                kind::PAYLOAD_MISSING,
-                true,
-                format!("cannot read the task's payload: {e}"),
-            )
-        };
-        if let Some(p) = store.payload(id).await.map_err(read_error)? {
-            return Ok(p);
-        }
-        if let Err(e) = store.flush().await {
-            tracing::warn!(task_id = %id, cause = %e, "store flush failed while looking for a payload");
-        }
-        store.payload(id).await.map_err(read_error)?.ok_or_else(|| {
-            Failure::new(
-                kind::PAYLOAD_MISSING,
-                false,
-                "the task's payload is not in the store",
-            )
-        })
+        self.core
+            .load_payload(id, cached)
+            .await
+            .map_err(|e| match e {
+                CoreError::NotFound(_) => Failure::new(
+                    kind::PAYLOAD_MISSING,
+                    false,
+                    "the task's payload is not in the store",
+                ),
+                e => Failure::new(
+                    kind::PAYLOAD_MISSING,
+                    true,
+                    format!("cannot read the task's payload: {e}"),
+                ),
+            })
     }
 
     /// Picks the client, timeout and credentials of a call: the host's

@@ -1081,13 +1081,10 @@ async fn add(
     task: &Task,
     payload: Option<Arc<str>>,
 ) -> Result<bool, String> {
-    let payload = match payload {
-        Some(p) => p,
-        None => match shared.core.store().payload(task.id).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Err("the payload is not in the store".into()),
-            Err(e) => return Err(format!("reading the payload: {e}")),
-        },
+    let payload = match shared.core.load_payload(task.id, payload).await {
+        Ok(p) => p,
+        Err(CoreError::NotFound(_)) => return Err("the payload is not in the store".into()),
+        Err(e) => return Err(format!("reading the payload: {e}")),
     };
     let data: serde_json::Value =
         serde_json::from_str(&payload).map_err(|e| format!("the payload is not JSON: {e}"))?;
