@@ -313,7 +313,7 @@ async fn round_trip(reports: Vec<Report>) {
     new.delay = Duration::ZERO;
     let id = core.schedule(new).await.unwrap().task.id;
     let mut link = core
-        .register_worker("props", &["send-email".to_string()], 1, 0, false)
+        .register_worker("props", &["send-email".to_string()], 1, 0)
         .unwrap();
     let attempt = loop {
         match tokio::time::timeout(Duration::from_secs(5), link.rx.recv())

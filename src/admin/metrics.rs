@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Core, BULLMQ_KEY, TEMPORAL_KEY};
+use crate::core::{Core, EngineKind};
 use crate::domain::{EventKind, Source, TaskEvent, TaskState, TaskType};
 use crate::telemetry::MetricsSink;
 
@@ -282,12 +282,7 @@ impl std::fmt::Debug for CoreCollector {
 
 /// The engine whose queue key this is.
 fn source_of_key(key: &str) -> Source {
-    match key {
-        BULLMQ_KEY => Source::Bullmq,
-        TEMPORAL_KEY => Source::Temporal,
-        "#integration" => Source::N8n,
-        _ => Source::Embedded,
-    }
+    EngineKind::of_key(key).source()
 }
 
 fn gauges(
@@ -410,17 +405,23 @@ impl Collector for CoreCollector {
         gauges(
             &mut encoder,
             "switchyard_queue_free_slots",
-            "Free worker slots per queue",
-            &per_queue(&|q| q.free_slots as f64),
+            "Free worker slots per queue (not shown for an engine without a concurrency limit)",
+            &queues
+                .iter()
+                .filter(|q| !q.unbounded)
+                .map(|q| (l(&[("queue", &q.name)]), q.free_slots as f64))
+                .collect::<Vec<_>>(),
         )?;
 
-        let backlog: Vec<_> = [(BULLMQ_KEY, "bullmq"), (TEMPORAL_KEY, "temporal")]
+        let backlog: Vec<_> = [EngineKind::Bullmq, EngineKind::Temporal]
             .iter()
-            .map(|(key, engine)| {
+            .map(|engine| {
+                let key = engine.key().unwrap_or_default();
+                let engine = engine.name();
                 let n = m
                     .queues
                     .iter()
-                    .filter(|q| q.name == *key)
+                    .filter(|q| q.name == key)
                     .map(|q| q.ready + q.scheduled)
                     .sum::<u64>();
                 (l(&[("engine", engine)]), n as f64)

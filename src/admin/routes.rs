@@ -369,11 +369,13 @@ struct WorkerJson {
     name: String,
     /// The task names (queue keys) it takes.
     task_names: Vec<String>,
-    slots: u32,
+    /// None for an engine without a concurrency limit.
+    slots: Option<u32>,
     immediate_slots: u32,
     running: usize,
-    /// Normal plus immediate slots minus running tasks.
-    free_slots: u32,
+    /// Normal plus immediate slots minus running tasks; none without a
+    /// limit.
+    free_slots: Option<u32>,
     /// Runs inside the server (webhook caller, workflow engine, backends).
     local: bool,
 }
@@ -388,8 +390,9 @@ async fn workers(
         .workers()
         .into_iter()
         .map(|w| WorkerJson {
-            free_slots: (w.slots + w.immediate_slots)
-                .saturating_sub(u32::try_from(w.running).unwrap_or(u32::MAX)),
+            free_slots: w.slots.map(|s| {
+                (s + w.immediate_slots).saturating_sub(u32::try_from(w.running).unwrap_or(u32::MAX))
+            }),
             id: w.id,
             name: w.name,
             task_names: w.keys,

@@ -370,11 +370,7 @@ pub async fn watch(core: Core, filter: TaskFilter, after: u64, snapshot: bool, t
             }
             let mut from = pos;
             loop {
-                let page = match core
-                    .store()
-                    .changed_since(from, gap.up_to, filter.clone(), 1000)
-                    .await
-                {
+                let page = match core.changed_since(from, gap.up_to, &filter).await {
                     Ok(p) => p,
                     Err(e) => {
                         let _ = tx

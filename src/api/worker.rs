@@ -96,9 +96,7 @@ impl WorkerService for Workers {
             .into());
         };
         let (name, names, slots, imm) = convert::registration(reg)?;
-        let link = self
-            .core
-            .register_worker(&name, &names, slots, imm, false)?;
+        let link = self.core.register_worker(&name, &names, slots, imm)?;
         let worker_id = link.id.clone();
         let (tx, rx) = mpsc::channel::<Result<pb::ServerMessage, Status>>(1024);
         let cfg = self.core.config();
@@ -221,13 +219,12 @@ async fn outbound(core: Core, mut rx: mpsc::UnboundedReceiver<Push>, tx: Tx) {
     while let Some(push) = rx.recv().await {
         let msg = match push {
             Push::Assign(a) => {
-                let payload = match &a.payload {
-                    Some(p) => Some(p.clone()),
-                    None => load_payload(&core, a.task.id).await,
-                };
-                let Some(payload) = payload else {
-                    tracing::error!(task_id = %a.task.id, "payload missing from the store");
-                    continue;
+                let payload = match core.load_payload(a.task.id, a.payload.clone()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(task_id = %a.task.id, cause = %e, "payload missing from the store");
+                        continue;
+                    }
                 };
                 Out::Assignment(convert::assignment(&a, &payload))
             }
@@ -265,16 +262,4 @@ async fn outbound(core: Core, mut rx: mpsc::UnboundedReceiver<Push>, tx: Tx) {
             return;
         }
     }
-}
-
-/// Reads a payload; a task scheduled inside the server may not be committed
-/// yet, so a miss waits for the store to catch up once.
-async fn load_payload(core: &Core, id: crate::domain::TaskId) -> Option<std::sync::Arc<str>> {
-    match core.store().payload(id).await {
-        Ok(Some(p)) => return Some(p),
-        Ok(None) => {}
-        Err(e) => tracing::error!(task_id = %id, cause = %e, "reading a payload failed"),
-    }
-    let _ = core.store().flush().await;
-    core.store().payload(id).await.ok().flatten()
 }

@@ -36,15 +36,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::core::{internal_key, Assignment, Core, CoreError, Push, Report, WorkerLink};
-use crate::domain::{now_micros, Micros, Target, Task, TaskError, TaskId, TaskType};
+use crate::core::{Assignment, Core, CoreError, EngineKind, Push, Report, WorkerLink};
+use crate::domain::{now_micros, Micros, Target, Task, TaskError, TaskId};
 use call::{kind, Failure};
 use guard::{AllowList, GuardedResolver};
 
 pub use config::{load_secret, AuthConfig, AuthKind, Secret, SourceConfig, WebhookConfig};
-
-/// The name the executor registers under.
-const WORKER_NAME: &str = "webhook";
 
 /// Idle connections are kept this long for reuse.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -66,10 +63,7 @@ pub fn start(core: &Core, cfg: &WebhookConfig) -> Result<JoinHandle<()>, CoreErr
     let exec = Arc::new(Executor::new(core.clone(), cfg, &|k| {
         std::env::var(k).ok()
     })?);
-    let key = internal_key(TaskType::Integration)
-        .unwrap_or("#integration")
-        .to_string();
-    let link = core.register_worker(WORKER_NAME, &[key], cfg.concurrency, 0, true)?;
+    let link = core.register_engine(EngineKind::Webhook, Some(cfg.concurrency))?;
     tracing::info!(
         worker_id = %link.id,
         concurrency = cfg.concurrency,
@@ -755,33 +749,24 @@ impl Executor {
         }
     }
 
-    /// The task's payload: from the assignment, else the store (after a
-    /// flush if it is not there yet).
+    /// The task's payload (see [`Core::load_payload`]): a store error is
+    /// retryable, a payload still missing is not.
     async fn payload(&self, id: TaskId, cached: Option<Arc<str>>) -> Result<Arc<str>, Failure> {
-        if let Some(p) = cached {
-            return Ok(p);
-        }
-        let store = self.core.store();
-        let read_error = |e: crate::store::StoreError| {
-            Failure::new(
-                kind::PAYLOAD_MISSING,
-                true,
-                format!("cannot read the task's payload: {e}"),
-            )
-        };
-        if let Some(p) = store.payload(id).await.map_err(read_error)? {
-            return Ok(p);
-        }
-        if let Err(e) = store.flush().await {
-            tracing::warn!(task_id = %id, cause = %e, "store flush failed while looking for a payload");
-        }
-        store.payload(id).await.map_err(read_error)?.ok_or_else(|| {
-            Failure::new(
-                kind::PAYLOAD_MISSING,
-                false,
-                "the task's payload is not in the store",
-            )
-        })
+        self.core
+            .load_payload(id, cached)
+            .await
+            .map_err(|e| match e {
+                CoreError::NotFound(_) => Failure::new(
+                    kind::PAYLOAD_MISSING,
+                    false,
+                    "the task's payload is not in the store",
+                ),
+                e => Failure::new(
+                    kind::PAYLOAD_MISSING,
+                    true,
+                    format!("cannot read the task's payload: {e}"),
+                ),
+            })
     }
 
     /// Picks the client, timeout and credentials of a call: the host's

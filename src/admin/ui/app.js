@@ -380,9 +380,10 @@
       $('worker-count').textContent = ws.length ? String(ws.filter((w) => !w.local).length) + ' remote' : '';
       $('worker-list').innerHTML = ws.length ? ws.map((w) => {
         const total = num(w.slots) + num(w.immediateSlots);
+        const slots = w.slots == null ? 'no slot limit' : `${fmtInt(num(w.freeSlots))}/${fmtInt(total)} free`;
         return `<div class="worker" data-worker="${esc(w.name)}"><div class="wn"><span>${esc(w.name)}` +
           `${w.local ? ' <span class="tag local">in-process</span>' : ''}</span>` +
-          `<span class="slots">${fmtInt(num(w.running))} running · ${fmtInt(num(w.freeSlots))}/${fmtInt(total)} free</span></div>` +
+          `<span class="slots">${fmtInt(num(w.running))} running · ${slots}</span></div>` +
           `<div>${(w.taskNames || []).map((n) => `<span class="tag">${esc(n)}</span>`).join('')}</div></div>`;
       }).join('') : '<div class="muted">No worker connected.</div>';
     } catch (e) {

@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::{Assignment, Core, CoreError, Push, Report, BULLMQ_KEY};
+use crate::core::{Assignment, Core, CoreError, EngineKind, Push, Report};
 use crate::domain::*;
 
 pub use config::BullmqConfig;
@@ -69,7 +69,7 @@ pub fn start(core: &Core, cfg: &BullmqConfig) -> Result<JoinHandle<()>, CoreErro
             "bullmq.enabled is set but bullmq.queues is empty: nothing is routed to BullMQ"
         );
     }
-    let link = core.register_worker("bullmq", &[BULLMQ_KEY.to_string()], 1_000_000, 0, true)?;
+    let link = core.register_engine(EngineKind::Bullmq, None)?;
     let shared = Arc::new(Shared {
         core: core.clone(),
         worker_id: link.id,
@@ -1081,13 +1081,10 @@ async fn add(
     task: &Task,
     payload: Option<Arc<str>>,
 ) -> Result<bool, String> {
-    let payload = match payload {
-        Some(p) => p,
-        None => match shared.core.store().payload(task.id).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Err("the payload is not in the store".into()),
-            Err(e) => return Err(format!("reading the payload: {e}")),
-        },
+    let payload = match shared.core.load_payload(task.id, payload).await {
+        Ok(p) => p,
+        Err(CoreError::NotFound(_)) => return Err("the payload is not in the store".into()),
+        Err(e) => return Err(format!("reading the payload: {e}")),
     };
     let data: serde_json::Value =
         serde_json::from_str(&payload).map_err(|e| format!("the payload is not JSON: {e}"))?;

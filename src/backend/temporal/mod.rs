@@ -2,7 +2,7 @@
 //! `temporal.workflow_types` run as workflows on a real Temporal cluster.
 //!
 //! It is an in-process local worker for the internal key
-//! [`TEMPORAL_KEY`](crate::core::TEMPORAL_KEY): the core pushes it every
+//! [`EngineKind::Temporal`](crate::core::EngineKind::Temporal)'s key: the core pushes it every
 //! routed task (`Push::Assign`, again after a restart or after
 //! `Report::Unreachable`) and every cancel of one. For each task a follower
 //! starts the workflow (idempotently: the request id is the task id), reports
@@ -34,7 +34,7 @@ use temporalio_client::{Connection, ConnectionOptions};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::core::{Core, CoreError, Push, TEMPORAL_KEY};
+use crate::core::{Core, CoreError, EngineKind, Push};
 use crate::domain::{Target, TaskId};
 use follow::{Ctl, Follower};
 
@@ -59,7 +59,7 @@ pub fn start_with_sink(
     if cfg.workflow_types.is_empty() {
         tracing::warn!("temporal.enabled is set but temporal.workflow_types is empty: nothing is routed to Temporal");
     }
-    let link = core.register_worker("temporal", &[TEMPORAL_KEY.to_string()], 1_000_000, 0, true)?;
+    let link = core.register_engine(EngineKind::Temporal, None)?;
     let shared = Arc::new(Shared {
         core: core.clone(),
         cfg: cfg.clone(),

@@ -640,14 +640,7 @@ impl Engine {
                 .core
                 .report(&self.wid, id, attempt, fail(msg, "unknown_workflow"));
         };
-        let payload = match a.payload {
-            Some(p) => p,
-            None => match self.core.store().payload(id).await {
-                Ok(Some(p)) => p,
-                Ok(None) => Arc::from("{}"),
-                Err(e) => return Err(e.into()),
-            },
-        };
+        let payload = self.core.load_payload(id, a.payload).await?;
         let payload: Value = serde_json::from_str(&payload).unwrap_or_else(|_| json!({}));
         let key = workflow_id.clone().unwrap_or_else(|| id.to_string());
         let flow = Flow {

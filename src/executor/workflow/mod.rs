@@ -117,8 +117,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::core::{internal_key, Core, CoreError};
-use crate::domain::{Target, TaskSpec, TaskType};
+use crate::core::{Core, CoreError, EngineKind};
+use crate::domain::{Target, TaskSpec};
 
 pub use registry::Registry;
 
@@ -159,12 +159,11 @@ pub fn start(
     if let Some(dir) = &config.dir {
         registry.load_dir(dir)?;
     }
-    let key = internal_key(TaskType::Complex).unwrap_or("#workflow");
-    let link = core.register_worker("workflows", &[key.to_string()], 1_000_000, 0, true)?;
+    let link = core.register_engine(EngineKind::Workflow, None)?;
     // A COMPLEX task for this engine must name a registered workflow type
     // (tasks routed to Temporal never reach this key, so they are not
     // checked: Temporal's workers know their own types).
-    core.set_admission(key, {
+    core.set_admission(EngineKind::Workflow, {
         let registry = registry.clone();
         Arc::new(move |spec: &TaskSpec| match &spec.target {
             Target::Complex { workflow_type, .. } if registry.latest(workflow_type).is_none() => {

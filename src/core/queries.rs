@@ -1,0 +1,176 @@
+//! Read-only queries: status, listings, logs, workers and metrics.
+//!
+//! Owns: merging the live state with the store's rows.
+//! Must not: change state.
+
+use std::sync::Arc;
+
+use crate::domain::*;
+use crate::store::ListQuery;
+
+use super::metrics::{Counts, Summary};
+use super::workers::WorkerSlot;
+use super::{Core, CoreError};
+
+/// Metrics snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    /// Counts.
+    pub counts: Counts,
+    /// Per-queue figures: (key, ready, scheduled, running, workers, free slots).
+    pub queues: Vec<QueueInfo>,
+    /// Finished per second.
+    pub throughput: f64,
+    /// Schedule-to-start.
+    pub schedule_to_start: Summary,
+    /// Run time.
+    pub run_time: Summary,
+    /// Workers connected (remote).
+    pub workers_connected: u32,
+    /// Start time.
+    pub started_at: Micros,
+    /// Last event sequence.
+    pub last_seq: u64,
+}
+
+/// One queue's figures.
+#[derive(Debug, Clone, Default)]
+pub struct QueueInfo {
+    /// The queue key (task name).
+    pub name: String,
+    /// Runnable now.
+    pub ready: u64,
+    /// Delayed or backing off.
+    pub scheduled: u64,
+    /// Running.
+    pub running: u64,
+    /// Workers.
+    pub workers: u32,
+    /// Free slots of the workers with a limit.
+    pub free_slots: u32,
+    /// Whether an engine without a concurrency limit takes this queue.
+    pub unbounded: bool,
+}
+
+impl Core {
+    /// The current status of a task.
+    pub async fn status(&self, id: TaskId) -> Result<Task, CoreError> {
+        {
+            let st = self.inner.state.lock();
+            if let Some(a) = st.tasks.get(&id) {
+                let mut t = a.task.clone();
+                t.rt.waiting_reason = st.derived_reason(a);
+                return Ok(t);
+            }
+            if let Some(t) = st.finishing.get(&id) {
+                return Ok(t.clone());
+            }
+        }
+        match self.inner.store.get(id).await? {
+            Some((t, _)) => Ok(t),
+            None => Err(CoreError::NotFound(id.to_string())),
+        }
+    }
+
+    /// The live status of every active task that matches a filter.
+    pub fn active_tasks(&self, filter: &TaskFilter) -> Vec<Task> {
+        let st = self.inner.state.lock();
+        let mut out: Vec<Task> = st
+            .tasks
+            .values()
+            .filter(|a| filter.matches(&a.task))
+            .map(|a| {
+                let mut t = a.task.clone();
+                t.rt.waiting_reason = st.derived_reason(a);
+                t
+            })
+            .collect();
+        out.sort_by_key(|t| t.id);
+        out
+    }
+
+    /// A task's status and payload.
+    pub async fn status_with_payload(&self, id: TaskId) -> Result<(Task, Arc<str>), CoreError> {
+        let t = self.status(id).await?;
+        let payload = match self.inner.store.payload(id).await? {
+            Some(p) => p,
+            None => return Err(CoreError::NotFound(id.to_string())),
+        };
+        Ok((t, payload))
+    }
+
+    /// Lists tasks, newest first. Active tasks show their live status.
+    pub async fn list(&self, q: ListQuery) -> Result<Vec<Task>, CoreError> {
+        // The store filters by its own columns: flush first, so a task seen
+        // in a new state before the call (GetTaskStatus, an event) is
+        // selected by that state.
+        self.inner.store.flush().await.map_err(CoreError::Store)?;
+        let mut tasks = self.inner.store.list(q).await?;
+        let st = self.inner.state.lock();
+        for t in tasks.iter_mut() {
+            if let Some(a) = st.tasks.get(&t.id) {
+                *t = a.task.clone();
+                t.rt.waiting_reason = st.derived_reason(a);
+            } else if let Some(f) = st.finishing.get(&t.id) {
+                *t = f.clone();
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// A task's log.
+    pub async fn logs(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, CoreError> {
+        // Known task? (NOT_FOUND otherwise.)
+        self.status(id).await?;
+        // Lines queued but not yet committed are not shown; flush first so a
+        // reader sees everything that happened before its call.
+        self.inner.store.flush().await.map_err(CoreError::Store)?;
+        Ok(self.inner.store.logs(id, after, limit).await?)
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let st = self.inner.state.lock();
+        let now = now_micros();
+        let mut queues: Vec<QueueInfo> = st
+            .queues
+            .iter()
+            .filter(|(_, q)| {
+                !q.ready.is_empty() || q.scheduled > 0 || q.running > 0 || !q.workers.is_empty()
+            })
+            .map(|(k, q)| {
+                let ws: Vec<&WorkerSlot> =
+                    q.workers.iter().filter_map(|w| st.workers.get(w)).collect();
+                QueueInfo {
+                    name: k.to_string(),
+                    ready: q.ready.len() as u64,
+                    scheduled: q.scheduled,
+                    running: q.running,
+                    workers: ws.len() as u32,
+                    unbounded: ws.iter().any(|w| w.unbounded()),
+                    free_slots: ws
+                        .iter()
+                        .filter(|w| !w.draining && !w.unbounded())
+                        .map(|w| w.free_normal() + w.free_imm())
+                        .sum(),
+                }
+            })
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        MetricsSnapshot {
+            counts: st.counts.clone(),
+            queues,
+            throughput: st.throughput.per_sec(now),
+            schedule_to_start: st.s2s.summary(now),
+            run_time: st.run_time.summary(now),
+            workers_connected: st.workers.values().filter(|w| !w.local()).count() as u32,
+            started_at: self.inner.started_at,
+            last_seq: self.inner.hub.last_seq(),
+        }
+    }
+}

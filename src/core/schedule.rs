@@ -1,0 +1,326 @@
+//! Scheduling: accepting new tasks (from clients and from inside the
+//! server), admission checks, cleanup tasks.
+//!
+//! Owns: [`Core::schedule`], [`Core::schedule_internal`] and the withdrawal
+//! of a task whose insert failed.
+//! Must not: dispatch (that happens in `Core::with_state`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::domain::*;
+use crate::store::{Completion, Payload, WriteOp, WriteOutcome};
+
+use super::state::State;
+use super::transitions::CleanupReason;
+use super::{Core, CoreError, EngineKind, Push};
+
+/// An executor's check of a task routed to its queue key, run by
+/// [`Core::schedule`] before anything is written: a task its executor could
+/// never run (an unknown workflow type, say) is refused with a clear error
+/// instead of failing later.
+pub type Admission = Arc<dyn Fn(&TaskSpec) -> Result<(), CoreError> + Send + Sync>;
+
+/// How a new task was taken.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// The task (the existing one if `existing`).
+    pub task: Task,
+    /// Whether the idempotency key matched an existing task.
+    pub existing: bool,
+}
+
+impl Core {
+    /// Accepts a task: commits it durably before answering.
+    ///
+    /// A task on a worker queue of the embedded engine is placed in its
+    /// queue in the same critical section that submits its insert (see
+    /// [`overlaps_commit`]): a worker may start it while the group commit is
+    /// under way, so the commit's wait is not added to schedule-to-start.
+    /// Its RUNNING write queues behind the insert, so no event of it is
+    /// published, and the caller is not answered, before the insert is
+    /// durable. Should the commit fail, the task is withdrawn (its worker is
+    /// told to stop) and the caller gets the error. Tasks with an
+    /// idempotency key (which may turn out to be an existing task) and tasks
+    /// for an engine or in-process executor (whose side effects must never
+    /// belong to a task the store does not have) are queued only once their
+    /// insert is durable.
+    pub async fn schedule(&self, new: NewTask) -> Result<Scheduled, CoreError> {
+        let (_, engine) = self.admit(&new.spec)?;
+        let early = overlaps_commit(engine, &new.spec);
+        let mut msg = format!("scheduled ({})", new.spec.task_type.as_str());
+        if !new.delay.is_zero() {
+            msg.push_str(&format!(
+                ", delayed {}",
+                humantime::format_duration(new.delay)
+            ));
+        }
+        let cached = cached_payload(&new.payload);
+        let mut task = pending_task(new.spec, new.delay, engine.source());
+        let id = task.id;
+        let insert = (new.payload, msg);
+        let (tx, rx) = oneshot::channel();
+        let placed = if early {
+            // `with_state` dispatches after the closure, and submits what the
+            // dispatch wrote (the RUNNING transition) after the insert.
+            Placed::Queued(self.with_state(move |st| {
+                self.submit_insert(st, &mut task, insert, tx)?;
+                Ok::<_, CoreError>(st.queue_accepted(task, cached))
+            })?)
+        } else {
+            self.submit_insert(&mut self.inner.state.lock(), &mut task, insert, tx)?;
+            Placed::AfterCommit(task, cached)
+        };
+        let outcome = self.await_insert(rx, id, early).await?;
+        let (task, existing) = match (outcome.first(), placed) {
+            (Some(WriteOutcome::Existing(existing)), placed) => {
+                if matches!(placed, Placed::Queued(_)) {
+                    // Not expected without an idempotency key (the id is new).
+                    self.withdraw(id, "the store holds another task under its key");
+                }
+                (self.status(*existing).await?, true)
+            }
+            (_, Placed::Queued(task)) => (task, false),
+            (_, Placed::AfterCommit(task, cached)) => {
+                (self.with_state(|st| st.queue_accepted(task, cached)), false)
+            }
+        };
+        Ok(Scheduled { task, existing })
+    }
+
+    /// The queue key and engine of a new task, once its engine is running
+    /// here and admits it.
+    fn admit<'a>(&self, spec: &'a TaskSpec) -> Result<(&'a str, EngineKind), CoreError> {
+        let (key, engine) = self.inner.cfg.routes.route(spec);
+        if engine.in_process() && !self.has_consumer(key) {
+            return Err(CoreError::FailedPrecondition(format!(
+                "no executor for {} tasks is running on this server (queue {key})",
+                spec.task_type.as_str()
+            )));
+        }
+        if let Some(admit) = self.inner.admissions.read().get(key) {
+            admit(spec)?;
+        }
+        Ok((key, engine))
+    }
+
+    /// Gives a new task its sequence number and submits its insert (with
+    /// its payload and first log line), to be answered on `done`. Called
+    /// under the state lock: the store sees sequence order.
+    fn submit_insert(
+        &self,
+        st: &mut State,
+        task: &mut Task,
+        (payload, msg): (Payload, String),
+        done: Completion,
+    ) -> Result<(), CoreError> {
+        if st.draining {
+            return Err(CoreError::Unavailable("the server is shutting down".into()));
+        }
+        task.rt.seq = st.seq();
+        self.inner.store.submit(
+            vec![WriteOp::Insert {
+                task: task.clone(),
+                payload,
+                log: vec![LogEntry::system(task.id, 0, msg)],
+                event: Some(EventKind::Scheduled),
+            }],
+            Some(done),
+        );
+        Ok(())
+    }
+
+    /// Waits for a new task's insert; a task queued before (`early`) is
+    /// withdrawn if the insert fails.
+    async fn await_insert(
+        &self,
+        rx: oneshot::Receiver<Result<Vec<WriteOutcome>, Arc<crate::store::StoreError>>>,
+        id: TaskId,
+        early: bool,
+    ) -> Result<Vec<WriteOutcome>, CoreError> {
+        match rx.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => {
+                if early {
+                    self.withdraw(id, &format!("its insert failed: {e}"));
+                }
+                Err(CoreError::Store(e))
+            }
+            Err(_) => {
+                if early {
+                    self.withdraw(id, "the store closed before its insert was durable");
+                }
+                Err(CoreError::Unavailable("the store is closed".into()))
+            }
+        }
+    }
+
+    /// Takes back a task that was queued before its insert was durable and
+    /// whose insert then failed: it leaves memory without a write (the store
+    /// has no row to change), and a worker that started it is told to stop.
+    pub(super) fn withdraw(&self, id: TaskId, why: &str) {
+        self.with_state(|st| {
+            let Some(a) = st.tasks.get(&id) else {
+                return;
+            };
+            let (state, attempt) = (a.task.rt.state, a.task.rt.attempt);
+            let holder = a.worker;
+            st.end_run(id, "withdrawn");
+            st.unplace(id);
+            st.set_deadline(id, None);
+            st.release_slot(id);
+            if let Some(w) = holder.and_then(|w| st.workers.get(&w)) {
+                let _ = w.tx.send(Push::Cancel {
+                    task_id: id,
+                    attempt,
+                    reason: format!("not accepted: {why}"),
+                    force: true,
+                });
+            }
+            if let Some(a) = st.tasks.remove(&id) {
+                if let Some(p) = &a.payload {
+                    st.cached_bytes = st.cached_bytes.saturating_sub(p.len());
+                }
+                st.counts
+                    .remove(a.task.spec.task_type, &a.task.spec.name, state);
+                st.unindex_owner(&a.task);
+            }
+            tracing::error!(task_id = %id, why, "task withdrawn: it was queued before its insert was durable, and the insert failed");
+        });
+    }
+
+    /// Schedules a task from inside the server (cleanups, workflow steps):
+    /// queued in order behind the write that caused it, not awaited.
+    pub fn schedule_internal(&self, new: NewTask) -> Task {
+        self.with_state(|st| st.schedule_internal(new))
+    }
+
+    /// Sets the admission check of the tasks routed to an in-process engine.
+    pub fn set_admission(&self, engine: EngineKind, admit: Admission) {
+        if let Some(key) = engine.key() {
+            self.inner.admissions.write().insert(key.to_string(), admit);
+        }
+    }
+
+    pub(super) fn has_consumer(&self, key: &str) -> bool {
+        let st = self.inner.state.lock();
+        st.queues.get(key).is_some_and(|q| !q.workers.is_empty())
+    }
+}
+
+/// Where a new task is while its insert commits.
+enum Placed {
+    /// In its queue already; the task as accepted.
+    Queued(Task),
+    /// To be queued once the insert is durable, with its payload.
+    AfterCommit(Task, Option<Arc<str>>),
+}
+
+/// The payload to keep in memory, if the new task carries its own.
+fn cached_payload(p: &Payload) -> Option<Arc<str>> {
+    match p {
+        Payload::Json(p) => Some(p.clone()),
+        Payload::CopyOf(_) => None,
+    }
+}
+
+/// A new PENDING task, runnable after `delay`.
+fn pending_task(spec: TaskSpec, delay: Duration, source: Source) -> Task {
+    let now = now_micros();
+    let reason = if delay.is_zero() {
+        WaitingReason::Queued
+    } else {
+        WaitingReason::Delayed
+    };
+    Task {
+        id: TaskId::now_v7(),
+        created_at: now,
+        spec: Arc::new(spec),
+        rt: TaskRuntime::new_pending(add_micros(now, delay), source, reason),
+    }
+}
+
+/// Whether a task accepted by [`Core::schedule`] is queued while its insert
+/// commits, rather than after: a task for a worker queue of the embedded
+/// queue and with no idempotency key.
+pub(super) fn overlaps_commit(engine: EngineKind, spec: &TaskSpec) -> bool {
+    !engine.in_process() && spec.idempotency_key.is_none()
+}
+
+impl State {
+    /// Schedules a task from inside the server: its insert is queued with
+    /// the current critical section's writes, and it is queued at once.
+    pub(super) fn schedule_internal(&mut self, new: NewTask) -> Task {
+        let source = self.cfg.routes.route(&new.spec).1.source();
+        let mut task = pending_task(new.spec, new.delay, source);
+        task.rt.seq = self.seq();
+        let cached = cached_payload(&new.payload);
+        let msg = format!("scheduled ({})", task.spec.task_type.as_str());
+        self.push_op(WriteOp::Insert {
+            task: task.clone(),
+            payload: new.payload,
+            log: vec![LogEntry::system(task.id, 0, msg)],
+            event: Some(EventKind::Scheduled),
+        });
+        self.counts
+            .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
+        self.add_pending(task.clone(), cached);
+        task
+    }
+
+    /// Counts an accepted task and puts it in its queue; returns it as
+    /// accepted (with its waiting reason).
+    fn queue_accepted(&mut self, task: Task, cached: Option<Arc<str>>) -> Task {
+        self.counts
+            .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
+        let mut snapshot = task.clone();
+        self.add_pending(task, cached);
+        if let Some(a) = self.tasks.get(&snapshot.id) {
+            snapshot.rt.waiting_reason = self.derived_reason(a);
+        }
+        snapshot
+    }
+    /// Schedules the cleanup task of a task that failed for good or was cancelled.
+    pub(super) fn schedule_cleanup(&mut self, id: TaskId, why: CleanupReason) {
+        let Some(t) = self.finishing.get(&id) else {
+            return;
+        };
+        let Some(cleanup) = t.spec.cleanup.clone() else {
+            return;
+        };
+        let spec = &t.spec;
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("cleanup_of".to_string(), id.to_string());
+        labels.insert("cleanup_reason".to_string(), why.as_str().to_string());
+        let new_spec = TaskSpec {
+            name: cleanup.clone(),
+            task_type: TaskType::Simple,
+            priority: spec.priority,
+            max_attempts: spec.max_attempts.max(3),
+            backoff: spec.backoff,
+            execution_timeout: spec.execution_timeout,
+            user_id: None,
+            session_id: None,
+            immediate: false,
+            idempotency_key: None,
+            labels,
+            cleanup: None,
+            target: Target::Simple { queue: None },
+            traceparent: spec.traceparent.clone(),
+            parent_id: None,
+        };
+        let new = NewTask {
+            spec: new_spec,
+            payload: Payload::CopyOf(id),
+            delay: Duration::ZERO,
+        };
+        let task = self.schedule_internal(new);
+        self.log(LogEntry::system(
+            id,
+            0,
+            format!("cleanup task {cleanup} scheduled as {}", task.id),
+        ));
+    }
+}

@@ -1,0 +1,361 @@
+//! Unit tests of the core that need a store: the commit overlap, withdrawal,
+//! lazy writes and recovery.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
+use super::state::Active;
+use super::*;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{Completion, Counts as StoreCounts};
+use crate::store::{ListQuery, Payload, WriteOp};
+use async_trait::async_trait;
+
+/// A store whose writer can be paused: while paused, submitted groups
+/// wait in order; on resume they are applied in that order, or groups
+/// with an insert fail without being written (a full disk, say).
+struct PausableStore {
+    inner: Arc<SqliteStore>,
+    held: parking_lot::Mutex<Option<Vec<HeldGroup>>>,
+}
+
+/// A submitted group waiting for the paused writer.
+type HeldGroup = (Vec<WriteOp>, Option<Completion>);
+
+impl PausableStore {
+    fn pause(&self) {
+        *self.held.lock() = Some(Vec::new());
+    }
+    fn resume(&self, fail_inserts: bool) {
+        let held = self.held.lock().take().unwrap_or_default();
+        for (ops, done) in held {
+            let insert = ops.iter().any(|o| matches!(o, WriteOp::Insert { .. }));
+            if fail_inserts && insert {
+                if let Some(done) = done {
+                    let _ = done.send(Err(Arc::new(StoreError::Closed)));
+                }
+            } else {
+                self.inner.submit(ops, done);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PausableStore {
+    fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>) {
+        let mut held = self.held.lock();
+        match held.as_mut() {
+            Some(v) => v.push((ops, done)),
+            None => self.inner.submit(ops, done),
+        }
+    }
+    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+        self.inner.set_listener(listener)
+    }
+    async fn flush(&self) -> Result<(), Arc<StoreError>> {
+        self.inner.flush().await
+    }
+    async fn get(&self, id: TaskId) -> Result<Option<(Task, Arc<str>)>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn payload(&self, id: TaskId) -> Result<Option<Arc<str>>, StoreError> {
+        self.inner.payload(id).await
+    }
+    async fn list(&self, q: ListQuery) -> Result<Vec<Task>, StoreError> {
+        self.inner.list(q).await
+    }
+    async fn logs(
+        &self,
+        id: TaskId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.logs(id, after, limit).await
+    }
+    async fn load_active(&self) -> Result<Vec<Task>, StoreError> {
+        self.inner.load_active().await
+    }
+    async fn changed_since(
+        &self,
+        after: u64,
+        up_to: u64,
+        filter: TaskFilter,
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        self.inner.changed_since(after, up_to, filter, limit).await
+    }
+    async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.inner.counts().await
+    }
+    async fn max_seq(&self) -> Result<u64, StoreError> {
+        self.inner.max_seq().await
+    }
+}
+
+fn spec(name: &str, idempotency_key: Option<&str>) -> TaskSpec {
+    TaskSpec::test_simple(name, idempotency_key)
+}
+
+async fn core_on_pausable_store() -> (Core, Arc<PausableStore>) {
+    let store = Arc::new(PausableStore {
+        inner: SqliteStore::open(SqliteOptions::default()).unwrap(),
+        held: parking_lot::Mutex::new(None),
+    });
+    let core = Core::start(store.clone(), CoreConfig::default())
+        .await
+        .unwrap();
+    (core, store)
+}
+
+fn schedule_in_background(
+    core: &Core,
+    spec: TaskSpec,
+) -> tokio::task::JoinHandle<Result<Scheduled, CoreError>> {
+    let core = core.clone();
+    tokio::spawn(async move {
+        core.schedule(NewTask {
+            spec,
+            payload: Payload::Json(Arc::from("{}")),
+            delay: Duration::ZERO,
+        })
+        .await
+    })
+}
+
+async fn next_push(rx: &mut mpsc::UnboundedReceiver<Push>) -> Push {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a push within 5 s")
+        .expect("the worker's channel is open")
+}
+
+/// Whether the worker is pushed nothing for `d`.
+async fn no_push_within(rx: &mut mpsc::UnboundedReceiver<Push>, d: Duration) -> bool {
+    tokio::time::timeout(d, rx.recv()).await.is_err()
+}
+
+/// A core with one worker for `t`, the store paused, and a task being
+/// scheduled that the worker has been handed.
+async fn started_while_paused() -> (
+    Core,
+    Arc<PausableStore>,
+    WorkerLink,
+    tokio::task::JoinHandle<Result<Scheduled, CoreError>>,
+    Assignment,
+) {
+    let (core, store) = core_on_pausable_store().await;
+    let mut link = core.register_worker("w", &["t".to_string()], 1, 0).unwrap();
+    store.pause();
+    let call = schedule_in_background(&core, spec("t", None));
+    let Push::Assign(a) = next_push(&mut link.rx).await else {
+        panic!("expected an assignment");
+    };
+    (core, store, link, call, a)
+}
+
+/// A worker starts a task while its insert is still being committed;
+/// the caller is answered, and the task's events published, only once
+/// the insert is durable, and the store then holds it RUNNING.
+#[tokio::test]
+async fn a_task_starts_while_its_insert_commits_and_is_answered_once_durable() {
+    let (_core, store, _link, mut call, a) = started_while_paused().await;
+    let id = a.task.id;
+    assert_eq!(a.task.rt.state, TaskState::Running);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut call)
+            .await
+            .is_err(),
+        "answered before the insert was durable"
+    );
+    assert!(store.inner.get(id).await.unwrap().is_none());
+    store.resume(false);
+    let scheduled = call.await.unwrap().unwrap();
+    assert_eq!(scheduled.task.id, id);
+    assert!(!scheduled.existing);
+    store.flush().await.unwrap();
+    let (stored, _) = store.inner.get(id).await.unwrap().unwrap();
+    assert_eq!(stored.rt.state, TaskState::Running);
+    let logs = crate::store::log_messages(&*store, id).await;
+    assert!(logs[0].starts_with("scheduled"), "{logs:?}");
+    assert!(logs[1].starts_with("attempt 1 started"), "{logs:?}");
+}
+
+/// When the insert of a task that a worker already started fails, the
+/// caller gets the error, the worker is told to stop, its report is
+/// refused, and nothing of the task remains: no status, no count, no row.
+#[tokio::test]
+async fn a_started_task_whose_insert_fails_is_withdrawn() {
+    let (core, store, mut link, call, a) = started_while_paused().await;
+    let id = a.task.id;
+    store.resume(true);
+    assert!(matches!(call.await.unwrap(), Err(CoreError::Store(_))));
+    match next_push(&mut link.rx).await {
+        Push::Cancel { task_id, force, .. } => {
+            assert_eq!(task_id, id);
+            assert!(force);
+        }
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    assert!(core
+        .report(&link.id, id, 1, Report::Complete(serde_json::json!({})))
+        .is_err());
+    store.flush().await.unwrap();
+    assert!(matches!(core.status(id).await, Err(CoreError::NotFound(_))));
+    assert_eq!(core.metrics().counts.total(), [0; 7]);
+    // The slot is free again: the next task starts on the same worker.
+    let call = schedule_in_background(&core, spec("t", None));
+    assert!(matches!(next_push(&mut link.rx).await, Push::Assign(_)));
+    assert!(call.await.unwrap().is_ok());
+}
+
+/// A task with an idempotency key may turn out to be an existing one:
+/// it is queued only once the store has said it is new.
+#[tokio::test]
+async fn a_task_with_an_idempotency_key_waits_for_its_commit() {
+    let (core, store) = core_on_pausable_store().await;
+    let mut link = core.register_worker("w", &["t".to_string()], 1, 0).unwrap();
+    store.pause();
+    let call = schedule_in_background(&core, spec("t", Some("k1")));
+    assert!(
+        no_push_within(&mut link.rx, Duration::from_millis(100)).await,
+        "dispatched before its commit"
+    );
+    store.resume(false);
+    let first = call.await.unwrap().unwrap();
+    assert!(matches!(next_push(&mut link.rx).await, Push::Assign(_)));
+    let again = schedule_in_background(&core, spec("t", Some("k1")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.existing);
+    assert_eq!(again.task.id, first.task.id);
+    assert!(
+        no_push_within(&mut link.rx, Duration::from_millis(100)).await,
+        "the existing task ran again"
+    );
+}
+
+/// Every pending task holds one `Box<Active>` and one `Arc<TaskSpec>`,
+/// so their sizes decide the RSS with a million pending tasks. mimalloc
+/// serves them from size classes 64 bytes apart at this size (320, 384,
+/// 448, 512): a field that pushes either past its class costs 64 MiB
+/// per million tasks, not 8. Box rare fields instead of growing these.
+#[test]
+fn a_pending_task_fits_its_allocator_size_classes() {
+    let active = std::mem::size_of::<Active>();
+    // An Arc's allocation is the value plus two reference counts.
+    let spec = std::mem::size_of::<TaskSpec>() + 2 * std::mem::size_of::<usize>();
+    assert!(active <= 320, "Active is {active} bytes");
+    assert!(spec <= 384, "Arc<TaskSpec>'s allocation is {spec} bytes");
+}
+
+fn routed_to_bullmq() -> CoreConfig {
+    CoreConfig {
+        routes: Routes {
+            bullmq_queues: vec!["t".into()],
+            temporal_workflows: vec![],
+        },
+        ..CoreConfig::default()
+    }
+}
+
+/// The backend's "the engine has the job" is written lazily: the core
+/// answers with it at once, and the store has it with the next commit.
+#[tokio::test]
+async fn forwarded_is_shown_at_once_and_rides_on_the_next_commit() {
+    let store = SqliteStore::open(SqliteOptions {
+        lazy_within: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .unwrap();
+    let core = Core::start(store.clone(), routed_to_bullmq())
+        .await
+        .unwrap();
+    let mut link = core.register_engine(EngineKind::Bullmq, Some(100)).unwrap();
+    let first = schedule_in_background(&core, spec("t", None))
+        .await
+        .unwrap()
+        .unwrap();
+    let Push::Assign(a) = next_push(&mut link.rx).await else {
+        panic!("expected an assignment");
+    };
+    assert_eq!(a.task.id, first.task.id);
+    assert!(!a.again);
+    let id = a.task.id;
+    let forwarded = Report::Forwarded {
+        external_id: id.to_string(),
+        waiting_reason: WaitingReason::Delayed,
+    };
+    core.report(&link.id, id, a.task.rt.attempt, forwarded)
+        .unwrap();
+    let shown = core.status(id).await.unwrap();
+    assert_eq!(shown.rt.state, TaskState::Pending);
+    assert_eq!(shown.rt.external_id.as_deref(), Some(&*id.to_string()));
+    assert_eq!(shown.rt.waiting_reason, Some(WaitingReason::Delayed));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (stored, _) = store.get(id).await.unwrap().unwrap();
+    assert!(!stored.rt.forwarded && stored.rt.external_id.is_none());
+    // The hand-over to the backend was lazy too.
+    assert_eq!(store.logs(id, 0, 10).await.unwrap().len(), 1);
+    // The next write that needs a commit (another task's insert)
+    // carries it.
+    schedule_in_background(&core, spec("t", None))
+        .await
+        .unwrap()
+        .unwrap();
+    let (stored, _) = store.get(id).await.unwrap().unwrap();
+    assert!(stored.rt.forwarded);
+    assert_eq!(stored.rt.external_id.as_deref(), Some(&*id.to_string()));
+    let logs = crate::store::log_messages(&*store, id).await;
+    assert_eq!(logs, ["scheduled (SIMPLE)", "handed to the bullmq backend"]);
+}
+
+/// After a restart, a task its backend may have had (handed to it, the
+/// lazy "forwarded" not yet written) is offered again as `again`, so the
+/// backend reads where its job is; a forwarded one is resumed.
+#[tokio::test]
+async fn a_backend_task_not_known_forwarded_is_offered_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SqliteOptions {
+        path: Some(dir.path().join("t.db")),
+        ..Default::default()
+    };
+    let store = SqliteStore::open(opts.clone()).unwrap();
+    let mut ids = Vec::new();
+    for forwarded in [false, true] {
+        let mut rt = TaskRuntime::new_pending(0, Source::Bullmq, WaitingReason::Queued);
+        rt.forwarded = forwarded;
+        let t = Task {
+            id: TaskId::now_v7(),
+            created_at: now_micros(),
+            spec: Arc::new(spec("t", None)),
+            rt,
+        };
+        ids.push(t.id);
+        store.submit(
+            vec![WriteOp::Insert {
+                task: t,
+                payload: Payload::Json(Arc::from("{}")),
+                log: vec![],
+                event: None,
+            }],
+            None,
+        );
+    }
+    store.close();
+    drop(store);
+    let store = SqliteStore::open(opts).unwrap();
+    let core = Core::start(store, routed_to_bullmq()).await.unwrap();
+    let mut link = core.register_engine(EngineKind::Bullmq, Some(100)).unwrap();
+    let mut again = HashMap::new();
+    for _ in 0..2 {
+        let Push::Assign(a) = next_push(&mut link.rx).await else {
+            panic!("expected an assignment");
+        };
+        again.insert(a.task.id, (a.again, a.task.rt.forwarded));
+    }
+    assert_eq!(again[&ids[0]], (true, false), "not known forwarded");
+    assert_eq!(again[&ids[1]], (false, true), "forwarded: resumed");
+}
