@@ -8,7 +8,7 @@
 //! errors through the one mapping (`CoreError` → gRPC status → HTTP, see
 //! [`error`]). The JSON is the gRPC messages' own JSON mapping ([`json`]);
 //! the event stream is the `WatchTasks` machinery
-//! ([`crate::api::orchestrator::watch`]). No scheduling decision and no SQL
+//! ([`crate::app::watch`]). No scheduling decision and no SQL
 //! here, and nothing here changes a task except `DELETE …/tasks/{id}`, which
 //! is `CancelTask`.
 

@@ -473,7 +473,7 @@ async fn events(
     // ends when the client goes away (the channel closes).
     tokio::spawn(async move {
         tokio::select! {
-            _ = crate::api::orchestrator::watch(core, filter, after, snapshot, tx) => {}
+            _ = crate::app::watch::watch(core, filter, after, snapshot, tx) => {}
             _ = stop.cancelled() => {}
         }
     });

@@ -4,7 +4,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -13,11 +12,9 @@ use tracing::instrument;
 
 use super::convert::{self, Limits};
 use crate::core::Core;
-use crate::domain::TaskFilter;
 use crate::executor::WorkflowRegistry;
 use crate::pb;
 use crate::pb::orchestrator_service_server::OrchestratorService;
-use crate::pb::watch_tasks_response::Item;
 use crate::store::ListQuery;
 
 /// The service.
@@ -134,7 +131,7 @@ impl OrchestratorService for Orchestrator {
         // Policy on shutdown: ends the stream when the server drains.
         tokio::spawn(async move {
             tokio::select! {
-                _ = watch(core, filter, r.after_sequence, r.include_snapshot, tx) => {}
+                _ = crate::app::watch::watch(core, filter, r.after_sequence, r.include_snapshot, tx) => {}
                 _ = shutdown.cancelled() => {}
             }
         });
@@ -332,100 +329,5 @@ impl OrchestratorService for Orchestrator {
         _req: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         Ok(Response::new(convert::metrics(&self.core.metrics())))
-    }
-}
-
-type Tx = mpsc::Sender<Result<pb::WatchTasksResponse, Status>>;
-
-async fn send(tx: &Tx, item: Item) -> bool {
-    tx.send(Ok(pb::WatchTasksResponse { item: Some(item) }))
-        .await
-        .is_ok()
-}
-
-/// Drives one watch: snapshot or replay, then live events; resubscribes from
-/// its position when it falls behind. Returns when the client goes away.
-pub async fn watch(core: Core, filter: TaskFilter, after: u64, snapshot: bool, tx: Tx) {
-    let mut pos = after;
-    let mut first = true;
-    loop {
-        let mut sub = core.events().subscribe(pos);
-        if first && snapshot && after == 0 {
-            for t in core.active_tasks(&filter) {
-                if !send(&tx, Item::Event(convert::snapshot_event(&t))).await {
-                    return;
-                }
-            }
-        }
-        if let Some(gap) = sub.gap {
-            if !send(
-                &tx,
-                Item::Gap(pb::WatchGap {
-                    oldest_kept: gap.oldest_kept,
-                }),
-            )
-            .await
-            {
-                return;
-            }
-            let mut from = pos;
-            loop {
-                let page = match core.changed_since(from, gap.up_to, &filter).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("replay failed: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                let Some(last) = page.last().map(|t| t.rt.seq) else {
-                    break;
-                };
-                for t in &page {
-                    if !send(&tx, Item::Event(convert::snapshot_event(t))).await {
-                        return;
-                    }
-                }
-                from = last;
-            }
-            pos = gap.up_to;
-        }
-        for e in sub.replay.drain(..) {
-            if filter.matches(&e.task) && !send(&tx, Item::Event(convert::event(&e))).await {
-                return;
-            }
-            pos = e.seq;
-        }
-        pos = pos.max(sub.position);
-        if first {
-            if !send(&tx, Item::Live(pb::WatchLive { sequence: pos })).await {
-                return;
-            }
-            first = false;
-        }
-        loop {
-            match sub.rx.recv().await {
-                Ok(e) => {
-                    if e.seq <= pos {
-                        continue;
-                    }
-                    pos = e.seq;
-                    if filter.matches(&e.task) && !send(&tx, Item::Event(convert::event(&e))).await
-                    {
-                        return;
-                    }
-                }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::debug!(
-                        missed = n,
-                        pos,
-                        "watcher fell behind; resuming from history"
-                    );
-                    break;
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
     }
 }
