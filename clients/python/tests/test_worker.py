@@ -304,3 +304,28 @@ async def test_bad_worker_options() -> None:
         Worker("127.0.0.1:1", immediate_slots=20000)
     assert err.value.fields.keys() == {"immediate_slots"}
     await w.close()
+
+
+async def test_many_slots_spread_over_streams(client: AsyncClient, server: TestServer, name: str) -> None:
+    worker = Worker(server.address, concurrency=40, immediate_slots=2)
+    seen: List[int] = []
+
+    @worker.task(name)
+    async def handler(payload: Dict[str, Any], ctx: TaskContext) -> int:
+        seen.append(payload["i"])
+        return int(payload["i"])
+
+    ids = await worker.wait_registered()
+    try:
+        assert len(ids) == 5 and len(set(ids)) == 5  # one stream per 8 slots
+        m = await client.metrics()
+        assert sum(q.free_slots for q in m.queues if q.name == name) == 42
+        results = [await client.schedule(name, {"i": i}) for i in range(100)]
+        for i, r in enumerate(results):
+            assert (await client.wait(r.task_id, timeout=10)).result == i
+        assert sorted(seen) == list(range(100))
+    finally:
+        await worker.close()
+    with pytest.raises(InvalidArgumentError) as err:
+        Worker("127.0.0.1:1", streams=0)
+    assert err.value.fields.keys() == {"streams"}

@@ -43,7 +43,13 @@ Protocol, as this worker plays it (the same as the Rust and Node workers):
 
 Slots are per stream: handlers registered with their own `concurrency` get a
 stream of their own (all streams share one HTTP/2 connection); the others
-share one stream with the worker's `concurrency`.
+share one stream with the worker's `concurrency`. A group with many slots is
+spread over several streams (one per 8 slots, at most 32; `streams=` picks
+the number of the shared group's): grpc completes one read and one write of a
+stream at a time, so a single stream caps a process at a few thousand tasks a
+second, while several streams' messages are handled in batches. The server
+sees a worker per stream (the same name); the slots add up to `concurrency`,
+and the `immediate_slots` all go to the first stream of the group.
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_IMMEDIATE_SLOTS = 1
 #: Default `drain_timeout`, in seconds.
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: A group gets one stream per this many slots (at most `MAX_STREAMS`).
+SLOTS_PER_STREAM = 8
+#: The most streams a group is spread over by default.
+MAX_STREAMS = 32
 
 REGISTER_TIMEOUT = 10.0
 CANCEL_GRACE = 2.0
@@ -269,6 +279,8 @@ class Worker:
     - `name`: `Register.worker_name` (default `<host>-<pid>`).
     - `drain_timeout`: how long a drain waits for running handlers before
       cancelling them (seconds, default 30).
+    - `streams`: how many streams the shared slots are spread over (1..100;
+      default one per 8 slots, at most 32): see the module doc.
     """
 
     def __init__(
@@ -283,6 +295,7 @@ class Worker:
         metadata: Optional[Mapping[str, str]] = None,
         tls: Union[TLS, bool, None] = None,
         connection: Optional[Connection] = None,
+        streams: Optional[int] = None,
     ) -> None:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         if len(self.name.encode()) > 200:
@@ -290,6 +303,7 @@ class Worker:
         self.concurrency = _slots(concurrency, "concurrency", 1)
         self.immediate_slots = _slots(immediate_slots, "immediate_slots", 0)
         self.drain_timeout = float(drain_timeout)
+        self.streams = None if streams is None else _slots(streams, "streams", 1, 100)
         self._own_connection = connection is None
         self.connection = connection or Connection(address, token=token, metadata=metadata, tls=tls)
         self._handlers: Dict[str, Tuple[Handler, Optional[int], Optional[int]]] = {}
@@ -352,7 +366,7 @@ class Worker:
                 shared.handlers[name] = entry
             else:
                 own.append(_Group({name: entry}, conc, DEFAULT_IMMEDIATE_SLOTS if imm is None else imm))
-        groups = ([shared] if shared.handlers else []) + own
+        groups = (_split(shared, self.streams) if shared.handlers else []) + [sub for g in own for sub in _split(g, None)]
         self._streams = [_Stream(self, g) for g in groups]
         for s in self._streams:
             s.start()
@@ -496,10 +510,20 @@ class Worker:
         self._notify()
 
 
-def _slots(value: Any, field: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not (minimum <= value <= 10_000):
-        raise invalid_argument(field, f"must be an integer from {minimum} to 10000, got {value!r}")
+def _slots(value: Any, field: str, minimum: int, maximum: int = 10_000) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (minimum <= value <= maximum):
+        raise invalid_argument(field, f"must be an integer from {minimum} to {maximum}, got {value!r}")
     return value
+
+
+def _split(g: _Group, streams: Optional[int]) -> List[_Group]:
+    """The group's slots spread over `streams` streams (default one per
+    `SLOTS_PER_STREAM` slots, at most `MAX_STREAMS`); never a stream without
+    a normal slot. The immediate slots go to the first."""
+    n = streams if streams is not None else min(MAX_STREAMS, g.slots // SLOTS_PER_STREAM)
+    n = max(1, min(n, g.slots))
+    base, extra = divmod(g.slots, n)
+    return [_Group(g.handlers, base + (1 if i < extra else 0), g.immediate_slots if i == 0 else 0) for i in range(n)]
 
 
 def _is_async(fn: Any) -> bool:
