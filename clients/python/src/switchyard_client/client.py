@@ -69,6 +69,45 @@ _WATCH_PERMANENT = frozenset(
 
 StrOrMany = Union[str, Iterable[str], None]
 
+_MISSING: Any = object()
+
+
+class _LazyScheduleResult(ScheduleResult):
+    """A `ScheduleResult` whose `task` is converted from the reply's
+    `TaskStatus` on first access (most callers only read `task_id`): the
+    conversion is most of the client's own cost of a `schedule()`. It is a
+    `ScheduleResult` in every other way (fields, equality, repr, replace)."""
+
+    def __init__(self, task_id: str, existing: bool, task: Any = _MISSING, *, _status: Any = None) -> None:
+        d = self.__dict__
+        d["task_id"] = task_id
+        d["existing"] = existing
+        if task is not _MISSING:
+            d["task"] = task
+        else:
+            d["_status"] = _status
+
+    @property  # type: ignore[override]
+    def task(self) -> Task:
+        d = self.__dict__
+        t = d.get("task")
+        if t is None:
+            t = d["task"] = convert.task_from_pb(d.pop("_status"))
+        return t  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ScheduleResult):
+            return (self.task_id, self.existing, self.task) == (other.task_id, other.existing, other.task)
+        return NotImplemented
+
+    __hash__ = ScheduleResult.__hash__  # type: ignore[assignment]
+
+    def __reduce__(self) -> Any:
+        return (ScheduleResult, (self.task_id, self.existing, self.task))
+
+
+_LazyScheduleResult.__name__ = _LazyScheduleResult.__qualname__ = "ScheduleResult"
+
 
 class AsyncClient:
     """An asyncio client of one Switchyard server (or several addresses of
@@ -114,7 +153,7 @@ class AsyncClient:
         await self.connection.wait_for_serving(timeout)
 
     async def _call(self, method: str, request: Any, timeout: Any, *, safe: bool = True) -> Any:
-        return await self.connection.unary(method, request, resolve_timeout(timeout, self.timeout), safe=safe)
+        return await self.connection.unary(method, request, self.timeout if timeout is DEFAULT else resolve_timeout(timeout, self.timeout), safe=safe)
 
     # Schedule.
 
@@ -156,6 +195,24 @@ class AsyncClient:
         (timedelta, seconds, or '30s'); `idempotency_key` makes a second
         schedule return the first task with `existing=True`.
         """
+        if (
+            task_type is TaskType.SIMPLE
+            and priority is None
+            and attempts is None
+            and backoff is None
+            and delay is None
+            and execution_timeout is None
+            and not (user_id or session_id or immediate or idempotency_key or labels or cleanup or queue)
+        ):
+            # The common case, built without the general path's calls.
+            if not isinstance(name, str):
+                raise invalid_argument("name", f"must be a string, got {type(name).__name__}")
+            req = opb.ScheduleTaskRequest(name=name, task_type=tpb.TASK_TYPE_SIMPLE)
+            if payload is not None:
+                convert.payload_to_struct(req.payload, payload)
+            req.simple.SetInParent()
+            res = await self._call("ScheduleTask", req, timeout, safe=False)
+            return _LazyScheduleResult(res.task_id, res.existing, _status=res.status)
         req = self._schedule_request(
             name,
             payload,
@@ -182,7 +239,7 @@ class AsyncClient:
             integration_source=integration_source,
         )
         res = await self._call("ScheduleTask", req, timeout, safe=bool(idempotency_key))
-        return ScheduleResult(task_id=res.task_id, existing=res.existing, task=convert.task_from_pb(res.status))
+        return _LazyScheduleResult(res.task_id, res.existing, _status=res.status)
 
     @staticmethod
     def _schedule_request(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -122,6 +123,8 @@ class Connection:
         self._channels: List[Optional[grpc.aio.Channel]] = [None] * len(self.endpoints)
         self._orch: List[Any] = [None] * len(self.endpoints)
         self._work: List[Any] = [None] * len(self.endpoints)
+        # The orchestrator's bound multicallables by method name, per address.
+        self._calls: List[Dict[str, Any]] = [{} for _ in self.endpoints]
         self.current = 0
         self.closed = False
 
@@ -179,10 +182,14 @@ class Connection:
         address on UNAVAILABLE; raises a `SwitchyardError`."""
         n = len(self.endpoints)
         index = self.current
+        metadata = self.metadata or None
         for tried in range(1, n + 1):
-            fn = getattr(self.orchestrator(index), method)
+            calls = self._calls[index]
+            fn = calls.get(method)
+            if fn is None:
+                fn = calls[method] = getattr(self.orchestrator(index), method)
             try:
-                return await fn(request, timeout=timeout, metadata=self.metadata)
+                return await fn(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as err:
                 if tried < n and err.code() == grpc.StatusCode.UNAVAILABLE and (safe or _connect_failure(err)):
                     index = self.advance(index)
@@ -230,6 +237,7 @@ class Connection:
         self._channels = [None] * len(self.endpoints)
         self._orch = [None] * len(self.endpoints)
         self._work = [None] * len(self.endpoints)
+        self._calls = [{} for _ in self.endpoints]
         for c in channels:
             await c.close()
 
@@ -237,8 +245,6 @@ class Connection:
 def resolve_timeout(value: Any, default: Optional[float]) -> Optional[float]:
     """A per-call timeout: the call's own (seconds or timedelta; None for
     none), else the client's default."""
-    from datetime import timedelta
-
     if value is _DEFAULT:
         return default
     if value is None:
