@@ -317,7 +317,7 @@ async def test_many_slots_spread_over_streams(client: AsyncClient, server: TestS
 
     ids = await worker.wait_registered()
     try:
-        assert len(ids) == 5 and len(set(ids)) == 5  # one stream per 8 slots
+        assert len(ids) == 10 and len(set(ids)) == 10  # one stream per 4 slots
         m = await client.metrics()
         assert sum(q.free_slots for q in m.queues if q.name == name) == 42
         results = [await client.schedule(name, {"i": i}) for i in range(100)]
@@ -329,3 +329,21 @@ async def test_many_slots_spread_over_streams(client: AsyncClient, server: TestS
     with pytest.raises(InvalidArgumentError) as err:
         Worker("127.0.0.1:1", streams=0)
     assert err.value.fields.keys() == {"streams"}
+
+
+async def test_stream_budget() -> None:
+    w = Worker("127.0.0.1:1", concurrency=256, immediate_slots=3)
+    w.register("a", lambda p, c: None)
+    w.register("b", lambda p, c: None, concurrency=300)
+    w.register("c", lambda p, c: None, concurrency=10)
+    await w.start()
+    try:
+        groups = [s.group for s in w._streams]
+        shared = [g for g in groups if "a" in g.handlers]
+        assert len(shared) == 64 and sum(g.slots for g in shared) == 256
+        assert [g.immediate_slots for g in shared] == [3] + [0] * 63
+        assert [(g.slots, g.immediate_slots) for g in groups if "b" in g.handlers] == [(300, 1)]  # the budget is spent
+        assert [(g.slots, g.immediate_slots) for g in groups if "c" in g.handlers] == [(10, 1)]
+    finally:
+        w.kill()
+        await w.close()

@@ -43,13 +43,14 @@ Protocol, as this worker plays it (the same as the Rust and Node workers):
 
 Slots are per stream: handlers registered with their own `concurrency` get a
 stream of their own (all streams share one HTTP/2 connection); the others
-share one stream with the worker's `concurrency`. A group with many slots is
-spread over several streams (one per 8 slots, at most 32; `streams=` picks
-the number of the shared group's): grpc completes one read and one write of a
-stream at a time, so a single stream caps a process at a few thousand tasks a
-second, while several streams' messages are handled in batches. The server
-sees a worker per stream (the same name); the slots add up to `concurrency`,
-and the `immediate_slots` all go to the first stream of the group.
+share one stream with the worker's `concurrency`. A group with 16 slots or
+more is spread over several streams (one per 4 slots; at most 64 in all for
+the worker's groups; `streams=` picks the number of the shared group's): grpc
+completes one read and one write of a stream at a time, so a single stream
+caps a process at a few thousand tasks a second, while several streams'
+messages are handled in batches. The server sees a worker per stream (the
+same name); the slots add up to `concurrency`, and the `immediate_slots` all
+go to the first stream of the group.
 """
 
 from __future__ import annotations
@@ -88,10 +89,13 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_IMMEDIATE_SLOTS = 1
 #: Default `drain_timeout`, in seconds.
 DEFAULT_DRAIN_TIMEOUT = 30.0
-#: A group gets one stream per this many slots (at most `MAX_STREAMS`).
-SLOTS_PER_STREAM = 8
-#: The most streams a group is spread over by default.
-MAX_STREAMS = 32
+#: A group with at least this many slots is spread over several streams.
+SPLIT_FROM_SLOTS = 16
+#: ... one per this many slots ...
+SLOTS_PER_STREAM = 4
+#: ... and at most this many streams in all for a worker's groups (HTTP/2
+#: servers commonly allow 100 to 200 streams on a connection).
+MAX_STREAMS = 64
 
 REGISTER_TIMEOUT = 10.0
 CANCEL_GRACE = 2.0
@@ -280,7 +284,8 @@ class Worker:
     - `drain_timeout`: how long a drain waits for running handlers before
       cancelling them (seconds, default 30).
     - `streams`: how many streams the shared slots are spread over (1..100;
-      default one per 8 slots, at most 32): see the module doc.
+      default one per 4 slots from 16 slots on, at most 64): see the module
+      doc.
     """
 
     def __init__(
@@ -366,7 +371,13 @@ class Worker:
                 shared.handlers[name] = entry
             else:
                 own.append(_Group({name: entry}, conc, DEFAULT_IMMEDIATE_SLOTS if imm is None else imm))
-        groups = (_split(shared, self.streams) if shared.handlers else []) + [sub for g in own for sub in _split(g, None)]
+        budget = MAX_STREAMS
+        groups: List[_Group] = []
+        for g in ([shared] if shared.handlers else []) + own:
+            want = self.streams if g is shared and self.streams is not None else _auto_streams(g.slots)
+            n = want if g is shared and self.streams is not None else max(1, min(want, budget))
+            budget -= n
+            groups.extend(_split(g, n))
         self._streams = [_Stream(self, g) for g in groups]
         for s in self._streams:
             s.start()
@@ -516,12 +527,14 @@ def _slots(value: Any, field: str, minimum: int, maximum: int = 10_000) -> int:
     return value
 
 
-def _split(g: _Group, streams: Optional[int]) -> List[_Group]:
-    """The group's slots spread over `streams` streams (default one per
-    `SLOTS_PER_STREAM` slots, at most `MAX_STREAMS`); never a stream without
-    a normal slot. The immediate slots go to the first."""
-    n = streams if streams is not None else min(MAX_STREAMS, g.slots // SLOTS_PER_STREAM)
-    n = max(1, min(n, g.slots))
+def _auto_streams(slots: int) -> int:
+    return 1 if slots < SPLIT_FROM_SLOTS else min(MAX_STREAMS, slots // SLOTS_PER_STREAM)
+
+
+def _split(g: _Group, streams: int) -> List[_Group]:
+    """The group's slots spread over `streams` streams, never one without a
+    normal slot. The immediate slots go to the first."""
+    n = max(1, min(streams, g.slots))
     base, extra = divmod(g.slots, n)
     return [_Group(g.handlers, base + (1 if i < extra else 0), g.immediate_slots if i == 0 else 0) for i in range(n)]
 
