@@ -125,7 +125,9 @@ def value_to_py(v: struct_pb2.Value) -> Any:
 
 
 def struct_to_dict(s: struct_pb2.Struct) -> Dict[str, Any]:
-    return {k: value_to_py(v) for k, v in s.fields.items()}
+    # Iterating the map's keys stays in C; its items() view is Python code.
+    fields = s.fields
+    return {k: value_to_py(fields[k]) for k in fields} if fields else {}
 
 
 def set_value(v: struct_pb2.Value, obj: Any, field: str) -> None:
