@@ -1,0 +1,385 @@
+//! The writer thread: drains the queued groups, applies each under a
+//! savepoint, commits them in one transaction (group commit) and publishes
+//! their events once durable; a task written several times in one batch
+//! has its row written once (coalescing).
+
+use super::*;
+
+/// How the writer batches.
+pub(super) struct Limits {
+    /// Most operations in one transaction.
+    pub(super) max_batch: usize,
+    /// The longest lazy writes wait for a commit to ride on.
+    pub(super) lazy_within: Duration,
+}
+
+pub(super) fn writer_loop(
+    conn: Arc<Mutex<Connection>>,
+    rx: mpsc::Receiver<Group>,
+    listener: Arc<Listener>,
+    stats: Arc<CommitStats>,
+    restart_wanted: Arc<AtomicBool>,
+    limits: Limits,
+) {
+    let Limits {
+        max_batch,
+        lazy_within,
+    } = limits;
+    while let Ok(first) = rx.recv() {
+        if restart_wanted.swap(false, Ordering::AcqRel) {
+            // No write transaction is open: nothing blocks the RESTART but
+            // a reader of an older snapshot (queries are short).
+            if let Err(e) = conn
+                .lock()
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+            {
+                tracing::warn!(cause = %e, "WAL restart checkpoint failed");
+            }
+            stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut groups = vec![first];
+        let mut n = groups[0].ops.len();
+        // Only lazy writes so far: wait (a little) for one that needs a
+        // commit, and ride on it.
+        let mut lazy_only = groups[0].lazy;
+        let lazy_until = Instant::now() + lazy_within;
+        while n < max_batch {
+            let next = match rx.try_recv() {
+                Ok(g) => Ok(g),
+                Err(mpsc::TryRecvError::Empty) if lazy_only => rx
+                    .recv_timeout(lazy_until.saturating_duration_since(Instant::now()))
+                    .map_err(|_| ()),
+                Err(_) => Err(()),
+            };
+            match next {
+                Ok(g) => {
+                    n += g.ops.len();
+                    lazy_only &= g.lazy;
+                    groups.push(g);
+                }
+                Err(()) => break,
+            }
+        }
+        let started = Instant::now();
+        let mut conn = conn.lock();
+        let mut results: Vec<Result<Vec<WriteOutcome>, Arc<StoreError>>> =
+            Vec::with_capacity(groups.len());
+        let mut events: Vec<Arc<TaskEvent>> = Vec::new();
+        // Fast path: every group in one transaction. A group that fails
+        // (rare: a constraint or I/O error) rolls the batch back, and then
+        // each group is committed on its own so only the failing one is lost.
+        let commit = (|| -> Result<(), StoreError> {
+            let tx = conn.transaction()?;
+            let mut outs = Vec::with_capacity(groups.len());
+            let mut failed = false;
+            let mut latest = Latest::of(&groups);
+            for g in &groups {
+                match apply_group(&tx, &g.ops, &mut events, latest.as_mut()) {
+                    Ok(out) => outs.push(Ok(out)),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if !failed {
+                tx.commit()?;
+                if let Some(l) = &latest {
+                    stats.coalesced.fetch_add(l.skipped, Ordering::Relaxed);
+                }
+                results = outs;
+                return Ok(());
+            }
+            tx.rollback()?;
+            events.clear();
+            for g in &groups {
+                let tx = conn.transaction()?;
+                let mut group_events = Vec::new();
+                match apply_group(&tx, &g.ops, &mut group_events, None) {
+                    Ok(out) => {
+                        tx.commit()?;
+                        results.push(Ok(out));
+                        events.extend(group_events);
+                    }
+                    Err(e) => {
+                        tx.rollback()?;
+                        tracing::error!(cause = %e, "store write group rolled back");
+                        results.push(Err(Arc::new(e)));
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(conn);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(n as u64, Ordering::Relaxed);
+        stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Some(s) = stats.sink.get() {
+            s.store_commit(started.elapsed(), n);
+        }
+        match commit {
+            Ok(()) => {
+                // Publish, then answer: once a caller hears its write is
+                // durable, a watcher that starts then sees its event.
+                if !events.is_empty() {
+                    if let Some(l) = listener.get() {
+                        l.committed(events);
+                    }
+                }
+                for (g, r) in groups.into_iter().zip(results) {
+                    if let Some(done) = g.done {
+                        let _ = done.send(r);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "store commit failed; the writes of this group are lost");
+                let e = Arc::new(e);
+                for g in groups {
+                    if let Some(done) = g.done {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Write coalescing within one batch (one transaction): a task changed
+/// several times in a batch has its row written once, with its latest
+/// runtime state. Every log line and every event is still written and
+/// published in order; only the superseded row images are skipped. The
+/// batch commits or rolls back as a whole, so no reader or crash can see the
+/// difference.
+pub(super) struct Latest {
+    /// For each task written more than once in the batch: the position (in
+    /// batch order) of its last write.
+    last: HashMap<TaskId, usize>,
+    /// Position of the op being applied.
+    pos: usize,
+    /// Row writes skipped so far.
+    skipped: u64,
+}
+
+impl Latest {
+    /// `None` when no task is written twice (nothing to coalesce).
+    fn of(groups: &[Group]) -> Option<Latest> {
+        let mut seen: HashMap<TaskId, (usize, u32)> = HashMap::new();
+        let mut pos = 0;
+        for g in groups {
+            for op in &g.ops {
+                if let Some(id) = op_task(op) {
+                    let e = seen.entry(id).or_insert((pos, 0));
+                    *e = (pos, e.1 + 1);
+                }
+                pos += 1;
+            }
+        }
+        let last: HashMap<TaskId, usize> = seen
+            .into_iter()
+            .filter(|(_, (_, n))| *n > 1)
+            .map(|(id, (p, _))| (id, p))
+            .collect();
+        (!last.is_empty()).then_some(Latest {
+            last,
+            pos: 0,
+            skipped: 0,
+        })
+    }
+
+    /// Whether the op at the current position is superseded by a later write
+    /// of the same task in this batch.
+    fn superseded(&self, id: TaskId) -> bool {
+        self.last.get(&id).is_some_and(|&p| p > self.pos)
+    }
+}
+
+pub(super) fn op_task(op: &WriteOp) -> Option<TaskId> {
+    match op {
+        WriteOp::Insert { task, .. } | WriteOp::Update { task, .. } => Some(task.id),
+        WriteOp::Log(_) | WriteOp::Quarantine { .. } => None,
+    }
+}
+
+/// The `state` column of a quarantined row: no task state has this code, so
+/// no active scan, filter or count selects it (the state it had is kept in
+/// the `quarantine` table).
+pub(super) const QUARANTINED: i64 = 100;
+
+pub(super) fn apply_group(
+    conn: &Connection,
+    ops: &[WriteOp],
+    events: &mut Vec<Arc<TaskEvent>>,
+    mut latest: Option<&mut Latest>,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let mut out = Vec::with_capacity(ops.len());
+    let now = now_micros();
+    for op in ops {
+        let superseded = match (&mut latest, op_task(op)) {
+            (Some(l), Some(id)) => {
+                let s = l.superseded(id) && matches!(op, WriteOp::Update { .. });
+                l.pos += 1;
+                l.skipped += u64::from(s);
+                s
+            }
+            (Some(l), None) => {
+                l.pos += 1;
+                false
+            }
+            _ => false,
+        };
+        match op {
+            WriteOp::Update { task, log, event } if superseded => {
+                // A later write of this batch carries the row.
+                log_and_publish(conn, task, log, *event, now, events)?;
+                out.push(WriteOutcome::Done);
+            }
+            WriteOp::Insert {
+                task,
+                payload,
+                log,
+                event,
+            } => {
+                let spec = serde_json::to_string(&*task.spec).map_err(|e| corrupt(task.id, e))?;
+                let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
+                let (sql, payload) = match payload {
+                    Payload::Json(p) => (
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                         ON CONFLICT DO NOTHING",
+                        rusqlite::types::Value::Text(p.to_string()),
+                    ),
+                    Payload::CopyOf(src) => (
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'))
+                         ON CONFLICT DO NOTHING",
+                        rusqlite::types::Value::Blob(src.as_bytes().to_vec()),
+                    ),
+                };
+                let mut st = conn.prepare_cached(sql)?;
+                let n = st.execute(params![
+                    task.id.as_bytes(),
+                    task.created_at,
+                    task.spec.name,
+                    task.spec.task_type.code(),
+                    task.rt.state.code(),
+                    task.rt.seq as i64,
+                    task.rt.source.code(),
+                    task.spec.user_id,
+                    task.spec.session_id,
+                    task.spec.idempotency_key,
+                    task.spec.parent_id.map(|p| p.as_bytes().to_vec()),
+                    spec,
+                    rt,
+                    payload,
+                ])?;
+                if n == 0 {
+                    let existing: Option<Vec<u8>> = match &task.spec.idempotency_key {
+                        Some(k) => conn
+                            .prepare_cached("SELECT id FROM tasks WHERE idempotency_key = ?1")?
+                            .query_row([k], |r| r.get(0))
+                            .optional()?,
+                        None => None,
+                    };
+                    let id = existing
+                        .and_then(|b| TaskId::from_slice(&b).ok())
+                        .unwrap_or(task.id);
+                    out.push(WriteOutcome::Existing(id));
+                    continue;
+                }
+                log_and_publish(conn, task, log, *event, now, events)?;
+                out.push(WriteOutcome::Done);
+            }
+            WriteOp::Update { task, log, event } => {
+                let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
+                let n = conn
+                    .prepare_cached(
+                        "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5 WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        task.id.as_bytes(),
+                        task.rt.state.code(),
+                        task.rt.seq as i64,
+                        task.rt.source.code(),
+                        rt
+                    ])?;
+                if n == 0 {
+                    // No such row: the task's insert failed (the core
+                    // withdraws such a task). Nothing of it is logged or
+                    // published: no watcher hears of a task the store lacks.
+                    out.push(WriteOutcome::Done);
+                    continue;
+                }
+                log_and_publish(conn, task, log, *event, now, events)?;
+                out.push(WriteOutcome::Done);
+            }
+            WriteOp::Log(lines) => {
+                insert_logs(conn, lines)?;
+                out.push(WriteOutcome::Done);
+            }
+            WriteOp::Quarantine { key, reason } => {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO quarantine (id, at, state, reason)
+                     SELECT id, ?2, state, ?3 FROM tasks WHERE id = ?1",
+                )?
+                .execute(params![key, now, reason])?;
+                conn.prepare_cached("UPDATE tasks SET state = ?2 WHERE id = ?1")?
+                    .execute(params![key, QUARANTINED])?;
+                out.push(WriteOutcome::Done);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A task write's log lines, and its event queued for publication once the
+/// commit is durable.
+pub(super) fn log_and_publish(
+    conn: &Connection,
+    task: &Task,
+    log: &[LogEntry],
+    event: Option<crate::domain::EventKind>,
+    now: crate::domain::Micros,
+    events: &mut Vec<Arc<TaskEvent>>,
+) -> Result<(), StoreError> {
+    insert_logs(conn, log)?;
+    if let Some(kind) = event {
+        events.push(Arc::new(TaskEvent {
+            seq: task.rt.seq,
+            kind,
+            time: now,
+            task: task.clone(),
+        }));
+    }
+    Ok(())
+}
+
+pub(super) fn corrupt(id: TaskId, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+pub(super) fn insert_logs(conn: &Connection, lines: &[LogEntry]) -> Result<(), StoreError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut st = conn.prepare_cached(
+        "INSERT INTO task_logs (task_id, time, source, level, attempt, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for l in lines {
+        st.execute(params![
+            l.task_id.as_bytes(),
+            l.time,
+            l.source.code(),
+            l.level,
+            l.attempt,
+            l.message
+        ])?;
+    }
+    Ok(())
+}
