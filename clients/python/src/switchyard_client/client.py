@@ -211,7 +211,19 @@ class AsyncClient:
             if payload is not None:
                 convert.payload_to_struct(req.payload, payload)
             req.simple.SetInParent()
-            res = await self._call("ScheduleTask", req, timeout, safe=False)
+            conn = self.connection
+            fn = conn.direct("ScheduleTask")
+            if fn is None:
+                res = await self._call("ScheduleTask", req, timeout, safe=False)
+            else:
+                try:
+                    res = await fn(
+                        req,
+                        timeout=self.timeout if timeout is DEFAULT else resolve_timeout(timeout, self.timeout),
+                        metadata=conn.metadata or None,
+                    )
+                except grpc.RpcError as err:
+                    raise from_rpc_error(err, "ScheduleTask") from None
             return _LazyScheduleResult(res.task_id, res.existing, _status=res.status)
         req = self._schedule_request(
             name,

@@ -170,6 +170,19 @@ class Connection:
             self.current = (from_index + 1) % len(self.endpoints)
         return self.current
 
+    def direct(self, method: str) -> Optional[Any]:
+        """With a single address, `OrchestratorService.<method>`'s
+        multicallable (for a hot path that awaits it itself and maps its
+        `grpc.RpcError` with `from_rpc_error`); None with several, where
+        `unary` fails over."""
+        if len(self.endpoints) != 1:
+            return None
+        calls = self._calls[0]
+        fn = calls.get(method)
+        if fn is None:
+            fn = calls[method] = getattr(self.orchestrator(0), method)
+        return fn
+
     async def unary(
         self,
         method: str,
