@@ -131,6 +131,13 @@ def struct_to_dict(s: struct_pb2.Struct) -> Dict[str, Any]:
 
 
 def set_value(v: struct_pb2.Value, obj: Any, field: str) -> None:
+    t = type(obj)
+    if t is str:  # the common cases first, by exact type
+        v.string_value = obj
+        return
+    if t is int:
+        v.number_value = float(obj)
+        return
     if obj is None:
         v.null_value = struct_pb2.NULL_VALUE
     elif obj is True or obj is False:
@@ -165,7 +172,7 @@ def fill_struct(s: struct_pb2.Struct, obj: Mapping[str, Any], field: str) -> Non
 def payload_to_struct(target: struct_pb2.Struct, payload: Any, field: str = "payload") -> None:
     if payload is None:
         return
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise invalid_argument(field, "must be a JSON object (a dict, not a list or a scalar)")
     fill_struct(target, payload, field)
 
