@@ -269,6 +269,9 @@ class _Group:
     handlers: Dict[str, Tuple[Handler, bool]]
     slots: int
     immediate_slots: int
+    # The first stream of a group: the others log their (re)connections at
+    # debug level, so a restart is not reported once per stream.
+    lead: bool = True
 
 
 class Worker:
@@ -536,7 +539,7 @@ def _split(g: _Group, streams: int) -> List[_Group]:
     normal slot. The immediate slots go to the first."""
     n = max(1, min(streams, g.slots))
     base, extra = divmod(g.slots, n)
-    return [_Group(g.handlers, base + (1 if i < extra else 0), g.immediate_slots if i == 0 else 0) for i in range(n)]
+    return [_Group(g.handlers, base + (1 if i < extra else 0), g.immediate_slots if i == 0 else 0, i == 0) for i in range(n)]
 
 
 def _is_async(fn: Any) -> bool:
@@ -676,7 +679,7 @@ class _Stream:
         conn = self.worker.connection
         while not self.draining:
             if conn.closed:
-                log.warning("the connection was closed; the worker stops")
+                log.log(logging.WARNING if self.group.lead else logging.DEBUG, "the connection was closed; the worker stops")
                 break
             index = conn.current
             end, reason, was_registered = await self._session_once(conn, index)
@@ -690,7 +693,12 @@ class _Stream:
                 conn.advance(index)
             exp = min(RECONNECT_CAP, RECONNECT_FLOOR * 2 ** (failures - 1))
             delay = exp / 2 + random.random() * exp / 2
-            log.warning("connection to the server lost (%s); reconnecting in %d ms", reason, delay * 1000)
+            log.log(
+                logging.WARNING if self.group.lead else logging.DEBUG,
+                "connection to the server lost (%s); reconnecting in %d ms",
+                reason,
+                delay * 1000,
+            )
             self._sleep = self.loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._sleep), delay)
@@ -735,7 +743,13 @@ class _Stream:
             registered = True
             self.worker_id = first.registered.worker_id
             every = heartbeat_period(first.registered)
-            log.info("registered as %s for %s; heartbeat every %d ms", self.worker_id, ", ".join(sorted(self.group.handlers)), every * 1000)
+            log.log(
+                logging.INFO if self.group.lead else logging.DEBUG,
+                "registered as %s for %s; heartbeat every %d ms",
+                self.worker_id,
+                ", ".join(sorted(self.group.handlers)),
+                every * 1000,
+            )
             writer = self.loop.create_task(self._writer(call))
             heartbeat = self.loop.create_task(self._heartbeat(session, every))
             self.worker._notify()
