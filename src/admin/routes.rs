@@ -29,7 +29,6 @@ use crate::app::convert;
 use crate::domain::{Source, TaskFilter, TaskId, TaskState, TaskType};
 use crate::pb;
 use crate::pb::watch_tasks_response::Item;
-use crate::store::ListQuery;
 
 /// The prefix of the original design's routes.
 pub const PREFIX: &str = "/internal/execution-manager";
@@ -245,32 +244,12 @@ async fn list_tasks(
         &[FILTER_KEYS, &["limit", "page_token", "cursor"]],
     )?;
     let filter = p.filter()?;
-    // As ListTasks: 50 by default, at most 1000; the token is the last id.
-    let limit = p.number("limit", 50, 1000)? as usize;
-    let before = match p.one(&["page_token", "cursor"]) {
-        Some(t) => Some(convert::parse_id("page_token", t)?),
-        None => None,
-    };
-    let tasks = s
-        .core
-        .list(ListQuery {
-            filter,
-            limit,
-            before,
-        })
-        .await?;
-    let next_page_token = if tasks.len() == limit {
-        tasks.last().map(|t| t.id.to_string()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok(Json(to_json(
-        "ListTasksResponse",
-        &pb::ListTasksResponse {
-            tasks: tasks.iter().map(convert::status).collect(),
-            next_page_token,
-        },
-    )))
+    // As ListTasks: the same page size bounds; the token is the last id.
+    let (default, max) = crate::app::list::PAGE_SIZE;
+    let limit = p.number("limit", default as u64, max as u64)? as usize;
+    let token = p.one(&["page_token", "cursor"]).unwrap_or_default();
+    let page = crate::app::list::page(&s.core, filter, limit, token, "page_token").await?;
+    Ok(Json(to_json("ListTasksResponse", &page)))
 }
 
 async fn get_task(

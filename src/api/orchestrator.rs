@@ -15,7 +15,6 @@ use crate::core::Core;
 use crate::executor::WorkflowRegistry;
 use crate::pb;
 use crate::pb::orchestrator_service_server::OrchestratorService;
-use crate::store::ListQuery;
 
 /// The service.
 pub struct Orchestrator {
@@ -189,37 +188,21 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let r = req.into_inner();
         let filter = convert::filter(r.filter, "filter")?;
-        let limit = match r.page_size {
-            0 => 50,
-            n if n > 1000 => {
-                return Err(
-                    crate::core::CoreError::field("page_size", "must be at most 1000").into(),
+        let (default, max) = crate::app::list::PAGE_SIZE;
+        let limit = match r.page_size as usize {
+            0 => default,
+            n if n > max => {
+                return Err(crate::core::CoreError::field(
+                    "page_size",
+                    format!("must be at most {max}"),
                 )
+                .into())
             }
-            n => n as usize,
+            n => n,
         };
-        let before = if r.page_token.is_empty() {
-            None
-        } else {
-            Some(convert::parse_id("page_token", &r.page_token)?)
-        };
-        let tasks = self
-            .core
-            .list(ListQuery {
-                filter,
-                limit,
-                before,
-            })
-            .await?;
-        let next = if tasks.len() == limit {
-            tasks.last().map(|t| t.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.iter().map(convert::status).collect(),
-            next_page_token: next,
-        }))
+        let page =
+            crate::app::list::page(&self.core, filter, limit, &r.page_token, "page_token").await?;
+        Ok(Response::new(page))
     }
 
     #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]

@@ -6,5 +6,6 @@
 //! this. It must not serve anything itself, nor touch the store.
 
 pub mod convert;
+pub mod list;
 pub mod status;
 pub mod watch;
