@@ -320,9 +320,43 @@ async fn errors_quote_a_short_prefix_and_a_bounded_number_of_violations() {
                 .await
                 .map(|_| ()),
         ),
+        (
+            "SignalTask",
+            client
+                .signal_task(pb::SignalTaskRequest {
+                    task_id: huge.clone(),
+                    signal: "go".into(),
+                    payload: None,
+                })
+                .await
+                .map(|_| ()),
+        ),
     ] {
         refused(case, r, "task_id");
     }
+    let id = uuid::Uuid::now_v7().to_string();
+    refused(
+        "SignalTask with a name of 1 MiB",
+        client
+            .signal_task(pb::SignalTaskRequest {
+                task_id: id.clone(),
+                signal: huge.clone(),
+                payload: None,
+            })
+            .await,
+        "signal",
+    );
+    refused(
+        "SignalTask with a payload over the limit",
+        client
+            .signal_task(pb::SignalTaskRequest {
+                task_id: id,
+                signal: "go".into(),
+                payload: Some(payload(json!({ "big": "p".repeat(2 << 20) }))),
+            })
+            .await,
+        "payload",
+    );
     // 1,000 bad ids: at most 20 violations come back, counted.
     let r = client
         .list_tasks(pb::ListTasksRequest {
