@@ -128,6 +128,13 @@ pub mod text {
     /// The most of a refused value an error message quotes.
     pub const QUOTE_BYTES: usize = 64;
 
+    /// A duration for a log line or a message: human units, rounded down
+    /// to whole milliseconds (`1s 250ms`, not `1s 250ms 3us 12ns`).
+    pub fn duration(d: std::time::Duration) -> String {
+        humantime::format_duration(std::time::Duration::from_millis(d.as_millis() as u64))
+            .to_string()
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;

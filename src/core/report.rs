@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::domain::*;
 
-use super::state::{whole_millis, State};
+use super::state::State;
 use super::{Core, CoreError, Report};
 
 impl Core {
@@ -109,7 +109,7 @@ impl State {
             } => {
                 let line = format!(
                     "engine unreachable: {message}; kept and offered again in {}",
-                    humantime::format_duration(whole_millis(retry_after))
+                    crate::domain::text::duration(retry_after)
                 );
                 let log = LogEntry::system(id, attempt, line).level("warn");
                 // The engine never ran it: this attempt does not count.
@@ -127,7 +127,7 @@ impl State {
             } => {
                 let line = format!(
                     "{message}; not sent, kept and offered again in {}",
-                    humantime::format_duration(whole_millis(retry_after))
+                    crate::domain::text::duration(retry_after)
                 );
                 let log = LogEntry::system(id, attempt, line);
                 // Nothing was sent: this attempt does not count.

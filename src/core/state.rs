@@ -9,7 +9,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::domain::*;
 use crate::store::WriteOp;
@@ -97,11 +96,6 @@ pub(super) struct State {
     /// The `task.run` span of each running attempt, while tracing is on
     /// (empty otherwise).
     pub(super) runs: HashMap<TaskId, tracing::Span>,
-}
-
-/// A delay rounded down to whole milliseconds, for log lines.
-pub(super) fn whole_millis(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
 }
 
 pub(super) fn lane(t: &Task) -> u8 {

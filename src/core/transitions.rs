@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::domain::*;
 
-use super::state::{whole_millis, DeadlineKind, SlotKind, State};
+use super::state::{DeadlineKind, SlotKind, State};
 use super::Push;
 
 impl State {
@@ -243,7 +243,7 @@ impl State {
         self.back_to_pending(id, delay, WaitingReason::BackingOff);
         let line = format!(
             "attempt {attempt} of {max_attempts} failed: {message}; retrying in {}",
-            humantime::format_duration(whole_millis(delay))
+            crate::domain::text::duration(delay)
         );
         let log = LogEntry::system(id, attempt, line).level("warn");
         self.emit(id, EventKind::Retrying, vec![log]);

@@ -326,7 +326,7 @@ impl Follower {
         if let Some(d) = self.start_delay() {
             msg.push_str(&format!(
                 "; Temporal starts it in {}",
-                humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+                crate::domain::text::duration(d)
             ));
         }
         self.report(Report::ExternalId(self.run_id.clone())) && self.report(self.mirror(msg))

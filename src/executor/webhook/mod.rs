@@ -723,8 +723,7 @@ impl Executor {
             Ok(Err(f)) => Err(f),
             Err(_) => {
                 let first = flight.url.get().map(String::as_str).unwrap_or_default();
-                let after =
-                    humantime::format_duration(Duration::from_millis(budget.as_millis() as u64));
+                let after = crate::domain::text::duration(budget);
                 Err(match flight.phase.load(Ordering::Acquire) {
                     RECEIVING => Failure::new(
                         kind::RESPONSE_INTERRUPTED,

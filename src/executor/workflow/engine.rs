@@ -79,10 +79,6 @@ fn next_order(run: &WorkflowRun) -> u32 {
         .map_or(1, |m| m + 1)
 }
 
-fn fmt_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
-}
-
 fn step_error(message: String, kind: &str) -> TaskError {
     TaskError {
         message,
@@ -693,7 +689,10 @@ impl Engine {
                     ids.join(", ")
                 );
                 if let Some(t) = wf.timeout {
-                    line.push_str(&format!("; times out in {}", fmt_duration(t)));
+                    line.push_str(&format!(
+                        "; times out in {}",
+                        crate::domain::text::duration(t)
+                    ));
                 }
                 ((), vec![line])
             })?;
@@ -863,7 +862,7 @@ impl Engine {
                         (),
                         vec![format!(
                             "step {step_id} started: timer of {}",
-                            fmt_duration(d)
+                            crate::domain::text::duration(d)
                         )],
                     )
                 })?;
@@ -890,7 +889,7 @@ impl Engine {
                     let line = match timeout {
                         Some(t) => format!(
                             "step {step_id} started: waiting for signal {name:?} (timeout {})",
-                            fmt_duration(t)
+                            crate::domain::text::duration(t)
                         ),
                         None => format!("step {step_id} started: waiting for signal {name:?}"),
                     };
@@ -1279,7 +1278,7 @@ impl Engine {
             if es.abort.is_some() || es.deadline != Some(at) {
                 return Ok(());
             }
-            let t = fmt_duration(flow.wf.timeout.unwrap_or_default());
+            let t = crate::domain::text::duration(flow.wf.timeout.unwrap_or_default());
             let abort = Abort {
                 cause: Cause::TimedOut,
                 step: None,
@@ -1316,7 +1315,7 @@ impl Engine {
                 })?;
             }
             StepKind::Signal { name } => {
-                let waited = fmt_duration(step.timeout.unwrap_or_default());
+                let waited = crate::domain::text::duration(step.timeout.unwrap_or_default());
                 let error = step_error(
                     format!("no signal {name:?} within {waited}"),
                     "signal_timeout",
