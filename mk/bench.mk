@@ -17,13 +17,9 @@ bench-build:
 # peer "skipped" instead of failing: a registry hiccup must not fail CI.
 bench-deps: bench/bullmq/node_modules/.bench-installed $(BENCH_VENV)/.bench-temporal-installed
 
-# `npm ci` refuses a lockfile that lacks another platform's optional
-# packages (msgpackr-extract's prebuilds), which a registry without them
-# cannot record; `npm install --no-save` then installs from the same lockfile.
 bench/bullmq/node_modules/.bench-installed: bench/bullmq/package-lock.json bench/bullmq/package.json
 	@if command -v $(NPM) >/dev/null 2>&1; then \
-		( cd bench/bullmq && ( $(NPM) ci --no-audit --no-fund --loglevel=error 2>/dev/null \
-			|| $(NPM) install --no-save --no-audit --no-fund --loglevel=error ) ) && touch $@ \
+		( cd bench/bullmq && $(NPM) ci --no-audit --no-fund --loglevel=error ) && touch $@ \
 		|| echo "bench: installing bench/bullmq failed; the BullMQ peer will be skipped" >&2; \
 	else echo "bench: npm not found; the BullMQ peer will be skipped" >&2; fi
 

@@ -1,9 +1,6 @@
 # The dashboard end to end (tests/dashboard): the real server and example
 # worker, the page in headless Debian Chromium driven by playwright-core.
 # The screenshot lands in target/artifacts/dashboard.png.
-# `npm ci` refuses a lockfile that lacks another platform's optional
-# packages on some registries; then `npm install --no-save` installs the same
-# pinned versions from the lockfile (as mk/bullmq.mk does).
 # With CI=true a missing Chromium fails the test instead of skipping it.
 .PHONY: test-dashboard test-dashboard-deps
 
@@ -17,7 +14,7 @@ test-dashboard-deps:
 			echo "$(CHROMIUM) is missing: run apt-get install -y chromium as root"; \
 		fi; \
 	fi
-	cd tests/dashboard && (npm ci --no-audit --no-fund || npm install --no-save --no-audit --no-fund)
+	cd tests/dashboard && npm ci --no-audit --no-fund
 	test -d tests/dashboard/node_modules/playwright-core
 
 test-dashboard: test-dashboard-deps
