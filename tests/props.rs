@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use prost::Message;
-use switchyard::api::convert;
+use switchyard::app::convert;
 use switchyard::core::{Core, CoreConfig, Push, Report};
 use switchyard::domain::{LogSource, TaskError, TaskState, WaitingReason};
 use switchyard::pb;

@@ -1,5 +1,5 @@
 //! Errors of the admin routes as HTTP. There is one decision per error: a
-//! [`CoreError`] becomes a gRPC status through `api::error` (the one
+//! [`CoreError`] becomes a gRPC status through `app::status` (the one
 //! deliberate mapping), and the status's code becomes an HTTP status here by
 //! a fixed table, with the same body everywhere:
 //! `{"code": "INVALID_ARGUMENT", "message": "…", "field": "limit"}`.

@@ -31,7 +31,7 @@ pub struct CoreConfig {
     pub routes: Routes,
     /// Where the in-process executors report measurements the core does not
     /// see (webhook response codes); none when nothing exports metrics.
-    pub metrics_sink: Option<Arc<dyn super::metrics::MetricsSink>>,
+    pub metrics_sink: Option<Arc<dyn crate::telemetry::MetricsSink>>,
 }
 
 /// Which tasks an external engine runs instead of the embedded one. Routing

@@ -1,6 +1,6 @@
 //! The core's one error type, [`CoreError`], and [`FieldViolation`].
 //!
-//! Owns: the error variants the API maps to gRPC codes (see `api::error`).
+//! Owns: the error variants the API maps to gRPC codes (see `app::status`).
 //! Must not: know about gRPC codes or HTTP statuses.
 
 use std::sync::Arc;

@@ -6,8 +6,6 @@ use hdrhistogram::Histogram;
 
 use crate::domain::{TaskState, TaskType};
 
-pub use crate::telemetry::MetricsSink;
-
 /// Counts per state.
 pub type StateArray = [u64; 7];
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::domain::Payload;
 use crate::domain::*;
-use crate::store::{Completion, Payload, WriteOp, WriteOutcome};
+use crate::store::{Completion, WriteOp, WriteOutcome};
 
 use super::state::State;
 use super::transitions::CleanupReason;

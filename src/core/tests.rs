@@ -7,9 +7,10 @@ use tokio::sync::mpsc;
 
 use super::state::Active;
 use super::*;
+use crate::domain::Payload;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{Completion, Counts as StoreCounts};
-use crate::store::{ListQuery, Payload, WriteOp};
+use crate::store::{ListQuery, WriteOp};
 use async_trait::async_trait;
 
 /// A store whose writer can be paused: while paused, submitted groups

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::domain::{
-    EventKind, LogEntry, Task, TaskEvent, TaskFilter, TaskId, TaskState, TaskType,
+    EventKind, LogEntry, Payload, Task, TaskEvent, TaskFilter, TaskId, TaskState, TaskType,
 };
 
 /// A storage failure.
@@ -85,8 +85,6 @@ pub enum WriteOp {
         reason: String,
     },
 }
-
-pub use crate::domain::Payload;
 
 /// What one write did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use super::definition::{StepKind, Workflow};
 use super::registry::Registry;
 use super::template::{self, Scope};
 use crate::core::{Assignment, Core, CoreError, Push, Report};
+use crate::domain::Payload;
 use crate::domain::*;
-use crate::store::Payload;
 
 /// The timer slot of a workflow's own deadline.
 const DEADLINE: usize = usize::MAX;

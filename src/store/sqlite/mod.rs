@@ -16,12 +16,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    CommitListener, Completion, Counts, ListQuery, Payload, Store, StoreError, WriteOp,
-    WriteOutcome, LAZY_COMMIT_WITHIN,
+    CommitListener, Completion, Counts, ListQuery, Store, StoreError, WriteOp, WriteOutcome,
+    LAZY_COMMIT_WITHIN,
 };
 use crate::domain::{
-    now_micros, LogEntry, LogSource, Task, TaskEvent, TaskFilter, TaskId, TaskRuntime, TaskSpec,
-    TaskState, TaskType,
+    now_micros, LogEntry, LogSource, Payload, Task, TaskEvent, TaskFilter, TaskId, TaskRuntime,
+    TaskSpec, TaskState, TaskType,
 };
 
 /// How durable a commit is.
