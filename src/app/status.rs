@@ -59,6 +59,9 @@ impl From<CoreError> for Status {
             CoreError::Unavailable(m) => Status::unavailable(text::cut(&m, 1024)),
             CoreError::Store(e) => match &*e {
                 StoreError::Closed => Status::unavailable("the store is closed"),
+                e @ (StoreError::Unavailable(_) | StoreError::Fenced { .. }) => {
+                    Status::unavailable(text::cut(&e.to_string(), 1024))
+                }
                 StoreError::Corrupt { id, reason } => Status::data_loss(format!(
                     "task {}: its stored row cannot be read back ({}); it is quarantined",
                     text::prefix(id, 64),

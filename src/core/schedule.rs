@@ -50,6 +50,9 @@ impl Core {
     /// insert is durable.
     pub async fn schedule(&self, new: NewTask) -> Result<Scheduled, CoreError> {
         let (_, engine) = self.admit(&new.spec)?;
+        // A store that cannot commit now (its database is unreachable)
+        // keeps what it has; new work is refused until it can.
+        self.inner.store.writable()?;
         let early = overlaps_commit(engine, &new.spec);
         let mut msg = format!("scheduled ({})", new.spec.task_type.as_str());
         if !new.delay.is_zero() {

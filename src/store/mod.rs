@@ -3,9 +3,13 @@
 //! Owns persistence only: it applies ordered writes, commits them in groups
 //! (one transaction and one fsync for many callers) and then tells a
 //! [`CommitListener`] which events became durable. It makes no scheduling
-//! decision. The embedded default is [`sqlite::SqliteStore`]; a Postgres store
-//! for several replicas can implement the same trait.
+//! decision. The embedded default is [`sqlite::SqliteStore`];
+//! [`postgres::PgStore`] implements the same trait for several replicas over
+//! one PostgreSQL database.
 
+#[cfg(test)]
+pub(crate) mod contract;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -24,6 +28,19 @@ pub enum StoreError {
     /// The database said no.
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    /// PostgreSQL said no.
+    #[error("postgres: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+    /// The database cannot be reached now; writes are kept and retried.
+    #[error("the store cannot commit now: {0}")]
+    Unavailable(String),
+    /// Another replica took over: this one's term is over and it may not
+    /// write.
+    #[error("this replica no longer leads (its term {term} is over): another replica took over")]
+    Fenced {
+        /// The term that was lost.
+        term: i64,
+    },
     /// A stored row could not be read back.
     #[error("corrupt row for task {id}: {reason}")]
     Corrupt {
@@ -133,6 +150,12 @@ pub trait Store: Send + Sync + 'static {
     /// when they commit. The default commits them like [`Store::submit`].
     fn submit_lazy(&self, ops: Vec<WriteOp>) {
         self.submit(ops, None)
+    }
+    /// Whether writes commit now. A store that cannot reach its database
+    /// keeps the writes it has and retries them; new work should be refused
+    /// (UNAVAILABLE) rather than pile up. The default is always writable.
+    fn writable(&self) -> Result<(), StoreError> {
+        Ok(())
     }
     /// Installs the listener told of every commit's events.
     fn set_listener(&self, listener: Arc<dyn CommitListener>);

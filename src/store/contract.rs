@@ -1,0 +1,444 @@
+//! What every [`Store`] must do, as tests run against each implementation
+//! (SQLite and PostgreSQL) through [`store_contract!`]: one suite, several
+//! stores.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use super::{CommitListener, ListQuery, Store, WriteOp, WriteOutcome};
+use crate::domain::{
+    now_micros, EventKind, LogEntry, Payload, Source, Task, TaskEvent, TaskFilter, TaskId,
+    TaskRuntime, TaskSpec, TaskState, WaitingReason,
+};
+
+/// A store under test, with what the suite needs of its implementation.
+pub(crate) struct Opened {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Its commits so far.
+    pub commits: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Row writes it skipped by coalescing, if it counts them.
+    pub coalesced: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+}
+
+/// Opens stores of one kind at one place (the same data at every open).
+#[async_trait]
+pub(crate) trait Harness: Send + Sync {
+    /// Opens the store, durable unless the kind has no such mode.
+    async fn open(&self, lazy_within: Duration) -> Opened;
+    /// Closes it (its writes committed).
+    async fn close(&self, s: Opened);
+}
+
+/// Runs the contract against a harness built by `$make` (an expression,
+/// evaluated once per test).
+macro_rules! store_contract {
+    ($make:expr) => {
+        mod store_contract {
+            use super::*;
+            #[tokio::test]
+            async fn insert_get_update_and_idempotency() {
+                crate::store::contract::insert_get_update_and_idempotency(&$make).await
+            }
+            #[tokio::test]
+            async fn an_update_of_a_missing_task_publishes_nothing() {
+                crate::store::contract::an_update_of_a_missing_task_publishes_nothing(&$make).await
+            }
+            #[tokio::test]
+            async fn writes_of_one_task_in_a_batch_are_coalesced_but_logs_and_events_are_not() {
+                crate::store::contract::writes_of_one_task_in_a_batch_are_coalesced(&$make).await
+            }
+            #[tokio::test]
+            async fn a_lazy_write_rides_on_the_next_commit() {
+                crate::store::contract::a_lazy_write_rides_on_the_next_commit(&$make).await
+            }
+            #[tokio::test]
+            async fn a_lazy_write_alone_commits_within_its_bound() {
+                crate::store::contract::a_lazy_write_alone_commits_within_its_bound(&$make).await
+            }
+            #[tokio::test]
+            async fn filters_lists_counts_and_changes() {
+                crate::store::contract::filters_lists_counts_and_changes(&$make).await
+            }
+        }
+    };
+}
+pub(crate) use store_contract;
+
+pub(crate) fn task(key: Option<&str>) -> Task {
+    Task {
+        id: TaskId::now_v7(),
+        created_at: now_micros(),
+        spec: Arc::new(TaskSpec::test_simple("t", key)),
+        rt: TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued),
+    }
+}
+
+pub(crate) async fn insert(s: &dyn Store, t: &Task) -> WriteOutcome {
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![WriteOp::Insert {
+            task: t.clone(),
+            payload: Payload::Json(Arc::from("{}")),
+            log: vec![LogEntry::system(t.id, 0, "scheduled")],
+            event: Some(EventKind::Scheduled),
+        }],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap().remove(0)
+}
+
+fn update(t: &Task, state: TaskState, seq: u64) -> WriteOp {
+    let mut t = t.clone();
+    t.rt.state = state;
+    t.rt.seq = seq;
+    let log = vec![LogEntry::system(t.id, 1, format!("seq {seq}"))];
+    WriteOp::Update {
+        task: t,
+        log,
+        event: Some(EventKind::Updated),
+    }
+}
+
+/// Collects published events.
+pub(crate) struct Seen(parking_lot::Mutex<Vec<(TaskId, u64, EventKind, TaskState)>>);
+impl CommitListener for Seen {
+    fn committed(&self, events: Vec<Arc<TaskEvent>>) {
+        let mut v = self.0.lock();
+        for e in events {
+            v.push((e.task.id, e.seq, e.kind, e.task.rt.state));
+        }
+    }
+}
+
+pub(crate) async fn insert_get_update_and_idempotency(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let a = task(Some(&format!("k-{}", TaskId::now_v7())));
+    assert_eq!(insert(s, &a).await, WriteOutcome::Done);
+    let b = task(a.spec.idempotency_key.as_deref());
+    assert_eq!(insert(s, &b).await, WriteOutcome::Existing(a.id));
+    // Two new tasks with one new key in one group: the first wins.
+    let c = task(Some(&format!("k-{}", TaskId::now_v7())));
+    let d = task(c.spec.idempotency_key.as_deref());
+    let (tx, rx) = oneshot::channel();
+    let ins = |t: &Task| WriteOp::Insert {
+        task: t.clone(),
+        payload: Payload::Json(Arc::from("{\"n\":1}")),
+        log: vec![LogEntry::system(t.id, 0, "scheduled")],
+        event: Some(EventKind::Scheduled),
+    };
+    s.submit(vec![ins(&c), ins(&d)], Some(tx));
+    assert_eq!(
+        rx.await.unwrap().unwrap(),
+        vec![WriteOutcome::Done, WriteOutcome::Existing(c.id)]
+    );
+    assert!(s.get(d.id).await.unwrap().is_none());
+    assert!(s.logs(d.id, 0, 10).await.unwrap().is_empty());
+    // A copy of another task's payload.
+    let e = task(None);
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![WriteOp::Insert {
+            task: e.clone(),
+            payload: Payload::CopyOf(c.id),
+            log: vec![],
+            event: None,
+        }],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    assert_eq!(s.payload(e.id).await.unwrap().as_deref(), Some("{\"n\":1}"));
+    let mut a2 = a.clone();
+    a2.rt.state = TaskState::Completed;
+    a2.rt.seq = 7;
+    s.submit(
+        vec![WriteOp::Update {
+            task: a2.clone(),
+            log: vec![],
+            event: None,
+        }],
+        None,
+    );
+    s.flush().await.unwrap();
+    let (got, payload) = s.get(a.id).await.unwrap().unwrap();
+    assert_eq!(got.rt.state, TaskState::Completed);
+    assert_eq!(got.spec.name, a.spec.name);
+    assert_eq!(&*payload, "{}");
+    assert!(s.get(b.id).await.unwrap().is_none());
+    assert_eq!(s.max_seq().await.unwrap(), 7);
+    let active: Vec<TaskId> = s.load_active().await.unwrap().iter().map(|t| t.id).collect();
+    assert!(!active.contains(&a.id));
+    assert!(active.contains(&c.id));
+    let logs = s.logs(a.id, 0, 10).await.unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(s.logs(a.id, logs[0].line, 10).await.unwrap().len(), 0);
+    h.close(o).await;
+}
+
+pub(crate) async fn an_update_of_a_missing_task_publishes_nothing(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let seen = Arc::new(Seen(parking_lot::Mutex::new(Vec::new())));
+    s.set_listener(seen.clone());
+    let mut ghost = task(None);
+    ghost.rt.state = TaskState::Running;
+    ghost.rt.seq = 3;
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![WriteOp::Update {
+            task: ghost.clone(),
+            log: vec![LogEntry::system(ghost.id, 1, "attempt 1 started")],
+            event: Some(EventKind::Started),
+        }],
+        Some(tx),
+    );
+    assert_eq!(rx.await.unwrap().unwrap(), vec![WriteOutcome::Done]);
+    assert!(seen.0.lock().is_empty());
+    assert!(s.get(ghost.id).await.unwrap().is_none());
+    assert!(s.logs(ghost.id, 0, 10).await.unwrap().is_empty());
+    // A real task's update in the same way is published.
+    let real = task(None);
+    insert(s, &real).await;
+    let mut r2 = real.clone();
+    r2.rt.state = TaskState::Running;
+    r2.rt.seq = 4;
+    s.submit(
+        vec![WriteOp::Update {
+            task: r2,
+            log: vec![],
+            event: Some(EventKind::Started),
+        }],
+        None,
+    );
+    s.flush().await.unwrap();
+    let kinds: Vec<_> = seen.0.lock().iter().map(|e| (e.0, e.2)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (real.id, EventKind::Scheduled),
+            (real.id, EventKind::Started)
+        ]
+    );
+    h.close(o).await;
+}
+
+pub(crate) async fn writes_of_one_task_in_a_batch_are_coalesced(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let seen = Arc::new(Seen(Default::default()));
+    s.set_listener(seen.clone());
+    let a = task(None);
+    let other = task(None);
+    assert_eq!(insert(s, &a).await, WriteOutcome::Done);
+    assert_eq!(insert(s, &other).await, WriteOutcome::Done);
+    let step = |t: &Task, state, seq: u64, msg: &str| {
+        let mut t = t.clone();
+        t.rt.state = state;
+        t.rt.seq = seq;
+        WriteOp::Update {
+            log: vec![LogEntry::system(t.id, 1, msg)],
+            task: t,
+            event: Some(EventKind::Updated),
+        }
+    };
+    // One group: a's two updates around an update of another task, and
+    // a log line; then a second group in the same batch finishes a.
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![
+            step(&a, TaskState::Running, 10, "started"),
+            step(&other, TaskState::Running, 11, "other started"),
+            WriteOp::Log(vec![LogEntry::system(a.id, 1, "a line")]),
+            step(&a, TaskState::Running, 12, "progress"),
+        ],
+        None,
+    );
+    s.submit(
+        vec![step(&a, TaskState::Completed, 13, "completed")],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    let (got, _) = s.get(a.id).await.unwrap().unwrap();
+    assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 13));
+    let (o2, _) = s.get(other.id).await.unwrap().unwrap();
+    assert_eq!((o2.rt.state, o2.rt.seq), (TaskState::Running, 11));
+    let lines = super::log_messages(s, a.id).await;
+    assert_eq!(
+        lines,
+        ["scheduled", "started", "a line", "progress", "completed"]
+    );
+    // The listener hears of a commit just after its callers do.
+    let updates = || -> Vec<(u64, TaskState)> {
+        seen.0
+            .lock()
+            .iter()
+            .filter(|e| e.0 == a.id && e.2 == EventKind::Updated)
+            .map(|e| (e.1, e.3))
+            .collect()
+    };
+    for _ in 0..100 {
+        if updates().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        updates(),
+        [
+            (10, TaskState::Running),
+            (12, TaskState::Running),
+            (13, TaskState::Completed)
+        ]
+    );
+    // The first group alone supersedes a's first update; if both groups
+    // shared a batch (the writer was busy), the second too.
+    if let Some(skipped) = (o.coalesced)() {
+        assert!((1..=2).contains(&skipped), "{skipped}");
+    }
+    // And what was committed survives a reopen.
+    h.close(o).await;
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let (got, _) = o.store.get(a.id).await.unwrap().unwrap();
+    assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 13));
+    h.close(o).await;
+}
+
+/// A lazy write does not start a commit: it rides on the next write
+/// that does, in submission order, in the same transaction.
+pub(crate) async fn a_lazy_write_rides_on_the_next_commit(h: &dyn Harness) {
+    let o = h.open(Duration::from_secs(30)).await;
+    let s = &*o.store;
+    let a = task(None);
+    insert(s, &a).await;
+    let commits = (o.commits)();
+    s.submit_lazy(vec![update(&a, TaskState::Running, 5)]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!((o.commits)(), commits);
+    assert_eq!(
+        s.get(a.id).await.unwrap().unwrap().0.rt.state,
+        TaskState::Pending
+    );
+    // An eager write after it: one commit holds both, the later wins.
+    let (tx, rx) = oneshot::channel();
+    s.submit(vec![update(&a, TaskState::Completed, 6)], Some(tx));
+    rx.await.unwrap().unwrap();
+    assert_eq!((o.commits)(), commits + 1);
+    let (got, _) = s.get(a.id).await.unwrap().unwrap();
+    assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 6));
+    let logs = super::log_messages(s, a.id).await;
+    assert_eq!(logs, ["scheduled", "seq 5", "seq 6"]);
+    h.close(o).await;
+}
+
+/// With nothing to ride on, a lazy write is committed on its own once
+/// `lazy_within` has passed, and no sooner.
+pub(crate) async fn a_lazy_write_alone_commits_within_its_bound(h: &dyn Harness) {
+    let within = Duration::from_millis(200);
+    let o = h.open(within).await;
+    let s = &*o.store;
+    let a = task(None);
+    insert(s, &a).await;
+    let t0 = Instant::now();
+    s.submit_lazy(vec![update(&a, TaskState::Running, 5)]);
+    loop {
+        if s.get(a.id).await.unwrap().unwrap().0.rt.state == TaskState::Running {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never committed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(t0.elapsed() >= within, "committed after {:?}", t0.elapsed());
+    h.close(o).await;
+}
+
+/// Every filter field selects what it says, lists page by id, counts and
+/// `changed_since` agree.
+pub(crate) async fn filters_lists_counts_and_changes(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let base = s.max_seq().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5u64 {
+        let mut t = task(None);
+        let mut spec = (*t.spec).clone();
+        spec.name = format!("contract-{}", i % 2);
+        spec.user_id = Some(format!("user-{}", base));
+        t.spec = Arc::new(spec);
+        t.rt.seq = base + 1 + i;
+        insert(s, &t).await;
+        ids.push(t.id);
+    }
+    let user = format!("user-{}", base);
+    let q = |f: TaskFilter, limit, before| ListQuery {
+        filter: f,
+        limit,
+        before,
+    };
+    let by_user = TaskFilter {
+        user_id: Some(user.clone()),
+        ..Default::default()
+    };
+    let all = s.list(q(by_user.clone(), 10, None)).await.unwrap();
+    let listed: Vec<TaskId> = all.iter().map(|t| t.id).collect();
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first);
+    let page = s.list(q(by_user.clone(), 2, Some(ids[3]))).await.unwrap();
+    assert_eq!(
+        page.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
+    let named = s
+        .list(q(
+            TaskFilter {
+                user_id: Some(user.clone()),
+                names: vec!["contract-1".into()],
+                states: vec![TaskState::Pending],
+                task_ids: vec![ids[1], ids[2], ids[3]],
+                ..Default::default()
+            },
+            10,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        named.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![ids[3], ids[1]]
+    );
+    let none = s
+        .list(q(
+            TaskFilter {
+                user_id: Some(user.clone()),
+                states: vec![TaskState::Completed],
+                ..Default::default()
+            },
+            10,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let changed = s
+        .changed_since(base + 1, base + 4, by_user, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        changed.iter().map(|t| t.id).collect::<Vec<_>>(),
+        ids[1..4].to_vec()
+    );
+    let counts = s.counts().await.unwrap();
+    let n: u64 = counts
+        .iter()
+        .filter(|c| c.1.starts_with("contract-") && c.2 == TaskState::Pending)
+        .map(|c| c.3)
+        .sum();
+    assert!(n >= 5, "{counts:?}");
+    let finals = s.final_counts().await.unwrap();
+    assert!(finals.iter().all(|c| c.2.is_final()));
+    h.close(o).await;
+}

@@ -1,0 +1,231 @@
+//! The PostgreSQL store's tests, on the real server of `DATABASE_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`), each in a schema
+//! of its own. They never skip: without PostgreSQL they fail.
+
+use super::*;
+use crate::store::contract::{self, store_contract, task, Harness, Opened};
+use crate::store::WriteOutcome;
+
+pub(crate) fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Stores in a fresh schema, dropped at the end.
+struct Schema(String);
+
+impl Schema {
+    fn new() -> Schema {
+        Schema(format!("t_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    fn options(&self) -> PgOptions {
+        PgOptions {
+            url: database_url(),
+            schema: self.0.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let url = database_url();
+        let schema = self.0.clone();
+        // Best effort, on a thread of its own (the test's runtime is
+        // shutting down).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((c, conn)) = tokio_postgres::connect(&url, NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!(
+                            "DROP SCHEMA IF EXISTS {} CASCADE",
+                            quote_ident(&schema)
+                        ))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+#[async_trait]
+impl Harness for Schema {
+    async fn open(&self, lazy_within: Duration) -> Opened {
+        let s = PgStore::open(PgOptions {
+            lazy_within,
+            ..self.options()
+        })
+        .await
+        .expect("PostgreSQL at DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test)");
+        let (a, b) = (s.stats.clone(), s.stats.clone());
+        Opened {
+            store: s,
+            commits: Box::new(move || a.commits.load(Ordering::Relaxed)),
+            coalesced: Box::new(move || Some(b.coalesced.load(Ordering::Relaxed))),
+        }
+    }
+
+    async fn close(&self, o: Opened) {
+        o.store.flush().await.unwrap();
+        drop(o);
+    }
+}
+
+store_contract!(Schema::new());
+
+/// Opening twice, and by several replicas at once, applies the migrations
+/// once.
+#[tokio::test]
+async fn migrations_apply_once_under_concurrent_opens() {
+    let schema = Schema::new();
+    let opens = (0..4).map(|_| PgStore::open(schema.options()));
+    let stores = futures::future::try_join_all(opens).await.unwrap();
+    let c = stores[0].reader().await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    for s in stores {
+        s.close().await;
+    }
+}
+
+/// A bad schema name or URL is refused with the setting's name.
+#[tokio::test]
+async fn bad_settings_are_refused_with_their_name() {
+    for (url, schema, want) in [
+        (database_url(), "bad-name".to_string(), "store.schema"),
+        (database_url(), String::new(), "store.schema"),
+        ("postgres://[::1".to_string(), "ok".to_string(), "store.url"),
+    ] {
+        let e = PgStore::open(PgOptions {
+            url,
+            schema,
+            ..Default::default()
+        })
+        .await
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+}
+
+fn lease(schema: &Schema, replica: &str, ttl: Duration) -> Lease {
+    let opts = PgOptions {
+        replica: replica.into(),
+        ..schema.options()
+    };
+    Lease::new(&opts, format!("{replica}:50051"), ttl).unwrap()
+}
+
+/// One replica leads; the other waits until the lease lapses, then takes
+/// it with the next term; the old leader cannot renew.
+#[tokio::test]
+async fn the_lease_moves_only_when_it_lapses_and_the_term_grows() {
+    let schema = Schema::new();
+    let s = PgStore::open(schema.options()).await.unwrap();
+    let ttl = Duration::from_millis(500);
+    let a = lease(&schema, "a", ttl);
+    let b = lease(&schema, "b", ttl);
+    assert_eq!(a.try_acquire().await.unwrap(), Leadership::Leader(1));
+    assert_eq!(b.try_acquire().await.unwrap(), Leadership::Standby);
+    assert!(a.renew(1).await.unwrap());
+    assert_eq!(b.try_acquire().await.unwrap(), Leadership::Standby);
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(b.try_acquire().await.unwrap(), Leadership::Leader(2));
+    assert!(!a.renew(1).await.unwrap(), "the old term cannot renew");
+    let (leases, replicas) = b.status().await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!((leases[0].term, leases[0].holder.as_str()), (2, "b"));
+    assert_eq!(replicas.len(), 2);
+    // A clean release hands over at once.
+    b.release(2).await.unwrap();
+    assert_eq!(a.try_acquire().await.unwrap(), Leadership::Leader(3));
+    s.close().await;
+}
+
+/// A leader whose term moved on writes nothing: its next write fails with
+/// `Fenced`, every later one too, and the rows keep the new term.
+#[tokio::test]
+async fn a_fenced_leader_writes_nothing() {
+    let schema = Schema::new();
+    let ttl = Duration::from_millis(300);
+    let old = PgStore::open(PgOptions {
+        replica: "old".into(),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let la = lease(&schema, "old", ttl);
+    let Leadership::Leader(t1) = la.try_acquire().await.unwrap() else {
+        panic!("first replica must lead");
+    };
+    old.set_fence(Fence {
+        partition: 0,
+        term: t1,
+        holder: "old".into(),
+    });
+    let a = task(None);
+    assert_eq!(contract::insert(&*old, &a).await, WriteOutcome::Done);
+    // The old leader pauses past its lease; a standby takes over.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let new = PgStore::open(PgOptions {
+        replica: "new".into(),
+        ..schema.options()
+    })
+    .await
+    .unwrap();
+    let lb = lease(&schema, "new", ttl);
+    let Leadership::Leader(t2) = lb.try_acquire().await.unwrap() else {
+        panic!("the standby must take over");
+    };
+    assert_eq!(t2, t1 + 1);
+    new.set_fence(Fence {
+        partition: 0,
+        term: t2,
+        holder: "new".into(),
+    });
+    let b = task(None);
+    assert_eq!(contract::insert(&*new, &b).await, WriteOutcome::Done);
+    // The old one wakes up and writes: refused, nothing lands.
+    let c = task(None);
+    let (tx, rx) = oneshot::channel();
+    old.submit(
+        vec![WriteOp::Insert {
+            task: c.clone(),
+            payload: crate::domain::Payload::Json(Arc::from("{}")),
+            log: vec![],
+            event: None,
+        }],
+        Some(tx),
+    );
+    let e = rx.await.unwrap().unwrap_err();
+    assert!(matches!(*e, StoreError::Fenced { term } if term == t1), "{e}");
+    assert!(matches!(old.writable(), Err(StoreError::Fenced { .. })));
+    tokio::time::timeout(Duration::from_secs(1), old.fenced())
+        .await
+        .expect("fenced() resolves");
+    // Sticky: a later write fails without reaching the database.
+    assert!(old.flush().await.is_err());
+    assert!(new.get(c.id).await.unwrap().is_none());
+    let r = new.reader().await.unwrap();
+    let terms: Vec<(uuid::Uuid, i64)> = r
+        .query("SELECT id, term FROM tasks ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(terms, vec![(a.id, t1), (b.id, t2)]);
+    old.close().await;
+    new.close().await;
+}
