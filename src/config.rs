@@ -19,6 +19,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "store",
+    "cluster",
     "limits",
     "scheduler",
     "log",
@@ -41,6 +42,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The store.
     pub store: StoreConfig,
+    /// Several replicas over one PostgreSQL store.
+    pub cluster: crate::cluster::ClusterConfig,
     /// Request limits.
     pub limits: LimitsConfig,
     /// The scheduler core.
@@ -74,6 +77,15 @@ pub struct StoreConfig {
     pub synchronous: Synchronous,
     /// Most writes in one transaction.
     pub max_batch: usize,
+    /// A PostgreSQL URL (`postgres://user@host:5432/db`): the store lives
+    /// there instead of in `data_dir`, and several `switchyard serve`
+    /// processes on it form one cluster (see `[cluster]`). Without it,
+    /// the embedded SQLite file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The PostgreSQL schema of the tables (created if missing), so several
+    /// deployments or test runs share one database.
+    pub schema: String,
 }
 
 /// Limits on requests.
@@ -121,6 +133,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from("./data"),
             store: StoreConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
             limits: LimitsConfig::default(),
             scheduler: SchedulerConfig::default(),
             log: LogConfig::default(),
@@ -141,6 +154,8 @@ impl Default for StoreConfig {
             memory: false,
             synchronous: Synchronous::Full,
             max_batch: 4096,
+            url: None,
+            schema: "switchyard".into(),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! them): [`domain`], [`store`] (durable storage), [`core`] (the scheduler
 //! state machine), the engines ([`executor`], [`backend`]), [`app`] (what
 //! both edges share), the edges ([`api`] for gRPC, [`admin`] for HTTP),
-//! [`config`] and [`server`] (the wiring). The protos ([`pb`]) and the
+//! [`cluster`] (replicas over PostgreSQL), [`config`] and [`server`] (the
+//! wiring). The protos ([`pb`]) and the
 //! [`worker`] library come from the `switchyard-client` crate; the [`cli`]
 //! talks to a server over gRPC.
 #![warn(missing_docs)]
@@ -16,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod domain;

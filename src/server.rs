@@ -19,6 +19,7 @@ use crate::core::Core;
 use crate::pb;
 use crate::pb::orchestrator_service_server::OrchestratorServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
+use crate::store::postgres::{Fence, Lease, PgOptions, PgStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::Store;
 
@@ -43,6 +44,15 @@ pub enum ServeError {
     /// The admin HTTP server failed.
     #[error("admin server: {0}")]
     Admin(#[from] std::io::Error),
+    /// This replica led and lost its lease: it stopped (a supervisor starts
+    /// it again, as a standby).
+    #[error("this replica stopped leading (term {term}): {reason}")]
+    LostLeadership {
+        /// The term it held.
+        term: i64,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Where a server listens: gRPC, and the admin HTTP server if given.
@@ -54,14 +64,77 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// Opens the configured store.
-pub fn open_store(config: &Config) -> Result<Arc<SqliteStore>, crate::store::StoreError> {
-    SqliteStore::open(SqliteOptions {
+/// The store a server runs on.
+pub enum OpenedStore {
+    /// The embedded SQLite file (or memory).
+    Sqlite(Arc<SqliteStore>),
+    /// PostgreSQL, shared by every replica.
+    Postgres(Arc<PgStore>),
+}
+
+impl OpenedStore {
+    /// The store, for the core.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            OpenedStore::Sqlite(s) => s.clone(),
+            OpenedStore::Postgres(s) => s.clone(),
+        }
+    }
+
+    fn set_metrics(&self, m: Arc<dyn crate::telemetry::MetricsSink>) {
+        let _ = match self {
+            OpenedStore::Sqlite(s) => s.stats.sink.set(m),
+            OpenedStore::Postgres(s) => s.stats.sink.set(m),
+        };
+    }
+
+    /// Commits what is queued and stops the writer.
+    pub async fn close(&self) {
+        match self {
+            OpenedStore::Sqlite(s) => s.close(),
+            OpenedStore::Postgres(s) => s.close().await,
+        }
+    }
+
+    /// Where it is, for the log (no password).
+    pub fn describe(&self, config: &Config) -> String {
+        match self {
+            OpenedStore::Sqlite(_) if config.store.memory => "memory".into(),
+            OpenedStore::Sqlite(_) => config.data_dir.join("switchyard.db").display().to_string(),
+            OpenedStore::Postgres(s) => format!(
+                "{} schema {}",
+                crate::store::postgres::redact(&s.options().url),
+                s.options().schema
+            ),
+        }
+    }
+}
+
+/// Opens the configured store: PostgreSQL with `store.url`, else SQLite.
+pub async fn open_store(config: &Config) -> Result<OpenedStore, crate::store::StoreError> {
+    if let Some(url) = &config.store.url {
+        let replica = config
+            .cluster
+            .replica_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        return Ok(OpenedStore::Postgres(
+            PgStore::open(PgOptions {
+                url: url.clone(),
+                schema: config.store.schema.clone(),
+                max_batch: config.store.max_batch,
+                replica,
+                ..Default::default()
+            })
+            .await?,
+        ));
+    }
+    Ok(OpenedStore::Sqlite(SqliteStore::open(SqliteOptions {
         path: (!config.store.memory).then(|| config.data_dir.join("switchyard.db")),
         synchronous: config.store.synchronous,
         max_batch: config.store.max_batch,
         ..Default::default()
-    })
+    })?))
 }
 
 /// Serves Switchyard's gRPC services on `listener` until `shutdown`
@@ -98,7 +171,45 @@ pub async fn run_with(
         admin: admin_listener,
     } = listeners;
     let tokens = crate::auth::Tokens::load(&config.auth).map_err(ServeError::Config)?;
-    let store = open_store(&config)?;
+    config.cluster.check().map_err(ServeError::Config)?;
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    let store = open_store(&config).await?;
+    // On PostgreSQL: stand by until this replica holds the lease.
+    let mut listener = listener;
+    let mut leading: Option<(Arc<Lease>, i64)> = None;
+    if let OpenedStore::Postgres(pg) = &store {
+        let local = listener.local_addr()?;
+        let lease = Arc::new(Lease::new(
+            pg.options(),
+            config.cluster.advertised(local),
+            config.cluster.lease_ttl,
+        )?);
+        tracing::info!(replica = %lease.replica, address = %lease.address, "replica started: standing by until it holds the lease");
+        match crate::cluster::stand_by(listener, lease.clone(), stop.clone()).await {
+            Some((term, l)) => {
+                listener = l;
+                pg.set_fence(Fence {
+                    partition: lease.partition,
+                    term,
+                    holder: lease.replica.clone(),
+                });
+                tracing::info!(term, replica = %lease.replica, "this replica leads: starting the core from the store");
+                leading = Some((lease, term));
+            }
+            None => {
+                store.close().await;
+                tracing::info!("stopped (standby)");
+                return Ok(());
+            }
+        }
+    }
     let started = std::time::Instant::now();
     // This server's own registry, fed by the store writer and the webhook
     // executor through one-line hooks; only when something serves it.
@@ -107,10 +218,13 @@ pub async fn run_with(
         .then(crate::admin::metrics::Metrics::new);
     let mut core_config = config.core();
     if let Some(m) = &metrics {
-        let _ = store.stats.sink.set(m.clone());
+        store.set_metrics(m.clone());
         core_config.metrics_sink = Some(m.clone());
+        if let Some((_, term)) = &leading {
+            crate::telemetry::MetricsSink::leading(&**m, *term);
+        }
     }
-    let core = Core::start(store.clone() as Arc<dyn Store>, core_config).await?;
+    let core = Core::start(store.store(), core_config).await?;
     if let Some(m) = &metrics {
         m.attach(core.clone());
     }
@@ -123,7 +237,7 @@ pub async fn run_with(
     let executors = start_engines(&core, &config)?;
     tracing::info!(
         ?addr,
-        store = %if config.store.memory { "memory".to_string() } else { config.data_dir.join("switchyard.db").display().to_string() },
+        store = %store.describe(&config),
         ready_in_ms = started.elapsed().as_millis() as u64,
         "switchyard ready"
     );
@@ -166,8 +280,9 @@ pub async fn run_with(
         let health = health.clone();
         let (watch_stop, serve_stop) = (watch_stop.clone(), serve_stop.clone());
         let grace = config.scheduler.shutdown_grace;
+        let stop = stop.clone();
         tokio::spawn(async move {
-            shutdown.await;
+            stop.cancelled().await;
             tracing::info!("shutting down: draining");
             health
                 .set_not_serving::<OrchestratorServiceServer<orchestrator::Orchestrator>>()
@@ -179,6 +294,39 @@ pub async fn run_with(
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
             core.shutdown(grace).await;
+            watch_stop.cancel();
+            serve_stop.cancel();
+        });
+    }
+
+    // Leadership: policy — a leader that loses its lease (or finds itself
+    // fenced) stops at once, without a drain: its writes would be refused,
+    // and a standby is taking over.
+    let lost: Arc<parking_lot::Mutex<Option<(i64, String)>>> = Default::default();
+    if let (Some((lease, term)), OpenedStore::Postgres(pg)) = (&leading, &store) {
+        let (lease, term, fenced) = (lease.clone(), *term, pg.fenced());
+        let (lost, health) = (lost.clone(), health.clone());
+        let (watch_stop, serve_stop) = (watch_stop.clone(), serve_stop.clone());
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let observe = move |d| {
+                if let Some(m) = &m {
+                    crate::telemetry::MetricsSink::lease_renewed(&**m, d)
+                }
+            };
+            let reason = tokio::select! {
+                l = crate::cluster::keep_lease(lease, term, observe) => match l {
+                    crate::cluster::Lost::TermOver => "another replica holds the lease".to_string(),
+                    crate::cluster::Lost::Unreachable(e) => format!("the lease could not be renewed for a whole lease: {e}"),
+                },
+                t = fenced => format!("a write found term {t} over"),
+                _ = serve_stop.cancelled() => return,
+            };
+            tracing::error!(term, %reason, "this replica lost its lease: stopping now, without a drain (a standby takes over)");
+            *lost.lock() = Some((term, reason));
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             watch_stop.cancel();
             serve_stop.cancel();
         });
@@ -251,7 +399,16 @@ pub async fn run_with(
             Err(_) => tracing::warn!("admin server connections did not close in time"),
         }
     }
-    store.close();
+    store.close().await;
+    if let Some((term, reason)) = lost.lock().take() {
+        return Err(ServeError::LostLeadership { term, reason });
+    }
+    if let Some((lease, term)) = leading {
+        // A clean stop hands the lease over at once.
+        if let Err(e) = lease.release(term).await {
+            tracing::warn!(cause = %e, "releasing the lease");
+        }
+    }
     tracing::info!("stopped");
     Ok(result?)
 }

@@ -61,6 +61,10 @@ pub trait MetricsSink: std::fmt::Debug + Send + Sync {
     fn store_commit(&self, _elapsed: std::time::Duration, _ops: usize) {}
     /// Rows the store set aside at start-up because they could not be read.
     fn store_quarantined(&self, _rows: u64) {}
+    /// This replica leads, under this term (PostgreSQL store).
+    fn leading(&self, _term: i64) {}
+    /// The leader renewed its lease in this time.
+    fn lease_renewed(&self, _elapsed: std::time::Duration) {}
     /// A webhook answered with this HTTP status.
     fn webhook_response(&self, _status: u16) {}
 }

@@ -27,6 +27,8 @@ const LAYERS: &[&[&str]] = &[
     &["app"],
     // The edges.
     &["api", "admin"],
+    // Replicas over PostgreSQL: who leads, what standbys do.
+    &["cluster"],
     // The configuration aggregates every section.
     &["config"],
     // Wiring.

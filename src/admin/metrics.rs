@@ -21,6 +21,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -76,6 +77,9 @@ pub struct Metrics {
     commit_batch: Histogram,
     events_missed: Counter,
     quarantined: Counter,
+    leader_term: Gauge,
+    leader_changes: Counter,
+    lease_renew_seconds: Histogram,
 }
 
 impl Metrics {
@@ -96,6 +100,26 @@ impl Metrics {
         ]);
         let events_missed = Counter::default();
         let quarantined = Counter::default();
+        let leader_term = Gauge::default();
+        let leader_changes = Counter::default();
+        let lease_renew_seconds = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ]);
+        registry.register(
+            "switchyard_leader_term",
+            "The lease term this replica leads under (PostgreSQL store; 0 on SQLite)",
+            leader_term.clone(),
+        );
+        registry.register(
+            "switchyard_leader_changes",
+            "Times this replica became the leader (a takeover or a start)",
+            leader_changes.clone(),
+        );
+        registry.register(
+            "switchyard_lease_renew_seconds",
+            "Latency of one renewal of the leader's lease (PostgreSQL store)",
+            lease_renew_seconds.clone(),
+        );
         registry.register(
             "switchyard_store_quarantined_rows",
             "Stored task rows set aside at start-up because they could not be read back (GetTaskStatus answers DATA_LOSS for them)",
@@ -160,6 +184,9 @@ impl Metrics {
             commit_batch,
             events_missed,
             quarantined,
+            leader_term,
+            leader_changes,
+            lease_renew_seconds,
         })
     }
 
@@ -250,6 +277,15 @@ impl MetricsSink for Metrics {
 
     fn store_quarantined(&self, rows: u64) {
         self.quarantined.inc_by(rows);
+    }
+
+    fn leading(&self, term: i64) {
+        self.leader_term.set(term);
+        self.leader_changes.inc();
+    }
+
+    fn lease_renewed(&self, elapsed: Duration) {
+        self.lease_renew_seconds.observe(elapsed.as_secs_f64());
     }
 
     fn webhook_response(&self, status: u16) {

@@ -170,7 +170,13 @@ pub(crate) async fn insert_get_update_and_idempotency(h: &dyn Harness) {
     assert_eq!(&*payload, "{}");
     assert!(s.get(b.id).await.unwrap().is_none());
     assert_eq!(s.max_seq().await.unwrap(), 7);
-    let active: Vec<TaskId> = s.load_active().await.unwrap().iter().map(|t| t.id).collect();
+    let active: Vec<TaskId> = s
+        .load_active()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
     assert!(!active.contains(&a.id));
     assert!(active.contains(&c.id));
     let logs = s.logs(a.id, 0, 10).await.unwrap();

@@ -150,7 +150,32 @@ pub fn test_config(data_dir: &Path) -> switchyard::Config {
     cfg.scheduler.lease_ttl = Duration::from_secs(2);
     cfg.scheduler.heartbeat_interval = Duration::from_millis(500);
     cfg.scheduler.shutdown_grace = Duration::from_secs(1);
+    if let Some((url, schema)) = postgres_store(data_dir) {
+        cfg.store.url = Some(url);
+        cfg.store.schema = schema;
+        cfg.cluster.lease_ttl = Duration::from_secs(2);
+    }
     cfg
+}
+
+/// With `SWITCHYARD_TEST_STORE=postgres`, every server of the suite runs on
+/// PostgreSQL (`DATABASE_URL`, default the local `test` database), in a
+/// schema named after its data directory, so a restart on the same
+/// directory finds its tasks, as with SQLite.
+pub fn postgres_store(data_dir: &Path) -> Option<(String, String)> {
+    if std::env::var("SWITCHYARD_TEST_STORE").ok()?.as_str() != "postgres" {
+        return None;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    Some((database_url(), format!("it_{:016x}", h.finish())))
+}
+
+/// `DATABASE_URL`, default the local `test` database.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A server running inside the test process on `127.0.0.1:0`.
@@ -333,6 +358,17 @@ impl ServerProcess {
                 std::env::var("SWITCHYARD_TEST_SERVER_LOG").unwrap_or_else(|_| "error".into()),
             )
             .stdin(Stdio::null())
+            .envs(
+                postgres_store(data_dir)
+                    .map(|(url, schema)| {
+                        [
+                            ("SWITCHYARD_STORE__URL", url),
+                            ("SWITCHYARD_STORE__SCHEMA", schema),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(log)
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -829,4 +865,114 @@ pub fn example_worker_path() -> Option<PathBuf> {
 /// Whether tests run in CI, where missing tools are failures, not skips.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+// ---------------------------------------------------------------------------
+// The store under a test server, whichever it is.
+// ---------------------------------------------------------------------------
+
+/// Runs `f` on a PostgreSQL client in the server's schema, on a thread of
+/// its own (the callers are sync).
+fn with_pg<T: Send + 'static>(
+    (url, schema): (String, String),
+    f: impl for<'c> FnOnce(
+            &'c tokio_postgres::Client,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'c>>
+        + Send
+        + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to DATABASE_URL");
+            tokio::spawn(conn);
+            c.batch_execute(&format!("SET search_path = \"{schema}\""))
+                .await
+                .unwrap();
+            f(&c).await
+        })
+    })
+    .join()
+    .expect("the store thread")
+}
+
+/// Changes one task's row behind the server's back: `sqlite` (with `?1`)
+/// or `pg` (with `$1`), for the task `id`.
+pub fn store_update(data_dir: &Path, sqlite: &str, pg: &str, id: &str) {
+    let id = uuid::Uuid::parse_str(id).expect("a task id");
+    match postgres_store(data_dir) {
+        Some(at) => {
+            let sql = pg.to_string();
+            let n = with_pg(at, move |c| {
+                Box::pin(async move { c.execute(&sql, &[&id]).await.unwrap() })
+            });
+            assert_eq!(n, 1, "{pg}");
+        }
+        None => {
+            let conn = rusqlite::Connection::open(data_dir.join("switchyard.db")).unwrap();
+            assert_eq!(conn.execute(sqlite, [id.as_bytes().to_vec()]).unwrap(), 1);
+        }
+    }
+}
+
+/// The rows of a table of the server's store.
+pub fn store_count(data_dir: &Path, table: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM {table}");
+    match postgres_store(data_dir) {
+        Some(at) => with_pg(at, move |c| {
+            Box::pin(async move { c.query_one(&sql, &[]).await.unwrap().get(0) })
+        }),
+        None => {
+            let conn = rusqlite::Connection::open(data_dir.join("switchyard.db")).unwrap();
+            conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+        }
+    }
+}
+
+/// The store's own consistency check: SQLite's `integrity_check`, or
+/// amcheck over every B-tree index of the server's PostgreSQL schema.
+pub fn store_integrity_ok(data_dir: &Path) {
+    match postgres_store(data_dir) {
+        Some(at) => {
+            let schema = at.1.clone();
+            let checked: i64 = with_pg(at, move |c| {
+                Box::pin(async move {
+                    c.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck WITH SCHEMA public")
+                        .await
+                        .unwrap();
+                    let rows = c
+                        .query(
+                            "SELECT public.bt_index_check(i.indexrelid, true)
+                             FROM pg_index i
+                             JOIN pg_class c ON c.oid = i.indexrelid
+                             JOIN pg_namespace n ON n.oid = c.relnamespace
+                             JOIN pg_am a ON a.oid = c.relam
+                             WHERE n.nspname = $1 AND a.amname = 'btree'",
+                            &[&schema],
+                        )
+                        .await
+                        .expect("amcheck of the store's indexes");
+                    rows.len() as i64
+                })
+            });
+            assert!(checked >= 5, "amcheck checked {checked} indexes");
+        }
+        None => {
+            let conn = rusqlite::Connection::open_with_flags(
+                data_dir.join("switchyard.db"),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .expect("open the store read-only");
+            let r: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .expect("integrity_check");
+            assert_eq!(r, "ok", "the store's integrity check");
+        }
+    }
 }

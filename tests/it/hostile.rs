@@ -104,15 +104,7 @@ fn refused<T: std::fmt::Debug>(case: &str, r: Result<T, Status>, field: &str) {
 }
 
 fn integrity_ok(data_dir: &Path) {
-    let conn = rusqlite::Connection::open_with_flags(
-        data_dir.join("switchyard.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open the store read-only");
-    let r: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    assert_eq!(r, "ok", "the store's integrity check");
+    store_integrity_ok(data_dir);
 }
 
 async fn still_serves(client: &mut Client) {
@@ -578,21 +570,19 @@ async fn rows_that_cannot_be_read_are_quarantined_and_the_server_starts() {
     let nulled = schedule(&mut client, simple("nulled", json!({}))).await;
     let fine = schedule(&mut client, simple("fine", json!({}))).await;
     assert!(server.terminate().await);
-    {
-        let conn = rusqlite::Connection::open(dir.path().join("switchyard.db")).unwrap();
-        let id = |s: &str| uuid::Uuid::parse_str(s).unwrap().as_bytes().to_vec();
-        conn.execute(
-            "UPDATE tasks SET rt = '{\"state\": ' WHERE id = ?1",
-            [id(&broken)],
-        )
-        .unwrap();
-        // What the NaN defect wrote: a row of today's format with a null.
-        conn.execute(
-            "UPDATE tasks SET rt = json_set(rt, '$.progress', json('null')) WHERE id = ?1",
-            [id(&nulled)],
-        )
-        .unwrap();
-    }
+    store_update(
+        dir.path(),
+        "UPDATE tasks SET rt = '{\"state\": ' WHERE id = ?1",
+        "UPDATE tasks SET rt = '{\"state\": ' WHERE id = $1",
+        &broken,
+    );
+    // What the NaN defect wrote: a row of today's format with a null.
+    store_update(
+        dir.path(),
+        "UPDATE tasks SET rt = json_set(rt, '$.progress', json('null')) WHERE id = ?1",
+        "UPDATE tasks SET rt = jsonb_set(rt::jsonb, '{progress}', 'null')::text WHERE id = $1",
+        &nulled,
+    );
     let server = ServerProcess::start(port, dir.path(), &[]).await;
     let mut client = connect(&server.url).await;
     let e = client
@@ -626,10 +616,7 @@ async fn rows_that_cannot_be_read_are_quarantined_and_the_server_starts() {
     wait_state(&mut client, &nulled, pb::TaskState::Completed, LONG).await;
     assert!(server.terminate().await);
     integrity_ok(dir.path());
-    let conn = rusqlite::Connection::open(dir.path().join("switchyard.db")).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))
-        .unwrap();
+    let n = store_count(dir.path(), "quarantine");
     assert_eq!(n, 1, "one row quarantined, with its reason");
 }
 

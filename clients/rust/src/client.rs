@@ -32,13 +32,43 @@ pub struct Client {
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
+/// The URLs of a comma-separated list (at least one: an empty list yields
+/// the empty string, which no endpoint accepts).
+pub fn split_urls(list: &str) -> impl Iterator<Item = &str> {
+    let mut parts: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if parts.is_empty() {
+        parts.push("");
+    }
+    parts.into_iter()
+}
+
 impl Client {
-    /// Connects to `url` (`http://127.0.0.1:50051`).
+    /// Connects to `url` (`http://127.0.0.1:50051`). Several replicas'
+    /// URLs, comma-separated (`http://a:50051,http://b:50051`), make one
+    /// channel balanced over all of them: a call goes to a replica that is
+    /// up (a standby forwards it to the leader), so the client rides a
+    /// failover; a call in flight on a replica that dies fails with
+    /// UNAVAILABLE and can be retried (with its idempotency key, a
+    /// `ScheduleTask` never creates a second task).
     pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
         let url = url.into();
-        let endpoint =
-            Endpoint::from_shared(url.clone()).map_err(|_| ClientError::Address(url.clone()))?;
-        let channel = endpoint
+        let endpoints = split_urls(&url)
+            .map(|u| {
+                Endpoint::from_shared(u.to_owned())
+                    .map(|e| e.connect_timeout(std::time::Duration::from_secs(5)))
+                    .map_err(|_| ClientError::Address(u.to_owned()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.len() > 1 {
+            return Ok(Client::from_channel(Channel::balance_list(
+                endpoints.into_iter(),
+            )));
+        }
+        let channel = endpoints[0]
             .connect()
             .await
             .map_err(|source| ClientError::Connect { url, source })?;

@@ -88,7 +88,8 @@ impl Lease {
         &self,
         f: impl for<'c> FnOnce(
             &'c tokio_postgres::Client,
-        ) -> futures::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
+        )
+            -> futures::future::BoxFuture<'c, Result<T, tokio_postgres::Error>>,
     ) -> Result<T, StoreError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
@@ -180,11 +181,8 @@ impl Lease {
                         &[&p, &term, &me, &ttl],
                     )
                     .await?;
-                c.execute(
-                    "UPDATE replicas SET seen_at = now() WHERE id = $1",
-                    &[&me],
-                )
-                .await?;
+                c.execute("UPDATE replicas SET seen_at = now() WHERE id = $1", &[&me])
+                    .await?;
                 Ok(n == 1)
             })
         })

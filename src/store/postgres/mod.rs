@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 
-pub use lease::{Lease, LeaseRow, Leadership, ReplicaRow};
+pub use lease::{Leadership, Lease, LeaseRow, ReplicaRow};
 
 use super::{
     CommitListener, Completion, Counts, ListQuery, Store, StoreError, WriteOp, LAZY_COMMIT_WITHIN,
@@ -172,9 +172,7 @@ pub fn check_schema(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 63 {
         return Err("store.schema: must be 1 to 63 bytes".into());
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         || s.as_bytes()[0].is_ascii_digit()
     {
         return Err(format!(
@@ -472,10 +470,7 @@ impl Store for PgStore {
 
     async fn max_seq(&self) -> Result<u64, StoreError> {
         let c = self.reader().await?;
-        let s: Option<i64> = c
-            .query_one("SELECT max(seq) FROM tasks", &[])
-            .await?
-            .get(0);
+        let s: Option<i64> = c.query_one("SELECT max(seq) FROM tasks", &[]).await?.get(0);
         Ok(s.unwrap_or(0).max(0) as u64)
     }
 }

@@ -16,7 +16,12 @@ use crate::store::{Counts, ListQuery, StoreError, WriteOp};
 
 pub(super) const TASK_COLUMNS: &str = "id, created_at, spec, rt";
 
-pub(super) fn decode(id: TaskId, created_at: i64, spec: &str, rt: &str) -> Result<Task, StoreError> {
+pub(super) fn decode(
+    id: TaskId,
+    created_at: i64,
+    spec: &str,
+    rt: &str,
+) -> Result<Task, StoreError> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt {
         id: id.to_string(),
         reason: e.to_string(),

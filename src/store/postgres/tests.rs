@@ -209,7 +209,10 @@ async fn a_fenced_leader_writes_nothing() {
         Some(tx),
     );
     let e = rx.await.unwrap().unwrap_err();
-    assert!(matches!(*e, StoreError::Fenced { term } if term == t1), "{e}");
+    assert!(
+        matches!(*e, StoreError::Fenced { term } if term == t1),
+        "{e}"
+    );
     assert!(matches!(old.writable(), Err(StoreError::Fenced { .. })));
     tokio::time::timeout(Duration::from_secs(1), old.fenced())
         .await

@@ -202,10 +202,9 @@ impl Plan {
         let mut images = Vec::with_capacity(ops.len());
         for op in ops {
             images.push(match op {
-                WriteOp::Insert { task, .. } => Some((
-                    Some(json(task.id, &*task.spec)?),
-                    json(task.id, &task.rt)?,
-                )),
+                WriteOp::Insert { task, .. } => {
+                    Some((Some(json(task.id, &*task.spec)?), json(task.id, &task.rt)?))
+                }
                 WriteOp::Update { task, .. } => Some((None, json(task.id, &task.rt)?)),
                 _ => None,
             });
@@ -423,7 +422,10 @@ fn set_writable(shared: &Shared, ok: bool, why: &str) {
     if !ok {
         *shared.unwritable_reason.lock() = format!("the database cannot be reached: {why}");
         if was {
-            tracing::error!(cause = why, "the store cannot commit; writes are kept and retried");
+            tracing::error!(
+                cause = why,
+                "the store cannot commit; writes are kept and retried"
+            );
         }
     } else if !was {
         tracing::info!("the store commits again");
@@ -437,7 +439,10 @@ async fn commit_groups(
     groups: &[Group],
     shared: &Shared,
     rx: &mpsc::UnboundedReceiver<Group>,
-) -> (Vec<Result<Vec<WriteOutcome>, Arc<StoreError>>>, Vec<Arc<TaskEvent>>) {
+) -> (
+    Vec<Result<Vec<WriteOutcome>, Arc<StoreError>>>,
+    Vec<Arc<TaskEvent>>,
+) {
     let fence = shared.fence.get();
     let mut plan = Plan::default();
     let mut bad: Vec<Option<StoreError>> = Vec::with_capacity(groups.len());

@@ -96,15 +96,23 @@ impl Worker {
                 "concurrency (slots) must be at least 1".to_owned(),
             ));
         }
-        let endpoint = endpoint(&self.config.server_url)?;
+        // Several replicas (comma-separated): each new session tries the
+        // next, so a worker whose replica died reconnects to another (a
+        // standby forwards its stream to the leader).
+        let endpoints = crate::client::split_urls(&self.config.server_url)
+            .map(endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut next = rand::random::<u32>() as usize;
         let shutdown = shutdown.fuse();
         tokio::pin!(shutdown);
         let mut backoff = Backoff::new(RECONNECT_FLOOR, RECONNECT_CAP);
         let mut tasks = JoinSet::new();
         loop {
             self.status.send_replace(Status::Connecting);
+            next = next.wrapping_add(1);
+            let endpoint = &endpoints[next % endpoints.len()];
             let end = self
-                .session(&endpoint, shutdown.as_mut(), &mut tasks, &mut backoff)
+                .session(endpoint, shutdown.as_mut(), &mut tasks, &mut backoff)
                 .await;
             match end {
                 SessionEnd::Stopped => {
@@ -117,7 +125,7 @@ impl Worker {
                     warn!(
                         %reason,
                         retry_in_ms = delay.as_millis() as u64,
-                        url = %self.config.server_url,
+                        url = %endpoint.uri(),
                         "disconnected from the server; reconnecting"
                     );
                     tokio::select! {

@@ -1,0 +1,297 @@
+//! Several replicas over one PostgreSQL store: who leads, and what the
+//! others do meanwhile.
+//!
+//! Every `switchyard serve` on the same database (and schema) is a replica.
+//! One holds the partition's lease ([`crate::store::postgres::Lease`]) and
+//! runs the core; the others are standbys:
+//! - they answer health with NOT_SERVING (a load balancer sends them
+//!   nothing it can avoid), and forward every other gRPC call, streams
+//!   included, to the leader's advertised address, so a client that
+//!   reaches a standby still gets served;
+//! - every quarter lease they try to take the lease; once it has lapsed
+//!   (the leader died or stalled), one of them gets it with the next term,
+//!   closes its forwarding connections (HTTP/2 GOAWAY: clients reconnect)
+//!   and starts the core from the database, as a restart does.
+//!
+//! The leader renews its lease every quarter lease. If it cannot (its
+//! term moved on, or the database did not answer for a whole lease) it
+//! steps down by stopping: a supervisor starts it again, as a standby. The
+//! fence in every write transaction makes sure a leader that learns late
+//! wrote nothing meanwhile.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+use tower::Service;
+
+use crate::store::postgres::{Leadership, Lease};
+
+/// `[cluster]`: replicas over one PostgreSQL store (`store.url`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// How long the leader's lease lasts without renewal: a dead leader is
+    /// replaced after at most this plus a quarter of it. The leader renews
+    /// every quarter lease.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The address other replicas forward to (`host:port` of this
+    /// replica's gRPC listener as they can reach it). Default: the
+    /// listener's address, `127.0.0.1` for an unspecified IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// This replica's id (default: a new UUID at every start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            lease_ttl: Duration::from_secs(2),
+            advertise: None,
+            replica_id: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks the settings; the error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lease_ttl < Duration::from_millis(200) || self.lease_ttl > Duration::from_secs(600)
+        {
+            return Err("cluster.lease_ttl: must be between 200ms and 10m".into());
+        }
+        if let Some(a) = &self.advertise {
+            if a.is_empty() || a.len() > 255 || a.contains('/') {
+                return Err("cluster.advertise: must be host:port".into());
+            }
+        }
+        if let Some(r) = &self.replica_id {
+            if r.is_empty() || r.len() > 128 {
+                return Err("cluster.replica_id: must be 1 to 128 bytes".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The address to advertise for a listener bound to `local`.
+    pub fn advertised(&self, local: std::net::SocketAddr) -> String {
+        match &self.advertise {
+            Some(a) => a.clone(),
+            None if local.ip().is_unspecified() => format!("127.0.0.1:{}", local.port()),
+            None => local.to_string(),
+        }
+    }
+}
+
+/// How often replicas act on the lease: a quarter of it.
+pub fn tick(lease: &Lease) -> Duration {
+    (lease.ttl / 4).max(Duration::from_millis(25))
+}
+
+/// Serves as a standby on `listener` until this replica takes the lease
+/// (then returns its term and the listener, every standby connection
+/// closing) or `stop` is cancelled (then `None`).
+pub async fn stand_by(
+    listener: TcpListener,
+    lease: Arc<Lease>,
+    stop: CancellationToken,
+) -> Option<(i64, TcpListener)> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    for svc in [
+        "switchyard.v1.OrchestratorService",
+        "switchyard.v1.WorkerService",
+    ] {
+        health
+            .set_service_status(svc, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    let leader: Arc<parking_lot::Mutex<Option<(String, Channel)>>> = Default::default();
+    let promoted = CancellationToken::new();
+    let mut ticker = tokio::time::interval(tick(&lease));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Option<Instant> = None;
+    let term = loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                promoted.cancel();
+                return None;
+            }
+            accepted = listener.accept() => {
+                let Ok((io, _)) = accepted else { continue };
+                let _ = io.set_nodelay(true);
+                let svc = Forward {
+                    health: health_service.clone(),
+                    leader: leader.clone(),
+                };
+                tokio::spawn(serve_connection(io, svc, promoted.clone()));
+            }
+            _ = ticker.tick() => {
+                match lease.try_acquire().await {
+                    Ok(Leadership::Leader(term)) => break term,
+                    Ok(Leadership::Standby) => {
+                        last_error = None;
+                        match lease.leader().await {
+                            Ok(Some(row)) => {
+                                let mut l = leader.lock();
+                                if l.as_ref().is_none_or(|(a, _)| *a != row.address) {
+                                    tracing::info!(leader = %row.holder, address = %row.address, term = row.term, "standby: following the leader");
+                                    *l = channel_to(&row.address).map(|c| (row.address.clone(), c));
+                                }
+                            }
+                            Ok(None) => *leader.lock() = None,
+                            Err(e) => tracing::debug!(cause = %e, "reading the leader"),
+                        }
+                    }
+                    Err(e) => {
+                        if last_error.is_none() {
+                            tracing::warn!(cause = %e, "standby: cannot reach the store's lease; retrying");
+                            last_error = Some(Instant::now());
+                        }
+                    }
+                }
+            }
+        }
+    };
+    promoted.cancel();
+    Some((term, listener))
+}
+
+fn channel_to(address: &str) -> Option<Channel> {
+    match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(e) => Some(
+            e.connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        ),
+        Err(e) => {
+            tracing::warn!(address, cause = %e, "the leader's advertised address is not usable");
+            None
+        }
+    }
+}
+
+/// A standby's answer to a request: health locally, the rest forwarded.
+#[derive(Clone)]
+struct Forward<H> {
+    health: H,
+    leader: Arc<parking_lot::Mutex<Option<(String, Channel)>>>,
+}
+
+impl<H> Forward<H>
+where
+    H: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send,
+{
+    async fn call(mut self, req: Request<Body>) -> Response<Body> {
+        if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+            return match self.health.call(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+        }
+        let channel = self.leader.lock().as_ref().map(|(_, c)| c.clone());
+        let Some(mut channel) = channel else {
+            return tonic::Status::unavailable(
+                "this replica is a standby and no replica leads now (a takeover is under way); retry",
+            )
+            .into_http();
+        };
+        // The request goes on as it came (path, metadata, token, body
+        // stream); the leader checks and answers it.
+        match channel.call(req).await {
+            Ok(r) => r,
+            Err(e) => tonic::Status::unavailable(format!(
+                "this replica is a standby and cannot reach the leader: {e}; retry"
+            ))
+            .into_http(),
+        }
+    }
+}
+
+async fn serve_connection<H>(
+    io: tokio::net::TcpStream,
+    svc: Forward<H>,
+    promoted: CancellationToken,
+) where
+    H: Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    H::Future: Send,
+{
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let svc = svc.clone();
+        async move { Ok::<_, std::convert::Infallible>(svc.call(req.map(Body::new)).await) }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(cause = %e, "standby connection ended");
+            }
+            return;
+        }
+        _ = promoted.cancelled() => {}
+    }
+    // Promoted (or stopping): GOAWAY, so the client reconnects, to the
+    // leader this replica now is; streams in flight get a moment.
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+}
+
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lost {
+    /// Another replica holds the lease now.
+    TermOver,
+    /// The lease could not be renewed for a whole lease: another replica
+    /// may have taken over.
+    Unreachable(String),
+}
+
+/// Renews the lease of `term` every quarter lease; resolves when it is
+/// lost. Reports each renewal's latency to `observe`.
+pub async fn keep_lease(
+    lease: Arc<Lease>,
+    term: i64,
+    observe: impl Fn(Duration) + Send + 'static,
+) -> Lost {
+    let mut last_ok = Instant::now();
+    let mut ticker = tokio::time::interval(tick(&lease));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        match lease.renew(term).await {
+            Ok(true) => {
+                observe(started.elapsed());
+                last_ok = Instant::now();
+            }
+            Ok(false) => return Lost::TermOver,
+            Err(e) => {
+                if last_ok.elapsed() >= lease.ttl {
+                    return Lost::Unreachable(e.to_string());
+                }
+                tracing::warn!(cause = %e, term, "the lease could not be renewed; retrying");
+            }
+        }
+    }
+}
