@@ -213,7 +213,11 @@ where
         };
         // The request goes on as it came (path, metadata, token, body
         // stream); the leader checks and answers it.
-        match channel.call(req).await {
+        let ready = match tower::ServiceExt::ready(&mut channel).await {
+            Ok(c) => c.call(req).await,
+            Err(e) => Err(e),
+        };
+        match ready {
             Ok(r) => r,
             Err(e) => tonic::Status::unavailable(format!(
                 "this replica is a standby and cannot reach the leader: {e}; retry"

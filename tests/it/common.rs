@@ -324,6 +324,40 @@ impl ServerProcess {
         Self::start_with_log(port, data_dir, env, Stdio::null()).await
     }
 
+    /// Starts one replica of a cluster (PostgreSQL in `env`): it may stand
+    /// by, so this waits only until it answers health, SERVING or not.
+    pub async fn start_replica(port: u16, data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let mut s = Self::spawn(port, data_dir, env, Stdio::null());
+        let url = s.url.clone();
+        let deadline = Instant::now() + LONG;
+        while health_status(&url).await.is_none() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("the replica exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "{url} never answered health");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        s
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("the server is running");
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{sig} {pid}");
+    }
+
+    /// Its exit status, once it has exited by itself within `timeout`.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .ok()
+            .map(|r| r.expect("wait for the server"))
+    }
+
     /// [`ServerProcess::start`], with the server's log (its stdout) written
     /// to the file `log`.
     pub async fn start_logging_to(
@@ -342,6 +376,12 @@ impl ServerProcess {
         env: &[(&str, &str)],
         log: Stdio,
     ) -> ServerProcess {
+        let mut server = Self::spawn(port, data_dir, env, log);
+        server.wait_serving().await;
+        server
+    }
+
+    fn spawn(port: u16, data_dir: &Path, env: &[(&str, &str)], log: Stdio) -> ServerProcess {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("serve")
@@ -376,13 +416,11 @@ impl ServerProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn the switchyard binary");
-        let mut server = ServerProcess {
+        ServerProcess {
             addr,
             url: format!("http://{addr}"),
             child,
-        };
-        server.wait_serving().await;
-        server
+        }
     }
 
     /// Waits until `grpc.health.v1.Health/Check` answers SERVING.
@@ -430,31 +468,32 @@ impl ServerProcess {
 
 /// Whether the health service at `url` answers SERVING (for the whole server).
 pub async fn health_serving(url: &str) -> bool {
+    health_status(url).await == Some(true)
+}
+
+/// What the health service at `url` answers for the whole server: SERVING
+/// (`true`), something else (`false`), or nothing.
+pub async fn health_status(url: &str) -> Option<bool> {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.to_string()) else {
-        return false;
-    };
-    let Ok(ch) = endpoint
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string()).ok()?;
+    let ch = endpoint
         .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2))
         .connect()
         .await
-    else {
-        return false;
-    };
+        .ok()?;
     let mut h = HealthClient::new(ch);
-    match h
+    let r = h
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
-    {
-        Ok(r) => {
-            r.into_inner().status
-                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        }
-        Err(_) => false,
-    }
+        .ok()?;
+    Some(
+        r.into_inner().status
+            == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+    )
 }
 
 // ---------------------------------------------------------------------------

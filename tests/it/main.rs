@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod bullmq;
+mod cluster;
 mod core_bad_input;
 mod core_cancel;
 mod core_crash;

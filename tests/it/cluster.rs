@@ -1,0 +1,369 @@
+//! Several replicas over one PostgreSQL store (`DATABASE_URL`): failover
+//! under load, and the fence. Always on PostgreSQL; they never skip.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchyard::pb;
+use switchyard::worker::{TaskContext, Worker};
+use tonic::Code;
+
+use crate::common::*;
+
+/// A cluster of replica processes in one schema of their own.
+struct Cluster {
+    schema: String,
+    ports: Vec<u16>,
+    dirs: Vec<tempfile::TempDir>,
+    replicas: Vec<Option<ServerProcess>>,
+}
+
+const LEASE: &str = "1s";
+
+impl Cluster {
+    fn env(&self, i: usize) -> Vec<(String, String)> {
+        vec![
+            ("SWITCHYARD_STORE__URL".into(), database_url()),
+            ("SWITCHYARD_STORE__SCHEMA".into(), self.schema.clone()),
+            ("SWITCHYARD_CLUSTER__LEASE_TTL".into(), LEASE.into()),
+            ("SWITCHYARD_CLUSTER__REPLICA_ID".into(), format!("r{i}")),
+        ]
+    }
+
+    async fn start(n: usize) -> Cluster {
+        let mut c = Cluster {
+            schema: format!("cl_{}", uuid::Uuid::now_v7().simple()),
+            ports: (0..n).map(|_| free_port()).collect(),
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            replicas: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            c.restart(i).await;
+        }
+        c.wait_leader(LONG).await;
+        c
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let env = self.env(i);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.replicas[i] =
+            Some(ServerProcess::start_replica(self.ports[i], self.dirs[i].path(), &env).await);
+    }
+
+    fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The replica that answers SERVING.
+    async fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (i, r) in self.replicas.iter().enumerate() {
+                if let Some(r) = r {
+                    if health_serving(&r.url).await {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no replica leads");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A client over every replica; calls that fail while a takeover is under
+/// way are retried.
+async fn balanced(urls: &str) -> Client {
+    let endpoints = urls.split(',').map(|u| {
+        tonic::transport::Endpoint::from_shared(u.to_string())
+            .unwrap()
+            .connect_timeout(Duration::from_millis(500))
+    });
+    pb::orchestrator_service_client::OrchestratorServiceClient::new(
+        tonic::transport::Channel::balance_list(endpoints),
+    )
+}
+
+/// Schedules with an idempotency key until acknowledged.
+async fn schedule_until_acked(client: &mut Client, i: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut req = simple("cluster-job", json!({"i": i}));
+        req.options
+            .get_or_insert_with(Default::default)
+            .idempotency_key = format!("job-{i}");
+        match client.schedule_task(req).await {
+            Ok(r) => return r.into_inner().task_id,
+            Err(s) => {
+                assert!(
+                    matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::Unknown
+                            | Code::Cancelled
+                            | Code::DeadlineExceeded
+                            | Code::Internal
+                    ),
+                    "schedule {i}: {s:?}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "schedule {i} never acknowledged: {s:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Three replicas; a producer and a worker under load; `kill -9` of the
+/// leader three times in a row. Every acknowledged task completes, the
+/// idempotency keys give one task each, and a watcher that resumes from
+/// its last sequence number ends with every task's final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_ride_three_leader_kills() {
+    let mut cluster = Cluster::start(3).await;
+    let urls = cluster.urls();
+    let ran: Arc<parking_lot::Mutex<HashMap<String, u32>>> = Default::default();
+    let worker = {
+        let ran = ran.clone();
+        Worker::builder(&urls)
+            .concurrency(16)
+            .handler("cluster-job", move |ctx: TaskContext| {
+                let ran = ran.clone();
+                async move {
+                    *ran.lock().entry(ctx.task_id().to_string()).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok(json!({"ok": true}))
+                }
+            })
+            .build()
+    };
+    let handle = worker.spawn();
+    // The watcher: resumes after its last sequence number on any replica.
+    let finals: Arc<parking_lot::Mutex<HashMap<String, i32>>> = Default::default();
+    let stop_watch = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (urls, finals, stop) = (urls.clone(), finals.clone(), stop_watch.clone());
+        tokio::spawn(async move {
+            let mut after = 0u64;
+            let mut last_seq_seen = 0u64;
+            while !stop.is_cancelled() {
+                let mut c = balanced(&urls).await;
+                let stream = c
+                    .watch_tasks(pb::WatchTasksRequest {
+                        filter: None,
+                        after_sequence: after,
+                        include_snapshot: false,
+                    })
+                    .await;
+                let Ok(stream) = stream else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let mut stream = stream.into_inner();
+                loop {
+                    let item = tokio::select! {
+                        _ = stop.cancelled() => return last_seq_seen,
+                        m = stream.message() => m,
+                    };
+                    match item {
+                        Ok(Some(r)) => {
+                            if let Some(pb::watch_tasks_response::Item::Event(e)) = r.item {
+                                assert!(
+                                    e.sequence > after || e.sequence == 0,
+                                    "a duplicate or out-of-order event: {} after {after}",
+                                    e.sequence
+                                );
+                                after = e.sequence;
+                                last_seq_seen = after;
+                                let st = e.status.unwrap();
+                                if is_final(pb::TaskState::try_from(st.state).unwrap()) {
+                                    finals.lock().insert(st.id.clone(), st.state);
+                                }
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            last_seq_seen
+        })
+    };
+    // The producer.
+    const N: usize = 600;
+    let producer = {
+        let urls = urls.clone();
+        tokio::spawn(async move {
+            let mut c = balanced(&urls).await;
+            let mut acked = Vec::with_capacity(N);
+            for i in 0..N {
+                acked.push(schedule_until_acked(&mut c, i).await);
+                if i % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            acked
+        })
+    };
+    let mut leaders = Vec::new();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let leader = cluster.wait_leader(LONG).await;
+        let t0 = Instant::now();
+        cluster.replicas[leader].take().unwrap().kill9().await;
+        let next = cluster.wait_leader(LONG).await;
+        eprintln!(
+            "round {round}: killed leader r{leader}; r{next} serves after {} ms",
+            t0.elapsed().as_millis()
+        );
+        assert_ne!(leader, next);
+        leaders.push((leader, next));
+        cluster.restart(leader).await;
+    }
+    let acked = within("the producer", Duration::from_secs(120), producer)
+        .await
+        .unwrap();
+    let unique: HashSet<&String> = acked.iter().collect();
+    assert_eq!(unique.len(), N, "one task per idempotency key");
+    // Every acknowledged task completes.
+    let mut client = balanced(&urls).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for id in &acked {
+        loop {
+            match client
+                .get_task_status(pb::GetTaskStatusRequest {
+                    task_id: id.clone(),
+                })
+                .await
+            {
+                Ok(r) => {
+                    let s = r.into_inner().status.unwrap();
+                    if s.state == pb::TaskState::Completed as i32 {
+                        break;
+                    }
+                    assert!(
+                        !is_final(pb::TaskState::try_from(s.state).unwrap()),
+                        "{id}: {s:?}"
+                    );
+                }
+                Err(s) => assert!(
+                    s.code() == Code::Unavailable || s.code() == Code::Unknown,
+                    "{id}: {s:?}"
+                ),
+            }
+            assert!(Instant::now() < deadline, "{id} never completed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Only tasks in flight at a kill ran twice: a handful, not hundreds.
+    let twice = ran.lock().values().filter(|n| **n > 1).count();
+    assert!(twice <= 3 * 16 * 2, "{twice} tasks ran more than once");
+    for id in &acked {
+        assert!(ran.lock().contains_key(id), "{id} never ran");
+    }
+    // The watcher ends with every task's final state.
+    wait_until("the watcher to see every final state", LONG, || {
+        let finals = finals.clone();
+        let acked = acked.clone();
+        async move {
+            let f = finals.lock();
+            acked
+                .iter()
+                .all(|id| f.get(id) == Some(&(pb::TaskState::Completed as i32)))
+        }
+    })
+    .await;
+    stop_watch.cancel();
+    let _ = watcher.await;
+    handle.shutdown();
+}
+
+/// The fence: a leader stopped (SIGSTOP) past its lease while a standby
+/// takes over writes nothing when it wakes up, and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_writes_nothing_after_the_takeover_and_steps_down() {
+    let mut cluster = Cluster::start(2).await;
+    let old = cluster.wait_leader(LONG).await;
+    let mut client = connect(&cluster.replicas[old].as_ref().unwrap().url).await;
+    let before = schedule(&mut client, simple("fenced-before", json!({}))).await;
+    // A worker on the old leader: it will try to report after waking up.
+    cluster.replicas[old].as_ref().unwrap().signal("STOP");
+    let new = cluster.wait_leader(LONG).await;
+    assert_ne!(old, new);
+    let mut client = connect(&cluster.replicas[new].as_ref().unwrap().url).await;
+    let after = schedule(&mut client, simple("fenced-after", json!({}))).await;
+    cluster.replicas[old].as_ref().unwrap().signal("CONT");
+    let exit = cluster.replicas[old]
+        .as_mut()
+        .unwrap()
+        .exited_within(Duration::from_secs(10))
+        .await
+        .expect("the old leader steps down (stops) once it learns its term is over");
+    assert!(!exit.success(), "{exit}");
+    // The rows: terms 1 and 2, nothing of term 1 after the takeover.
+    let (url, schema) = (database_url(), cluster.schema.clone());
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(&format!("SET search_path = \"{schema}\""))
+        .await
+        .unwrap();
+    let lease = c
+        .query_one(
+            "SELECT term, holder, (extract(epoch FROM acquired_at) * 1000000)::int8 FROM leases",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (term, holder, since): (i64, String, i64) = (lease.get(0), lease.get(1), lease.get(2));
+    assert_eq!((term, holder.as_str()), (2, format!("r{new}").as_str()));
+    let term_of = |id: &str| {
+        let id = uuid::Uuid::parse_str(id).unwrap();
+        let c = &c;
+        async move {
+            c.query_one("SELECT term FROM tasks WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(term_of(&before).await, 1);
+    assert_eq!(term_of(&after).await, 2);
+    let late: i64 = c
+        .query_one(
+            "SELECT count(*) FROM task_logs WHERE term < $1 AND time >= $2",
+            &[&term, &since],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(late, 0, "log lines of the old term after the takeover");
+    // The old replica, started again, stands by.
+    cluster.restart(old).await;
+    assert_eq!(
+        health_status(&cluster.replicas[old].as_ref().unwrap().url).await,
+        Some(false)
+    );
+    // And a standby forwards: the new task is visible through it.
+    let mut via_standby = connect(&cluster.replicas[old].as_ref().unwrap().url).await;
+    status(&mut via_standby, &after).await;
+    // Bad input gets the same answer through a standby.
+    let e = via_standby
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: "not-a-uuid".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(violations(&e).iter().any(|f| f == "task_id"), "{e:?}");
+}
