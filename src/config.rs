@@ -246,7 +246,12 @@ impl Config {
 
     /// The effective configuration as TOML.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        // A password in the store's URL is not shown.
+        let mut shown = self.clone();
+        if let Some(url) = &mut shown.store.url {
+            *url = crate::store::postgres::redact(url);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 
     /// The core's settings.
@@ -275,6 +280,15 @@ impl Config {
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment's Jail returns its own large error
 mod tests {
+
+    #[test]
+    fn the_store_password_is_not_printed() {
+        let mut c = Config::default();
+        c.store.url = Some("postgres://app:s3cret@db:5432/app".into());
+        let shown = c.to_toml();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://app:***@db:5432/app"), "{shown}");
+    }
     use super::*;
 
     #[test]
