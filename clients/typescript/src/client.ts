@@ -20,8 +20,15 @@ import { SwitchyardWorker, type CreateWorkerOptions } from './worker/worker.js';
 
 /** Options of `SwitchyardClient` and `SwitchyardModule.forRoot`. */
 export interface SwitchyardClientOptions {
-  /** `http://host:port` (plaintext), `https://host:port` (TLS), or a bare gRPC target (`host:port`). */
-  url: string;
+  /**
+   * `http://host:port` (plaintext), `https://host:port` (TLS), or a bare gRPC
+   * target (`host:port`). Several replicas of one cluster: their URLs
+   * comma-separated (`http://10.0.0.1:50051,http://10.0.0.2:50051`) or as an
+   * array; each call goes to a replica that is up, and workers move to
+   * another replica when theirs goes away (see
+   * `SwitchyardConnectionOptions.url`).
+   */
+  url: string | readonly string[];
   /** Overrides the credentials the URL implies (mutual TLS, call credentials). */
   credentials?: ChannelCredentials;
   /** Applied to every scheduled task unless the call says otherwise. `defaults.sessionId` is also the execution manager's session. */
@@ -90,19 +97,24 @@ let defaultOptions: SwitchyardClientOptions | undefined;
 /**
  * Sets the options of the process-wide client behind `standardizedOrchestrator`
  * and `executionManager` (the original design's module-level instances).
- * Without it they use `SWITCHYARD_URL` (default `http://127.0.0.1:50051`).
+ * Without it they use `SWITCHYARD_URL` (default `http://127.0.0.1:50051`;
+ * several replicas' URLs comma-separated).
  * `SwitchyardModule.forRoot` calls it, so code outside Nest's injection sees
  * the module's server. Must be called before their first use.
  */
 export function configureSwitchyard(options: SwitchyardClientOptions): void {
   if (defaultClient && !defaultClient.connection.isClosed) {
-    if (defaultOptions?.url === options.url) {
+    if (defaultOptions && sameUrl(defaultOptions.url, options.url)) {
       return;
     }
     void defaultClient.close();
   }
   defaultClient = undefined;
   defaultOptions = options;
+}
+
+function sameUrl(a: string | readonly string[], b: string | readonly string[]): boolean {
+  return a === b || (typeof a !== 'string' && typeof b !== 'string' && a.length === b.length && a.every((u, i) => u === b[i]));
 }
 
 /** The process-wide client (see `configureSwitchyard`), made on first use. */

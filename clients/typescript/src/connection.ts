@@ -3,7 +3,15 @@
  * the orchestrator service, the execution manager, the health check and every
  * worker stream, and typed helpers that call the generated service
  * definitions. Every error leaves here as a {@link SwitchyardError}.
+ *
+ * Several replicas' URLs (comma-separated, or an array) make one channel
+ * balanced over all of them when they are all plaintext IP literals of one
+ * family (an `ipv4:`/`ipv6:` target with the `round_robin` policy), else one
+ * channel per URL: either way a call goes to a replica whose connection is
+ * ready, so the client rides a failover.
  */
+import { isIPv4, isIPv6 } from 'node:net';
+
 import {
   type CallOptions,
   type ChannelCredentials,
@@ -12,6 +20,7 @@ import {
   type ClientReadableStream,
   Client,
   Metadata,
+  connectivityState,
   credentials as grpcCredentials,
 } from '@grpc/grpc-js';
 
@@ -27,8 +36,16 @@ export interface SwitchyardConnectionOptions {
    * the system roots), or a bare gRPC target such as `host:port` (plaintext)
    * or `dns:///host:port`. The port defaults to 50051 for http and 443 for
    * https.
+   *
+   * Several replicas of one cluster: their URLs comma-separated
+   * (`http://10.0.0.1:50051,http://10.0.0.2:50051`) or as an array. Each
+   * call goes to a replica that is up (a standby forwards it to the
+   * leader), so the client rides a failover; a call in flight on a replica
+   * that dies fails with `UNAVAILABLE` and can be retried (with its
+   * idempotency key, a `scheduleTask` never creates a second task). A bare
+   * `ipv4:`/`ipv6:` target is passed to grpc-js as is, commas included.
    */
-  url: string;
+  url: string | readonly string[];
   /** Overrides the credentials the URL's scheme implies (mutual TLS, call credentials). */
   credentials?: ChannelCredentials;
   /** Extra @grpc/grpc-js channel options, merged over this client's. */
@@ -77,8 +94,13 @@ export interface CallSettings {
   signal?: AbortSignal;
 }
 
+/** The service config of a channel balanced over several replicas. */
+const ROUND_ROBIN = JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] });
+
 /**
- * One channel to one server. Cheap to share; {@link close} it when done.
+ * One channel to one server (or to several replicas of it, see
+ * {@link SwitchyardConnectionOptions.url}). Cheap to share; {@link close} it
+ * when done.
  *
  * ```ts
  * const conn = new SwitchyardConnection({ url: 'http://127.0.0.1:50051' });
@@ -86,29 +108,64 @@ export interface CallSettings {
  * ```
  */
 export class SwitchyardConnection {
-  /** The gRPC target the URL resolved to (for example `127.0.0.1:50051`). */
+  /**
+   * The gRPC target the URL resolved to (for example `127.0.0.1:50051`;
+   * `ipv4:10.0.0.1:50051,10.0.0.2:50051` for several IP literals; the
+   * targets comma-separated when each URL has a channel of its own).
+   */
   readonly target: string;
-  /** The underlying @grpc/grpc-js client (channel). */
+  /** One gRPC target per URL given. */
+  readonly targets: readonly string[];
+  /**
+   * The underlying @grpc/grpc-js client (channel); with several URLs that
+   * are not all plaintext IP literals, the first URL's (each has its own).
+   */
   readonly grpc: Client;
   private readonly options: SwitchyardConnectionOptions;
+  /** One client, or one per URL (then each call picks one that is ready). */
+  private readonly clients: Client[];
+  /** Where the next pick among {@link clients} starts (round robin). */
+  private nextPick = 0;
   private closed = false;
 
   constructor(options: SwitchyardConnectionOptions) {
-    if (typeof options?.url !== 'string' || options.url.trim() === '') {
+    const given: unknown = options?.url;
+    const empty =
+      typeof given === 'string' ? given.trim() === '' : !Array.isArray(given) || !given.some((u) => typeof u === 'string' && u.trim() !== '');
+    if (empty) {
       throw SwitchyardError.invalidArgument('url', 'a server URL is required, for example http://127.0.0.1:50051');
     }
     this.options = options;
-    const { target, secure } = parseUrl(options.url);
-    this.target = target;
-    const creds = options.credentials ?? (secure ? grpcCredentials.createSsl() : grpcCredentials.createInsecure());
-    this.grpc = new Client(target, creds, {
+    const endpoints = parseUrls(options.url);
+    this.targets = endpoints.map((e) => e.target);
+    const channelOptions: ChannelOptions = {
       'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
       'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
       // Detects a server that vanished without closing (worker streams are long-lived).
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
-      ...options.channelOptions,
-    });
+    };
+    const credsFor = (secure: boolean): ChannelCredentials =>
+      options.credentials ?? (secure ? grpcCredentials.createSsl() : grpcCredentials.createInsecure());
+    const balanced = endpoints.length > 1 && !options.credentials ? ipListTarget(endpoints) : undefined;
+    if (endpoints.length === 1) {
+      const [{ target, secure }] = endpoints as [ParsedUrl];
+      this.target = target;
+      this.clients = [new Client(target, credsFor(secure), { ...channelOptions, ...options.channelOptions })];
+    } else if (balanced !== undefined) {
+      // One channel, a subchannel per replica: grpc-js's round_robin sends
+      // each call to the next ready one.
+      this.target = balanced;
+      this.clients = [
+        new Client(balanced, credsFor(false), { ...channelOptions, 'grpc.service_config': ROUND_ROBIN, ...options.channelOptions }),
+      ];
+    } else {
+      // Host names (grpc-js resolves one name per channel) or TLS (each
+      // channel checks its own host's certificate): a channel per URL.
+      this.target = this.targets.join(',');
+      this.clients = endpoints.map((e) => new Client(e.target, credsFor(e.secure), { ...channelOptions, ...options.channelOptions }));
+    }
+    this.grpc = this.clients[0] as Client;
   }
 
   /** Whether {@link close} was called. */
@@ -137,7 +194,7 @@ export class SwitchyardConnection {
     if (settings.timeoutMs !== undefined) {
       options.deadline = Date.now() + settings.timeoutMs;
     }
-    return this.grpc.makeServerStreamRequest(
+    return this.pickNow().makeServerStreamRequest(
       def.path,
       def.requestSerialize,
       def.responseDeserialize,
@@ -147,10 +204,14 @@ export class SwitchyardConnection {
     );
   }
 
-  /** Opens a WorkerService.Work stream (no deadline). */
+  /**
+   * Opens a WorkerService.Work stream (no deadline). With a channel per
+   * replica, each new stream goes to the next one that is ready, so a
+   * worker that reconnects moves on to another replica.
+   */
   work(): WorkStream {
     const def = WorkerServiceService.work;
-    return this.grpc.makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, this.metadata(), {});
+    return this.pickNow().makeBidiStreamRequest(def.path, def.requestSerialize, def.responseDeserialize, this.metadata(), {});
   }
 
   /**
@@ -198,11 +259,13 @@ export class SwitchyardConnection {
     }
   }
 
-  /** Closes the channel. Calls in flight fail with `CANCELLED`/`UNAVAILABLE`. */
+  /** Closes the channel(s). Calls in flight fail with `CANCELLED`/`UNAVAILABLE`. */
   close(): void {
     if (!this.closed) {
       this.closed = true;
-      this.grpc.close();
+      for (const c of this.clients) {
+        c.close();
+      }
     }
   }
 
@@ -231,14 +294,39 @@ export class SwitchyardConnection {
       return Promise.reject(new SwitchyardError({ code: 'CANCELLED', details: 'the call was aborted before it started', method }));
     }
     const timeoutMs = settings.timeoutMs ?? this.options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    const deadline = Date.now() + timeoutMs;
+    if (this.clients.length > 1) {
+      return this.pickReady(deadline).then((client) => {
+        if (this.closed) {
+          throw new SwitchyardError({ code: 'UNAVAILABLE', details: 'the Switchyard connection is closed', method });
+        }
+        if (settings.signal?.aborted) {
+          throw new SwitchyardError({ code: 'CANCELLED', details: 'the call was aborted before it started', method });
+        }
+        return this.unaryOn(client, method, path, serialize, deserialize, request, settings, deadline);
+      });
+    }
+    return this.unaryOn(this.grpc, method, path, serialize, deserialize, request, settings, deadline);
+  }
+
+  private unaryOn<Req, Res>(
+    client: Client,
+    method: string,
+    path: string,
+    serialize: (v: Req) => Buffer,
+    deserialize: (b: Buffer) => Res,
+    request: Req,
+    settings: CallSettings,
+    deadline: number,
+  ): Promise<Res> {
     return new Promise<Res>((resolve, reject) => {
-      const call = this.grpc.makeUnaryRequest(
+      const call = client.makeUnaryRequest(
         path,
         serialize,
         deserialize,
         request,
         this.metadata(settings.metadata),
-        { deadline: Date.now() + timeoutMs },
+        { deadline },
         (err, res) => {
           settings.signal?.removeEventListener('abort', onAbort);
           if (err) {
@@ -254,6 +342,112 @@ export class SwitchyardConnection {
       settings.signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
+
+  /**
+   * With a channel per URL: the client of the next URL (round robin) whose
+   * channel is ready, else of the next one still connecting (every idle
+   * channel is asked to connect), else the next one. Does not wait.
+   */
+  private pickNow(): Client {
+    return this.clients[this.look(this.takeStart()).index] as Client;
+  }
+
+  /** Where a pick starts: the next URL after the last pick's start. */
+  private takeStart(): number {
+    const start = this.nextPick;
+    this.nextPick = (start + 1) % this.clients.length;
+    return start;
+  }
+
+  /**
+   * From `start` on, the first channel that is ready (`settled`), else the
+   * first still connecting or idle (asking idle ones to connect), else
+   * `start` (`settled`: every channel is failing, so the call fails at once
+   * with UNAVAILABLE, as it would on a single channel).
+   */
+  private look(start: number): { index: number; settled: boolean; states: connectivityState[] } {
+    const n = this.clients.length;
+    if (n === 1) {
+      return { index: 0, settled: true, states: [] };
+    }
+    const states = this.clients.map((c) => c.getChannel().getConnectivityState(true));
+    let connecting = -1;
+    for (let k = 0; k < n; k++) {
+      const i = (start + k) % n;
+      if (states[i] === connectivityState.READY) {
+        return { index: i, settled: true, states };
+      }
+      if (connecting < 0 && states[i] !== connectivityState.TRANSIENT_FAILURE && states[i] !== connectivityState.SHUTDOWN) {
+        connecting = i;
+      }
+    }
+    return connecting < 0 ? { index: start, settled: true, states } : { index: connecting, settled: false, states };
+  }
+
+  /**
+   * With a channel per URL: the client of the next URL whose channel is
+   * ready, waiting (until `deadline`) while none is but some are still
+   * connecting. So a call does not go to a URL that cannot be reached while
+   * another can, and is never sent twice.
+   */
+  private async pickReady(deadline: number): Promise<Client> {
+    const start = this.takeStart();
+    for (;;) {
+      const { index, settled, states } = this.look(start);
+      if (settled || this.closed || Date.now() >= deadline) {
+        return this.clients[index] as Client;
+      }
+      // Wake on the first change of any channel's state (and look again every second).
+      const until = Math.min(deadline, Date.now() + 1_000);
+      await new Promise<void>((resolve) => {
+        let done = false;
+        const wake = (): void => {
+          if (!done) {
+            done = true;
+            resolve();
+          }
+        };
+        this.clients.forEach((c, i) => c.getChannel().watchConnectivityState(states[i] as connectivityState, until, wake));
+      });
+    }
+  }
+}
+
+/** A URL as a gRPC target and whether it needs TLS. */
+export interface ParsedUrl {
+  target: string;
+  secure: boolean;
+}
+
+/**
+ * Splits a URL list (comma-separated, or an array of URLs or lists) into
+ * gRPC targets: see {@link parseUrl}. A bare `ipv4:`/`ipv6:` target is one
+ * target, commas included.
+ */
+export function parseUrls(url: string | readonly string[]): ParsedUrl[] {
+  const parts = (typeof url === 'string' ? [url] : [...url])
+    .flatMap((u) => (/^\s*ipv[46]:/i.test(u) ? [u] : u.split(',')))
+    .map((u) => u.trim())
+    .filter((u) => u !== '');
+  if (parts.length === 0) {
+    throw SwitchyardError.invalidArgument('url', 'a server URL is required, for example http://127.0.0.1:50051');
+  }
+  return parts.map(parseUrl);
+}
+
+/**
+ * The `ipv4:`/`ipv6:` target listing every URL when they are all plaintext
+ * `host:port` with IP literals of one family; else undefined.
+ */
+function ipListTarget(urls: readonly ParsedUrl[]): string | undefined {
+  const hosts = urls.map((u) => (u.secure ? undefined : /^(?:\[([^\]]+)\]|([^:[\]]+)):\d+$/.exec(u.target)));
+  if (hosts.every((m) => m && m[2] !== undefined && isIPv4(m[2]))) {
+    return `ipv4:${urls.map((u) => u.target).join(',')}`;
+  }
+  if (hosts.every((m) => m && m[1] !== undefined && isIPv6(m[1]))) {
+    return `ipv6:${urls.map((u) => u.target).join(',')}`;
+  }
+  return undefined;
 }
 
 /** Splits a server URL into a gRPC target and whether it needs TLS. */

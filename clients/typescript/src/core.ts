@@ -17,6 +17,8 @@ export {
   DEFAULT_CALL_TIMEOUT_MS,
   SwitchyardConnection,
   parseUrl,
+  parseUrls,
+  type ParsedUrl,
   type CallSettings,
   type SwitchyardConnectionOptions,
 } from './connection.js';

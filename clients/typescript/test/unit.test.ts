@@ -11,8 +11,10 @@ import { TaskSource, TaskState, TaskStatus, TaskType as PbTaskType } from '../sr
 import { truncateUtf8 } from '../src/worker/context.js';
 import { heartbeatPeriod } from '../src/worker/worker.js';
 import {
+  SwitchyardConnection,
   SwitchyardError,
   parseUrl,
+  parseUrls,
   switchyardCancelChannel,
   switchyardCancelMarker,
   withSwitchyardCancellation,
@@ -166,6 +168,40 @@ describe('URLs', () => {
     assert.deepEqual(parseUrl('http://[::1]:7000'), { target: '[::1]:7000', secure: false });
     assert.deepEqual(parseUrl('localhost:50051'), { target: 'localhost:50051', secure: false });
     assert.throws(() => parseUrl('http://host:1/path'), SwitchyardError);
+  });
+
+  it('splits several replicas’ URLs, comma-separated or in an array', () => {
+    assert.deepEqual(parseUrls('http://127.0.0.1:50051'), [{ target: '127.0.0.1:50051', secure: false }]);
+    assert.deepEqual(parseUrls(' http://10.0.0.1:1 , https://b.example ,, '), [
+      { target: '10.0.0.1:1', secure: false },
+      { target: 'b.example:443', secure: true },
+    ]);
+    assert.deepEqual(parseUrls(['http://a:1,http://b:2', 'c:3']), [
+      { target: 'a:1', secure: false },
+      { target: 'b:2', secure: false },
+      { target: 'c:3', secure: false },
+    ]);
+    // A bare ipv4:/ipv6: target keeps its own list.
+    assert.deepEqual(parseUrls('ipv4:10.0.0.1:1,10.0.0.2:2'), [{ target: 'ipv4:10.0.0.1:1,10.0.0.2:2', secure: false }]);
+    assert.throws(() => parseUrls(' , '), SwitchyardError);
+    assert.throws(() => parseUrls([]), SwitchyardError);
+    assert.throws(() => parseUrls('http://a:1,http://b:2/path'), SwitchyardError);
+  });
+
+  it('balances plaintext IP literals of one family on one channel, else makes a channel per URL', () => {
+    const targetOf = (url: string | string[]): string => {
+      const conn = new SwitchyardConnection({ url });
+      conn.close();
+      return conn.target;
+    };
+    assert.equal(targetOf('http://127.0.0.1:1'), '127.0.0.1:1');
+    assert.equal(targetOf('http://127.0.0.1:1,127.0.0.2:2'), 'ipv4:127.0.0.1:1,127.0.0.2:2');
+    assert.equal(targetOf(['http://[::1]:1', 'http://[::1]:2']), 'ipv6:[::1]:1,[::1]:2');
+    assert.equal(targetOf('http://127.0.0.1:1,http://[::1]:2'), '127.0.0.1:1,[::1]:2');
+    assert.equal(targetOf('http://127.0.0.1:1,http://localhost:2'), '127.0.0.1:1,localhost:2');
+    assert.equal(targetOf('https://127.0.0.1:1,https://127.0.0.1:2'), '127.0.0.1:1,127.0.0.1:2');
+    assert.throws(() => new SwitchyardConnection({ url: [] }), SwitchyardError);
+    assert.throws(() => new SwitchyardConnection({ url: ' ' }), SwitchyardError);
   });
 });
 

@@ -22,7 +22,7 @@
  * - A broken stream fires the signals of its running tasks (reason
  *   `connection_lost`; their outcomes are not reported, the server requeues
  *   them) and reconnects after 100 ms .. 5 s of backoff with jitter, as a new
- *   worker id.
+ *   worker id (with several replicas' URLs, to the next one that is up).
  * - {@link SwitchyardWorker.close} sends `Drain`, waits for running tasks up
  *   to the drain timeout, fires the signals of the rest (reason
  *   `worker_shutdown`) and gives them 2 s, then closes its half of each
@@ -78,8 +78,13 @@ export interface WorkerLogger {
 
 /** Options of {@link createWorker}. */
 export interface CreateWorkerOptions {
-  /** The server, as for `SwitchyardClient` (ignored when `connection` is given). */
-  url?: string;
+  /**
+   * The server, as for `SwitchyardClient` (ignored when `connection` is
+   * given): several replicas' URLs comma-separated or as an array; a stream
+   * that breaks reconnects to the next replica that is up and registers
+   * again.
+   */
+  url?: string | readonly string[];
   /** TLS or call credentials for `url`. */
   credentials?: ChannelCredentials;
   /** An existing connection to share (it is not closed by `close()`). */

@@ -24,6 +24,11 @@ export interface ServerOptions {
   persistent?: boolean;
   /** Extra environment, e.g. `SWITCHYARD_SCHEDULER__EVENT_HISTORY`. */
   env?: Record<string, string>;
+  /**
+   * A replica of a cluster (`env` names the PostgreSQL store): a standby
+   * answers health NOT_SERVING, so start() waits only for an answer.
+   */
+  replica?: boolean;
 }
 
 export interface TestServer {
@@ -34,6 +39,8 @@ export interface TestServer {
   stop(): Promise<void>;
   /** Stops it and starts it again on the same port and store. */
   restart(): Promise<void>;
+  /** Kills it with SIGKILL (no drain) and waits until it has exited. */
+  kill(): Promise<void>;
   /** What the server printed, for failure messages. */
   output(): string;
 }
@@ -97,13 +104,13 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
     );
     const conn = new SwitchyardConnection({ url: `http://127.0.0.1:${port}` });
     try {
-      await Promise.race([conn.waitForServing(20_000), exited]);
+      await Promise.race([options.replica ? answersHealth(conn, 20_000) : conn.waitForServing(20_000), exited]);
     } finally {
       conn.close();
     }
   };
 
-  const stop = async (): Promise<void> => {
+  const stop = async (signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<void> => {
     const proc = child;
     child = undefined;
     if (!proc || proc.exitCode !== null || proc.signalCode !== null) {
@@ -115,7 +122,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
         clearTimeout(kill);
         done();
       });
-      proc.kill('SIGTERM');
+      proc.kill(signal);
     });
   };
 
@@ -147,7 +154,26 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
       await stop();
       await launch();
     },
+    async kill() {
+      await stop('SIGKILL');
+    },
   };
+}
+
+/** Resolves once the server answers its health check, whatever it says. */
+async function answersHealth(conn: SwitchyardConnection, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      await conn.health('', { timeoutMs: 1_000 });
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) {
+        throw err;
+      }
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** Resolves when `cond()` holds, polling every 20 ms; rejects after `timeoutMs` with `what`. */
