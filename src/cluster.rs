@@ -13,11 +13,12 @@
 //!   closes its forwarding connections (HTTP/2 GOAWAY: clients reconnect)
 //!   and starts the core from the database, as a restart does.
 //!
-//! The leader renews its lease every quarter lease. If it cannot (its
-//! term moved on, or the database did not answer for a whole lease) it
-//! steps down by stopping: a supervisor starts it again, as a standby. The
-//! fence in every write transaction makes sure a leader that learns late
-//! wrote nothing meanwhile.
+//! The leader renews its lease every quarter lease. Once its term has moved
+//! on it steps down by stopping: a supervisor starts it again, as a
+//! standby. While the database cannot be reached it keeps trying (nobody
+//! else can take over without the database either). The fence in every
+//! write transaction makes sure a leader that learns late wrote nothing
+//! after the takeover.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -266,35 +267,44 @@ async fn serve_connection<H>(
 pub enum Lost {
     /// Another replica holds the lease now.
     TermOver,
-    /// The lease could not be renewed for a whole lease: another replica
-    /// may have taken over.
-    Unreachable(String),
 }
 
 /// Renews the lease of `term` every quarter lease; resolves when it is
 /// lost. Reports each renewal's latency to `observe`.
+///
+/// A renewal that cannot reach the database is retried, not taken as a
+/// loss: renewing checks the term, not the expiry, so a leader cut off from
+/// PostgreSQL (which no standby can reach either, or they would have taken
+/// over) keeps its term if nobody took it meanwhile, and learns otherwise
+/// at its first renewal after the outage. Its writes are fenced all along.
 pub async fn keep_lease(
     lease: Arc<Lease>,
     term: i64,
     observe: impl Fn(Duration) + Send + 'static,
 ) -> Lost {
-    let mut last_ok = Instant::now();
     let mut ticker = tokio::time::interval(tick(&lease));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing_since: Option<Instant> = None;
     loop {
         ticker.tick().await;
         let started = Instant::now();
         match lease.renew(term).await {
             Ok(true) => {
                 observe(started.elapsed());
-                last_ok = Instant::now();
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        term,
+                        after_ms = since.elapsed().as_millis() as u64,
+                        "the lease is renewed again"
+                    );
+                }
             }
             Ok(false) => return Lost::TermOver,
             Err(e) => {
-                if last_ok.elapsed() >= lease.ttl {
-                    return Lost::Unreachable(e.to_string());
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    tracing::warn!(cause = %e, term, "the lease cannot be renewed; retrying (writes are fenced meanwhile)");
                 }
-                tracing::warn!(cause = %e, term, "the lease could not be renewed; retrying");
             }
         }
     }

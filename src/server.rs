@@ -317,7 +317,6 @@ pub async fn run_with(
             let reason = tokio::select! {
                 l = crate::cluster::keep_lease(lease, term, observe) => match l {
                     crate::cluster::Lost::TermOver => "another replica holds the lease".to_string(),
-                    crate::cluster::Lost::Unreachable(e) => format!("the lease could not be renewed for a whole lease: {e}"),
                 },
                 t = fenced => format!("a write found term {t} over"),
                 _ = serve_stop.cancelled() => return,

@@ -62,6 +62,7 @@ impl From<CoreError> for Status {
                 e @ (StoreError::Unavailable(_) | StoreError::Fenced { .. }) => {
                     Status::unavailable(text::cut(&e.to_string(), 1024))
                 }
+                e if e.is_transient() => Status::unavailable(text::cut(&e.to_string(), 1024)),
                 StoreError::Corrupt { id, reason } => Status::data_loss(format!(
                     "task {}: its stored row cannot be read back ({}); it is quarantined",
                     text::prefix(id, 64),

@@ -62,6 +62,24 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether it says the database cannot be reached now (a connection
+    /// lost, a server restarting), rather than that a request was wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Closed => true,
+            StoreError::Pg(e) => match e.code() {
+                None => true,
+                Some(c) => {
+                    let c = c.code();
+                    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+                }
+            },
+            _ => false,
+        }
+    }
+}
+
 /// The longest a write submitted with [`Store::submit_lazy`] waits for a
 /// commit to ride on.
 pub const LAZY_COMMIT_WITHIN: Duration = Duration::from_millis(10);

@@ -367,3 +367,130 @@ async fn a_paused_leader_writes_nothing_after_the_takeover_and_steps_down() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(violations(&e).iter().any(|f| f == "task_id"), "{e:?}");
 }
+
+/// Prints a server's log if the test fails.
+struct ShowLog(std::path::PathBuf);
+
+impl Drop for ShowLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- server log (last lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// PostgreSQL itself crashes and restarts under load: accepted tasks
+/// survive, ScheduleTask answers UNAVAILABLE while nothing can commit, and
+/// the server recovers by itself (same leader, same term).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_crashes_under_load_and_nothing_accepted_is_lost() {
+    let pg = OwnPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = pg.url();
+    // A single replica leads at once: started as any server.
+    let log = dir.path().join("server.log");
+    let server = ServerProcess::start_logging_to(
+        port,
+        dir.path(),
+        &[
+            ("SWITCHYARD_STORE__URL", url.as_str()),
+            ("SWITCHYARD_CLUSTER__LEASE_TTL", LEASE),
+        ],
+        &log,
+    )
+    .await;
+    let _show_log_on_failure = ShowLog(log);
+    let ran: Arc<parking_lot::Mutex<HashSet<String>>> = Default::default();
+    let worker = {
+        let ran = ran.clone();
+        Worker::builder(&server.url)
+            .concurrency(8)
+            .handler("outage-job", move |ctx: TaskContext| {
+                let ran = ran.clone();
+                async move {
+                    ran.lock().insert(ctx.task_id().to_string());
+                    Ok(json!({}))
+                }
+            })
+            .build()
+    };
+    let handle = worker.spawn();
+    let refused = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    const N: usize = 400;
+    let producer = {
+        let (url, refused) = (server.url.clone(), refused.clone());
+        tokio::spawn(async move {
+            let mut c = connect(&url).await;
+            let mut acked = Vec::new();
+            for i in 0..N {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let mut req = simple("outage-job", json!({"i": i}));
+                    req.options
+                        .get_or_insert_with(Default::default)
+                        .idempotency_key = format!("outage-{i}");
+                    // A call whose insert waits for the database has an
+                    // unknown outcome at the caller's deadline: retried
+                    // with the same key, as a client with a deadline does.
+                    let call = tokio::time::timeout(Duration::from_secs(2), c.schedule_task(req));
+                    let Ok(answer) = call.await else {
+                        continue;
+                    };
+                    match answer {
+                        Ok(r) => {
+                            acked.push(r.into_inner().task_id);
+                            break;
+                        }
+                        Err(s) => {
+                            assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            assert!(Instant::now() < deadline, "never accepted again: {s:?}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    pg.crash();
+    // While it is down, new tasks are refused with UNAVAILABLE.
+    wait_until("ScheduleTask to answer UNAVAILABLE", LONG, || {
+        let refused = refused.clone();
+        async move { refused.load(std::sync::atomic::Ordering::Relaxed) > 0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.up();
+    let acked = within("the producer", Duration::from_secs(120), producer)
+        .await
+        .unwrap();
+    assert_eq!(acked.iter().collect::<HashSet<_>>().len(), N);
+    let mut c = connect(&server.url).await;
+    for id in &acked {
+        wait_state(&mut c, id, pb::TaskState::Completed, LONG).await;
+        assert!(ran.lock().contains(id));
+    }
+    // The same replica still leads, under its first term.
+    assert!(health_serving(&server.url).await);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let term: i64 = client
+        .query_one("SELECT term FROM switchyard.leases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(term, 1);
+    handle.shutdown();
+    assert!(server.terminate().await);
+}
