@@ -114,7 +114,9 @@ class AsyncClient:
     it, tried in turn).
 
     - `address`: `host:port`, `http://host:port`, `https://host:port`, or
-      several (a list, or comma-separated).
+      several (a list, or comma-separated), such as the replicas of a
+      cluster (`"http://a:50051,http://b:50051"`): a call that cannot
+      connect is tried on the next one (see `connection`).
     - `token`: sent as `authorization: Bearer <token>` on every call;
       `metadata`: other headers for every call.
     - `tls`: `TLS(ca_file=..., cert_file=..., key_file=...)`, `True` for TLS

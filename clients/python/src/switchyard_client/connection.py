@@ -7,7 +7,10 @@ as a list or comma-separated, are tried in turn: a call that fails with
 UNAVAILABLE is tried on the next address (a `ScheduleTask` without an
 idempotency key only when the connection could not be made, so a task is
 never scheduled twice by a retry), and later calls stay on the address that
-answered.
+answered. That is how a client rides the failover of a cluster of replicas
+(give it every replica's address): a standby forwards calls to the leader,
+and a dead replica refuses connections. A worker moves to the next address
+at each reconnect.
 """
 
 from __future__ import annotations

@@ -8,8 +8,10 @@ async with TestServer.start() as server:       # $SWITCHYARD_BIN, or `switchyard
 
 The server listens on a free loopback port (its admin API on port 0), with
 its store in a fresh temporary directory (or in memory), and `start()`
-returns once its health check says SERVING. `restart()` stops it (SIGTERM)
-and starts it again on the same port and store.
+returns once its health check says SERVING (with `wait_serving=False`, once
+it answers at all: a replica of a cluster that stands by answers
+NOT_SERVING). `restart()` stops it (SIGTERM) and starts it again on the same
+port and store; `stop(signal.SIGKILL)` kills it.
 """
 
 from __future__ import annotations
@@ -53,9 +55,18 @@ class TestServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, binary: str, *, memory: bool = False, env: Optional[Mapping[str, str]] = None, log_filter: str = "warn") -> None:
+    def __init__(
+        self,
+        binary: str,
+        *,
+        memory: bool = False,
+        env: Optional[Mapping[str, str]] = None,
+        log_filter: str = "warn",
+        wait_serving: bool = True,
+    ) -> None:
         self.binary = binary
         self.memory = memory
+        self.wait_serving = wait_serving
         self.extra_env: Dict[str, str] = dict(env or {})
         self.log_filter = os.environ.get("SWITCHYARD_TEST_LOG", log_filter)
         self.data_dir = None if memory else tempfile.mkdtemp(prefix="switchyard-py-")
@@ -69,11 +80,26 @@ class TestServer:
         """`127.0.0.1:<port>`."""
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:<port>`."""
+        return f"http://{self.address}"
+
     @classmethod
     async def start(
-        cls, binary: Optional[str] = None, *, memory: bool = False, env: Optional[Mapping[str, str]] = None, log_filter: str = "warn"
+        cls,
+        binary: Optional[str] = None,
+        *,
+        memory: bool = False,
+        env: Optional[Mapping[str, str]] = None,
+        log_filter: str = "warn",
+        wait_serving: bool = True,
     ) -> "TestServer":
-        server = cls(binary or server_binary(), memory=memory, env=env, log_filter=log_filter)
+        """Starts a server; returns once its health check says SERVING, or
+        with `wait_serving=False` once it answers at all (a standby replica
+        of a cluster on PostgreSQL, `env` naming the store, answers
+        NOT_SERVING)."""
+        server = cls(binary or server_binary(), memory=memory, env=env, log_filter=log_filter, wait_serving=wait_serving)
         for attempt in range(1, 4):
             # A freshly freed port can be taken before the server binds it: retry.
             server.port = free_port()
@@ -118,7 +144,7 @@ class TestServer:
                 if proc.poll() is not None:
                     raise RuntimeError(f"the server exited early ({proc.returncode}):\n{self.output()}")
                 try:
-                    if await conn.health(timeout=0.5) == "SERVING":
+                    if await conn.health(timeout=0.5) == "SERVING" or not self.wait_serving:
                         return
                 except Exception:  # noqa: BLE001
                     pass

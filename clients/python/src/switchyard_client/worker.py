@@ -278,8 +278,9 @@ class Worker:
     """Runs task handlers, registered by task name, for a Switchyard server.
 
     - `address`, `token`, `metadata`, `tls`: as for `AsyncClient` (several
-      addresses are tried in turn on reconnect); or `connection` to share
-      one.
+      addresses, such as the replicas of a cluster, comma-separated or a
+      list: each reconnect goes to the next one and registers again); or
+      `connection` to share one.
     - `concurrency`: normal slots of the shared stream (1..10000, default
       10); `immediate_slots`: slots reserved for immediate tasks (0..10000,
       default 1).
