@@ -234,7 +234,7 @@ pub async fn run_with(
         .into_iter()
         .chain(admin_listener.as_ref().and_then(|l| l.local_addr().ok()))
         .collect();
-    let executors = start_engines(&core, &config)?;
+    let executors = start_engines(&core, &config, &store)?;
     tracing::info!(
         ?addr,
         store = %store.describe(&config),
@@ -418,6 +418,7 @@ pub async fn run_with(
 pub fn start_engines(
     core: &Core,
     config: &Config,
+    store: &OpenedStore,
 ) -> Result<crate::executor::Executors, crate::core::CoreError> {
     let mut ex = crate::executor::Executors::default();
     if config.webhook.enabled {
@@ -452,16 +453,17 @@ pub fn start_engines(
     if config.workflows.enabled {
         // Shutdown policy: the engine stops when the core closes its channel
         // (the core requeues the workflows it held); aborted on drop.
-        let (registry, task) = crate::executor::workflow::start(
-            core,
-            &config.workflows,
-            (!config.store.memory)
-                .then(|| config.data_dir.join("workflows.db"))
-                .as_deref(),
-        )?;
+        let file = config.data_dir.join("workflows.db");
+        let at = match store {
+            OpenedStore::Postgres(pg) => crate::executor::workflow::RegistryAt::Postgres(pg),
+            OpenedStore::Sqlite(_) if config.store.memory => {
+                crate::executor::workflow::RegistryAt::Memory
+            }
+            OpenedStore::Sqlite(_) => crate::executor::workflow::RegistryAt::File(&file),
+        };
+        let (registry, task) = crate::executor::workflow::start(core, &config.workflows, at)?;
         ex.workflows = Some(Arc::new(registry));
         ex.tasks.push(task);
     }
-    let _ = (core, config);
     Ok(ex)
 }

@@ -77,21 +77,30 @@ impl Core {
             self.submit_insert(&mut self.inner.state.lock(), &mut task, insert, tx)?;
             Placed::AfterCommit(task, cached)
         };
-        let outcome = self.await_insert(rx, id, early).await?;
-        let (task, existing) = match (outcome.first(), placed) {
-            (Some(WriteOutcome::Existing(existing)), placed) => {
-                if matches!(placed, Placed::Queued(_)) {
-                    // Not expected without an idempotency key (the id is new).
-                    self.withdraw(id, "the store holds another task under its key");
+        // What follows the commit (queueing the task, or withdrawing it)
+        // must happen even if the caller goes away meanwhile (a client's
+        // deadline while the database is slow or down): it runs on a task
+        // of its own, which the caller awaits.
+        let this = self.clone();
+        let tail = tokio::spawn(async move {
+            let outcome = this.await_insert(rx, id, early).await?;
+            let (task, existing) = match (outcome.first(), placed) {
+                (Some(WriteOutcome::Existing(existing)), placed) => {
+                    if matches!(placed, Placed::Queued(_)) {
+                        // Not expected without an idempotency key (the id is new).
+                        this.withdraw(id, "the store holds another task under its key");
+                    }
+                    (this.status(*existing).await?, true)
                 }
-                (self.status(*existing).await?, true)
-            }
-            (_, Placed::Queued(task)) => (task, false),
-            (_, Placed::AfterCommit(task, cached)) => {
-                (self.with_state(|st| st.queue_accepted(task, cached)), false)
-            }
-        };
-        Ok(Scheduled { task, existing })
+                (_, Placed::Queued(task)) => (task, false),
+                (_, Placed::AfterCommit(task, cached)) => {
+                    (this.with_state(|st| st.queue_accepted(task, cached)), false)
+                }
+            };
+            Ok(Scheduled { task, existing })
+        });
+        tail.await
+            .map_err(|e| CoreError::Unavailable(format!("scheduling stopped: {e}")))?
     }
 
     /// The queue key and engine of a new task, once its engine is running

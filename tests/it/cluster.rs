@@ -494,3 +494,47 @@ async fn postgres_crashes_under_load_and_nothing_accepted_is_lost() {
     handle.shutdown();
     assert!(server.terminate().await);
 }
+
+/// Workflow definitions live in the shared store: a new leader runs the
+/// workflows the old one registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_runs_the_workflows_the_old_one_registered() {
+    let mut cluster = Cluster::start(2).await;
+    let urls = cluster.urls();
+    let old = cluster.wait_leader(LONG).await;
+    let mut client = connect(&cluster.replicas[old].as_ref().unwrap().url).await;
+    let (name, version, created) = crate::workflow::register(
+        &mut client,
+        "name = \"failover-flow\"\n[[steps]]\nid = \"only\"\ntask = \"failover-step\"\n",
+    )
+    .await;
+    assert_eq!(
+        (name.as_str(), version, created),
+        ("failover-flow", 1, true)
+    );
+    cluster.replicas[old].take().unwrap().kill9().await;
+    let new = cluster.wait_leader(LONG).await;
+    assert_ne!(old, new);
+    let worker = Worker::builder(&urls)
+        .handler("failover-step", |_ctx: TaskContext| async {
+            Ok(json!({"done": true}))
+        })
+        .build();
+    let handle = worker.spawn();
+    let mut client = connect(&cluster.replicas[new].as_ref().unwrap().url).await;
+    let id = client
+        .schedule_task(crate::workflow::workflow("failover-flow", vec![], ""))
+        .await
+        .expect("the new leader knows failover-flow")
+        .into_inner()
+        .task_id;
+    wait_state(&mut client, &id, pb::TaskState::Completed, LONG).await;
+    // Registering the same definition again makes no new version.
+    let (_, version, created) = crate::workflow::register(
+        &mut client,
+        "name = \"failover-flow\"\n[[steps]]\nid = \"only\"\ntask = \"failover-step\"\n",
+    )
+    .await;
+    assert_eq!((version, created), (1, false));
+    handle.shutdown();
+}

@@ -143,7 +143,7 @@ fn blocking_handler(b: WorkerBuilder, calls: &Calls, name: &str) -> WorkerBuilde
     })
 }
 
-async fn register(client: &mut Client, toml: &str) -> (String, u32, bool) {
+pub(crate) async fn register(client: &mut Client, toml: &str) -> (String, u32, bool) {
     let r = client
         .register_workflow(pb::RegisterWorkflowRequest {
             definition: toml.to_string(),
@@ -156,7 +156,11 @@ async fn register(client: &mut Client, toml: &str) -> (String, u32, bool) {
 }
 
 /// A COMPLEX task request.
-fn workflow(workflow_type: &str, args: Vec<Value>, workflow_id: &str) -> pb::ScheduleTaskRequest {
+pub(crate) fn workflow(
+    workflow_type: &str,
+    args: Vec<Value>,
+    workflow_id: &str,
+) -> pb::ScheduleTaskRequest {
     pb::ScheduleTaskRequest {
         name: workflow_type.to_string(),
         payload: Some(payload(json!({ "requested_by": "tests" }))),

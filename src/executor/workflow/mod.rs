@@ -143,18 +143,29 @@ impl Default for WorkflowsConfig {
     }
 }
 
-/// Opens the registry (`db`, or in memory; loading `workflows.dir`), registers the engine with
+/// Where the registry keeps the definitions.
+pub enum RegistryAt<'a> {
+    /// Nowhere (a memory store).
+    Memory,
+    /// A SQLite file (`workflows.db` beside the store).
+    File(&'a std::path::Path),
+    /// The PostgreSQL store, shared by every replica.
+    Postgres(&'a crate::store::postgres::PgStore),
+}
+
+/// Opens the registry (`db`: a file, the PostgreSQL store, or memory; loading `workflows.dir`), registers the engine with
 /// the core and spawns it. Policy on shutdown: the engine stops when the
 /// core closes its channel (the core requeues the workflows it held); it is
 /// aborted if the server drops it first.
 pub fn start(
     core: &Core,
     config: &WorkflowsConfig,
-    db: Option<&std::path::Path>,
+    db: RegistryAt<'_>,
 ) -> Result<(Registry, tokio::task::JoinHandle<()>), CoreError> {
     let registry = match db {
-        None => Registry::in_memory(),
-        Some(path) => Registry::open(path)?,
+        RegistryAt::Memory => Registry::in_memory(),
+        RegistryAt::File(path) => Registry::open(path)?,
+        RegistryAt::Postgres(store) => Registry::open_postgres(store)?,
     };
     if let Some(dir) = &config.dir {
         registry.load_dir(dir)?;

@@ -1,6 +1,8 @@
 //! The registry of workflow definitions: every version of every workflow
 //! type, kept in memory and persisted in `workflows.db` (SQLite, WAL) in the
-//! data directory, or only in memory when the store is.
+//! data directory, in the PostgreSQL store's `workflow_versions` table when
+//! the store is PostgreSQL (so every replica, and a new leader, has them),
+//! or only in memory when the store is.
 //!
 //! A version is written to disk before it can be used, so a run never pins a
 //! version that a crash could lose. Versions are never changed or deleted:
@@ -27,6 +29,9 @@ pub enum RegistryError {
     /// The database failed.
     #[error("workflow registry database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL store failed.
+    #[error("workflow registry: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A definition file could not be read or is invalid.
     #[error("workflow definition file {path}: {message}")]
     File {
@@ -58,6 +63,7 @@ impl From<RegistryError> for CoreError {
             RegistryError::Db(e) => {
                 CoreError::Unavailable(format!("workflow registry database: {e}"))
             }
+            RegistryError::Store(e) => CoreError::Unavailable(format!("workflow registry: {e}")),
         }
     }
 }
@@ -71,7 +77,16 @@ pub struct Registry {
 struct Inner {
     versions: RwLock<HashMap<String, BTreeMap<u32, Arc<Workflow>>>>,
     /// The database; also serialises registrations.
-    db: Mutex<Option<Connection>>,
+    db: Mutex<Option<Db>>,
+}
+
+/// Where versions are written.
+enum Db {
+    Sqlite(Connection),
+    Postgres {
+        versions: crate::store::postgres::versions::Versions,
+        fence: Option<crate::store::postgres::Fence>,
+    },
 }
 
 const SCHEMA: &str = "
@@ -105,8 +120,7 @@ impl Registry {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        let mut versions: HashMap<String, BTreeMap<u32, Arc<Workflow>>> = HashMap::new();
-        {
+        let stored = {
             let mut stmt = conn.prepare(
                 "SELECT name, version, definition FROM workflow_versions ORDER BY name, version",
             )?;
@@ -117,32 +131,31 @@ impl Registry {
                     r.get::<_, String>(2)?,
                 ))
             })?;
-            for row in rows {
-                let (name, version, text) = row?;
-                match definition::compile_text(&text, "json") {
-                    Ok(mut w) => {
-                        w.version = version;
-                        versions
-                            .entry(name)
-                            .or_default()
-                            .insert(version, Arc::new(w));
-                    }
-                    Err(e) => {
-                        // Runs pinned to it fail with "version not found".
-                        tracing::error!(
-                            workflow = %name,
-                            version,
-                            cause = %RegistryError::Invalid(e),
-                            "a stored workflow version no longer compiles; skipped"
-                        );
-                    }
-                }
-            }
-        }
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let versions = compile_stored(stored);
         Ok(Registry {
             inner: Arc::new(Inner {
                 versions: RwLock::new(versions),
-                db: Mutex::new(Some(conn)),
+                db: Mutex::new(Some(Db::Sqlite(conn))),
+            }),
+        })
+    }
+
+    /// Opens the registry in the PostgreSQL store of `store` and loads every
+    /// stored version. Versions are written fenced by the store's term.
+    pub fn open_postgres(
+        store: &crate::store::postgres::PgStore,
+    ) -> Result<Registry, RegistryError> {
+        let versions = crate::store::postgres::versions::Versions::open(store.options())?;
+        let stored = versions.all()?;
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                versions: RwLock::new(compile_stored(stored)),
+                db: Mutex::new(Some(Db::Postgres {
+                    versions,
+                    fence: store.fence(),
+                })),
             }),
         })
     }
@@ -181,11 +194,19 @@ impl Registry {
         } else {
             w.version = 1;
         }
-        if let Some(conn) = db.as_ref() {
-            conn.execute(
-                "INSERT INTO workflow_versions (name, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![w.name, w.version, w.json, now_micros()],
-            )?;
+        match db.as_ref() {
+            Some(Db::Sqlite(conn)) => {
+                conn.execute(
+                    "INSERT INTO workflow_versions (name, version, definition, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![w.name, w.version, w.json, now_micros()],
+                )?;
+            }
+            Some(Db::Postgres { versions, fence }) => versions.insert(
+                (w.name.clone(), w.version, w.json.clone()),
+                now_micros(),
+                fence.clone(),
+            )?,
+            None => {}
         }
         let w = Arc::new(w);
         self.inner
@@ -255,6 +276,34 @@ impl Registry {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
+}
+
+/// Compiles stored versions; one that no longer compiles is skipped (runs
+/// pinned to it fail with "version not found").
+fn compile_stored(
+    stored: Vec<(String, u32, String)>,
+) -> HashMap<String, BTreeMap<u32, Arc<Workflow>>> {
+    let mut versions: HashMap<String, BTreeMap<u32, Arc<Workflow>>> = HashMap::new();
+    for (name, version, text) in stored {
+        match definition::compile_text(&text, "json") {
+            Ok(mut w) => {
+                w.version = version;
+                versions
+                    .entry(name)
+                    .or_default()
+                    .insert(version, Arc::new(w));
+            }
+            Err(e) => {
+                tracing::error!(
+                    workflow = %name,
+                    version,
+                    cause = %RegistryError::Invalid(e),
+                    "a stored workflow version no longer compiles; skipped"
+                );
+            }
+        }
+    }
+    versions
 }
 
 #[async_trait::async_trait]

@@ -26,6 +26,7 @@ mod lease;
 mod reads;
 #[cfg(test)]
 mod tests;
+pub mod versions;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -278,6 +279,11 @@ impl PgStore {
                 }
             }
         }
+    }
+
+    /// The fence set by [`PgStore::set_fence`], if this replica leads.
+    pub fn fence(&self) -> Option<Fence> {
+        self.shared.fence.get().cloned()
     }
 
     /// The options it was opened with.
