@@ -94,7 +94,18 @@ impl Core {
         let t = self.status(id).await?;
         let payload = match self.inner.store.payload(id).await? {
             Some(p) => p,
-            None => return Err(CoreError::NotFound(id.to_string())),
+            // Known here but not stored yet: a task scheduled from inside
+            // the server (a workflow step) is not awaited, and may finish
+            // before its insert commits. Once everything submitted is
+            // durable, the store has it.
+            None => {
+                self.inner.store.flush().await.map_err(CoreError::Store)?;
+                self.inner
+                    .store
+                    .payload(id)
+                    .await?
+                    .ok_or_else(|| CoreError::NotFound(id.to_string()))?
+            }
         };
         Ok((t, payload))
     }

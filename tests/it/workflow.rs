@@ -1165,6 +1165,14 @@ task = "k-5"
     .await;
     calls.wait_named("k-3", 1).await;
     wait_step(&mut client, &id, "s3", pb::StepState::Running).await;
+    // What is promised: a step whose completion is durable never runs
+    // again. A worker's report is answered at once and committed in the
+    // next group commit; ListTasks waits until everything before it is
+    // durable (on PostgreSQL under load, a commit can take tens of ms).
+    client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .expect("ListTasks");
     server.kill9().await;
 
     let server = ServerProcess::start(port, dir.path(), &[]).await;
