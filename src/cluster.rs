@@ -262,6 +262,26 @@ async fn serve_connection<H>(
     let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
 }
 
+/// The cluster's status from the PostgreSQL lease tables.
+pub struct LeaseView(pub Arc<Lease>);
+
+#[async_trait::async_trait]
+impl crate::app::cluster::ClusterView for LeaseView {
+    async fn status(&self) -> Result<crate::app::cluster::ClusterStatus, crate::core::CoreError> {
+        let (leases, replicas) = self
+            .0
+            .status()
+            .await
+            .map_err(|e| crate::core::CoreError::Unavailable(e.to_string()))?;
+        Ok(crate::app::cluster::ClusterStatus {
+            store: "postgres",
+            replica_id: self.0.replica.clone(),
+            leases,
+            replicas,
+        })
+    }
+}
+
 /// Why a leader stopped leading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lost {

@@ -37,6 +37,9 @@ enum Command {
     Disconnect(switchyard::cli::DisconnectArgs),
     /// Prints counts, queues, throughput and latencies.
     Metrics(switchyard::cli::MetricsArgs),
+    /// The replicas over a PostgreSQL store: who leads, terms, lease ages.
+    #[command(subcommand)]
+    Cluster(switchyard::cli::ClusterCommand),
 }
 
 #[derive(clap::Args, Clone)]
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::Task(cmd) => switchyard::cli::run_task(&cli.client, cmd).await,
             Command::Disconnect(a) => switchyard::cli::run_disconnect(&cli.client, a).await,
             Command::Metrics(a) => switchyard::cli::run_metrics(&cli.client, a).await,
+            Command::Cluster(c) => switchyard::cli::run_cluster(&cli.client, c).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

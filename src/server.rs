@@ -265,6 +265,16 @@ pub async fn run_with(
     let watch_stop = CancellationToken::new();
     let serve_stop = CancellationToken::new();
     let max_msg = (config.limits.max_payload_bytes * 2).max(4 << 20);
+    let cluster: Arc<dyn crate::app::cluster::ClusterView> = match &leading {
+        Some((lease, _)) => Arc::new(crate::cluster::LeaseView(lease.clone())),
+        None => Arc::new(crate::app::cluster::SingleReplica {
+            replica_id: config
+                .cluster
+                .replica_id
+                .clone()
+                .unwrap_or_else(|| "embedded".into()),
+        }),
+    };
     let orchestrator = orchestrator::Orchestrator::new(
         core.clone(),
         crate::app::convert::Limits {
@@ -272,6 +282,7 @@ pub async fn run_with(
         },
         watch_stop.clone(),
         executors.workflows.clone(),
+        cluster.clone(),
     );
 
     // The drain: policy — runs once, when `shutdown` resolves.
@@ -341,6 +352,7 @@ pub async fn run_with(
                 metrics: m,
                 streams_stop: watch_stop.clone(),
                 heartbeat: config.admin.heartbeat,
+                cluster: cluster.clone(),
             },
             tokens.clone(),
             serve_stop.clone(),

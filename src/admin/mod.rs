@@ -66,6 +66,8 @@ pub struct AdminState {
     pub streams_stop: CancellationToken,
     /// Heartbeat interval of event streams.
     pub heartbeat: Duration,
+    /// Who leads (`GET /api/cluster`).
+    pub cluster: Arc<dyn crate::app::cluster::ClusterView>,
 }
 
 /// The admin router: every route, behind the bearer-token check.

@@ -41,6 +41,7 @@ pub fn routes(state: AdminState) -> Router {
         .route("/logs", get(logs))
         .route("/metrics", get(metrics_json))
         .route("/workers", get(workers))
+        .route("/cluster", get(cluster))
         .route("/events", get(events));
     Router::new()
         .nest(PREFIX, api)
@@ -357,6 +358,26 @@ struct WorkerJson {
     free_slots: Option<u32>,
     /// Runs inside the server (webhook caller, workflow engine, backends).
     local: bool,
+}
+
+/// Who leads and which replicas are alive (the dashboard's header).
+async fn cluster(
+    State(s): State<AdminState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    Params::parse(q.as_deref(), &[])?;
+    let status = s.cluster.status().await?;
+    let leader =
+        status.leases.iter().find(|l| l.partition == 0).map(
+            |l| serde_json::json!({"replica": l.holder, "address": l.address, "term": l.term}),
+        );
+    Ok(Json(serde_json::json!({
+        "store": status.store,
+        "replicaId": status.replica_id,
+        "leader": leader,
+        "leases": status.leases,
+        "replicas": status.replicas,
+    })))
 }
 
 async fn workers(

@@ -22,6 +22,7 @@ pub struct Orchestrator {
     limits: Limits,
     shutdown: CancellationToken,
     workflows: Option<Arc<dyn WorkflowRegistry>>,
+    cluster: Arc<dyn crate::app::cluster::ClusterView>,
 }
 
 impl Orchestrator {
@@ -31,12 +32,14 @@ impl Orchestrator {
         limits: Limits,
         shutdown: CancellationToken,
         workflows: Option<Arc<dyn WorkflowRegistry>>,
+        cluster: Arc<dyn crate::app::cluster::ClusterView>,
     ) -> Self {
         Orchestrator {
             core,
             limits,
             shutdown,
             workflows,
+            cluster,
         }
     }
 
@@ -312,5 +315,13 @@ impl OrchestratorService for Orchestrator {
         _req: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         Ok(Response::new(convert::metrics(&self.core.metrics())))
+    }
+
+    async fn get_cluster_status(
+        &self,
+        _req: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
+        let s = self.cluster.status().await?;
+        Ok(Response::new(crate::app::cluster::to_pb(&s)))
     }
 }

@@ -5,6 +5,7 @@
 //! API turns into HTTP answers, and the driver of one watch ([`watch`]). Neither edge imports the other; both import
 //! this. It must not serve anything itself, nor touch the store.
 
+pub mod cluster;
 pub mod convert;
 pub mod list;
 pub mod status;

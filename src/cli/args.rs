@@ -32,6 +32,13 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// `switchyard cluster ...`: the replicas over a PostgreSQL store.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClusterCommand {
+    /// Who leads (partition, term, lease age) and which replicas are alive.
+    Status,
+}
+
 /// `switchyard task ...`: schedule, inspect, cancel and watch tasks.
 #[derive(Subcommand, Debug, Clone)]
 pub enum TaskCommand {

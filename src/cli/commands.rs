@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use super::args::{
@@ -18,7 +18,7 @@ use crate::pb;
 use crate::pb::orchestrator_service_client::OrchestratorServiceClient;
 
 /// The generated client over a tonic channel.
-pub(crate) type Client = OrchestratorServiceClient<Channel>;
+pub(crate) type Client = OrchestratorServiceClient<switchyard_client::Transport>;
 
 /// How often `task logs --follow` polls.
 pub(crate) const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
@@ -79,8 +79,30 @@ pub(crate) fn server_uri(server: &str) -> String {
     }
 }
 
-/// Connects to the server at `server`.
+/// Connects to the server at `server`; several replicas' addresses,
+/// comma-separated, make one channel balanced over them (a standby
+/// forwards to the leader).
 pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
+    let parts: Vec<&str> = server
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.len() > 1 {
+        let endpoints = parts
+            .iter()
+            .map(|p| {
+                Endpoint::from_shared(server_uri(p))
+                    .map(|e| e.connect_timeout(Duration::from_secs(5)))
+                    .map_err(|e| CliError::usage(format!("--server {p}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let failover = switchyard_client::failover::Failover::connect(endpoints).await;
+        return Ok(
+            OrchestratorServiceClient::new(switchyard_client::Transport::new(failover))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    }
     let uri = server_uri(server);
     let endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| CliError::usage(format!("--server {server}: {e}")))?
@@ -89,7 +111,10 @@ pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
         .connect()
         .await
         .map_err(|e| CliError::connect(&uri, &e))?;
-    Ok(OrchestratorServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(
+        OrchestratorServiceClient::new(switchyard_client::Transport::new(channel))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 fn rpc(status: Status) -> CliError {
@@ -455,6 +480,22 @@ pub(crate) async fn metrics<W: Write>(
     out.line(render::metrics(&response, args.by_name))
 }
 
+/// `cluster status`.
+pub(crate) async fn cluster_status<W: Write>(
+    client: &mut Client,
+    out: &mut Output<W>,
+) -> Result<(), CliError> {
+    let response = client
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if out.json() {
+        return out.document(&json::cluster_status(&response));
+    }
+    out.line(render::cluster_status(&response))
+}
+
 #[cfg(test)]
 mod tests {
     //! The commands against `MockOrchestrator`, a scripted in-process server
@@ -698,6 +739,62 @@ mod tests {
             _request: Request<pb::ListWorkflowsRequest>,
         ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
             Err(Status::unimplemented("not used by these tests"))
+        }
+
+        async fn get_cluster_status(
+            &self,
+            _request: Request<pb::GetClusterStatusRequest>,
+        ) -> Result<Response<pb::GetClusterStatusResponse>, Status> {
+            Ok(Response::new(pb::GetClusterStatusResponse {
+                store: "postgres".into(),
+                replica_id: "r1".into(),
+                leases: vec![pb::PartitionLease {
+                    partition: 0,
+                    term: 3,
+                    holder: "r1".into(),
+                    address: "10.0.0.1:50051".into(),
+                    since_renewal: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 120_000_000,
+                    }),
+                    expires_in: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 880_000_000,
+                    }),
+                    held_for: Some(prost_types::Duration {
+                        seconds: 65,
+                        nanos: 0,
+                    }),
+                }],
+                replicas: vec![
+                    pb::ClusterReplica {
+                        id: "r1".into(),
+                        address: "10.0.0.1:50051".into(),
+                        leader: true,
+                        since_seen: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 120_000_000,
+                        }),
+                        up: Some(prost_types::Duration {
+                            seconds: 70,
+                            nanos: 0,
+                        }),
+                    },
+                    pb::ClusterReplica {
+                        id: "r2".into(),
+                        address: "10.0.0.2:50051".into(),
+                        leader: false,
+                        since_seen: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 300_000_000,
+                        }),
+                        up: Some(prost_types::Duration {
+                            seconds: 60,
+                            nanos: 0,
+                        }),
+                    },
+                ],
+            }))
         }
 
         async fn get_metrics(
@@ -956,5 +1053,38 @@ mod tests {
             .unwrap();
         let value: Json = serde_json::from_slice(&out.into_inner()).unwrap();
         assert_eq!(value["by_type"]["SIMPLE"]["running"], 3);
+    }
+
+    #[tokio::test]
+    async fn cluster_status_prints_the_leader_and_the_replicas() {
+        let addr = serve(MockOrchestrator::default()).await;
+        // Two addresses, the first dead: the balanced channel uses the other.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let mut client = connect(&format!("{dead_addr},{addr}")).await.unwrap();
+        let mut out = Output::new(Vec::new(), false);
+        cluster_status(&mut client, &mut out).await.unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        assert!(
+            text.starts_with("store: postgres; answered by replica r1\n"),
+            "{text}"
+        );
+        for needle in [
+            "10.0.0.1:50051",
+            "leader",
+            "standby",
+            "1.88s",
+            "120ms",
+            "65.00s",
+        ] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+        let mut out = Output::new(Vec::new(), true);
+        cluster_status(&mut client, &mut out).await.unwrap();
+        let value: Json = serde_json::from_slice(&out.into_inner()).unwrap();
+        assert_eq!(value["leases"][0]["term"], 3);
+        assert_eq!(value["leases"][0]["expires_in_ms"], 1880.0);
+        assert_eq!(value["replicas"][1]["leader"], false);
     }
 }

@@ -314,6 +314,37 @@ fn counts_map(map: &std::collections::HashMap<String, pb::StateCounts>) -> Json 
 }
 
 /// A `GetMetricsResponse`.
+/// A protobuf duration in milliseconds (negative stays negative).
+fn millis(d: Option<&prost_types::Duration>) -> Json {
+    d.map_or(Json::Null, |d| {
+        json!(d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0)
+    })
+}
+
+/// `cluster status --json`.
+pub(crate) fn cluster_status(c: &pb::GetClusterStatusResponse) -> Json {
+    json!({
+        "store": c.store,
+        "replica_id": c.replica_id,
+        "leases": c.leases.iter().map(|l| json!({
+            "partition": l.partition,
+            "term": l.term,
+            "holder": l.holder,
+            "address": l.address,
+            "since_renewal_ms": millis(l.since_renewal.as_ref()),
+            "expires_in_ms": millis(l.expires_in.as_ref()),
+            "held_for_ms": millis(l.held_for.as_ref()),
+        })).collect::<Vec<_>>(),
+        "replicas": c.replicas.iter().map(|r| json!({
+            "id": r.id,
+            "address": r.address,
+            "leader": r.leader,
+            "since_seen_ms": millis(r.since_seen.as_ref()),
+            "up_ms": millis(r.up.as_ref()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 pub(crate) fn metrics_response(m: &pb::GetMetricsResponse) -> Json {
     json!({
         "total": m.total.as_ref().map_or(Json::Null, state_counts),

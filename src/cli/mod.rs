@@ -45,8 +45,8 @@ use std::io;
 
 pub use args::{
     parse_duration, parse_json_array, parse_json_object, parse_label, BackoffArg, CancelArgs,
-    ClientArgs, DisconnectArgs, FilterArgs, ListArgs, LogsArgs, MetricsArgs, ScheduleArgs,
-    StatusArgs, TaskCommand, TaskSourceArg, TaskStateArg, TaskTypeArg, WatchArgs,
+    ClientArgs, ClusterCommand, DisconnectArgs, FilterArgs, ListArgs, LogsArgs, MetricsArgs,
+    ScheduleArgs, StatusArgs, TaskCommand, TaskSourceArg, TaskStateArg, TaskTypeArg, WatchArgs,
 };
 pub use error::CliError;
 
@@ -93,6 +93,15 @@ pub async fn run_disconnect(client: &ClientArgs, args: DisconnectArgs) -> Result
     let mut out = Output::new(io::stdout(), client.json);
     let mut grpc = connect(&client.server).await?;
     commands::disconnect(&mut grpc, &args, &mut out).await
+}
+
+/// Runs `cluster status`: who leads, under which term, and the replicas.
+pub async fn run_cluster(client: &ClientArgs, cmd: ClusterCommand) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    let mut grpc = connect(&client.server).await?;
+    match cmd {
+        ClusterCommand::Status => commands::cluster_status(&mut grpc, &mut out).await,
+    }
 }
 
 /// Runs `metrics`: prints counts per state and type, queues, throughput and

@@ -41,6 +41,62 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
+/// A protobuf duration as `1.25s` / `-250ms`, or `-` when absent.
+fn span(d: Option<&prost_types::Duration>) -> String {
+    let Some(d) = d else {
+        return "-".into();
+    };
+    let ms = d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0;
+    if ms.abs() < 1000.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{:.2}s", ms / 1000.0)
+    }
+}
+
+/// `cluster status`: the store, the leases and the replicas.
+pub(crate) fn cluster_status(c: &pb::GetClusterStatusResponse) -> String {
+    let mut out = format!("store: {}; answered by replica {}\n", c.store, c.replica_id);
+    if c.leases.is_empty() {
+        out.push_str("one replica (the embedded store has no lease)");
+        return out;
+    }
+    let mut leases = table([
+        "partition",
+        "term",
+        "leader",
+        "address",
+        "renewed ago",
+        "expires in",
+        "held for",
+    ]);
+    for l in &c.leases {
+        leases.add_row(vec![
+            l.partition.to_string(),
+            l.term.to_string(),
+            l.holder.clone(),
+            l.address.clone(),
+            span(l.since_renewal.as_ref()),
+            span(l.expires_in.as_ref()),
+            span(l.held_for.as_ref()),
+        ]);
+    }
+    align_right(&mut leases, &[0, 1, 4, 5, 6]);
+    let mut replicas = table(["replica", "address", "role", "seen ago", "up"]);
+    for r in &c.replicas {
+        replicas.add_row(vec![
+            r.id.clone(),
+            r.address.clone(),
+            if r.leader { "leader" } else { "standby" }.to_string(),
+            span(r.since_seen.as_ref()),
+            span(r.up.as_ref()),
+        ]);
+    }
+    align_right(&mut replicas, &[3, 4]);
+    out.push_str(&format!("{leases}\n{replicas}"));
+    out
+}
+
 /// `2/3`, or `0/3` before the first attempt.
 pub(crate) fn attempts(s: &pb::TaskStatus) -> String {
     format!("{}/{}", s.attempt, s.max_attempts)

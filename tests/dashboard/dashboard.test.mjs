@@ -229,6 +229,8 @@ test('the dashboard shows tasks live, opens one, cancels one', { timeout: 120_00
     null, { timeout: SHORT });
   await page.click(row(long));
   await page.waitForSelector(`#detail[data-task-id="${long}"][data-state="cancelled"]`, { timeout: SHORT });
+  // Who leads: the embedded store's one replica.
+  await page.waitForFunction(() => document.body.dataset.leader === 'embedded', null, { timeout: SHORT });
   // A few more metric polls, so the charts have lines.
   const polls = Number(await page.getAttribute('body', 'data-polls'));
   await page.waitForFunction((n) => Number(document.body.dataset.polls) >= n + 3, polls, { timeout: SHORT });

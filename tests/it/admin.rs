@@ -460,6 +460,22 @@ async fn results_workers_and_metrics_json() {
         .unwrap()
         .contains("it broke"));
 
+    let (st, cl) = get(&server, &format!("{API}/cluster")).await;
+    assert_eq!(st, 200, "{cl}");
+    if postgres_store(server.data_dir()).is_some() {
+        assert_eq!(cl["store"], "postgres");
+        assert_eq!(cl["leader"]["replica"], cl["replicaId"], "{cl}");
+        assert_eq!(cl["leases"][0]["term"], 1, "{cl}");
+    } else {
+        assert_eq!(cl["store"], "sqlite");
+        assert_eq!(
+            (cl["replicaId"].as_str(), cl["leader"].is_null()),
+            (Some("embedded"), true)
+        );
+    }
+    let (st, e) = get(&server, &format!("{API}/cluster?bogus=1")).await;
+    assert_eq!(st, 400, "an unknown parameter: {e}");
+
     let (st, w) = get(&server, &format!("{API}/workers")).await;
     assert_eq!(st, 200, "{w}");
     let remote: Vec<&Value> = w["workers"]
@@ -1058,6 +1074,7 @@ async fn bearer_tokens_guard_both_transports() {
         format!("{API}/tasks/{id}"),
         format!("{API}/metrics"),
         format!("{API}/workers"),
+        format!("{API}/cluster"),
         "/metrics".to_string(),
         "/".to_string(),
     ] {

@@ -78,21 +78,29 @@ impl Cluster {
     }
 }
 
-/// A client over every replica; calls that fail while a takeover is under
-/// way are retried.
-async fn balanced(urls: &str) -> Client {
-    let endpoints = urls.split(',').map(|u| {
-        tonic::transport::Endpoint::from_shared(u.to_string())
-            .unwrap()
-            .connect_timeout(Duration::from_millis(500))
-    });
+/// A client over every replica, as users make one: the client library's
+/// failover transport (first live replica; the next when one dies).
+async fn balanced(urls: &str) -> Replicated {
+    let endpoints: Vec<_> = urls
+        .split(',')
+        .map(|u| {
+            tonic::transport::Endpoint::from_shared(u.to_string())
+                .unwrap()
+                .connect_timeout(Duration::from_millis(500))
+        })
+        .collect();
+    let failover = switchyard_client::failover::Failover::connect(endpoints).await;
     pb::orchestrator_service_client::OrchestratorServiceClient::new(
-        tonic::transport::Channel::balance_list(endpoints),
+        switchyard_client::Transport::new(failover),
     )
 }
 
+/// An orchestrator client over several replicas.
+type Replicated =
+    pb::orchestrator_service_client::OrchestratorServiceClient<switchyard_client::Transport>;
+
 /// Schedules with an idempotency key until acknowledged.
-async fn schedule_until_acked(client: &mut Client, i: usize) -> String {
+async fn schedule_until_acked(client: &mut Replicated, i: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut req = simple("cluster-job", json!({"i": i}));
@@ -536,5 +544,38 @@ async fn a_new_leader_runs_the_workflows_the_old_one_registered() {
     )
     .await;
     assert_eq!((version, created), (1, false));
+    // Who leads, as the RPC and the CLI say (through any replica's address).
+    let c = client
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.store, "postgres");
+    assert_eq!(c.replica_id, format!("r{new}"));
+    assert_eq!(c.leases.len(), 1);
+    assert_eq!(
+        (c.leases[0].term, c.leases[0].holder.clone()),
+        (2, format!("r{new}"))
+    );
+    let leader: Vec<&str> = c
+        .replicas
+        .iter()
+        .filter(|r| r.leader)
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(leader, vec![format!("r{new}")]);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--json", "--server", &urls, "cluster", "status"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["leases"][0]["holder"], format!("r{new}"));
+    assert_eq!(v["leases"][0]["term"], 2);
     handle.shutdown();
 }

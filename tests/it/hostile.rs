@@ -160,6 +160,16 @@ async fn undecodable_requests_are_invalid_argument_never_internal() {
         assert!(e.message().contains("decoded"), "{case}: {}", e.message());
         assert_small(case, &e);
     }
+    // An RPC whose request has no field refuses garbage the same way.
+    let e = raw_unary(
+        &ch,
+        "/switchyard.v1.OrchestratorService/GetClusterStatus",
+        vec![0xff; 64],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "GetClusterStatus: {e:?}");
+    assert_small("GetClusterStatus", &e);
 
     // Random mutations of a valid request: each is accepted or refused as
     // the client's fault, never INTERNAL, never a large answer.

@@ -28,9 +28,17 @@ pub enum ClientError {
 /// A connected client. Cheap to clone (one HTTP/2 connection is shared).
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: OrchestratorServiceClient<Channel>,
+    inner: OrchestratorServiceClient<Transport>,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
+
+/// What a [`Client`] sends its calls over: one channel, or a
+/// [`crate::failover::Failover`] over several replicas.
+pub type Transport = tower::util::BoxCloneSyncService<
+    tonic::codegen::http::Request<tonic::body::Body>,
+    tonic::codegen::http::Response<tonic::body::Body>,
+    tonic::transport::Error,
+>;
 
 /// The URLs of a comma-separated list (at least one: an empty list yields
 /// the empty string, which no endpoint accepts).
@@ -48,12 +56,13 @@ pub fn split_urls(list: &str) -> impl Iterator<Item = &str> {
 
 impl Client {
     /// Connects to `url` (`http://127.0.0.1:50051`). Several replicas'
-    /// URLs, comma-separated (`http://a:50051,http://b:50051`), make one
-    /// channel balanced over all of them: a call goes to a replica that is
-    /// up (a standby forwards it to the leader), so the client rides a
-    /// failover; a call in flight on a replica that dies fails with
-    /// UNAVAILABLE and can be retried (with its idempotency key, a
-    /// `ScheduleTask` never creates a second task).
+    /// URLs, comma-separated (`http://a:50051,http://b:50051`), use the
+    /// first that accepts a connection and move to the next when a call
+    /// fails at the transport ([`crate::failover::Failover`]): a standby
+    /// forwards to the leader, so the client rides a failover. A call in
+    /// flight on a replica that dies fails with UNAVAILABLE and can be
+    /// retried (with its idempotency key, a `ScheduleTask` never creates a
+    /// second task).
     pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
         let url = url.into();
         let endpoints = split_urls(&url)
@@ -64,9 +73,11 @@ impl Client {
             })
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.len() > 1 {
-            return Ok(Client::from_channel(Channel::balance_list(
-                endpoints.into_iter(),
-            )));
+            let failover = crate::failover::Failover::connect(endpoints).await;
+            return Ok(Client {
+                inner: OrchestratorServiceClient::new(Transport::new(failover)),
+                token: None,
+            });
         }
         let channel = endpoints[0]
             .connect()
@@ -78,7 +89,7 @@ impl Client {
     /// A client over a channel of the caller's (TLS, a balancer, …).
     pub fn from_channel(channel: Channel) -> Client {
         Client {
-            inner: OrchestratorServiceClient::new(channel),
+            inner: OrchestratorServiceClient::new(Transport::new(channel)),
             token: None,
         }
     }
@@ -94,7 +105,7 @@ impl Client {
     }
 
     /// The generated client, for calls this type does not wrap.
-    pub fn raw(&mut self) -> &mut OrchestratorServiceClient<Channel> {
+    pub fn raw(&mut self) -> &mut OrchestratorServiceClient<Transport> {
         &mut self.inner
     }
 

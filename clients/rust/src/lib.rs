@@ -15,8 +15,9 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod failover;
 pub mod pb;
 pub mod trace;
 pub mod worker;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Transport};

@@ -370,6 +370,28 @@
     }
   }
 
+  // Which replica leads (PostgreSQL store), or "embedded" (SQLite).
+  async function pollCluster() {
+    try {
+      const c = await api('/cluster');
+      const el = $('c-leader');
+      if (c.store !== 'postgres') {
+        el.textContent = 'embedded';
+        el.title = 'one replica on the embedded SQLite store';
+      } else if (c.leader) {
+        const standbys = (c.replicas || []).filter((r) => r.id !== c.leader.replica).length;
+        el.textContent = `${c.leader.replica} · term ${fmtInt(num(c.leader.term))}`;
+        el.title = `${c.leader.address}; ${standbys} standby replica(s)`;
+      } else {
+        el.textContent = 'none';
+        el.title = 'no replica holds the lease: a takeover is under way';
+      }
+      document.body.dataset.leader = el.textContent;
+    } catch (e) {
+      /* the metrics poll reports the server as unreachable */
+    }
+  }
+
   async function pollWorkers() {
     try {
       const r = await api('/workers');
@@ -531,7 +553,9 @@
   loadList();
   pollMetrics();
   pollWorkers();
+  pollCluster();
   setInterval(pollMetrics, POLL_MS);
   setInterval(pollWorkers, POLL_MS);
+  setInterval(pollCluster, POLL_MS);
   requestAnimationFrame(frame);
 })();

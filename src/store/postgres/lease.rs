@@ -16,7 +16,8 @@ use super::{connect, pg_config, PgOptions};
 use crate::store::StoreError;
 
 /// One partition's lease as stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LeaseRow {
     /// The partition.
     pub partition: i32,
@@ -35,7 +36,8 @@ pub struct LeaseRow {
 }
 
 /// A replica as it last said it was alive.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ReplicaRow {
     /// Its id.
     pub id: String,

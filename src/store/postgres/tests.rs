@@ -93,7 +93,9 @@ async fn migrations_apply_once_under_concurrent_opens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    let embedded = super::embedded::migrations::runner().get_migrations().len() as i64;
+    assert!(embedded >= 2);
+    assert_eq!(n, embedded, "each migration applied once");
     for s in stores {
         s.close().await;
     }

@@ -20,6 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Duration } from "../../google/protobuf/duration.js";
 import { Struct } from "../../google/protobuf/struct.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import {
@@ -251,6 +252,63 @@ export function logSourceToJSON(object: LogSource): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+/** Asks for the cluster's status. */
+export interface GetClusterStatusRequest {
+}
+
+/** The cluster as the store records it now. */
+export interface GetClusterStatusResponse {
+  /** "sqlite" or "postgres". */
+  store: string;
+  /** The replica that answered (the leader). */
+  replicaId: string;
+  /** One lease per partition (one partition, 0, today). Empty on SQLite. */
+  leases: PartitionLease[];
+  /** Every replica that said it was alive in the last hour, oldest first. */
+  replicas: ClusterReplica[];
+}
+
+/** Who leads one partition. */
+export interface PartitionLease {
+  /** The partition. */
+  partition: number;
+  /**
+   * The term: one more at every takeover. Every row a leader writes carries
+   * it.
+   */
+  term: number;
+  /** The leading replica's id. */
+  holder: string;
+  /** Where it serves gRPC. */
+  address: string;
+  /** Time since the lease was last renewed. */
+  sinceRenewal:
+    | Duration
+    | undefined;
+  /** Time until it lapses without a renewal (negative: lapsed). */
+  expiresIn:
+    | Duration
+    | undefined;
+  /** Time since this term began. */
+  heldFor: Duration | undefined;
+}
+
+/** One replica. */
+export interface ClusterReplica {
+  /** Its id (`cluster.replica_id`, or a UUID chosen at start). */
+  id: string;
+  /** Where it serves gRPC. */
+  address: string;
+  /** Whether it holds a partition's lease. */
+  leader: boolean;
+  /** Time since it last said it was alive (a standby every quarter lease). */
+  sinceSeen:
+    | Duration
+    | undefined;
+  /** Time since it started. */
+  up: Duration | undefined;
 }
 
 /** A signal for a workflow. */
@@ -672,6 +730,511 @@ export interface GetMetricsResponse_ByNameEntry {
   key: string;
   value: StateCounts | undefined;
 }
+
+function createBaseGetClusterStatusRequest(): GetClusterStatusRequest {
+  return {};
+}
+
+export const GetClusterStatusRequest: MessageFns<GetClusterStatusRequest> = {
+  encode(_: GetClusterStatusRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetClusterStatusRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetClusterStatusRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetClusterStatusRequest {
+    return {};
+  },
+
+  toJSON(_: GetClusterStatusRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetClusterStatusRequest>, I>>(base?: I): GetClusterStatusRequest {
+    return GetClusterStatusRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetClusterStatusRequest>, I>>(_: I): GetClusterStatusRequest {
+    const message = createBaseGetClusterStatusRequest();
+    return message;
+  },
+};
+
+function createBaseGetClusterStatusResponse(): GetClusterStatusResponse {
+  return { store: "", replicaId: "", leases: [], replicas: [] };
+}
+
+export const GetClusterStatusResponse: MessageFns<GetClusterStatusResponse> = {
+  encode(message: GetClusterStatusResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.store !== "") {
+      writer.uint32(10).string(message.store);
+    }
+    if (message.replicaId !== "") {
+      writer.uint32(18).string(message.replicaId);
+    }
+    for (const v of message.leases) {
+      PartitionLease.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.replicas) {
+      ClusterReplica.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetClusterStatusResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetClusterStatusResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.store = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.leases.push(PartitionLease.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.replicas.push(ClusterReplica.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetClusterStatusResponse {
+    return {
+      store: isSet(object.store) ? globalThis.String(object.store) : "",
+      replicaId: isSet(object.replicaId)
+        ? globalThis.String(object.replicaId)
+        : isSet(object.replica_id)
+        ? globalThis.String(object.replica_id)
+        : "",
+      leases: globalThis.Array.isArray(object?.leases) ? object.leases.map((e: any) => PartitionLease.fromJSON(e)) : [],
+      replicas: globalThis.Array.isArray(object?.replicas)
+        ? object.replicas.map((e: any) => ClusterReplica.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GetClusterStatusResponse): unknown {
+    const obj: any = {};
+    if (message.store !== "") {
+      obj.store = message.store;
+    }
+    if (message.replicaId !== "") {
+      obj.replicaId = message.replicaId;
+    }
+    if (message.leases?.length) {
+      obj.leases = message.leases.map((e) => PartitionLease.toJSON(e));
+    }
+    if (message.replicas?.length) {
+      obj.replicas = message.replicas.map((e) => ClusterReplica.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetClusterStatusResponse>, I>>(base?: I): GetClusterStatusResponse {
+    return GetClusterStatusResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetClusterStatusResponse>, I>>(object: I): GetClusterStatusResponse {
+    const message = createBaseGetClusterStatusResponse();
+    message.store = object.store ?? "";
+    message.replicaId = object.replicaId ?? "";
+    message.leases = object.leases?.map((e) => PartitionLease.fromPartial(e)) || [];
+    message.replicas = object.replicas?.map((e) => ClusterReplica.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePartitionLease(): PartitionLease {
+  return {
+    partition: 0,
+    term: 0,
+    holder: "",
+    address: "",
+    sinceRenewal: undefined,
+    expiresIn: undefined,
+    heldFor: undefined,
+  };
+}
+
+export const PartitionLease: MessageFns<PartitionLease> = {
+  encode(message: PartitionLease, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.partition !== 0) {
+      writer.uint32(8).int32(message.partition);
+    }
+    if (message.term !== 0) {
+      writer.uint32(16).int64(message.term);
+    }
+    if (message.holder !== "") {
+      writer.uint32(26).string(message.holder);
+    }
+    if (message.address !== "") {
+      writer.uint32(34).string(message.address);
+    }
+    if (message.sinceRenewal !== undefined) {
+      Duration.encode(message.sinceRenewal, writer.uint32(42).fork()).join();
+    }
+    if (message.expiresIn !== undefined) {
+      Duration.encode(message.expiresIn, writer.uint32(50).fork()).join();
+    }
+    if (message.heldFor !== undefined) {
+      Duration.encode(message.heldFor, writer.uint32(58).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PartitionLease {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePartitionLease();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.partition = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.term = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.holder = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.sinceRenewal = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.expiresIn = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.heldFor = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PartitionLease {
+    return {
+      partition: isSet(object.partition) ? globalThis.Number(object.partition) : 0,
+      term: isSet(object.term) ? globalThis.Number(object.term) : 0,
+      holder: isSet(object.holder) ? globalThis.String(object.holder) : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      sinceRenewal: isSet(object.sinceRenewal)
+        ? Duration.fromJSON(object.sinceRenewal)
+        : isSet(object.since_renewal)
+        ? Duration.fromJSON(object.since_renewal)
+        : undefined,
+      expiresIn: isSet(object.expiresIn)
+        ? Duration.fromJSON(object.expiresIn)
+        : isSet(object.expires_in)
+        ? Duration.fromJSON(object.expires_in)
+        : undefined,
+      heldFor: isSet(object.heldFor)
+        ? Duration.fromJSON(object.heldFor)
+        : isSet(object.held_for)
+        ? Duration.fromJSON(object.held_for)
+        : undefined,
+    };
+  },
+
+  toJSON(message: PartitionLease): unknown {
+    const obj: any = {};
+    if (message.partition !== 0) {
+      obj.partition = Math.round(message.partition);
+    }
+    if (message.term !== 0) {
+      obj.term = Math.round(message.term);
+    }
+    if (message.holder !== "") {
+      obj.holder = message.holder;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.sinceRenewal !== undefined) {
+      obj.sinceRenewal = Duration.toJSON(message.sinceRenewal);
+    }
+    if (message.expiresIn !== undefined) {
+      obj.expiresIn = Duration.toJSON(message.expiresIn);
+    }
+    if (message.heldFor !== undefined) {
+      obj.heldFor = Duration.toJSON(message.heldFor);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PartitionLease>, I>>(base?: I): PartitionLease {
+    return PartitionLease.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PartitionLease>, I>>(object: I): PartitionLease {
+    const message = createBasePartitionLease();
+    message.partition = object.partition ?? 0;
+    message.term = object.term ?? 0;
+    message.holder = object.holder ?? "";
+    message.address = object.address ?? "";
+    message.sinceRenewal = (object.sinceRenewal !== undefined && object.sinceRenewal !== null)
+      ? Duration.fromPartial(object.sinceRenewal)
+      : undefined;
+    message.expiresIn = (object.expiresIn !== undefined && object.expiresIn !== null)
+      ? Duration.fromPartial(object.expiresIn)
+      : undefined;
+    message.heldFor = (object.heldFor !== undefined && object.heldFor !== null)
+      ? Duration.fromPartial(object.heldFor)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseClusterReplica(): ClusterReplica {
+  return { id: "", address: "", leader: false, sinceSeen: undefined, up: undefined };
+}
+
+export const ClusterReplica: MessageFns<ClusterReplica> = {
+  encode(message: ClusterReplica, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== "") {
+      writer.uint32(10).string(message.id);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    if (message.leader !== false) {
+      writer.uint32(24).bool(message.leader);
+    }
+    if (message.sinceSeen !== undefined) {
+      Duration.encode(message.sinceSeen, writer.uint32(34).fork()).join();
+    }
+    if (message.up !== undefined) {
+      Duration.encode(message.up, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterReplica {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterReplica();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.id = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.leader = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.sinceSeen = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.up = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterReplica {
+    return {
+      id: isSet(object.id) ? globalThis.String(object.id) : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      leader: isSet(object.leader) ? globalThis.Boolean(object.leader) : false,
+      sinceSeen: isSet(object.sinceSeen)
+        ? Duration.fromJSON(object.sinceSeen)
+        : isSet(object.since_seen)
+        ? Duration.fromJSON(object.since_seen)
+        : undefined,
+      up: isSet(object.up) ? Duration.fromJSON(object.up) : undefined,
+    };
+  },
+
+  toJSON(message: ClusterReplica): unknown {
+    const obj: any = {};
+    if (message.id !== "") {
+      obj.id = message.id;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.leader !== false) {
+      obj.leader = message.leader;
+    }
+    if (message.sinceSeen !== undefined) {
+      obj.sinceSeen = Duration.toJSON(message.sinceSeen);
+    }
+    if (message.up !== undefined) {
+      obj.up = Duration.toJSON(message.up);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterReplica>, I>>(base?: I): ClusterReplica {
+    return ClusterReplica.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterReplica>, I>>(object: I): ClusterReplica {
+    const message = createBaseClusterReplica();
+    message.id = object.id ?? "";
+    message.address = object.address ?? "";
+    message.leader = object.leader ?? false;
+    message.sinceSeen = (object.sinceSeen !== undefined && object.sinceSeen !== null)
+      ? Duration.fromPartial(object.sinceSeen)
+      : undefined;
+    message.up = (object.up !== undefined && object.up !== null) ? Duration.fromPartial(object.up) : undefined;
+    return message;
+  },
+};
 
 function createBaseSignalTaskRequest(): SignalTaskRequest {
   return { taskId: "", signal: "", payload: undefined };
@@ -4658,6 +5221,22 @@ export const OrchestratorServiceService = {
       Buffer.from(ListWorkflowsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListWorkflowsResponse => ListWorkflowsResponse.decode(value),
   },
+  /**
+   * The replicas and who leads each partition (PostgreSQL store; see
+   * ARCHITECTURE.md). A standby forwards it, so the leader answers. On the
+   * embedded SQLite store: one replica, no lease.
+   */
+  getClusterStatus: {
+    path: "/switchyard.v1.OrchestratorService/GetClusterStatus" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetClusterStatusRequest): Buffer =>
+      Buffer.from(GetClusterStatusRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetClusterStatusRequest => GetClusterStatusRequest.decode(value),
+    responseSerialize: (value: GetClusterStatusResponse): Buffer =>
+      Buffer.from(GetClusterStatusResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetClusterStatusResponse => GetClusterStatusResponse.decode(value),
+  },
 } as const;
 
 export interface OrchestratorServiceServer extends UntypedServiceImplementation {
@@ -4718,6 +5297,12 @@ export interface OrchestratorServiceServer extends UntypedServiceImplementation 
   registerWorkflow: handleUnaryCall<RegisterWorkflowRequest, RegisterWorkflowResponse>;
   /** Lists the registered workflow definitions (latest version of each). */
   listWorkflows: handleUnaryCall<ListWorkflowsRequest, ListWorkflowsResponse>;
+  /**
+   * The replicas and who leads each partition (PostgreSQL store; see
+   * ARCHITECTURE.md). A standby forwards it, so the leader answers. On the
+   * embedded SQLite store: one replica, no lease.
+   */
+  getClusterStatus: handleUnaryCall<GetClusterStatusRequest, GetClusterStatusResponse>;
 }
 
 export interface OrchestratorServiceClient extends Client {
@@ -4922,6 +5507,26 @@ export interface OrchestratorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListWorkflowsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * The replicas and who leads each partition (PostgreSQL store; see
+   * ARCHITECTURE.md). A standby forwards it, so the leader answers. On the
+   * embedded SQLite store: one replica, no lease.
+   */
+  getClusterStatus(
+    request: GetClusterStatusRequest,
+    callback: (error: ServiceError | null, response: GetClusterStatusResponse) => void,
+  ): ClientUnaryCall;
+  getClusterStatus(
+    request: GetClusterStatusRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetClusterStatusResponse) => void,
+  ): ClientUnaryCall;
+  getClusterStatus(
+    request: GetClusterStatusRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetClusterStatusResponse) => void,
   ): ClientUnaryCall;
 }
 

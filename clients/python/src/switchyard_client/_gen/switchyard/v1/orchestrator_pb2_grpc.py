@@ -102,6 +102,11 @@ class OrchestratorServiceStub:
                 request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.GetClusterStatus = channel.unary_unary(
+                '/switchyard.v1.OrchestratorService/GetClusterStatus',
+                request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.GetClusterStatusRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.GetClusterStatusResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -217,6 +222,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterStatus(self, request, context):
+        """The replicas and who leads each partition (PostgreSQL store; see
+        ARCHITECTURE.md). A standby forwards it, so the leader answers. On the
+        embedded SQLite store: one replica, no lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +288,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterStatus,
+                    request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_orchestrator__pb2.GetClusterStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -585,6 +604,33 @@ class OrchestratorService:
             '/switchyard.v1.OrchestratorService/ListWorkflows',
             switchyard_dot_v1_dot_orchestrator__pb2.ListWorkflowsRequest.SerializeToString,
             switchyard_dot_v1_dot_orchestrator__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.OrchestratorService/GetClusterStatus',
+            switchyard_dot_v1_dot_orchestrator__pb2.GetClusterStatusRequest.SerializeToString,
+            switchyard_dot_v1_dot_orchestrator__pb2.GetClusterStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@
 import { GrpcMethod, GrpcStreamMethod } from "@nestjs/microservices";
 import { wrappers } from "protobufjs";
 import { Observable } from "rxjs";
+import { Duration } from "../../google/protobuf/duration.js";
 import { Struct } from "../../google/protobuf/struct.js";
 import {
   ComplexTarget,
@@ -81,6 +82,63 @@ export enum LogSource {
   /** LOG_SOURCE_ENGINE - The external engine (BullMQ job.log, Temporal history, webhook). */
   LOG_SOURCE_ENGINE = 3,
   UNRECOGNIZED = -1,
+}
+
+/** Asks for the cluster's status. */
+export interface GetClusterStatusRequest {
+}
+
+/** The cluster as the store records it now. */
+export interface GetClusterStatusResponse {
+  /** "sqlite" or "postgres". */
+  store: string;
+  /** The replica that answered (the leader). */
+  replicaId: string;
+  /** One lease per partition (one partition, 0, today). Empty on SQLite. */
+  leases: PartitionLease[];
+  /** Every replica that said it was alive in the last hour, oldest first. */
+  replicas: ClusterReplica[];
+}
+
+/** Who leads one partition. */
+export interface PartitionLease {
+  /** The partition. */
+  partition: number;
+  /**
+   * The term: one more at every takeover. Every row a leader writes carries
+   * it.
+   */
+  term: number;
+  /** The leading replica's id. */
+  holder: string;
+  /** Where it serves gRPC. */
+  address: string;
+  /** Time since the lease was last renewed. */
+  sinceRenewal:
+    | Duration
+    | undefined;
+  /** Time until it lapses without a renewal (negative: lapsed). */
+  expiresIn:
+    | Duration
+    | undefined;
+  /** Time since this term began. */
+  heldFor: Duration | undefined;
+}
+
+/** One replica. */
+export interface ClusterReplica {
+  /** Its id (`cluster.replica_id`, or a UUID chosen at start). */
+  id: string;
+  /** Where it serves gRPC. */
+  address: string;
+  /** Whether it holds a partition's lease. */
+  leader: boolean;
+  /** Time since it last said it was alive (a standby every quarter lease). */
+  sinceSeen:
+    | Duration
+    | undefined;
+  /** Time since it started. */
+  up: Duration | undefined;
 }
 
 /** A signal for a workflow. */
@@ -608,6 +666,14 @@ export interface OrchestratorServiceClient {
   /** Lists the registered workflow definitions (latest version of each). */
 
   listWorkflows(request: ListWorkflowsRequest): Observable<ListWorkflowsResponse>;
+
+  /**
+   * The replicas and who leads each partition (PostgreSQL store; see
+   * ARCHITECTURE.md). A standby forwards it, so the leader answers. On the
+   * embedded SQLite store: one replica, no lease.
+   */
+
+  getClusterStatus(request: GetClusterStatusRequest): Observable<GetClusterStatusResponse>;
 }
 
 /**
@@ -722,6 +788,16 @@ export interface OrchestratorServiceController {
   listWorkflows(
     request: ListWorkflowsRequest,
   ): Promise<ListWorkflowsResponse> | Observable<ListWorkflowsResponse> | ListWorkflowsResponse;
+
+  /**
+   * The replicas and who leads each partition (PostgreSQL store; see
+   * ARCHITECTURE.md). A standby forwards it, so the leader answers. On the
+   * embedded SQLite store: one replica, no lease.
+   */
+
+  getClusterStatus(
+    request: GetClusterStatusRequest,
+  ): Promise<GetClusterStatusResponse> | Observable<GetClusterStatusResponse> | GetClusterStatusResponse;
 }
 
 export function OrchestratorServiceControllerMethods() {
@@ -738,6 +814,7 @@ export function OrchestratorServiceControllerMethods() {
       "signalTask",
       "registerWorkflow",
       "listWorkflows",
+      "getClusterStatus",
     ];
     for (const method of grpcMethods) {
       const descriptor: any = Reflect.getOwnPropertyDescriptor(constructor.prototype, method);
