@@ -408,6 +408,7 @@ async fn postgres_crashes_under_load_and_nothing_accepted_is_lost() {
         dir.path(),
         &[
             ("SWITCHYARD_STORE__URL", url.as_str()),
+            ("SWITCHYARD_STORE__SCHEMA", "switchyard"),
             ("SWITCHYARD_CLUSTER__LEASE_TTL", LEASE),
         ],
         &log,
