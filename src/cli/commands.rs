@@ -88,15 +88,17 @@ pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .collect();
-    if parts.len() > 1 {
-        let endpoints = parts
-            .iter()
-            .map(|p| {
-                Endpoint::from_shared(server_uri(p))
-                    .map(|e| e.connect_timeout(Duration::from_secs(5)))
-                    .map_err(|e| CliError::usage(format!("--server {p}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+    let endpoints = parts
+        .iter()
+        .map(|p| {
+            Endpoint::from_shared(server_uri(p))
+                .map(|e| e.connect_timeout(Duration::from_secs(5)))
+                .map_err(|e| CliError::usage(format!("--server {p}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // A name with several address records is several replicas.
+    let endpoints = switchyard_client::failover::expand_dns(endpoints).await;
+    if endpoints.len() > 1 {
         let failover = switchyard_client::failover::Failover::connect(endpoints).await;
         return Ok(
             OrchestratorServiceClient::new(switchyard_client::Transport::new(failover))

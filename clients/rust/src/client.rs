@@ -56,7 +56,8 @@ pub fn split_urls(list: &str) -> impl Iterator<Item = &str> {
 
 impl Client {
     /// Connects to `url` (`http://127.0.0.1:50051`). Several replicas'
-    /// URLs, comma-separated (`http://a:50051,http://b:50051`), use the
+    /// URLs, comma-separated (`http://a:50051,http://b:50051`), or a name
+    /// with several address records, use the
     /// first that accepts a connection and move to the next when a call
     /// fails at the transport ([`crate::failover::Failover`]): a standby
     /// forwards to the leader, so the client rides a failover. A call in
@@ -72,6 +73,8 @@ impl Client {
                     .map_err(|_| ClientError::Address(u.to_owned()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // A name with several address records is several replicas.
+        let endpoints = crate::failover::expand_dns(endpoints).await;
         if endpoints.len() > 1 {
             let failover = crate::failover::Failover::connect(endpoints).await;
             return Ok(Client {

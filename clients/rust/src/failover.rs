@@ -30,9 +30,11 @@ pub struct Failover {
 impl Failover {
     /// Connects to the first address that accepts a connection, trying
     /// them in order; if none does, starts on the first (lazily), so calls
-    /// fail with UNAVAILABLE until one comes up.
+    /// fail with UNAVAILABLE until one comes up. A host name with several
+    /// address records counts as several addresses (one per record).
     pub async fn connect(endpoints: Vec<Endpoint>) -> Failover {
         assert!(!endpoints.is_empty(), "at least one address");
+        let endpoints = expand_dns(endpoints).await;
         let mut chosen = None;
         for (i, e) in endpoints.iter().enumerate() {
             if let Ok(c) = e.connect().await {
@@ -62,6 +64,46 @@ impl Failover {
     }
 }
 
+/// Each endpoint whose host name resolves to several addresses becomes one
+/// endpoint per address (plain `http` only: TLS needs the name). Names that
+/// do not resolve now are kept as they are (they may resolve later).
+pub async fn expand_dns(endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+    let mut out = Vec::with_capacity(endpoints.len());
+    for e in endpoints {
+        let uri = e.uri().clone();
+        let (Some(host), Some("http")) = (uri.host(), uri.scheme_str()) else {
+            out.push(e);
+            continue;
+        };
+        if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+            out.push(e);
+            continue;
+        }
+        let port = uri.port_u16().unwrap_or(80);
+        let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<_> = addrs.into_iter().filter(|a| seen.insert(*a)).collect();
+        if unique.len() < 2 {
+            out.push(e);
+            continue;
+        }
+        for a in unique {
+            let path = uri.path_and_query().map_or("", |p| p.as_str());
+            match Endpoint::from_shared(format!("http://{a}{path}")) {
+                Ok(ip) => out.push(
+                    ip.connect_timeout(std::time::Duration::from_secs(5))
+                        .origin(uri.clone()),
+                ),
+                Err(_) => out.push(e.clone()),
+            }
+        }
+    }
+    out
+}
+
 impl Service<http::Request<Body>> for Failover {
     type Response = http::Response<Body>;
     type Error = tonic::transport::Error;
@@ -84,5 +126,28 @@ impl Service<http::Request<Body>> for Failover {
             }
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_with_several_records_becomes_several_addresses() {
+        // `localhost` resolves to 127.0.0.1 and, where IPv6 is set up,
+        // ::1; an IP stays one address; an unknown name is kept.
+        let e = |u: &str| Endpoint::from_shared(u.to_string()).unwrap();
+        let out = expand_dns(vec![e("http://127.0.0.1:1"), e("http://no-such-host.invalid:1")]).await;
+        assert_eq!(out.len(), 2);
+        let local = expand_dns(vec![e("http://localhost:7")]).await;
+        let n = tokio::net::lookup_host(("localhost", 7))
+            .await
+            .map(|a| a.collect::<std::collections::HashSet<_>>().len())
+            .unwrap_or(1);
+        assert_eq!(local.len(), n.max(1));
+        for ep in &local {
+            assert_eq!(ep.uri().port_u16(), Some(7));
+        }
     }
 }
