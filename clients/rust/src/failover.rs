@@ -138,7 +138,11 @@ mod tests {
         // `localhost` resolves to 127.0.0.1 and, where IPv6 is set up,
         // ::1; an IP stays one address; an unknown name is kept.
         let e = |u: &str| Endpoint::from_shared(u.to_string()).unwrap();
-        let out = expand_dns(vec![e("http://127.0.0.1:1"), e("http://no-such-host.invalid:1")]).await;
+        let out = expand_dns(vec![
+            e("http://127.0.0.1:1"),
+            e("http://no-such-host.invalid:1"),
+        ])
+        .await;
         assert_eq!(out.len(), 2);
         let local = expand_dns(vec![e("http://localhost:7")]).await;
         let n = tokio::net::lookup_host(("localhost", 7))
