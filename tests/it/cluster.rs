@@ -580,3 +580,34 @@ async fn a_new_leader_runs_the_workflows_the_old_one_registered() {
     assert_eq!(v["leases"][0]["term"], 2);
     handle.shutdown();
 }
+
+/// A replica started while PostgreSQL is down waits for it (instead of
+/// exiting) and serves once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_its_database_waits_for_it() {
+    let pg = Arc::new(OwnPostgres::start());
+    pg.crash();
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let up = {
+        let pg = pg.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::task::spawn_blocking(move || pg.up()).await.unwrap();
+        })
+    };
+    let server = ServerProcess::start(
+        free_port(),
+        dir.path(),
+        &[
+            ("SWITCHYARD_STORE__URL", url.as_str()),
+            ("SWITCHYARD_STORE__SCHEMA", "switchyard"),
+            ("SWITCHYARD_CLUSTER__LEASE_TTL", LEASE),
+        ],
+    )
+    .await;
+    up.await.unwrap();
+    let mut c = connect(&server.url).await;
+    schedule(&mut c, simple("after-the-wait", json!({}))).await;
+    assert!(server.terminate().await);
+}

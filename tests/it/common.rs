@@ -229,7 +229,14 @@ impl TestServer {
         };
         // Ready once the orchestrator answers (asking for a token counts).
         let mut client = server.client().await;
-        wait_until("the server to answer GetMetrics", SHORT, || {
+        // On PostgreSQL a server first creates its schema and takes the
+        // lease: slower on a loaded machine.
+        let ready_within = if postgres_store(server.data_dir()).is_some() {
+            LONG
+        } else {
+            SHORT
+        };
+        wait_until("the server to answer GetMetrics", ready_within, || {
             let mut c = client.clone();
             async move {
                 match c.get_metrics(pb::GetMetricsRequest {}).await {
@@ -1027,6 +1034,22 @@ pub struct OwnPostgres {
     bin: PathBuf,
 }
 
+/// A free port below Linux's ephemeral range (32768–60999). A server that
+/// is down while clients retry must not have a port those clients may get
+/// as their own source port: a connect to a closed local port can connect
+/// to itself (TCP simultaneous open) and hold the port the server then
+/// cannot bind.
+fn port_outside_ephemeral_range() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..30_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl OwnPostgres {
     fn bin_dir() -> PathBuf {
         let base = Path::new("/usr/lib/postgresql");
@@ -1065,7 +1088,7 @@ impl OwnPostgres {
     pub fn start() -> OwnPostgres {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let me = OwnPostgres {
-            port: free_port(),
+            port: port_outside_ephemeral_range(),
             dir,
             bin: Self::bin_dir(),
         };

@@ -49,6 +49,9 @@ mod embedded {
     refinery::embed_migrations!("src/store/postgres/migrations");
 }
 
+/// How long opening waits for a database that cannot be reached yet.
+const OPEN_WITHIN: Duration = Duration::from_secs(30);
+
 /// Options of the PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
@@ -209,10 +212,26 @@ impl PgStore {
             reason: e.to_string(),
         };
         let cfg = pg_config(&opts, "writer")?;
-        let mut client = connect(&cfg).await.map_err(|e| open_err(&e))?;
-        migrate(&mut client, &opts.schema)
-            .await
-            .map_err(|e| open_err(&e))?;
+        // A database that is restarting or overloaded is waited for (a
+        // replica started with it should not give up); one that refuses us
+        // (a wrong password, a bad migration) is not.
+        let deadline = std::time::Instant::now() + OPEN_WITHIN;
+        let client = loop {
+            let tried = async {
+                let mut c = connect(&cfg).await?;
+                migrate(&mut c, &opts.schema).await?;
+                Ok::<_, StoreError>(c)
+            }
+            .await;
+            match tried {
+                Ok(c) => break c,
+                Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                    tracing::warn!(cause = %e, "the store's database is not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(open_err(&e)),
+            }
+        };
         let read_cfg = pg_config(&opts, "reader")?;
         let mgr = deadpool_postgres::Manager::from_config(
             read_cfg,
