@@ -232,6 +232,9 @@ async function workerProcess() {
   let to = Infinity;
   const samples = [];
   const reply = (m) => process.send(m);
+  // The parent gone (finished, or killed at its timeout), this process
+  // ends too instead of holding its connections; after `stop` it ends here.
+  process.on('disconnect', () => process.exit(0));
   process.on('message', async (m) => {
     try {
       if (m.op === 'start') {
