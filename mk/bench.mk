@@ -1,5 +1,5 @@
 # Benchmarks: Switchyard against BullMQ and Temporal, side by side in one run
-# (bench/README.md). `make bench` is the full run (about 15 minutes; writes
+# (bench/README.md). `make bench` is the full run (about 25 minutes; writes
 # bench/results/<date>.json); `make bench-quick` runs every scenario briefly
 # to keep the harness working, not for numbers (CI runs it).
 
