@@ -1,5 +1,5 @@
 # Benchmarks: Switchyard against BullMQ and Temporal, side by side in one run
-# (bench/README.md). `make bench` is the full run (about 15 minutes; writes
+# (bench/README.md). `make bench` is the full run (about 25 minutes; writes
 # bench/results/<date>.json); `make bench-quick` runs every scenario briefly
 # to keep the harness working, not for numbers (CI runs it).
 
@@ -15,13 +15,20 @@ bench-build:
 
 # Peers' dependencies. A failed install is reported and the bench marks that
 # peer "skipped" instead of failing: a registry hiccup must not fail CI.
-bench-deps: bench/bullmq/node_modules/.bench-installed $(BENCH_VENV)/.bench-temporal-installed
+bench-deps: bench/bullmq/node_modules/.bench-installed bench/pgqueue/node_modules/.bench-installed \
+	$(BENCH_VENV)/.bench-temporal-installed
 
 bench/bullmq/node_modules/.bench-installed: bench/bullmq/package-lock.json bench/bullmq/package.json
 	@if command -v $(NPM) >/dev/null 2>&1; then \
 		( cd bench/bullmq && $(NPM) ci --no-audit --no-fund --loglevel=error ) && touch $@ \
 		|| echo "bench: installing bench/bullmq failed; the BullMQ peer will be skipped" >&2; \
 	else echo "bench: npm not found; the BullMQ peer will be skipped" >&2; fi
+
+bench/pgqueue/node_modules/.bench-installed: bench/pgqueue/package-lock.json bench/pgqueue/package.json
+	@if command -v $(NPM) >/dev/null 2>&1; then \
+		( cd bench/pgqueue && $(NPM) ci --no-audit --no-fund --loglevel=error ) && touch $@ \
+		|| echo "bench: installing bench/pgqueue failed; the graphile-worker peer will be skipped" >&2; \
+	else echo "bench: npm not found; the graphile-worker peer will be skipped" >&2; fi
 
 # Adds to the repo's .venv (others install tools there too): never recreates it.
 $(BENCH_VENV)/.bench-temporal-installed: bench/temporal/requirements.txt

@@ -187,37 +187,46 @@ pub struct Rate {
     pub server_cpu_us: f64,
     /// This process's CPU (load generator and workers) per operation, µs.
     pub bench_cpu_us: f64,
+    /// PostgreSQL's processes' CPU per operation, µs (measured on the
+    /// PostgreSQL store only).
+    pub db_cpu_us: Option<f64>,
 }
 
 /// The rate of `counter` over `window`, after `warmup`, with the CPU that
-/// process `server` and this process used meanwhile.
+/// process `server` and this process used meanwhile, and PostgreSQL's
+/// processes if `db`.
 pub async fn measure_rate(
     counter: &AtomicU64,
     server: u32,
     warmup: Duration,
     window: Duration,
+    db: bool,
 ) -> Rate {
     let me = std::process::id();
     let cpu = |pid| crate::server::cpu_secs(pid).unwrap_or(0.0);
+    let db_cpu = || db.then(crate::pg::postgres_cpu_secs);
     tokio::time::sleep(warmup).await;
-    let (c1, t1, s1, b1) = (
+    let (c1, t1, s1, b1, d1) = (
         counter.load(Ordering::Relaxed),
         Instant::now(),
         cpu(server),
         cpu(me),
+        db_cpu(),
     );
     tokio::time::sleep(window).await;
-    let (c2, t2, s2, b2) = (
+    let (c2, t2, s2, b2, d2) = (
         counter.load(Ordering::Relaxed),
         Instant::now(),
         cpu(server),
         cpu(me),
+        db_cpu(),
     );
     let ops = (c2 - c1).max(1) as f64;
     Rate {
         per_sec: (c2 - c1) as f64 / (t2 - t1).as_secs_f64(),
         server_cpu_us: (s2 - s1) * 1e6 / ops,
         bench_cpu_us: (b2 - b1) * 1e6 / ops,
+        db_cpu_us: d1.zip(d2).map(|(a, b)| (b - a) * 1e6 / ops),
     }
 }
 
@@ -229,11 +238,12 @@ pub async fn schedule_throughput(
     warmup: Duration,
     window: Duration,
     make: MakeRequest,
+    db: bool,
 ) -> Result<Rate> {
     let pool = Pool::new(url, inflight).await?;
     let p = Producer::spawn(&pool, inflight, None, make);
     let counts = p.counts.clone();
-    let rate = measure_rate(&counts.ok, server, warmup, window).await;
+    let rate = measure_rate(&counts.ok, server, warmup, window, db).await;
     let counts = p.stop().await;
     check(&counts)?;
     Ok(rate)

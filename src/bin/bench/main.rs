@@ -7,9 +7,11 @@
 //! See `bench/README.md` for what each scenario measures and the caveats.
 
 mod backends;
+mod failover;
 mod libworker;
 mod load;
 mod peers;
+mod pg;
 mod report;
 mod scenarios;
 mod server;
@@ -19,6 +21,7 @@ mod worker;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -45,13 +48,31 @@ struct Args {
     pending: Option<u64>,
     /// Which parts to run: Switchyard's scenarios a–h (g: via BullMQ, with
     /// Node's Queue.add interleaved; h: via Temporal, with the Python
-    /// client interleaved) and the peers' own scenarios (bullmq, temporal).
+    /// client interleaved), the peers' own scenarios (bullmq, temporal),
+    /// and on PostgreSQL: a, b and c again (pa, pb, pc), graphile-worker's
+    /// (graphile, interleaved with them) and the failover of three replicas.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,b,c,d,e,f,g,h,bullmq,temporal"
+        default_value = "a,b,c,d,e,f,g,h,bullmq,temporal,pa,pb,pc,graphile,failover"
     )]
     only: Vec<String>,
+    /// PostgreSQL for pa, pb, pc, graphile and failover (a fresh schema per
+    /// measurement, dropped after it). If it does not answer, those parts
+    /// are skipped.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    database_url: String,
+    /// Lease lengths of the failover scenario (--quick: the first only).
+    #[arg(long, value_delimiter = ',', default_value = "1s,2s", value_parser = humantime::parse_duration)]
+    lease_ttls: Vec<Duration>,
+    /// Pending tasks before the failover's worker starts (default 100,000;
+    /// 2,000 with --quick).
+    #[arg(long)]
+    failover_pending: Option<u64>,
     /// The worker client used in b, c and d: the Rust worker library (what
     /// users run), or the raw stream (least client overhead).
     #[arg(long, value_enum, default_value = "lib")]
@@ -129,6 +150,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if let Some(p) = args.pending {
         plan.pending_n = p;
+    }
+    if let Some(p) = args.failover_pending {
+        plan.failover_pending = p.max(1);
     }
     if !args.server_bin.exists() {
         anyhow::bail!(
@@ -308,6 +332,177 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
+    // On PostgreSQL: pa, pb and pc (a, b and c with the store in a fresh
+    // schema), each run followed by graphile-worker's same work on the same
+    // database, so both sides of a ratio see the same machine load; then the
+    // failover of three replicas.
+    let mut gw = PeerRuns::default();
+    let want_graphile = wants(&args, "graphile");
+    let (want_pa, want_pb, want_pc) = (wants(&args, "pa"), wants(&args, "pb"), wants(&args, "pc"));
+    let want_failover = wants(&args, "failover");
+    let mut pg_rates: Vec<(u32, f64)> = Vec::new();
+    let mut pg_sync = String::new();
+    let gw_ok = PathBuf::from("bench/pgqueue/node_modules/graphile-worker").exists();
+    if want_graphile && !gw_ok {
+        gw.side.note(
+            "*",
+            "skipped: graphile-worker is not installed (npm ci --prefix bench/pgqueue)",
+        );
+    }
+    if want_graphile || want_pa || want_pb || want_pc || want_failover {
+        let pg = Arc::new(pg::Pg::new(&args.database_url));
+        match pg.settings().await {
+            Err(e) => {
+                let why = format!(
+                    "skipped: no PostgreSQL at {}: {e:#}",
+                    pg::redact(&args.database_url)
+                );
+                log(&why);
+                for p in ["pa.", "pb.", "pc.", "failover."] {
+                    sy.note(p, why.clone());
+                }
+                gw.side.note("*", why);
+            }
+            Ok((version, sync)) => {
+                machine.versions.insert("postgresql".into(), version);
+                pg_sync = sync;
+                match pg.drop_stale().await {
+                    Ok(0) => {}
+                    Ok(n) => log(format!("dropped {n} schema(s) left by earlier bench runs")),
+                    Err(e) => log(format!("dropping stale schemas: {e:#}")),
+                }
+                let pctx = ctx.on_postgres(pg.clone());
+                // graphile alone: all of its parts, against pb's maximum.
+                let all = want_graphile && !(want_pa || want_pb || want_pc);
+                let gw_on = want_graphile && gw_ok;
+                let (mut pa_failed, mut pb_failed) = (false, false);
+                for run in 0..plan.runs {
+                    if want_pa && !pa_failed {
+                        log(format!(
+                            "pa. ScheduleTask throughput on PostgreSQL, run {}",
+                            run + 1
+                        ));
+                        match scenarios::schedule(&pctx).await {
+                            Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                            Err(e) => {
+                                fail(&mut sy, "pa.", e);
+                                pa_failed = true;
+                            }
+                        }
+                    }
+                    if want_pb && !pb_failed {
+                        log(format!(
+                            "pb. end-to-end SIMPLE throughput on PostgreSQL, run {}",
+                            run + 1
+                        ));
+                        match scenarios::end_to_end(&pctx).await {
+                            Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                            Err(e) => {
+                                fail(&mut sy, "pb.", e);
+                                pb_failed = true;
+                            }
+                        }
+                    }
+                    let parts: Vec<&str> = [
+                        ("add", want_pa || all),
+                        ("e2e", want_pb || all),
+                        ("drain", want_pb || all),
+                    ]
+                    .into_iter()
+                    .filter_map(|(p, w)| w.then_some(p))
+                    .collect();
+                    if gw_on && !parts.is_empty() {
+                        log(format!(
+                            "graphile: bench/pgqueue/bench.mjs {parts:?}, run {}",
+                            run + 1
+                        ));
+                        let r = graphile_call(&args, &plan, &[], &parts, 1).await;
+                        gw.merge(r, "graphile-worker");
+                    }
+                }
+                // pc's rates: 25% and 50% of pb's 1 × 100 figure.
+                if want_pc || all {
+                    let max = match sy.stat("pb.1x100").map(|s| s.median) {
+                        Some(m) => m,
+                        None => {
+                            log("pc. measuring the maximum first (pb, 1 × 100)");
+                            let mut one = Side::default();
+                            match scenarios::end_to_end(&pctx).await {
+                                Ok(v) => v.into_iter().for_each(|(k, x)| one.push(&k, x)),
+                                Err(e) => fail(&mut sy, "pc.", e),
+                            }
+                            one.stat("pb.1x100").map(|s| s.median).unwrap_or(2_000.0)
+                        }
+                    };
+                    pg_rates = [25u32, 50]
+                        .iter()
+                        .map(|&p| (p, ((max * p as f64 / 100.0) / 10.0).round().max(1.0) * 10.0))
+                        .collect();
+                    let mut pc_failed = false;
+                    for run in 0..plan.runs {
+                        for &(pct, rate) in &pg_rates {
+                            if !want_pc || pc_failed {
+                                break;
+                            }
+                            log(format!(
+                                "pc. schedule-to-start on PostgreSQL at {pct}% = {rate}/s, run {}",
+                                run + 1
+                            ));
+                            match scenarios::latency(&pctx, rate).await {
+                                Ok(l) => {
+                                    for (k, v) in [
+                                        ("p50", l.p50),
+                                        ("p99", l.p99),
+                                        ("p999", l.p999),
+                                        ("offered", l.offered),
+                                        ("reply_p50", l.reply_p50),
+                                        ("reply_p99", l.reply_p99),
+                                    ] {
+                                        sy.push(&format!("pc.{pct}.{k}"), v);
+                                    }
+                                }
+                                Err(e) => {
+                                    fail(&mut sy, "pc.", e);
+                                    pc_failed = true;
+                                }
+                            }
+                        }
+                        if gw_on {
+                            log(format!("graphile: add-to-start, run {}", run + 1));
+                            let r = graphile_call(&args, &plan, &pg_rates, &["lat"], 1).await;
+                            gw.merge(r, "graphile-worker");
+                        }
+                    }
+                }
+                if want_failover {
+                    let leases: Vec<Duration> = if plan.quick {
+                        args.lease_ttls.iter().take(1).copied().collect()
+                    } else {
+                        args.lease_ttls.clone()
+                    };
+                    'leases: for lease in leases {
+                        for run in 0..plan.runs {
+                            log(format!(
+                                "failover. 3 replicas, lease {}, {} pending, kill -9 of the leader, run {}",
+                                failover::lease_tag(lease),
+                                plan.failover_pending,
+                                run + 1
+                            ));
+                            match failover::failover(&pctx, &pg, lease, plan.failover_pending).await
+                            {
+                                Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                                Err(e) => {
+                                    fail(&mut sy, "failover.", e);
+                                    break 'leases;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     // g and its peer share one Redis; each run measures Switchyard via
     // BullMQ, then Node's Queue.add at the same concurrencies, so both see
     // the same machine load.
@@ -469,6 +664,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for (name, wanted, p) in [
         ("bullmq", want_g || want_bullmq, bull),
         ("temporal", want_h || want_temporal, temp),
+        ("graphile-worker", want_graphile, gw),
     ] {
         if !wanted {
             continue;
@@ -484,9 +680,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     sides.insert(SY, sy);
 
-    let rows = rows(&plan, &rates);
+    let leases: Vec<String> = args
+        .lease_ttls
+        .iter()
+        .take(if plan.quick { 1 } else { usize::MAX })
+        .map(|l| failover::lease_tag(*l))
+        .collect();
+    let rows = rows(&plan, &rates, &pg_rates, &leases);
     let figures = report::build(rows, &sides);
-    let targets = targets(&plan, &sides, &figures);
+    let targets = targets(&plan, &sides, &figures, &leases);
     let table = report::markdown(&figures);
     let target_table = report::targets_markdown(&targets);
     notes.push(format!("Worker client: {}.", args.worker.describe()));
@@ -497,6 +699,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
          state in memory."
             .to_string(),
     );
+    if !pg_sync.is_empty() {
+        notes.push(format!(
+            "PostgreSQL (pa, pb, pc, failover): the same server with its store in a fresh schema of the \
+             database at {} (synchronous_commit = {pg_sync}: a commit waits for its WAL flush), dropped after \
+             each measurement; b there is one worker connection × 100 slots. CPU per operation adds \
+             PostgreSQL's processes (db_cpu_us: every postgres process on the machine). graphile-worker runs \
+             on the same database in its own schema, right after each Switchyard run; a completed \
+             graphile-worker job is deleted, Switchyard keeps finished tasks.",
+            pg::redact(&args.database_url)
+        ));
+    }
     notes.push(
         "g counts a job when it is in Redis (the queue's wait, prioritized and delayed keys, read at the \
          window's ends), or ScheduleTask answers if fewer: Switchyard answers once the task is durable and adds \
@@ -559,6 +772,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "reproduce": if args.quick { "make bench-quick" } else { "make bench" },
         "plan": plan,
         "rates": rates.iter().map(|(p, r)| json!({"percent": p, "rate": r})).collect::<Vec<_>>(),
+        "pg_rates": pg_rates.iter().map(|(p, r)| json!({"percent": p, "rate": r})).collect::<Vec<_>>(),
         "machine": machine,
         "worker": args.worker.describe(),
         "notes": notes,
@@ -568,8 +782,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             "switchyard": sides.get(SY),
             "bullmq": sides.get("bullmq"),
             "temporal": sides.get("temporal"),
+            "graphile_worker": sides.get("graphile-worker"),
             "bullmq_info": peer_info.get("bullmq"),
             "temporal_info": peer_info.get("temporal"),
+            "graphile_worker_info": peer_info.get("graphile-worker"),
         },
         "table_markdown": table,
         "targets_markdown": target_table,
@@ -661,6 +877,40 @@ async fn bullmq_call(
     .await
 }
 
+/// `bench/pgqueue/bench.mjs` (graphile-worker) with `parts` of its
+/// scenarios, `runs` times, on `--database-url`.
+async fn graphile_call(
+    args: &Args,
+    plan: &Plan,
+    rates: &[(u32, f64)],
+    parts: &[&str],
+    runs: usize,
+) -> anyhow::Result<peers::PeerOutput> {
+    let cfg = json!({
+        "runs": runs,
+        "parts": parts,
+        "warmup_s": plan.warmup.as_secs_f64(),
+        "window_s": plan.window.as_secs_f64(),
+        "lat_warmup_s": plan.lat_warmup.as_secs_f64(),
+        "lat_window_s": plan.lat_window.as_secs_f64(),
+        "inflight": plan.inflight,
+        "producer_inflight": plan.producer_inflight,
+        "concurrency": [100],
+        "drain_n": plan.drain_n,
+        "drain_concurrency": 100,
+        "lat_concurrency": 100,
+        "rates": rates.iter().map(|(p, r)| json!({"percent": p, "rate": r})).collect::<Vec<_>>(),
+    });
+    let timeout = Duration::from_secs(if plan.quick { 180 } else { 600 });
+    peers::run_json(
+        &args.node,
+        &["bench/pgqueue/bench.mjs".to_string(), cfg.to_string()],
+        &[("DATABASE_URL".into(), args.database_url.clone())],
+        timeout,
+    )
+    .await
+}
+
 /// `bench/temporal/bench.py`, one run (numbered `run`), against the dev
 /// server at `address`.
 async fn temporal_call(
@@ -687,7 +937,12 @@ async fn temporal_call(
     .await
 }
 
-fn rows(plan: &Plan, rates: &[(u32, f64)]) -> Vec<RowDef> {
+fn rows(
+    plan: &Plan,
+    rates: &[(u32, f64)],
+    pg_rates: &[(u32, f64)],
+    leases: &[String],
+) -> Vec<RowDef> {
     let mut r = Vec::new();
     for &c in &plan.inflight {
         r.push(
@@ -933,6 +1188,163 @@ fn rows(plan: &Plan, rates: &[(u32, f64)]) -> Vec<RowDef> {
         Unit::Secs,
         Better::Lower,
     ));
+    r.extend(pg_rows(plan, pg_rates, leases));
+    r
+}
+
+const GW: &str = "graphile-worker";
+
+/// The rows on PostgreSQL: pa, pb and pc against graphile-worker, and the
+/// failover.
+fn pg_rows(plan: &Plan, pg_rates: &[(u32, f64)], leases: &[String]) -> Vec<RowDef> {
+    let mut r = Vec::new();
+    for &c in &plan.inflight {
+        r.push(
+            RowDef::new(
+                format!("pa.c{c}"),
+                format!("pa. ScheduleTask on PostgreSQL, {c} in flight"),
+                Unit::PerSec,
+                Better::Higher,
+            )
+            .vs(GW, format!("add.c{c}"), format!("addJob, {c} in flight")),
+        );
+    }
+    let p = plan.producer_inflight;
+    r.push(
+        RowDef::new(
+            "pb.1x100",
+            format!("pb. SIMPLE end to end on PostgreSQL, 1 worker conn × 100 slots, producer {p} in flight"),
+            Unit::PerSec,
+            Better::Higher,
+        )
+        .vs(GW, "e2e.c100", format!("concurrency 100, addJob {p} in flight")),
+    );
+    let n = plan.drain_n;
+    r.push(
+        RowDef::new(
+            "pb.drain",
+            format!("pb. drain of {n} pre-filled tasks on PostgreSQL, 1 conn × 100 slots"),
+            Unit::PerSec,
+            Better::Higher,
+        )
+        .vs(
+            GW,
+            "drain.c100",
+            format!("drain of {n} jobs, concurrency 100"),
+        ),
+    );
+    for (id, peer_id, what) in [
+        (
+            "pa.c256",
+            "add.c256",
+            "ScheduleTask / addJob, 256 in flight",
+        ),
+        (
+            "pb.1x100",
+            "e2e.c100",
+            "task end to end, 1 × 100 / concurrency 100",
+        ),
+    ] {
+        let g = &id[..2];
+        r.push(RowDef::new(
+            format!("{id}.server_cpu_us"),
+            format!("{g}. CPU per {what}: Switchyard server"),
+            Unit::Us,
+            Better::Lower,
+        ));
+        r.push(
+            RowDef::new(
+                format!("{id}.db_cpu_us"),
+                format!("{g}. CPU per {what}: PostgreSQL"),
+                Unit::Us,
+                Better::Lower,
+            )
+            .vs(GW, format!("{peer_id}.db_cpu_us"), "PostgreSQL"),
+        );
+        r.push(
+            RowDef::new(
+                format!("{id}.total_cpu_us"),
+                format!("{g}. CPU per {what}: server + PostgreSQL + load generator + workers"),
+                Unit::Us,
+                Better::Lower,
+            )
+            .vs(
+                GW,
+                format!("{peer_id}.total_cpu_us"),
+                "PostgreSQL + Node producer + Node worker",
+            ),
+        );
+    }
+    for &(pct, rate) in pg_rates {
+        for (q, name) in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")] {
+            r.push(
+                RowDef::new(
+                    format!("pc.{pct}.{q}"),
+                    format!(
+                        "pc. schedule-to-start on PostgreSQL {name} at {pct}% load ({rate:.0}/s)"
+                    ),
+                    Unit::Ms,
+                    Better::Lower,
+                )
+                .vs(
+                    GW,
+                    format!("lat.{pct}.{q}"),
+                    format!("add-to-start {name} at {rate:.0}/s"),
+                ),
+            );
+        }
+        for (q, name) in [("p50", "p50"), ("p99", "p99")] {
+            r.push(RowDef::new(
+                format!("pc.{pct}.reply_{q}"),
+                format!("pc. ScheduleTask send-to-reply on PostgreSQL {name} at {pct}% load (the durable accept)"),
+                Unit::Ms,
+                Better::Lower,
+            ));
+        }
+    }
+    let pending = plan.failover_pending;
+    for l in leases {
+        for (k, unit, what) in [
+            (
+                "detect",
+                Unit::Secs,
+                "detection: kill -9 of the leader → a standby holds the lease",
+            ),
+            (
+                "load",
+                Unit::Secs,
+                "load: takeover → the new leader SERVING (active tasks read back)",
+            ),
+            (
+                "resume",
+                Unit::Secs,
+                "resume: SERVING → first task started on the new leader (worker reconnect)",
+            ),
+            (
+                "rebuild",
+                Unit::Secs,
+                "rebuild: takeover → first task started (load + resume)",
+            ),
+            (
+                "total",
+                Unit::Secs,
+                "total: kill -9 → first task started on the new leader",
+            ),
+            ("active", Unit::Count, "tasks not yet started at the kill"),
+            (
+                "ran_twice",
+                Unit::Count,
+                "tasks started twice (running at the kill)",
+            ),
+        ] {
+            r.push(RowDef::new(
+                format!("failover.{l}.{k}"),
+                format!("failover. 3 replicas, lease {l}, {pending} pending: {what}"),
+                unit,
+                Better::Lower,
+            ));
+        }
+    }
     r
 }
 
@@ -940,6 +1352,7 @@ fn targets(
     plan: &Plan,
     sides: &BTreeMap<&'static str, Side>,
     figures: &[report::Figure],
+    leases: &[String],
 ) -> Vec<TargetCheck> {
     let empty = Side::default();
     let sy = sides.get(SY).unwrap_or(&empty);
@@ -1038,6 +1451,43 @@ fn targets(
         1.2,
         Unit::Ratio,
     ));
+    // Issue 20: the PostgreSQL store and its failover.
+    t.push(at_least(
+        "pa. ≥ 10,000 durable schedules/s on PostgreSQL at 256 in flight (issue 20)",
+        med("pa.c256").map(|v| ("pa.c256".into(), v)),
+        10_000.0,
+        Unit::PerSec,
+    ));
+    t.push(at_least(
+        "pb. ≥ 8,000 tasks/s end to end on PostgreSQL, one worker connection (issue 20)",
+        med("pb.1x100").map(|v| ("pb.1x100".into(), v)),
+        8_000.0,
+        Unit::PerSec,
+    ));
+    t.push(at_most(
+        "pc. p99 schedule-to-start ≤ 5 ms at 50% load on PostgreSQL (issue 20)",
+        med("pc.50.p99").map(|v| ("pc.50.p99".into(), v)),
+        5.0,
+        Unit::Ms,
+    ));
+    for l in leases {
+        let id = format!("failover.{l}.total");
+        t.push(at_most(
+            &format!("failover, lease {l}: kill -9 of the leader → first task on the new leader ≤ 5 s (issue 20)"),
+            med(&id).map(|v| (id.clone(), v)),
+            5.0,
+            Unit::Secs,
+        ));
+    }
+    if let Some(l) = leases.first() {
+        let id = format!("failover.{l}.total");
+        t.push(at_most(
+            &format!("failover, lease {l}: the aim, ≤ 2 s (issue 20)"),
+            med(&id).map(|v| (id.clone(), v)),
+            2.0,
+            Unit::Secs,
+        ));
+    }
     let full = plan.pending_n >= 1_000_000;
     let rss = med("f.rss").map(|v| v.max(med("f.rss_restarted").unwrap_or(0.0)));
     t.push(TargetCheck {

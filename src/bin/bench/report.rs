@@ -94,6 +94,8 @@ pub enum Unit {
     Us,
     Secs,
     MiB,
+    /// A number of tasks.
+    Count,
     /// A ratio (targets only).
     Ratio,
 }
@@ -106,6 +108,7 @@ impl Unit {
             Unit::Us => "µs",
             Unit::Secs => "s",
             Unit::MiB => "MiB",
+            Unit::Count => "tasks",
             Unit::Ratio => "×",
         }
     }
@@ -231,6 +234,7 @@ pub fn fmt_num(v: f64, unit: Unit) -> String {
         Unit::Us => format!("{v:.1}"),
         Unit::Secs => format!("{v:.2}"),
         Unit::MiB => format!("{v:.0}"),
+        Unit::Count => group_thousands(v.round().max(0.0) as u64),
         Unit::Ratio => format!("{v:.2}"),
     }
 }

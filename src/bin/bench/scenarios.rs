@@ -18,6 +18,7 @@ use crate::load::{
     self, check, measure_rate, open_loop, payload_n, payload_t, simple, MakeRequest, Pool,
     Producer, Rate,
 };
+use crate::pg::Pg;
 use crate::server::{Server, ServerSpec, Stop};
 use crate::webhook::Hook;
 use crate::worker::{Sink, WorkerKind, Workers};
@@ -47,6 +48,8 @@ pub struct Plan {
     pub temporal_starts_n: u64,
     /// Three-activity workflows completed per run on Temporal.
     pub temporal_completed_n: u64,
+    /// Pending tasks filled before the failover's worker starts.
+    pub failover_pending: u64,
 }
 
 impl Plan {
@@ -69,6 +72,7 @@ impl Plan {
                 fill_inflight: 256,
                 temporal_starts_n: 50,
                 temporal_completed_n: 20,
+                failover_pending: 2_000,
             }
         } else {
             Plan {
@@ -88,6 +92,7 @@ impl Plan {
                 fill_inflight: 256,
                 temporal_starts_n: 1_000,
                 temporal_completed_n: 300,
+                failover_pending: 100_000,
             }
         }
     }
@@ -102,6 +107,10 @@ pub const E2E_CONFIGS: &[(&str, usize, u32, u32)] = &[
     ("b.4x25", 4, 25, 100),
 ];
 
+/// The end-to-end configuration of b on PostgreSQL (pb): one worker
+/// connection.
+pub const PG_E2E_CONFIGS: &[(&str, usize, u32, u32)] = &[("b.1x100", 1, 100, 100)];
+
 /// Where and how servers are started.
 pub struct Ctx {
     pub spec: ServerSpec,
@@ -109,19 +118,30 @@ pub struct Ctx {
     pub plan: Plan,
     pub worker: WorkerKind,
     pub workflow_definition: String,
+    /// The store: SQLite in the data directory (`None`), or PostgreSQL, a
+    /// fresh schema per server.
+    pub pg: Option<Arc<Pg>>,
+    /// b's worker configurations.
+    pub e2e_configs: &'static [(&'static str, usize, u32, u32)],
     seq: AtomicU64,
 }
 
-/// A server and the directory to remove after it.
+/// A server and the directory (and PostgreSQL schema) to remove after it.
 pub struct Fresh {
     pub server: Server,
     dir: PathBuf,
+    schema: Option<(Arc<Pg>, String)>,
 }
 
 impl Fresh {
     pub async fn done(self) {
         let _ = self.server.stop(Stop::Kill).await;
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((pg, schema)) = self.schema {
+            if let Err(e) = pg.drop_schema(&schema).await {
+                eprintln!("bench: {e:#}");
+            }
+        }
     }
 }
 
@@ -141,8 +161,41 @@ impl Ctx {
             plan,
             worker,
             workflow_definition,
+            pg: None,
+            e2e_configs: E2E_CONFIGS,
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// The same servers on PostgreSQL at `pg` (pa, pb, pc): one worker
+    /// connection in b.
+    pub fn on_postgres(&self, pg: Arc<Pg>) -> Ctx {
+        Ctx {
+            spec: self.spec.clone(),
+            work_dir: self.work_dir.clone(),
+            plan: self.plan.clone(),
+            worker: self.worker,
+            workflow_definition: self.workflow_definition.clone(),
+            pg: Some(pg),
+            e2e_configs: PG_E2E_CONFIGS,
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// A figure's id: `a.c1` on SQLite, `pa.c1` on PostgreSQL.
+    pub fn fig(&self, id: &str) -> String {
+        match self.pg {
+            Some(_) => format!("p{id}"),
+            None => id.to_string(),
+        }
+    }
+
+    /// The server environment of the PostgreSQL store in `schema`.
+    pub fn pg_env(pg: &Pg, schema: &str) -> Vec<(String, String)> {
+        vec![
+            ("SWITCHYARD_STORE__URL".to_string(), pg.url.clone()),
+            ("SWITCHYARD_STORE__SCHEMA".to_string(), schema.to_string()),
+        ]
     }
 
     pub async fn fresh(&self, tag: &str) -> Result<Fresh> {
@@ -152,14 +205,31 @@ impl Ctx {
     /// A fresh server with `env` added to its configuration.
     pub async fn fresh_with(&self, tag: &str, env: &[(String, String)]) -> Result<Fresh> {
         let n = self.next_id();
+        let pg_tag = if self.pg.is_some() { "pg-" } else { "" };
         let dir = self
             .work_dir
-            .join(format!("{tag}-{}-{n}", std::process::id()));
+            .join(format!("{pg_tag}{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut spec = self.spec.clone();
         spec.env.extend(env.iter().cloned());
-        let server = Server::start(&spec, &dir, READY_TIMEOUT).await?;
-        Ok(Fresh { server, dir })
+        let schema = self.pg.as_ref().map(|pg| (pg.clone(), pg.schema_name()));
+        if let Some((pg, name)) = &schema {
+            spec.env.extend(Ctx::pg_env(pg, name));
+        }
+        match Server::start(&spec, &dir, READY_TIMEOUT).await {
+            Ok(server) => Ok(Fresh {
+                server,
+                dir,
+                schema,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                if let Some((pg, name)) = schema {
+                    let _ = pg.drop_schema(&name).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A number no other call returns (directory names, key prefixes).
@@ -184,12 +254,13 @@ pub async fn schedule(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
             ctx.plan.warmup,
             ctx.plan.window,
             simple_maker("bench.a"),
+            ctx.pg.is_some(),
         )
         .await;
         f.done().await;
         push_rate(
             &mut out,
-            &format!("a.c{c}"),
+            &ctx.fig(&format!("a.c{c}")),
             r.with_context(|| format!("a: {c} in flight"))?,
         );
     }
@@ -200,31 +271,35 @@ pub async fn schedule(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
 /// configuration; then the drain of a pre-filled queue.
 pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
-    for &(id, conns, slots, _) in E2E_CONFIGS {
+    for &(id, conns, slots, _) in ctx.e2e_configs {
         let f = ctx.fresh("b").await?;
         let r = e2e_once(ctx, &f.server, conns, slots).await;
         f.done().await;
         push_rate(
             &mut out,
-            id,
+            &ctx.fig(id),
             r.with_context(|| format!("b: {conns} × {slots} slots"))?,
         );
     }
     let f = ctx.fresh("b-drain").await?;
     let r = drain_once(ctx, &f.server.url).await;
     f.done().await;
-    out.push(("b.drain".into(), r.context("b: drain")?));
+    out.push((ctx.fig("b.drain"), r.context("b: drain")?));
     Ok(out)
 }
 
-/// `id`, `id.server_cpu_us` and `id.bench_cpu_us`.
+/// `id`, `id.server_cpu_us`, `id.bench_cpu_us`, on PostgreSQL
+/// `id.db_cpu_us`, and their sum `id.total_cpu_us`.
 fn push_rate(out: &mut Vec<(String, f64)>, id: &str, r: Rate) {
     out.push((id.to_string(), r.per_sec));
     out.push((format!("{id}.server_cpu_us"), r.server_cpu_us));
     out.push((format!("{id}.bench_cpu_us"), r.bench_cpu_us));
+    if let Some(db) = r.db_cpu_us {
+        out.push((format!("{id}.db_cpu_us"), db));
+    }
     out.push((
         format!("{id}.total_cpu_us"),
-        r.server_cpu_us + r.bench_cpu_us,
+        r.server_cpu_us + r.bench_cpu_us + r.db_cpu_us.unwrap_or(0.0),
     ));
 }
 
@@ -244,6 +319,7 @@ async fn e2e_once(ctx: &Ctx, server: &Server, conns: usize, slots: u32) -> Resul
         server.pid(),
         ctx.plan.warmup,
         ctx.plan.window,
+        ctx.pg.is_some(),
     )
     .await;
     let counts = p.stop().await;
@@ -252,7 +328,7 @@ async fn e2e_once(ctx: &Ctx, server: &Server, conns: usize, slots: u32) -> Resul
     Ok(rate)
 }
 
-async fn fill(url: &str, n: u64, inflight: usize, name: &'static str) -> Result<Duration> {
+pub async fn fill(url: &str, n: u64, inflight: usize, name: &'static str) -> Result<Duration> {
     let pool = Pool::new(url, inflight).await?;
     let t = Instant::now();
     let counts = Producer::spawn(&pool, inflight, Some(n), simple_maker(name))

@@ -89,6 +89,25 @@ impl Server {
         data_dir: &Path,
         ready_timeout: Duration,
     ) -> Result<Server> {
+        Server::start_as(spec, data_dir, ready_timeout, true).await
+    }
+
+    /// Starts a replica that should stand by (PostgreSQL, another replica
+    /// leads): waits until health answers, NOT_SERVING.
+    pub async fn start_standby(
+        spec: &ServerSpec,
+        data_dir: &Path,
+        ready_timeout: Duration,
+    ) -> Result<Server> {
+        Server::start_as(spec, data_dir, ready_timeout, false).await
+    }
+
+    async fn start_as(
+        spec: &ServerSpec,
+        data_dir: &Path,
+        ready_timeout: Duration,
+        serving: bool,
+    ) -> Result<Server> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
         let port = free_port()?;
@@ -133,7 +152,7 @@ impl Server {
             ready_in: Duration::ZERO,
             perf: None,
         };
-        server.wait_serving(started, ready_timeout).await?;
+        server.wait_health(started, ready_timeout, serving).await?;
         server.ready_in = started.elapsed();
         if let Some(dir) = &spec.perf_dir {
             server.perf = Some(start_perf(dir, pid)?);
@@ -141,7 +160,14 @@ impl Server {
         Ok(server)
     }
 
-    async fn wait_serving(&mut self, started: Instant, timeout: Duration) -> Result<()> {
+    /// Waits for health SERVING (`serving`), or for any answer (a standby's
+    /// NOT_SERVING).
+    async fn wait_health(
+        &mut self,
+        started: Instant,
+        timeout: Duration,
+        serving: bool,
+    ) -> Result<()> {
         let deadline = started + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -168,7 +194,7 @@ impl Server {
                     service: String::new(),
                 });
                 if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), check).await {
-                    if resp.get_ref().status == ServingStatus::Serving as i32 {
+                    if !serving || resp.get_ref().status == ServingStatus::Serving as i32 {
                         return Ok(());
                     }
                 }
@@ -250,6 +276,20 @@ impl Server {
         Ok(t.elapsed())
     }
 
+    /// SIGKILL now (no `kill` process in between, so the caller's clock
+    /// reading just before is the moment of the kill), then waits for the
+    /// process to end.
+    pub async fn kill_now(mut self) -> Result<()> {
+        if let Some(mut perf) = self.perf.take() {
+            let _ = perf.start_kill();
+        }
+        self.child.start_kill()?;
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .map_err(|_| anyhow!("the server did not end within 60 s of SIGKILL"))??;
+        Ok(())
+    }
+
     /// Stops with `how`, starts again on the same data directory and waits
     /// for SERVING. Returns the new server and the time from the signal to
     /// SERVING.
@@ -260,6 +300,19 @@ impl Server {
         self.stop(how).await?;
         let s = Server::start(&spec, &dir, ready_timeout).await?;
         Ok((s, t.elapsed()))
+    }
+}
+
+/// One health check of `channel` (the whole server's status), or `None`
+/// if it does not answer within `timeout`.
+pub async fn health(channel: Channel, timeout: Duration) -> Option<ServingStatus> {
+    let mut health = HealthClient::new(channel);
+    let check = health.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(resp)) => ServingStatus::try_from(resp.get_ref().status).ok(),
+        _ => None,
     }
 }
 

@@ -58,7 +58,14 @@ pub struct Sink {
     rec_to: AtomicU64,
     /// Messages the server rejected.
     pub rejected: AtomicU64,
+    /// From this time on (ns on [`now_ns`]'s clock) the first starts are
+    /// kept, in `after_mark` (the failover scenario).
+    mark: AtomicU64,
+    after_mark: Mutex<Vec<u64>>,
 }
+
+/// Starts kept after the mark.
+const AFTER_MARK_MAX: usize = 10_000;
 
 impl Sink {
     /// Counts only.
@@ -69,6 +76,8 @@ impl Sink {
             rec_from: AtomicU64::new(u64::MAX),
             rec_to: AtomicU64::new(u64::MAX),
             rejected: AtomicU64::new(0),
+            mark: AtomicU64::new(u64::MAX),
+            after_mark: Mutex::new(Vec::new()),
         })
     }
 
@@ -88,9 +97,29 @@ impl Sink {
         self.rec_to.store(to, Ordering::Relaxed);
     }
 
+    /// Keep the times of the first starts from `t_ns` on.
+    pub fn mark(&self, t_ns: u64) {
+        self.mark.store(t_ns, Ordering::Relaxed);
+    }
+
+    /// The first start at or after `t_ns` among those kept since the mark.
+    pub fn first_start_after(&self, t_ns: u64) -> Option<u64> {
+        self.after_mark.lock().iter().copied().find(|&s| s >= t_ns)
+    }
+
     /// A task started; `t` is its send time if the payload carried one.
     pub fn on_start(&self, t: Option<f64>) {
         self.started.fetch_add(1, Ordering::Relaxed);
+        let mark = self.mark.load(Ordering::Relaxed);
+        if mark != u64::MAX {
+            let now = now_ns();
+            if now >= mark {
+                let mut v = self.after_mark.lock();
+                if v.len() < AFTER_MARK_MAX {
+                    v.push(now);
+                }
+            }
+        }
         if let (Some(h), Some(t)) = (&self.latency, t) {
             let t = t as u64;
             if t >= self.rec_from.load(Ordering::Relaxed) && t < self.rec_to.load(Ordering::Relaxed)
