@@ -69,6 +69,11 @@ enum SessionEnd {
     Lost(String),
     /// A retry cannot help.
     Fatal(WorkerError),
+    /// A live server said UNAVAILABLE: a standby while a takeover is under
+    /// way, a server starting or draining. Retried soon (at the floor
+    /// delay, not backing off), so a worker is back within moments of the
+    /// new leader serving.
+    Unavailable(String),
 }
 
 /// Why [`Session::pump`] returned.
@@ -120,8 +125,16 @@ impl Worker {
                     return Ok(());
                 }
                 SessionEnd::Fatal(err) => return Err(err),
-                SessionEnd::Lost(reason) => {
-                    let delay = backoff.next_delay(rand::random::<f64>());
+                end @ (SessionEnd::Lost(_) | SessionEnd::Unavailable(_)) => {
+                    let (reason, delay) = match end {
+                        SessionEnd::Unavailable(reason) => {
+                            (reason, RECONNECT_FLOOR.mul_f64(0.5 + rand::random::<f64>()))
+                        }
+                        SessionEnd::Lost(reason) => {
+                            (reason, backoff.next_delay(rand::random::<f64>()))
+                        }
+                        _ => unreachable!("matched above"),
+                    };
                     warn!(
                         %reason,
                         retry_in_ms = delay.as_millis() as u64,
@@ -677,6 +690,9 @@ fn refused_or_lost(status: tonic::Status) -> SessionEnd {
         | Code::Unimplemented
         | Code::AlreadyExists
         | Code::OutOfRange => SessionEnd::Fatal(WorkerError::Refused(status)),
+        Code::Unavailable => {
+            SessionEnd::Unavailable(format!("registration failed: {}", status_text(&status)))
+        }
         _ => SessionEnd::Lost(format!("registration failed: {}", status_text(&status))),
     }
 }
@@ -870,7 +886,7 @@ mod tests {
         ));
         assert!(matches!(
             refused_or_lost(tonic::Status::unavailable("draining")),
-            SessionEnd::Lost(_)
+            SessionEnd::Unavailable(_)
         ));
         assert!(matches!(
             refused_or_lost(tonic::Status::internal("h2 protocol error")),
