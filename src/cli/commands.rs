@@ -80,7 +80,8 @@ pub(crate) fn server_uri(server: &str) -> String {
 }
 
 /// Connects to the server at `server`; several replicas' addresses,
-/// comma-separated, make one channel balanced over them (a standby
+/// comma-separated (or a name with several records), use the first live
+/// one and move to the next when a call fails at the transport (a standby
 /// forwards to the leader).
 pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
     let parts: Vec<&str> = server
@@ -1060,7 +1061,7 @@ mod tests {
     #[tokio::test]
     async fn cluster_status_prints_the_leader_and_the_replicas() {
         let addr = serve(MockOrchestrator::default()).await;
-        // Two addresses, the first dead: the balanced channel uses the other.
+        // Two addresses, the first dead: the failover transport uses the other.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dead_addr = dead.local_addr().unwrap();
         drop(dead);

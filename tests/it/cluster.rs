@@ -80,7 +80,7 @@ impl Cluster {
 
 /// A client over every replica, as users make one: the client library's
 /// failover transport (first live replica; the next when one dies).
-async fn balanced(urls: &str) -> Replicated {
+async fn replicated(urls: &str) -> Replicated {
     let endpoints: Vec<_> = urls
         .split(',')
         .map(|u| {
@@ -164,7 +164,7 @@ async fn three_replicas_ride_three_leader_kills() {
             let mut after = 0u64;
             let mut last_seq_seen = 0u64;
             while !stop.is_cancelled() {
-                let mut c = balanced(&urls).await;
+                let mut c = replicated(&urls).await;
                 let stream = c
                     .watch_tasks(pb::WatchTasksRequest {
                         filter: None,
@@ -211,7 +211,7 @@ async fn three_replicas_ride_three_leader_kills() {
     let producer = {
         let urls = urls.clone();
         tokio::spawn(async move {
-            let mut c = balanced(&urls).await;
+            let mut c = replicated(&urls).await;
             let mut acked = Vec::with_capacity(N);
             for i in 0..N {
                 acked.push(schedule_until_acked(&mut c, i).await);
@@ -243,7 +243,7 @@ async fn three_replicas_ride_three_leader_kills() {
     let unique: HashSet<&String> = acked.iter().collect();
     assert_eq!(unique.len(), N, "one task per idempotency key");
     // Every acknowledged task completes.
-    let mut client = balanced(&urls).await;
+    let mut client = replicated(&urls).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     for id in &acked {
         loop {

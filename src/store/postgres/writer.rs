@@ -140,23 +140,24 @@ impl Stmts {
     }
 }
 
-/// The columns of one batch.
+/// The columns of one batch, borrowing the strings of its queued writes
+/// (only the JSON images are made here).
 #[derive(Default)]
-struct Plan {
+struct Plan<'a> {
     ins_id: Vec<Uuid>,
     ins_created: Vec<i64>,
-    ins_name: Vec<String>,
+    ins_name: Vec<&'a str>,
     ins_type: Vec<i16>,
     ins_state: Vec<i16>,
     ins_seq: Vec<i64>,
     ins_source: Vec<i16>,
-    ins_user: Vec<Option<String>>,
-    ins_session: Vec<Option<String>>,
-    ins_key: Vec<Option<String>>,
+    ins_user: Vec<Option<&'a str>>,
+    ins_session: Vec<Option<&'a str>>,
+    ins_key: Vec<Option<&'a str>>,
     ins_parent: Vec<Option<Uuid>>,
     ins_spec: Vec<String>,
     ins_rt: Vec<String>,
-    ins_payload: Vec<Option<String>>,
+    ins_payload: Vec<Option<&'a str>>,
     ins_payload_of: Vec<Option<Uuid>>,
     upd_at: HashMap<Uuid, usize>,
     upd_id: Vec<Uuid>,
@@ -167,11 +168,11 @@ struct Plan {
     log_task: Vec<Uuid>,
     log_time: Vec<i64>,
     log_source: Vec<i16>,
-    log_level: Vec<String>,
+    log_level: Vec<&'a str>,
     log_attempt: Vec<i32>,
-    log_message: Vec<String>,
+    log_message: Vec<&'a str>,
     q_id: Vec<Uuid>,
-    q_reason: Vec<String>,
+    q_reason: Vec<&'a str>,
     /// Row writes skipped because a later one of the batch carries the row.
     coalesced: u64,
 }
@@ -183,21 +184,21 @@ fn json<T: serde::Serialize>(id: Uuid, v: &T) -> Result<String, StoreError> {
     })
 }
 
-impl Plan {
-    fn add_logs(&mut self, lines: &[crate::domain::LogEntry]) {
+impl<'a> Plan<'a> {
+    fn add_logs(&mut self, lines: &'a [crate::domain::LogEntry]) {
         for l in lines {
             self.log_task.push(l.task_id);
             self.log_time.push(l.time);
             self.log_source.push(l.source.code() as i16);
-            self.log_level.push(l.level.clone());
+            self.log_level.push(&l.level);
             self.log_attempt.push(l.attempt.min(i32::MAX as u32) as i32);
-            self.log_message.push(l.message.clone());
+            self.log_message.push(&l.message);
         }
     }
 
     /// Adds a group's writes; on a value that cannot be written, nothing of
     /// the group is added.
-    fn add(&mut self, ops: &[WriteOp]) -> Result<(), StoreError> {
+    fn add(&mut self, ops: &'a [WriteOp]) -> Result<(), StoreError> {
         // Serialise first, so a failure leaves the plan untouched.
         let mut images = Vec::with_capacity(ops.len());
         for op in ops {
@@ -219,20 +220,20 @@ impl Plan {
                 ) => {
                     self.ins_id.push(task.id);
                     self.ins_created.push(task.created_at);
-                    self.ins_name.push(task.spec.name.clone());
+                    self.ins_name.push(&task.spec.name);
                     self.ins_type.push(task.spec.task_type.code() as i16);
                     self.ins_state.push(task.rt.state.code() as i16);
                     self.ins_seq.push(task.rt.seq.min(i64::MAX as u64) as i64);
                     self.ins_source.push(task.rt.source.code() as i16);
-                    self.ins_user.push(task.spec.user_id.clone());
-                    self.ins_session.push(task.spec.session_id.clone());
-                    self.ins_key.push(task.spec.idempotency_key.clone());
+                    self.ins_user.push(task.spec.user_id.as_deref());
+                    self.ins_session.push(task.spec.session_id.as_deref());
+                    self.ins_key.push(task.spec.idempotency_key.as_deref());
                     self.ins_parent.push(task.spec.parent_id);
                     self.ins_spec.push(spec);
                     self.ins_rt.push(rt);
                     match payload {
                         Payload::Json(p) => {
-                            self.ins_payload.push(Some(p.to_string()));
+                            self.ins_payload.push(Some(p));
                             self.ins_payload_of.push(None);
                         }
                         Payload::CopyOf(src) => {
@@ -272,7 +273,7 @@ impl Plan {
                 (WriteOp::Quarantine { key, reason }, _) => {
                     if let Ok(id) = Uuid::from_slice(key) {
                         self.q_id.push(id);
-                        self.q_reason.push(reason.clone());
+                        self.q_reason.push(reason);
                     }
                 }
                 _ => unreachable!("images follow their ops"),
@@ -292,7 +293,7 @@ struct Committed {
 async fn commit(
     c: &Client,
     s: &Stmts,
-    p: &Plan,
+    p: &Plan<'_>,
     fence: Option<&Fence>,
 ) -> Result<Committed, tokio_postgres::Error> {
     let term = fence.map_or(0, |f| f.term);
@@ -516,7 +517,7 @@ async fn commit_groups(
     for (i, id) in plan.ins_id.iter().enumerate() {
         if !done.inserted.contains(id) {
             if let Some(k) = &plan.ins_key[i] {
-                missing_keys.push(k.clone());
+                missing_keys.push(k.to_string());
             }
         }
     }
