@@ -2,10 +2,11 @@
 //! over one database.
 //!
 //! - **Writes** go to one writer task that owns one connection. It takes
-//!   every group queued while the previous commit ran and commits them in
-//!   one transaction whose statements are multi-row (`unnest` of arrays)
-//!   and pipelined: `BEGIN`, the fence, the inserts, the updates, the log
-//!   lines and `COMMIT` leave in one round trip (see [`writer`]).
+//!   every group queued while the previous commit ran and commits them as
+//!   one call of `switchyard_write` (migration V3): the fence, then one
+//!   multi-row statement (`unnest` of arrays) per kind, inserts, updates,
+//!   log lines, in one implicit transaction, one round trip (see
+//!   [`writer`]).
 //! - **The fence**: once this replica leads ([`PgStore::set_fence`]), every
 //!   write transaction first locks the partition's lease row and fails if
 //!   its term has moved on, so a leader that was paused past its lease

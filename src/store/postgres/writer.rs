@@ -1,10 +1,11 @@
 //! The writer task: group commit on PostgreSQL.
 //!
 //! It drains the queued groups (up to `max_batch` operations), turns them
-//! into one multi-row statement per kind (inserts, updates, log lines,
-//! quarantines: `unnest` of arrays) and sends `BEGIN`, the fence, those
-//! statements and `COMMIT` together, pipelined on its one connection: a
-//! batch costs one round trip and one WAL flush whatever its size.
+//! into arrays, one per column of each kind (inserts, updates, log lines,
+//! quarantines), and sends them in one call of `switchyard_write` (migration
+//! V3), which checks the fence and runs one `unnest` statement per kind as
+//! one implicit transaction: a batch costs one statement, one round trip and
+//! one WAL flush whatever its size.
 //!
 //! A task written several times in a batch has its row written once, with
 //! its latest image (every log line and event is kept, in order). A batch
@@ -76,67 +77,29 @@ fn classify(e: tokio_postgres::Error, fence: Option<&Fence>) -> Fail {
 
 /// The writer's prepared statements, per connection.
 struct Stmts {
-    fence: Statement,
-    insert: Statement,
-    update: Statement,
-    logs: Statement,
-    quarantine: Statement,
+    /// `switchyard_write`: a whole batch in one statement (migration V3).
+    write: Statement,
     keys: Statement,
 }
 
 impl Stmts {
     async fn prepare(c: &Client) -> Result<Stmts, tokio_postgres::Error> {
-        let (fence, insert, update, logs, quarantine, keys) = futures::try_join!(
-            c.prepare("SELECT switchyard_fence($1::int4, $2::int8, $3::text)"),
+        let (write, keys) = futures::try_join!(
             c.prepare(
-                "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id,
-                                    session_id, idempotency_key, parent_id, spec, rt, payload, term)
-                 SELECT u.id, u.created_at, u.name, u.task_type, u.state, u.seq, u.source, u.user_id,
-                        u.session_id, u.idempotency_key, u.parent_id, u.spec, u.rt,
-                        COALESCE(u.payload, (SELECT t.payload FROM tasks t WHERE t.id = u.payload_of), '{}'),
-                        $16::int8
-                 FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int2[], $5::int2[], $6::int8[],
-                             $7::int2[], $8::text[], $9::text[], $10::text[], $11::uuid[], $12::text[],
-                             $13::text[], $14::text[], $15::uuid[])
-                      AS u(id, created_at, name, task_type, state, seq, source, user_id, session_id,
-                           idempotency_key, parent_id, spec, rt, payload, payload_of)
-                 ON CONFLICT DO NOTHING
-                 RETURNING id"
+                "SELECT inserted, updated FROM switchyard_write(
+                    $1::int4, $2::int8, $3::text,
+                    $4::uuid[], $5::int8[], $6::text[], $7::int2[], $8::int2[], $9::int8[],
+                    $10::int2[], $11::text[], $12::text[], $13::text[], $14::uuid[], $15::text[],
+                    $16::text[], $17::text[], $18::uuid[],
+                    $19::uuid[], $20::int2[], $21::int8[], $22::int2[], $23::text[],
+                    $24::uuid[], $25::int8[], $26::int2[], $27::text[], $28::int4[], $29::text[],
+                    $30::uuid[], $31::int8, $32::text[], $33::int2)"
             ),
             c.prepare(
-                "UPDATE tasks t SET state = u.state, seq = u.seq, source = u.source, rt = u.rt, term = $6::int8
-                 FROM unnest($1::uuid[], $2::int2[], $3::int8[], $4::int2[], $5::text[])
-                      AS u(id, state, seq, source, rt)
-                 WHERE t.id = u.id
-                 RETURNING t.id"
+                "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1::text[])"
             ),
-            c.prepare(
-                "INSERT INTO task_logs (task_id, time, source, level, attempt, message, term)
-                 SELECT u.task_id, u.time, u.source, u.level, u.attempt, u.message, $7::int8
-                 FROM unnest($1::uuid[], $2::int8[], $3::int2[], $4::text[], $5::int4[], $6::text[])
-                      WITH ORDINALITY AS u(task_id, time, source, level, attempt, message, ord)
-                 WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.id = u.task_id)
-                 ORDER BY u.ord"
-            ),
-            c.prepare(
-                "WITH q AS (
-                    INSERT INTO quarantine (id, at, state, reason)
-                    SELECT t.id, $2::int8, t.state, u.reason
-                    FROM tasks t JOIN unnest($1::uuid[], $3::text[]) AS u(id, reason) ON t.id = u.id
-                    ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at, reason = EXCLUDED.reason
-                    RETURNING id)
-                 UPDATE tasks SET state = $4::int2 WHERE id IN (SELECT id FROM q)"
-            ),
-            c.prepare("SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1::text[])"),
         )?;
-        Ok(Stmts {
-            fence,
-            insert,
-            update,
-            logs,
-            quarantine,
-            keys,
-        })
+        Ok(Stmts { write, keys })
     }
 }
 
@@ -289,31 +252,27 @@ struct Committed {
     updated: HashSet<Uuid>,
 }
 
-/// Sends the whole batch in one pipeline: BEGIN, fence, statements, COMMIT.
+/// Sends the whole batch as one statement, `switchyard_write` (the fence,
+/// the inserts, the updates, the log lines and the rows set aside, in that
+/// order), in its own implicit transaction: one message, one round trip,
+/// one WAL flush, and no `BEGIN` or `COMMIT` for the database to run.
 async fn commit(
     c: &Client,
     s: &Stmts,
     p: &Plan<'_>,
     fence: Option<&Fence>,
 ) -> Result<Committed, tokio_postgres::Error> {
-    let term = fence.map_or(0, |f| f.term);
-    let begin = c.batch_execute("BEGIN");
-    let fence_f = async {
-        match fence {
-            Some(f) => c
-                .execute(&s.fence, &[&f.partition, &f.term, &f.holder])
-                .await
-                .map(|_| ()),
-            None => Ok(()),
-        }
+    let (partition, term, holder) = match fence {
+        Some(f) => (f.partition, f.term, Some(f.holder.as_str())),
+        None => (0, 0, None),
     };
-    let ins = async {
-        if p.ins_id.is_empty() {
-            return Ok(Vec::new());
-        }
-        c.query(
-            &s.insert,
+    let row = c
+        .query_one(
+            &s.write,
             &[
+                &partition,
+                &term,
+                &holder,
                 &p.ins_id,
                 &p.ins_created,
                 &p.ins_name,
@@ -329,72 +288,34 @@ async fn commit(
                 &p.ins_rt,
                 &p.ins_payload,
                 &p.ins_payload_of,
-                &term,
-            ],
-        )
-        .await
-    };
-    let upd = async {
-        if p.upd_id.is_empty() {
-            return Ok(Vec::new());
-        }
-        c.query(
-            &s.update,
-            &[
                 &p.upd_id,
                 &p.upd_state,
                 &p.upd_seq,
                 &p.upd_source,
                 &p.upd_rt,
-                &term,
-            ],
-        )
-        .await
-    };
-    let logs = async {
-        if p.log_task.is_empty() {
-            return Ok(0);
-        }
-        c.execute(
-            &s.logs,
-            &[
                 &p.log_task,
                 &p.log_time,
                 &p.log_source,
                 &p.log_level,
                 &p.log_attempt,
                 &p.log_message,
-                &term,
+                &p.q_id,
+                &now_micros(),
+                &p.q_reason,
+                &QUARANTINED,
             ],
         )
-        .await
+        .await?;
+    let ids = |i: usize| -> Result<HashSet<Uuid>, tokio_postgres::Error> {
+        Ok(row
+            .try_get::<_, Option<Vec<Uuid>>>(i)?
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
     };
-    let quar = async {
-        if p.q_id.is_empty() {
-            return Ok(0);
-        }
-        c.execute(
-            &s.quarantine,
-            &[&p.q_id, &now_micros(), &p.q_reason, &QUARANTINED],
-        )
-        .await
-    };
-    let end = c.batch_execute("COMMIT");
-    // Polled together: every request leaves before the first answer is
-    // awaited (tokio-postgres sends in first-poll order).
-    let (b, f, i, u, l, q, e) = futures::join!(begin, fence_f, ins, upd, logs, quar, end);
-    // The first failure is the cause; after it, the server refused the rest
-    // of the transaction and turned COMMIT into a rollback.
-    b?;
-    f?;
-    let i = i?;
-    let u = u?;
-    l?;
-    q?;
-    e?;
     Ok(Committed {
-        inserted: i.iter().map(|r| r.get(0)).collect(),
-        updated: u.iter().map(|r| r.get(0)).collect(),
+        inserted: ids(0)?,
+        updated: ids(1)?,
     })
 }
 
