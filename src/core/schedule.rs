@@ -79,28 +79,28 @@ impl Core {
         };
         // What follows the commit (queueing the task, or withdrawing it)
         // must happen even if the caller goes away meanwhile (a client's
-        // deadline while the database is slow or down): it runs on a task
-        // of its own, which the caller awaits.
-        let this = self.clone();
-        let tail = tokio::spawn(async move {
-            let outcome = this.await_insert(rx, id, early).await?;
-            let (task, existing) = match (outcome.first(), placed) {
-                (Some(WriteOutcome::Existing(existing)), placed) => {
-                    if matches!(placed, Placed::Queued(_)) {
-                        // Not expected without an idempotency key (the id is new).
-                        this.withdraw(id, "the store holds another task under its key");
-                    }
-                    (this.status(*existing).await?, true)
-                }
-                (_, Placed::Queued(task)) => (task, false),
-                (_, Placed::AfterCommit(task, cached)) => {
-                    (this.with_state(|st| st.queue_accepted(task, cached)), false)
-                }
-            };
-            Ok(Scheduled { task, existing })
-        });
-        tail.await
-            .map_err(|e| CoreError::Unavailable(format!("scheduling stopped: {e}")))?
+        // deadline while the database is slow or down): should this future
+        // be dropped before the insert is settled, `Tail` hands the rest to
+        // a task of its own. Otherwise it runs here, without a task hop.
+        let mut tail = Tail(Some(Pending {
+            core: self.clone(),
+            id,
+            early,
+            rx,
+            placed,
+        }));
+        let res = (&mut tail.0.as_mut().expect("armed").rx).await;
+        let pending = tail.0.take().expect("armed");
+        match pending.settle(res)? {
+            Settled::New(task) => Ok(Scheduled {
+                task,
+                existing: false,
+            }),
+            Settled::Existing(existing) => Ok(Scheduled {
+                task: self.status(existing).await?,
+                existing: true,
+            }),
+        }
     }
 
     /// The queue key and engine of a new task, once its engine is running
@@ -143,31 +143,6 @@ impl Core {
             Some(done),
         );
         Ok(())
-    }
-
-    /// Waits for a new task's insert; a task queued before (`early`) is
-    /// withdrawn if the insert fails.
-    async fn await_insert(
-        &self,
-        rx: oneshot::Receiver<Result<Vec<WriteOutcome>, Arc<crate::store::StoreError>>>,
-        id: TaskId,
-        early: bool,
-    ) -> Result<Vec<WriteOutcome>, CoreError> {
-        match rx.await {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(e)) => {
-                if early {
-                    self.withdraw(id, &format!("its insert failed: {e}"));
-                }
-                Err(CoreError::Store(e))
-            }
-            Err(_) => {
-                if early {
-                    self.withdraw(id, "the store closed before its insert was durable");
-                }
-                Err(CoreError::Unavailable("the store is closed".into()))
-            }
-        }
     }
 
     /// Takes back a task that was queued before its insert was durable and
@@ -224,6 +199,94 @@ impl Core {
 }
 
 /// Where a new task is while its insert commits.
+type InsertRx = oneshot::Receiver<Result<Vec<WriteOutcome>, Arc<crate::store::StoreError>>>;
+
+/// A new task whose insert is submitted but not yet settled.
+struct Pending {
+    core: Core,
+    id: TaskId,
+    /// Queued before its insert was durable (see [`overlaps_commit`]).
+    early: bool,
+    rx: InsertRx,
+    placed: Placed,
+}
+
+/// How a new task's insert settled.
+enum Settled {
+    /// Inserted; the task as queued.
+    New(Task),
+    /// Its idempotency key belongs to this existing task.
+    Existing(TaskId),
+}
+
+impl Pending {
+    /// What follows the insert: the task is queued (if it was not yet), or
+    /// withdrawn (if it was queued early and the insert failed).
+    fn settle(
+        self,
+        res: Result<
+            Result<Vec<WriteOutcome>, Arc<crate::store::StoreError>>,
+            oneshot::error::RecvError,
+        >,
+    ) -> Result<Settled, CoreError> {
+        let Pending {
+            core,
+            id,
+            early,
+            placed,
+            ..
+        } = self;
+        let outcome = match res {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => {
+                if early {
+                    core.withdraw(id, &format!("its insert failed: {e}"));
+                }
+                return Err(CoreError::Store(e));
+            }
+            Err(_) => {
+                if early {
+                    core.withdraw(id, "the store closed before its insert was durable");
+                }
+                return Err(CoreError::Unavailable("the store is closed".into()));
+            }
+        };
+        Ok(match (outcome.first(), placed) {
+            (Some(WriteOutcome::Existing(existing)), placed) => {
+                if matches!(placed, Placed::Queued(_)) {
+                    // Not expected without an idempotency key (the id is new).
+                    core.withdraw(id, "the store holds another task under its key");
+                }
+                Settled::Existing(*existing)
+            }
+            (_, Placed::Queued(task)) => Settled::New(task),
+            (_, Placed::AfterCommit(task, cached)) => {
+                Settled::New(core.with_state(|st| st.queue_accepted(task, cached)))
+            }
+        })
+    }
+}
+
+/// Armed while [`Core::schedule`]'s caller awaits the insert: dropped
+/// armed (the caller went away), it settles the insert on a task of its own.
+struct Tail(Option<Pending>);
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let Some(mut pending) = self.0.take() else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) there is nothing to
+        // settle: a restart rebuilds from the store.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let res = (&mut pending.rx).await;
+                let _ = pending.settle(res);
+            });
+        }
+    }
+}
+
 enum Placed {
     /// In its queue already; the task as accepted.
     Queued(Task),

@@ -238,6 +238,54 @@ async fn a_task_with_an_idempotency_key_waits_for_its_commit() {
     );
 }
 
+/// A caller that goes away while its task's insert commits (a deadline
+/// while the database is slow) does not leave a committed task that is
+/// never queued: once the insert is durable, the task reaches its worker.
+#[tokio::test]
+async fn a_task_whose_caller_left_before_its_commit_is_still_queued() {
+    let (core, store) = core_on_pausable_store().await;
+    let mut link = core.register_worker("w", &["t".to_string()], 1, 0).unwrap();
+    store.pause();
+    // With a key it is queued only after its commit (the path that needs
+    // the rest of `schedule` to run).
+    let call = schedule_in_background(&core, spec("t", Some("left")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    assert!(
+        no_push_within(&mut link.rx, Duration::from_millis(50)).await,
+        "dispatched before its commit"
+    );
+    store.resume(false);
+    let Push::Assign(a) = next_push(&mut link.rx).await else {
+        panic!("expected an assignment");
+    };
+    assert_eq!(a.task.spec.idempotency_key.as_deref(), Some("left"));
+    store.flush().await.unwrap();
+    assert!(store.inner.get(a.task.id).await.unwrap().is_some());
+}
+
+/// The same for a task started while its insert commits: its caller left,
+/// the insert failed, and the task is still withdrawn from its worker.
+#[tokio::test]
+async fn a_started_task_whose_caller_left_is_withdrawn_if_its_insert_fails() {
+    let (core, store, mut link, call, a) = started_while_paused().await;
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    store.resume(true);
+    match next_push(&mut link.rx).await {
+        Push::Cancel { task_id, force, .. } => {
+            assert_eq!(task_id, a.task.id);
+            assert!(force);
+        }
+        other => panic!("expected a cancel, got {other:?}"),
+    }
+    assert!(matches!(
+        core.status(a.task.id).await,
+        Err(CoreError::NotFound(_))
+    ));
+}
+
 /// Every pending task holds one `Box<Active>` and one `Arc<TaskSpec>`,
 /// so their sizes decide the RSS with a million pending tasks. mimalloc
 /// serves them from size classes 64 bytes apart at this size (320, 384,
