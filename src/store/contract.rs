@@ -60,6 +60,14 @@ macro_rules! store_contract {
                 crate::store::contract::a_lazy_write_alone_commits_within_its_bound(&$make).await
             }
             #[tokio::test]
+            async fn a_task_inserted_and_changed_in_one_batch_ends_in_its_last_state() {
+                crate::store::contract::inserted_and_changed_in_one_batch(&$make).await
+            }
+            #[tokio::test]
+            async fn a_quarantined_row_leaves_the_active_scan() {
+                crate::store::contract::quarantine_sets_a_row_aside(&$make).await
+            }
+            #[tokio::test]
             async fn filters_lists_counts_and_changes() {
                 crate::store::contract::filters_lists_counts_and_changes(&$make).await
             }
@@ -112,6 +120,110 @@ impl CommitListener for Seen {
             v.push((e.task.id, e.seq, e.kind, e.task.rt.state));
         }
     }
+}
+
+fn change(t: &Task, state: TaskState, seq: u64, msg: &str) -> WriteOp {
+    let mut t = t.clone();
+    t.rt.state = state;
+    t.rt.seq = seq;
+    WriteOp::Update {
+        log: vec![LogEntry::system(t.id, 1, msg)],
+        task: t,
+        event: Some(EventKind::Updated),
+    }
+}
+
+/// A task inserted and changed in the same group (a task started while
+/// its insert commits) is stored in its last state, with every log line in
+/// order and every event published.
+pub(crate) async fn inserted_and_changed_in_one_batch(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let seen = Arc::new(Seen(Default::default()));
+    s.set_listener(seen.clone());
+    let a = task(None);
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![
+            WriteOp::Insert {
+                task: a.clone(),
+                payload: Payload::Json(Arc::from(r#"{"n":1}"#)),
+                log: vec![LogEntry::system(a.id, 0, "scheduled")],
+                event: Some(EventKind::Scheduled),
+            },
+            change(&a, TaskState::Running, 2, "started"),
+            WriteOp::Log(vec![LogEntry::system(a.id, 1, "a line")]),
+            change(&a, TaskState::Completed, 3, "completed"),
+        ],
+        Some(tx),
+    );
+    let out = rx.await.unwrap().unwrap();
+    assert_eq!(out[0], WriteOutcome::Done);
+    let (got, payload) = s.get(a.id).await.unwrap().unwrap();
+    assert_eq!((got.rt.state, got.rt.seq), (TaskState::Completed, 3));
+    assert_eq!(&*payload, r#"{"n":1}"#);
+    assert_eq!(
+        super::log_messages(s, a.id).await,
+        ["scheduled", "started", "a line", "completed"]
+    );
+    let mine = || -> Vec<(u64, EventKind)> {
+        seen.0
+            .lock()
+            .iter()
+            .filter(|e| e.0 == a.id)
+            .map(|e| (e.1, e.2))
+            .collect()
+    };
+    for _ in 0..100 {
+        if mine().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        mine(),
+        [
+            (a.rt.seq, EventKind::Scheduled),
+            (2, EventKind::Updated),
+            (3, EventKind::Updated)
+        ]
+    );
+    assert!(s.load_active().await.unwrap().iter().all(|t| t.id != a.id));
+    h.close(o).await;
+}
+
+/// A row set aside leaves every active scan (a restart does not load it
+/// again); the other writes of its batch are kept.
+pub(crate) async fn quarantine_sets_a_row_aside(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let (bad, good) = (task(None), task(None));
+    assert_eq!(insert(s, &bad).await, WriteOutcome::Done);
+    assert_eq!(insert(s, &good).await, WriteOutcome::Done);
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![
+            WriteOp::Quarantine {
+                key: bad.id.as_bytes().to_vec(),
+                reason: "unreadable in a test".into(),
+            },
+            change(&good, TaskState::Running, 7, "started"),
+        ],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    let active: Vec<TaskId> = s
+        .load_active()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert!(!active.contains(&bad.id), "{active:?}");
+    assert!(active.contains(&good.id), "{active:?}");
+    let (g, _) = s.get(good.id).await.unwrap().unwrap();
+    assert_eq!((g.rt.state, g.rt.seq), (TaskState::Running, 7));
+    h.close(o).await;
 }
 
 pub(crate) async fn insert_get_update_and_idempotency(h: &dyn Harness) {

@@ -4,9 +4,9 @@
 //! A replica takes the lease when it is free or has lapsed (on the
 //! database's clock), which adds one to the term; the leader renews it
 //! well before it lapses. Renewing checks the term, so a leader that was
-//! paused past its lease learns it lost it; and the writer's fence (the
-//! lease row locked at the start of every write transaction: the first
-//! statement of `switchyard_write`, `switchyard_fence` elsewhere) makes sure it
+//! paused past its lease learns it lost it; and the writer's fence
+//! (`switchyard_fence`, which locks the lease row in every write
+//! transaction) makes sure it
 //! wrote nothing after the takeover even before it learns.
 
 use std::time::Duration;

@@ -1,11 +1,11 @@
 //! The writer task: group commit on PostgreSQL.
 //!
 //! It drains the queued groups (up to `max_batch` operations), turns them
-//! into arrays, one per column of each kind (inserts, updates, log lines,
-//! quarantines), and sends them in one call of `switchyard_write` (migration
-//! V3), which checks the fence and runs one `unnest` statement per kind as
-//! one implicit transaction: a batch costs one statement, one round trip and
-//! one WAL flush whatever its size.
+//! into arrays, one per column of each kind (inserts, updates, log lines),
+//! and sends them as one statement ([`WRITE`]: the fence and an `unnest`
+//! per kind, as data-modifying CTEs) in its own implicit transaction: a
+//! batch costs one statement, one round trip and one WAL flush whatever its
+//! size.
 //!
 //! A task written several times in a batch has its row written once, with
 //! its latest image (every log line and event is kept, in order). A batch
@@ -75,31 +75,80 @@ fn classify(e: tokio_postgres::Error, fence: Option<&Fence>) -> Fail {
     Fail::Connection(e.to_string())
 }
 
+/// A batch in one statement. The fence (`f`), the inserts (`i`), the
+/// updates (`w`) and the log lines (`l`) are data-modifying CTEs of one
+/// `WITH`: all run, on one snapshot, in one implicit transaction. So that
+/// no part needs to see another's rows, the plan folds an update of a task
+/// inserted in the same batch into its insert, and a log line is written if
+/// its task is inserted here (`i`) or was there before (a scalar subquery:
+/// an `EXISTS` under `OR` is planned as a hash of every id in the table).
+/// The fence raises if
+/// this replica's term is over, which rolls the whole statement back; the
+/// lease row it locks `FOR SHARE` stays locked until the commit, so a
+/// takeover waits for it. `$3` NULL: no fence (a store without leases).
+const WRITE: &str = "
+WITH f AS (
+    SELECT CASE WHEN $3::text IS NULL THEN NULL
+                ELSE switchyard_fence($1::int4, $2::int8, $3::text) END),
+i AS (
+    INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id,
+                       session_id, idempotency_key, parent_id, spec, rt, payload, term)
+    SELECT u.id, u.created_at, u.name, u.task_type, u.state, u.seq, u.source, u.user_id,
+           u.session_id, u.idempotency_key, u.parent_id, u.spec, u.rt,
+           COALESCE(u.payload, (SELECT t.payload FROM tasks t WHERE t.id = u.payload_of), '{}'),
+           $2::int8
+    FROM unnest($4::uuid[], $5::int8[], $6::text[], $7::int2[], $8::int2[], $9::int8[],
+                $10::int2[], $11::text[], $12::text[], $13::text[], $14::uuid[], $15::text[],
+                $16::text[], $17::text[], $18::uuid[])
+         AS u(id, created_at, name, task_type, state, seq, source, user_id, session_id,
+              idempotency_key, parent_id, spec, rt, payload, payload_of)
+    ON CONFLICT DO NOTHING
+    RETURNING id),
+w AS (
+    UPDATE tasks t SET state = u.state, seq = u.seq, source = u.source, rt = u.rt, term = $2::int8
+    FROM unnest($19::uuid[], $20::int2[], $21::int8[], $22::int2[], $23::text[])
+         AS u(id, state, seq, source, rt)
+    WHERE t.id = u.id
+    RETURNING t.id),
+l AS (
+    INSERT INTO task_logs (task_id, time, source, level, attempt, message, term)
+    SELECT u.task_id, u.time, u.source, u.level, u.attempt, u.message, $2::int8
+    FROM unnest($24::uuid[], $25::int8[], $26::int2[], $27::text[], $28::int4[], $29::text[])
+         WITH ORDINALITY AS u(task_id, time, source, level, attempt, message, ord)
+    WHERE u.task_id IN (SELECT id FROM i)
+       OR (SELECT true FROM tasks t WHERE t.id = u.task_id)
+    ORDER BY u.ord)
+SELECT (SELECT array_agg(id) FROM i), (SELECT array_agg(id) FROM w), (SELECT count(*) FROM f)";
+
 /// The writer's prepared statements, per connection.
 struct Stmts {
-    /// `switchyard_write`: a whole batch in one statement (migration V3).
     write: Statement,
+    quarantine: Statement,
     keys: Statement,
 }
 
 impl Stmts {
     async fn prepare(c: &Client) -> Result<Stmts, tokio_postgres::Error> {
-        let (write, keys) = futures::try_join!(
+        let (write, quarantine, keys) = futures::try_join!(
+            c.prepare(WRITE),
             c.prepare(
-                "SELECT inserted, updated FROM switchyard_write(
-                    $1::int4, $2::int8, $3::text,
-                    $4::uuid[], $5::int8[], $6::text[], $7::int2[], $8::int2[], $9::int8[],
-                    $10::int2[], $11::text[], $12::text[], $13::text[], $14::uuid[], $15::text[],
-                    $16::text[], $17::text[], $18::uuid[],
-                    $19::uuid[], $20::int2[], $21::int8[], $22::int2[], $23::text[],
-                    $24::uuid[], $25::int8[], $26::int2[], $27::text[], $28::int4[], $29::text[],
-                    $30::uuid[], $31::int8, $32::text[], $33::int2)"
+                "WITH q AS (
+                    INSERT INTO quarantine (id, at, state, reason)
+                    SELECT t.id, $2::int8, t.state, u.reason
+                    FROM tasks t JOIN unnest($1::uuid[], $3::text[]) AS u(id, reason) ON t.id = u.id
+                    ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at, reason = EXCLUDED.reason
+                    RETURNING id)
+                 UPDATE tasks SET state = $4::int2 WHERE id IN (SELECT id FROM q)"
             ),
             c.prepare(
                 "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1::text[])"
             ),
         )?;
-        Ok(Stmts { write, keys })
+        Ok(Stmts {
+            write,
+            quarantine,
+            keys,
+        })
     }
 }
 
@@ -122,6 +171,9 @@ struct Plan<'a> {
     ins_rt: Vec<String>,
     ins_payload: Vec<Option<&'a str>>,
     ins_payload_of: Vec<Option<Uuid>>,
+    /// Where each task inserted in this batch is in `ins_*`.
+    ins_at: HashMap<Uuid, usize>,
+    /// Where each task updated in this batch is in `upd_*`.
     upd_at: HashMap<Uuid, usize>,
     upd_id: Vec<Uuid>,
     upd_state: Vec<i16>,
@@ -181,6 +233,7 @@ impl<'a> Plan<'a> {
                     },
                     Some((Some(spec), rt)),
                 ) => {
+                    self.ins_at.insert(task.id, self.ins_id.len());
                     self.ins_id.push(task.id);
                     self.ins_created.push(task.created_at);
                     self.ins_name.push(&task.spec.name);
@@ -213,6 +266,17 @@ impl<'a> Plan<'a> {
                         task.rt.seq.min(i64::MAX as u64) as i64,
                         task.rt.source.code() as i16,
                     );
+                    if let Some(&i) = self.ins_at.get(&id) {
+                        // Inserted in this batch: the insert carries it (the
+                        // statement's parts do not see each other's rows).
+                        self.ins_state[i] = state;
+                        self.ins_seq[i] = seq;
+                        self.ins_source[i] = source;
+                        self.ins_rt[i] = rt;
+                        self.coalesced += 1;
+                        self.add_logs(log);
+                        continue;
+                    }
                     match self.upd_at.get(&id) {
                         Some(&i) => {
                             self.upd_state[i] = state;
@@ -252,10 +316,10 @@ struct Committed {
     updated: HashSet<Uuid>,
 }
 
-/// Sends the whole batch as one statement, `switchyard_write` (the fence,
-/// the inserts, the updates, the log lines and the rows set aside, in that
-/// order), in its own implicit transaction: one message, one round trip,
-/// one WAL flush, and no `BEGIN` or `COMMIT` for the database to run.
+/// Sends the whole batch as one statement ([`WRITE`]) in its own implicit
+/// transaction: one message, one round trip, one WAL flush, and no `BEGIN`
+/// or `COMMIT` for the database to run. The rare batch that sets rows aside
+/// adds that statement in an explicit transaction, pipelined.
 async fn commit(
     c: &Client,
     s: &Stmts,
@@ -266,46 +330,60 @@ async fn commit(
         Some(f) => (f.partition, f.term, Some(f.holder.as_str())),
         None => (0, 0, None),
     };
-    let row = c
-        .query_one(
-            &s.write,
-            &[
-                &partition,
-                &term,
-                &holder,
-                &p.ins_id,
-                &p.ins_created,
-                &p.ins_name,
-                &p.ins_type,
-                &p.ins_state,
-                &p.ins_seq,
-                &p.ins_source,
-                &p.ins_user,
-                &p.ins_session,
-                &p.ins_key,
-                &p.ins_parent,
-                &p.ins_spec,
-                &p.ins_rt,
-                &p.ins_payload,
-                &p.ins_payload_of,
-                &p.upd_id,
-                &p.upd_state,
-                &p.upd_seq,
-                &p.upd_source,
-                &p.upd_rt,
-                &p.log_task,
-                &p.log_time,
-                &p.log_source,
-                &p.log_level,
-                &p.log_attempt,
-                &p.log_message,
-                &p.q_id,
-                &now_micros(),
-                &p.q_reason,
-                &QUARANTINED,
-            ],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 29] = [
+        &partition,
+        &term,
+        &holder,
+        &p.ins_id,
+        &p.ins_created,
+        &p.ins_name,
+        &p.ins_type,
+        &p.ins_state,
+        &p.ins_seq,
+        &p.ins_source,
+        &p.ins_user,
+        &p.ins_session,
+        &p.ins_key,
+        &p.ins_parent,
+        &p.ins_spec,
+        &p.ins_rt,
+        &p.ins_payload,
+        &p.ins_payload_of,
+        &p.upd_id,
+        &p.upd_state,
+        &p.upd_seq,
+        &p.upd_source,
+        &p.upd_rt,
+        &p.log_task,
+        &p.log_time,
+        &p.log_source,
+        &p.log_level,
+        &p.log_attempt,
+        &p.log_message,
+    ];
+    let write = c.query_one(&s.write, &params);
+    let row = if p.q_id.is_empty() {
+        write.await?
+    } else {
+        // Polled together: every request leaves before the first answer
+        // is awaited (tokio-postgres sends in first-poll order).
+        let now = now_micros();
+        let q_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&p.q_id, &now, &p.q_reason, &QUARANTINED];
+        let (b, row, q, e) = futures::join!(
+            c.batch_execute("BEGIN"),
+            write,
+            c.execute(&s.quarantine, &q_params),
+            c.batch_execute("COMMIT"),
+        );
+        // The first failure is the cause; after it, the server refused the
+        // rest of the transaction and turned COMMIT into a rollback.
+        b?;
+        let row = row?;
+        q?;
+        e?;
+        row
+    };
     let ids = |i: usize| -> Result<HashSet<Uuid>, tokio_postgres::Error> {
         Ok(row
             .try_get::<_, Option<Vec<Uuid>>>(i)?
@@ -476,6 +554,8 @@ async fn commit_groups(
                                 None => true,
                             });
                     if mine {
+                        // Its updates in this batch rode on the insert.
+                        exists.insert(task.id);
                         if let Some(kind) = event {
                             events.push(Arc::new(TaskEvent {
                                 seq: task.rt.seq,
