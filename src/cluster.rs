@@ -8,6 +8,11 @@
 //!   nothing it can avoid), and forward every other gRPC call, streams
 //!   included, to the leader's advertised address, so a client that
 //!   reaches a standby still gets served;
+//! - while they cannot reach a leader (none leads during a takeover, or
+//!   the one in the lease table is gone), they answer a task's status and
+//!   its log from the database themselves ([`LOCAL_READS`]), with the same
+//!   checks, codes and answers as the leader; everything else needs the
+//!   leader's core and gets UNAVAILABLE (retry);
 //! - every quarter lease they try to take the lease; once it has lapsed
 //!   (the leader died or stalled), one of them gets it with the next term,
 //!   closes its forwarding connections (HTTP/2 GOAWAY: clients reconnect)
@@ -32,7 +37,13 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::Service;
 
+use crate::api::convert;
+use crate::api::orchestrator::{logs_limit, logs_response, status_response};
+use crate::auth::{GrpcAuth, Tokens};
+use crate::core::CoreError;
+use crate::pb;
 use crate::store::postgres::{Leadership, Lease};
+use crate::store::Store;
 
 /// `[cluster]`: replicas over one PostgreSQL store (`store.url`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,6 +115,8 @@ pub fn tick(lease: &Lease) -> Duration {
 pub async fn stand_by(
     listener: TcpListener,
     lease: Arc<Lease>,
+    store: Arc<dyn Store>,
+    checks: Checks,
     stop: CancellationToken,
 ) -> Option<(i64, TcpListener)> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -135,6 +148,9 @@ pub async fn stand_by(
                 let svc = Forward {
                     health: health_service.clone(),
                     leader: leader.clone(),
+                    store: store.clone(),
+                    auth: GrpcAuth(checks.tokens.clone()),
+                    max_message: checks.max_message,
                 };
                 tokio::spawn(serve_connection(io, svc, promoted.clone()));
             }
@@ -183,11 +199,31 @@ fn channel_to(address: &str) -> Option<Channel> {
     }
 }
 
+/// The calls a standby answers from the database when it cannot reach a
+/// leader: reads whose answer the database holds (a task's status, its
+/// log). While a leader answers, they are forwarded like everything else:
+/// the leader's answer includes what its core has not written yet.
+pub const LOCAL_READS: [&str; 2] = [STATUS_PATH, LOGS_PATH];
+const STATUS_PATH: &str = "/switchyard.v1.OrchestratorService/GetTaskStatus";
+const LOGS_PATH: &str = "/switchyard.v1.OrchestratorService/GetTaskLogs";
+
+/// What a standby checks of the calls it answers itself, as the leader's
+/// services do.
+pub struct Checks {
+    /// `auth.tokens`.
+    pub tokens: Tokens,
+    /// The largest message decoded (RESOURCE_EXHAUSTED beyond).
+    pub max_message: usize,
+}
+
 /// A standby's answer to a request: health locally, the rest forwarded.
 #[derive(Clone)]
 struct Forward<H> {
     health: H,
     leader: Arc<parking_lot::Mutex<Option<(String, Channel)>>>,
+    store: Arc<dyn Store>,
+    auth: GrpcAuth,
+    max_message: usize,
 }
 
 impl<H> Forward<H>
@@ -204,6 +240,9 @@ where
                 Ok(r) => r,
                 Err(never) => match never {},
             };
+        }
+        if LOCAL_READS.contains(&req.uri().path()) {
+            return self.read(req).await;
         }
         let channel = self.leader.lock().as_ref().map(|(_, c)| c.clone());
         let Some(mut channel) = channel else {
@@ -225,6 +264,124 @@ where
             ))
             .into_http(),
         }
+    }
+}
+
+impl<H> Forward<H> {
+    /// One of [`LOCAL_READS`]: forwarded if a leader answers, else answered
+    /// from the database.
+    async fn read(self, req: Request<Body>) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let (parts, body) = req.into_parts();
+        // One gRPC frame: a 5-byte header and the message.
+        let bytes = match http_body_util::Limited::new(body, self.max_message + 5)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return tonic::Status::resource_exhausted(format!(
+                    "the request could not be read (at most {} bytes): {e}",
+                    self.max_message
+                ))
+                .into_http()
+            }
+        };
+        let rebuild = |bytes: bytes::Bytes| {
+            let mut r = Request::new(Body::new(http_body_util::Full::new(bytes)));
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.version_mut() = parts.version;
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        let channel = self.leader.lock().as_ref().map(|(_, c)| c.clone());
+        if let Some(mut channel) = channel {
+            let forwarded = match tower::ServiceExt::ready(&mut channel).await {
+                Ok(c) => c.call(rebuild(bytes.clone())).await,
+                Err(e) => Err(e),
+            };
+            match forwarded {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "standby: the leader cannot be reached; answering a read from the store")
+                }
+            }
+        }
+        // The same token check as the leader's services.
+        let mut auth = self.auth.clone();
+        let checked = tonic::service::Interceptor::call(
+            &mut auth,
+            tonic::Request::from_parts(
+                tonic::metadata::MetadataMap::from_headers(parts.headers.clone()),
+                Default::default(),
+                (),
+            ),
+        );
+        if let Err(status) = checked {
+            return status.into_http();
+        }
+        let req = rebuild(bytes);
+        let max = self.max_message;
+        if parts.uri.path() == STATUS_PATH {
+            tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+                .unary(StatusRead(self.store), req)
+                .await
+        } else {
+            tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max)
+                .unary(LogsRead(self.store), req)
+                .await
+        }
+    }
+}
+
+type ReadFuture<T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send>,
+>;
+
+/// GetTaskStatus from the database.
+struct StatusRead(Arc<dyn Store>);
+
+impl tonic::server::UnaryService<pb::GetTaskStatusRequest> for StatusRead {
+    type Response = pb::GetTaskStatusResponse;
+    type Future = ReadFuture<Self::Response>;
+    fn call(&mut self, req: tonic::Request<pb::GetTaskStatusRequest>) -> Self::Future {
+        let store = self.0.clone();
+        Box::pin(async move {
+            let id = convert::parse_id("task_id", &req.get_ref().task_id)?;
+            match store.get(id).await.map_err(CoreError::from)? {
+                Some((t, payload)) => Ok(tonic::Response::new(status_response(&t, &payload))),
+                None => Err(CoreError::NotFound(id.to_string()).into()),
+            }
+        })
+    }
+}
+
+/// GetTaskLogs from the database.
+struct LogsRead(Arc<dyn Store>);
+
+impl tonic::server::UnaryService<pb::GetTaskLogsRequest> for LogsRead {
+    type Response = pb::GetTaskLogsResponse;
+    type Future = ReadFuture<Self::Response>;
+    fn call(&mut self, req: tonic::Request<pb::GetTaskLogsRequest>) -> Self::Future {
+        let store = self.0.clone();
+        Box::pin(async move {
+            let r = req.into_inner();
+            let id = convert::parse_id("task_id", &r.task_id)?;
+            let limit = logs_limit(r.limit)?;
+            if store.get(id).await.map_err(CoreError::from)?.is_none() {
+                return Err(CoreError::NotFound(id.to_string()).into());
+            }
+            let lines = store
+                .logs(id, r.after_line, limit + 1)
+                .await
+                .map_err(CoreError::from)?;
+            Ok(tonic::Response::new(logs_response(lines, limit)))
+        })
     }
 }
 

@@ -110,6 +110,11 @@ impl OpenedStore {
     }
 }
 
+/// The largest gRPC message a server decodes or encodes.
+fn max_message(config: &Config) -> usize {
+    (config.limits.max_payload_bytes * 2).max(4 << 20)
+}
+
 /// Opens the configured store: PostgreSQL with `store.url`, else SQLite.
 pub async fn open_store(config: &Config) -> Result<OpenedStore, crate::store::StoreError> {
     if let Some(url) = &config.store.url {
@@ -192,7 +197,18 @@ pub async fn run_with(
             config.cluster.lease_ttl,
         )?);
         tracing::info!(replica = %lease.replica, address = %lease.address, "replica started: standing by until it holds the lease");
-        match crate::cluster::stand_by(listener, lease.clone(), stop.clone()).await {
+        match crate::cluster::stand_by(
+            listener,
+            lease.clone(),
+            pg.clone(),
+            crate::cluster::Checks {
+                tokens: tokens.clone(),
+                max_message: max_message(&config),
+            },
+            stop.clone(),
+        )
+        .await
+        {
             Some((term, l)) => {
                 listener = l;
                 pg.set_fence(Fence {
@@ -264,7 +280,7 @@ pub async fn run_with(
 
     let watch_stop = CancellationToken::new();
     let serve_stop = CancellationToken::new();
-    let max_msg = (config.limits.max_payload_bytes * 2).max(4 << 20);
+    let max_msg = max_message(&config);
     let cluster: Arc<dyn crate::app::cluster::ClusterView> = match &leading {
         Some((lease, _)) => Arc::new(crate::cluster::LeaseView(lease.clone())),
         None => Arc::new(crate::app::cluster::SingleReplica {

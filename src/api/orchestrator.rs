@@ -16,6 +16,41 @@ use crate::executor::WorkflowRegistry;
 use crate::pb;
 use crate::pb::orchestrator_service_server::OrchestratorService;
 
+/// GetTaskStatus's answer: a task and its payload (a JSON object). The
+/// leader's and a standby's (`cluster`).
+pub(crate) fn status_response(t: &crate::domain::Task, payload: &str) -> pb::GetTaskStatusResponse {
+    let payload = serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| crate::pb::json::json_to_struct(&v).ok());
+    pb::GetTaskStatusResponse {
+        status: Some(convert::status(t)),
+        payload,
+    }
+}
+
+/// GetTaskLogs's `limit`: 0 means 200, at most 5,000.
+pub(crate) fn logs_limit(limit: u32) -> Result<usize, Status> {
+    match limit {
+        0 => Ok(200),
+        n if n > 5000 => Err(crate::core::CoreError::field("limit", "must be at most 5000").into()),
+        n => Ok(n as usize),
+    }
+}
+
+/// GetTaskLogs's answer from up to `limit + 1` lines (one more says there
+/// are more).
+pub(crate) fn logs_response(
+    mut lines: Vec<crate::domain::LogEntry>,
+    limit: usize,
+) -> pb::GetTaskLogsResponse {
+    let has_more = lines.len() > limit;
+    lines.truncate(limit);
+    pb::GetTaskLogsResponse {
+        lines: lines.iter().map(convert::log_line).collect(),
+        has_more,
+    }
+}
+
 /// The service.
 pub struct Orchestrator {
     core: Core,
@@ -94,13 +129,7 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::GetTaskStatusResponse>, Status> {
         let id = convert::parse_id("task_id", &req.get_ref().task_id)?;
         let (t, payload) = self.core.status_with_payload(id).await?;
-        let payload = serde_json::from_str::<serde_json::Value>(&payload)
-            .ok()
-            .and_then(|v| crate::pb::json::json_to_struct(&v).ok());
-        Ok(Response::new(pb::GetTaskStatusResponse {
-            status: Some(convert::status(&t)),
-            payload,
-        }))
+        Ok(Response::new(status_response(&t, &payload)))
     }
 
     #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
@@ -215,20 +244,9 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::GetTaskLogsResponse>, Status> {
         let r = req.into_inner();
         let id = convert::parse_id("task_id", &r.task_id)?;
-        let limit = match r.limit {
-            0 => 200,
-            n if n > 5000 => {
-                return Err(crate::core::CoreError::field("limit", "must be at most 5000").into())
-            }
-            n => n as usize,
-        };
-        let mut lines = self.core.logs(id, r.after_line, limit + 1).await?;
-        let has_more = lines.len() > limit;
-        lines.truncate(limit);
-        Ok(Response::new(pb::GetTaskLogsResponse {
-            lines: lines.iter().map(convert::log_line).collect(),
-            has_more,
-        }))
+        let limit = logs_limit(r.limit)?;
+        let lines = self.core.logs(id, r.after_line, limit + 1).await?;
+        Ok(Response::new(logs_response(lines, limit)))
     }
 
     #[instrument(skip_all, fields(task_id = %req.get_ref().task_id, signal = %req.get_ref().signal))]

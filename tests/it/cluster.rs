@@ -18,6 +18,8 @@ struct Cluster {
     ports: Vec<u16>,
     dirs: Vec<tempfile::TempDir>,
     replicas: Vec<Option<ServerProcess>>,
+    lease: &'static str,
+    extra: Vec<(String, String)>,
 }
 
 const LEASE: &str = "1s";
@@ -27,17 +29,30 @@ impl Cluster {
         vec![
             ("SWITCHYARD_STORE__URL".into(), database_url()),
             ("SWITCHYARD_STORE__SCHEMA".into(), self.schema.clone()),
-            ("SWITCHYARD_CLUSTER__LEASE_TTL".into(), LEASE.into()),
+            ("SWITCHYARD_CLUSTER__LEASE_TTL".into(), self.lease.into()),
             ("SWITCHYARD_CLUSTER__REPLICA_ID".into(), format!("r{i}")),
         ]
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect()
     }
 
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, LEASE, &[]).await
+    }
+
+    /// A cluster with its own lease length and more settings.
+    async fn start_with(n: usize, lease: &'static str, extra: &[(&str, &str)]) -> Cluster {
         let mut c = Cluster {
             schema: format!("cl_{}", uuid::Uuid::now_v7().simple()),
             ports: (0..n).map(|_| free_port()).collect(),
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             replicas: (0..n).map(|_| None).collect(),
+            lease,
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for i in 0..n {
             c.restart(i).await;
@@ -374,6 +389,130 @@ async fn a_paused_leader_writes_nothing_after_the_takeover_and_steps_down() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(violations(&e).iter().any(|f| f == "task_id"), "{e:?}");
+}
+
+/// While no leader answers (killed, its lease not lapsed yet), a standby
+/// answers a task's status and log from the database itself, with the
+/// leader's checks (token, fields) and codes; what needs the leader's core
+/// gets UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_answers_reads_from_the_database_while_no_leader_answers() {
+    // A lease far longer than the test: nobody takes over meanwhile.
+    let mut cluster =
+        Cluster::start_with(2, "120s", &[("SWITCHYARD_AUTH__TOKENS", "s3cret")]).await;
+    let leader = cluster.wait_leader(LONG).await;
+    let standby = 1 - leader;
+    let mut client = connect(&cluster.replicas[leader].as_ref().unwrap().url).await;
+    let id = client
+        .schedule_task(with_token(simple("read-on-standby", json!({"n": 7}))))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let on_leader = client
+        .get_task_status(with_token(pb::GetTaskStatusRequest {
+            task_id: id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    cluster.replicas[leader].as_ref().unwrap().signal("KILL");
+    cluster.replicas[leader]
+        .as_mut()
+        .unwrap()
+        .exited_within(Duration::from_secs(10))
+        .await
+        .expect("the leader is gone");
+    let mut via = connect(&cluster.replicas[standby].as_ref().unwrap().url).await;
+    let got = via
+        .get_task_status(with_token(pb::GetTaskStatusRequest {
+            task_id: id.clone(),
+        }))
+        .await
+        .expect("a standby answers a status from the database")
+        .into_inner();
+    // What the database holds: the task as committed, its payload. (The
+    // leader adds what only its memory knows, such as why a pending task
+    // waits now.)
+    let (a, b) = (got.status.unwrap(), on_leader.status.unwrap());
+    assert_eq!(
+        (&a.id, &a.name, a.state, a.sequence, &a.created_at),
+        (&b.id, &b.name, b.state, b.sequence, &b.created_at)
+    );
+    assert_eq!(got.payload, on_leader.payload);
+    assert!(got.payload.is_some());
+    let logs = via
+        .get_task_logs(with_token(pb::GetTaskLogsRequest {
+            task_id: id.clone(),
+            after_line: 0,
+            limit: 1,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(logs.lines.len(), 1);
+    assert!(logs.lines[0].message.starts_with("scheduled"), "{logs:?}");
+    // The leader's checks and codes.
+    let e = via
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = via
+        .get_task_status(with_token(pb::GetTaskStatusRequest {
+            task_id: "not-a-uuid".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(violations(&e).iter().any(|f| f == "task_id"), "{e:?}");
+    // A large id: the field is named, as on the leader (not a size error:
+    // a standby decodes as much as the leader does).
+    let e = via
+        .get_task_status(with_token(pb::GetTaskStatusRequest {
+            task_id: "x".repeat(100_000),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(violations(&e).iter().any(|f| f == "task_id"), "{e:?}");
+    let e = via
+        .get_task_logs(with_token(pb::GetTaskLogsRequest {
+            task_id: id.clone(),
+            after_line: 0,
+            limit: 5001,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(violations(&e).iter().any(|f| f == "limit"), "{e:?}");
+    let e = via
+        .get_task_status(with_token(pb::GetTaskStatusRequest {
+            task_id: uuid::Uuid::now_v7().to_string(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // What needs the leader waits for one.
+    let e = via
+        .schedule_task(with_token(simple("no-leader", json!({}))))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(
+        health_status(&cluster.replicas[standby].as_ref().unwrap().url).await,
+        Some(false)
+    );
+}
+
+/// A request with the cluster's token.
+fn with_token<T>(m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    r
 }
 
 /// Prints a server's log if the test fails.

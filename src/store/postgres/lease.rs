@@ -6,8 +6,8 @@
 //! well before it lapses. Renewing checks the term, so a leader that was
 //! paused past its lease learns it lost it; and the writer's fence
 //! (`switchyard_fence`, which locks the lease row in every write
-//! transaction) makes sure it
-//! wrote nothing after the takeover even before it learns.
+//! transaction) makes sure it wrote nothing after the takeover even before
+//! it learns.
 
 use std::time::Duration;
 
