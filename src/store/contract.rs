@@ -113,6 +113,24 @@ fn update(t: &Task, state: TaskState, seq: u64) -> WriteOp {
 
 /// Collects published events.
 pub(crate) struct Seen(parking_lot::Mutex<Vec<(TaskId, u64, EventKind, TaskState)>>);
+
+impl Seen {
+    /// The events `pick` keeps, once there are `n` of them (or after a
+    /// second: the listener hears of a commit just after its callers do).
+    async fn wait<T>(
+        &self,
+        n: usize,
+        pick: impl Fn(&(TaskId, u64, EventKind, TaskState)) -> Option<T>,
+    ) -> Vec<T> {
+        for _ in 0..100 {
+            if self.0.lock().iter().filter_map(&pick).count() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.0.lock().iter().filter_map(&pick).collect()
+    }
+}
 impl CommitListener for Seen {
     fn committed(&self, events: Vec<Arc<TaskEvent>>) {
         let mut v = self.0.lock();
@@ -166,22 +184,9 @@ pub(crate) async fn inserted_and_changed_in_one_batch(h: &dyn Harness) {
         super::log_messages(s, a.id).await,
         ["scheduled", "started", "a line", "completed"]
     );
-    let mine = || -> Vec<(u64, EventKind)> {
-        seen.0
-            .lock()
-            .iter()
-            .filter(|e| e.0 == a.id)
-            .map(|e| (e.1, e.2))
-            .collect()
-    };
-    for _ in 0..100 {
-        if mine().len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mine = seen.wait(3, |e| (e.0 == a.id).then_some((e.1, e.2))).await;
     assert_eq!(
-        mine(),
+        mine,
         [
             (a.rt.seq, EventKind::Scheduled),
             (2, EventKind::Updated),
@@ -353,30 +358,20 @@ pub(crate) async fn writes_of_one_task_in_a_batch_are_coalesced(h: &dyn Harness)
     let other = task(None);
     assert_eq!(insert(s, &a).await, WriteOutcome::Done);
     assert_eq!(insert(s, &other).await, WriteOutcome::Done);
-    let step = |t: &Task, state, seq: u64, msg: &str| {
-        let mut t = t.clone();
-        t.rt.state = state;
-        t.rt.seq = seq;
-        WriteOp::Update {
-            log: vec![LogEntry::system(t.id, 1, msg)],
-            task: t,
-            event: Some(EventKind::Updated),
-        }
-    };
     // One group: a's two updates around an update of another task, and
     // a log line; then a second group in the same batch finishes a.
     let (tx, rx) = oneshot::channel();
     s.submit(
         vec![
-            step(&a, TaskState::Running, 10, "started"),
-            step(&other, TaskState::Running, 11, "other started"),
+            change(&a, TaskState::Running, 10, "started"),
+            change(&other, TaskState::Running, 11, "other started"),
             WriteOp::Log(vec![LogEntry::system(a.id, 1, "a line")]),
-            step(&a, TaskState::Running, 12, "progress"),
+            change(&a, TaskState::Running, 12, "progress"),
         ],
         None,
     );
     s.submit(
-        vec![step(&a, TaskState::Completed, 13, "completed")],
+        vec![change(&a, TaskState::Completed, 13, "completed")],
         Some(tx),
     );
     rx.await.unwrap().unwrap();
@@ -390,22 +385,13 @@ pub(crate) async fn writes_of_one_task_in_a_batch_are_coalesced(h: &dyn Harness)
         ["scheduled", "started", "a line", "progress", "completed"]
     );
     // The listener hears of a commit just after its callers do.
-    let updates = || -> Vec<(u64, TaskState)> {
-        seen.0
-            .lock()
-            .iter()
-            .filter(|e| e.0 == a.id && e.2 == EventKind::Updated)
-            .map(|e| (e.1, e.3))
-            .collect()
-    };
-    for _ in 0..100 {
-        if updates().len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let updates = seen
+        .wait(3, |e| {
+            (e.0 == a.id && e.2 == EventKind::Updated).then_some((e.1, e.3))
+        })
+        .await;
     assert_eq!(
-        updates(),
+        updates,
         [
             (10, TaskState::Running),
             (12, TaskState::Running),
