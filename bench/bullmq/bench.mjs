@@ -9,9 +9,8 @@
 // object on the last line of stdout:
 //   {"versions": {...}, "info": {...}, "figures": {id: [one value per run]}}
 import { performance } from 'node:perf_hooks';
+import { RemoteWorker } from '../lib/remote-worker.mjs';
 import { createRequire } from 'node:module';
-import { fork } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { Queue, Worker } from 'bullmq';
 import IORedis from 'ioredis';
 
@@ -152,58 +151,8 @@ const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 // `--worker`), as it would in production: in the producer's process, its
 // event loop starves behind 64 adds in flight. The parent drives it over
 // IPC: start, count, record-window, stop.
-class RemoteWorker {
-  static async start(name, concurrency, target = 0) {
-    const child = fork(fileURLToPath(import.meta.url), ['--worker'], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    const w = new RemoteWorker(child);
-    await w.request({ op: 'start', name, prefix: PREFIX, concurrency, target }, 'ready');
-    return w;
-  }
-
-  constructor(child) {
-    this.child = child;
-    this.waiting = new Map();
-    this.reached = new Promise((r) => (this.onReached = r));
-    this.exited = new Promise((r) => child.once('exit', (code) => r(code)));
-    child.on('message', (m) => {
-      if (m.op === 'reached') this.onReached(m.t);
-      const w = this.waiting.get(m.op);
-      if (w) {
-        this.waiting.delete(m.op);
-        w(m);
-      }
-    });
-    this.exited.then((code) => {
-      for (const w of this.waiting.values()) w({ op: 'exit', error: `the worker process exited (${code})` });
-    });
-  }
-
-  async request(msg, replyOp) {
-    const reply = new Promise((r) => this.waiting.set(replyOp, r));
-    this.child.send(msg);
-    const m = await reply;
-    if (m.error) throw new Error(m.error);
-    return m;
-  }
-
-  async count() {
-    return (await this.request({ op: 'count' }, 'count')).n;
-  }
-
-  // Jobs processed and the worker process's CPU seconds.
-  async sample() {
-    const m = await this.request({ op: 'count' }, 'count');
-    return { n: m.n, cpu: m.cpu };
-  }
-
-  async stop() {
-    const m = await this.request({ op: 'stop' }, 'stopped');
-    await this.exited;
-    return m;
-  }
-}
+const startWorker = (name, concurrency, target = 0) =>
+  RemoteWorker.start(import.meta.url, { name, prefix: PREFIX, concurrency, target });
 
 async function workerProcess() {
   let w;
@@ -258,7 +207,7 @@ async function workerProcess() {
 // b. Add and process: a worker at `concurrency` with the producer running.
 async function endToEnd(concurrency) {
   const name = qname(`b${concurrency}`);
-  const w = await RemoteWorker.start(name, concurrency);
+  const w = await startWorker(name, concurrency);
   const qs = queues(name, cfg.producer_inflight);
   const stop = { flag: false };
   const added = { n: 0 };
@@ -282,7 +231,7 @@ async function drain(n, concurrency) {
     await q.addBulk(batch);
   }
   const t = nowMs();
-  const w = await RemoteWorker.start(name, concurrency, n);
+  const w = await startWorker(name, concurrency, n);
   let timer;
   const timeout = new Promise((r) => (timer = setTimeout(() => r(null), 120_000)));
   const end = await Promise.race([w.reached, timeout]);
@@ -305,7 +254,7 @@ function quantile(sorted, q) {
 // previous ones; `t` is taken just before each add.
 async function latency(rate) {
   const name = qname('lat');
-  const w = await RemoteWorker.start(name, cfg.lat_concurrency);
+  const w = await startWorker(name, cfg.lat_concurrency);
   const qs = queues(name, cfg.producer_inflight);
   await Promise.all(qs.map((q) => q.waitUntilReady()));
   const duration = (cfg.lat_warmup_s + cfg.lat_window_s) * 1000;

@@ -11,9 +11,8 @@
 // line of stdout, as bench/bullmq/bench.mjs prints it:
 //   {"versions": {...}, "info": {...}, "figures": {id: [one value per run]}}
 import { performance } from 'node:perf_hooks';
+import { RemoteWorker } from '../lib/remote-worker.mjs';
 import { createRequire } from 'node:module';
-import { fork } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { readdirSync, readFileSync } from 'node:fs';
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
 import pg from 'pg';
@@ -170,59 +169,10 @@ const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 
 // The graphile-worker runner lives in its own Node process (this file with
 // `--worker`), as it would in production and as the BullMQ peer's does. The
-// parent drives it over IPC: start, count, record-window, stop.
-class RemoteWorker {
-  static async start(schema, concurrency, target = 0) {
-    const child = fork(fileURLToPath(import.meta.url), ['--worker'], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    const w = new RemoteWorker(child);
-    await w.request({ op: 'start', schema, concurrency, target, pool: cfg.worker_pool }, 'ready');
-    return w;
-  }
-
-  constructor(child) {
-    this.child = child;
-    this.waiting = new Map();
-    this.reached = new Promise((r) => (this.onReached = r));
-    this.exited = new Promise((r) => child.once('exit', (code) => r(code)));
-    child.on('message', (m) => {
-      if (m.op === 'reached') this.onReached(m.t);
-      const w = this.waiting.get(m.op);
-      if (w) {
-        this.waiting.delete(m.op);
-        w(m);
-      }
-    });
-    this.exited.then((code) => {
-      for (const w of this.waiting.values()) w({ op: 'exit', error: `the worker process exited (${code})` });
-    });
-  }
-
-  async request(msg, replyOp) {
-    const reply = new Promise((r) => this.waiting.set(replyOp, r));
-    this.child.send(msg);
-    const m = await reply;
-    if (m.error) throw new Error(m.error);
-    return m;
-  }
-
-  async count() {
-    return (await this.request({ op: 'count' }, 'count')).n;
-  }
-
-  // Jobs started and the worker process's CPU seconds.
-  async sample() {
-    const m = await this.request({ op: 'count' }, 'count');
-    return { n: m.n, cpu: m.cpu };
-  }
-
-  async stop() {
-    const m = await this.request({ op: 'stop' }, 'stopped');
-    await this.exited;
-    return m;
-  }
-}
+// parent drives it over IPC (bench/lib/remote-worker.mjs): start, count,
+// record-window, stop.
+const startWorker = (schema, concurrency, target = 0) =>
+  RemoteWorker.start(import.meta.url, { schema, concurrency, target, pool: cfg.worker_pool });
 
 async function workerProcess() {
   let runner;
@@ -282,7 +232,7 @@ async function workerProcess() {
 // pb. Add and process: a worker at `concurrency` with the producer running.
 async function endToEnd(concurrency) {
   const schema = await freshSchema();
-  const w = await RemoteWorker.start(schema, concurrency);
+  const w = await startWorker(schema, concurrency);
   const utils = await utilsFor(schema, cfg.producer_inflight);
   const stop = { flag: false };
   const added = { n: 0 };
@@ -310,7 +260,7 @@ async function drain(n, concurrency) {
     );
   }
   const t = nowMs();
-  const w = await RemoteWorker.start(schema, concurrency, n);
+  const w = await startWorker(schema, concurrency, n);
   let timer;
   const timeout = new Promise((r) => (timer = setTimeout(() => r(null), 120_000)));
   const end = await Promise.race([w.reached, timeout]);
@@ -332,7 +282,7 @@ function quantile(sorted, q) {
 // previous ones; `t` is taken just before each add.
 async function latency(rate) {
   const schema = await freshSchema();
-  const w = await RemoteWorker.start(schema, cfg.lat_concurrency);
+  const w = await startWorker(schema, cfg.lat_concurrency);
   const utils = await utilsFor(schema, cfg.producer_inflight);
   const duration = (cfg.lat_warmup_s + cfg.lat_window_s) * 1000;
   const start = nowMs();

@@ -254,10 +254,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 one.stat("b.1x100").map(|s| s.median).unwrap_or(4_000.0)
             }
         };
-        rates = [25u32, 50]
-            .iter()
-            .map(|&p| (p, ((max * p as f64 / 100.0) / 10.0).round().max(1.0) * 10.0))
-            .collect();
+        rates = load_rates(max);
     }
     if wants(&args, "c") {
         'runs: for run in 0..plan.runs {
@@ -267,18 +264,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     run + 1
                 ));
                 match scenarios::latency(&ctx, rate).await {
-                    Ok(l) => {
-                        for (k, v) in [
-                            ("p50", l.p50),
-                            ("p99", l.p99),
-                            ("p999", l.p999),
-                            ("offered", l.offered),
-                            ("reply_p50", l.reply_p50),
-                            ("reply_p99", l.reply_p99),
-                        ] {
-                            sy.push(&format!("c.{pct}.{k}"), v);
-                        }
-                    }
+                    Ok(l) => push_latency(&mut sy, "c", pct, &l),
                     Err(e) => {
                         fail(&mut sy, "c.", e);
                         break 'runs;
@@ -434,10 +420,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                             one.stat("pb.1x100").map(|s| s.median).unwrap_or(2_000.0)
                         }
                     };
-                    pg_rates = [25u32, 50]
-                        .iter()
-                        .map(|&p| (p, ((max * p as f64 / 100.0) / 10.0).round().max(1.0) * 10.0))
-                        .collect();
+                    pg_rates = load_rates(max);
                     let mut pc_failed = false;
                     for run in 0..plan.runs {
                         for &(pct, rate) in &pg_rates {
@@ -449,18 +432,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                                 run + 1
                             ));
                             match scenarios::latency(&pctx, rate).await {
-                                Ok(l) => {
-                                    for (k, v) in [
-                                        ("p50", l.p50),
-                                        ("p99", l.p99),
-                                        ("p999", l.p999),
-                                        ("offered", l.offered),
-                                        ("reply_p50", l.reply_p50),
-                                        ("reply_p99", l.reply_p99),
-                                    ] {
-                                        sy.push(&format!("pc.{pct}.{k}"), v);
-                                    }
-                                }
+                                Ok(l) => push_latency(&mut sy, "pc", pct, &l),
                                 Err(e) => {
                                     fail(&mut sy, "pc.", e);
                                     pc_failed = true;
@@ -1542,4 +1514,26 @@ fn at_least(target: &str, m: Option<(String, f64)>, goal: f64, unit: Unit) -> Ta
 
 fn at_most(target: &str, m: Option<(String, f64)>, goal: f64, unit: Unit) -> TargetCheck {
     judged(target, m, unit, |v| v <= goal)
+}
+
+/// The latency scenarios' rates: 25% and 50% of a maximum, to the nearest 10/s.
+fn load_rates(max: f64) -> Vec<(u32, f64)> {
+    [25u32, 50]
+        .iter()
+        .map(|&p| (p, ((max * p as f64 / 100.0) / 10.0).round().max(1.0) * 10.0))
+        .collect()
+}
+
+/// Records one latency run as `{scenario}.{pct}.p50` and so on.
+fn push_latency(sy: &mut Side, scenario: &str, pct: u32, l: &scenarios::Latency) {
+    for (k, v) in [
+        ("p50", l.p50),
+        ("p99", l.p99),
+        ("p999", l.p999),
+        ("offered", l.offered),
+        ("reply_p50", l.reply_p50),
+        ("reply_p99", l.reply_p99),
+    ] {
+        sy.push(&format!("{scenario}.{pct}.{k}"), v);
+    }
 }
