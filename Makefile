@@ -36,6 +36,8 @@ test-rust:
 	@! $(CARGO) tree -p switchyard-client -e normal | grep -E '^.*(rusqlite|temporalio|reqwest) v' \
 		|| { echo 'switchyard-client depends on rusqlite, temporalio or reqwest' >&2; exit 1; }
 	$(CARGO) test --workspace --all-targets -- --test-threads=2 2>&1 | tail -n 400
+	@# --all-targets leaves out doctests: the client's examples are what users copy.
+	$(CARGO) test -p switchyard-client --doc 2>&1 | tail -n 40
 
 # Generated code must match the protos.
 check-generated: $(CHECK_TARGETS)
