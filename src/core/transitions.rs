@@ -78,6 +78,11 @@ impl State {
         let from = a.task.rt.state;
         a.task.rt.state = state;
         a.task.rt.finished_at = Some(now);
+        if state == TaskState::Completed {
+            // An earlier attempt's error is not this task's outcome; the
+            // log keeps every attempt's.
+            a.task.rt.last_error = None;
+        }
         a.task.rt.cancel_requested = false;
         a.task.rt.worker_id = None;
         let (t, name) = (a.task.spec.task_type, a.task.spec.name.clone());

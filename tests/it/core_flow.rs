@@ -391,8 +391,22 @@ async fn retryable_failures_are_retried_after_the_backoff_until_success() {
         s.result.as_ref().map(to_json),
         Some(json!({ "attempt": 3 }))
     );
-    let err = s.last_error.expect("the last failure is kept");
-    assert_eq!((err.attempt, err.kind.as_str()), (2, "flake"));
+    // Completed: the earlier attempts' errors are not its outcome; its log
+    // keeps them.
+    assert!(s.last_error.is_none(), "{:?}", s.last_error);
+    let lines: Vec<String> = logs(&mut client, &id)
+        .await
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    for attempt in [1, 2] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("attempt {attempt} of 3 failed"))),
+            "{lines:?}"
+        );
+    }
 
     // The handler ran three times, attempts 1, 2, 3, each at least the
     // backoff after the previous one.
@@ -637,9 +651,16 @@ async fn timed_out_attempt_is_retried_when_attempts_remain() {
     let s = wait_state(&mut client, &id, pb::TaskState::Completed, SHORT).await;
     assert_eq!(s.attempt, 2);
     assert_eq!(s.result.as_ref().map(to_json), Some(json!("fast")));
-    assert_eq!(
-        s.last_error.map(|e| (e.attempt, e.kind)),
-        Some((1, "timeout".into()))
+    // Completed: the timed-out attempt is in the log, not the outcome.
+    assert!(s.last_error.is_none(), "{:?}", s.last_error);
+    let lines: Vec<String> = logs(&mut client, &id)
+        .await
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("attempt 1 of 2 failed")),
+        "{lines:?}"
     );
 }
 

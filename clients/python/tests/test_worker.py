@@ -80,9 +80,11 @@ async def test_fails_with_retry_then_succeeds(client: AsyncClient, server: TestS
         done = await client.wait(res.task_id, timeout=15)
         assert done.state is TaskState.COMPLETED and done.result == {"attempt": 3}
         assert attempts == [1, 2, 3]
-        assert done.last_error is not None and done.last_error.kind == "ConnectionError"
-        assert done.last_error.retryable and "reset by peer" in done.last_error.message
-        assert "Traceback" in done.last_error.details
+        # Completed: the failed attempts are in its log, not its outcome.
+        assert done.last_error is None
+        lines = [l.message for l in (await client.logs(res.task_id)).lines]
+        assert any(m.startswith("attempt 1 of 3 failed: upstream 503") for m in lines), lines
+        assert any(m.startswith("attempt 2 of 3 failed: reset by peer") for m in lines), lines
     finally:
         await worker.close()
 
@@ -98,7 +100,7 @@ async def test_fails_for_good(client: AsyncClient, server: TestServer, name: str
 
     @worker.task(f"{name}.exhausted")
     async def always(payload: Dict[str, Any], ctx: TaskContext) -> None:
-        raise RetryableError("still down", retry_after=0.01)
+        raise ConnectionError("reset by peer")  # any exception: retryable
 
     await worker.wait_registered()
     try:
@@ -107,9 +109,13 @@ async def test_fails_for_good(client: AsyncClient, server: TestServer, name: str
         assert done.state is TaskState.FAILED and calls == [1]
         assert done.last_error is not None
         assert (done.last_error.kind, done.last_error.message, done.last_error.retryable) == ("invalid_payload", "no recipient", False)
-        res2 = await client.schedule(f"{name}.exhausted", {}, attempts=2)
+        res2 = await client.schedule(f"{name}.exhausted", {}, attempts=2, backoff=Backoff(kind="fixed", base="50ms"))
         done2 = await client.wait(res2.task_id, timeout=10)
         assert done2.state is TaskState.FAILED and done2.attempt == 2
+        # An exception's class, message and traceback.
+        assert done2.last_error is not None and done2.last_error.kind == "ConnectionError"
+        assert done2.last_error.retryable and "reset by peer" in done2.last_error.message
+        assert "Traceback" in done2.last_error.details
     finally:
         await worker.close()
 

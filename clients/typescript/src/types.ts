@@ -305,9 +305,9 @@ export interface TaskInfo {
   progressMessage?: string;
   /** The result of a COMPLETED task (any JSON value). */
   result?: unknown;
-  /** The last error's message, if an attempt failed. */
+  /** The last failed attempt's error message; none once the task COMPLETED (its log keeps every attempt's). */
   error?: string;
-  /** The last error in full. */
+  /** The last failed attempt's error in full; none once the task COMPLETED. */
   lastError?: TaskErrorInfo;
   createdAt: Date;
   /** When it may start (creation plus delay, or the end of a backoff). */

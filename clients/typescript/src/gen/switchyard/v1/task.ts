@@ -693,7 +693,11 @@ export interface TaskStatus {
   result:
     | any
     | undefined;
-  /** The last error, if any attempt failed. */
+  /**
+   * The error of the last failed attempt, until the task completes: a task
+   * that COMPLETED after failed attempts has none (its log keeps every
+   * attempt's error).
+   */
   lastError:
     | TaskError
     | undefined;
