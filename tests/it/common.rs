@@ -645,6 +645,15 @@ pub fn is_final(s: pb::TaskState) -> bool {
     )
 }
 
+/// The messages of every log line of a task, oldest first.
+pub async fn log_messages(client: &mut Client, id: &str) -> Vec<String> {
+    logs(client, id)
+        .await
+        .into_iter()
+        .map(|l| l.message)
+        .collect()
+}
+
 /// Every log line of a task, oldest first (pages through `has_more`).
 pub async fn logs(client: &mut Client, id: &str) -> Vec<pb::LogLine> {
     let mut out: Vec<pb::LogLine> = Vec::new();

@@ -394,11 +394,7 @@ async fn retryable_failures_are_retried_after_the_backoff_until_success() {
     // Completed: the earlier attempts' errors are not its outcome; its log
     // keeps them.
     assert!(s.last_error.is_none(), "{:?}", s.last_error);
-    let lines: Vec<String> = logs(&mut client, &id)
-        .await
-        .into_iter()
-        .map(|l| l.message)
-        .collect();
+    let lines = log_messages(&mut client, &id).await;
     for attempt in [1, 2] {
         assert!(
             lines
@@ -653,11 +649,7 @@ async fn timed_out_attempt_is_retried_when_attempts_remain() {
     assert_eq!(s.result.as_ref().map(to_json), Some(json!("fast")));
     // Completed: the timed-out attempt is in the log, not the outcome.
     assert!(s.last_error.is_none(), "{:?}", s.last_error);
-    let lines: Vec<String> = logs(&mut client, &id)
-        .await
-        .into_iter()
-        .map(|l| l.message)
-        .collect();
+    let lines = log_messages(&mut client, &id).await;
     assert!(
         lines.iter().any(|l| l.starts_with("attempt 1 of 2 failed")),
         "{lines:?}"
