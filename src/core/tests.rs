@@ -249,7 +249,10 @@ async fn a_task_whose_caller_left_before_its_commit_is_still_queued() {
     // With a key it is queued only after its commit (the path that needs
     // the rest of `schedule` to run).
     let call = schedule_in_background(&core, spec("t", Some("left")));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Its insert is submitted (held by the paused writer) before it leaves.
+    while store.held.lock().as_ref().is_none_or(|h| h.is_empty()) {
+        tokio::task::yield_now().await;
+    }
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     assert!(
