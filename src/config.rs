@@ -22,6 +22,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "cluster",
     "limits",
     "scheduler",
+    "retention",
     "log",
     "otel",
     "webhook",
@@ -48,6 +49,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The scheduler core.
     pub scheduler: SchedulerConfig,
+    /// How long ended tasks are kept.
+    pub retention: RetentionConfig,
     /// Logging.
     pub log: LogConfig,
     /// OpenTelemetry traces over OTLP/gRPC (off without an endpoint).
@@ -127,6 +130,192 @@ pub struct SchedulerConfig {
 
 pub use crate::telemetry::{LogConfig, LogFormat};
 
+/// How long ended tasks are kept (`[retention]`). An age is a duration
+/// (`"7d"`, `"90m"`, `"0s"`: removed at the next sweep) or `"forever"`.
+/// The age counts from when the task ended and is fixed then: a change of
+/// policy applies to tasks that end after it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Kept this long after COMPLETED.
+    #[serde(with = "keep")]
+    pub completed: Option<Duration>,
+    /// Kept this long after FAILED.
+    #[serde(with = "keep")]
+    pub failed: Option<Duration>,
+    /// Kept this long after CANCELLED or COMPENSATED.
+    #[serde(with = "keep")]
+    pub cancelled: Option<Duration>,
+    /// At most this many COMPLETED tasks of one name are kept (the oldest
+    /// go first); none if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completed: Option<u64>,
+    /// The same for FAILED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed: Option<u64>,
+    /// The same for CANCELLED (and, counted apart, COMPENSATED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cancelled: Option<u64>,
+    /// How often the sweeper looks for tasks to remove.
+    #[serde(with = "humantime_serde")]
+    pub sweep_every: Duration,
+    /// Tasks removed per write: each batch rides on a group commit, so a
+    /// small one never holds a commit up for long.
+    pub batch: usize,
+    /// Rules for the tasks whose name (or queue) matches a pattern; the
+    /// first match wins, field by field, over the settings above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RetentionRuleConfig>,
+}
+
+/// One `[[retention.rules]]`: the settings of `[retention]` for the tasks
+/// whose name or queue matches `match` (`*` any run of characters, `?` one).
+/// A setting left out falls through to `[retention]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionRuleConfig {
+    /// The glob pattern.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Kept this long after COMPLETED.
+    #[serde(with = "keep_opt", skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Option<Duration>>,
+    /// Kept this long after FAILED.
+    #[serde(with = "keep_opt", skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Option<Duration>>,
+    /// Kept this long after CANCELLED or COMPENSATED.
+    #[serde(with = "keep_opt", skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Option<Duration>>,
+    /// COMPLETED tasks kept per name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completed: Option<u64>,
+    /// FAILED tasks kept per name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_failed: Option<u64>,
+    /// CANCELLED tasks kept per name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_cancelled: Option<u64>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let p = crate::domain::retention::RetentionPolicy::standard();
+        RetentionConfig {
+            completed: p.keep.completed,
+            failed: p.keep.failed,
+            cancelled: p.keep.cancelled,
+            max_completed: None,
+            max_failed: None,
+            max_cancelled: None,
+            sweep_every: Duration::from_secs(1),
+            batch: 500,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The policy, or why a rule cannot be used.
+    pub fn policy(&self) -> Result<crate::domain::retention::RetentionPolicy, String> {
+        use crate::domain::retention::{Caps, Retention, RetentionPolicy, RetentionRule};
+        if self.batch == 0 {
+            return Err("retention.batch must be at least 1".into());
+        }
+        if self.sweep_every.is_zero() {
+            return Err("retention.sweep_every must be more than 0s".into());
+        }
+        // A rule's "forever" is kept apart from "not set": the rule's own
+        // ages are Option<Option<_>>, flattened here into the rule's keep,
+        // where an explicit "forever" becomes the longest age there is.
+        let forever = |v: Option<Option<Duration>>| v.map(|d| d.unwrap_or(Duration::MAX));
+        let rules = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                RetentionRule::new(
+                    &r.pattern,
+                    Retention {
+                        completed: forever(r.completed),
+                        failed: forever(r.failed),
+                        cancelled: forever(r.cancelled),
+                    },
+                    Caps {
+                        completed: r.max_completed,
+                        failed: r.max_failed,
+                        cancelled: r.max_cancelled,
+                    },
+                )
+                .map_err(|e| format!("retention.rules[{i}]: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(RetentionPolicy {
+            keep: Retention {
+                completed: self.completed,
+                failed: self.failed,
+                cancelled: self.cancelled,
+            },
+            caps: Caps {
+                completed: self.max_completed,
+                failed: self.max_failed,
+                cancelled: self.max_cancelled,
+            },
+            rules,
+        })
+    }
+}
+
+/// An age or `"forever"` (`None`).
+mod keep {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("forever"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Option<Duration>, String> {
+        match text.trim() {
+            "forever" => Ok(None),
+            t => humantime::parse_duration(t)
+                .map(Some)
+                .map_err(|e| format!("{t:?} is neither a duration (\"7d\") nor \"forever\": {e}")),
+        }
+    }
+}
+
+/// A rule's age: absent (`None`), an age, or `"forever"` (`Some(None)`).
+mod keep_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<Duration>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => super::keep::serialize(inner, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<Duration>>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::keep::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -136,6 +325,7 @@ impl Default for Config {
             cluster: crate::cluster::ClusterConfig::default(),
             limits: LimitsConfig::default(),
             scheduler: SchedulerConfig::default(),
+            retention: RetentionConfig::default(),
             log: LogConfig::default(),
             otel: crate::telemetry::OtelConfig::default(),
             webhook: crate::executor::webhook::WebhookConfig::default(),
@@ -273,6 +463,9 @@ impl Config {
             default_execution_timeout: s.default_execution_timeout,
             routes,
             metrics_sink: None,
+            retention: Default::default(),
+            sweep_every: self.retention.sweep_every,
+            sweep_batch: self.retention.batch,
         }
     }
 }

@@ -116,7 +116,11 @@ fn max_message(config: &Config) -> usize {
 }
 
 /// Opens the configured store: PostgreSQL with `store.url`, else SQLite.
-pub async fn open_store(config: &Config) -> Result<OpenedStore, crate::store::StoreError> {
+/// `retention` stamps each ended row with its removal time.
+pub async fn open_store(
+    config: &Config,
+    retention: Arc<crate::domain::retention::RetentionPolicy>,
+) -> Result<OpenedStore, crate::store::StoreError> {
     if let Some(url) = &config.store.url {
         let replica = config
             .cluster
@@ -129,6 +133,7 @@ pub async fn open_store(config: &Config) -> Result<OpenedStore, crate::store::St
                 schema: config.store.schema.clone(),
                 max_batch: config.store.max_batch,
                 replica,
+                retention,
                 ..Default::default()
             })
             .await?,
@@ -138,6 +143,7 @@ pub async fn open_store(config: &Config) -> Result<OpenedStore, crate::store::St
         path: (!config.store.memory).then(|| config.data_dir.join("switchyard.db")),
         synchronous: config.store.synchronous,
         max_batch: config.store.max_batch,
+        retention,
         ..Default::default()
     })?))
 }
@@ -185,7 +191,8 @@ pub async fn run_with(
             stop.cancel();
         });
     }
-    let store = open_store(&config).await?;
+    let retention = Arc::new(config.retention.policy().map_err(ServeError::Config)?);
+    let store = open_store(&config, retention.clone()).await?;
     // On PostgreSQL: stand by until this replica holds the lease.
     let mut listener = listener;
     let mut leading: Option<(Arc<Lease>, i64)> = None;
@@ -233,6 +240,7 @@ pub async fn run_with(
         .is_some()
         .then(crate::admin::metrics::Metrics::new);
     let mut core_config = config.core();
+    core_config.retention = retention;
     if let Some(m) = &metrics {
         store.set_metrics(m.clone());
         core_config.metrics_sink = Some(m.clone());

@@ -243,9 +243,18 @@ pub fn new_task(
             );
         }
     }
+    let retention = o.retention.and_then(|r| {
+        let max = Duration::from_secs(3650 * 86_400);
+        let keep = crate::domain::retention::Retention {
+            completed: duration(&mut vs, "options.retention.completed", r.completed, max),
+            failed: duration(&mut vs, "options.retention.failed", r.failed, max),
+            cancelled: duration(&mut vs, "options.retention.cancelled", r.cancelled, max),
+        };
+        (!keep.is_empty()).then(|| Box::new(keep))
+    });
     let cleanup = match o.cleanup {
         Some(c) => match check_name(&c.name) {
-            Ok(()) => Some(c.name),
+            Ok(()) => Some(c.name.into_boxed_str()),
             Err(e) => {
                 vs.add("options.cleanup.name", e);
                 None
@@ -377,6 +386,7 @@ pub fn new_task(
         target,
         traceparent: traceparent.map(String::into_boxed_str),
         parent_id: None,
+        retention,
     };
     vs.into_result(NewTask {
         spec,

@@ -189,6 +189,16 @@ pub struct ScheduleArgs {
     /// Time limit of one attempt (`30s`, `5m`).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Keep the task this long after it completes (`0s`: removed at the
+    /// next sweep). Default: the server's `[retention]` policy.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_completed: Option<Duration>,
+    /// Keep the task this long after it fails for good.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_failed: Option<Duration>,
+    /// Keep the task this long after it is cancelled.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_cancelled: Option<Duration>,
     /// The user the task belongs to (`disconnect --user` stops it).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
@@ -622,6 +632,18 @@ impl ScheduleArgs {
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
             labels,
             cleanup: self.cleanup.clone().map(|name| pb::CleanupTask { name }),
+            retention: if self.keep_completed.is_some()
+                || self.keep_failed.is_some()
+                || self.keep_cancelled.is_some()
+            {
+                Some(pb::Retention {
+                    completed: opt_duration("keep-completed", self.keep_completed)?,
+                    failed: opt_duration("keep-failed", self.keep_failed)?,
+                    cancelled: opt_duration("keep-cancelled", self.keep_cancelled)?,
+                })
+            } else {
+                None
+            },
         };
         let target = match task_type {
             TaskTypeArg::Simple => self

@@ -32,6 +32,13 @@ pub struct CoreConfig {
     /// Where the in-process executors report measurements the core does not
     /// see (webhook response codes); none when nothing exports metrics.
     pub metrics_sink: Option<Arc<dyn crate::telemetry::MetricsSink>>,
+    /// How long ended tasks are kept (the sweeper's count caps; the store
+    /// stamps the ages on each ended row).
+    pub retention: Arc<crate::domain::retention::RetentionPolicy>,
+    /// How often the retention sweeper looks for tasks to remove.
+    pub sweep_every: Duration,
+    /// Tasks removed per write.
+    pub sweep_batch: usize,
 }
 
 /// Which tasks an external engine runs instead of the embedded one. Routing
@@ -87,6 +94,9 @@ impl Default for CoreConfig {
             default_execution_timeout: None,
             routes: Routes::default(),
             metrics_sink: None,
+            retention: Default::default(),
+            sweep_every: Duration::from_secs(1),
+            sweep_batch: 500,
         }
     }
 }

@@ -150,6 +150,7 @@ mod tests {
                     target: Target::Simple { queue: None },
                     traceparent: None,
                     parent_id: None,
+                    retention: None,
                 }),
                 rt: TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued),
             },

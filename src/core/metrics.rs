@@ -46,6 +46,11 @@ impl Counts {
         }
     }
 
+    /// Tasks of `name` in `state`.
+    pub fn of_name(&self, name: &str, state: TaskState) -> u64 {
+        self.by_name.get(name).map_or(0, |a| a[idx(state)])
+    }
+
     /// Moves one task from one state to another.
     pub fn moved(&mut self, t: TaskType, name: &str, from: TaskState, to: TaskState) {
         if from == to {

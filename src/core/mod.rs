@@ -30,6 +30,7 @@
 //! | `timers` | the timer loop, deadlines, lease expiry |
 //! | `workflow_hooks` | signals, run updates, child tasks |
 //! | `recovery` | the active tasks at start-up |
+//! | `retention` | the sweeper that removes ended tasks |
 //! | `queries` | status, lists, logs, metrics |
 //! | `watch` | payloads for assignments, watch replay pages |
 //! | `events` | the event hub |
@@ -49,6 +50,7 @@ mod queries;
 mod queue;
 mod recovery;
 mod report;
+mod retention;
 mod schedule;
 mod state;
 #[cfg(test)]
@@ -202,6 +204,12 @@ impl Core {
         tokio::spawn(tracing::Instrument::instrument(
             async move { loop_core.timer_loop().await },
             tracing::info_span!("core-timers"),
+        ));
+        let sweep_core = core.clone();
+        // Policy on shutdown: stops by itself once `shutdown` closes the core.
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { sweep_core.sweep_loop().await },
+            tracing::info_span!("core-retention"),
         ));
         Ok(core)
     }

@@ -371,7 +371,7 @@ impl State {
         labels.insert("cleanup_of".to_string(), id.to_string());
         labels.insert("cleanup_reason".to_string(), why.as_str().to_string());
         let new_spec = TaskSpec {
-            name: cleanup.clone(),
+            name: cleanup.to_string(),
             task_type: TaskType::Simple,
             priority: spec.priority,
             max_attempts: spec.max_attempts.max(3),
@@ -386,6 +386,7 @@ impl State {
             target: Target::Simple { queue: None },
             traceparent: spec.traceparent.clone(),
             parent_id: None,
+            retention: None,
         };
         let new = NewTask {
             spec: new_spec,

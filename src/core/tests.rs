@@ -93,6 +93,21 @@ impl Store for PausableStore {
     async fn max_seq(&self) -> Result<u64, StoreError> {
         self.inner.max_seq().await
     }
+    async fn due_for_removal(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Ended>, StoreError> {
+        self.inner.due_for_removal(now, limit).await
+    }
+    async fn oldest_ended(
+        &self,
+        state: TaskState,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Ended>, StoreError> {
+        self.inner.oldest_ended(state, name, limit).await
+    }
 }
 
 fn spec(name: &str, idempotency_key: Option<&str>) -> TaskSpec {

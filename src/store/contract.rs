@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use super::{CommitListener, ListQuery, Store, WriteOp, WriteOutcome};
+use crate::domain::retention::Retention;
 use crate::domain::{
     now_micros, EventKind, LogEntry, Payload, Source, Task, TaskEvent, TaskFilter, TaskId,
-    TaskRuntime, TaskSpec, TaskState, WaitingReason,
+    TaskRuntime, TaskSpec, TaskState, TaskType, WaitingReason,
 };
 
 /// A store under test, with what the suite needs of its implementation.
@@ -66,6 +67,10 @@ macro_rules! store_contract {
             #[tokio::test]
             async fn a_quarantined_row_leaves_the_active_scan() {
                 crate::store::contract::quarantine_sets_a_row_aside(&$make).await
+            }
+            #[tokio::test]
+            async fn ended_tasks_are_removed_when_due_with_their_steps() {
+                crate::store::contract::ended_tasks_are_removed_when_due(&$make).await
             }
             #[tokio::test]
             async fn filters_lists_counts_and_changes() {
@@ -545,4 +550,239 @@ pub(crate) async fn filters_lists_counts_and_changes(h: &dyn Harness) {
     let finals = s.final_counts().await.unwrap();
     assert!(finals.iter().all(|c| c.2.is_final()));
     h.close(o).await;
+}
+
+/// Retention: a task whose removal time has come is listed with its
+/// workflow steps, oldest first, and not one that is active or still has
+/// time; removing them takes their rows, logs and ended counts. The rows
+/// are stamped through both paths (an update that ends a task, an insert
+/// of an ended task).
+pub(crate) async fn ended_tasks_are_removed_when_due(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let base = s.max_seq().await.unwrap();
+    let now = now_micros();
+    let named = |name: &str, keep: Option<Duration>| {
+        let mut t = task(None);
+        let mut spec = (*t.spec).clone();
+        spec.name = name.into();
+        spec.retention = keep.map(|k| {
+            Box::new(Retention {
+                completed: Some(k),
+                ..Default::default()
+            })
+        });
+        t.spec = Arc::new(spec);
+        t
+    };
+    let ended = |t: &Task, seq: u64, at: i64| {
+        let mut t = t.clone();
+        t.rt.state = TaskState::Completed;
+        t.rt.finished_at = Some(at);
+        t.rt.seq = seq;
+        t
+    };
+    let submit = |ops: Vec<WriteOp>| {
+        let (tx, rx) = oneshot::channel();
+        s.submit(ops, Some(tx));
+        rx
+    };
+    // A workflow that ended 10 s ago, kept 1 s: due. Its step goes with it.
+    let wf = named("ret-wf", Some(Duration::from_secs(1)));
+    insert(s, &wf).await;
+    let mut step = named("ret-step", Some(Duration::ZERO));
+    let mut spec = (*step.spec).clone();
+    spec.parent_id = Some(wf.id);
+    step.spec = Arc::new(spec);
+    let step = ended(&step, base + 1, now - 10_000_000);
+    insert(s, &step).await;
+    let done = ended(&wf, base + 2, now - 10_000_000);
+    submit(vec![WriteOp::Update {
+        task: done,
+        log: vec![LogEntry::system(wf.id, 1, "completed")],
+        event: Some(EventKind::Completed),
+    }])
+    .await
+    .unwrap()
+    .unwrap();
+    // Ended, kept an hour: not due. Active: never listed.
+    let kept = ended(
+        &named("ret-kept", Some(Duration::from_secs(3600))),
+        base + 3,
+        now,
+    );
+    insert(s, &kept).await;
+    let kept2 = ended(
+        &named("ret-kept", Some(Duration::from_secs(3600))),
+        base + 4,
+        now,
+    );
+    insert(s, &kept2).await;
+    let active = named("ret-active", Some(Duration::ZERO));
+    insert(s, &active).await;
+
+    let count = |finals: &crate::store::Counts, name: &str| -> u64 {
+        finals
+            .iter()
+            .filter(|c| c.1 == name && c.2 == TaskState::Completed && c.0 == TaskType::Simple)
+            .map(|c| c.3)
+            .sum()
+    };
+    let finals = s.final_counts().await.unwrap();
+    assert_eq!(count(&finals, "ret-wf"), 1, "{finals:?}");
+    assert_eq!(count(&finals, "ret-step"), 1, "{finals:?}");
+    assert_eq!(count(&finals, "ret-kept"), 2, "{finals:?}");
+
+    let due = s.due_for_removal(now_micros(), 10).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|e| (e.id, e.name.as_str(), e.state))
+            .collect::<Vec<_>>(),
+        vec![
+            (wf.id, "ret-wf", TaskState::Completed),
+            (step.id, "ret-step", TaskState::Completed)
+        ]
+    );
+    // Nothing is due yet a minute earlier.
+    assert!(s
+        .due_for_removal(now - 60_000_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // The oldest ended of a name, in the order they ended.
+    let oldest = s
+        .oldest_ended(TaskState::Completed, "ret-kept", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        oldest.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![kept.id]
+    );
+
+    submit(vec![WriteOp::Remove(due.iter().map(|e| e.id).collect())])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.get(wf.id).await.unwrap().is_none());
+    assert!(s.get(step.id).await.unwrap().is_none());
+    assert!(s.logs(wf.id, 0, 10).await.unwrap().is_empty());
+    assert!(s.get(kept.id).await.unwrap().is_some());
+    assert!(s.get(active.id).await.unwrap().is_some());
+    assert!(s
+        .due_for_removal(now_micros(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let finals = s.final_counts().await.unwrap();
+    assert_eq!(count(&finals, "ret-wf"), 0, "{finals:?}");
+    assert_eq!(count(&finals, "ret-step"), 0, "{finals:?}");
+    assert_eq!(count(&finals, "ret-kept"), 2, "{finals:?}");
+    h.close(o).await;
+}
+
+/// The filters a page of `ListTasks` (and the admin routes, the dashboard
+/// and a watch's snapshot, which page through the same query) can combine,
+/// one case each.
+pub(crate) fn filter_cases() -> Vec<(&'static str, TaskFilter)> {
+    let f = TaskFilter::default;
+    vec![
+        ("none", f()),
+        (
+            "user",
+            TaskFilter {
+                user_id: Some("u".into()),
+                ..f()
+            },
+        ),
+        (
+            "session",
+            TaskFilter {
+                session_id: Some("s".into()),
+                ..f()
+            },
+        ),
+        (
+            "ids",
+            TaskFilter {
+                task_ids: vec![TaskId::now_v7(), TaskId::now_v7()],
+                ..f()
+            },
+        ),
+        (
+            "one name",
+            TaskFilter {
+                names: vec!["a".into()],
+                ..f()
+            },
+        ),
+        (
+            "two names",
+            TaskFilter {
+                names: vec!["a".into(), "b".into()],
+                ..f()
+            },
+        ),
+        (
+            "one type",
+            TaskFilter {
+                task_types: vec![TaskType::Integration],
+                ..f()
+            },
+        ),
+        (
+            "two types",
+            TaskFilter {
+                task_types: vec![TaskType::Simple, TaskType::Complex],
+                ..f()
+            },
+        ),
+        (
+            "one state",
+            TaskFilter {
+                states: vec![TaskState::Pending],
+                ..f()
+            },
+        ),
+        (
+            "three states",
+            TaskFilter {
+                states: vec![
+                    TaskState::Pending,
+                    TaskState::Running,
+                    TaskState::Compensating,
+                ],
+                ..f()
+            },
+        ),
+        (
+            "one source",
+            TaskFilter {
+                sources: vec![Source::Bullmq],
+                ..f()
+            },
+        ),
+        (
+            "two sources",
+            TaskFilter {
+                sources: vec![Source::Bullmq, Source::Temporal],
+                ..f()
+            },
+        ),
+        (
+            "state and name",
+            TaskFilter {
+                states: vec![TaskState::Failed],
+                names: vec!["a".into()],
+                ..f()
+            },
+        ),
+        (
+            "state and type",
+            TaskFilter {
+                states: vec![TaskState::Failed, TaskState::Cancelled],
+                task_types: vec![TaskType::Simple],
+                ..f()
+            },
+        ),
+    ]
 }

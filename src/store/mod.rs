@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::domain::{
-    EventKind, LogEntry, Payload, Task, TaskEvent, TaskFilter, TaskId, TaskState, TaskType,
+    EventKind, LogEntry, Micros, Payload, Task, TaskEvent, TaskFilter, TaskId, TaskState, TaskType,
 };
 
 /// A storage failure.
@@ -110,6 +110,10 @@ pub enum WriteOp {
     },
     /// Append log lines.
     Log(Vec<LogEntry>),
+    /// Remove ended tasks and their log lines (retention). The core's
+    /// sweeper lists them with [`Store::due_for_removal`] or
+    /// [`Store::oldest_ended`], a workflow's steps with it.
+    Remove(Vec<TaskId>),
     /// Set aside a stored row that cannot be read back (see
     /// [`Store::stream_active`]): it leaves every active scan, its reason is
     /// kept, and reading it answers [`StoreError::Corrupt`].
@@ -142,6 +146,73 @@ pub type Completion = oneshot::Sender<Result<Vec<WriteOutcome>, Arc<StoreError>>
 
 /// Counts of tasks per type, name and state.
 pub type Counts = Vec<(TaskType, String, TaskState, u64)>;
+
+/// An ended task listed for removal, with what its counts need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The task.
+    pub id: TaskId,
+    /// Its type.
+    pub task_type: TaskType,
+    /// Its name.
+    pub name: String,
+    /// Its final state.
+    pub state: TaskState,
+}
+
+/// Which field a page of a filter walks its index of once per value
+/// (see the stores' `list_sql`): a field of several values whose rows
+/// would otherwise all be read and sorted to find the newest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Split {
+    /// One walk: a single-valued field drives (or ids, looked up by key).
+    One,
+    /// One walk per name.
+    Names(Vec<String>),
+    /// One walk per code of a small-integer column.
+    Codes(&'static str, Vec<i64>),
+}
+
+/// The most names a page walks one by one; past it, the rows of every
+/// name are read and sorted (SQLite allows 500 terms in a compound query).
+pub(crate) const MAX_SPLIT_NAMES: usize = 64;
+
+impl Split {
+    /// The field that drives a page of `f`: ids, then the owner, then
+    /// names, sources, types and states, the likely most selective first.
+    /// A single value needs one walk; several need one each.
+    pub(crate) fn of(f: &TaskFilter) -> Split {
+        if !f.task_ids.is_empty() || f.user_id.is_some() || f.session_id.is_some() {
+            return Split::One;
+        }
+        let codes = |col, v: Vec<i64>| match v.len() {
+            0 | 1 => None,
+            _ => Some(Split::Codes(col, v)),
+        };
+        match f.names.len() {
+            0 => {}
+            1 => return Split::One,
+            n if n <= MAX_SPLIT_NAMES => return Split::Names(f.names.clone()),
+            _ => return Split::One,
+        }
+        for (col, v) in [
+            (
+                "source",
+                f.sources.iter().map(|s| s.code()).collect::<Vec<_>>(),
+            ),
+            ("task_type", f.task_types.iter().map(|t| t.code()).collect()),
+            ("state", f.states.iter().map(|s| s.code()).collect()),
+        ] {
+            if v.len() == 1 {
+                return Split::One;
+            }
+            if let Some(s) = codes(col, v) {
+                return s;
+            }
+        }
+        Split::One
+    }
+}
 
 /// A page of tasks.
 #[derive(Debug, Clone, Default)]
@@ -227,6 +298,18 @@ pub trait Store: Send + Sync + 'static {
     async fn counts(&self) -> Result<Counts, StoreError>;
     /// The largest sequence number stored.
     async fn max_seq(&self) -> Result<u64, StoreError>;
+    /// Up to about `limit` ended tasks whose removal time (`purge_at`) is
+    /// at or before `now`, oldest first, each followed by its workflow
+    /// steps that have ended (they go with it).
+    async fn due_for_removal(&self, now: Micros, limit: usize) -> Result<Vec<Ended>, StoreError>;
+    /// The `limit` tasks of `name` that ended first in `state` (count caps),
+    /// each followed by its workflow steps that have ended.
+    async fn oldest_ended(
+        &self,
+        state: TaskState,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<Ended>, StoreError>;
 }
 
 /// The messages of a task's first log lines (tests).

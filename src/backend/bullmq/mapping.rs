@@ -264,6 +264,7 @@ mod tests {
                 target: Target::Simple { queue: None },
                 traceparent: None,
                 parent_id: None,
+                retention: None,
             }),
             rt: TaskRuntime::new_pending(3_500_500, Source::Bullmq, WaitingReason::Queued),
         }

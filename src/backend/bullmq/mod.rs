@@ -1253,6 +1253,7 @@ mod tests {
             target: Target::Simple { queue: None },
             traceparent: None,
             parent_id: None,
+            retention: None,
         };
         assert_eq!(queue_of(&spec), "resize");
         spec.target = Target::Simple {

@@ -463,6 +463,7 @@ mod tests {
                 target: target(Some("wf"), None),
                 traceparent: None,
                 parent_id: None,
+                retention: None,
             }),
             rt: TaskRuntime {
                 attempt: 2,

@@ -234,6 +234,7 @@ impl Flow {
                 target,
                 traceparent: self.traceparent.as_deref().map(Box::from),
                 parent_id: None,
+                retention: None,
             },
             payload: Payload::Json(Arc::from(input.to_string())),
             delay: Duration::ZERO,
@@ -1400,6 +1401,7 @@ mod tests {
             },
             traceparent: None,
             parent_id: None,
+            retention: None,
         };
         Flow {
             attempt: 1,

@@ -67,6 +67,8 @@ pub struct PgOptions {
     pub lazy_within: Duration,
     /// This replica's name in `application_name` and the replicas table.
     pub replica: String,
+    /// When ended tasks may be removed: each ended row is stamped with it.
+    pub retention: Arc<crate::domain::retention::RetentionPolicy>,
 }
 
 impl Default for PgOptions {
@@ -78,6 +80,7 @@ impl Default for PgOptions {
             readers: 4,
             lazy_within: LAZY_COMMIT_WITHIN,
             replica: "switchyard".into(),
+            retention: Default::default(),
         }
     }
 }
@@ -129,6 +132,8 @@ pub(crate) struct Shared {
     writable: AtomicBool,
     /// Why it cannot, while it cannot.
     unwritable_reason: Mutex<String>,
+    /// Stamps each ended row with its removal time.
+    retention: Arc<crate::domain::retention::RetentionPolicy>,
 }
 
 /// The PostgreSQL store.
@@ -232,6 +237,7 @@ impl PgStore {
             let tried = async {
                 let mut c = connect(&cfg).await?;
                 migrate(&mut c, &opts.schema).await?;
+                adopt_ended(&mut c, &opts.retention).await?;
                 Ok::<_, StoreError>(c)
             }
             .await;
@@ -267,6 +273,7 @@ impl PgStore {
             fenced: watch::channel(None).0,
             writable: AtomicBool::new(true),
             unwritable_reason: Mutex::new(String::new()),
+            retention: opts.retention.clone(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(writer::run(
@@ -390,6 +397,63 @@ async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<()
     Ok(())
 }
 
+/// Gives the ended rows of a database written before retention existed
+/// their removal time, once (migration V3 leaves a row in
+/// `retention_adopt`; the replica that deletes it does the work, in the
+/// same transaction).
+async fn adopt_ended(
+    client: &mut tokio_postgres::Client,
+    policy: &crate::domain::retention::RetentionPolicy,
+) -> Result<(), StoreError> {
+    let tx = client.transaction().await?;
+    if tx.execute("DELETE FROM retention_adopt", &[]).await? == 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut after = uuid::Uuid::nil();
+    let mut n = 0usize;
+    loop {
+        let rows = tx
+            .query(
+                "SELECT id, created_at, spec, rt FROM tasks
+                 WHERE state IN (3, 4, 5, 7) AND parent_id IS NULL AND id > $1
+                 ORDER BY id LIMIT 10000",
+                &[&after],
+            )
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.try_get(0)?;
+        let (mut ids, mut at) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let Ok(t) = reads::decode(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)
+            else {
+                continue;
+            };
+            if let Some(p) =
+                t.rt.finished_at
+                    .and_then(|f| policy.purge_at(&t.spec, t.rt.state, f))
+            {
+                ids.push(t.id);
+                at.push(p);
+            }
+        }
+        n += ids.len();
+        tx.execute(
+            "UPDATE tasks t SET purge_at = u.at
+             FROM unnest($1::uuid[], $2::int8[]) AS u(id, at) WHERE t.id = u.id",
+            &[&ids, &at],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(
+        tasks = n,
+        took_ms = started.elapsed().as_millis() as u64,
+        "ended tasks of an earlier version given their removal time"
+    );
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PgStore {
     fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>) {
@@ -509,5 +573,27 @@ impl Store for PgStore {
         let c = self.reader().await?;
         let s: Option<i64> = c.query_one("SELECT max(seq) FROM tasks", &[]).await?.get(0);
         Ok(s.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn due_for_removal(
+        &self,
+        now: crate::domain::Micros,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Ended>, StoreError> {
+        reads::ended_with_steps(self, reads::DUE_SQL, &[&now, &(limit.max(1) as i64)]).await
+    }
+
+    async fn oldest_ended(
+        &self,
+        state: crate::domain::TaskState,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Ended>, StoreError> {
+        reads::ended_with_steps(
+            self,
+            &reads::oldest_sql(state),
+            &[&name, &(limit.max(1) as i64)],
+        )
+        .await
     }
 }

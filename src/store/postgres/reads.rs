@@ -12,7 +12,7 @@ use super::PgStore;
 use crate::domain::{
     LogEntry, LogSource, Task, TaskFilter, TaskId, TaskRuntime, TaskSpec, TaskState, TaskType,
 };
-use crate::store::{Counts, ListQuery, StoreError, WriteOp};
+use crate::store::{Counts, Ended, ListQuery, Split, StoreError, WriteOp};
 
 pub(super) const TASK_COLUMNS: &str = "id, created_at, spec, rt";
 
@@ -59,54 +59,59 @@ fn tasks_of(rows: Vec<Row>) -> Result<Vec<Task>, StoreError> {
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 /// The WHERE clause of a filter (without `WHERE`) and its parameters,
-/// numbered from `$1`.
+/// numbered from `$1`. A field of one value is `col = $n` (a plain index
+/// condition, which a backward index scan orders by `id`), of several
+/// `col = ANY($n)`.
 pub(super) fn filter_sql(f: &TaskFilter) -> (Vec<String>, Params) {
-    let mut clauses = Vec::new();
-    let mut params: Params = Vec::new();
-    let mut add = |col: &str, cast: &str, v: Box<dyn ToSql + Sync + Send>, params: &mut Params| {
-        params.push(v);
-        clauses.push(format!("{col} = ANY(${}::{cast}[])", params.len()));
-    };
+    let mut w = Where::default();
     if let Some(u) = &f.user_id {
-        add("user_id", "text", Box::new(vec![u.clone()]), &mut params);
+        w.add("user_id", "text", vec![u.clone()]);
     }
     if let Some(s) = &f.session_id {
-        add("session_id", "text", Box::new(vec![s.clone()]), &mut params);
+        w.add("session_id", "text", vec![s.clone()]);
     }
-    if !f.task_ids.is_empty() {
-        add("id", "uuid", Box::new(f.task_ids.clone()), &mut params);
+    w.add("id", "uuid", f.task_ids.clone());
+    w.add("name", "text", f.names.clone());
+    let small = |v: Vec<i64>| v.into_iter().map(|c| c as i16).collect::<Vec<i16>>();
+    w.add(
+        "task_type",
+        "int2",
+        small(f.task_types.iter().map(|t| t.code()).collect()),
+    );
+    w.add(
+        "state",
+        "int2",
+        small(f.states.iter().map(|s| s.code()).collect()),
+    );
+    w.add(
+        "source",
+        "int2",
+        small(f.sources.iter().map(|s| s.code()).collect()),
+    );
+    (w.clauses, w.params)
+}
+
+#[derive(Default)]
+struct Where {
+    clauses: Vec<String>,
+    params: Params,
+}
+
+impl Where {
+    fn add<T>(&mut self, col: &str, cast: &str, mut v: Vec<T>)
+    where
+        T: ToSql + Sync + Send + 'static,
+        Vec<T>: ToSql + Sync + Send,
+    {
+        if v.len() == 1 {
+            self.params.push(Box::new(v.pop().expect("one value")));
+            self.clauses.push(format!("{col} = ${}", self.params.len()));
+        } else if !v.is_empty() {
+            self.params.push(Box::new(v));
+            self.clauses
+                .push(format!("{col} = ANY(${}::{cast}[])", self.params.len()));
+        }
     }
-    if !f.names.is_empty() {
-        add("name", "text", Box::new(f.names.clone()), &mut params);
-    }
-    let small = |v: Vec<i64>| -> Box<dyn ToSql + Sync + Send> {
-        Box::new(v.into_iter().map(|c| c as i16).collect::<Vec<i16>>())
-    };
-    if !f.task_types.is_empty() {
-        add(
-            "task_type",
-            "int2",
-            small(f.task_types.iter().map(|t| t.code()).collect()),
-            &mut params,
-        );
-    }
-    if !f.states.is_empty() {
-        add(
-            "state",
-            "int2",
-            small(f.states.iter().map(|s| s.code()).collect()),
-            &mut params,
-        );
-    }
-    if !f.sources.is_empty() {
-        add(
-            "source",
-            "int2",
-            small(f.sources.iter().map(|s| s.code()).collect()),
-            &mut params,
-        );
-    }
-    (clauses, params)
 }
 
 fn refs(p: &Params) -> Vec<&(dyn ToSql + Sync)> {
@@ -141,19 +146,61 @@ pub(super) async fn payload(s: &PgStore, id: TaskId) -> Result<Option<Arc<str>>,
 }
 
 pub(super) async fn list(s: &PgStore, q: ListQuery) -> Result<Vec<Task>, StoreError> {
+    let (sql, params) = list_sql(&q);
+    let c = s.reader().await?;
+    tasks_of(c.query(&sql, &refs(&params)).await?)
+}
+
+/// A page of tasks, newest first, and its parameters. Every filter has an
+/// index ending in `id` (migration V3), so a page of one value is a
+/// backward walk of that index that stops at the limit. With several values
+/// of the one field that drives (`state = ANY(…)`), the field's index is
+/// walked once per value, each walk capped at the limit, and the pages
+/// merged ([`Split`]), rather than every row of those values sorted.
+pub(super) fn list_sql(q: &ListQuery) -> (String, Params) {
+    let limit = q.limit.max(1);
     let (mut clauses, mut params) = filter_sql(&q.filter);
     if let Some(b) = q.before {
         params.push(Box::new(b));
         clauses.push(format!("id < ${}", params.len()));
     }
-    let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks {}{} ORDER BY id DESC LIMIT {}",
-        if clauses.is_empty() { "" } else { "WHERE " },
-        clauses.join(" AND "),
-        q.limit.max(1)
-    );
-    let c = s.reader().await?;
-    tasks_of(c.query(&sql, &refs(&params)).await?)
+    let page = |extra: Option<String>| {
+        let w: Vec<&str> = clauses
+            .iter()
+            .map(String::as_str)
+            .chain(extra.as_deref())
+            .collect();
+        format!(
+            "SELECT {TASK_COLUMNS} FROM tasks {} ORDER BY id DESC LIMIT {limit}",
+            if w.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", w.join(" AND "))
+            }
+        )
+    };
+    let walks: Vec<String> = match Split::of(&q.filter) {
+        Split::One => return (page(None), params),
+        Split::Names(names) => names
+            .into_iter()
+            .map(|n| {
+                params.push(Box::new(n));
+                format!("name = ${}", params.len())
+            })
+            .collect(),
+        Split::Codes(col, codes) => codes.iter().map(|c| format!("{col} = {c}")).collect(),
+    };
+    let parts: Vec<String> = walks
+        .into_iter()
+        .map(|w| format!("({})", page(Some(w))))
+        .collect();
+    (
+        format!(
+            "{} ORDER BY id DESC LIMIT {limit}",
+            parts.join(" UNION ALL ")
+        ),
+        params,
+    )
 }
 
 pub(super) async fn logs(
@@ -282,6 +329,76 @@ pub(super) async fn counts(s: &PgStore, filter: &str) -> Result<Counts, StoreErr
             continue;
         };
         out.push((t, r.try_get(1)?, st, r.try_get::<_, i64>(3)?.max(0) as u64));
+    }
+    Ok(out)
+}
+
+/// The ended tasks whose removal time has come (`$1` now, `$2` limit).
+pub(super) const DUE_SQL: &str = "SELECT id, task_type, name, state FROM tasks
+     WHERE purge_at <= $1 ORDER BY purge_at LIMIT $2";
+
+/// The tasks of one name (`$1`) that ended first in `state` (`$2` limit),
+/// on the partial index `tasks_ended` (its condition repeated, the state a
+/// literal, as for SQLite).
+pub(super) fn oldest_sql(state: TaskState) -> String {
+    format!(
+        "SELECT id, task_type, name, state FROM tasks
+         WHERE state IN (3, 4, 5, 7) AND state = {} AND name = $1 AND parent_id IS NULL
+         ORDER BY seq LIMIT $2",
+        state.code()
+    )
+}
+
+/// Runs a query selecting `id, task_type, name, state` of ended tasks and
+/// adds, after each, its workflow steps (and theirs) that have ended.
+pub(super) async fn ended_with_steps(
+    s: &PgStore,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Ended>, StoreError> {
+    let c = s.reader().await?;
+    let read = |r: &Row| -> Result<Option<Ended>, StoreError> {
+        let (Some(task_type), Some(state)) = (
+            TaskType::from_code(i64::from(r.try_get::<_, i16>(1)?)),
+            TaskState::from_code(i64::from(r.try_get::<_, i16>(3)?)),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Ended {
+            id: r.try_get(0)?,
+            task_type,
+            name: r.try_get(2)?,
+            state,
+        }))
+    };
+    let top = c.query(sql, params).await?;
+    if top.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<TaskId> = top.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+    let steps = c
+        .prepare_cached(
+            "WITH RECURSIVE tree(root, id) AS (
+                 SELECT t.parent_id, t.id FROM tasks t WHERE t.parent_id = ANY($1::uuid[])
+                 UNION ALL SELECT tree.root, t.id FROM tasks t JOIN tree ON t.parent_id = tree.id
+             )
+             SELECT t.id, t.task_type, t.name, t.state, tree.root FROM tasks t
+             JOIN tree ON t.id = tree.id WHERE t.state IN (3, 4, 5, 7)",
+        )
+        .await?;
+    let mut by_root: std::collections::HashMap<TaskId, Vec<Ended>> = Default::default();
+    for r in c.query(&steps, &[&ids]).await? {
+        if let Some(e) = read(&r)? {
+            by_root.entry(r.try_get(4)?).or_default().push(e);
+        }
+    }
+    let mut out = Vec::with_capacity(top.len());
+    for r in &top {
+        if let Some(e) = read(r)? {
+            let id = e.id;
+            out.push(e);
+            out.extend(by_root.remove(&id).unwrap_or_default());
+        }
     }
     Ok(out)
 }

@@ -27,7 +27,8 @@ use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
 
 use super::{Fence, Group, Shared};
-use crate::domain::{now_micros, Payload, TaskEvent};
+use crate::domain::retention::RetentionPolicy;
+use crate::domain::{now_micros, Payload, Task, TaskEvent};
 use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// How the writer batches.
@@ -92,22 +93,24 @@ WITH f AS (
                 ELSE switchyard_fence($1::int4, $2::int8, $3::text) END),
 i AS (
     INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id,
-                       session_id, idempotency_key, parent_id, spec, rt, payload, term)
+                       session_id, idempotency_key, parent_id, spec, rt, payload, term,
+                       purge_at)
     SELECT u.id, u.created_at, u.name, u.task_type, u.state, u.seq, u.source, u.user_id,
            u.session_id, u.idempotency_key, u.parent_id, u.spec, u.rt,
            COALESCE(u.payload, (SELECT t.payload FROM tasks t WHERE t.id = u.payload_of), '{}'),
-           $2::int8
+           $2::int8, u.purge_at
     FROM unnest($4::uuid[], $5::int8[], $6::text[], $7::int2[], $8::int2[], $9::int8[],
                 $10::int2[], $11::text[], $12::text[], $13::text[], $14::uuid[], $15::text[],
-                $16::text[], $17::text[], $18::uuid[])
+                $16::text[], $17::text[], $18::uuid[], $30::int8[])
          AS u(id, created_at, name, task_type, state, seq, source, user_id, session_id,
-              idempotency_key, parent_id, spec, rt, payload, payload_of)
+              idempotency_key, parent_id, spec, rt, payload, payload_of, purge_at)
     ON CONFLICT DO NOTHING
     RETURNING id),
 w AS (
-    UPDATE tasks t SET state = u.state, seq = u.seq, source = u.source, rt = u.rt, term = $2::int8
-    FROM unnest($19::uuid[], $20::int2[], $21::int8[], $22::int2[], $23::text[])
-         AS u(id, state, seq, source, rt)
+    UPDATE tasks t SET state = u.state, seq = u.seq, source = u.source, rt = u.rt,
+                       term = $2::int8, purge_at = u.purge_at
+    FROM unnest($19::uuid[], $20::int2[], $21::int8[], $22::int2[], $23::text[], $31::int8[])
+         AS u(id, state, seq, source, rt, purge_at)
     WHERE t.id = u.id
     RETURNING t.id),
 l AS (
@@ -117,7 +120,11 @@ l AS (
          WITH ORDINALITY AS u(task_id, time, source, level, attempt, message, ord)
     WHERE u.task_id IN (SELECT id FROM i)
        OR (SELECT true FROM tasks t WHERE t.id = u.task_id)
-    ORDER BY u.ord)
+    ORDER BY u.ord),
+d AS (
+    DELETE FROM tasks WHERE id = ANY($32::uuid[])),
+dl AS (
+    DELETE FROM task_logs WHERE task_id = ANY($32::uuid[]))
 SELECT (SELECT array_agg(id) FROM i), (SELECT array_agg(id) FROM w), (SELECT count(*) FROM f)";
 
 /// The writer's prepared statements, per connection.
@@ -171,6 +178,7 @@ struct Plan<'a> {
     ins_rt: Vec<String>,
     ins_payload: Vec<Option<&'a str>>,
     ins_payload_of: Vec<Option<Uuid>>,
+    ins_purge: Vec<Option<i64>>,
     /// Where each task inserted in this batch is in `ins_*`.
     ins_at: HashMap<Uuid, usize>,
     /// Where each task updated in this batch is in `upd_*`.
@@ -180,6 +188,9 @@ struct Plan<'a> {
     upd_seq: Vec<i64>,
     upd_source: Vec<i16>,
     upd_rt: Vec<String>,
+    upd_purge: Vec<Option<i64>>,
+    /// Tasks removed (retention).
+    removed: Vec<Uuid>,
     log_task: Vec<Uuid>,
     log_time: Vec<i64>,
     log_source: Vec<i16>,
@@ -190,6 +201,8 @@ struct Plan<'a> {
     q_reason: Vec<&'a str>,
     /// Row writes skipped because a later one of the batch carries the row.
     coalesced: u64,
+    /// Stamps each ended row with its removal time.
+    retention: Arc<RetentionPolicy>,
 }
 
 fn json<T: serde::Serialize>(id: Uuid, v: &T) -> Result<String, StoreError> {
@@ -247,6 +260,7 @@ impl<'a> Plan<'a> {
                     self.ins_parent.push(task.spec.parent_id);
                     self.ins_spec.push(spec);
                     self.ins_rt.push(rt);
+                    self.ins_purge.push(purge_at(&self.retention, task));
                     match payload {
                         Payload::Json(p) => {
                             self.ins_payload.push(Some(p));
@@ -266,6 +280,7 @@ impl<'a> Plan<'a> {
                         task.rt.seq.min(i64::MAX as u64) as i64,
                         task.rt.source.code() as i16,
                     );
+                    let purge = purge_at(&self.retention, task);
                     if let Some(&i) = self.ins_at.get(&id) {
                         // Inserted in this batch: the insert carries it (the
                         // statement's parts do not see each other's rows).
@@ -273,6 +288,7 @@ impl<'a> Plan<'a> {
                         self.ins_seq[i] = seq;
                         self.ins_source[i] = source;
                         self.ins_rt[i] = rt;
+                        self.ins_purge[i] = purge;
                         self.coalesced += 1;
                         self.add_logs(log);
                         continue;
@@ -283,6 +299,7 @@ impl<'a> Plan<'a> {
                             self.upd_seq[i] = seq;
                             self.upd_source[i] = source;
                             self.upd_rt[i] = rt;
+                            self.upd_purge[i] = purge;
                             self.coalesced += 1;
                         }
                         None => {
@@ -292,11 +309,13 @@ impl<'a> Plan<'a> {
                             self.upd_seq.push(seq);
                             self.upd_source.push(source);
                             self.upd_rt.push(rt);
+                            self.upd_purge.push(purge);
                         }
                     }
                     self.add_logs(log);
                 }
                 (WriteOp::Log(lines), _) => self.add_logs(lines),
+                (WriteOp::Remove(ids), _) => self.removed.extend(ids.iter().copied()),
                 (WriteOp::Quarantine { key, reason }, _) => {
                     if let Ok(id) = Uuid::from_slice(key) {
                         self.q_id.push(id);
@@ -308,6 +327,11 @@ impl<'a> Plan<'a> {
         }
         Ok(())
     }
+}
+
+/// The `purge_at` column of a task's row: when retention may remove it.
+fn purge_at(retention: &RetentionPolicy, task: &Task) -> Option<i64> {
+    retention.purge_at(&task.spec, task.rt.state, task.rt.finished_at?)
 }
 
 /// What one committed batch did.
@@ -330,7 +354,7 @@ async fn commit(
         Some(f) => (f.partition, f.term, Some(f.holder.as_str())),
         None => (0, 0, None),
     };
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 29] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 32] = [
         &partition,
         &term,
         &holder,
@@ -360,6 +384,9 @@ async fn commit(
         &p.log_level,
         &p.log_attempt,
         &p.log_message,
+        &p.ins_purge,
+        &p.upd_purge,
+        &p.removed,
     ];
     let write = c.query_one(&s.write, &params);
     let row = if p.q_id.is_empty() {
@@ -444,7 +471,10 @@ async fn commit_groups(
     Vec<Arc<TaskEvent>>,
 ) {
     let fence = shared.fence.get();
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        retention: shared.retention.clone(),
+        ..Plan::default()
+    };
     let mut bad: Vec<Option<StoreError>> = Vec::with_capacity(groups.len());
     for g in groups {
         bad.push(plan.add(&g.ops).err());
@@ -588,7 +618,9 @@ async fn commit_groups(
                     }
                     out.push(WriteOutcome::Done);
                 }
-                WriteOp::Log(_) | WriteOp::Quarantine { .. } => out.push(WriteOutcome::Done),
+                WriteOp::Log(_) | WriteOp::Quarantine { .. } | WriteOp::Remove(_) => {
+                    out.push(WriteOutcome::Done)
+                }
             }
         }
         results.push(Ok(out));

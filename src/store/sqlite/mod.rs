@@ -16,12 +16,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    CommitListener, Completion, Counts, ListQuery, Store, StoreError, WriteOp, WriteOutcome,
-    LAZY_COMMIT_WITHIN,
+    CommitListener, Completion, Counts, Ended, ListQuery, Split, Store, StoreError, WriteOp,
+    WriteOutcome, LAZY_COMMIT_WITHIN,
 };
+use crate::domain::retention::RetentionPolicy;
 use crate::domain::{
-    now_micros, LogEntry, LogSource, Payload, Task, TaskEvent, TaskFilter, TaskId, TaskRuntime,
-    TaskSpec, TaskState, TaskType,
+    now_micros, LogEntry, LogSource, Micros, Payload, Task, TaskEvent, TaskFilter, TaskId,
+    TaskRuntime, TaskSpec, TaskState, TaskType,
 };
 
 /// How durable a commit is.
@@ -50,6 +51,8 @@ pub struct SqliteOptions {
     /// The longest a lazy write waits for a commit to ride on (default
     /// [`LAZY_COMMIT_WITHIN`]).
     pub lazy_within: Duration,
+    /// When ended tasks may be removed: each ended row is stamped with it.
+    pub retention: Arc<RetentionPolicy>,
 }
 
 impl Default for SqliteOptions {
@@ -60,6 +63,7 @@ impl Default for SqliteOptions {
             max_batch: 4096,
             readers: 4,
             lazy_within: LAZY_COMMIT_WITHIN,
+            retention: Arc::new(RetentionPolicy::default()),
         }
     }
 }
@@ -174,12 +178,18 @@ impl SqliteStore {
                     }
                 }
                 let w = Connection::open(path)?;
+                // Space freed by retention goes back to the file system
+                // (see `writer::give_back`). Takes effect on a new file only;
+                // an older file reuses its free pages instead.
+                w.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
                 configure(&w, opts.synchronous, false)?;
                 // The checkpointer thread copies the WAL back; the writer only
                 // does it itself past this (a last resort, never reached
                 // while the checkpointer runs).
                 w.pragma_update(None, "wal_autocheckpoint", 4 * WAL_RESTART_FRAMES)?;
+                upgrade(&w)?;
                 w.execute_batch(SCHEMA)?;
+                adopt_ended(&w, &opts.retention)?;
                 let w = Arc::new(Mutex::new(w));
                 let mut readers = Vec::new();
                 for _ in 0..opts.readers.max(1) {
@@ -206,6 +216,7 @@ impl SqliteStore {
             let limits = Limits {
                 max_batch: opts.max_batch.max(1),
                 lazy_within: opts.lazy_within,
+                retention: opts.retention.clone(),
             };
             std::thread::Builder::new()
                 .name("store-writer".into())
@@ -340,20 +351,7 @@ impl Store for SqliteStore {
 
     async fn list(&self, q: ListQuery) -> Result<Vec<Task>, StoreError> {
         self.blocking(move |conn| {
-            let (mut clause, mut vals) = filter_sql(&q.filter);
-            if let Some(b) = q.before {
-                if !clause.is_empty() {
-                    clause.push_str(" AND ");
-                }
-                vals.push(rusqlite::types::Value::Blob(b.as_bytes().to_vec()));
-                clause.push_str(&format!("id < ?{}", vals.len()));
-            }
-            let sql = format!(
-                "SELECT {TASK_COLUMNS} FROM tasks {} {} ORDER BY id DESC LIMIT {}",
-                if clause.is_empty() { "" } else { "WHERE" },
-                clause,
-                q.limit.max(1)
-            );
+            let (sql, vals) = list_sql(&q);
             query_tasks(conn, &sql, rusqlite::params_from_iter(vals))
         })
         .await
@@ -491,9 +489,20 @@ impl Store for SqliteStore {
 
     async fn final_counts(&self) -> Result<Counts, StoreError> {
         self.blocking(|conn| {
-            let out = count_tasks(conn, "WHERE state NOT IN (1, 2, 6)");
-            release_cache(conn);
-            out
+            let mut st =
+                conn.prepare("SELECT task_type, name, state, n FROM ended_counts WHERE n > 0")?;
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let (Some(t), Some(s)) = (
+                    TaskType::from_code(r.get(0)?),
+                    TaskState::from_code(r.get(2)?),
+                ) else {
+                    continue;
+                };
+                out.push((t, r.get(1)?, s, r.get::<_, i64>(3)? as u64));
+            }
+            Ok(out)
         })
         .await
     }
@@ -530,6 +539,26 @@ impl Store for SqliteStore {
         self.blocking(|conn| {
             let s: Option<i64> = conn.query_row("SELECT max(seq) FROM tasks", [], |r| r.get(0))?;
             Ok(s.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    async fn due_for_removal(&self, now: Micros, limit: usize) -> Result<Vec<Ended>, StoreError> {
+        self.blocking(move |conn| {
+            ended_with_steps(conn, DUE_SQL, params![now, limit.max(1) as i64])
+        })
+        .await
+    }
+
+    async fn oldest_ended(
+        &self,
+        state: TaskState,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<Ended>, StoreError> {
+        let name = name.to_string();
+        self.blocking(move |conn| {
+            ended_with_steps(conn, &oldest_sql(state), params![name, limit.max(1) as i64])
         })
         .await
     }

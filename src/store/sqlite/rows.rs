@@ -90,7 +90,10 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>
             .map(|i| format!("?{}", start + i + 1))
             .collect();
         vals.extend(items);
-        clauses.push(format!("{col} IN ({})", ph.join(", ")));
+        clauses.push(match ph.as_slice() {
+            [one] => format!("{col} = {one}"),
+            _ => format!("{col} IN ({})", ph.join(", ")),
+        });
     };
     if let Some(u) = &f.user_id {
         push_in("user_id", vec![Value::Text(u.clone())], &mut clauses);
@@ -130,4 +133,178 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>
         &mut clauses,
     );
     (clauses.join(" AND "), vals)
+}
+
+/// The query of a page of tasks: newest first, after `before`.
+///
+/// Every filter has an index ending in `id` (see the schema), so a page of
+/// one filter value is a walk of that index that stops at the limit. A
+/// filter of several values on one field (`state IN (…)`) would make SQLite
+/// read every row of those values and sort them; instead the field's index
+/// is walked once per value, each walk capped at the limit, and the pages
+/// merged ([`Split`]).
+pub(super) fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let limit = q.limit.max(1);
+    let (mut clause, mut vals) = filter_sql(&q.filter);
+    if let Some(b) = q.before {
+        if !clause.is_empty() {
+            clause.push_str(" AND ");
+        }
+        vals.push(Value::Blob(b.as_bytes().to_vec()));
+        clause.push_str(&format!("id < ?{}", vals.len()));
+    }
+    let page = |extra: Option<String>| {
+        let w: Vec<&str> = (!clause.is_empty())
+            .then_some(clause.as_str())
+            .into_iter()
+            .chain(extra.as_deref())
+            .collect();
+        format!(
+            "SELECT {TASK_COLUMNS} FROM tasks {} ORDER BY id DESC LIMIT {limit}",
+            if w.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", w.join(" AND "))
+            }
+        )
+    };
+    let walks: Vec<String> = match Split::of(&q.filter) {
+        Split::One => return (page(None), vals),
+        Split::Names(names) => names
+            .into_iter()
+            .map(|n| {
+                vals.push(Value::Text(n));
+                format!("name = ?{}", vals.len())
+            })
+            .collect(),
+        Split::Codes(col, codes) => codes.iter().map(|c| format!("{col} = {c}")).collect(),
+    };
+    let parts: Vec<String> = walks
+        .into_iter()
+        .map(|w| format!("SELECT * FROM ({})", page(Some(w))))
+        .collect();
+    (
+        format!(
+            "{} ORDER BY id DESC LIMIT {limit}",
+            parts.join(" UNION ALL ")
+        ),
+        vals,
+    )
+}
+
+/// The ended tasks whose removal time has come (`?1` now, `?2` limit).
+pub(super) const DUE_SQL: &str = "SELECT id, task_type, name, state FROM tasks
+     WHERE purge_at <= ?1 ORDER BY purge_at LIMIT ?2";
+
+/// The tasks of one name (`?1`) that ended first in `state` (`?2` limit).
+/// The state is a literal and the partial index's own condition is
+/// repeated: SQLite uses a partial index only when the query's terms
+/// imply its condition, and it cannot see that `state = ?` does.
+pub(super) fn oldest_sql(state: TaskState) -> String {
+    format!(
+        "SELECT id, task_type, name, state FROM tasks
+         WHERE state IN (3, 4, 5, 7) AND state = {} AND name = ?1 AND parent_id IS NULL
+         ORDER BY seq LIMIT ?2",
+        state.code()
+    )
+}
+
+/// Runs a query selecting `id, task_type, name, state` of ended tasks and
+/// adds, after each, its workflow steps (and theirs) that have ended.
+pub(super) fn ended_with_steps(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Ended>, StoreError> {
+    let read = |r: &Row<'_>| -> rusqlite::Result<Option<Ended>> {
+        let id: Vec<u8> = r.get(0)?;
+        let (Ok(id), Some(task_type), Some(state)) = (
+            TaskId::from_slice(&id),
+            TaskType::from_code(r.get(1)?),
+            TaskState::from_code(r.get(3)?),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Ended {
+            id,
+            task_type,
+            name: r.get(2)?,
+            state,
+        }))
+    };
+    let mut st = conn.prepare(sql)?;
+    let top: Vec<Ended> = st
+        .query_map(params, read)?
+        .filter_map(|r| r.transpose())
+        .collect::<Result<_, _>>()?;
+    let mut steps = conn.prepare_cached(
+        "WITH RECURSIVE tree(id) AS (
+             SELECT ?1
+             UNION ALL SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id
+         )
+         SELECT t.id, t.task_type, t.name, t.state FROM tasks t JOIN tree ON t.id = tree.id
+         WHERE t.id <> ?1 AND t.state IN (3, 4, 5, 7)",
+    )?;
+    let mut out = Vec::with_capacity(top.len());
+    for e in top {
+        let id = e.id;
+        out.push(e);
+        for s in steps.query_map([id.as_bytes()], read)? {
+            if let Some(s) = s? {
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Gives the ended rows of a file written before retention existed their
+/// removal time, once (the upgrade sets `adopt_ended`).
+pub(super) fn adopt_ended(conn: &Connection, policy: &RetentionPolicy) -> Result<(), StoreError> {
+    let pending: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'adopt_ended'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if pending.is_none() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = (|| -> Result<usize, StoreError> {
+        let mut read = conn.prepare(
+            "SELECT id, created_at, spec, rt FROM tasks
+             WHERE state IN (3, 4, 5, 7) AND parent_id IS NULL",
+        )?;
+        let mut set = conn.prepare("UPDATE tasks SET purge_at = ?2 WHERE id = ?1")?;
+        let mut rows = read.query([])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let Ok(t) = row_to_task(r) else { continue };
+            if let Some(at) = writer::purge_at(policy, &t) {
+                set.execute(params![t.id.as_bytes(), at])?;
+                n += 1;
+            }
+        }
+        conn.execute("DELETE FROM meta WHERE key = 'adopt_ended'", [])?;
+        Ok(n)
+    })();
+    match done {
+        Ok(n) => {
+            conn.execute_batch("COMMIT")?;
+            tracing::info!(
+                tasks = n,
+                took_ms = started.elapsed().as_millis() as u64,
+                "ended tasks of an earlier version given their removal time"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }

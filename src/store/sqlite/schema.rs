@@ -1,5 +1,8 @@
-//! The tables and indexes, created if missing at every open.
+//! The tables and indexes, created if missing at every open, and the
+//! upgrades of files written by earlier versions.
 
+/// The current schema. Every statement is idempotent; [`upgrade`] runs
+/// first on a file of an earlier version.
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS tasks (
     id BLOB PRIMARY KEY,
@@ -15,13 +18,25 @@ CREATE TABLE IF NOT EXISTS tasks (
     parent_id BLOB,
     spec TEXT NOT NULL,
     rt TEXT NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    purge_at INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks(seq);
-CREATE INDEX IF NOT EXISTS tasks_active ON tasks(state) WHERE state IN (1, 2, 6);
-CREATE INDEX IF NOT EXISTS tasks_user ON tasks(user_id) WHERE user_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_session ON tasks(session_id) WHERE session_id IS NOT NULL;
+-- One index per filter of ListTasks, each ending in id, so a page of any
+-- one filter is a walk of its index newest first that stops at the limit.
+-- tasks_state also serves the start-up scan of the active states.
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, id);
+CREATE INDEX IF NOT EXISTS tasks_type ON tasks(task_type, id);
+CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name, id);
+CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source, id);
+CREATE INDEX IF NOT EXISTS tasks_user_id ON tasks(user_id, id) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_session_id ON tasks(session_id, id) WHERE session_id IS NOT NULL;
+-- Retention: a workflow's steps go with it; ended tasks by removal time,
+-- and by name in the order they ended (count caps).
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_purge ON tasks(purge_at) WHERE purge_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_ended ON tasks(state, name, seq) WHERE state IN (3, 4, 5, 7);
 CREATE TABLE IF NOT EXISTS task_logs (
     line INTEGER PRIMARY KEY,
     task_id BLOB NOT NULL,
@@ -39,5 +54,77 @@ CREATE TABLE IF NOT EXISTS quarantine (
     state INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
+-- Ended tasks counted by type, name and state, kept by triggers, so start-up
+-- reads a few rows instead of counting every task that ever ended.
+CREATE TABLE IF NOT EXISTS ended_counts (
+    task_type INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (task_type, name, state)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS tasks_ended_insert AFTER INSERT ON tasks
+WHEN NEW.state IN (3, 4, 5, 7) BEGIN
+    INSERT INTO ended_counts VALUES (NEW.task_type, NEW.name, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_ended_enter AFTER UPDATE OF state ON tasks
+WHEN NEW.state IN (3, 4, 5, 7) AND NEW.state IS NOT OLD.state BEGIN
+    INSERT INTO ended_counts VALUES (NEW.task_type, NEW.name, NEW.state, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_ended_leave AFTER UPDATE OF state ON tasks
+WHEN OLD.state IN (3, 4, 5, 7) AND NEW.state IS NOT OLD.state BEGIN
+    UPDATE ended_counts SET n = n - 1
+    WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_ended_delete AFTER DELETE ON tasks
+WHEN OLD.state IN (3, 4, 5, 7) BEGIN
+    UPDATE ended_counts SET n = n - 1
+    WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
+END;
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '2');
 "#;
+
+/// Brings a file of schema version 1 to version 2, in one transaction:
+/// the `purge_at` column, the ended counts (counted once, here), and the
+/// indexes version 2 replaces. Ended rows of version 1 get no removal time
+/// of their own; [`super::SqliteStore::adopt_ended`] gives them one.
+pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let has_tasks: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_tasks {
+        return Ok(());
+    }
+    let has_purge: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'purge_at'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if has_purge {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE tasks ADD COLUMN purge_at INTEGER;
+         DROP INDEX IF EXISTS tasks_active;
+         DROP INDEX IF EXISTS tasks_user;
+         DROP INDEX IF EXISTS tasks_session;
+         CREATE TABLE IF NOT EXISTS ended_counts (
+             task_type INTEGER NOT NULL,
+             name TEXT NOT NULL,
+             state INTEGER NOT NULL,
+             n INTEGER NOT NULL,
+             PRIMARY KEY (task_type, name, state)
+         ) WITHOUT ROWID;
+         INSERT INTO ended_counts
+             SELECT task_type, name, state, count(*) FROM tasks
+             WHERE state IN (3, 4, 5, 7) GROUP BY task_type, name, state;
+         INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '2');
+         INSERT OR REPLACE INTO meta(key, value) VALUES ('adopt_ended', '1');
+         COMMIT;",
+    )
+}

@@ -154,3 +154,212 @@ async fn memory_mode_works() {
     assert_eq!(s.load_active().await.unwrap().len(), 1);
     assert_eq!(s.counts().await.unwrap()[0].3, 1);
 }
+
+/// Every filter of a list page is served by an index, walked newest first
+/// and stopped at the limit: no scan of the table, no sort of every
+/// matching row (the sort of a merged multi-value page holds at most one
+/// limit per value). So is every query of retention and start-up.
+#[test]
+fn every_list_filter_and_sweep_query_uses_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let s = SqliteStore::open(SqliteOptions {
+        path: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    drop(s);
+    let conn = Connection::open(&path).unwrap();
+    let plan = |sql: &str, params: Vec<rusqlite::types::Value>| -> Vec<String> {
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        st.query_map(rusqlite::params_from_iter(params), |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    };
+    let mut checked = 0;
+    for (case, filter) in contract::filter_cases() {
+        for before in [None, Some(TaskId::now_v7())] {
+            let (sql, vals) = list_sql(&ListQuery {
+                filter: filter.clone(),
+                limit: 50,
+                before,
+            });
+            let steps = plan(&sql, vals);
+            let text = steps.join(" | ");
+            let merged = steps
+                .iter()
+                .any(|s| s.contains("UNION ALL") || s.contains("COMPOUND"));
+            for step in &steps {
+                let scan = step.starts_with("SCAN tasks") && !step.contains("USING");
+                let sort = step.contains("TEMP B-TREE") && !merged;
+                assert!(!scan && !sort, "{case}: {text}");
+            }
+            assert!(text.contains("USING"), "{case}: {text}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 28);
+    use rusqlite::types::Value;
+    for (what, sql, params) in [
+        (
+            "due",
+            DUE_SQL.to_string(),
+            vec![Value::Integer(5), Value::Integer(10)],
+        ),
+        (
+            "caps",
+            oldest_sql(TaskState::Completed),
+            vec![Value::Text("a".into()), Value::Integer(10)],
+        ),
+        (
+            "steps",
+            "SELECT id FROM tasks WHERE parent_id = x'00'".into(),
+            vec![],
+        ),
+        (
+            "active",
+            format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state IN (1, 2, 6)"),
+            vec![],
+        ),
+        (
+            "changes",
+            "SELECT id FROM tasks WHERE seq > 1 AND seq <= 9 ORDER BY seq LIMIT 10".into(),
+            vec![],
+        ),
+    ] {
+        let steps = plan(&sql, params);
+        let text = steps.join(" | ");
+        assert!(
+            steps.iter().all(|s| !s.contains("TEMP B-TREE")
+                && (!s.starts_with("SCAN tasks") || s.contains("USING"))),
+            "{what}: {text}"
+        );
+        assert!(text.contains("USING"), "{what}: {text}");
+    }
+}
+
+/// The schema of version 1 (before retention), as an earlier release wrote it.
+const SCHEMA_V1: &str = r#"
+CREATE TABLE IF NOT EXISTS tasks (
+    id BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    task_type INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    source INTEGER NOT NULL,
+    user_id TEXT,
+    session_id TEXT,
+    idempotency_key TEXT,
+    parent_id BLOB,
+    spec TEXT NOT NULL,
+    rt TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_seq ON tasks(seq);
+CREATE INDEX IF NOT EXISTS tasks_active ON tasks(state) WHERE state IN (1, 2, 6);
+CREATE INDEX IF NOT EXISTS tasks_user ON tasks(user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_session ON tasks(session_id) WHERE session_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS task_logs (
+    line INTEGER PRIMARY KEY,
+    task_id BLOB NOT NULL,
+    time INTEGER NOT NULL,
+    source INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_logs_task ON task_logs(task_id, line);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id BLOB PRIMARY KEY,
+    at INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1');
+"#;
+
+/// A file of version 1 opens: its ended tasks are counted once into the
+/// ended counts, given their removal time under the policy (kept for ever
+/// under none), and the new indexes serve it.
+#[tokio::test]
+async fn a_file_of_version_1_is_upgraded_at_open() {
+    use crate::domain::retention::RetentionPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let ended_at = now_micros() - 3_600_000_000;
+    let (done, active) = (task(None), task(None));
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        for (t, state) in [(&done, TaskState::Completed), (&active, TaskState::Pending)] {
+            let mut rt = t.rt.clone();
+            rt.state = state;
+            rt.finished_at = state.is_final().then_some(ended_at);
+            c.execute(
+                "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, spec, rt, payload)
+                 VALUES (?1, ?2, 't', 1, ?3, 1, 1, ?4, ?5, '{}')",
+                params![
+                    t.id.as_bytes(),
+                    t.created_at,
+                    state.code(),
+                    serde_json::to_string(&*t.spec).unwrap(),
+                    serde_json::to_string(&rt).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+    }
+    let s = SqliteStore::open(SqliteOptions {
+        path: Some(path.clone()),
+        retention: Arc::new(RetentionPolicy::standard()),
+        ..Default::default()
+    })
+    .unwrap();
+    let finals = s.final_counts().await.unwrap();
+    assert_eq!(
+        finals,
+        vec![(TaskType::Simple, "t".to_string(), TaskState::Completed, 1)]
+    );
+    assert_eq!(s.load_active().await.unwrap().len(), 1);
+    // Completed an hour ago, kept 7 days: due in 7 days less an hour.
+    let week = 7 * 86_400 * 1_000_000i64;
+    assert!(s
+        .due_for_removal(ended_at + week - 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let due = s.due_for_removal(ended_at + week, 10).await.unwrap();
+    assert_eq!(due.iter().map(|e| e.id).collect::<Vec<_>>(), vec![done.id]);
+    drop(s);
+    let c = Connection::open(&path).unwrap();
+    let version: String = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, "2");
+    let gone: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('tasks_active', 'adopt')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(gone, 0);
+    let adopt: i64 = c
+        .query_row(
+            "SELECT count(*) FROM meta WHERE key = 'adopt_ended'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(adopt, 0, "adopted once");
+}

@@ -11,6 +11,8 @@ pub(super) struct Limits {
     pub(super) max_batch: usize,
     /// The longest lazy writes wait for a commit to ride on.
     pub(super) lazy_within: Duration,
+    /// When ended rows may be removed (their `purge_at`).
+    pub(super) retention: Arc<RetentionPolicy>,
 }
 
 pub(super) fn writer_loop(
@@ -24,8 +26,26 @@ pub(super) fn writer_loop(
     let Limits {
         max_batch,
         lazy_within,
+        retention,
     } = limits;
-    while let Ok(first) = rx.recv() {
+    // Free pages to give back to the file system (after removals).
+    let mut reclaim = false;
+    loop {
+        let first = if reclaim {
+            match rx.recv_timeout(RECLAIM_EVERY) {
+                Ok(g) => g,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    reclaim = give_back(&conn.lock());
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(g) => g,
+                Err(_) => break,
+            }
+        };
         if restart_wanted.swap(false, Ordering::AcqRel) {
             // No write transaction is open: nothing blocks the RESTART but
             // a reader of an older snapshot (queries are short).
@@ -60,6 +80,9 @@ pub(super) fn writer_loop(
                 Err(()) => break,
             }
         }
+        reclaim |= groups
+            .iter()
+            .any(|g| g.ops.iter().any(|o| matches!(o, WriteOp::Remove(_))));
         let started = Instant::now();
         let mut conn = conn.lock();
         let mut results: Vec<Result<Vec<WriteOutcome>, Arc<StoreError>>> =
@@ -74,7 +97,7 @@ pub(super) fn writer_loop(
             let mut failed = false;
             let mut latest = Latest::of(&groups);
             for g in &groups {
-                match apply_group(&tx, &g.ops, &mut events, latest.as_mut()) {
+                match apply_group(&tx, &g.ops, &mut events, latest.as_mut(), &retention) {
                     Ok(out) => outs.push(Ok(out)),
                     Err(_) => {
                         failed = true;
@@ -95,7 +118,7 @@ pub(super) fn writer_loop(
             for g in &groups {
                 let tx = conn.transaction()?;
                 let mut group_events = Vec::new();
-                match apply_group(&tx, &g.ops, &mut group_events, None) {
+                match apply_group(&tx, &g.ops, &mut group_events, None, &retention) {
                     Ok(out) => {
                         tx.commit()?;
                         results.push(Ok(out));
@@ -145,6 +168,35 @@ pub(super) fn writer_loop(
             }
         }
     }
+}
+
+/// How often the writer, while idle, gives free pages back.
+const RECLAIM_EVERY: Duration = Duration::from_millis(50);
+/// Free pages given back per step: a step is one short write transaction.
+const RECLAIM_STEP: i64 = 1024;
+/// Free pages are given back only past this many, and past a fifth of the
+/// file: under a steady load with retention, the pages a removal frees are
+/// reused by the next inserts, and returning them would only grow the file
+/// again.
+const RECLAIM_MIN_FREE: i64 = 4096;
+
+/// Gives up to [`RECLAIM_STEP`] free pages back to the file system when
+/// many are free; whether more remain to give. A file created before the
+/// store set `auto_vacuum = incremental` keeps its free pages for reuse.
+pub(super) fn give_back(conn: &Connection) -> bool {
+    let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
+    if q("PRAGMA auto_vacuum") != 2 {
+        return false;
+    }
+    let (free, pages) = (q("PRAGMA freelist_count"), q("PRAGMA page_count"));
+    if free < RECLAIM_MIN_FREE || free * 5 < pages {
+        return false;
+    }
+    if let Err(e) = conn.execute_batch(&format!("PRAGMA incremental_vacuum({RECLAIM_STEP})")) {
+        tracing::warn!(cause = %e, "giving free pages back failed");
+        return false;
+    }
+    true
 }
 
 /// Write coalescing within one batch (one transaction): a task changed
@@ -199,7 +251,7 @@ impl Latest {
 pub(super) fn op_task(op: &WriteOp) -> Option<TaskId> {
     match op {
         WriteOp::Insert { task, .. } | WriteOp::Update { task, .. } => Some(task.id),
-        WriteOp::Log(_) | WriteOp::Quarantine { .. } => None,
+        WriteOp::Log(_) | WriteOp::Quarantine { .. } | WriteOp::Remove(_) => None,
     }
 }
 
@@ -213,6 +265,7 @@ pub(super) fn apply_group(
     ops: &[WriteOp],
     events: &mut Vec<Arc<TaskEvent>>,
     mut latest: Option<&mut Latest>,
+    retention: &RetentionPolicy,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let mut out = Vec::with_capacity(ops.len());
     let now = now_micros();
@@ -246,15 +299,15 @@ pub(super) fn apply_group(
                 let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
                 let (sql, payload) = match payload {
                     Payload::Json(p) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                          ON CONFLICT DO NOTHING",
                         rusqlite::types::Value::Text(p.to_string()),
                     ),
                     Payload::CopyOf(src) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'))
+                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15)
                          ON CONFLICT DO NOTHING",
                         rusqlite::types::Value::Blob(src.as_bytes().to_vec()),
                     ),
@@ -275,6 +328,7 @@ pub(super) fn apply_group(
                     spec,
                     rt,
                     payload,
+                    purge_at(retention, task),
                 ])?;
                 if n == 0 {
                     let existing: Option<Vec<u8>> = match &task.spec.idempotency_key {
@@ -297,14 +351,16 @@ pub(super) fn apply_group(
                 let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
                 let n = conn
                     .prepare_cached(
-                        "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5 WHERE id = ?1",
+                        "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6
+                         WHERE id = ?1",
                     )?
                     .execute(params![
                         task.id.as_bytes(),
                         task.rt.state.code(),
                         task.rt.seq as i64,
                         task.rt.source.code(),
-                        rt
+                        rt,
+                        purge_at(retention, task),
                     ])?;
                 if n == 0 {
                     // No such row: the task's insert failed (the core
@@ -320,6 +376,15 @@ pub(super) fn apply_group(
                 insert_logs(conn, lines)?;
                 out.push(WriteOutcome::Done);
             }
+            WriteOp::Remove(ids) => {
+                let mut logs = conn.prepare_cached("DELETE FROM task_logs WHERE task_id = ?1")?;
+                let mut rows = conn.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
+                for id in ids {
+                    logs.execute([id.as_bytes()])?;
+                    rows.execute([id.as_bytes()])?;
+                }
+                out.push(WriteOutcome::Done);
+            }
             WriteOp::Quarantine { key, reason } => {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO quarantine (id, at, state, reason)
@@ -333,6 +398,11 @@ pub(super) fn apply_group(
         }
     }
     Ok(out)
+}
+
+/// The `purge_at` column of a task's row: when retention may remove it.
+pub(super) fn purge_at(retention: &RetentionPolicy, task: &Task) -> Option<i64> {
+    retention.purge_at(&task.spec, task.rt.state, task.rt.finished_at?)
 }
 
 /// A task write's log lines, and its event queued for publication once the

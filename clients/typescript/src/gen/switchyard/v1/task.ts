@@ -522,12 +522,41 @@ export interface TaskOptions {
    * A task to schedule with the same payload when this one fails for good or
    * is cancelled.
    */
-  cleanup: CleanupTask | undefined;
+  cleanup:
+    | CleanupTask
+    | undefined;
+  /**
+   * How long this task is kept once it has ended, instead of the server's
+   * retention policy (`[retention]` in its configuration: by default 7 days
+   * after COMPLETED, 30 days after FAILED or CANCELLED). Unset: the policy.
+   */
+  retention: Retention | undefined;
 }
 
 export interface TaskOptions_LabelsEntry {
   key: string;
   value: string;
+}
+
+/**
+ * How long a task is kept once it has ended, per final state. After that
+ * the server removes it with its log (GetTaskStatus then answers
+ * NOT_FOUND), and its idempotency key may be used again. A field left unset
+ * uses the server's policy; zero removes the task at the next sweep (about
+ * a second). Each is at most 3,650 days. BullMQ's `removeOnComplete` and
+ * `removeOnFail` map onto it (`true`: zero; `{ age }`: that many seconds).
+ */
+export interface Retention {
+  /** After COMPLETED. */
+  completed:
+    | Duration
+    | undefined;
+  /** After FAILED. */
+  failed:
+    | Duration
+    | undefined;
+  /** After CANCELLED or COMPENSATED. */
+  cancelled: Duration | undefined;
 }
 
 /** Target of a SIMPLE task. */
@@ -970,6 +999,7 @@ function createBaseTaskOptions(): TaskOptions {
     idempotencyKey: "",
     labels: {},
     cleanup: undefined,
+    retention: undefined,
   };
 }
 
@@ -1007,6 +1037,9 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     });
     if (message.cleanup !== undefined) {
       CleanupTask.encode(message.cleanup, writer.uint32(90).fork()).join();
+    }
+    if (message.retention !== undefined) {
+      Retention.encode(message.retention, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -1115,6 +1148,14 @@ export const TaskOptions: MessageFns<TaskOptions> = {
             message.cleanup = CleanupTask.decode(reader, reader.uint32());
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.retention = Retention.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1169,6 +1210,7 @@ export const TaskOptions: MessageFns<TaskOptions> = {
         )
         : {},
       cleanup: isSet(object.cleanup) ? CleanupTask.fromJSON(object.cleanup) : undefined,
+      retention: isSet(object.retention) ? Retention.fromJSON(object.retention) : undefined,
     };
   },
 
@@ -1213,6 +1255,9 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     if (message.cleanup !== undefined) {
       obj.cleanup = CleanupTask.toJSON(message.cleanup);
     }
+    if (message.retention !== undefined) {
+      obj.retention = Retention.toJSON(message.retention);
+    }
     return obj;
   },
 
@@ -1247,6 +1292,9 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     );
     message.cleanup = (object.cleanup !== undefined && object.cleanup !== null)
       ? CleanupTask.fromPartial(object.cleanup)
+      : undefined;
+    message.retention = (object.retention !== undefined && object.retention !== null)
+      ? Retention.fromPartial(object.retention)
       : undefined;
     return message;
   },
@@ -1333,6 +1381,113 @@ export const TaskOptions_LabelsEntry: MessageFns<TaskOptions_LabelsEntry> = {
     const message = createBaseTaskOptions_LabelsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseRetention(): Retention {
+  return { completed: undefined, failed: undefined, cancelled: undefined };
+}
+
+export const Retention: MessageFns<Retention> = {
+  encode(message: Retention, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.completed !== undefined) {
+      Duration.encode(message.completed, writer.uint32(10).fork()).join();
+    }
+    if (message.failed !== undefined) {
+      Duration.encode(message.failed, writer.uint32(18).fork()).join();
+    }
+    if (message.cancelled !== undefined) {
+      Duration.encode(message.cancelled, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Retention {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetention();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.completed = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.failed = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cancelled = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Retention {
+    return {
+      completed: isSet(object.completed) ? Duration.fromJSON(object.completed) : undefined,
+      failed: isSet(object.failed) ? Duration.fromJSON(object.failed) : undefined,
+      cancelled: isSet(object.cancelled) ? Duration.fromJSON(object.cancelled) : undefined,
+    };
+  },
+
+  toJSON(message: Retention): unknown {
+    const obj: any = {};
+    if (message.completed !== undefined) {
+      obj.completed = Duration.toJSON(message.completed);
+    }
+    if (message.failed !== undefined) {
+      obj.failed = Duration.toJSON(message.failed);
+    }
+    if (message.cancelled !== undefined) {
+      obj.cancelled = Duration.toJSON(message.cancelled);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Retention>, I>>(base?: I): Retention {
+    return Retention.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Retention>, I>>(object: I): Retention {
+    const message = createBaseRetention();
+    message.completed = (object.completed !== undefined && object.completed !== null)
+      ? Duration.fromPartial(object.completed)
+      : undefined;
+    message.failed = (object.failed !== undefined && object.failed !== null)
+      ? Duration.fromPartial(object.failed)
+      : undefined;
+    message.cancelled = (object.cancelled !== undefined && object.cancelled !== null)
+      ? Duration.fromPartial(object.cancelled)
+      : undefined;
     return message;
   },
 };

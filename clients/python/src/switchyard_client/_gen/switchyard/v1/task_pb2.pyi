@@ -121,7 +121,7 @@ class CleanupTask(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("priority", "attempts", "backoff", "delay", "execution_timeout", "user_id", "session_id", "immediate", "idempotency_key", "labels", "cleanup")
+    __slots__ = ("priority", "attempts", "backoff", "delay", "execution_timeout", "user_id", "session_id", "immediate", "idempotency_key", "labels", "cleanup", "retention")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +140,7 @@ class TaskOptions(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CLEANUP_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
     priority: int
     attempts: int
     backoff: Backoff
@@ -151,7 +152,18 @@ class TaskOptions(_message.Message):
     idempotency_key: str
     labels: _containers.ScalarMap[str, str]
     cleanup: CleanupTask
-    def __init__(self, priority: _Optional[int] = ..., attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., immediate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., cleanup: _Optional[_Union[CleanupTask, _Mapping]] = ...) -> None: ...
+    retention: Retention
+    def __init__(self, priority: _Optional[int] = ..., attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., immediate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., cleanup: _Optional[_Union[CleanupTask, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ...) -> None: ...
+
+class Retention(_message.Message):
+    __slots__ = ("completed", "failed", "cancelled")
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    completed: _duration_pb2.Duration
+    failed: _duration_pb2.Duration
+    cancelled: _duration_pb2.Duration
+    def __init__(self, completed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., failed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cancelled: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SimpleTarget(_message.Message):
     __slots__ = ("queue",)

@@ -233,12 +233,41 @@ export interface TaskOptions {
    * A task to schedule with the same payload when this one fails for good or
    * is cancelled.
    */
-  cleanup: CleanupTask | undefined;
+  cleanup:
+    | CleanupTask
+    | undefined;
+  /**
+   * How long this task is kept once it has ended, instead of the server's
+   * retention policy (`[retention]` in its configuration: by default 7 days
+   * after COMPLETED, 30 days after FAILED or CANCELLED). Unset: the policy.
+   */
+  retention: Retention | undefined;
 }
 
 export interface TaskOptions_LabelsEntry {
   key: string;
   value: string;
+}
+
+/**
+ * How long a task is kept once it has ended, per final state. After that
+ * the server removes it with its log (GetTaskStatus then answers
+ * NOT_FOUND), and its idempotency key may be used again. A field left unset
+ * uses the server's policy; zero removes the task at the next sweep (about
+ * a second). Each is at most 3,650 days. BullMQ's `removeOnComplete` and
+ * `removeOnFail` map onto it (`true`: zero; `{ age }`: that many seconds).
+ */
+export interface Retention {
+  /** After COMPLETED. */
+  completed:
+    | Duration
+    | undefined;
+  /** After FAILED. */
+  failed:
+    | Duration
+    | undefined;
+  /** After CANCELLED or COMPENSATED. */
+  cancelled: Duration | undefined;
 }
 
 /** Target of a SIMPLE task. */

@@ -40,6 +40,8 @@ pub fn progress_percent(p: f64) -> f64 {
     }
 }
 
+pub mod retention;
+
 /// The rules every edge and the workflow parser apply to names and sizes:
 /// one place, so the gRPC API, the admin API and a workflow definition
 /// refuse the same things.
@@ -489,7 +491,7 @@ pub struct TaskSpec {
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Cleanup task name.
-    pub cleanup: Option<String>,
+    pub cleanup: Option<Box<str>>,
     /// Per-type target.
     pub target: Target,
     /// W3C traceparent of the scheduling request. (A boxed str, not a
@@ -497,6 +499,10 @@ pub struct TaskSpec {
     pub traceparent: Option<Box<str>>,
     /// The workflow this task is a step of, if any.
     pub parent_id: Option<TaskId>,
+    /// How long it is kept once it has ended, where the task sets it
+    /// (boxed: most tasks leave it to the server's policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Box<retention::Retention>>,
 }
 
 #[cfg(test)]
@@ -520,6 +526,7 @@ impl TaskSpec {
             target: Target::Simple { queue: None },
             traceparent: None,
             parent_id: None,
+            retention: None,
         }
     }
 }

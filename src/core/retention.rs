@@ -1,0 +1,117 @@
+//! The retention sweeper: removes ended tasks once their removal time has
+//! come, and the oldest ended tasks of a name past its count cap.
+//!
+//! The store stamps each ended row with its removal time (`purge_at`, from
+//! the policy, when the task ends); the sweeper lists what is due, a batch
+//! at a time, and submits [`WriteOp::Remove`] for it: each batch rides on
+//! a group commit like any other write, so a small batch holds no commit up
+//! for long. A workflow's steps are listed with it and go with it. The
+//! counts of `GetMetrics` drop once the removal is durable.
+//!
+//! Must not: decide ages (that is `domain::retention`), or remove a task
+//! that has not ended.
+
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::store::{Ended, WriteOp};
+
+impl Core {
+    /// Removes, every `sweep_every`, what retention says may go; stops once
+    /// the core is closed.
+    pub(super) async fn sweep_loop(self) {
+        let every = self.inner.cfg.sweep_every;
+        loop {
+            tokio::time::sleep(every).await;
+            if self.inner.closed.load(Ordering::Acquire) {
+                break;
+            }
+            if self.is_draining() {
+                continue;
+            }
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(cause = %e, "retention sweep failed; retried at the next one");
+            }
+        }
+    }
+
+    /// One sweep: every task due for removal, then every name over its
+    /// count cap. Returns how many tasks were removed.
+    pub async fn sweep(&self) -> Result<usize, CoreError> {
+        let batch = self.inner.cfg.sweep_batch.max(1);
+        let mut removed = 0;
+        loop {
+            let due = self
+                .inner
+                .store
+                .due_for_removal(now_micros(), batch)
+                .await?;
+            let n = due.len();
+            removed += self.remove(due).await?;
+            if n < batch {
+                break;
+            }
+        }
+        let policy = self.inner.cfg.retention.clone();
+        if !policy.has_caps() {
+            return Ok(removed);
+        }
+        let over: Vec<(String, TaskState, u64)> = {
+            let st = self.inner.state.lock();
+            let mut over = Vec::new();
+            for name in st.counts.by_name.keys() {
+                for state in TaskState::ALL.into_iter().filter(|s| s.is_final()) {
+                    let Some(max) = policy.max_kept(name, state) else {
+                        continue;
+                    };
+                    let n = st.counts.of_name(name, state);
+                    if n > max {
+                        over.push((name.clone(), state, n - max));
+                    }
+                }
+            }
+            over
+        };
+        for (name, state, mut excess) in over {
+            while excess > 0 {
+                let rows = self
+                    .inner
+                    .store
+                    .oldest_ended(state, &name, (excess as usize).min(batch))
+                    .await?;
+                // Only the tasks of the name count against its cap; their
+                // workflow steps go with them.
+                let top = rows
+                    .iter()
+                    .filter(|e| e.name == name && e.state == state)
+                    .count();
+                if top == 0 {
+                    break;
+                }
+                excess = excess.saturating_sub(top as u64);
+                removed += self.remove(rows).await?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the listed tasks durably, then takes them out of the counts.
+    async fn remove(&self, rows: Vec<Ended>) -> Result<usize, CoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let (done, wait) = oneshot::channel();
+        self.inner.store.submit(
+            vec![WriteOp::Remove(rows.iter().map(|e| e.id).collect())],
+            Some(done),
+        );
+        wait.await
+            .map_err(|_| CoreError::Store(Arc::new(StoreError::Closed)))?
+            .map_err(CoreError::Store)?;
+        let mut st = self.inner.state.lock();
+        for e in &rows {
+            st.counts.remove(e.task_type, &e.name, e.state);
+        }
+        Ok(rows.len())
+    }
+}
