@@ -494,6 +494,54 @@ mod tests {
     }
 
     #[test]
+    fn retention_reads_ages_forever_rules_and_refuses_a_bad_pattern() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "[retention]\ncompleted = \"90m\"\nfailed = \"forever\"\nmax_cancelled = 10\n\
+                 [[retention.rules]]\nmatch = \"email.*\"\ncompleted = \"forever\"\nmax_completed = 3\n",
+            )?;
+            jail.set_env("SWITCHYARD_RETENTION__CANCELLED", "2d");
+            let c = Config::load(Some(Path::new("s.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(c.retention.completed, Some(Duration::from_secs(5400)));
+            assert_eq!(c.retention.failed, None);
+            assert_eq!(c.retention.cancelled, Some(Duration::from_secs(2 * 86_400)));
+            let p = c.retention.policy().map_err(|e| e.to_string())?;
+            let mut spec = crate::domain::TaskSpec::test_simple("email.send", None);
+            assert_eq!(
+                p.purge_at(&spec, crate::domain::TaskState::Completed, 0),
+                None
+            );
+            assert_eq!(
+                p.max_kept("email.send", crate::domain::TaskState::Completed),
+                Some(3)
+            );
+            assert_eq!(
+                p.max_kept("other", crate::domain::TaskState::Cancelled),
+                Some(10)
+            );
+            spec.name = "report".into();
+            assert_eq!(
+                p.purge_at(&spec, crate::domain::TaskState::Completed, 0),
+                Some(5_400_000_000)
+            );
+            let back: Config = toml::from_str(&c.to_toml()).map_err(|e| e.to_string())?;
+            assert_eq!(back.retention, c.retention);
+            Ok(())
+        });
+        let mut c = Config::default();
+        c.retention.rules.push(RetentionRuleConfig {
+            pattern: "a[".into(),
+            ..Default::default()
+        });
+        let e = c.retention.policy().unwrap_err();
+        assert!(e.contains("retention.rules[0]"), "{e}");
+        let e = toml::from_str::<Config>("[retention]\ncompleted = \"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("forever"), "{e}");
+    }
+
+    #[test]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

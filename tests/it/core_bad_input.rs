@@ -259,6 +259,42 @@ fn bad_schedule_requests() -> Vec<(&'static str, pb::ScheduleTaskRequest, &'stat
             "options.execution_timeout",
         ),
         (
+            "negative retention",
+            with(pb::TaskOptions {
+                retention: Some(pb::Retention {
+                    completed: neg(-1),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "options.retention.completed",
+        ),
+        (
+            "retention over ten years",
+            with(pb::TaskOptions {
+                retention: Some(pb::Retention {
+                    failed: days(3651),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "options.retention.failed",
+        ),
+        (
+            "retention nanos out of range",
+            with(pb::TaskOptions {
+                retention: Some(pb::Retention {
+                    cancelled: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 1_000_000_000,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            "options.retention.cancelled",
+        ),
+        (
             "negative backoff",
             with(pb::TaskOptions {
                 backoff: Some(pb::Backoff {

@@ -467,6 +467,24 @@ async fn every_free_text_field_is_bounded() {
     let e = r.as_ref().unwrap_err().clone();
     refused("delay nanos 2e9", r, "options.delay");
     assert!(e.message().contains("nanos"), "{}", e.message());
+    // A retention of i64::MAX seconds: refused by name, not overflowed.
+    let r = client
+        .schedule_task(simple_with(
+            "n",
+            json!({}),
+            pb::TaskOptions {
+                retention: Some(pb::Retention {
+                    completed: Some(prost_types::Duration {
+                        seconds: i64::MAX,
+                        nanos: 999_999_999,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    refused("retention i64::MAX", r, "options.retention.completed");
     // A definition over the size limit, and one of 120,000 steps (3.5 MiB
     // once took 24 GB): refused at once, with one short error.
     let steps: Vec<String> = (0..120_000)
