@@ -25,6 +25,10 @@ pub enum CoreError {
     /// No such task.
     #[error("task {0} not found")]
     NotFound(String),
+    /// No such task, and why it is likely gone (it is older than the
+    /// shortest retention): the whole message.
+    #[error("{0}")]
+    Removed(String),
     /// The task's state does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -68,7 +68,30 @@ impl Core {
         }
         match self.inner.store.get(id).await? {
             Some((t, _)) => Ok(t),
-            None => Err(CoreError::NotFound(id.to_string())),
+            None => Err(self.not_found(id)),
+        }
+    }
+
+    /// The error for a task the store does not have: when its id (a UUIDv7,
+    /// which carries its creation time) is older than the shortest
+    /// retention, the message says it was likely removed.
+    pub(super) fn not_found(&self, id: TaskId) -> CoreError {
+        let created = id.get_timestamp().map(|t| {
+            let (s, n) = t.to_unix();
+            s as i64 * 1_000_000 + i64::from(n / 1_000)
+        });
+        let shortest = self.inner.cfg.retention.shortest();
+        match (created, shortest) {
+            (Some(at), Some(keep)) if now_micros() - at > keep.as_micros() as i64 => {
+                let age = std::time::Duration::from_micros((now_micros() - at).max(0) as u64);
+                CoreError::Removed(format!(
+                    "task {id} not found: it was created {} ago, longer than this server keeps \
+                     ended tasks ({}), so it was likely removed by retention",
+                    crate::domain::text::duration(std::time::Duration::from_secs(age.as_secs())),
+                    self.inner.cfg.retention.describe()
+                ))
+            }
+            _ => CoreError::NotFound(id.to_string()),
         }
     }
 

@@ -192,6 +192,33 @@ impl RetentionPolicy {
             .or_else(|| self.caps.for_state(state))
     }
 
+    /// The shortest age any task is kept after it ends, if every ended
+    /// task is removed at some point.
+    pub fn shortest(&self) -> Option<Duration> {
+        let ages = |r: &Retention| [r.completed, r.failed, r.cancelled];
+        ages(&self.keep)
+            .into_iter()
+            .chain(self.rules.iter().flat_map(|r| ages(&r.keep)))
+            .flatten()
+            .filter(|d| *d != Duration::MAX)
+            .min()
+    }
+
+    /// The default ages, as `completed 7d, failed 30d, cancelled 30d`.
+    pub fn describe(&self) -> String {
+        let age = |d: Option<Duration>| match d {
+            Some(d) => humantime::format_duration(d).to_string(),
+            None => "forever".to_string(),
+        };
+        format!(
+            "completed {}, failed {}, cancelled {}{}",
+            age(self.keep.completed),
+            age(self.keep.failed),
+            age(self.keep.cancelled),
+            if self.rules.is_empty() { "" } else { ", or as a rule says" }
+        )
+    }
+
     /// Whether any count cap is set (the sweeper skips the cap pass
     /// otherwise).
     pub fn has_caps(&self) -> bool {
