@@ -215,7 +215,11 @@ impl RetentionPolicy {
             age(self.keep.completed),
             age(self.keep.failed),
             age(self.keep.cancelled),
-            if self.rules.is_empty() { "" } else { ", or as a rule says" }
+            if self.rules.is_empty() {
+                ""
+            } else {
+                ", or as a rule says"
+            }
         )
     }
 

@@ -118,7 +118,11 @@ async fn completed_tasks_go_after_their_retention_and_their_space_is_reused() {
             .await
             .expect_err("a removed task is not found");
         assert_eq!(e.code(), Code::NotFound, "{e:?}");
-        assert!(e.message().contains("removed by retention"), "{}", e.message());
+        assert!(
+            e.message().contains("removed by retention"),
+            "{}",
+            e.message()
+        );
         let logs = client
             .get_task_logs(pb::GetTaskLogsRequest {
                 task_id: first,

@@ -21,6 +21,7 @@ from switchyard_client import (
     InvalidArgumentError,
     LogSource,
     NotFoundError,
+    Retention,
     SwitchyardError,
     TaskContext,
     TaskEvent,
@@ -106,6 +107,27 @@ async def test_cancel_pending(client: AsyncClient, name: str) -> None:
     assert again.outcome is CancelOutcome.ALREADY_FINISHED and not again.cancelled
     logs = await client.logs(res.task_id)
     assert any("no longer needed" in line.message for line in logs.lines)
+
+
+async def test_a_tasks_own_retention(client: AsyncClient, name: str) -> None:
+    gone = await client.schedule(name, {}, retention=Retention(cancelled=0))
+    kept = await client.schedule(name, {}, retention=Retention(completed="1h"))
+    for res in (gone, kept):
+        assert (await client.cancel(res.task_id)).cancelled
+
+    async def removed() -> bool:
+        try:
+            await client.status(gone.task_id)
+            return False
+        except NotFoundError:
+            return True
+
+    await until(removed, "the task kept 0 s after cancel to be removed", timeout=10)
+    # Its own retention is for completion: cancelled, it keeps the server's 30 days.
+    assert (await client.status(kept.task_id)).state is TaskState.CANCELLED
+    with pytest.raises(InvalidArgumentError) as err:
+        await client.schedule(name, {}, retention=Retention(failed=timedelta(days=3651)))
+    assert err.value.fields.keys() == {"options.retention.failed"}
 
 
 async def test_cancel_running(client: AsyncClient, server: TestServer, name: str) -> None:

@@ -128,6 +128,39 @@ function toDuration(value: DurationLike | undefined, field: string): Duration | 
   return value === undefined ? undefined : msToDuration(toMillis(value, field));
 }
 
+/**
+ * BullMQ's `removeOnComplete`/`removeOnFail` as an age in milliseconds:
+ * `true` is 0 (removed at the next sweep), `{ age }` is `age` seconds; `false`,
+ * a count or `{ count }` set none (a count is the server's, per name).
+ */
+function bullmqAge(v: ScheduleTaskOptions['removeOnComplete'], field: string): number | undefined {
+  if (v === true) {
+    return 0;
+  }
+  if (v !== null && typeof v === 'object' && v.age !== undefined) {
+    if (typeof v.age !== 'number' || !Number.isFinite(v.age) || v.age < 0) {
+      throw SwitchyardError.invalidArgument(field, 'age must be a number of seconds, 0 or more');
+    }
+    return v.age * 1000;
+  }
+  return undefined;
+}
+
+function toRetention(options: ScheduleTaskOptions): TaskOptions['retention'] {
+  const own = options.retention ?? {};
+  const completed = own.completed ?? bullmqAge(options.removeOnComplete, 'options.retention.completed');
+  const failed = own.failed ?? bullmqAge(options.removeOnFail, 'options.retention.failed');
+  const cancelled = own.cancelled;
+  if (completed === undefined && failed === undefined && cancelled === undefined) {
+    return undefined;
+  }
+  return {
+    completed: toDuration(completed, 'options.retention.completed'),
+    failed: toDuration(failed, 'options.retention.failed'),
+    cancelled: toDuration(cancelled, 'options.retention.cancelled'),
+  };
+}
+
 function toBackoff(b: BackoffOptions | undefined): TaskOptions['backoff'] {
   if (b === undefined) {
     return undefined;
@@ -235,7 +268,7 @@ export function toJsonValue(value: unknown): unknown {
  */
 const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'taskType', 'priority', 'attempts', 'backoff', 'delay', 'timeout', 'userId', 'sessionId', 'immediate',
-  'idempotencyKey', 'labels', 'queue', 'cleanupTask', 'temporal', 'n8n', 'cancelTimeoutMs',
+  'idempotencyKey', 'labels', 'queue', 'cleanupTask', 'retention', 'temporal', 'n8n', 'cancelTimeoutMs',
   // BullMQ's JobsOptions that mean something here, or nothing harmful.
   'jobId', 'removeOnComplete', 'removeOnFail', 'keepLogs', 'stackTraceLimit', 'sizeLimit', 'timestamp', 'telemetry', 'lifo',
   // BullMQ's JobsOptions that cannot be honoured: refused below with a reason.
@@ -313,6 +346,7 @@ export function toScheduleRequest(
       idempotencyKey: options.idempotencyKey ?? (options.jobId === undefined ? '' : String(options.jobId)),
       labels,
       cleanup: options.cleanupTask ? { name: options.cleanupTask } : undefined,
+      retention: toRetention(options),
     }),
   });
   // The target goes with the type; a mismatch is left to the server, which

@@ -162,6 +162,14 @@ export interface ScheduleTaskOptions {
   queue?: string;
   /** A task to schedule with the same payload when this one fails for good or is cancelled. */
   cleanupTask?: string;
+  /**
+   * How long the task is kept once it has ended, per final state, instead of
+   * the server's `[retention]` policy (default 7 days after completion, 30
+   * after failure or cancellation). `0` removes it at the next sweep (about a
+   * second); after that, `getTaskStatus` answers NOT_FOUND and its
+   * idempotency key (`jobId`) may be used again. At most 3,650 days each.
+   */
+  retention?: { completed?: DurationLike; failed?: DurationLike; cancelled?: DurationLike };
   /** COMPLEX target. */
   temporal?: TemporalOptions;
   /** INTEGRATION target. */
@@ -177,9 +185,15 @@ export interface ScheduleTaskOptions {
   // what it can. See `BULLMQ_OPTIONS` in convert.ts for what each becomes.
   /** BullMQ's `jobId`: the idempotency key (adding the same id twice returns the first task). */
   jobId?: string;
-  /** BullMQ's retention of finished jobs: accepted and left to Switchyard's own retention. */
+  /**
+   * BullMQ's retention of completed jobs, mapped onto `retention.completed`:
+   * `true` removes the task at the next sweep, `{ age }` keeps it `age`
+   * seconds. A count (`100`, `{ count }`) is per queue in BullMQ, so it is
+   * not a task's to set: it is accepted and left to the server's count caps
+   * (`[retention] max_completed`, or a `[[retention.rules]]` for the name).
+   */
   removeOnComplete?: boolean | number | { age?: number; count?: number; limit?: number };
-  /** BullMQ's retention of failed jobs: accepted and left to Switchyard's own retention. */
+  /** BullMQ's retention of failed jobs, mapped onto `retention.failed` as `removeOnComplete` is. */
   removeOnFail?: boolean | number | { age?: number; count?: number; limit?: number };
   /** BullMQ's log retention: accepted; Switchyard keeps the task log itself. */
   keepLogs?: number;

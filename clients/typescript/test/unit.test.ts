@@ -89,6 +89,22 @@ describe('the schedule request', () => {
     assert.equal(toScheduleRequest('x', {}, { taskType: 'complex' as never }).taskType, PbTaskType.TASK_TYPE_COMPLEX);
   });
 
+  it("maps BullMQ's removeOnComplete/removeOnFail onto retention, and its own option beats them", () => {
+    const none = toScheduleRequest('x', {}, { removeOnComplete: false, removeOnFail: 100 });
+    assert.equal(none.options?.retention, undefined);
+    const bull = toScheduleRequest('x', {}, { removeOnComplete: true, removeOnFail: { age: 3600, count: 10 } });
+    assert.deepEqual(bull.options?.retention?.completed, msToDuration(0));
+    assert.deepEqual(bull.options?.retention?.failed, msToDuration(3_600_000));
+    assert.equal(bull.options?.retention?.cancelled, undefined);
+    const own = toScheduleRequest('x', {}, { removeOnComplete: true, retention: { completed: '2h', cancelled: 0 } });
+    assert.deepEqual(own.options?.retention?.completed, msToDuration(7_200_000));
+    assert.deepEqual(own.options?.retention?.cancelled, msToDuration(0));
+    assert.throws(
+      () => toScheduleRequest('x', {}, { removeOnFail: { age: -1 } }),
+      (e: unknown) => e instanceof SwitchyardError && e.message.includes('options.retention.failed'),
+    );
+  });
+
   it('sends class instances and Dates as JSON, and refuses non-objects', () => {
     const when = new Date('2030-01-02T03:04:05.000Z');
     const req = toScheduleRequest('x', { when, nested: new Map() });

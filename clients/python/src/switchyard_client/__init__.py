@@ -32,6 +32,7 @@ from .sync import Client
 from .types import (
     Backoff,
     BackoffKind,
+    Retention,
     CancelOutcome,
     CancelResult,
     DisconnectReceipt,
@@ -89,6 +90,7 @@ __all__ = [
     "NonRetryableError",
     "Backoff",
     "BackoffKind",
+    "Retention",
     "CancelOutcome",
     "CancelResult",
     "DisconnectReceipt",

@@ -36,6 +36,7 @@ from .types import (
     LogPage,
     Metrics,
     RegisteredWorkflow,
+    Retention,
     ScheduleResult,
     Task,
     TaskEvent,
@@ -176,6 +177,7 @@ class AsyncClient:
         idempotency_key: Optional[str] = None,
         labels: Optional[Mapping[str, str]] = None,
         cleanup: Optional[str] = None,
+        retention: Optional[Retention] = None,
         queue: Optional[str] = None,
         workflow_type: Optional[str] = None,
         workflow_args: Optional[Sequence[Any]] = None,
@@ -195,7 +197,8 @@ class AsyncClient:
         `integration_source`). Priority runs -1000..1000 (higher first);
         `attempts` 1..100; `delay` and `execution_timeout` are durations
         (timedelta, seconds, or '30s'); `idempotency_key` makes a second
-        schedule return the first task with `existing=True`.
+        schedule return the first task with `existing=True`; `retention`
+        says how long the task is kept once it has ended.
         """
         if (
             task_type is TaskType.SIMPLE
@@ -204,6 +207,7 @@ class AsyncClient:
             and backoff is None
             and delay is None
             and execution_timeout is None
+            and retention is None
             and not (user_id or session_id or immediate or idempotency_key or labels or cleanup or queue)
         ):
             # The common case, built without the general path's calls.
@@ -242,6 +246,7 @@ class AsyncClient:
             idempotency_key=idempotency_key,
             labels=labels,
             cleanup=cleanup,
+            retention=retention,
             queue=queue,
             workflow_type=workflow_type,
             workflow_args=workflow_args,

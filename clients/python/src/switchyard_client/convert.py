@@ -28,6 +28,7 @@ from .types import (
     LogSource,
     Metrics,
     QueueMetrics,
+    Retention,
     StateCounts,
     StepState,
     StepStatus,
@@ -412,6 +413,7 @@ def fill_options(
     idempotency_key: Optional[str] = None,
     labels: Optional[Mapping[str, str]] = None,
     cleanup: Optional[str] = None,
+    retention: Optional[Retention] = None,
 ) -> None:
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int):
@@ -449,6 +451,15 @@ def fill_options(
             o.labels[k] = v
     if cleanup:
         o.cleanup.name = cleanup
+    if retention is not None:
+        if not isinstance(retention, Retention):
+            raise invalid_argument("options.retention", f"must be a Retention, got {type(retention).__name__}")
+        r = o.retention
+        r.SetInParent()
+        for field in ("completed", "failed", "cancelled"):
+            value = getattr(retention, field)
+            if value is not None:
+                set_duration(getattr(r, field), value, f"options.retention.{field}")
 
 
 def json_dumps(obj: Any) -> str:

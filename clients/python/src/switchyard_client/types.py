@@ -146,6 +146,19 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long a task is kept once it has ended, per final state, instead
+    of the server's `[retention]` policy (by default 7 days after
+    completion, 30 after failure or cancellation). Zero removes it at the
+    next sweep (about a second); then `status` raises `NotFound`. Unset
+    fields take the policy."""
+
+    completed: Optional[DurationLike] = None
+    failed: Optional[DurationLike] = None
+    cancelled: Optional[DurationLike] = None
+
+
+@dataclass(frozen=True)
 class TaskError:
     """An error as reported by a worker or an engine."""
 
