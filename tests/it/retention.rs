@@ -228,3 +228,48 @@ async fn a_tasks_own_retention_beats_the_policy_and_a_cap_keeps_the_newest() {
     worker.shutdown();
     server.stop().await;
 }
+
+/// The disk a kept task takes, for the README's sizing (run by hand:
+/// `cargo test --release --test it retention::disk_per_task -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn disk_per_task() {
+    let n: usize = std::env::var("TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let server = TestServer::start_with(|c| c.retention.completed = None).await;
+    let mut client = server.client().await;
+    let (worker, _) = spawn_worker(echo_worker(&server.url, &["size-job"])).await;
+    let ids: Vec<String> = futures::stream::iter(0..n)
+        .map(|i| {
+            let mut c = client.clone();
+            async move {
+                schedule(
+                    &mut c,
+                    simple("size-job", json!({ "n": i, "to": "user@example.com" })),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(ids.len(), n);
+    wait_until("every task to complete", Duration::from_secs(600), || {
+        let mut c = client.clone();
+        async move { completed_of(&mut c, "size-job").await == n as u64 }
+    })
+    .await;
+    worker.shutdown();
+    // Let the checkpointer copy the WAL back into the file.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let db = db_size(&server);
+    let _ = &mut client;
+    server.stop().await;
+    eprintln!(
+        "{n} completed tasks: {:.1} MB, {} bytes per task",
+        db as f64 / 1e6,
+        db / n as u64
+    );
+}
