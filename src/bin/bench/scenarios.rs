@@ -50,6 +50,10 @@ pub struct Plan {
     pub temporal_completed_n: u64,
     /// Pending tasks filled before the failover's worker starts.
     pub failover_pending: u64,
+    /// Ended tasks in the store of i (the store over months).
+    pub months_finished: u64,
+    /// Pending tasks in the store of i.
+    pub months_pending: u64,
 }
 
 impl Plan {
@@ -73,6 +77,8 @@ impl Plan {
                 temporal_starts_n: 50,
                 temporal_completed_n: 20,
                 failover_pending: 2_000,
+                months_finished: 20_000,
+                months_pending: 2_000,
             }
         } else {
             Plan {
@@ -93,6 +99,8 @@ impl Plan {
                 temporal_starts_n: 1_000,
                 temporal_completed_n: 300,
                 failover_pending: 100_000,
+                months_finished: 1_000_000,
+                months_pending: 100_000,
             }
         }
     }
@@ -145,7 +153,7 @@ impl Fresh {
     }
 }
 
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Ctx {
     pub fn new(
