@@ -81,6 +81,7 @@ pub use engine::EngineKind;
 pub use error::{CoreError, FieldViolation};
 pub use protocol::{Assignment, Push, Report, WorkerInfo, WorkerLink};
 pub use queries::{MetricsSnapshot, QueueInfo};
+pub use retention::RemovalHook;
 pub use schedule::{Admission, Scheduled};
 pub use watch::REPLAY_PAGE;
 
@@ -101,6 +102,9 @@ struct Inner {
     /// Admission checks per queue key, set by executors (see
     /// [`Core::set_admission`]).
     admissions: parking_lot::RwLock<HashMap<String, Admission>>,
+    /// Told of the tasks retention removed that an engine ran (see
+    /// [`Core::on_removed`]).
+    removal_hooks: parking_lot::RwLock<HashMap<Source, RemovalHook>>,
 }
 
 struct Listener {
@@ -166,6 +170,7 @@ impl Core {
             started_at: now_micros(),
             closed: AtomicBool::new(false),
             admissions: Default::default(),
+            removal_hooks: Default::default(),
         });
         store.set_listener(Arc::new(Listener {
             hub,

@@ -16,7 +16,16 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::store::{Ended, WriteOp};
 
+/// Told, once their removal is durable, of the removed tasks an engine ran
+/// (so it can drop what it keeps of them: BullMQ's job). Must not block.
+pub type RemovalHook = Arc<dyn Fn(Vec<Ended>) + Send + Sync>;
+
 impl Core {
+    /// Sets what is told of the removed tasks that `source` ran.
+    pub fn on_removed(&self, source: Source, hook: RemovalHook) {
+        self.inner.removal_hooks.write().insert(source, hook);
+    }
+
     /// Removes, every `sweep_every`, what retention says may go; stops once
     /// the core is closed.
     pub(super) async fn sweep_loop(self) {
@@ -108,10 +117,23 @@ impl Core {
         wait.await
             .map_err(|_| CoreError::Store(Arc::new(StoreError::Closed)))?
             .map_err(CoreError::Store)?;
-        let mut st = self.inner.state.lock();
-        for e in &rows {
-            st.counts.remove(e.task_type, &e.name, e.state);
+        {
+            let mut st = self.inner.state.lock();
+            for e in &rows {
+                st.counts.remove(e.task_type, &e.name, e.state);
+            }
         }
-        Ok(rows.len())
+        let n = rows.len();
+        let mut by_source: HashMap<Source, Vec<Ended>> = HashMap::new();
+        for e in rows {
+            by_source.entry(e.source).or_default().push(e);
+        }
+        let hooks = self.inner.removal_hooks.read();
+        for (source, ended) in by_source {
+            if let Some(hook) = hooks.get(&source) {
+                hook(ended);
+            }
+        }
+        Ok(n)
     }
 }

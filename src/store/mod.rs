@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::domain::{
-    EventKind, LogEntry, Micros, Payload, Task, TaskEvent, TaskFilter, TaskId, TaskState, TaskType,
+    EventKind, LogEntry, Micros, Payload, Source, Task, TaskEvent, TaskFilter, TaskId, TaskState,
+    TaskType,
 };
 
 /// A storage failure.
@@ -158,6 +159,10 @@ pub struct Ended {
     pub name: String,
     /// Its final state.
     pub state: TaskState,
+    /// The engine that ran it.
+    pub source: Source,
+    /// Its BullMQ queue, when it ran on BullMQ (the job goes too).
+    pub queue: Option<String>,
 }
 
 /// Which field a page of a filter walks its index of once per value

@@ -369,6 +369,81 @@ async fn a_job_completes_with_its_result_logs_and_events() {
     p.clean().await;
 }
 
+/// Retention removes a task that ran on BullMQ, and its job goes from
+/// Redis with it (the hash and its place in the completed set): the job
+/// was Switchyard's.
+#[tokio::test]
+async fn retention_removes_the_bullmq_job_with_its_task() {
+    let url = redis_url();
+    if !prerequisites(&url).await {
+        return;
+    }
+    let p = Prefix::new(&url);
+    let s = server_with(&url, &p.name, &["email"], |c| {
+        c.retention.sweep_every = Duration::from_millis(100);
+    })
+    .await;
+    let mut c = s.client().await;
+    let worker = NodeWorker::start(&url, &p.name, "email", 1).await;
+    let keep = |completed: Duration| pb::TaskOptions {
+        retention: Some(pb::Retention {
+            completed: Some(dur(completed)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let gone = schedule(
+        &mut c,
+        task("email", json!({"mode": "ok"}), keep(Duration::ZERO)),
+    )
+    .await;
+    let kept = schedule(
+        &mut c,
+        task(
+            "email",
+            json!({"mode": "ok"}),
+            keep(Duration::from_secs(3600)),
+        ),
+    )
+    .await;
+    wait_state(&mut c, &kept, pb::TaskState::Completed, LONG_WAIT).await;
+    wait_until(
+        "the task kept 0 s and its job to be removed",
+        LONG_WAIT,
+        || {
+            let mut c = c.clone();
+            let (gone, p) = (gone.clone(), &p);
+            async move {
+                let removed = c
+                    .get_task_status(pb::GetTaskStatusRequest {
+                        task_id: gone.clone(),
+                    })
+                    .await
+                    .is_err_and(|e| e.code() == tonic::Code::NotFound);
+                removed && !p.exists("email", &gone).await
+            }
+        },
+    )
+    .await;
+    let mut r = p.conn().await;
+    let completed: Vec<String> = redis::cmd("ZRANGE")
+        .arg(p.key("email", "completed"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut r)
+        .await
+        .expect("ZRANGE");
+    assert!(!completed.contains(&gone), "{completed:?}");
+    assert!(completed.contains(&kept), "{completed:?}");
+    assert!(
+        p.exists("email", &kept).await,
+        "the job of a kept task stays"
+    );
+    worker.stop().await;
+    s.stop().await;
+    p.clean().await;
+}
+
 #[tokio::test]
 async fn failures_are_retried_by_bullmq_and_end_failed() {
     let url = redis_url();

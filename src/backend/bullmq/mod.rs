@@ -79,6 +79,13 @@ pub fn start(core: &Core, cfg: &BullmqConfig) -> Result<JoinHandle<()>, CoreErro
         started: std::time::Instant::now(),
         stop: CancellationToken::new(),
     });
+    shared.core.on_removed(Source::Bullmq, {
+        let shared = shared.clone();
+        Arc::new(move |ended| {
+            let shared = shared.clone();
+            tokio::spawn(remove_jobs(shared, ended));
+        })
+    });
     tracing::info!(url = %cfg.redacted_url(), prefix = %cfg.prefix, queues = ?cfg.queues, "bullmq backend started");
     let span = tracing::info_span!("bullmq-backend");
     Ok(tokio::spawn(tracing::Instrument::instrument(
@@ -126,6 +133,29 @@ impl Shared {
 /// outage has lasted, at most 10 s.
 pub fn outbox_backoff(down: Duration) -> Duration {
     down.clamp(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+/// Removes the BullMQ jobs of tasks retention removed: the jobs are
+/// Switchyard's (it added them, with the task's id as the job id), so they
+/// go with their tasks instead of staying in Redis for ever. Best effort: a
+/// job Redis cannot remove now (Redis down, a job still locked) is left,
+/// and the log says how many.
+async fn remove_jobs(shared: Arc<Shared>, ended: Vec<crate::store::Ended>) {
+    let mut left = 0usize;
+    for e in &ended {
+        let Some(queue) = &e.queue else { continue };
+        if let Err(err) = shared.conn.remove(queue, &e.id.to_string()).await {
+            left += 1;
+            tracing::debug!(task = %e.id, queue = %queue, cause = %err, "a removed task's BullMQ job stays");
+        }
+    }
+    if left > 0 {
+        tracing::warn!(
+            left,
+            of = ended.len(),
+            "retention removed tasks whose BullMQ jobs could not be removed from Redis"
+        );
+    }
 }
 
 /// The BullMQ queue of a task: its target queue, else its name.

@@ -580,7 +580,7 @@ impl Store for PgStore {
         now: crate::domain::Micros,
         limit: usize,
     ) -> Result<Vec<crate::store::Ended>, StoreError> {
-        reads::ended_with_steps(self, reads::DUE_SQL, &[&now, &(limit.max(1) as i64)]).await
+        reads::ended_with_steps(self, &reads::due_sql(), &[&now, &(limit.max(1) as i64)]).await
     }
 
     async fn oldest_ended(

@@ -333,16 +333,23 @@ pub(super) async fn counts(s: &PgStore, filter: &str) -> Result<Counts, StoreErr
     Ok(out)
 }
 
+/// The columns of an [`Ended`] row: the queue only for a task that ran on
+/// BullMQ (a JSON read the others do not pay).
+pub(super) const ENDED_COLUMNS: &str = "id, task_type, name, state, source,
+     CASE WHEN source = 2
+          THEN COALESCE(spec::jsonb #>> '{target,Simple,queue}', name) END";
+
 /// The ended tasks whose removal time has come (`$1` now, `$2` limit).
-pub(super) const DUE_SQL: &str = "SELECT id, task_type, name, state FROM tasks
-     WHERE purge_at <= $1 ORDER BY purge_at LIMIT $2";
+pub(super) fn due_sql() -> String {
+    format!("SELECT {ENDED_COLUMNS} FROM tasks WHERE purge_at <= $1 ORDER BY purge_at LIMIT $2")
+}
 
 /// The tasks of one name (`$1`) that ended first in `state` (`$2` limit),
 /// on the partial index `tasks_ended` (its condition repeated, the state a
 /// literal, as for SQLite).
 pub(super) fn oldest_sql(state: TaskState) -> String {
     format!(
-        "SELECT id, task_type, name, state FROM tasks
+        "SELECT {ENDED_COLUMNS} FROM tasks
          WHERE state IN (3, 4, 5, 7) AND state = {} AND name = $1 AND parent_id IS NULL
          ORDER BY seq LIMIT $2",
         state.code()
@@ -369,6 +376,8 @@ pub(super) async fn ended_with_steps(
             task_type,
             name: r.try_get(2)?,
             state,
+            source: crate::domain::Source::from_code(i64::from(r.try_get::<_, i16>(4)?)),
+            queue: r.try_get(5)?,
         }))
     };
     let top = c.query(sql, params).await?;
@@ -377,19 +386,19 @@ pub(super) async fn ended_with_steps(
     }
     let ids: Vec<TaskId> = top.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
     let steps = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH RECURSIVE tree(root, id) AS (
                  SELECT t.parent_id, t.id FROM tasks t WHERE t.parent_id = ANY($1::uuid[])
                  UNION ALL SELECT tree.root, t.id FROM tasks t JOIN tree ON t.parent_id = tree.id
              )
-             SELECT t.id, t.task_type, t.name, t.state, tree.root FROM tasks t
-             JOIN tree ON t.id = tree.id WHERE t.state IN (3, 4, 5, 7)",
-        )
+             SELECT {ENDED_COLUMNS}, tree.root FROM tasks
+             JOIN tree ON tasks.id = tree.id WHERE tasks.state IN (3, 4, 5, 7)"
+        ))
         .await?;
     let mut by_root: std::collections::HashMap<TaskId, Vec<Ended>> = Default::default();
     for r in c.query(&steps, &[&ids]).await? {
         if let Some(e) = read(&r)? {
-            by_root.entry(r.try_get(4)?).or_default().push(e);
+            by_root.entry(r.try_get(6)?).or_default().push(e);
         }
     }
     let mut out = Vec::with_capacity(top.len());

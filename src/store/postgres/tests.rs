@@ -312,7 +312,7 @@ async fn every_list_filter_and_sweep_query_uses_an_index() {
     check(
         "due",
         &lines(
-            c.query(&explain(reads::DUE_SQL.into()), &[&now, &limit])
+            c.query(&explain(reads::due_sql()), &[&now, &limit])
                 .await
                 .unwrap(),
         ),

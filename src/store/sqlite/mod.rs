@@ -545,7 +545,7 @@ impl Store for SqliteStore {
 
     async fn due_for_removal(&self, now: Micros, limit: usize) -> Result<Vec<Ended>, StoreError> {
         self.blocking(move |conn| {
-            ended_with_steps(conn, DUE_SQL, params![now, limit.max(1) as i64])
+            ended_with_steps(conn, &due_sql(), params![now, limit.max(1) as i64])
         })
         .await
     }

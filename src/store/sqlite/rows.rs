@@ -193,9 +193,16 @@ pub(super) fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
     )
 }
 
+/// The columns of an [`Ended`] row: the queue only for a task that ran on
+/// BullMQ (a JSON read the others do not pay).
+pub(super) const ENDED_COLUMNS: &str = "id, task_type, name, state, source,
+     CASE WHEN source = 2
+          THEN COALESCE(json_extract(spec, '$.target.Simple.queue'), name) END";
+
 /// The ended tasks whose removal time has come (`?1` now, `?2` limit).
-pub(super) const DUE_SQL: &str = "SELECT id, task_type, name, state FROM tasks
-     WHERE purge_at <= ?1 ORDER BY purge_at LIMIT ?2";
+pub(super) fn due_sql() -> String {
+    format!("SELECT {ENDED_COLUMNS} FROM tasks WHERE purge_at <= ?1 ORDER BY purge_at LIMIT ?2")
+}
 
 /// The tasks of one name (`?1`) that ended first in `state` (`?2` limit).
 /// The state is a literal and the partial index's own condition is
@@ -203,14 +210,14 @@ pub(super) const DUE_SQL: &str = "SELECT id, task_type, name, state FROM tasks
 /// imply its condition, and it cannot see that `state = ?` does.
 pub(super) fn oldest_sql(state: TaskState) -> String {
     format!(
-        "SELECT id, task_type, name, state FROM tasks
+        "SELECT {ENDED_COLUMNS} FROM tasks
          WHERE state IN (3, 4, 5, 7) AND state = {} AND name = ?1 AND parent_id IS NULL
          ORDER BY seq LIMIT ?2",
         state.code()
     )
 }
 
-/// Runs a query selecting `id, task_type, name, state` of ended tasks and
+/// Runs a query selecting [`ENDED_COLUMNS`] of ended tasks and
 /// adds, after each, its workflow steps (and theirs) that have ended.
 pub(super) fn ended_with_steps(
     conn: &Connection,
@@ -231,6 +238,8 @@ pub(super) fn ended_with_steps(
             task_type,
             name: r.get(2)?,
             state,
+            source: crate::domain::Source::from_code(r.get(4)?),
+            queue: r.get(5)?,
         }))
     };
     let mut st = conn.prepare(sql)?;
@@ -238,14 +247,14 @@ pub(super) fn ended_with_steps(
         .query_map(params, read)?
         .filter_map(|r| r.transpose())
         .collect::<Result<_, _>>()?;
-    let mut steps = conn.prepare_cached(
+    let mut steps = conn.prepare_cached(&format!(
         "WITH RECURSIVE tree(id) AS (
              SELECT ?1
              UNION ALL SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id
          )
-         SELECT t.id, t.task_type, t.name, t.state FROM tasks t JOIN tree ON t.id = tree.id
-         WHERE t.id <> ?1 AND t.state IN (3, 4, 5, 7)",
-    )?;
+         SELECT {ENDED_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM tree)
+         AND id <> ?1 AND state IN (3, 4, 5, 7)"
+    ))?;
     let mut out = Vec::with_capacity(top.len());
     for e in top {
         let id = e.id;

@@ -206,7 +206,7 @@ fn every_list_filter_and_sweep_query_uses_an_index() {
     for (what, sql, params) in [
         (
             "due",
-            DUE_SQL.to_string(),
+            due_sql(),
             vec![Value::Integer(5), Value::Integer(10)],
         ),
         (
