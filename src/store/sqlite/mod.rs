@@ -80,6 +80,9 @@ pub struct CommitStats {
     pub checkpoints: std::sync::atomic::AtomicU64,
     /// WAL restarts run by the writer (see `WAL_RESTART_FRAMES`).
     pub restarts: std::sync::atomic::AtomicU64,
+    /// WAL restarts the writer left for later because a reader of an older
+    /// snapshot (a backup) still needed the log.
+    pub restarts_deferred: std::sync::atomic::AtomicU64,
     /// Rows set aside at start-up because they could not be read back.
     pub quarantined: std::sync::atomic::AtomicU64,
     /// Told of each commit's latency and size, once set (metrics).
@@ -103,6 +106,10 @@ pub struct SqliteStore {
     listener: Arc<Listener>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// Set by the checkpointer when the WAL should start over (tests set
+    /// it too).
+    #[cfg_attr(not(test), allow(dead_code))]
+    restart_wanted: Arc<AtomicBool>,
     /// Commit statistics.
     pub stats: Arc<CommitStats>,
 }
@@ -112,6 +119,8 @@ mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disk;
 mod writer;
 
 use checkpoint::*;
@@ -126,6 +135,9 @@ use writer::*;
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Each reader's page cache; see [`release_cache`] for the start-up scans.
 const READER_CACHE_KIB: i64 = 16 * 1024;
+/// How long a connection waits for a lock another holds. The writer's
+/// WAL restart does not wait at all (`restart_wal`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn configure(conn: &Connection, sync: Synchronous, memory: bool) -> rusqlite::Result<()> {
     if !memory {
@@ -139,7 +151,7 @@ fn configure(conn: &Connection, sync: Synchronous, memory: bool) -> rusqlite::Re
             Synchronous::Normal => "NORMAL",
         },
     )?;
-    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     Ok(())
@@ -217,7 +229,7 @@ impl SqliteStore {
                 path,
                 opts.synchronous,
                 stats.clone(),
-                restart_wanted,
+                restart_wanted.clone(),
             )?),
             None => None,
         };
@@ -228,6 +240,7 @@ impl SqliteStore {
             listener,
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(checkpointer),
+            restart_wanted,
             stats,
         }))
     }
@@ -270,7 +283,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    c.pragma_update(None, "busy_timeout", 5000)?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
     c.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
     Ok(c)
 }

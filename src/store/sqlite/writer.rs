@@ -27,15 +27,7 @@ pub(super) fn writer_loop(
     } = limits;
     while let Ok(first) = rx.recv() {
         if restart_wanted.swap(false, Ordering::AcqRel) {
-            // No write transaction is open: nothing blocks the RESTART but
-            // a reader of an older snapshot (queries are short).
-            if let Err(e) = conn
-                .lock()
-                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-            {
-                tracing::warn!(cause = %e, "WAL restart checkpoint failed");
-            }
-            stats.restarts.fetch_add(1, Ordering::Relaxed);
+            restart_wal(&conn.lock(), &stats);
         }
         let mut groups = vec![first];
         let mut n = groups[0].ops.len();
@@ -142,6 +134,40 @@ pub(super) fn writer_loop(
                         let _ = done.send(Err(e.clone()));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Starts the WAL over (see `WAL_RESTART_FRAMES`) between two commits, if
+/// it can without waiting. No write transaction is open, so only a reader
+/// of an older snapshot can be in the way: a long query, or a
+/// `switchyard backup` copying the file in one read transaction. Waiting
+/// for it (the busy timeout, 5 s) would hold every commit queued behind
+/// the writer; so the RESTART runs with no busy timeout, and when a
+/// reader is in the way it copies what it can and leaves the restart for
+/// the checkpointer's next request (it asks again while the WAL is past
+/// the threshold).
+pub(super) fn restart_wal(conn: &Connection, stats: &CommitStats) {
+    let restart = || -> rusqlite::Result<bool> {
+        conn.busy_timeout(Duration::ZERO)?;
+        // Busy (1) when a reader or the checkpointer holds the log.
+        let busy = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(busy? == 0)
+    };
+    match restart() {
+        Ok(true) => {
+            stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(false) => {
+            stats.restarts_deferred.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "WAL restart checkpoint failed");
+            // Whatever failed, the writer's busy timeout is its own again.
+            if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+                tracing::warn!(cause = %e, "resetting the writer's busy timeout");
             }
         }
     }
