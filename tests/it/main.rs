@@ -19,6 +19,7 @@ mod core_leases;
 mod core_list_metrics;
 mod core_watch;
 mod hostile;
+mod store_backup;
 mod temporal;
 mod tracing_otlp;
 mod webhook;

@@ -114,6 +114,7 @@ pub struct SqliteStore {
     pub stats: Arc<CommitStats>,
 }
 
+mod backup;
 mod checkpoint;
 mod rows;
 mod schema;
@@ -123,6 +124,7 @@ mod tests;
 mod tests_disk;
 mod writer;
 
+pub use backup::{backup, BackupError, BackupReport};
 use checkpoint::*;
 use rows::*;
 use schema::*;
