@@ -85,6 +85,9 @@ pub struct CommitStats {
     pub restarts_deferred: std::sync::atomic::AtomicU64,
     /// Rows set aside at start-up because they could not be read back.
     pub quarantined: std::sync::atomic::AtomicU64,
+    /// Commits the disk refused (full, failing writes) and that were tried
+    /// again.
+    pub retries: std::sync::atomic::AtomicU64,
     /// Told of each commit's latency and size, once set (metrics).
     pub sink: OnceLock<Arc<dyn crate::telemetry::MetricsSink>>,
 }
@@ -110,12 +113,15 @@ pub struct SqliteStore {
     /// it too).
     #[cfg_attr(not(test), allow(dead_code))]
     restart_wanted: Arc<AtomicBool>,
+    /// Whether the writer can commit (the disk may be full).
+    health: Arc<Health>,
     /// Commit statistics.
     pub stats: Arc<CommitStats>,
 }
 
 mod backup;
 mod checkpoint;
+mod disk;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -126,6 +132,7 @@ mod writer;
 
 pub use backup::{backup, BackupError, BackupReport};
 use checkpoint::*;
+use disk::*;
 use rows::*;
 use schema::*;
 use writer::*;
@@ -213,7 +220,9 @@ impl SqliteStore {
         let listener: Arc<Listener> = Arc::new(OnceLock::new());
         let stats = Arc::new(CommitStats::default());
         let restart_wanted = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(Health::default());
         let writer = {
+            let health = health.clone();
             let listener = listener.clone();
             let stats = stats.clone();
             let restart = restart_wanted.clone();
@@ -223,7 +232,9 @@ impl SqliteStore {
             };
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer_loop(writer_conn, rx, listener, stats, restart, limits))
+                .spawn(move || {
+                    writer_loop(writer_conn, rx, listener, stats, restart, health, limits)
+                })
                 .map_err(|e| open_err("writer thread", &e))?
         };
         let checkpointer = match &opts.path {
@@ -243,12 +254,23 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(checkpointer),
             restart_wanted,
+            health,
             stats,
         }))
     }
 
-    /// Stops the writer after it has committed everything queued.
+    /// The server is stopping: from now on, a commit the disk refuses (a
+    /// full disk) is given up after `CLOSE_PATIENCE` (30 s) instead of
+    /// waited out, so a drain does not wait for space for ever. What is
+    /// given up was not acknowledged; a restart rebuilds from the store.
+    pub fn stopping(&self) {
+        self.health.closing();
+    }
+
+    /// Stops the writer after it has committed everything queued (if the
+    /// disk refuses, it gives up after `CLOSE_PATIENCE`).
     pub fn close(&self) {
+        self.health.closing();
         self.tx.lock().take();
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
@@ -317,16 +339,38 @@ impl Store for SqliteStore {
         });
     }
 
+    fn writable(&self) -> Result<(), StoreError> {
+        self.health.writable()
+    }
+
     fn set_listener(&self, listener: Arc<dyn CommitListener>) {
         let _ = self.listener.set(listener);
     }
 
+    /// Resolves once everything submitted before is durable; while the
+    /// disk refuses commits (full), fails at once with why instead of
+    /// waiting for space, so no caller (a read that flushes first, a
+    /// cancel) hangs on a full disk. The writes stay queued and commit once
+    /// there is room.
     async fn flush(&self) -> Result<(), Arc<StoreError>> {
         let (tx, rx) = oneshot::channel();
         self.submit(Vec::new(), Some(tx));
-        rx.await
-            .map_err(|_| Arc::new(StoreError::Closed))?
-            .map(|_| ())
+        let mut state = self.health.subscribe();
+        let blocked = async move {
+            let b = state.wait_for(Option::is_some).await.map(|b| b.clone());
+            match b {
+                Ok(b) => b,
+                // The store is gone: `rx` says so.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            done = rx => done
+                .map_err(|_| Arc::new(StoreError::Closed))?
+                .map(|_| ()),
+            b = blocked => Err(Arc::new(b.map_or(StoreError::Closed, |b| b.error()))),
+        }
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<(Task, Arc<str>)>, StoreError> {

@@ -100,3 +100,103 @@ async fn a_reader_holding_its_snapshot_does_not_hold_up_commits() {
     }
     assert!(s.stats.restarts.load(Ordering::Relaxed) > restarts);
 }
+
+/// Records the sequence numbers of published events.
+#[derive(Default)]
+struct Seqs(Mutex<Vec<u64>>);
+
+impl CommitListener for Seqs {
+    fn committed(&self, events: Vec<Arc<TaskEvent>>) {
+        self.0.lock().extend(events.iter().map(|e| e.seq));
+    }
+}
+
+fn set_max_pages(c: &Connection, n: i64) -> i64 {
+    c.query_row(&format!("PRAGMA max_page_count = {n}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// A batch the disk cannot take is kept, not lost: SQLite's "database or
+/// disk is full" (here from `max_page_count`, the same SQLITE_FULL a full
+/// disk gives) makes the store unwritable with the reason, nobody is
+/// answered, reads go on, and once there is room the same writes commit in
+/// order, their callers are answered and their events published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_disk_refuses_is_kept_and_retried_until_it_fits() {
+    // Memory mode: the readers' connection is the writer's.
+    let s = SqliteStore::open(SqliteOptions::default()).unwrap();
+    let seqs = Arc::new(Seqs::default());
+    s.set_listener(seqs.clone());
+    let first = task(None);
+    commit(&s, vec![insert_op(&first)]).await.unwrap();
+    let pages: i64 = s.readers[0]
+        .lock()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    set_max_pages(&s.readers[0].lock(), pages);
+
+    let big: Arc<str> = Arc::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(8000)));
+    let mut tasks = Vec::new();
+    let mut waits = Vec::new();
+    for seq in 1..=20u64 {
+        let mut t = task(None);
+        t.rt.seq = seq;
+        let (tx, rx) = oneshot::channel();
+        s.submit(
+            vec![WriteOp::Insert {
+                task: t.clone(),
+                payload: Payload::Json(big.clone()),
+                log: vec![LogEntry::system(t.id, 0, "scheduled")],
+                event: Some(crate::domain::EventKind::Scheduled),
+            }],
+            Some(tx),
+        );
+        tasks.push(t);
+        waits.push(rx);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let err = loop {
+        if let Err(e) = s.writable() {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never said it cannot commit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+    assert!(err.to_string().contains("disk is full"), "{err}");
+    // It keeps trying, answers nobody, publishes nothing, and reads work.
+    let retries = s.stats.retries.load(Ordering::Relaxed);
+    while s.stats.retries.load(Ordering::Relaxed) < retries + 2 {
+        assert!(Instant::now() < deadline, "the writer does not try again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in &mut waits {
+        assert!(matches!(
+            w.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+    }
+    assert!(seqs.0.lock().is_empty());
+    assert!(s.get(first.id).await.unwrap().is_some());
+    assert!(s.get(tasks[0].id).await.unwrap().is_none());
+
+    // Room again.
+    set_max_pages(&s.readers[0].lock(), 1 << 30);
+    for w in waits {
+        assert_eq!(within(w).await.unwrap().unwrap(), vec![WriteOutcome::Done]);
+    }
+    assert!(s.writable().is_ok());
+    for t in &tasks {
+        assert!(s.get(t.id).await.unwrap().is_some());
+    }
+    assert_eq!(*seqs.0.lock(), (1..=20).collect::<Vec<u64>>());
+}
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), f)
+        .await
+        .expect("an answer within 5 s")
+}
