@@ -357,6 +357,7 @@ pub async fn run_with(
 
     let watch_stop = CancellationToken::new();
     let serve_stop = CancellationToken::new();
+    let store_blocked = watch_store(store.store(), health.clone(), stop.clone());
     let max_msg = max_message(&config);
     let cluster: Arc<dyn crate::app::cluster::ClusterView> = match &leading {
         Some((lease, _)) => Arc::new(crate::cluster::LeaseView(lease.clone())),
@@ -380,6 +381,10 @@ pub async fn run_with(
 
     // The drain: policy — runs once, when `shutdown` resolves.
     {
+        let sqlite = match &store {
+            OpenedStore::Sqlite(s) => Some(s.clone()),
+            OpenedStore::Postgres(_) => None,
+        };
         let core = core.clone();
         let health = health.clone();
         let (watch_stop, serve_stop) = (watch_stop.clone(), serve_stop.clone());
@@ -388,6 +393,10 @@ pub async fn run_with(
         tokio::spawn(async move {
             stop.cancelled().await;
             tracing::info!("shutting down: draining");
+            if let Some(s) = &sqlite {
+                // A full disk does not hold the drain's last writes for ever.
+                s.stopping();
+            }
             health
                 .set_not_serving::<OrchestratorServiceServer<orchestrator::Orchestrator>>()
                 .await;
@@ -446,6 +455,7 @@ pub async fn run_with(
                 streams_stop: watch_stop.clone(),
                 heartbeat: config.admin.heartbeat,
                 cluster: cluster.clone(),
+                store_blocked,
             },
             tokens.clone(),
             serve_stop.clone(),
@@ -515,6 +525,55 @@ pub async fn run_with(
     }
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// How often the server looks whether its store can commit.
+const STORE_WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// The store watcher: policy — polls [`Store::writable`] every
+/// [`STORE_WATCH_EVERY`] until `stop` (the drain, which owns health from
+/// then on). While the store cannot commit (a full disk, an unreachable
+/// database) the server's overall health (service `""`) is NOT_SERVING, and
+/// the returned channel holds why (the admin server's `/healthz` and
+/// `/readyz`); it is SERVING again once the store commits.
+fn watch_store(
+    store: Arc<dyn Store>,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None::<String>);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORE_WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = store.writable().err().map(|e| e.to_string());
+            let changed = now.is_some() != tx.borrow().is_some();
+            tx.send_if_modified(|v| {
+                let m = *v != now;
+                *v = now.clone();
+                m
+            });
+            if changed && !stop.is_cancelled() {
+                let status = match now {
+                    Some(_) => tonic_health::ServingStatus::NotServing,
+                    None => tonic_health::ServingStatus::Serving,
+                };
+                health.set_service_status("", status).await;
+                if stop.is_cancelled() {
+                    // The drain began meanwhile: it says NOT_SERVING.
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Starts every configured engine: the in-process executors (webhook,

@@ -20,6 +20,7 @@ mod core_list_metrics;
 mod core_watch;
 mod hostile;
 mod store_backup;
+mod store_full_disk;
 mod temporal;
 mod tracing_otlp;
 mod webhook;
