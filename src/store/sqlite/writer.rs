@@ -217,7 +217,11 @@ fn until_written<T>(
         };
         let e = match result {
             Ok(v) => {
-                health.unblock(stats);
+                // After giving up at shutdown, an empty commit (a flush)
+                // goes through on a full disk: that is no recovery.
+                if !health.give_up() {
+                    health.unblock(stats);
+                }
                 return Ok(v);
             }
             Err(e) => e,
