@@ -30,6 +30,10 @@ enum Command {
     Serve(ServeArgs),
     /// Prints the effective configuration (defaults, file, environment, flags).
     Config(ServeArgs),
+    /// Copies the SQLite store (the server may be running) into FILE: one
+    /// consistent snapshot. Restore: stop the server, put the copy in place
+    /// as <data_dir>/switchyard.db, start it.
+    Backup(BackupArgs),
     /// Schedules and inspects tasks.
     #[command(subcommand)]
     Task(switchyard::cli::TaskCommand),
@@ -63,6 +67,23 @@ struct ServeArgs {
     /// [default: 127.0.0.1:50052].
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args, Clone)]
+struct BackupArgs {
+    /// The copy to write. With the embedded workflow engine's registry in
+    /// the data directory, it is copied too, to FILE with the extension
+    /// `.workflows.db`.
+    file: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    force: bool,
+    /// The server's TOML config file.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server's data directory [default: ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -111,6 +132,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::Backup(args) => return backup(args, cli.client.json),
             Command::Task(cmd) => switchyard::cli::run_task(&cli.client, cmd).await,
             Command::Disconnect(a) => switchyard::cli::run_disconnect(&cli.client, a).await,
             Command::Metrics(a) => switchyard::cli::run_metrics(&cli.client, a).await,
@@ -167,6 +189,66 @@ async fn serve(args: ServeArgs) -> ExitCode {
     // Telemetry flushes last, once the server has stopped.
     telemetry.shutdown().await;
     code
+}
+
+/// `switchyard backup`: the same configuration layers as `serve` (file,
+/// `SWITCHYARD_*`, flags) say where the store is.
+fn backup(args: BackupArgs, json: bool) -> ExitCode {
+    use switchyard::server::BackupFailed;
+    use switchyard::store::sqlite::BackupError;
+    let serve = ServeArgs {
+        config: args.config,
+        listen: None,
+        data_dir: args.data_dir,
+        memory: false,
+        log_format: None,
+        admin_listen: None,
+    };
+    let config = match serve.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match switchyard::server::backup(&config, &args.file, args.force) {
+        Ok(copies) => {
+            for c in copies {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "file": c.path,
+                            "bytes": c.bytes,
+                            "tasks": c.tasks,
+                            "seconds": c.took.as_secs_f64(),
+                        })
+                    );
+                } else {
+                    let tasks = match c.tasks {
+                        Some(n) => format!(", {n} tasks"),
+                        None => String::new(),
+                    };
+                    println!(
+                        "{}: {} bytes{tasks}, in {:.3} s",
+                        c.path.display(),
+                        c.bytes,
+                        c.took.as_secs_f64()
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backup: {e}");
+            match e {
+                BackupFailed::Postgres { .. }
+                | BackupFailed::Memory
+                | BackupFailed::Sqlite(BackupError::Exists(_)) => ExitCode::from(2),
+                BackupFailed::Sqlite(_) => ExitCode::FAILURE,
+            }
+        }
+    }
 }
 
 /// The admin server's listener, if enabled. The default address, when

@@ -100,7 +100,7 @@ impl OpenedStore {
     pub fn describe(&self, config: &Config) -> String {
         match self {
             OpenedStore::Sqlite(_) if config.store.memory => "memory".into(),
-            OpenedStore::Sqlite(_) => config.data_dir.join("switchyard.db").display().to_string(),
+            OpenedStore::Sqlite(_) => config.data_dir.join(STORE_FILE).display().to_string(),
             OpenedStore::Postgres(s) => format!(
                 "{} schema {}",
                 crate::store::postgres::redact(&s.options().url),
@@ -108,6 +108,83 @@ impl OpenedStore {
             ),
         }
     }
+}
+
+/// The SQLite store's file in `data_dir`.
+pub const STORE_FILE: &str = "switchyard.db";
+/// The embedded workflow engine's registry in `data_dir` (SQLite store).
+pub const WORKFLOWS_FILE: &str = "workflows.db";
+
+/// Why `switchyard backup` wrote nothing, or not everything.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupFailed {
+    /// The store is PostgreSQL: its own tools back it up.
+    #[error(
+        "the store is PostgreSQL ({url}, schema {schema}); back it up with pg_dump:\n  {command}"
+    )]
+    Postgres {
+        /// The store's URL, without its password.
+        url: String,
+        /// The schema of the tables (`store.schema`).
+        schema: String,
+        /// The pg_dump command that does it.
+        command: String,
+    },
+    /// The store is in memory: nothing to copy.
+    #[error("the store is in memory (store.memory): there is nothing to back up")]
+    Memory,
+    /// The copy failed or was refused.
+    #[error(transparent)]
+    Sqlite(#[from] crate::store::sqlite::BackupError),
+}
+
+/// `switchyard backup`: copies the configured SQLite store, running or
+/// not, into `dest` as one consistent snapshot, and the workflow registry
+/// (`workflows.db`), if there is one, beside it (`dest` with the extension
+/// `workflows.db`). The registry is copied second: its versions are never
+/// changed or deleted, so it holds every version the copied tasks use.
+/// Existing destinations are refused unless `replace`.
+pub fn backup(
+    config: &Config,
+    dest: &std::path::Path,
+    replace: bool,
+) -> Result<Vec<crate::store::sqlite::BackupReport>, BackupFailed> {
+    use crate::store::sqlite::{backup, BackupError};
+    if let Some(url) = &config.store.url {
+        let url = crate::store::postgres::redact(url);
+        let schema = config.store.schema.clone();
+        let mut command = format!(
+            "pg_dump --format=custom --schema={schema} --file={} '{url}'",
+            dest.display()
+        );
+        if url.contains(":***@") {
+            command
+                .push_str("\n  (the password is not shown: put it back, or give it in PGPASSWORD)");
+        }
+        return Err(BackupFailed::Postgres {
+            command,
+            url,
+            schema,
+        });
+    }
+    if config.store.memory {
+        return Err(BackupFailed::Memory);
+    }
+    let registry = config.data_dir.join(WORKFLOWS_FILE);
+    let registry_dest = dest.with_extension(WORKFLOWS_FILE);
+    let with_registry = registry.is_file();
+    if !replace {
+        for d in std::iter::once(dest).chain(with_registry.then_some(registry_dest.as_path())) {
+            if d.symlink_metadata().is_ok() {
+                return Err(BackupError::Exists(d.to_path_buf()).into());
+            }
+        }
+    }
+    let mut out = vec![backup(&config.data_dir.join(STORE_FILE), dest, replace)?];
+    if with_registry {
+        out.push(backup(&registry, &registry_dest, replace)?);
+    }
+    Ok(out)
 }
 
 /// The largest gRPC message a server decodes or encodes.
@@ -140,7 +217,7 @@ pub async fn open_store(
         ));
     }
     Ok(OpenedStore::Sqlite(SqliteStore::open(SqliteOptions {
-        path: (!config.store.memory).then(|| config.data_dir.join("switchyard.db")),
+        path: (!config.store.memory).then(|| config.data_dir.join(STORE_FILE)),
         synchronous: config.store.synchronous,
         max_batch: config.store.max_batch,
         retention,
@@ -288,6 +365,7 @@ pub async fn run_with(
 
     let watch_stop = CancellationToken::new();
     let serve_stop = CancellationToken::new();
+    let store_blocked = watch_store(store.store(), health.clone(), stop.clone());
     let max_msg = max_message(&config);
     let cluster: Arc<dyn crate::app::cluster::ClusterView> = match &leading {
         Some((lease, _)) => Arc::new(crate::cluster::LeaseView(lease.clone())),
@@ -311,6 +389,10 @@ pub async fn run_with(
 
     // The drain: policy — runs once, when `shutdown` resolves.
     {
+        let sqlite = match &store {
+            OpenedStore::Sqlite(s) => Some(s.clone()),
+            OpenedStore::Postgres(_) => None,
+        };
         let core = core.clone();
         let health = health.clone();
         let (watch_stop, serve_stop) = (watch_stop.clone(), serve_stop.clone());
@@ -319,6 +401,10 @@ pub async fn run_with(
         tokio::spawn(async move {
             stop.cancelled().await;
             tracing::info!("shutting down: draining");
+            if let Some(s) = &sqlite {
+                // A full disk does not hold the drain's last writes for ever.
+                s.stopping();
+            }
             health
                 .set_not_serving::<OrchestratorServiceServer<orchestrator::Orchestrator>>()
                 .await;
@@ -377,6 +463,7 @@ pub async fn run_with(
                 streams_stop: watch_stop.clone(),
                 heartbeat: config.admin.heartbeat,
                 cluster: cluster.clone(),
+                store_blocked,
             },
             tokens.clone(),
             serve_stop.clone(),
@@ -448,6 +535,55 @@ pub async fn run_with(
     Ok(result?)
 }
 
+/// How often the server looks whether its store can commit.
+const STORE_WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// The store watcher: policy — polls [`Store::writable`] every
+/// [`STORE_WATCH_EVERY`] until `stop` (the drain, which owns health from
+/// then on). While the store cannot commit (a full disk, an unreachable
+/// database) the server's overall health (service `""`) is NOT_SERVING, and
+/// the returned channel holds why (the admin server's `/healthz` and
+/// `/readyz`); it is SERVING again once the store commits.
+fn watch_store(
+    store: Arc<dyn Store>,
+    health: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (tx, rx) = tokio::sync::watch::channel(None::<String>);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORE_WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = store.writable().err().map(|e| e.to_string());
+            let changed = now.is_some() != tx.borrow().is_some();
+            tx.send_if_modified(|v| {
+                let m = *v != now;
+                *v = now.clone();
+                m
+            });
+            if changed && !stop.is_cancelled() {
+                let status = match now {
+                    Some(_) => tonic_health::ServingStatus::NotServing,
+                    None => tonic_health::ServingStatus::Serving,
+                };
+                health.set_service_status("", status).await;
+                if stop.is_cancelled() {
+                    // The drain began meanwhile: it says NOT_SERVING.
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Starts every configured engine: the in-process executors (webhook,
 /// workflows) and the backends (Temporal, BullMQ), each with its own
 /// configuration section.
@@ -489,7 +625,7 @@ pub fn start_engines(
     if config.workflows.enabled {
         // Shutdown policy: the engine stops when the core closes its channel
         // (the core requeues the workflows it held); aborted on drop.
-        let file = config.data_dir.join("workflows.db");
+        let file = config.data_dir.join(WORKFLOWS_FILE);
         let at = match store {
             OpenedStore::Postgres(pg) => crate::executor::workflow::RegistryAt::Postgres(pg),
             OpenedStore::Sqlite(_) if config.store.memory => {

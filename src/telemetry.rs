@@ -61,6 +61,9 @@ pub trait MetricsSink: std::fmt::Debug + Send + Sync {
     fn store_commit(&self, _elapsed: std::time::Duration, _ops: usize) {}
     /// Rows the store set aside at start-up because they could not be read.
     fn store_quarantined(&self, _rows: u64) {}
+    /// The store cannot commit (`true`: a full disk, an unreachable
+    /// database; its writes wait and are retried), or can again (`false`).
+    fn store_blocked(&self, _blocked: bool) {}
     /// This replica leads, under this term (PostgreSQL store).
     fn leading(&self, _term: i64) {}
     /// The leader renewed its lease in this time.

@@ -1,5 +1,5 @@
 //! The admin server's authentication middleware: every route but
-//! `/healthz` needs a bearer token when any is configured ([`crate::auth`]
+//! `/healthz` and `/readyz` needs a bearer token when any is configured ([`crate::auth`]
 //! holds them); the dashboard and the event stream may also take it as
 //! `?access_token=` (a browser and EventSource cannot set headers).
 
@@ -19,10 +19,10 @@ fn query_token_allowed(path: &str) -> bool {
     )
 }
 
-/// The axum middleware: every route but `/healthz` needs a token when any
-/// is configured.
+/// The axum middleware: every route but the probes (`/healthz`,
+/// `/readyz`) needs a token when any is configured.
 pub async fn require(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
-    if tokens.is_open() || req.uri().path() == "/healthz" {
+    if tokens.is_open() || matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let header = header_value(req.headers());

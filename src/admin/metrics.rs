@@ -79,6 +79,7 @@ pub struct Metrics {
     quarantined: Counter,
     leader_term: Gauge,
     leader_changes: Counter,
+    store_blocked: Gauge,
     lease_renew_seconds: Histogram,
 }
 
@@ -102,6 +103,7 @@ impl Metrics {
         let quarantined = Counter::default();
         let leader_term = Gauge::default();
         let leader_changes = Counter::default();
+        let store_blocked = Gauge::default();
         let lease_renew_seconds = Histogram::new([
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
         ]);
@@ -109,6 +111,11 @@ impl Metrics {
             "switchyard_leader_term",
             "The lease term this replica leads under (PostgreSQL store; 0 on SQLite)",
             leader_term.clone(),
+        );
+        registry.register(
+            "switchyard_store_cannot_commit",
+            "1 while the store cannot commit (a full disk, failing writes, an unreachable database): its writes wait and are retried, new tasks are refused",
+            store_blocked.clone(),
         );
         registry.register(
             "switchyard_leader_changes",
@@ -186,6 +193,7 @@ impl Metrics {
             quarantined,
             leader_term,
             leader_changes,
+            store_blocked,
             lease_renew_seconds,
         })
     }
@@ -277,6 +285,10 @@ impl MetricsSink for Metrics {
 
     fn store_quarantined(&self, rows: u64) {
         self.quarantined.inc_by(rows);
+    }
+
+    fn store_blocked(&self, blocked: bool) {
+        self.store_blocked.set(i64::from(blocked));
     }
 
     fn leading(&self, term: i64) {

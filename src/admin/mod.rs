@@ -68,6 +68,10 @@ pub struct AdminState {
     pub heartbeat: Duration,
     /// Who leads (`GET /api/cluster`).
     pub cluster: Arc<dyn crate::app::cluster::ClusterView>,
+    /// Why the store cannot commit now (a full disk, an unreachable
+    /// database), `None` while it can; kept by the server's store watcher
+    /// (`GET /healthz`, `GET /readyz`).
+    pub store_blocked: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// The admin router: every route, behind the bearer-token check.

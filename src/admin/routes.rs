@@ -47,6 +47,7 @@ pub fn routes(state: AdminState) -> Router {
         .nest(PREFIX, api)
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/", get(dashboard))
         .route("/dashboard", get(dashboard))
         .fallback(not_found)
@@ -417,15 +418,37 @@ async fn prometheus(State(s): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// Liveness: 503 only while draining. A store that cannot commit (a full
+/// disk) is said, with a 200: restarting the process would not help.
 async fn healthz(State(s): State<AdminState>) -> Response {
     if s.core.is_draining() {
-        (
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"status": "draining"})),
         )
-            .into_response()
-    } else {
-        Json(serde_json::json!({"status": "serving"})).into_response()
+            .into_response();
+    }
+    match s.store_blocked.borrow().clone() {
+        Some(reason) => {
+            Json(serde_json::json!({"status": "store_cannot_commit", "reason": reason}))
+                .into_response()
+        }
+        None => Json(serde_json::json!({"status": "serving"})).into_response(),
+    }
+}
+
+/// Readiness: 503 while draining or while the store cannot commit (new
+/// tasks are refused then), with the reason; 200 otherwise.
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let unavailable = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    if s.core.is_draining() {
+        return unavailable(serde_json::json!({"status": "draining"}));
+    }
+    match s.store_blocked.borrow().clone() {
+        Some(reason) => {
+            unavailable(serde_json::json!({"status": "store_cannot_commit", "reason": reason}))
+        }
+        None => Json(serde_json::json!({"status": "ready"})).into_response(),
     }
 }
 

@@ -60,6 +60,11 @@ impl From<CoreError> for Status {
             CoreError::Unavailable(m) => Status::unavailable(text::cut(&m, 1024)),
             CoreError::Store(e) => match &*e {
                 StoreError::Closed => Status::unavailable("the store is closed"),
+                // Not UNAVAILABLE: retrying soon does not help, an operator
+                // must free space.
+                e @ StoreError::Full(_) => {
+                    Status::resource_exhausted(text::cut(&e.to_string(), 1024))
+                }
                 e @ (StoreError::Unavailable(_) | StoreError::Fenced { .. }) => {
                     Status::unavailable(text::cut(&e.to_string(), 1024))
                 }
@@ -123,6 +128,13 @@ mod tests {
         assert_eq!(
             Status::from(CoreError::FailedPrecondition("no".into())).code(),
             Code::FailedPrecondition
+        );
+        let full = Status::from(CoreError::from(StoreError::Full("SQLITE_FULL".into())));
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(
+            full.message().contains("disk is full"),
+            "{}",
+            full.message()
         );
     }
 }

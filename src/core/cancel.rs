@@ -37,6 +37,9 @@ impl Core {
                 .and_then(|w| st.workers.get(&w))
                 .is_some_and(|w| w.local())
         };
+        // A cancel is a write: refused, and nothing changed, while the
+        // store cannot commit (as ScheduleTask is).
+        self.inner.store.writable()?;
         let r = self.with_state(|st| st.cancel_locked(id, "cancelled", reason, force));
         if r.is_some() {
             // The cancel is durable before the reply, like a schedule.
@@ -90,6 +93,7 @@ impl Core {
         session_id: Option<&str>,
         reason: &str,
     ) -> Result<Vec<(TaskId, String, CancelOutcome)>, CoreError> {
+        self.inner.store.writable()?;
         let receipts = self.with_state(|st| {
             let mut ids: Vec<TaskId> = Vec::new();
             if let Some(u) = user_id {

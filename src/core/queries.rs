@@ -138,7 +138,7 @@ impl Core {
         // The store filters by its own columns: flush first, so a task seen
         // in a new state before the call (GetTaskStatus, an event) is
         // selected by that state.
-        self.inner.store.flush().await.map_err(CoreError::Store)?;
+        self.flush_for_read().await?;
         let mut tasks = self.inner.store.list(q).await?;
         let st = self.inner.state.lock();
         for t in tasks.iter_mut() {
@@ -163,8 +163,25 @@ impl Core {
         self.status(id).await?;
         // Lines queued but not yet committed are not shown; flush first so a
         // reader sees everything that happened before its call.
-        self.inner.store.flush().await.map_err(CoreError::Store)?;
+        self.flush_for_read().await?;
         Ok(self.inner.store.logs(id, after, limit).await?)
+    }
+
+    /// Waits for what is queued to be committed before a read, so the read
+    /// sees everything that happened before its call; unless the store
+    /// cannot commit now (a full disk, a database out of reach): then the
+    /// read answers from what is committed rather than wait or fail, since
+    /// reads must keep working while writes cannot.
+    async fn flush_for_read(&self) -> Result<(), CoreError> {
+        if self.inner.store.writable().is_err() {
+            return Ok(());
+        }
+        match self.inner.store.flush().await {
+            Ok(()) => Ok(()),
+            // The store stopped committing while we waited: same answer.
+            Err(_) if self.inner.store.writable().is_err() => Ok(()),
+            Err(e) => Err(CoreError::Store(e)),
+        }
     }
 
     /// Metrics.

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// The database cannot be reached now; writes are kept and retried.
     #[error("the store cannot commit now: {0}")]
     Unavailable(String),
+    /// The disk of the store is full: what the store has is kept and
+    /// retried until space returns; new writes are refused meanwhile.
+    #[error("the server's disk is full: writes are refused until space returns ({0})")]
+    Full(String),
     /// Another replica took over: this one's term is over and it may not
     /// write.
     #[error("this replica no longer leads (its term {term} is over): another replica took over")]
@@ -246,8 +250,10 @@ pub trait Store: Send + Sync + 'static {
         self.submit(ops, None)
     }
     /// Whether writes commit now. A store that cannot reach its database
-    /// keeps the writes it has and retries them; new work should be refused
-    /// (UNAVAILABLE) rather than pile up. The default is always writable.
+    /// ([`StoreError::Unavailable`]) or whose disk is full
+    /// ([`StoreError::Full`]) keeps the writes it has and retries them; new
+    /// work should be refused rather than pile up. The default is always
+    /// writable.
     fn writable(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -20,6 +20,8 @@ mod core_list_metrics;
 mod core_watch;
 mod hostile;
 mod retention;
+mod store_backup;
+mod store_full_disk;
 mod temporal;
 mod tracing_otlp;
 mod webhook;

@@ -446,6 +446,11 @@ impl Conn {
 
 fn set_writable(shared: &Shared, ok: bool, why: &str) {
     let was = shared.writable.swap(ok, Ordering::AcqRel);
+    if was != ok {
+        if let Some(s) = shared.stats.sink.get() {
+            s.store_blocked(!ok);
+        }
+    }
     if !ok {
         *shared.unwritable_reason.lock() = format!("the database cannot be reached: {why}");
         if was {

@@ -17,6 +17,8 @@ use super::*;
 pub(super) const WAL_RESTART_FRAMES: i64 = 2_048;
 /// How often the checkpointer looks, when something was committed.
 pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+/// How often it tries again after a checkpoint failed (a full disk).
+pub(super) const CHECKPOINT_RETRY: Duration = Duration::from_millis(500);
 
 /// Copies the WAL back into the database on its own thread and connection,
 /// with PASSIVE checkpoints that never block the writer. SQLite's automatic
@@ -70,20 +72,44 @@ pub(super) fn checkpointer_loop(
         })
     };
     let mut seen = 0;
+    // Since when checkpoints fail (a full disk: the database file cannot
+    // grow). Logged once; tried again every CHECKPOINT_RETRY, not at every
+    // commit, until one works.
+    let mut failing: Option<Instant> = None;
     while !stop.load(Ordering::Acquire) {
-        std::thread::park_timeout(CHECKPOINT_EVERY);
+        std::thread::park_timeout(match failing {
+            Some(_) => CHECKPOINT_RETRY,
+            None => CHECKPOINT_EVERY,
+        });
         let commits = stats.commits.load(Ordering::Relaxed);
-        if commits == seen {
+        if commits == seen && failing.is_none() {
             continue;
         }
-        seen = commits;
         match checkpoint("PASSIVE") {
-            Ok((frames, copied)) if frames >= WAL_RESTART_FRAMES && copied < frames => {
-                restart_wanted.store(true, Ordering::Release);
+            Ok((frames, copied)) => {
+                if let Some(since) = failing.take() {
+                    tracing::info!(
+                        failed_ms = since.elapsed().as_millis() as u64,
+                        "WAL checkpoints work again"
+                    );
+                }
+                if frames >= WAL_RESTART_FRAMES && copied < frames {
+                    restart_wanted.store(true, Ordering::Release);
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(cause = %e, "WAL checkpoint failed"),
+            Err(e) if failing.is_some() => {
+                tracing::debug!(cause = %e, "WAL checkpoint failed again");
+            }
+            Err(e) => {
+                tracing::warn!(
+                    cause = %e,
+                    "WAL checkpoint failed: the WAL grows until one works (tried again every {} ms)",
+                    CHECKPOINT_RETRY.as_millis()
+                );
+                failing = Some(Instant::now());
+            }
         }
+        seen = commits;
         stats.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 }

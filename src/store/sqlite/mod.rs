@@ -84,8 +84,14 @@ pub struct CommitStats {
     pub checkpoints: std::sync::atomic::AtomicU64,
     /// WAL restarts run by the writer (see `WAL_RESTART_FRAMES`).
     pub restarts: std::sync::atomic::AtomicU64,
+    /// WAL restarts the writer left for later because a reader of an older
+    /// snapshot (a backup) still needed the log.
+    pub restarts_deferred: std::sync::atomic::AtomicU64,
     /// Rows set aside at start-up because they could not be read back.
     pub quarantined: std::sync::atomic::AtomicU64,
+    /// Commits the disk refused (full, failing writes) and that were tried
+    /// again.
+    pub retries: std::sync::atomic::AtomicU64,
     /// Told of each commit's latency and size, once set (metrics).
     pub sink: OnceLock<Arc<dyn crate::telemetry::MetricsSink>>,
 }
@@ -107,18 +113,30 @@ pub struct SqliteStore {
     listener: Arc<Listener>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<Checkpointer>>,
+    /// Set by the checkpointer when the WAL should start over (tests set
+    /// it too).
+    #[cfg_attr(not(test), allow(dead_code))]
+    restart_wanted: Arc<AtomicBool>,
+    /// Whether the writer can commit (the disk may be full).
+    health: Arc<Health>,
     /// Commit statistics.
     pub stats: Arc<CommitStats>,
 }
 
+mod backup;
 mod checkpoint;
+mod disk;
 mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_disk;
 mod writer;
 
+pub use backup::{backup, BackupError, BackupReport};
 use checkpoint::*;
+use disk::*;
 use rows::*;
 use schema::*;
 use writer::*;
@@ -130,6 +148,9 @@ use writer::*;
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 /// Each reader's page cache; see [`release_cache`] for the start-up scans.
 const READER_CACHE_KIB: i64 = 16 * 1024;
+/// How long a connection waits for a lock another holds. The writer's
+/// WAL restart does not wait at all (`restart_wal`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn configure(conn: &Connection, sync: Synchronous, memory: bool) -> rusqlite::Result<()> {
     if !memory {
@@ -143,7 +164,7 @@ fn configure(conn: &Connection, sync: Synchronous, memory: bool) -> rusqlite::Re
             Synchronous::Normal => "NORMAL",
         },
     )?;
-    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     Ok(())
@@ -209,7 +230,9 @@ impl SqliteStore {
         let listener: Arc<Listener> = Arc::new(OnceLock::new());
         let stats = Arc::new(CommitStats::default());
         let restart_wanted = Arc::new(AtomicBool::new(false));
+        let health = Arc::new(Health::default());
         let writer = {
+            let health = health.clone();
             let listener = listener.clone();
             let stats = stats.clone();
             let restart = restart_wanted.clone();
@@ -220,7 +243,9 @@ impl SqliteStore {
             };
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer_loop(writer_conn, rx, listener, stats, restart, limits))
+                .spawn(move || {
+                    writer_loop(writer_conn, rx, listener, stats, restart, health, limits)
+                })
                 .map_err(|e| open_err("writer thread", &e))?
         };
         let checkpointer = match &opts.path {
@@ -228,7 +253,7 @@ impl SqliteStore {
                 path,
                 opts.synchronous,
                 stats.clone(),
-                restart_wanted,
+                restart_wanted.clone(),
             )?),
             None => None,
         };
@@ -239,12 +264,24 @@ impl SqliteStore {
             listener,
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(checkpointer),
+            restart_wanted,
+            health,
             stats,
         }))
     }
 
-    /// Stops the writer after it has committed everything queued.
+    /// The server is stopping: from now on, a commit the disk refuses (a
+    /// full disk) is given up after `CLOSE_PATIENCE` (30 s) instead of
+    /// waited out, so a drain does not wait for space for ever. What is
+    /// given up was not acknowledged; a restart rebuilds from the store.
+    pub fn stopping(&self) {
+        self.health.closing();
+    }
+
+    /// Stops the writer after it has committed everything queued (if the
+    /// disk refuses, it gives up after `CLOSE_PATIENCE`).
     pub fn close(&self) {
+        self.health.closing();
         self.tx.lock().take();
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
@@ -281,7 +318,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    c.pragma_update(None, "busy_timeout", 5000)?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
     c.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
     Ok(c)
 }
@@ -313,16 +350,38 @@ impl Store for SqliteStore {
         });
     }
 
+    fn writable(&self) -> Result<(), StoreError> {
+        self.health.writable()
+    }
+
     fn set_listener(&self, listener: Arc<dyn CommitListener>) {
         let _ = self.listener.set(listener);
     }
 
+    /// Resolves once everything submitted before is durable; while the
+    /// disk refuses commits (full), fails at once with why instead of
+    /// waiting for space, so no caller (a read that flushes first, a
+    /// cancel) hangs on a full disk. The writes stay queued and commit once
+    /// there is room.
     async fn flush(&self) -> Result<(), Arc<StoreError>> {
         let (tx, rx) = oneshot::channel();
         self.submit(Vec::new(), Some(tx));
-        rx.await
-            .map_err(|_| Arc::new(StoreError::Closed))?
-            .map(|_| ())
+        let mut state = self.health.subscribe();
+        let blocked = async move {
+            let b = state.wait_for(Option::is_some).await.map(|b| b.clone());
+            match b {
+                Ok(b) => b,
+                // The store is gone: `rx` says so.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            done = rx => done
+                .map_err(|_| Arc::new(StoreError::Closed))?
+                .map(|_| ()),
+            b = blocked => Err(Arc::new(b.map_or(StoreError::Closed, |b| b.error()))),
+        }
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<(Task, Arc<str>)>, StoreError> {

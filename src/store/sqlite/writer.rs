@@ -1,7 +1,8 @@
 //! The writer thread: drains the queued groups, applies each under a
 //! savepoint, commits them in one transaction (group commit) and publishes
 //! their events once durable; a task written several times in one batch
-//! has its row written once (coalescing).
+//! has its row written once (coalescing). A batch the disk cannot take
+//! (full) is kept and tried again until it commits (`disk`).
 
 use super::*;
 
@@ -21,6 +22,7 @@ pub(super) fn writer_loop(
     listener: Arc<Listener>,
     stats: Arc<CommitStats>,
     restart_wanted: Arc<AtomicBool>,
+    health: Arc<Health>,
     limits: Limits,
 ) {
     let Limits {
@@ -47,15 +49,7 @@ pub(super) fn writer_loop(
             }
         };
         if restart_wanted.swap(false, Ordering::AcqRel) {
-            // No write transaction is open: nothing blocks the RESTART but
-            // a reader of an older snapshot (queries are short).
-            if let Err(e) = conn
-                .lock()
-                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-            {
-                tracing::warn!(cause = %e, "WAL restart checkpoint failed");
-            }
-            stats.restarts.fetch_add(1, Ordering::Relaxed);
+            restart_wal(&conn.lock(), &stats);
         }
         let mut groups = vec![first];
         let mut n = groups[0].ops.len();
@@ -84,56 +78,7 @@ pub(super) fn writer_loop(
             .iter()
             .any(|g| g.ops.iter().any(|o| matches!(o, WriteOp::Remove(_))));
         let started = Instant::now();
-        let mut conn = conn.lock();
-        let mut results: Vec<Result<Vec<WriteOutcome>, Arc<StoreError>>> =
-            Vec::with_capacity(groups.len());
-        let mut events: Vec<Arc<TaskEvent>> = Vec::new();
-        // Fast path: every group in one transaction. A group that fails
-        // (rare: a constraint or I/O error) rolls the batch back, and then
-        // each group is committed on its own so only the failing one is lost.
-        let commit = (|| -> Result<(), StoreError> {
-            let tx = conn.transaction()?;
-            let mut outs = Vec::with_capacity(groups.len());
-            let mut failed = false;
-            let mut latest = Latest::of(&groups);
-            for g in &groups {
-                match apply_group(&tx, &g.ops, &mut events, latest.as_mut(), &retention) {
-                    Ok(out) => outs.push(Ok(out)),
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if !failed {
-                tx.commit()?;
-                if let Some(l) = &latest {
-                    stats.coalesced.fetch_add(l.skipped, Ordering::Relaxed);
-                }
-                results = outs;
-                return Ok(());
-            }
-            tx.rollback()?;
-            events.clear();
-            for g in &groups {
-                let tx = conn.transaction()?;
-                let mut group_events = Vec::new();
-                match apply_group(&tx, &g.ops, &mut group_events, None, &retention) {
-                    Ok(out) => {
-                        tx.commit()?;
-                        results.push(Ok(out));
-                        events.extend(group_events);
-                    }
-                    Err(e) => {
-                        tx.rollback()?;
-                        tracing::error!(cause = %e, "store write group rolled back");
-                        results.push(Err(Arc::new(e)));
-                    }
-                }
-            }
-            Ok(())
-        })();
-        drop(conn);
+        let commit = commit_batch(&conn, &groups, &stats, &health, &retention);
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(n as u64, Ordering::Relaxed);
         stats
@@ -143,7 +88,7 @@ pub(super) fn writer_loop(
             s.store_commit(started.elapsed(), n);
         }
         match commit {
-            Ok(()) => {
+            Ok((results, events)) => {
                 // Publish, then answer: once a caller hears its write is
                 // durable, a watcher that starts then sees its event.
                 if !events.is_empty() {
@@ -197,6 +142,200 @@ pub(super) fn give_back(conn: &Connection) -> bool {
         return false;
     }
     true
+}
+
+/// Each group's outcome, and the events to publish.
+type Done = (
+    Vec<Result<Vec<WriteOutcome>, Arc<StoreError>>>,
+    Vec<Arc<TaskEvent>>,
+);
+
+/// Commits a batch. Fast path: every group in one transaction. A group
+/// that is refused (rare: a constraint, a row that cannot be encoded) rolls
+/// the batch back, and then each group is committed on its own so only the
+/// refused one fails. A disk that cannot take the commit (full, or failing
+/// writes) refuses no group: the same batch is tried again, whole and in
+/// order, until it commits ([`until_written`]); its callers wait, and the
+/// groups queued meanwhile wait behind it.
+fn commit_batch(
+    conn: &Mutex<Connection>,
+    groups: &[Group],
+    stats: &CommitStats,
+    health: &Health,
+    retention: &RetentionPolicy,
+) -> Result<Done, StoreError> {
+    if let Some(done) = until_written(conn, health, stats, |c| {
+        try_batch(c, groups, stats, retention)
+    })? {
+        return Ok(done);
+    }
+    let mut results = Vec::with_capacity(groups.len());
+    let mut events = Vec::new();
+    for g in groups {
+        match until_written(conn, health, stats, |c| try_group(c, g, retention)) {
+            Ok(Ok((out, group_events))) => {
+                results.push(Ok(out));
+                events.extend(group_events);
+            }
+            Ok(Err(e)) => {
+                tracing::error!(cause = %e, "store write group rolled back");
+                results.push(Err(Arc::new(e)));
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "store commit failed; the writes of this group are lost");
+                results.push(Err(Arc::new(e)));
+            }
+        }
+    }
+    Ok((results, events))
+}
+
+/// One attempt at the whole batch in one transaction: `None` when a group
+/// was refused (the transaction is rolled back); an error when the
+/// transaction could not be written.
+fn try_batch(
+    conn: &mut Connection,
+    groups: &[Group],
+    stats: &CommitStats,
+    retention: &RetentionPolicy,
+) -> Result<Option<Done>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut outs = Vec::with_capacity(groups.len());
+    let mut events = Vec::new();
+    let mut latest = Latest::of(groups);
+    for g in groups {
+        match apply_group(&tx, &g.ops, &mut events, latest.as_mut(), retention) {
+            Ok(out) => outs.push(Ok(out)),
+            // The disk, not the group: the batch is tried again whole
+            // (dropping `tx` rolls back what SQLite has not).
+            Err(e) if cannot_commit(&e).is_some() => return Err(e),
+            Err(_) => {
+                tx.finish()?;
+                return Ok(None);
+            }
+        }
+    }
+    tx.commit()?;
+    if let Some(l) = &latest {
+        stats.coalesced.fetch_add(l.skipped, Ordering::Relaxed);
+    }
+    Ok(Some((outs, events)))
+}
+
+/// A group's outcome and its events.
+type GroupDone = (Vec<WriteOutcome>, Vec<Arc<TaskEvent>>);
+
+/// One group in a transaction of its own: the inner error is the group's
+/// refusal, the outer one a transaction that could not be written.
+fn try_group(
+    conn: &mut Connection,
+    g: &Group,
+    retention: &RetentionPolicy,
+) -> Result<Result<GroupDone, StoreError>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut events = Vec::new();
+    match apply_group(&tx, &g.ops, &mut events, None, retention) {
+        Ok(out) => {
+            tx.commit()?;
+            Ok(Ok((out, events)))
+        }
+        Err(e) if cannot_commit(&e).is_some() => Err(e),
+        Err(e) => {
+            tx.finish()?;
+            Ok(Err(e))
+        }
+    }
+}
+
+/// Runs `attempt` on the writer's connection until the disk takes it.
+/// While the disk refuses (full, or failing writes: [`cannot_commit`]) the
+/// store is not writable ([`Health`]: new writes are refused, the reason
+/// logged once) and the attempt is repeated every [`RETRY_EVERY`], the
+/// connection unlocked in between. Any other failure is returned. At
+/// shutdown it gives up after [`CLOSE_PATIENCE`].
+fn until_written<T>(
+    conn: &Mutex<Connection>,
+    health: &Health,
+    stats: &CommitStats,
+    mut attempt: impl FnMut(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    loop {
+        let result = {
+            let mut c = conn.lock();
+            let r = attempt(&mut c);
+            if r.is_err() && !c.is_autocommit() {
+                // SQLite rolls back a transaction the disk refused, and
+                // rusqlite what is left; never leave one open.
+                if let Err(e) = c.execute_batch("ROLLBACK") {
+                    tracing::warn!(cause = %e, "rolling back a failed store transaction");
+                }
+            }
+            r
+        };
+        let e = match result {
+            Ok(v) => {
+                // After giving up at shutdown, an empty commit (a flush)
+                // goes through on a full disk: that is no recovery.
+                if !health.give_up() {
+                    health.unblock(stats);
+                }
+                return Ok(v);
+            }
+            Err(e) => e,
+        };
+        let Some(blocked) = cannot_commit(&e) else {
+            return Err(e);
+        };
+        if health.give_up() {
+            tracing::error!(
+                cause = ?blocked,
+                "the store is closing and still cannot commit: these writes are not committed"
+            );
+            return Err(blocked.error());
+        }
+        health.block(blocked, stats);
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(RETRY_EVERY);
+    }
+}
+
+/// Starts the WAL over (see `WAL_RESTART_FRAMES`) between two commits, if
+/// it can without waiting. No write transaction is open, so only a reader
+/// of an older snapshot can be in the way: a long query, or a
+/// `switchyard backup` copying the file in one read transaction. Waiting
+/// for it (the busy timeout, 5 s) would hold every commit queued behind
+/// the writer; so the RESTART runs with no busy timeout, and when a
+/// reader is in the way it copies what it can and leaves the restart for
+/// the checkpointer's next request (it asks again while the WAL is past
+/// the threshold).
+pub(super) fn restart_wal(conn: &Connection, stats: &CommitStats) {
+    let restart = || -> rusqlite::Result<bool> {
+        conn.busy_timeout(Duration::ZERO)?;
+        // Busy (1) when a reader or the checkpointer holds the log.
+        let busy = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(busy? == 0)
+    };
+    match restart() {
+        Ok(true) => {
+            stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(false) => {
+            stats.restarts_deferred.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let e = StoreError::Db(e);
+            match cannot_commit(&e) {
+                // The checkpointer has said so already.
+                Some(_) => tracing::debug!(cause = %e, "WAL restart checkpoint failed"),
+                None => tracing::warn!(cause = %e, "WAL restart checkpoint failed"),
+            }
+            // Whatever failed, the writer's busy timeout is its own again.
+            if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+                tracing::warn!(cause = %e, "resetting the writer's busy timeout");
+            }
+        }
+    }
 }
 
 /// Write coalescing within one batch (one transaction): a task changed
