@@ -387,12 +387,12 @@ pub(super) async fn ended_with_steps(
     let ids: Vec<TaskId> = top.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
     let steps = c
         .prepare_cached(&format!(
-            "WITH RECURSIVE tree(root, id) AS (
+            "WITH RECURSIVE tree(root, tid) AS (
                  SELECT t.parent_id, t.id FROM tasks t WHERE t.parent_id = ANY($1::uuid[])
-                 UNION ALL SELECT tree.root, t.id FROM tasks t JOIN tree ON t.parent_id = tree.id
+                 UNION ALL SELECT tree.root, t.id FROM tasks t JOIN tree ON t.parent_id = tree.tid
              )
              SELECT {ENDED_COLUMNS}, tree.root FROM tasks
-             JOIN tree ON tasks.id = tree.id WHERE tasks.state IN (3, 4, 5, 7)"
+             JOIN tree ON tasks.id = tree.tid WHERE tasks.state IN (3, 4, 5, 7)"
         ))
         .await?;
     let mut by_root: std::collections::HashMap<TaskId, Vec<Ended>> = Default::default();
