@@ -552,7 +552,7 @@ impl Store for PgStore {
     }
 
     async fn final_counts(&self) -> Result<Counts, StoreError> {
-        reads::counts(self, "WHERE state NOT IN (1, 2, 6)").await
+        reads::ended_counts(self).await
     }
 
     async fn changed_since(

@@ -309,17 +309,21 @@ pub(super) async fn changed_since(
     tasks_of(c.query(&sql, &refs(&params)).await?)
 }
 
-pub(super) async fn counts(s: &PgStore, filter: &str) -> Result<Counts, StoreError> {
+/// The ended tasks per type, name and state, as the triggers of migration
+/// V3 keep them (no count of the rows).
+pub(super) async fn ended_counts(s: &PgStore) -> Result<Counts, StoreError> {
     let c = s.reader().await?;
     let rows = c
         .query(
-            &format!(
-                "SELECT task_type, name, state, count(*) FROM tasks {filter} \
-                 GROUP BY task_type, name, state"
-            ),
+            "SELECT task_type, name, state, n FROM ended_counts WHERE n > 0",
             &[],
         )
         .await?;
+    counts_of(rows)
+}
+
+/// Rows of `task_type, name, state, count` as counts.
+fn counts_of(rows: Vec<Row>) -> Result<Counts, StoreError> {
     let mut out = Vec::new();
     for r in rows {
         let (Some(t), Some(st)) = (
@@ -331,6 +335,20 @@ pub(super) async fn counts(s: &PgStore, filter: &str) -> Result<Counts, StoreErr
         out.push((t, r.try_get(1)?, st, r.try_get::<_, i64>(3)?.max(0) as u64));
     }
     Ok(out)
+}
+
+pub(super) async fn counts(s: &PgStore, filter: &str) -> Result<Counts, StoreError> {
+    let c = s.reader().await?;
+    let rows = c
+        .query(
+            &format!(
+                "SELECT task_type, name, state, count(*) FROM tasks {filter} \
+                 GROUP BY task_type, name, state"
+            ),
+            &[],
+        )
+        .await?;
+    counts_of(rows)
 }
 
 /// The columns of an [`Ended`] row: the queue only for a task that ran on
