@@ -267,3 +267,63 @@ pub async fn lifecycle(ctx: &Ctx, finished: u64, pending: u64) -> Result<Vec<(St
     let _ = std::fs::remove_dir_all(&dir);
     r.map(|()| out)
 }
+
+/// The soak: `minutes` of open-loop load at `rate` tasks/s on a server
+/// that keeps completed tasks `keep`; per minute, p99 schedule-to-start
+/// (ms), the store on disk and the RSS (MiB). With retention the disk and
+/// the RSS level off once the first tasks age out, and the latency does not
+/// drift.
+pub async fn soak(
+    ctx: &Ctx,
+    rate: f64,
+    minutes: u32,
+    keep: Duration,
+) -> Result<Vec<(String, f64)>> {
+    use crate::load::{check, open_loop, payload_t, simple, Pool};
+    use crate::worker::{Sink, Workers};
+    let keep_env = humantime::format_duration(keep).to_string();
+    let f = ctx
+        .fresh_with(
+            "soak",
+            &[
+                ("SWITCHYARD_RETENTION__COMPLETED".into(), keep_env),
+                ("SWITCHYARD_RETENTION__SWEEP_EVERY".into(), "1s".into()),
+            ],
+        )
+        .await?;
+    let url = f.server.url.clone();
+    let sink = Sink::with_latency();
+    let r = async {
+        let workers = Workers::start(ctx.worker, &url, &["bench.soak"], 1, 100, sink.clone()).await?;
+        let pool = Pool::new(&url, ctx.plan.producer_inflight).await?;
+        sink.record_between(0, u64::MAX);
+        let mut out = Vec::new();
+        const MIB: f64 = 1024.0 * 1024.0;
+        for m in 1..=minutes {
+            let make: crate::load::MakeRequest = Arc::new(|t| simple("bench.soak", payload_t(t)));
+            let ol = open_loop(&pool, rate, Duration::from_secs(60), make, Duration::ZERO).await;
+            check(&ol.counts)?;
+            anyhow::ensure!(
+                ol.dropped == 0,
+                "minute {m}: the server fell behind ({} sends dropped)",
+                ol.dropped
+            );
+            let h = sink.take_latency().ok_or_else(|| anyhow!("no histogram"))?;
+            let p99 = h.value_at_quantile(0.99) as f64 / 1000.0;
+            let disk = f.server.disk_bytes() as f64 / MIB;
+            let rss = f.server.rss_bytes().unwrap_or(0) as f64 / MIB;
+            crate::log(format!(
+                "soak minute {m}: {:.0}/s offered, p99 {p99:.2} ms, disk {disk:.0} MiB, RSS {rss:.0} MiB",
+                ol.sent as f64 / 60.0
+            ));
+            out.push((format!("soak.p99_m{m}"), p99));
+            out.push((format!("soak.disk_m{m}"), disk));
+            out.push((format!("soak.rss_m{m}"), rss));
+        }
+        workers.stop().await?;
+        Ok::<_, anyhow::Error>(out)
+    }
+    .await;
+    f.done().await;
+    r
+}

@@ -67,6 +67,17 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/test"
     )]
     database_url: String,
+    /// The soak (`--only soak`, not in the default set): minutes of load at
+    /// half of b's maximum (or `--soak-rate`) with completed tasks kept
+    /// `--soak-keep`.
+    #[arg(long, default_value_t = 10)]
+    soak_minutes: u32,
+    /// The soak's rate in tasks/s (default: half of b's 1 × 100 maximum).
+    #[arg(long)]
+    soak_rate: Option<f64>,
+    /// How long the soak's server keeps completed tasks.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    soak_keep: Duration,
     /// Ended tasks in the store of scenario i (the store over months).
     #[arg(long, default_value_t = 1_000_000)]
     months_finished: u64,
@@ -144,7 +155,7 @@ fn wants(args: &Args, part: &str) -> bool {
     args.only.iter().any(|p| p == part)
 }
 
-fn log(msg: impl AsRef<str>) {
+pub(crate) fn log(msg: impl AsRef<str>) {
     eprintln!("bench: {}", msg.as_ref());
 }
 
@@ -326,6 +337,35 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         match lifecycle::lifecycle(&ctx, finished, pending).await {
             Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
             Err(e) => fail(&mut sy, "i.", e),
+        }
+    }
+    if wants(&args, "soak") {
+        let rate = match (args.soak_rate, sy.stat("b.1x100").map(|s| s.median)) {
+            (Some(r), _) => r,
+            (None, Some(max)) => max / 2.0,
+            (None, None) => {
+                log("soak: measuring the maximum first (b, 1 × 100)");
+                let mut one = Side::default();
+                match scenarios::end_to_end(&ctx).await {
+                    Ok(v) => v.into_iter().for_each(|(k, x)| one.push(&k, x)),
+                    Err(e) => fail(&mut sy, "soak.", e),
+                }
+                one.stat("b.1x100").map(|s| s.median).unwrap_or(4_000.0) / 2.0
+            }
+        };
+        let minutes = if args.quick {
+            1
+        } else {
+            args.soak_minutes.max(2)
+        };
+        log(format!(
+            "soak: {minutes} min at {rate:.0}/s, completed tasks kept {}",
+            humantime::format_duration(args.soak_keep)
+        ));
+        plan.soak_minutes = minutes;
+        match lifecycle::soak(&ctx, rate, minutes, args.soak_keep).await {
+            Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+            Err(e) => fail(&mut sy, "soak.", e),
         }
     }
     if wants(&args, "f") {
@@ -1181,6 +1221,26 @@ fn rows(
         Unit::Secs,
         Better::Lower,
     ));
+    for m in 1..=plan.soak_minutes {
+        r.push(RowDef::new(
+            format!("soak.p99_m{m}"),
+            format!("soak, minute {m}: p99 schedule-to-start"),
+            Unit::Ms,
+            Better::Lower,
+        ));
+        r.push(RowDef::new(
+            format!("soak.disk_m{m}"),
+            format!("soak, minute {m}: store on disk"),
+            Unit::MiB,
+            Better::Lower,
+        ));
+        r.push(RowDef::new(
+            format!("soak.rss_m{m}"),
+            format!("soak, minute {m}: RSS"),
+            Unit::MiB,
+            Better::Lower,
+        ));
+    }
     let (mf, mp) = (plan.months_finished, plan.months_pending);
     r.push(RowDef::new(
         "i.seed",
@@ -1533,6 +1593,47 @@ fn targets(
         },
         met: if full { ready.map(|v| v <= 5.0) } else { None },
     });
+    if plan.soak_minutes >= 2 {
+        let last = plan.soak_minutes;
+        // Flat: the last minutes against the third (or the last but one on a
+        // short soak), once the first tasks have aged out.
+        let settled = 3.min(last - 1);
+        let (d0, d1) = (
+            med(&format!("soak.disk_m{settled}")),
+            med(&format!("soak.disk_m{last}")),
+        );
+        let (r0, r1) = (
+            med(&format!("soak.rss_m{settled}")),
+            med(&format!("soak.rss_m{last}")),
+        );
+        let (p0, p1) = (med("soak.p99_m1"), med(&format!("soak.p99_m{last}")));
+        t.push(TargetCheck {
+            target: "soak: disk and RSS flat after the first minutes (issue 24)".into(),
+            measured: match (d0, d1, r0, r1) {
+                (Some(d0), Some(d1), Some(r0), Some(r1)) => format!(
+                    "disk {d0:.0} → {d1:.0} MiB, RSS {r0:.0} → {r1:.0} MiB (minute {settled} → {last})"
+                ),
+                _ => "not measured".into(),
+            },
+            met: match (d0, d1, r0, r1) {
+                (Some(d0), Some(d1), Some(r0), Some(r1)) => {
+                    Some(d1 <= d0 * 1.15 + 8.0 && r1 <= r0 * 1.15 + 16.0)
+                }
+                _ => None,
+            },
+        });
+        t.push(TargetCheck {
+            target: "soak: p99 schedule-to-start unchanged, first minute to last (issue 24)".into(),
+            measured: match (p0, p1) {
+                (Some(a), Some(b)) => format!("{a:.2} → {b:.2} ms"),
+                _ => "not measured".into(),
+            },
+            met: match (p0, p1) {
+                (Some(a), Some(b)) => Some(b <= a * 1.25 + 0.5),
+                _ => None,
+            },
+        });
+    }
     let slowest = lifecycle::FILTERS
         .iter()
         .filter_map(|n| med(&format!("i.list_{n}")).map(|v| (*n, v)))

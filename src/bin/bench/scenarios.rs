@@ -54,6 +54,8 @@ pub struct Plan {
     pub months_finished: u64,
     /// Pending tasks in the store of i.
     pub months_pending: u64,
+    /// Minutes the soak ran (0: it did not).
+    pub soak_minutes: u32,
 }
 
 impl Plan {
@@ -79,6 +81,7 @@ impl Plan {
                 failover_pending: 2_000,
                 months_finished: 20_000,
                 months_pending: 2_000,
+                soak_minutes: 0,
             }
         } else {
             Plan {
@@ -101,6 +104,7 @@ impl Plan {
                 failover_pending: 100_000,
                 months_finished: 1_000_000,
                 months_pending: 100_000,
+                soak_minutes: 0,
             }
         }
     }

@@ -135,6 +135,13 @@ impl Sink {
         self.latency.as_ref().map(|h| h.lock().clone())
     }
 
+    /// The histogram so far, and a fresh one for what comes next.
+    pub fn take_latency(&self) -> Option<Histogram<u64>> {
+        self.latency
+            .as_ref()
+            .map(|h| std::mem::replace(&mut *h.lock(), latency_histogram()))
+    }
+
     /// Waits until `n` tasks started, or `timeout`.
     pub async fn wait_started(&self, n: u64, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
