@@ -223,6 +223,49 @@ impl Split {
     }
 }
 
+/// The SQL of a page of tasks, newest first, for both stores: the
+/// `columns` of the rows whose filter and cursor `clauses` (already bound)
+/// hold, at most `limit`. A split page ([`Split::of`]) is a `UNION ALL` of
+/// one capped walk per value, each as `wrap` makes it a term of the union;
+/// `bind` binds a name and returns its placeholder.
+pub(crate) fn page_sql(
+    filter: &TaskFilter,
+    columns: &str,
+    clauses: &[String],
+    limit: usize,
+    mut bind: impl FnMut(String) -> String,
+    wrap: impl Fn(String) -> String,
+) -> String {
+    let page = |extra: Option<String>| {
+        let w: Vec<&str> = clauses
+            .iter()
+            .map(String::as_str)
+            .chain(extra.as_deref())
+            .collect();
+        format!(
+            "SELECT {columns} FROM tasks {} ORDER BY id DESC LIMIT {limit}",
+            if w.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", w.join(" AND "))
+            }
+        )
+    };
+    let walks: Vec<String> = match Split::of(filter) {
+        Split::One => return page(None),
+        Split::Names(names) => names
+            .into_iter()
+            .map(|n| format!("name = {}", bind(n)))
+            .collect(),
+        Split::Codes(col, codes) => codes.iter().map(|c| format!("{col} = {c}")).collect(),
+    };
+    let parts: Vec<String> = walks.into_iter().map(|w| wrap(page(Some(w)))).collect();
+    format!(
+        "{} ORDER BY id DESC LIMIT {limit}",
+        parts.join(" UNION ALL ")
+    )
+}
+
 /// A page of tasks.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {

@@ -12,7 +12,7 @@ use super::PgStore;
 use crate::domain::{
     LogEntry, LogSource, Task, TaskFilter, TaskId, TaskRuntime, TaskSpec, TaskState, TaskType,
 };
-use crate::store::{Counts, Ended, ListQuery, Split, StoreError, WriteOp};
+use crate::store::{page_sql, Counts, Ended, ListQuery, StoreError, WriteOp};
 
 pub(super) const TASK_COLUMNS: &str = "id, created_at, spec, rt";
 
@@ -156,51 +156,25 @@ pub(super) async fn list(s: &PgStore, q: ListQuery) -> Result<Vec<Task>, StoreEr
 /// backward walk of that index that stops at the limit. With several values
 /// of the one field that drives (`state = ANY(…)`), the field's index is
 /// walked once per value, each walk capped at the limit, and the pages
-/// merged ([`Split`]), rather than every row of those values sorted.
+/// merged ([`crate::store::Split`]), rather than every row of those values sorted.
 pub(super) fn list_sql(q: &ListQuery) -> (String, Params) {
-    let limit = q.limit.max(1);
     let (mut clauses, mut params) = filter_sql(&q.filter);
     if let Some(b) = q.before {
         params.push(Box::new(b));
         clauses.push(format!("id < ${}", params.len()));
     }
-    let page = |extra: Option<String>| {
-        let w: Vec<&str> = clauses
-            .iter()
-            .map(String::as_str)
-            .chain(extra.as_deref())
-            .collect();
-        format!(
-            "SELECT {TASK_COLUMNS} FROM tasks {} ORDER BY id DESC LIMIT {limit}",
-            if w.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", w.join(" AND "))
-            }
-        )
-    };
-    let walks: Vec<String> = match Split::of(&q.filter) {
-        Split::One => return (page(None), params),
-        Split::Names(names) => names
-            .into_iter()
-            .map(|n| {
-                params.push(Box::new(n));
-                format!("name = ${}", params.len())
-            })
-            .collect(),
-        Split::Codes(col, codes) => codes.iter().map(|c| format!("{col} = {c}")).collect(),
-    };
-    let parts: Vec<String> = walks
-        .into_iter()
-        .map(|w| format!("({})", page(Some(w))))
-        .collect();
-    (
-        format!(
-            "{} ORDER BY id DESC LIMIT {limit}",
-            parts.join(" UNION ALL ")
-        ),
-        params,
-    )
+    let sql = page_sql(
+        &q.filter,
+        TASK_COLUMNS,
+        &clauses,
+        q.limit.max(1),
+        |name| {
+            params.push(Box::new(name));
+            format!("${}", params.len())
+        },
+        |walk| format!("({walk})"),
+    );
+    (sql, params)
 }
 
 pub(super) async fn logs(

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    CommitListener, Completion, Counts, Ended, ListQuery, Split, Store, StoreError, WriteOp,
+    page_sql, CommitListener, Completion, Counts, Ended, ListQuery, Store, StoreError, WriteOp,
     WriteOutcome, LAZY_COMMIT_WITHIN,
 };
 use crate::domain::retention::RetentionPolicy;
@@ -548,20 +548,10 @@ impl Store for SqliteStore {
 
     async fn final_counts(&self) -> Result<Counts, StoreError> {
         self.blocking(|conn| {
-            let mut st =
-                conn.prepare("SELECT task_type, name, state, n FROM ended_counts WHERE n > 0")?;
-            let mut rows = st.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let (Some(t), Some(s)) = (
-                    TaskType::from_code(r.get(0)?),
-                    TaskState::from_code(r.get(2)?),
-                ) else {
-                    continue;
-                };
-                out.push((t, r.get(1)?, s, r.get::<_, i64>(3)? as u64));
-            }
-            Ok(out)
+            counts_of(
+                conn,
+                "SELECT task_type, name, state, n FROM ended_counts WHERE n > 0",
+            )
         })
         .await
     }

@@ -35,10 +35,18 @@ pub(super) fn decode_task(
 /// Tasks counted by type, name and state, of the rows `filter` (a `WHERE`
 /// clause, or empty for all) selects.
 pub(super) fn count_tasks(conn: &Connection, filter: &str) -> Result<Counts, StoreError> {
-    let mut st = conn.prepare(&format!(
-        "SELECT task_type, name, state, count(*) FROM tasks {filter} \
-         GROUP BY task_type, name, state"
-    ))?;
+    counts_of(
+        conn,
+        &format!(
+            "SELECT task_type, name, state, count(*) FROM tasks {filter} \
+             GROUP BY task_type, name, state"
+        ),
+    )
+}
+
+/// Runs a query of `task_type, name, state, count` rows.
+pub(super) fn counts_of(conn: &Connection, sql: &str) -> Result<Counts, StoreError> {
+    let mut st = conn.prepare(sql)?;
     let mut rows = st.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
@@ -142,55 +150,27 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>
 /// filter of several values on one field (`state IN (…)`) would make SQLite
 /// read every row of those values and sort them; instead the field's index
 /// is walked once per value, each walk capped at the limit, and the pages
-/// merged ([`Split`]).
+/// merged ([`crate::store::Split`]).
 pub(super) fn list_sql(q: &ListQuery) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value;
-    let limit = q.limit.max(1);
-    let (mut clause, mut vals) = filter_sql(&q.filter);
+    let (clause, mut vals) = filter_sql(&q.filter);
+    let mut clauses: Vec<String> = (!clause.is_empty()).then_some(clause).into_iter().collect();
     if let Some(b) = q.before {
-        if !clause.is_empty() {
-            clause.push_str(" AND ");
-        }
         vals.push(Value::Blob(b.as_bytes().to_vec()));
-        clause.push_str(&format!("id < ?{}", vals.len()));
+        clauses.push(format!("id < ?{}", vals.len()));
     }
-    let page = |extra: Option<String>| {
-        let w: Vec<&str> = (!clause.is_empty())
-            .then_some(clause.as_str())
-            .into_iter()
-            .chain(extra.as_deref())
-            .collect();
-        format!(
-            "SELECT {TASK_COLUMNS} FROM tasks {} ORDER BY id DESC LIMIT {limit}",
-            if w.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", w.join(" AND "))
-            }
-        )
-    };
-    let walks: Vec<String> = match Split::of(&q.filter) {
-        Split::One => return (page(None), vals),
-        Split::Names(names) => names
-            .into_iter()
-            .map(|n| {
-                vals.push(Value::Text(n));
-                format!("name = ?{}", vals.len())
-            })
-            .collect(),
-        Split::Codes(col, codes) => codes.iter().map(|c| format!("{col} = {c}")).collect(),
-    };
-    let parts: Vec<String> = walks
-        .into_iter()
-        .map(|w| format!("SELECT * FROM ({})", page(Some(w))))
-        .collect();
-    (
-        format!(
-            "{} ORDER BY id DESC LIMIT {limit}",
-            parts.join(" UNION ALL ")
-        ),
-        vals,
-    )
+    let sql = page_sql(
+        &q.filter,
+        TASK_COLUMNS,
+        &clauses,
+        q.limit.max(1),
+        |name| {
+            vals.push(Value::Text(name));
+            format!("?{}", vals.len())
+        },
+        |walk| format!("SELECT * FROM ({walk})"),
+    );
+    (sql, vals)
 }
 
 /// The columns of an [`Ended`] row: the queue only for a task that ran on
