@@ -159,8 +159,9 @@ pub struct RetentionConfig {
     /// How often the sweeper looks for tasks to remove.
     #[serde(with = "humantime_serde")]
     pub sweep_every: Duration,
-    /// Tasks removed per write: each batch rides on a group commit, so a
-    /// small one never holds a commit up for long.
+    /// Tasks removed per write. The store's writer takes one removing
+    /// write per group commit, so a small one never makes a commit long;
+    /// a sweep queues up to eight at once.
     pub batch: usize,
     /// Rules for the tasks whose name (or queue) matches a pattern; the
     /// first match wins, field by field, over the settings above.
@@ -208,7 +209,7 @@ impl Default for RetentionConfig {
             max_failed: None,
             max_cancelled: None,
             sweep_every: Duration::from_secs(1),
-            batch: 500,
+            batch: 100,
             rules: Vec::new(),
         }
     }

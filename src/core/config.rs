@@ -96,7 +96,7 @@ impl Default for CoreConfig {
             metrics_sink: None,
             retention: Default::default(),
             sweep_every: Duration::from_secs(1),
-            sweep_batch: 500,
+            sweep_batch: 100,
         }
     }
 }

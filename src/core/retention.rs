@@ -16,6 +16,9 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::store::{Ended, WriteOp};
 
+/// Removing writes a sweep queues at once (each of `sweep_batch` tasks).
+const IN_FLIGHT: usize = 8;
+
 /// Told, once their removal is durable, of the removed tasks an engine ran
 /// (so it can drop what it keeps of them: BullMQ's job). Must not block.
 pub type RemovalHook = Arc<dyn Fn(Vec<Ended>) + Send + Sync>;
@@ -48,16 +51,17 @@ impl Core {
     /// count cap. Returns how many tasks were removed.
     pub async fn sweep(&self) -> Result<usize, CoreError> {
         let batch = self.inner.cfg.sweep_batch.max(1);
+        let listed = batch * IN_FLIGHT;
         let mut removed = 0;
         loop {
             let due = self
                 .inner
                 .store
-                .due_for_removal(now_micros(), batch)
+                .due_for_removal(now_micros(), listed)
                 .await?;
             let n = due.len();
             removed += self.remove(due).await?;
-            if n < batch {
+            if n < listed {
                 break;
             }
         }
@@ -104,19 +108,41 @@ impl Core {
         Ok(removed)
     }
 
-    /// Removes the listed tasks durably, then takes them out of the counts.
-    async fn remove(&self, rows: Vec<Ended>) -> Result<usize, CoreError> {
-        if rows.is_empty() {
-            return Ok(0);
+    /// Removes the listed tasks durably, `sweep_batch` per write, all the
+    /// writes queued at once: the store's writer takes one removing write
+    /// per commit ([`crate::store::GroupCost`]), so they ride on
+    /// consecutive commits and none of them makes a commit long. Each
+    /// chunk, once durable, leaves the counts; a chunk that fails stays
+    /// (the next sweep lists it again) and the sweep reports the failure.
+    async fn remove(&self, mut rows: Vec<Ended>) -> Result<usize, CoreError> {
+        let batch = self.inner.cfg.sweep_batch.max(1);
+        let mut chunks = Vec::new();
+        while !rows.is_empty() {
+            let rest = rows.split_off(batch.min(rows.len()));
+            let (done, wait) = oneshot::channel();
+            self.inner.store.submit(
+                vec![WriteOp::Remove(rows.iter().map(|e| e.id).collect())],
+                Some(done),
+            );
+            chunks.push((std::mem::replace(&mut rows, rest), wait));
         }
-        let (done, wait) = oneshot::channel();
-        self.inner.store.submit(
-            vec![WriteOp::Remove(rows.iter().map(|e| e.id).collect())],
-            Some(done),
-        );
-        wait.await
-            .map_err(|_| CoreError::Store(Arc::new(StoreError::Closed)))?
-            .map_err(CoreError::Store)?;
+        let (mut removed, mut failed) = (0, None);
+        for (rows, wait) in chunks {
+            match wait.await {
+                Ok(Ok(_)) => removed += self.removed(rows),
+                Ok(Err(e)) => failed = Some(CoreError::Store(e)),
+                Err(_) => failed = Some(CoreError::Store(Arc::new(StoreError::Closed))),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    /// Takes durably removed tasks out of the counts and tells the engines
+    /// that ran them; how many there were.
+    fn removed(&self, rows: Vec<Ended>) -> usize {
         {
             let mut st = self.inner.state.lock();
             for e in &rows {
@@ -134,6 +160,6 @@ impl Core {
                 hook(ended);
             }
         }
-        Ok(n)
+        n
     }
 }

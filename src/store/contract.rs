@@ -73,6 +73,10 @@ macro_rules! store_contract {
                 crate::store::contract::ended_tasks_are_removed_when_due(&$make).await
             }
             #[tokio::test]
+            async fn removing_writes_ride_on_one_commit_each() {
+                crate::store::contract::removals_ride_one_per_commit(&$make).await
+            }
+            #[tokio::test]
             async fn filters_lists_counts_and_changes() {
                 crate::store::contract::filters_lists_counts_and_changes(&$make).await
             }
@@ -677,6 +681,43 @@ pub(crate) async fn ended_tasks_are_removed_when_due(h: &dyn Harness) {
     assert_eq!(count(&finals, "ret-wf"), 0, "{finals:?}");
     assert_eq!(count(&finals, "ret-step"), 0, "{finals:?}");
     assert_eq!(count(&finals, "ret-kept"), 2, "{finals:?}");
+    h.close(o).await;
+}
+
+/// Removing writes queued together ride on consecutive commits, one each
+/// ([`super::GroupCost`]): a sweep's removals never pile into one commit
+/// that would hold the writes behind it.
+pub(crate) async fn removals_ride_one_per_commit(h: &dyn Harness) {
+    let o = h.open(Duration::from_millis(300)).await;
+    let s = &*o.store;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let t = task(None);
+        insert(s, &t).await;
+        ids.push(t.id);
+    }
+    let before = (o.commits)();
+    // A lazy write first: the writer waits for company (up to 300 ms), so
+    // the three removals are all queued while it gathers its batch.
+    s.submit_lazy(vec![WriteOp::Log(vec![LogEntry::system(
+        ids[0], 1, "lazy",
+    )])]);
+    let waits: Vec<_> = ids
+        .chunks(2)
+        .map(|c| {
+            let (tx, rx) = oneshot::channel();
+            s.submit(vec![WriteOp::Remove(c.to_vec())], Some(tx));
+            rx
+        })
+        .collect();
+    for w in waits {
+        w.await.unwrap().unwrap();
+    }
+    let commits = (o.commits)() - before;
+    assert!(commits >= 3, "three removing writes in {commits} commit(s)");
+    for id in ids {
+        assert!(s.get(id).await.unwrap().is_none());
+    }
     h.close(o).await;
 }
 

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::{Fence, Group, Shared};
 use crate::domain::retention::RetentionPolicy;
 use crate::domain::{now_micros, Payload, Task, TaskEvent};
-use crate::store::{StoreError, WriteOp, WriteOutcome};
+use crate::store::{GroupCost, StoreError, WriteOp, WriteOutcome};
 
 /// How the writer batches.
 pub(super) struct Limits {
@@ -648,9 +648,20 @@ pub(super) async fn run(
         }
     };
     let mut conn = Conn { cfg, live: stmts };
-    while let Some(first) = rx.recv().await {
+    // A removing group that found its batch removing already: it starts
+    // the next one ([`GroupCost`]).
+    let mut held: Option<Group> = None;
+    loop {
+        let first = match held.take() {
+            Some(g) => g,
+            None => match rx.recv().await {
+                Some(g) => g,
+                None => break,
+            },
+        };
+        let cost = GroupCost::of(&first.ops);
+        let (mut n, mut removing) = (cost.weight, cost.removes);
         let mut groups = vec![first];
-        let mut n = groups[0].ops.len();
         let mut lazy_only = groups[0].lazy;
         let lazy_until = tokio::time::Instant::now() + limits.lazy_within;
         while n < limits.max_batch {
@@ -666,7 +677,13 @@ pub(super) async fn run(
             };
             match next {
                 Some(g) => {
-                    n += g.ops.len();
+                    let cost = GroupCost::of(&g.ops);
+                    if cost.waits(removing) {
+                        held = Some(g);
+                        break;
+                    }
+                    n += cost.weight;
+                    removing |= cost.removes;
                     lazy_only &= g.lazy;
                     groups.push(g);
                 }

@@ -32,8 +32,13 @@ pub(super) fn writer_loop(
     } = limits;
     // Free pages to give back to the file system (after removals).
     let mut reclaim = false;
+    // A removing group that found its batch removing already: it starts
+    // the next one ([`GroupCost`]).
+    let mut held: Option<Group> = None;
     loop {
-        let first = if reclaim {
+        let first = if let Some(g) = held.take() {
+            g
+        } else if reclaim {
             match rx.recv_timeout(RECLAIM_EVERY) {
                 Ok(g) => g,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -51,8 +56,9 @@ pub(super) fn writer_loop(
         if restart_wanted.swap(false, Ordering::AcqRel) {
             restart_wal(&conn.lock(), &stats);
         }
+        let cost = GroupCost::of(&first.ops);
+        let (mut n, mut removing) = (cost.weight, cost.removes);
         let mut groups = vec![first];
-        let mut n = groups[0].ops.len();
         // Only lazy writes so far: wait (a little) for one that needs a
         // commit, and ride on it.
         let mut lazy_only = groups[0].lazy;
@@ -67,16 +73,20 @@ pub(super) fn writer_loop(
             };
             match next {
                 Ok(g) => {
-                    n += g.ops.len();
+                    let cost = GroupCost::of(&g.ops);
+                    if cost.waits(removing) {
+                        held = Some(g);
+                        break;
+                    }
+                    n += cost.weight;
+                    removing |= cost.removes;
                     lazy_only &= g.lazy;
                     groups.push(g);
                 }
                 Err(()) => break,
             }
         }
-        reclaim |= groups
-            .iter()
-            .any(|g| g.ops.iter().any(|o| matches!(o, WriteOp::Remove(_))));
+        reclaim |= removing;
         let started = Instant::now();
         let commit = commit_batch(&conn, &groups, &stats, &health, &retention);
         stats.commits.fetch_add(1, Ordering::Relaxed);
