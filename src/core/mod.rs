@@ -28,7 +28,8 @@
 //! | `report` | what a worker's report does |
 //! | `cancel` | `CancelTask`, `Disconnect` |
 //! | `timers` | the timer loop, deadlines, lease expiry |
-//! | `workflow_hooks` | signals, run updates, child tasks |
+//! | `signal` | `SignalTask`, per-engine signal hooks |
+//! | `workflow_hooks` | run updates, child tasks |
 //! | `recovery` | the active tasks at start-up |
 //! | `retention` | the sweeper that removes ended tasks |
 //! | `queries` | status, lists, logs, metrics |
@@ -52,6 +53,7 @@ mod recovery;
 mod report;
 mod retention;
 mod schedule;
+mod signal;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -83,6 +85,7 @@ pub use protocol::{Assignment, Push, Report, WorkerInfo, WorkerLink};
 pub use queries::{MetricsSnapshot, QueueInfo};
 pub use retention::RemovalHook;
 pub use schedule::{Admission, Scheduled};
+pub use signal::{Signal, SignalDelivery, SignalHook};
 pub use watch::REPLAY_PAGE;
 
 /// The scheduler core. Cheap to clone.
@@ -105,6 +108,9 @@ struct Inner {
     /// Told of the tasks retention removed that an engine ran (see
     /// [`Core::on_removed`]).
     removal_hooks: parking_lot::RwLock<HashMap<Source, RemovalHook>>,
+    /// How signals reach the tasks of engines that take them themselves
+    /// (see [`Core::on_signal`]).
+    signal_hooks: parking_lot::RwLock<HashMap<EngineKind, SignalHook>>,
 }
 
 struct Listener {
@@ -171,6 +177,7 @@ impl Core {
             closed: AtomicBool::new(false),
             admissions: Default::default(),
             removal_hooks: Default::default(),
+            signal_hooks: Default::default(),
         });
         store.set_listener(Arc::new(Listener {
             hub,

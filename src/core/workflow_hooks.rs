@@ -1,4 +1,4 @@
-//! Hooks for the workflow engine: signals, run updates and child tasks.
+//! Hooks for the workflow engine: run updates and child tasks.
 //!
 //! Owns: the workflow run stored in a COMPLEX task's runtime detail, as far
 //! as the core changes it.
@@ -7,66 +7,9 @@
 use crate::domain::*;
 
 use super::state::State;
-use super::{Core, CoreError, Push};
+use super::{Core, CoreError};
 
 impl Core {
-    /// Records a signal for an active COMPLEX task, durably, and wakes the
-    /// executor that holds it.
-    pub async fn signal(
-        &self,
-        id: TaskId,
-        name: &str,
-        payload: serde_json::Value,
-    ) -> Result<Task, CoreError> {
-        let r = self.with_state(|st| {
-            let Some(a) = st.tasks.get_mut(&id) else {
-                return Err(None);
-            };
-            if a.task.spec.task_type != TaskType::Complex {
-                return Err(Some(format!("task {id} is not a workflow (COMPLEX) task")));
-            }
-            let mut run = WorkflowRun::from_detail(a.task.rt.detail.as_deref());
-            run.signals.push(SignalRecord {
-                name: name.to_string(),
-                payload,
-                received_at: now_micros(),
-                consumed_by: None,
-            });
-            a.task.rt.detail = serde_json::to_value(&run).ok().map(Box::new);
-            let attempt = a.task.rt.attempt;
-            let holder = a.worker;
-            st.emit(
-                id,
-                EventKind::Updated,
-                vec![LogEntry::system(
-                    id,
-                    attempt,
-                    format!("signal {name:?} received"),
-                )],
-            );
-            if let Some(w) = holder.and_then(|w| st.workers.get(&w)) {
-                let _ = w.tx.send(Push::Signal {
-                    task_id: id,
-                    name: name.to_string(),
-                });
-            }
-            Ok(())
-        });
-        match r {
-            Ok(()) => {}
-            Err(Some(msg)) => return Err(CoreError::FailedPrecondition(msg)),
-            Err(None) => {
-                let t = self.status(id).await?;
-                return Err(CoreError::FailedPrecondition(format!(
-                    "task {id} is {}; only an active workflow takes signals",
-                    t.rt.state.as_str()
-                )));
-            }
-        }
-        self.inner.store.flush().await.map_err(CoreError::Store)?;
-        self.status(id).await
-    }
-
     /// Changes the workflow run of an active COMPLEX task held by `worker_id`
     /// and records it (an `UPDATED` event, with `logs` in the task's log).
     pub fn update_workflow<R>(

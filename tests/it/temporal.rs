@@ -21,9 +21,11 @@ use temporalio_client::tonic::IntoRequest;
 use temporalio_client::{Connection, ConnectionOptions, Url};
 use temporalio_common::protos::temporal::api::common::v1::WorkflowExecution;
 use temporalio_common::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
+use temporalio_common::protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_common::protos::temporal::api::workflowservice::v1::{
     DescribeWorkflowExecutionRequest, DescribeWorkflowExecutionResponse,
-    ListWorkflowExecutionsRequest, TerminateWorkflowExecutionRequest,
+    GetWorkflowExecutionHistoryRequest, ListWorkflowExecutionsRequest,
+    TerminateWorkflowExecutionRequest,
 };
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -36,7 +38,7 @@ use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
 type Client = OrchestratorServiceClient<Channel>;
 
 const TASK_QUEUE: &str = "switchyard-test";
-const TYPES: [&str; 7] = [
+const TYPES: [&str; 8] = [
     "SwitchyardComplete",
     "SwitchyardQuick",
     "SwitchyardFail",
@@ -44,6 +46,7 @@ const TYPES: [&str; 7] = [
     "SwitchyardLong",
     "SwitchyardGated",
     "SwitchyardContinue",
+    "SwitchyardAwaitSignal",
 ];
 /// How long a workflow step may take on a busy two-core machine.
 const WAIT: Duration = Duration::from_secs(60);
@@ -1229,5 +1232,160 @@ async fn a_delayed_task_is_a_delayed_workflow_start() {
         scheduled.elapsed() >= Duration::from_secs(3),
         "completed before its delay"
     );
+    sy.stop().await;
+}
+
+fn signal_request(id: &str, name: &str, p: Value) -> pb::SignalTaskRequest {
+    let Value::Object(fields) = p else {
+        panic!("a signal payload is an object")
+    };
+    pb::SignalTaskRequest {
+        task_id: id.into(),
+        signal: name.into(),
+        payload: Some(prost_types::Struct {
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.clone(), pb_value(v)))
+                .collect(),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_is_a_temporal_signal_answered_once_temporal_has_it() {
+    let Some(rig) = shared_rig() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut sy = Server::start(dir.path(), &rig.address()).await;
+    let c = &mut sy.client;
+    let id = schedule(c, workflow("SwitchyardAwaitSignal", vec![]))
+        .await
+        .task_id;
+    wait_started(c, &id).await;
+    let approval = json!({"by": "ann", "ok": true, "n": 3});
+    let r = c
+        .signal_task(signal_request(&id, "approve", approval.clone()))
+        .await
+        .expect("SignalTask")
+        .into_inner();
+    assert!(r.status.is_some());
+
+    // The workflow got it: it returns the signal's payload.
+    let done = wait_state(c, &id, pb::TaskState::Completed).await;
+    assert_eq!(
+        json_value(done.result.as_ref().expect("a result")),
+        json!({ "approved": approval })
+    );
+    // Temporal's history has the signal, with the payload as its input.
+    let t = rig.temporal().await;
+    let history = t
+        .workflow_service()
+        .get_workflow_execution_history(
+            GetWorkflowExecutionHistoryRequest {
+                namespace: "default".into(),
+                execution: Some(WorkflowExecution {
+                    workflow_id: id.clone(),
+                    run_id: done.external_id.clone(),
+                }),
+                maximum_page_size: 1000,
+                ..Default::default()
+            }
+            .into_request(),
+        )
+        .await
+        .expect("GetWorkflowExecutionHistory")
+        .into_inner();
+    let signals: Vec<(String, Value)> = history
+        .history
+        .iter()
+        .flat_map(|h| h.events.iter())
+        .filter_map(|e| match &e.attributes {
+            Some(Attributes::WorkflowExecutionSignaledEventAttributes(a)) => Some((
+                a.signal_name.clone(),
+                a.input
+                    .as_ref()
+                    .and_then(|i| i.payloads.first())
+                    .map(|p| serde_json::from_slice(&p.data).expect("a JSON payload"))
+                    .unwrap_or(Value::Null),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signals, vec![("approve".to_string(), approval)]);
+    let lines = logs(c, &id).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("signal \"approve\" delivered to Temporal")),
+        "{lines:?}"
+    );
+    // An ended task takes no signal.
+    let e = c
+        .signal_task(signal_request(&id, "approve", json!({})))
+        .await
+        .expect_err("a signal to a completed task");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    sy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_temporal_cannot_take_is_an_error_and_is_not_recorded() {
+    if !rig_available() {
+        return;
+    }
+    // A rig of its own: this test stops its dev server and wipes its state.
+    let rig = tokio::task::block_in_place(Rig::start);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sy = Server::start(dir.path(), &rig.address()).await;
+    let c = &mut sy.client;
+    let id = schedule(c, workflow("SwitchyardAwaitSignal", vec![]))
+        .await
+        .task_id;
+    wait_started(c, &id).await;
+
+    // Temporal down: UNAVAILABLE, not a success.
+    rig.stop_server().await;
+    let e = c
+        .signal_task(signal_request(&id, "approve", json!({"ok": true})))
+        .await
+        .expect_err("a signal while Temporal is down");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+
+    // Temporal back without the workflow (its state is gone): the task is
+    // still RUNNING here (its follower keeps asking for the run), and the
+    // signal is refused with Temporal's reason.
+    std::fs::remove_file(rig.dir.path().join("temporal.db"))
+        .expect("remove the dev server's state");
+    rig.start_server().await;
+    assert_eq!(state(&status(c, &id).await), pb::TaskState::Running);
+    let e = wait_for("Temporal to answer the signal", WAIT, || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            match c
+                .signal_task(signal_request(&id, "approve", json!({"ok": true})))
+                .await
+            {
+                Err(e) if e.code() == tonic::Code::Unavailable => None,
+                other => Some(other),
+            }
+        }
+    })
+    .await
+    .expect_err("a signal to a workflow Temporal does not have");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("refused by Temporal")
+            && e.message().contains("not found")
+            && e.message().contains(&id),
+        "{}",
+        e.message()
+    );
+    // Nothing was recorded as received or delivered.
+    let lines = logs(c, &id).await;
+    assert!(
+        !lines.iter().any(|l| l.contains("signal \"approve\"")),
+        "{lines:?}"
+    );
+    assert_eq!(state(&status(c, &id).await), pb::TaskState::Running);
     sy.stop().await;
 }

@@ -144,7 +144,24 @@ class Continue:
         return {"continued": "done"}
 
 
-WORKFLOWS = [Complete, Quick, Fail, WaitCancel, Long, Gated, Continue]
+@workflow.defn(name="SwitchyardAwaitSignal")
+class AwaitSignal:
+    """Waits for the signal `approve` and returns its payload."""
+
+    def __init__(self) -> None:
+        self.payload = None
+
+    @workflow.signal(name="approve")
+    async def approve(self, payload: dict) -> None:
+        self.payload = payload
+
+    @workflow.run
+    async def run(self) -> dict:
+        await workflow.wait_condition(lambda: self.payload is not None)
+        return {"approved": self.payload}
+
+
+WORKFLOWS = [Complete, Quick, Fail, WaitCancel, Long, Gated, Continue, AwaitSignal]
 ACTIVITIES = [record_cancel, gated_step]
 
 # ---------------------------------------------------------------------------

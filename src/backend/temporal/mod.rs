@@ -9,8 +9,10 @@
 //! the run id as the external id, and then waits on one long poll for the
 //! run's close event, which it maps to the task's final state. Pending
 //! activities are reported as progress from a jittered
-//! DescribeWorkflowExecution every `progress_interval`. All calls share one
-//! connection (one HTTP/2 channel).
+//! DescribeWorkflowExecution every `progress_interval`. `SignalTask` on a
+//! routed task is a SignalWorkflowExecution (`signal.rs`), registered with
+//! the core as the engine's signal hook. All calls share one connection
+//! (one HTTP/2 channel).
 //!
 //! Owns: the connection to Temporal, the followers, the mapping of Temporal
 //! states to Switchyard's. Must not: keep task state of its own beyond a run
@@ -19,6 +21,7 @@
 mod config;
 mod convert;
 mod follow;
+mod signal;
 mod tracking;
 
 pub use config::{TemporalConfig, TemporalTls};
@@ -69,6 +72,9 @@ pub fn start_with_sink(
         tracking: sink.enabled(),
         followed: AtomicUsize::new(0),
     });
+    // SignalTask on a routed task is a signal in Temporal, answered once
+    // Temporal accepted it.
+    core.on_signal(EngineKind::Temporal, signal::hook(&shared));
     tracing::info!(address = %cfg.address, namespace = %cfg.namespace, types = ?cfg.workflow_types, "temporal backend started");
     let span = tracing::info_span!("temporal-backend");
     Ok(tokio::spawn(tracing::Instrument::instrument(
