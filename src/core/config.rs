@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::domain::*;
 
-use super::EngineKind;
+use super::{CoreError, EngineKind};
 
 /// Tunables of the core.
 #[derive(Debug, Clone)]
@@ -81,6 +81,56 @@ impl Routes {
         };
         (engine.key().unwrap_or(&spec.name), engine)
     }
+
+    /// Refuses the target's settings that `engine`, where the task is
+    /// routed, cannot honour (FAILED_PRECONDITION naming the setting), so
+    /// a setting is never dropped without a word. On the embedded workflow
+    /// engine: `complex.tracking_queue` (only Temporal's backend publishes
+    /// tracking jobs), and `complex.task_queue` unless it is a queue BullMQ
+    /// takes (the engine gives it to its step tasks as their queue, which
+    /// only BullMQ's routing reads). The engines check their own settings
+    /// in their admissions (see `Core::set_admission`).
+    pub fn check_settings(&self, spec: &TaskSpec, engine: EngineKind) -> Result<(), CoreError> {
+        let Target::Complex {
+            workflow_type,
+            task_queue,
+            tracking_queue,
+            ..
+        } = &spec.target
+        else {
+            return Ok(());
+        };
+        if engine != EngineKind::Workflow {
+            return Ok(());
+        }
+        let why = if self.temporal_workflows.is_empty() {
+            "this server routes no workflow to Temporal (temporal.enabled, temporal.workflow_types)"
+                .to_string()
+        } else {
+            format!(
+                "workflow type {} is not in temporal.workflow_types",
+                text::quote(workflow_type)
+            )
+        };
+        if tracking_queue.is_some() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "complex.tracking_queue: the task would run on the embedded workflow engine \
+                 ({why}), which publishes no tracking jobs; tracking_queue is honoured for \
+                 workflows on Temporal with [bullmq] enabled"
+            )));
+        }
+        if let Some(q) = task_queue {
+            if !Self::listed(&self.bullmq_queues, q) {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "complex.task_queue: the task would run on the embedded workflow engine \
+                     ({why}), which has no task queues: its steps go to workers by task name, \
+                     and {} is not a BullMQ queue (bullmq.queues) its steps could go to",
+                    text::quote(q)
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for CoreConfig {
@@ -98,5 +148,89 @@ impl Default for CoreConfig {
             sweep_every: Duration::from_secs(1),
             sweep_batch: 100,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complex(task_queue: Option<&str>, tracking_queue: Option<&str>) -> TaskSpec {
+        TaskSpec {
+            name: "order".into(),
+            task_type: TaskType::Complex,
+            priority: 0,
+            max_attempts: 1,
+            backoff: Backoff::default(),
+            execution_timeout: None,
+            user_id: None,
+            session_id: None,
+            immediate: false,
+            idempotency_key: None,
+            labels: Default::default(),
+            cleanup: None,
+            target: Target::Complex {
+                workflow_type: "order".into(),
+                workflow_args: vec![],
+                task_queue: task_queue.map(Into::into),
+                tracking_queue: tracking_queue.map(Into::into),
+                workflow_id: None,
+            },
+            traceparent: None,
+            parent_id: None,
+            retention: None,
+        }
+    }
+
+    fn refused(r: Result<(), CoreError>) -> String {
+        match r {
+            Err(CoreError::FailedPrecondition(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn settings_the_embedded_workflow_engine_ignores_are_refused() {
+        let embedded = Routes::default();
+        let (_, engine) = embedded.route(&complex(None, None));
+        assert_eq!(engine, EngineKind::Workflow);
+        assert!(embedded
+            .check_settings(&complex(None, None), engine)
+            .is_ok());
+        let m = refused(embedded.check_settings(&complex(None, Some("track")), engine));
+        assert!(
+            m.starts_with("complex.tracking_queue: ") && m.contains("temporal.enabled"),
+            "{m}"
+        );
+        let m = refused(embedded.check_settings(&complex(Some("orders"), None), engine));
+        assert!(
+            m.starts_with("complex.task_queue: ") && m.contains("bullmq.queues"),
+            "{m}"
+        );
+
+        // Another type on Temporal: this one stays embedded, and says why.
+        let some = Routes {
+            temporal_workflows: vec!["payment".into()],
+            bullmq_queues: vec!["orders".into()],
+        };
+        let m = refused(some.check_settings(&complex(None, Some("track")), engine));
+        assert!(
+            m.contains("\"order\" is not in temporal.workflow_types"),
+            "{m}"
+        );
+        // A task queue BullMQ takes is where its steps go.
+        assert!(some
+            .check_settings(&complex(Some("orders"), None), engine)
+            .is_ok());
+
+        // On Temporal both are its own (its admission checks them).
+        let all = Routes {
+            temporal_workflows: vec!["*".into()],
+            ..Default::default()
+        };
+        let spec = complex(Some("q"), Some("track"));
+        let (_, engine) = all.route(&spec);
+        assert_eq!(engine, EngineKind::Temporal);
+        assert!(all.check_settings(&spec, engine).is_ok());
     }
 }

@@ -113,6 +113,7 @@ impl Core {
                 spec.task_type.as_str()
             )));
         }
+        self.inner.cfg.routes.check_settings(spec, engine)?;
         if let Some(admit) = self.inner.admissions.read().get(key) {
             admit(spec)?;
         }

@@ -840,16 +840,104 @@ async fn a_webhook_cannot_call_the_servers_own_admin_api() {
             },
         )),
     };
+    // Refused when scheduled (the guard needs no DNS for these), naming
+    // the field.
     for url in [
         format!("{}/api/tasks", server.admin_url()),
         format!("http://localhost:{}/api/metrics", server.admin_addr.port()),
         format!("{}/", server.url),
     ] {
-        let id = schedule(&mut client, req(url.clone())).await;
-        let s = wait_state(&mut client, &id, pb::TaskState::Failed, LONG).await;
-        let e = s.last_error.expect("an error");
-        assert!(e.message.contains("own listener"), "{url}: {}", e.message);
+        let e = client
+            .schedule_task(req(url.clone()))
+            .await
+            .expect_err(&format!("{url} was accepted"));
+        assert_eq!(e.code(), Code::InvalidArgument, "{url}: {e:?}");
+        assert!(
+            e.message().contains("integration.n8n.webhook_url")
+                && e.message().contains("own listener"),
+            "{url}: {}",
+            e.message()
+        );
     }
+}
+
+#[tokio::test]
+async fn settings_that_cannot_be_honoured_are_refused_when_scheduled() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let hook = |workflow_id: &str, webhook_url: &str| pb::ScheduleTaskRequest {
+        name: "hook".into(),
+        payload: Some(payload(json!({}))),
+        task_type: pb::TaskType::Integration as i32,
+        options: None,
+        target: Some(pb::schedule_task_request::Target::Integration(
+            pb::IntegrationTarget {
+                n8n: Some(pb::N8nTarget {
+                    workflow_id: workflow_id.into(),
+                    webhook_url: webhook_url.into(),
+                    ..Default::default()
+                }),
+            },
+        )),
+    };
+    let cases = [
+        // Loopback and metadata in the spellings a URL parser normalises.
+        (
+            "octal-ish loopback",
+            hook("", "http://0x7f.1/"),
+            Code::InvalidArgument,
+            "integration.n8n.webhook_url",
+        ),
+        (
+            "decimal loopback",
+            hook("", "http://2130706433/"),
+            Code::InvalidArgument,
+            "integration.n8n.webhook_url",
+        ),
+        (
+            "mapped metadata",
+            hook("", "http://[::ffff:169.254.169.254]/"),
+            Code::InvalidArgument,
+            "integration.n8n.webhook_url",
+        ),
+        (
+            "a localhost subdomain",
+            hook("", "http://admin.localhost./"),
+            Code::InvalidArgument,
+            "integration.n8n.webhook_url",
+        ),
+        (
+            "6to4 private",
+            hook("", "http://[2002:a00:1::]/"),
+            Code::InvalidArgument,
+            "integration.n8n.webhook_url",
+        ),
+        (
+            "no n8n base URL",
+            hook(&"w".repeat(200), ""),
+            Code::FailedPrecondition,
+            "integration.n8n.workflow_id",
+        ),
+        (
+            "tracking on the embedded engine",
+            crate::schedule_refusals::complex("any", "", "t"),
+            Code::FailedPrecondition,
+            "complex.tracking_queue",
+        ),
+        (
+            "a task queue on the embedded engine",
+            crate::schedule_refusals::complex("any", &"q".repeat(200), ""),
+            Code::FailedPrecondition,
+            "complex.task_queue",
+        ),
+    ];
+    for (case, req, code, field) in cases {
+        let e = client.schedule_task(req).await.expect_err(case);
+        assert_small(case, &e);
+        assert_eq!(e.code(), code, "{case}: {e:?}");
+        assert!(e.message().contains(field), "{case}: {}", e.message());
+    }
+    still_serves(&mut client).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ mod core_list_metrics;
 mod core_watch;
 mod hostile;
 mod retention;
+mod schedule_refusals;
 mod store_backup;
 mod store_full_disk;
 mod temporal;

@@ -543,6 +543,10 @@ impl Call {
 
 impl Switchyard {
     async fn schedule(&mut self, c: Call) -> String {
+        self.try_schedule(c).await.expect("ScheduleTask")
+    }
+
+    async fn try_schedule(&mut self, c: Call) -> Result<String, tonic::Status> {
         let mut req = tonic::Request::new(pb::ScheduleTaskRequest {
             name: "notify".into(),
             payload: Some(to_struct(
@@ -581,9 +585,7 @@ impl Switchyard {
         self.client
             .schedule_task(req)
             .await
-            .expect("ScheduleTask")
-            .into_inner()
-            .task_id
+            .map(|r| r.into_inner().task_id)
     }
 
     async fn status(&mut self, id: &str) -> pb::GetTaskStatusResponse {
@@ -1144,6 +1146,8 @@ async fn the_guard_refuses_private_destinations_unless_allowed() {
     })
     .await;
     let port = n8n.addr.port();
+    // What the guard refuses without resolving a name is refused when the
+    // task is scheduled, naming the setting.
     for (url, why) in [
         (format!("http://127.0.0.1:{port}/webhook/open"), "loopback"),
         (format!("http://localhost:{port}/webhook/open"), "loopback"),
@@ -1154,31 +1158,29 @@ async fn the_guard_refuses_private_destinations_unless_allowed() {
         ),
         ("http://10.0.0.1/hook".to_string(), "private"),
     ] {
-        let id = sy.schedule(Call::url(&url)).await;
-        let s = sy.finished(&id).await;
-        assert_eq!(
-            (s.state(), s.attempt),
-            (pb::TaskState::Failed, 1),
-            "{url}: {s:?}"
-        );
-        let e = error_of(&s);
-        assert_eq!(
-            (e.kind.as_str(), e.retryable),
-            ("ssrf_refused", false),
-            "{url}"
-        );
+        let e = sy
+            .try_schedule(Call::url(&url))
+            .await
+            .expect_err(&format!("{url} was accepted"));
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{url}: {e:?}");
         assert!(
-            e.message.contains(why) && e.message.contains("allow_hosts"),
+            e.message().contains("integration.n8n.webhook_url")
+                && e.message().contains(why)
+                && e.message().contains("allow_hosts"),
             "{url}: {}",
-            e.message
+            e.message()
         );
     }
     // A workflow id needs a base URL.
-    let id = sy.schedule(Call::workflow("open")).await;
-    let e = error_of(&sy.finished(&id).await);
+    let e = sy
+        .try_schedule(Call::workflow("open"))
+        .await
+        .expect_err("a workflow id without a base URL was accepted");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(
-        e.kind == "invalid_target" && e.message.contains("n8n_base_url"),
-        "{e:?}"
+        e.message().contains("integration.n8n.workflow_id") && e.message().contains("n8n_base_url"),
+        "{}",
+        e.message()
     );
     assert_eq!(n8n.total(), 0, "nothing reached the fixture");
 }

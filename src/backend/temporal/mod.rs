@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::core::{Core, CoreError, EngineKind, Push};
-use crate::domain::{Target, TaskId};
+use crate::domain::{text, Target, TaskId, TaskSpec};
 use follow::{Ctl, Follower};
 
 /// Starts the backend with no tracking sink (see [`start_with_sink`]).
@@ -72,6 +72,13 @@ pub fn start_with_sink(
         tracking: sink.enabled(),
         followed: AtomicUsize::new(0),
     });
+    // Settings this backend cannot honour are refused when the task is
+    // scheduled, not failed (or dropped) once it starts.
+    core.set_admission(EngineKind::Temporal, {
+        let tracking = shared.tracking;
+        let default_queue = cfg.default_task_queue.is_some();
+        Arc::new(move |spec: &TaskSpec| admit(spec, tracking, default_queue))
+    });
     // SignalTask on a routed task is a signal in Temporal, answered once
     // Temporal accepted it.
     core.on_signal(EngineKind::Temporal, signal::hook(&shared));
@@ -81,6 +88,36 @@ pub fn start_with_sink(
         run(shared, link.rx, sink),
         span,
     )))
+}
+
+/// The backend's check of a task routed to it: `complex.tracking_queue`
+/// needs a BullMQ connection to publish to, and a task queue is needed,
+/// the task's or `temporal.default_task_queue`.
+fn admit(spec: &TaskSpec, tracking: bool, default_queue: bool) -> Result<(), CoreError> {
+    let Target::Complex {
+        workflow_type,
+        task_queue,
+        tracking_queue,
+        ..
+    } = &spec.target
+    else {
+        return Ok(());
+    };
+    if tracking_queue.is_some() && !tracking {
+        return Err(CoreError::FailedPrecondition(
+            "complex.tracking_queue: no BullMQ connection is configured ([bullmq] enabled) \
+             to publish the workflow's state changes to"
+                .into(),
+        ));
+    }
+    if task_queue.is_none() && !default_queue {
+        return Err(CoreError::FailedPrecondition(format!(
+            "complex.task_queue: workflow type {} runs on Temporal and needs a task queue: \
+             set complex.task_queue, or temporal.default_task_queue in the server's configuration",
+            text::quote(workflow_type)
+        )));
+    }
+    Ok(())
 }
 
 /// What the followers share.
@@ -239,5 +276,50 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Push>, sink: Arc<d
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TaskType;
+
+    #[test]
+    fn the_backend_refuses_what_it_cannot_honour() {
+        let mut spec = crate::domain::TaskSpec {
+            name: "wf".into(),
+            task_type: TaskType::Complex,
+            priority: 0,
+            max_attempts: 1,
+            backoff: Default::default(),
+            execution_timeout: None,
+            user_id: None,
+            session_id: None,
+            immediate: false,
+            idempotency_key: None,
+            labels: Default::default(),
+            cleanup: None,
+            target: Target::Complex {
+                workflow_type: "Order".into(),
+                workflow_args: vec![],
+                task_queue: None,
+                tracking_queue: Some("track".into()),
+                workflow_id: None,
+            },
+            traceparent: None,
+            parent_id: None,
+            retention: None,
+        };
+        let msg = |r: Result<(), CoreError>| match r {
+            Err(CoreError::FailedPrecondition(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(msg(admit(&spec, false, true)).starts_with("complex.tracking_queue: "));
+        assert!(admit(&spec, true, true).is_ok());
+        assert!(msg(admit(&spec, true, false)).starts_with("complex.task_queue: "));
+        if let Target::Complex { task_queue, .. } = &mut spec.target {
+            *task_queue = Some("orders".into());
+        }
+        assert!(admit(&spec, true, false).is_ok());
     }
 }

@@ -273,12 +273,41 @@ impl AllowList {
         })
     }
 
-    /// Checks a URL before a request: the scheme; the host and port when the
-    /// host is an IP literal; for a name, the port its entry allows, and
-    /// (resolving it here) that it does not lead to the server's own
+    /// Checks a URL before a request: [`Self::check_without_dns`], then, for
+    /// a name, (resolving it here) that it does not lead to the server's own
     /// listeners or to an address listed for other ports only. Names are
     /// checked again by [`GuardedResolver`] when connecting.
     pub async fn check(&self, url: &Url) -> Result<(), SsrfRefused> {
+        let Some(name) = self.precheck(url)? else {
+            return Ok(());
+        };
+        let port_rules = self.own.iter().any(|a| a.port() == name.port)
+            || self.nets.iter().any(|(_, p)| p.is_some());
+        if port_rules {
+            if let Ok(found) = tokio::net::lookup_host((name.normal.as_str(), name.port)).await {
+                for a in found {
+                    self.check_own(&name.host, a.ip(), name.port)?;
+                    if !name.listed {
+                        self.check_ip_port(&name.host, a.ip(), Some(name.port))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What can be checked of a URL without resolving its host (when a task
+    /// is scheduled): the scheme; the host and port when the host is an IP
+    /// literal; for a name, the port its entry allows, and `localhost`
+    /// (and `*.localhost`, which resolve to loopback by definition) unless
+    /// listed. Any other name may still be refused once resolved.
+    pub fn check_without_dns(&self, url: &Url) -> Result<(), SsrfRefused> {
+        self.precheck(url).map(|_| ())
+    }
+
+    /// The checks that need no DNS; for a host name, what the lookup's
+    /// checks need.
+    fn precheck(&self, url: &Url) -> Result<Option<NamedHost>, SsrfRefused> {
         let host = url.host_str().unwrap_or_default();
         if !matches!(url.scheme(), "http" | "https") {
             return Err(SsrfRefused {
@@ -302,7 +331,8 @@ impl AllowList {
         // a host that parses as an address is one; anything else is a name.
         if let Ok(ip) = normalize_host(host).parse::<IpAddr>() {
             self.check_own(host, ip, port)?;
-            return self.check_ip_port(host, ip, Some(port));
+            self.check_ip_port(host, ip, Some(port))?;
+            return Ok(None);
         }
         let h = normalize_host(host);
         let entries: Vec<Option<u16>> = self
@@ -318,20 +348,36 @@ impl AllowList {
                 reason: format!("webhook.allow_hosts allows {host} on other ports than {port}"),
             });
         }
-        let port_rules =
-            self.own.iter().any(|a| a.port() == port) || self.nets.iter().any(|(_, p)| p.is_some());
-        if port_rules {
-            if let Ok(found) = tokio::net::lookup_host((h.as_str(), port)).await {
-                for a in found {
-                    self.check_own(host, a.ip(), port)?;
-                    if entries.is_empty() {
-                        self.check_ip_port(host, a.ip(), Some(port))?;
-                    }
-                }
+        if entries.is_empty() && (h == "localhost" || h.ends_with(".localhost")) {
+            // RFC 6761: loopback, whatever a resolver says; refused unless
+            // one of the loopback addresses is allowed on this port, and
+            // never the server's own listeners.
+            self.check_own(host, IpAddr::V4(Ipv4Addr::LOCALHOST), port)?;
+            let v4 = self.check_ip_port(host, IpAddr::V4(Ipv4Addr::LOCALHOST), Some(port));
+            let v6 = self.check_ip_port(host, IpAddr::V6(Ipv6Addr::LOCALHOST), Some(port));
+            if let (Err(e), Err(_)) = (v4, v6) {
+                return Err(e);
             }
         }
-        Ok(())
+        Ok(Some(NamedHost {
+            host: host.to_string(),
+            normal: h,
+            port,
+            listed: !entries.is_empty(),
+        }))
     }
+}
+
+/// A URL's host that is a name, as the DNS part of [`AllowList::check`]
+/// needs it.
+struct NamedHost {
+    /// As written in the URL (for messages).
+    host: String,
+    /// Normalised (for the lookup).
+    normal: String,
+    port: u16,
+    /// `webhook.allow_hosts` names it.
+    listed: bool,
 }
 
 /// A DNS resolver that drops refused addresses and fails when none is left.
@@ -464,6 +510,34 @@ mod tests {
 
     async fn check_with(a: &AllowList, u: &str) -> Result<(), SsrfRefused> {
         a.check(&Url::parse(u).unwrap()).await
+    }
+
+    #[test]
+    fn what_needs_no_dns_is_checked_without_it() {
+        let none = AllowList::default();
+        let own = AllowList::parse(&["127.0.0.1".into()])
+            .unwrap()
+            .with_own(&["127.0.0.1:50051".parse().unwrap()]);
+        let check = |a: &AllowList, u: &str| a.check_without_dns(&Url::parse(u).unwrap());
+        for (u, why) in [
+            ("http://127.0.0.1:8080/x", "loopback"),
+            ("http://localhost:8080/x", "loopback"),
+            ("http://api.localhost/x", "loopback"),
+            ("http://[::1]/x", "loopback"),
+            ("http://10.1.2.3/x", "private"),
+            ("http://169.254.169.254/latest", "cloud metadata"),
+            ("ftp://example.com/x", "scheme"),
+        ] {
+            let e = check(&none, u).unwrap_err();
+            assert!(e.to_string().contains(why), "{u}: {e}");
+        }
+        // A name is not resolved: judged when the call connects.
+        assert!(check(&none, "https://hooks.example.com/x").is_ok());
+        assert!(check(&own, "http://localhost:8080/x").is_ok());
+        for u in ["http://localhost:50051/", "http://127.0.0.1:50051/"] {
+            let e = check(&own, u).unwrap_err();
+            assert!(e.to_string().contains("own listener"), "{u}: {e}");
+        }
     }
 
     #[tokio::test]

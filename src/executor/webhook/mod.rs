@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::core::{Assignment, Core, CoreError, EngineKind, Push, Report, WorkerLink};
-use crate::domain::{now_micros, Micros, Target, Task, TaskError, TaskId};
+use crate::domain::{now_micros, Micros, Target, Task, TaskError, TaskId, TaskSpec};
 use call::{kind, Failure};
 use guard::{AllowList, GuardedResolver};
 
@@ -63,6 +63,12 @@ pub fn start(core: &Core, cfg: &WebhookConfig) -> Result<JoinHandle<()>, CoreErr
     let exec = Arc::new(Executor::new(core.clone(), cfg, &|k| {
         std::env::var(k).ok()
     })?);
+    // What cannot be honoured is refused when the task is scheduled, not
+    // failed at its first attempt. Weak: the core outlives the executor.
+    core.set_admission(EngineKind::Webhook, {
+        let exec = Arc::downgrade(&exec);
+        Arc::new(move |spec: &TaskSpec| exec.upgrade().map_or(Ok(()), |e| e.admit(spec)))
+    });
     let link = core.register_engine(EngineKind::Webhook, Some(cfg.concurrency))?;
     tracing::info!(
         worker_id = %link.id,
@@ -604,6 +610,37 @@ impl Executor {
                     },
                 }
             }
+        }
+    }
+
+    /// What is known of an INTEGRATION task when it is scheduled: where its
+    /// call goes, and whether the SSRF guard refuses that without resolving
+    /// its host (a name that resolves to a refused address is refused at
+    /// the call, `ssrf_refused`). A caller's `webhook_url` that cannot be
+    /// called is INVALID_ARGUMENT; a `workflow_id` the server's
+    /// configuration cannot turn into a callable URL is FAILED_PRECONDITION.
+    fn admit(&self, spec: &TaskSpec) -> Result<(), CoreError> {
+        let Target::Integration { webhook_url, .. } = &spec.target else {
+            return Ok(());
+        };
+        const URL: &str = "integration.n8n.webhook_url";
+        const ID: &str = "integration.n8n.workflow_id";
+        let by_url = webhook_url.as_deref().is_some_and(|u| !u.is_empty());
+        let url = match call::resolve_url(&spec.target, self.n8n_base.as_ref(), &self.paths) {
+            Ok(u) => u,
+            Err(m) if by_url => return Err(invalid(URL, m)),
+            Err(m) if self.n8n_base.is_none() => {
+                return Err(CoreError::FailedPrecondition(format!("{ID}: {m}")))
+            }
+            Err(m) => return Err(invalid(ID, m)),
+        };
+        match self.allow.check_without_dns(&url) {
+            Ok(()) => Ok(()),
+            Err(r) if by_url => Err(invalid(URL, r.to_string())),
+            Err(r) => Err(CoreError::FailedPrecondition(format!(
+                "{ID}: resolves to {} (webhook.n8n_base_url), which this server may not call: {r}",
+                call::display_url(&url)
+            ))),
         }
     }
 
