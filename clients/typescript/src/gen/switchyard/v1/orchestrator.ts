@@ -321,7 +321,7 @@ export interface SignalTaskRequest {
   payload: { [key: string]: any } | undefined;
 }
 
-/** The signal was recorded. */
+/** The signal was recorded (embedded engine) or accepted by Temporal. */
 export interface SignalTaskResponse {
   /** The workflow's status after the signal. */
   status: TaskStatus | undefined;
@@ -5182,9 +5182,15 @@ export const OrchestratorServiceService = {
   },
   /**
    * Delivers a named signal with a payload to a running workflow (a human
-   * approval, an external event). The signal is committed before the reply;
-   * a workflow that is not waiting for it yet keeps it until a step does.
-   * FAILED_PRECONDITION if the task is not an active COMPLEX task.
+   * approval, an external event). On the embedded engine the signal is
+   * committed before the reply; a workflow that is not waiting for it yet
+   * keeps it until a step does. On Temporal it is a SignalWorkflowExecution
+   * (the signal's name, the payload as its one JSON input) and the reply
+   * comes once Temporal accepted it: UNAVAILABLE if Temporal cannot be
+   * reached or does not answer, FAILED_PRECONDITION with Temporal's reason
+   * if it refuses (the run has ended or has not started), and then nothing
+   * is recorded. FAILED_PRECONDITION if the task is not an active COMPLEX
+   * task.
    */
   signalTask: {
     path: "/switchyard.v1.OrchestratorService/SignalTask" as const,
@@ -5285,9 +5291,15 @@ export interface OrchestratorServiceServer extends UntypedServiceImplementation 
   getMetrics: handleUnaryCall<GetMetricsRequest, GetMetricsResponse>;
   /**
    * Delivers a named signal with a payload to a running workflow (a human
-   * approval, an external event). The signal is committed before the reply;
-   * a workflow that is not waiting for it yet keeps it until a step does.
-   * FAILED_PRECONDITION if the task is not an active COMPLEX task.
+   * approval, an external event). On the embedded engine the signal is
+   * committed before the reply; a workflow that is not waiting for it yet
+   * keeps it until a step does. On Temporal it is a SignalWorkflowExecution
+   * (the signal's name, the payload as its one JSON input) and the reply
+   * comes once Temporal accepted it: UNAVAILABLE if Temporal cannot be
+   * reached or does not answer, FAILED_PRECONDITION with Temporal's reason
+   * if it refuses (the run has ended or has not started), and then nothing
+   * is recorded. FAILED_PRECONDITION if the task is not an active COMPLEX
+   * task.
    */
   signalTask: handleUnaryCall<SignalTaskRequest, SignalTaskResponse>;
   /**
@@ -5454,9 +5466,15 @@ export interface OrchestratorServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Delivers a named signal with a payload to a running workflow (a human
-   * approval, an external event). The signal is committed before the reply;
-   * a workflow that is not waiting for it yet keeps it until a step does.
-   * FAILED_PRECONDITION if the task is not an active COMPLEX task.
+   * approval, an external event). On the embedded engine the signal is
+   * committed before the reply; a workflow that is not waiting for it yet
+   * keeps it until a step does. On Temporal it is a SignalWorkflowExecution
+   * (the signal's name, the payload as its one JSON input) and the reply
+   * comes once Temporal accepted it: UNAVAILABLE if Temporal cannot be
+   * reached or does not answer, FAILED_PRECONDITION with Temporal's reason
+   * if it refuses (the run has ended or has not started), and then nothing
+   * is recorded. FAILED_PRECONDITION if the task is not an active COMPLEX
+   * task.
    */
   signalTask(
     request: SignalTaskRequest,

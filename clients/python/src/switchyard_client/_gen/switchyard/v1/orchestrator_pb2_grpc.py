@@ -199,9 +199,15 @@ class OrchestratorServiceServicer:
 
     def SignalTask(self, request, context):
         """Delivers a named signal with a payload to a running workflow (a human
-        approval, an external event). The signal is committed before the reply;
-        a workflow that is not waiting for it yet keeps it until a step does.
-        FAILED_PRECONDITION if the task is not an active COMPLEX task.
+        approval, an external event). On the embedded engine the signal is
+        committed before the reply; a workflow that is not waiting for it yet
+        keeps it until a step does. On Temporal it is a SignalWorkflowExecution
+        (the signal's name, the payload as its one JSON input) and the reply
+        comes once Temporal accepted it: UNAVAILABLE if Temporal cannot be
+        reached or does not answer, FAILED_PRECONDITION with Temporal's reason
+        if it refuses (the run has ended or has not started), and then nothing
+        is recorded. FAILED_PRECONDITION if the task is not an active COMPLEX
+        task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -291,9 +291,19 @@ export interface ComplexTarget {
   workflowArgs:
     | Array<any>
     | undefined;
-  /** The task queue the workflow's work goes to (Temporal's task queue). */
+  /**
+   * The task queue the workflow's work goes to (Temporal's task queue).
+   * Without it Temporal uses the server's `temporal.default_task_queue`;
+   * with neither, FAILED_PRECONDITION. On the embedded engine it is the
+   * queue of the workflow's step tasks, accepted only when BullMQ takes
+   * that queue (`bullmq.queues`), else FAILED_PRECONDITION.
+   */
   taskQueue: string;
-  /** A BullMQ queue that receives each state change of the workflow as a job. */
+  /**
+   * A BullMQ queue that receives each state change of the workflow as a job.
+   * Only for workflows on Temporal with the server's `[bullmq]` enabled;
+   * elsewhere FAILED_PRECONDITION.
+   */
   trackingQueue: string;
   /** The workflow id. Default: the task id. */
   workflowId: string;
@@ -360,12 +370,19 @@ export interface N8nTarget {
    * An n8n workflow id, resolved against the server's `webhook.n8n_base_url`
    * as n8n forms production webhook URLs: `{base}/webhook/{path}`, where
    * `path` is `webhook.workflow_paths[workflow_id]` or, when not mapped, the
-   * id itself. Same rules as a task name.
+   * id itself. Same rules as a task name. FAILED_PRECONDITION when the
+   * server has no `webhook.n8n_base_url`, or the URL it makes is one the
+   * SSRF guard refuses.
    */
   workflowId: string;
   /**
    * A full http:// or https:// URL to POST to (at most 2048 bytes). Takes
-   * precedence over `workflow_id`.
+   * precedence over `workflow_id`. INVALID_ARGUMENT when the SSRF guard
+   * refuses it without resolving its host (an IP literal or `localhost`
+   * that is loopback, private, link-local, CGNAT, multicast or cloud
+   * metadata, or the server's own listener, unless `webhook.allow_hosts`
+   * lists it); a host name is checked once resolved, at the call
+   * (`ssrf_refused`).
    */
   webhookUrl: string;
   /**
