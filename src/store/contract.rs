@@ -592,7 +592,10 @@ pub(crate) async fn ended_tasks_are_removed_when_due(h: &dyn Harness) {
         rx
     };
     // A workflow that ended 10 s ago, kept 1 s: due. Its step goes with it.
-    let wf = named("ret-wf", Some(Duration::from_secs(1)));
+    let mut wf = named("ret-wf", Some(Duration::from_secs(1)));
+    let mut spec = (*wf.spec).clone();
+    spec.task_type = TaskType::Complex;
+    wf.spec = Arc::new(spec);
     insert(s, &wf).await;
     let mut step = named("ret-step", Some(Duration::ZERO));
     let mut spec = (*step.spec).clone();
@@ -628,7 +631,7 @@ pub(crate) async fn ended_tasks_are_removed_when_due(h: &dyn Harness) {
     let count = |finals: &crate::store::Counts, name: &str| -> u64 {
         finals
             .iter()
-            .filter(|c| c.1 == name && c.2 == TaskState::Completed && c.0 == TaskType::Simple)
+            .filter(|c| c.1 == name && c.2 == TaskState::Completed)
             .map(|c| c.3)
             .sum()
     };

@@ -376,21 +376,29 @@ pub(super) async fn ended_with_steps(
     if top.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<TaskId> = top.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
-    let steps = c
-        .prepare_cached(&format!(
-            "WITH RECURSIVE tree(root, tid) AS (
-                 SELECT t.parent_id, t.id FROM tasks t WHERE t.parent_id = ANY($1::uuid[])
-                 UNION ALL SELECT tree.root, t.id FROM tasks t JOIN tree ON t.parent_id = tree.tid
-             )
-             SELECT {ENDED_COLUMNS}, tree.root FROM tasks
-             JOIN tree ON tasks.id = tree.tid WHERE tasks.state IN (3, 4, 5, 7)"
-        ))
-        .await?;
+    // Only a workflow (COMPLEX) has steps.
+    let mut ids: Vec<TaskId> = Vec::new();
+    for r in &top {
+        if i64::from(r.try_get::<_, i16>(1)?) == TaskType::Complex.code() {
+            ids.push(r.try_get(0)?);
+        }
+    }
     let mut by_root: std::collections::HashMap<TaskId, Vec<Ended>> = Default::default();
-    for r in c.query(&steps, &[&ids]).await? {
-        if let Some(e) = read(&r)? {
-            by_root.entry(r.try_get(6)?).or_default().push(e);
+    if !ids.is_empty() {
+        let steps = c
+            .prepare_cached(&format!(
+                "WITH RECURSIVE tree(root, tid) AS (
+                     SELECT t.parent_id, t.id FROM tasks t WHERE t.parent_id = ANY($1::uuid[])
+                     UNION ALL SELECT tree.root, t.id FROM tasks t JOIN tree ON t.parent_id = tree.tid
+                 )
+                 SELECT {ENDED_COLUMNS}, tree.root FROM tasks
+                 JOIN tree ON tasks.id = tree.tid WHERE tasks.state IN (3, 4, 5, 7)"
+            ))
+            .await?;
+        for r in c.query(&steps, &[&ids]).await? {
+            if let Some(e) = read(&r)? {
+                by_root.entry(r.try_get(6)?).or_default().push(e);
+            }
         }
     }
     let mut out = Vec::with_capacity(top.len());

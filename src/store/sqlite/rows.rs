@@ -198,7 +198,8 @@ pub(super) fn oldest_sql(state: TaskState) -> String {
 }
 
 /// Runs a query selecting [`ENDED_COLUMNS`] of ended tasks and
-/// adds, after each, its workflow steps (and theirs) that have ended.
+/// adds, after each workflow (COMPLEX: the only tasks with steps), its
+/// steps (and theirs) that have ended.
 pub(super) fn ended_with_steps(
     conn: &Connection,
     sql: &str,
@@ -237,8 +238,12 @@ pub(super) fn ended_with_steps(
     ))?;
     let mut out = Vec::with_capacity(top.len());
     for e in top {
-        let id = e.id;
+        let (id, complex) = (e.id, e.task_type == TaskType::Complex);
         out.push(e);
+        // Only a workflow (COMPLEX) has steps.
+        if !complex {
+            continue;
+        }
         for s in steps.query_map([id.as_bytes()], read)? {
             if let Some(s) = s? {
                 out.push(s);
