@@ -122,6 +122,42 @@ impl OrchestratorService for Orchestrator {
         }))
     }
 
+    #[instrument(skip_all, fields(tasks = req.get_ref().tasks.len()))]
+    async fn schedule_tasks(
+        &self,
+        req: Request<pb::ScheduleTasksRequest>,
+    ) -> Result<Response<pb::ScheduleTasksResponse>, Status> {
+        let tp = if crate::telemetry::enabled() {
+            crate::telemetry::traceparent_of(&tracing::Span::current())
+                .or_else(|| traceparent(&req))
+        } else {
+            traceparent(&req)
+        };
+        let items = convert::new_tasks(req.into_inner(), &self.limits, tp)?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut valid = Vec::with_capacity(items.len());
+        let mut at = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Ok(new) => {
+                    at.push(i);
+                    valid.push(new);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(crate::app::status::item_error(i, e))),
+            }
+        }
+        for (i, r) in at.into_iter().zip(self.core.schedule_many(valid).await?) {
+            results[i] = Some(match r {
+                Ok(s) => convert::scheduled_item(i, &s),
+                Err(e) => crate::app::status::item_error(i, e),
+            });
+        }
+        Ok(Response::new(pb::ScheduleTasksResponse {
+            results: results.into_iter().flatten().collect(),
+        }))
+    }
+
     #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
     async fn get_task_status(
         &self,

@@ -395,6 +395,44 @@ pub fn new_task(
     })
 }
 
+/// Validates a `ScheduleTasksRequest`: its size, then each item as
+/// [`new_task`] validates one. Items that fail keep their error, by index.
+pub fn new_tasks(
+    req: pb::ScheduleTasksRequest,
+    limits: &Limits,
+    traceparent: Option<String>,
+) -> Result<Vec<Result<NewTask, CoreError>>, CoreError> {
+    if req.tasks.len() > rules::MAX_BULK_TASKS {
+        return Err(CoreError::field(
+            "tasks",
+            format!(
+                "must hold at most {} tasks, got {}",
+                rules::MAX_BULK_TASKS,
+                req.tasks.len()
+            ),
+        ));
+    }
+    Ok(req
+        .tasks
+        .into_iter()
+        .map(|t| new_task(t, limits, traceparent.clone()))
+        .collect())
+}
+
+/// One accepted item of a `ScheduleTasks` answer.
+pub fn scheduled_item(index: usize, s: &crate::core::Scheduled) -> pb::ScheduleTasksResult {
+    pb::ScheduleTasksResult {
+        index: index as u32,
+        outcome: Some(pb::schedule_tasks_result::Outcome::Scheduled(
+            pb::ScheduledTask {
+                task_id: s.task.id.to_string(),
+                existing: s.existing,
+                state: pb_state(s.task.rt.state) as i32,
+            },
+        )),
+    }
+}
+
 /// A timestamp from microseconds.
 pub fn ts(m: Micros) -> prost_types::Timestamp {
     prost_types::Timestamp {

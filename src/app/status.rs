@@ -83,6 +83,54 @@ impl From<CoreError> for Status {
     }
 }
 
+/// The most field violations one refused item of a `ScheduleTasks`
+/// answer carries (the message counts the rest).
+pub const MAX_ITEM_VIOLATIONS: usize = 4;
+/// The most bytes of a refused item's message, and of each of its
+/// violations' field and description: with [`MAX_ITEM_VIOLATIONS`], 1,000
+/// refused items answer in well under the 4 MiB message limit.
+const MAX_ITEM_BYTES: usize = 200;
+
+/// One refused item of a `ScheduleTasks` answer: the code and message
+/// `ScheduleTask` would have answered for it alone (the same mapping), its
+/// first field and its violations, each bounded.
+pub fn item_error(index: usize, e: CoreError) -> crate::pb::ScheduleTasksResult {
+    let violations = match &e {
+        CoreError::InvalidArgument(vs) => vs.clone(),
+        _ => Vec::new(),
+    };
+    let status = Status::from(e);
+    let shown = &violations[..violations.len().min(MAX_ITEM_VIOLATIONS)];
+    let mut message = text::cut(status.message(), MAX_ITEM_BYTES);
+    if violations.len() > shown.len() {
+        message = format!(
+            "{}; {} violations in all",
+            text::cut(status.message(), MAX_ITEM_BYTES - 32),
+            violations.len()
+        );
+    }
+    crate::pb::ScheduleTasksResult {
+        index: index as u32,
+        outcome: Some(crate::pb::schedule_tasks_result::Outcome::Error(
+            crate::pb::ScheduleTaskError {
+                code: status.code() as i32,
+                message,
+                field: shown
+                    .first()
+                    .map(|v| text::cut(&v.field, MAX_ITEM_BYTES))
+                    .unwrap_or_default(),
+                violations: shown
+                    .iter()
+                    .map(|v| crate::pb::ItemFieldViolation {
+                        field: text::cut(&v.field, MAX_ITEM_BYTES),
+                        description: text::cut(&v.description, MAX_ITEM_BYTES),
+                    })
+                    .collect(),
+            },
+        )),
+    }
+}
+
 /// tonic answers a request larger than the decoding limit with
 /// OUT_OF_RANGE ("decoded message length too large"), before any handler
 /// runs. The gRPC status guide, and every other limit of ours, say
@@ -113,6 +161,38 @@ mod tests {
         let d = s.get_error_details();
         let br = d.bad_request().expect("bad request details");
         assert_eq!(br.field_violations[0].field, "options.attempts");
+    }
+
+    #[test]
+    fn a_refused_item_keeps_its_code_field_and_a_bounded_size() {
+        use crate::pb::schedule_tasks_result::Outcome;
+        let many: Vec<FieldViolation> = (0..64)
+            .map(|i| FieldViolation {
+                field: "options.labels".into(),
+                description: format!("label {i}: {}", "x".repeat(1000)),
+            })
+            .collect();
+        let r = item_error(7, CoreError::InvalidArgument(many));
+        assert_eq!(r.index, 7);
+        let Some(Outcome::Error(e)) = r.outcome else {
+            panic!("an error")
+        };
+        assert_eq!(e.code, Code::InvalidArgument as i32);
+        assert_eq!(e.field, "options.labels");
+        assert_eq!(e.violations.len(), MAX_ITEM_VIOLATIONS);
+        // `cut` marks a cut with "…" (3 bytes).
+        assert!(e.message.len() <= MAX_ITEM_BYTES + 3, "{}", e.message);
+        assert!(e.message.contains("64 violations in all"), "{}", e.message);
+        assert!(e
+            .violations
+            .iter()
+            .all(|v| v.description.len() <= MAX_ITEM_BYTES + 3));
+        let r = item_error(0, CoreError::FailedPrecondition("no executor".into()));
+        let Some(Outcome::Error(e)) = r.outcome else {
+            panic!("an error")
+        };
+        assert_eq!(e.code, Code::FailedPrecondition as i32);
+        assert!(e.field.is_empty() && e.violations.is_empty());
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub enum ClusterCommand {
 pub enum TaskCommand {
     /// Schedule a task and print its id.
     Schedule(Box<ScheduleArgs>),
+    /// Schedule the tasks of a JSON-lines file, up to 1,000 per call
+    /// (`ScheduleTasks`), and print one result per line.
+    ScheduleMany(ScheduleManyArgs),
     /// Show everything the server knows about one task, and its payload.
     Status(StatusArgs),
     /// Cancel one task.
@@ -677,6 +680,95 @@ impl ScheduleArgs {
             target,
         })
     }
+}
+
+/// `task schedule-many FILE`: many tasks from a JSON-lines file.
+#[derive(Args, Debug, Clone)]
+pub struct ScheduleManyArgs {
+    /// The file (`-` for stdin). Each line is one task, as `task schedule`
+    /// takes it: either its arguments as a JSON array of strings
+    /// (`["send-email", "--payload", "{}"]`) or an object of its flags by
+    /// long name, with `name` for the task name (`{"name": "send-email",
+    /// "payload": {"to": "a@b.c"}, "label": ["team=mail"], "immediate":
+    /// true}`). Blank lines and lines starting with `#` are skipped. The
+    /// tasks go in calls of up to 1,000; one result is printed per task, in
+    /// file order, naming its line.
+    pub file: PathBuf,
+}
+
+/// What a `schedule-many` line is made into: the flags of `task schedule`.
+#[derive(clap::Parser, Debug)]
+#[command(name = "schedule", no_binary_name = true)]
+struct ScheduleLine {
+    #[command(flatten)]
+    args: ScheduleArgs,
+}
+
+/// One line of a `schedule-many` file as the `ScheduleTaskRequest` that
+/// `task schedule` would send for the same arguments.
+pub fn schedule_line(line: &str) -> Result<pb::ScheduleTaskRequest, CliError> {
+    let value: Json = serde_json::from_str(line)
+        .map_err(|e| CliError::usage(format!("not a JSON value: {e}")))?;
+    let argv: Vec<String> = match value {
+        Json::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Json::String(s) => Ok(s),
+                other => Err(CliError::usage(format!(
+                    "an argument list holds strings only, not {}",
+                    json_kind(&other)
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Json::Object(flags) => {
+            let mut argv = Vec::new();
+            let mut name = None;
+            for (k, v) in flags {
+                if k == "name" {
+                    match v {
+                        Json::String(s) => name = Some(s),
+                        other => {
+                            return Err(CliError::usage(format!(
+                                "name must be a string, not {}",
+                                json_kind(&other)
+                            )))
+                        }
+                    }
+                    continue;
+                }
+                let flag = format!("--{k}");
+                let values = match v {
+                    Json::Array(items) if k != "workflow-args" => items,
+                    other => vec![other],
+                };
+                for v in values {
+                    match v {
+                        Json::Bool(true) => argv.push(flag.clone()),
+                        Json::Bool(false) | Json::Null => {}
+                        Json::String(s) => argv.extend([flag.clone(), s]),
+                        other => argv.extend([flag.clone(), other.to_string()]),
+                    }
+                }
+            }
+            let name = name.ok_or_else(|| CliError::usage("a task object needs \"name\""))?;
+            // `--` keeps a name that starts with `-` a name.
+            argv.push("--".into());
+            argv.push(name);
+            argv
+        }
+        other => {
+            return Err(CliError::usage(format!(
+                "a line is an array of arguments or an object of flags, not {}",
+                json_kind(&other)
+            )))
+        }
+    };
+    use clap::Parser as _;
+    let parsed = ScheduleLine::try_parse_from(argv).map_err(|e| {
+        let text = e.to_string();
+        CliError::usage(text.lines().next().unwrap_or("bad arguments").to_string())
+    })?;
+    parsed.args.to_request()
 }
 
 fn type_flag(t: TaskTypeArg) -> &'static str {

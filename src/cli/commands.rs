@@ -165,6 +165,124 @@ pub(crate) async fn schedule<W: Write>(
     Ok(())
 }
 
+/// One line of a `schedule-many` file: its number (from 1) and its task,
+/// or why the line cannot be one.
+pub(crate) type Line = (usize, Result<pb::ScheduleTaskRequest, String>);
+
+/// Reads a `schedule-many` file (`-`: stdin) into its tasks, each line
+/// parsed as `task schedule` parses its arguments.
+pub(crate) fn read_lines(path: &std::path::Path) -> Result<Vec<Line>, CliError> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|(i, l)| {
+            (
+                i + 1,
+                super::args::schedule_line(l).map_err(|e| e.message().to_string()),
+            )
+        })
+        .collect())
+}
+
+/// `task schedule-many`: the lines' tasks in calls of up to 1,000
+/// (`ScheduleTasks`), one result printed per line in file order. Fails
+/// (after printing every result) when any line was not scheduled.
+pub(crate) async fn schedule_many<W: Write>(
+    client: &mut Client,
+    lines: Vec<Line>,
+    out: &mut Output<W>,
+) -> Result<(), CliError> {
+    let total = lines.len();
+    let mut refused = 0usize;
+    let mut lines = lines.into_iter().peekable();
+    while lines.peek().is_some() {
+        // Up to 1,000 tasks per call; lines that are not tasks are
+        // answered here, in their place.
+        let mut chunk: Vec<(usize, Option<String>)> = Vec::new();
+        let mut tasks = Vec::new();
+        while tasks.len() < crate::domain::rules::MAX_BULK_TASKS {
+            let Some((n, line)) = lines.next() else {
+                break;
+            };
+            match line {
+                Ok(t) => {
+                    tasks.push(t);
+                    chunk.push((n, None));
+                }
+                Err(e) => chunk.push((n, Some(e))),
+            }
+        }
+        let mut results = if tasks.is_empty() {
+            Vec::new()
+        } else {
+            client
+                .schedule_tasks(pb::ScheduleTasksRequest { tasks })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .results
+        }
+        .into_iter();
+        for (n, local) in chunk {
+            let outcome = match local {
+                Some(e) => Err(("INVALID_ARGUMENT".to_string(), String::new(), e)),
+                None => match results.next().and_then(|r| r.outcome) {
+                    Some(pb::schedule_tasks_result::Outcome::Scheduled(s)) => Ok(s),
+                    Some(pb::schedule_tasks_result::Outcome::Error(e)) => Err((
+                        super::error::code_name(Code::from(e.code)).to_string(),
+                        e.field,
+                        e.message,
+                    )),
+                    None => Err((
+                        "INTERNAL".to_string(),
+                        String::new(),
+                        "the server gave no result for this task".to_string(),
+                    )),
+                },
+            };
+            refused += usize::from(outcome.is_err());
+            if out.json() {
+                let v = match outcome {
+                    Ok(s) => serde_json::json!({
+                        "line": n,
+                        "task_id": s.task_id,
+                        "existing": s.existing,
+                        "state": json::task_state_name(s.state),
+                    }),
+                    Err((code, field, message)) => serde_json::json!({
+                        "line": n,
+                        "error": { "code": code, "field": field, "message": message },
+                    }),
+                };
+                out.json_line(&v)?;
+            } else {
+                out.line(match outcome {
+                    Ok(s) if s.existing => format!(
+                        "line {n}: task {} already exists with this idempotency key",
+                        s.task_id
+                    ),
+                    Ok(s) => format!("line {n}: scheduled as task {}", s.task_id),
+                    Err((code, _, message)) => format!("line {n}: {code}: {message}"),
+                })?;
+            }
+        }
+    }
+    if refused > 0 {
+        return Err(CliError::new(
+            CliError::FAILURE,
+            format!("{refused} of {total} tasks were not scheduled"),
+        ));
+    }
+    Ok(())
+}
+
 /// `task status`.
 pub(crate) async fn status<W: Write>(
     client: &mut Client,
@@ -579,6 +697,37 @@ mod tests {
 
     #[tonic::async_trait]
     impl OrchestratorService for MockOrchestrator {
+        async fn schedule_tasks(
+            &self,
+            request: Request<pb::ScheduleTasksRequest>,
+        ) -> Result<Response<pb::ScheduleTasksResponse>, Status> {
+            use pb::schedule_tasks_result::Outcome;
+            let results = request
+                .into_inner()
+                .tasks
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| pb::ScheduleTasksResult {
+                    index: i as u32,
+                    outcome: Some(if t.name == "bad" {
+                        Outcome::Error(pb::ScheduleTaskError {
+                            code: Code::InvalidArgument as i32,
+                            message: "name: `bad` is a reserved name".into(),
+                            field: "name".into(),
+                            violations: vec![],
+                        })
+                    } else {
+                        Outcome::Scheduled(pb::ScheduledTask {
+                            task_id: format!("t-{i}"),
+                            existing: false,
+                            state: pb::TaskState::Pending as i32,
+                        })
+                    }),
+                })
+                .collect();
+            Ok(Response::new(pb::ScheduleTasksResponse { results }))
+        }
+
         async fn schedule_task(
             &self,
             request: Request<pb::ScheduleTaskRequest>,
@@ -878,6 +1027,7 @@ mod tests {
             TaskCommand::List(a) => list(&mut client, &a, &mut out).await,
             TaskCommand::Logs(a) => logs(&mut client, &a, &mut out, std::future::pending()).await,
             TaskCommand::Watch(_) => unreachable!("watch has its own test"),
+            TaskCommand::ScheduleMany(_) => unreachable!("schedule-many has its own test"),
         };
         (result, String::from_utf8(out.into_inner()).unwrap())
     }
@@ -898,6 +1048,77 @@ mod tests {
         let value: Json = serde_json::from_str(&text).unwrap();
         assert_eq!(value["task_id"], "t-1");
         assert_eq!(value["status"]["state"], "pending");
+    }
+
+    #[tokio::test]
+    async fn schedule_many_prints_one_result_per_line_in_file_order() {
+        let addr = serve(MockOrchestrator::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tasks.jsonl");
+        std::fs::write(
+            &file,
+            concat!(
+                "# a comment, then a blank line\n",
+                "\n",
+                "[\"send-email\", \"--payload\", \"{\\\"to\\\": 1}\"]\n",
+                "{\"name\": \"bad\"}\n",
+                "{\"name\": \"resize\", \"payload\": {\"w\": 2}, \"label\": [\"a=b\", \"c=d\"], \"immediate\": true, \"priority\": -5}\n",
+                "{\"name\": \"x\", \"no-such-flag\": 1}\n",
+                "not json\n",
+            ),
+        )
+        .unwrap();
+        let lines = read_lines(&file).unwrap();
+        assert_eq!(
+            lines.iter().map(|l| l.0).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6, 7]
+        );
+        let resize = lines[2].1.as_ref().unwrap();
+        assert_eq!(resize.name, "resize");
+        let o = resize.options.as_ref().unwrap();
+        assert!(o.immediate);
+        assert_eq!(o.priority, -5);
+        assert_eq!(o.labels.len(), 2);
+        assert_eq!(
+            json::struct_to_json(resize.payload.as_ref().unwrap()),
+            serde_json::json!({"w": 2})
+        );
+        assert!(lines[3].1.is_err() && lines[4].1.is_err());
+
+        let mut client = connect(&addr.to_string()).await.unwrap();
+        let mut out = Output::new(Vec::new(), false);
+        let err = schedule_many(&mut client, lines.clone(), &mut out)
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), CliError::FAILURE);
+        assert_eq!(err.message(), "3 of 5 tasks were not scheduled");
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        let got: Vec<&str> = text.lines().collect();
+        assert_eq!(got.len(), 5, "{text}");
+        assert_eq!(got[0], "line 3: scheduled as task t-0");
+        assert_eq!(
+            got[1],
+            "line 4: INVALID_ARGUMENT: name: `bad` is a reserved name"
+        );
+        assert_eq!(got[2], "line 5: scheduled as task t-2");
+        assert!(got[3].starts_with("line 6: INVALID_ARGUMENT: "), "{text}");
+        assert!(
+            got[4].starts_with("line 7: INVALID_ARGUMENT: not a JSON value"),
+            "{text}"
+        );
+
+        let mut out = Output::new(Vec::new(), true);
+        let _ = schedule_many(&mut client, lines, &mut out).await;
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        let v: Vec<Json> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v[0]["line"], 3);
+        assert_eq!(v[0]["task_id"], "t-0");
+        assert_eq!(v[0]["state"], "pending");
+        assert_eq!(v[1]["error"]["field"], "name");
+        assert_eq!(v[1]["error"]["code"], "INVALID_ARGUMENT");
     }
 
     #[tokio::test]

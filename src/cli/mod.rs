@@ -44,9 +44,10 @@ mod render;
 use std::io;
 
 pub use args::{
-    parse_duration, parse_json_array, parse_json_object, parse_label, BackoffArg, CancelArgs,
-    ClientArgs, ClusterCommand, DisconnectArgs, FilterArgs, ListArgs, LogsArgs, MetricsArgs,
-    ScheduleArgs, StatusArgs, TaskCommand, TaskSourceArg, TaskStateArg, TaskTypeArg, WatchArgs,
+    parse_duration, parse_json_array, parse_json_object, parse_label, schedule_line, BackoffArg,
+    CancelArgs, ClientArgs, ClusterCommand, DisconnectArgs, FilterArgs, ListArgs, LogsArgs,
+    MetricsArgs, ScheduleArgs, ScheduleManyArgs, StatusArgs, TaskCommand, TaskSourceArg,
+    TaskStateArg, TaskTypeArg, WatchArgs,
 };
 pub use error::CliError;
 
@@ -70,6 +71,11 @@ pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), C
             // Bad flags fail before the connection does.
             let request = args.to_request()?;
             commands::schedule(&mut connect(server).await?, request, &mut out).await
+        }
+        TaskCommand::ScheduleMany(args) => {
+            // The file is read and every line parsed before connecting.
+            let lines = commands::read_lines(&args.file)?;
+            commands::schedule_many(&mut connect(server).await?, lines, &mut out).await
         }
         TaskCommand::Status(args) => {
             commands::status(&mut connect(server).await?, &args, &mut out).await

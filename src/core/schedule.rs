@@ -1,8 +1,9 @@
 //! Scheduling: accepting new tasks (from clients and from inside the
 //! server), admission checks, cleanup tasks.
 //!
-//! Owns: [`Core::schedule`], [`Core::schedule_internal`] and the withdrawal
-//! of a task whose insert failed.
+//! Owns: [`Core::schedule`], [`Core::schedule_many`] (one group commit for
+//! many), [`Core::schedule_internal`] and the withdrawal of a task whose
+//! insert failed.
 //! Must not: dispatch (that happens in `Core::with_state`).
 
 use std::sync::Arc;
@@ -53,54 +54,118 @@ impl Core {
         // A store that cannot commit now (its database is unreachable)
         // keeps what it has; new work is refused until it can.
         self.inner.store.writable()?;
-        let early = overlaps_commit(engine, &new.spec);
-        let mut msg = format!("scheduled ({})", new.spec.task_type.as_str());
-        if !new.delay.is_zero() {
-            msg.push_str(&format!(
-                ", delayed {}",
-                humantime::format_duration(new.delay)
-            ));
+        self.commit_new(vec![(new, engine)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(CoreError::Unavailable("the task was not settled".into())))
+    }
+
+    /// Accepts several tasks at once (`ScheduleTasks`): each is admitted on
+    /// its own, as [`Core::schedule`] admits one, and the admitted ones are
+    /// submitted as one group (one store submission, so one group commit)
+    /// and awaited once; then each is placed as [`Core::schedule`] places
+    /// one. One result per item, in order: a refused item (admission) does
+    /// not stop the others. The whole call fails, and nothing of it is
+    /// scheduled, when the store cannot take writes now, the server drains,
+    /// or the commit fails (the group commits or fails as a whole).
+    ///
+    /// Two items with the same idempotency key: the store inserts the first
+    /// and answers the second with the first's id, as it would a second
+    /// `schedule`.
+    pub async fn schedule_many(
+        &self,
+        items: Vec<NewTask>,
+    ) -> Result<Vec<Result<Scheduled, CoreError>>, CoreError> {
+        let mut out: Vec<Result<Scheduled, CoreError>> = Vec::with_capacity(items.len());
+        let mut admitted = Vec::with_capacity(items.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for new in items {
+            match self.admit(&new.spec) {
+                Ok((_, engine)) => {
+                    slots.push(out.len());
+                    admitted.push((new, engine));
+                    out.push(Err(CoreError::Unavailable("not settled".into())));
+                }
+                Err(e) => out.push(Err(e)),
+            }
         }
-        let cached = cached_payload(&new.payload);
-        let mut task = pending_task(new.spec, new.delay, engine.source());
-        let id = task.id;
-        let insert = (new.payload, msg);
+        if admitted.is_empty() {
+            return Ok(out);
+        }
+        self.inner.store.writable()?;
+        for (slot, r) in slots.into_iter().zip(self.commit_new(admitted).await?) {
+            out[slot] = r;
+        }
+        Ok(out)
+    }
+
+    /// Submits the inserts of admitted new tasks as one group, awaits its
+    /// commit once and places each task: the part [`Core::schedule`] and
+    /// [`Core::schedule_many`] share. `Err` when the group did not commit
+    /// (nothing of it is scheduled); otherwise one result per task, in
+    /// order (an existing task's status may fail to be read).
+    async fn commit_new(
+        &self,
+        items: Vec<(NewTask, EngineKind)>,
+    ) -> Result<Vec<Result<Scheduled, CoreError>>, CoreError> {
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut any_early = false;
+        for (new, engine) in items {
+            let early = overlaps_commit(engine, &new.spec);
+            any_early |= early;
+            let mut msg = format!("scheduled ({})", new.spec.task_type.as_str());
+            if !new.delay.is_zero() {
+                msg.push_str(&format!(
+                    ", delayed {}",
+                    humantime::format_duration(new.delay)
+                ));
+            }
+            let cached = cached_payload(&new.payload);
+            let task = pending_task(new.spec, new.delay, engine.source());
+            fresh.push(Fresh {
+                task,
+                payload: new.payload,
+                msg,
+                cached,
+                early,
+            });
+        }
         let (tx, rx) = oneshot::channel();
-        let placed = if early {
-            // `with_state` dispatches after the closure, and submits what the
-            // dispatch wrote (the RUNNING transition) after the insert.
-            Placed::Queued(self.with_state(move |st| {
-                self.submit_insert(st, &mut task, insert, tx)?;
-                Ok::<_, CoreError>(st.queue_accepted(task, cached))
-            })?)
+        // The early ones are queued in the critical section that submits
+        // the inserts; `with_state` dispatches after the closure, and
+        // submits what the dispatch wrote (RUNNING transitions) after them.
+        let placed = if any_early {
+            self.with_state(|st| self.submit_inserts(st, fresh, tx))?
         } else {
-            self.submit_insert(&mut self.inner.state.lock(), &mut task, insert, tx)?;
-            Placed::AfterCommit(task, cached)
+            self.submit_inserts(&mut self.inner.state.lock(), fresh, tx)?
         };
-        // What follows the commit (queueing the task, or withdrawing it)
+        // What follows the commit (queueing the tasks, or withdrawing them)
         // must happen even if the caller goes away meanwhile (a client's
         // deadline while the database is slow or down): should this future
-        // be dropped before the insert is settled, `Tail` hands the rest to
-        // a task of its own. Otherwise it runs here, without a task hop.
+        // be dropped before the inserts are settled, `Tail` hands the rest
+        // to a task of its own. Otherwise it runs here, without a task hop.
         let mut tail = Tail(Some(Pending {
             core: self.clone(),
-            id,
-            early,
             rx,
             placed,
         }));
         let res = (&mut tail.0.as_mut().expect("armed").rx).await;
         let pending = tail.0.take().expect("armed");
-        match pending.settle(res)? {
-            Settled::New(task) => Ok(Scheduled {
-                task,
-                existing: false,
-            }),
-            Settled::Existing(existing) => Ok(Scheduled {
-                task: self.status(existing).await?,
-                existing: true,
-            }),
+        let mut out = Vec::new();
+        for s in pending.settle(res)? {
+            out.push(match s {
+                Settled::New(task) => Ok(Scheduled {
+                    task,
+                    existing: false,
+                }),
+                Settled::Existing(existing) => self.status(existing).await.map(|task| Scheduled {
+                    task,
+                    existing: true,
+                }),
+                Settled::ToQueue(..) => Err(CoreError::Unavailable("not queued".into())),
+            });
         }
+        Ok(out)
     }
 
     /// The queue key and engine of a new task, once its engine is running
@@ -120,30 +185,43 @@ impl Core {
         Ok((key, engine))
     }
 
-    /// Gives a new task its sequence number and submits its insert (with
-    /// its payload and first log line), to be answered on `done`. Called
-    /// under the state lock: the store sees sequence order.
-    fn submit_insert(
+    /// Gives each new task its sequence number and submits their inserts
+    /// (each with its payload and first log line) as one group, to be
+    /// answered on `done`; places the early ones (see [`overlaps_commit`])
+    /// in their queues. Called under the state lock: the store sees
+    /// sequence order.
+    fn submit_inserts(
         &self,
         st: &mut State,
-        task: &mut Task,
-        (payload, msg): (Payload, String),
+        fresh: Vec<Fresh>,
         done: Completion,
-    ) -> Result<(), CoreError> {
+    ) -> Result<Vec<Placed>, CoreError> {
         if st.draining {
             return Err(CoreError::Unavailable("the server is shutting down".into()));
         }
-        task.rt.seq = st.seq();
-        self.inner.store.submit(
-            vec![WriteOp::Insert {
-                task: task.clone(),
-                payload,
-                log: vec![LogEntry::system(task.id, 0, msg)],
+        let mut ops = Vec::with_capacity(fresh.len());
+        let mut kept = Vec::with_capacity(fresh.len());
+        for mut f in fresh {
+            f.task.rt.seq = st.seq();
+            ops.push(WriteOp::Insert {
+                task: f.task.clone(),
+                payload: f.payload,
+                log: vec![LogEntry::system(f.task.id, 0, f.msg)],
                 event: Some(EventKind::Scheduled),
-            }],
-            Some(done),
-        );
-        Ok(())
+            });
+            kept.push((f.task, f.cached, f.early));
+        }
+        self.inner.store.submit(ops, Some(done));
+        Ok(kept
+            .into_iter()
+            .map(|(task, cached, early)| {
+                if early {
+                    Placed::Queued(st.queue_accepted(task, cached))
+                } else {
+                    Placed::AfterCommit(task, cached)
+                }
+            })
+            .collect())
     }
 
     /// Takes back a task that was queued before its insert was durable and
@@ -202,74 +280,99 @@ impl Core {
 /// Where a new task is while its insert commits.
 type InsertRx = oneshot::Receiver<Result<Vec<WriteOutcome>, Arc<crate::store::StoreError>>>;
 
-/// A new task whose insert is submitted but not yet settled.
+/// A new task before its insert is submitted.
+struct Fresh {
+    task: Task,
+    payload: Payload,
+    /// Its first log line.
+    msg: String,
+    cached: Option<Arc<str>>,
+    /// Queued before its insert is durable (see [`overlaps_commit`]).
+    early: bool,
+}
+
+/// New tasks whose inserts are submitted (one group) but not yet settled.
 struct Pending {
     core: Core,
-    id: TaskId,
-    /// Queued before its insert was durable (see [`overlaps_commit`]).
-    early: bool,
     rx: InsertRx,
-    placed: Placed,
+    /// In submission order, one per insert of the group.
+    placed: Vec<Placed>,
 }
 
 /// How a new task's insert settled.
 enum Settled {
     /// Inserted; the task as queued.
     New(Task),
+    /// Inserted; to be queued now (with its payload).
+    ToQueue(Task, Option<Arc<str>>),
     /// Its idempotency key belongs to this existing task.
     Existing(TaskId),
 }
 
 impl Pending {
-    /// What follows the insert: the task is queued (if it was not yet), or
-    /// withdrawn (if it was queued early and the insert failed).
+    /// What follows the inserts: each task is queued (if it was not yet),
+    /// or withdrawn (if it was queued early and the group failed).
     fn settle(
         self,
         res: Result<
             Result<Vec<WriteOutcome>, Arc<crate::store::StoreError>>,
             oneshot::error::RecvError,
         >,
-    ) -> Result<Settled, CoreError> {
-        let Pending {
-            core,
-            id,
-            early,
-            placed,
-            ..
-        } = self;
+    ) -> Result<Vec<Settled>, CoreError> {
+        let Pending { core, placed, .. } = self;
+        let withdraw_early = |why: &str| {
+            for p in &placed {
+                if let Placed::Queued(t) = p {
+                    core.withdraw(t.id, why);
+                }
+            }
+        };
         let outcome = match res {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => {
-                if early {
-                    core.withdraw(id, &format!("its insert failed: {e}"));
-                }
+                withdraw_early(&format!("its insert failed: {e}"));
                 return Err(CoreError::Store(e));
             }
             Err(_) => {
-                if early {
-                    core.withdraw(id, "the store closed before its insert was durable");
-                }
+                withdraw_early("the store closed before its insert was durable");
                 return Err(CoreError::Unavailable("the store is closed".into()));
             }
         };
-        Ok(match (outcome.first(), placed) {
-            (Some(WriteOutcome::Existing(existing)), placed) => {
-                if matches!(placed, Placed::Queued(_)) {
-                    // Not expected without an idempotency key (the id is new).
-                    core.withdraw(id, "the store holds another task under its key");
+        let mut settled: Vec<Settled> = placed
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| match (outcome.get(i), p) {
+                (Some(WriteOutcome::Existing(existing)), p) => {
+                    if let Placed::Queued(t) = p {
+                        // Not expected without an idempotency key (the id is new).
+                        core.withdraw(t.id, "the store holds another task under its key");
+                    }
+                    Settled::Existing(*existing)
                 }
-                Settled::Existing(*existing)
-            }
-            (_, Placed::Queued(task)) => Settled::New(task),
-            (_, Placed::AfterCommit(task, cached)) => {
-                Settled::New(core.with_state(|st| st.queue_accepted(task, cached)))
-            }
-        })
+                (_, Placed::Queued(task)) => Settled::New(task),
+                (_, Placed::AfterCommit(task, cached)) => Settled::ToQueue(task, cached),
+            })
+            .collect();
+        if settled.iter().any(|s| matches!(s, Settled::ToQueue(..))) {
+            settled = core.with_state(|st| {
+                settled
+                    .into_iter()
+                    .map(|s| match s {
+                        Settled::ToQueue(task, cached) => {
+                            Settled::New(st.queue_accepted(task, cached))
+                        }
+                        s => s,
+                    })
+                    .collect()
+            });
+        }
+        Ok(settled)
     }
 }
 
-/// Armed while [`Core::schedule`]'s caller awaits the insert: dropped
-/// armed (the caller went away), it settles the insert on a task of its own.
+/// Armed while [`Core::schedule`]'s (or [`Core::schedule_many`]'s) caller
+/// awaits the inserts: dropped armed (the caller went away), it settles
+/// them on a task of its own.
 struct Tail(Option<Pending>);
 
 impl Drop for Tail {

@@ -56,6 +56,8 @@ pub mod rules {
     pub const MAX_ATTEMPTS: u32 = 100;
     /// The most values one filter list (`task_ids`, `names`, …) may hold.
     pub const MAX_FILTER_VALUES: usize = 1000;
+    /// Most tasks in one `ScheduleTasks` call.
+    pub const MAX_BULK_TASKS: usize = 1000;
     /// The longest user or session id.
     pub const MAX_OWNER_BYTES: usize = 256;
     /// The longest reason of a cancel or a disconnect.

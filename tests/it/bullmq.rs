@@ -369,6 +369,65 @@ async fn a_job_completes_with_its_result_logs_and_events() {
     p.clean().await;
 }
 
+/// `ScheduleTasks` routed to BullMQ: a bulk of 1,000 with 3 bad items
+/// becomes 997 jobs (job id = task id) that a Node BullMQ worker consumes,
+/// each task COMPLETED with the worker's result.
+#[tokio::test]
+async fn a_bulk_of_1000_with_3_bad_items_becomes_997_jobs_a_node_worker_consumes() {
+    let url = redis_url();
+    if !prerequisites(&url).await {
+        return;
+    }
+    let p = Prefix::new(&url);
+    let s = server(&url, &p.name, &["bulkq"]).await;
+    let mut c = s.client().await;
+    let worker = NodeWorker::start(&url, &p.name, "bulkq", 50).await;
+
+    let results = crate::bulk::bulk(&mut c, crate::bulk::thousand("bulkq")).await;
+    let (ids, errors) = crate::bulk::split(&results, 1000);
+    assert_eq!(ids.len(), 997);
+    crate::bulk::assert_bad_items(&errors);
+
+    let said = worker.said.clone();
+    wait_until("the Node worker to process 997 jobs", LONG_WAIT * 2, || {
+        let n = said
+            .lock()
+            .iter()
+            .filter(|v| v["event"] == "processed")
+            .count();
+        async move { n >= 997 }
+    })
+    .await;
+    let processed: std::collections::HashSet<String> = worker
+        .said("processed")
+        .iter()
+        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .collect();
+    let wanted: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(processed, wanted, "each job is one of the bulk's tasks");
+    assert_eq!(worker.said("processed").len(), 997, "each once");
+    wait_until("the 997 tasks to be COMPLETED", LONG_WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let m = c
+                .get_metrics(pb::GetMetricsRequest {})
+                .await
+                .expect("GetMetrics")
+                .into_inner();
+            m.by_name.get("bulkq").map(|n| n.completed) == Some(997)
+        }
+    })
+    .await;
+    let st = status(&mut c, &ids[500]).await;
+    assert_eq!(st.source, pb::TaskSource::Bullmq as i32);
+    assert_eq!(st.external_id, ids[500]);
+    assert_eq!(to_json(st.result.as_ref().expect("a result"))["by"], "node");
+
+    worker.stop().await;
+    s.stop().await;
+    p.clean().await;
+}
+
 /// Retention removes a task that ran on BullMQ, and its job goes from
 /// Redis with it (the hash and its place in the completed set): the job
 /// was Switchyard's.

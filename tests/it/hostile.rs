@@ -283,6 +283,118 @@ async fn an_oversized_request_is_resource_exhausted() {
     still_serves(&mut client).await;
 }
 
+/// `ScheduleTasks`: the count is bounded (1,000), checked before any item
+/// is parsed; each item is bounded as `ScheduleTask` is; the answer stays
+/// small whatever the items hold; the message limit, undecodable bytes and
+/// nesting are refused as for `ScheduleTask`, for the whole call.
+#[tokio::test]
+async fn a_bulk_is_bounded_in_count_size_and_answer() {
+    const BULK: &str = "/switchyard.v1.OrchestratorService/ScheduleTasks";
+    let server = TestServer::start().await;
+    let ch = channel(&server.url).await;
+    let mut client = server.client().await;
+    let many = |n: usize| pb::ScheduleTasksRequest {
+        tasks: vec![simple("hostile-bulk", json!({})); n],
+    };
+    refused(
+        "1,001 items",
+        client.schedule_tasks(many(1001)).await,
+        "tasks",
+    );
+    // 100,000 empty items: refused by count before any is validated.
+    let r = client
+        .schedule_tasks(pb::ScheduleTasksRequest {
+            tasks: vec![pb::ScheduleTaskRequest::default(); 100_000],
+        })
+        .await;
+    refused("100,000 items", r, "tasks");
+
+    // 1,000 items with every field wrong: the answer is one short result
+    // each, far below the message limit.
+    let bad = pb::ScheduleTaskRequest {
+        name: "n".repeat(1000),
+        payload: None,
+        task_type: 99,
+        options: Some(pb::TaskOptions {
+            priority: 5000,
+            attempts: 1000,
+            user_id: "u".repeat(300),
+            session_id: "s".repeat(300),
+            idempotency_key: "k".repeat(300),
+            ..Default::default()
+        }),
+        target: None,
+    };
+    let req = pb::ScheduleTasksRequest {
+        tasks: vec![bad; 1000],
+    };
+    let asked = req.encoded_len();
+    let answer = client
+        .schedule_tasks(req)
+        .await
+        .expect("a bulk of bad items is answered item by item")
+        .into_inner();
+    assert_eq!(answer.results.len(), 1000);
+    for r in &answer.results {
+        let Some(pb::schedule_tasks_result::Outcome::Error(e)) = &r.outcome else {
+            panic!("accepted: {r:?}");
+        };
+        assert_eq!(e.code, Code::InvalidArgument as i32);
+        assert_eq!(e.field, "name");
+        assert_eq!(e.violations.len(), 4, "at most 4 violations: {e:?}");
+        assert!(e.message.len() <= 256, "{}", e.message);
+        assert!(e.message.contains("violations in all"), "{}", e.message);
+    }
+    let size = answer.encoded_len();
+    assert!(
+        size < 1 << 20,
+        "the answer to {asked} bytes takes {size} bytes"
+    );
+
+    // An item nesting 64 levels is taken; 80 refuse the whole call, as
+    // ScheduleTask refuses it.
+    let nested = |levels: usize| {
+        let mut v = json!({"leaf": 1});
+        for _ in 1..levels {
+            v = json!({ "a": v });
+        }
+        v
+    };
+    let ok = client
+        .schedule_tasks(pb::ScheduleTasksRequest {
+            tasks: vec![simple("deep-bulk", nested(64))],
+        })
+        .await
+        .expect("64 levels in a bulk item")
+        .into_inner();
+    assert!(matches!(
+        ok.results[0].outcome,
+        Some(pb::schedule_tasks_result::Outcome::Scheduled(_))
+    ));
+    let e = client
+        .schedule_tasks(pb::ScheduleTasksRequest {
+            tasks: vec![simple("deep-bulk", nested(80))],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_small("80 levels in a bulk item", &e);
+
+    // Over the message limit (4 MiB): RESOURCE_EXHAUSTED; garbage:
+    // INVALID_ARGUMENT.
+    let big = pb::ScheduleTasksRequest {
+        tasks: vec![simple("big", json!({ "p": "p".repeat(600 << 10) })); 8],
+    }
+    .encode_to_vec();
+    let e = raw_unary(&ch, BULK, big).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let e = raw_unary(&ch, BULK, vec![0xff; 64]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert_small("garbage to ScheduleTasks", &e);
+    still_serves(&mut client).await;
+    integrity_ok(server.data_dir());
+}
+
 // ---------------------------------------------------------------------------
 // Bounded answers and fields.
 // ---------------------------------------------------------------------------

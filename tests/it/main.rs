@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod bulk;
 mod bullmq;
 mod cluster;
 mod core_bad_input;

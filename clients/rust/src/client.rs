@@ -129,6 +129,16 @@ impl Client {
         Ok(self.inner.schedule_task(r).await?.into_inner())
     }
 
+    /// Schedules up to 1,000 tasks in one call, committed together; one
+    /// result per item, in order (see `ScheduleTasksRequest`).
+    pub async fn schedule_many(
+        &mut self,
+        tasks: Vec<pb::ScheduleTaskRequest>,
+    ) -> Result<Vec<pb::ScheduleTasksResult>, Status> {
+        let r = self.req(pb::ScheduleTasksRequest { tasks });
+        Ok(self.inner.schedule_tasks(r).await?.into_inner().results)
+    }
+
     /// One task's status.
     pub async fn status(&mut self, task_id: &str) -> Result<pb::TaskStatus, Status> {
         let r = self.req(pb::GetTaskStatusRequest {
