@@ -51,6 +51,7 @@ export { TaskFailedError, TaskHandle } from './handle.js';
 export { asWatchStream, type WatchStream } from './watch.js';
 export {
   DEFAULT_CANCEL_TIMEOUT_MS,
+  MAX_BULK_TASKS,
   StandardizedOrchestratorService,
   type CancelOptions,
   type ComplexWorkflowOptions,

@@ -14,13 +14,14 @@ import { filter as rxFilter } from 'rxjs';
 import type { CallSettings, SwitchyardConnection } from './connection.js';
 import {
   cancelOutcomeName,
+  taskStateName,
   toJsonObject,
   toLogLine,
   toPbFilter,
   toScheduleRequest,
   toTaskInfo,
 } from './convert.js';
-import { SwitchyardError } from './errors.js';
+import { grpcCodeName, SwitchyardError } from './errors.js';
 import {
   CancelTaskRequest,
   DisconnectRequest,
@@ -33,6 +34,8 @@ import {
   SignalTaskRequest,
 } from './gen/switchyard/v1/orchestrator.js';
 import type {
+  BulkResult,
+  BulkTask,
   CancelResult,
   DisconnectReceipt,
   DisconnectTarget,
@@ -82,6 +85,9 @@ export interface CancelOptions {
   timeoutMs?: number;
 }
 
+/** The most tasks one `scheduleTasks` call takes. */
+export const MAX_BULK_TASKS = 1000;
+
 /** The default of `cancelTimeoutMs`. */
 export const DEFAULT_CANCEL_TIMEOUT_MS = 10_000;
 
@@ -118,6 +124,64 @@ export class StandardizedOrchestratorService {
     }
     const task = toTaskInfo(res.status);
     return { taskId: res.taskId, existing: res.existing, status: task.status, task };
+  }
+
+  /**
+   * Schedules up to {@link MAX_BULK_TASKS} tasks in one call
+   * (`ScheduleTasks`): each is checked on its own, exactly as `scheduleTask`
+   * checks one, and the accepted ones are stored together (one group commit)
+   * before this resolves. Resolves with one result per task, in order: a
+   * refused task (`ok: false`, with the {@link SwitchyardError}
+   * `scheduleTask` would have rejected it with) does not stop the others.
+   * An empty list resolves with an empty list.
+   *
+   * Rejects only for the call as a whole: `INVALID_ARGUMENT` on `tasks` for
+   * more than 1,000, `RESOURCE_EXHAUSTED` / `UNAVAILABLE` when the server
+   * cannot store anything now; then nothing was scheduled.
+   */
+  async scheduleTasks(tasks: readonly BulkTask[]): Promise<BulkResult[]> {
+    if (tasks.length > MAX_BULK_TASKS) {
+      throw SwitchyardError.invalidArgument('tasks', `must hold at most ${MAX_BULK_TASKS} tasks, got ${tasks.length}`, 'ScheduleTasks');
+    }
+    const results: (BulkResult | undefined)[] = new Array(tasks.length);
+    const sent: number[] = [];
+    const requests = [];
+    for (const [index, t] of tasks.entries()) {
+      try {
+        requests.push(toScheduleRequest(t.name, t.payload ?? {}, t.options ?? {}, this.defaults));
+        sent.push(index);
+      } catch (e) {
+        // Refused here as scheduleTask would refuse it: that task's result.
+        if (!(e instanceof SwitchyardError)) throw e;
+        results[index] = { index, ok: false, error: e };
+      }
+    }
+    if (requests.length > 0) {
+      const res = await this.connection.unary('scheduleTasks', { tasks: requests });
+      for (const r of res.results) {
+        const index = sent[r.index];
+        if (index === undefined) continue;
+        if (r.scheduled) {
+          results[index] = { index, ok: true, taskId: r.scheduled.taskId, existing: r.scheduled.existing, status: taskStateName(r.scheduled.state) };
+        } else {
+          const e = r.error;
+          results[index] = {
+            index,
+            ok: false,
+            error: new SwitchyardError({
+              code: grpcCodeName(e?.code ?? 13),
+              details: e?.message ?? 'no outcome',
+              fieldViolations: e?.violations.map((v) => ({ field: v.field, description: v.description })) ?? [],
+              method: 'ScheduleTasks',
+            }),
+          };
+        }
+      }
+    }
+    return results.map(
+      (r, index) =>
+        r ?? { index, ok: false, error: new SwitchyardError({ code: 'INTERNAL', details: 'the server gave no result for this task', method: 'ScheduleTasks' }) },
+    );
   }
 
   /**

@@ -6,6 +6,7 @@
  */
 import type { GetMetricsResponse, LogLine } from './gen/switchyard/v1/orchestrator.js';
 import type { TaskStatus } from './gen/switchyard/v1/task.js';
+import type { SwitchyardError } from './errors.js';
 
 /** The three kinds of work. The kind picks the executor. */
 export enum TaskType {
@@ -367,6 +368,40 @@ export interface ScheduleResult {
   /** The whole task right after scheduling. */
   task: TaskInfo;
 }
+
+/** One task of `scheduleTasks`: what `scheduleTask` takes, as an object. */
+export interface BulkTask {
+  /** The task name. */
+  name: string;
+  /** The input, a JSON object. Default `{}`. */
+  payload?: unknown;
+  /** As `scheduleTask`'s options (the service's defaults apply too). */
+  options?: ScheduleTaskOptions;
+}
+
+/**
+ * The outcome of one task of `scheduleTasks` (or one job of `addBulk`), at
+ * its index in the list given: `ok` with its id, or the error
+ * `scheduleTask` would have rejected it with (a {@link SwitchyardError}:
+ * `code`, `fieldViolations`).
+ */
+export type BulkResult =
+  | {
+      index: number;
+      ok: true;
+      /** The task id (UUIDv7). */
+      taskId: string;
+      /** True when the idempotency key matched an existing task (or an earlier item of the same call). */
+      existing: boolean;
+      /** Its status right after scheduling. */
+      status: TaskStatusName;
+    }
+  | {
+      index: number;
+      ok: false;
+      /** Why it was refused; nothing of it was stored. */
+      error: SwitchyardError;
+    };
 
 /** What `cancelTaskWithOutcome` reports. */
 export interface CancelResult {

@@ -95,6 +95,26 @@ describe('Nest idioms and the guide-shaped API', { timeout: 60_000 }, () => {
     assert.ok(events.includes('completed:welcome:{"sent":"a@b.c","job":"welcome"}'));
   });
 
+  it('addBulk: BullMQ-shaped jobs, one result each, processed by the queue’s processor', async () => {
+    const mailer = moduleRef.get(Mailer);
+    const results = await mailer.queue.addBulk([
+      { name: 'bulk-a', data: { to: 'a@b.c' } },
+      { name: 'bulk-b', data: { to: 'b@b.c' }, opts: { priority: 5 } },
+      { name: 'bulk-c', data: { to: 'c@b.c' }, opts: { attempts: 101 } },
+    ]);
+    assert.deepEqual(
+      results.map((r) => r.ok),
+      [true, true, false],
+    );
+    const [a, b, c] = results;
+    assert.ok(a?.ok && b?.ok && c && !c.ok);
+    assert.equal(c.error.code, 'INVALID_ARGUMENT');
+    assert.equal(c.error.fieldViolations[0]?.field, 'options.attempts');
+    assert.deepEqual(await orchestrator.getHandle(a.taskId).result({ timeoutMs: 10_000 }), { sent: 'a@b.c', job: 'bulk-a' });
+    assert.deepEqual(await orchestrator.getHandle(b.taskId).result({ timeoutMs: 10_000 }), { sent: 'b@b.c', job: 'bulk-b' });
+    assert.equal((await orchestrator.getTaskStatus(b.taskId)).priority, 5);
+  });
+
   it('watchTasks is an async iterator', async () => {
     const watch = orchestrator.watchTasks({ names: ['idioms.emails'] });
     const seen: string[] = [];

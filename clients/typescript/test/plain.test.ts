@@ -66,6 +66,38 @@ describe('SwitchyardClient and createWorker, without NestJS', { timeout: 120_000
     }
   });
 
+  it('scheduleTasks: one result per task in order, bad ones refused on their own, the rest run', async () => {
+    const worker = createWorker({ url: server.url, logger: false, handlers: { 'plain.bulk': (p: { n: number }) => ({ n: p.n }) } });
+    try {
+      await worker.waitUntilRegistered();
+      const tasks = Array.from({ length: 50 }, (_, n) => ({ name: 'plain.bulk', payload: { n } as unknown, options: {} as { attempts?: number } }));
+      tasks[3] = { name: 'plain bulk', payload: { n: 3 }, options: {} };
+      tasks[7] = { name: 'plain.bulk', payload: { n: 7 }, options: { attempts: 101 } };
+      const results = await client.orchestrator.scheduleTasks(tasks);
+      assert.equal(results.length, 50);
+      results.forEach((r, i) => assert.equal(r.index, i));
+      const refused = results.filter((r) => !r.ok);
+      assert.deepEqual(
+        refused.map((r) => (r.ok ? null : [r.index, r.error.code, r.error.fieldViolations[0]?.field])),
+        [
+          [3, 'INVALID_ARGUMENT', 'name'],
+          [7, 'INVALID_ARGUMENT', 'options.attempts'],
+        ],
+      );
+      const r10 = results[10];
+      assert.ok(r10?.ok);
+      assert.equal(r10.existing, false);
+      assert.deepEqual((await client.orchestrator.waitForTask(r10.taskId, { timeoutMs: 10_000 })).result, { n: 10 });
+      assert.deepEqual(await client.orchestrator.scheduleTasks([]), []);
+      await assert.rejects(
+        client.orchestrator.scheduleTasks(Array.from({ length: 1001 }, () => ({ name: 'plain.bulk' }))),
+        (e: unknown) => e instanceof SwitchyardError && e.code === 'INVALID_ARGUMENT' && e.fieldViolations[0]?.field === 'tasks',
+      );
+    } finally {
+      await worker.close();
+    }
+  });
+
   it('drains on close: a running task finishes, nothing new is taken', async () => {
     const started = signal<TaskContext>();
     const finish = signal();

@@ -420,6 +420,89 @@ export interface ScheduleTaskResponse {
   status: TaskStatus | undefined;
 }
 
+/** Schedules several tasks in one call (see ScheduleTasks). */
+export interface ScheduleTasksRequest {
+  /**
+   * The tasks, each as ScheduleTask takes it. At most 1,000; an empty list
+   * is answered with an empty list.
+   */
+  tasks: ScheduleTaskRequest[];
+}
+
+/** One result per item of `ScheduleTasksRequest.tasks`, in the same order. */
+export interface ScheduleTasksResponse {
+  /** `results[i]` is the outcome of `tasks[i]`. */
+  results: ScheduleTasksResult[];
+}
+
+/** The outcome of one item of a ScheduleTasks call. */
+export interface ScheduleTasksResult {
+  /** The item's position in `ScheduleTasksRequest.tasks`, from 0. */
+  index: number;
+  /**
+   * The item was accepted: committed, or its idempotency key matched an
+   * existing task.
+   */
+  scheduled?:
+    | ScheduledTask
+    | undefined;
+  /** The item was refused; nothing of it was written. */
+  error?: ScheduleTaskError | undefined;
+}
+
+/** An accepted item of a ScheduleTasks call. */
+export interface ScheduledTask {
+  /** The task id (UUIDv7). */
+  taskId: string;
+  /**
+   * True when `idempotency_key` matched an existing task (stored before, or
+   * an earlier item of the same call), whose id this is; nothing new was
+   * scheduled for this item.
+   */
+  existing: boolean;
+  /**
+   * The task's state right after scheduling (for an existing task, its
+   * state now).
+   */
+  state: TaskState;
+}
+
+/**
+ * Why one item of a ScheduleTasks call was refused: what ScheduleTask would
+ * have answered for it alone.
+ */
+export interface ScheduleTaskError {
+  /**
+   * The gRPC status code (google.rpc.Code numbering): 3 INVALID_ARGUMENT for
+   * a bad field, 9 FAILED_PRECONDITION for a task this server cannot run
+   * (no executor for its type, a setting its engine cannot honour).
+   */
+  code: number;
+  /** The status message, at most 256 bytes. */
+  message: string;
+  /**
+   * The field of the first violation, as ScheduleTask's INVALID_ARGUMENT
+   * names it (`name`, `options.attempts`, `complex.workflow_type`); empty
+   * when the error is not about a field.
+   */
+  field: string;
+  /**
+   * Every field violation of the item, as in ScheduleTask's
+   * `google.rpc.BadRequest` details: at most 4 (the message counts the
+   * rest), each field and description cut at 200 bytes, so that an answer of 1,000
+   * refused items stays well under the message limit.
+   */
+  violations: ItemFieldViolation[];
+}
+
+/** A field of one item that failed validation. */
+export interface ItemFieldViolation {
+  /** The field's path in ScheduleTaskRequest (`options.attempts`). */
+  field: string;
+  /** What is wrong. */
+  description: string;
+}
+
 /** Asks for one task's status. */
 export interface GetTaskStatusRequest {
   /** The task id. */
@@ -2112,6 +2195,562 @@ export const ScheduleTaskResponse: MessageFns<ScheduleTaskResponse> = {
     message.status = (object.status !== undefined && object.status !== null)
       ? TaskStatus.fromPartial(object.status)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseScheduleTasksRequest(): ScheduleTasksRequest {
+  return { tasks: [] };
+}
+
+export const ScheduleTasksRequest: MessageFns<ScheduleTasksRequest> = {
+  encode(message: ScheduleTasksRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.tasks) {
+      ScheduleTaskRequest.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScheduleTasksRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScheduleTasksRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tasks.push(ScheduleTaskRequest.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScheduleTasksRequest {
+    return {
+      tasks: globalThis.Array.isArray(object?.tasks)
+        ? object.tasks.map((e: any) => ScheduleTaskRequest.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ScheduleTasksRequest): unknown {
+    const obj: any = {};
+    if (message.tasks?.length) {
+      obj.tasks = message.tasks.map((e) => ScheduleTaskRequest.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScheduleTasksRequest>, I>>(base?: I): ScheduleTasksRequest {
+    return ScheduleTasksRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScheduleTasksRequest>, I>>(object: I): ScheduleTasksRequest {
+    const message = createBaseScheduleTasksRequest();
+    message.tasks = object.tasks?.map((e) => ScheduleTaskRequest.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseScheduleTasksResponse(): ScheduleTasksResponse {
+  return { results: [] };
+}
+
+export const ScheduleTasksResponse: MessageFns<ScheduleTasksResponse> = {
+  encode(message: ScheduleTasksResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      ScheduleTasksResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScheduleTasksResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScheduleTasksResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(ScheduleTasksResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScheduleTasksResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results)
+        ? object.results.map((e: any) => ScheduleTasksResult.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ScheduleTasksResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => ScheduleTasksResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScheduleTasksResponse>, I>>(base?: I): ScheduleTasksResponse {
+    return ScheduleTasksResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScheduleTasksResponse>, I>>(object: I): ScheduleTasksResponse {
+    const message = createBaseScheduleTasksResponse();
+    message.results = object.results?.map((e) => ScheduleTasksResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseScheduleTasksResult(): ScheduleTasksResult {
+  return { index: 0, scheduled: undefined, error: undefined };
+}
+
+export const ScheduleTasksResult: MessageFns<ScheduleTasksResult> = {
+  encode(message: ScheduleTasksResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint32(message.index);
+    }
+    if (message.scheduled !== undefined) {
+      ScheduledTask.encode(message.scheduled, writer.uint32(18).fork()).join();
+    }
+    if (message.error !== undefined) {
+      ScheduleTaskError.encode(message.error, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScheduleTasksResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScheduleTasksResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scheduled = ScheduledTask.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.error = ScheduleTaskError.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScheduleTasksResult {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      scheduled: isSet(object.scheduled) ? ScheduledTask.fromJSON(object.scheduled) : undefined,
+      error: isSet(object.error) ? ScheduleTaskError.fromJSON(object.error) : undefined,
+    };
+  },
+
+  toJSON(message: ScheduleTasksResult): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.scheduled !== undefined) {
+      obj.scheduled = ScheduledTask.toJSON(message.scheduled);
+    }
+    if (message.error !== undefined) {
+      obj.error = ScheduleTaskError.toJSON(message.error);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScheduleTasksResult>, I>>(base?: I): ScheduleTasksResult {
+    return ScheduleTasksResult.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScheduleTasksResult>, I>>(object: I): ScheduleTasksResult {
+    const message = createBaseScheduleTasksResult();
+    message.index = object.index ?? 0;
+    message.scheduled = (object.scheduled !== undefined && object.scheduled !== null)
+      ? ScheduledTask.fromPartial(object.scheduled)
+      : undefined;
+    message.error = (object.error !== undefined && object.error !== null)
+      ? ScheduleTaskError.fromPartial(object.error)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseScheduledTask(): ScheduledTask {
+  return { taskId: "", existing: false, state: 0 };
+}
+
+export const ScheduledTask: MessageFns<ScheduledTask> = {
+  encode(message: ScheduledTask, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.existing !== false) {
+      writer.uint32(16).bool(message.existing);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScheduledTask {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScheduledTask();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.existing = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScheduledTask {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      existing: isSet(object.existing) ? globalThis.Boolean(object.existing) : false,
+      state: isSet(object.state) ? taskStateFromJSON(object.state) : 0,
+    };
+  },
+
+  toJSON(message: ScheduledTask): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.existing !== false) {
+      obj.existing = message.existing;
+    }
+    if (message.state !== 0) {
+      obj.state = taskStateToJSON(message.state);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScheduledTask>, I>>(base?: I): ScheduledTask {
+    return ScheduledTask.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScheduledTask>, I>>(object: I): ScheduledTask {
+    const message = createBaseScheduledTask();
+    message.taskId = object.taskId ?? "";
+    message.existing = object.existing ?? false;
+    message.state = object.state ?? 0;
+    return message;
+  },
+};
+
+function createBaseScheduleTaskError(): ScheduleTaskError {
+  return { code: 0, message: "", field: "", violations: [] };
+}
+
+export const ScheduleTaskError: MessageFns<ScheduleTaskError> = {
+  encode(message: ScheduleTaskError, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).int32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    if (message.field !== "") {
+      writer.uint32(26).string(message.field);
+    }
+    for (const v of message.violations) {
+      ItemFieldViolation.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScheduleTaskError {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScheduleTaskError();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.field = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.violations.push(ItemFieldViolation.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScheduleTaskError {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      field: isSet(object.field) ? globalThis.String(object.field) : "",
+      violations: globalThis.Array.isArray(object?.violations)
+        ? object.violations.map((e: any) => ItemFieldViolation.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ScheduleTaskError): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.field !== "") {
+      obj.field = message.field;
+    }
+    if (message.violations?.length) {
+      obj.violations = message.violations.map((e) => ItemFieldViolation.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ScheduleTaskError>, I>>(base?: I): ScheduleTaskError {
+    return ScheduleTaskError.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ScheduleTaskError>, I>>(object: I): ScheduleTaskError {
+    const message = createBaseScheduleTaskError();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.field = object.field ?? "";
+    message.violations = object.violations?.map((e) => ItemFieldViolation.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseItemFieldViolation(): ItemFieldViolation {
+  return { field: "", description: "" };
+}
+
+export const ItemFieldViolation: MessageFns<ItemFieldViolation> = {
+  encode(message: ItemFieldViolation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.field !== "") {
+      writer.uint32(10).string(message.field);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ItemFieldViolation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseItemFieldViolation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.field = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ItemFieldViolation {
+    return {
+      field: isSet(object.field) ? globalThis.String(object.field) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+    };
+  },
+
+  toJSON(message: ItemFieldViolation): unknown {
+    const obj: any = {};
+    if (message.field !== "") {
+      obj.field = message.field;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ItemFieldViolation>, I>>(base?: I): ItemFieldViolation {
+    return ItemFieldViolation.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ItemFieldViolation>, I>>(object: I): ItemFieldViolation {
+    const message = createBaseItemFieldViolation();
+    message.field = object.field ?? "";
+    message.description = object.description ?? "";
     return message;
   },
 };
@@ -5095,6 +5734,40 @@ export const OrchestratorServiceService = {
       Buffer.from(ScheduleTaskResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ScheduleTaskResponse => ScheduleTaskResponse.decode(value),
   },
+  /**
+   * Accepts up to 1,000 tasks in one call (more is INVALID_ARGUMENT naming
+   * `tasks`, and nothing is scheduled; none is an empty answer). Each item is
+   * validated and admitted on its own exactly as ScheduleTask does it, and
+   * the answer has one result per item, in order: the task id, or the error
+   * ScheduleTask would have answered for that item alone (its code and field
+   * violations). A bad item does not stop the others. The accepted items
+   * are committed together, in one group commit of the store (one
+   * transaction and one fsync), before the reply: once this returns OK,
+   * every item with a task id survives a crash; if that commit fails, the
+   * call fails as a whole and none of them is scheduled. Conditions of the
+   * whole server refuse the whole call as they refuse ScheduleTask:
+   * RESOURCE_EXHAUSTED while the store cannot take writes for want of space,
+   * UNAVAILABLE while it cannot be reached or the server drains. The
+   * request's size is bounded by the server's message limit (see the
+   * service's errors), so 1,000 items of large payloads may not fit in one
+   * call. Idempotency keys work as in ScheduleTask; an item whose key an
+   * earlier item of the same call used answers that item's task id with
+   * `existing` set. After acceptance each task goes where ScheduleTask would
+   * send it (embedded queues, BullMQ, Temporal, the workflow engine, the
+   * webhook caller); tasks routed to BullMQ that are dispatched together
+   * are added to Redis together. The trace context of the call is the
+   * parent of every item's task.
+   */
+  scheduleTasks: {
+    path: "/switchyard.v1.OrchestratorService/ScheduleTasks" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ScheduleTasksRequest): Buffer => Buffer.from(ScheduleTasksRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ScheduleTasksRequest => ScheduleTasksRequest.decode(value),
+    responseSerialize: (value: ScheduleTasksResponse): Buffer =>
+      Buffer.from(ScheduleTasksResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ScheduleTasksResponse => ScheduleTasksResponse.decode(value),
+  },
   /** The current status of one task. NOT_FOUND if the id is unknown. */
   getTaskStatus: {
     path: "/switchyard.v1.OrchestratorService/GetTaskStatus" as const,
@@ -5261,6 +5934,31 @@ export interface OrchestratorServiceServer extends UntypedServiceImplementation 
    * webhook or engine (see `Assignment.traceparent`).
    */
   scheduleTask: handleUnaryCall<ScheduleTaskRequest, ScheduleTaskResponse>;
+  /**
+   * Accepts up to 1,000 tasks in one call (more is INVALID_ARGUMENT naming
+   * `tasks`, and nothing is scheduled; none is an empty answer). Each item is
+   * validated and admitted on its own exactly as ScheduleTask does it, and
+   * the answer has one result per item, in order: the task id, or the error
+   * ScheduleTask would have answered for that item alone (its code and field
+   * violations). A bad item does not stop the others. The accepted items
+   * are committed together, in one group commit of the store (one
+   * transaction and one fsync), before the reply: once this returns OK,
+   * every item with a task id survives a crash; if that commit fails, the
+   * call fails as a whole and none of them is scheduled. Conditions of the
+   * whole server refuse the whole call as they refuse ScheduleTask:
+   * RESOURCE_EXHAUSTED while the store cannot take writes for want of space,
+   * UNAVAILABLE while it cannot be reached or the server drains. The
+   * request's size is bounded by the server's message limit (see the
+   * service's errors), so 1,000 items of large payloads may not fit in one
+   * call. Idempotency keys work as in ScheduleTask; an item whose key an
+   * earlier item of the same call used answers that item's task id with
+   * `existing` set. After acceptance each task goes where ScheduleTask would
+   * send it (embedded queues, BullMQ, Temporal, the workflow engine, the
+   * webhook caller); tasks routed to BullMQ that are dispatched together
+   * are added to Redis together. The trace context of the call is the
+   * parent of every item's task.
+   */
+  scheduleTasks: handleUnaryCall<ScheduleTasksRequest, ScheduleTasksResponse>;
   /** The current status of one task. NOT_FOUND if the id is unknown. */
   getTaskStatus: handleUnaryCall<GetTaskStatusRequest, GetTaskStatusResponse>;
   /**
@@ -5346,6 +6044,45 @@ export interface OrchestratorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ScheduleTaskResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Accepts up to 1,000 tasks in one call (more is INVALID_ARGUMENT naming
+   * `tasks`, and nothing is scheduled; none is an empty answer). Each item is
+   * validated and admitted on its own exactly as ScheduleTask does it, and
+   * the answer has one result per item, in order: the task id, or the error
+   * ScheduleTask would have answered for that item alone (its code and field
+   * violations). A bad item does not stop the others. The accepted items
+   * are committed together, in one group commit of the store (one
+   * transaction and one fsync), before the reply: once this returns OK,
+   * every item with a task id survives a crash; if that commit fails, the
+   * call fails as a whole and none of them is scheduled. Conditions of the
+   * whole server refuse the whole call as they refuse ScheduleTask:
+   * RESOURCE_EXHAUSTED while the store cannot take writes for want of space,
+   * UNAVAILABLE while it cannot be reached or the server drains. The
+   * request's size is bounded by the server's message limit (see the
+   * service's errors), so 1,000 items of large payloads may not fit in one
+   * call. Idempotency keys work as in ScheduleTask; an item whose key an
+   * earlier item of the same call used answers that item's task id with
+   * `existing` set. After acceptance each task goes where ScheduleTask would
+   * send it (embedded queues, BullMQ, Temporal, the workflow engine, the
+   * webhook caller); tasks routed to BullMQ that are dispatched together
+   * are added to Redis together. The trace context of the call is the
+   * parent of every item's task.
+   */
+  scheduleTasks(
+    request: ScheduleTasksRequest,
+    callback: (error: ServiceError | null, response: ScheduleTasksResponse) => void,
+  ): ClientUnaryCall;
+  scheduleTasks(
+    request: ScheduleTasksRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ScheduleTasksResponse) => void,
+  ): ClientUnaryCall;
+  scheduleTasks(
+    request: ScheduleTasksRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ScheduleTasksResponse) => void,
   ): ClientUnaryCall;
   /** The current status of one task. NOT_FOUND if the id is unknown. */
   getTaskStatus(

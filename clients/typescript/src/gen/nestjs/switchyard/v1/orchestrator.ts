@@ -250,6 +250,89 @@ export interface ScheduleTaskResponse {
   status: TaskStatus | undefined;
 }
 
+/** Schedules several tasks in one call (see ScheduleTasks). */
+export interface ScheduleTasksRequest {
+  /**
+   * The tasks, each as ScheduleTask takes it. At most 1,000; an empty list
+   * is answered with an empty list.
+   */
+  tasks: ScheduleTaskRequest[];
+}
+
+/** One result per item of `ScheduleTasksRequest.tasks`, in the same order. */
+export interface ScheduleTasksResponse {
+  /** `results[i]` is the outcome of `tasks[i]`. */
+  results: ScheduleTasksResult[];
+}
+
+/** The outcome of one item of a ScheduleTasks call. */
+export interface ScheduleTasksResult {
+  /** The item's position in `ScheduleTasksRequest.tasks`, from 0. */
+  index: number;
+  /**
+   * The item was accepted: committed, or its idempotency key matched an
+   * existing task.
+   */
+  scheduled?:
+    | ScheduledTask
+    | undefined;
+  /** The item was refused; nothing of it was written. */
+  error?: ScheduleTaskError | undefined;
+}
+
+/** An accepted item of a ScheduleTasks call. */
+export interface ScheduledTask {
+  /** The task id (UUIDv7). */
+  taskId: string;
+  /**
+   * True when `idempotency_key` matched an existing task (stored before, or
+   * an earlier item of the same call), whose id this is; nothing new was
+   * scheduled for this item.
+   */
+  existing: boolean;
+  /**
+   * The task's state right after scheduling (for an existing task, its
+   * state now).
+   */
+  state: TaskState;
+}
+
+/**
+ * Why one item of a ScheduleTasks call was refused: what ScheduleTask would
+ * have answered for it alone.
+ */
+export interface ScheduleTaskError {
+  /**
+   * The gRPC status code (google.rpc.Code numbering): 3 INVALID_ARGUMENT for
+   * a bad field, 9 FAILED_PRECONDITION for a task this server cannot run
+   * (no executor for its type, a setting its engine cannot honour).
+   */
+  code: number;
+  /** The status message, at most 256 bytes. */
+  message: string;
+  /**
+   * The field of the first violation, as ScheduleTask's INVALID_ARGUMENT
+   * names it (`name`, `options.attempts`, `complex.workflow_type`); empty
+   * when the error is not about a field.
+   */
+  field: string;
+  /**
+   * Every field violation of the item, as in ScheduleTask's
+   * `google.rpc.BadRequest` details: at most 4 (the message counts the
+   * rest), each field and description cut at 200 bytes, so that an answer of 1,000
+   * refused items stays well under the message limit.
+   */
+  violations: ItemFieldViolation[];
+}
+
+/** A field of one item that failed validation. */
+export interface ItemFieldViolation {
+  /** The field's path in ScheduleTaskRequest (`options.attempts`). */
+  field: string;
+  /** What is wrong. */
+  description: string;
+}
+
 /** Asks for one task's status. */
 export interface GetTaskStatusRequest {
   /** The task id. */
@@ -605,6 +688,33 @@ export interface OrchestratorServiceClient {
 
   scheduleTask(request: ScheduleTaskRequest): Observable<ScheduleTaskResponse>;
 
+  /**
+   * Accepts up to 1,000 tasks in one call (more is INVALID_ARGUMENT naming
+   * `tasks`, and nothing is scheduled; none is an empty answer). Each item is
+   * validated and admitted on its own exactly as ScheduleTask does it, and
+   * the answer has one result per item, in order: the task id, or the error
+   * ScheduleTask would have answered for that item alone (its code and field
+   * violations). A bad item does not stop the others. The accepted items
+   * are committed together, in one group commit of the store (one
+   * transaction and one fsync), before the reply: once this returns OK,
+   * every item with a task id survives a crash; if that commit fails, the
+   * call fails as a whole and none of them is scheduled. Conditions of the
+   * whole server refuse the whole call as they refuse ScheduleTask:
+   * RESOURCE_EXHAUSTED while the store cannot take writes for want of space,
+   * UNAVAILABLE while it cannot be reached or the server drains. The
+   * request's size is bounded by the server's message limit (see the
+   * service's errors), so 1,000 items of large payloads may not fit in one
+   * call. Idempotency keys work as in ScheduleTask; an item whose key an
+   * earlier item of the same call used answers that item's task id with
+   * `existing` set. After acceptance each task goes where ScheduleTask would
+   * send it (embedded queues, BullMQ, Temporal, the workflow engine, the
+   * webhook caller); tasks routed to BullMQ that are dispatched together
+   * are added to Redis together. The trace context of the call is the
+   * parent of every item's task.
+   */
+
+  scheduleTasks(request: ScheduleTasksRequest): Observable<ScheduleTasksResponse>;
+
   /** The current status of one task. NOT_FOUND if the id is unknown. */
 
   getTaskStatus(request: GetTaskStatusRequest): Observable<GetTaskStatusResponse>;
@@ -717,6 +827,35 @@ export interface OrchestratorServiceController {
     request: ScheduleTaskRequest,
   ): Promise<ScheduleTaskResponse> | Observable<ScheduleTaskResponse> | ScheduleTaskResponse;
 
+  /**
+   * Accepts up to 1,000 tasks in one call (more is INVALID_ARGUMENT naming
+   * `tasks`, and nothing is scheduled; none is an empty answer). Each item is
+   * validated and admitted on its own exactly as ScheduleTask does it, and
+   * the answer has one result per item, in order: the task id, or the error
+   * ScheduleTask would have answered for that item alone (its code and field
+   * violations). A bad item does not stop the others. The accepted items
+   * are committed together, in one group commit of the store (one
+   * transaction and one fsync), before the reply: once this returns OK,
+   * every item with a task id survives a crash; if that commit fails, the
+   * call fails as a whole and none of them is scheduled. Conditions of the
+   * whole server refuse the whole call as they refuse ScheduleTask:
+   * RESOURCE_EXHAUSTED while the store cannot take writes for want of space,
+   * UNAVAILABLE while it cannot be reached or the server drains. The
+   * request's size is bounded by the server's message limit (see the
+   * service's errors), so 1,000 items of large payloads may not fit in one
+   * call. Idempotency keys work as in ScheduleTask; an item whose key an
+   * earlier item of the same call used answers that item's task id with
+   * `existing` set. After acceptance each task goes where ScheduleTask would
+   * send it (embedded queues, BullMQ, Temporal, the workflow engine, the
+   * webhook caller); tasks routed to BullMQ that are dispatched together
+   * are added to Redis together. The trace context of the call is the
+   * parent of every item's task.
+   */
+
+  scheduleTasks(
+    request: ScheduleTasksRequest,
+  ): Promise<ScheduleTasksResponse> | Observable<ScheduleTasksResponse> | ScheduleTasksResponse;
+
   /** The current status of one task. NOT_FOUND if the id is unknown. */
 
   getTaskStatus(
@@ -816,6 +955,7 @@ export function OrchestratorServiceControllerMethods() {
   return function (constructor: Function) {
     const grpcMethods: string[] = [
       "scheduleTask",
+      "scheduleTasks",
       "getTaskStatus",
       "cancelTask",
       "watchTasks",
