@@ -351,6 +351,31 @@ async def test_bad_input_gets_the_servers_codes_and_fields(client: AsyncClient, 
     assert await fields(client.list_tasks(states=["DONE"])) == ["filter.states"]
 
 
+async def test_schedule_tasks_one_result_per_task(client: AsyncClient, name: str) -> None:
+    tasks: List[Dict[str, Any]] = [{"name": name, "payload": {"n": n}} for n in range(20)]
+    tasks[2] = {"name": "bad name", "payload": {"n": 2}}
+    tasks[5] = {"name": name, "attempts": 101}
+    tasks[6] = {"name": name, "payload": {"n": 6}, "idempotency_key": f"bulk-{name}"}
+    tasks[7] = {"name": name, "payload": {"n": 7}, "idempotency_key": f"bulk-{name}"}
+    tasks[8] = {"name": name, "delay": "soon"}  # refused before sending
+    results = await client.schedule_tasks(tasks)
+    assert [r.index for r in results] == list(range(20))
+    refused = [(r.index, r.error.code, [v.field for v in r.error.field_violations]) for r in results if isinstance(r.error, SwitchyardError)]
+    assert refused == [
+        (2, "INVALID_ARGUMENT", ["name"]),
+        (5, "INVALID_ARGUMENT", ["options.attempts"]),
+        (8, "INVALID_ARGUMENT", ["options.delay"]),
+    ]
+    assert isinstance(results[5].error, InvalidArgumentError)
+    assert results[7].ok and results[7].existing and results[7].task_id == results[6].task_id
+    assert results[0].state is TaskState.PENDING and not results[0].existing
+    assert (await client.status(results[10].task_id or "")).payload == {"n": 10}
+    assert await client.schedule_tasks([]) == []
+    with pytest.raises(InvalidArgumentError) as err:
+        await client.schedule_tasks([{"name": name}] * 1001)
+    assert err.value.fields.keys() == {"tasks"}
+
+
 async def test_deadlines_metadata_and_several_addresses(server: TestServer, name: str) -> None:
     dead = Proxy(server.port)
     await dead.start()
@@ -385,6 +410,8 @@ def test_sync_client(server: TestServer, name: str) -> None:
         with pytest.raises(SwitchyardError) as err:
             client.schedule("", {})
         assert err.value.fields.keys() == {"name"}
+        bulk = client.schedule_tasks([{"name": name, "payload": {"b": 1}}, {"name": ""}])
+        assert bulk[0].ok and bulk[1].error is not None
         items = client.watch(task_ids=[res.task_id], after_sequence=res.task.sequence - 1)
         first = next(items)
         assert isinstance(first, TaskEvent) and first.task.id == res.task_id

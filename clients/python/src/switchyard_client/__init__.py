@@ -31,6 +31,7 @@ from .errors import (
 from .sync import Client
 from .types import (
     Backoff,
+    BulkResult,
     BackoffKind,
     Retention,
     CancelOutcome,
@@ -103,6 +104,7 @@ __all__ = [
     "QueueMetrics",
     "RegisteredWorkflow",
     "ScheduleResult",
+    "BulkResult",
     "StateCounts",
     "StepState",
     "StepStatus",

@@ -26,9 +26,10 @@ from . import convert
 from ._gen.switchyard.v1 import orchestrator_pb2 as opb
 from ._gen.switchyard.v1 import task_pb2 as tpb
 from .connection import DEFAULT, TLS, Connection, resolve_timeout
-from .errors import SwitchyardError, UnavailableError, from_rpc_error, invalid_argument
+from .errors import FieldViolation, SwitchyardError, UnavailableError, error_class, from_rpc_error, invalid_argument
 from .types import (
     Backoff,
+    BulkResult,
     CancelResult,
     DisconnectReceipt,
     DurationLike,
@@ -71,6 +72,12 @@ _WATCH_PERMANENT = frozenset(
 StrOrMany = Union[str, Iterable[str], None]
 
 _MISSING: Any = object()
+
+
+#: The most tasks one `schedule_tasks` call takes.
+MAX_BULK_TASKS = 1000
+
+_STATUS_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 
 
 class _LazyScheduleResult(ScheduleResult):
@@ -259,6 +266,75 @@ class AsyncClient:
         )
         res = await self._call("ScheduleTask", req, timeout, safe=bool(idempotency_key))
         return _LazyScheduleResult(res.task_id, res.existing, _status=res.status)
+
+    async def schedule_tasks(
+        self,
+        tasks: Sequence[Mapping[str, Any]],
+        *,
+        timeout: Any = DEFAULT,
+    ) -> List[BulkResult]:
+        """Schedules up to 1,000 tasks in one call (`ScheduleTasks`); returns
+        once the accepted ones are durably stored, together (one group
+        commit).
+
+        Each task is a mapping of what `schedule` takes: `name`, `payload`,
+        and any of its keyword options (`priority`, `idempotency_key`,
+        `task_type`, `queue`, ...). Each is checked on its own, as `schedule`
+        checks one; the result has one `BulkResult` per task, in order, and
+        a refused task (`error` set) does not stop the others. An empty list
+        returns an empty list. Raises only for the call as a whole:
+        `InvalidArgumentError` on `tasks` for more than 1,000,
+        `ResourceExhaustedError` / `UnavailableError` when the server cannot
+        store anything now (then nothing was scheduled).
+        """
+        if len(tasks) > MAX_BULK_TASKS:
+            raise invalid_argument("tasks", f"must hold at most {MAX_BULK_TASKS} tasks, got {len(tasks)}", "ScheduleTasks")
+        results: List[Optional[BulkResult]] = [None] * len(tasks)
+        sent: List[int] = []
+        req = opb.ScheduleTasksRequest()
+        for index, t in enumerate(tasks):
+            options = dict(t)
+            name = options.pop("name", None)
+            payload = options.pop("payload", None)
+            options.setdefault("task_type", TaskType.SIMPLE)
+            try:
+                req.tasks.append(self._schedule_request(name, payload, **options))  # type: ignore[arg-type]
+            except SwitchyardError as err:
+                results[index] = BulkResult(index=index, error=err)
+                continue
+            except TypeError as err:
+                results[index] = BulkResult(index=index, error=invalid_argument("tasks", str(err), "ScheduleTasks"))
+                continue
+            sent.append(index)
+        if sent:
+            res = await self._call("ScheduleTasks", req, timeout, safe=False)
+            for r in res.results:
+                if r.index >= len(sent):
+                    continue
+                index = sent[r.index]
+                if r.HasField("scheduled"):
+                    s = r.scheduled
+                    results[index] = BulkResult(
+                        index=index, task_id=s.task_id, existing=s.existing, state=convert.task_state(s.state)
+                    )
+                else:
+                    e = r.error
+                    code = _STATUS_BY_NUMBER.get(e.code, grpc.StatusCode.UNKNOWN)
+                    results[index] = BulkResult(
+                        index=index,
+                        error=error_class(code)(
+                            e.message,
+                            status_code=code,
+                            field_violations=[FieldViolation(v.field, v.description) for v in e.violations],
+                            method="ScheduleTasks",
+                        ),
+                    )
+        return [
+            r
+            if r is not None
+            else BulkResult(index=i, error=SwitchyardError("the server gave no result for this task", method="ScheduleTasks"))
+            for i, r in enumerate(results)
+        ]
 
     @staticmethod
     def _schedule_request(

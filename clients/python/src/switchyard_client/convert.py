@@ -468,3 +468,8 @@ def json_dumps(obj: Any) -> str:
 
 def ensure_str_list(value: Sequence[Any], field: str) -> List[str]:
     return _strings(value, field)
+
+
+def task_state(number: int) -> Optional[TaskState]:
+    """A `switchyard.v1.TaskState` number as a `TaskState` (None if unknown)."""
+    return _STATE_PY.get(number)

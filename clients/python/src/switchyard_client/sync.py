@@ -16,10 +16,11 @@ import asyncio
 import queue
 import threading
 from types import TracebackType
-from typing import Any, Coroutine, Iterator, List, Optional, Sequence, Type, TypeVar, Union
+from typing import Any, Coroutine, Iterator, List, Mapping, Optional, Sequence, Type, TypeVar, Union
 
 from .client import AsyncClient
 from .types import (
+    BulkResult,
     CancelResult,
     DisconnectReceipt,
     LogPage,
@@ -82,6 +83,9 @@ class Client:
 
     def schedule(self, name: str, payload: Optional[Any] = None, **options: Any) -> ScheduleResult:
         return self._run(self._client.schedule(name, payload, **options))
+
+    def schedule_tasks(self, tasks: Sequence[Mapping[str, Any]], **kw: Any) -> List[BulkResult]:
+        return self._run(self._client.schedule_tasks(tasks, **kw))
 
     def schedule_simple(self, name: str, payload: Optional[Any] = None, **options: Any) -> ScheduleResult:
         return self._run(self._client.schedule_simple(name, payload, **options))

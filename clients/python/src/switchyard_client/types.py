@@ -240,6 +240,25 @@ class ScheduleResult:
 
 
 @dataclass(frozen=True)
+class BulkResult:
+    """The outcome of one task of `schedule_tasks`, at its `index` in the
+    list given: `task_id` (with `existing` and `state`) when it was accepted,
+    else `error`, the `SwitchyardError` that `schedule` would have raised for
+    it (nothing of it was stored)."""
+
+    index: int
+    task_id: Optional[str] = None
+    existing: bool = False
+    state: Optional["TaskState"] = None
+    error: Optional[Exception] = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the task was accepted."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
 class CancelResult:
     """What a cancel did, and the task after it."""
 

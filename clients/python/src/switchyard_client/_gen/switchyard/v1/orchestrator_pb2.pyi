@@ -193,6 +193,58 @@ class ScheduleTaskResponse(_message.Message):
     status: _task_pb2.TaskStatus
     def __init__(self, task_id: _Optional[str] = ..., existing: _Optional[bool] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, _Mapping]] = ...) -> None: ...
 
+class ScheduleTasksRequest(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[ScheduleTaskRequest]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[ScheduleTaskRequest, _Mapping]]] = ...) -> None: ...
+
+class ScheduleTasksResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ScheduleTasksResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ScheduleTasksResult, _Mapping]]] = ...) -> None: ...
+
+class ScheduleTasksResult(_message.Message):
+    __slots__ = ("index", "scheduled", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    scheduled: ScheduledTask
+    error: ScheduleTaskError
+    def __init__(self, index: _Optional[int] = ..., scheduled: _Optional[_Union[ScheduledTask, _Mapping]] = ..., error: _Optional[_Union[ScheduleTaskError, _Mapping]] = ...) -> None: ...
+
+class ScheduledTask(_message.Message):
+    __slots__ = ("task_id", "existing", "state")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    EXISTING_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    existing: bool
+    state: _task_pb2.TaskState
+    def __init__(self, task_id: _Optional[str] = ..., existing: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
+
+class ScheduleTaskError(_message.Message):
+    __slots__ = ("code", "message", "field", "violations")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    field: str
+    violations: _containers.RepeatedCompositeFieldContainer[ItemFieldViolation]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field: _Optional[str] = ..., violations: _Optional[_Iterable[_Union[ItemFieldViolation, _Mapping]]] = ...) -> None: ...
+
+class ItemFieldViolation(_message.Message):
+    __slots__ = ("field", "description")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    description: str
+    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
 class GetTaskStatusRequest(_message.Message):
     __slots__ = ("task_id",)
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

@@ -52,6 +52,11 @@ class OrchestratorServiceStub:
                 request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTaskRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTaskResponse.FromString,
                 _registered_method=True)
+        self.ScheduleTasks = channel.unary_unary(
+                '/switchyard.v1.OrchestratorService/ScheduleTasks',
+                request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTasksRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTasksResponse.FromString,
+                _registered_method=True)
         self.GetTaskStatus = channel.unary_unary(
                 '/switchyard.v1.OrchestratorService/GetTaskStatus',
                 request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.GetTaskStatusRequest.SerializeToString,
@@ -137,6 +142,34 @@ class OrchestratorServiceServicer:
         context in the request's metadata (`traceparent`, `tracestate`) is the
         parent of the server's spans and is carried on to the task's worker,
         webhook or engine (see `Assignment.traceparent`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleTasks(self, request, context):
+        """Accepts up to 1,000 tasks in one call (more is INVALID_ARGUMENT naming
+        `tasks`, and nothing is scheduled; none is an empty answer). Each item is
+        validated and admitted on its own exactly as ScheduleTask does it, and
+        the answer has one result per item, in order: the task id, or the error
+        ScheduleTask would have answered for that item alone (its code and field
+        violations). A bad item does not stop the others. The accepted items
+        are committed together, in one group commit of the store (one
+        transaction and one fsync), before the reply: once this returns OK,
+        every item with a task id survives a crash; if that commit fails, the
+        call fails as a whole and none of them is scheduled. Conditions of the
+        whole server refuse the whole call as they refuse ScheduleTask:
+        RESOURCE_EXHAUSTED while the store cannot take writes for want of space,
+        UNAVAILABLE while it cannot be reached or the server drains. The
+        request's size is bounded by the server's message limit (see the
+        service's errors), so 1,000 items of large payloads may not fit in one
+        call. Idempotency keys work as in ScheduleTask; an item whose key an
+        earlier item of the same call used answers that item's task id with
+        `existing` set. After acceptance each task goes where ScheduleTask would
+        send it (embedded queues, BullMQ, Temporal, the workflow engine, the
+        webhook caller); tasks routed to BullMQ that are dispatched together
+        are added to Redis together. The trace context of the call is the
+        parent of every item's task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -245,6 +278,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTaskRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTaskResponse.SerializeToString,
             ),
+            'ScheduleTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleTasks,
+                    request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTasksRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTasksResponse.SerializeToString,
+            ),
             'GetTaskStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTaskStatus,
                     request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.GetTaskStatusRequest.FromString,
@@ -340,6 +378,33 @@ class OrchestratorService:
             '/switchyard.v1.OrchestratorService/ScheduleTask',
             switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTaskRequest.SerializeToString,
             switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.OrchestratorService/ScheduleTasks',
+            switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTasksRequest.SerializeToString,
+            switchyard_dot_v1_dot_orchestrator__pb2.ScheduleTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
