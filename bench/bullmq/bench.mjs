@@ -1,5 +1,6 @@
 // BullMQ peer of Switchyard's benchmark (`make bench`): the same work as
-// scenarios a, b and c, at the same concurrency, on the local Redis.
+// scenarios a, b, c and j (Queue.addBulk), at the same concurrency, on the
+// local Redis.
 //
 //   node bench/bullmq/bench.mjs '<json config>'
 //
@@ -28,9 +29,13 @@ const cfg = {
   drain_concurrency: 100,
   lat_concurrency: 100,
   rates: [],
-  // Which scenarios: add (a), e2e and drain (b), lat (c). The harness asks
-  // for add alone when it interleaves it with Switchyard-via-BullMQ (g).
-  parts: ['add', 'e2e', 'drain', 'lat'],
+  // j: jobs per Queue.addBulk call, and calls in flight.
+  bulk_per_call: 100,
+  bulk_inflight: [4, 16],
+  // Which scenarios: add (a), e2e and drain (b), lat (c), addbulk (j). The
+  // harness asks for add alone when it interleaves it with
+  // Switchyard-via-BullMQ (g).
+  parts: ['add', 'addbulk', 'e2e', 'drain', 'lat'],
   ...(process.argv[2]?.startsWith('{') ? JSON.parse(process.argv[2]) : {}),
 };
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -138,6 +143,36 @@ async function add(inflight) {
   const m = await measure(async () => ({ n: count.n }), cfg.warmup_s, cfg.window_s);
   stop.flag = true;
   await done;
+  await closeAll(qs);
+  await flushPrefix();
+  return m;
+}
+
+// j. Queue.addBulk throughput: `inflight` loops each adding `perCall` jobs
+// per call, back to back; the rate counts jobs.
+async function addBulk(inflight, perCall) {
+  const qs = queues(qname(`j${inflight}`), inflight);
+  await Promise.all(qs.map((q) => q.waitUntilReady()));
+  const stop = { flag: false };
+  const count = { n: 0 };
+  let seq = 0;
+  const loops = [];
+  for (let i = 0; i < inflight; i++) {
+    const q = qs[Math.floor(i / PER_CONNECTION) % qs.length];
+    loops.push(
+      (async () => {
+        while (!stop.flag) {
+          const jobs = [];
+          for (let k = 0; k < perCall; k++) jobs.push({ name: 'bench', data: { n: seq++ } });
+          await q.addBulk(jobs);
+          count.n += perCall;
+        }
+      })(),
+    );
+  }
+  const m = await measure(async () => ({ n: count.n }), cfg.warmup_s, cfg.window_s);
+  stop.flag = true;
+  await Promise.all(loops);
   await closeAll(qs);
   await flushPrefix();
   return m;
@@ -308,6 +343,10 @@ async function main() {
     for (const c of part('add') ? cfg.inflight : []) {
       log(`a. add, ${c} in flight, run ${run}`);
       pushRate(`add.c${c}`, await add(c));
+    }
+    for (const c of part('addbulk') ? cfg.bulk_inflight : []) {
+      log(`j. addBulk of ${cfg.bulk_per_call}, ${c} in flight, run ${run}`);
+      pushRate(`addbulk${cfg.bulk_per_call}.c${c}`, await addBulk(c, cfg.bulk_per_call));
     }
     for (const c of part('e2e') ? cfg.concurrency : []) {
       log(`b. add and process, concurrency ${c}, run ${run}`);

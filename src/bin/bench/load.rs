@@ -249,6 +249,74 @@ pub async fn schedule_throughput(
     Ok(rate)
 }
 
+/// Durable tasks accepted per second through `ScheduleTasks`: `inflight`
+/// loops each sending calls of `per_call` SIMPLE tasks named `name` back to
+/// back; the rate counts accepted tasks (items), not calls.
+pub async fn bulk_throughput(
+    url: &str,
+    server: u32,
+    (inflight, per_call): (usize, usize),
+    warmup: Duration,
+    window: Duration,
+    name: &'static str,
+    db: bool,
+) -> Result<Rate> {
+    let pool = Pool::new(url, inflight).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let mut loops = Vec::with_capacity(inflight);
+    for i in 0..inflight {
+        let mut client = pool.client(i);
+        let (stop, counts, next) = (stop.clone(), counts.clone(), next.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let first = next.fetch_add(per_call as u64, Ordering::Relaxed);
+                let tasks = (first..first + per_call as u64)
+                    .map(|seq| simple(name, payload_n(seq)))
+                    .collect();
+                match client
+                    .schedule_tasks(pb::ScheduleTasksRequest { tasks })
+                    .await
+                {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let ok = r
+                            .results
+                            .iter()
+                            .filter(|x| {
+                                matches!(
+                                    x.outcome,
+                                    Some(pb::schedule_tasks_result::Outcome::Scheduled(_))
+                                )
+                            })
+                            .count();
+                        counts.ok.fetch_add(ok as u64, Ordering::Relaxed);
+                        if ok < r.results.len() {
+                            counts.error(tonic::Status::internal(format!(
+                                "{} of {} items refused",
+                                r.results.len() - ok,
+                                r.results.len()
+                            )));
+                        }
+                    }
+                    Err(s) => {
+                        counts.error(s);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let rate = measure_rate(&counts.ok, server, warmup, window, db).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        let _ = l.await;
+    }
+    check(&counts)?;
+    Ok(rate)
+}
+
 /// Fails if every call failed, or more than 1% did.
 pub fn check(counts: &Counts) -> Result<()> {
     let ok = counts.ok.load(Ordering::Relaxed);

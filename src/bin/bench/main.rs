@@ -47,15 +47,17 @@ struct Args {
     /// --quick).
     #[arg(long)]
     pending: Option<u64>,
-    /// Which parts to run: Switchyard's scenarios a–i (g: via BullMQ, with
+    /// Which parts to run: Switchyard's scenarios a–j (g: via BullMQ, with
     /// Node's Queue.add interleaved; h: via Temporal, with the Python
-    /// client interleaved; i: the store over months), the peers' own scenarios (bullmq, temporal),
+    /// client interleaved; i: the store over months; j: ScheduleTasks, 100
+    /// per call), the peers' own scenarios (bullmq, with Queue.addBulk for
+    /// j; temporal),
     /// and on PostgreSQL: a, b and c again (pa, pb, pc), graphile-worker's
     /// (graphile, interleaved with them) and the failover of three replicas.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,b,c,d,e,f,g,h,i,bullmq,temporal,pa,pb,pc,graphile,failover"
+        default_value = "a,b,c,d,e,f,g,h,i,j,bullmq,temporal,pa,pb,pc,graphile,failover"
     )]
     only: Vec<String>,
     /// PostgreSQL for pa, pb, pc, graphile and failover (a fresh schema per
@@ -324,6 +326,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 }
                 Err(e) => {
                     fail(&mut sy, "e.", e);
+                    break;
+                }
+            }
+        }
+    }
+    if wants(&args, "j") {
+        for run in 0..plan.runs {
+            log(format!(
+                "j. ScheduleTasks, {} per call, run {}",
+                scenarios::BULK_PER_CALL,
+                run + 1
+            ));
+            match scenarios::bulk(&ctx).await {
+                Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                Err(e) => {
+                    fail(&mut sy, "j.", e);
                     break;
                 }
             }
@@ -598,7 +616,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     }
                 }
                 if want_bullmq && node_ok {
-                    let parts: Vec<&str> = ["add", "e2e", "drain", "lat"]
+                    let parts: Vec<&str> = ["add", "addbulk", "e2e", "drain", "lat"]
                         .into_iter()
                         .filter(|p| !(add_measured && *p == "add"))
                         .collect();
@@ -895,6 +913,8 @@ async fn bullmq_call(
         "inflight": plan.inflight,
         "producer_inflight": plan.producer_inflight,
         "concurrency": [1, 16, 100],
+        "bulk_per_call": scenarios::BULK_PER_CALL,
+        "bulk_inflight": scenarios::BULK_INFLIGHT,
         "drain_n": plan.drain_n,
         "drain_concurrency": 100,
         "lat_concurrency": 100,
@@ -1035,6 +1055,22 @@ fn rows(
                 "bullmq",
                 format!("{peer_id}.total_cpu_us"),
                 "Redis + Node producer + Node worker",
+            ),
+        );
+    }
+    for c in scenarios::BULK_INFLIGHT {
+        let k = scenarios::BULK_PER_CALL;
+        r.push(
+            RowDef::new(
+                format!("j.bulk{k}.c{c}"),
+                format!("j. ScheduleTasks of {k}, {c} calls in flight: durable tasks/s"),
+                Unit::PerSec,
+                Better::Higher,
+            )
+            .vs(
+                "bullmq",
+                format!("addbulk{k}.c{c}"),
+                format!("Queue.addBulk of {k}, {c} in flight: jobs/s"),
             ),
         );
     }
@@ -1507,6 +1543,18 @@ fn targets(
             Unit::PerSec,
         ),
     ];
+    t.push(at_least(
+        "j. ScheduleTasks, 100 per call: ≥ 100,000 durable tasks/s accepted on the embedded store (issue 22)",
+        best("j.bulk"),
+        100_000.0,
+        Unit::PerSec,
+    ));
+    t.push(at_least(
+        "j. ScheduleTasks, 100 per call: ≥ 1.0× Queue.addBulk per job (each concurrency; embedded store, not yet through the BullMQ backend)",
+        min_ratio("j.bulk", ""),
+        1.0,
+        Unit::Ratio,
+    ));
     // Issues 5 and 6 compare time per operation: peer rate ÷ Switchyard's.
     let worst_time_ratio = |prefix: &str| {
         figures

@@ -279,6 +279,37 @@ pub async fn schedule(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
     Ok(out)
 }
 
+/// Tasks per `ScheduleTasks` call in j.
+pub const BULK_PER_CALL: usize = 100;
+/// Calls in flight in j.
+pub const BULK_INFLIGHT: [usize; 2] = [4, 16];
+
+/// j. Durable tasks accepted per second through `ScheduleTasks`, 100 tasks
+/// per call, at each number of calls in flight (`j.bulk100.c{c}`).
+pub async fn bulk(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for &c in &BULK_INFLIGHT {
+        let f = ctx.fresh("j").await?;
+        let r = load::bulk_throughput(
+            &f.server.url,
+            f.server.pid(),
+            (c, BULK_PER_CALL),
+            ctx.plan.warmup,
+            ctx.plan.window,
+            "bench.j",
+            ctx.pg.is_some(),
+        )
+        .await;
+        f.done().await;
+        push_rate(
+            &mut out,
+            &ctx.fig(&format!("j.bulk{BULK_PER_CALL}.c{c}")),
+            r.with_context(|| format!("j: {c} calls of {BULK_PER_CALL} in flight"))?,
+        );
+    }
+    Ok(out)
+}
+
 /// b. End-to-end SIMPLE throughput with the producer running, per worker
 /// configuration; then the drain of a pre-filled queue.
 pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
