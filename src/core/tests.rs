@@ -226,6 +226,109 @@ async fn a_started_task_whose_insert_fails_is_withdrawn() {
     assert!(call.await.unwrap().is_ok());
 }
 
+fn many_in_background(
+    core: &Core,
+    specs: Vec<TaskSpec>,
+) -> tokio::task::JoinHandle<Result<Vec<Result<Scheduled, CoreError>>, CoreError>> {
+    let core = core.clone();
+    tokio::spawn(async move {
+        core.schedule_many(
+            specs
+                .into_iter()
+                .map(|spec| NewTask {
+                    spec,
+                    payload: Payload::Json(Arc::from("{}")),
+                    delay: Duration::ZERO,
+                })
+                .collect(),
+        )
+        .await
+    })
+}
+
+/// A bulk's inserts are one submission (one group, so one commit), in
+/// order; its tasks without a key start while it commits, the keyed ones
+/// after; a repeated key answers the first item's task.
+#[tokio::test]
+async fn a_bulk_is_one_group_and_a_repeated_key_is_the_first_items_task() {
+    let (core, store) = core_on_pausable_store().await;
+    let mut link = core.register_worker("w", &["t".to_string()], 8, 0).unwrap();
+    store.pause();
+    let call = many_in_background(
+        &core,
+        vec![
+            spec("t", None),
+            spec("t", Some("k")),
+            spec("t", None),
+            spec("t", Some("k")),
+        ],
+    );
+    // The two without a key are handed out before the commit.
+    for _ in 0..2 {
+        assert!(matches!(next_push(&mut link.rx).await, Push::Assign(_)));
+    }
+    {
+        let held = store.held.lock();
+        let groups = held.as_ref().unwrap();
+        let inserts: Vec<usize> = groups
+            .iter()
+            .map(|(ops, _)| {
+                ops.iter()
+                    .filter(|o| matches!(o, WriteOp::Insert { .. }))
+                    .count()
+            })
+            .filter(|n| *n > 0)
+            .collect();
+        assert_eq!(inserts, vec![4], "one group of four inserts");
+    }
+    store.resume(false);
+    let out = call.await.unwrap().unwrap();
+    let ids: Vec<(TaskId, bool)> = out
+        .iter()
+        .map(|r| {
+            let s = r.as_ref().unwrap();
+            (s.task.id, s.existing)
+        })
+        .collect();
+    assert!(!ids[0].1 && !ids[1].1 && !ids[2].1);
+    assert_eq!(ids[3], (ids[1].0, true), "the second k is the first's");
+    // The keyed one is queued after the commit, once.
+    assert!(matches!(next_push(&mut link.rx).await, Push::Assign(_)));
+    assert!(no_push_within(&mut link.rx, Duration::from_millis(100)).await);
+    let total: u64 = core.metrics().counts.total().iter().sum();
+    assert_eq!(total, 3, "three tasks");
+}
+
+/// A bulk whose group fails: the call fails, the tasks that had started
+/// are withdrawn, nothing of the bulk remains.
+#[tokio::test]
+async fn a_bulk_whose_commit_fails_is_withdrawn_whole() {
+    let (core, store) = core_on_pausable_store().await;
+    let mut link = core.register_worker("w", &["t".to_string()], 8, 0).unwrap();
+    store.pause();
+    let call = many_in_background(&core, vec![spec("t", None), spec("t", None)]);
+    let mut started = Vec::new();
+    for _ in 0..2 {
+        let Push::Assign(a) = next_push(&mut link.rx).await else {
+            panic!("expected an assignment");
+        };
+        started.push(a.task.id);
+    }
+    store.resume(true);
+    assert!(matches!(call.await.unwrap(), Err(CoreError::Store(_))));
+    for _ in 0..2 {
+        match next_push(&mut link.rx).await {
+            Push::Cancel { task_id, force, .. } => {
+                assert!(started.contains(&task_id));
+                assert!(force);
+            }
+            other => panic!("expected a cancel, got {other:?}"),
+        }
+    }
+    store.flush().await.unwrap();
+    assert_eq!(core.metrics().counts.total(), [0; 7]);
+}
+
 /// A task with an idempotency key may turn out to be an existing one:
 /// it is queued only once the store has said it is new.
 #[tokio::test]

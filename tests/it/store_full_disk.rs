@@ -262,6 +262,19 @@ async fn a_full_disk_refuses_new_tasks_and_loses_none() {
     .expect_err("accepted while the disk is full");
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
     assert!(s.message().contains("disk is full"), "{s:?}");
+    // A bulk is refused whole, as ScheduleTask is, with nothing of it
+    // scheduled (a bad item does not turn the call into item results).
+    let s = within(
+        "ScheduleTasks while full",
+        SHORT,
+        c.schedule_tasks(pb::ScheduleTasksRequest {
+            tasks: vec![request(10), request(11), simple("not a name", json!({}))],
+        }),
+    )
+    .await
+    .expect_err("a bulk accepted while the disk is full");
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("disk is full"), "{s:?}");
     let first = seen.acked.lock()[0].clone();
     assert_eq!(status(&mut c, &first).await.id, first);
     // Reads that first wait for the queued writes (ListTasks and the logs
