@@ -165,6 +165,10 @@ pub(crate) async fn schedule<W: Write>(
     Ok(())
 }
 
+/// The most tasks one `ScheduleTasks` call takes (the proto's limit on
+/// `ScheduleTasksRequest.tasks`).
+const MAX_PER_CALL: usize = 1000;
+
 /// One line of a `schedule-many` file: its number (from 1) and its task,
 /// or why the line cannot be one.
 pub(crate) type Line = (usize, Result<pb::ScheduleTaskRequest, String>);
@@ -207,7 +211,7 @@ pub(crate) async fn schedule_many<W: Write>(
         // answered here, in their place.
         let mut chunk: Vec<(usize, Option<String>)> = Vec::new();
         let mut tasks = Vec::new();
-        while tasks.len() < crate::domain::rules::MAX_BULK_TASKS {
+        while tasks.len() < MAX_PER_CALL {
             let Some((n, line)) = lines.next() else {
                 break;
             };
@@ -1119,6 +1123,28 @@ mod tests {
         assert_eq!(v[0]["state"], "pending");
         assert_eq!(v[1]["error"]["field"], "name");
         assert_eq!(v[1]["error"]["code"], "INVALID_ARGUMENT");
+
+        // More than 1,000 lines go in calls of 1,000, in order.
+        let many: Vec<Line> = (1..=2500)
+            .map(|n| {
+                (
+                    n,
+                    super::super::args::schedule_line("[\"resize\"]")
+                        .map_err(|e| e.message().to_string()),
+                )
+            })
+            .collect();
+        let mut out = Output::new(Vec::new(), false);
+        schedule_many(&mut client, many, &mut out).await.unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        let got: Vec<&str> = text.lines().collect();
+        assert_eq!(got.len(), 2500);
+        assert_eq!(got[999], "line 1000: scheduled as task t-999");
+        assert_eq!(
+            got[1000], "line 1001: scheduled as task t-0",
+            "a second call"
+        );
+        assert_eq!(got[2499], "line 2500: scheduled as task t-499");
     }
 
     #[tokio::test]
