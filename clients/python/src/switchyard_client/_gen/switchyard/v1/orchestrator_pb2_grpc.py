@@ -153,9 +153,11 @@ class OrchestratorServiceServicer:
         validated and admitted on its own exactly as ScheduleTask does it, and
         the answer has one result per item, in order: the task id, or the error
         ScheduleTask would have answered for that item alone (its code and field
-        violations). A bad item does not stop the others. The accepted items
-        are committed together, in one group commit of the store (one
-        transaction and one fsync), before the reply: once this returns OK,
+        violations). A bad item does not stop the others (but a message that
+        cannot be decoded, or an item nesting deeper than the limit, refuses
+        the whole call, as the codec refuses it before any item is read). The
+        accepted items are committed together, in one group commit of the store
+        (one transaction and one fsync), before the reply: once this returns OK,
         every item with a task id survives a crash; if that commit fails, the
         call fails as a whole and none of them is scheduled. Conditions of the
         whole server refuse the whole call as they refuse ScheduleTask:
@@ -167,8 +169,9 @@ class OrchestratorServiceServicer:
         earlier item of the same call used answers that item's task id with
         `existing` set. After acceptance each task goes where ScheduleTask would
         send it (embedded queues, BullMQ, Temporal, the workflow engine, the
-        webhook caller); tasks routed to BullMQ that are dispatched together
-        are added to Redis together. The trace context of the call is the
+        webhook caller); the jobs of tasks routed to BullMQ are added side by
+        side on one Redis connection, Temporal starts run concurrently. The
+        trace context of the call is the
         parent of every item's task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
