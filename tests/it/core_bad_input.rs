@@ -429,6 +429,35 @@ async fn every_bad_schedule_request_is_refused_with_the_field_named_and_nothing_
         let r = client.schedule_task(req).await;
         assert_invalid(case, r, field);
     }
+    // The same requests as the items of one ScheduleTasks: each item is
+    // refused on its own, naming the same field.
+    let cases = bad_schedule_requests();
+    let results = client
+        .schedule_tasks(pb::ScheduleTasksRequest {
+            tasks: cases.iter().map(|c| c.1.clone()).collect(),
+        })
+        .await
+        .expect("ScheduleTasks answers item by item")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), cases.len());
+    for ((case, _, field), r) in cases.iter().zip(&results) {
+        let Some(pb::schedule_tasks_result::Outcome::Error(e)) = &r.outcome else {
+            panic!("{case}: accepted in a bulk: {r:?}");
+        };
+        assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{case}: {e:?}");
+        assert!(
+            e.violations.iter().any(|v| v.field == *field),
+            "{case}: expected {field:?} in a bulk, got {e:?}"
+        );
+    }
+    // 1,001 items: refused whole, naming `tasks`.
+    let r = client
+        .schedule_tasks(pb::ScheduleTasksRequest {
+            tasks: vec![simple("valid-name", json!({})); 1001],
+        })
+        .await;
+    assert_invalid("1,001 items", r, "tasks");
     // Several faults at once: each is named.
     let r = client
         .schedule_task(pb::ScheduleTaskRequest {
