@@ -1350,13 +1350,15 @@ async fn a_signal_temporal_cannot_take_is_an_error_and_is_not_recorded() {
         .expect_err("a signal while Temporal is down");
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
 
-    // Temporal back without the workflow (its state is gone): the task is
-    // still RUNNING here (its follower keeps asking for the run), and the
-    // signal is refused with Temporal's reason.
+    // Temporal back without the workflow (its state is gone). The task's
+    // follower finds the run gone too and ends the task, racing the
+    // signal: either Temporal refuses it (the task still RUNNING here) or
+    // the core does (the task has ended). Both are FAILED_PRECONDITION, and
+    // nothing is recorded either way. (Temporal's refusals are mapped in
+    // `backend::temporal::signal`'s unit test.)
     std::fs::remove_file(rig.dir.path().join("temporal.db"))
         .expect("remove the dev server's state");
     rig.start_server().await;
-    assert_eq!(state(&status(c, &id).await), pb::TaskState::Running);
     let e = wait_for("Temporal to answer the signal", WAIT, || {
         let mut c = c.clone();
         let id = id.clone();
@@ -1373,19 +1375,17 @@ async fn a_signal_temporal_cannot_take_is_an_error_and_is_not_recorded() {
     .await
     .expect_err("a signal to a workflow Temporal does not have");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(
-        e.message().contains("refused by Temporal")
-            && e.message().contains("not found")
-            && e.message().contains(&id),
-        "{}",
-        e.message()
-    );
+    let m = e.message();
+    if m.contains("refused by Temporal") {
+        assert!(m.contains("not found") && m.contains(&id), "{m}");
+    } else {
+        assert!(m.contains("only an active workflow takes signals"), "{m}");
+    }
     // Nothing was recorded as received or delivered.
     let lines = logs(c, &id).await;
     assert!(
         !lines.iter().any(|l| l.contains("signal \"approve\"")),
         "{lines:?}"
     );
-    assert_eq!(state(&status(c, &id).await), pb::TaskState::Running);
     sy.stop().await;
 }
