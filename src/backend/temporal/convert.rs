@@ -247,13 +247,18 @@ pub enum Fault {
     Rejected(String),
 }
 
-/// Classifies a gRPC error from Temporal.
-pub fn classify(s: &tonic::Status) -> Fault {
-    let msg = if s.message().is_empty() {
+/// A gRPC error from Temporal in words: its code, and its message if any.
+pub fn status_reason(s: &tonic::Status) -> String {
+    if s.message().is_empty() {
         format!("{:?}", s.code())
     } else {
         format!("{:?}: {}", s.code(), s.message())
-    };
+    }
+}
+
+/// Classifies a gRPC error from Temporal.
+pub fn classify(s: &tonic::Status) -> Fault {
+    let msg = status_reason(s);
     match s.code() {
         // A missing namespace or a refused credential is a deployment
         // problem: keep the task until it is fixed rather than fail it.

@@ -104,11 +104,7 @@ async fn deliver(sh: &Shared, s: Signal) -> Result<String, CoreError> {
 /// Temporal's refusal as the caller's error: `Unavailable` when trying
 /// again may help, else `FailedPrecondition` with Temporal's reason.
 fn refusal(s: &Status, name: &str, workflow_id: &str, run: &str) -> CoreError {
-    let reason = if s.message().is_empty() {
-        format!("{:?}", s.code())
-    } else {
-        format!("{:?}: {}", s.code(), s.message())
-    };
+    let reason = convert::status_reason(s);
     let what = format!("signal {} to workflow {workflow_id}", text::quote(name));
     match s.code() {
         Code::Unavailable
