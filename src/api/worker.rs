@@ -236,7 +236,7 @@ async fn outbound(core: Core, mut rx: mpsc::UnboundedReceiver<Push>, tx: Tx) {
             } => Out::Cancel(pb::CancelAssignment {
                 task_id: task_id.to_string(),
                 attempt,
-                reason,
+                reason: reason.to_string(),
             }),
             Push::Rejected {
                 task_id,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::domain::*;
 
 use super::state::{DeadlineKind, State};
-use super::{Core, CoreError, Push};
+use super::{CancelReason, Core, CoreError, Push};
 
 /// How long `CancelTask` waits for an in-process backend to settle a cancel
 /// (a queued BullMQ job is taken out at once), counted from the request.
@@ -40,7 +40,7 @@ impl Core {
         // A cancel is a write: refused, and nothing changed, while the
         // store cannot commit (as ScheduleTask is).
         self.inner.store.writable()?;
-        let r = self.with_state(|st| st.cancel_locked(id, "cancelled", reason, force));
+        let r = self.with_state(|st| st.cancel_locked(id, CancelReason::Cancelled, reason, force));
         if r.is_some() {
             // The cancel is durable before the reply, like a schedule.
             self.inner.store.flush().await.map_err(CoreError::Store)?;
@@ -106,7 +106,9 @@ impl Core {
             ids.dedup();
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some((o, t)) = st.cancel_locked(id, "disconnected", reason, false) {
+                if let Some((o, t)) =
+                    st.cancel_locked(id, CancelReason::Disconnected, reason, false)
+                {
                     out.push((id, t.spec.name.clone(), o));
                 }
             }
@@ -146,11 +148,12 @@ pub(super) fn stop_running_steps(rt: &mut TaskRuntime) {
 
 impl State {
     /// Cancels an active task. `word` is what the worker is told
-    /// (`cancelled` or `disconnected`); `reason` goes to the task's log.
+    /// ([`CancelReason::Cancelled`] or [`CancelReason::Disconnected`]);
+    /// `reason` (the caller's words) goes to the task's log.
     pub(super) fn cancel_locked(
         &mut self,
         id: TaskId,
-        word: &str,
+        word: CancelReason,
         reason: &str,
         force: bool,
     ) -> Option<(CancelOutcome, Task)> {
@@ -174,7 +177,7 @@ impl State {
                     let _ = w.tx.send(Push::Cancel {
                         task_id: id,
                         attempt,
-                        reason: word.to_string(),
+                        reason: word,
                         force,
                     });
                 }

@@ -81,7 +81,7 @@ use state::State;
 pub use config::{CoreConfig, Routes};
 pub use engine::EngineKind;
 pub use error::{CoreError, FieldViolation};
-pub use protocol::{Assignment, Push, Report, WorkerInfo, WorkerLink};
+pub use protocol::{Assignment, CancelReason, Push, Report, WorkerInfo, WorkerLink};
 pub use queries::{MetricsSnapshot, QueueInfo};
 pub use retention::RemovalHook;
 pub use schedule::{Admission, Scheduled};

@@ -27,7 +27,7 @@ pub enum Push {
         /// The attempt.
         attempt: u32,
         /// Why.
-        reason: String,
+        reason: CancelReason,
         /// `CancelTask.force`: the task is already CANCELLED; stop without
         /// cleaning up (Temporal: terminate).
         force: bool,
@@ -59,6 +59,35 @@ pub enum Push {
         /// The signal name.
         name: String,
     },
+}
+
+/// Why the core stops an attempt ([`Push::Cancel`]). A worker on the wire
+/// reads its [`Display`](std::fmt::Display) form in
+/// `CancelAssignment.reason`: `cancelled`, `disconnected`, `timeout` or
+/// `not accepted: …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelReason {
+    /// `CancelTask`.
+    Cancelled,
+    /// `Disconnect`: every task of the user or session stops.
+    Disconnected,
+    /// The attempt ran past its execution timeout; it fails (and may be
+    /// retried) rather than ending CANCELLED.
+    Timeout,
+    /// The task was handed out before its commit, and the commit failed:
+    /// it does not exist (why).
+    NotAccepted(String),
+}
+
+impl std::fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CancelReason::Cancelled => f.write_str("cancelled"),
+            CancelReason::Disconnected => f.write_str("disconnected"),
+            CancelReason::Timeout => f.write_str("timeout"),
+            CancelReason::NotAccepted(why) => write!(f, "not accepted: {why}"),
+        }
+    }
 }
 
 /// A task handed to a worker.

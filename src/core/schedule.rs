@@ -17,7 +17,7 @@ use crate::store::{Completion, WriteOp, WriteOutcome};
 
 use super::state::State;
 use super::transitions::CleanupReason;
-use super::{Core, CoreError, EngineKind, Push};
+use super::{CancelReason, Core, CoreError, EngineKind, Push};
 
 /// An executor's check of a task routed to its queue key, run by
 /// [`Core::schedule`] before anything is written: a task its executor could
@@ -242,7 +242,7 @@ impl Core {
                 let _ = w.tx.send(Push::Cancel {
                     task_id: id,
                     attempt,
-                    reason: format!("not accepted: {why}"),
+                    reason: CancelReason::NotAccepted(why.to_string()),
                     force: true,
                 });
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::domain::*;
 
 use super::state::{DeadlineKind, State};
-use super::{Core, Push, Report};
+use super::{CancelReason, Core, Push, Report};
 
 impl Core {
     pub(super) async fn timer_loop(&self) {
@@ -114,7 +114,7 @@ impl State {
                     let _ = w.tx.send(Push::Cancel {
                         task_id: id,
                         attempt,
-                        reason: "timeout".into(),
+                        reason: CancelReason::Timeout,
                         force: false,
                     });
                 }
@@ -133,7 +133,7 @@ impl State {
                                 "execution timed out after {}",
                                 humantime::format_duration(timeout)
                             ),
-                            kind: "timeout".into(),
+                            kind: FailureKind::Timeout.into(),
                             details: String::new(),
                             retryable: true,
                             attempt,

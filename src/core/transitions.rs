@@ -179,7 +179,7 @@ impl State {
             // (lease losses count per attempt, so every attempt is used).
             let err = TaskError {
                 message: format!("{why}; the worker was lost {losses} times in this attempt"),
-                kind: "worker_lost".into(),
+                kind: FailureKind::WorkerLost.into(),
                 details: String::new(),
                 retryable: true,
                 attempt,
@@ -195,7 +195,7 @@ impl State {
         if losses > self.cfg.max_lease_losses {
             let err = TaskError {
                 message: format!("{why}; the worker was lost {losses} times in its last attempt"),
-                kind: "worker_lost".into(),
+                kind: FailureKind::WorkerLost.into(),
                 details: String::new(),
                 retryable: false,
                 attempt,

@@ -40,7 +40,10 @@ pub fn progress_percent(p: f64) -> f64 {
     }
 }
 
+pub mod failure;
 pub mod retention;
+
+pub use failure::FailureKind;
 
 /// The rules every edge and the workflow parser apply to names and sizes:
 /// one place, so the gRPC API, the admin API and a workflow definition
@@ -546,6 +549,18 @@ pub struct TaskError {
     pub retryable: bool,
     /// The attempt that failed.
     pub attempt: u32,
+}
+
+impl TaskError {
+    /// A failure Switchyard reports itself (not retryable, attempt 0: the
+    /// core sets the attempt it ends).
+    pub fn of(kind: FailureKind, message: impl Into<String>) -> TaskError {
+        TaskError {
+            message: message.into(),
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
 }
 
 /// The mutable part of a task.

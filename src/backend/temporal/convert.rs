@@ -13,7 +13,7 @@ use temporalio_common::protos::temporal::api::history::v1::{
 use temporalio_common::protos::temporal::api::workflow::v1::PendingActivityInfo;
 use tonic::Code;
 
-use crate::domain::TaskError;
+use crate::domain::{FailureKind, TaskError};
 
 /// Most bytes of failure detail kept (stack traces, causes).
 const MAX_DETAILS: usize = 8 * 1024;
@@ -85,7 +85,7 @@ pub fn failure_kind(f: &Failure) -> String {
         Some(FailureInfo::ChildWorkflowExecutionFailureInfo(_)) => "ChildWorkflowFailure".into(),
         Some(FailureInfo::NexusOperationExecutionFailureInfo(_)) => "NexusOperationFailure".into(),
         Some(FailureInfo::NexusHandlerFailureInfo(_)) => "NexusHandlerFailure".into(),
-        None => "Failure".into(),
+        None => FailureKind::TemporalFailure.into(),
     }
 }
 
@@ -176,7 +176,7 @@ pub fn close_event(e: &HistoryEvent) -> Option<Closed> {
                     .map(failure_error)
                     .unwrap_or_else(|| TaskError {
                         message: "the workflow failed".into(),
-                        kind: "Failure".into(),
+                        kind: FailureKind::TemporalFailure.into(),
                         ..Default::default()
                     }),
             )
@@ -193,7 +193,7 @@ pub fn close_event(e: &HistoryEvent) -> Option<Closed> {
                         .map(|s| s.as_str_name())
                         .unwrap_or("RETRY_STATE_UNSPECIFIED")
                 ),
-                kind: "timeout".into(),
+                kind: FailureKind::Timeout.into(),
                 ..Default::default()
             })
         }),

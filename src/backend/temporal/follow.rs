@@ -33,7 +33,7 @@ use tracing::Instrument as _;
 use super::convert::{self, Closed, Fault};
 use super::Shared;
 use crate::core::{Assignment, Report};
-use crate::domain::{BackoffKind, Target, Task, TaskError, TaskState};
+use crate::domain::{BackoffKind, FailureKind, Target, Task, TaskError, TaskState};
 
 /// A message from the backend's loop to a follower.
 #[derive(Debug)]
@@ -142,7 +142,7 @@ impl Follower {
         })
     }
 
-    fn fail(&self, kind: &str, message: String) {
+    fn fail(&self, kind: FailureKind, message: String) {
         self.report(Report::Fail {
             error: TaskError {
                 message,
@@ -183,7 +183,7 @@ impl Follower {
     pub(super) async fn run(mut self) {
         let wf = match self.workflow() {
             Ok(w) => w,
-            Err(e) => return self.fail("invalid_target", e),
+            Err(e) => return self.fail(FailureKind::InvalidTarget, e),
         };
         self.workflow_id = wf.id.clone();
         if self.run_id.is_empty() {
@@ -209,7 +209,7 @@ impl Follower {
     async fn start(&mut self, wf: &Workflow) -> bool {
         let Some(task_queue) = wf.task_queue.clone() else {
             self.fail(
-                "config",
+                FailureKind::Config,
                 format!(
                     "workflow {} has no task queue: set `complex.task_queue` on the task or \
                      `temporal.default_task_queue` in the server's configuration",
@@ -285,7 +285,7 @@ impl Follower {
                     }
                     Some(f) => {
                         self.fail(
-                            "workflow_id_in_use",
+                            FailureKind::WorkflowIdInUse,
                             format!(
                                 "workflow id {} is already in use by run {} (started by another request)",
                                 wf.id, f.run_id
@@ -295,7 +295,7 @@ impl Follower {
                     }
                     None => {
                         self.fail(
-                            "workflow_id_in_use",
+                            FailureKind::WorkflowIdInUse,
                             format!("workflow id {} is already in use: {}", wf.id, s.message()),
                         );
                         return false;
@@ -306,7 +306,7 @@ impl Follower {
                 Fault::Unreachable(m) => return self.unreachable(m).await,
                 Fault::Rejected(m) => {
                     self.fail(
-                        "rejected",
+                        FailureKind::Rejected,
                         format!(
                             "Temporal refused to start workflow {}: {m}",
                             wf.workflow_type
@@ -495,7 +495,7 @@ impl Follower {
                             result: None,
                             error: Some(TaskError {
                                 message: msg.clone(),
-                                kind: "not_found".into(),
+                                kind: FailureKind::NotFound.into(),
                                 attempt: self.attempt,
                                 ..Default::default()
                             }),
@@ -617,7 +617,7 @@ impl Follower {
                     result: None,
                     error: Some(TaskError {
                         message: message.clone(),
-                        kind: "terminated".into(),
+                        kind: FailureKind::Terminated.into(),
                         attempt: a,
                         ..Default::default()
                     }),

@@ -251,7 +251,10 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Push>, sink: Arc<d
                 Some(Push::Cancel { task_id, reason, force, .. }) => {
                     match handles.get(&task_id) {
                         Some((_, tx)) => {
-                            let _ = tx.send(Ctl::Cancel { force, reason });
+                            let _ = tx.send(Ctl::Cancel {
+                                force,
+                                reason: reason.to_string(),
+                            });
                         }
                         None => tracing::debug!(%task_id, "cancel for a task without a follower"),
                     }

@@ -14,40 +14,39 @@ use sha2::Sha256;
 
 use crate::domain::{Target, Task};
 
-/// Failure kinds (`TaskError.kind`) of the INTEGRATION executor.
+/// Failure kinds (`TaskError.kind`) of the INTEGRATION executor: the
+/// domain's [`FailureKind`]s that this executor reports, by their old names.
 pub mod kind {
-    /// The target cannot be turned into a URL (no n8n base URL, bad URL).
-    pub const INVALID_TARGET: &str = "invalid_target";
-    /// The SSRF guard refused the destination. Not retried.
-    pub const SSRF_REFUSED: &str = "ssrf_refused";
-    /// A source's credentials may not go to this host. Not retried.
-    pub const AUTH_REFUSED: &str = "auth_refused";
-    /// The host already has `per_host_concurrency` calls in flight and as
-    /// many waiting. Retried.
-    pub const HOST_BUSY: &str = "host_busy";
-    /// No connection could be made (refused, DNS, TLS, connect timeout); the
-    /// request was not sent. Retried.
-    pub const CONNECT_ERROR: &str = "connect_error";
-    /// The request was (or may have been) sent and no answer came: the
-    /// outcome is unknown. Retried (with the same `Idempotency-Key`).
-    pub const NO_RESPONSE: &str = "no_response";
-    /// The answer's headers came but its body was cut off. Retried.
-    pub const RESPONSE_INTERRUPTED: &str = "response_interrupted";
-    /// The answer's body is larger than `max_response_bytes`. Not retried.
-    pub const RESPONSE_TOO_LARGE: &str = "response_too_large";
-    /// More redirects than `max_redirects`, or a redirect without a usable
-    /// `Location`. Not retried.
-    pub const REDIRECT: &str = "redirect_error";
-    /// n8n answered 404 "webhook is not registered". Not retried.
-    pub const WEBHOOK_NOT_REGISTERED: &str = "webhook_not_registered";
-    /// 429 Too Many Requests. Retried after `Retry-After`.
-    pub const RATE_LIMITED: &str = "rate_limited";
-    /// 5xx, or 408 Request Timeout. Retried.
-    pub const SERVER_ERROR: &str = "server_error";
-    /// Any other 4xx (or an unexpected status). Not retried.
-    pub const CLIENT_ERROR: &str = "client_error";
-    /// The payload could not be read from the store. Not retried.
-    pub const PAYLOAD_MISSING: &str = "payload_missing";
+    use crate::domain::FailureKind;
+
+    /// See [`FailureKind::InvalidTarget`].
+    pub const INVALID_TARGET: FailureKind = FailureKind::InvalidTarget;
+    /// See [`FailureKind::SsrfRefused`].
+    pub const SSRF_REFUSED: FailureKind = FailureKind::SsrfRefused;
+    /// See [`FailureKind::AuthRefused`].
+    pub const AUTH_REFUSED: FailureKind = FailureKind::AuthRefused;
+    /// See [`FailureKind::HostBusy`].
+    pub const HOST_BUSY: FailureKind = FailureKind::HostBusy;
+    /// See [`FailureKind::ConnectError`].
+    pub const CONNECT_ERROR: FailureKind = FailureKind::ConnectError;
+    /// See [`FailureKind::NoResponse`].
+    pub const NO_RESPONSE: FailureKind = FailureKind::NoResponse;
+    /// See [`FailureKind::ResponseInterrupted`].
+    pub const RESPONSE_INTERRUPTED: FailureKind = FailureKind::ResponseInterrupted;
+    /// See [`FailureKind::ResponseTooLarge`].
+    pub const RESPONSE_TOO_LARGE: FailureKind = FailureKind::ResponseTooLarge;
+    /// See [`FailureKind::Redirect`].
+    pub const REDIRECT: FailureKind = FailureKind::Redirect;
+    /// See [`FailureKind::WebhookNotRegistered`].
+    pub const WEBHOOK_NOT_REGISTERED: FailureKind = FailureKind::WebhookNotRegistered;
+    /// See [`FailureKind::RateLimited`].
+    pub const RATE_LIMITED: FailureKind = FailureKind::RateLimited;
+    /// See [`FailureKind::ServerError`].
+    pub const SERVER_ERROR: FailureKind = FailureKind::ServerError;
+    /// See [`FailureKind::ClientError`].
+    pub const CLIENT_ERROR: FailureKind = FailureKind::ClientError;
+    /// See [`FailureKind::PayloadMissing`].
+    pub const PAYLOAD_MISSING: FailureKind = FailureKind::PayloadMissing;
 }
 
 /// Response headers copied into the result, when present.
@@ -269,7 +268,7 @@ fn text_body(body: &[u8]) -> Value {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     /// One of [`kind`].
-    pub kind: &'static str,
+    pub kind: crate::domain::FailureKind,
     /// What happened, for people.
     pub message: String,
     /// A body excerpt or a cause chain.
@@ -282,7 +281,11 @@ pub struct Failure {
 
 impl Failure {
     /// A failure without details or delay.
-    pub fn new(kind: &'static str, retryable: bool, message: impl Into<String>) -> Self {
+    pub fn new(
+        kind: crate::domain::FailureKind,
+        retryable: bool,
+        message: impl Into<String>,
+    ) -> Self {
         Failure {
             kind,
             message: message.into(),

@@ -418,7 +418,7 @@ impl Executor {
                     let flight = self.inflight.lock().get(&task_id).cloned();
                     match flight {
                         Some(f) if f.attempt == attempt => {
-                            let _ = f.cancel_reason.set(reason);
+                            let _ = f.cancel_reason.set(reason.to_string());
                             f.token.cancel();
                         }
                         _ => {

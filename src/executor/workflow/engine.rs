@@ -453,7 +453,7 @@ impl Engine {
             Push::Signal { task_id, name } => (task_id, self.on_signal(task_id, &name).await),
             Push::Cancel {
                 task_id, reason, ..
-            } => (task_id, self.on_cancel(task_id, &reason).await),
+            } => (task_id, self.on_cancel(task_id, &reason.to_string()).await),
             Push::Rejected {
                 task_id,
                 code,
