@@ -122,14 +122,13 @@ impl Core {
 /// A workflow ended by force outside its engine: the steps it shows as
 /// running or compensating are stopped (the engine cancels their tasks when
 /// it learns of the end), so the final status shows no step still running.
-pub(super) fn stop_running_steps(rt: &mut TaskRuntime) {
+pub(super) fn stop_running_steps(rt: &mut TaskRuntime, now: Micros) {
     let Some(detail) = rt.detail.as_mut() else {
         return;
     };
     let Ok(mut run) = serde_json::from_value::<WorkflowRun>((**detail).clone()) else {
         return;
     };
-    let now = now_micros();
     let mut changed = false;
     for step in &mut run.steps {
         if matches!(step.state, StepState::Running | StepState::Compensating) {
@@ -165,7 +164,8 @@ impl State {
             format!("cancelled: {reason}")
         };
         let held = a.worker.is_some();
-        match a.task.rt.state {
+        let (state, cancel_requested) = (a.task.rt.state, a.task.rt.cancel_requested);
+        match state {
             TaskState::Pending if !held => {
                 self.conclude(id, TaskState::Cancelled, LogEntry::system(id, attempt, why));
                 let t = self.finishing.get(&id)?.clone();
@@ -173,17 +173,20 @@ impl State {
             }
             TaskState::Pending | TaskState::Running | TaskState::Compensating => {
                 let wid = a.worker;
-                if let Some(w) = wid.and_then(|w| self.workers.get(&w)) {
-                    let _ = w.tx.send(Push::Cancel {
-                        task_id: id,
-                        attempt,
-                        reason: word,
-                        force,
-                    });
+                if let Some(w) = wid {
+                    self.push_to(
+                        w,
+                        Push::Cancel {
+                            task_id: id,
+                            attempt,
+                            reason: word,
+                            force,
+                        },
+                    );
                 }
                 if force || wid.is_none() {
                     if let Some(a) = self.tasks.get_mut(&id) {
-                        stop_running_steps(&mut a.task.rt);
+                        stop_running_steps(&mut a.task.rt, self.now);
                     }
                     self.conclude(
                         id,
@@ -193,7 +196,7 @@ impl State {
                     let t = self.finishing.get(&id)?.clone();
                     return Some((CancelOutcome::Cancelled, t));
                 }
-                if !a.task.rt.cancel_requested {
+                if !cancel_requested {
                     let local = wid
                         .and_then(|w| self.workers.get(&w))
                         .is_some_and(|w| w.local());
@@ -204,7 +207,7 @@ impl State {
                     // in-process executor (a compensating workflow) is trusted to
                     // finish the cancel itself.
                     if !local {
-                        let until = add_micros(now_micros(), self.cfg.lease_ttl);
+                        let until = add_micros(self.now, self.cfg.lease_ttl);
                         self.set_deadline(id, Some((until, DeadlineKind::Cancel)));
                     }
                     self.emit(

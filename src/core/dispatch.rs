@@ -15,7 +15,7 @@ impl State {
     /// Starts a task on a worker: takes a slot, moves the task to RUNNING
     /// (or hands it to a backend) and pushes the assignment.
     pub(super) fn assign(&mut self, id: TaskId, wid: u64) {
-        let now = now_micros();
+        let now = self.now;
         let Some((worker_name, key, attempt)) = self.occupy(id, wid, now) else {
             return;
         };
@@ -40,9 +40,7 @@ impl State {
             again: a.again,
             run_traceparent,
         });
-        if let Some(w) = self.workers.get(&wid) {
-            let _ = w.tx.send(push);
-        }
+        self.push_to(wid, push);
     }
 
     /// Takes a slot of worker `wid` for the task and starts its attempt (a

@@ -45,6 +45,8 @@ mod dispatch;
 mod engine;
 mod error;
 pub mod events;
+#[cfg(test)]
+mod machine_tests;
 pub mod metrics;
 mod protocol;
 mod queries;
@@ -63,7 +65,7 @@ mod watch;
 mod workers;
 mod workflow_hooks;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -74,7 +76,6 @@ use tokio::sync::Notify;
 use crate::domain::*;
 use crate::store::{CommitListener, Store, StoreError};
 use events::EventHub;
-use metrics::{Counts, Throughput, Window};
 use recovery::RECOVERY_CHUNK;
 use state::State;
 
@@ -143,32 +144,7 @@ impl Core {
         let cfg = Arc::new(cfg);
         let hub = Arc::new(EventHub::new(cfg.event_history, max_seq));
         let inner = Arc::new(Inner {
-            state: Mutex::new(State {
-                tasks: HashMap::new(),
-                finishing: HashMap::new(),
-                queues: HashMap::new(),
-                timers: BTreeSet::new(),
-                deadlines: BTreeSet::new(),
-                workers: HashMap::new(),
-                worker_ids: HashMap::new(),
-                next_worker: 0,
-                by_user: HashMap::new(),
-                by_session: HashMap::new(),
-                next_seq: max_seq,
-                cached_bytes: 0,
-                counts: Counts::default(),
-                s2s: Window::new(5),
-                run_time: Window::new(5),
-                throughput: Throughput::default(),
-                draining: false,
-                pending_ops: Vec::new(),
-                lazy: false,
-                eager: false,
-                dirty_keys: Vec::new(),
-                timer_wake: 0,
-                cfg: cfg.clone(),
-                runs: HashMap::new(),
-            }),
+            state: Mutex::new(State::new(cfg.clone(), max_seq)),
             store: store.clone(),
             hub: hub.clone(),
             cfg,
@@ -229,30 +205,21 @@ impl Core {
     /// Runs `f` on the state, then submits its writes and dispatches.
     fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let mut st = self.inner.state.lock();
-        let r = f(&mut st);
-        st.dispatch();
-        let ops = std::mem::take(&mut st.pending_ops);
-        if !ops.is_empty() {
-            // Submitted under the lock so the store sees sequence order.
-            if std::mem::take(&mut st.eager) {
-                self.inner.store.submit(ops, None);
+        let (r, fx) = st.step(now_micros(), f);
+        // Carried out under the lock, so the store sees writes in sequence
+        // order and each worker its messages in the order decided.
+        if !fx.ops.is_empty() {
+            if fx.eager {
+                self.inner.store.submit(fx.ops, None);
             } else {
-                self.inner.store.submit_lazy(ops);
+                self.inner.store.submit_lazy(fx.ops);
             }
         }
-        let earliest = [
-            st.timers.first().map(|t| t.0),
-            st.deadlines.first().map(|t| t.0),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let wake = earliest.is_some_and(|e| e < st.timer_wake);
-        if let Some(e) = earliest.filter(|_| wake) {
-            st.timer_wake = e;
+        for (_, tx, push) in fx.pushes {
+            let _ = tx.send(push);
         }
         drop(st);
-        if wake {
+        if fx.wake {
             self.inner.wake.notify_one();
         }
         r

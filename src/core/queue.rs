@@ -56,7 +56,7 @@ impl State {
                 ready_since: run_at,
             }),
         );
-        self.place(id, now_micros());
+        self.place(id, self.now);
     }
 
     /// Puts a pending task where it belongs: a timer if not due, else its queue.

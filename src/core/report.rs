@@ -41,7 +41,7 @@ impl Core {
             let mut report = report;
             if let Some(n) = n {
                 if let Some(w) = st.workers.get_mut(&n) {
-                    w.last_seen = now_micros();
+                    w.last_seen = st.now;
                     // A backend's log lines come from its engine (BullMQ's job
                     // log, Temporal's history); an embedded executor's are
                     // Switchyard's own; a remote worker's are the worker's.
@@ -220,7 +220,7 @@ impl State {
                 a.task.rt.attempt = n.max(1);
             }
             if state == TaskState::Running && a.task.rt.started_at.is_none() {
-                a.task.rt.started_at = Some(now_micros());
+                a.task.rt.started_at = Some(self.now);
             }
         }
         let log = message

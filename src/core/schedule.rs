@@ -121,7 +121,7 @@ impl Core {
                 ));
             }
             let cached = cached_payload(&new.payload);
-            let task = pending_task(new.spec, new.delay, engine.source());
+            let task = pending_task(new.spec, new.delay, engine.source(), now_micros());
             fresh.push(Fresh {
                 task,
                 payload: new.payload,
@@ -238,13 +238,16 @@ impl Core {
             st.unplace(id);
             st.set_deadline(id, None);
             st.release_slot(id);
-            if let Some(w) = holder.and_then(|w| st.workers.get(&w)) {
-                let _ = w.tx.send(Push::Cancel {
-                    task_id: id,
-                    attempt,
-                    reason: CancelReason::NotAccepted(why.to_string()),
-                    force: true,
-                });
+            if let Some(w) = holder {
+                st.push_to(
+                    w,
+                    Push::Cancel {
+                        task_id: id,
+                        attempt,
+                        reason: CancelReason::NotAccepted(why.to_string()),
+                        force: true,
+                    },
+                );
             }
             if let Some(a) = st.tasks.remove(&id) {
                 if let Some(p) = &a.payload {
@@ -406,9 +409,10 @@ fn cached_payload(p: &Payload) -> Option<Arc<str>> {
     }
 }
 
-/// A new PENDING task, runnable after `delay`.
-fn pending_task(spec: TaskSpec, delay: Duration, source: Source) -> Task {
-    let now = now_micros();
+/// A new PENDING task created at `now`, runnable after `delay`. Its id
+/// (a UUIDv7) comes from the clock: it only has to be unique and sort by
+/// creation.
+fn pending_task(spec: TaskSpec, delay: Duration, source: Source, now: Micros) -> Task {
     let reason = if delay.is_zero() {
         WaitingReason::Queued
     } else {
@@ -434,7 +438,7 @@ impl State {
     /// the current critical section's writes, and it is queued at once.
     pub(super) fn schedule_internal(&mut self, new: NewTask) -> Task {
         let source = self.cfg.routes.route(&new.spec).1.source();
-        let mut task = pending_task(new.spec, new.delay, source);
+        let mut task = pending_task(new.spec, new.delay, source, self.now);
         task.rt.seq = self.seq();
         let cached = cached_payload(&new.payload);
         let msg = format!("scheduled ({})", task.spec.task_type.as_str());

@@ -93,7 +93,7 @@ impl Core {
                 run.signals.push(SignalRecord {
                     name: name.to_string(),
                     payload,
-                    received_at: now_micros(),
+                    received_at: st.now,
                     consumed_by: None,
                 });
                 a.task.rt.detail = serde_json::to_value(&run).ok().map(Box::new);
@@ -108,11 +108,14 @@ impl Core {
                         format!("signal {name:?} received"),
                     )],
                 );
-                if let Some(w) = holder.and_then(|w| st.workers.get(&w)) {
-                    let _ = w.tx.send(Push::Signal {
-                        task_id: id,
-                        name: name.to_string(),
-                    });
+                if let Some(w) = holder {
+                    st.push_to(
+                        w,
+                        Push::Signal {
+                            task_id: id,
+                            name: name.to_string(),
+                        },
+                    );
                 }
                 Some(())
             });

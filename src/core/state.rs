@@ -2,13 +2,20 @@
 //! numbers, the writes and events a transition queues, derived waiting
 //! reasons, owner indexes.
 //!
-//! Owns: the `State` struct and the per-task record ([`Active`]).
-//! Must not: await, lock, or talk to the store directly (writes are queued
-//! in `pending_ops` and submitted by `Core::with_state`).
+//! Owns: the `State` struct, the per-task record ([`Active`]) and the
+//! [`Effects`] a critical section hands back.
+//! Must not: await, lock, read the clock, or talk to the store or a
+//! worker directly. A transition is handed the time ([`State::now`]) and
+//! queues its writes (`pending_ops`) and its pushes to workers
+//! (`pushes`); [`State::step`] returns them as [`Effects`], which
+//! `Core::with_state` carries out. The state machine is thus tested
+//! without a runtime or a clock (see `core/machine_tests.rs`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use crate::domain::*;
 use crate::store::WriteOp;
@@ -16,7 +23,7 @@ use crate::store::WriteOp;
 use super::metrics::{Counts, Throughput, Window};
 use super::queue::Queue;
 use super::workers::WorkerSlot;
-use super::CoreConfig;
+use super::{CoreConfig, Push};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum DeadlineKind {
@@ -96,6 +103,28 @@ pub(super) struct State {
     /// The `task.run` span of each running attempt, while tracing is on
     /// (empty otherwise).
     pub(super) runs: HashMap<TaskId, tracing::Span>,
+    /// The time of the current critical section (set by [`State::step`]).
+    pub(super) now: Micros,
+    /// Messages to workers queued by the current critical section, in
+    /// order: the worker's number, its channel, the message.
+    pub(super) pushes: Vec<(u64, mpsc::UnboundedSender<Push>, Push)>,
+}
+
+/// What one critical section of the state machine asks its caller to carry
+/// out, in this order: submit the writes, then send the pushes, then wake
+/// the timer loop.
+pub(super) struct Effects {
+    /// Writes, in sequence order.
+    pub(super) ops: Vec<WriteOp>,
+    /// Whether a write needs a commit of its own (else they ride on the
+    /// next one, see [`State::lazily`]).
+    pub(super) eager: bool,
+    /// Messages to workers, in the order they were decided: the worker's
+    /// number, its channel (a worker removed in the same section still
+    /// gets its `Close`), the message.
+    pub(super) pushes: Vec<(u64, mpsc::UnboundedSender<Push>, Push)>,
+    /// A timer or deadline now comes before the timer loop's next wake-up.
+    pub(super) wake: bool,
 }
 
 pub(super) fn lane(t: &Task) -> u8 {
@@ -107,6 +136,75 @@ pub(super) fn lane(t: &Task) -> u8 {
 }
 
 impl State {
+    /// An empty state whose sequence numbers continue after `next_seq`.
+    pub(super) fn new(cfg: Arc<CoreConfig>, next_seq: u64) -> State {
+        State {
+            tasks: HashMap::new(),
+            finishing: HashMap::new(),
+            queues: HashMap::new(),
+            timers: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            workers: HashMap::new(),
+            worker_ids: HashMap::new(),
+            next_worker: 0,
+            by_user: HashMap::new(),
+            by_session: HashMap::new(),
+            next_seq,
+            cached_bytes: 0,
+            counts: Counts::default(),
+            s2s: Window::new(5),
+            run_time: Window::new(5),
+            throughput: Throughput::default(),
+            draining: false,
+            pending_ops: Vec::new(),
+            lazy: false,
+            eager: false,
+            dirty_keys: Vec::new(),
+            timer_wake: 0,
+            cfg,
+            runs: HashMap::new(),
+            now: 0,
+            pushes: Vec::new(),
+        }
+    }
+
+    /// One critical section: runs `f` at time `now`, dispatches what became
+    /// runnable, and returns `f`'s answer with the effects to carry out.
+    pub(super) fn step<R>(&mut self, now: Micros, f: impl FnOnce(&mut State) -> R) -> (R, Effects) {
+        self.now = now;
+        let r = f(self);
+        self.dispatch();
+        (r, self.take_effects())
+    }
+
+    /// The effects queued so far; the state keeps none of them.
+    fn take_effects(&mut self) -> Effects {
+        let earliest = [
+            self.timers.first().map(|t| t.0),
+            self.deadlines.first().map(|t| t.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let wake = earliest.is_some_and(|e| e < self.timer_wake);
+        if let Some(e) = earliest.filter(|_| wake) {
+            self.timer_wake = e;
+        }
+        Effects {
+            ops: std::mem::take(&mut self.pending_ops),
+            eager: std::mem::take(&mut self.eager),
+            pushes: std::mem::take(&mut self.pushes),
+            wake,
+        }
+    }
+
+    /// Queues a message to worker `wid` (dropped if it is gone).
+    pub(super) fn push_to(&mut self, wid: u64, push: Push) {
+        if let Some(w) = self.workers.get(&wid) {
+            self.pushes.push((wid, w.tx.clone(), push));
+        }
+    }
+
     pub(super) fn seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq

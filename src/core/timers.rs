@@ -96,6 +96,13 @@ impl State {
             return;
         };
         let attempt = a.task.rt.attempt;
+        let holder = a.worker;
+        let timeout = a
+            .task
+            .spec
+            .execution_timeout
+            .or(self.cfg.default_execution_timeout)
+            .unwrap_or_default();
         match kind {
             DeadlineKind::Cancel => {
                 self.conclude(
@@ -110,20 +117,17 @@ impl State {
                 );
             }
             DeadlineKind::Execution => {
-                if let Some(w) = a.worker.and_then(|w| self.workers.get(&w)) {
-                    let _ = w.tx.send(Push::Cancel {
-                        task_id: id,
-                        attempt,
-                        reason: CancelReason::Timeout,
-                        force: false,
-                    });
+                if let Some(w) = holder {
+                    self.push_to(
+                        w,
+                        Push::Cancel {
+                            task_id: id,
+                            attempt,
+                            reason: CancelReason::Timeout,
+                            force: false,
+                        },
+                    );
                 }
-                let timeout = a
-                    .task
-                    .spec
-                    .execution_timeout
-                    .or(self.cfg.default_execution_timeout)
-                    .unwrap_or_default();
                 self.apply_report(
                     id,
                     attempt,

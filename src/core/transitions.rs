@@ -71,7 +71,7 @@ impl State {
         self.unplace(id);
         self.set_deadline(id, None);
         self.release_slot(id);
-        let now = now_micros();
+        let now = self.now;
         let Some(a) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -101,11 +101,14 @@ impl State {
             self.unindex_owner(&a.task);
             if let Some(parent) = a.task.spec.parent_id {
                 let holder = self.tasks.get(&parent).and_then(|p| p.worker);
-                if let Some(w) = holder.and_then(|w| self.workers.get(&w)) {
-                    let _ = w.tx.send(Push::ChildDone {
-                        parent,
-                        child: a.task.clone(),
-                    });
+                if let Some(w) = holder {
+                    self.push_to(
+                        w,
+                        Push::ChildDone {
+                            parent,
+                            child: a.task.clone(),
+                        },
+                    );
                 }
             }
             self.finishing.insert(id, a.task);
@@ -126,11 +129,11 @@ impl State {
         self.release_slot(id);
         self.set_state(id, TaskState::Pending);
         if let Some(a) = self.tasks.get_mut(&id) {
-            a.task.rt.run_at = add_micros(now_micros(), delay);
+            a.task.rt.run_at = add_micros(self.now, delay);
             a.task.rt.worker_id = None;
             a.task.rt.waiting_reason = Some(reason);
         }
-        self.place(id, now_micros());
+        self.place(id, self.now);
     }
 
     /// Puts a task its engine did not run (unreachable, or busy) back to
@@ -224,7 +227,7 @@ impl State {
             a.task.rt.waiting_reason = Some(WaitingReason::Queued);
             a.again = true;
         }
-        self.place(id, now_micros());
+        self.place(id, self.now);
         self.emit(
             id,
             EventKind::Requeued,

@@ -97,39 +97,7 @@ impl Core {
             if st.draining {
                 return Err(CoreError::Unavailable("the server is shutting down".into()));
             }
-            st.next_worker += 1;
-            let n = st.next_worker;
-            let wid: Arc<str> = Arc::from(format!("w{n}-{}", &TaskId::now_v7().simple().to_string()[20..]));
-            let mut kv: Vec<Arc<str>> = Vec::new();
-            for k in keys {
-                let key: Arc<str> = match st.queues.get_key_value(k.as_str()) {
-                    Some((key, _)) => key.clone(),
-                    None => Arc::from(k.as_str()),
-                };
-                if !kv.contains(&key) {
-                    st.queue(&key).workers.push(n);
-                    kv.push(key.clone());
-                    st.dirty_keys.push(key);
-                }
-            }
-            st.workers.insert(
-                n,
-                WorkerSlot {
-                    id: wid.clone(),
-                    name: name.to_string(),
-                    keys: kv,
-                    slots,
-                    imm_slots: immediate_slots,
-                    used: 0,
-                    used_imm: 0,
-                    tx,
-                    running: HashSet::new(),
-                    last_seen: now_micros(),
-                    draining: false,
-                    engine,
-                },
-            );
-            st.worker_ids.insert(wid.clone(), n);
+            let wid = st.add_worker(name, keys, (slots, immediate_slots), engine, tx);
             tracing::info!(worker_id = %wid, worker_name = name, slots, immediate_slots, "worker registered");
             Ok(wid.to_string())
         })?;
@@ -182,6 +150,55 @@ impl Core {
 }
 
 impl State {
+    /// Adds a worker serving `keys` with `(slots, immediate slots)`; its
+    /// messages go to `tx`. Returns its id.
+    pub(super) fn add_worker(
+        &mut self,
+        name: &str,
+        keys: &[String],
+        (slots, imm_slots): (u32, u32),
+        engine: Option<EngineKind>,
+        tx: mpsc::UnboundedSender<Push>,
+    ) -> Arc<str> {
+        self.next_worker += 1;
+        let n = self.next_worker;
+        let wid: Arc<str> = Arc::from(format!(
+            "w{n}-{}",
+            &TaskId::now_v7().simple().to_string()[20..]
+        ));
+        let mut kv: Vec<Arc<str>> = Vec::new();
+        for k in keys {
+            let key: Arc<str> = match self.queues.get_key_value(k.as_str()) {
+                Some((key, _)) => key.clone(),
+                None => Arc::from(k.as_str()),
+            };
+            if !kv.contains(&key) {
+                self.queue(&key).workers.push(n);
+                kv.push(key.clone());
+                self.dirty_keys.push(key);
+            }
+        }
+        self.workers.insert(
+            n,
+            WorkerSlot {
+                id: wid.clone(),
+                name: name.to_string(),
+                keys: kv,
+                slots,
+                imm_slots,
+                used: 0,
+                used_imm: 0,
+                tx,
+                running: HashSet::new(),
+                last_seen: self.now,
+                draining: false,
+                engine,
+            },
+        );
+        self.worker_ids.insert(wid.clone(), n);
+        wid
+    }
+
     pub(super) fn remove_worker(&mut self, worker_id: &str, why: &str, counts_as_loss: bool) {
         let Some(n) = self.worker_ids.remove(worker_id) else {
             return;
@@ -194,7 +211,10 @@ impl State {
                 q.workers.retain(|x| *x != n);
             }
         }
-        let _ = w.tx.send(Push::Close(why.to_string()));
+        // The worker is gone from the table: its channel comes with the
+        // message.
+        self.pushes
+            .push((n, w.tx.clone(), Push::Close(why.to_string())));
         let mut running: Vec<TaskId> = w.running.iter().copied().collect();
         running.sort();
         if !running.is_empty() {

@@ -1,0 +1,210 @@
+//! The state machine on its own: no runtime, no store, no clock.
+//!
+//! Each test drives [`State::step`] at times it chooses and reads the
+//! [`Effects`] it hands back (the writes, the pushes to workers, the timer
+//! wake-up). Nothing here awaits: the worker's channel is only ever
+//! inspected, never received from by a task, and the core's loops do not
+//! run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::state::{Effects, State};
+use super::*;
+use crate::domain::Payload;
+use crate::store::WriteOp;
+
+const T0: Micros = 1_700_000_000_000_000;
+
+fn state() -> State {
+    State::new(Arc::new(CoreConfig::default()), 0)
+}
+
+fn new_task(name: &str, max_attempts: u32, backoff: Duration) -> NewTask {
+    let mut spec = TaskSpec::test_simple(name, None);
+    spec.max_attempts = max_attempts;
+    spec.backoff = Backoff {
+        kind: BackoffKind::Fixed,
+        base: backoff,
+        max: backoff,
+    };
+    NewTask {
+        spec,
+        payload: Payload::Json(Arc::from("{}")),
+        delay: Duration::ZERO,
+    }
+}
+
+/// A worker serving `name` with `slots`; its number, id and channel.
+fn worker(
+    st: &mut State,
+    name: &str,
+    slots: u32,
+) -> (u64, Arc<str>, mpsc::UnboundedReceiver<Push>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (wid, _) = st.step(T0, |st| {
+        st.add_worker("w", &[name.to_string()], (slots, 0), None, tx)
+    });
+    let n = st.worker_ids[&wid];
+    (n, wid, rx)
+}
+
+/// The states written by `fx`, in order.
+fn written_states(fx: &Effects) -> Vec<TaskState> {
+    fx.ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Insert { task, .. } | WriteOp::Update { task, .. } => Some(task.rt.state),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_is_assigned_through_effects_at_the_time_given() {
+    let mut st = state();
+    let (n, _, mut rx) = worker(&mut st, "email", 1);
+    let (task, fx) = st.step(T0 + 5, |st| {
+        st.schedule_internal(new_task("email", 1, Duration::ZERO))
+    });
+
+    // The insert, then the start, written in sequence order.
+    assert_eq!(
+        written_states(&fx),
+        [TaskState::Pending, TaskState::Running]
+    );
+    assert!(fx.eager, "an insert needs a commit of its own");
+    // One push, to that worker, not yet sent: the caller sends it.
+    assert_eq!(fx.pushes.len(), 1);
+    let (to, _, push) = &fx.pushes[0];
+    assert_eq!(*to, n);
+    match push {
+        Push::Assign(a) => {
+            assert_eq!(a.task.id, task.id);
+            assert_eq!(a.task.rt.started_at, Some(T0 + 5));
+            assert_eq!(a.task.rt.attempt, 1);
+        }
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "the state machine sends nothing itself"
+    );
+    assert_eq!(task.created_at, T0 + 5);
+}
+
+#[test]
+fn a_failure_backs_off_from_the_time_of_the_report() {
+    let mut st = state();
+    let (n, _, _rx) = worker(&mut st, "email", 1);
+    let (task, _) = st.step(T0, |st| {
+        st.schedule_internal(new_task("email", 3, Duration::from_secs(7)))
+    });
+
+    // The timer loop sleeps with nothing to do.
+    st.timer_wake = Micros::MAX;
+    let at = T0 + 2_000_000;
+    let ((), fx) = st.step(at, |st| {
+        st.apply_report(
+            task.id,
+            1,
+            Report::Fail {
+                error: TaskError {
+                    message: "boom".into(),
+                    kind: "IOError".into(),
+                    retryable: true,
+                    ..Default::default()
+                },
+                retry_after: None,
+            },
+        )
+    });
+    assert_eq!(written_states(&fx), [TaskState::Pending]);
+    let a = &st.tasks[&task.id];
+    assert_eq!(
+        a.task.rt.run_at,
+        at + 7_000_000,
+        "backoff counts from the report"
+    );
+    assert_eq!(a.task.rt.waiting_reason, Some(WaitingReason::BackingOff));
+    assert_eq!(a.timer, Some(at + 7_000_000));
+    assert!(fx.wake, "the timer loop must wake for the retry");
+    assert!(fx.pushes.is_empty());
+    assert_eq!(st.workers[&n].used, 0, "the slot is free again");
+}
+
+#[test]
+fn a_cancel_asks_the_worker_and_arms_the_lease_deadline() {
+    let mut st = state();
+    let (n, _, _rx) = worker(&mut st, "email", 1);
+    let (task, _) = st.step(T0, |st| {
+        st.schedule_internal(new_task("email", 1, Duration::ZERO))
+    });
+
+    let at = T0 + 1_000;
+    let (outcome, fx) = st.step(at, |st| {
+        st.cancel_locked(task.id, CancelReason::Cancelled, "user asked", false)
+    });
+    let (outcome, _) = outcome.expect("the task is active");
+    assert!(matches!(outcome, CancelOutcome::CancelRequested));
+    match &fx.pushes[..] {
+        [(
+            to,
+            _,
+            Push::Cancel {
+                task_id,
+                reason,
+                force,
+                ..
+            },
+        )] => {
+            assert_eq!((*to, *task_id, force), (n, task.id, &false));
+            assert_eq!(reason, &CancelReason::Cancelled);
+            assert_eq!(reason.to_string(), "cancelled");
+        }
+        other => panic!("expected one cancel push, got {other:?}"),
+    }
+    let lease = st.cfg.lease_ttl;
+    let (deadline, _) = st.tasks[&task.id].deadline.expect("a cancel deadline");
+    assert_eq!(deadline, add_micros(at, lease));
+}
+
+#[test]
+fn a_removed_worker_still_gets_its_close_and_its_task_waits_for_another() {
+    let mut st = state();
+    let (n, wid, _rx) = worker(&mut st, "email", 1);
+    let (task, _) = st.step(T0, |st| {
+        st.schedule_internal(new_task("email", 2, Duration::ZERO))
+    });
+
+    let ((), fx) = st.step(T0 + 10, |st| st.remove_worker(&wid, "lease expired", true));
+    assert!(st.workers.is_empty());
+    match &fx.pushes[..] {
+        [(to, _, Push::Close(why))] => assert_eq!((*to, why.as_str()), (n, "lease expired")),
+        other => panic!("expected one close, got {other:?}"),
+    }
+    let a = &st.tasks[&task.id];
+    assert_eq!(
+        (a.task.rt.state, a.task.rt.attempt),
+        (TaskState::Pending, 1)
+    );
+    assert_eq!(a.task.rt.waiting_reason, Some(WaitingReason::NoWorker));
+    assert!(
+        a.again,
+        "its next worker is told the first try's outcome is unknown"
+    );
+}
+
+#[test]
+fn effects_are_handed_out_once() {
+    let mut st = state();
+    let (_n, _, _rx) = worker(&mut st, "email", 1);
+    let (_, fx) = st.step(T0, |st| {
+        st.schedule_internal(new_task("email", 1, Duration::ZERO))
+    });
+    assert!(!fx.ops.is_empty() && !fx.pushes.is_empty());
+    let ((), again) = st.step(T0 + 1, |_| ());
+    assert!(again.ops.is_empty() && again.pushes.is_empty() && !again.eager && !again.wake);
+}
