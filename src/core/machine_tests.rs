@@ -208,3 +208,62 @@ fn effects_are_handed_out_once() {
     let ((), again) = st.step(T0 + 1, |_| ());
     assert!(again.ops.is_empty() && again.pushes.is_empty() && !again.eager && !again.wake);
 }
+
+/// A task with a cleanup task, `max_attempts` attempts.
+fn with_cleanup(name: &str, max_attempts: u32) -> NewTask {
+    let mut new = new_task(name, max_attempts, Duration::ZERO);
+    new.spec.cleanup = Some("undo".into());
+    new
+}
+
+/// The cleanup tasks inserted by `fx`: their `cleanup_reason` labels.
+fn cleanups(fx: &Effects) -> Vec<String> {
+    fx.ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Insert { task, .. } if &*task.spec.name == "undo" => {
+                task.spec.labels.get("cleanup_reason").cloned()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_task_that_fails_by_losing_its_workers_gets_its_cleanup() {
+    let mut st = state();
+    let max_losses = st.cfg.max_lease_losses;
+    let (task, _) = st.step(T0, |st| st.schedule_internal(with_cleanup("email", 1)));
+    let mut last = None;
+    for i in 0..=max_losses {
+        let (_, wid, _rx) = worker(&mut st, "email", 1);
+        let at = T0 + 1_000 * (i as i64 + 1);
+        let ((), fx) = st.step(at, |st| st.remove_worker(&wid, "lease expired", true));
+        last = Some(fx);
+    }
+    let fx = last.expect("at least one loss");
+    let t = &st.finishing[&task.id];
+    assert_eq!(t.rt.state, TaskState::Failed);
+    assert_eq!(
+        t.rt.last_error.as_ref().map(|e| e.kind.as_str()),
+        Some("worker_lost")
+    );
+    assert_eq!(
+        cleanups(&fx),
+        ["failed"],
+        "the cleanup rides on the same commit"
+    );
+}
+
+#[test]
+fn a_cancelled_task_whose_worker_is_lost_gets_its_cleanup() {
+    let mut st = state();
+    let (_, wid, _rx) = worker(&mut st, "email", 1);
+    let (task, _) = st.step(T0, |st| st.schedule_internal(with_cleanup("email", 1)));
+    let _ = st.step(T0 + 1, |st| {
+        st.cancel_locked(task.id, CancelReason::Cancelled, "", false)
+    });
+    let ((), fx) = st.step(T0 + 2, |st| st.remove_worker(&wid, "lease expired", true));
+    assert_eq!(st.finishing[&task.id].rt.state, TaskState::Cancelled);
+    assert_eq!(cleanups(&fx), ["cancelled"]);
+}

@@ -30,15 +30,14 @@ impl Core {
                         st.add_pending(t, None);
                         st.unplace(id);
                         st.set_state(id, TaskState::Running);
-                        st.finish(
+                        st.conclude(
                             id,
                             TaskState::Cancelled,
-                            EventKind::Cancelled,
-                            vec![LogEntry::system(
+                            LogEntry::system(
                                 id,
                                 attempt,
                                 "server restarted while a cancel was pending; cancelled",
-                            )],
+                            ),
                         );
                     }
                     TaskState::Running | TaskState::Compensating => {

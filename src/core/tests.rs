@@ -529,3 +529,62 @@ async fn a_backend_task_not_known_forwarded_is_offered_again_after_a_restart() {
     assert_eq!(again[&ids[0]], (true, false), "not known forwarded");
     assert_eq!(again[&ids[1]], (false, true), "forwarded: resumed");
 }
+
+/// A task whose cancel was pending when the server stopped ends CANCELLED
+/// at start-up, and its cleanup task is scheduled like any other cancel's.
+#[tokio::test]
+async fn a_cancel_pending_at_a_restart_ends_cancelled_with_its_cleanup() {
+    let store = SqliteStore::open(SqliteOptions::default()).unwrap();
+    let mut spec = spec("t", None);
+    spec.cleanup = Some("undo".into());
+    let mut rt = TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued);
+    rt.state = TaskState::Running;
+    rt.attempt = 1;
+    rt.cancel_requested = true;
+    let t = Task {
+        id: TaskId::now_v7(),
+        created_at: now_micros(),
+        spec: Arc::new(spec),
+        rt,
+    };
+    let id = t.id;
+    store.submit(
+        vec![WriteOp::Insert {
+            task: t,
+            payload: Payload::Json(Arc::from("{}")),
+            log: vec![],
+            event: None,
+        }],
+        None,
+    );
+    store.flush().await.unwrap();
+    let core = Core::start(store.clone(), CoreConfig::default())
+        .await
+        .unwrap();
+    drop(core);
+    store.flush().await.unwrap();
+    let (ended, _) = store.get(id).await.unwrap().expect("stored");
+    assert_eq!(ended.rt.state, TaskState::Cancelled);
+    let all = store
+        .list(ListQuery {
+            filter: Default::default(),
+            limit: 10,
+            before: None,
+        })
+        .await
+        .unwrap();
+    let cleanup: Vec<_> = all.iter().filter(|t| &*t.spec.name == "undo").collect();
+    assert_eq!(cleanup.len(), 1, "one cleanup task");
+    assert_eq!(
+        cleanup[0]
+            .spec
+            .labels
+            .get("cleanup_reason")
+            .map(String::as_str),
+        Some("cancelled")
+    );
+    assert_eq!(
+        cleanup[0].spec.labels.get("cleanup_of"),
+        Some(&id.to_string())
+    );
+}

@@ -163,15 +163,14 @@ impl State {
         };
         let attempt = a.task.rt.attempt;
         if a.task.rt.cancel_requested {
-            self.finish(
+            self.conclude(
                 id,
                 TaskState::Cancelled,
-                EventKind::Cancelled,
-                vec![LogEntry::system(
+                LogEntry::system(
                     id,
                     attempt,
                     format!("{why}; the requested cancel is complete"),
-                )],
+                ),
             );
             return;
         }
@@ -207,11 +206,10 @@ impl State {
                 a.task.rt.last_error = Some(Box::new(err.clone()));
                 a.task.rt.lease_losses = losses;
             }
-            self.finish(
+            self.conclude(
                 id,
                 TaskState::Failed,
-                EventKind::Failed,
-                vec![LogEntry::system(id, attempt, err.message).level("error")],
+                LogEntry::system(id, attempt, err.message).level("error"),
             );
             return;
         }
@@ -259,9 +257,9 @@ impl State {
 
     /// Ends a task in the final `state` with its event, logging `log`, and
     /// schedules its cleanup task if it did not complete (FAILED, CANCELLED,
-    /// COMPENSATED). The one way a report, a cancel or a deadline ends a
-    /// task; recovery and a lost worker end one without a cleanup
-    /// ([`State::finish`]).
+    /// COMPENSATED). The one way a task ends: a report, a cancel, a
+    /// deadline, a lost worker and recovery all come here, so none of them
+    /// can forget the cleanup.
     pub(super) fn conclude(&mut self, id: TaskId, state: TaskState, log: LogEntry) {
         let kind = match state {
             TaskState::Completed => EventKind::Completed,
