@@ -12,19 +12,19 @@ use std::time::Duration;
 use super::conn::TakeOut;
 use super::follower::{CancelState, Follower, Msg};
 use super::mapping::stream_id_ge;
-use crate::core::Report;
+use crate::core::{CancelReason, Report};
 use crate::domain::TaskId;
 
 /// How soon a cancel that could not reach Redis is tried again.
 const CANCEL_RETRY: Duration = Duration::from_secs(1);
 
 impl Follower {
-    pub(super) async fn cancel(&mut self, task_id: TaskId, reason: &str) {
+    pub(super) async fn cancel(&mut self, task_id: TaskId, reason: &CancelReason) {
         let job_id = task_id.to_string();
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return;
         };
-        tracing::debug!(task_id = %task_id, reason, "cancel");
+        tracing::debug!(task_id = %task_id, %reason, "cancel");
         if job.cancel == CancelState::None {
             job.cancel = CancelState::Wanted;
         }

@@ -19,7 +19,7 @@ use super::event::Entry;
 use super::mapping;
 use super::reader::reader;
 use super::Shared;
-use crate::core::{Assignment, Report};
+use crate::core::{Assignment, CancelReason, Report};
 use crate::domain::*;
 
 /// What a follower is told.
@@ -27,7 +27,10 @@ pub(super) enum Msg {
     /// A task to add or to resume following.
     Assign(Box<Assignment>),
     /// Cancel a task.
-    Cancel { task_id: TaskId, reason: String },
+    Cancel {
+        task_id: TaskId,
+        reason: CancelReason,
+    },
     /// An add finished.
     Added {
         job_id: String,

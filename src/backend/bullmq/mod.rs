@@ -191,10 +191,7 @@ async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Push>) {
             } => {
                 let q = shared.routes.lock().get(&task_id).cloned();
                 if let Some(tx) = q.and_then(|q| followers.get(&q)) {
-                    let _ = tx.send(Msg::Cancel {
-                        task_id,
-                        reason: reason.to_string(),
-                    });
+                    let _ = tx.send(Msg::Cancel { task_id, reason });
                 }
             }
             Push::Close(why) => {

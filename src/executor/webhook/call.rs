@@ -12,42 +12,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
-use crate::domain::{Target, Task};
-
-/// Failure kinds (`TaskError.kind`) of the INTEGRATION executor: the
-/// domain's [`FailureKind`]s that this executor reports, by their old names.
-pub mod kind {
-    use crate::domain::FailureKind;
-
-    /// See [`FailureKind::InvalidTarget`].
-    pub const INVALID_TARGET: FailureKind = FailureKind::InvalidTarget;
-    /// See [`FailureKind::SsrfRefused`].
-    pub const SSRF_REFUSED: FailureKind = FailureKind::SsrfRefused;
-    /// See [`FailureKind::AuthRefused`].
-    pub const AUTH_REFUSED: FailureKind = FailureKind::AuthRefused;
-    /// See [`FailureKind::HostBusy`].
-    pub const HOST_BUSY: FailureKind = FailureKind::HostBusy;
-    /// See [`FailureKind::ConnectError`].
-    pub const CONNECT_ERROR: FailureKind = FailureKind::ConnectError;
-    /// See [`FailureKind::NoResponse`].
-    pub const NO_RESPONSE: FailureKind = FailureKind::NoResponse;
-    /// See [`FailureKind::ResponseInterrupted`].
-    pub const RESPONSE_INTERRUPTED: FailureKind = FailureKind::ResponseInterrupted;
-    /// See [`FailureKind::ResponseTooLarge`].
-    pub const RESPONSE_TOO_LARGE: FailureKind = FailureKind::ResponseTooLarge;
-    /// See [`FailureKind::Redirect`].
-    pub const REDIRECT: FailureKind = FailureKind::Redirect;
-    /// See [`FailureKind::WebhookNotRegistered`].
-    pub const WEBHOOK_NOT_REGISTERED: FailureKind = FailureKind::WebhookNotRegistered;
-    /// See [`FailureKind::RateLimited`].
-    pub const RATE_LIMITED: FailureKind = FailureKind::RateLimited;
-    /// See [`FailureKind::ServerError`].
-    pub const SERVER_ERROR: FailureKind = FailureKind::ServerError;
-    /// See [`FailureKind::ClientError`].
-    pub const CLIENT_ERROR: FailureKind = FailureKind::ClientError;
-    /// See [`FailureKind::PayloadMissing`].
-    pub const PAYLOAD_MISSING: FailureKind = FailureKind::PayloadMissing;
-}
+use crate::domain::{FailureKind, Target, Task};
 
 /// Response headers copied into the result, when present.
 const RESULT_HEADERS: [&str; 5] = [
@@ -267,8 +232,8 @@ fn text_body(body: &[u8]) -> Value {
 /// A failed call, before it becomes a `TaskError`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    /// One of [`kind`].
-    pub kind: crate::domain::FailureKind,
+    /// Which failure.
+    pub kind: FailureKind,
     /// What happened, for people.
     pub message: String,
     /// A body excerpt or a cause chain.
@@ -281,11 +246,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure without details or delay.
-    pub fn new(
-        kind: crate::domain::FailureKind,
-        retryable: bool,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(kind: FailureKind, retryable: bool, message: impl Into<String>) -> Self {
         Failure {
             kind,
             message: message.into(),
@@ -323,16 +284,16 @@ pub fn failure_for_status(
     let code = status.as_u16();
     let (kind, retryable, message) = if code == 404 && is_not_registered(body) {
         (
-            kind::WEBHOOK_NOT_REGISTERED,
+            FailureKind::WebhookNotRegistered,
             false,
             not_registered_message(url, body),
         )
     } else if code == 429 {
-        (kind::RATE_LIMITED, true, with_body(head))
+        (FailureKind::RateLimited, true, with_body(head))
     } else if code == 408 || status.is_server_error() {
-        (kind::SERVER_ERROR, true, with_body(head))
+        (FailureKind::ServerError, true, with_body(head))
     } else {
-        (kind::CLIENT_ERROR, false, with_body(head))
+        (FailureKind::ClientError, false, with_body(head))
     };
     Failure {
         kind,
@@ -552,22 +513,22 @@ mod tests {
             )
         };
         let e = f(503, "busy");
-        assert_eq!((e.kind, e.retryable), (kind::SERVER_ERROR, true));
+        assert_eq!((e.kind, e.retryable), (FailureKind::ServerError, true));
         assert_eq!(
             e.message,
             "POST https://h/webhook/x answered 503 Service Unavailable: busy"
         );
         assert_eq!(
             (f(429, "").kind, f(429, "").retryable),
-            (kind::RATE_LIMITED, true)
+            (FailureKind::RateLimited, true)
         );
         assert!(f(408, "").retryable);
         let bad = f(400, r#"{"error":"field x is required"}"#);
-        assert_eq!((bad.kind, bad.retryable), (kind::CLIENT_ERROR, false));
+        assert_eq!((bad.kind, bad.retryable), (FailureKind::ClientError, false));
         assert!(
             bad.message.contains("400 Bad Request") && bad.message.contains("field x is required")
         );
-        assert_eq!(f(404, "nope").kind, kind::CLIENT_ERROR);
+        assert_eq!(f(404, "nope").kind, FailureKind::ClientError);
 
         let n8n = f(
             404,
@@ -575,7 +536,7 @@ mod tests {
         );
         assert_eq!(
             (n8n.kind, n8n.retryable),
-            (kind::WEBHOOK_NOT_REGISTERED, false)
+            (FailureKind::WebhookNotRegistered, false)
         );
         assert!(
             n8n.message.contains("inactive") && n8n.message.contains("/webhook-test/"),
