@@ -124,22 +124,8 @@ impl Follower {
             }
             Event::Active => self.active(id, cancel).await,
             Event::Progress { data } => self.progress(id, &data),
-            Event::Completed { returnvalue } => {
-                let mut p = self.details(id, details).await;
-                self.logs(id, std::mem::take(&mut p.logs));
-                // The event carries the result even if the worker removed the
-                // job on completion.
-                let rv = returnvalue.as_deref().or(p.returnvalue.as_deref());
-                self.end(id, Report::Complete(mapping::return_value(rv)));
-            }
-            Event::Failed { reason } => {
-                let mut p = self.details(id, details).await;
-                self.logs(id, std::mem::take(&mut p.logs));
-                if reason.is_some() {
-                    p.failed_reason = reason;
-                }
-                self.failed(id, &p, cancel);
-            }
+            Event::Completed { returnvalue } => self.completed(id, returnvalue, details).await,
+            Event::Failed { reason } => self.failed_event(id, reason, details, cancel).await,
             Event::Removed if !removing => self.removed_outside(id),
             Event::Stalled => {
                 let message = "BullMQ found the job stalled (its worker stopped renewing the lock)";
@@ -147,6 +133,38 @@ impl Follower {
             }
             Event::Removed | Event::Other(_) => {}
         }
+    }
+
+    /// The job completed: its logs, then its result.
+    async fn completed(
+        &mut self,
+        job_id: &str,
+        returnvalue: Option<String>,
+        details: &HashMap<String, Probe>,
+    ) {
+        let mut p = self.details(job_id, details).await;
+        self.logs(job_id, std::mem::take(&mut p.logs));
+        // The event carries the result even if the worker removed the job
+        // on completion.
+        let rv = returnvalue.as_deref().or(p.returnvalue.as_deref());
+        self.end(job_id, Report::Complete(mapping::return_value(rv)));
+    }
+
+    /// The job failed for good: its logs, then its error (the event's
+    /// reason wins over the one read).
+    async fn failed_event(
+        &mut self,
+        job_id: &str,
+        reason: Option<String>,
+        details: &HashMap<String, Probe>,
+        cancel: CancelState,
+    ) {
+        let mut p = self.details(job_id, details).await;
+        self.logs(job_id, std::mem::take(&mut p.logs));
+        if reason.is_some() {
+            p.failed_reason = reason;
+        }
+        self.failed(job_id, &p, cancel);
     }
 
     /// A running job went back to waiting (`delayed`: `Some` with when it
