@@ -1,0 +1,46 @@
+//! `Push::Cancel`: the workflow task is cancelled. A running workflow stops
+//! going forward and compensates; one that is already stopping carries on.
+//!
+//! It must not end the task itself: the wind-down does, in `advance.rs`.
+
+use super::transitions::{apply_abort, engine_state, Abort, Cause};
+use super::Engine;
+use crate::core::CoreError;
+use crate::domain::*;
+
+impl Engine {
+    pub(super) async fn on_cancel(&mut self, id: TaskId, reason: &str) -> Result<(), CoreError> {
+        let Some(flow) = self.flows.get(&id) else {
+            return Ok(());
+        };
+        let why = if reason.is_empty() || reason == "cancelled" {
+            "cancelled".to_string()
+        } else if reason == "disconnected" {
+            "cancelled (disconnected)".to_string()
+        } else {
+            format!("cancelled ({reason})")
+        };
+        if let Some(a) = engine_state(&flow.run).abort {
+            // Compensation is under way: it must finish to leave a
+            // consistent state.
+            return self.update(id, |_, _| {
+                (
+                    (),
+                    vec![format!(
+                        "{why} while stopping ({}); the workflow winds down and compensates as planned",
+                        a.reason
+                    )],
+                )
+            });
+        }
+        let abort = Abort {
+            cause: Cause::Cancelled,
+            step: None,
+            error: None,
+            reason: why,
+        };
+        let cancel = self.update(id, |run, wf| apply_abort(run, wf, &abort, None))?;
+        self.cancel_children(cancel, "its workflow was cancelled");
+        self.advance(id).await
+    }
+}

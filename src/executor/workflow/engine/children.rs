@@ -1,0 +1,175 @@
+//! `Push::ChildDone`: a step task or a compensation task ended, and what
+//! that does to the run (a step completes, fails and stops the workflow, or
+//! a compensation is done or fails the workflow).
+//!
+//! It must not start the next steps: `advance.rs` does.
+
+use super::transitions::{apply_abort, engine_state, next_order, step_error, Abort, Cause};
+use super::Engine;
+use crate::core::CoreError;
+use crate::domain::*;
+
+impl Engine {
+    pub(super) async fn on_child_done(&mut self, id: TaskId, child: Task) -> Result<(), CoreError> {
+        let Some(flow) = self.flows.get(&id) else {
+            return Ok(());
+        };
+        let Some(i) =
+            flow.run.steps.iter().position(|s| {
+                s.task_id == Some(child.id) || s.compensation_task_id == Some(child.id)
+            })
+        else {
+            return Ok(());
+        };
+        let s = &flow.run.steps[i];
+        if s.task_id == Some(child.id) && s.state == StepState::Running {
+            self.step_task_done(id, i, &child)?;
+        } else if s.compensation_task_id == Some(child.id) && s.state == StepState::Compensating {
+            self.compensation_done(id, i, &child)?;
+        } else {
+            // Already accounted for (seen on resume, then pushed).
+            return Ok(());
+        }
+        self.advance(id).await
+    }
+
+    pub(super) fn step_task_done(
+        &mut self,
+        id: TaskId,
+        i: usize,
+        child: &Task,
+    ) -> Result<(), CoreError> {
+        let Some(flow) = self.flows.get(&id) else {
+            return Ok(());
+        };
+        let aborting = engine_state(&flow.run).abort.is_some();
+        let step_id = flow.wf.steps[i].id.clone();
+        let now = now_micros();
+        let attempt = child.rt.attempt;
+        let child_id = child.id;
+        match child.rt.state {
+            TaskState::Completed => {
+                let output = child.rt.result.as_deref().cloned();
+                self.update(id, |run, _| {
+                    let order = next_order(run);
+                    if let Some(s) = run.steps.get_mut(i) {
+                        s.state = StepState::Completed;
+                        s.output = output;
+                        s.attempt = attempt;
+                        s.finished_at = Some(now);
+                        s.completed_order = Some(order);
+                    }
+                    (
+                        (),
+                        vec![format!(
+                            "step {step_id} completed (task {child_id}, attempt {attempt})"
+                        )],
+                    )
+                })
+            }
+            state => {
+                let error = match (&child.rt.last_error, state) {
+                    (Some(e), TaskState::Failed) => (**e).clone(),
+                    (_, TaskState::Cancelled) => {
+                        step_error(format!("step task {child_id} was cancelled"), "cancelled")
+                    }
+                    _ => step_error(
+                        format!("step task {child_id} ended {}", state.as_str()),
+                        "failed",
+                    ),
+                };
+                if aborting {
+                    let new_state = if state == TaskState::Cancelled {
+                        StepState::Cancelled
+                    } else {
+                        StepState::Failed
+                    };
+                    self.update(id, |run, _| {
+                        if let Some(s) = run.steps.get_mut(i) {
+                            s.state = new_state;
+                            s.attempt = attempt;
+                            s.finished_at = Some(now);
+                            if new_state == StepState::Failed {
+                                s.error = Some(error.clone());
+                            }
+                        }
+                        let line = if new_state == StepState::Cancelled {
+                            format!("step {step_id} cancelled")
+                        } else {
+                            format!(
+                                "step {step_id} failed while the workflow was stopping: {}",
+                                error.message
+                            )
+                        };
+                        ((), vec![line])
+                    })
+                } else {
+                    let abort = Abort {
+                        cause: Cause::StepFailed,
+                        step: Some(step_id.clone()),
+                        reason: format!("step {step_id} failed: {}", error.message),
+                        error: Some(error.clone()),
+                    };
+                    self.update(id, |run, wf| {
+                        if let Some(s) = run.steps.get_mut(i) {
+                            s.attempt = attempt;
+                        }
+                        apply_abort(run, wf, &abort, Some((i, &error)))
+                    })
+                    .map(|cancel| self.cancel_children(cancel, "a step of its workflow failed"))
+                }
+            }
+        }
+    }
+
+    pub(super) fn compensation_done(
+        &mut self,
+        id: TaskId,
+        i: usize,
+        child: &Task,
+    ) -> Result<(), CoreError> {
+        let Some(flow) = self.flows.get(&id) else {
+            return Ok(());
+        };
+        let step_id = flow.wf.steps[i].id.clone();
+        let task = flow.wf.steps[i]
+            .compensate
+            .as_ref()
+            .map(|c| c.task.clone())
+            .unwrap_or_default();
+        let attempt = child.rt.attempt;
+        let child_id = child.id;
+        if child.rt.state == TaskState::Completed {
+            return self.update(id, |run, _| {
+                if let Some(s) = run.steps.get_mut(i) {
+                    s.state = StepState::Compensated;
+                }
+                (
+                    (),
+                    vec![format!(
+                        "step {step_id} compensated (task {task} as {child_id}, attempt {attempt})"
+                    )],
+                )
+            });
+        }
+        let cause = match (&child.rt.last_error, child.rt.state) {
+            (Some(e), TaskState::Failed) => e.message.clone(),
+            (_, state) => format!("its task ended {}", state.as_str()),
+        };
+        let message = format!("compensation of step {step_id} (task {task}) failed: {cause}");
+        let mut error = step_error(message.clone(), "compensation_failed");
+        error.attempt = attempt;
+        if let Some(e) = &child.rt.last_error {
+            error.details = e.details.clone();
+        }
+        let step_err = error.clone();
+        self.update(id, |run, _| {
+            if let Some(s) = run.steps.get_mut(i) {
+                s.state = StepState::CompensationFailed;
+                s.error = Some(step_err);
+            }
+            ((), Vec::new())
+        })?;
+        self.end(id, TaskState::Failed, None, Some(error), message)
+    }
+}

@@ -1,0 +1,199 @@
+//! `Push::Assign`: taking a workflow on. A new run pins the latest
+//! definition and starts; a resumed one (a restart, a lost lease) picks up
+//! where its last committed state left it.
+//!
+//! It must not guess at state the run does not record: what was in flight is
+//! read back from the core.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::transitions::{engine_state, put_engine_state, step_error, EngineState};
+use super::{Engine, Flow, DEADLINE};
+use crate::core::{Assignment, CoreError, Report};
+use crate::domain::*;
+use crate::executor::workflow::definition::StepKind;
+
+impl Engine {
+    pub(super) async fn on_assign(&mut self, a: Assignment) -> Result<(), CoreError> {
+        let traceparent = a.traceparent().map(str::to_string);
+        let task = a.task;
+        let id = task.id;
+        let attempt = task.rt.attempt;
+        let fail = |message: String, kind: &str| Report::End {
+            state: TaskState::Failed,
+            result: None,
+            error: Some(step_error(message.clone(), kind)),
+            message,
+        };
+        let Target::Complex {
+            workflow_type,
+            workflow_args,
+            task_queue,
+            workflow_id,
+            ..
+        } = &task.spec.target
+        else {
+            return self.core.report(
+                &self.wid,
+                id,
+                attempt,
+                fail("not a workflow (COMPLEX) task".into(), "invalid_task"),
+            );
+        };
+        let run = WorkflowRun::from_detail(task.rt.detail.as_deref());
+        let resumed = run.version != 0;
+        let wf = if resumed {
+            self.registry.get(workflow_type, run.version)
+        } else {
+            self.registry.latest(workflow_type)
+        };
+        let Some(wf) = wf else {
+            let msg = if resumed {
+                format!(
+                    "version {} of workflow {workflow_type:?} is not registered",
+                    run.version
+                )
+            } else {
+                format!("no workflow definition named {workflow_type:?} is registered")
+            };
+            return self
+                .core
+                .report(&self.wid, id, attempt, fail(msg, "unknown_workflow"));
+        };
+        let payload = self.core.load_payload(id, a.payload).await?;
+        let payload: Value = serde_json::from_str(&payload).unwrap_or_else(|_| json!({}));
+        let key = workflow_id.clone().unwrap_or_else(|| id.to_string());
+        let flow = Flow {
+            attempt,
+            meta: json!({
+                "id": key,
+                "task_id": id.to_string(),
+                "type": wf.name,
+                "version": wf.version,
+            }),
+            wf: wf.clone(),
+            run,
+            spec: task.spec.clone(),
+            args: Value::Array(workflow_args.clone()),
+            payload,
+            key,
+            queue: task_queue.clone(),
+            compensating: task.rt.state == TaskState::Compensating,
+            traceparent,
+            step_spans: HashMap::new(),
+        };
+        self.flows.insert(id, flow);
+        if resumed {
+            self.resume(id).await?;
+        } else {
+            let now = now_micros();
+            self.update(id, |run, wf| {
+                run.version = wf.version;
+                run.steps = wf
+                    .steps
+                    .iter()
+                    .map(|s| StepRun {
+                        id: s.id.clone(),
+                        kind: s.kind.as_str().to_string(),
+                        depends_on: s.depends_on.clone(),
+                        ..Default::default()
+                    })
+                    .collect();
+                let es = EngineState {
+                    deadline: wf.timeout.map(|t| add_micros(now, t)),
+                    abort: None,
+                };
+                put_engine_state(run, &es);
+                let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
+                let mut line = format!(
+                    "workflow {} v{} started: {} steps ({})",
+                    wf.name,
+                    wf.version,
+                    ids.len(),
+                    ids.join(", ")
+                );
+                if let Some(t) = wf.timeout {
+                    line.push_str(&format!(
+                        "; times out in {}",
+                        crate::domain::text::duration(t)
+                    ));
+                }
+                ((), vec![line])
+            })?;
+        }
+        if let Some(flow) = self.flows.get(&id) {
+            if let Some(deadline) = engine_state(&flow.run).deadline {
+                self.timers.insert((deadline, id, DEADLINE));
+            }
+        }
+        self.advance(id).await
+    }
+
+    /// Picks a run up where its last committed state left it: re-arms
+    /// timers, checks the step tasks that were in flight, consumes signals
+    /// that arrived meanwhile.
+    pub(super) async fn resume(&mut self, id: TaskId) -> Result<(), CoreError> {
+        let Some(flow) = self.flows.get(&id) else {
+            return Ok(());
+        };
+        let aborting = engine_state(&flow.run).abort.is_some();
+        let mut children = Vec::new();
+        let mut signals = Vec::new();
+        let (mut done, mut in_flight) = (Vec::new(), Vec::new());
+        for (i, s) in flow.run.steps.iter().enumerate() {
+            match s.state {
+                StepState::Completed => done.push(s.id.clone()),
+                StepState::Running => {
+                    in_flight.push(s.id.clone());
+                    if let Some(t) = s.task_id {
+                        children.push((t, false));
+                    }
+                    if let Some(w) = s.wake_at {
+                        self.timers.insert((w, id, i));
+                    }
+                    if let StepKind::Signal { name } = &flow.wf.steps[i].kind {
+                        signals.push(name.clone());
+                    }
+                }
+                StepState::Compensating => {
+                    in_flight.push(format!("compensation of {}", s.id));
+                    if let Some(t) = s.compensation_task_id {
+                        children.push((t, true));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let attempt = flow.attempt;
+        self.update(id, |_, wf| {
+            let mut line = format!(
+                "workflow {} v{} resumed on attempt {attempt}",
+                wf.name, wf.version
+            );
+            if !done.is_empty() {
+                line.push_str(&format!("; completed: {}", done.join(", ")));
+            }
+            if !in_flight.is_empty() {
+                line.push_str(&format!("; in flight: {}", in_flight.join(", ")));
+            }
+            ((), vec![line])
+        })?;
+        for (child, compensation) in children {
+            let t = self.core.status(child).await?;
+            if t.rt.state.is_final() {
+                self.on_child_done(id, t).await?;
+            } else if aborting && !compensation {
+                let _ = self
+                    .core
+                    .cancel(child, "its workflow is stopping", false)
+                    .await;
+            }
+        }
+        for name in signals {
+            self.take_signals(id, &name)?;
+        }
+        Ok(())
+    }
+}
