@@ -8,8 +8,10 @@
 
 use serde_json::{json, Map, Value};
 
-use super::transitions::{consume_signal, engine_state, Abort, Cause};
-use super::Engine;
+use super::transitions::{
+    anything_running, consume_signal, next_compensation, ready_steps, Abort, Cause,
+};
+use super::{Engine, Wake};
 use crate::core::{CoreError, Report};
 use crate::domain::*;
 use crate::executor::workflow::definition::StepKind;
@@ -23,27 +25,17 @@ impl Engine {
             let Some(flow) = self.flows.get(&id) else {
                 return Ok(());
             };
-            if engine_state(&flow.run).abort.is_some() {
+            if flow.es.abort.is_some() {
                 return self.advance_abort(id).await;
             }
-            let steps = &flow.run.steps;
-            let ready: Vec<usize> = flow
-                .wf
-                .steps
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| {
-                    steps.get(*i).is_some_and(|r| r.state == StepState::Pending)
-                        && s.deps.iter().all(|&d| {
-                            steps
-                                .get(d)
-                                .is_some_and(|r| r.state == StepState::Completed)
-                        })
-                })
-                .map(|(i, _)| i)
-                .collect();
+            let ready = ready_steps(&flow.run, &flow.wf);
             if ready.is_empty() {
-                if steps.iter().all(|s| s.state == StepState::Completed) {
+                if flow
+                    .run
+                    .steps
+                    .iter()
+                    .all(|s| s.state == StepState::Completed)
+                {
                     return self.complete(id);
                 }
                 return Ok(());
@@ -111,7 +103,7 @@ impl Engine {
                         )],
                     )
                 })?;
-                self.timers.insert((wake, id, i));
+                self.timers.insert((wake, id, Wake::Step(i)));
                 Ok(false)
             }
             StepKind::Signal { name } => {
@@ -141,7 +133,7 @@ impl Engine {
                     (false, vec![line])
                 })?;
                 if let (false, Some(w)) = (consumed, wake) {
-                    self.timers.insert((w, id, i));
+                    self.timers.insert((w, id, Wake::Step(i)));
                 }
                 Ok(consumed)
             }
@@ -181,27 +173,10 @@ impl Engine {
         let Some(flow) = self.flows.get(&id) else {
             return Ok(());
         };
-        let steps = &flow.run.steps;
-        if steps
-            .iter()
-            .any(|s| matches!(s.state, StepState::Running | StepState::Compensating))
-        {
+        if anything_running(&flow.run) {
             return Ok(());
         }
-        let next = steps
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| {
-                s.state == StepState::Completed && flow.wf.steps[*i].compensate.is_some()
-            })
-            .max_by_key(|(_, s)| s.completed_order.unwrap_or(0))
-            .map(|(i, _)| i);
-        let abort = engine_state(&flow.run).abort.unwrap_or(Abort {
-            cause: Cause::Cancelled,
-            step: None,
-            error: None,
-            reason: "stopped".into(),
-        });
+        let next = next_compensation(&flow.run, &flow.wf);
         if let Some(i) = next {
             if !flow.compensating {
                 self.core
@@ -227,35 +202,13 @@ impl Engine {
             })?;
             return Ok(());
         }
-        // In the order they were undone: latest completed first.
-        let mut undone: Vec<&StepRun> = steps
-            .iter()
-            .filter(|s| s.state == StepState::Compensated)
-            .collect();
-        undone.sort_by_key(|s| std::cmp::Reverse(s.completed_order));
-        let compensated: Vec<String> = undone.iter().map(|s| s.id.clone()).collect();
-        if compensated.is_empty() {
-            let (state, message) = match abort.cause {
-                Cause::Cancelled => (
-                    TaskState::Cancelled,
-                    format!("workflow {}; nothing to compensate", abort.reason),
-                ),
-                _ => (
-                    TaskState::Failed,
-                    format!("workflow failed: {}; nothing to compensate", abort.reason),
-                ),
-            };
-            return self.end(id, state, None, abort.error, message);
-        }
-        let message = format!(
-            "workflow compensated after {}; undone {}",
-            match abort.cause {
-                Cause::StepFailed => abort.reason.clone(),
-                Cause::Cancelled => format!("it was {}", abort.reason),
-                Cause::TimedOut => format!("it {}", abort.reason),
-            },
-            compensated.join(", ")
-        );
-        self.end(id, TaskState::Compensated, None, abort.error, message)
+        let abort = flow.es.abort.clone().unwrap_or(Abort {
+            cause: Cause::Cancelled,
+            step: None,
+            error: None,
+            reason: "stopped".into(),
+        });
+        let (state, message) = abort.ending(&flow.run);
+        self.end(id, state, None, abort.error, message)
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! It must not end the task itself: the wind-down does, in `advance.rs`.
 
-use super::transitions::{apply_abort, engine_state, Abort, Cause};
+use super::transitions::{apply_abort, Abort, Cause};
 use super::Engine;
 use crate::core::CoreError;
 use crate::domain::*;
@@ -20,7 +20,8 @@ impl Engine {
         } else {
             format!("cancelled ({reason})")
         };
-        if let Some(a) = engine_state(&flow.run).abort {
+        let es = flow.es.clone();
+        if let Some(a) = &es.abort {
             // Compensation is under way: it must finish to leave a
             // consistent state.
             return self.update(id, |_, _| {
@@ -39,7 +40,8 @@ impl Engine {
             error: None,
             reason: why,
         };
-        let cancel = self.update(id, |run, wf| apply_abort(run, wf, &abort, None))?;
+        let now = now_micros();
+        let cancel = self.update(id, |run, wf| apply_abort(run, &es, wf, &abort, None, now))?;
         self.cancel_children(cancel, "its workflow was cancelled");
         self.advance(id).await
     }

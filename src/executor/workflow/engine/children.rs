@@ -4,7 +4,7 @@
 //!
 //! It must not start the next steps: `advance.rs` does.
 
-use super::transitions::{apply_abort, engine_state, next_order, step_error, Abort, Cause};
+use super::transitions::{apply_abort, complete_step, step_error, Abort, Cause};
 use super::Engine;
 use crate::core::CoreError;
 use crate::domain::*;
@@ -42,7 +42,7 @@ impl Engine {
         let Some(flow) = self.flows.get(&id) else {
             return Ok(());
         };
-        let aborting = engine_state(&flow.run).abort.is_some();
+        let es = flow.es.clone();
         let step_id = flow.wf.steps[i].id.clone();
         let now = now_micros();
         let attempt = child.rt.attempt;
@@ -51,13 +51,9 @@ impl Engine {
             TaskState::Completed => {
                 let output = child.rt.result.as_deref().cloned();
                 self.update(id, |run, _| {
-                    let order = next_order(run);
+                    complete_step(run, i, output, now);
                     if let Some(s) = run.steps.get_mut(i) {
-                        s.state = StepState::Completed;
-                        s.output = output;
                         s.attempt = attempt;
-                        s.finished_at = Some(now);
-                        s.completed_order = Some(order);
                     }
                     (
                         (),
@@ -78,7 +74,7 @@ impl Engine {
                         "failed",
                     ),
                 };
-                if aborting {
+                if es.abort.is_some() {
                     let new_state = if state == TaskState::Cancelled {
                         StepState::Cancelled
                     } else {
@@ -114,7 +110,7 @@ impl Engine {
                         if let Some(s) = run.steps.get_mut(i) {
                             s.attempt = attempt;
                         }
-                        apply_abort(run, wf, &abort, Some((i, &error)))
+                        apply_abort(run, &es, wf, &abort, Some((i, &error)), now)
                     })
                     .map(|cancel| self.cancel_children(cancel, "a step of its workflow failed"))
                 }

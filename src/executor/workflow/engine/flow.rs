@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::transitions::EngineState;
 use crate::domain::Payload;
 use crate::domain::*;
 use crate::executor::workflow::definition::{StepKind, Workflow};
@@ -23,8 +24,12 @@ pub(super) struct Flow {
     pub(super) attempt: u32,
     /// The pinned definition version.
     pub(super) wf: Arc<Workflow>,
-    /// A copy of the run as last handed to the core.
+    /// A copy of the run as last handed to the core; change it with
+    /// [`Flow::set_run`].
     pub(super) run: WorkflowRun,
+    /// The engine's part of `run`, parsed (it changes when the run starts
+    /// and when it stops going forward, nowhere else).
+    pub(super) es: EngineState,
     /// The workflow task's spec.
     pub(super) spec: Arc<TaskSpec>,
     /// `workflow_args`, as a JSON list.
@@ -47,6 +52,16 @@ pub(super) struct Flow {
 }
 
 impl Flow {
+    /// Keeps `run`, as last handed to the core: parses the engine's part
+    /// again only if it changed, and ends the spans of steps that stopped.
+    pub(super) fn set_run(&mut self, run: WorkflowRun) {
+        if run.engine != self.run.engine {
+            self.es = EngineState::of(&run);
+        }
+        self.run = run;
+        self.end_step_spans();
+    }
+
     /// Starts the `workflow.step` span of step `i` (in the trace of this
     /// attempt) and returns its traceparent, while tracing is on.
     pub(super) fn start_step_span(&mut self, i: usize) -> Option<String> {
@@ -69,7 +84,7 @@ impl Flow {
     }
 
     /// Ends the spans of steps that are no longer running.
-    pub(super) fn end_step_spans(&mut self) {
+    fn end_step_spans(&mut self) {
         if self.step_spans.is_empty() {
             return;
         }
@@ -285,6 +300,7 @@ mod tests {
             attempt: 1,
             wf: Arc::new(wf),
             run,
+            es: EngineState::default(),
             spec: Arc::new(spec),
             args: json!([{"sku": "A-1"}]),
             payload: json!({}),

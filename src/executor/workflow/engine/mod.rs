@@ -39,9 +39,18 @@ mod timer;
 mod transitions;
 
 use flow::Flow;
+use transitions::running_children;
 
-/// The timer slot of a workflow's own deadline.
-const DEADLINE: usize = usize::MAX;
+/// What a timer wakes: a step's timer or timeout, or the workflow's own
+/// deadline. (A step's timer sorts before the deadline due at the same
+/// instant.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    /// Step `i`: a timer step, or a signal step's timeout.
+    Step(usize),
+    /// The workflow's `timeout`.
+    Deadline,
+}
 
 /// The engine. See the module docs.
 pub struct Engine {
@@ -50,9 +59,8 @@ pub struct Engine {
     wid: String,
     registry: Registry,
     flows: HashMap<TaskId, Flow>,
-    /// (when, workflow, step index or [`DEADLINE`]); stale entries are
-    /// skipped when they fire.
-    timers: BTreeSet<(Micros, TaskId, usize)>,
+    /// (when, workflow, what); stale entries are skipped when they fire.
+    timers: BTreeSet<(Micros, TaskId, Wake)>,
 }
 
 impl Engine {
@@ -130,12 +138,16 @@ impl Engine {
 
     async fn fire_timers(&mut self) {
         let now = now_micros();
-        while let Some(&(at, id, i)) = self.timers.first() {
+        while let Some(&(at, id, wake)) = self.timers.first() {
             if at > now {
                 break;
             }
             self.timers.pop_first();
-            if let Err(e) = self.on_timer(id, i, at).await {
+            let r = match wake {
+                Wake::Deadline => self.on_deadline(id, at).await,
+                Wake::Step(i) => self.on_step_timer(id, i, at).await,
+            };
+            if let Err(e) = r {
                 self.lost(id, e).await;
             }
         }
@@ -150,16 +162,7 @@ impl Engine {
         };
         match self.core.status(id).await {
             Ok(t) if t.rt.state.is_final() => {
-                let running: Vec<TaskId> = flow
-                    .run
-                    .steps
-                    .iter()
-                    .filter_map(|s| match s.state {
-                        StepState::Running => s.task_id,
-                        StepState::Compensating => s.compensation_task_id,
-                        _ => None,
-                    })
-                    .collect();
+                let running = running_children(&flow.run);
                 tracing::info!(
                     task_id = %id,
                     state = t.rt.state.as_str(),
@@ -191,8 +194,7 @@ impl Engine {
             let (r, logs) = f(run, &wf);
             ((r, run.clone()), logs)
         })?;
-        flow.run = run;
-        flow.end_step_spans();
+        flow.set_run(run);
         Ok(r)
     }
 
@@ -214,9 +216,8 @@ impl Engine {
             logs
         })?;
         if let Some(run) = copy {
-            flow.run = run;
+            flow.set_run(run);
         }
-        flow.end_step_spans();
         Ok(child)
     }
 

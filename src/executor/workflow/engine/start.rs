@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::transitions::{engine_state, put_engine_state, step_error, EngineState};
-use super::{Engine, Flow, DEADLINE};
+use super::transitions::{start_run, step_error, EngineState};
+use super::{Engine, Flow, Wake};
 use crate::core::{Assignment, CoreError, Report};
 use crate::domain::*;
 use crate::executor::workflow::definition::StepKind;
@@ -74,6 +74,7 @@ impl Engine {
                 "version": wf.version,
             }),
             wf: wf.clone(),
+            es: EngineState::of(&run),
             run,
             spec: task.spec.clone(),
             args: Value::Array(workflow_args.clone()),
@@ -89,43 +90,11 @@ impl Engine {
             self.resume(id).await?;
         } else {
             let now = now_micros();
-            self.update(id, |run, wf| {
-                run.version = wf.version;
-                run.steps = wf
-                    .steps
-                    .iter()
-                    .map(|s| StepRun {
-                        id: s.id.clone(),
-                        kind: s.kind.as_str().to_string(),
-                        depends_on: s.depends_on.clone(),
-                        ..Default::default()
-                    })
-                    .collect();
-                let es = EngineState {
-                    deadline: wf.timeout.map(|t| add_micros(now, t)),
-                    abort: None,
-                };
-                put_engine_state(run, &es);
-                let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
-                let mut line = format!(
-                    "workflow {} v{} started: {} steps ({})",
-                    wf.name,
-                    wf.version,
-                    ids.len(),
-                    ids.join(", ")
-                );
-                if let Some(t) = wf.timeout {
-                    line.push_str(&format!(
-                        "; times out in {}",
-                        crate::domain::text::duration(t)
-                    ));
-                }
-                ((), vec![line])
-            })?;
+            self.update(id, |run, wf| ((), vec![start_run(run, wf, now)]))?;
         }
         if let Some(flow) = self.flows.get(&id) {
-            if let Some(deadline) = engine_state(&flow.run).deadline {
-                self.timers.insert((deadline, id, DEADLINE));
+            if let Some(deadline) = flow.es.deadline {
+                self.timers.insert((deadline, id, Wake::Deadline));
             }
         }
         self.advance(id).await
@@ -138,7 +107,7 @@ impl Engine {
         let Some(flow) = self.flows.get(&id) else {
             return Ok(());
         };
-        let aborting = engine_state(&flow.run).abort.is_some();
+        let aborting = flow.es.abort.is_some();
         let mut children = Vec::new();
         let mut signals = Vec::new();
         let (mut done, mut in_flight) = (Vec::new(), Vec::new());
@@ -151,7 +120,7 @@ impl Engine {
                         children.push((t, false));
                     }
                     if let Some(w) = s.wake_at {
-                        self.timers.insert((w, id, i));
+                        self.timers.insert((w, id, Wake::Step(i)));
                     }
                     if let StepKind::Signal { name } = &flow.wf.steps[i].kind {
                         signals.push(name.clone());

@@ -3,16 +3,43 @@
 //!
 //! It must not arm timers: whoever starts the step or the run does.
 
-use super::transitions::{
-    apply_abort, consume_signal, engine_state, next_order, step_error, Abort, Cause,
-};
-use super::{Engine, DEADLINE};
+use super::transitions::{apply_abort, complete_step, consume_signal, step_error, Abort, Cause};
+use super::Engine;
 use crate::core::CoreError;
 use crate::domain::*;
 use crate::executor::workflow::definition::StepKind;
 
 impl Engine {
-    pub(super) async fn on_timer(
+    /// The workflow's deadline `at` came: unless it already stopped (or the
+    /// deadline is stale), it stops going forward and compensates.
+    pub(super) async fn on_deadline(&mut self, id: TaskId, at: Micros) -> Result<(), CoreError> {
+        let Some(flow) = self.flows.get(&id) else {
+            return Ok(());
+        };
+        let es = flow.es.clone();
+        if es.abort.is_some() || es.deadline != Some(at) {
+            return Ok(());
+        }
+        let t = crate::domain::text::duration(flow.wf.timeout.unwrap_or_default());
+        let abort = Abort {
+            cause: Cause::TimedOut,
+            step: None,
+            error: Some(step_error(
+                format!("the workflow timed out after {t}"),
+                "workflow_timeout",
+            )),
+            reason: format!("timed out after {t}"),
+        };
+        let now = now_micros();
+        let cancel = self.update(id, |run, wf| apply_abort(run, &es, wf, &abort, None, now))?;
+        self.cancel_children(cancel, "its workflow timed out");
+        self.advance(id).await
+    }
+
+    /// Step `i`'s wake-up `at` came: a timer step completes; a signal step
+    /// that got no signal fails (or completes, with `on_timeout =
+    /// continue`). A stale wake-up does nothing.
+    pub(super) async fn on_step_timer(
         &mut self,
         id: TaskId,
         i: usize,
@@ -21,25 +48,7 @@ impl Engine {
         let Some(flow) = self.flows.get(&id) else {
             return Ok(());
         };
-        let es = engine_state(&flow.run);
-        if i == DEADLINE {
-            if es.abort.is_some() || es.deadline != Some(at) {
-                return Ok(());
-            }
-            let t = crate::domain::text::duration(flow.wf.timeout.unwrap_or_default());
-            let abort = Abort {
-                cause: Cause::TimedOut,
-                step: None,
-                error: Some(step_error(
-                    format!("the workflow timed out after {t}"),
-                    "workflow_timeout",
-                )),
-                reason: format!("timed out after {t}"),
-            };
-            let cancel = self.update(id, |run, wf| apply_abort(run, wf, &abort, None))?;
-            self.cancel_children(cancel, "its workflow timed out");
-            return self.advance(id).await;
-        }
+        let es = flow.es.clone();
         let Some(s) = flow.run.steps.get(i) else {
             return Ok(());
         };
@@ -52,13 +61,7 @@ impl Engine {
             StepKind::Timer(_) => {
                 let order_id = step.id.clone();
                 self.update(id, |run, _| {
-                    let order = next_order(run);
-                    if let Some(s) = run.steps.get_mut(i) {
-                        s.state = StepState::Completed;
-                        s.finished_at = Some(now);
-                        s.wake_at = None;
-                        s.completed_order = Some(order);
-                    }
+                    complete_step(run, i, None, now);
                     ((), vec![format!("step {order_id} completed: timer fired")])
                 })?;
             }
@@ -80,13 +83,7 @@ impl Engine {
                         return (Vec::new(), vec![format!("step {} completed: signal {name:?} received", step.id)]);
                     }
                     if step.continue_on_timeout {
-                        let order = next_order(run);
-                        if let Some(s) = run.steps.get_mut(i) {
-                            s.state = StepState::Completed;
-                            s.finished_at = Some(now);
-                            s.wake_at = None;
-                            s.completed_order = Some(order);
-                        }
+                        complete_step(run, i, None, now);
                         return (
                             Vec::new(),
                             vec![format!(
@@ -95,7 +92,7 @@ impl Engine {
                             )],
                         );
                     }
-                    apply_abort(run, wf, &abort, Some((i, &error)))
+                    apply_abort(run, &es, wf, &abort, Some((i, &error)), now)
                 })?;
                 self.cancel_children(cancel, "a step of its workflow failed");
             }

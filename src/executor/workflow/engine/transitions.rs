@@ -48,15 +48,94 @@ pub(super) enum Cause {
     TimedOut,
 }
 
-pub(super) fn engine_state(run: &WorkflowRun) -> EngineState {
-    EngineState::deserialize(&run.engine).unwrap_or_default()
+impl EngineState {
+    /// The engine's part of `run`, parsed from its JSON (empty if absent or
+    /// unreadable).
+    pub(super) fn of(run: &WorkflowRun) -> EngineState {
+        EngineState::deserialize(&run.engine).unwrap_or_default()
+    }
+
+    /// Writes this state into `run`.
+    fn put(&self, run: &mut WorkflowRun) {
+        run.engine = serde_json::to_value(self).unwrap_or(Value::Null);
+    }
 }
 
-pub(super) fn put_engine_state(run: &mut WorkflowRun, es: &EngineState) {
-    run.engine = serde_json::to_value(es).unwrap_or(Value::Null);
+impl Abort {
+    /// How a stopped run ends once nothing runs and nothing is left to
+    /// compensate: the task's final state and its message.
+    pub(super) fn ending(&self, run: &WorkflowRun) -> (TaskState, String) {
+        // In the order they were undone: latest completed first.
+        let mut undone: Vec<&StepRun> = run
+            .steps
+            .iter()
+            .filter(|s| s.state == StepState::Compensated)
+            .collect();
+        undone.sort_by_key(|s| std::cmp::Reverse(s.completed_order));
+        let compensated: Vec<&str> = undone.iter().map(|s| s.id.as_str()).collect();
+        if compensated.is_empty() {
+            return match self.cause {
+                Cause::Cancelled => (
+                    TaskState::Cancelled,
+                    format!("workflow {}; nothing to compensate", self.reason),
+                ),
+                _ => (
+                    TaskState::Failed,
+                    format!("workflow failed: {}; nothing to compensate", self.reason),
+                ),
+            };
+        }
+        let message = format!(
+            "workflow compensated after {}; undone {}",
+            match self.cause {
+                Cause::StepFailed => self.reason.clone(),
+                Cause::Cancelled => format!("it was {}", self.reason),
+                Cause::TimedOut => format!("it {}", self.reason),
+            },
+            compensated.join(", ")
+        );
+        (TaskState::Compensated, message)
+    }
 }
 
-pub(super) fn next_order(run: &WorkflowRun) -> u32 {
+/// Sets up a new run of `wf` started at `now`: its steps, all pending, and
+/// its deadline. Returns the log line.
+pub(super) fn start_run(run: &mut WorkflowRun, wf: &Workflow, now: Micros) -> String {
+    run.version = wf.version;
+    run.steps = wf
+        .steps
+        .iter()
+        .map(|s| StepRun {
+            id: s.id.clone(),
+            kind: s.kind.as_str().to_string(),
+            depends_on: s.depends_on.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let es = EngineState {
+        deadline: wf.timeout.map(|t| add_micros(now, t)),
+        abort: None,
+    };
+    es.put(run);
+    let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
+    let mut line = format!(
+        "workflow {} v{} started: {} steps ({})",
+        wf.name,
+        wf.version,
+        ids.len(),
+        ids.join(", ")
+    );
+    if let Some(t) = wf.timeout {
+        line.push_str(&format!(
+            "; times out in {}",
+            crate::domain::text::duration(t)
+        ));
+    }
+    line
+}
+
+/// The completion order the next completed step gets (1 for the first).
+fn next_order(run: &WorkflowRun) -> u32 {
     run.steps
         .iter()
         .filter_map(|s| s.completed_order)
@@ -64,6 +143,70 @@ pub(super) fn next_order(run: &WorkflowRun) -> u32 {
         .map_or(1, |m| m + 1)
 }
 
+/// Completes step `i` at `now` with `output`, next in completion order (the
+/// order compensations undo). A step has no output before it completes, so
+/// `None` leaves it without one.
+pub(super) fn complete_step(run: &mut WorkflowRun, i: usize, output: Option<Value>, now: Micros) {
+    let order = next_order(run);
+    if let Some(s) = run.steps.get_mut(i) {
+        s.state = StepState::Completed;
+        s.output = output;
+        s.finished_at = Some(now);
+        s.wake_at = None;
+        s.completed_order = Some(order);
+    }
+}
+
+/// The pending steps whose dependencies are all completed, in definition
+/// order.
+pub(super) fn ready_steps(run: &WorkflowRun, wf: &Workflow) -> Vec<usize> {
+    let steps = &run.steps;
+    wf.steps
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            steps.get(*i).is_some_and(|r| r.state == StepState::Pending)
+                && s.deps.iter().all(|&d| {
+                    steps
+                        .get(d)
+                        .is_some_and(|r| r.state == StepState::Completed)
+                })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// In a stopped run with nothing running: the completed step to compensate
+/// next, the latest completed first.
+pub(super) fn next_compensation(run: &WorkflowRun, wf: &Workflow) -> Option<usize> {
+    run.steps
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| s.state == StepState::Completed && wf.steps[*i].compensate.is_some())
+        .max_by_key(|(_, s)| s.completed_order.unwrap_or(0))
+        .map(|(i, _)| i)
+}
+
+/// Whether a step or a compensation task is still running.
+pub(super) fn anything_running(run: &WorkflowRun) -> bool {
+    run.steps
+        .iter()
+        .any(|s| matches!(s.state, StepState::Running | StepState::Compensating))
+}
+
+/// The step and compensation tasks that are running.
+pub(super) fn running_children(run: &WorkflowRun) -> Vec<TaskId> {
+    run.steps
+        .iter()
+        .filter_map(|s| match s.state {
+            StepState::Running => s.task_id,
+            StepState::Compensating => s.compensation_task_id,
+            _ => None,
+        })
+        .collect()
+}
+
+/// A step's error made by the engine (not a task's own).
 pub(super) fn step_error(message: String, kind: &str) -> TaskError {
     TaskError {
         message,
@@ -89,27 +232,22 @@ pub(super) fn consume_signal(run: &mut WorkflowRun, i: usize, name: &str, now: M
     };
     sig.consumed_by = Some(step_id);
     let payload = sig.payload.clone();
-    let order = next_order(run);
-    if let Some(s) = run.steps.get_mut(i) {
-        s.state = StepState::Completed;
-        s.output = Some(payload);
-        s.finished_at = Some(now);
-        s.wake_at = None;
-        s.completed_order = Some(order);
-    }
+    complete_step(run, i, Some(payload), now);
     true
 }
 
 /// Stops a run going forward: the failing step (if any) fails, steps not
-/// started are skipped, timers and signal waits are cancelled. Returns the
-/// running step tasks to cancel, and the log lines.
+/// started are skipped, timers and signal waits are cancelled, at `now`;
+/// `es` is the run's engine state so far. Returns the running step tasks to
+/// cancel, and the log lines.
 pub(super) fn apply_abort(
     run: &mut WorkflowRun,
+    es: &EngineState,
     wf: &Workflow,
     abort: &Abort,
     failing: Option<(usize, &TaskError)>,
+    now: Micros,
 ) -> (Vec<TaskId>, Vec<String>) {
-    let now = now_micros();
     let mut logs = Vec::new();
     if let Some((i, err)) = failing {
         if let Some(s) = run.steps.get_mut(i) {
@@ -120,9 +258,11 @@ pub(super) fn apply_abort(
             logs.push(format!("step {} failed: {}", s.id, err.message));
         }
     }
-    let mut es = engine_state(run);
-    es.abort = Some(abort.clone());
-    put_engine_state(run, &es);
+    let es = EngineState {
+        abort: Some(abort.clone()),
+        ..es.clone()
+    };
+    es.put(run);
     let (mut skipped, mut stopped, mut cancel) = (Vec::new(), Vec::new(), Vec::new());
     for (i, s) in run.steps.iter_mut().enumerate() {
         match s.state {
@@ -161,24 +301,115 @@ mod tests {
     use crate::executor::workflow::definition::compile_text;
     use serde_json::json;
 
-    /// A definition and a run of it that has not started.
+    /// A definition and a run of it that has just started (at 0).
     fn run_for(text: &str) -> (Workflow, WorkflowRun) {
         let mut wf = compile_text(text, "toml").expect("valid");
         wf.version = 1;
-        let run = WorkflowRun {
-            version: 1,
-            steps: wf
-                .steps
-                .iter()
-                .map(|s| StepRun {
-                    id: s.id.clone(),
-                    kind: s.kind.as_str().into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
+        let mut run = WorkflowRun::default();
+        start_run(&mut run, &wf, 0);
         (wf, run)
+    }
+
+    const DAG: &str = r#"
+name = "order"
+timeout = "1s"
+[[steps]]
+id = "a"
+task = "t"
+compensate = { task = "undo" }
+[[steps]]
+id = "b"
+task = "t"
+depends_on = []
+compensate = { task = "undo" }
+[[steps]]
+id = "c"
+task = "t"
+depends_on = ["a", "b"]
+"#;
+
+    #[test]
+    fn a_started_run_has_pending_steps_and_its_deadline() {
+        let (wf, mut run) = run_for(DAG);
+        let line = start_run(&mut run, &wf, 5);
+        assert_eq!(run.version, 1);
+        assert!(run.steps.iter().all(|s| s.state == StepState::Pending));
+        assert_eq!(run.steps[2].depends_on, ["a", "b"]);
+        assert_eq!(
+            EngineState::of(&run),
+            EngineState {
+                deadline: Some(5 + 1_000_000),
+                abort: None
+            }
+        );
+        assert!(
+            line.starts_with("workflow order v1 started: 3 steps (a, b, c)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn steps_start_once_their_dependencies_completed() {
+        let (wf, mut run) = run_for(DAG);
+        assert_eq!(ready_steps(&run, &wf), [0, 1]);
+        run.steps[0].state = StepState::Running;
+        complete_step(&mut run, 0, None, 7);
+        assert_eq!(ready_steps(&run, &wf), [1]);
+        complete_step(&mut run, 1, Some(json!(1)), 8);
+        assert_eq!(ready_steps(&run, &wf), [2]);
+        assert_eq!(run.steps[1].output, Some(json!(1)));
+        assert_eq!(run.steps[1].finished_at, Some(8));
+    }
+
+    #[test]
+    fn compensations_undo_the_latest_completed_first() {
+        let (wf, mut run) = run_for(DAG);
+        run.steps[1].wake_at = Some(3);
+        complete_step(&mut run, 1, None, 1);
+        complete_step(&mut run, 0, None, 2);
+        assert_eq!(
+            (run.steps[1].completed_order, run.steps[0].completed_order),
+            (Some(1), Some(2))
+        );
+        assert_eq!(run.steps[1].wake_at, None);
+        assert_eq!(next_compensation(&run, &wf), Some(0));
+        run.steps[0].state = StepState::Compensated;
+        assert_eq!(next_compensation(&run, &wf), Some(1));
+        run.steps[1].state = StepState::Compensated;
+        assert_eq!(next_compensation(&run, &wf), None);
+        let abort = Abort {
+            cause: Cause::TimedOut,
+            step: None,
+            error: None,
+            reason: "timed out after 1s".into(),
+        };
+        assert_eq!(
+            abort.ending(&run),
+            (
+                TaskState::Compensated,
+                "workflow compensated after it timed out after 1s; undone a, b".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn a_stopped_run_with_nothing_to_undo_ends_by_its_cause() {
+        let (_, run) = run_for(DAG);
+        let mut abort = Abort {
+            cause: Cause::Cancelled,
+            step: None,
+            error: None,
+            reason: "cancelled".into(),
+        };
+        assert_eq!(
+            abort.ending(&run),
+            (
+                TaskState::Cancelled,
+                "workflow cancelled; nothing to compensate".to_string()
+            )
+        );
+        abort.cause = Cause::StepFailed;
+        assert_eq!(abort.ending(&run).0, TaskState::Failed);
     }
 
     #[test]
@@ -214,7 +445,11 @@ depends_on = ["a", "b"]
             error: None,
             reason: "cancelled".into(),
         };
-        let (cancel, logs) = apply_abort(&mut run, &wf, &abort, None);
+        let es = EngineState {
+            deadline: Some(99),
+            abort: None,
+        };
+        let (cancel, logs) = apply_abort(&mut run, &es, &wf, &abort, None, 10);
         assert_eq!(cancel, vec![child]);
         let states: Vec<StepState> = run.steps.iter().map(|s| s.state).collect();
         assert_eq!(
@@ -226,7 +461,9 @@ depends_on = ["a", "b"]
                 StepState::Skipped
             ]
         );
-        assert_eq!(engine_state(&run).abort, Some(abort));
+        assert_eq!(EngineState::of(&run).abort, Some(abort));
+        assert_eq!(EngineState::of(&run).deadline, Some(99));
+        assert_eq!(run.steps[2].finished_at, Some(10));
         assert!(
             logs.iter().any(|l| l.contains("steps skipped: c")),
             "{logs:?}"
