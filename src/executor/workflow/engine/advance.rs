@@ -6,6 +6,8 @@
 //! not decide why a run stopped (the handlers do) nor touch a run except
 //! through the engine's core calls.
 
+use std::time::Duration;
+
 use serde_json::{json, Map, Value};
 
 use super::transitions::{
@@ -65,26 +67,7 @@ impl Engine {
         let now = now_micros();
         match step.kind.clone() {
             StepKind::Task { .. } | StepKind::Webhook { .. } => {
-                let Some(mut new) = flow.step_task(i) else {
-                    return Ok(false);
-                };
-                if step_traceparent.is_some() {
-                    new.spec.traceparent = step_traceparent.map(String::into_boxed_str);
-                }
-                let what = match &step.kind {
-                    StepKind::Task { name } => format!("task {name}"),
-                    _ => format!("webhook {}", new.spec.target.describe()),
-                };
-                self.start_child(id, new, |run, child| {
-                    if let Some(s) = run.steps.get_mut(i) {
-                        s.state = StepState::Running;
-                        s.task_id = Some(child);
-                        s.started_at = Some(now);
-                        s.attempt = 0;
-                        s.error = None;
-                    }
-                    vec![format!("step {step_id} started: {what} as task {child}")]
-                })?;
+                self.start_task_step(id, i, step_traceparent, now)?;
                 Ok(false)
             }
             StepKind::Timer(d) => {
@@ -108,36 +91,88 @@ impl Engine {
             }
             StepKind::Signal { name } => {
                 let timeout = step.timeout;
-                let wake = timeout.map(|t| add_micros(now, t));
-                let consumed = self.update(id, |run, _| {
-                    if let Some(s) = run.steps.get_mut(i) {
-                        s.state = StepState::Running;
-                        s.started_at = Some(now);
-                        s.wake_at = wake;
-                    }
-                    if consume_signal(run, i, &name, now) {
-                        return (
-                            true,
-                            vec![format!(
-                                "step {step_id} completed: signal {name:?} had already arrived"
-                            )],
-                        );
-                    }
-                    let line = match timeout {
-                        Some(t) => format!(
-                            "step {step_id} started: waiting for signal {name:?} (timeout {})",
-                            crate::domain::text::duration(t)
-                        ),
-                        None => format!("step {step_id} started: waiting for signal {name:?}"),
-                    };
-                    (false, vec![line])
-                })?;
-                if let (false, Some(w)) = (consumed, wake) {
-                    self.timers.insert((w, id, Wake::Step(i)));
-                }
-                Ok(consumed)
+                self.start_signal_step(id, i, step_id, &name, timeout, now)
             }
         }
+    }
+
+    /// Starts task or webhook step `i`: schedules its child task, in the
+    /// step's trace (`step_traceparent`) while tracing is on.
+    fn start_task_step(
+        &mut self,
+        id: TaskId,
+        i: usize,
+        step_traceparent: Option<String>,
+        now: Micros,
+    ) -> Result<(), CoreError> {
+        let Some(flow) = self.flows.get(&id) else {
+            return Ok(());
+        };
+        let Some(mut new) = flow.step_task(i) else {
+            return Ok(());
+        };
+        if step_traceparent.is_some() {
+            new.spec.traceparent = step_traceparent.map(String::into_boxed_str);
+        }
+        let step = &flow.wf.steps[i];
+        let step_id = step.id.clone();
+        let what = match &step.kind {
+            StepKind::Task { name } => format!("task {name}"),
+            _ => format!("webhook {}", new.spec.target.describe()),
+        };
+        self.start_child(id, new, |run, child| {
+            if let Some(s) = run.steps.get_mut(i) {
+                s.state = StepState::Running;
+                s.task_id = Some(child);
+                s.started_at = Some(now);
+                s.attempt = 0;
+                s.error = None;
+            }
+            vec![format!("step {step_id} started: {what} as task {child}")]
+        })?;
+        Ok(())
+    }
+
+    /// Starts signal step `i`, waiting for signal `name` (at most
+    /// `timeout`). Returns true if a signal that had already arrived
+    /// completed it.
+    fn start_signal_step(
+        &mut self,
+        id: TaskId,
+        i: usize,
+        step_id: String,
+        name: &str,
+        timeout: Option<Duration>,
+        now: Micros,
+    ) -> Result<bool, CoreError> {
+        let wake = timeout.map(|t| add_micros(now, t));
+        let consumed = self.update(id, |run, _| {
+            if let Some(s) = run.steps.get_mut(i) {
+                s.state = StepState::Running;
+                s.started_at = Some(now);
+                s.wake_at = wake;
+            }
+            if consume_signal(run, i, name, now) {
+                return (
+                    true,
+                    vec![format!(
+                        "step {step_id} completed: signal {name:?} had already arrived"
+                    )],
+                );
+            }
+            let line = match timeout {
+                Some(t) => format!(
+                    "step {step_id} started: waiting for signal {name:?} (timeout {})",
+                    crate::domain::text::duration(t)
+                ),
+                None => format!("step {step_id} started: waiting for signal {name:?}"),
+            };
+            (false, vec![line])
+        })?;
+        if let (false, Some(w)) = (consumed, wake) {
+            self.timers.insert((w, id, Wake::Step(i)));
+        }
+        Ok(consumed)
     }
 
     pub(super) fn complete(&mut self, id: TaskId) -> Result<(), CoreError> {

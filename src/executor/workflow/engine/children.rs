@@ -4,7 +4,9 @@
 //!
 //! It must not start the next steps: `advance.rs` does.
 
-use super::transitions::{apply_abort, complete_step, step_error, Abort, Cause};
+use super::transitions::{
+    apply_abort, child_error, complete_step, step_error, step_stopped, Abort, Cause,
+};
 use super::Engine;
 use crate::core::CoreError;
 use crate::domain::*;
@@ -64,40 +66,11 @@ impl Engine {
                 })
             }
             state => {
-                let error = match (&child.rt.last_error, state) {
-                    (Some(e), TaskState::Failed) => (**e).clone(),
-                    (_, TaskState::Cancelled) => {
-                        step_error(format!("step task {child_id} was cancelled"), "cancelled")
-                    }
-                    _ => step_error(
-                        format!("step task {child_id} ended {}", state.as_str()),
-                        "failed",
-                    ),
-                };
+                let error = child_error(child_id, state, child.rt.last_error.as_deref());
                 if es.abort.is_some() {
-                    let new_state = if state == TaskState::Cancelled {
-                        StepState::Cancelled
-                    } else {
-                        StepState::Failed
-                    };
+                    let cancelled = state == TaskState::Cancelled;
                     self.update(id, |run, _| {
-                        if let Some(s) = run.steps.get_mut(i) {
-                            s.state = new_state;
-                            s.attempt = attempt;
-                            s.finished_at = Some(now);
-                            if new_state == StepState::Failed {
-                                s.error = Some(error.clone());
-                            }
-                        }
-                        let line = if new_state == StepState::Cancelled {
-                            format!("step {step_id} cancelled")
-                        } else {
-                            format!(
-                                "step {step_id} failed while the workflow was stopping: {}",
-                                error.message
-                            )
-                        };
-                        ((), vec![line])
+                        ((), step_stopped(run, i, cancelled, attempt, &error, now))
                     })
                 } else {
                     let abort = Abort {

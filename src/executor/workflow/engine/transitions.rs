@@ -206,6 +206,52 @@ pub(super) fn running_children(run: &WorkflowRun) -> Vec<TaskId> {
         .collect()
 }
 
+/// The error of a step whose task ended without completing: the task's own
+/// error if it failed, else one saying how it ended.
+pub(super) fn child_error(
+    child_id: TaskId,
+    state: TaskState,
+    last_error: Option<&TaskError>,
+) -> TaskError {
+    match (last_error, state) {
+        (Some(e), TaskState::Failed) => e.clone(),
+        (_, TaskState::Cancelled) => {
+            step_error(format!("step task {child_id} was cancelled"), "cancelled")
+        }
+        (_, state) => step_error(
+            format!("step task {child_id} ended {}", state.as_str()),
+            "failed",
+        ),
+    }
+}
+
+/// In a stopped run, step `i`'s task ended at `now` without completing
+/// (`cancelled`, or failed with `error`). Returns the log lines.
+pub(super) fn step_stopped(
+    run: &mut WorkflowRun,
+    i: usize,
+    cancelled: bool,
+    attempt: u32,
+    error: &TaskError,
+    now: Micros,
+) -> Vec<String> {
+    let Some(s) = run.steps.get_mut(i) else {
+        return Vec::new();
+    };
+    s.attempt = attempt;
+    s.finished_at = Some(now);
+    if cancelled {
+        s.state = StepState::Cancelled;
+        return vec![format!("step {} cancelled", s.id)];
+    }
+    s.state = StepState::Failed;
+    s.error = Some(error.clone());
+    vec![format!(
+        "step {} failed while the workflow was stopping: {}",
+        s.id, error.message
+    )]
+}
+
 /// A step's error made by the engine (not a task's own).
 pub(super) fn step_error(message: String, kind: &str) -> TaskError {
     TaskError {
@@ -468,6 +514,31 @@ depends_on = ["a", "b"]
             logs.iter().any(|l| l.contains("steps skipped: c")),
             "{logs:?}"
         );
+    }
+
+    #[test]
+    fn a_step_task_that_ends_in_a_stopped_run_is_cancelled_or_failed() {
+        let (_, mut run) = run_for(DAG);
+        let child = TaskId::now_v7();
+        let error = child_error(child, TaskState::Cancelled, None);
+        assert_eq!(error.kind, "cancelled");
+        let logs = step_stopped(&mut run, 0, true, 2, &error, 9);
+        assert_eq!(logs, ["step a cancelled"]);
+        assert_eq!(
+            (
+                run.steps[0].state,
+                run.steps[0].attempt,
+                run.steps[0].error.is_none()
+            ),
+            (StepState::Cancelled, 2, true)
+        );
+        let error = child_error(child, TaskState::Running, None);
+        assert_eq!(error.kind, "failed");
+        step_stopped(&mut run, 1, false, 1, &error, 9);
+        assert_eq!(run.steps[1].state, StepState::Failed);
+        assert_eq!(run.steps[1].error.as_ref(), Some(&error));
+        let own = step_error("boom".into(), "worker");
+        assert_eq!(child_error(child, TaskState::Failed, Some(&own)), own);
     }
 
     #[test]
