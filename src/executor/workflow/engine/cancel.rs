@@ -5,20 +5,22 @@
 
 use super::transitions::{apply_abort, Abort, Cause};
 use super::Engine;
-use crate::core::CoreError;
+use crate::core::{CancelReason, CoreError};
 use crate::domain::*;
 
 impl Engine {
-    pub(super) async fn on_cancel(&mut self, id: TaskId, reason: &str) -> Result<(), CoreError> {
+    pub(super) async fn on_cancel(
+        &mut self,
+        id: TaskId,
+        reason: &CancelReason,
+    ) -> Result<(), CoreError> {
         let Some(flow) = self.flows.get(&id) else {
             return Ok(());
         };
-        let why = if reason.is_empty() || reason == "cancelled" {
-            "cancelled".to_string()
-        } else if reason == "disconnected" {
-            "cancelled (disconnected)".to_string()
-        } else {
-            format!("cancelled ({reason})")
+        let why = match reason {
+            CancelReason::Cancelled => "cancelled".to_string(),
+            CancelReason::Disconnected => "cancelled (disconnected)".to_string(),
+            other => format!("cancelled ({other})"),
         };
         let es = flow.es.clone();
         if let Some(a) = &es.abort {

@@ -4,9 +4,7 @@
 //!
 //! It must not start the next steps: `advance.rs` does.
 
-use super::transitions::{
-    apply_abort, child_error, complete_step, step_error, step_stopped, Abort, Cause,
-};
+use super::transitions::{apply_abort, child_error, complete_step, step_stopped, Abort, Cause};
 use super::Engine;
 use crate::core::CoreError;
 use crate::domain::*;
@@ -126,7 +124,7 @@ impl Engine {
             (_, state) => format!("its task ended {}", state.as_str()),
         };
         let message = format!("compensation of step {step_id} (task {task}) failed: {cause}");
-        let mut error = step_error(message.clone(), "compensation_failed");
+        let mut error = TaskError::of(FailureKind::CompensationFailed, message.clone());
         error.attempt = attempt;
         if let Some(e) = &child.rt.last_error {
             error.details = e.details.clone();

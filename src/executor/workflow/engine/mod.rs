@@ -115,7 +115,7 @@ impl Engine {
             Push::Signal { task_id, name } => (task_id, self.on_signal(task_id, &name).await),
             Push::Cancel {
                 task_id, reason, ..
-            } => (task_id, self.on_cancel(task_id, &reason.to_string()).await),
+            } => (task_id, self.on_cancel(task_id, &reason).await),
             Push::Rejected {
                 task_id,
                 code,

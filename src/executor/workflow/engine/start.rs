@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::transitions::{start_run, step_error, EngineState};
+use super::transitions::{start_run, EngineState};
 use super::{Engine, Flow, Wake};
 use crate::core::{Assignment, CoreError, Report};
 use crate::domain::*;
@@ -21,10 +21,10 @@ impl Engine {
         let task = a.task;
         let id = task.id;
         let attempt = task.rt.attempt;
-        let fail = |message: String, kind: &str| Report::End {
+        let fail = |message: String, kind: FailureKind| Report::End {
             state: TaskState::Failed,
             result: None,
-            error: Some(step_error(message.clone(), kind)),
+            error: Some(TaskError::of(kind, message.clone())),
             message,
         };
         let Target::Complex {
@@ -39,7 +39,10 @@ impl Engine {
                 &self.wid,
                 id,
                 attempt,
-                fail("not a workflow (COMPLEX) task".into(), "invalid_task"),
+                fail(
+                    "not a workflow (COMPLEX) task".into(),
+                    FailureKind::InvalidTask,
+                ),
             );
         };
         let run = WorkflowRun::from_detail(task.rt.detail.as_deref());
@@ -58,9 +61,12 @@ impl Engine {
             } else {
                 format!("no workflow definition named {workflow_type:?} is registered")
             };
-            return self
-                .core
-                .report(&self.wid, id, attempt, fail(msg, "unknown_workflow"));
+            return self.core.report(
+                &self.wid,
+                id,
+                attempt,
+                fail(msg, FailureKind::UnknownWorkflow),
+            );
         };
         let payload = self.core.load_payload(id, a.payload).await?;
         let payload: Value = serde_json::from_str(&payload).unwrap_or_else(|_| json!({}));

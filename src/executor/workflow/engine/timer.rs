@@ -3,7 +3,7 @@
 //!
 //! It must not arm timers: whoever starts the step or the run does.
 
-use super::transitions::{apply_abort, complete_step, consume_signal, step_error, Abort, Cause};
+use super::transitions::{apply_abort, complete_step, consume_signal, Abort, Cause};
 use super::Engine;
 use crate::core::CoreError;
 use crate::domain::*;
@@ -24,9 +24,9 @@ impl Engine {
         let abort = Abort {
             cause: Cause::TimedOut,
             step: None,
-            error: Some(step_error(
+            error: Some(TaskError::of(
+                FailureKind::WorkflowTimeout,
                 format!("the workflow timed out after {t}"),
-                "workflow_timeout",
             )),
             reason: format!("timed out after {t}"),
         };
@@ -67,9 +67,9 @@ impl Engine {
             }
             StepKind::Signal { name } => {
                 let waited = crate::domain::text::duration(step.timeout.unwrap_or_default());
-                let error = step_error(
+                let error = TaskError::of(
+                    FailureKind::SignalTimeout,
                     format!("no signal {name:?} within {waited}"),
-                    "signal_timeout",
                 );
                 let abort = Abort {
                     cause: Cause::StepFailed,

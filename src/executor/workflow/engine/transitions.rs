@@ -215,12 +215,13 @@ pub(super) fn child_error(
 ) -> TaskError {
     match (last_error, state) {
         (Some(e), TaskState::Failed) => e.clone(),
-        (_, TaskState::Cancelled) => {
-            step_error(format!("step task {child_id} was cancelled"), "cancelled")
-        }
-        (_, state) => step_error(
+        (_, TaskState::Cancelled) => TaskError::of(
+            FailureKind::StepCancelled,
+            format!("step task {child_id} was cancelled"),
+        ),
+        (_, state) => TaskError::of(
+            FailureKind::StepEnded,
             format!("step task {child_id} ended {}", state.as_str()),
-            "failed",
         ),
     }
 }
@@ -250,17 +251,6 @@ pub(super) fn step_stopped(
         "step {} failed while the workflow was stopping: {}",
         s.id, error.message
     )]
-}
-
-/// A step's error made by the engine (not a task's own).
-pub(super) fn step_error(message: String, kind: &str) -> TaskError {
-    TaskError {
-        message,
-        kind: kind.to_string(),
-        details: String::new(),
-        retryable: false,
-        attempt: 0,
-    }
 }
 
 /// Consumes the oldest unconsumed signal `name` for step `i` and completes
@@ -537,7 +527,11 @@ depends_on = ["a", "b"]
         step_stopped(&mut run, 1, false, 1, &error, 9);
         assert_eq!(run.steps[1].state, StepState::Failed);
         assert_eq!(run.steps[1].error.as_ref(), Some(&error));
-        let own = step_error("boom".into(), "worker");
+        let own = TaskError {
+            message: "boom".into(),
+            kind: "worker".into(),
+            ..Default::default()
+        };
         assert_eq!(child_error(child, TaskState::Failed, Some(&own)), own);
     }
 
