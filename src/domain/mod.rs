@@ -510,28 +510,41 @@ pub struct TaskSpec {
     pub retention: Option<Box<retention::Retention>>,
 }
 
-#[cfg(test)]
 impl TaskSpec {
-    /// A SIMPLE task named `name` of user `u1`, with default options: the
-    /// unit tests' fixture.
-    pub(crate) fn test_simple(name: &str, idempotency_key: Option<&str>) -> TaskSpec {
+    /// A task named `name` of type `task_type` for `target`, with every
+    /// option at its default: priority 0, one attempt, the default backoff,
+    /// no time limit, owner, session, idempotency key, labels, cleanup,
+    /// trace, parent or retention of its own. Callers set what they know
+    /// with struct update syntax, so a new field has one default.
+    pub fn new(name: impl Into<String>, task_type: TaskType, target: Target) -> TaskSpec {
         TaskSpec {
             name: name.into(),
-            task_type: TaskType::Simple,
+            task_type,
             priority: 0,
             max_attempts: 1,
             backoff: Backoff::default(),
             execution_timeout: None,
-            user_id: Some("u1".into()),
+            user_id: None,
             session_id: None,
             immediate: false,
-            idempotency_key: idempotency_key.map(String::from),
-            labels: Default::default(),
+            idempotency_key: None,
+            labels: BTreeMap::new(),
             cleanup: None,
-            target: Target::Simple { queue: None },
+            target,
             traceparent: None,
             parent_id: None,
             retention: None,
+        }
+    }
+
+    /// A SIMPLE task named `name` of user `u1`, with default options: the
+    /// unit tests' fixture.
+    #[cfg(test)]
+    pub(crate) fn test_simple(name: &str, idempotency_key: Option<&str>) -> TaskSpec {
+        TaskSpec {
+            user_id: Some("u1".into()),
+            idempotency_key: idempotency_key.map(String::from),
+            ..TaskSpec::new(name, TaskType::Simple, Target::Simple { queue: None })
         }
     }
 }
