@@ -9,7 +9,6 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value as Json};
 
 use super::error::CliError;
-use super::json;
 use crate::pb;
 
 /// Options every client subcommand shares: where the server is, and whether to
@@ -600,7 +599,7 @@ impl ScheduleArgs {
         use pb::schedule_task_request::Target;
 
         let task_type = self.resolved_type()?;
-        let payload = json::json_to_struct(self.payload()?);
+        let payload = pb::json::map_to_struct(&self.payload()?);
 
         let mut labels = HashMap::with_capacity(self.labels.len());
         for (key, value) in &self.labels {
@@ -656,7 +655,9 @@ impl ScheduleArgs {
             TaskTypeArg::Complex => Some(Target::Complex(pb::ComplexTarget {
                 workflow_type: self.workflow_type.clone().unwrap_or_default(),
                 workflow_args: match &self.workflow_args {
-                    Some(Json::Array(items)) => Some(json::json_to_list(items.clone())),
+                    Some(Json::Array(items)) => Some(prost_types::ListValue {
+                        values: items.iter().map(pb::json::json_to_value).collect(),
+                    }),
                     Some(_) => return Err(CliError::usage("--workflow-args must be a JSON array")),
                     None => None,
                 },
@@ -781,6 +782,7 @@ fn type_flag(t: TaskTypeArg) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use super::super::json;
     use super::*;
     use clap::{CommandFactory, Parser};
     use pb::schedule_task_request::Target;
@@ -947,7 +949,15 @@ mod tests {
         };
         assert_eq!(c.workflow_type, "ScanRepo");
         assert_eq!(
-            json::list_to_json(c.workflow_args.as_ref().unwrap()),
+            Json::Array(
+                c.workflow_args
+                    .as_ref()
+                    .unwrap()
+                    .values
+                    .iter()
+                    .map(json::value_to_json)
+                    .collect()
+            ),
             json!(["repo", 3, {"deep": true}])
         );
         assert_eq!(

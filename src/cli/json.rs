@@ -1,86 +1,19 @@
-//! JSON for the CLI: `google.protobuf.Struct`/`Value` to and from
-//! `serde_json`, and the `--json` form of every message the CLI prints.
+//! The `--json` form of every message the CLI prints.
 //!
 //! The JSON form uses the proto field names (snake_case), enum values as their
 //! proto names without the type prefix in lower case (`pending`, `simple`,
 //! `embedded`), timestamps as RFC 3339 strings (null when unset), and includes
-//! fields at their default value so scripts see a stable shape. Private to the
-//! CLI: the worker has its own conversions in `worker`.
-use prost_types::{value::Kind, ListValue, Struct, Timestamp, Value};
-use serde_json::{json, Map, Value as Json};
+//! fields at their default value so scripts see a stable shape. A
+//! `google.protobuf.Value` is converted by the client crate's `pb::json`, in
+//! its display form: a NaN or infinite number prints as `null` (the CLI shows
+//! what the server sent; it never fails to print it). Private to the CLI.
+use prost_types::Timestamp;
+use serde_json::{json, Value as Json};
 
 use crate::pb;
-
-/// Largest integer an `f64` holds exactly (2^53).
-const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
-
-/// A JSON value as a protobuf `Value`. Numbers become doubles.
-pub(crate) fn json_to_value(json: Json) -> Value {
-    let kind = match json {
-        Json::Null => Kind::NullValue(prost_types::NullValue::NullValue as i32),
-        Json::Bool(b) => Kind::BoolValue(b),
-        // `as_f64` is only `None` with serde_json's `arbitrary_precision`.
-        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        Json::String(s) => Kind::StringValue(s),
-        Json::Array(items) => Kind::ListValue(json_to_list(items)),
-        Json::Object(map) => Kind::StructValue(json_to_struct(map)),
-    };
-    Value { kind: Some(kind) }
-}
-
-/// A JSON object as a protobuf `Struct`.
-pub(crate) fn json_to_struct(map: Map<String, Json>) -> Struct {
-    Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-    }
-}
-
-/// A JSON array as a protobuf `ListValue`.
-pub(crate) fn json_to_list(items: Vec<Json>) -> ListValue {
-    ListValue {
-        values: items.into_iter().map(json_to_value).collect(),
-    }
-}
-
-/// A protobuf `Value` as JSON. Whole numbers that a double holds exactly are
-/// printed without a fraction (`3`, not `3.0`); NaN and infinities become null.
-pub(crate) fn value_to_json(value: &Value) -> Json {
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => Json::Null,
-        Some(Kind::BoolValue(b)) => Json::Bool(*b),
-        Some(Kind::NumberValue(n)) => number_to_json(*n),
-        Some(Kind::StringValue(s)) => Json::String(s.clone()),
-        Some(Kind::ListValue(list)) => list_to_json(list),
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-    }
-}
-
-/// A protobuf `Struct` as a JSON object.
-pub(crate) fn struct_to_json(s: &Struct) -> Json {
-    Json::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), value_to_json(v)))
-            .collect(),
-    )
-}
-
-/// A protobuf `ListValue` as a JSON array.
-pub(crate) fn list_to_json(list: &ListValue) -> Json {
-    Json::Array(list.values.iter().map(value_to_json).collect())
-}
-
-fn number_to_json(n: f64) -> Json {
-    if n.is_finite() && n.fract() == 0.0 && n.abs() <= MAX_EXACT_INT {
-        // Exact: |n| <= 2^53 fits an i64 without loss.
-        Json::from(n as i64)
-    } else {
-        serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number)
-    }
-}
+pub(crate) use crate::pb::json::{
+    struct_to_display_json as struct_to_json, value_to_display_json as value_to_json,
+};
 
 /// A timestamp as RFC 3339 (`2025-01-02T03:04:05.123Z`), or null.
 pub(crate) fn timestamp_json(ts: Option<&Timestamp>) -> Json {
@@ -386,8 +319,15 @@ mod tests {
         let Json::Object(map) = original.clone() else {
             unreachable!()
         };
-        let s = json_to_struct(map);
+        let s = pb::json::map_to_struct(&map);
         assert_eq!(struct_to_json(&s), original);
+    }
+
+    /// A protobuf number as the CLI prints it.
+    fn number_to_json(n: f64) -> Json {
+        value_to_json(&prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(n)),
+        })
     }
 
     #[test]
@@ -437,7 +377,7 @@ mod tests {
                 seconds: 1_700_000_000,
                 nanos: 123_000_000,
             }),
-            result: Some(json_to_value(json!({"ok": 1}))),
+            result: Some(pb::json::json_to_value(&json!({"ok": 1}))),
             last_error: Some(pb::TaskError {
                 message: "boom".into(),
                 kind: "TimeoutError".into(),
@@ -472,7 +412,7 @@ mod tests {
                 kind: "task".into(),
                 state: pb::StepState::CompensationFailed as i32,
                 depends_on: vec!["reserve".into()],
-                output: Some(json_to_value(json!("ok"))),
+                output: Some(pb::json::json_to_value(&json!("ok"))),
                 ..Default::default()
             }],
             ..Default::default()

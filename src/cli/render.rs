@@ -653,8 +653,8 @@ mod tests {
             id: "charge".into(),
             kind: "task".into(),
             state: pb::StepState::Completed as i32,
-            output: Some(super::super::json::json_to_value(
-                serde_json::json!({"id": 7}),
+            output: Some(crate::pb::json::json_to_value(
+                &serde_json::json!({"id": 7}),
             )),
             depends_on: vec!["reserve".into()],
             ..Default::default()

@@ -13,6 +13,10 @@
 //! - A JSON integer beyond ±2^53 loses precision on the way to protobuf, as
 //!   every `google.protobuf.Value` number does.
 //! - A `Value` whose `kind` is unset is read as `null`.
+//! - For display only, [`value_to_display_json`] and
+//!   [`struct_to_display_json`] write a NaN or infinite number as `null`
+//!   instead of failing (the CLI prints what the server sent, whatever it
+//!   is); a value that is stored or sent on must use the strict functions.
 //!
 //! ```
 //! use switchyard_client::worker::convert::{json_to_struct, struct_to_json};
@@ -51,7 +55,7 @@ pub enum ConvertError {
 /// Fails only on a NaN or infinite number (see the module docs).
 pub fn struct_to_json(s: &Struct) -> Result<serde_json::Value, ConvertError> {
     let mut path = String::new();
-    fields_to_json(&s.fields, &mut path).map(serde_json::Value::Object)
+    fields_to_json(&s.fields, &mut path, NonFinite::Refuse).map(serde_json::Value::Object)
 }
 
 /// Converts a JSON object to a protobuf `Struct`.
@@ -71,7 +75,34 @@ pub fn json_to_struct(v: &serde_json::Value) -> Result<Struct, ConvertError> {
 /// Fails only on a NaN or infinite number (see the module docs).
 pub fn value_to_json(v: &Value) -> Result<serde_json::Value, ConvertError> {
     let mut path = String::new();
-    value_to_json_at(v, &mut path)
+    value_to_json_at(v, &mut path, NonFinite::Refuse)
+}
+
+/// [`struct_to_json`] for display: a NaN or infinite number becomes `null`,
+/// so it never fails.
+pub fn struct_to_display_json(s: &Struct) -> serde_json::Value {
+    let mut path = String::new();
+    // With `NonFinite::Null` nothing fails; the default (null) is never used.
+    fields_to_json(&s.fields, &mut path, NonFinite::Null)
+        .map(serde_json::Value::Object)
+        .unwrap_or_default()
+}
+
+/// [`value_to_json`] for display: a NaN or infinite number becomes `null`,
+/// so it never fails.
+pub fn value_to_display_json(v: &Value) -> serde_json::Value {
+    let mut path = String::new();
+    // With `NonFinite::Null` nothing fails; the default (null) is never used.
+    value_to_json_at(v, &mut path, NonFinite::Null).unwrap_or_default()
+}
+
+/// What a NaN or infinite number becomes.
+#[derive(Clone, Copy)]
+enum NonFinite {
+    /// An error naming its path.
+    Refuse,
+    /// `null`.
+    Null,
 }
 
 /// Converts any JSON value to a protobuf `Value`. Never fails: every JSON
@@ -90,7 +121,8 @@ pub fn json_to_value(v: &serde_json::Value) -> Value {
     Value { kind: Some(kind) }
 }
 
-fn map_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> Struct {
+/// Converts a JSON object's map to a protobuf `Struct`. Never fails.
+pub fn map_to_struct(map: &serde_json::Map<String, serde_json::Value>) -> Struct {
     Struct {
         fields: map
             .iter()
@@ -110,6 +142,7 @@ fn number_to_f64(n: &serde_json::Number) -> f64 {
 fn fields_to_json(
     fields: &BTreeMap<String, Value>,
     path: &mut String,
+    non_finite: NonFinite,
 ) -> Result<serde_json::Map<String, serde_json::Value>, ConvertError> {
     let mut out = serde_json::Map::with_capacity(fields.len());
     for (key, value) in fields {
@@ -118,32 +151,42 @@ fn fields_to_json(
             path.push('.');
         }
         path.push_str(key);
-        let converted = value_to_json_at(value, path)?;
+        let converted = value_to_json_at(value, path, non_finite)?;
         path.truncate(len);
         out.insert(key.clone(), converted);
     }
     Ok(out)
 }
 
-fn value_to_json_at(v: &Value, path: &mut String) -> Result<serde_json::Value, ConvertError> {
+fn value_to_json_at(
+    v: &Value,
+    path: &mut String,
+    non_finite: NonFinite,
+) -> Result<serde_json::Value, ConvertError> {
     Ok(match &v.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-        Some(Kind::NumberValue(n)) => {
-            f64_to_json(*n).ok_or_else(|| ConvertError::NonFiniteNumber { path: path.clone() })?
-        }
+        Some(Kind::NumberValue(n)) => match (f64_to_json(*n), non_finite) {
+            (Some(json), _) => json,
+            (None, NonFinite::Null) => serde_json::Value::Null,
+            (None, NonFinite::Refuse) => {
+                return Err(ConvertError::NonFiniteNumber { path: path.clone() })
+            }
+        },
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
         Some(Kind::ListValue(list)) => {
             let mut items = Vec::with_capacity(list.values.len());
             for (i, item) in list.values.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                items.push(value_to_json_at(item, path)?);
+                items.push(value_to_json_at(item, path, non_finite)?);
                 path.truncate(len);
             }
             serde_json::Value::Array(items)
         }
-        Some(Kind::StructValue(s)) => serde_json::Value::Object(fields_to_json(&s.fields, path)?),
+        Some(Kind::StructValue(s)) => {
+            serde_json::Value::Object(fields_to_json(&s.fields, path, non_finite)?)
+        }
     })
 }
 
@@ -282,6 +325,20 @@ mod tests {
                 path: String::new()
             })
         );
+    }
+
+    #[test]
+    fn display_json_writes_non_finite_numbers_as_null() {
+        let mut s = Struct::default();
+        s.fields.insert("nan".into(), number(f64::NAN));
+        s.fields.insert("inf".into(), number(f64::NEG_INFINITY));
+        s.fields.insert("n".into(), number(3.0));
+        assert_eq!(
+            struct_to_display_json(&s),
+            json!({"nan": null, "inf": null, "n": 3})
+        );
+        assert_eq!(value_to_display_json(&number(f64::INFINITY)), json!(null));
+        assert_eq!(value_to_display_json(&number(-0.25)), json!(-0.25));
     }
 
     #[test]
