@@ -5,6 +5,7 @@
 use std::fmt;
 use std::process::ExitCode;
 
+use switchyard_client::error_chain;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -100,22 +101,6 @@ impl fmt::Display for CliError {
 impl std::error::Error for CliError {}
 
 pub(crate) use crate::pb::code_name;
-
-/// `err` followed by each of its sources, joined by `: `, skipping a source
-/// whose text its parent already contains.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
 
 /// A status as one line `CODE: message`, then one indented line per detail
 /// the server attached (`google.rpc.BadRequest` field violations first).

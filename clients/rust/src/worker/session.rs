@@ -28,6 +28,7 @@ use super::convert::{json_to_value, struct_to_json};
 use super::error::{truncate_utf8, HandlerError, WorkerError, MAX_DETAILS_BYTES};
 use super::transport::{KillableConnector, CONNECT_TIMEOUT};
 use super::{Status, Worker};
+use crate::error_chain;
 use crate::pb::{self, server_message::Msg as ServerMsg, worker_message::Msg};
 
 /// The first reconnect delay.
@@ -702,21 +703,6 @@ fn status_text(status: &tonic::Status) -> String {
     if let Some(source) = std::error::Error::source(status) {
         text.push_str(": ");
         text.push_str(&error_chain(source));
-    }
-    text
-}
-
-/// An error and its sources on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
     }
     text
 }
