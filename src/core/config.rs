@@ -156,30 +156,17 @@ mod tests {
     use super::*;
 
     fn complex(task_queue: Option<&str>, tracking_queue: Option<&str>) -> TaskSpec {
-        TaskSpec {
-            name: "order".into(),
-            task_type: TaskType::Complex,
-            priority: 0,
-            max_attempts: 1,
-            backoff: Backoff::default(),
-            execution_timeout: None,
-            user_id: None,
-            session_id: None,
-            immediate: false,
-            idempotency_key: None,
-            labels: Default::default(),
-            cleanup: None,
-            target: Target::Complex {
+        TaskSpec::new(
+            "order",
+            TaskType::Complex,
+            Target::Complex {
                 workflow_type: "order".into(),
                 workflow_args: vec![],
                 task_queue: task_queue.map(Into::into),
                 tracking_queue: tracking_queue.map(Into::into),
                 workflow_id: None,
             },
-            traceparent: None,
-            parent_id: None,
-            retention: None,
-        }
+        )
     }
 
     fn refused(r: Result<(), CoreError>) -> String {

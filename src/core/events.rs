@@ -124,7 +124,6 @@ impl EventHub {
 mod tests {
     use super::*;
     use crate::domain::*;
-    use std::collections::BTreeMap;
 
     fn ev(seq: u64) -> Arc<TaskEvent> {
         Arc::new(TaskEvent {
@@ -134,24 +133,11 @@ mod tests {
             task: Task {
                 id: TaskId::nil(),
                 created_at: 0,
-                spec: Arc::new(TaskSpec {
-                    name: "n".into(),
-                    task_type: TaskType::Simple,
-                    priority: 0,
-                    max_attempts: 1,
-                    backoff: Backoff::default(),
-                    execution_timeout: None,
-                    user_id: None,
-                    session_id: None,
-                    immediate: false,
-                    idempotency_key: None,
-                    labels: BTreeMap::new(),
-                    cleanup: None,
-                    target: Target::Simple { queue: None },
-                    traceparent: None,
-                    parent_id: None,
-                    retention: None,
-                }),
+                spec: Arc::new(TaskSpec::new(
+                    "n",
+                    TaskType::Simple,
+                    Target::Simple { queue: None },
+                )),
                 rt: TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued),
             },
         })

@@ -479,22 +479,17 @@ impl State {
         labels.insert("cleanup_of".to_string(), id.to_string());
         labels.insert("cleanup_reason".to_string(), why.as_str().to_string());
         let new_spec = TaskSpec {
-            name: cleanup.to_string(),
-            task_type: TaskType::Simple,
             priority: spec.priority,
             max_attempts: spec.max_attempts.max(3),
             backoff: spec.backoff,
             execution_timeout: spec.execution_timeout,
-            user_id: None,
-            session_id: None,
-            immediate: false,
-            idempotency_key: None,
             labels,
-            cleanup: None,
-            target: Target::Simple { queue: None },
             traceparent: spec.traceparent.clone(),
-            parent_id: None,
-            retention: None,
+            ..TaskSpec::new(
+                cleanup.to_string(),
+                TaskType::Simple,
+                Target::Simple { queue: None },
+            )
         };
         let new = NewTask {
             spec: new_spec,

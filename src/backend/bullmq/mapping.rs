@@ -245,8 +245,6 @@ mod tests {
             id: TaskId::now_v7(),
             created_at: 1_000_000,
             spec: Arc::new(TaskSpec {
-                name: "email".into(),
-                task_type: TaskType::Simple,
                 priority,
                 max_attempts: attempts,
                 backoff: Backoff {
@@ -254,17 +252,8 @@ mod tests {
                     base: Duration::from_millis(250),
                     max: Duration::from_secs(60),
                 },
-                execution_timeout: None,
-                user_id: None,
-                session_id: None,
                 immediate,
-                idempotency_key: None,
-                labels: Default::default(),
-                cleanup: None,
-                target: Target::Simple { queue: None },
-                traceparent: None,
-                parent_id: None,
-                retention: None,
+                ..TaskSpec::new("email", TaskType::Simple, Target::Simple { queue: None })
             }),
             rt: TaskRuntime::new_pending(3_500_500, Source::Bullmq, WaitingReason::Queued),
         }

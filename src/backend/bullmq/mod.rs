@@ -227,24 +227,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_the_target_queue_else_the_name() {
-        let mut spec = TaskSpec {
-            name: "resize".into(),
-            task_type: TaskType::Simple,
-            priority: 0,
-            max_attempts: 1,
-            backoff: Backoff::default(),
-            execution_timeout: None,
-            user_id: None,
-            session_id: None,
-            immediate: false,
-            idempotency_key: None,
-            labels: Default::default(),
-            cleanup: None,
-            target: Target::Simple { queue: None },
-            traceparent: None,
-            parent_id: None,
-            retention: None,
-        };
+        let mut spec = TaskSpec::new("resize", TaskType::Simple, Target::Simple { queue: None });
         assert_eq!(queue_of(&spec), "resize");
         spec.target = Target::Simple {
             queue: Some("images".into()),

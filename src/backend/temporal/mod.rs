@@ -289,30 +289,17 @@ mod tests {
 
     #[test]
     fn the_backend_refuses_what_it_cannot_honour() {
-        let mut spec = crate::domain::TaskSpec {
-            name: "wf".into(),
-            task_type: TaskType::Complex,
-            priority: 0,
-            max_attempts: 1,
-            backoff: Default::default(),
-            execution_timeout: None,
-            user_id: None,
-            session_id: None,
-            immediate: false,
-            idempotency_key: None,
-            labels: Default::default(),
-            cleanup: None,
-            target: Target::Complex {
+        let mut spec = crate::domain::TaskSpec::new(
+            "wf",
+            TaskType::Complex,
+            Target::Complex {
                 workflow_type: "Order".into(),
                 workflow_args: vec![],
                 task_queue: None,
                 tracking_queue: Some("track".into()),
                 workflow_id: None,
             },
-            traceparent: None,
-            parent_id: None,
-            retention: None,
-        };
+        );
         let msg = |r: Result<(), CoreError>| match r {
             Err(CoreError::FailedPrecondition(m)) => m,
             other => panic!("{other:?}"),

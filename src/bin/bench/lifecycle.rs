@@ -46,22 +46,9 @@ fn seeded(i: u64, pending: bool) -> Task {
         _ => Target::Simple { queue: None },
     };
     let spec = TaskSpec {
-        name: format!("bench.months.{}", i % NAMES),
-        task_type,
-        priority: 0,
-        max_attempts: 1,
-        backoff: Default::default(),
-        execution_timeout: None,
         user_id: (i % 10 == 0).then(|| format!("user-{}", i % 1000)),
         session_id: (i % 10 == 1).then(|| format!("session-{}", i % 1000)),
-        immediate: false,
-        idempotency_key: None,
-        labels: Default::default(),
-        cleanup: None,
-        target,
-        traceparent: None,
-        parent_id: None,
-        retention: None,
+        ..TaskSpec::new(format!("bench.months.{}", i % NAMES), task_type, target)
     };
     let now = now_micros();
     let mut rt = TaskRuntime::new_pending(now, Source::Embedded, WaitingReason::Queued);

@@ -347,7 +347,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::domain::{Backoff, TaskRuntime, TaskSpec, TaskType};
+    use crate::domain::{TaskRuntime, TaskSpec, TaskType};
 
     fn target(workflow: Option<&str>, url: Option<&str>) -> Target {
         Target::Integration {
@@ -412,22 +412,10 @@ mod tests {
             id: uuid::Uuid::now_v7(),
             created_at: 0,
             spec: Arc::new(TaskSpec {
-                name: "notify".into(),
-                task_type: TaskType::Integration,
-                priority: 0,
                 max_attempts: 5,
-                backoff: Backoff::default(),
-                execution_timeout: None,
                 user_id: Some("u1".into()),
-                session_id: None,
-                immediate: false,
-                idempotency_key: None,
                 labels,
-                cleanup: None,
-                target: target(Some("wf"), None),
-                traceparent: None,
-                parent_id: None,
-                retention: None,
+                ..TaskSpec::new("notify", TaskType::Integration, target(Some("wf"), None))
             }),
             rt: TaskRuntime {
                 attempt: 2,

@@ -162,22 +162,13 @@ impl Flow {
         labels.insert("workflow_step".to_string(), label);
         NewTask {
             spec: TaskSpec {
-                name,
-                task_type,
                 priority: self.spec.priority,
                 max_attempts: attempts,
                 backoff,
                 execution_timeout: timeout,
-                user_id: None,
-                session_id: None,
-                immediate: false,
-                idempotency_key: None,
                 labels,
-                cleanup: None,
-                target,
                 traceparent: self.traceparent.as_deref().map(Box::from),
-                parent_id: None,
-                retention: None,
+                ..TaskSpec::new(name, task_type, target)
             },
             payload: Payload::Json(Arc::from(input.to_string())),
             delay: Duration::ZERO,
@@ -273,28 +264,20 @@ mod tests {
             ..Default::default()
         };
         let spec = TaskSpec {
-            name: "order".into(),
-            task_type: TaskType::Complex,
             priority: 7,
-            max_attempts: 1,
-            backoff: Backoff::default(),
-            execution_timeout: None,
             user_id: Some("u".into()),
             session_id: Some("s".into()),
-            immediate: false,
-            idempotency_key: None,
-            labels: BTreeMap::new(),
-            cleanup: None,
-            target: Target::Complex {
-                workflow_type: "order".into(),
-                workflow_args: vec![json!({"sku": "A-1"})],
-                task_queue: Some("orders".into()),
-                tracking_queue: None,
-                workflow_id: Some("wf-1".into()),
-            },
-            traceparent: None,
-            parent_id: None,
-            retention: None,
+            ..TaskSpec::new(
+                "order",
+                TaskType::Complex,
+                Target::Complex {
+                    workflow_type: "order".into(),
+                    workflow_args: vec![json!({"sku": "A-1"})],
+                    task_queue: Some("orders".into()),
+                    tracking_queue: None,
+                    workflow_id: Some("wf-1".into()),
+                },
+            )
         };
         Flow {
             attempt: 1,
