@@ -354,42 +354,6 @@ impl Drop for Server {
 // Requests and checks.
 // ---------------------------------------------------------------------------
 
-fn pb_value(v: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    prost_types::Value {
-        kind: Some(match v {
-            Value::Null => Kind::NullValue(0),
-            Value::Bool(b) => Kind::BoolValue(*b),
-            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-            Value::String(s) => Kind::StringValue(s.clone()),
-            Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-                values: a.iter().map(pb_value).collect(),
-            }),
-            Value::Object(o) => Kind::StructValue(prost_types::Struct {
-                fields: o.iter().map(|(k, v)| (k.clone(), pb_value(v))).collect(),
-            }),
-        }),
-    }
-}
-
-fn json_value(v: &prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 1e15 => json!(*n as i64),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(json_value).collect()),
-        Some(Kind::StructValue(s)) => Value::Object(
-            s.fields
-                .iter()
-                .map(|(k, v)| (k.clone(), json_value(v)))
-                .collect(),
-        ),
-    }
-}
-
 /// A COMPLEX task request for a workflow of the test worker.
 fn workflow(workflow_type: &str, args: Vec<Value>) -> pb::ScheduleTaskRequest {
     pb::ScheduleTaskRequest {
@@ -401,7 +365,7 @@ fn workflow(workflow_type: &str, args: Vec<Value>) -> pb::ScheduleTaskRequest {
             pb::ComplexTarget {
                 workflow_type: workflow_type.into(),
                 workflow_args: Some(prost_types::ListValue {
-                    values: args.iter().map(pb_value).collect(),
+                    values: args.iter().map(pb::json::json_to_value).collect(),
                 }),
                 ..Default::default()
             },
@@ -640,7 +604,7 @@ async fn completes_with_its_result_and_owner_in_memo_and_search_attributes() {
     let id = r.task_id;
     let done = wait_state(c, &id, pb::TaskState::Completed).await;
     assert_eq!(
-        json_value(done.result.as_ref().expect("a result")),
+        crate::common::to_json(done.result.as_ref().expect("a result")),
         json!({"greeting": "hello ada", "double": 42})
     );
     assert_eq!(done.source, pb::TaskSource::Temporal as i32);
@@ -741,7 +705,7 @@ async fn end_states_map_to_switchyard_states() {
 
     let s = wait_state(c, &continued, pb::TaskState::Completed).await;
     assert_eq!(
-        json_value(s.result.as_ref().expect("a result")),
+        crate::common::to_json(s.result.as_ref().expect("a result")),
         json!({"continued": "done"})
     );
     let info = describe(&t, &continued)
@@ -998,7 +962,7 @@ async fn pending_activities_show_as_progress() {
     std::fs::write(&gate, "open").unwrap();
     let s = wait_state(c, &id, pb::TaskState::Completed).await;
     assert_eq!(
-        json_value(s.result.as_ref().expect("a result")),
+        crate::common::to_json(s.result.as_ref().expect("a result")),
         json!("released on attempt 2")
     );
     sy.stop().await;
@@ -1085,7 +1049,7 @@ async fn tasks_wait_out_a_temporal_outage_and_start_exactly_once() {
     for (i, id) in ids.iter().enumerate() {
         let s = wait_state(c, id, pb::TaskState::Completed).await;
         assert_eq!(
-            json_value(s.result.as_ref().expect("a result")),
+            crate::common::to_json(s.result.as_ref().expect("a result")),
             json!({"echo": i})
         );
     }
@@ -1225,7 +1189,7 @@ async fn a_delayed_task_is_a_delayed_workflow_start() {
     assert_eq!(s.waiting_reason, pb::WaitingReason::Delayed as i32);
     let s = wait_state(c, &id, pb::TaskState::Completed).await;
     assert_eq!(
-        json_value(s.result.as_ref().expect("a result")),
+        crate::common::to_json(s.result.as_ref().expect("a result")),
         json!({"echo": "later"})
     );
     assert!(
@@ -1236,18 +1200,10 @@ async fn a_delayed_task_is_a_delayed_workflow_start() {
 }
 
 fn signal_request(id: &str, name: &str, p: Value) -> pb::SignalTaskRequest {
-    let Value::Object(fields) = p else {
-        panic!("a signal payload is an object")
-    };
     pb::SignalTaskRequest {
         task_id: id.into(),
         signal: name.into(),
-        payload: Some(prost_types::Struct {
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.clone(), pb_value(v)))
-                .collect(),
-        }),
+        payload: Some(crate::common::payload(p)),
     }
 }
 
@@ -1272,7 +1228,7 @@ async fn a_signal_is_a_temporal_signal_answered_once_temporal_has_it() {
     // The workflow got it: it returns the signal's payload.
     let done = wait_state(c, &id, pb::TaskState::Completed).await;
     assert_eq!(
-        json_value(done.result.as_ref().expect("a result")),
+        crate::common::to_json(done.result.as_ref().expect("a result")),
         json!({ "approved": approval })
     );
     // Temporal's history has the signal, with the payload as its input.

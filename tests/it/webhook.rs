@@ -464,49 +464,6 @@ async fn start_switchyard(webhook: WebhookConfig) -> Switchyard {
     }
 }
 
-fn to_value(v: Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(to_value).collect(),
-        }),
-        Value::Object(_) => Kind::StructValue(to_struct(v)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-fn to_struct(v: Value) -> prost_types::Struct {
-    match v {
-        Value::Object(m) => prost_types::Struct {
-            fields: m.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
-        },
-        _ => prost_types::Struct::default(),
-    }
-}
-
-fn from_value(v: &prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        // Protobuf numbers are doubles; whole ones read back as integers.
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9e15 => json!(*n as i64),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(from_value).collect()),
-        Some(Kind::StructValue(s)) => Value::Object(
-            s.fields
-                .iter()
-                .map(|(k, v)| (k.clone(), from_value(v)))
-                .collect(),
-        ),
-    }
-}
-
 /// An INTEGRATION task to schedule.
 #[derive(Default, Clone)]
 struct Call {
@@ -549,7 +506,7 @@ impl Switchyard {
     async fn try_schedule(&mut self, c: Call) -> Result<String, tonic::Status> {
         let mut req = tonic::Request::new(pb::ScheduleTaskRequest {
             name: "notify".into(),
-            payload: Some(to_struct(
+            payload: Some(crate::common::payload(
                 c.payload.unwrap_or_else(|| json!({"repo": "acme/api"})),
             )),
             task_type: pb::TaskType::Integration as i32,
@@ -630,7 +587,10 @@ impl Switchyard {
 }
 
 fn result_of(s: &pb::TaskStatus) -> Value {
-    s.result.as_ref().map(from_value).unwrap_or(Value::Null)
+    s.result
+        .as_ref()
+        .map(crate::common::to_json)
+        .unwrap_or(Value::Null)
 }
 
 fn error_of(s: &pb::TaskStatus) -> pb::TaskError {
