@@ -246,12 +246,14 @@ fn counts_map(map: &std::collections::HashMap<String, pb::StateCounts>) -> Json 
     )
 }
 
-/// A `GetMetricsResponse`.
-/// A protobuf duration in milliseconds (negative stays negative).
+/// A protobuf duration in milliseconds (negative stays negative), for the
+/// JSON and the table of `cluster status`.
+pub(crate) fn duration_ms(d: &prost_types::Duration) -> f64 {
+    d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0
+}
+
 fn millis(d: Option<&prost_types::Duration>) -> Json {
-    d.map_or(Json::Null, |d| {
-        json!(d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0)
-    })
+    d.map_or(Json::Null, |d| json!(duration_ms(d)))
 }
 
 /// `cluster status --json`.
@@ -278,6 +280,7 @@ pub(crate) fn cluster_status(c: &pb::GetClusterStatusResponse) -> Json {
     })
 }
 
+/// A `GetMetricsResponse`.
 pub(crate) fn metrics_response(m: &pb::GetMetricsResponse) -> Json {
     json!({
         "total": m.total.as_ref().map_or(Json::Null, state_counts),

@@ -46,7 +46,7 @@ fn span(d: Option<&prost_types::Duration>) -> String {
     let Some(d) = d else {
         return "-".into();
     };
-    let ms = d.seconds as f64 * 1000.0 + f64::from(d.nanos) / 1_000_000.0;
+    let ms = super::json::duration_ms(d);
     if ms.abs() < 1000.0 {
         format!("{ms:.0}ms")
     } else {
