@@ -109,7 +109,11 @@ fn decode_error(e: prost::DecodeError) -> Status {
     ))
 }
 
-/// At most `max` bytes of `s`, on a character boundary, with `…` when cut.
+/// At most `max` bytes of `s`, on a character boundary, with `…` when cut:
+/// the rule of the server's `domain::text::cut`, which this crate cannot
+/// import (the server depends on it, not the reverse). Unlike the worker's
+/// `truncate_utf8`, the mark may take the text past `max`: this is a
+/// message for a reader, not a field with a hard limit.
 fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();

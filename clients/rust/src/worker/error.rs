@@ -155,7 +155,10 @@ pub enum WorkerError {
     Join(#[source] tokio::task::JoinError),
 }
 
-/// Cuts `s` to at most `max` bytes, on a character boundary.
+/// Cuts `s` to at most `max` bytes, on a character boundary. No `…` is
+/// added, on purpose (unlike `pb::codec`'s `cut` and the server's
+/// `text::cut`): the result fills a field the server bounds to the same
+/// size, so it must fit exactly, or the server would cut it again.
 pub(crate) fn truncate_utf8(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
