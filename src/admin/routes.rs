@@ -246,9 +246,8 @@ async fn list_tasks(
         &[FILTER_KEYS, &["limit", "page_token", "cursor"]],
     )?;
     let filter = p.filter()?;
-    // As ListTasks: the same page size bounds; the token is the last id.
-    let (default, max) = crate::app::list::PAGE_SIZE;
-    let limit = p.number("limit", default as u64, max as u64)? as usize;
+    // As ListTasks: the same page size rule; the token is the last id.
+    let limit = crate::app::list::page_size("limit", p.number("limit", 0, u64::MAX)?)?;
     let token = p.one(&["page_token", "cursor"]).unwrap_or_default();
     let page = crate::app::list::page(&s.core, filter, limit, token, "page_token").await?;
     Ok(Json(to_json("ListTasksResponse", &page)))

@@ -256,18 +256,7 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let r = req.into_inner();
         let filter = convert::filter(r.filter, "filter")?;
-        let (default, max) = crate::app::list::PAGE_SIZE;
-        let limit = match r.page_size as usize {
-            0 => default,
-            n if n > max => {
-                return Err(crate::core::CoreError::field(
-                    "page_size",
-                    format!("must be at most {max}"),
-                )
-                .into())
-            }
-            n => n,
-        };
+        let limit = crate::app::list::page_size("page_size", r.page_size.into())?;
         let page =
             crate::app::list::page(&self.core, filter, limit, &r.page_token, "page_token").await?;
         Ok(Response::new(page))
