@@ -2,7 +2,8 @@
 //! admin HTTP API in `admin`): the conversions between protobuf messages and
 //! domain types with the validation of requests ([`convert`]), and the one
 //! mapping from core errors to gRPC statuses ([`status`]), which the admin
-//! API turns into HTTP answers, and the driver of one watch ([`watch`]). Neither edge imports the other; both import
+//! API turns into HTTP answers, one page of `ListTasks` ([`list`]), and the
+//! driver of one watch ([`watch`]). Neither edge imports the other; both import
 //! this. It must not serve anything itself, nor touch the store.
 
 pub mod cluster;
