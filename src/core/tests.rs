@@ -497,22 +497,7 @@ async fn a_backend_task_not_known_forwarded_is_offered_again_after_a_restart() {
     for forwarded in [false, true] {
         let mut rt = TaskRuntime::new_pending(0, Source::Bullmq, WaitingReason::Queued);
         rt.forwarded = forwarded;
-        let t = Task {
-            id: TaskId::now_v7(),
-            created_at: now_micros(),
-            spec: Arc::new(spec("t", None)),
-            rt,
-        };
-        ids.push(t.id);
-        store.submit(
-            vec![WriteOp::Insert {
-                task: t,
-                payload: Payload::Json(Arc::from("{}")),
-                log: vec![],
-                event: None,
-            }],
-            None,
-        );
+        ids.push(store_raw(&store, spec("t", None), rt));
     }
     store.close();
     drop(store);
@@ -530,17 +515,8 @@ async fn a_backend_task_not_known_forwarded_is_offered_again_after_a_restart() {
     assert_eq!(again[&ids[1]], (false, true), "forwarded: resumed");
 }
 
-/// A task whose cancel was pending when the server stopped ends CANCELLED
-/// at start-up, and its cleanup task is scheduled like any other cancel's.
-#[tokio::test]
-async fn a_cancel_pending_at_a_restart_ends_cancelled_with_its_cleanup() {
-    let store = SqliteStore::open(SqliteOptions::default()).unwrap();
-    let mut spec = spec("t", None);
-    spec.cleanup = Some("undo".into());
-    let mut rt = TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued);
-    rt.state = TaskState::Running;
-    rt.attempt = 1;
-    rt.cancel_requested = true;
+/// Writes a task as a server that stopped would have left it; its id.
+fn store_raw(store: &SqliteStore, spec: TaskSpec, rt: TaskRuntime) -> TaskId {
     let t = Task {
         id: TaskId::now_v7(),
         created_at: now_micros(),
@@ -557,6 +533,21 @@ async fn a_cancel_pending_at_a_restart_ends_cancelled_with_its_cleanup() {
         }],
         None,
     );
+    id
+}
+
+/// A task whose cancel was pending when the server stopped ends CANCELLED
+/// at start-up, and its cleanup task is scheduled like any other cancel's.
+#[tokio::test]
+async fn a_cancel_pending_at_a_restart_ends_cancelled_with_its_cleanup() {
+    let store = SqliteStore::open(SqliteOptions::default()).unwrap();
+    let mut spec = spec("t", None);
+    spec.cleanup = Some("undo".into());
+    let mut rt = TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued);
+    rt.state = TaskState::Running;
+    rt.attempt = 1;
+    rt.cancel_requested = true;
+    let id = store_raw(&store, spec, rt);
     store.flush().await.unwrap();
     let core = Core::start(store.clone(), CoreConfig::default())
         .await
