@@ -42,6 +42,7 @@ pub fn progress_percent(p: f64) -> f64 {
 
 pub mod failure;
 pub mod retention;
+pub mod schedule;
 
 pub use failure::FailureKind;
 
