@@ -3,7 +3,7 @@
 //!
 //! Layers, from the bottom up (ARCHITECTURE.md; `tests/layers.rs` keeps
 //! them): [`domain`], [`store`] (durable storage), [`core`] (the scheduler
-//! state machine), the engines ([`executor`], [`backend`]), [`app`] (what
+//! state machine), the engines ([`executor`], [`backend`], [`schedules`]), [`app`] (what
 //! both edges share), the edges ([`api`] for gRPC, [`admin`] for HTTP),
 //! [`cluster`] (replicas over PostgreSQL), [`config`] and [`server`] (the
 //! wiring). The protos ([`pb`]) and the
@@ -24,6 +24,7 @@ pub mod domain;
 pub mod executor;
 /// The generated protos, their codec and Struct ⇄ JSON (the client crate's).
 pub use switchyard_client::pb;
+pub mod schedules;
 pub mod server;
 pub mod store;
 pub mod telemetry;

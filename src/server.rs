@@ -13,11 +13,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::api::{error, orchestrator, worker};
+use crate::api::{error, orchestrator, schedules, worker};
 use crate::config::Config;
 use crate::core::Core;
 use crate::pb;
 use crate::pb::orchestrator_service_server::OrchestratorServiceServer;
+use crate::pb::schedule_service_server::ScheduleServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
 use crate::store::postgres::{Fence, Lease, PgOptions, PgStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
@@ -336,6 +337,10 @@ pub async fn run_with(
         .chain(admin_listener.as_ref().and_then(|l| l.local_addr().ok()))
         .collect();
     let executors = start_engines(&core, &config, &store)?;
+    // The schedules' runner stops at the drain's start, or when the lease
+    // is lost (`serve_stop`).
+    let schedules_stop = CancellationToken::new();
+    let schedules = start_schedules(&core, &config, &store, schedules_stop.clone()).await?;
     tracing::info!(
         ?addr,
         store = %store.describe(&config),
@@ -349,6 +354,9 @@ pub async fn run_with(
         .await;
     health
         .set_serving::<WorkerServiceServer<worker::Workers>>()
+        .await;
+    health
+        .set_serving::<ScheduleServiceServer<schedules::ScheduleApi>>()
         .await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -386,6 +394,18 @@ pub async fn run_with(
         executors.workflows.clone(),
         cluster.clone(),
     );
+
+    {
+        let (stop, serve_stop) = (stop.clone(), serve_stop.clone());
+        // Policy on shutdown: ends with the first of the two.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = serve_stop.cancelled() => {}
+            }
+            schedules_stop.cancel();
+        });
+    }
 
     // The drain: policy — runs once, when `shutdown` resolves.
     {
@@ -494,6 +514,17 @@ pub async fn run_with(
             WorkerServiceServer::new(worker::Workers::new(core.clone()))
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(max_msg),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            ScheduleServiceServer::new(schedules::ScheduleApi::new(
+                schedules,
+                crate::app::convert::Limits {
+                    max_payload_bytes: config.limits.max_payload_bytes,
+                },
+            ))
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(max_msg),
             auth,
         ))
         // `Server::tcp_nodelay` does not apply to an incoming stream of our
@@ -582,6 +613,29 @@ fn watch_store(
         }
     });
     rx
+}
+
+/// Opens the schedules' storage beside the store (`schedules.db` in the
+/// data directory, the PostgreSQL store's `schedules` table, or nothing for
+/// a store in memory) and starts their runner, which stops with `stop`.
+pub async fn start_schedules(
+    core: &Core,
+    config: &Config,
+    store: &OpenedStore,
+    stop: CancellationToken,
+) -> Result<crate::schedules::Schedules, ServeError> {
+    use crate::schedules::{Db, Schedules};
+    let db = match store {
+        OpenedStore::Sqlite(_) if config.store.memory => Db::Memory,
+        OpenedStore::Sqlite(_) => Schedules::open_sqlite(&config.data_dir)?,
+        OpenedStore::Postgres(pg) => Db::Postgres(Box::new(
+            crate::store::postgres::schedules::ScheduleRows::open(pg)?,
+        )),
+    };
+    let compile = crate::app::schedule::compiler(crate::app::convert::Limits {
+        max_payload_bytes: config.limits.max_payload_bytes,
+    });
+    Ok(Schedules::start(core.clone(), db, compile, stop).await?)
 }
 
 /// Starts every configured engine: the in-process executors (webhook,

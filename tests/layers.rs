@@ -21,8 +21,9 @@ const LAYERS: &[&[&str]] = &[
     &["pb"],
     &["store"],
     &["core"],
-    // Engines: in-process executors and external backends.
-    &["executor", "backend"],
+    // Engines: in-process executors, external backends, and the schedules
+    // runner (which makes tasks through the core as an edge would).
+    &["executor", "backend", "schedules"],
     // What both edges share: conversions and the error mapping.
     &["app"],
     // The edges.

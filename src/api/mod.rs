@@ -6,4 +6,5 @@
 pub use crate::app::convert;
 pub use crate::app::status as error;
 pub mod orchestrator;
+pub mod schedules;
 pub mod worker;

@@ -9,5 +9,6 @@
 pub mod cluster;
 pub mod convert;
 pub mod list;
+pub mod schedule;
 pub mod status;
 pub mod watch;

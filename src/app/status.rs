@@ -54,7 +54,8 @@ impl From<CoreError> for Status {
             CoreError::NotFound(id) => {
                 Status::not_found(format!("task {} not found", text::prefix(&id, 64)))
             }
-            CoreError::Removed(m) => Status::not_found(text::cut(&m, 1024)),
+            CoreError::Removed(m) | CoreError::Absent(m) => Status::not_found(text::cut(&m, 1024)),
+            CoreError::AlreadyExists(m) => Status::already_exists(text::cut(&m, 1024)),
             CoreError::FailedPrecondition(m) => Status::failed_precondition(text::cut(&m, 1024)),
             CoreError::ResourceExhausted(m) => Status::resource_exhausted(text::cut(&m, 1024)),
             CoreError::Unavailable(m) => Status::unavailable(text::cut(&m, 1024)),

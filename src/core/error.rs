@@ -29,6 +29,14 @@ pub enum CoreError {
     /// shortest retention): the whole message.
     #[error("{0}")]
     Removed(String),
+    /// Something other than a task (a schedule) does not exist: the whole
+    /// message.
+    #[error("{0}")]
+    Absent(String),
+    /// What a create names exists already (a schedule id): the whole
+    /// message.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The task's state does not allow the operation.
     #[error("{0}")]
     FailedPrecondition(String),

@@ -22,6 +22,7 @@ mod core_watch;
 mod hostile;
 mod retention;
 mod schedule_refusals;
+mod schedules;
 mod store_backup;
 mod store_full_disk;
 mod temporal;

@@ -24,6 +24,7 @@
 
 mod lease;
 mod reads;
+pub mod schedules;
 #[cfg(test)]
 mod tests;
 pub mod versions;

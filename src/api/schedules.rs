@@ -1,0 +1,156 @@
+//! `ScheduleService`: thin handlers that validate (`app::schedule`), call
+//! the schedules component and map errors. No firing decision here.
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::app::convert::Limits;
+use crate::app::schedule::{self as conv, info};
+use crate::domain::now_micros;
+use crate::pb;
+use crate::pb::schedule_service_server::ScheduleService;
+use crate::schedules::Schedules;
+
+/// The service.
+pub struct ScheduleApi {
+    schedules: Schedules,
+    limits: Limits,
+}
+
+impl ScheduleApi {
+    /// A service over the schedules.
+    pub fn new(schedules: Schedules, limits: Limits) -> Self {
+        ScheduleApi { schedules, limits }
+    }
+}
+
+#[tonic::async_trait]
+impl ScheduleService for ScheduleApi {
+    #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id))]
+    async fn create_schedule(
+        &self,
+        req: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
+        let r = req.into_inner();
+        conv::schedule_id(&r.schedule_id)?;
+        let (spec, template) = conv::spec(r.spec, &self.limits)?;
+        let s = self
+            .schedules
+            .create(r.schedule_id, spec, template, r.paused)
+            .await?;
+        Ok(Response::new(pb::CreateScheduleResponse {
+            schedule: Some(info(&s, now_micros())),
+        }))
+    }
+
+    #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id))]
+    async fn update_schedule(
+        &self,
+        req: Request<pb::UpdateScheduleRequest>,
+    ) -> Result<Response<pb::UpdateScheduleResponse>, Status> {
+        let r = req.into_inner();
+        conv::schedule_id(&r.schedule_id)?;
+        let (spec, template) = conv::spec(r.spec, &self.limits)?;
+        let (s, created) = self
+            .schedules
+            .update(&r.schedule_id, spec, template, r.create_if_missing)
+            .await?;
+        Ok(Response::new(pb::UpdateScheduleResponse {
+            schedule: Some(info(&s, now_micros())),
+            created,
+        }))
+    }
+
+    #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id))]
+    async fn get_schedule(
+        &self,
+        req: Request<pb::GetScheduleRequest>,
+    ) -> Result<Response<pb::GetScheduleResponse>, Status> {
+        let r = req.into_inner();
+        conv::schedule_id(&r.schedule_id)?;
+        let s = self.schedules.get(&r.schedule_id)?;
+        Ok(Response::new(pb::GetScheduleResponse {
+            schedule: Some(info(&s, now_micros())),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let r = req.into_inner();
+        let limit = conv::page_size(r.page_size)?;
+        let after = conv::page_token(&r.page_token)?;
+        let mut page = self.schedules.list(after, limit + 1);
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let now = now_micros();
+        Ok(Response::new(pb::ListSchedulesResponse {
+            next_page_token: match page.last() {
+                Some(s) if more => s.id.clone(),
+                _ => String::new(),
+            },
+            schedules: page.iter().map(|s| info(s, now)).collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id))]
+    async fn pause_schedule(
+        &self,
+        req: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
+        let r = req.into_inner();
+        conv::schedule_id(&r.schedule_id)?;
+        conv::note(&r.note)?;
+        let s = self
+            .schedules
+            .set_paused(&r.schedule_id, true, r.note)
+            .await?;
+        Ok(Response::new(pb::PauseScheduleResponse {
+            schedule: Some(info(&s, now_micros())),
+        }))
+    }
+
+    #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id))]
+    async fn resume_schedule(
+        &self,
+        req: Request<pb::ResumeScheduleRequest>,
+    ) -> Result<Response<pb::ResumeScheduleResponse>, Status> {
+        let r = req.into_inner();
+        conv::schedule_id(&r.schedule_id)?;
+        conv::note(&r.note)?;
+        let s = self
+            .schedules
+            .set_paused(&r.schedule_id, false, r.note)
+            .await?;
+        Ok(Response::new(pb::ResumeScheduleResponse {
+            schedule: Some(info(&s, now_micros())),
+        }))
+    }
+
+    #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id))]
+    async fn delete_schedule(
+        &self,
+        req: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let r = req.into_inner();
+        conv::schedule_id(&r.schedule_id)?;
+        self.schedules.delete(&r.schedule_id).await?;
+        Ok(Response::new(pb::DeleteScheduleResponse {}))
+    }
+
+    #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id, task_id))]
+    async fn trigger_schedule(
+        &self,
+        req: Request<pb::TriggerScheduleRequest>,
+    ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
+        let r = req.into_inner();
+        conv::schedule_id(&r.schedule_id)?;
+        let s = self.schedules.trigger(&r.schedule_id).await?;
+        tracing::Span::current().record("task_id", tracing::field::display(s.task.id));
+        Ok(Response::new(pb::TriggerScheduleResponse {
+            task_id: s.task.id.to_string(),
+        }))
+    }
+}

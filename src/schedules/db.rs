@@ -1,0 +1,165 @@
+//! Where schedules are kept: `schedules.db` (SQLite, WAL, `synchronous =
+//! full`) in the data directory beside the task store, the `schedules`
+//! table of the PostgreSQL store (fenced writes, see
+//! `store::postgres::schedules`), or nowhere when the task store is in
+//! memory. Owns the SQLite table; must not decide anything.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection};
+
+use crate::store::postgres::schedules::{ScheduleRow, ScheduleRows};
+use crate::store::StoreError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS schedules (
+    id         TEXT    PRIMARY KEY,
+    spec       TEXT    NOT NULL,
+    template   BLOB    NOT NULL,
+    paused     INTEGER NOT NULL,
+    note       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    state      TEXT    NOT NULL
+);";
+
+/// The schedules' storage.
+pub enum Db {
+    /// Nothing is kept (the task store is in memory too).
+    Memory,
+    /// `schedules.db`.
+    Sqlite(Arc<Mutex<Connection>>),
+    /// The PostgreSQL store's `schedules` table.
+    Postgres(Box<ScheduleRows>),
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("schedules database: {e}"))
+}
+
+impl Db {
+    /// Opens (or creates) `schedules.db` at `path`.
+    pub fn open_sqlite(path: &Path) -> Result<Db, StoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Db::Sqlite(Arc::new(Mutex::new(conn))))
+    }
+
+    /// Runs `f` on the SQLite connection off the async threads.
+    async fn sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock()))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("schedules database: {e}")))?
+            .map_err(db_err)
+    }
+
+    /// Every stored schedule, by id.
+    pub async fn all(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        match self {
+            Db::Memory => Ok(Vec::new()),
+            Db::Postgres(rows) => rows.all().await,
+            Db::Sqlite(conn) => {
+                Self::sqlite(conn, |c| {
+                    let mut stmt = c.prepare(
+                        "SELECT id, spec, template, paused, note, created_at, updated_at, state
+                         FROM schedules ORDER BY id",
+                    )?;
+                    let rows = stmt.query_map([], |r| {
+                        Ok(ScheduleRow {
+                            id: r.get(0)?,
+                            spec: r.get(1)?,
+                            template: r.get(2)?,
+                            paused: r.get(3)?,
+                            note: r.get(4)?,
+                            created_at: r.get(5)?,
+                            updated_at: r.get(6)?,
+                            state: r.get(7)?,
+                        })
+                    })?;
+                    rows.collect()
+                })
+                .await
+            }
+        }
+    }
+
+    /// Inserts or replaces a whole schedule.
+    pub async fn put(&self, row: ScheduleRow) -> Result<(), StoreError> {
+        match self {
+            Db::Memory => Ok(()),
+            Db::Postgres(rows) => rows.put(&row).await,
+            Db::Sqlite(conn) => {
+                Self::sqlite(conn, move |c| {
+                    c.execute(
+                        "INSERT INTO schedules (id, spec, template, paused, note, created_at, updated_at, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (id) DO UPDATE SET spec = ?2, template = ?3, paused = ?4,
+                             note = ?5, updated_at = ?7, state = ?8",
+                        params![
+                            row.id,
+                            row.spec,
+                            row.template,
+                            row.paused,
+                            row.note,
+                            row.created_at,
+                            row.updated_at,
+                            row.state
+                        ],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Replaces the fire state of a schedule that still exists.
+    pub async fn put_state(&self, id: &str, state: String) -> Result<(), StoreError> {
+        match self {
+            Db::Memory => Ok(()),
+            Db::Postgres(rows) => rows.put_state(id, &state).await,
+            Db::Sqlite(conn) => {
+                let id = id.to_string();
+                Self::sqlite(conn, move |c| {
+                    c.execute(
+                        "UPDATE schedules SET state = ?2 WHERE id = ?1",
+                        params![id, state],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Deletes a schedule.
+    pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            Db::Memory => Ok(()),
+            Db::Postgres(rows) => rows.delete(id).await,
+            Db::Sqlite(conn) => {
+                let id = id.to_string();
+                Self::sqlite(conn, move |c| {
+                    c.execute("DELETE FROM schedules WHERE id = ?1", params![id])
+                        .map(drop)
+                })
+                .await
+            }
+        }
+    }
+}
