@@ -37,6 +37,9 @@ enum Command {
     /// Schedules and inspects tasks.
     #[command(subcommand)]
     Task(switchyard::cli::TaskCommand),
+    /// Repeatable schedules: a task fired on a cron expression or an interval.
+    #[command(subcommand)]
+    Schedule(switchyard::cli::ScheduleCommand),
     /// Cancels every active task of a user or session.
     Disconnect(switchyard::cli::DisconnectArgs),
     /// Prints counts, queues, throughput and latencies.
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             }
             Command::Backup(args) => return backup(args, cli.client.json),
             Command::Task(cmd) => switchyard::cli::run_task(&cli.client, cmd).await,
+            Command::Schedule(c) => switchyard::cli::run_schedule(&cli.client, c).await,
             Command::Disconnect(a) => switchyard::cli::run_disconnect(&cli.client, a).await,
             Command::Metrics(a) => switchyard::cli::run_metrics(&cli.client, a).await,
             Command::Cluster(c) => switchyard::cli::run_cluster(&cli.client, c).await,

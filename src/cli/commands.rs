@@ -41,19 +41,19 @@ impl<W: Write> Output<W> {
     }
 
     /// Whether to print JSON.
-    fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.json
     }
 
     /// Writes one line (or a multi-line block) and flushes it.
-    fn line(&mut self, text: impl std::fmt::Display) -> Result<(), CliError> {
+    pub(crate) fn line(&mut self, text: impl std::fmt::Display) -> Result<(), CliError> {
         writeln!(self.writer, "{text}")
             .and_then(|()| self.writer.flush())
             .map_err(CliError::output)
     }
 
     /// Writes a JSON document, indented.
-    fn document(&mut self, value: &Json) -> Result<(), CliError> {
+    pub(crate) fn document(&mut self, value: &Json) -> Result<(), CliError> {
         let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
         self.line(text)
     }
@@ -84,6 +84,12 @@ pub(crate) fn server_uri(server: &str) -> String {
 /// one and move to the next when a call fails at the transport (a standby
 /// forwards to the leader).
 pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
+    Ok(OrchestratorServiceClient::new(transport(server).await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The transport to `server` every service's client uses (see [`connect`]).
+pub(crate) async fn transport(server: &str) -> Result<switchyard_client::Transport, CliError> {
     let parts: Vec<&str> = server
         .split(',')
         .map(str::trim)
@@ -101,10 +107,7 @@ pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
     let endpoints = switchyard_client::failover::expand_dns(endpoints).await;
     if endpoints.len() > 1 {
         let failover = switchyard_client::failover::Failover::connect(endpoints).await;
-        return Ok(
-            OrchestratorServiceClient::new(switchyard_client::Transport::new(failover))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        );
+        return Ok(switchyard_client::Transport::new(failover));
     }
     let uri = server_uri(server);
     let endpoint = Endpoint::from_shared(uri.clone())
@@ -114,10 +117,7 @@ pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
         .connect()
         .await
         .map_err(|e| CliError::connect(&uri, &e))?;
-    Ok(
-        OrchestratorServiceClient::new(switchyard_client::Transport::new(channel))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-    )
+    Ok(switchyard_client::Transport::new(channel))
 }
 
 fn rpc(status: Status) -> CliError {

@@ -1,6 +1,7 @@
 //! Client subcommands of the `switchyard` CLI: `task schedule|status|cancel|
 //! watch|list|logs`, `disconnect` and `metrics`, all over gRPC to
-//! `OrchestratorService`.
+//! `OrchestratorService`, and `schedule create|update|get|list|pause|resume|
+//! trigger|delete` to `ScheduleService` (`schedule.rs`).
 //!
 //! This module owns the clap types of those subcommands, their output (tables
 //! for people, JSON with `--json`) and the readable rendering of gRPC errors.
@@ -40,6 +41,7 @@ mod commands;
 mod error;
 mod json;
 mod render;
+mod schedule;
 
 use std::io;
 
@@ -50,6 +52,10 @@ pub use args::{
     TaskStateArg, TaskTypeArg, WatchArgs,
 };
 pub use error::CliError;
+pub use schedule::{
+    CatchUpArg, CreateArgs, IdArgs, ListSchedulesArgs, NoteArgs, OverlapArg, ScheduleCommand,
+    TimingArgs, UpdateArgs,
+};
 
 use commands::{connect, Output};
 
@@ -91,6 +97,13 @@ pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), C
         }
         TaskCommand::Watch(args) => commands::watch(server, &args, &mut out, ctrl_c()).await,
     }
+}
+
+/// Runs one `schedule` subcommand against the server in `client`, printing
+/// to stdout.
+pub async fn run_schedule(client: &ClientArgs, command: ScheduleCommand) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    schedule::run(&client.server, command, &mut out).await
 }
 
 /// Runs `disconnect`: cancels every active task of a user or a session and
