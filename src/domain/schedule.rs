@@ -142,11 +142,14 @@ pub fn check(spec: &ScheduleSpec) -> Vec<(&'static str, String)> {
             expression,
             time_zone,
         } => {
-            if let Err(e) = parse_cron(expression) {
-                out.push(("cron", e));
-            }
-            if let Err(e) = parse_time_zone(time_zone) {
-                out.push(("time_zone", e));
+            let cron = parse_cron(expression).map_err(|e| out.push(("cron", e)));
+            let tz = parse_time_zone(time_zone).map_err(|e| out.push(("time_zone", e)));
+            if let (Ok(cron), Ok(tz)) = (cron, tz) {
+                // Within four years of any time every date that exists
+                // comes round (29 February included).
+                if next_cron(&cron, tz, 0).is_none() {
+                    out.push(("cron", "never matches a date that exists".into()));
+                }
             }
         }
         Timing::Every { interval } => {
@@ -395,6 +398,14 @@ mod tests {
         }));
         assert_eq!(bad[0].0, "interval");
         assert!(check(&cron("*/5 * * * * *", "Europe/Paris")).is_empty());
+        let started = std::time::Instant::now();
+        let never = check(&cron("0 0 30 2 *", "UTC"));
+        assert_eq!(never[0].0, "cron", "30 February never comes");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            check(&cron("0 0 29 2 *", "UTC")).is_empty(),
+            "29 February does"
+        );
         assert!(check(&cron("0 9 * * MON-FRI", "")).is_empty());
     }
 

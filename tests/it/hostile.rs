@@ -1105,3 +1105,201 @@ async fn admin_routes_bound_their_input_and_their_answers() {
     let ok = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert!(ok.status().is_success());
 }
+
+#[tokio::test]
+async fn every_schedule_field_is_bounded() {
+    use switchyard::pb::schedule_service_client::ScheduleServiceClient;
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let ch = channel(&server.url).await;
+    let mut sc = ScheduleServiceClient::new(ch.clone());
+    let long = |n: usize| "r".repeat(n);
+    let good = || pb::ScheduleSpec {
+        timing: Some(pb::schedule_spec::Timing::Cron("*/5 * * * *".into())),
+        task: Some(simple("hostile-schedule", json!({}))),
+        ..Default::default()
+    };
+    let secs = |s: i64| prost_types::Duration {
+        seconds: s,
+        nanos: 0,
+    };
+    let cases: Vec<(&str, String, pb::ScheduleSpec, &str)> = vec![
+        ("schedule_id of 1 MiB", long(1 << 20), good(), "schedule_id"),
+        (
+            "cron of 1 MiB",
+            "a".into(),
+            pb::ScheduleSpec {
+                timing: Some(pb::schedule_spec::Timing::Cron(long(1 << 20))),
+                ..good()
+            },
+            "spec.cron",
+        ),
+        (
+            "a cron that never matches",
+            "a".into(),
+            pb::ScheduleSpec {
+                timing: Some(pb::schedule_spec::Timing::Cron("0 0 30 2 *".into())),
+                ..good()
+            },
+            "spec.cron",
+        ),
+        (
+            "time_zone of 1 MiB",
+            "a".into(),
+            pb::ScheduleSpec {
+                time_zone: long(1 << 20),
+                ..good()
+            },
+            "spec.time_zone",
+        ),
+        (
+            "an interval of a thousand years",
+            "a".into(),
+            pb::ScheduleSpec {
+                timing: Some(pb::schedule_spec::Timing::Interval(secs(
+                    1000 * 366 * 86_400,
+                ))),
+                ..good()
+            },
+            "spec.interval",
+        ),
+        (
+            "a negative interval",
+            "a".into(),
+            pb::ScheduleSpec {
+                timing: Some(pb::schedule_spec::Timing::Interval(secs(-1))),
+                ..good()
+            },
+            "spec.interval",
+        ),
+        (
+            "an interval of i64::MAX seconds",
+            "a".into(),
+            pb::ScheduleSpec {
+                timing: Some(pb::schedule_spec::Timing::Interval(secs(i64::MAX))),
+                ..good()
+            },
+            "spec.interval",
+        ),
+        (
+            "jitter of a thousand years",
+            "a".into(),
+            pb::ScheduleSpec {
+                jitter: Some(secs(1000 * 366 * 86_400)),
+                ..good()
+            },
+            "spec.jitter",
+        ),
+        (
+            "a catch-up window with bad nanos",
+            "a".into(),
+            pb::ScheduleSpec {
+                catchup_window: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 2_000_000_000,
+                }),
+                ..good()
+            },
+            "spec.catchup_window",
+        ),
+        (
+            "a start past year 9999",
+            "a".into(),
+            pb::ScheduleSpec {
+                start_at: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..good()
+            },
+            "spec.start_at",
+        ),
+        (
+            "an unknown overlap policy",
+            "a".into(),
+            pb::ScheduleSpec {
+                overlap: 99,
+                ..good()
+            },
+            "spec.overlap",
+        ),
+        (
+            "an unknown catch-up",
+            "a".into(),
+            pb::ScheduleSpec {
+                catchup: -1,
+                ..good()
+            },
+            "spec.catchup",
+        ),
+        (
+            "a template with 1,000 labels",
+            "a".into(),
+            pb::ScheduleSpec {
+                task: Some(simple_with(
+                    "hostile-schedule",
+                    json!({}),
+                    pb::TaskOptions {
+                        labels: (0..1000).map(|i| (format!("k{i}"), "v".into())).collect(),
+                        ..Default::default()
+                    },
+                )),
+                ..good()
+            },
+            "spec.task.options.labels",
+        ),
+    ];
+    for (case, id, spec, field) in cases {
+        let started = std::time::Instant::now();
+        let r = sc
+            .create_schedule(pb::CreateScheduleRequest {
+                schedule_id: id,
+                spec: Some(spec),
+                paused: false,
+            })
+            .await;
+        refused(case, r, field);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{case}: answered quickly"
+        );
+    }
+    refused(
+        "PauseSchedule note of 1 MiB",
+        sc.pause_schedule(pb::PauseScheduleRequest {
+            schedule_id: "a".into(),
+            note: long(1 << 20),
+        })
+        .await,
+        "note",
+    );
+    refused(
+        "ListSchedules page_token of 1 MiB",
+        sc.list_schedules(pb::ListSchedulesRequest {
+            page_size: 10,
+            page_token: long(1 << 20),
+        })
+        .await,
+        "page_token",
+    );
+    refused(
+        "GetSchedule id of 1 MiB",
+        sc.get_schedule(pb::GetScheduleRequest {
+            schedule_id: long(1 << 20),
+        })
+        .await,
+        "schedule_id",
+    );
+    // Undecodable bytes are INVALID_ARGUMENT, as for every service.
+    let r = raw_unary(
+        &ch,
+        "/switchyard.v1.ScheduleService/CreateSchedule",
+        vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+    )
+    .await;
+    let s = r.expect_err("undecodable");
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert_small("undecodable CreateSchedule", &s);
+    still_serves(&mut client).await;
+    integrity_ok(server.data_dir());
+}
