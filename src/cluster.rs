@@ -126,6 +126,7 @@ pub async fn stand_by(
     for svc in [
         "switchyard.v1.OrchestratorService",
         "switchyard.v1.WorkerService",
+        "switchyard.v1.ScheduleService",
     ] {
         health
             .set_service_status(svc, tonic_health::ServingStatus::NotServing)

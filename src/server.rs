@@ -141,9 +141,13 @@ pub enum BackupFailed {
 
 /// `switchyard backup`: copies the configured SQLite store, running or
 /// not, into `dest` as one consistent snapshot, and the workflow registry
-/// (`workflows.db`), if there is one, beside it (`dest` with the extension
-/// `workflows.db`). The registry is copied second: its versions are never
-/// changed or deleted, so it holds every version the copied tasks use.
+/// (`workflows.db`) and the schedules (`schedules.db`), if there are, beside
+/// it (`dest` with the extension `workflows.db`, `schedules.db`). The
+/// registry is copied after the tasks: its versions are never changed or
+/// deleted, so it holds every version the copied tasks use. The schedules
+/// are copied last: a restored schedule's last tick is at least as late as
+/// the copied tasks' fires, and a tick the copy recorded but whose task it
+/// lacks is not fired again.
 /// Existing destinations are refused unless `replace`.
 pub fn backup(
     config: &Config,
@@ -171,19 +175,22 @@ pub fn backup(
     if config.store.memory {
         return Err(BackupFailed::Memory);
     }
-    let registry = config.data_dir.join(WORKFLOWS_FILE);
-    let registry_dest = dest.with_extension(WORKFLOWS_FILE);
-    let with_registry = registry.is_file();
+    // The side files that exist: the workflow registry and the schedules.
+    let sides: Vec<_> = [WORKFLOWS_FILE, crate::schedules::FILE]
+        .into_iter()
+        .map(|f| (config.data_dir.join(f), dest.with_extension(f)))
+        .filter(|(from, _)| from.is_file())
+        .collect();
     if !replace {
-        for d in std::iter::once(dest).chain(with_registry.then_some(registry_dest.as_path())) {
+        for d in std::iter::once(dest).chain(sides.iter().map(|(_, to)| to.as_path())) {
             if d.symlink_metadata().is_ok() {
                 return Err(BackupError::Exists(d.to_path_buf()).into());
             }
         }
     }
     let mut out = vec![backup(&config.data_dir.join(STORE_FILE), dest, replace)?];
-    if with_registry {
-        out.push(backup(&registry, &registry_dest, replace)?);
+    for (from, to) in &sides {
+        out.push(backup(from, to, replace)?);
     }
     Ok(out)
 }
