@@ -15,6 +15,7 @@ import type { ChannelCredentials, ChannelOptions } from '@grpc/grpc-js';
 import { SwitchyardConnection } from './connection.js';
 import { ExecutionManagerService, type ExecutionManagerSettings } from './execution-manager.service.js';
 import { StandardizedOrchestratorService } from './orchestrator.service.js';
+import { SwitchyardSchedules } from './schedules.js';
 import type { ScheduleDefaults } from './types.js';
 import { SwitchyardWorker, type CreateWorkerOptions } from './worker/worker.js';
 
@@ -49,6 +50,8 @@ export class SwitchyardClient {
   readonly connection: SwitchyardConnection;
   readonly orchestrator: StandardizedOrchestratorService;
   readonly executionManager: ExecutionManagerService;
+  /** Schedules: tasks fired on a cron expression or an interval (`upsertJobScheduler`). */
+  readonly schedules: SwitchyardSchedules;
   private readonly workers = new Set<SwitchyardWorker>();
 
   constructor(readonly options: SwitchyardClientOptions) {
@@ -62,6 +65,7 @@ export class SwitchyardClient {
     this.orchestrator = new StandardizedOrchestratorService(this.connection, options.defaults ?? {}, {
       cancelTimeoutMs: options.cancelTimeoutMs,
     });
+    this.schedules = new SwitchyardSchedules(this.connection);
     this.executionManager = new ExecutionManagerService(
       this.orchestrator,
       options.defaults?.sessionId,

@@ -26,6 +26,7 @@ import {
 
 import { HealthCheckRequest, HealthCheckResponse_ServingStatus, HealthService } from './gen/grpc/health/v1/health.js';
 import { OrchestratorServiceService } from './gen/switchyard/v1/orchestrator.js';
+import { ScheduleServiceService } from './gen/switchyard/v1/schedule.js';
 import { WorkerServiceService } from './gen/switchyard/v1/worker.js';
 import { SwitchyardError } from './errors.js';
 
@@ -179,6 +180,22 @@ export class SwitchyardConnection {
       path: string;
       requestSerialize: (v: RequestOf<K>) => Buffer;
       responseDeserialize: (b: Buffer) => ResponseOf<K>;
+    };
+    return this.unaryCall(def.path, def.requestSerialize, def.responseDeserialize, request, settings);
+  }
+
+  /** Calls a ScheduleService method. Rejects with a {@link SwitchyardError}. */
+  scheduleUnary<K extends keyof typeof ScheduleServiceService>(
+    method: K,
+    request: Parameters<(typeof ScheduleServiceService)[K]['requestSerialize']>[0],
+    settings: CallSettings = {},
+  ): Promise<ReturnType<(typeof ScheduleServiceService)[K]['responseDeserialize']>> {
+    type Req = Parameters<(typeof ScheduleServiceService)[K]['requestSerialize']>[0];
+    type Res = ReturnType<(typeof ScheduleServiceService)[K]['responseDeserialize']>;
+    const def = ScheduleServiceService[method] as unknown as {
+      path: string;
+      requestSerialize: (v: Req) => Buffer;
+      responseDeserialize: (b: Buffer) => Res;
     };
     return this.unaryCall(def.path, def.requestSerialize, def.responseDeserialize, request, settings);
   }

@@ -23,6 +23,14 @@ export {
   type SwitchyardConnectionOptions,
 } from './connection.js';
 export {
+  SwitchyardSchedules,
+  toScheduleSpec,
+  toSchedulerInfo,
+  type JobTemplate,
+  type RepeatOptions,
+  type SchedulerInfo,
+} from './schedules.js';
+export {
   NonRetryableError,
   RetryableError,
   SwitchyardError,
