@@ -491,6 +491,7 @@ pub async fn run_with(
                 heartbeat: config.admin.heartbeat,
                 cluster: cluster.clone(),
                 store_blocked,
+                schedules: schedules.clone(),
             },
             tokens.clone(),
             serve_stop.clone(),
@@ -525,7 +526,7 @@ pub async fn run_with(
         ))
         .add_service(InterceptedService::new(
             ScheduleServiceServer::new(schedules::ScheduleApi::new(
-                schedules,
+                schedules.clone(),
                 crate::app::convert::Limits {
                     max_payload_bytes: config.limits.max_payload_bytes,
                 },

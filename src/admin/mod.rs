@@ -72,6 +72,8 @@ pub struct AdminState {
     /// database), `None` while it can; kept by the server's store watcher
     /// (`GET /healthz`, `GET /readyz`).
     pub store_blocked: tokio::sync::watch::Receiver<Option<String>>,
+    /// The schedules (`GET /api/schedules`).
+    pub schedules: crate::schedules::Schedules,
 }
 
 /// The admin router: every route, behind the bearer-token check.

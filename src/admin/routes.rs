@@ -42,6 +42,7 @@ pub fn routes(state: AdminState) -> Router {
         .route("/metrics", get(metrics_json))
         .route("/workers", get(workers))
         .route("/cluster", get(cluster))
+        .route("/schedules", get(schedules))
         .route("/events", get(events));
     Router::new()
         .nest(PREFIX, api)
@@ -361,6 +362,34 @@ struct WorkerJson {
 }
 
 /// Who leads and which replicas are alive (the dashboard's header).
+/// `GET …/schedules?limit=&after=`: schedules by id, each as
+/// `ScheduleInfo`'s JSON (with its next fire times); `next` is the `after`
+/// of the next page, empty on the last.
+async fn schedules(
+    State(s): State<AdminState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::parse(q.as_deref(), &[&["limit"], &["after"]])?;
+    let limit = p.number("limit", 50, 1000)? as usize;
+    let after = p.one(&["after"]).unwrap_or("");
+    if !after.is_empty() && crate::domain::rules::check_name(after).is_err() {
+        return Err(ApiError::field("after", "not a schedule id"));
+    }
+    let mut page = s.schedules.list(after, limit + 1);
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let now = crate::domain::now_micros();
+    let next = match page.last() {
+        Some(l) if more => l.id.clone(),
+        _ => String::new(),
+    };
+    let list: Vec<Value> = page
+        .iter()
+        .map(|x| to_json("ScheduleInfo", &crate::app::schedule::info(x, now)))
+        .collect();
+    Ok(Json(serde_json::json!({ "schedules": list, "next": next })))
+}
+
 async fn cluster(
     State(s): State<AdminState>,
     RawQuery(q): RawQuery,

@@ -659,3 +659,42 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     assert_eq!(r.expect_err("unknown").code(), Code::NotFound);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_admin_api_lists_schedules_with_their_next_fire_times() {
+    let server = TestServer::start().await;
+    let mut sc = schedules(&server.url).await;
+    for id in ["adm-a", "adm-b"] {
+        let spec = pb::ScheduleSpec {
+            timing: Some(pb::schedule_spec::Timing::Cron("0 * * * *".into())),
+            task: Some(simple("adm", json!({}))),
+            ..Default::default()
+        };
+        create(&mut sc, id, spec).await.expect("CreateSchedule");
+    }
+    let get = |q: &'static str| {
+        let url = format!(
+            "{}/internal/execution-manager/schedules{q}",
+            server.admin_url()
+        );
+        async move {
+            let r = reqwest::get(url).await.expect("the admin server answers");
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.expect("JSON"))
+        }
+    };
+    let (status, page) = get("?limit=1").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["schedules"][0]["scheduleId"], "adm-a");
+    assert_eq!(page["next"], "adm-a");
+    let next = page["schedules"][0]["nextFires"][0]
+        .as_str()
+        .expect("a next fire");
+    assert!(next.ends_with(":00:00Z"), "on the hour: {next}");
+    let (_, rest) = get("?after=adm-a").await;
+    assert_eq!(rest["schedules"][0]["scheduleId"], "adm-b");
+    assert_eq!(rest["next"], "");
+    let (status, bad) = get("?limit=5000").await;
+    assert_eq!((status, bad["field"].as_str()), (400, Some("limit")));
+    server.stop().await;
+}

@@ -413,6 +413,33 @@
     }
   }
 
+  // Schedules (polled): each with when it fires next.
+  let schedulesJson = '';
+  function scheduleWhen(spec) {
+    if (!spec) return '';
+    if (spec.cron) return spec.timeZone ? `${spec.cron} (${spec.timeZone})` : spec.cron;
+    return spec.interval ? `every ${spec.interval}` : '';
+  }
+  async function pollSchedules() {
+    try {
+      const r = await api('/schedules?limit=100');
+      const text = JSON.stringify(r.schedules);
+      if (text === schedulesJson) return;
+      schedulesJson = text;
+      const ss = r.schedules || [];
+      $('schedule-count').textContent = ss.length ? String(ss.length) + (r.next ? '+' : '') : '';
+      $('schedule-list').innerHTML = ss.length ? ss.map((x) => {
+        const next = x.paused ? 'paused' : (x.nextFires && x.nextFires.length ? `next ${esc(new Date(x.nextFires[0]).toLocaleString())}` : 'no next fire');
+        const task = x.spec && x.spec.task ? x.spec.task.name : '';
+        return `<div class="worker" data-schedule="${esc(x.scheduleId)}"><div class="wn"><span>${esc(x.scheduleId)}</span>` +
+          `<span class="slots">${next}</span></div>` +
+          `<div><span class="tag">${esc(task)}</span> <span class="muted">${esc(scheduleWhen(x.spec))} · ${fmtInt(num(x.fires))} fires</span></div></div>`;
+      }).join('') : '<div class="muted">No schedule.</div>';
+    } catch (e) {
+      /* the metrics poll reports the server as unreachable */
+    }
+  }
+
   // ---------------------------------------------------------------------
   // Charts: lines on a canvas over the last five minutes.
 
@@ -553,9 +580,11 @@
   loadList();
   pollMetrics();
   pollWorkers();
+  pollSchedules();
   pollCluster();
   setInterval(pollMetrics, POLL_MS);
   setInterval(pollWorkers, POLL_MS);
+  setInterval(pollSchedules, POLL_MS);
   setInterval(pollCluster, POLL_MS);
   requestAnimationFrame(frame);
 })();
