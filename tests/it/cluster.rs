@@ -750,3 +750,91 @@ async fn a_replica_started_before_its_database_waits_for_it() {
     schedule(&mut c, simple("after-the-wait", json!({}))).await;
     assert!(server.terminate().await);
 }
+
+/// Schedules live in the shared store and fire only on the leader: a
+/// schedule made through a standby with the CLI fires each tick once, across
+/// a kill -9 of the leader (the new leader catches up from the last tick
+/// the old one recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_each_tick_once_across_a_leader_kill() {
+    let mut cluster = Cluster::start(2).await;
+    let old = cluster.wait_leader(LONG).await;
+    let standby = 1 - old;
+    let second = 1_000_000i64;
+    let start = (switchyard::domain::now_micros() / second + 3) * second;
+    let end = start + 11 * second;
+    let rfc = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "--json",
+            "--server",
+            &cluster.replicas[standby].as_ref().unwrap().url,
+            "schedule",
+            "create",
+            "failover-every-second",
+            "failover-tick",
+            "--cron",
+            "* * * * * *",
+            "--start",
+            &rfc(start),
+            "--end",
+            &rfc(end),
+            "--overlap",
+            "allow-all",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["schedule_id"], "failover-every-second");
+    let list = |url: String| async move {
+        let mut c = connect(&url).await;
+        c.list_tasks(pb::ListTasksRequest {
+            filter: Some(pb::TaskFilter {
+                names: vec!["failover-tick".into()],
+                ..Default::default()
+            }),
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().tasks)
+        .unwrap_or_default()
+    };
+    let old_url = cluster.replicas[old].as_ref().unwrap().url.clone();
+    wait_until("three fires on the first leader", LONG, || {
+        let u = old_url.clone();
+        async move { list(u).await.len() >= 3 }
+    })
+    .await;
+    cluster.replicas[old].take().unwrap().kill9().await;
+    let new = cluster.wait_leader(LONG).await;
+    assert_eq!(new, standby);
+    let new_url = cluster.replicas[new].as_ref().unwrap().url.clone();
+    let after_end = end + 1_500_000;
+    wait_until("the schedule's end to pass", LONG, || async move {
+        switchyard::domain::now_micros() > after_end
+    })
+    .await;
+    let tasks = list(new_url).await;
+    let mut ticks: Vec<i64> = tasks
+        .iter()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(&t.labels["switchyard.schedule_tick"])
+                .unwrap()
+                .timestamp_micros()
+        })
+        .collect();
+    ticks.sort();
+    let expected: Vec<i64> = (0..12).map(|i| start + i * second).collect();
+    assert_eq!(ticks, expected, "every tick once, none twice");
+}
