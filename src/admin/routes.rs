@@ -2,7 +2,8 @@
 //! is a 400 naming it, so a typo never silently widens a filter.
 //!
 //! Filters (tasks, events): `user` (or `user_id`), `session` (or
-//! `session_id`), `id` (or `task_id`), `name`, `type`, `state`, `source`;
+//! `session_id`), `schedule` (its fires), `id` (or `task_id`), `name`,
+//! `type`, `state`, `source`;
 //! the last five repeat or take comma-separated lists, and enum values take
 //! either the short name (`running`) or the proto name (`TASK_STATE_RUNNING`).
 
@@ -70,6 +71,7 @@ const FILTER_KEYS: &[&str] = &[
     "type",
     "state",
     "source",
+    "schedule",
 ];
 
 struct Params(Vec<(String, String)>);
@@ -167,8 +169,12 @@ impl Params {
         let mut f = TaskFilter {
             user_id: self.one(&["user", "user_id"]).map(str::to_string),
             session_id: self.one(&["session", "session_id"]).map(str::to_string),
+            schedule_id: self.one(&["schedule"]).map(str::to_string),
             ..Default::default()
         };
+        if let Some(s) = &f.schedule_id {
+            convert::check_name(s).map_err(|e| ApiError::field("schedule", e))?;
+        }
         for (k, v) in self.many(&["id", "task_id"]) {
             f.task_ids.push(convert::parse_id(k, v)?);
         }

@@ -300,6 +300,9 @@ pub struct FilterArgs {
     /// Only tasks run by this engine; repeat for more.
     #[arg(long = "source", value_enum, ignore_case = true, value_delimiter = ',')]
     pub sources: Vec<TaskSourceArg>,
+    /// Only the fires of this schedule.
+    #[arg(long = "schedule", value_name = "ID")]
+    pub schedule: Option<String>,
 }
 
 impl FilterArgs {
@@ -325,6 +328,7 @@ impl FilterArgs {
                 .iter()
                 .map(|s| pb::TaskSource::from(*s) as i32)
                 .collect(),
+            schedule_id: self.schedule.clone().unwrap_or_default(),
         }
     }
 }

@@ -512,6 +512,13 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
+    /// The schedule that fired this task (its `switchyard.schedule` label).
+    pub fn schedule_id(&self) -> Option<&str> {
+        self.labels.get(schedule::LABEL).map(String::as_str)
+    }
+}
+
+impl TaskSpec {
     /// A task named `name` of type `task_type` for `target`, with every
     /// option at its default: priority 0, one attempt, the default backoff,
     /// no time limit, owner, session, idempotency key, labels, cleanup,
@@ -923,6 +930,8 @@ pub struct TaskFilter {
     pub states: Vec<TaskState>,
     /// Sources.
     pub sources: Vec<Source>,
+    /// Fires of this schedule.
+    pub schedule_id: Option<String>,
 }
 
 impl TaskFilter {
@@ -935,6 +944,11 @@ impl TaskFilter {
         }
         if let Some(s) = &self.session_id {
             if t.spec.session_id.as_deref() != Some(s.as_str()) {
+                return false;
+            }
+        }
+        if let Some(s) = &self.schedule_id {
+            if t.spec.schedule_id() != Some(s.as_str()) {
                 return false;
             }
         }

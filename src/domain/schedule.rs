@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 
 use super::Micros;
 
+/// The label every fire of a schedule carries: the schedule's id. The
+/// stores keep it in a column of its own, so lists filter on it by index.
+pub const LABEL: &str = "switchyard.schedule";
+
 /// The longest cron expression accepted, in bytes.
 pub const MAX_CRON_BYTES: usize = 256;
 /// The longest time zone name accepted, in bytes.

@@ -38,7 +38,7 @@ use crate::store::postgres::schedules::ScheduleRow;
 pub use db::Db;
 
 /// The label every fire carries: its schedule's id.
-pub const LABEL_SCHEDULE: &str = "switchyard.schedule";
+pub const LABEL_SCHEDULE: &str = crate::domain::schedule::LABEL;
 /// The label every fire carries: its tick (RFC 3339, UTC), or `trigger`.
 pub const LABEL_TICK: &str = "switchyard.schedule_tick";
 /// The file of `schedules.db` in the data directory (SQLite store).

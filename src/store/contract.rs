@@ -746,6 +746,21 @@ pub(crate) fn filter_cases() -> Vec<(&'static str, TaskFilter)> {
             },
         ),
         (
+            "schedule",
+            TaskFilter {
+                schedule_id: Some("nightly".into()),
+                ..f()
+            },
+        ),
+        (
+            "schedule and states",
+            TaskFilter {
+                schedule_id: Some("nightly".into()),
+                states: vec![TaskState::Failed, TaskState::Cancelled],
+                ..f()
+            },
+        ),
+        (
             "ids",
             TaskFilter {
                 task_ids: vec![TaskId::now_v7(), TaskId::now_v7()],

@@ -233,7 +233,11 @@ impl Split {
     /// names, sources, types and states, the likely most selective first.
     /// A single value needs one walk; several need one each.
     pub(crate) fn of(f: &TaskFilter) -> Split {
-        if !f.task_ids.is_empty() || f.user_id.is_some() || f.session_id.is_some() {
+        if !f.task_ids.is_empty()
+            || f.user_id.is_some()
+            || f.session_id.is_some()
+            || f.schedule_id.is_some()
+        {
             return Split::One;
         }
         let codes = |col, v: Vec<i64>| match v.len() {

@@ -698,3 +698,99 @@ async fn the_admin_api_lists_schedules_with_their_next_fire_times() {
     assert_eq!((status, bad["field"].as_str()), (400, Some("limit")));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn list_and_watch_filter_the_fires_of_one_schedule() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut sc = schedules(&server.url).await;
+    let hourly = pb::ScheduleSpec {
+        timing: Some(pb::schedule_spec::Timing::Interval(dur(
+            Duration::from_secs(3600),
+        ))),
+        task: Some(simple("filtered", json!({}))),
+        ..Default::default()
+    };
+    create(&mut sc, "filter-a", hourly.clone())
+        .await
+        .expect("CreateSchedule");
+    create(&mut sc, "filter-b", hourly)
+        .await
+        .expect("CreateSchedule");
+    let by = |id: &str| pb::TaskFilter {
+        schedule_id: id.into(),
+        ..Default::default()
+    };
+    let mut watch = client
+        .watch_tasks(pb::WatchTasksRequest {
+            filter: Some(by("filter-b")),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchTasks")
+        .into_inner();
+    let trigger = |id: &'static str| {
+        let mut sc = sc.clone();
+        async move {
+            sc.trigger_schedule(pb::TriggerScheduleRequest {
+                schedule_id: id.into(),
+            })
+            .await
+            .expect("TriggerSchedule")
+            .into_inner()
+            .task_id
+        }
+    };
+    let a1 = trigger("filter-a").await;
+    let a2 = trigger("filter-a").await;
+    let b1 = trigger("filter-b").await;
+    // An ordinary task of the same name is no schedule's fire.
+    schedule(&mut client, simple("filtered", json!({}))).await;
+    let list = |f: pb::TaskFilter| {
+        let mut c = client.clone();
+        async move {
+            c.list_tasks(pb::ListTasksRequest {
+                filter: Some(f),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await
+            .expect("ListTasks")
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(by("filter-a")).await, [a2, a1], "newest first");
+    assert_eq!(list(by("filter-b")).await, std::slice::from_ref(&b1));
+    let pending = pb::TaskFilter {
+        states: vec![pb::TaskState::Pending as i32, pb::TaskState::Running as i32],
+        ..by("filter-a")
+    };
+    assert_eq!(list(pending).await.len(), 2);
+    // The first event (after the stream's live marker) is filter-b's fire.
+    let first = within("the watch's first event", SHORT, async {
+        loop {
+            let item = watch.message().await.expect("the stream").expect("an item");
+            if let Some(pb::watch_tasks_response::Item::Event(e)) = item.item {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        first.status.expect("a status").id,
+        b1,
+        "only filter-b's fire"
+    );
+    let bad = client
+        .list_tasks(pb::ListTasksRequest {
+            filter: Some(by("no spaces")),
+            ..Default::default()
+        })
+        .await;
+    assert_invalid("a bad schedule id", bad, "filter.schedule_id");
+    server.stop().await;
+}

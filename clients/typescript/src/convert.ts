@@ -438,6 +438,7 @@ export function toPbFilter(f: TaskFilter = {}): PbTaskFilter {
   return PbTaskFilter.create({
     userId: f.userId ?? '',
     sessionId: f.sessionId ?? '',
+    scheduleId: f.scheduleId ?? '',
     taskIds: f.taskIds ?? [],
     names: f.names ?? [],
     taskTypes: (f.taskTypes ?? []).map((t) => toPbTaskType(t, 'filter.task_types')),

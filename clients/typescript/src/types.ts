@@ -419,6 +419,8 @@ export interface TaskFilter {
   /** Only tasks now in these states. */
   statuses?: TaskStatusName[];
   sources?: TaskSourceName[];
+  /** Only the fires of this schedule (see `client.schedules`). */
+  scheduleId?: string;
 }
 
 /** One page of `listTasks`. */

@@ -50,7 +50,8 @@ describe('schedules', { timeout: 60_000 }, () => {
         listed.map((s) => s.id),
         ['ts-every-second'],
       );
-      const fired = await client.orchestrator.listTasks({ names: ['ts.tick'] });
+      const fired = await client.orchestrator.listTasks({ scheduleId: 'ts-every-second' });
+      assert.ok(fired.tasks.length >= 2);
       assert.ok(fired.tasks.every((t) => t.labels['switchyard.schedule'] === 'ts-every-second'));
       assert.equal(await client.schedules.removeJobScheduler('ts-every-second'), true);
       assert.equal(await client.schedules.removeJobScheduler('ts-every-second'), false);

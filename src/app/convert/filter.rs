@@ -71,9 +71,15 @@ pub fn filter(f: Option<pb::TaskFilter>, prefix: &str) -> Result<TaskFilter, Cor
             vs.add(&format!("{prefix}.names[{i}]"), e);
         }
     }
+    if !f.schedule_id.is_empty() {
+        if let Err(e) = check_name(&f.schedule_id) {
+            vs.add(&format!("{prefix}.schedule_id"), e);
+        }
+    }
     let mut out = TaskFilter {
         user_id: non_empty(f.user_id),
         session_id: non_empty(f.session_id),
+        schedule_id: non_empty(f.schedule_id),
         ..Default::default()
     };
     for (i, id) in f.task_ids.iter().enumerate() {

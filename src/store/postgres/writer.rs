@@ -94,16 +94,17 @@ WITH f AS (
 i AS (
     INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id,
                        session_id, idempotency_key, parent_id, spec, rt, payload, term,
-                       purge_at)
+                       purge_at, schedule_id)
     SELECT u.id, u.created_at, u.name, u.task_type, u.state, u.seq, u.source, u.user_id,
            u.session_id, u.idempotency_key, u.parent_id, u.spec, u.rt,
            COALESCE(u.payload, (SELECT t.payload FROM tasks t WHERE t.id = u.payload_of), '{}'),
-           $2::int8, u.purge_at
+           $2::int8, u.purge_at, u.schedule_id
     FROM unnest($4::uuid[], $5::int8[], $6::text[], $7::int2[], $8::int2[], $9::int8[],
                 $10::int2[], $11::text[], $12::text[], $13::text[], $14::uuid[], $15::text[],
-                $16::text[], $17::text[], $18::uuid[], $30::int8[])
+                $16::text[], $17::text[], $18::uuid[], $30::int8[], $33::text[])
          AS u(id, created_at, name, task_type, state, seq, source, user_id, session_id,
-              idempotency_key, parent_id, spec, rt, payload, payload_of, purge_at)
+              idempotency_key, parent_id, spec, rt, payload, payload_of, purge_at,
+              schedule_id)
     ON CONFLICT DO NOTHING
     RETURNING id),
 w AS (
@@ -172,6 +173,7 @@ struct Plan<'a> {
     ins_source: Vec<i16>,
     ins_user: Vec<Option<&'a str>>,
     ins_session: Vec<Option<&'a str>>,
+    ins_schedule: Vec<Option<&'a str>>,
     ins_key: Vec<Option<&'a str>>,
     ins_parent: Vec<Option<Uuid>>,
     ins_spec: Vec<String>,
@@ -256,6 +258,7 @@ impl<'a> Plan<'a> {
                     self.ins_source.push(task.rt.source.code() as i16);
                     self.ins_user.push(task.spec.user_id.as_deref());
                     self.ins_session.push(task.spec.session_id.as_deref());
+                    self.ins_schedule.push(task.spec.schedule_id());
                     self.ins_key.push(task.spec.idempotency_key.as_deref());
                     self.ins_parent.push(task.spec.parent_id);
                     self.ins_spec.push(spec);
@@ -354,7 +357,7 @@ async fn commit(
         Some(f) => (f.partition, f.term, Some(f.holder.as_str())),
         None => (0, 0, None),
     };
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 32] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 33] = [
         &partition,
         &term,
         &holder,
@@ -387,6 +390,7 @@ async fn commit(
         &p.ins_purge,
         &p.upd_purge,
         &p.removed,
+        &p.ins_schedule,
     ];
     let write = c.query_one(&s.write, &params);
     let row = if p.q_id.is_empty() {

@@ -109,6 +109,9 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>
     if let Some(s) = &f.session_id {
         push_in("session_id", vec![Value::Text(s.clone())], &mut clauses);
     }
+    if let Some(s) = &f.schedule_id {
+        push_in("schedule_id", vec![Value::Text(s.clone())], &mut clauses);
+    }
     push_in(
         "id",
         f.task_ids

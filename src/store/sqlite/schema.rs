@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     spec TEXT NOT NULL,
     rt TEXT NOT NULL,
     payload TEXT NOT NULL,
-    purge_at INTEGER
+    purge_at INTEGER,
+    schedule_id TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks(seq);
@@ -32,6 +33,7 @@ CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name, id);
 CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source, id);
 CREATE INDEX IF NOT EXISTS tasks_user_id ON tasks(user_id, id) WHERE user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_session_id ON tasks(session_id, id) WHERE session_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_schedule_id ON tasks(schedule_id, id) WHERE schedule_id IS NOT NULL;
 -- Retention: a workflow's steps go with it; ended tasks by removal time,
 -- and by name in the order they ended (count caps).
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
@@ -98,6 +100,16 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     )?;
     if !has_tasks {
         return Ok(());
+    }
+    // Schedules: the fires' schedule id in a column of its own (rows of
+    // earlier versions were fired by no schedule).
+    let has_schedule: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'schedule_id'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_schedule {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN schedule_id TEXT;")?;
     }
     let has_purge: bool = conn.query_row(
         "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'purge_at'",

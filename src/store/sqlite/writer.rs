@@ -448,15 +448,15 @@ pub(super) fn apply_group(
                 let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
                 let (sql, payload) = match payload {
                     Payload::Json(p) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                          ON CONFLICT DO NOTHING",
                         rusqlite::types::Value::Text(p.to_string()),
                     ),
                     Payload::CopyOf(src) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15)
+                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16)
                          ON CONFLICT DO NOTHING",
                         rusqlite::types::Value::Blob(src.as_bytes().to_vec()),
                     ),
@@ -478,6 +478,7 @@ pub(super) fn apply_group(
                     rt,
                     payload,
                     purge_at(retention, task),
+                    task.spec.schedule_id(),
                 ])?;
                 if n == 0 {
                     let existing: Option<Vec<u8>> = match &task.spec.idempotency_key {

@@ -560,6 +560,12 @@ export interface TaskFilter {
   states: TaskState[];
   /** Only tasks run by these engines. */
   sources: TaskSource[];
+  /**
+   * Only the fires of this schedule (the tasks whose `switchyard.schedule`
+   * label is this id; see ScheduleService). Checked like a schedule id: at
+   * most 200 bytes.
+   */
+  scheduleId: string;
 }
 
 /** Opens a watch. */
@@ -3108,7 +3114,7 @@ export const CancelTaskResponse: MessageFns<CancelTaskResponse> = {
 };
 
 function createBaseTaskFilter(): TaskFilter {
-  return { userId: "", sessionId: "", taskIds: [], names: [], taskTypes: [], states: [], sources: [] };
+  return { userId: "", sessionId: "", taskIds: [], names: [], taskTypes: [], states: [], sources: [], scheduleId: "" };
 }
 
 export const TaskFilter: MessageFns<TaskFilter> = {
@@ -3145,6 +3151,9 @@ export const TaskFilter: MessageFns<TaskFilter> = {
         writer.int32(v);
       }
       writer.join();
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(66).string(message.scheduleId);
     }
     return writer;
   },
@@ -3248,6 +3257,14 @@ export const TaskFilter: MessageFns<TaskFilter> = {
 
             break;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3287,6 +3304,11 @@ export const TaskFilter: MessageFns<TaskFilter> = {
         ? object.states.map((e: any) => taskStateFromJSON(e))
         : [],
       sources: globalThis.Array.isArray(object?.sources) ? object.sources.map((e: any) => taskSourceFromJSON(e)) : [],
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
     };
   },
 
@@ -3313,6 +3335,9 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     if (message.sources?.length) {
       obj.sources = message.sources.map((e) => taskSourceToJSON(e));
     }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
     return obj;
   },
 
@@ -3328,6 +3353,7 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     message.taskTypes = object.taskTypes?.map((e) => e) || [];
     message.states = object.states?.map((e) => e) || [];
     message.sources = object.sources?.map((e) => e) || [];
+    message.scheduleId = object.scheduleId ?? "";
     return message;
   },
 };

@@ -278,7 +278,7 @@ class CancelTaskResponse(_message.Message):
     def __init__(self, outcome: _Optional[_Union[CancelOutcome, str]] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, _Mapping]] = ...) -> None: ...
 
 class TaskFilter(_message.Message):
-    __slots__ = ("user_id", "session_id", "task_ids", "names", "task_types", "states", "sources")
+    __slots__ = ("user_id", "session_id", "task_ids", "names", "task_types", "states", "sources", "schedule_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +286,7 @@ class TaskFilter(_message.Message):
     TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     task_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -293,7 +294,8 @@ class TaskFilter(_message.Message):
     task_types: _containers.RepeatedScalarFieldContainer[_task_pb2.TaskType]
     states: _containers.RepeatedScalarFieldContainer[_task_pb2.TaskState]
     sources: _containers.RepeatedScalarFieldContainer[_task_pb2.TaskSource]
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[_Union[_task_pb2.TaskType, str]]] = ..., states: _Optional[_Iterable[_Union[_task_pb2.TaskState, str]]] = ..., sources: _Optional[_Iterable[_Union[_task_pb2.TaskSource, str]]] = ...) -> None: ...
+    schedule_id: str
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[_Union[_task_pb2.TaskType, str]]] = ..., states: _Optional[_Iterable[_Union[_task_pb2.TaskState, str]]] = ..., sources: _Optional[_Iterable[_Union[_task_pb2.TaskSource, str]]] = ..., schedule_id: _Optional[str] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
     __slots__ = ("filter", "after_sequence", "include_snapshot")

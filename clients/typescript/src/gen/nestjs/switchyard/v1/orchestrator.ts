@@ -390,6 +390,12 @@ export interface TaskFilter {
   states: TaskState[];
   /** Only tasks run by these engines. */
   sources: TaskSource[];
+  /**
+   * Only the fires of this schedule (the tasks whose `switchyard.schedule`
+   * label is this id; see ScheduleService). Checked like a schedule id: at
+   * most 200 bytes.
+   */
+  scheduleId: string;
 }
 
 /** Opens a watch. */
