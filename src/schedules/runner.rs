@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FireState, Schedule, Schedules, LABEL_SCHEDULE, LABEL_TICK};
 use crate::core::{CoreError, Scheduled};
-use crate::domain::schedule::{self as rules, Decision};
+use crate::domain::schedule::{self as rules, Decision, Overlap};
 use crate::domain::{now_micros, Micros, TaskId};
 
 /// How often a schedule with a buffered tick looks at its previous fire,
@@ -82,7 +82,8 @@ impl Schedules {
             st.last_tick = Some(first - 1);
         }
         for t in due.fire {
-            let previous = self.active(st.last_task).await;
+            // Only a policy that looks at the previous fire asks about it.
+            let previous = s.spec.overlap != Overlap::AllowAll && self.active(st.last_task).await;
             match rules::decide(s.spec.overlap, previous, st.buffered.is_some()) {
                 Decision::Fire => {
                     if self.fire_tick(s, st, t).await.is_err() {
