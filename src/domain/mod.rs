@@ -516,9 +516,7 @@ impl TaskSpec {
     pub fn schedule_id(&self) -> Option<&str> {
         self.labels.get(schedule::LABEL).map(String::as_str)
     }
-}
 
-impl TaskSpec {
     /// A task named `name` of type `task_type` for `target`, with every
     /// option at its default: priority 0, one attempt, the default backoff,
     /// no time limit, owner, session, idempotency key, labels, cleanup,
