@@ -31,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "bullmq",
     "admin",
     "auth",
+    "tls",
 ];
 
 /// The whole configuration.
@@ -67,6 +68,8 @@ pub struct Config {
     pub admin: crate::admin::AdminConfig,
     /// Bearer tokens required by the gRPC services and the admin server.
     pub auth: crate::auth::AuthConfig,
+    /// TLS on the gRPC and admin ports, and client certificates (mTLS).
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// Store settings.
@@ -335,6 +338,7 @@ impl Default for Config {
             bullmq: crate::backend::bullmq::BullmqConfig::default(),
             admin: crate::admin::AdminConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod schedules;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 /// The Rust worker library (the client crate's).
 pub use switchyard_client::worker;
 

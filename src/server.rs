@@ -267,6 +267,18 @@ pub async fn run_with(
         admin: admin_listener,
     } = listeners;
     let tokens = crate::auth::Tokens::load(&config.auth).map_err(ServeError::Config)?;
+    let tls = config
+        .tls
+        .server()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    if tls.is_some() && config.store.url.is_some() {
+        // A standby forwards calls to the leader over plaintext.
+        return Err(ServeError::Config(
+            "tls with store.url (replicas over PostgreSQL) is not supported yet: a standby \
+             forwards to the leader in plaintext"
+                .into(),
+        ));
+    }
     config.cluster.check().map_err(ServeError::Config)?;
     let stop = CancellationToken::new();
     {
@@ -494,15 +506,21 @@ pub async fn run_with(
                 schedules: schedules.clone(),
             },
             tokens.clone(),
+            tls.as_ref().map(|t| t.admin.clone()),
             serve_stop.clone(),
         ))),
         _ => None,
     };
 
-    // Health and reflection stay open; the two services need the token
-    // when `auth.tokens` is set.
+    // Health and reflection stay open; the other services need the token
+    // when `auth.tokens` is set. ScheduleService is a client's service: it
+    // takes the same certificate check as OrchestratorService.
     let auth = crate::auth::GrpcAuth(tokens);
-    let serve = Server::builder()
+    let (orchestrator_gate, worker_gate) = match &tls {
+        Some(t) => (t.orchestrator.clone(), t.workers.clone()),
+        None => (crate::tls::Gate::open(), crate::tls::Gate::open()),
+    };
+    let router = Server::builder()
         // A server span per RPC, parented on the caller's traceparent, while
         // tracing is on (nothing otherwise).
         .trace_fn(crate::telemetry::grpc_request_span)
@@ -512,37 +530,58 @@ pub async fn run_with(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        // The certificate check (mTLS per service) runs before the token's.
         .add_service(InterceptedService::new(
-            OrchestratorServiceServer::new(orchestrator)
+            InterceptedService::new(
+                OrchestratorServiceServer::new(orchestrator)
+                    .max_decoding_message_size(max_msg)
+                    .max_encoding_message_size(max_msg),
+                auth.clone(),
+            ),
+            orchestrator_gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            InterceptedService::new(
+                WorkerServiceServer::new(worker::Workers::new(core.clone()))
+                    .max_decoding_message_size(max_msg)
+                    .max_encoding_message_size(max_msg),
+                auth.clone(),
+            ),
+            worker_gate,
+        ))
+        .add_service(InterceptedService::new(
+            InterceptedService::new(
+                ScheduleServiceServer::new(schedules::ScheduleApi::new(
+                    schedules.clone(),
+                    crate::app::convert::Limits {
+                        max_payload_bytes: config.limits.max_payload_bytes,
+                    },
+                ))
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(max_msg),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            WorkerServiceServer::new(worker::Workers::new(core.clone()))
-                .max_decoding_message_size(max_msg)
-                .max_encoding_message_size(max_msg),
-            auth.clone(),
-        ))
-        .add_service(InterceptedService::new(
-            ScheduleServiceServer::new(schedules::ScheduleApi::new(
-                schedules.clone(),
-                crate::app::convert::Limits {
-                    max_payload_bytes: config.limits.max_payload_bytes,
-                },
-            ))
-            .max_decoding_message_size(max_msg)
-            .max_encoding_message_size(max_msg),
-            auth,
-        ))
-        // `Server::tcp_nodelay` does not apply to an incoming stream of our
-        // own: without TCP_NODELAY, a small HTTP/2 frame (an answer, an
-        // assignment) written while an earlier one is unacknowledged waits
-        // for the peer's delayed ACK, 40 ms on Linux.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), {
-            let s = serve_stop.clone();
-            async move { s.cancelled().await }
-        });
+                auth,
+            ),
+            orchestrator_gate,
+        ));
+    let stopped = {
+        let s = serve_stop.clone();
+        async move { s.cancelled().await }
+    };
+    let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &tls {
+            Some(t) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(listener, t.grpc.clone()),
+                stopped,
+            )),
+            // `Server::tcp_nodelay` does not apply to an incoming stream of
+            // our own: without TCP_NODELAY, a small HTTP/2 frame (an answer,
+            // an assignment) written while an earlier one is unacknowledged
+            // waits for the peer's delayed ACK, 40 ms on Linux.
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped,
+            )),
+        };
     tokio::pin!(serve);
     let result = tokio::select! {
         r = &mut serve => r,

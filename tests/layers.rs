@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 /// never one of its own layer (so two edges never use each other), never a
 /// higher one.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: the model, logs/traces/metrics hooks, bearer tokens.
-    &["domain", "telemetry", "auth"],
+    // Leaves: the model, logs/traces/metrics hooks, bearer tokens, TLS.
+    &["domain", "telemetry", "auth", "tls"],
     // Generated protos, their codec and Struct ⇄ JSON.
     &["pb"],
     &["store"],

@@ -89,6 +89,7 @@ pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     tokens: Tokens,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let follower = tokio::spawn(
@@ -98,15 +99,25 @@ pub async fn serve(
             .follow(state.core.clone(), stop.clone()),
     );
     if let Ok(addr) = listener.local_addr() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(
             %addr,
-            dashboard = %format!("http://{addr}/"),
-            metrics = %format!("http://{addr}/metrics"),
+            dashboard = %format!("{scheme}://{addr}/"),
+            metrics = %format!("{scheme}://{addr}/metrics"),
             auth = if tokens.is_open() { "open" } else { "bearer token" },
             "admin server ready"
         );
     }
     let app = router(state, tokens);
+    let stopped = async move { stop.cancelled().await };
+    if let Some(acceptor) = tls {
+        // The accept loop sets TCP_NODELAY itself.
+        let result = axum::serve(crate::tls::TlsListener::new(listener, acceptor)?, app)
+            .with_graceful_shutdown(stopped)
+            .await;
+        follower.abort();
+        return result;
+    }
     // Events and answers are small writes: without TCP_NODELAY one can wait
     // for the client's delayed ACK (40 ms).
     let listener = listener.tap_io(|tcp| {
@@ -115,7 +126,7 @@ pub async fn serve(
         }
     });
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .with_graceful_shutdown(stopped)
         .await;
     follower.abort();
     result
