@@ -15,8 +15,8 @@ use crate::pb;
 /// print JSON. Flatten it into the top-level parser.
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
-    /// The Switchyard server's gRPC address (`http://host:port`; `host:port`
-    /// means plain http).
+    /// The Switchyard server's gRPC address (`http://host:port`, or
+    /// `https://host:port` for TLS; `host:port` means plain http).
     #[arg(
         long,
         global = true,
@@ -25,10 +25,43 @@ pub struct ClientArgs {
         display_order = 1000
     )]
     pub server: String,
+    /// The CAs to trust for an `https://` server, PEM (default: the
+    /// system's roots).
+    #[arg(long, global = true, env = "SWITCHYARD_CA_FILE", display_order = 1002)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate to show (mTLS), PEM; with `--key-file`.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_CERT_FILE",
+        requires = "key_file",
+        display_order = 1003
+    )]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key, PEM; with `--cert-file`.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_KEY_FILE",
+        requires = "cert_file",
+        display_order = 1004
+    )]
+    pub key_file: Option<std::path::PathBuf>,
     /// Print machine-readable JSON instead of tables: one document, or one
     /// object per line for `task watch` and `task logs`.
     #[arg(long, global = true, display_order = 1001)]
     pub json: bool,
+}
+
+impl ClientArgs {
+    /// The TLS files of `--ca-file`, `--cert-file` and `--key-file`.
+    pub fn tls(&self) -> switchyard_client::TlsFiles {
+        switchyard_client::TlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }
 
 /// `switchyard cluster ...`: the replicas over a PostgreSQL store.

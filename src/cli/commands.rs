@@ -6,6 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::Value as Json;
+use switchyard_client::TlsFiles;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
@@ -83,13 +84,19 @@ pub(crate) fn server_uri(server: &str) -> String {
 /// comma-separated (or a name with several records), use the first live
 /// one and move to the next when a call fails at the transport (a standby
 /// forwards to the leader).
-pub(crate) async fn connect(server: &str) -> Result<Client, CliError> {
-    Ok(OrchestratorServiceClient::new(transport(server).await?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+/// `https://` addresses use TLS with `tls`'s CA and client certificate.
+pub(crate) async fn connect(server: &str, tls: &TlsFiles) -> Result<Client, CliError> {
+    Ok(
+        OrchestratorServiceClient::new(transport(server, tls).await?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 /// The transport to `server` every service's client uses (see [`connect`]).
-pub(crate) async fn transport(server: &str) -> Result<switchyard_client::Transport, CliError> {
+pub(crate) async fn transport(
+    server: &str,
+    tls: &TlsFiles,
+) -> Result<switchyard_client::Transport, CliError> {
     let parts: Vec<&str> = server
         .split(',')
         .map(str::trim)
@@ -98,9 +105,10 @@ pub(crate) async fn transport(server: &str) -> Result<switchyard_client::Transpo
     let endpoints = parts
         .iter()
         .map(|p| {
-            Endpoint::from_shared(server_uri(p))
+            let e = Endpoint::from_shared(server_uri(p))
                 .map(|e| e.connect_timeout(Duration::from_secs(5)))
-                .map_err(|e| CliError::usage(format!("--server {p}: {e}")))
+                .map_err(|e| CliError::usage(format!("--server {p}: {e}")))?;
+            tls.apply(e).map_err(CliError::usage)
         })
         .collect::<Result<Vec<_>, _>>()?;
     // A name with several address records is several replicas.
@@ -113,6 +121,7 @@ pub(crate) async fn transport(server: &str) -> Result<switchyard_client::Transpo
     let endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|e| CliError::usage(format!("--server {server}: {e}")))?
         .connect_timeout(Duration::from_secs(5));
+    let endpoint = tls.apply(endpoint).map_err(CliError::usage)?;
     let channel = endpoint
         .connect()
         .await
@@ -487,6 +496,7 @@ fn watch_retryable(code: Code) -> bool {
 /// missed or printed twice. The first connection must succeed.
 pub(crate) async fn watch<W: Write>(
     server: &str,
+    tls: &TlsFiles,
     args: &WatchArgs,
     out: &mut Output<W>,
     stop: impl Future<Output = ()>,
@@ -501,7 +511,7 @@ pub(crate) async fn watch<W: Write>(
         // Open (or reopen) the stream.
         let request = args.to_request(last);
         let opened = async move {
-            let mut client = connect(server).await?;
+            let mut client = connect(server, tls).await?;
             client
                 .watch_tasks(request)
                 .await
@@ -1019,7 +1029,9 @@ mod tests {
 
     /// Runs a task command (not watch) against `addr`, returning its output.
     async fn run(addr: SocketAddr, json: bool, args: &[&str]) -> (Result<(), CliError>, String) {
-        let mut client = connect(&addr.to_string()).await.unwrap();
+        let mut client = connect(&addr.to_string(), &TlsFiles::default())
+            .await
+            .unwrap();
         let mut out = Output::new(Vec::new(), json);
         let result = match task_command(args) {
             TaskCommand::Schedule(a) => match a.to_request() {
@@ -1089,7 +1101,9 @@ mod tests {
         );
         assert!(lines[3].1.is_err() && lines[4].1.is_err());
 
-        let mut client = connect(&addr.to_string()).await.unwrap();
+        let mut client = connect(&addr.to_string(), &TlsFiles::default())
+            .await
+            .unwrap();
         let mut out = Output::new(Vec::new(), false);
         let err = schedule_many(&mut client, lines.clone(), &mut out)
             .await
@@ -1166,7 +1180,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let err = connect(&addr.to_string()).await.unwrap_err();
+        let err = connect(&addr.to_string(), &TlsFiles::default())
+            .await
+            .unwrap_err();
         assert_eq!(err.exit_code(), CliError::UNREACHABLE);
         assert!(
             err.message()
@@ -1253,9 +1269,15 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        watch(&addr.to_string(), &args, &mut out, stop)
-            .await
-            .unwrap();
+        watch(
+            &addr.to_string(),
+            &TlsFiles::default(),
+            &args,
+            &mut out,
+            stop,
+        )
+        .await
+        .unwrap();
         let text = buf.text();
         assert_eq!(mock.state().watch_calls, [0, 6], "{text}");
         let lines: Vec<_> = text.lines().collect();
@@ -1276,16 +1298,24 @@ mod tests {
             _ => unreachable!(),
         };
         let mut out = Output::new(Vec::new(), false);
-        let err = watch(&addr.to_string(), &args, &mut out, std::future::pending())
-            .await
-            .unwrap_err();
+        let err = watch(
+            &addr.to_string(),
+            &TlsFiles::default(),
+            &args,
+            &mut out,
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.exit_code(), CliError::UNREACHABLE);
     }
 
     #[tokio::test]
     async fn disconnect_and_metrics_print_tables() {
         let addr = serve(MockOrchestrator::default()).await;
-        let mut client = connect(&addr.to_string()).await.unwrap();
+        let mut client = connect(&addr.to_string(), &TlsFiles::default())
+            .await
+            .unwrap();
         let mut out = Output::new(Vec::new(), false);
         let args = DisconnectArgs {
             user: Some("u".into()),
@@ -1312,7 +1342,9 @@ mod tests {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dead_addr = dead.local_addr().unwrap();
         drop(dead);
-        let mut client = connect(&format!("{dead_addr},{addr}")).await.unwrap();
+        let mut client = connect(&format!("{dead_addr},{addr}"), &TlsFiles::default())
+            .await
+            .unwrap();
         let mut out = Output::new(Vec::new(), false);
         cluster_status(&mut client, &mut out).await.unwrap();
         let text = String::from_utf8(out.into_inner()).unwrap();

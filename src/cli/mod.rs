@@ -72,30 +72,31 @@ async fn ctrl_c() {
 pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
     let server = &client.server;
+    let tls = &client.tls();
     match command {
         TaskCommand::Schedule(args) => {
             // Bad flags fail before the connection does.
             let request = args.to_request()?;
-            commands::schedule(&mut connect(server).await?, request, &mut out).await
+            commands::schedule(&mut connect(server, tls).await?, request, &mut out).await
         }
         TaskCommand::ScheduleMany(args) => {
             // The file is read and every line parsed before connecting.
             let lines = commands::read_lines(&args.file)?;
-            commands::schedule_many(&mut connect(server).await?, lines, &mut out).await
+            commands::schedule_many(&mut connect(server, tls).await?, lines, &mut out).await
         }
         TaskCommand::Status(args) => {
-            commands::status(&mut connect(server).await?, &args, &mut out).await
+            commands::status(&mut connect(server, tls).await?, &args, &mut out).await
         }
         TaskCommand::Cancel(args) => {
-            commands::cancel(&mut connect(server).await?, &args, &mut out).await
+            commands::cancel(&mut connect(server, tls).await?, &args, &mut out).await
         }
         TaskCommand::List(args) => {
-            commands::list(&mut connect(server).await?, &args, &mut out).await
+            commands::list(&mut connect(server, tls).await?, &args, &mut out).await
         }
         TaskCommand::Logs(args) => {
-            commands::logs(&mut connect(server).await?, &args, &mut out, ctrl_c()).await
+            commands::logs(&mut connect(server, tls).await?, &args, &mut out, ctrl_c()).await
         }
-        TaskCommand::Watch(args) => commands::watch(server, &args, &mut out, ctrl_c()).await,
+        TaskCommand::Watch(args) => commands::watch(server, tls, &args, &mut out, ctrl_c()).await,
     }
 }
 
@@ -103,21 +104,21 @@ pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), C
 /// to stdout.
 pub async fn run_schedule(client: &ClientArgs, command: ScheduleCommand) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    schedule::run(&client.server, command, &mut out).await
+    schedule::run(&client.server, &client.tls(), command, &mut out).await
 }
 
 /// Runs `disconnect`: cancels every active task of a user or a session and
 /// prints a receipt per task.
 pub async fn run_disconnect(client: &ClientArgs, args: DisconnectArgs) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    let mut grpc = connect(&client.server).await?;
+    let mut grpc = connect(&client.server, &client.tls()).await?;
     commands::disconnect(&mut grpc, &args, &mut out).await
 }
 
 /// Runs `cluster status`: who leads, under which term, and the replicas.
 pub async fn run_cluster(client: &ClientArgs, cmd: ClusterCommand) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    let mut grpc = connect(&client.server).await?;
+    let mut grpc = connect(&client.server, &client.tls()).await?;
     match cmd {
         ClusterCommand::Status => commands::cluster_status(&mut grpc, &mut out).await,
     }
@@ -127,6 +128,6 @@ pub async fn run_cluster(client: &ClientArgs, cmd: ClusterCommand) -> Result<(),
 /// latency.
 pub async fn run_metrics(client: &ClientArgs, args: MetricsArgs) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    let mut grpc = connect(&client.server).await?;
+    let mut grpc = connect(&client.server, &client.tls()).await?;
     commands::metrics(&mut grpc, &args, &mut out).await
 }

@@ -18,6 +18,7 @@ use super::json::timestamp_json;
 use super::render;
 use crate::pb;
 use crate::pb::schedule_service_client::ScheduleServiceClient;
+use switchyard_client::TlsFiles;
 
 type Client = ScheduleServiceClient<switchyard_client::Transport>;
 
@@ -295,8 +296,8 @@ fn print_one<W: Write>(out: &mut Output<W>, s: &pb::ScheduleInfo) -> Result<(), 
     out.line(t)
 }
 
-async fn connect(server: &str) -> Result<Client, CliError> {
-    Ok(ScheduleServiceClient::new(transport(server).await?))
+async fn connect(server: &str, tls: &TlsFiles) -> Result<Client, CliError> {
+    Ok(ScheduleServiceClient::new(transport(server, tls).await?))
 }
 
 fn rpc(status: tonic::Status) -> CliError {
@@ -306,6 +307,7 @@ fn rpc(status: tonic::Status) -> CliError {
 /// Runs one `schedule` subcommand, writing to `out`.
 pub(crate) async fn run<W: Write>(
     server: &str,
+    tls: &TlsFiles,
     command: ScheduleCommand,
     out: &mut Output<W>,
 ) -> Result<(), CliError> {
@@ -316,7 +318,7 @@ pub(crate) async fn run<W: Write>(
         C::Update(a) => Some(a.spec.to_spec()?),
         _ => None,
     };
-    let mut c = connect(server).await?;
+    let mut c = connect(server, tls).await?;
     let info = match command {
         C::Create(a) => {
             c.create_schedule(pb::CreateScheduleRequest {

@@ -23,6 +23,10 @@ pub enum ClientError {
         /// The transport's error.
         source: tonic::transport::Error,
     },
+    /// The TLS files cannot be used (unreadable, half an identity, or set
+    /// for an `http://` URL).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A connected client. Cheap to clone (one HTTP/2 connection is shared).
@@ -65,12 +69,23 @@ impl Client {
     /// retried (with its idempotency key, a `ScheduleTask` never creates a
     /// second task).
     pub async fn connect(url: impl Into<String>) -> Result<Client, ClientError> {
+        Client::connect_tls(url, &crate::TlsFiles::default()).await
+    }
+
+    /// As [`connect`](Client::connect), with TLS for `https://` URLs: the
+    /// CAs of `tls.ca_file` (else the system's roots) and, for mTLS, the
+    /// client certificate `tls.cert_file` and `tls.key_file`.
+    pub async fn connect_tls(
+        url: impl Into<String>,
+        tls: &crate::TlsFiles,
+    ) -> Result<Client, ClientError> {
         let url = url.into();
         let endpoints = split_urls(&url)
             .map(|u| {
-                Endpoint::from_shared(u.to_owned())
+                let e = Endpoint::from_shared(u.to_owned())
                     .map(|e| e.connect_timeout(std::time::Duration::from_secs(5)))
-                    .map_err(|_| ClientError::Address(u.to_owned()))
+                    .map_err(|_| ClientError::Address(u.to_owned()))?;
+                tls.apply(e).map_err(ClientError::Tls)
             })
             .collect::<Result<Vec<_>, _>>()?;
         // A name with several address records is several replicas.

@@ -4,7 +4,8 @@
 //!   `google.protobuf.Struct` ⇄ JSON conversions;
 //! - [`Client`]: a typed `OrchestratorService` client (schedule, status,
 //!   cancel, watch, disconnect, list, logs, metrics), with an optional bearer
-//!   token;
+//!   token, over plaintext or TLS ([`TlsFiles`]: a CA file, a client
+//!   certificate);
 //! - [`worker`]: the worker library (`Worker`, handlers, heartbeats,
 //!   cancellation, drain, reconnect);
 //! - [`error_chain`]: an error and its sources on one line, as the worker
@@ -19,10 +20,12 @@
 mod client;
 pub mod failover;
 pub mod pb;
+pub mod tls;
 pub mod trace;
 pub mod worker;
 
 pub use client::{Client, ClientError, Transport};
+pub use tls::TlsFiles;
 
 /// `err` followed by each of its sources, joined by `: `, skipping a source
 /// whose text its parent already contains (tonic's and hyper's errors often

@@ -121,8 +121,8 @@ pub enum WorkerError {
     /// A builder setting is out of range.
     #[error("invalid worker configuration: {0}")]
     InvalidConfig(String),
-    /// The server URL does not parse, or is not `http://` (TLS is not
-    /// supported yet).
+    /// The server URL does not parse, is neither `http://` nor `https://`,
+    /// or its TLS files cannot be used.
     #[error("invalid server URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.

@@ -90,7 +90,9 @@
 //!   its side of the stream, waits up to 5 s for the server to close its own,
 //!   and returns. Handlers still running then are aborted.
 //!
-//! Only `http://` URLs are supported (no TLS yet).
+//! `http://` URLs connect in plaintext; `https://` URLs over TLS, with the
+//! CAs and client certificate of [`WorkerBuilder::tls`].
+
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -131,6 +133,7 @@ struct Config {
     slots: u32,
     immediate_slots: u32,
     drain_timeout: Duration,
+    tls: crate::TlsFiles,
 }
 
 /// Where the worker is, for [`WorkerHandle::wait_registered`].
@@ -167,6 +170,7 @@ impl Worker {
                 slots: DEFAULT_CONCURRENCY,
                 immediate_slots: DEFAULT_IMMEDIATE_SLOTS,
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+                tls: crate::TlsFiles::default(),
             },
             handlers: HashMap::new(),
         }
@@ -266,6 +270,14 @@ impl WorkerBuilder {
     /// Default [`DEFAULT_DRAIN_TIMEOUT`] (30 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// TLS for an `https://` server URL: the CAs to trust (else the
+    /// system's roots) and, for mTLS, the worker's client certificate.
+    /// Setting files for an `http://` URL is refused when the worker runs.
+    pub fn tls(mut self, files: crate::TlsFiles) -> Self {
+        self.config.tls = files;
         self
     }
 

@@ -106,7 +106,7 @@ impl Worker {
         // next, so a worker whose replica died reconnects to another (a
         // standby forwards its stream to the leader).
         let endpoints = crate::client::split_urls(&self.config.server_url)
-            .map(endpoint)
+            .map(|u| endpoint(u, &self.config.tls))
             .collect::<Result<Vec<_>, _>>()?;
         let mut next = rand::random::<u32>() as usize;
         let shutdown = shutdown.fuse();
@@ -717,17 +717,17 @@ fn server_msg_name(msg: &ServerMsg) -> &'static str {
 }
 
 /// Checks the server URL and sets the channel's timeouts.
-fn endpoint(url: &str) -> Result<Endpoint, WorkerError> {
+fn endpoint(url: &str, tls: &crate::TlsFiles) -> Result<Endpoint, WorkerError> {
     let invalid = |reason: String| WorkerError::InvalidUrl {
         url: url.to_owned(),
         reason,
     };
     let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| invalid(error_chain(&e)))?;
     match endpoint.uri().scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(invalid(format!(
-                "scheme {other:?} is not supported; use http://"
+                "scheme {other:?} is not supported; use http:// or https://"
             )))
         }
         None => return Err(invalid("no scheme; expected http://host:port".to_owned())),
@@ -735,6 +735,9 @@ fn endpoint(url: &str) -> Result<Endpoint, WorkerError> {
     if endpoint.uri().host().is_none_or(str::is_empty) {
         return Err(invalid("no host".to_owned()));
     }
+    // The TLS handshake runs over the killable TCP connection (tonic wraps
+    // the connector for https:// URLs).
+    let endpoint = tls.apply(endpoint).map_err(invalid)?;
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -848,13 +851,15 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_urls_are_accepted() {
-        assert!(endpoint("http://127.0.0.1:50051").is_ok());
-        assert!(endpoint("http://localhost:50051").is_ok());
-        assert!(endpoint("http://[::1]:50051").is_ok());
-        for bad in ["https://example.com", "127.0.0.1:50051", "not a url", ""] {
+    fn only_http_and_https_urls_are_accepted() {
+        let none = crate::TlsFiles::default();
+        assert!(endpoint("http://127.0.0.1:50051", &none).is_ok());
+        assert!(endpoint("http://localhost:50051", &none).is_ok());
+        assert!(endpoint("http://[::1]:50051", &none).is_ok());
+        assert!(endpoint("https://example.com", &none).is_ok());
+        for bad in ["ftp://example.com", "127.0.0.1:50051", "not a url", ""] {
             assert!(
-                matches!(endpoint(bad), Err(WorkerError::InvalidUrl { .. })),
+                matches!(endpoint(bad, &none), Err(WorkerError::InvalidUrl { .. })),
                 "{bad:?} was accepted"
             );
         }
