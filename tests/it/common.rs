@@ -182,7 +182,7 @@ pub fn database_url() -> String {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// `http://addr`.
+    /// `http://addr` (`https://addr` with `[tls]` set).
     pub url: String,
     /// Where its admin HTTP server listens.
     pub admin_addr: SocketAddr,
@@ -197,12 +197,15 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a server with the test defaults changed by `f`.
+    /// Starts a server with the test defaults changed by `f`; with `[tls]`
+    /// set, returns without waiting for it to answer.
     pub async fn start_with(f: impl FnOnce(&mut switchyard::Config)) -> TestServer {
         init_tracing();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut cfg = test_config(dir.path());
         f(&mut cfg);
+        let tls = cfg.tls.enabled();
+        let scheme = if tls { "https" } else { "http" };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -221,12 +224,16 @@ impl TestServer {
         }));
         let server = TestServer {
             addr,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             admin_addr,
             shutdown: Some(tx),
             join: Some(join),
             _dir: dir,
         };
+        if tls {
+            // The caller has the CA: it waits for the server itself.
+            return server;
+        }
         // Ready once the orchestrator answers (asking for a token counts).
         let mut client = server.client().await;
         // On PostgreSQL a server first creates its schema and takes the

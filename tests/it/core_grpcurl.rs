@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn grpcurl() -> Option<PathBuf> {
+pub(crate) fn grpcurl() -> Option<PathBuf> {
     let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/grpcurl");
     if local.is_file() {
         return Some(local);

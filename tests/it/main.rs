@@ -26,6 +26,7 @@ mod schedules;
 mod store_backup;
 mod store_full_disk;
 mod temporal;
+mod tls;
 mod tracing_otlp;
 mod webhook;
 mod workflow;
