@@ -12,7 +12,7 @@
  */
 import type { ChannelCredentials, ChannelOptions } from '@grpc/grpc-js';
 
-import { SwitchyardConnection } from './connection.js';
+import { SwitchyardConnection, type SwitchyardTlsFiles } from './connection.js';
 import { ExecutionManagerService, type ExecutionManagerSettings } from './execution-manager.service.js';
 import { StandardizedOrchestratorService } from './orchestrator.service.js';
 import { SwitchyardSchedules } from './schedules.js';
@@ -32,6 +32,8 @@ export interface SwitchyardClientOptions {
   url: string | readonly string[];
   /** Overrides the credentials the URL implies (mutual TLS, call credentials). */
   credentials?: ChannelCredentials;
+  /** TLS files for `https://` URLs: a CA file, a client certificate (see `SwitchyardConnectionOptions.tls`). */
+  tls?: SwitchyardTlsFiles;
   /** Applied to every scheduled task unless the call says otherwise. `defaults.sessionId` is also the execution manager's session. */
   defaults?: ScheduleDefaults;
   /** Metadata sent with every call (an authorization header, for example). */
@@ -58,6 +60,7 @@ export class SwitchyardClient {
     this.connection = new SwitchyardConnection({
       url: options.url,
       credentials: options.credentials,
+      tls: options.tls,
       metadata: options.metadata,
       callTimeoutMs: options.callTimeoutMs,
       channelOptions: options.channelOptions,
@@ -76,7 +79,7 @@ export class SwitchyardClient {
   }
 
   /** Starts a worker on this client's connection (see `createWorker`). `close()` drains it. */
-  createWorker(options: Omit<CreateWorkerOptions, 'url' | 'credentials' | 'connection'>): SwitchyardWorker {
+  createWorker(options: Omit<CreateWorkerOptions, 'url' | 'credentials' | 'tls' | 'connection'>): SwitchyardWorker {
     const worker = new SwitchyardWorker({ ...options, connection: this.connection });
     this.workers.add(worker);
     return worker;

@@ -24,11 +24,41 @@ import {
   credentials as grpcCredentials,
 } from '@grpc/grpc-js';
 
+import { readFileSync } from 'node:fs';
+
 import { HealthCheckRequest, HealthCheckResponse_ServingStatus, HealthService } from './gen/grpc/health/v1/health.js';
 import { OrchestratorServiceService } from './gen/switchyard/v1/orchestrator.js';
 import { ScheduleServiceService } from './gen/switchyard/v1/schedule.js';
 import { WorkerServiceService } from './gen/switchyard/v1/worker.js';
 import { SwitchyardError } from './errors.js';
+
+/** PEM files of a TLS connection (paths). */
+export interface SwitchyardTlsFiles {
+  /** The CAs to trust instead of the system roots. */
+  caFile?: string;
+  /** The client certificate chain (mTLS), with `keyFile`. */
+  certFile?: string;
+  /** The client certificate's private key, with `certFile`. */
+  keyFile?: string;
+}
+
+/** grpc-js credentials from TLS files; a certificate without its key (or the reverse) is refused. */
+export function tlsCredentials(files: SwitchyardTlsFiles): ChannelCredentials {
+  if ((files.certFile === undefined) !== (files.keyFile === undefined)) {
+    throw SwitchyardError.invalidArgument('tls', 'a client certificate needs both certFile and keyFile');
+  }
+  const read = (what: string, path: string | undefined): Buffer | null => {
+    if (path === undefined) {
+      return null;
+    }
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw SwitchyardError.invalidArgument(`tls.${what}`, `${path}: ${(err as Error).message}`);
+    }
+  };
+  return grpcCredentials.createSsl(read('caFile', files.caFile), read('keyFile', files.keyFile), read('certFile', files.certFile));
+}
 
 /** How to reach the server. */
 export interface SwitchyardConnectionOptions {
@@ -49,6 +79,12 @@ export interface SwitchyardConnectionOptions {
   url: string | readonly string[];
   /** Overrides the credentials the URL's scheme implies (mutual TLS, call credentials). */
   credentials?: ChannelCredentials;
+  /**
+   * TLS files for `https://` URLs: the CAs to trust (else the system roots)
+   * and a client certificate (mTLS). Read when the connection is made; set
+   * with an `http://` URL, they are refused rather than ignored.
+   */
+  tls?: SwitchyardTlsFiles;
   /** Extra @grpc/grpc-js channel options, merged over this client's. */
   channelOptions?: ChannelOptions;
   /**
@@ -146,9 +182,13 @@ export class SwitchyardConnection {
       'grpc.keepalive_time_ms': 30_000,
       'grpc.keepalive_timeout_ms': 10_000,
     };
+    if (options.tls && endpoints.some((e) => !e.secure)) {
+      throw SwitchyardError.invalidArgument('tls', 'TLS files are set but the URL is not https://');
+    }
+    const tls = options.tls ? tlsCredentials(options.tls) : undefined;
     const credsFor = (secure: boolean): ChannelCredentials =>
-      options.credentials ?? (secure ? grpcCredentials.createSsl() : grpcCredentials.createInsecure());
-    const balanced = endpoints.length > 1 && !options.credentials ? ipListTarget(endpoints) : undefined;
+      options.credentials ?? (secure ? (tls ?? grpcCredentials.createSsl()) : grpcCredentials.createInsecure());
+    const balanced = endpoints.length > 1 && !options.credentials && !tls ? ipListTarget(endpoints) : undefined;
     if (endpoints.length === 1) {
       const [{ target, secure }] = endpoints as [ParsedUrl];
       this.target = target;

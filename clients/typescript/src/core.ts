@@ -18,9 +18,11 @@ export {
   SwitchyardConnection,
   parseUrl,
   parseUrls,
+  tlsCredentials,
   type ParsedUrl,
   type CallSettings,
   type SwitchyardConnectionOptions,
+  type SwitchyardTlsFiles,
 } from './connection.js';
 export {
   SwitchyardSchedules,

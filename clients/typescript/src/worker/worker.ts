@@ -37,7 +37,7 @@ import { hostname } from 'node:os';
 
 import type { ChannelCredentials } from '@grpc/grpc-js';
 
-import { SwitchyardConnection, type WorkStream } from '../connection.js';
+import { SwitchyardConnection, type SwitchyardTlsFiles, type WorkStream } from '../connection.js';
 import { durationToMs, msToDuration, toJsonValue } from '../convert.js';
 import { SwitchyardError, type GrpcCodeName } from '../errors.js';
 import { WorkerMessage, type Assignment, type Fail, type Registered, type ServerMessage } from '../gen/switchyard/v1/worker.js';
@@ -87,6 +87,8 @@ export interface CreateWorkerOptions {
   url?: string | readonly string[];
   /** TLS or call credentials for `url`. */
   credentials?: ChannelCredentials;
+  /** TLS files for an `https://` `url`: a CA file, a client certificate. */
+  tls?: SwitchyardTlsFiles;
   /** An existing connection to share (it is not closed by `close()`). */
   connection?: SwitchyardConnection;
   /** One handler per task name; a function, or `{ handler, concurrency }`. */
@@ -198,7 +200,7 @@ export class SwitchyardWorker extends EventEmitter {
       if (!options.url) {
         throw SwitchyardError.invalidArgument('url', 'createWorker needs a url or a connection');
       }
-      this.connection = new SwitchyardConnection({ url: options.url, credentials: options.credentials });
+      this.connection = new SwitchyardConnection({ url: options.url, credentials: options.credentials, tls: options.tls });
       this.ownsConnection = true;
     }
     this.streams = groups.map((g) => new WorkerStream(this, this.connection, g, this.logger));

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { SwitchyardConnection } from '../../src/index.js';
+import { SwitchyardConnection, type SwitchyardTlsFiles } from '../../src/index.js';
 
 /** clients/typescript/dist/test/helpers → the repository root. */
 const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../../../..');
@@ -29,6 +29,11 @@ export interface ServerOptions {
    * answers health NOT_SERVING, so start() waits only for an answer.
    */
   replica?: boolean;
+  /**
+   * The server speaks TLS (`env` sets `SWITCHYARD_TLS__*`): start() waits
+   * over `https://` with these files, and `url` is `https://`.
+   */
+  tls?: SwitchyardTlsFiles;
 }
 
 export interface TestServer {
@@ -80,6 +85,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
     throw new Error(`${SERVER_BIN} does not exist: run \`cargo build --bin switchyard\` first (make test-ts does)`);
   }
   const dataDir = options.persistent ? mkdtempSync(join(tmpdir(), 'switchyard-ts-')) : undefined;
+  const scheme = options.tls ? 'https' : 'http';
   let port = 0;
   let child: ChildProcess | undefined;
   let log = '';
@@ -102,7 +108,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
     const exited = new Promise<never>((_, reject) =>
       proc.once('exit', (code, signal) => reject(new Error(`the server exited early (${code ?? signal}):\n${log}`))),
     );
-    const conn = new SwitchyardConnection({ url: `http://127.0.0.1:${port}` });
+    const conn = new SwitchyardConnection({ url: `${scheme}://127.0.0.1:${port}`, tls: options.tls });
     try {
       await Promise.race([options.replica ? answersHealth(conn, 20_000) : conn.waitForServing(20_000), exited]);
     } finally {
@@ -141,7 +147,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
   }
 
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${scheme}://127.0.0.1:${port}`,
     port,
     output: () => log,
     async stop() {
