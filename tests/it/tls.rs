@@ -3,6 +3,8 @@
 //! admin call connect; plaintext and clients without the right certificate
 //! are refused; a certificate rotated on disk is served without a restart;
 //! unusable settings stop the start-up with an error naming the setting.
+//! And the webhook executor calls an HTTPS server whose CA is given in
+//! `webhook.ca_file`.
 
 use std::path::{Path, PathBuf};
 
@@ -105,6 +107,14 @@ fn server_tls(server: &TlsFiles) -> TlsConfig {
     }
 }
 
+/// TLS on `c`, on the SQLite store whatever `SWITCHYARD_TEST_STORE` says:
+/// TLS with replicas over PostgreSQL is refused at start-up (a standby
+/// forwards in plaintext).
+fn on_sqlite_with(c: &mut switchyard::Config, tls: TlsConfig) {
+    c.store.url = None;
+    c.tls = tls;
+}
+
 #[tokio::test]
 async fn a_client_a_worker_grpcurl_the_cli_and_the_admin_port_speak_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,7 +122,7 @@ async fn a_client_a_worker_grpcurl_the_cli_and_the_admin_port_speak_tls() {
     let root_pem = ca_file(&root, dir.path(), "root");
     let cert = leaf(&root, dir.path(), "server", true);
     let tls = server_tls(&cert);
-    let server = TestServer::start_with(|c| c.tls = tls).await;
+    let server = TestServer::start_with(|c| on_sqlite_with(c, tls)).await;
     let trust = TlsFiles {
         ca_file: Some(root_pem.clone()),
         ..Default::default()
@@ -228,7 +238,7 @@ async fn mtls_refuses_clients_without_the_right_certificate_and_gates_workers() 
         worker_client_ca_file: Some(ca_file(&workers, d, "workers")),
         ..server_tls(&cert)
     };
-    let server = TestServer::start_with(|c| c.tls = tls).await;
+    let server = TestServer::start_with(|c| on_sqlite_with(c, tls)).await;
     let client_id = with_ca(&leaf(&clients, d, "client", false), &root_pem);
     let worker_id = with_ca(&leaf(&workers, d, "worker", false), &root_pem);
     let stranger_id = with_ca(&leaf(&stranger, d, "stranger", false), &root_pem);
@@ -279,7 +289,7 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     };
     let cert = leaf(&old, d, "server", true);
     let tls = server_tls(&cert);
-    let server = TestServer::start_with(|c| c.tls = tls).await;
+    let server = TestServer::start_with(|c| on_sqlite_with(c, tls)).await;
     ready(&server.url, &trust_old).await;
     let mut kept = try_client(&server.url, &trust_old).await.unwrap();
     assert!(metrics_with(&server.url, &trust_new).await.is_err());
@@ -304,7 +314,7 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
 async fn start_error(tls: TlsConfig) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = test_config(dir.path());
-    cfg.tls = tls;
+    on_sqlite_with(&mut cfg, tls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let r = within(
         "the server to refuse its settings",
@@ -385,4 +395,76 @@ async fn unusable_tls_settings_stop_the_start_up_naming_the_setting() {
         let e = start_error(tls).await;
         assert!(e.contains(setting), "{case}: {e:?} does not name {setting}");
     }
+}
+
+/// An HTTPS webhook receiver on 127.0.0.1 with a certificate of `ca`; it
+/// answers every request with `{"received": true}`.
+async fn https_receiver(ca: &Ca, dir: &Path) -> std::net::SocketAddr {
+    let cert = leaf(ca, dir, "receiver", true);
+    let acceptor = server_tls(&cert)
+        .server()
+        .expect("receiver TLS")
+        .expect("TLS on")
+        .admin;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { axum::Json(json!({ "received": true })) });
+    let tls = switchyard::tls::TlsListener::new(listener, acceptor).unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(tls, app).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_webhook_reaches_an_https_server_whose_ca_is_in_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let partner = ca("partner's own CA");
+    let addr = https_receiver(&partner, dir.path()).await;
+    let ca_pem = ca_file(&partner, dir.path(), "partner");
+    let server = TestServer::start_with(|c| {
+        c.webhook.allow_hosts = vec!["127.0.0.1".into()];
+        c.webhook.ca_file = Some(ca_pem);
+    })
+    .await;
+    let mut client = server.client().await;
+    let id = schedule(
+        &mut client,
+        pb::ScheduleTaskRequest {
+            name: "notify".into(),
+            payload: Some(payload(json!({ "n": 1 }))),
+            task_type: pb::TaskType::Integration as i32,
+            target: Some(pb::schedule_task_request::Target::Integration(
+                pb::IntegrationTarget {
+                    n8n: Some(pb::N8nTarget {
+                        webhook_url: format!("https://127.0.0.1:{}/hook", addr.port()),
+                        ..Default::default()
+                    }),
+                },
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    let done = wait_state(&mut client, &id, pb::TaskState::Completed, LONG).await;
+    let result = done.result.as_ref().map(to_json).unwrap_or_default();
+    assert_eq!(result["body"], json!({ "received": true }), "{result}");
+    server.stop().await;
+
+    // A file that holds no certificate stops the start-up, naming it.
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "no certificate here\n").unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.webhook.ca_file = Some(garbage);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = within(
+        "the server to refuse webhook.ca_file",
+        LONG,
+        switchyard::run(listener, cfg, std::future::pending()),
+    )
+    .await;
+    let e = r
+        .expect_err("a garbage webhook.ca_file was accepted")
+        .to_string();
+    assert!(e.contains("webhook.ca_file"), "{e}");
 }

@@ -66,6 +66,11 @@ pub struct WebhookConfig {
     /// A file holding the signing secret (trailing newline ignored).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_secret_file: Option<PathBuf>,
+    /// Extra CAs (PEM, one or more) trusted for `https://` webhooks, besides
+    /// the built-in roots: a partner's private or self-signed CA. Read at
+    /// start-up; an unreadable file or one without a certificate stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// The local address outgoing calls are made from (default: chosen by
     /// the system).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +98,7 @@ impl Default for WebhookConfig {
             max_response_bytes: 1 << 20,
             signing_secret_env: None,
             signing_secret_file: None,
+            ca_file: None,
             local_address: None,
             sources: BTreeMap::new(),
             hosts: BTreeMap::new(),

@@ -233,6 +233,17 @@ fn build_client(
     if let Some(addr) = cfg.local_address {
         b = b.local_address(addr);
     }
+    if let Some(path) = &cfg.ca_file {
+        let bad = |why: String| invalid("webhook.ca_file", format!("{}: {why}", path.display()));
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(causes(&e)))?;
+        if certs.is_empty() {
+            return Err(bad("holds no PEM certificate".into()));
+        }
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
     b.build().map_err(|e| {
         invalid(
             "webhook",
