@@ -27,7 +27,7 @@ import threading
 from types import TracebackType
 from typing import Dict, List, Mapping, Optional, Type
 
-from .connection import Connection
+from .connection import TLS, Connection
 
 __all__ = ["TestServer", "free_port", "server_binary"]
 
@@ -63,8 +63,10 @@ class TestServer:
         env: Optional[Mapping[str, str]] = None,
         log_filter: str = "warn",
         wait_serving: bool = True,
+        tls: Optional[TLS] = None,
     ) -> None:
         self.binary = binary
+        self.tls = tls
         self.memory = memory
         self.wait_serving = wait_serving
         self.extra_env: Dict[str, str] = dict(env or {})
@@ -82,8 +84,8 @@ class TestServer:
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:<port>`."""
-        return f"http://{self.address}"
+        """`http://127.0.0.1:<port>` (`https://` with `tls`)."""
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @classmethod
     async def start(
@@ -94,12 +96,14 @@ class TestServer:
         env: Optional[Mapping[str, str]] = None,
         log_filter: str = "warn",
         wait_serving: bool = True,
+        tls: Optional[TLS] = None,
     ) -> "TestServer":
         """Starts a server; returns once its health check says SERVING, or
         with `wait_serving=False` once it answers at all (a standby replica
         of a cluster on PostgreSQL, `env` naming the store, answers
-        NOT_SERVING)."""
-        server = cls(binary or server_binary(), memory=memory, env=env, log_filter=log_filter, wait_serving=wait_serving)
+        NOT_SERVING). A server that speaks TLS (`env` sets
+        `SWITCHYARD_TLS__*`) is asked over TLS with `tls`'s files."""
+        server = cls(binary or server_binary(), memory=memory, env=env, log_filter=log_filter, wait_serving=wait_serving, tls=tls)
         for attempt in range(1, 4):
             # A freshly freed port can be taken before the server binds it: retry.
             server.port = free_port()
@@ -136,7 +140,7 @@ class TestServer:
         proc = self.proc
         self._reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self._reader.start()
-        conn = Connection(self.address)
+        conn = Connection(self.address, tls=self.tls)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
