@@ -91,7 +91,11 @@ pub(super) struct ReloadingCert {
 #[derive(Debug)]
 struct Loaded {
     key: Arc<CertifiedKey>,
+    /// The files' stamps when `key` was read.
     stamps: (Stamp, Stamp),
+    /// Stamps whose files could not be used: not read again (nor logged
+    /// again) until a file changes once more.
+    refused: Option<(Stamp, Stamp)>,
     looked: Instant,
 }
 
@@ -111,6 +115,7 @@ impl ReloadingCert {
             state: Mutex::new(Loaded {
                 key: loaded,
                 stamps,
+                refused: None,
                 looked: Instant::now(),
             }),
         })
@@ -123,15 +128,17 @@ impl ReloadingCert {
         if s.looked.elapsed() >= RECHECK_EVERY {
             s.looked = Instant::now();
             let now = (stamp(&self.cert), stamp(&self.key));
-            if now != s.stamps {
+            if now != s.stamps && Some(now) != s.refused {
                 match certified_key(&self.cert, &self.key, &self.provider) {
                     Ok(k) => {
                         s.key = k;
                         s.stamps = now;
+                        s.refused = None;
                         tracing::info!(cert_file = %self.cert.display(), "TLS certificate reloaded");
                     }
                     Err(e) => {
-                        tracing::warn!(cause = %e, "TLS certificate files changed but cannot be used; serving the previous certificate")
+                        s.refused = Some(now);
+                        tracing::warn!(cause = %e, "TLS certificate files changed but cannot be used (yet); serving the previous certificate");
                     }
                 }
             }

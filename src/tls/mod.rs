@@ -145,22 +145,7 @@ impl TlsConfig {
             Some(p) => Some(files::roots("worker_client_ca_file", p)?),
             None => None,
         };
-        let verifier = match (&clients, &workers) {
-            (None, None) => None,
-            (c, w) => {
-                let mut all = RootCertStore::empty();
-                for r in [c, w].into_iter().flatten() {
-                    all.roots.extend(r.roots.iter().cloned());
-                }
-                let b =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(all), provider.clone());
-                let b = match self.client_auth {
-                    ClientAuth::Require => b,
-                    _ => b.allow_unauthenticated(),
-                };
-                Some(b.build().map_err(|e| TlsError::Settings(e.to_string()))?)
-            }
-        };
+        let verifier = self.handshake_verifier(&clients, &workers, &provider)?;
         let config = |alpn: &[&[u8]]| -> Result<tokio_rustls::TlsAcceptor, TlsError> {
             let b = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
@@ -187,6 +172,32 @@ impl TlsConfig {
             workers: gate(workers, "tls.worker_client_ca_file")?,
             orchestrator: gate(orchestrator_roots, "tls.client_ca_file")?,
         }))
+    }
+
+    /// The handshake's client-certificate verifier: the client and worker
+    /// CAs together, required with `client_auth = "require"`, else optional;
+    /// `None` without any CA.
+    fn handshake_verifier(
+        &self,
+        clients: &Option<RootCertStore>,
+        workers: &Option<RootCertStore>,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsError> {
+        if clients.is_none() && workers.is_none() {
+            return Ok(None);
+        }
+        let mut all = RootCertStore::empty();
+        for r in [clients, workers].into_iter().flatten() {
+            all.roots.extend(r.roots.iter().cloned());
+        }
+        let b = WebPkiClientVerifier::builder_with_provider(Arc::new(all), provider.clone());
+        let b = match self.client_auth {
+            ClientAuth::Require => b,
+            _ => b.allow_unauthenticated(),
+        };
+        b.build()
+            .map(Some)
+            .map_err(|e| TlsError::Settings(e.to_string()))
     }
 
     /// The client CAs, checked against `client_auth`.
