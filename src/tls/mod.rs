@@ -139,8 +139,9 @@ impl TlsConfig {
             }
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let resolver = Arc::new(files::ReloadingCert::load(cert, key, provider.clone())?);
+        // The settings' combination first, then the files.
         let clients = self.client_roots()?;
+        let resolver = Arc::new(files::ReloadingCert::load(cert, key, provider.clone())?);
         let workers = match &self.worker_client_ca_file {
             Some(p) => Some(files::roots("worker_client_ca_file", p)?),
             None => None,
@@ -215,5 +216,48 @@ impl TlsConfig {
             )),
             (Some(p), _) => files::roots("client_ca_file", p).map(Some),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(c: TlsConfig) -> String {
+        match c.server() {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{c:?} was accepted"),
+        }
+    }
+
+    #[test]
+    fn off_by_default() {
+        assert!(!TlsConfig::default().enabled());
+        assert!(TlsConfig::default().server().unwrap().is_none());
+    }
+
+    #[test]
+    fn client_certificates_need_tls_and_a_mode_and_a_ca() {
+        let ca = Some(PathBuf::from("/nonexistent/ca.pem"));
+        let no_server_cert = TlsConfig {
+            worker_client_ca_file: ca.clone(),
+            ..Default::default()
+        };
+        assert!(refusal(no_server_cert).contains("tls.cert_file"));
+        let with_cert = TlsConfig {
+            cert_file: Some("/nonexistent/c.pem".into()),
+            key_file: Some("/nonexistent/k.pem".into()),
+            ..Default::default()
+        };
+        let e = refusal(TlsConfig {
+            client_ca_file: ca,
+            ..with_cert.clone()
+        });
+        assert!(e.contains("tls.client_auth"), "{e}");
+        let e = refusal(TlsConfig {
+            key_file: None,
+            ..with_cert
+        });
+        assert!(e.contains("tls.key_file"), "{e}");
     }
 }

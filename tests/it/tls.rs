@@ -254,6 +254,27 @@ async fn mtls_refuses_clients_without_the_right_certificate_and_gates_workers() 
     let s = metrics_with(&server.url, &worker_id).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
 
+    // The CLI shows its certificate with --cert-file/--key-file.
+    for (id, ok) in [(&client_id, true), (&no_cert, false)] {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(["metrics", "--json", "--server", &server.url])
+            .arg("--ca-file")
+            .arg(&root_pem)
+            .env_remove("SWITCHYARD_SERVER");
+        if let (Some(c), Some(k)) = (&id.cert_file, &id.key_file) {
+            cmd.arg("--cert-file").arg(c).arg("--key-file").arg(k);
+        }
+        let out = within("the CLI", LONG, cmd.output())
+            .await
+            .expect("run the CLI");
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "the CLI with {id:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // WorkerService takes the workers' CA only.
     let worker = |id: &TlsFiles| {
         Worker::builder(server.url.clone())
