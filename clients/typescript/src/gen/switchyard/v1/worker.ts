@@ -243,7 +243,12 @@ export interface CancelAssignment {
   taskId: string;
   /** The attempt to stop. */
   attempt: number;
-  /** Why: `cancelled`, `disconnected`, `timeout` or `shutdown`. */
+  /**
+   * Why: `cancelled` (CancelTask), `disconnected` (Disconnect), `timeout`
+   * (the attempt ran past its execution timeout; it fails with kind
+   * `timeout`), or `not accepted: <why>` (the task's commit failed: it does
+   * not exist, and nothing is to be reported for it).
+   */
   reason: string;
 }
 

@@ -404,7 +404,20 @@ export interface IntegrationTarget {
 export interface TaskError {
   /** A short, human-readable message. */
   message: string;
-  /** The error's kind or class (for example `TimeoutError`, `lease_expired`). */
+  /**
+   * The error's kind or class. A worker's own (an exception's class such as
+   * `TimeoutError`, a BullMQ error's name, a Temporal failure's type), or
+   * one Switchyard writes itself: `timeout`, `worker_lost`, the workflow
+   * engine's (`invalid_task`, `unknown_workflow`, `cancelled`, `failed`,
+   * `compensation_failed`, `workflow_timeout`, `signal_timeout`), the
+   * Temporal backend's (`config`, `workflow_id_in_use`, `rejected`,
+   * `not_found`, `terminated`, `Failure`) and the webhook executor's
+   * (`invalid_target`, `ssrf_refused`, `auth_refused`, `host_busy`,
+   * `connect_error`, `no_response`, `response_interrupted`,
+   * `response_too_large`, `redirect_error`, `webhook_not_registered`,
+   * `rate_limited`, `server_error`, `client_error`, `payload_missing`).
+   * Those words are stable. At most 128 bytes.
+   */
   kind: string;
   /** Extra detail: a stack trace, a response body excerpt. Bounded to 8 KiB. */
   details: string;
