@@ -84,6 +84,22 @@ async fn metrics_with(url: &str, files: &TlsFiles) -> Result<(), tonic::Status> 
     c.get_metrics(pb::GetMetricsRequest {}).await.map(|_| ())
 }
 
+/// ListSchedules over a fresh connection: `Ok` if the server answered.
+async fn schedules_with(url: &str, files: &TlsFiles) -> Result<(), tonic::Status> {
+    let e = Endpoint::from_shared(url.to_string())
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .connect_timeout(SHORT);
+    let e = files.apply(e).map_err(tonic::Status::unavailable)?;
+    let channel = e
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+    pb::schedule_service_client::ScheduleServiceClient::new(channel)
+        .list_schedules(pb::ListSchedulesRequest::default())
+        .await
+        .map(drop)
+}
+
 /// Waits until the TLS server answers with these files.
 async fn ready(url: &str, files: &TlsFiles) {
     wait_until("the TLS server to answer", SHORT, || async {
@@ -253,6 +269,10 @@ async fn mtls_refuses_clients_without_the_right_certificate_and_gates_workers() 
     // A worker's certificate passes the handshake but not OrchestratorService.
     let s = metrics_with(&server.url, &worker_id).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    // Nor ScheduleService, a client's service too; a client's passes.
+    let s = schedules_with(&server.url, &worker_id).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    schedules_with(&server.url, &client_id).await.unwrap();
 
     // The CLI shows its certificate with --cert-file/--key-file.
     for (id, ok) in [(&client_id, true), (&no_cert, false)] {
