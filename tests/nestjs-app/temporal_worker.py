@@ -9,7 +9,9 @@ dev-server supervisor of tests/temporal/worker.py.
 
 import argparse
 import asyncio
+import os
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "temporal"))
@@ -50,6 +52,7 @@ async def main() -> None:
     server = DevServer(args.temporal, args.port, "-", args.log_file)
     server.start()
     tasks = []
+    clean = False
     try:
         client = await connect(f"127.0.0.1:{args.port}", server)
         for q in QUEUES:
@@ -62,10 +65,22 @@ async def main() -> None:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while await reader.readline():
             pass
+        clean = True
+    except BaseException:
+        traceback.print_exc()
     finally:
+        # The workers stop while their server still runs (a worker whose
+        # server is gone may retry its shutdown for minutes), then the
+        # process ends at once: the test runner waits on its stdio, and
+        # asyncio.run would wait on whatever the SDK still holds.
         for t in tasks:
             t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         server.stop()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0 if clean else 1)
 
 
 if __name__ == "__main__":
