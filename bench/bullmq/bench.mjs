@@ -368,6 +368,7 @@ async function main() {
   const info = await admin().info('server');
   const redisVersion = /redis_version:(\S+)/.exec(info)?.[1] ?? 'unknown';
   const appendonly = (await admin().config('GET', 'appendonly'))[1];
+  const appendfsync = (await admin().config('GET', 'appendfsync'))[1];
   const save = (await admin().config('GET', 'save'))[1];
   await flushPrefix();
   await admin().quit();
@@ -379,7 +380,7 @@ async function main() {
       redis: redisVersion,
     },
     info: {
-      redis: { url: REDIS_URL.replace(/\/\/[^@]*@/, '//'), appendonly, save: save || '(none)' },
+      redis: { url: REDIS_URL.replace(/\/\/[^@]*@/, '//'), appendonly, appendfsync, save: save || '(none)' },
       job_options: 'defaults (completed jobs are kept, as Switchyard keeps finished tasks)',
       connections: `one per ${PER_CONNECTION} adds in flight`,
     },

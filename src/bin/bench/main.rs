@@ -130,6 +130,16 @@ struct Args {
 }
 
 const SY: &str = "switchyard";
+/// The BullMQ peer on a Redis that fsyncs every write (`appendfsync always`).
+const DURABLE_BULLMQ: &str = "bullmq-durable";
+
+/// A g figure measured on the durable Redis: `g.c64…` is `g.durable.c64…`.
+fn durable_id(k: &str) -> String {
+    match k.strip_prefix("g.") {
+        Some(rest) => format!("g.durable.{rest}"),
+        None => format!("{k}.durable"),
+    }
+}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -628,6 +638,65 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             }
         }
     }
+    // The same comparisons against a durable BullMQ: a redis-server of
+    // the bench's own that fsyncs every write before it answers
+    // (`appendfsync always`), as Switchyard commits before it answers.
+    // g runs again through the BullMQ backend on that Redis.
+    let mut bulld = PeerRuns::default();
+    if !node_ok {
+        bulld.side.note(
+            "*",
+            "skipped: bullmq is not installed (npm ci --prefix bench/bullmq)",
+        );
+    }
+    if (want_g || want_bullmq) && node_ok {
+        let dir = args
+            .work_dir
+            .join(format!("redis-durable-{}", std::process::id()));
+        match peers::Redis::start(&dir, peers::Persistence::Always).await {
+            Err(e) => {
+                let why = format!("skipped: no durable redis-server: {e:#}");
+                bulld.side.note("*", why.clone());
+                sy.note("g.durable.", why);
+            }
+            Ok(redis) => {
+                log(format!(
+                    "bullmq (durable): redis-server with appendfsync always at {}",
+                    redis.url
+                ));
+                let mut add_measured = false;
+                if want_g {
+                    for run in 0..plan.runs {
+                        log(format!(
+                            "g. via the BullMQ backend on the durable Redis, run {}",
+                            run + 1
+                        ));
+                        match backends::via_bullmq(&ctx, &redis.url).await {
+                            Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&durable_id(&k), x)),
+                            Err(e) => {
+                                fail(&mut sy, "g.durable.", e);
+                                break;
+                            }
+                        }
+                        let r = bullmq_call(&args, &plan, &rates, &redis.url, &["add"], 1).await;
+                        bulld.merge(r, "bullmq (durable)");
+                        add_measured = true;
+                    }
+                }
+                if want_bullmq {
+                    let parts: Vec<&str> = ["add", "e2e", "drain", "lat"]
+                        .into_iter()
+                        .filter(|p| !(add_measured && *p == "add"))
+                        .collect();
+                    log("bullmq (durable): running bench/bullmq/bench.mjs");
+                    let r = bullmq_call(&args, &plan, &rates, &redis.url, &parts, plan.runs).await;
+                    bulld.merge(r, "bullmq (durable)");
+                }
+                redis.stop().await;
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
     // h and its peer share one Temporal dev server; each run measures the
     // Python client, then Switchyard via Temporal.
     let (want_h, want_temporal) = (wants(&args, "h"), wants(&args, "temporal"));
@@ -714,6 +783,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut peers_ok = true;
     for (name, wanted, p) in [
         ("bullmq", want_g || want_bullmq, bull),
+        (DURABLE_BULLMQ, want_g || want_bullmq, bulld),
         ("temporal", want_h || want_temporal, temp),
         ("graphile-worker", want_graphile, gw),
     ] {
@@ -745,9 +815,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     notes.push(format!("Worker client: {}.", args.worker.describe()));
     notes.push(
         "Durability: Switchyard commits every accepted task and transition to SQLite with synchronous=full \
-         (one fsync per group commit) before it answers; BullMQ runs on the local Redis as configured (see \
-         raw.bullmq_info.redis: the machine's Redis keeps nothing on disk); the Temporal dev server keeps its \
-         state in memory."
+         (one fsync per group commit) before it answers. BullMQ runs twice: `bullmq` on the local Redis as \
+         configured (see raw.bullmq_info.redis: the machine's Redis keeps nothing on disk), and \
+         `bullmq-durable` on a redis-server the bench starts with appendonly yes and appendfsync always \
+         (every write fsynced before the reply, grouped per event-loop turn), the durable setting; rows \
+         marked durable set Switchyard against the latter. The Temporal dev server keeps its state in \
+         memory."
             .to_string(),
     );
     if !pg_sync.is_empty() {
@@ -772,7 +845,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let time_ratios: Vec<String> = figures
         .iter()
         .filter(|f| {
-            (f.id.starts_with("g.c") || f.id.starts_with("h.")) && !f.id.ends_with("_cpu_us")
+            (f.id.starts_with("g.c") || f.id.starts_with("h.")) && !f.id.contains("_cpu_us")
         })
         .filter_map(|f| {
             f.ratio
@@ -832,9 +905,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "raw": {
             "switchyard": sides.get(SY),
             "bullmq": sides.get("bullmq"),
+            "bullmq_durable": sides.get(DURABLE_BULLMQ),
             "temporal": sides.get("temporal"),
             "graphile_worker": sides.get("graphile-worker"),
             "bullmq_info": peer_info.get("bullmq"),
+            "bullmq_durable_info": peer_info.get(DURABLE_BULLMQ),
             "temporal_info": peer_info.get("temporal"),
             "graphile_worker_info": peer_info.get("graphile-worker"),
         },
@@ -1305,7 +1380,44 @@ fn rows(
         ));
     }
     r.extend(pg_rows(plan, pg_rates, leases));
-    r
+    with_durable_peer(r)
+}
+
+/// Each row of a, b, c and g set against BullMQ on the machine's Redis
+/// (nothing on disk) is followed by the same comparison against BullMQ on a
+/// Redis that fsyncs every write (`bullmq-durable`): a, b and c set the
+/// same Switchyard figure against it; g has figures of its own, measured
+/// through the BullMQ backend on that Redis.
+fn with_durable_peer(rows: Vec<RowDef>) -> Vec<RowDef> {
+    let mut out = Vec::with_capacity(rows.len() * 2);
+    for row in rows {
+        let twin = match &row.peer {
+            Some(("bullmq", pid, plabel)) if row.id.starts_with(['a', 'b', 'c', 'g']) => {
+                let plabel = format!("{plabel}, appendfsync always");
+                Some(match row.id.strip_prefix("g.") {
+                    Some(rest) => RowDef::new(
+                        format!("g.durable.{rest}"),
+                        row.label.replacen("g. ", "g. (durable Redis) ", 1),
+                        row.unit,
+                        row.better,
+                    )
+                    .vs(DURABLE_BULLMQ, pid.clone(), plabel),
+                    None => RowDef::new(
+                        format!("{}.durable", row.id),
+                        format!("{} (vs durable BullMQ)", row.label),
+                        row.unit,
+                        row.better,
+                    )
+                    .vs(DURABLE_BULLMQ, pid.clone(), plabel)
+                    .of(row.id.clone()),
+                })
+            }
+            _ => None,
+        };
+        out.push(row);
+        out.extend(twin);
+    }
+    out
 }
 
 const GW: &str = "graphile-worker";
@@ -1476,17 +1588,26 @@ fn targets(
     let best = |prefix: &str| {
         figures
             .iter()
-            .filter(|f| f.id.starts_with(prefix) && f.id != "b.drain" && !f.id.ends_with("_cpu_us"))
+            .filter(|f| f.peer.as_deref() != Some(DURABLE_BULLMQ))
+            .filter(|f| {
+                f.id.starts_with(prefix)
+                    && !f.id.starts_with("b.drain")
+                    && !f.id.contains("_cpu_us")
+            })
             .filter_map(|f| f.switchyard.as_ref().map(|s| (f.id.clone(), s.median)))
             .max_by(|a, b| a.1.total_cmp(&b.1))
     };
-    let min_ratio = |prefix: &str, q: &str| {
+    // The lowest ratio of the rows `prefix…q`: against the durable BullMQ
+    // (`durable`) or against every other peer.
+    let lowest_ratio = |prefix: &str, q: &str, durable: bool| {
         figures
             .iter()
-            .filter(|f| f.id.starts_with(prefix) && f.id.ends_with(q) && !f.id.ends_with("_cpu_us"))
+            .filter(|f| (f.peer.as_deref() == Some(DURABLE_BULLMQ)) == durable)
+            .filter(|f| f.id.starts_with(prefix) && f.id.ends_with(q) && !f.id.contains("_cpu_us"))
             .filter_map(|f| f.ratio.map(|r| (f.id.clone(), r)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
     };
+    let min_ratio = |prefix: &str, q: &str| lowest_ratio(prefix, q, false);
     let mut t = vec![
         at_least(
             "a. ≥ 20,000 durable schedules/s",
@@ -1555,11 +1676,33 @@ fn targets(
         1.0,
         Unit::Ratio,
     ));
+    // Issue 25: the accept path against a durable BullMQ.
+    t.push(at_least(
+        "a. ≥ 1.0× durable BullMQ's add rate (appendfsync always; each concurrency; issue 25)",
+        lowest_ratio("a.", "", true),
+        1.0,
+        Unit::Ratio,
+    ));
+    t.push(at_least(
+        "a. ≥ 0.8× BullMQ without persistence at 256 in flight (issue 25)",
+        figures
+            .iter()
+            .find(|f| f.id == "a.c256")
+            .and_then(|f| f.ratio.map(|r| (f.id.clone(), r))),
+        0.8,
+        Unit::Ratio,
+    ));
+    t.push(at_most(
+        "a. server CPU per ScheduleTask at 256 in flight ≤ 16 µs (issue 25)",
+        med("a.c256.server_cpu_us").map(|v| ("a.c256.server_cpu_us".into(), v)),
+        16.0,
+        Unit::Us,
+    ));
     // Issues 5 and 6 compare time per operation: peer rate ÷ Switchyard's.
     let worst_time_ratio = |prefix: &str| {
         figures
             .iter()
-            .filter(|f| f.id.starts_with(prefix) && !f.id.ends_with("_cpu_us"))
+            .filter(|f| f.id.starts_with(prefix) && !f.id.contains("_cpu_us"))
             .filter_map(|f| {
                 f.ratio
                     .filter(|r| *r > 0.0)
@@ -1571,6 +1714,16 @@ fn targets(
         "g. via BullMQ: time per job ≤ 1.5× Queue.add's (issue 5; worst concurrency)",
         worst_time_ratio("g.c"),
         1.5,
+        Unit::Ratio,
+    ));
+    t.push(at_most(
+        "g. via BullMQ, durable Redis: time per job ≤ 2× durable Queue.add's at 64 and 256 in flight (issue 25)",
+        ["g.durable.c64", "g.durable.c256"]
+            .iter()
+            .filter_map(|id| figures.iter().find(|f| f.id == *id))
+            .filter_map(|f| f.ratio.filter(|r| *r > 0.0).map(|r| (f.id.clone(), 1.0 / r)))
+            .max_by(|a, b| a.1.total_cmp(&b.1)),
+        2.0,
         Unit::Ratio,
     ));
     t.push(at_most(

@@ -81,21 +81,51 @@ pub async fn run_json(
     serde_json::from_str(last).with_context(|| format!("parsing the JSON of {program}: {last:?}"))
 }
 
-/// A Redis for BullMQ: the one at `url` if it answers, else a
-/// `redis-server` of our own on a free port, without persistence.
+/// A Redis for BullMQ: the one at `url` if it answers, or a `redis-server`
+/// of the bench's own on a free port.
 pub struct Redis {
     pub url: String,
     pub own: Option<Child>,
 }
 
+/// How a `redis-server` of the bench's own keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing on disk (`--save "" --appendonly no`): the machine's Redis.
+    None,
+    /// Every write in the append-only file, fsynced before the reply
+    /// (`--appendonly yes --appendfsync always`; Redis groups the fsyncs
+    /// of one event-loop turn): the durable setting, as Switchyard's
+    /// commit before it answers.
+    Always,
+}
+
 impl Redis {
+    /// The Redis at `url` if it answers, else one of our own without
+    /// persistence.
     pub async fn find_or_start(url: Option<String>, dir: &Path) -> Result<Redis> {
         let url = url.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         if reachable(&url) {
             return Ok(Redis { url, own: None });
         }
+        let r = Redis::start(dir, Persistence::None)
+            .await
+            .with_context(|| format!("nothing answers at {url}"))?;
+        eprintln!(
+            "bench: nothing answers at {url}; using our own redis-server at {}",
+            r.url
+        );
+        Ok(r)
+    }
+
+    /// A `redis-server` of our own on a free port, its files in `dir`.
+    pub async fn start(dir: &Path, persistence: Persistence) -> Result<Redis> {
         let port = free_port()?;
         std::fs::create_dir_all(dir)?;
+        let aof: &[&str] = match persistence {
+            Persistence::None => &["--appendonly", "no"],
+            Persistence::Always => &["--appendonly", "yes", "--appendfsync", "always"],
+        };
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -104,9 +134,8 @@ impl Redis {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(aof)
             .arg("--dir")
             .arg(dir)
             .stdin(Stdio::null())
@@ -114,13 +143,10 @@ impl Redis {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| {
-                format!("nothing answers at {url} and redis-server could not be started")
-            })?;
+            .context("redis-server could not be started")?;
         let own = format!("redis://127.0.0.1:{port}");
         for _ in 0..200 {
             if reachable(&own) {
-                eprintln!("bench: nothing answers at {url}; using our own redis-server at {own}");
                 return Ok(Redis {
                     url: own,
                     own: Some(child),

@@ -146,6 +146,9 @@ pub struct RowDef {
     pub unit: Unit,
     pub better: Better,
     pub peer: Option<(&'static str, String, String)>,
+    /// Switchyard's figure, when it is not `id` (a second row that sets
+    /// the same figure against another peer).
+    pub sy_id: Option<String>,
 }
 
 impl RowDef {
@@ -161,7 +164,14 @@ impl RowDef {
             unit,
             better,
             peer: None,
+            sy_id: None,
         }
+    }
+
+    /// Switchyard's side of this row is the figure `sy_id`.
+    pub fn of(mut self, sy_id: impl Into<String>) -> RowDef {
+        self.sy_id = Some(sy_id.into());
+        self
     }
 
     pub fn vs(
@@ -181,9 +191,10 @@ pub fn build(rows: Vec<RowDef>, sides: &BTreeMap<&'static str, Side>) -> Vec<Fig
     rows.into_iter()
         .map(|r| {
             let group = r.id.split('.').next().unwrap_or("").to_string();
-            let switchyard = sy.stat(&r.id);
+            let sy_id = r.sy_id.as_deref().unwrap_or(&r.id);
+            let switchyard = sy.stat(sy_id);
             let switchyard_note = if switchyard.is_none() {
-                Some(sy.note_for(&r.id).unwrap_or("not run").to_string())
+                Some(sy.note_for(sy_id).unwrap_or("not run").to_string())
             } else {
                 None
             };
