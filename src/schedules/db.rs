@@ -147,6 +147,31 @@ impl Db {
         }
     }
 
+    /// Replaces the fire states of several schedules in one transaction
+    /// (one commit for a whole pass of the runner); ids deleted meanwhile
+    /// stay deleted.
+    pub async fn put_states(&self, states: Vec<(String, String)>) -> Result<(), StoreError> {
+        match self {
+            Db::Memory => Ok(()),
+            _ if states.is_empty() => Ok(()),
+            Db::Postgres(rows) => rows.put_states(&states).await,
+            Db::Sqlite(conn) => {
+                Self::sqlite(conn, move |c| {
+                    let tx = c.unchecked_transaction()?;
+                    {
+                        let mut stmt =
+                            tx.prepare_cached("UPDATE schedules SET state = ?2 WHERE id = ?1")?;
+                        for (id, state) in &states {
+                            stmt.execute(params![id, state])?;
+                        }
+                    }
+                    tx.commit()
+                })
+                .await
+            }
+        }
+    }
+
     /// Deletes a schedule.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         match self {

@@ -19,6 +19,7 @@
 //! is scheduled (the core does); know about gRPC (the template is opaque
 //! bytes here, compiled into a task by the function the server passes in).
 
+mod agenda;
 mod db;
 mod runner;
 
@@ -35,6 +36,7 @@ use crate::core::{Core, CoreError, Scheduled};
 use crate::domain::schedule::ScheduleSpec;
 use crate::domain::{now_micros, Micros, NewTask, TaskId};
 use crate::store::postgres::schedules::ScheduleRow;
+use agenda::Agenda;
 pub use db::Db;
 
 /// The label every fire carries: its schedule's id.
@@ -143,6 +145,9 @@ struct Inner {
     /// Serialises changes to one schedule: the runner's step and the
     /// operations (held across their awaits).
     ops: tokio::sync::Mutex<()>,
+    /// When each active schedule is due a look (the runner visits only
+    /// those due).
+    agenda: Mutex<Agenda>,
     wake: Notify,
     core: Core,
     compile: Compile,
@@ -182,11 +187,17 @@ impl Schedules {
             }
         }
         tracing::info!(schedules = map.len(), "schedules loaded");
+        // Every active schedule is looked at once at start.
+        let mut agenda = Agenda::default();
+        for s in map.values().filter(|s| !s.paused) {
+            agenda.set(&s.id, 0);
+        }
         let this = Schedules {
             inner: Arc::new(Inner {
                 map: Mutex::new(map),
                 db,
                 ops: tokio::sync::Mutex::new(()),
+                agenda: Mutex::new(agenda),
                 wake: Notify::new(),
                 core,
                 compile,
@@ -305,6 +316,7 @@ impl Schedules {
         self.get(id)?;
         self.inner.db.delete(id).await.map_err(store_err)?;
         self.inner.map.lock().remove(id);
+        self.inner.agenda.lock().remove(id);
         Ok(())
     }
 
@@ -318,7 +330,12 @@ impl Schedules {
         let done = self
             .fire(&s, &mut st, &format!("trigger:{now}"), "trigger")
             .await;
-        self.save_state(&s.id, st).await;
+        self.save_states(vec![(s.id.clone(), st)]).await;
+        if !s.paused {
+            // A buffered tick may now wait on this fire.
+            self.inner.agenda.lock().set(&s.id, 0);
+            self.inner.wake.notify_one();
+        }
         done
     }
 
@@ -351,28 +368,45 @@ impl Schedules {
     async fn save(&self, s: Schedule) -> Result<Schedule, CoreError> {
         self.inner.db.put(s.row()).await.map_err(store_err)?;
         self.inner.map.lock().insert(s.id.clone(), s.clone());
+        {
+            let mut agenda = self.inner.agenda.lock();
+            if s.paused {
+                agenda.remove(&s.id);
+            } else {
+                agenda.set(&s.id, 0);
+            }
+        }
         self.inner.wake.notify_one();
         Ok(s)
     }
 
-    /// Writes a schedule's fire state (if it changed and the schedule still
-    /// exists). A failed write is logged: the state in memory goes on, and
-    /// a restart replays from the last state written, which the fires'
-    /// idempotency keys make safe.
-    async fn save_state(&self, id: &str, st: FireState) {
-        let changed = match self.inner.map.lock().get(id) {
-            Some(s) => s.state != st,
-            None => return,
+    /// Writes the fire states that changed, of schedules that still exist,
+    /// in one transaction. A failed write is logged: the states in memory go
+    /// on, and a restart replays from the last states written, which the
+    /// fires' idempotency keys make safe.
+    async fn save_states(&self, states: Vec<(String, FireState)>) {
+        let changed: Vec<(String, FireState)> = {
+            let map = self.inner.map.lock();
+            states
+                .into_iter()
+                .filter(|(id, st)| map.get(id).is_some_and(|s| s.state != *st))
+                .collect()
         };
-        if !changed {
+        if changed.is_empty() {
             return;
         }
-        let json = serde_json::to_string(&st).unwrap_or_default();
-        if let Err(e) = self.inner.db.put_state(id, json).await {
-            tracing::warn!(schedule = %id, cause = %e, "a schedule's fire state was not written");
+        let rows = changed
+            .iter()
+            .map(|(id, st)| (id.clone(), serde_json::to_string(st).unwrap_or_default()))
+            .collect();
+        if let Err(e) = self.inner.db.put_states(rows).await {
+            tracing::warn!(schedules = changed.len(), cause = %e, "schedules' fire states were not written");
         }
-        if let Some(s) = self.inner.map.lock().get_mut(id) {
-            s.state = st;
+        let mut map = self.inner.map.lock();
+        for (id, st) in changed {
+            if let Some(s) = map.get_mut(&id) {
+                s.state = st;
+            }
         }
     }
 }

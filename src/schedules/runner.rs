@@ -1,5 +1,6 @@
 //! The runner: one loop that sleeps until the earliest fire of any active
-//! schedule (or a change wakes it), then takes each schedule in turn, asks
+//! schedule (or a change wakes it), then takes the schedules that are due
+//! (the agenda keeps them by time), up to 256 side by side, asks
 //! `domain::schedule` which ticks are due and what the overlap policy makes
 //! of each, and carries that out: fire (a task through the core), skip,
 //! buffer, or cancel the previous fire and fire.
@@ -9,6 +10,7 @@
 
 use std::time::Duration;
 
+use futures::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{FireState, Schedule, Schedules, LABEL_SCHEDULE, LABEL_TICK};
@@ -21,6 +23,9 @@ use crate::domain::{now_micros, Micros, TaskId};
 const RECHECK: Duration = Duration::from_millis(200);
 /// The longest sleep: the loop also looks again after this.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// Schedules a pass takes at once: their steps run side by side, and their
+/// fire states are written in one transaction.
+const PASS_CHUNK: usize = 256;
 
 impl Schedules {
     /// The loop; ends when `stop` is cancelled.
@@ -37,29 +42,44 @@ impl Schedules {
         }
     }
 
-    /// One pass over every active schedule; answers when the next is due.
+    /// One pass over the schedules that are due, `PASS_CHUNK` at a time:
+    /// the steps of a chunk run side by side (their fires meet in the
+    /// store's group commits) and their fire states are written in one
+    /// transaction. Answers when the next schedule is due.
     async fn pass(&self) -> Micros {
-        let ids: Vec<String> = {
-            let map = self.inner.map.lock();
-            map.values()
-                .filter(|s| !s.paused)
-                .map(|s| s.id.clone())
-                .collect()
-        };
-        let mut wake = i64::MAX;
-        for id in ids {
+        let due = self.inner.agenda.lock().take_due(now_micros());
+        for chunk in due.chunks(PASS_CHUNK) {
             let _g = self.inner.ops.lock().await;
-            let Ok(s) = self.get(&id) else { continue };
-            if s.paused {
-                continue;
+            let looked: Vec<(String, FireState, Micros)> = stream::iter(chunk.to_vec())
+                .map(|id| {
+                    let this = self.clone();
+                    async move {
+                        // Deleted or paused since it was put on the agenda:
+                        // nothing to do, and it is not put back.
+                        let s = this.get(&id).ok().filter(|s| !s.paused)?;
+                        let mut st = s.state.clone();
+                        let retry = this.step(&s, &mut st, now_micros()).await;
+                        let next = next_wake(&s, &st, retry);
+                        Some((id, st, next))
+                    }
+                })
+                .buffer_unordered(PASS_CHUNK)
+                .filter_map(std::future::ready)
+                .collect()
+                .await;
+            let next: Vec<(String, Micros)> =
+                looked.iter().map(|(id, _, n)| (id.clone(), *n)).collect();
+            self.save_states(looked.into_iter().map(|(id, st, _)| (id, st)).collect())
+                .await;
+            let map = self.inner.map.lock();
+            let mut agenda = self.inner.agenda.lock();
+            for (id, when) in next {
+                if map.get(&id).is_some_and(|s| !s.paused) {
+                    agenda.set(&id, when);
+                }
             }
-            let mut st = s.state.clone();
-            let retry = self.step(&s, &mut st, now_micros()).await;
-            let next = next_wake(&s, &st, retry);
-            self.save_state(&id, st).await;
-            wake = wake.min(next);
         }
-        wake
+        self.inner.agenda.lock().earliest()
     }
 
     /// Carries out what is due for one schedule at `now`. True when a fire

@@ -794,3 +794,98 @@ async fn list_and_watch_filter_the_fires_of_one_schedule() {
     assert_invalid("a bad schedule id", bad, "filter.schedule_id");
     server.stop().await;
 }
+
+/// Every task named `name`, all pages.
+async fn all_fires(client: &mut Client, name: &str) -> Vec<pb::TaskStatus> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_tasks(pb::ListTasksRequest {
+                filter: Some(pb::TaskFilter {
+                    names: vec![name.into()],
+                    ..Default::default()
+                }),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await
+            .expect("ListTasks")
+            .into_inner();
+        out.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// A thousand schedules on the same second: the runner takes the due ones
+/// side by side and writes their states together, and each schedule still
+/// fires each of its three ticks exactly once.
+#[tokio::test]
+async fn a_thousand_schedules_on_one_second_each_fire_every_tick_once() {
+    const N: usize = 1000;
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let sc = schedules(&server.url).await;
+    let start = whole_second_after(Duration::from_secs(4));
+    let end = start + 2_000_000;
+    use futures::StreamExt as _;
+    let created = futures::stream::iter(0..N)
+        .map(|i| {
+            let mut sc = sc.clone();
+            async move {
+                create(
+                    &mut sc,
+                    &format!("many-{i:04}"),
+                    every_second("sched-many", start, end),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(created.iter().all(Result::is_ok), "every CreateSchedule");
+    assert!(now_micros() < start, "created before the first tick");
+    let after_end = end + 2_000_000;
+    wait_until("the schedules' end to pass", LONG, || async move {
+        now_micros() > after_end
+    })
+    .await;
+    let all = wait_for("three fires of each schedule", LONG, || {
+        let mut c = client.clone();
+        async move {
+            let all = all_fires(&mut c, "sched-many").await;
+            (all.len() >= 3 * N).then_some(all)
+        }
+    })
+    .await;
+    assert_eq!(all.len(), 3 * N, "nothing fired twice");
+    let mut per: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    for t in &all {
+        let id = t
+            .labels
+            .get("switchyard.schedule")
+            .expect("a schedule label");
+        let tick = t
+            .labels
+            .get("switchyard.schedule_tick")
+            .expect("a tick label");
+        let tick = chrono::DateTime::parse_from_rfc3339(tick)
+            .expect("an RFC 3339 tick")
+            .timestamp_micros();
+        per.entry(id.as_str()).or_default().push(tick);
+    }
+    assert_eq!(per.len(), N, "every schedule fired");
+    let expected: Vec<i64> = (0..3).map(|i| start + i * 1_000_000).collect();
+    for (id, mut ticks) in per {
+        ticks.sort();
+        assert_eq!(ticks, expected, "{id}: each tick once");
+    }
+    let info = get(&mut schedules(&server.url).await, "many-0500").await;
+    assert_eq!(info.fires, 3, "its count of fires is written");
+    // Seen once more after a list: no fire after the end.
+    assert_eq!(all_fires(&mut client, "sched-many").await.len(), 3 * N);
+}

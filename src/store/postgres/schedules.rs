@@ -133,6 +133,27 @@ impl ScheduleRows {
         .await
     }
 
+    /// Replaces the fire states of several schedules in one transaction
+    /// (the runner's pass); ids deleted meanwhile stay deleted.
+    pub async fn put_states(&self, states: &[(String, String)]) -> Result<(), StoreError> {
+        let term = self.fence.as_ref().map_or(0, |f| f.term);
+        let (ids, states): (Vec<&str>, Vec<&str>) = states
+            .iter()
+            .map(|(id, st)| (id.as_str(), st.as_str()))
+            .unzip();
+        self.fenced(async |tx| {
+            tx.execute(
+                "UPDATE schedules AS s SET state = u.state, term = $3
+                 FROM UNNEST($1::text[], $2::text[]) AS u(id, state)
+                 WHERE s.id = u.id",
+                &[&ids, &states, &term],
+            )
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
     /// Deletes a schedule.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.fenced(async |tx| {
