@@ -15,6 +15,7 @@ mod peers;
 mod pg;
 mod report;
 mod scenarios;
+mod schedules;
 mod server;
 mod webhook;
 mod worker;
@@ -47,17 +48,17 @@ struct Args {
     /// --quick).
     #[arg(long)]
     pending: Option<u64>,
-    /// Which parts to run: Switchyard's scenarios a–j (g: via BullMQ, with
+    /// Which parts to run: Switchyard's scenarios a–k (g: via BullMQ, with
     /// Node's Queue.add interleaved; h: via Temporal, with the Python
     /// client interleaved; i: the store over months; j: ScheduleTasks, 100
-    /// per call), the peers' own scenarios (bullmq, with Queue.addBulk for
+    /// per call; k: c at half load with 10,000 schedules firing), the peers' own scenarios (bullmq, with Queue.addBulk for
     /// j; temporal),
     /// and on PostgreSQL: a, b and c again (pa, pb, pc), graphile-worker's
     /// (graphile, interleaved with them) and the failover of three replicas.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,b,c,d,e,f,g,h,i,j,bullmq,temporal,pa,pb,pc,graphile,failover"
+        default_value = "a,b,c,d,e,f,g,h,i,j,k,bullmq,temporal,pa,pb,pc,graphile,failover"
     )]
     only: Vec<String>,
     /// PostgreSQL for pa, pb, pc, graphile and failover (a fresh schema per
@@ -275,7 +276,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // c's rates: 25% and 50% of b's 1 × 100 figure (measured now if b was
     // not run).
     let mut rates: Vec<(u32, f64)> = Vec::new();
-    if wants(&args, "c") || wants(&args, "bullmq") {
+    if wants(&args, "c") || wants(&args, "bullmq") || wants(&args, "k") {
         let max = match sy.stat("b.1x100").map(|s| s.median) {
             Some(m) => m,
             None => {
@@ -303,6 +304,31 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                         fail(&mut sy, "c.", e);
                         break 'runs;
                     }
+                }
+            }
+        }
+    }
+    if wants(&args, "k") {
+        let rate = rates.iter().find(|(p, _)| *p == 50).map(|(_, r)| *r);
+        for run in 0..plan.runs {
+            let Some(rate) = rate else { break };
+            log(format!(
+                "k. schedule-to-start at 50% = {rate}/s with and without schedules firing, run {}",
+                run + 1
+            ));
+            match schedules::with_schedules(&ctx, rate).await {
+                Ok(o) => {
+                    for (k, l) in [("control", &o.control), ("loaded", &o.loaded)] {
+                        sy.push(&format!("k.{k}.p50"), l.p50);
+                        sy.push(&format!("k.{k}.p99"), l.p99);
+                        sy.push(&format!("k.{k}.p999"), l.p999);
+                    }
+                    sy.push("k.p99_added_ms", o.loaded.p99 - o.control.p99);
+                    sy.push("k.schedules", o.schedules as f64);
+                }
+                Err(e) => {
+                    fail(&mut sy, "k.", e);
+                    break;
                 }
             }
         }
@@ -1149,6 +1175,31 @@ fn rows(
             ),
         );
     }
+    for (k, what) in [
+        ("control", "no schedules"),
+        ("loaded", "while the schedules fire"),
+    ] {
+        for (q, name) in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")] {
+            r.push(RowDef::new(
+                format!("k.{k}.{q}"),
+                format!("k. schedule-to-start {name} at 50% load over a minute, {what}"),
+                Unit::Ms,
+                Better::Lower,
+            ));
+        }
+    }
+    r.push(RowDef::new(
+        "k.p99_added_ms",
+        "k. p99 added by the schedules' fires (loaded − control)",
+        Unit::Ms,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "k.schedules",
+        "k. schedules, all firing at one second of each minute",
+        Unit::Count,
+        Better::Higher,
+    ));
     let n = plan.drain_n;
     r.push(
         RowDef::new(
@@ -1675,6 +1726,14 @@ fn targets(
         min_ratio("j.bulk", ""),
         1.0,
         Unit::Ratio,
+    ));
+    t.push(at_most(
+        "k. 10,000 schedules firing every minute add ≤ 1 ms to p99 schedule-to-start at half load (issue 22)",
+        med("k.p99_added_ms")
+            .filter(|_| med("k.schedules").is_some_and(|n| n >= schedules::SCHEDULES as f64))
+            .map(|v| ("k.p99_added_ms".into(), v)),
+        1.0,
+        Unit::Ms,
     ));
     // Issue 25: the accept path against a durable BullMQ.
     t.push(at_least(

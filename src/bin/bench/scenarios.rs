@@ -425,21 +425,26 @@ pub async fn latency(ctx: &Ctx, rate: f64) -> Result<Latency> {
 }
 
 async fn latency_once(ctx: &Ctx, url: &str, rate: f64) -> Result<Latency> {
+    latency_over(ctx, url, rate, ctx.plan.lat_warmup, ctx.plan.lat_window).await
+}
+
+/// Schedule-to-start at `rate` on the server at `url`: `warmup`, then the
+/// samples of `window`.
+pub async fn latency_over(
+    ctx: &Ctx,
+    url: &str,
+    rate: f64,
+    warmup: Duration,
+    window: Duration,
+) -> Result<Latency> {
     let sink = Sink::with_latency();
     let workers = Workers::start(ctx.worker, url, &["bench.c"], 1, 100, sink.clone()).await?;
     let pool = Pool::new(url, ctx.plan.producer_inflight).await?;
     let start = load::now_ns();
-    let from = start + ctx.plan.lat_warmup.as_nanos() as u64;
-    sink.record_between(from, from + ctx.plan.lat_window.as_nanos() as u64);
+    let from = start + warmup.as_nanos() as u64;
+    sink.record_between(from, from + window.as_nanos() as u64);
     let make: MakeRequest = Arc::new(|t| simple("bench.c", payload_t(t)));
-    let ol = open_loop(
-        &pool,
-        rate,
-        ctx.plan.lat_warmup + ctx.plan.lat_window,
-        make,
-        ctx.plan.lat_warmup,
-    )
-    .await;
+    let ol = open_loop(&pool, rate, warmup + window, make, warmup).await;
     // Every accepted task must start.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -477,7 +482,7 @@ async fn latency_once(ctx: &Ctx, url: &str, rate: f64) -> Result<Latency> {
         p50: ms(0.5),
         p99: ms(0.99),
         p999: ms(0.999),
-        offered: ol.sent as f64 / (ctx.plan.lat_warmup + ctx.plan.lat_window).as_secs_f64(),
+        offered: ol.sent as f64 / (warmup + window).as_secs_f64(),
         reply_p50: reply(0.5),
         reply_p99: reply(0.99),
     })
