@@ -1,10 +1,12 @@
 //! Generated protobuf and gRPC code (`switchyard.v1`), the file descriptor
 //! set served by reflection, the codec every service and client uses
 //! ([`codec`]) and the `google.protobuf.Struct` ⇄ JSON conversions
-//! ([`json`]). It knows nothing of tasks beyond the messages: conversions
+//! ([`json`]), and the one JSON dialect of whole messages that the admin
+//! HTTP API and the CLI's `--json` write ([`dialect`]). It knows nothing of tasks beyond the messages: conversions
 //! to domain types live in `app::convert`.
 
 pub mod codec;
+pub mod dialect;
 pub mod json;
 
 #[allow(missing_docs, clippy::all)]
