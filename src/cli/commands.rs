@@ -158,7 +158,7 @@ pub(crate) async fn schedule<W: Write>(
         .map_err(rpc)?
         .into_inner();
     if out.json() {
-        return out.document(&json::schedule_response(&response));
+        return out.document(&json::to_json(&response));
     }
     if response.existing {
         out.line(format!(
@@ -265,7 +265,7 @@ pub(crate) async fn schedule_many<W: Write>(
                 let v = match outcome {
                     Ok(s) => serde_json::json!({
                         "line": n,
-                        "task_id": s.task_id,
+                        "taskId": s.task_id,
                         "existing": s.existing,
                         "state": json::task_state_name(s.state),
                     }),
@@ -311,7 +311,7 @@ pub(crate) async fn status<W: Write>(
         .map_err(rpc)?
         .into_inner();
     if out.json() {
-        return out.document(&json::status_response(&response));
+        return out.document(&json::to_json(&response));
     }
     if let Some(status) = &response.status {
         out.line(render::status_table(status))?;
@@ -338,7 +338,7 @@ pub(crate) async fn cancel<W: Write>(
     };
     let response = client.cancel_task(request).await.map_err(rpc)?.into_inner();
     if out.json() {
-        return out.document(&json::cancel_response(&response));
+        return out.document(&json::to_json(&response));
     }
     out.line(render::cancel_outcome(&args.id, &response))
 }
@@ -359,7 +359,7 @@ pub(crate) async fn list<W: Write>(
             .into_inner();
         if !args.all {
             if out.json() {
-                return out.document(&json::list_response(&response));
+                return out.document(&json::to_json(&response));
             }
             print_task_page(out, &response.tasks)?;
             if !response.next_page_token.is_empty() {
@@ -390,7 +390,7 @@ pub(crate) async fn list<W: Write>(
             tasks,
             next_page_token: String::new(),
         };
-        return out.document(&json::list_response(&all));
+        return out.document(&json::to_json(&all));
     }
     print_task_page(out, &tasks)
 }
@@ -432,7 +432,7 @@ pub(crate) async fn logs<W: Write>(
                 .into_inner();
             for line in &response.lines {
                 if out.json() {
-                    out.json_line(&json::log_line(line))?;
+                    out.json_line(&json::to_json(line))?;
                 } else {
                     out.line(render::log_line(line))?;
                 }
@@ -548,7 +548,7 @@ pub(crate) async fn watch<W: Write>(
                         Some(Item::Gap(_)) | None => {}
                     }
                     if out.json() {
-                        out.json_line(&json::watch_item(&response))?;
+                        out.json_line(&json::to_json(&response))?;
                         continue;
                     }
                     match &response.item {
@@ -584,7 +584,7 @@ pub(crate) async fn disconnect<W: Write>(
         .map_err(rpc)?
         .into_inner();
     if out.json() {
-        return out.document(&json::disconnect_response(&response));
+        return out.document(&json::to_json(&response));
     }
     if response.receipts.is_empty() {
         let owner = match (&args.user, &args.session) {
@@ -610,7 +610,7 @@ pub(crate) async fn metrics<W: Write>(
         .map_err(rpc)?
         .into_inner();
     if out.json() {
-        return out.document(&json::metrics_response(&response));
+        return out.document(&json::to_json(&response));
     }
     out.line(render::metrics(&response, args.by_name))
 }
@@ -626,7 +626,7 @@ pub(crate) async fn cluster_status<W: Write>(
         .map_err(rpc)?
         .into_inner();
     if out.json() {
-        return out.document(&json::cluster_status(&response));
+        return out.document(&json::to_json(&response));
     }
     out.line(render::cluster_status(&response))
 }
@@ -1062,7 +1062,7 @@ mod tests {
         let (result, text) = run(addr, true, &["schedule", "send-email"]).await;
         result.unwrap();
         let value: Json = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["task_id"], "t-1");
+        assert_eq!(value["taskId"], "t-1");
         assert_eq!(value["status"]["state"], "pending");
     }
 
@@ -1133,7 +1133,7 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(v[0]["line"], 3);
-        assert_eq!(v[0]["task_id"], "t-0");
+        assert_eq!(v[0]["taskId"], "t-0");
         assert_eq!(v[0]["state"], "pending");
         assert_eq!(v[1]["error"]["field"], "name");
         assert_eq!(v[1]["error"]["code"], "INVALID_ARGUMENT");
@@ -1332,7 +1332,7 @@ mod tests {
             .await
             .unwrap();
         let value: Json = serde_json::from_slice(&out.into_inner()).unwrap();
-        assert_eq!(value["by_type"]["SIMPLE"]["running"], 3);
+        assert_eq!(value["byType"]["SIMPLE"]["running"], 3);
     }
 
     #[tokio::test]
@@ -1366,7 +1366,7 @@ mod tests {
         cluster_status(&mut client, &mut out).await.unwrap();
         let value: Json = serde_json::from_slice(&out.into_inner()).unwrap();
         assert_eq!(value["leases"][0]["term"], 3);
-        assert_eq!(value["leases"][0]["expires_in_ms"], 1880.0);
+        assert_eq!(value["leases"][0]["expiresInMs"], 1880.0);
         assert_eq!(value["replicas"][1]["leader"], false);
     }
 }

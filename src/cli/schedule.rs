@@ -9,12 +9,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{json, Value as Json};
+use serde_json::json;
 
 use super::args::{parse_duration, ScheduleArgs};
 use super::commands::{transport, Output};
 use super::error::CliError;
-use super::json::timestamp_json;
 use super::render;
 use crate::pb;
 use crate::pb::schedule_service_client::ScheduleServiceClient;
@@ -208,39 +207,6 @@ impl TimingArgs {
     }
 }
 
-/// A schedule as JSON.
-pub(crate) fn info_json(s: &pb::ScheduleInfo) -> Json {
-    use pb::schedule_spec::Timing;
-    let spec = s.spec.clone().unwrap_or_default();
-    let (cron, every) = match &spec.timing {
-        Some(Timing::Cron(c)) => (Json::String(c.clone()), Json::Null),
-        Some(Timing::Interval(d)) => (
-            Json::Null,
-            json!(d.seconds as f64 + f64::from(d.nanos) / 1e9),
-        ),
-        None => (Json::Null, Json::Null),
-    };
-    json!({
-        "schedule_id": s.schedule_id,
-        "cron": cron,
-        "every_seconds": every,
-        "time_zone": spec.time_zone,
-        "task": spec.task.as_ref().map(|t| t.name.clone()),
-        "overlap": pb::ScheduleOverlapPolicy::try_from(spec.overlap).map(|o| o.as_str_name().trim_start_matches("SCHEDULE_OVERLAP_POLICY_").to_ascii_lowercase()).unwrap_or_default(),
-        "catchup": pb::ScheduleCatchUp::try_from(spec.catchup).map(|o| o.as_str_name().trim_start_matches("SCHEDULE_CATCH_UP_").to_ascii_lowercase()).unwrap_or_default(),
-        "paused": s.paused,
-        "note": s.note,
-        "next_fires": s.next_fires.iter().map(|t| timestamp_json(Some(t))).collect::<Vec<_>>(),
-        "last_fire_at": timestamp_json(s.last_fire_at.as_ref()),
-        "last_task_id": s.last_task_id,
-        "fires": s.fires,
-        "skipped": s.skipped,
-        "missed": s.missed,
-        "last_error": s.last_error,
-        "buffered": s.buffered,
-    })
-}
-
 fn when(s: &pb::ScheduleInfo) -> String {
     use pb::schedule_spec::Timing;
     let spec = s.spec.clone().unwrap_or_default();
@@ -260,7 +226,7 @@ fn when(s: &pb::ScheduleInfo) -> String {
 
 fn print_one<W: Write>(out: &mut Output<W>, s: &pb::ScheduleInfo) -> Result<(), CliError> {
     if out.json() {
-        return out.document(&info_json(s));
+        return out.document(&super::json::to_json(s));
     }
     let mut t = render::table(["field", "value"]);
     let task = s.spec.as_ref().and_then(|p| p.task.as_ref());
@@ -378,7 +344,7 @@ pub(crate) async fn run<W: Write>(
                 .into_inner()
                 .task_id;
             return if out.json() {
-                out.document(&json!({ "task_id": id }))
+                out.document(&json!({ "taskId": id }))
             } else {
                 out.line(id)
             };
@@ -413,10 +379,7 @@ async fn list<W: Write>(
         .map_err(rpc)?
         .into_inner();
     if out.json() {
-        return out.document(&json!({
-            "schedules": page.schedules.iter().map(info_json).collect::<Vec<_>>(),
-            "next_page_token": page.next_page_token,
-        }));
+        return out.document(&super::json::to_json(&page));
     }
     let mut t = render::table([
         "schedule",

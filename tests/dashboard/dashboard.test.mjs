@@ -99,7 +99,7 @@ async function schedule(name, payload, extra = []) {
   const { stdout } = await run(SERVER_BIN, [
     '--server', grpcUrl, '--json', 'task', 'schedule', name, '--payload', JSON.stringify(payload), ...extra,
   ]);
-  const id = JSON.parse(stdout).task_id;
+  const id = JSON.parse(stdout).taskId;
   assert.ok(id, stdout);
   return id;
 }

@@ -795,7 +795,7 @@ async fn a_schedule_fires_each_tick_once_across_a_leader_kill() {
         String::from_utf8_lossy(&out.stderr)
     );
     let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(made["schedule_id"], "failover-every-second");
+    assert_eq!(made["scheduleId"], "failover-every-second");
     let list = |url: String| async move {
         let mut c = connect(&url).await;
         c.list_tasks(pb::ListTasksRequest {
