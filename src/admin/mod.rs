@@ -6,8 +6,11 @@
 //!
 //! Like `api/`, this is an edge: handlers validate, call the core, and map
 //! errors through the one mapping (`CoreError` → gRPC status → HTTP, see
-//! [`error`]). The JSON is the gRPC messages' own JSON mapping ([`json`]);
-//! the event stream is the `WatchTasks` machinery
+//! [`error`]). The JSON is the messages in Switchyard's one JSON dialect
+//! ([`json`], [`crate::pb::dialect`]), the CLI's `--json` too; the query
+//! parameters are one table ([`params`]) and `GET /openapi.json`
+//! ([`openapi`]) describes every route from it and from the dialect's
+//! schemas; the event stream is the `WatchTasks` machinery
 //! ([`crate::app::watch`]). No scheduling decision and no SQL
 //! here, and nothing here changes a task except `DELETE …/tasks/{id}`, which
 //! is `CancelTask`.
@@ -17,6 +20,8 @@ pub mod error;
 pub mod guard;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
+pub mod params;
 mod routes;
 
 use std::net::SocketAddr;

@@ -1,15 +1,13 @@
-//! The admin routes. Query parameters are checked strictly: an unknown one
-//! is a 400 naming it, so a typo never silently widens a filter.
-//!
-//! Filters (tasks, events): `user` (or `user_id`), `session` (or
-//! `session_id`), `schedule` (its fires), `id` (or `task_id`), `name`,
-//! `type`, `state`, `source`;
-//! the last five repeat or take comma-separated lists, and enum values take
-//! either the short name (`running`) or the proto name (`TASK_STATE_RUNNING`).
+//! The admin routes. Query parameters are checked strictly
+//! ([`super::params`]): an unknown one is a 400 naming it, so a typo never
+//! silently widens a filter. Every body is the JSON dialect
+//! ([`crate::pb::dialect`]); `GET /openapi.json` describes them all
+//! ([`super::openapi`]).
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -24,10 +22,10 @@ use tokio_stream::{Stream, StreamExt};
 
 use super::error::ApiError;
 use super::json::to_json;
-use super::metrics::{source_name, type_name};
+use super::params::{self, Params};
 use super::AdminState;
 use crate::app::convert;
-use crate::domain::{Source, TaskFilter, TaskId, TaskState, TaskType};
+use crate::domain::TaskId;
 use crate::pb;
 use crate::pb::watch_tasks_response::Item;
 
@@ -50,194 +48,76 @@ pub fn routes(state: AdminState) -> Router {
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
         .route("/", get(dashboard))
         .route("/dashboard", get(dashboard))
         .fallback(not_found)
         .with_state(state)
 }
 
-// ---------------------------------------------------------------------------
-// Query parameters.
-// ---------------------------------------------------------------------------
+/// The parameters of each route (the OpenAPI document reads them too).
+pub mod takes {
+    use super::params::*;
 
-const FILTER_KEYS: &[&str] = &[
-    "user",
-    "user_id",
-    "session",
-    "session_id",
-    "id",
-    "task_id",
-    "name",
-    "type",
-    "state",
-    "source",
-    "schedule",
-];
-
-struct Params(Vec<(String, String)>);
-
-impl Params {
-    /// Parses the query; names outside `keys` (and `access_token`, taken by
-    /// the auth check) are refused.
-    fn parse(query: Option<&str>, keys: &[&[&str]]) -> Result<Params, ApiError> {
-        let pairs: Vec<(String, String)> =
-            url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-        for (k, _) in &pairs {
-            if k != "access_token" && !keys.iter().any(|ks| ks.contains(&k.as_str())) {
-                return Err(ApiError::field(
-                    k.clone(),
-                    "is not a parameter of this route",
-                ));
-            }
-        }
-        Ok(Params(pairs))
-    }
-
-    /// The last value of any of `names`, if not empty.
-    fn one(&self, names: &[&str]) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| names.contains(&k.as_str()))
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    }
-
-    /// Every value of `name`, commas splitting lists.
-    fn many(&self, names: &[&str]) -> Vec<(&str, &str)> {
-        self.0
-            .iter()
-            .filter(|(k, _)| names.contains(&k.as_str()))
-            .flat_map(|(k, v)| v.split(',').map(move |x| (k.as_str(), x.trim())))
-            .filter(|(_, v)| !v.is_empty())
-            .collect()
-    }
-
-    fn number(&self, name: &str, default: u64, max: u64) -> Result<u64, ApiError> {
-        match self.one(&[name]) {
-            None => Ok(default),
-            Some(v) => match v.parse::<u64>() {
-                Ok(0) => Ok(default),
-                Ok(n) if n <= max => Ok(n),
-                Ok(_) => Err(ApiError::field(name, format!("must be at most {max}"))),
-                Err(_) => Err(ApiError::field(
-                    name,
-                    format!(
-                        "{} is not a non-negative integer",
-                        crate::domain::text::quote(v)
-                    ),
-                )),
-            },
-        }
-    }
-
-    fn flag(&self, name: &str) -> Result<bool, ApiError> {
-        match self.one(&[name]) {
-            None => Ok(false),
-            Some("true" | "1" | "yes") => Ok(true),
-            Some("false" | "0" | "no") => Ok(false),
-            Some(v) => Err(ApiError::field(
-                name,
-                format!("{} is not true or false", crate::domain::text::quote(v)),
-            )),
-        }
-    }
-
-    fn filter(&self) -> Result<TaskFilter, ApiError> {
-        for k in ["user", "user_id", "session", "session_id"] {
-            if let Some(v) = self.one(&[k]) {
-                convert::check_owner(k, v)?;
-            }
-        }
-        for keys in [
-            &["id", "task_id"][..],
-            &["name"],
-            &["type"],
-            &["state"],
-            &["source"],
-        ] {
-            let n = self.many(keys).len();
-            if n > convert::MAX_FILTER_VALUES {
-                return Err(ApiError::field(
-                    keys[0],
-                    format!("at most {} values, got {n}", convert::MAX_FILTER_VALUES),
-                ));
-            }
-        }
-        let mut f = TaskFilter {
-            user_id: self.one(&["user", "user_id"]).map(str::to_string),
-            session_id: self.one(&["session", "session_id"]).map(str::to_string),
-            schedule_id: self.one(&["schedule"]).map(str::to_string),
-            ..Default::default()
-        };
-        if let Some(s) = &f.schedule_id {
-            convert::check_name(s).map_err(|e| ApiError::field("schedule", e))?;
-        }
-        for (k, v) in self.many(&["id", "task_id"]) {
-            f.task_ids.push(convert::parse_id(k, v)?);
-        }
-        for (k, v) in self.many(&["name"]) {
-            convert::check_name(v).map_err(|e| ApiError::field(k, e))?;
-            f.names.push(v.to_string());
-        }
-        for (k, v) in self.many(&["type"]) {
-            f.task_types
-                .push(enum_value(k, v, "TASK_TYPE_", &TaskType::ALL, |t| {
-                    type_name(*t)
-                })?);
-        }
-        for (k, v) in self.many(&["state"]) {
-            f.states
-                .push(enum_value(k, v, "TASK_STATE_", &TaskState::ALL, |s| {
-                    s.as_str()
-                })?);
-        }
-        const SOURCES: [Source; 4] = [
-            Source::Embedded,
-            Source::Bullmq,
-            Source::Temporal,
-            Source::N8n,
-        ];
-        for (k, v) in self.many(&["source"]) {
-            f.sources
-                .push(enum_value(k, v, "TASK_SOURCE_", &SOURCES, |s| {
-                    source_name(*s)
-                })?);
-        }
-        Ok(f)
-    }
+    /// `GET …/tasks`.
+    pub const LIST: &[Param] = &[
+        USER_ID,
+        SESSION_ID,
+        SCHEDULE_ID,
+        TASK_IDS,
+        NAMES,
+        TYPES,
+        STATES,
+        SOURCES_P,
+        PAGE_LIMIT,
+        PAGE_TOKEN,
+    ];
+    /// `DELETE …/tasks/{id}`.
+    pub const CANCEL: &[Param] = &[FORCE, REASON];
+    /// `GET …/tasks/{id}/logs`.
+    pub const TASK_LOGS: &[Param] = &[LOG_LIMIT, AFTER_LINE];
+    /// `GET …/logs`.
+    pub const LOGS: &[Param] = &[
+        USER_ID,
+        SESSION_ID,
+        SCHEDULE_ID,
+        TASK_IDS,
+        NAMES,
+        TYPES,
+        STATES,
+        SOURCES_P,
+        LOG_LIMIT,
+        AFTER_LINE,
+        LOG_TASKS,
+    ];
+    /// `GET …/events`.
+    pub const EVENTS: &[Param] = &[
+        USER_ID,
+        SESSION_ID,
+        SCHEDULE_ID,
+        TASK_IDS,
+        NAMES,
+        TYPES,
+        STATES,
+        SOURCES_P,
+        EVENTS_AFTER,
+        SNAPSHOT,
+    ];
+    /// `GET …/schedules`.
+    pub const SCHEDULES: &[Param] = &[SCHEDULE_LIMIT, SCHEDULE_AFTER];
 }
 
-/// An enum value by its short name or its proto name.
-fn enum_value<T: Copy>(
-    field: &str,
-    v: &str,
-    proto_prefix: &str,
-    all: &[T],
-    name: impl Fn(&T) -> &'static str,
-) -> Result<T, ApiError> {
-    let lower = v.to_ascii_lowercase();
-    let short = lower
-        .strip_prefix(&proto_prefix.to_ascii_lowercase())
-        .unwrap_or(&lower);
-    all.iter()
-        .find(|x| name(x) == short)
-        .copied()
-        .ok_or_else(|| {
-            ApiError::field(
-                field,
-                format!(
-                    "{v:?} is not one of {}",
-                    all.iter().map(&name).collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
-}
-
-fn task_id(id: &str) -> Result<TaskId, ApiError> {
-    Ok(convert::parse_id("id", id)?)
+/// The `{id}` of a task route. A segment that does not decode (bad
+/// percent-encoding, not UTF-8) is a 400 naming `id` like any bad id, not
+/// axum's plain-text rejection.
+fn task_id(id: Result<Path<String>, PathRejection>) -> Result<TaskId, ApiError> {
+    match id {
+        Ok(Path(id)) => Ok(convert::parse_id("id", &id)?),
+        Err(_) => Err(ApiError::field(
+            "id",
+            "is not a task id (the path segment does not decode as UTF-8)",
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -248,89 +128,129 @@ async fn list_tasks(
     State(s): State<AdminState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let p = Params::parse(
-        q.as_deref(),
-        &[FILTER_KEYS, &["limit", "page_token", "cursor"]],
-    )?;
+    let p = Params::parse(q.as_deref(), takes::LIST)?;
     let filter = p.filter()?;
     // As ListTasks: the same page size rule; the token is the last id.
-    let limit = crate::app::list::page_size("limit", p.number("limit", 0, u64::MAX)?)?;
-    let token = p.one(&["page_token", "cursor"]).unwrap_or_default();
-    let page = crate::app::list::page(&s.core, filter, limit, token, "page_token").await?;
-    Ok(Json(to_json("ListTasksResponse", &page)))
+    let limit = crate::app::list::page_size("limit", p.count(&params::PAGE_LIMIT))?;
+    let token = p.one(&params::PAGE_TOKEN).unwrap_or_default();
+    let page = crate::app::list::page(&s.core, filter, limit, token, "pageToken").await?;
+    Ok(Json(to_json(&page)))
 }
 
 async fn get_task(
     State(s): State<AdminState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(q.as_deref(), &[])?;
-    let (t, payload) = s.core.status_with_payload(task_id(&id)?).await?;
+    let (t, payload) = s.core.status_with_payload(task_id(id)?).await?;
     let payload = serde_json::from_str::<Value>(&payload)
         .ok()
         .and_then(|v| crate::pb::json::json_to_struct(&v).ok());
-    Ok(Json(to_json(
-        "GetTaskStatusResponse",
-        &pb::GetTaskStatusResponse {
-            status: Some(convert::status(&t)),
-            payload,
-        },
-    )))
+    Ok(Json(to_json(&pb::GetTaskStatusResponse {
+        status: Some(convert::status(&t)),
+        payload,
+    })))
 }
 
 async fn cancel_task(
     State(s): State<AdminState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let p = Params::parse(q.as_deref(), &[&["force", "reason"]])?;
-    let id = task_id(&id)?;
-    let force = p.flag("force")?;
-    let reason = p.one(&["reason"]).unwrap_or_default();
-    convert::check_reason(reason)?;
+    let p = Params::parse(q.as_deref(), takes::CANCEL)?;
+    let id = task_id(id)?;
+    let force = p.flag(&params::FORCE);
+    let reason = p.one(&params::REASON).unwrap_or_default();
     let (outcome, t) = s.core.cancel(id, reason, force).await?;
-    Ok(Json(to_json(
-        "CancelTaskResponse",
-        &pb::CancelTaskResponse {
-            outcome: convert::cancel_outcome(outcome) as i32,
-            status: Some(convert::status(&t)),
-        },
-    )))
+    Ok(Json(to_json(&pb::CancelTaskResponse {
+        outcome: convert::cancel_outcome(outcome) as i32,
+        status: Some(convert::status(&t)),
+    })))
 }
 
-async fn read_logs(s: &AdminState, id: TaskId, p: &Params) -> Result<Json<Value>, ApiError> {
-    // As GetTaskLogs: 200 lines by default, at most 5000.
-    let limit = p.number("limit", 200, 5000)? as usize;
-    let after = p.number("after_line", 0, u64::MAX)?;
+/// One task's lines after `after`, at most `limit`, and whether more
+/// follow.
+async fn read_logs(
+    s: &AdminState,
+    id: TaskId,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<pb::LogLine>, bool), ApiError> {
     let mut lines = s.core.logs(id, after, limit + 1).await?;
     let has_more = lines.len() > limit;
     lines.truncate(limit);
-    Ok(Json(to_json(
-        "GetTaskLogsResponse",
-        &pb::GetTaskLogsResponse {
-            lines: lines.iter().map(convert::log_line).collect(),
-            has_more,
-        },
-    )))
+    Ok((lines.iter().map(convert::log_line).collect(), has_more))
 }
 
+/// `GET …/tasks/{id}/logs`: as `GetTaskLogs` (200 lines by default, at
+/// most 5000).
 async fn task_logs(
     State(s): State<AdminState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let p = Params::parse(q.as_deref(), &[&["limit", "after_line"]])?;
-    read_logs(&s, task_id(&id)?, &p).await
+    let p = Params::parse(q.as_deref(), takes::TASK_LOGS)?;
+    let limit = p.count(&params::LOG_LIMIT) as usize;
+    let (lines, has_more) =
+        read_logs(&s, task_id(id)?, p.position(&params::AFTER_LINE), limit).await?;
+    Ok(Json(to_json(&pb::GetTaskLogsResponse { lines, has_more })))
 }
 
+/// `GET …/logs`: the execution log (the original design's route). The
+/// lines of the newest `tasks` tasks matching the filter (20 by default,
+/// at most 100), merged by time: the newest `limit` lines, oldest first,
+/// each with its `taskId` (`afterLine`: only each task's lines after that
+/// number). With one `taskId`, that task's lines from the start (or after
+/// `afterLine`), as `…/tasks/{id}/logs`.
 async fn logs(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
-    let p = Params::parse(q.as_deref(), &[&["task_id", "limit", "after_line"]])?;
-    let id = p
-        .one(&["task_id"])
-        .ok_or_else(|| ApiError::field("task_id", "is required"))?;
-    let id = convert::parse_id("task_id", id)?;
-    read_logs(&s, id, &p).await
+    let p = Params::parse(q.as_deref(), takes::LOGS)?;
+    let filter = p.filter()?;
+    let limit = p.count(&params::LOG_LIMIT) as usize;
+    let after = p.position(&params::AFTER_LINE);
+    let line = |id: &str, l: &pb::LogLine| {
+        let mut v = to_json(l);
+        if let Value::Object(m) = &mut v {
+            m.insert("taskId".into(), Value::String(id.to_string()));
+        }
+        v
+    };
+    if let [id] = filter.task_ids[..] {
+        let (lines, has_more) = read_logs(&s, id, after, limit).await?;
+        let id = id.to_string();
+        let lines: Vec<Value> = lines.iter().map(|l| line(&id, l)).collect();
+        return Ok(Json(
+            serde_json::json!({ "lines": lines, "hasMore": has_more }),
+        ));
+    }
+    let tasks = p.count(&params::LOG_TASKS) as usize;
+    let page = crate::app::list::page(&s.core, filter, tasks, "", "pageToken").await?;
+    let mut all: Vec<(pb::LogLine, String)> = Vec::new();
+    let mut has_more = false;
+    for t in &page.tasks {
+        let Ok(id) = convert::parse_id("id", &t.id) else {
+            continue;
+        };
+        match read_logs(&s, id, after, limit).await {
+            Ok((lines, more)) => {
+                has_more |= more;
+                all.extend(lines.into_iter().map(|l| (l, t.id.clone())));
+            }
+            // Removed by retention since the listing: nothing to show.
+            Err(e) if e.status() == StatusCode::NOT_FOUND => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let key = |l: &pb::LogLine| l.time.map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+    all.sort_by(|(a, ia), (b, ib)| (key(a), ia, a.line).cmp(&(key(b), ib, b.line)));
+    if all.len() > limit {
+        has_more = true;
+        all.drain(..all.len() - limit);
+    }
+    let lines: Vec<Value> = all.iter().map(|(l, id)| line(id, l)).collect();
+    Ok(Json(
+        serde_json::json!({ "lines": lines, "hasMore": has_more }),
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -342,10 +262,7 @@ async fn metrics_json(
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(q.as_deref(), &[])?;
-    Ok(Json(to_json(
-        "GetMetricsResponse",
-        &convert::metrics(&s.core.metrics()),
-    )))
+    Ok(Json(to_json(&convert::metrics(&s.core.metrics()))))
 }
 
 /// A worker in `GET …/workers`.
@@ -367,7 +284,6 @@ struct WorkerJson {
     local: bool,
 }
 
-/// Who leads and which replicas are alive (the dashboard's header).
 /// `GET …/schedules?limit=&after=`: schedules by id, each as
 /// `ScheduleInfo`'s JSON (with its next fire times); `next` is the `after`
 /// of the next page, empty on the last.
@@ -375,12 +291,9 @@ async fn schedules(
     State(s): State<AdminState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let p = Params::parse(q.as_deref(), &[&["limit"], &["after"]])?;
-    let limit = p.number("limit", 50, 1000)? as usize;
-    let after = p.one(&["after"]).unwrap_or("");
-    if !after.is_empty() && crate::domain::rules::check_name(after).is_err() {
-        return Err(ApiError::field("after", "not a schedule id"));
-    }
+    let p = Params::parse(q.as_deref(), takes::SCHEDULES)?;
+    let limit = p.count(&params::SCHEDULE_LIMIT) as usize;
+    let after = p.one(&params::SCHEDULE_AFTER).unwrap_or("");
     let mut page = s.schedules.list(after, limit + 1);
     let more = page.len() > limit;
     page.truncate(limit);
@@ -391,11 +304,14 @@ async fn schedules(
     };
     let list: Vec<Value> = page
         .iter()
-        .map(|x| to_json("ScheduleInfo", &crate::app::schedule::info(x, now)))
+        .map(|x| to_json(&crate::app::schedule::info(x, now)))
         .collect();
     Ok(Json(serde_json::json!({ "schedules": list, "next": next })))
 }
 
+/// Who leads and which replicas are alive (the dashboard's header):
+/// `GetClusterStatus`'s answer, and `leader`, partition 0's lease (`null`
+/// on SQLite, or while none holds it).
 async fn cluster(
     State(s): State<AdminState>,
     RawQuery(q): RawQuery,
@@ -406,13 +322,11 @@ async fn cluster(
         status.leases.iter().find(|l| l.partition == 0).map(
             |l| serde_json::json!({"replica": l.holder, "address": l.address, "term": l.term}),
         );
-    Ok(Json(serde_json::json!({
-        "store": status.store,
-        "replicaId": status.replica_id,
-        "leader": leader,
-        "leases": status.leases,
-        "replicas": status.replicas,
-    })))
+    let mut v = to_json(&crate::app::cluster::to_pb(&status));
+    if let Value::Object(m) = &mut v {
+        m.insert("leader".into(), leader.unwrap_or(Value::Null));
+    }
+    Ok(Json(v))
 }
 
 async fn workers(
@@ -486,6 +400,11 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// `GET /openapi.json`: the OpenAPI document of these routes.
+async fn openapi() -> Json<Value> {
+    Json(super::openapi::document().clone())
+}
+
 async fn not_found() -> ApiError {
     tonic::Status::not_found("no such route").into()
 }
@@ -496,12 +415,12 @@ async fn not_found() -> ApiError {
 
 /// `GET …/events`: the `WatchTasks` stream as server-sent events.
 ///
-/// - `event: task`, `id: <sequence>`, `data: <TaskEvent JSON>` per event
+/// - `event: task`, `id: <sequence>`, `data: <TaskEvent in the dialect>` per event
 ///   (snapshot events carry no id: they are no position to resume from);
-/// - `event: gap`, `data: {"oldestKept": "…"}` when the history no longer
+/// - `event: gap`, `data: {"oldestKept": 123}` when the history no longer
 ///   covers the position asked for; the latest state of each task changed
 ///   since then follows as snapshot events;
-/// - `event: live`, `id: <sequence>`, once caught up;
+/// - `event: live`, `id: <sequence>`, `data: {"sequence": 123}`, once caught up;
 /// - a `: heartbeat` comment when idle.
 ///
 /// Resume with the `Last-Event-ID` header (EventSource sends it when it
@@ -512,7 +431,7 @@ async fn events(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let p = Params::parse(q.as_deref(), &[FILTER_KEYS, &["after", "snapshot"]])?;
+    let p = Params::parse(q.as_deref(), takes::EVENTS)?;
     let filter = p.filter()?;
     let after = match headers.get("last-event-id") {
         Some(v) => v
@@ -520,9 +439,9 @@ async fn events(
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
             .ok_or_else(|| ApiError::field("Last-Event-ID", "must be an event sequence number"))?,
-        None => p.number("after", 0, u64::MAX)?,
+        None => p.position(&params::EVENTS_AFTER),
     };
-    let snapshot = p.flag("snapshot")?;
+    let snapshot = p.flag(&params::SNAPSHOT);
     let (tx, rx) = mpsc::channel(1024);
     let core = s.core.clone();
     let stop = s.streams_stop.clone();
@@ -543,17 +462,15 @@ fn sse_event(item: Result<pb::WatchTasksResponse, tonic::Status>) -> Event {
     match item.map(|r| r.item) {
         Ok(Some(Item::Event(e))) => {
             let snapshot = e.kind == pb::TaskEventKind::Snapshot as i32;
-            let ev = data(&to_json("TaskEvent", &e)).event("task");
+            let ev = data(&to_json(&e)).event("task");
             if snapshot {
                 ev
             } else {
                 ev.id(e.sequence.to_string())
             }
         }
-        Ok(Some(Item::Gap(g))) => data(&to_json("WatchGap", &g)).event("gap"),
-        Ok(Some(Item::Live(l))) => data(&to_json("WatchLive", &l))
-            .event("live")
-            .id(l.sequence.to_string()),
+        Ok(Some(Item::Gap(g))) => data(&to_json(&g)).event("gap"),
+        Ok(Some(Item::Live(l))) => data(&to_json(&l)).event("live").id(l.sequence.to_string()),
         Ok(None) => Event::default().comment("empty"),
         Err(status) => {
             let e = ApiError::from(status);

@@ -1084,6 +1084,54 @@ async fn admin_routes_bound_their_input_and_their_answers() {
             "id",
         ),
         (
+            "an id that is not UTF-8",
+            http.get(format!("{base}{API}/tasks/%FF%FE/logs")),
+            "id",
+        ),
+        (
+            "a userId of 257 bytes",
+            http.get(format!("{base}{API}/tasks?userId={}", "u".repeat(257))),
+            "userId",
+        ),
+        (
+            "a limit past u64",
+            http.get(format!("{base}{API}/tasks?limit={}", "9".repeat(40))),
+            "limit",
+        ),
+        (
+            "a page token that is no id",
+            http.get(format!("{base}{API}/tasks?pageToken={}", "p".repeat(5000))),
+            "pageToken",
+        ),
+        (
+            "a state of another enum",
+            http.get(format!("{base}{API}/tasks?state=TASK_SOURCE_BULLMQ")),
+            "state",
+        ),
+        (
+            "a negative afterLine",
+            http.get(format!(
+                "{base}{API}/tasks/{}/logs?afterLine=-1",
+                uuid::Uuid::now_v7()
+            )),
+            "afterLine",
+        ),
+        (
+            "execution logs of 101 tasks",
+            http.get(format!("{base}{API}/logs?tasks=101")),
+            "tasks",
+        ),
+        (
+            "a snapshot flag that is no flag",
+            http.get(format!("{base}{API}/events?snapshot=perhaps")),
+            "snapshot",
+        ),
+        (
+            "a schedules cursor that is no id",
+            http.get(format!("{base}{API}/schedules?after=a%20b")),
+            "after",
+        ),
+        (
             "a reason of 2 KB",
             http.delete(format!(
                 "{base}{API}/tasks/{}?reason={}",
@@ -1093,6 +1141,12 @@ async fn admin_routes_bound_their_input_and_their_answers() {
             "reason",
         ),
     ];
+    let long_name = "k".repeat(10_000);
+    let cases = cases.into_iter().chain([(
+        "a parameter name of 10 KB",
+        http.get(format!("{base}{API}/tasks?{long_name}=1")),
+        "",
+    )]);
     for (case, req, field) in cases {
         let resp = req.send().await.expect("the admin server answers");
         let status = resp.status().as_u16();
@@ -1100,7 +1154,14 @@ async fn admin_routes_bound_their_input_and_their_answers() {
         assert!(body.len() <= MAX_ANSWER, "{case}: {} bytes", body.len());
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(status, 400, "{case}: {v}");
-        assert_eq!(v["field"], field, "{case}: {v}");
+        if field.is_empty() {
+            assert!(
+                v["field"].as_str().is_some_and(|f| f.len() < 100),
+                "{case}: {v}"
+            );
+        } else {
+            assert_eq!(v["field"], field, "{case}: {v}");
+        }
     }
     let ok = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert!(ok.status().is_success());

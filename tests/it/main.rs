@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod admin_dialect;
 mod bulk;
 mod bullmq;
 mod cluster;

@@ -3,7 +3,9 @@
 //
 // Data: the task list comes from GET …/tasks (first page) merged with the
 // server-sent event stream GET …/events (same filters); each task's status
-// carries its last event sequence, so whichever arrives later wins. Counts,
+// carries its last event sequence, so whichever arrives later wins. Every
+// body is the JSON dialect (GET /openapi.json): lower-case enum words
+// (`completed`), numbers as numbers, camelCase names. Counts,
 // queues, latencies and workers are polled every two seconds.
 //
 // Smoothness under thousands of events per second: events only update a
@@ -49,8 +51,9 @@
 
   const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) => (
     { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
-  const short = (v, prefix) => String(v || '').replace(prefix, '').toLowerCase();
-  const stateOf = (s) => short(s.state, 'TASK_STATE_');
+  // An enum word for display (`no_worker` → `no worker`).
+  const word = (v) => String(v || '').replace(/_/g, ' ');
+  const stateOf = (s) => String(s.state || '');
   const num = (v) => Number(v || 0);
   const fmtInt = (n) => Math.round(n).toLocaleString('en-US');
   const fmtNum = (n) => {
@@ -98,13 +101,15 @@
   // ---------------------------------------------------------------------
   // Filters.
 
-  const FILTERS = ['user', 'name', 'type', 'state', 'source'];
+  // Inputs (`#f-<key>`) and the query parameter each sets (the clients'
+  // filter names).
+  const FILTERS = { user: 'userId', name: 'name', type: 'type', state: 'state', source: 'source' };
 
   function filterQuery() {
     const q = new URLSearchParams();
-    for (const f of FILTERS) {
+    for (const [f, param] of Object.entries(FILTERS)) {
       const v = $('f-' + f).value.trim();
-      if (v) q.set(f, v);
+      if (v) q.set(param, v);
     }
     return q;
   }
@@ -204,8 +209,8 @@
       `<td><span class="badge s-${esc(st)}">${esc(st)}</span></td>` +
       `<td title="${esc(s.name)}">${esc(s.name)}</td>` +
       `<td class="mono" title="${esc(s.id)}">…${esc(String(s.id).slice(-12))}</td>` +
-      `<td>${esc(short(s.taskType, 'TASK_TYPE_'))}</td>` +
-      `<td>${esc(short(s.source, 'TASK_SOURCE_'))}</td>` +
+      `<td>${esc(s.taskType)}</td>` +
+      `<td>${esc(s.source)}</td>` +
       `<td>${esc(s.userId || '')}</td>` +
       `<td class="num">${num(s.attempt)}/${num(s.maxAttempts)}</td>` +
       `<td><span class="bar b-${esc(st)}"><i style="width:${pct}%"></i></span></td>` +
@@ -269,14 +274,14 @@
     const row = (k, v) => `<dt>${esc(k)}</dt><dd>${v}</dd>`;
     let h = '<dl class="kv">' +
       row('Id', `<span class="mono">${esc(s.id)}</span>`) +
-      row('Type', esc(short(s.taskType, 'TASK_TYPE_'))) +
-      row('Source', esc(short(s.source, 'TASK_SOURCE_'))) +
+      row('Type', esc(s.taskType)) +
+      row('Source', esc(s.source)) +
       row('Attempt', `${num(s.attempt)} of ${num(s.maxAttempts)}`) +
       row('Priority', esc(s.priority) + (s.immediate ? ' · immediate' : '')) +
       (s.userId ? row('User', esc(s.userId)) : '') +
       (s.sessionId ? row('Session', esc(s.sessionId)) : '') +
       (st === 'pending' && s.waitingReason
-        ? row('Waiting', esc(short(s.waitingReason, 'WAITING_REASON_'))) : '') +
+        ? row('Waiting', esc(word(s.waitingReason))) : '') +
       (s.workerId ? row('Worker', `<span class="mono">${esc(s.workerId)}</span>`) : '') +
       (s.externalId ? row('External id', `<span class="mono">${esc(s.externalId)}</span>`) : '') +
       (s.target ? row('Target', esc(s.target)) : '') +
@@ -297,10 +302,10 @@
     }
     if (s.steps && s.steps.length) {
       h += '<h3>Workflow steps</h3><ul class="steps" id="d-steps">' + s.steps.map((p) => {
-        const ps = short(p.state, 'STEP_STATE_');
+        const ps = String(p.state || '');
         return `<li data-step="${esc(p.id)}" data-state="${esc(ps)}"><span class="sid">${esc(p.id)}</span>` +
           `<span class="muted">${esc(p.kind)}</span>` +
-          `<span class="badge s-${esc(ps)}">${esc(ps.replace('_', ' '))}</span>` +
+          `<span class="badge s-${esc(ps)}">${esc(word(ps))}</span>` +
           (num(p.attempt) > 1 ? `<span class="muted">attempt ${num(p.attempt)}</span>` : '') + '</li>';
       }).join('') + '</ul>';
     }
@@ -309,7 +314,7 @@
       const lv = esc(String(l.level || '').toLowerCase());
       return `<div class="lv-${lv}"><time>${esc(time(l.time))}</time>${esc(l.message)}</div>`;
     }).join('') : '<div class="muted">No log lines.</div>') +
-      (logs && logs.hasMore ? '<div class="muted">… more lines (GET …/logs?after_line=)</div>' : '') + '</div>';
+      (logs && logs.hasMore ? '<div class="muted">… more lines (GET …/logs?taskId=…&afterLine=)</div>' : '') + '</div>';
     $('d-body').innerHTML = h;
   }
 
@@ -321,7 +326,7 @@
       const r = await api('/tasks/' + encodeURIComponent(id) + '?reason=' +
         encodeURIComponent('cancelled from the dashboard'), { method: 'DELETE' });
       apply(r.status);
-      const outcome = short(r.outcome, 'CANCEL_OUTCOME_').replace('_', ' ');
+      const outcome = word(r.outcome);
       toast('Task ' + outcome);
       detailDirty = true;
       lastDetail = 0;
@@ -418,7 +423,7 @@
   function scheduleWhen(spec) {
     if (!spec) return '';
     if (spec.cron) return spec.timeZone ? `${spec.cron} (${spec.timeZone})` : spec.cron;
-    return spec.interval ? `every ${spec.interval}` : '';
+    return spec.intervalMs != null ? `every ${withUnit(num(spec.intervalMs), 'ms')}` : '';
   }
   async function pollSchedules() {
     try {
@@ -565,7 +570,7 @@
   $('filters').addEventListener('input', filtersChanged);
   $('filters').addEventListener('submit', (e) => e.preventDefault());
   $('f-clear').addEventListener('click', () => {
-    for (const f of FILTERS) $('f-' + f).value = '';
+    for (const f of Object.keys(FILTERS)) $('f-' + f).value = '';
     filtersChanged();
   });
   $('cancel-btn').addEventListener('click', cancelSelected);
