@@ -330,11 +330,13 @@ export function toScheduleRequest(
       throw SwitchyardError.invalidArgument(`options.labels[${k}]`, 'label values must be strings');
     }
   }
-  const req = ScheduleTaskRequest.create({
+  // Whole message literals (every field set), not `create()`: its
+  // `fromPartial` copies each nested message again, on every call.
+  const req: ScheduleTaskRequest = {
     name,
     payload: toJsonObject(payload, 'payload'),
     taskType,
-    options: TaskOptions.create({
+    options: {
       priority: options.priority ?? defaults.priority ?? 0,
       attempts: options.attempts ?? defaults.attempts ?? 0,
       backoff: toBackoff(options.backoff ?? defaults.backoff),
@@ -347,8 +349,8 @@ export function toScheduleRequest(
       labels,
       cleanup: options.cleanupTask ? { name: options.cleanupTask } : undefined,
       retention: toRetention(options),
-    }),
-  });
+    },
+  };
   // The target goes with the type; a mismatch is left to the server, which
   // names the field.
   if (options.temporal) {

@@ -31,8 +31,10 @@ import {
   ListTasksRequest,
   ListWorkflowsRequest,
   RegisterWorkflowRequest,
+  type ScheduleTaskResponse,
   SignalTaskRequest,
 } from './gen/switchyard/v1/orchestrator.js';
+import type { TaskStatus } from './gen/switchyard/v1/task.js';
 import type {
   BulkResult,
   BulkTask,
@@ -117,13 +119,25 @@ export class StandardizedOrchestratorService {
    * runs no executor for the kind, `UNAVAILABLE` while it drains.
    */
   async scheduleTask(name: string, payload: unknown, options: ScheduleTaskOptions = {}): Promise<ScheduleResult> {
-    const request = toScheduleRequest(name, payload, options, this.defaults);
-    const res = await this.connection.unary('scheduleTask', request);
+    const res = await this.schedule(name, payload, options);
+    const task = toTaskInfo(res.status);
+    return { taskId: res.taskId, existing: res.existing, status: task.status, task };
+  }
+
+  /**
+   * `ScheduleTask` as `scheduleTask` sends it, answering the raw reply: the
+   * helpers that resolve with the id alone skip building the task's view.
+   */
+  private async schedule(
+    name: string,
+    payload: unknown,
+    options: ScheduleTaskOptions,
+  ): Promise<ScheduleTaskResponse & { status: TaskStatus }> {
+    const res = await this.connection.unary('scheduleTask', toScheduleRequest(name, payload, options, this.defaults));
     if (!res.status) {
       throw new SwitchyardError({ code: 'INTERNAL', details: 'ScheduleTask answered without a status', method: 'ScheduleTask' });
     }
-    const task = toTaskInfo(res.status);
-    return { taskId: res.taskId, existing: res.existing, status: task.status, task };
+    return res as ScheduleTaskResponse & { status: TaskStatus };
   }
 
   /**
@@ -192,7 +206,7 @@ export class StandardizedOrchestratorService {
    */
   async scheduleSimpleTask(name: string, data: unknown, options: KindOptions = {}): Promise<string> {
     rejectTargets(options, 'scheduleSimpleTask', ['temporal', 'n8n']);
-    return (await this.scheduleTask(name, data, { ...options, taskType: 'SIMPLE' })).taskId;
+    return (await this.schedule(name, data, { ...options, taskType: 'SIMPLE' })).taskId;
   }
 
   /**
@@ -215,7 +229,7 @@ export class StandardizedOrchestratorService {
       );
     }
     rejectTargets(options, 'scheduleComplexWorkflow', ['n8n']);
-    return (await this.scheduleTask(name, data, { ...options, taskType: 'COMPLEX' })).taskId;
+    return (await this.schedule(name, data, { ...options, taskType: 'COMPLEX' })).taskId;
   }
 
   /**
@@ -232,7 +246,7 @@ export class StandardizedOrchestratorService {
       );
     }
     rejectTargets(options, 'scheduleExternalIntegration', ['temporal']);
-    return (await this.scheduleTask(name, data, { ...options, taskType: 'INTEGRATION' })).taskId;
+    return (await this.schedule(name, data, { ...options, taskType: 'INTEGRATION' })).taskId;
   }
 
   /** A handle on a task: its status, its result (awaited), cancel and signal. No call is made until used. */
