@@ -8,7 +8,7 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_ARGS ?=
 NPM ?= npm
 
-.PHONY: bench bench-quick bench-deps bench-build
+.PHONY: bench bench-quick bench-deps bench-build bench-client
 
 bench-build:
 	$(CARGO) build --release --bins
@@ -44,3 +44,12 @@ bench-quick: bench-build bench-deps
 	./target/release/bench --quick --python $(BENCH_PY) $(BENCH_ARGS)
 
 TEST_TARGETS += bench-quick
+
+# The TypeScript client's overhead per call: scheduleSimpleTask against the
+# Rust client's ScheduleTask on the same server (embedded engine and BullMQ
+# backend), and Queue.add on the same Redis; 3 runs, medians
+# (bench/nestjs/README.md). Not in make test: a measurement.
+bench-client:
+	$(CARGO) build --release --bin switchyard --bin bench
+	cd clients/typescript && { [ -d node_modules ] || $(NPM) ci --no-audit --no-fund --loglevel=error; } && $(NPM) run build
+	node bench/nestjs/run.mjs

@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 // scheduleSimpleTask (the TypeScript client) against BullMQ's Queue.add from
 // the same process on the same Redis: sequential, and 32 in flight. Needs a
-// running server with its BullMQ backend on the queue (see README in this
-// folder): SWITCHYARD_URL, REDIS_URL, BENCH_QUEUE, BULL_PREFIX, N.
+// running server (with its BullMQ backend on the queue to compare with
+// Queue.add; see README in this folder): SWITCHYARD_URL, REDIS_URL,
+// BENCH_QUEUE, BULL_PREFIX, N; CLIENT_DIST another build of the client's
+// CommonJS output (default clients/typescript/dist/cjs); MODE picks what to time (`queue`, `ts` or
+// both, comma-separated; default both); JSON=1 prints one JSON line per
+// measurement instead of text (run.mjs reads those).
 //   node bench/nestjs/bench.mjs
 import { createRequire } from 'node:module';
 import { join, dirname } from 'node:path';
@@ -10,13 +14,15 @@ import { fileURLToPath } from 'node:url';
 
 const CLIENT = join(dirname(fileURLToPath(import.meta.url)), '../../clients/typescript');
 const require = createRequire(join(CLIENT, 'package.json'));
-const { SwitchyardClient } = require(join(CLIENT, 'dist/cjs/core.js'));
-const { Queue } = require('bullmq');
+const { SwitchyardClient } = require(join(process.env.CLIENT_DIST ?? join(CLIENT, 'dist/cjs'), 'core.js'));
 
 const url = process.env.SWITCHYARD_URL ?? 'http://127.0.0.1:50051';
+const redis = new URL(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
 const queue = process.env.BENCH_QUEUE ?? 'bench-nestjs';
 const prefix = process.env.BULL_PREFIX ?? 'bull';
 const N = Number(process.env.N ?? 2000);
+const modes = new Set((process.env.MODE ?? 'queue,ts').split(','));
+const json = process.env.JSON === '1';
 
 async function measure(label, call) {
   for (let i = 0; i < 200; i++) await call(i); // warm-up
@@ -27,14 +33,28 @@ async function measure(label, call) {
   let next = 0;
   await Promise.all(Array.from({ length: 32 }, async () => { while (next < N) await call(next++); }));
   const rate = N / (Number(process.hrtime.bigint() - t) / 1e9);
-  console.log(`${label}: sequential ${seq.toFixed(3)} ms/call, 32 in flight ${Math.round(rate)}/s`);
+  if (json) {
+    console.log(JSON.stringify({ client: label, seq_ms: seq, rate32: rate, n: N }));
+  } else {
+    console.log(`${label}: sequential ${seq.toFixed(3)} ms/call, 32 in flight ${Math.round(rate)}/s`);
+  }
 }
 
-const client = new SwitchyardClient({ url });
-await client.waitForServing();
-const q = new Queue(queue, { connection: { host: '127.0.0.1', port: 6379 }, prefix });
-await measure('Queue.add', (i) => q.add('job', { i }));
-await measure('scheduleSimpleTask', (i) => client.orchestrator.scheduleSimpleTask(queue, { i }));
-await q.obliterate({ force: true }).catch(() => undefined);
-await q.close();
-await client.close();
+// The payload is `{ n: i }`, as the Rust client's (bench --client-timing).
+let q;
+if (modes.has('queue')) {
+  const { Queue } = require('bullmq');
+  q = new Queue(queue, { connection: { host: redis.hostname, port: Number(redis.port || 6379) }, prefix });
+  await measure('Queue.add', (i) => q.add('job', { n: i }));
+}
+if (modes.has('ts')) {
+  const client = new SwitchyardClient({ url });
+  await client.waitForServing();
+  await measure('scheduleSimpleTask', (i) => client.orchestrator.scheduleSimpleTask(queue, { n: i }));
+  await client.close();
+}
+if (q) {
+  // The adds' jobs, and the server's if its BullMQ backend shares the prefix.
+  await q.obliterate({ force: true }).catch(() => undefined);
+  await q.close();
+}

@@ -7,6 +7,7 @@
 //! See `bench/README.md` for what each scenario measures and the caveats.
 
 mod backends;
+mod client;
 mod failover;
 mod libworker;
 mod lifecycle;
@@ -128,6 +129,19 @@ struct Args {
     /// scenarios decide the exit code).
     #[arg(long)]
     strict_peers: bool,
+    /// Instead of the benchmark: time the Rust client's `ScheduleTask`
+    /// against the server at this URL (started by someone else), sequential
+    /// and 32 in flight, and print one JSON line (`bench/nestjs/run.mjs`
+    /// uses it to compare the TypeScript client with this one).
+    #[arg(long, value_name = "URL")]
+    client_timing: Option<String>,
+    /// With --client-timing: the task name (its queue).
+    #[arg(long, default_value = "bench-nestjs", requires = "client_timing")]
+    client_name: String,
+    /// With --client-timing: calls timed sequentially, and again at 32 in
+    /// flight.
+    #[arg(long, default_value_t = 2000, requires = "client_timing")]
+    client_calls: u64,
 }
 
 const SY: &str = "switchyard";
@@ -154,6 +168,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(url) = &args.client_timing {
+        return match rt.block_on(client::run(
+            url,
+            &args.client_name,
+            args.client_calls.max(1),
+        )) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match rt.block_on(run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
