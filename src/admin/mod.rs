@@ -12,8 +12,9 @@
 //! ([`openapi`]) describes every route from it and from the dialect's
 //! schemas; the event stream is the `WatchTasks` machinery
 //! ([`crate::app::watch`]). No scheduling decision and no SQL
-//! here, and nothing here changes a task except `DELETE …/tasks/{id}`, which
-//! is `CancelTask`.
+//! here, and nothing here changes a task except `DELETE …/tasks/{id}`
+//! (`CancelTask`), `POST …/tasks/{id}/retry` (`RetryTask`) and `POST
+//! …/tasks/{id}/replay` (`ReplayWorkflow`).
 
 pub use crate::auth;
 pub mod error;

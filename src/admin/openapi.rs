@@ -18,6 +18,8 @@ const MESSAGES: &[&str] = &[
     "switchyard.v1.ListTasksResponse",
     "switchyard.v1.GetTaskStatusResponse",
     "switchyard.v1.CancelTaskResponse",
+    "switchyard.v1.RetryTaskResponse",
+    "switchyard.v1.ReplayWorkflowResponse",
     "switchyard.v1.GetTaskLogsResponse",
     "switchyard.v1.GetMetricsResponse",
     "switchyard.v1.GetClusterStatusResponse",
@@ -44,6 +46,7 @@ fn param_schema(p: &Param) -> Value {
     match p.shape {
         Shape::Owner => json!({"type": "string", "maxLength": OWNER_BYTES}),
         Shape::Reason => json!({"type": "string", "maxLength": REASON_BYTES}),
+        Shape::Text { max } => json!({"type": "string", "maxLength": max}),
         Shape::Name => json!({
             "type": "string",
             "pattern": format!("^[A-Za-z0-9_.:/-]{{0,{NAME_BYTES}}}$"),
@@ -337,7 +340,7 @@ const DIALECT: &str = "Every JSON body is Switchyard's one JSON dialect (the CLI
 camelCase field names (the TypeScript client's), lower-case enum words (`completed`, `bullmq`), \
 numbers as JSON numbers (64-bit ones too), RFC 3339 timestamps in UTC, durations as `…Ms` \
 milliseconds, every field written (`null` for an unset message; of a oneof, the member that is set). \
-Filters take the clients' names (`userId`, `sessionId`, `scheduleId`, `taskId`, `name`, `type`, \
+Filters take the clients' names (`userId`, `sessionId`, `scheduleId`, `errorKind`, `taskId`, `name`, `type`, \
 `state`, `source`). An unknown or bad query parameter is a 400 naming it.";
 
 /// The document (built once).
@@ -380,6 +383,38 @@ fn build() -> Value {
         ),
     });
     paths.insert(api("/tasks/{id}"), task);
+    paths.insert(
+        api("/tasks/{id}/retry"),
+        json!({
+            "parameters": [path_id()],
+            "post": get_op(
+                "Runs a failed, cancelled or compensated task again under the same id (as RetryTask).",
+                takes::RETRY,
+                json!({
+                    "200": ok_json("RetryTaskResponse", "The task, pending again under its next run."),
+                    "404": error("No such task."),
+                    "409": error("The task cannot be retried (its state, or where it runs)."),
+                }),
+                true,
+            ),
+        }),
+    );
+    paths.insert(
+        api("/tasks/{id}/replay"),
+        json!({
+            "parameters": [path_id()],
+            "post": get_op(
+                "Replays an embedded workflow from a step (as ReplayWorkflow).",
+                takes::REPLAY,
+                json!({
+                    "200": ok_json("ReplayWorkflowResponse", "The workflow, running again under its next run."),
+                    "404": error("No such task."),
+                    "409": error("The task cannot be replayed (not an ended embedded workflow, or an earlier step did not complete)."),
+                }),
+                true,
+            ),
+        }),
+    );
     paths.insert(
         api("/tasks/{id}/logs"),
         json!({

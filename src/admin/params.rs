@@ -12,7 +12,9 @@
 //! names (`TASK_STATE_RUNNING`).
 
 use crate::app::convert;
-use crate::domain::rules::{MAX_FILTER_VALUES, MAX_NAME_BYTES, MAX_OWNER_BYTES, MAX_REASON_BYTES};
+use crate::domain::rules::{
+    MAX_ERROR_KIND_BYTES, MAX_FILTER_VALUES, MAX_NAME_BYTES, MAX_OWNER_BYTES, MAX_REASON_BYTES,
+};
 use crate::domain::{Source, TaskFilter, TaskState, TaskType};
 
 use super::error::ApiError;
@@ -94,6 +96,11 @@ pub enum Shape {
     Flag,
     /// Free text of at most `MAX_REASON_BYTES` bytes.
     Reason,
+    /// Free text of at most `max` bytes; empty means none.
+    Text {
+        /// The most bytes taken.
+        max: usize,
+    },
 }
 
 /// One query parameter.
@@ -171,11 +178,21 @@ pub const SOURCES_P: Param = Param::new(
     Shape::Words(Words::Source),
     "Only tasks run by these engines.",
 );
+/// `errorKind`: the kind of a task's last error.
+pub const ERROR_KIND: Param = Param::new(
+    "errorKind",
+    Shape::Text {
+        max: MAX_ERROR_KIND_BYTES,
+    },
+    "Only tasks whose last error has this kind (the README's failure kinds, or a worker's own).",
+)
+.or(&["error_kind"]);
 /// The task filter's parameters (`…/tasks`, `…/events`, `…/logs`).
-pub const FILTER: [Param; 8] = [
+pub const FILTER: [Param; 9] = [
     USER_ID,
     SESSION_ID,
     SCHEDULE_ID,
+    ERROR_KIND,
     TASK_IDS,
     NAMES,
     TYPES,
@@ -232,6 +249,15 @@ pub const FORCE: Param = Param::new(
 );
 /// `reason` of a cancel.
 pub const REASON: Param = Param::new("reason", Shape::Reason, "Why, for the task's log.");
+/// `fromStep` of `…/tasks/{id}/replay`.
+pub const FROM_STEP: Param = Param::new(
+    "fromStep",
+    Shape::Text {
+        max: crate::executor::workflow::definition::MAX_STEP_ID,
+    },
+    "The step to replay from (required): it, the steps after it and those depending on them run again.",
+)
+.or(&["from_step"]);
 /// `after` of `…/events`: resume after this sequence number.
 pub const EVENTS_AFTER: Param = Param::new(
     "after",
@@ -343,6 +369,10 @@ impl Params {
             user_id: self.one(&USER_ID).map(str::to_string),
             session_id: self.one(&SESSION_ID).map(str::to_string),
             schedule_id: self.one(&SCHEDULE_ID).map(str::to_string),
+            error_kind: self
+                .one(&ERROR_KIND)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string),
             ..Default::default()
         };
         for (k, v) in self.many(&TASK_IDS) {
@@ -394,6 +424,12 @@ fn check(p: &Param, k: &str, v: &str) -> Result<(), ApiError> {
                     "must be at most {MAX_REASON_BYTES} bytes, got {}",
                     v.len()
                 ));
+            }
+            Ok(())
+        }
+        Shape::Text { max } => {
+            if v.len() > max {
+                return bad(format!("must be at most {max} bytes, got {}", v.len()));
             }
             Ok(())
         }

@@ -3,6 +3,11 @@
 //! silently widens a filter. Every body is the JSON dialect
 //! ([`crate::pb::dialect`]); `GET /openapi.json` describes them all
 //! ([`super::openapi`]).
+//!
+//! Commands: `DELETE …/tasks/{id}` cancels (`CancelTask`), `POST
+//! …/tasks/{id}/retry` retries (`RetryTask`), `POST
+//! …/tasks/{id}/replay?fromStep=` replays a workflow (`ReplayWorkflow`);
+//! each answers the gRPC call's response.
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
@@ -12,7 +17,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
@@ -36,6 +41,8 @@ pub fn routes(state: AdminState) -> Router {
     let api = Router::new()
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task).delete(cancel_task))
+        .route("/tasks/{id}/retry", post(retry_task))
+        .route("/tasks/{id}/replay", post(replay_workflow))
         .route("/tasks/{id}/logs", get(task_logs))
         .route("/logs", get(logs))
         .route("/metrics", get(metrics_json))
@@ -64,6 +71,7 @@ pub mod takes {
         USER_ID,
         SESSION_ID,
         SCHEDULE_ID,
+        ERROR_KIND,
         TASK_IDS,
         NAMES,
         TYPES,
@@ -74,6 +82,10 @@ pub mod takes {
     ];
     /// `DELETE …/tasks/{id}`.
     pub const CANCEL: &[Param] = &[FORCE, REASON];
+    /// `POST …/tasks/{id}/retry`.
+    pub const RETRY: &[Param] = &[REASON];
+    /// `POST …/tasks/{id}/replay`.
+    pub const REPLAY: &[Param] = &[FROM_STEP, REASON];
     /// `GET …/tasks/{id}/logs`.
     pub const TASK_LOGS: &[Param] = &[LOG_LIMIT, AFTER_LINE];
     /// `GET …/logs`.
@@ -81,6 +93,7 @@ pub mod takes {
         USER_ID,
         SESSION_ID,
         SCHEDULE_ID,
+        ERROR_KIND,
         TASK_IDS,
         NAMES,
         TYPES,
@@ -95,6 +108,7 @@ pub mod takes {
         USER_ID,
         SESSION_ID,
         SCHEDULE_ID,
+        ERROR_KIND,
         TASK_IDS,
         NAMES,
         TYPES,
@@ -165,6 +179,43 @@ async fn cancel_task(
     let (outcome, t) = s.core.cancel(id, reason, force).await?;
     Ok(Json(to_json(&pb::CancelTaskResponse {
         outcome: convert::cancel_outcome(outcome) as i32,
+        status: Some(convert::status(&t)),
+    })))
+}
+
+/// `POST …/tasks/{id}/retry?reason=`: `RetryTask`.
+async fn retry_task(
+    State(s): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::parse(q.as_deref(), takes::RETRY)?;
+    let id = task_id(id)?;
+    let reason = p.one(&params::REASON).unwrap_or_default();
+    let t = s.core.retry(id, reason).await?;
+    Ok(Json(to_json(&pb::RetryTaskResponse {
+        status: Some(convert::status(&t)),
+    })))
+}
+
+/// `POST …/tasks/{id}/replay?fromStep=&reason=`: `ReplayWorkflow`.
+async fn replay_workflow(
+    State(s): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::parse(q.as_deref(), takes::REPLAY)?;
+    let id = task_id(id)?;
+    let from = p.one(&params::FROM_STEP).unwrap_or_default();
+    convert::check_from_step(from).map_err(|_| {
+        ApiError::field(
+            "fromStep",
+            "must name a step (1 to 64 bytes): the step to replay from",
+        )
+    })?;
+    let reason = p.one(&params::REASON).unwrap_or_default();
+    let t = s.core.replay(id, from, reason).await?;
+    Ok(Json(to_json(&pb::ReplayWorkflowResponse {
         status: Some(convert::status(&t)),
     })))
 }

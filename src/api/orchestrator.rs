@@ -183,6 +183,35 @@ impl OrchestratorService for Orchestrator {
         }))
     }
 
+    #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn retry_task(
+        &self,
+        req: Request<pb::RetryTaskRequest>,
+    ) -> Result<Response<pb::RetryTaskResponse>, Status> {
+        let r = req.into_inner();
+        let id = convert::parse_id("task_id", &r.task_id)?;
+        convert::check_reason(&r.reason)?;
+        let t = self.core.retry(id, &r.reason).await?;
+        Ok(Response::new(pb::RetryTaskResponse {
+            status: Some(convert::status(&t)),
+        }))
+    }
+
+    #[instrument(skip_all, fields(task_id = %req.get_ref().task_id))]
+    async fn replay_workflow(
+        &self,
+        req: Request<pb::ReplayWorkflowRequest>,
+    ) -> Result<Response<pb::ReplayWorkflowResponse>, Status> {
+        let r = req.into_inner();
+        let id = convert::parse_id("task_id", &r.task_id)?;
+        convert::check_from_step(&r.from_step)?;
+        convert::check_reason(&r.reason)?;
+        let t = self.core.replay(id, &r.from_step, &r.reason).await?;
+        Ok(Response::new(pb::ReplayWorkflowResponse {
+            status: Some(convert::status(&t)),
+        }))
+    }
+
     type WatchTasksStream = WatchStream;
 
     #[instrument(skip_all)]

@@ -83,6 +83,12 @@ pub enum TaskCommand {
     Status(StatusArgs),
     /// Cancel one task.
     Cancel(CancelArgs),
+    /// Run ended (FAILED, CANCELLED, COMPENSATED) tasks again under their
+    /// ids, with a new attempt budget; one line per task.
+    Retry(RetryArgs),
+    /// Run an ended workflow again from a step; the steps before it keep
+    /// their outputs.
+    Replay(ReplayArgs),
     /// Print task events as they happen, until Ctrl-C.
     Watch(WatchArgs),
     /// List tasks, newest first.
@@ -308,6 +314,31 @@ pub struct CancelArgs {
     pub force: bool,
 }
 
+/// `task retry ID...`.
+#[derive(Args, Debug, Clone)]
+pub struct RetryArgs {
+    /// The task ids (select them with `task list --state failed
+    /// --error-kind KIND`).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// A reason, recorded in each task's log.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// `task replay ID --from STEP`.
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// The workflow task's id.
+    pub id: String,
+    /// The step to run again from (its id in the definition).
+    #[arg(long = "from", value_name = "STEP")]
+    pub from_step: String,
+    /// A reason, recorded in the task's log.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
 /// Which tasks `task watch` and `task list` show. Repeated flags (or
 /// comma-separated values) mean "any of"; different flags combine with AND.
 #[derive(Args, Debug, Clone, Default)]
@@ -336,6 +367,10 @@ pub struct FilterArgs {
     /// Only the fires of this schedule.
     #[arg(long = "schedule", value_name = "ID")]
     pub schedule: Option<String>,
+    /// Only tasks whose last error has this kind (`timeout`,
+    /// `worker_lost`, a worker's own).
+    #[arg(long = "error-kind", value_name = "KIND")]
+    pub error_kind: Option<String>,
 }
 
 impl FilterArgs {
@@ -362,6 +397,7 @@ impl FilterArgs {
                 .map(|s| pb::TaskSource::from(*s) as i32)
                 .collect(),
             schedule_id: self.schedule.clone().unwrap_or_default(),
+            error_kind: self.error_kind.clone().unwrap_or_default(),
         }
     }
 }

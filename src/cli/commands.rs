@@ -11,7 +11,8 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use super::args::{
-    CancelArgs, DisconnectArgs, ListArgs, LogsArgs, MetricsArgs, StatusArgs, WatchArgs,
+    CancelArgs, DisconnectArgs, ListArgs, LogsArgs, MetricsArgs, ReplayArgs, RetryArgs, StatusArgs,
+    WatchArgs,
 };
 use super::error::{describe_status, CliError};
 use super::{json, render};
@@ -341,6 +342,83 @@ pub(crate) async fn cancel<W: Write>(
         return out.document(&json::to_json(&response));
     }
     out.line(render::cancel_outcome(&args.id, &response))
+}
+
+/// `task retry`: each id in turn, one line (or JSON object) per task; a
+/// refusal is that task's line, and the command fails once all are tried.
+pub(crate) async fn retry<W: Write>(
+    client: &mut Client,
+    args: &RetryArgs,
+    out: &mut Output<W>,
+) -> Result<(), CliError> {
+    let mut failed = 0usize;
+    for id in &args.ids {
+        let request = pb::RetryTaskRequest {
+            task_id: id.clone(),
+            reason: args.reason.clone().unwrap_or_default(),
+        };
+        match client.retry_task(request).await {
+            Ok(r) => {
+                let status = r.into_inner().status.unwrap_or_default();
+                if out.json() {
+                    out.line(serde_json::json!({"taskId": id, "status": json::to_json(&status)}))?;
+                } else {
+                    out.line(format!(
+                        "retried {id}: run {}, {}",
+                        status.run,
+                        json::task_state_name(status.state)
+                    ))?;
+                }
+            }
+            Err(e) if e.code() == tonic::Code::Unavailable => return Err(rpc(e)),
+            Err(e) => {
+                failed += 1;
+                let err = rpc(e);
+                if out.json() {
+                    out.line(serde_json::json!({"taskId": id, "error": err.message()}))?;
+                } else {
+                    out.line(format!("not retried {id}: {}", err.message()))?;
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::new(
+            CliError::FAILURE,
+            format!("{failed} of {} tasks not retried", args.ids.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// `task replay`.
+pub(crate) async fn replay<W: Write>(
+    client: &mut Client,
+    args: &ReplayArgs,
+    out: &mut Output<W>,
+) -> Result<(), CliError> {
+    let request = pb::ReplayWorkflowRequest {
+        task_id: args.id.clone(),
+        from_step: args.from_step.clone(),
+        reason: args.reason.clone().unwrap_or_default(),
+    };
+    let status = client
+        .replay_workflow(request)
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .status
+        .unwrap_or_default();
+    if out.json() {
+        return out.document(&json::to_json(&status));
+    }
+    out.line(format!(
+        "replayed {} from step {}: run {}, {}",
+        args.id,
+        args.from_step,
+        status.run,
+        json::task_state_name(status.state)
+    ))
 }
 
 /// `task list`.
@@ -796,6 +874,28 @@ mod tests {
             }))
         }
 
+        async fn retry_task(
+            &self,
+            request: Request<pb::RetryTaskRequest>,
+        ) -> Result<Response<pb::RetryTaskResponse>, Status> {
+            let id = request.into_inner().task_id;
+            if id == "missing" {
+                return Err(Status::not_found("no task missing"));
+            }
+            let mut status = task(&id, pb::TaskState::Pending);
+            status.run = 1;
+            Ok(Response::new(pb::RetryTaskResponse {
+                status: Some(status),
+            }))
+        }
+
+        async fn replay_workflow(
+            &self,
+            _request: Request<pb::ReplayWorkflowRequest>,
+        ) -> Result<Response<pb::ReplayWorkflowResponse>, Status> {
+            Err(Status::unimplemented("not in this mock"))
+        }
+
         type WatchTasksStream = WatchStream;
 
         async fn watch_tasks(
@@ -1040,6 +1140,8 @@ mod tests {
             },
             TaskCommand::Status(a) => status(&mut client, &a, &mut out).await,
             TaskCommand::Cancel(a) => cancel(&mut client, &a, &mut out).await,
+            TaskCommand::Retry(a) => retry(&mut client, &a, &mut out).await,
+            TaskCommand::Replay(a) => replay(&mut client, &a, &mut out).await,
             TaskCommand::List(a) => list(&mut client, &a, &mut out).await,
             TaskCommand::Logs(a) => logs(&mut client, &a, &mut out, std::future::pending()).await,
             TaskCommand::Watch(_) => unreachable!("watch has its own test"),
@@ -1189,6 +1291,26 @@ mod tests {
                 .starts_with(&format!("cannot connect to http://{addr}")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn retry_tries_every_id_and_fails_if_one_was_refused() {
+        let addr = serve(MockOrchestrator::default()).await;
+        let (result, text) = run(addr, false, &["retry", "t-1", "missing", "t-2"]).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.exit_code(), CliError::FAILURE);
+        assert!(
+            err.message().contains("1 of 3 tasks not retried"),
+            "{err:?}"
+        );
+        assert!(text.contains("retried t-1: run 1, pending"), "{text}");
+        assert!(text.contains("not retried missing: "), "{text}");
+        assert!(text.contains("retried t-2: run 1, pending"), "{text}");
+        let (result, text) = run(addr, true, &["retry", "t-3"]).await;
+        result.unwrap();
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["task_id"], "t-3");
+        assert_eq!(v["status"]["run"], 1);
     }
 
     #[tokio::test]

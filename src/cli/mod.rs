@@ -48,8 +48,8 @@ use std::io;
 pub use args::{
     parse_duration, parse_json_array, parse_json_object, parse_label, schedule_line, BackoffArg,
     CancelArgs, ClientArgs, ClusterCommand, DisconnectArgs, FilterArgs, ListArgs, LogsArgs,
-    MetricsArgs, ScheduleArgs, ScheduleManyArgs, StatusArgs, TaskCommand, TaskSourceArg,
-    TaskStateArg, TaskTypeArg, WatchArgs,
+    MetricsArgs, ReplayArgs, RetryArgs, ScheduleArgs, ScheduleManyArgs, StatusArgs, TaskCommand,
+    TaskSourceArg, TaskStateArg, TaskTypeArg, WatchArgs,
 };
 pub use error::CliError;
 pub use schedule::{
@@ -89,6 +89,12 @@ pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), C
         }
         TaskCommand::Cancel(args) => {
             commands::cancel(&mut connect(server, tls).await?, &args, &mut out).await
+        }
+        TaskCommand::Retry(args) => {
+            commands::retry(&mut connect(server, tls).await?, &args, &mut out).await
+        }
+        TaskCommand::Replay(args) => {
+            commands::replay(&mut connect(server, tls).await?, &args, &mut out).await
         }
         TaskCommand::List(args) => {
             commands::list(&mut connect(server, tls).await?, &args, &mut out).await

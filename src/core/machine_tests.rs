@@ -267,3 +267,95 @@ fn a_cancelled_task_whose_worker_is_lost_gets_its_cleanup() {
     assert_eq!(st.finishing[&task.id].rt.state, TaskState::Cancelled);
     assert_eq!(cleanups(&fx), ["cancelled"]);
 }
+
+#[test]
+fn a_retried_task_runs_again_under_a_new_run_with_a_new_attempt_budget() {
+    let mut st = state();
+    let (n, _, _rx) = worker(&mut st, "email", 1);
+    let (task, _) = st.step(T0, |st| {
+        st.schedule_internal(new_task("email", 2, Duration::ZERO))
+    });
+    let fail = |st: &mut State, attempt: u32| {
+        st.apply_report(
+            task.id,
+            attempt,
+            Report::Fail {
+                error: TaskError {
+                    message: "boom".into(),
+                    kind: "IOError".into(),
+                    retryable: true,
+                    ..Default::default()
+                },
+                retry_after: None,
+            },
+        )
+    };
+    // Both attempts fail: FAILED for good.
+    st.step(T0 + 1, |st| fail(st, 1));
+    st.step(T0 + 2, |st| fail(st, 2));
+    let ended = st.finishing[&task.id].clone();
+    assert_eq!((ended.rt.state, ended.rt.attempt), (TaskState::Failed, 2));
+    assert_eq!(
+        st.counts.by_type[&TaskType::Simple][3],
+        1,
+        "counted as failed"
+    );
+
+    let (again, fx) = st.step(T0 + 10, |st| {
+        super::retry::rerun_for_test(st, ended.clone(), "fixed the worker")
+    });
+    let again = again.expect("a failed task can be retried");
+    assert_eq!((again.id, again.rt.run, again.rt.attempt), (task.id, 1, 0));
+    assert_eq!(again.rt.finished_at, None);
+    assert_eq!(
+        again.rt.last_error.as_deref().map(|e| e.kind.as_str()),
+        Some("IOError"),
+        "the last error stays until the new run ends"
+    );
+    // Written PENDING (its event, its log line), then started at once on
+    // the free worker as attempt 1 of the new run.
+    assert_eq!(
+        written_states(&fx),
+        [TaskState::Pending, TaskState::Running]
+    );
+    assert!(fx.eager, "a retry needs a commit before its answer");
+    match &fx.ops[0] {
+        WriteOp::Update { log, event, .. } => {
+            assert_eq!(*event, Some(EventKind::Retrying));
+            assert!(
+                log[0]
+                    .message
+                    .starts_with("retried by request from failed: run 1")
+                    && log[0].message.ends_with("(fixed the worker)"),
+                "{}",
+                log[0].message
+            );
+        }
+        other => panic!("expected an update, got {other:?}"),
+    }
+    match &fx.pushes[..] {
+        [(to, _, Push::Assign(a))] => {
+            assert_eq!(*to, n);
+            assert_eq!((a.task.rt.attempt, a.task.rt.run), (1, 1));
+        }
+        other => panic!("expected one assignment, got {}", other.len()),
+    }
+    assert_eq!(
+        st.counts.by_type[&TaskType::Simple][3],
+        0,
+        "no longer failed"
+    );
+    // A second retry while it runs is refused, and changes nothing.
+    let (second, fx) = st.step(T0 + 11, |st| {
+        super::retry::rerun_for_test(st, ended.clone(), "")
+    });
+    assert!(matches!(second, Err(CoreError::FailedPrecondition(_))));
+    assert!(fx.ops.is_empty());
+    // The new run has its own budget: a failure of its attempt 1 retries.
+    let ((), fx) = st.step(T0 + 12, |st| fail(st, 1));
+    assert_eq!(
+        written_states(&fx),
+        [TaskState::Pending, TaskState::Running]
+    );
+    assert_eq!(st.tasks[&task.id].task.rt.attempt, 2);
+}

@@ -27,6 +27,7 @@
 //! | `schedule` | accepting tasks, admission, cleanups |
 //! | `report` | what a worker's report does |
 //! | `cancel` | `CancelTask`, `Disconnect` |
+//! | `retry` | `RetryTask`, `ReplayWorkflow`: an ended task run again |
 //! | `timers` | the timer loop, deadlines, lease expiry |
 //! | `signal` | `SignalTask`, per-engine signal hooks |
 //! | `workflow_hooks` | run updates, child tasks |
@@ -54,6 +55,7 @@ mod queue;
 mod recovery;
 mod report;
 mod retention;
+mod retry;
 mod schedule;
 mod signal;
 mod state;
@@ -85,6 +87,7 @@ pub use error::{CoreError, FieldViolation};
 pub use protocol::{Assignment, CancelReason, Push, Report, WorkerInfo, WorkerLink};
 pub use queries::{MetricsSnapshot, QueueInfo};
 pub use retention::RemovalHook;
+pub use retry::ReplayHook;
 pub use schedule::{Admission, Scheduled};
 pub use signal::{Signal, SignalDelivery, SignalHook};
 pub use watch::REPLAY_PAGE;
@@ -112,6 +115,9 @@ struct Inner {
     /// How signals reach the tasks of engines that take them themselves
     /// (see [`Core::on_signal`]).
     signal_hooks: parking_lot::RwLock<HashMap<EngineKind, SignalHook>>,
+    /// How the workflow engine rewrites a run for a replay (see
+    /// [`Core::on_replay`]).
+    replay_hook: parking_lot::RwLock<Option<ReplayHook>>,
 }
 
 struct Listener {
@@ -154,6 +160,7 @@ impl Core {
             admissions: Default::default(),
             removal_hooks: Default::default(),
             signal_hooks: Default::default(),
+            replay_hook: Default::default(),
         });
         store.set_listener(Arc::new(Listener {
             hub,

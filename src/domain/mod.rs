@@ -64,6 +64,9 @@ pub mod rules {
     pub const MAX_BULK_TASKS: usize = 1000;
     /// The longest user or session id.
     pub const MAX_OWNER_BYTES: usize = 256;
+    /// The longest error kind (`TaskError.kind`, and the `error_kind`
+    /// filter).
+    pub const MAX_ERROR_KIND_BYTES: usize = 128;
     /// The longest reason of a cancel or a disconnect.
     pub const MAX_REASON_BYTES: usize = 1024;
     /// The longest workflow definition `RegisterWorkflow` takes.
@@ -628,6 +631,11 @@ pub struct TaskRuntime {
     pub repeat: bool,
     /// Sequence number of the last event.
     pub seq: u64,
+    /// The run: 0 for the task's first, one more each time it is run again
+    /// by request (`RetryTask`, `ReplayWorkflow`). A new run starts a new
+    /// attempt budget (`attempt` starts again from 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
     /// Whether it has been handed to its external engine (outbox).
     pub forwarded: bool,
     /// Executor-specific state (workflow steps), as JSON.
@@ -638,11 +646,25 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn progress_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.map_or(0.0, progress_percent))
 }
 
 impl TaskRuntime {
+    /// The kind of the last error, if it has one with a kind (what the
+    /// stores keep in the `error_kind` column, and `TaskFilter::error_kind`
+    /// selects).
+    pub fn error_kind(&self) -> Option<&str> {
+        self.last_error
+            .as_deref()
+            .map(|e| e.kind.as_str())
+            .filter(|k| !k.is_empty())
+    }
+
     /// A new pending task's runtime.
     pub fn new_pending(run_at: Micros, source: Source, reason: WaitingReason) -> Self {
         TaskRuntime {
@@ -663,6 +685,7 @@ impl TaskRuntime {
             lease_losses: 0,
             repeat: false,
             seq: 0,
+            run: 0,
             forwarded: false,
             detail: None,
         }
@@ -930,6 +953,8 @@ pub struct TaskFilter {
     pub sources: Vec<Source>,
     /// Fires of this schedule.
     pub schedule_id: Option<String>,
+    /// Tasks whose last error has this kind (`TaskError::kind`).
+    pub error_kind: Option<String>,
 }
 
 impl TaskFilter {
@@ -947,6 +972,11 @@ impl TaskFilter {
         }
         if let Some(s) = &self.schedule_id {
             if t.spec.schedule_id() != Some(s.as_str()) {
+                return false;
+            }
+        }
+        if let Some(k) = &self.error_kind {
+            if t.rt.error_kind() != Some(k.as_str()) {
                 return false;
             }
         }

@@ -77,6 +77,10 @@ macro_rules! store_contract {
                 crate::store::contract::removals_ride_one_per_commit(&$make).await
             }
             #[tokio::test]
+            async fn an_ended_task_run_again_leaves_the_ended_set() {
+                crate::store::contract::a_rerun_leaves_the_ended_set(&$make).await
+            }
+            #[tokio::test]
             async fn filters_lists_counts_and_changes() {
                 crate::store::contract::filters_lists_counts_and_changes(&$make).await
             }
@@ -687,6 +691,103 @@ pub(crate) async fn ended_tasks_are_removed_when_due(h: &dyn Harness) {
     h.close(o).await;
 }
 
+/// A task that failed is listed by its error's kind (the column follows
+/// the runtime through an update); run again (`RetryTask`: the row goes
+/// back to PENDING, keeping its last error), it leaves the ended counts
+/// and is no longer due for removal, and the kind still selects it.
+pub(crate) async fn a_rerun_leaves_the_ended_set(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let base = s.max_seq().await.unwrap();
+    let name = format!("rerun-{base}");
+    let kind = format!("kind-{base}");
+    let mut t = task(None);
+    let mut spec = (*t.spec).clone();
+    spec.name = name.clone();
+    spec.retention = Some(Box::new(Retention {
+        failed: Some(Duration::from_secs(1)),
+        ..Default::default()
+    }));
+    t.spec = Arc::new(spec);
+    t.rt.seq = base + 1;
+    insert(s, &t).await;
+    let update = |t: &Task| {
+        let (tx, rx) = oneshot::channel();
+        s.submit(
+            vec![WriteOp::Update {
+                task: t.clone(),
+                log: vec![],
+                event: Some(EventKind::Updated),
+            }],
+            Some(tx),
+        );
+        rx
+    };
+    let mut failed = t.clone();
+    failed.rt.state = TaskState::Failed;
+    failed.rt.finished_at = Some(now_micros() - 10_000_000);
+    failed.rt.seq = base + 2;
+    failed.rt.last_error = Some(Box::new(crate::domain::TaskError {
+        message: "too slow".into(),
+        kind: kind.clone(),
+        ..Default::default()
+    }));
+    update(&failed).await.unwrap().unwrap();
+    let by_kind = |states: Vec<TaskState>| ListQuery {
+        filter: TaskFilter {
+            error_kind: Some(kind.clone()),
+            states,
+            ..Default::default()
+        },
+        limit: 10,
+        before: None,
+    };
+    let ids = |v: Vec<Task>| v.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list(by_kind(vec![])).await.unwrap()), vec![t.id]);
+    assert_eq!(
+        ids(s.list(by_kind(vec![TaskState::Failed])).await.unwrap()),
+        vec![t.id]
+    );
+    let ended = |finals: &crate::store::Counts| -> u64 {
+        finals
+            .iter()
+            .filter(|c| c.1 == name && c.2 == TaskState::Failed)
+            .map(|c| c.3)
+            .sum()
+    };
+    assert_eq!(ended(&s.final_counts().await.unwrap()), 1);
+    assert!(s
+        .due_for_removal(now_micros(), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.id == t.id));
+
+    let mut again = failed.clone();
+    again.rt.state = TaskState::Pending;
+    again.rt.finished_at = None;
+    again.rt.attempt = 0;
+    again.rt.run = 1;
+    again.rt.seq = base + 3;
+    update(&again).await.unwrap().unwrap();
+    assert_eq!(ended(&s.final_counts().await.unwrap()), 0);
+    assert!(!s
+        .due_for_removal(now_micros(), 1000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.id == t.id));
+    assert!(s
+        .list(by_kind(vec![TaskState::Failed]))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(ids(s.list(by_kind(vec![])).await.unwrap()), vec![t.id]);
+    let (back, _) = s.get(t.id).await.unwrap().expect("the row");
+    assert_eq!((back.rt.state, back.rt.run), (TaskState::Pending, 1));
+    h.close(o).await;
+}
+
 /// Removing writes queued together ride on consecutive commits, one each
 /// ([`super::GroupCost`]): a sweep's removals never pile into one commit
 /// that would hold the writes behind it.
@@ -756,6 +857,21 @@ pub(crate) fn filter_cases() -> Vec<(&'static str, TaskFilter)> {
             "schedule and states",
             TaskFilter {
                 schedule_id: Some("nightly".into()),
+                states: vec![TaskState::Failed, TaskState::Cancelled],
+                ..f()
+            },
+        ),
+        (
+            "error kind",
+            TaskFilter {
+                error_kind: Some("timeout".into()),
+                ..f()
+            },
+        ),
+        (
+            "error kind and states",
+            TaskFilter {
+                error_kind: Some("timeout".into()),
                 states: vec![TaskState::Failed, TaskState::Cancelled],
                 ..f()
             },

@@ -237,6 +237,7 @@ impl Split {
             || f.user_id.is_some()
             || f.session_id.is_some()
             || f.schedule_id.is_some()
+            || f.error_kind.is_some()
         {
             return Split::One;
         }

@@ -826,6 +826,39 @@ async fn cancel_removes_a_waiting_job() {
     p.clean().await;
 }
 
+/// RetryTask of a task routed to BullMQ is refused, naming why: BullMQ
+/// keeps the ended job under the task's id, so a new add would be ignored.
+#[tokio::test]
+async fn a_retry_of_a_bullmq_task_is_refused_naming_the_backend() {
+    let url = redis_url();
+    if !prerequisites(&url).await {
+        return;
+    }
+    let p = Prefix::new(&url);
+    let s = server(&url, &p.name, &["idle"]).await;
+    let mut c = s.client().await;
+    let id = schedule(
+        &mut c,
+        task("idle", json!({"mode": "ok"}), Default::default()),
+    )
+    .await;
+    cancel(&mut c, &id, "not needed").await;
+    wait_state(&mut c, &id, pb::TaskState::Cancelled, LONG_WAIT).await;
+    let e = c
+        .retry_task(pb::RetryTaskRequest {
+            task_id: id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("bullmq backend"), "{e:?}");
+    let after = status(&mut c, &id).await;
+    assert_eq!((state(&after), after.run), (pb::TaskState::Cancelled, 0));
+    s.stop().await;
+    p.clean().await;
+}
+
 #[tokio::test]
 async fn cancel_of_an_active_job_is_requested_then_honoured_by_the_helper() {
     let url = redis_url();

@@ -562,6 +562,53 @@ async fn every_free_text_field_is_bounded() {
             .await,
         "filter.names[0]",
     );
+    // Retry and replay: the reason, the step and the error-kind filter.
+    let some_id = uuid::Uuid::now_v7().to_string();
+    refused(
+        "RetryTask.reason of 1 MiB",
+        client
+            .retry_task(pb::RetryTaskRequest {
+                task_id: some_id.clone(),
+                reason: long(1 << 20),
+            })
+            .await,
+        "reason",
+    );
+    refused(
+        "ReplayWorkflow.from_step of 1 MiB",
+        client
+            .replay_workflow(pb::ReplayWorkflowRequest {
+                task_id: some_id.clone(),
+                from_step: long(1 << 20),
+                ..Default::default()
+            })
+            .await,
+        "from_step",
+    );
+    refused(
+        "ReplayWorkflow.task_id of 1 MiB",
+        client
+            .replay_workflow(pb::ReplayWorkflowRequest {
+                task_id: long(1 << 20),
+                from_step: "s1".into(),
+                ..Default::default()
+            })
+            .await,
+        "task_id",
+    );
+    refused(
+        "ListTasks error_kind of 1 MiB",
+        client
+            .list_tasks(pb::ListTasksRequest {
+                filter: Some(pb::TaskFilter {
+                    error_kind: long(1 << 20),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await,
+        "filter.error_kind",
+    );
     // A delay with nanos past a second says so.
     let r = client
         .schedule_task(simple_with(

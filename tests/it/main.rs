@@ -22,6 +22,7 @@ mod core_list_metrics;
 mod core_watch;
 mod hostile;
 mod retention;
+mod retry;
 mod schedule_refusals;
 mod schedules;
 mod store_backup;

@@ -182,6 +182,42 @@ impl Client {
         Ok(self.inner.cancel_task(r).await?.into_inner())
     }
 
+    /// Runs an ended (FAILED, CANCELLED, COMPENSATED) task again under its
+    /// id, with the next run number and a new attempt budget (`RetryTask`).
+    pub async fn retry(&mut self, task_id: &str, reason: &str) -> Result<pb::TaskStatus, Status> {
+        let r = self.req(pb::RetryTaskRequest {
+            task_id: task_id.into(),
+            reason: reason.into(),
+        });
+        self.inner
+            .retry_task(r)
+            .await?
+            .into_inner()
+            .status
+            .ok_or_else(|| Status::internal("the answer has no status"))
+    }
+
+    /// Runs an ended workflow again from step `from_step`: earlier steps
+    /// keep their outputs (`ReplayWorkflow`).
+    pub async fn replay(
+        &mut self,
+        task_id: &str,
+        from_step: &str,
+        reason: &str,
+    ) -> Result<pb::TaskStatus, Status> {
+        let r = self.req(pb::ReplayWorkflowRequest {
+            task_id: task_id.into(),
+            from_step: from_step.into(),
+            reason: reason.into(),
+        });
+        self.inner
+            .replay_workflow(r)
+            .await?
+            .into_inner()
+            .status
+            .ok_or_else(|| Status::internal("the answer has no status"))
+    }
+
     /// Stops every active task of a user.
     pub async fn disconnect_user(
         &mut self,

@@ -7,8 +7,8 @@ use crate::domain::*;
 use crate::pb;
 
 use super::{
-    check_len, check_name, non_empty, task_type, Violations, MAX_FILTER_VALUES, MAX_OWNER_BYTES,
-    MAX_REASON_BYTES,
+    check_len, check_name, non_empty, task_type, Violations, MAX_ERROR_KIND_BYTES,
+    MAX_FILTER_VALUES, MAX_OWNER_BYTES, MAX_REASON_BYTES,
 };
 
 /// Checks a user or session id of a filter or a disconnect.
@@ -28,6 +28,22 @@ pub fn check_reason(v: &str) -> Result<(), CoreError> {
         return Err(CoreError::field(
             "reason",
             format!("must be at most {MAX_REASON_BYTES} bytes, got {}", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `ReplayWorkflow.from_step`: a step id, 1 to 64 bytes (whether
+/// the workflow has it is the engine's to say).
+pub fn check_from_step(v: &str) -> Result<(), CoreError> {
+    use crate::executor::workflow::definition::MAX_STEP_ID;
+    if v.is_empty() {
+        return Err(CoreError::field("from_step", "must name a step"));
+    }
+    if v.len() > MAX_STEP_ID {
+        return Err(CoreError::field(
+            "from_step",
+            format!("must be at most {MAX_STEP_ID} bytes, got {}", v.len()),
         ));
     }
     Ok(())
@@ -76,10 +92,17 @@ pub fn filter(f: Option<pb::TaskFilter>, prefix: &str) -> Result<TaskFilter, Cor
             vs.add(&format!("{prefix}.schedule_id"), e);
         }
     }
+    check_len(
+        &mut vs,
+        &format!("{prefix}.error_kind"),
+        &f.error_kind,
+        MAX_ERROR_KIND_BYTES,
+    );
     let mut out = TaskFilter {
         user_id: non_empty(f.user_id),
         session_id: non_empty(f.session_id),
         schedule_id: non_empty(f.schedule_id),
+        error_kind: non_empty(f.error_kind),
         ..Default::default()
     };
     for (i, id) in f.task_ids.iter().enumerate() {

@@ -22,7 +22,7 @@ pub mod new_task;
 pub mod task;
 pub mod worker;
 
-pub use filter::{check_owner, check_reason, filter};
+pub use filter::{check_from_step, check_owner, check_reason, filter};
 pub use metrics::metrics;
 pub use new_task::{new_task, new_tasks, Limits};
 pub use task::{
@@ -32,7 +32,8 @@ pub use worker::{assignment, fail_report, registration};
 
 pub use crate::domain::rules::check_name;
 pub use crate::domain::rules::{
-    MAX_DEFINITION_BYTES, MAX_FILTER_VALUES, MAX_OWNER_BYTES, MAX_REASON_BYTES, MAX_RETRY_AFTER,
+    MAX_DEFINITION_BYTES, MAX_ERROR_KIND_BYTES, MAX_FILTER_VALUES, MAX_OWNER_BYTES,
+    MAX_REASON_BYTES, MAX_RETRY_AFTER,
 };
 
 /// Collects field violations.

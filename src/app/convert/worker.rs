@@ -52,6 +52,7 @@ pub fn assignment(a: &crate::core::Assignment, payload: &str) -> pb::Assignment 
         max_attempts: t.spec.max_attempts,
         idempotency_key: match t.spec.labels.get("workflow_step") {
             Some(step) => format!("{step}:{}", t.rt.attempt),
+            None if t.rt.run > 0 => format!("{}:run{}:{}", t.id, t.rt.run, t.rt.attempt),
             None => format!("{}:{}", t.id, t.rt.attempt),
         },
         deadline: a.deadline.map(ts),

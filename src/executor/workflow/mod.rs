@@ -105,6 +105,16 @@
 //! never run again, a step whose task was in flight is awaited (that task
 //! alone may run twice, with the same idempotency key), timers re-arm from
 //! their recorded `wake_at`.
+//!
+//! An ended run can run again (the core's `RetryTask` and
+//! `ReplayWorkflow`): a retry drops the run, so the engine starts a new one
+//! on the latest definition; a replay from a step rewrites the run
+//! (`engine::replay_from`, through the hook registered here with
+//! `Core::on_replay`): earlier steps keep their outputs, the step, the ones
+//! after it and those that depend on them start over, and the engine takes
+//! the task up as it resumes any run. The task's run number (`run<n>`) is
+//! part of its step tasks' `workflow_step` label, so their workers'
+//! idempotency keys differ from the earlier runs'.
 
 pub mod definition;
 pub mod engine;
@@ -118,7 +128,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::core::{Core, CoreError, EngineKind};
-use crate::domain::{Target, TaskSpec};
+use crate::domain::{Micros, Target, Task, TaskSpec, WorkflowRun};
 
 pub use registry::Registry;
 
@@ -187,6 +197,38 @@ pub fn start(
                 ))
             }
             _ => Ok(()),
+        })
+    });
+    // ReplayWorkflow: the run is rewritten against the version it pinned.
+    core.on_replay({
+        let registry = registry.clone();
+        Arc::new(move |task: &Task, from: &str, now: Micros| {
+            let Target::Complex { workflow_type, .. } = &task.spec.target else {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "task {} is not a workflow",
+                    task.id
+                )));
+            };
+            let mut run = WorkflowRun::from_detail(task.rt.detail.as_deref());
+            if run.version == 0 {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "workflow task {} never started a run: retry it (RetryTask) instead",
+                    task.id
+                )));
+            }
+            let wf = registry.get(workflow_type, run.version).ok_or_else(|| {
+                CoreError::FailedPrecondition(format!(
+                    "version {} of workflow {workflow_type:?} is not registered",
+                    run.version
+                ))
+            })?;
+            let line = engine::replay_from(&mut run, &wf, from, now).map_err(|r| match r {
+                engine::ReplayRefusal::UnknownStep(m) => CoreError::field("from_step", m),
+                engine::ReplayRefusal::NotReplayable(m) => CoreError::FailedPrecondition(m),
+            })?;
+            let detail = serde_json::to_value(&run)
+                .map_err(|e| CoreError::Unavailable(format!("the run cannot be written: {e}")))?;
+            Ok((detail, line))
         })
     });
     let engine = engine::Engine::new(core.clone(), link.id, registry.clone());

@@ -73,6 +73,9 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (Vec<String>, Params) {
     if let Some(s) = &f.schedule_id {
         w.add("schedule_id", "text", vec![s.clone()]);
     }
+    if let Some(k) = &f.error_kind {
+        w.add("error_kind", "text", vec![k.clone()]);
+    }
     w.add("id", "uuid", f.task_ids.clone());
     w.add("name", "text", f.names.clone());
     let small = |v: Vec<i64>| v.into_iter().map(|c| c as i16).collect::<Vec<i16>>();

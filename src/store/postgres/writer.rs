@@ -94,24 +94,25 @@ WITH f AS (
 i AS (
     INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id,
                        session_id, idempotency_key, parent_id, spec, rt, payload, term,
-                       purge_at, schedule_id)
+                       purge_at, schedule_id, error_kind)
     SELECT u.id, u.created_at, u.name, u.task_type, u.state, u.seq, u.source, u.user_id,
            u.session_id, u.idempotency_key, u.parent_id, u.spec, u.rt,
            COALESCE(u.payload, (SELECT t.payload FROM tasks t WHERE t.id = u.payload_of), '{}'),
-           $2::int8, u.purge_at, u.schedule_id
+           $2::int8, u.purge_at, u.schedule_id, u.error_kind
     FROM unnest($4::uuid[], $5::int8[], $6::text[], $7::int2[], $8::int2[], $9::int8[],
                 $10::int2[], $11::text[], $12::text[], $13::text[], $14::uuid[], $15::text[],
-                $16::text[], $17::text[], $18::uuid[], $30::int8[], $33::text[])
+                $16::text[], $17::text[], $18::uuid[], $30::int8[], $33::text[], $34::text[])
          AS u(id, created_at, name, task_type, state, seq, source, user_id, session_id,
               idempotency_key, parent_id, spec, rt, payload, payload_of, purge_at,
-              schedule_id)
+              schedule_id, error_kind)
     ON CONFLICT DO NOTHING
     RETURNING id),
 w AS (
     UPDATE tasks t SET state = u.state, seq = u.seq, source = u.source, rt = u.rt,
-                       term = $2::int8, purge_at = u.purge_at
-    FROM unnest($19::uuid[], $20::int2[], $21::int8[], $22::int2[], $23::text[], $31::int8[])
-         AS u(id, state, seq, source, rt, purge_at)
+                       term = $2::int8, purge_at = u.purge_at, error_kind = u.error_kind
+    FROM unnest($19::uuid[], $20::int2[], $21::int8[], $22::int2[], $23::text[], $31::int8[],
+                $35::text[])
+         AS u(id, state, seq, source, rt, purge_at, error_kind)
     WHERE t.id = u.id
     RETURNING t.id),
 l AS (
@@ -181,6 +182,7 @@ struct Plan<'a> {
     ins_payload: Vec<Option<&'a str>>,
     ins_payload_of: Vec<Option<Uuid>>,
     ins_purge: Vec<Option<i64>>,
+    ins_error_kind: Vec<Option<&'a str>>,
     /// Where each task inserted in this batch is in `ins_*`.
     ins_at: HashMap<Uuid, usize>,
     /// Where each task updated in this batch is in `upd_*`.
@@ -191,6 +193,7 @@ struct Plan<'a> {
     upd_source: Vec<i16>,
     upd_rt: Vec<String>,
     upd_purge: Vec<Option<i64>>,
+    upd_error_kind: Vec<Option<&'a str>>,
     /// Tasks removed (retention).
     removed: Vec<Uuid>,
     log_task: Vec<Uuid>,
@@ -264,6 +267,7 @@ impl<'a> Plan<'a> {
                     self.ins_spec.push(spec);
                     self.ins_rt.push(rt);
                     self.ins_purge.push(purge_at(&self.retention, task));
+                    self.ins_error_kind.push(task.rt.error_kind());
                     match payload {
                         Payload::Json(p) => {
                             self.ins_payload.push(Some(p));
@@ -284,6 +288,7 @@ impl<'a> Plan<'a> {
                         task.rt.source.code() as i16,
                     );
                     let purge = purge_at(&self.retention, task);
+                    let error_kind = task.rt.error_kind();
                     if let Some(&i) = self.ins_at.get(&id) {
                         // Inserted in this batch: the insert carries it (the
                         // statement's parts do not see each other's rows).
@@ -292,6 +297,7 @@ impl<'a> Plan<'a> {
                         self.ins_source[i] = source;
                         self.ins_rt[i] = rt;
                         self.ins_purge[i] = purge;
+                        self.ins_error_kind[i] = error_kind;
                         self.coalesced += 1;
                         self.add_logs(log);
                         continue;
@@ -303,6 +309,7 @@ impl<'a> Plan<'a> {
                             self.upd_source[i] = source;
                             self.upd_rt[i] = rt;
                             self.upd_purge[i] = purge;
+                            self.upd_error_kind[i] = error_kind;
                             self.coalesced += 1;
                         }
                         None => {
@@ -313,6 +320,7 @@ impl<'a> Plan<'a> {
                             self.upd_source.push(source);
                             self.upd_rt.push(rt);
                             self.upd_purge.push(purge);
+                            self.upd_error_kind.push(error_kind);
                         }
                     }
                     self.add_logs(log);
@@ -357,7 +365,7 @@ async fn commit(
         Some(f) => (f.partition, f.term, Some(f.holder.as_str())),
         None => (0, 0, None),
     };
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 33] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 35] = [
         &partition,
         &term,
         &holder,
@@ -391,6 +399,8 @@ async fn commit(
         &p.upd_purge,
         &p.removed,
         &p.ins_schedule,
+        &p.ins_error_kind,
+        &p.upd_error_kind,
     ];
     let write = c.query_one(&s.write, &params);
     let row = if p.q_id.is_empty() {

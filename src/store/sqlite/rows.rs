@@ -112,6 +112,9 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>
     if let Some(s) = &f.schedule_id {
         push_in("schedule_id", vec![Value::Text(s.clone())], &mut clauses);
     }
+    if let Some(k) = &f.error_kind {
+        push_in("error_kind", vec![Value::Text(k.clone())], &mut clauses);
+    }
     push_in(
         "id",
         f.task_ids

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     rt TEXT NOT NULL,
     payload TEXT NOT NULL,
     purge_at INTEGER,
-    schedule_id TEXT
+    schedule_id TEXT,
+    error_kind TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks(seq);
@@ -34,6 +35,7 @@ CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source, id);
 CREATE INDEX IF NOT EXISTS tasks_user_id ON tasks(user_id, id) WHERE user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_session_id ON tasks(session_id, id) WHERE session_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_schedule_id ON tasks(schedule_id, id) WHERE schedule_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_error_kind ON tasks(error_kind, id) WHERE error_kind IS NOT NULL;
 -- Retention: a workflow's steps go with it; ended tasks by removal time,
 -- and by name in the order they ended (count caps).
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
@@ -110,6 +112,23 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     )?;
     if !has_schedule {
         conn.execute_batch("ALTER TABLE tasks ADD COLUMN schedule_id TEXT;")?;
+    }
+    // Retry: the kind of the last error in a column of its own, taken from
+    // the runtime's JSON of rows of earlier versions (a row whose JSON does
+    // not read keeps none; it is quarantined at start-up anyway).
+    let has_error_kind: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'error_kind'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_error_kind {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE tasks ADD COLUMN error_kind TEXT;
+             UPDATE tasks SET error_kind = NULLIF(json_extract(rt, '$.last_error.kind'), '')
+                 WHERE rt LIKE '%\"last_error\":{%' AND json_valid(rt);
+             COMMIT;",
+        )?;
     }
     let has_purge: bool = conn.query_row(
         "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'purge_at'",

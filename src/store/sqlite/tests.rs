@@ -201,7 +201,7 @@ fn every_list_filter_and_sweep_query_uses_an_index() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 32);
+    assert_eq!(checked, 36);
     use rusqlite::types::Value;
     for (what, sql, params) in [
         (

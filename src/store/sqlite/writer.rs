@@ -448,15 +448,15 @@ pub(super) fn apply_group(
                 let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
                 let (sql, payload) = match payload {
                     Payload::Json(p) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                          ON CONFLICT DO NOTHING",
                         rusqlite::types::Value::Text(p.to_string()),
                     ),
                     Payload::CopyOf(src) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16)
+                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16, ?17)
                          ON CONFLICT DO NOTHING",
                         rusqlite::types::Value::Blob(src.as_bytes().to_vec()),
                     ),
@@ -479,6 +479,7 @@ pub(super) fn apply_group(
                     payload,
                     purge_at(retention, task),
                     task.spec.schedule_id(),
+                    task.rt.error_kind(),
                 ])?;
                 if n == 0 {
                     let existing: Option<Vec<u8>> = match &task.spec.idempotency_key {
@@ -501,7 +502,8 @@ pub(super) fn apply_group(
                 let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
                 let n = conn
                     .prepare_cached(
-                        "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6
+                        "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6,
+                                          error_kind = ?7
                          WHERE id = ?1",
                     )?
                     .execute(params![
@@ -511,6 +513,7 @@ pub(super) fn apply_group(
                         task.rt.source.code(),
                         rt,
                         purge_at(retention, task),
+                        task.rt.error_kind(),
                     ])?;
                 if n == 0 {
                     // No such row: the task's insert failed (the core

@@ -22,6 +22,11 @@ use crate::executor::workflow::template::{self, Scope};
 pub(super) struct Flow {
     /// The attempt the core assigned (reports must name it).
     pub(super) attempt: u32,
+    /// The workflow task's run (`TaskRuntime::run`): more than 0 after a
+    /// retry or replay, and then part of its step tasks' `workflow_step`
+    /// label, so their workers' idempotency keys differ from the earlier
+    /// runs'.
+    pub(super) task_run: u32,
     /// The pinned definition version.
     pub(super) wf: Arc<Workflow>,
     /// A copy of the run as last handed to the core; change it with
@@ -159,6 +164,11 @@ impl Flow {
         input: &Value,
     ) -> NewTask {
         let mut labels = BTreeMap::new();
+        let label = if self.task_run > 0 {
+            format!("{label}:run{}", self.task_run)
+        } else {
+            label
+        };
         labels.insert("workflow_step".to_string(), label);
         NewTask {
             spec: TaskSpec {
@@ -281,6 +291,7 @@ mod tests {
         };
         Flow {
             attempt: 1,
+            task_run: 0,
             wf: Arc::new(wf),
             run,
             es: EngineState::default(),

@@ -40,6 +40,7 @@ mod transitions;
 
 use flow::Flow;
 use transitions::running_children;
+pub(crate) use transitions::{replay_from, ReplayRefusal};
 
 /// What a timer wakes: a step's timer or timeout, or the workflow's own
 /// deadline. (A step's timer sorts before the deadline due at the same

@@ -331,6 +331,121 @@ pub(super) fn apply_abort(
     (cancel, logs)
 }
 
+/// Why a run cannot be replayed from the step asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplayRefusal {
+    /// The definition has no step of that id.
+    UnknownStep(String),
+    /// A step the replay would keep did not complete.
+    NotReplayable(String),
+}
+
+/// Rewrites an ended run of `wf` so that it runs again from step `from` at
+/// `now`: the step `from`, every step after it in definition order and every
+/// step that depends on one of those (directly or not) go back to PENDING
+/// with nothing recorded; the steps before it keep their outputs and their
+/// completion order, and a step whose compensation had undone it counts as
+/// completed again (so its compensation runs again if the new run stops).
+/// Signals consumed by a step that runs again are delivered again, as
+/// signals that arrived after the replay point. The engine's state starts
+/// over: no abort, a new deadline from `now`. Every kept step must have
+/// completed. Returns the log line.
+pub(crate) fn replay_from(
+    run: &mut WorkflowRun,
+    wf: &Workflow,
+    from: &str,
+    now: Micros,
+) -> Result<String, ReplayRefusal> {
+    let Some(start) = wf.steps.iter().position(|s| s.id == from) else {
+        let ids: Vec<&str> = wf.steps.iter().map(|s| s.id.as_str()).collect();
+        return Err(ReplayRefusal::UnknownStep(format!(
+            "workflow {} v{} has no step {}; its steps are {}",
+            wf.name,
+            wf.version,
+            crate::domain::text::quote(from),
+            crate::domain::text::cut(&ids.join(", "), 512)
+        )));
+    };
+    if run.steps.len() != wf.steps.len() {
+        return Err(ReplayRefusal::NotReplayable(format!(
+            "the run records {} steps, version {} of workflow {} has {}",
+            run.steps.len(),
+            wf.version,
+            wf.name,
+            wf.steps.len()
+        )));
+    }
+    let mut again: Vec<bool> = (0..wf.steps.len()).map(|i| i >= start).collect();
+    loop {
+        let mut grew = false;
+        for (i, s) in wf.steps.iter().enumerate() {
+            if !again[i] && s.deps.iter().any(|&d| again.get(d) == Some(&true)) {
+                again[i] = true;
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    for (i, s) in run.steps.iter().enumerate() {
+        if !again[i]
+            && !matches!(
+                s.state,
+                StepState::Completed | StepState::Compensated | StepState::CompensationFailed
+            )
+        {
+            return Err(ReplayRefusal::NotReplayable(format!(
+                "step {} (kept by a replay from {from}) did not complete (it is {}): replay from \
+                 an earlier step",
+                s.id,
+                serde_json::to_value(s.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )));
+        }
+    }
+    let (mut kept, mut rerun) = (Vec::new(), Vec::new());
+    for (i, s) in run.steps.iter_mut().enumerate() {
+        if again[i] {
+            rerun.push(s.id.clone());
+            *s = StepRun {
+                id: s.id.clone(),
+                kind: s.kind.clone(),
+                depends_on: s.depends_on.clone(),
+                ..Default::default()
+            };
+        } else {
+            kept.push(s.id.clone());
+            s.state = StepState::Completed;
+            s.compensation_task_id = None;
+            s.wake_at = None;
+        }
+    }
+    for sig in &mut run.signals {
+        if sig.consumed_by.as_ref().is_some_and(|c| rerun.contains(c)) {
+            sig.consumed_by = None;
+        }
+    }
+    let es = EngineState {
+        deadline: wf.timeout.map(|t| add_micros(now, t)),
+        abort: None,
+    };
+    es.put(run);
+    Ok(format!(
+        "workflow {} v{} from step {from}: kept {}; runs again {}",
+        wf.name,
+        wf.version,
+        if kept.is_empty() {
+            "none".to_string()
+        } else {
+            kept.join(", ")
+        },
+        rerun.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,5 +667,114 @@ depends_on = ["a", "b"]
         assert_eq!(run.signals[0].consumed_by.as_deref(), Some("w"));
         assert_eq!(run.signals[1].consumed_by, None);
         assert!(!consume_signal(&mut run, 0, "stop", 10));
+    }
+
+    const FIVE: &str = r#"
+name = "five"
+timeout = "1m"
+[[steps]]
+id = "s1"
+task = "t"
+compensate = { task = "undo" }
+[[steps]]
+id = "s2"
+task = "t"
+compensate = { task = "undo" }
+[[steps]]
+id = "s3"
+task = "t"
+[[steps]]
+id = "s4"
+signal = "go"
+[[steps]]
+id = "s5"
+task = "t"
+"#;
+
+    #[test]
+    fn a_replay_keeps_the_earlier_outputs_and_resets_the_rest() {
+        let (wf, mut run) = run_for(FIVE);
+        complete_step(&mut run, 0, Some(json!({"n": 1})), 1);
+        complete_step(&mut run, 1, Some(json!({"n": 2})), 2);
+        complete_step(&mut run, 2, Some(json!({"n": 3})), 3);
+        run.signals.push(SignalRecord {
+            name: "go".into(),
+            consumed_by: Some("s4".into()),
+            ..Default::default()
+        });
+        run.steps[3].state = StepState::Failed;
+        run.steps[4].state = StepState::Skipped;
+        run.steps[0].state = StepState::Compensated;
+        run.steps[0].compensation_task_id = Some(TaskId::now_v7());
+        run.steps[1].state = StepState::Compensated;
+        let mut es = EngineState::of(&run);
+        es.abort = Some(Abort {
+            cause: Cause::StepFailed,
+            step: Some("s4".into()),
+            error: None,
+            reason: "x".into(),
+        });
+        es.put(&mut run);
+
+        // An unknown step names itself; nothing changes.
+        let before = run.clone();
+        assert!(matches!(
+            replay_from(&mut run, &wf, "nope", 10),
+            Err(ReplayRefusal::UnknownStep(_))
+        ));
+        assert_eq!(run, before);
+
+        let line = replay_from(&mut run, &wf, "s3", 10).expect("replayable");
+        assert!(
+            line.contains("kept s1, s2; runs again s3, s4, s5"),
+            "{line}"
+        );
+        let states: Vec<StepState> = run.steps.iter().map(|s| s.state).collect();
+        use StepState::*;
+        assert_eq!(states, [Completed, Completed, Pending, Pending, Pending]);
+        assert_eq!(run.steps[0].output, Some(json!({"n": 1})));
+        assert_eq!(run.steps[0].compensation_task_id, None);
+        assert_eq!(run.steps[1].completed_order, Some(2));
+        assert_eq!(run.steps[2].output, None);
+        assert_eq!(run.steps[2].completed_order, None);
+        assert_eq!(
+            run.signals[0].consumed_by, None,
+            "s4's signal is delivered again"
+        );
+        assert_eq!(
+            EngineState::of(&run),
+            EngineState {
+                deadline: Some(10 + 60_000_000),
+                abort: None
+            }
+        );
+        assert_eq!(ready_steps(&run, &wf), [2]);
+    }
+
+    #[test]
+    fn a_replay_refuses_to_keep_a_step_that_did_not_complete() {
+        let (wf, mut run) = run_for(FIVE);
+        complete_step(&mut run, 0, None, 1);
+        run.steps[1].state = StepState::Failed;
+        let before = run.clone();
+        assert!(matches!(
+            replay_from(&mut run, &wf, "s3", 10),
+            Err(ReplayRefusal::NotReplayable(m)) if m.contains("step s2")
+        ));
+        assert_eq!(run, before);
+        // From the failed step itself it is fine.
+        assert!(replay_from(&mut run, &wf, "s2", 10).is_ok());
+    }
+
+    #[test]
+    fn a_replay_also_runs_again_what_depends_on_the_replayed_steps() {
+        // c depends on a and b; a replay from b (index 1) also reruns c;
+        // a (before b, independent) is kept.
+        let (wf, mut run) = run_for(DAG);
+        complete_step(&mut run, 0, Some(json!(1)), 1);
+        complete_step(&mut run, 1, Some(json!(2)), 2);
+        complete_step(&mut run, 2, Some(json!(3)), 3);
+        let line = replay_from(&mut run, &wf, "b", 5).expect("replayable");
+        assert!(line.contains("kept a; runs again b, c"), "{line}");
     }
 }
