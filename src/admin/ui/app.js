@@ -23,6 +23,7 @@
   const POLL_MS = 2000;
   const WINDOW_MS = 5 * 60 * 1000;
   const FINAL = new Set(['completed', 'failed', 'cancelled', 'compensated']);
+  const RETRYABLE = new Set(['failed', 'cancelled', 'compensated']);
   const COLORS = ['#4f46e5', '#0ea5e9', '#f59e0b', '#10b981', '#ef4444', '#8b5cf6'];
 
   const token = new URLSearchParams(location.search).get('access_token') || '';
@@ -271,6 +272,10 @@
     panel.dataset.taskId = s.id;
     $('d-title').innerHTML = `${esc(s.name)} <span class="badge s-${esc(st)}">${esc(st)}</span>`;
     $('cancel-btn').disabled = FINAL.has(st) || s.cancelRequested;
+    // RetryTask takes a FAILED, CANCELLED or COMPENSATED task that is not
+    // a workflow's step (those replay with their workflow).
+    $('retry-btn').hidden = !RETRYABLE.has(st) || !!s.parentId;
+    $('retry-btn').disabled = false;
     const row = (k, v) => `<dt>${esc(k)}</dt><dd>${v}</dd>`;
     let h = '<dl class="kv">' +
       row('Id', `<span class="mono">${esc(s.id)}</span>`) +
@@ -306,7 +311,10 @@
         return `<li data-step="${esc(p.id)}" data-state="${esc(ps)}"><span class="sid">${esc(p.id)}</span>` +
           `<span class="muted">${esc(p.kind)}</span>` +
           `<span class="badge s-${esc(ps)}">${esc(word(ps))}</span>` +
-          (num(p.attempt) > 1 ? `<span class="muted">attempt ${num(p.attempt)}</span>` : '') + '</li>';
+          (num(p.attempt) > 1 ? `<span class="muted">attempt ${num(p.attempt)}</span>` : '') +
+          // ReplayWorkflow from this step, once the workflow has ended.
+          (FINAL.has(st) ? `<button type="button" class="replay-btn ghost" data-step="${esc(p.id)}" ` +
+            `title="Run the workflow again from this step">Replay from here</button>` : '') + '</li>';
       }).join('') + '</ul>';
     }
     const lines = (logs && logs.lines) || [];
@@ -333,6 +341,24 @@
     } catch (e) {
       toast('Cannot cancel: ' + e.message, true);
       $('cancel-btn').disabled = false;
+    }
+  }
+
+  // Retry and replay: POST …/retry, POST …/replay?fromStep=; the answer is
+  // the task's new status (PENDING, the next run).
+  async function rerunSelected(what, step) {
+    const id = selected;
+    if (!id) return;
+    const q = new URLSearchParams({ reason: what + ' from the dashboard' });
+    if (step) q.set('fromStep', step);
+    try {
+      const r = await api('/tasks/' + encodeURIComponent(id) + '/' + what + '?' + q, { method: 'POST' });
+      apply(r.status);
+      toast((step ? 'Replaying from ' + step : 'Retrying') + ': run ' + num(r.status.run));
+      detailDirty = true;
+      lastDetail = 0;
+    } catch (e) {
+      toast('Cannot ' + what + ': ' + e.message, true);
     }
   }
 
@@ -574,6 +600,14 @@
     filtersChanged();
   });
   $('cancel-btn').addEventListener('click', cancelSelected);
+  $('retry-btn').addEventListener('click', () => {
+    $('retry-btn').disabled = true;
+    rerunSelected('retry');
+  });
+  $('d-body').addEventListener('click', (e) => {
+    const b = e.target.closest('button.replay-btn');
+    if (b) rerunSelected('replay', b.dataset.step);
+  });
   $('d-close').addEventListener('click', () => {
     selected = null;
     $('detail').hidden = true;
