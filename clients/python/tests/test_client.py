@@ -109,6 +109,23 @@ async def test_cancel_pending(client: AsyncClient, name: str) -> None:
     assert any("no longer needed" in line.message for line in logs.lines)
 
 
+async def test_retry_a_cancelled_task(client: AsyncClient, name: str) -> None:
+    res = await client.schedule(name, {})
+    await client.cancel(res.task_id, reason="not now")
+    again = await client.retry_task(res.task_id, reason="now")
+    assert again.id == res.task_id
+    assert again.state is TaskState.PENDING and again.run == 1
+    with pytest.raises(FailedPreconditionError):
+        await client.retry_task(res.task_id)
+    with pytest.raises(NotFoundError):
+        await client.retry_task(str(uuid.uuid4()))
+    with pytest.raises(InvalidArgumentError) as e:
+        await client.replay_workflow(res.task_id, "")
+    assert "from_step" in e.value.fields
+    logs = await client.logs(res.task_id)
+    assert any("retried by request" in line.message for line in logs.lines)
+
+
 async def test_a_tasks_own_retention(client: AsyncClient, name: str) -> None:
     gone = await client.schedule(name, {}, retention=Retention(cancelled=0))
     kept = await client.schedule(name, {}, retention=Retention(completed="1h"))

@@ -410,6 +410,7 @@ export function toTaskInfo(s: TaskStatus, payload?: Record<string, unknown>): Ta
     steps: (s.steps ?? []).map(toStepInfo),
     workflowVersion: s.workflowVersion || undefined,
     parentId: opt(s.parentId ?? ''),
+    run: s.run,
     isFinal: FINAL_STATUSES.has(status),
     raw: s,
   };
@@ -441,6 +442,7 @@ export function toPbFilter(f: TaskFilter = {}): PbTaskFilter {
     userId: f.userId ?? '',
     sessionId: f.sessionId ?? '',
     scheduleId: f.scheduleId ?? '',
+    errorKind: f.errorKind ?? '',
     taskIds: f.taskIds ?? [],
     names: f.names ?? [],
     taskTypes: (f.taskTypes ?? []).map((t) => toPbTaskType(t, 'filter.task_types')),

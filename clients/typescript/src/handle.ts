@@ -65,6 +65,11 @@ export class TaskHandle<R = unknown> {
     return this.orchestrator.cancelTaskWithOutcome(this.id, options);
   }
 
+  /** Runs the ended task again under its id (`retryTask`). */
+  retry(options: { reason?: string } = {}): Promise<TaskInfo> {
+    return this.orchestrator.retryTask(this.id, options);
+  }
+
   /** Delivers a named signal to the running workflow (`signalTask`). */
   signal(name: string, payload: unknown = {}): Promise<TaskInfo> {
     return this.orchestrator.signalTask(this.id, name, payload);

@@ -31,6 +31,8 @@ import {
   ListTasksRequest,
   ListWorkflowsRequest,
   RegisterWorkflowRequest,
+  ReplayWorkflowRequest,
+  RetryTaskRequest,
   type ScheduleTaskResponse,
   SignalTaskRequest,
 } from './gen/switchyard/v1/orchestrator.js';
@@ -432,6 +434,44 @@ export class StandardizedOrchestratorService {
     }
     const res = await this.connection.unary('disconnect', DisconnectRequest.create({ userId, sessionId, reason: t.reason ?? '' }));
     return res.receipts.map((r) => ({ taskId: r.taskId, name: r.name, outcome: cancelOutcomeName(r.outcome) }));
+  }
+
+  /**
+   * Runs an ended task again under the same id (BullMQ's `job.retry()`): a
+   * FAILED, CANCELLED or COMPENSATED task goes back to PENDING with the next
+   * run number (`run`) and a new attempt budget, keeping its payload, labels,
+   * idempotency key and history. A workflow starts afresh (see
+   * `replayWorkflow` to keep its earlier steps). Durable before it resolves.
+   * Rejects with `NOT_FOUND` for an unknown (or removed) id and
+   * `FAILED_PRECONDITION` for a task in another state, a workflow's step, or
+   * a task run by the BullMQ or Temporal backend. To retry in bulk, list the
+   * tasks (`listTasks({ statuses: ['FAILED'], errorKind })`) and retry each.
+   */
+  async retryTask(taskId: string, options: { reason?: string } = {}): Promise<TaskInfo> {
+    const res = await this.connection.unary('retryTask', RetryTaskRequest.create({ taskId, reason: options.reason ?? '' }));
+    if (!res.status) {
+      throw new SwitchyardError({ code: 'INTERNAL', details: 'RetryTask answered without a status', method: 'RetryTask' });
+    }
+    return toTaskInfo(res.status);
+  }
+
+  /**
+   * Runs an ended workflow (embedded engine) again from step `fromStep`: the
+   * steps before it keep their outputs; it and the steps after it (and any
+   * compensation) run again under the next run number. Durable before it
+   * resolves. `INVALID_ARGUMENT` on `from_step` for a step the definition
+   * lacks; `FAILED_PRECONDITION` for a workflow that has not ended, runs on
+   * Temporal, or has an earlier step that did not complete.
+   */
+  async replayWorkflow(taskId: string, fromStep: string, options: { reason?: string } = {}): Promise<TaskInfo> {
+    const res = await this.connection.unary(
+      'replayWorkflow',
+      ReplayWorkflowRequest.create({ taskId, fromStep, reason: options.reason ?? '' }),
+    );
+    if (!res.status) {
+      throw new SwitchyardError({ code: 'INTERNAL', details: 'ReplayWorkflow answered without a status', method: 'ReplayWorkflow' });
+    }
+    return toTaskInfo(res.status);
   }
 
   /**

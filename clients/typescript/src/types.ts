@@ -349,6 +349,8 @@ export interface TaskInfo {
   workflowVersion?: number;
   /** A workflow step's task: the id of its workflow task. */
   parentId?: string;
+  /** The run: 0 for the first, one more each time `retryTask` or `replayWorkflow` ran it again. */
+  run: number;
   /** Whether the status is final (COMPLETED, FAILED, CANCELLED, COMPENSATED). */
   isFinal: boolean;
   /** The payload, as scheduled (`getTaskStatus` only). */
@@ -421,6 +423,8 @@ export interface TaskFilter {
   sources?: TaskSourceName[];
   /** Only the fires of this schedule (see `client.schedules`). */
   scheduleId?: string;
+  /** Only tasks whose last error has this kind (`timeout`, `worker_lost`, a worker's own). */
+  errorKind?: string;
 }
 
 /** One page of `listTasks`. */

@@ -98,6 +98,50 @@ describe('SwitchyardClient and createWorker, without NestJS', { timeout: 120_000
     }
   });
 
+  it('retryTask runs a failed task again under its id; its error kind selects it', async () => {
+    let calls = 0;
+    const worker = createWorker({
+      url: server.url,
+      logger: false,
+      handlers: {
+        'plain.flaky': () => {
+          calls += 1;
+          if (calls === 1) throw new RangeError('the dependency is down');
+          return { calls };
+        },
+      },
+    });
+    try {
+      await worker.waitUntilRegistered();
+      const { taskId } = await client.orchestrator.scheduleTask('plain.flaky', {});
+      const failed = await client.orchestrator.waitForTask(taskId, { timeoutMs: 10_000 });
+      assert.equal(failed.status, 'FAILED');
+      assert.equal(failed.run, 0);
+      const kind = failed.lastError?.kind ?? '';
+      assert.ok(kind, 'the failure has a kind');
+      const selected = await client.orchestrator.listTasks({ statuses: ['FAILED'], errorKind: kind, names: ['plain.flaky'] });
+      assert.deepEqual(selected.tasks.map((t) => t.id), [taskId]);
+
+      const again = await client.orchestrator.retryTask(taskId, { reason: 'fixed' });
+      assert.equal(again.id, taskId);
+      assert.equal(again.run, 1);
+      const done = await client.orchestrator.waitForTask(taskId, { timeoutMs: 10_000 });
+      assert.equal(done.status, 'COMPLETED');
+      assert.deepEqual(done.result, { calls: 2 });
+      assert.equal(done.attempt, 1, 'a new attempt budget');
+      await assert.rejects(
+        client.orchestrator.retryTask(taskId),
+        (e: unknown) => e instanceof SwitchyardError && e.code === 'FAILED_PRECONDITION',
+      );
+      await assert.rejects(
+        client.orchestrator.replayWorkflow(taskId, ''),
+        (e: unknown) => e instanceof SwitchyardError && e.code === 'INVALID_ARGUMENT' && e.fieldViolations[0]?.field === 'from_step',
+      );
+    } finally {
+      await worker.close();
+    }
+  });
+
   it('drains on close: a running task finishes, nothing new is taken', async () => {
     const started = signal<TaskContext>();
     const finish = signal();

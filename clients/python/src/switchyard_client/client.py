@@ -447,6 +447,24 @@ class AsyncClient:
         res = await self._call("CancelTask", opb.CancelTaskRequest(task_id=task_id, reason=reason, force=force), timeout)
         return CancelResult(outcome=convert.cancel_outcome(res.outcome), task=convert.task_from_pb(res.status))
 
+    async def retry_task(self, task_id: str, *, reason: str = "", timeout: Any = DEFAULT) -> Task:
+        """Runs an ended (FAILED, CANCELLED, COMPENSATED) task again under
+        the same id: back to PENDING with the next `run` and a new attempt
+        budget, durable before it returns. NotFoundError for an unknown or
+        removed id; FailedPreconditionError for a task in another state, a
+        workflow's step, or a task run by the BullMQ or Temporal backend."""
+        res = await self._call("RetryTask", opb.RetryTaskRequest(task_id=task_id, reason=reason), timeout, safe=False)
+        return convert.task_from_pb(res.status)
+
+    async def replay_workflow(self, task_id: str, from_step: str, *, reason: str = "", timeout: Any = DEFAULT) -> Task:
+        """Runs an ended workflow (embedded engine) again from step
+        `from_step`: earlier steps keep their outputs; it and later steps
+        run again under the next `run`. InvalidArgumentError naming
+        `from_step` for a step the definition lacks."""
+        req = opb.ReplayWorkflowRequest(task_id=task_id, from_step=from_step, reason=reason)
+        res = await self._call("ReplayWorkflow", req, timeout, safe=False)
+        return convert.task_from_pb(res.status)
+
     async def disconnect(
         self, *, user_id: Optional[str] = None, session_id: Optional[str] = None, reason: str = "", timeout: Any = DEFAULT
     ) -> List[DisconnectReceipt]:
@@ -489,15 +507,26 @@ class AsyncClient:
         task_types: Any = None,
         states: Any = None,
         sources: Any = None,
+        error_kind: Optional[str] = None,
         page_size: int = 0,
         page_token: str = "",
         timeout: Any = DEFAULT,
     ) -> TaskPage:
         """One page of tasks, newest first (`page_size` default 50, at most
-        1000). Pass `next_page_token` back as `page_token` for the next."""
+        1000). Pass `next_page_token` back as `page_token` for the next.
+        `error_kind` selects the tasks whose last error has that kind (with
+        `states="FAILED"`: the failed tasks to retry)."""
         req = opb.ListTasksRequest(page_size=page_size, page_token=page_token)
         convert.fill_filter(
-            req.filter, user_id=user_id, session_id=session_id, task_ids=task_ids, names=names, task_types=task_types, states=states, sources=sources
+            req.filter,
+            user_id=user_id,
+            session_id=session_id,
+            task_ids=task_ids,
+            names=names,
+            task_types=task_types,
+            states=states,
+            sources=sources,
+            error_kind=error_kind,
         )
         res = await self._call("ListTasks", req, timeout)
         return TaskPage(tasks=[convert.task_from_pb(t) for t in res.tasks], next_page_token=res.next_page_token)

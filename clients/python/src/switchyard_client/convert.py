@@ -303,6 +303,7 @@ def task_from_pb(s: tpb.TaskStatus, payload: Optional[struct_pb2.Struct] = None)
         steps=[_step(x) for x in steps] if steps else [],
         workflow_version=s.workflow_version,
         parent_id=s.parent_id,
+        run=s.run,
         payload=struct_to_dict(payload) if payload is not None else None,
     )
     return t
@@ -387,11 +388,14 @@ def fill_filter(
     task_types: Any = None,
     states: Any = None,
     sources: Any = None,
+    error_kind: Optional[str] = None,
 ) -> None:
     if user_id:
         f.user_id = user_id
     if session_id:
         f.session_id = session_id
+    if error_kind:
+        f.error_kind = error_kind
     f.task_ids.extend(_strings(task_ids, "filter.task_ids"))
     f.names.extend(_strings(names, "filter.names"))
     f.task_types.extend([task_type_to_pb(t, "filter.task_types") for t in _many(task_types)])  # type: ignore[misc]

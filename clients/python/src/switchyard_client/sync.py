@@ -102,6 +102,12 @@ class Client:
     def cancel(self, task_id: str, **kw: Any) -> CancelResult:
         return self._run(self._client.cancel(task_id, **kw))
 
+    def retry_task(self, task_id: str, **kw: Any) -> Task:
+        return self._run(self._client.retry_task(task_id, **kw))
+
+    def replay_workflow(self, task_id: str, from_step: str, **kw: Any) -> Task:
+        return self._run(self._client.replay_workflow(task_id, from_step, **kw))
+
     def wait(self, task_id: str, **kw: Any) -> Task:
         return self._run(self._client.wait(task_id, **kw))
 

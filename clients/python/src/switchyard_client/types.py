@@ -222,6 +222,9 @@ class Task:
     workflow_version: int = 0
     parent_id: str = ""
     payload: Optional[Dict[str, Any]] = None
+    #: The run: 0 for the first, one more each time `retry_task` or
+    #: `replay_workflow` ran the task again (each run has its own attempts).
+    run: int = 0
 
     @property
     def is_final(self) -> bool:

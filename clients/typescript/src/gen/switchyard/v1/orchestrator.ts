@@ -110,7 +110,10 @@ export enum TaskEventKind {
   TASK_EVENT_KIND_PROGRESS = 3,
   /** TASK_EVENT_KIND_COMPLETED - Completed. */
   TASK_EVENT_KIND_COMPLETED = 4,
-  /** TASK_EVENT_KIND_RETRYING - An attempt failed and another will follow. */
+  /**
+   * TASK_EVENT_KIND_RETRYING - An attempt failed and another will follow; or an ended task was run
+   * again by RetryTask or ReplayWorkflow (PENDING, the next `run`).
+   */
   TASK_EVENT_KIND_RETRYING = 5,
   /** TASK_EVENT_KIND_FAILED - Failed for good. */
   TASK_EVENT_KIND_FAILED = 6,
@@ -541,6 +544,42 @@ export interface CancelTaskResponse {
   status: TaskStatus | undefined;
 }
 
+/** Runs an ended task again. */
+export interface RetryTaskRequest {
+  /** The task id. */
+  taskId: string;
+  /** A reason, recorded in the task's log. At most 1024 bytes. */
+  reason: string;
+}
+
+/** The result of a retry. */
+export interface RetryTaskResponse {
+  /** The task's status after the retry: PENDING, with the new run number. */
+  status: TaskStatus | undefined;
+}
+
+/** Runs an ended workflow again from a step. */
+export interface ReplayWorkflowRequest {
+  /** The workflow task's id. */
+  taskId: string;
+  /**
+   * The id of the step to run again from, as in the definition: 1 to 64
+   * bytes.
+   */
+  fromStep: string;
+  /** A reason, recorded in the task's log. At most 1024 bytes. */
+  reason: string;
+}
+
+/** The result of a replay. */
+export interface ReplayWorkflowResponse {
+  /**
+   * The workflow task's status after the replay: PENDING, with the new run
+   * number and its steps as they will run.
+   */
+  status: TaskStatus | undefined;
+}
+
 /** Which events to watch. Empty lists mean "any"; the filters combine with AND. */
 export interface TaskFilter {
   /** Only tasks of this user. At most 256 bytes. */
@@ -566,6 +605,13 @@ export interface TaskFilter {
    * most 200 bytes.
    */
   scheduleId: string;
+  /**
+   * Only tasks whose last error has this kind (`TaskError.kind`: one of
+   * the kinds Switchyard writes, such as `timeout` or `worker_lost`, or a
+   * worker's own). With `states` FAILED, CANCELLED or COMPENSATED it
+   * selects the ended tasks to retry in bulk. At most 128 bytes.
+   */
+  errorKind: string;
 }
 
 /** Opens a watch. */
@@ -3113,8 +3159,354 @@ export const CancelTaskResponse: MessageFns<CancelTaskResponse> = {
   },
 };
 
+function createBaseRetryTaskRequest(): RetryTaskRequest {
+  return { taskId: "", reason: "" };
+}
+
+export const RetryTaskRequest: MessageFns<RetryTaskRequest> = {
+  encode(message: RetryTaskRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetryTaskRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetryTaskRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetryTaskRequest {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: RetryTaskRequest): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetryTaskRequest>, I>>(base?: I): RetryTaskRequest {
+    return RetryTaskRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetryTaskRequest>, I>>(object: I): RetryTaskRequest {
+    const message = createBaseRetryTaskRequest();
+    message.taskId = object.taskId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseRetryTaskResponse(): RetryTaskResponse {
+  return { status: undefined };
+}
+
+export const RetryTaskResponse: MessageFns<RetryTaskResponse> = {
+  encode(message: RetryTaskResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== undefined) {
+      TaskStatus.encode(message.status, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RetryTaskResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRetryTaskResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.status = TaskStatus.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RetryTaskResponse {
+    return { status: isSet(object.status) ? TaskStatus.fromJSON(object.status) : undefined };
+  },
+
+  toJSON(message: RetryTaskResponse): unknown {
+    const obj: any = {};
+    if (message.status !== undefined) {
+      obj.status = TaskStatus.toJSON(message.status);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RetryTaskResponse>, I>>(base?: I): RetryTaskResponse {
+    return RetryTaskResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RetryTaskResponse>, I>>(object: I): RetryTaskResponse {
+    const message = createBaseRetryTaskResponse();
+    message.status = (object.status !== undefined && object.status !== null)
+      ? TaskStatus.fromPartial(object.status)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseReplayWorkflowRequest(): ReplayWorkflowRequest {
+  return { taskId: "", fromStep: "", reason: "" };
+}
+
+export const ReplayWorkflowRequest: MessageFns<ReplayWorkflowRequest> = {
+  encode(message: ReplayWorkflowRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskId !== "") {
+      writer.uint32(10).string(message.taskId);
+    }
+    if (message.fromStep !== "") {
+      writer.uint32(18).string(message.fromStep);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplayWorkflowRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplayWorkflowRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.taskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.fromStep = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplayWorkflowRequest {
+    return {
+      taskId: isSet(object.taskId)
+        ? globalThis.String(object.taskId)
+        : isSet(object.task_id)
+        ? globalThis.String(object.task_id)
+        : "",
+      fromStep: isSet(object.fromStep)
+        ? globalThis.String(object.fromStep)
+        : isSet(object.from_step)
+        ? globalThis.String(object.from_step)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: ReplayWorkflowRequest): unknown {
+    const obj: any = {};
+    if (message.taskId !== "") {
+      obj.taskId = message.taskId;
+    }
+    if (message.fromStep !== "") {
+      obj.fromStep = message.fromStep;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplayWorkflowRequest>, I>>(base?: I): ReplayWorkflowRequest {
+    return ReplayWorkflowRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplayWorkflowRequest>, I>>(object: I): ReplayWorkflowRequest {
+    const message = createBaseReplayWorkflowRequest();
+    message.taskId = object.taskId ?? "";
+    message.fromStep = object.fromStep ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseReplayWorkflowResponse(): ReplayWorkflowResponse {
+  return { status: undefined };
+}
+
+export const ReplayWorkflowResponse: MessageFns<ReplayWorkflowResponse> = {
+  encode(message: ReplayWorkflowResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.status !== undefined) {
+      TaskStatus.encode(message.status, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplayWorkflowResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplayWorkflowResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.status = TaskStatus.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplayWorkflowResponse {
+    return { status: isSet(object.status) ? TaskStatus.fromJSON(object.status) : undefined };
+  },
+
+  toJSON(message: ReplayWorkflowResponse): unknown {
+    const obj: any = {};
+    if (message.status !== undefined) {
+      obj.status = TaskStatus.toJSON(message.status);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplayWorkflowResponse>, I>>(base?: I): ReplayWorkflowResponse {
+    return ReplayWorkflowResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplayWorkflowResponse>, I>>(object: I): ReplayWorkflowResponse {
+    const message = createBaseReplayWorkflowResponse();
+    message.status = (object.status !== undefined && object.status !== null)
+      ? TaskStatus.fromPartial(object.status)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseTaskFilter(): TaskFilter {
-  return { userId: "", sessionId: "", taskIds: [], names: [], taskTypes: [], states: [], sources: [], scheduleId: "" };
+  return {
+    userId: "",
+    sessionId: "",
+    taskIds: [],
+    names: [],
+    taskTypes: [],
+    states: [],
+    sources: [],
+    scheduleId: "",
+    errorKind: "",
+  };
 }
 
 export const TaskFilter: MessageFns<TaskFilter> = {
@@ -3154,6 +3546,9 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     }
     if (message.scheduleId !== "") {
       writer.uint32(66).string(message.scheduleId);
+    }
+    if (message.errorKind !== "") {
+      writer.uint32(74).string(message.errorKind);
     }
     return writer;
   },
@@ -3265,6 +3660,14 @@ export const TaskFilter: MessageFns<TaskFilter> = {
             message.scheduleId = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.errorKind = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3309,6 +3712,11 @@ export const TaskFilter: MessageFns<TaskFilter> = {
         : isSet(object.schedule_id)
         ? globalThis.String(object.schedule_id)
         : "",
+      errorKind: isSet(object.errorKind)
+        ? globalThis.String(object.errorKind)
+        : isSet(object.error_kind)
+        ? globalThis.String(object.error_kind)
+        : "",
     };
   },
 
@@ -3338,6 +3746,9 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     if (message.scheduleId !== "") {
       obj.scheduleId = message.scheduleId;
     }
+    if (message.errorKind !== "") {
+      obj.errorKind = message.errorKind;
+    }
     return obj;
   },
 
@@ -3354,6 +3765,7 @@ export const TaskFilter: MessageFns<TaskFilter> = {
     message.states = object.states?.map((e) => e) || [];
     message.sources = object.sources?.map((e) => e) || [];
     message.scheduleId = object.scheduleId ?? "";
+    message.errorKind = object.errorKind ?? "";
     return message;
   },
 };
@@ -5883,6 +6295,60 @@ export const OrchestratorServiceService = {
     responseDeserialize: (value: Buffer): GetMetricsResponse => GetMetricsResponse.decode(value),
   },
   /**
+   * Runs an ended task again, under the same id: a FAILED, CANCELLED or
+   * COMPENSATED task goes back to PENDING with the next run number
+   * (`TaskStatus.run`) and a new attempt budget (`attempt` counts from 1
+   * again), keeping its spec, payload, idempotency key, labels, log and
+   * events, and its last error until the new run ends; its end time and
+   * its removal time under retention are cleared. Its log says who asked
+   * ("retried by request"). The change is committed before the reply. A
+   * COMPLEX task on the embedded workflow engine starts its workflow afresh
+   * (the latest definition, no step outputs; to keep some, use
+   * ReplayWorkflow). Errors: NOT_FOUND for an unknown id or a task removed
+   * (or due for removal) by retention; FAILED_PRECONDITION for a task in
+   * another state, a workflow's step task (replay the workflow), a task run
+   * by the BullMQ or Temporal backend (not supported: BullMQ keeps the
+   * ended job under the task's id, and Switchyard does not start a new
+   * Temporal run), or a task whose executor does not run on this server.
+   * To retry many, list them (`TaskFilter.error_kind`, `states`) and retry
+   * each.
+   */
+  retryTask: {
+    path: "/switchyard.v1.OrchestratorService/RetryTask" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RetryTaskRequest): Buffer => Buffer.from(RetryTaskRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RetryTaskRequest => RetryTaskRequest.decode(value),
+    responseSerialize: (value: RetryTaskResponse): Buffer => Buffer.from(RetryTaskResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RetryTaskResponse => RetryTaskResponse.decode(value),
+  },
+  /**
+   * Runs an ended workflow (a COMPLEX task of the embedded engine) again
+   * from a named step, under the same id and the next run number: the
+   * steps before it (in definition order) keep their outputs, and a step
+   * whose compensation had undone it counts as completed again; the step,
+   * every step after it and every step that depends on one of those run
+   * again as new step tasks, and if the new run stops, compensations run
+   * again. Signals that a re-run step had consumed are delivered again. The
+   * run keeps its definition version; its timeout counts from the replay.
+   * Committed before the reply. Errors: INVALID_ARGUMENT naming `from_step`
+   * for a step the definition does not have; NOT_FOUND as RetryTask;
+   * FAILED_PRECONDITION for a task that has not ended, is not COMPLEX, is
+   * routed to Temporal, never started a run, or has a step before
+   * `from_step` that did not complete.
+   */
+  replayWorkflow: {
+    path: "/switchyard.v1.OrchestratorService/ReplayWorkflow" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReplayWorkflowRequest): Buffer =>
+      Buffer.from(ReplayWorkflowRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReplayWorkflowRequest => ReplayWorkflowRequest.decode(value),
+    responseSerialize: (value: ReplayWorkflowResponse): Buffer =>
+      Buffer.from(ReplayWorkflowResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReplayWorkflowResponse => ReplayWorkflowResponse.decode(value),
+  },
+  /**
    * Delivers a named signal with a payload to a running workflow (a human
    * approval, an external event). On the embedded engine the signal is
    * committed before the reply; a workflow that is not waiting for it yet
@@ -6019,6 +6485,42 @@ export interface OrchestratorServiceServer extends UntypedServiceImplementation 
   getTaskLogs: handleUnaryCall<GetTaskLogsRequest, GetTaskLogsResponse>;
   /** Counts, queue depths, throughput and latency percentiles. */
   getMetrics: handleUnaryCall<GetMetricsRequest, GetMetricsResponse>;
+  /**
+   * Runs an ended task again, under the same id: a FAILED, CANCELLED or
+   * COMPENSATED task goes back to PENDING with the next run number
+   * (`TaskStatus.run`) and a new attempt budget (`attempt` counts from 1
+   * again), keeping its spec, payload, idempotency key, labels, log and
+   * events, and its last error until the new run ends; its end time and
+   * its removal time under retention are cleared. Its log says who asked
+   * ("retried by request"). The change is committed before the reply. A
+   * COMPLEX task on the embedded workflow engine starts its workflow afresh
+   * (the latest definition, no step outputs; to keep some, use
+   * ReplayWorkflow). Errors: NOT_FOUND for an unknown id or a task removed
+   * (or due for removal) by retention; FAILED_PRECONDITION for a task in
+   * another state, a workflow's step task (replay the workflow), a task run
+   * by the BullMQ or Temporal backend (not supported: BullMQ keeps the
+   * ended job under the task's id, and Switchyard does not start a new
+   * Temporal run), or a task whose executor does not run on this server.
+   * To retry many, list them (`TaskFilter.error_kind`, `states`) and retry
+   * each.
+   */
+  retryTask: handleUnaryCall<RetryTaskRequest, RetryTaskResponse>;
+  /**
+   * Runs an ended workflow (a COMPLEX task of the embedded engine) again
+   * from a named step, under the same id and the next run number: the
+   * steps before it (in definition order) keep their outputs, and a step
+   * whose compensation had undone it counts as completed again; the step,
+   * every step after it and every step that depends on one of those run
+   * again as new step tasks, and if the new run stops, compensations run
+   * again. Signals that a re-run step had consumed are delivered again. The
+   * run keeps its definition version; its timeout counts from the replay.
+   * Committed before the reply. Errors: INVALID_ARGUMENT naming `from_step`
+   * for a step the definition does not have; NOT_FOUND as RetryTask;
+   * FAILED_PRECONDITION for a task that has not ended, is not COMPLEX, is
+   * routed to Temporal, never started a run, or has a step before
+   * `from_step` that did not complete.
+   */
+  replayWorkflow: handleUnaryCall<ReplayWorkflowRequest, ReplayWorkflowResponse>;
   /**
    * Delivers a named signal with a payload to a running workflow (a human
    * approval, an external event). On the embedded engine the signal is
@@ -6235,6 +6737,70 @@ export interface OrchestratorServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetMetricsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Runs an ended task again, under the same id: a FAILED, CANCELLED or
+   * COMPENSATED task goes back to PENDING with the next run number
+   * (`TaskStatus.run`) and a new attempt budget (`attempt` counts from 1
+   * again), keeping its spec, payload, idempotency key, labels, log and
+   * events, and its last error until the new run ends; its end time and
+   * its removal time under retention are cleared. Its log says who asked
+   * ("retried by request"). The change is committed before the reply. A
+   * COMPLEX task on the embedded workflow engine starts its workflow afresh
+   * (the latest definition, no step outputs; to keep some, use
+   * ReplayWorkflow). Errors: NOT_FOUND for an unknown id or a task removed
+   * (or due for removal) by retention; FAILED_PRECONDITION for a task in
+   * another state, a workflow's step task (replay the workflow), a task run
+   * by the BullMQ or Temporal backend (not supported: BullMQ keeps the
+   * ended job under the task's id, and Switchyard does not start a new
+   * Temporal run), or a task whose executor does not run on this server.
+   * To retry many, list them (`TaskFilter.error_kind`, `states`) and retry
+   * each.
+   */
+  retryTask(
+    request: RetryTaskRequest,
+    callback: (error: ServiceError | null, response: RetryTaskResponse) => void,
+  ): ClientUnaryCall;
+  retryTask(
+    request: RetryTaskRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RetryTaskResponse) => void,
+  ): ClientUnaryCall;
+  retryTask(
+    request: RetryTaskRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RetryTaskResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Runs an ended workflow (a COMPLEX task of the embedded engine) again
+   * from a named step, under the same id and the next run number: the
+   * steps before it (in definition order) keep their outputs, and a step
+   * whose compensation had undone it counts as completed again; the step,
+   * every step after it and every step that depends on one of those run
+   * again as new step tasks, and if the new run stops, compensations run
+   * again. Signals that a re-run step had consumed are delivered again. The
+   * run keeps its definition version; its timeout counts from the replay.
+   * Committed before the reply. Errors: INVALID_ARGUMENT naming `from_step`
+   * for a step the definition does not have; NOT_FOUND as RetryTask;
+   * FAILED_PRECONDITION for a task that has not ended, is not COMPLEX, is
+   * routed to Temporal, never started a run, or has a step before
+   * `from_step` that did not complete.
+   */
+  replayWorkflow(
+    request: ReplayWorkflowRequest,
+    callback: (error: ServiceError | null, response: ReplayWorkflowResponse) => void,
+  ): ClientUnaryCall;
+  replayWorkflow(
+    request: ReplayWorkflowRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReplayWorkflowResponse) => void,
+  ): ClientUnaryCall;
+  replayWorkflow(
+    request: ReplayWorkflowRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReplayWorkflowResponse) => void,
   ): ClientUnaryCall;
   /**
    * Delivers a named signal with a payload to a running workflow (a human

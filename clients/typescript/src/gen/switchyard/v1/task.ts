@@ -807,6 +807,12 @@ export interface TaskStatus {
   workflowVersion: number;
   /** A workflow step task: the id of its workflow task. */
   parentId: string;
+  /**
+   * The run: 0 for the task's first, one more each time RetryTask or
+   * ReplayWorkflow runs it again. Each run has its own attempt budget:
+   * `attempt` counts from 1 again.
+   */
+  run: number;
 }
 
 export interface TaskStatus_LabelsEntry {
@@ -2087,6 +2093,7 @@ function createBaseTaskStatus(): TaskStatus {
     steps: [],
     workflowVersion: 0,
     parentId: "",
+    run: 0,
   };
 }
 
@@ -2181,6 +2188,9 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     }
     if (message.parentId !== "") {
       writer.uint32(242).string(message.parentId);
+    }
+    if (message.run !== 0) {
+      writer.uint32(248).uint32(message.run);
     }
     return writer;
   },
@@ -2441,6 +2451,14 @@ export const TaskStatus: MessageFns<TaskStatus> = {
             message.parentId = reader.string();
             continue;
           }
+          case 31: {
+            if (tag !== 248) {
+              break;
+            }
+
+            message.run = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2568,6 +2586,7 @@ export const TaskStatus: MessageFns<TaskStatus> = {
         : isSet(object.parent_id)
         ? globalThis.String(object.parent_id)
         : "",
+      run: isSet(object.run) ? globalThis.Number(object.run) : 0,
     };
   },
 
@@ -2669,6 +2688,9 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     if (message.parentId !== "") {
       obj.parentId = message.parentId;
     }
+    if (message.run !== 0) {
+      obj.run = Math.round(message.run);
+    }
     return obj;
   },
 
@@ -2717,6 +2739,7 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     message.steps = object.steps?.map((e) => StepStatus.fromPartial(e)) || [];
     message.workflowVersion = object.workflowVersion ?? 0;
     message.parentId = object.parentId ?? "";
+    message.run = object.run ?? 0;
     return message;
   },
 };

@@ -277,8 +277,38 @@ class CancelTaskResponse(_message.Message):
     status: _task_pb2.TaskStatus
     def __init__(self, outcome: _Optional[_Union[CancelOutcome, str]] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, _Mapping]] = ...) -> None: ...
 
+class RetryTaskRequest(_message.Message):
+    __slots__ = ("task_id", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RetryTaskResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _task_pb2.TaskStatus
+    def __init__(self, status: _Optional[_Union[_task_pb2.TaskStatus, _Mapping]] = ...) -> None: ...
+
+class ReplayWorkflowRequest(_message.Message):
+    __slots__ = ("task_id", "from_step", "reason")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_STEP_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    from_step: str
+    reason: str
+    def __init__(self, task_id: _Optional[str] = ..., from_step: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReplayWorkflowResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _task_pb2.TaskStatus
+    def __init__(self, status: _Optional[_Union[_task_pb2.TaskStatus, _Mapping]] = ...) -> None: ...
+
 class TaskFilter(_message.Message):
-    __slots__ = ("user_id", "session_id", "task_ids", "names", "task_types", "states", "sources", "schedule_id")
+    __slots__ = ("user_id", "session_id", "task_ids", "names", "task_types", "states", "sources", "schedule_id", "error_kind")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +317,7 @@ class TaskFilter(_message.Message):
     STATES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     session_id: str
     task_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -295,7 +326,8 @@ class TaskFilter(_message.Message):
     states: _containers.RepeatedScalarFieldContainer[_task_pb2.TaskState]
     sources: _containers.RepeatedScalarFieldContainer[_task_pb2.TaskSource]
     schedule_id: str
-    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[_Union[_task_pb2.TaskType, str]]] = ..., states: _Optional[_Iterable[_Union[_task_pb2.TaskState, str]]] = ..., sources: _Optional[_Iterable[_Union[_task_pb2.TaskSource, str]]] = ..., schedule_id: _Optional[str] = ...) -> None: ...
+    error_kind: str
+    def __init__(self, user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., task_types: _Optional[_Iterable[_Union[_task_pb2.TaskType, str]]] = ..., states: _Optional[_Iterable[_Union[_task_pb2.TaskState, str]]] = ..., sources: _Optional[_Iterable[_Union[_task_pb2.TaskSource, str]]] = ..., schedule_id: _Optional[str] = ..., error_kind: _Optional[str] = ...) -> None: ...
 
 class WatchTasksRequest(_message.Message):
     __slots__ = ("filter", "after_sequence", "include_snapshot")

@@ -92,6 +92,16 @@ class OrchestratorServiceStub:
                 request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.GetMetricsRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.GetMetricsResponse.FromString,
                 _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/switchyard.v1.OrchestratorService/RetryTask',
+                request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.RetryTaskResponse.FromString,
+                _registered_method=True)
+        self.ReplayWorkflow = channel.unary_unary(
+                '/switchyard.v1.OrchestratorService/ReplayWorkflow',
+                request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ReplayWorkflowRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ReplayWorkflowResponse.FromString,
+                _registered_method=True)
         self.SignalTask = channel.unary_unary(
                 '/switchyard.v1.OrchestratorService/SignalTask',
                 request_serializer=switchyard_dot_v1_dot_orchestrator__pb2.SignalTaskRequest.SerializeToString,
@@ -233,6 +243,48 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryTask(self, request, context):
+        """Runs an ended task again, under the same id: a FAILED, CANCELLED or
+        COMPENSATED task goes back to PENDING with the next run number
+        (`TaskStatus.run`) and a new attempt budget (`attempt` counts from 1
+        again), keeping its spec, payload, idempotency key, labels, log and
+        events, and its last error until the new run ends; its end time and
+        its removal time under retention are cleared. Its log says who asked
+        ("retried by request"). The change is committed before the reply. A
+        COMPLEX task on the embedded workflow engine starts its workflow afresh
+        (the latest definition, no step outputs; to keep some, use
+        ReplayWorkflow). Errors: NOT_FOUND for an unknown id or a task removed
+        (or due for removal) by retention; FAILED_PRECONDITION for a task in
+        another state, a workflow's step task (replay the workflow), a task run
+        by the BullMQ or Temporal backend (not supported: BullMQ keeps the
+        ended job under the task's id, and Switchyard does not start a new
+        Temporal run), or a task whose executor does not run on this server.
+        To retry many, list them (`TaskFilter.error_kind`, `states`) and retry
+        each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayWorkflow(self, request, context):
+        """Runs an ended workflow (a COMPLEX task of the embedded engine) again
+        from a named step, under the same id and the next run number: the
+        steps before it (in definition order) keep their outputs, and a step
+        whose compensation had undone it counts as completed again; the step,
+        every step after it and every step that depends on one of those run
+        again as new step tasks, and if the new run stops, compensations run
+        again. Signals that a re-run step had consumed are delivered again. The
+        run keeps its definition version; its timeout counts from the replay.
+        Committed before the reply. Errors: INVALID_ARGUMENT naming `from_step`
+        for a step the definition does not have; NOT_FOUND as RetryTask;
+        FAILED_PRECONDITION for a task that has not ended, is not COMPLEX, is
+        routed to Temporal, never started a run, or has a step before
+        `from_step` that did not complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SignalTask(self, request, context):
         """Delivers a named signal with a payload to a running workflow (a human
         approval, an external event). On the embedded engine the signal is
@@ -320,6 +372,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetMetrics,
                     request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.GetMetricsRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_orchestrator__pb2.GetMetricsResponse.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.RetryTaskRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_orchestrator__pb2.RetryTaskResponse.SerializeToString,
+            ),
+            'ReplayWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWorkflow,
+                    request_deserializer=switchyard_dot_v1_dot_orchestrator__pb2.ReplayWorkflowRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_orchestrator__pb2.ReplayWorkflowResponse.SerializeToString,
             ),
             'SignalTask': grpc.unary_unary_rpc_method_handler(
                     servicer.SignalTask,
@@ -597,6 +659,60 @@ class OrchestratorService:
             '/switchyard.v1.OrchestratorService/GetMetrics',
             switchyard_dot_v1_dot_orchestrator__pb2.GetMetricsRequest.SerializeToString,
             switchyard_dot_v1_dot_orchestrator__pb2.GetMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.OrchestratorService/RetryTask',
+            switchyard_dot_v1_dot_orchestrator__pb2.RetryTaskRequest.SerializeToString,
+            switchyard_dot_v1_dot_orchestrator__pb2.RetryTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.OrchestratorService/ReplayWorkflow',
+            switchyard_dot_v1_dot_orchestrator__pb2.ReplayWorkflowRequest.SerializeToString,
+            switchyard_dot_v1_dot_orchestrator__pb2.ReplayWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -216,7 +216,7 @@ class TaskError(_message.Message):
     def __init__(self, message: _Optional[str] = ..., kind: _Optional[str] = ..., details: _Optional[str] = ..., retryable: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("id", "name", "task_type", "source", "state", "attempt", "max_attempts", "priority", "immediate", "user_id", "session_id", "progress", "progress_message", "result", "last_error", "created_at", "run_at", "started_at", "finished_at", "external_id", "waiting_reason", "cancel_requested", "labels", "worker_id", "idempotency_key", "target", "sequence", "steps", "workflow_version", "parent_id")
+    __slots__ = ("id", "name", "task_type", "source", "state", "attempt", "max_attempts", "priority", "immediate", "user_id", "session_id", "progress", "progress_message", "result", "last_error", "created_at", "run_at", "started_at", "finished_at", "external_id", "waiting_reason", "cancel_requested", "labels", "worker_id", "idempotency_key", "target", "sequence", "steps", "workflow_version", "parent_id", "run")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class TaskStatus(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     task_type: TaskType
@@ -284,7 +285,8 @@ class TaskStatus(_message.Message):
     steps: _containers.RepeatedCompositeFieldContainer[StepStatus]
     workflow_version: int
     parent_id: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., immediate: _Optional[bool] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., external_id: _Optional[str] = ..., waiting_reason: _Optional[_Union[WaitingReason, str]] = ..., cancel_requested: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., target: _Optional[str] = ..., sequence: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., workflow_version: _Optional[int] = ..., parent_id: _Optional[str] = ...) -> None: ...
+    run: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., immediate: _Optional[bool] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., external_id: _Optional[str] = ..., waiting_reason: _Optional[_Union[WaitingReason, str]] = ..., cancel_requested: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., target: _Optional[str] = ..., sequence: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., workflow_version: _Optional[int] = ..., parent_id: _Optional[str] = ..., run: _Optional[int] = ...) -> None: ...
 
 class StepStatus(_message.Message):
     __slots__ = ("id", "kind", "state", "attempt", "output", "error", "started_at", "finished_at", "task_id", "compensation_task_id", "depends_on")

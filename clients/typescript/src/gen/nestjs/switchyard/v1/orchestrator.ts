@@ -54,7 +54,10 @@ export enum TaskEventKind {
   TASK_EVENT_KIND_PROGRESS = 3,
   /** TASK_EVENT_KIND_COMPLETED - Completed. */
   TASK_EVENT_KIND_COMPLETED = 4,
-  /** TASK_EVENT_KIND_RETRYING - An attempt failed and another will follow. */
+  /**
+   * TASK_EVENT_KIND_RETRYING - An attempt failed and another will follow; or an ended task was run
+   * again by RetryTask or ReplayWorkflow (PENDING, the next `run`).
+   */
   TASK_EVENT_KIND_RETRYING = 5,
   /** TASK_EVENT_KIND_FAILED - Failed for good. */
   TASK_EVENT_KIND_FAILED = 6,
@@ -371,6 +374,42 @@ export interface CancelTaskResponse {
   status: TaskStatus | undefined;
 }
 
+/** Runs an ended task again. */
+export interface RetryTaskRequest {
+  /** The task id. */
+  taskId: string;
+  /** A reason, recorded in the task's log. At most 1024 bytes. */
+  reason: string;
+}
+
+/** The result of a retry. */
+export interface RetryTaskResponse {
+  /** The task's status after the retry: PENDING, with the new run number. */
+  status: TaskStatus | undefined;
+}
+
+/** Runs an ended workflow again from a step. */
+export interface ReplayWorkflowRequest {
+  /** The workflow task's id. */
+  taskId: string;
+  /**
+   * The id of the step to run again from, as in the definition: 1 to 64
+   * bytes.
+   */
+  fromStep: string;
+  /** A reason, recorded in the task's log. At most 1024 bytes. */
+  reason: string;
+}
+
+/** The result of a replay. */
+export interface ReplayWorkflowResponse {
+  /**
+   * The workflow task's status after the replay: PENDING, with the new run
+   * number and its steps as they will run.
+   */
+  status: TaskStatus | undefined;
+}
+
 /** Which events to watch. Empty lists mean "any"; the filters combine with AND. */
 export interface TaskFilter {
   /** Only tasks of this user. At most 256 bytes. */
@@ -396,6 +435,13 @@ export interface TaskFilter {
    * most 200 bytes.
    */
   scheduleId: string;
+  /**
+   * Only tasks whose last error has this kind (`TaskError.kind`: one of
+   * the kinds Switchyard writes, such as `timeout` or `worker_lost`, or a
+   * worker's own). With `states` FAILED, CANCELLED or COMPENSATED it
+   * selects the ended tasks to retry in bulk. At most 128 bytes.
+   */
+  errorKind: string;
 }
 
 /** Opens a watch. */
@@ -767,6 +813,46 @@ export interface OrchestratorServiceClient {
   getMetrics(request: GetMetricsRequest): Observable<GetMetricsResponse>;
 
   /**
+   * Runs an ended task again, under the same id: a FAILED, CANCELLED or
+   * COMPENSATED task goes back to PENDING with the next run number
+   * (`TaskStatus.run`) and a new attempt budget (`attempt` counts from 1
+   * again), keeping its spec, payload, idempotency key, labels, log and
+   * events, and its last error until the new run ends; its end time and
+   * its removal time under retention are cleared. Its log says who asked
+   * ("retried by request"). The change is committed before the reply. A
+   * COMPLEX task on the embedded workflow engine starts its workflow afresh
+   * (the latest definition, no step outputs; to keep some, use
+   * ReplayWorkflow). Errors: NOT_FOUND for an unknown id or a task removed
+   * (or due for removal) by retention; FAILED_PRECONDITION for a task in
+   * another state, a workflow's step task (replay the workflow), a task run
+   * by the BullMQ or Temporal backend (not supported: BullMQ keeps the
+   * ended job under the task's id, and Switchyard does not start a new
+   * Temporal run), or a task whose executor does not run on this server.
+   * To retry many, list them (`TaskFilter.error_kind`, `states`) and retry
+   * each.
+   */
+
+  retryTask(request: RetryTaskRequest): Observable<RetryTaskResponse>;
+
+  /**
+   * Runs an ended workflow (a COMPLEX task of the embedded engine) again
+   * from a named step, under the same id and the next run number: the
+   * steps before it (in definition order) keep their outputs, and a step
+   * whose compensation had undone it counts as completed again; the step,
+   * every step after it and every step that depends on one of those run
+   * again as new step tasks, and if the new run stops, compensations run
+   * again. Signals that a re-run step had consumed are delivered again. The
+   * run keeps its definition version; its timeout counts from the replay.
+   * Committed before the reply. Errors: INVALID_ARGUMENT naming `from_step`
+   * for a step the definition does not have; NOT_FOUND as RetryTask;
+   * FAILED_PRECONDITION for a task that has not ended, is not COMPLEX, is
+   * routed to Temporal, never started a run, or has a step before
+   * `from_step` that did not complete.
+   */
+
+  replayWorkflow(request: ReplayWorkflowRequest): Observable<ReplayWorkflowResponse>;
+
+  /**
    * Delivers a named signal with a payload to a running workflow (a human
    * approval, an external event). On the embedded engine the signal is
    * committed before the reply; a workflow that is not waiting for it yet
@@ -921,6 +1007,48 @@ export interface OrchestratorServiceController {
   ): Promise<GetMetricsResponse> | Observable<GetMetricsResponse> | GetMetricsResponse;
 
   /**
+   * Runs an ended task again, under the same id: a FAILED, CANCELLED or
+   * COMPENSATED task goes back to PENDING with the next run number
+   * (`TaskStatus.run`) and a new attempt budget (`attempt` counts from 1
+   * again), keeping its spec, payload, idempotency key, labels, log and
+   * events, and its last error until the new run ends; its end time and
+   * its removal time under retention are cleared. Its log says who asked
+   * ("retried by request"). The change is committed before the reply. A
+   * COMPLEX task on the embedded workflow engine starts its workflow afresh
+   * (the latest definition, no step outputs; to keep some, use
+   * ReplayWorkflow). Errors: NOT_FOUND for an unknown id or a task removed
+   * (or due for removal) by retention; FAILED_PRECONDITION for a task in
+   * another state, a workflow's step task (replay the workflow), a task run
+   * by the BullMQ or Temporal backend (not supported: BullMQ keeps the
+   * ended job under the task's id, and Switchyard does not start a new
+   * Temporal run), or a task whose executor does not run on this server.
+   * To retry many, list them (`TaskFilter.error_kind`, `states`) and retry
+   * each.
+   */
+
+  retryTask(request: RetryTaskRequest): Promise<RetryTaskResponse> | Observable<RetryTaskResponse> | RetryTaskResponse;
+
+  /**
+   * Runs an ended workflow (a COMPLEX task of the embedded engine) again
+   * from a named step, under the same id and the next run number: the
+   * steps before it (in definition order) keep their outputs, and a step
+   * whose compensation had undone it counts as completed again; the step,
+   * every step after it and every step that depends on one of those run
+   * again as new step tasks, and if the new run stops, compensations run
+   * again. Signals that a re-run step had consumed are delivered again. The
+   * run keeps its definition version; its timeout counts from the replay.
+   * Committed before the reply. Errors: INVALID_ARGUMENT naming `from_step`
+   * for a step the definition does not have; NOT_FOUND as RetryTask;
+   * FAILED_PRECONDITION for a task that has not ended, is not COMPLEX, is
+   * routed to Temporal, never started a run, or has a step before
+   * `from_step` that did not complete.
+   */
+
+  replayWorkflow(
+    request: ReplayWorkflowRequest,
+  ): Promise<ReplayWorkflowResponse> | Observable<ReplayWorkflowResponse> | ReplayWorkflowResponse;
+
+  /**
    * Delivers a named signal with a payload to a running workflow (a human
    * approval, an external event). On the embedded engine the signal is
    * committed before the reply; a workflow that is not waiting for it yet
@@ -975,6 +1103,8 @@ export function OrchestratorServiceControllerMethods() {
       "listTasks",
       "getTaskLogs",
       "getMetrics",
+      "retryTask",
+      "replayWorkflow",
       "signalTask",
       "registerWorkflow",
       "listWorkflows",

@@ -518,6 +518,12 @@ export interface TaskStatus {
   workflowVersion: number;
   /** A workflow step task: the id of its workflow task. */
   parentId: string;
+  /**
+   * The run: 0 for the task's first, one more each time RetryTask or
+   * ReplayWorkflow runs it again. Each run has its own attempt budget:
+   * `attempt` counts from 1 again.
+   */
+  run: number;
 }
 
 export interface TaskStatus_LabelsEntry {

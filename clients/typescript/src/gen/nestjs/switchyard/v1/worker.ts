@@ -193,7 +193,10 @@ export interface Assignment {
    * `<task id>:<attempt>`, or for a workflow step
    * `<workflow id>:<step id>:<attempt>`: identical if this very attempt is
    * delivered again (after a lost lease or a server restart); workers use it
-   * to deduplicate side effects.
+   * to deduplicate side effects. A task run again by RetryTask has
+   * `<task id>:run<run>:<attempt>` (see `TaskStatus.run`), and the steps of
+   * a retried or replayed workflow `<workflow id>:<step id>:run<run>:<attempt>`,
+   * so a new run is never taken for a delivery of an earlier one.
    */
   idempotencyKey: string;
   /** When the attempt times out, if it has a timeout. */
