@@ -181,6 +181,11 @@ impl State {
                 "task {id} is active already (it was retried or replayed meanwhile)"
             )));
         }
+        if t.rt.run == MAX_RUN {
+            return Err(CoreError::FailedPrecondition(format!(
+                "task {id} has run {MAX_RUN} times, the most a task may"
+            )));
+        }
         self.finishing.remove(&id);
         let from = t.rt.state;
         let now = self.now;

@@ -632,10 +632,13 @@ pub struct TaskRuntime {
     /// Sequence number of the last event.
     pub seq: u64,
     /// The run: 0 for the task's first, one more each time it is run again
-    /// by request (`RetryTask`, `ReplayWorkflow`). A new run starts a new
-    /// attempt budget (`attempt` starts again from 0).
+    /// by request (`RetryTask`, `ReplayWorkflow`), at most [`MAX_RUN`]. A
+    /// new run starts a new attempt budget (`attempt` starts again from 0).
+    /// A `u16`: with the other small fields it fills the padding the
+    /// runtime has anyway, so a pending task stays in its allocator size
+    /// class (see `core::tests`).
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub run: u32,
+    pub run: u16,
     /// Whether it has been handed to its external engine (outbox).
     pub forwarded: bool,
     /// Executor-specific state (workflow steps), as JSON.
@@ -646,9 +649,12 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-fn is_zero(n: &u32) -> bool {
+fn is_zero(n: &u16) -> bool {
     *n == 0
 }
+
+/// The most runs a task may have (`TaskRuntime::run`).
+pub const MAX_RUN: u16 = u16::MAX;
 
 fn progress_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.map_or(0.0, progress_percent))

@@ -112,7 +112,7 @@ pub fn status(t: &Task) -> pb::TaskStatus {
             0
         },
         parent_id: t.spec.parent_id.map(|p| p.to_string()).unwrap_or_default(),
-        run: rt.run,
+        run: rt.run.into(),
     }
 }
 

@@ -73,7 +73,7 @@ impl Engine {
         let key = workflow_id.clone().unwrap_or_else(|| id.to_string());
         let flow = Flow {
             attempt,
-            task_run: task.rt.run,
+            task_run: task.rt.run.into(),
             meta: json!({
                 "id": key,
                 "task_id": id.to_string(),

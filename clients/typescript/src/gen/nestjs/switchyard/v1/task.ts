@@ -520,8 +520,8 @@ export interface TaskStatus {
   parentId: string;
   /**
    * The run: 0 for the task's first, one more each time RetryTask or
-   * ReplayWorkflow runs it again. Each run has its own attempt budget:
-   * `attempt` counts from 1 again.
+   * ReplayWorkflow runs it again, at most 65,535. Each run has its own
+   * attempt budget: `attempt` counts from 1 again.
    */
   run: number;
 }
