@@ -1309,7 +1309,7 @@ mod tests {
         let (result, text) = run(addr, true, &["retry", "t-3"]).await;
         result.unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(v["task_id"], "t-3");
+        assert_eq!(v["taskId"], "t-3");
         assert_eq!(v["status"]["run"], 1);
     }
 

@@ -453,7 +453,7 @@ async fn retry_and_replay_refuse_bad_input_naming_the_field() {
         .expect("POST replay");
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.expect("a JSON error");
-    assert!(body.to_string().contains("from_step"), "{body}");
+    assert!(body.to_string().contains("fromStep"), "{body}");
     let r = http
         .post(format!(
             "{}/internal/execution-manager/tasks/{id}/retry",
