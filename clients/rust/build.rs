@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/v1/orchestrator.proto",
         "switchyard/v1/worker.proto",
         "switchyard/v1/schedule.proto",
+        "switchyard/v1/flow.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -483,6 +483,15 @@ impl Collector for CoreCollector {
         )?;
         gauges(
             &mut encoder,
+            "switchyard_tasks_held",
+            "Pending tasks held by a flow rule, per rule (concurrency_limit: their key runs its limit; queue_paused: their name or queue is paused)",
+            &m.held
+                .iter()
+                .map(|(rule, n)| (l(&[("rule", *rule)]), *n as f64))
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            &mut encoder,
             "switchyard_workers_connected",
             "Remote workers connected",
             &[(Vec::new(), m.workers_connected as f64)],

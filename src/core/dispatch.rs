@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::domain::*;
 
+use super::flow::Pick;
 use super::state::{DeadlineKind, SlotKind, State};
 use super::{Assignment, EngineKind, Push};
 
@@ -72,6 +73,16 @@ impl State {
         a.task.rt.progress_message = None;
         let attempt = a.task.rt.attempt;
         let key = a.key.clone();
+        // A reserved task's slot of its key is counted already.
+        let reserved = std::mem::take(&mut a.reserved);
+        if let Some(ckey) = a.task.spec.concurrency_key().filter(|_| !reserved) {
+            match self.flow.running.get_mut(ckey) {
+                Some(n) => *n += 1,
+                None => {
+                    self.flow.running.insert(Arc::from(ckey), 1);
+                }
+            }
+        }
         self.queue(&key).running += 1;
         Some((worker_name, key, attempt))
     }
@@ -158,27 +169,49 @@ impl State {
         }
         while let Some(key) = self.dirty_keys.pop() {
             while let Some(q) = self.queues.get(&key) {
-                let Some(head) = q.ready.first().copied() else {
+                // Without keyed tasks the queue's own head; with them, the
+                // keys' round-robin decides (`core::flow`).
+                let pick = match &q.fair {
+                    None => q.ready.first().copied().map(Pick::Plain),
+                    Some(f) => f.pick(q.ready.first().copied()),
+                };
+                let Some(pick) = pick else {
                     break;
                 };
+                let lane = pick.lane();
                 // The worker with the most free slots that can take the head.
                 let best = q
                     .workers
                     .iter()
                     .filter_map(|wid| self.workers.get(wid).map(|w| (*wid, w)))
-                    .filter(|(_, w)| w.can_take(head.lane))
+                    .filter(|(_, w)| w.can_take(lane))
                     .map(|(wid, w)| {
-                        let imm = if head.lane == 0 { w.free_imm() } else { 0 };
+                        let imm = if lane == 0 { w.free_imm() } else { 0 };
                         (wid, w.free_normal().saturating_add(imm))
                     })
                     .max_by_key(|(_, free)| *free);
                 let Some((wid, _)) = best else {
                     break;
                 };
-                if let Some(q) = self.queues.get_mut(&key) {
-                    q.ready.remove(&head);
+                match pick {
+                    Pick::Plain(head) => {
+                        if let Some(q) = self.queues.get_mut(&key) {
+                            q.ready.remove(&head);
+                            if let Some(f) = q.fair.as_mut() {
+                                f.plain_dispatched();
+                            }
+                        }
+                        self.assign(head.id, wid);
+                    }
+                    Pick::Keyed(head) => {
+                        // `None`: its key ran out of room meanwhile (the
+                        // line is parked); the next pick is another line.
+                        if let Some(id) = self.take_head(&key, &head) {
+                            self.assign(id, wid);
+                            self.refill_line(&key, &head.ckey);
+                        }
+                    }
                 }
-                self.assign(head.id, wid);
             }
         }
     }

@@ -359,3 +359,170 @@ fn a_retried_task_runs_again_under_a_new_run_with_a_new_attempt_budget() {
     );
     assert_eq!(st.tasks[&task.id].task.rt.attempt, 2);
 }
+
+/// A keyed task of `name`, created in the order scheduled.
+fn keyed(name: &str, key: &str, priority: i32) -> NewTask {
+    let mut t = new_task(name, 1, Duration::ZERO);
+    t.spec.concurrency_key = Some(Box::new(crate::domain::flow::Key(key.into())));
+    t.spec.priority = priority;
+    t
+}
+
+/// The ids of the tasks assigned in `fx`, in order.
+fn assigned(fx: &Effects) -> Vec<TaskId> {
+    fx.pushes
+        .iter()
+        .filter_map(|(_, _, p)| match p {
+            Push::Assign(a) => Some(a.task.id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn limit(st: &mut State, pattern: &str, n: i64) {
+    let rules = crate::domain::flow::FlowRules {
+        policies: vec![crate::domain::flow::ConcurrencyPolicy::new(pattern, n, false).unwrap()],
+        ..Default::default()
+    };
+    st.step(T0, |st| st.set_flow_rules(Arc::new(rules)));
+}
+
+#[test]
+fn a_key_at_its_limit_is_held_and_goes_on_when_one_of_its_tasks_ends() {
+    let mut st = state();
+    limit(&mut st, "mail", 2);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let (t, _) = st.step(T0, |st| st.schedule_internal(keyed("mail", "k", 0)));
+        ids.push(t.id);
+    }
+    let (_, _, _rx) = worker(&mut st, "mail", 10);
+    let running: Vec<_> = ids
+        .iter()
+        .filter(|id| st.tasks[*id].worker.is_some())
+        .copied()
+        .collect();
+    assert_eq!(running, ids[..2], "two of key k start, in order");
+    let held = &st.tasks[&ids[2]];
+    let (reason, hold) = st.hold_of(held, true).expect("held");
+    assert_eq!(reason, WaitingReason::ConcurrencyLimit);
+    assert_eq!(
+        (
+            hold.rule.as_str(),
+            hold.key.as_deref(),
+            hold.limit,
+            hold.running
+        ),
+        ("mail", Some("k"), 2, 2)
+    );
+    assert_eq!(hold.ahead, Some(0));
+    assert_eq!(
+        st.hold_of(&st.tasks[&ids[3]], true).unwrap().1.ahead,
+        Some(1)
+    );
+    assert_eq!(st.held_counts(), (2, 0));
+
+    // Another key is not held by k's limit.
+    let (other, fx) = st.step(T0, |st| st.schedule_internal(keyed("mail", "j", 0)));
+    assert_eq!(assigned(&fx), [other.id]);
+
+    // One of k's ends: the next of k starts in the same section.
+    let ((), fx) = st.step(T0 + 1, |st| {
+        st.apply_report(ids[0], 1, Report::Complete(serde_json::json!({})))
+    });
+    assert_eq!(assigned(&fx), [ids[2]]);
+    assert_eq!(st.held_counts(), (1, 0));
+}
+
+#[test]
+fn keys_take_turns_and_priority_still_wins() {
+    let mut st = state();
+    let mut a = Vec::new();
+    for _ in 0..50 {
+        a.push(
+            st.step(T0, |st| st.schedule_internal(keyed("q", "A", 0)))
+                .0
+                .id,
+        );
+    }
+    let b: Vec<_> = (0..3)
+        .map(|_| {
+            st.step(T0, |st| st.schedule_internal(keyed("q", "B", 0)))
+                .0
+                .id
+        })
+        .collect();
+    let plain = st
+        .step(T0, |st| {
+            st.schedule_internal(new_task("q", 1, Duration::ZERO))
+        })
+        .0
+        .id;
+    let urgent = st
+        .step(T0, |st| st.schedule_internal(keyed("q", "A", 5)))
+        .0
+        .id;
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (_, fx) = st.step(T0, |st| {
+        st.add_worker("w", &["q".to_string()], (10, 0), None, tx)
+    });
+    let order = assigned(&fx);
+    assert_eq!(order[0], urgent, "priority wins across keys");
+    // Then A, B and the tasks without a key take turns.
+    let pos = |id: &TaskId| order.iter().position(|x| x == id).unwrap();
+    assert!(b.iter().all(|id| pos(id) <= 9), "{order:?}");
+    assert!(pos(&plain) <= 3, "{order:?}");
+    assert_eq!(
+        order.iter().filter(|id| a.contains(*id)).count(),
+        10 - 1 - 3 - 1
+    );
+}
+
+#[test]
+fn a_paused_name_holds_its_tasks_until_resumed() {
+    let mut st = state();
+    let (_, _, _rx) = worker(&mut st, "p", 4);
+    let paused = crate::domain::flow::FlowRules {
+        paused: ["p".to_string()].into(),
+        ..Default::default()
+    };
+    st.step(T0, |st| st.set_flow_rules(Arc::new(paused)));
+    let (t, fx) = st.step(T0, |st| {
+        st.schedule_internal(new_task("p", 1, Duration::ZERO))
+    });
+    assert!(assigned(&fx).is_empty());
+    assert_eq!(
+        st.derived_reason(&st.tasks[&t.id]),
+        Some(WaitingReason::QueuePaused)
+    );
+    assert_eq!(st.held_counts(), (0, 1));
+    let (_, fx) = st.step(T0, |st| st.set_flow_rules(Arc::default()));
+    assert_eq!(assigned(&fx), [t.id]);
+    assert_eq!(st.held_counts(), (0, 0));
+}
+
+#[test]
+fn a_task_that_was_running_at_a_restart_keeps_its_slot_of_the_key() {
+    let mut st = state();
+    limit(&mut st, "r", 1);
+    let (older, _) = st.step(T0, |st| st.schedule_internal(keyed("r", "k", 0)));
+    let (was_running, _) = st.step(T0, |st| st.schedule_internal(keyed("r", "k", 0)));
+    // As recovery does for a task that was running: its slot is kept.
+    st.step(T0, |st| st.reserve(was_running.id));
+    assert_eq!(st.flow.running_of("k"), 1);
+    assert_eq!(
+        st.derived_reason(&st.tasks[&older.id]),
+        Some(WaitingReason::ConcurrencyLimit),
+        "the older task waits behind the slot kept"
+    );
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let (_, fx) = st.step(T0, |st| {
+        st.add_worker("w", &["r".to_string()], (4, 0), None, tx)
+    });
+    assert_eq!(assigned(&fx), [was_running.id], "it goes first, and alone");
+    assert_eq!(st.flow.running_of("k"), 1, "counted once");
+    let ((), fx) = st.step(T0 + 1, |st| {
+        st.apply_report(was_running.id, 1, Report::Complete(serde_json::json!({})))
+    });
+    assert_eq!(assigned(&fx), [older.id]);
+}

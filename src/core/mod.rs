@@ -21,6 +21,7 @@
 //! | `protocol` | [`Push`], [`Report`], [`Assignment`], worker handles |
 //! | `state` | `State`, the per-task record, queued writes and events |
 //! | `queue` | per-key queues and timers |
+//! | `flow` | concurrency keys, round-robin between keys, pauses |
 //! | `workers` | registration, leases, removal |
 //! | `dispatch` | handing ready tasks to workers |
 //! | `transitions` | finish, release, back to pending, requeue |
@@ -46,6 +47,7 @@ mod dispatch;
 mod engine;
 mod error;
 pub mod events;
+mod flow;
 #[cfg(test)]
 mod machine_tests;
 pub mod metrics;

@@ -31,6 +31,9 @@ pub struct MetricsSnapshot {
     pub started_at: Micros,
     /// Last event sequence.
     pub last_seq: u64,
+    /// Pending tasks held by each flow rule: `concurrency_limit`,
+    /// `queue_paused`.
+    pub held: Vec<(&'static str, u64)>,
 }
 
 /// One queue's figures.
@@ -58,9 +61,7 @@ impl Core {
         {
             let st = self.inner.state.lock();
             if let Some(a) = st.tasks.get(&id) {
-                let mut t = a.task.clone();
-                t.rt.waiting_reason = st.derived_reason(a);
-                return Ok(t);
+                return Ok(st.shown(a, true));
             }
             if let Some(t) = st.finishing.get(&id) {
                 return Ok(t.clone());
@@ -102,11 +103,7 @@ impl Core {
             .tasks
             .values()
             .filter(|a| filter.matches(&a.task))
-            .map(|a| {
-                let mut t = a.task.clone();
-                t.rt.waiting_reason = st.derived_reason(a);
-                t
-            })
+            .map(|a| st.shown(a, false))
             .collect();
         out.sort_by_key(|t| t.id);
         out
@@ -143,8 +140,7 @@ impl Core {
         let st = self.inner.state.lock();
         for t in tasks.iter_mut() {
             if let Some(a) = st.tasks.get(&t.id) {
-                *t = a.task.clone();
-                t.rt.waiting_reason = st.derived_reason(a);
+                *t = st.shown(a, false);
             } else if let Some(f) = st.finishing.get(&t.id) {
                 *t = f.clone();
             }
@@ -192,14 +188,22 @@ impl Core {
             .queues
             .iter()
             .filter(|(_, q)| {
-                !q.ready.is_empty() || q.scheduled > 0 || q.running > 0 || !q.workers.is_empty()
+                !q.ready.is_empty()
+                    || q.fair.as_ref().is_some_and(|f| !f.lines.is_empty())
+                    || q.scheduled > 0
+                    || q.running > 0
+                    || !q.workers.is_empty()
             })
             .map(|(k, q)| {
                 let ws: Vec<&WorkerSlot> =
                     q.workers.iter().filter_map(|w| st.workers.get(w)).collect();
+                let keyed: usize = q
+                    .fair
+                    .as_ref()
+                    .map_or(0, |f| f.lines.values().map(|l| l.waiting.len()).sum());
                 QueueInfo {
                     name: k.to_string(),
-                    ready: q.ready.len() as u64,
+                    ready: (q.ready.len() + keyed) as u64,
                     scheduled: q.scheduled,
                     running: q.running,
                     workers: ws.len() as u32,
@@ -213,7 +217,9 @@ impl Core {
             })
             .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
+        let (limited, paused) = st.held_counts();
         MetricsSnapshot {
+            held: vec![("concurrency_limit", limited), ("queue_paused", paused)],
             counts: st.counts.clone(),
             queues,
             throughput: st.throughput.per_sec(now),

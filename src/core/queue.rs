@@ -10,12 +10,17 @@ use std::sync::Arc;
 
 use crate::domain::*;
 
+use super::flow::{Fair, LKey};
 use super::state::{lane, Active, QKey, SlotKind, State};
 use super::EngineKind;
 
 #[derive(Default)]
 pub(super) struct Queue {
+    /// Ready tasks without a concurrency key.
     pub(super) ready: BTreeSet<QKey>,
+    /// Ready tasks with a key, in their keys' lines (see `core::flow`);
+    /// none until the queue's first keyed task.
+    pub(super) fair: Option<Box<Fair>>,
     pub(super) scheduled: u64,
     pub(super) running: u64,
     pub(super) workers: Vec<u64>,
@@ -53,6 +58,8 @@ impl State {
                 deadline: None,
                 queued: None,
                 timer: None,
+                held: false,
+                reserved: false,
                 ready_since: run_at,
             }),
         );
@@ -81,7 +88,6 @@ impl State {
                 created: a.task.created_at,
                 id,
             };
-            a.queued = Some(qk);
             a.ready_since = a.task.rt.run_at.max(a.task.created_at);
             if !engine_delays
                 && matches!(
@@ -91,8 +97,27 @@ impl State {
             {
                 a.task.rt.waiting_reason = Some(WaitingReason::Queued);
             }
-            self.queue(&key).ready.insert(qk);
-            self.dirty_keys.push(key);
+            // A paused name or queue holds it here (`core::flow`).
+            if self.flow.rules.paused_by(&a.task.spec).is_some() {
+                a.held = true;
+                self.flow.held.insert(id);
+                return;
+            }
+            a.queued = Some(qk);
+            match a.task.spec.concurrency_key() {
+                None => {
+                    self.queue(&key).ready.insert(qk);
+                    self.dirty_keys.push(key);
+                }
+                Some(ckey) => {
+                    let ckey: Arc<str> = Arc::from(ckey);
+                    let lk = LKey {
+                        fresh: !a.reserved,
+                        qk,
+                    };
+                    self.enter_line(&key, &ckey, lk);
+                }
+            }
         }
     }
 
@@ -104,10 +129,24 @@ impl State {
         let key = a.key.clone();
         let queued = a.queued.take();
         let timer = a.timer.take();
-        let q = self.queue(&key);
-        if let Some(qk) = queued {
-            q.ready.remove(&qk);
+        if std::mem::take(&mut a.held) {
+            self.flow.held.remove(&id);
         }
+        if let Some(qk) = queued {
+            match a.task.spec.concurrency_key().map(Box::<str>::from) {
+                None => {
+                    self.queue(&key).ready.remove(&qk);
+                }
+                Some(ckey) => {
+                    let lk = LKey {
+                        fresh: !a.reserved,
+                        qk,
+                    };
+                    self.leave_line(&key, &ckey, &lk)
+                }
+            }
+        }
+        let q = self.queue(&key);
         if let Some(t) = timer {
             q.scheduled = q.scheduled.saturating_sub(1);
             self.timers.remove(&(t, id));

@@ -53,6 +53,9 @@ impl Core {
                         if let Some(a) = st.tasks.get_mut(&id) {
                             a.again = true;
                         }
+                        // It counts against its key's limit until it is
+                        // handed out again.
+                        st.reserve(id);
                         st.emit(
                             id,
                             EventKind::Requeued,
@@ -67,7 +70,18 @@ impl Core {
                     }
                     _ => {
                         let maybe_handed = t.rt.state == TaskState::Pending && !t.rt.forwarded;
+                        let forwarded = t.rt.state == TaskState::Pending && t.rt.forwarded;
                         st.add_pending(t, None);
+                        // A backend has it: it counts against its key's
+                        // limit until it is handed out again.
+                        if forwarded
+                            && st
+                                .tasks
+                                .get(&id)
+                                .is_some_and(|a| EngineKind::of_key(&a.key).is_backend())
+                        {
+                            st.reserve(id);
+                        }
                         // Its backend may have had it before the crash: the
                         // write that says so is lazy (`Report::Forwarded`).
                         if let Some(a) = st.tasks.get_mut(&id) {

@@ -80,7 +80,7 @@ impl State {
             Report::Complete(result) => self.on_complete(id, attempt, result),
             Report::ExternalId(x) => {
                 if let Some(a) = self.tasks.get_mut(&id) {
-                    a.task.rt.external_id = Some(x);
+                    a.task.rt.external_id = Some(x.into_boxed_str());
                 }
                 self.emit(id, EventKind::Updated, Vec::new());
             }
@@ -185,7 +185,7 @@ impl State {
         let Some(a) = self.tasks.get_mut(&id) else {
             return;
         };
-        a.task.rt.external_id = Some(external_id);
+        a.task.rt.external_id = Some(external_id.into_boxed_str());
         a.task.rt.forwarded = true;
         if a.task.rt.state == TaskState::Pending {
             a.task.rt.waiting_reason = Some(waiting_reason);

@@ -463,6 +463,7 @@ impl State {
         self.add_pending(task, cached);
         if let Some(a) = self.tasks.get(&snapshot.id) {
             snapshot.rt.waiting_reason = self.derived_reason(a);
+            snapshot.rt.hold = self.hold_of(a, false).map(|(_, h)| Box::new(h));
         }
         snapshot
     }

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use crate::domain::*;
 use crate::store::WriteOp;
 
+use super::flow::Flow;
 use super::metrics::{Counts, Throughput, Window};
 use super::queue::Queue;
 use super::workers::WorkerSlot;
@@ -62,6 +63,12 @@ pub(super) struct Active {
     pub(super) queued: Option<QKey>,
     /// Set while the task waits on a timer (delay or backoff).
     pub(super) timer: Option<Micros>,
+    /// Ready but held: its name or queue is paused (`core::flow`).
+    pub(super) held: bool,
+    /// It keeps a slot of its concurrency key: it was running (or with its
+    /// backend) when the server stopped, and is not handed out again yet
+    /// (`State::reserve`).
+    pub(super) reserved: bool,
     /// When it became runnable (for schedule-to-start).
     pub(super) ready_since: Micros,
 }
@@ -108,6 +115,8 @@ pub(super) struct State {
     /// Messages to workers queued by the current critical section, in
     /// order: the worker's number, its channel, the message.
     pub(super) pushes: Vec<(u64, mpsc::UnboundedSender<Push>, Push)>,
+    /// Flow control: keys' running counts, paused names, the rules.
+    pub(super) flow: Flow,
 }
 
 /// What one critical section of the state machine asks its caller to carry
@@ -165,6 +174,7 @@ impl State {
             runs: HashMap::new(),
             now: 0,
             pushes: Vec::new(),
+            flow: Flow::default(),
         }
     }
 
@@ -214,14 +224,21 @@ impl State {
     pub(super) fn emit(&mut self, id: TaskId, kind: EventKind, log: Vec<LogEntry>) {
         let seq = self.seq();
         let reason = self.tasks.get(&id).and_then(|a| self.derived_reason(a));
+        let hold = self
+            .tasks
+            .get(&id)
+            .and_then(|a| self.hold_of(a, false))
+            .map(|(_, h)| Box::new(h));
         let Some(a) = self.tasks.get_mut(&id) else {
             return;
         };
         a.task.rt.seq = seq;
         if a.task.rt.state == TaskState::Pending {
             a.task.rt.waiting_reason = reason;
+            a.task.rt.hold = hold;
         } else {
             a.task.rt.waiting_reason = None;
+            a.task.rt.hold = None;
         }
         let op = WriteOp::Update {
             task: a.task.clone(),
@@ -251,9 +268,24 @@ impl State {
         r
     }
 
+    /// A task as its status shows it: with its waiting reason and, while
+    /// a flow rule holds it, the rule (`ahead`: with its place in line,
+    /// which costs a walk of the line).
+    pub(super) fn shown(&self, a: &Active, ahead: bool) -> Task {
+        let mut t = a.task.clone();
+        t.rt.waiting_reason = self.derived_reason(a);
+        t.rt.hold = self.hold_of(a, ahead).map(|(_, h)| Box::new(h));
+        t
+    }
+
     pub(super) fn derived_reason(&self, a: &Active) -> Option<WaitingReason> {
         if a.task.rt.state != TaskState::Pending {
             return None;
+        }
+        if a.held || (a.queued.is_some() && a.task.spec.concurrency_key.is_some()) {
+            if let Some((r, _)) = self.hold_of(a, false) {
+                return Some(r);
+            }
         }
         match a.task.rt.waiting_reason {
             Some(WaitingReason::Delayed) | Some(WaitingReason::BackingOff) if a.timer.is_some() => {

@@ -44,8 +44,12 @@ impl State {
         let wid = a.worker.take()?;
         let slot = a.slot;
         let key = a.key.clone();
+        let ckey = a.task.spec.concurrency_key().map(Box::<str>::from);
         let q = self.queue(&key);
         q.running = q.running.saturating_sub(1);
+        if let Some(ckey) = ckey {
+            self.key_released(&ckey);
+        }
         if let Some(w) = self.workers.get_mut(&wid) {
             w.running.remove(&id);
             match slot {
@@ -69,6 +73,7 @@ impl State {
     ) {
         self.end_run(id, state.as_str());
         self.unplace(id);
+        self.unreserve(id);
         self.set_deadline(id, None);
         self.release_slot(id);
         let now = self.now;

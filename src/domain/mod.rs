@@ -41,6 +41,7 @@ pub fn progress_percent(p: f64) -> f64 {
 }
 
 pub mod failure;
+pub mod flow;
 pub mod retention;
 pub mod schedule;
 
@@ -345,6 +346,11 @@ pub enum WaitingReason {
     CapacityFull,
     /// The external engine cannot be reached.
     EngineUnreachable,
+    /// Its concurrency key has as many tasks running as its policy allows
+    /// (`TaskRuntime::hold` names the rule, the key and the limit).
+    ConcurrencyLimit,
+    /// Its name or queue is paused (`TaskRuntime::hold` names it).
+    QueuePaused,
 }
 
 impl WaitingReason {
@@ -357,6 +363,8 @@ impl WaitingReason {
             WaitingReason::BackingOff => 4,
             WaitingReason::CapacityFull => 5,
             WaitingReason::EngineUnreachable => 6,
+            WaitingReason::ConcurrencyLimit => 7,
+            WaitingReason::QueuePaused => 8,
         }
     }
 
@@ -369,6 +377,8 @@ impl WaitingReason {
             4 => WaitingReason::BackingOff,
             5 => WaitingReason::CapacityFull,
             6 => WaitingReason::EngineUnreachable,
+            7 => WaitingReason::ConcurrencyLimit,
+            8 => WaitingReason::QueuePaused,
             _ => return None,
         })
     }
@@ -496,7 +506,7 @@ pub struct TaskSpec {
     /// Immediate lane.
     pub immediate: bool,
     /// Idempotency key.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<Box<str>>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Cleanup task name.
@@ -512,9 +522,21 @@ pub struct TaskSpec {
     /// (boxed: most tasks leave it to the server's policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Box<retention::Retention>>,
+    /// The concurrency key (a user, tenant or resource id): the flow rules
+    /// limit how many tasks of one key run at once and serve keys
+    /// round-robin. At most [`flow::MAX_KEY_BYTES`].
+    /// (Boxed twice: the field costs one pointer, see
+    /// `a_pending_task_fits_its_allocator_size_classes`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<Box<flow::Key>>,
 }
 
 impl TaskSpec {
+    /// The concurrency key, if the task has one.
+    pub fn concurrency_key(&self) -> Option<&str> {
+        self.concurrency_key.as_deref().map(|k| &*k.0)
+    }
+
     /// The schedule that fired this task (its `switchyard.schedule` label).
     pub fn schedule_id(&self) -> Option<&str> {
         self.labels.get(schedule::LABEL).map(String::as_str)
@@ -543,6 +565,7 @@ impl TaskSpec {
             traceparent: None,
             parent_id: None,
             retention: None,
+            concurrency_key: None,
         }
     }
 
@@ -552,7 +575,7 @@ impl TaskSpec {
     pub(crate) fn test_simple(name: &str, idempotency_key: Option<&str>) -> TaskSpec {
         TaskSpec {
             user_id: Some("u1".into()),
-            idempotency_key: idempotency_key.map(String::from),
+            idempotency_key: idempotency_key.map(Box::from),
             ..TaskSpec::new(name, TaskType::Simple, Target::Simple { queue: None })
         }
     }
@@ -611,8 +634,9 @@ pub struct TaskRuntime {
     /// Last error. Boxed: most tasks never have one, and the 72 bytes it
     /// would take inline keep every in-memory task a size class larger.
     pub last_error: Option<Box<TaskError>>,
-    /// The engine's id.
-    pub external_id: Option<String>,
+    /// The engine's id (boxed: 8 bytes less than a `String` in every
+    /// in-memory task).
+    pub external_id: Option<Box<str>>,
     /// The engine.
     pub source: Source,
     /// Why it waits, while pending.
@@ -643,6 +667,10 @@ pub struct TaskRuntime {
     pub forwarded: bool,
     /// Executor-specific state (workflow steps), as JSON.
     pub detail: Option<Box<serde_json::Value>>,
+    /// While held by a flow rule (`ConcurrencyLimit`, `QueuePaused`): the
+    /// rule and its figures at the time of the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Box<flow::Hold>>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -694,6 +722,7 @@ impl TaskRuntime {
             run: 0,
             forwarded: false,
             detail: None,
+            hold: None,
         }
     }
 }

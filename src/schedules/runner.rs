@@ -154,7 +154,7 @@ impl Schedules {
     ) -> Result<Scheduled, CoreError> {
         let done = async {
             let mut new = (self.inner.compile)(&s.template)?;
-            new.spec.idempotency_key = Some(format!("schedule:{}:{key}", s.id));
+            new.spec.idempotency_key = Some(format!("schedule:{}:{key}", s.id).into_boxed_str());
             new.spec
                 .labels
                 .insert(LABEL_SCHEDULE.to_string(), s.id.clone());

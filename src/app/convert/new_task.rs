@@ -130,6 +130,12 @@ fn options(
     check_len(vs, "options.user_id", &o.user_id, 256);
     check_len(vs, "options.session_id", &o.session_id, 256);
     check_len(vs, "options.idempotency_key", &o.idempotency_key, 256);
+    check_len(
+        vs,
+        "options.concurrency_key",
+        &o.concurrency_key,
+        crate::domain::flow::MAX_KEY_BYTES,
+    );
     check_labels(vs, &o.labels);
     let retention = o.retention.and_then(|r| retention(vs, r));
     let cleanup = o.cleanup.and_then(|c| cleanup(vs, c));
@@ -141,10 +147,12 @@ fn options(
         user_id: non_empty(o.user_id),
         session_id: non_empty(o.session_id),
         immediate: o.immediate,
-        idempotency_key: non_empty(o.idempotency_key),
+        idempotency_key: non_empty(o.idempotency_key).map(String::into_boxed_str),
         labels: o.labels.into_iter().collect::<BTreeMap<_, _>>(),
         cleanup,
         retention,
+        concurrency_key: non_empty(o.concurrency_key)
+            .map(|k| Box::new(crate::domain::flow::Key(k.into_boxed_str()))),
         ..TaskSpec::new(name, tt.unwrap_or(TaskType::Simple), UNTARGETED)
     };
     (spec, delay)

@@ -63,6 +63,18 @@ fn pb_reason(r: Option<WaitingReason>) -> pb::WaitingReason {
         Some(WaitingReason::BackingOff) => pb::WaitingReason::BackingOff,
         Some(WaitingReason::CapacityFull) => pb::WaitingReason::CapacityFull,
         Some(WaitingReason::EngineUnreachable) => pb::WaitingReason::EngineUnreachable,
+        Some(WaitingReason::ConcurrencyLimit) => pb::WaitingReason::ConcurrencyLimit,
+        Some(WaitingReason::QueuePaused) => pb::WaitingReason::QueuePaused,
+    }
+}
+
+fn hold(h: &crate::domain::flow::Hold) -> pb::Hold {
+    pb::Hold {
+        rule: h.rule.clone(),
+        concurrency_key: h.key.clone().unwrap_or_default(),
+        limit: h.limit,
+        running: h.running,
+        ahead: h.ahead,
     }
 }
 
@@ -93,12 +105,17 @@ pub fn status(t: &Task) -> pb::TaskStatus {
         run_at: Some(ts(rt.run_at)),
         started_at: rt.started_at.map(ts),
         finished_at: rt.finished_at.map(ts),
-        external_id: rt.external_id.clone().unwrap_or_default(),
+        external_id: rt.external_id.as_deref().unwrap_or_default().to_owned(),
         waiting_reason: pb_reason(rt.waiting_reason) as i32,
         cancel_requested: rt.cancel_requested,
         labels: t.spec.labels.clone().into_iter().collect(),
         worker_id: rt.worker_id.as_deref().unwrap_or_default().to_owned(),
-        idempotency_key: t.spec.idempotency_key.clone().unwrap_or_default(),
+        idempotency_key: t
+            .spec
+            .idempotency_key
+            .as_deref()
+            .unwrap_or_default()
+            .to_owned(),
         target: t.spec.target.describe(),
         sequence: rt.seq,
         steps: if t.spec.task_type == TaskType::Complex {
@@ -113,6 +130,12 @@ pub fn status(t: &Task) -> pb::TaskStatus {
         },
         parent_id: t.spec.parent_id.map(|p| p.to_string()).unwrap_or_default(),
         run: rt.run.into(),
+        hold: rt
+            .hold
+            .as_deref()
+            .filter(|_| rt.state == TaskState::Pending)
+            .map(hold),
+        concurrency_key: t.spec.concurrency_key().unwrap_or_default().to_owned(),
     }
 }
 

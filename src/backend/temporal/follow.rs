@@ -109,7 +109,13 @@ impl Follower {
             ctl,
             traceparent,
             workflow_id: String::new(),
-            run_id: a.task.rt.external_id.clone().unwrap_or_default(),
+            run_id: a
+                .task
+                .rt
+                .external_id
+                .as_deref()
+                .unwrap_or_default()
+                .to_owned(),
             task: a.task,
             cancel_requested: false,
             cancel_pending: None,

@@ -52,7 +52,13 @@ async fn deliver(sh: &Shared, s: Signal) -> Result<String, CoreError> {
     let workflow_id = workflow_id.clone().unwrap_or_else(|| s.task.id.to_string());
     // The run the follower follows (it moves on after a continue-as-new);
     // none yet: the workflow's current run.
-    let run_id = s.task.rt.external_id.clone().unwrap_or_default();
+    let run_id = s
+        .task
+        .rt
+        .external_id
+        .as_deref()
+        .unwrap_or_default()
+        .to_owned();
     let req = SignalWorkflowExecutionRequest {
         namespace: sh.cfg.namespace.clone(),
         workflow_execution: Some(WorkflowExecution {

@@ -65,7 +65,7 @@ impl TrackingEvent {
             task_id: t.id.to_string(),
             name: t.spec.name.clone(),
             workflow_id: workflow_id.clone().unwrap_or_else(|| t.id.to_string()),
-            run_id: t.rt.external_id.clone(),
+            run_id: t.rt.external_id.as_deref().map(String::from),
             state: t.rt.state.as_str(),
             event: event_name(e.kind),
             sequence: e.seq,

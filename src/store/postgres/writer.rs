@@ -597,7 +597,7 @@ async fn commit_groups(
                     let mine = done.inserted.contains(&task.id)
                         || (retried
                             && match &task.spec.idempotency_key {
-                                Some(k) => owners.get(k) == Some(&task.id),
+                                Some(k) => owners.get(&**k) == Some(&task.id),
                                 // An id is ours alone: a conflict on it after
                                 // a retry is our own unacknowledged commit.
                                 None => true,
@@ -619,7 +619,7 @@ async fn commit_groups(
                             .spec
                             .idempotency_key
                             .as_ref()
-                            .and_then(|k| owners.get(k).copied())
+                            .and_then(|k| owners.get(&**k).copied())
                             .unwrap_or(task.id);
                         out.push(WriteOutcome::Existing(owner));
                     }

@@ -1,0 +1,462 @@
+//! Flow control in the core: concurrency keys, fairness between keys, and
+//! paused names. One rule for every engine: a task held here is never
+//! handed to a worker, an in-process executor or a backend.
+//!
+//! Owns: the running count of each concurrency key, each queue's
+//! round-robin of keys ([`Fair`]), the lines parked on their key's limit,
+//! the tasks held by a pause, and what a held task's status says.
+//! Must not: write anything, or change a task's state (a held task stays
+//! PENDING and in the core's memory; the rules themselves are kept by the
+//! `flow` module above).
+//!
+//! How a queue's tasks are ordered. Tasks without a key stay in the
+//! queue's own ordered set (lane, priority, age), untouched. Tasks with a
+//! key wait in their key's *line* (lane, priority, age); each line that
+//! may start a task has its head in the queue's `heads`, ordered by lane,
+//! priority, then *round*: a line's next head gets the round after the
+//! one last dispatched, so keys of one lane and priority take turns
+//! (round-robin) whatever their backlog, while the immediate lane and
+//! priority still win across keys. Tasks without a key take their turn
+//! as one more line. A line whose key runs its limit has no head: it is
+//! parked, and is given one again when a task of the key releases its
+//! slot.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::domain::flow::{FlowRules, Hold};
+use crate::domain::*;
+
+use super::state::{Active, QKey, State};
+
+/// A line's head in its queue's round-robin.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Head {
+    pub(super) lane: u8,
+    pub(super) prio: Reverse<i32>,
+    pub(super) round: u64,
+    /// Insertion order, unique: ties of round go to the line that waited
+    /// longer.
+    pub(super) stamp: u64,
+    /// The task's place in its line.
+    pub(super) lk: LKey,
+    pub(super) ckey: Arc<str>,
+}
+
+/// A task's place in its line: first the tasks that keep a slot of the
+/// key for themselves (they were running when the server stopped, see
+/// `Active::reserved`), then lane, priority and age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct LKey {
+    /// `false` for a task with a reserved slot.
+    pub(super) fresh: bool,
+    pub(super) qk: QKey,
+}
+
+/// The ready tasks of one concurrency key in one queue.
+#[derive(Default)]
+pub(super) struct Line {
+    pub(super) waiting: BTreeSet<LKey>,
+    pub(super) head: Option<Head>,
+}
+
+/// A queue's keyed tasks; made when its first keyed task comes.
+#[derive(Default)]
+pub(super) struct Fair {
+    pub(super) lines: HashMap<Arc<str>, Line>,
+    pub(super) heads: BTreeSet<Head>,
+    /// The round of the last head dispatched.
+    pub(super) round: u64,
+    /// The round of the tasks without a key (one more line).
+    pub(super) plain_round: u64,
+    pub(super) stamp: u64,
+}
+
+/// What a queue dispatches next.
+pub(super) enum Pick {
+    Plain(QKey),
+    Keyed(Head),
+}
+
+impl Pick {
+    pub(super) fn lane(&self) -> u8 {
+        match self {
+            Pick::Plain(q) => q.lane,
+            Pick::Keyed(h) => h.lane,
+        }
+    }
+}
+
+impl Fair {
+    /// The next task: the better of the plain head and the keyed heads'
+    /// first, by lane, priority, then round (plain first on a tie).
+    pub(super) fn pick(&self, plain: Option<QKey>) -> Option<Pick> {
+        let keyed = self.heads.first();
+        match (plain, keyed) {
+            (None, None) => None,
+            (Some(p), None) => Some(Pick::Plain(p)),
+            (None, Some(h)) => Some(Pick::Keyed(h.clone())),
+            (Some(p), Some(h)) => {
+                if (p.lane, p.prio, self.plain_round) <= (h.lane, h.prio, h.round) {
+                    Some(Pick::Plain(p))
+                } else {
+                    Some(Pick::Keyed(h.clone()))
+                }
+            }
+        }
+    }
+
+    /// A task without a key was dispatched: that line's turn moves on.
+    pub(super) fn plain_dispatched(&mut self) {
+        self.round = self.round.max(self.plain_round);
+        self.plain_round = self.round + 1;
+    }
+
+    fn new_head(&mut self, lk: LKey, ckey: &Arc<str>) -> Head {
+        self.stamp += 1;
+        Head {
+            lane: lk.qk.lane,
+            prio: lk.qk.prio,
+            round: self.round + 1,
+            stamp: self.stamp,
+            lk,
+            ckey: ckey.clone(),
+        }
+    }
+}
+
+/// The core's flow-control state.
+#[derive(Default)]
+pub(super) struct Flow {
+    pub(super) rules: Arc<FlowRules>,
+    /// Tasks of each key holding a slot (running, or handed to a backend).
+    pub(super) running: HashMap<Arc<str>, u32>,
+    /// The queues whose line of a key is parked on the key's limit.
+    pub(super) parked: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// Ready tasks held because their name or queue is paused.
+    pub(super) held: HashSet<TaskId>,
+}
+
+impl Flow {
+    pub(super) fn running_of(&self, ckey: &str) -> u32 {
+        self.running.get(ckey).copied().unwrap_or(0)
+    }
+
+    /// Whether a task of `ckey` with this spec may start now.
+    fn has_room(&self, ckey: &str, spec: &TaskSpec) -> bool {
+        match self.rules.limit_for(spec) {
+            None => true,
+            Some(l) => self.running_of(ckey) < l.limit,
+        }
+    }
+
+    fn park(&mut self, ckey: &Arc<str>, queue: &Arc<str>) {
+        let qs = self.parked.entry(ckey.clone()).or_default();
+        if !qs.contains(queue) {
+            qs.push(queue.clone());
+        }
+    }
+}
+
+impl State {
+    /// Puts a ready keyed task in its line (the head if it comes first and
+    /// the key has room).
+    pub(super) fn enter_line(&mut self, queue: &Arc<str>, ckey: &Arc<str>, lk: LKey) {
+        let q = self.queue(queue);
+        let fair = q.fair.get_or_insert_with(Default::default);
+        let ckey = match fair.lines.get_key_value(ckey) {
+            Some((k, _)) => k.clone(),
+            None => ckey.clone(),
+        };
+        let line = fair.lines.entry(ckey.clone()).or_default();
+        line.waiting.insert(lk);
+        match &line.head {
+            Some(h) if lk < h.lk => {
+                // It comes before the head: it takes the head's place (and
+                // turn).
+                let old = h.clone();
+                fair.heads.remove(&old);
+                let head = Head {
+                    lane: lk.qk.lane,
+                    prio: lk.qk.prio,
+                    lk,
+                    ..old
+                };
+                fair.heads.insert(head.clone());
+                if let Some(line) = fair.lines.get_mut(&ckey) {
+                    line.head = Some(head);
+                }
+                // A new head (maybe of the immediate lane) may find a slot
+                // the old one could not.
+                self.dirty_keys.push(queue.clone());
+            }
+            Some(_) => {}
+            None => self.refill_line(queue, &ckey),
+        }
+    }
+
+    /// Takes a keyed task out of its line (and the heads, if it led).
+    pub(super) fn leave_line(&mut self, queue: &Arc<str>, ckey: &str, lk: &LKey) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        let Some(fair) = q.fair.as_mut() else {
+            return;
+        };
+        let Some(line) = fair.lines.get_mut(ckey) else {
+            return;
+        };
+        line.waiting.remove(lk);
+        let led = line.head.as_ref().is_some_and(|h| h.lk.qk.id == lk.qk.id);
+        if led {
+            if let Some(h) = line.head.take() {
+                fair.heads.remove(&h);
+            }
+        }
+        if line.waiting.is_empty() {
+            fair.lines.remove(ckey);
+            return;
+        }
+        if led {
+            let ckey: Arc<str> = Arc::from(ckey);
+            self.refill_line(queue, &ckey);
+        }
+    }
+
+    /// Gives a line without a head its next task as head, if its key has
+    /// room; else parks it on the key.
+    pub(super) fn refill_line(&mut self, queue: &Arc<str>, ckey: &Arc<str>) {
+        let Some(first) = self
+            .queues
+            .get(queue)
+            .and_then(|q| q.fair.as_ref())
+            .and_then(|f| f.lines.get(ckey))
+            .filter(|l| l.head.is_none())
+            .and_then(|l| l.waiting.first().copied())
+        else {
+            return;
+        };
+        let room = !first.fresh
+            || match self.tasks.get(&first.qk.id) {
+                Some(a) => self.flow.has_room(ckey, &a.task.spec),
+                None => true,
+            };
+        if !room {
+            self.flow.park(ckey, queue);
+            return;
+        }
+        let Some(fair) = self.queues.get_mut(queue).and_then(|q| q.fair.as_mut()) else {
+            return;
+        };
+        let head = fair.new_head(first, ckey);
+        fair.heads.insert(head.clone());
+        if let Some(line) = fair.lines.get_mut(ckey) {
+            line.head = Some(head);
+        }
+        self.dirty_keys.push(queue.clone());
+    }
+
+    /// Takes the head `h` of `queue` for dispatch: `Some` if its key still
+    /// has room (the line gets its next head, or is parked), `None` if the
+    /// key ran out of room meanwhile (the line is parked).
+    pub(super) fn take_head(&mut self, queue: &Arc<str>, h: &Head) -> Option<TaskId> {
+        let room = !h.lk.fresh
+            || match self.tasks.get(&h.lk.qk.id) {
+                Some(a) => self.flow.has_room(&h.ckey, &a.task.spec),
+                None => true,
+            };
+        let fair = self.queues.get_mut(queue)?.fair.as_mut()?;
+        fair.heads.remove(h);
+        let line = fair.lines.get_mut(&h.ckey)?;
+        line.head = None;
+        if !room {
+            self.flow.park(&h.ckey, queue);
+            return None;
+        }
+        line.waiting.remove(&h.lk);
+        fair.round = fair.round.max(h.round);
+        if line.waiting.is_empty() {
+            fair.lines.remove(&h.ckey);
+        }
+        Some(h.lk.qk.id)
+    }
+
+    /// Keeps a slot of its key for a task that was running when the server
+    /// stopped (recovery): it goes first in its line and starts whatever
+    /// the count, so the tasks that were running count against the limit
+    /// until they are handed out again, and none of the key's waiting
+    /// tasks starts in their place.
+    pub(super) fn reserve(&mut self, id: TaskId) {
+        let Some(ckey) = self
+            .tasks
+            .get(&id)
+            .filter(|a| !a.reserved)
+            .and_then(|a| a.task.spec.concurrency_key().map(Box::<str>::from))
+        else {
+            return;
+        };
+        self.unplace(id);
+        if let Some(a) = self.tasks.get_mut(&id) {
+            a.reserved = true;
+        }
+        match self.flow.running.get_mut(&*ckey) {
+            Some(n) => *n += 1,
+            None => {
+                self.flow.running.insert(Arc::from(&*ckey), 1);
+            }
+        }
+        self.place(id, self.now);
+    }
+
+    /// Gives back the reserved slot of a task that ends before it was
+    /// handed out again.
+    pub(super) fn unreserve(&mut self, id: TaskId) {
+        let Some(a) = self.tasks.get_mut(&id).filter(|a| a.reserved) else {
+            return;
+        };
+        a.reserved = false;
+        if let Some(ckey) = a.task.spec.concurrency_key().map(Box::<str>::from) {
+            self.key_released(&ckey);
+        }
+    }
+
+    /// A task of `ckey` released its slot: the lines parked on the key
+    /// may go on.
+    pub(super) fn key_released(&mut self, ckey: &str) {
+        if let Some(n) = self.flow.running.get_mut(ckey) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.flow.running.remove(ckey);
+            }
+        }
+        if let Some((ckey, queues)) = self.flow.parked.remove_entry(ckey) {
+            for q in queues {
+                self.refill_line(&q, &ckey);
+            }
+        }
+    }
+
+    /// Replaces the rules and puts every ready task where they now say:
+    /// held or in its queue, lines refilled with the new limits.
+    pub(super) fn set_flow_rules(&mut self, rules: Arc<FlowRules>) {
+        if *rules == *self.flow.rules {
+            // Nothing changes (a server without rules at start-up): no walk
+            // of the active tasks.
+            return;
+        }
+        // Tasks without a key are placed again only if what is paused
+        // changed.
+        let paused_changed = rules.paused != self.flow.rules.paused;
+        self.flow.rules = rules;
+        self.flow.parked.clear();
+        let ids: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, a)| {
+                a.held
+                    || (a.queued.is_some()
+                        && (paused_changed || a.task.spec.concurrency_key.is_some()))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.unplace(id);
+            self.place(id, self.now);
+        }
+        for q in self.queues.values_mut() {
+            if q.fair.as_ref().is_some_and(|f| f.lines.is_empty()) {
+                q.fair = None;
+            }
+        }
+    }
+
+    /// Why a held task waits, with the rule's figures; `None` if no rule
+    /// holds it.
+    pub(super) fn hold_of(&self, a: &Active, ahead: bool) -> Option<(WaitingReason, Hold)> {
+        if a.task.rt.state != TaskState::Pending {
+            return None;
+        }
+        if a.held {
+            let rule = self.flow.rules.paused_by(&a.task.spec)?;
+            return Some((
+                WaitingReason::QueuePaused,
+                Hold {
+                    rule: rule.to_string(),
+                    ..Hold::default()
+                },
+            ));
+        }
+        if a.reserved {
+            // It starts whatever the count: nothing holds it.
+            return None;
+        }
+        let ckey = a.task.spec.concurrency_key()?;
+        let qk = a.queued?;
+        let limit = self.flow.rules.limit_for(&a.task.spec)?;
+        let running = self.flow.running_of(ckey);
+        if running < limit.limit {
+            return None;
+        }
+        let ahead = if ahead {
+            self.queues
+                .get(&a.key)
+                .and_then(|q| q.fair.as_ref())
+                .and_then(|f| f.lines.get(ckey))
+                .map(|l| {
+                    let lk = LKey {
+                        fresh: !a.reserved,
+                        qk,
+                    };
+                    l.waiting.range(..lk).count() as u64
+                })
+        } else {
+            None
+        };
+        Some((
+            WaitingReason::ConcurrencyLimit,
+            Hold {
+                rule: limit.rule.unwrap_or("default").to_string(),
+                key: Some(ckey.to_string()),
+                limit: limit.limit,
+                running,
+                ahead,
+            },
+        ))
+    }
+
+    /// Ready tasks held, per rule: `concurrency_limit` (in lines parked on
+    /// their key's limit) and `queue_paused`.
+    pub(super) fn held_counts(&self) -> (u64, u64) {
+        let mut limited = 0u64;
+        for (ckey, queues) in &self.flow.parked {
+            for q in queues {
+                if let Some(l) = self
+                    .queues
+                    .get(q)
+                    .and_then(|q| q.fair.as_ref())
+                    .and_then(|f| f.lines.get(ckey))
+                    .filter(|l| l.head.is_none())
+                {
+                    limited += l.waiting.len() as u64;
+                }
+            }
+        }
+        (limited, self.flow.held.len() as u64)
+    }
+}
+
+impl super::Core {
+    /// Replaces the flow rules (concurrency policies, the default limit,
+    /// paused names): every ready task is put where they now say, and
+    /// what they no longer hold is dispatched.
+    pub fn set_flow_rules(&self, rules: FlowRules) {
+        let rules = Arc::new(rules);
+        self.with_state(|st| st.set_flow_rules(rules));
+    }
+
+    /// The flow rules in force.
+    pub fn flow_rules(&self) -> Arc<FlowRules> {
+        self.inner.state.lock().flow.rules.clone()
+    }
+}
