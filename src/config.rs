@@ -23,6 +23,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
     "scheduler",
     "retention",
+    "flow",
     "log",
     "otel",
     "webhook",
@@ -52,6 +53,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// How long ended tasks are kept.
     pub retention: RetentionConfig,
+    /// Flow control: concurrency policies per key.
+    pub flow: FlowConfig,
     /// Logging.
     pub log: LogConfig,
     /// OpenTelemetry traces over OTLP/gRPC (off without an endpoint).
@@ -70,6 +73,63 @@ pub struct Config {
     pub auth: crate::auth::AuthConfig,
     /// TLS on the gRPC and admin ports, and client certificates (mTLS).
     pub tls: crate::tls::TlsConfig,
+}
+
+/// Flow control (`[flow]`): how many tasks of one concurrency key
+/// (`TaskOptions.concurrency_key`) run at once. Policies set at run time
+/// (`FlowService`) come before these; the first whose pattern matches a
+/// task's name (or queue) wins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    /// The limit per key of keyed tasks no policy matches; none if absent
+    /// (their keys still take turns).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_concurrency: Option<i64>,
+    /// `[[flow.concurrency]]`: a pattern and a limit per key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub concurrency: Vec<FlowPolicyConfig>,
+}
+
+/// One `[[flow.concurrency]]`: at most `limit` tasks of one key run at once
+/// among the tasks whose name or queue matches `match` (`*` any run of
+/// characters, `?` one).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowPolicyConfig {
+    /// The glob pattern.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Tasks of one key at once, at least 1.
+    pub limit: i64,
+}
+
+impl FlowConfig {
+    /// The rules these settings make; an error names the bad setting.
+    pub fn rules(&self) -> Result<crate::domain::flow::FlowRules, String> {
+        use crate::domain::flow::{check_limit, ConcurrencyPolicy, FlowRules};
+        let default_limit = self
+            .default_concurrency
+            .map(|l| check_limit(l).map_err(|e| format!("flow.default_concurrency {e}")))
+            .transpose()?;
+        let mut policies: Vec<ConcurrencyPolicy> = Vec::new();
+        for (i, p) in self.concurrency.iter().enumerate() {
+            let policy = ConcurrencyPolicy::new(&p.pattern, p.limit, true)
+                .map_err(|e| format!("flow.concurrency[{i}]: {e}"))?;
+            if policies.iter().any(|q| q.pattern == policy.pattern) {
+                return Err(format!(
+                    "flow.concurrency[{i}]: pattern {:?} is given twice",
+                    p.pattern
+                ));
+            }
+            policies.push(policy);
+        }
+        Ok(FlowRules {
+            default_limit,
+            policies,
+            paused: Default::default(),
+        })
+    }
 }
 
 /// Store settings.
@@ -330,6 +390,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             scheduler: SchedulerConfig::default(),
             retention: RetentionConfig::default(),
+            flow: FlowConfig::default(),
             log: LogConfig::default(),
             otel: crate::telemetry::OtelConfig::default(),
             webhook: crate::executor::webhook::WebhookConfig::default(),
@@ -496,6 +557,38 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         let back: Config = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn flow_reads_policies_and_refuses_a_zero_limit_or_a_bad_pattern() {
+        let c: Config = toml::from_str(
+            "[flow]\ndefault_concurrency = 4\n[[flow.concurrency]]\nmatch = \"email.*\"\nlimit = 2\n",
+        )
+        .unwrap();
+        let r = c.flow.rules().unwrap();
+        assert_eq!(r.default_limit, Some(4));
+        assert_eq!(r.policies[0].pattern, "email.*");
+        assert_eq!(r.policies[0].limit, 2);
+        assert!(r.policies[0].from_config);
+        let mut bad = c.flow.clone();
+        bad.concurrency[0].limit = 0;
+        assert!(bad
+            .rules()
+            .unwrap_err()
+            .starts_with("flow.concurrency[0]: limit"));
+        bad.concurrency[0].limit = 1;
+        bad.concurrency[0].pattern = "a[".into();
+        assert!(bad
+            .rules()
+            .unwrap_err()
+            .starts_with("flow.concurrency[0]: pattern"));
+        bad.concurrency[0].pattern = "x".into();
+        bad.default_concurrency = Some(-1);
+        assert!(bad
+            .rules()
+            .unwrap_err()
+            .starts_with("flow.default_concurrency"));
+        assert!(Config::default().flow.rules().is_ok());
     }
 
     #[test]

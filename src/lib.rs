@@ -3,7 +3,8 @@
 //!
 //! Layers, from the bottom up (ARCHITECTURE.md; `tests/layers.rs` keeps
 //! them): [`domain`], [`store`] (durable storage), [`core`] (the scheduler
-//! state machine), the engines ([`executor`], [`backend`], [`schedules`]), [`app`] (what
+//! state machine), the engines ([`executor`], [`backend`], [`schedules`],
+//! [`flow`]: the flow rules set at run time), [`app`] (what
 //! both edges share), the edges ([`api`] for gRPC, [`admin`] for HTTP),
 //! [`cluster`] (replicas over PostgreSQL), [`config`] and [`server`] (the
 //! wiring). The protos ([`pb`]) and the
@@ -22,6 +23,7 @@ pub mod config;
 pub mod core;
 pub mod domain;
 pub mod executor;
+pub mod flow;
 /// The generated protos, their codec and Struct ⇄ JSON (the client crate's).
 pub use switchyard_client::pb;
 pub mod schedules;

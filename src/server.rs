@@ -13,10 +13,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::api::{error, orchestrator, schedules, worker};
+use crate::api::{error, flow, orchestrator, schedules, worker};
 use crate::config::Config;
 use crate::core::Core;
 use crate::pb;
+use crate::pb::flow_service_server::FlowServiceServer;
 use crate::pb::orchestrator_service_server::OrchestratorServiceServer;
 use crate::pb::schedule_service_server::ScheduleServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
@@ -176,7 +177,7 @@ pub fn backup(
         return Err(BackupFailed::Memory);
     }
     // The side files that exist: the workflow registry and the schedules.
-    let sides: Vec<_> = [WORKFLOWS_FILE, crate::schedules::FILE]
+    let sides: Vec<_> = [WORKFLOWS_FILE, crate::schedules::FILE, crate::flow::FILE]
         .into_iter()
         .map(|f| (config.data_dir.join(f), dest.with_extension(f)))
         .filter(|(from, _)| from.is_file())
@@ -289,6 +290,7 @@ pub async fn run_with(
         });
     }
     let retention = Arc::new(config.retention.policy().map_err(ServeError::Config)?);
+    let flow_rules = config.flow.rules().map_err(ServeError::Config)?;
     let store = open_store(&config, retention.clone()).await?;
     // On PostgreSQL: stand by until this replica holds the lease.
     let mut listener = listener;
@@ -355,6 +357,8 @@ pub async fn run_with(
         .into_iter()
         .chain(admin_listener.as_ref().and_then(|l| l.local_addr().ok()))
         .collect();
+    // The flow rules are in place before any engine takes a task.
+    let flow_control = start_flow(&core, &config, &store, flow_rules).await?;
     let executors = start_engines(&core, &config, &store)?;
     // The schedules' runner stops at the drain's start, or when the lease
     // is lost (`serve_stop`).
@@ -376,6 +380,9 @@ pub async fn run_with(
         .await;
     health
         .set_serving::<ScheduleServiceServer<schedules::ScheduleApi>>()
+        .await;
+    health
+        .set_serving::<FlowServiceServer<flow::FlowApi>>()
         .await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -551,6 +558,15 @@ pub async fn run_with(
         ))
         .add_service(InterceptedService::new(
             InterceptedService::new(
+                FlowServiceServer::new(flow::FlowApi::new(flow_control))
+                    .max_decoding_message_size(max_msg)
+                    .max_encoding_message_size(max_msg),
+                auth.clone(),
+            ),
+            orchestrator_gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            InterceptedService::new(
                 ScheduleServiceServer::new(schedules::ScheduleApi::new(
                     schedules.clone(),
                     crate::app::convert::Limits {
@@ -660,6 +676,27 @@ fn watch_store(
         }
     });
     rx
+}
+
+/// Opens the flow rules' storage beside the store (`flow.db` in the data
+/// directory, the PostgreSQL store's `flow_rules` table, or nothing for a
+/// store in memory) and gives the core the rules: the configuration's and
+/// those set at run time.
+pub async fn start_flow(
+    core: &Core,
+    config: &Config,
+    store: &OpenedStore,
+    rules: crate::domain::flow::FlowRules,
+) -> Result<crate::flow::FlowControl, ServeError> {
+    use crate::flow::{Db, FlowControl};
+    let db = match store {
+        OpenedStore::Sqlite(_) if config.store.memory => Db::Memory,
+        OpenedStore::Sqlite(_) => FlowControl::open_sqlite(&config.data_dir)?,
+        OpenedStore::Postgres(pg) => {
+            Db::Postgres(Box::new(crate::store::postgres::flow::FlowRows::open(pg)?))
+        }
+    };
+    Ok(FlowControl::start(core.clone(), db, rules).await?)
 }
 
 /// Opens the schedules' storage beside the store (`schedules.db` in the

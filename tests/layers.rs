@@ -21,9 +21,10 @@ const LAYERS: &[&[&str]] = &[
     &["pb"],
     &["store"],
     &["core"],
-    // Engines: in-process executors, external backends, and the schedules
-    // runner (which makes tasks through the core as an edge would).
-    &["executor", "backend", "schedules"],
+    // Engines: in-process executors, external backends, the schedules
+    // runner (which makes tasks through the core as an edge would), and the
+    // flow rules set at run time (which the core enforces).
+    &["executor", "backend", "schedules", "flow"],
     // What both edges share: conversions and the error mapping.
     &["app"],
     // The edges.

@@ -5,6 +5,7 @@
 
 pub use crate::app::convert;
 pub use crate::app::status as error;
+pub mod flow;
 pub mod orchestrator;
 pub mod schedules;
 pub mod worker;

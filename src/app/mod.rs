@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod convert;
+pub mod flow;
 pub mod list;
 pub mod schedule;
 pub mod status;

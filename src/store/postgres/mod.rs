@@ -22,6 +22,7 @@
 //!   the configured schema (`search_path`), so several deployments or tests
 //!   share one database.
 
+pub mod flow;
 mod lease;
 mod reads;
 pub mod schedules;

@@ -1,0 +1,70 @@
+//! `FlowService`: thin handlers that validate, call the flow component and
+//! map errors. No holding decision here (the core makes it).
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::app::flow as conv;
+use crate::flow::FlowControl;
+use crate::pb;
+use crate::pb::flow_service_server::FlowService;
+
+/// The service.
+pub struct FlowApi {
+    flow: FlowControl,
+}
+
+impl FlowApi {
+    /// A service over the flow rules.
+    pub fn new(flow: FlowControl) -> Self {
+        FlowApi { flow }
+    }
+}
+
+#[tonic::async_trait]
+impl FlowService for FlowApi {
+    #[instrument(skip_all)]
+    async fn set_concurrency_policy(
+        &self,
+        req: Request<pb::SetConcurrencyPolicyRequest>,
+    ) -> Result<Response<pb::SetConcurrencyPolicyResponse>, Status> {
+        let (pattern, limit) = conv::policy(req.into_inner().policy)?;
+        let replaced = self.flow.set_policy(&pattern, limit).await?;
+        Ok(Response::new(pb::SetConcurrencyPolicyResponse { replaced }))
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_concurrency_policy(
+        &self,
+        req: Request<pb::DeleteConcurrencyPolicyRequest>,
+    ) -> Result<Response<pb::DeleteConcurrencyPolicyResponse>, Status> {
+        self.flow.delete_policy(&req.into_inner().pattern).await?;
+        Ok(Response::new(pb::DeleteConcurrencyPolicyResponse {}))
+    }
+
+    #[instrument(skip_all)]
+    async fn list_flow_rules(
+        &self,
+        _req: Request<pb::ListFlowRulesRequest>,
+    ) -> Result<Response<pb::ListFlowRulesResponse>, Status> {
+        Ok(Response::new(conv::rules(&self.flow.rules())))
+    }
+
+    #[instrument(skip_all, fields(name = %req.get_ref().name))]
+    async fn pause_queue(
+        &self,
+        req: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::PauseQueueResponse>, Status> {
+        let already = self.flow.pause(&req.into_inner().name).await?;
+        Ok(Response::new(pb::PauseQueueResponse { already }))
+    }
+
+    #[instrument(skip_all, fields(name = %req.get_ref().name))]
+    async fn resume_queue(
+        &self,
+        req: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
+        let was_paused = self.flow.resume(&req.into_inner().name).await?;
+        Ok(Response::new(pb::ResumeQueueResponse { was_paused }))
+    }
+}

@@ -1,0 +1,221 @@
+//! Flow rules set at run time: concurrency policies and paused names.
+//!
+//! Owns the rules an operator sets through `FlowService` (kept through
+//! [`db`], so they hold after a restart and on a new leader), merged with
+//! the configuration's (`[flow]`), and hands the whole set to the core,
+//! which enforces it (`core::flow`) for every engine.
+//!
+//! Must not: hold or release a task itself (the core does), touch the task
+//! store, or know about gRPC.
+
+mod db;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::core::{Core, CoreError};
+use crate::domain::flow::{self, ConcurrencyPolicy, FlowRules};
+use crate::domain::rules;
+use crate::store::postgres::flow::FlowRow;
+use crate::store::StoreError;
+pub use db::Db;
+
+/// The file of `flow.db` in the data directory (SQLite store).
+pub const FILE: &str = "flow.db";
+
+const KIND_CONCURRENCY: &str = "concurrency";
+const KIND_PAUSED: &str = "paused";
+
+/// The flow rules: the configuration's, and those set at run time.
+#[derive(Clone)]
+pub struct FlowControl {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Core,
+    db: Db,
+    /// The configuration's rules (policies marked `from_config`).
+    config: FlowRules,
+    /// The rows set at run time, in the order first set; one change at a
+    /// time (the store, then the core).
+    rows: Mutex<Vec<FlowRow>>,
+}
+
+impl FlowControl {
+    /// Opens `flow.db` in `data_dir`.
+    pub fn open_sqlite(data_dir: &Path) -> Result<Db, StoreError> {
+        Db::open_sqlite(&data_dir.join(FILE))
+    }
+
+    /// Reads the rules kept in `db`, merges them with the configuration's
+    /// and gives them to the core. A stored row that no longer parses (a
+    /// pattern of an older version) is logged and skipped.
+    pub async fn start(core: Core, db: Db, config: FlowRules) -> Result<FlowControl, StoreError> {
+        let rows = db.all().await?;
+        let fc = FlowControl {
+            inner: Arc::new(Inner {
+                core,
+                db,
+                config,
+                rows: Mutex::new(rows),
+            }),
+        };
+        let rows = fc.inner.rows.lock().await;
+        fc.apply(&rows);
+        drop(rows);
+        Ok(fc)
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<FlowRules> {
+        self.inner.core.flow_rules()
+    }
+
+    fn apply(&self, rows: &[FlowRow]) {
+        let mut rules = FlowRules {
+            default_limit: self.inner.config.default_limit,
+            policies: Vec::new(),
+            paused: self.inner.config.paused.clone(),
+        };
+        for r in rows {
+            match r.kind.as_str() {
+                KIND_CONCURRENCY => {
+                    let limit = r.value.parse::<i64>().unwrap_or(0);
+                    match ConcurrencyPolicy::new(&r.name, limit, false) {
+                        Ok(p) => rules.policies.push(p),
+                        Err(e) => {
+                            tracing::warn!(pattern = %r.name, cause = %e, "a stored concurrency policy cannot be used; skipped")
+                        }
+                    }
+                }
+                KIND_PAUSED => {
+                    rules.paused.insert(r.name.clone());
+                }
+                other => tracing::warn!(kind = other, "an unknown flow rule kind; skipped"),
+            }
+        }
+        for p in &self.inner.config.policies {
+            if rules.policy(&p.pattern).is_none() {
+                rules.policies.push(p.clone());
+            }
+        }
+        self.inner.core.set_flow_rules(rules);
+    }
+
+    fn next_seq(rows: &[FlowRow]) -> i64 {
+        rows.iter().map(|r| r.seq).max().unwrap_or(0) + 1
+    }
+
+    /// Sets a concurrency policy (adds it, or changes the limit of the one
+    /// with the same pattern); returns whether one was replaced.
+    pub async fn set_policy(&self, pattern: &str, limit: i64) -> Result<bool, CoreError> {
+        flow::check_pattern(pattern).map_err(|e| CoreError::field("policy.pattern", e))?;
+        let limit = flow::check_limit(limit).map_err(|e| CoreError::field("policy.limit", e))?;
+        let mut rows = self.inner.rows.lock().await;
+        if self.inner.config.policy(pattern).is_some() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "policy.pattern: the policy {} comes from the configuration file \
+                 ([[flow.concurrency]]); change it there",
+                crate::domain::text::quote(pattern)
+            )));
+        }
+        let at = rows
+            .iter()
+            .position(|r| r.kind == KIND_CONCURRENCY && r.name == pattern);
+        let count = rows.iter().filter(|r| r.kind == KIND_CONCURRENCY).count()
+            + self.inner.config.policies.len();
+        if at.is_none() && count >= flow::MAX_POLICIES {
+            return Err(CoreError::ResourceExhausted(format!(
+                "this server holds {} concurrency policies, the most it takes",
+                flow::MAX_POLICIES
+            )));
+        }
+        let row = FlowRow {
+            kind: KIND_CONCURRENCY.into(),
+            name: pattern.to_string(),
+            value: limit.to_string(),
+            seq: at.map_or_else(|| Self::next_seq(&rows), |i| rows[i].seq),
+        };
+        self.inner.db.put(row.clone()).await?;
+        match at {
+            Some(i) => rows[i] = row,
+            None => rows.push(row),
+        }
+        self.apply(&rows);
+        Ok(at.is_some())
+    }
+
+    /// Deletes a policy set at run time.
+    pub async fn delete_policy(&self, pattern: &str) -> Result<(), CoreError> {
+        let mut rows = self.inner.rows.lock().await;
+        let Some(at) = rows
+            .iter()
+            .position(|r| r.kind == KIND_CONCURRENCY && r.name == pattern)
+        else {
+            if self.inner.config.policy(pattern).is_some() {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "pattern: the policy {} comes from the configuration file \
+                     ([[flow.concurrency]]); change it there",
+                    crate::domain::text::quote(pattern)
+                )));
+            }
+            return Err(CoreError::field(
+                "pattern",
+                format!(
+                    "no concurrency policy {} was set at run time",
+                    crate::domain::text::quote(pattern)
+                ),
+            ));
+        };
+        self.inner.db.delete(KIND_CONCURRENCY, pattern).await?;
+        rows.remove(at);
+        self.apply(&rows);
+        Ok(())
+    }
+
+    /// Pauses a task name or queue; returns whether it was paused already.
+    pub async fn pause(&self, name: &str) -> Result<bool, CoreError> {
+        rules::check_name(name).map_err(|e| CoreError::field("name", e))?;
+        let mut rows = self.inner.rows.lock().await;
+        if self.inner.config.paused.contains(name)
+            || rows.iter().any(|r| r.kind == KIND_PAUSED && r.name == name)
+        {
+            return Ok(true);
+        }
+        if rows.iter().filter(|r| r.kind == KIND_PAUSED).count() >= flow::MAX_PAUSED {
+            return Err(CoreError::ResourceExhausted(format!(
+                "this server holds {} paused names, the most it takes",
+                flow::MAX_PAUSED
+            )));
+        }
+        let row = FlowRow {
+            kind: KIND_PAUSED.into(),
+            name: name.to_string(),
+            value: String::new(),
+            seq: Self::next_seq(&rows),
+        };
+        self.inner.db.put(row.clone()).await?;
+        rows.push(row);
+        self.apply(&rows);
+        Ok(false)
+    }
+
+    /// Resumes a paused task name or queue; returns whether it was paused.
+    pub async fn resume(&self, name: &str) -> Result<bool, CoreError> {
+        rules::check_name(name).map_err(|e| CoreError::field("name", e))?;
+        let mut rows = self.inner.rows.lock().await;
+        let Some(at) = rows
+            .iter()
+            .position(|r| r.kind == KIND_PAUSED && r.name == name)
+        else {
+            return Ok(false);
+        };
+        self.inner.db.delete(KIND_PAUSED, name).await?;
+        rows.remove(at);
+        self.apply(&rows);
+        Ok(true)
+    }
+}
