@@ -47,6 +47,12 @@ enum Command {
     /// The replicas over a PostgreSQL store: who leads, terms, lease ages.
     #[command(subcommand)]
     Cluster(switchyard::cli::ClusterCommand),
+    /// Pauses and resumes a task name or queue.
+    #[command(subcommand)]
+    Queue(switchyard::cli::QueueCommand),
+    /// Concurrency policies: how many tasks of one key run at once.
+    #[command(subcommand)]
+    Flow(switchyard::cli::FlowCommand),
 }
 
 #[derive(clap::Args, Clone)]
@@ -141,6 +147,8 @@ fn main() -> ExitCode {
             Command::Disconnect(a) => switchyard::cli::run_disconnect(&cli.client, a).await,
             Command::Metrics(a) => switchyard::cli::run_metrics(&cli.client, a).await,
             Command::Cluster(c) => switchyard::cli::run_cluster(&cli.client, c).await,
+            Command::Queue(c) => switchyard::cli::run_queue(&cli.client, c).await,
+            Command::Flow(c) => switchyard::cli::run_flow(&cli.client, c).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -95,6 +95,10 @@ pub enum TaskCommand {
     List(ListArgs),
     /// Print a task's log.
     Logs(LogsArgs),
+    /// Explain what holds a pending task: its waiting reason and, when a
+    /// flow rule holds it, the rule, its key, the limit and its place in
+    /// line.
+    Why(StatusArgs),
 }
 
 /// A task type, as a flag value.
@@ -252,6 +256,11 @@ pub struct ScheduleArgs {
     /// Scheduling twice with the same key returns the first task.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// The concurrency key (a user, tenant or resource id): the server's
+    /// concurrency policies limit how many tasks of one key run at once,
+    /// and keys take turns in their queue.
+    #[arg(long, value_name = "KEY")]
+    pub concurrency_key: Option<String>,
     /// A label, `KEY=VALUE`; repeat for more.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -705,6 +714,7 @@ impl ScheduleArgs {
             session_id: self.session.clone().unwrap_or_default(),
             immediate: self.immediate,
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
             labels,
             cleanup: self.cleanup.clone().map(|name| pb::CleanupTask { name }),
             retention: if self.keep_completed.is_some()

@@ -1146,6 +1146,7 @@ mod tests {
             TaskCommand::Logs(a) => logs(&mut client, &a, &mut out, std::future::pending()).await,
             TaskCommand::Watch(_) => unreachable!("watch has its own test"),
             TaskCommand::ScheduleMany(_) => unreachable!("schedule-many has its own test"),
+            TaskCommand::Why(_) => unreachable!("why is tested against the real server"),
         };
         (result, String::from_utf8(out.into_inner()).unwrap())
     }

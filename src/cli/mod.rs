@@ -1,7 +1,8 @@
 //! Client subcommands of the `switchyard` CLI: `task schedule|status|cancel|
 //! watch|list|logs`, `disconnect` and `metrics`, all over gRPC to
 //! `OrchestratorService`, and `schedule create|update|get|list|pause|resume|
-//! trigger|delete` to `ScheduleService` (`schedule.rs`).
+//! trigger|delete` to `ScheduleService` (`schedule.rs`), and `queue
+//! pause|resume`, `flow set|delete|list` and `task why` (`flow.rs`).
 //!
 //! This module owns the clap types of those subcommands, their output (tables
 //! for people, JSON with `--json`) and the readable rendering of gRPC errors.
@@ -39,6 +40,7 @@
 mod args;
 mod commands;
 mod error;
+mod flow;
 mod json;
 mod render;
 mod schedule;
@@ -52,6 +54,7 @@ pub use args::{
     TaskSourceArg, TaskStateArg, TaskTypeArg, WatchArgs,
 };
 pub use error::CliError;
+pub use flow::{DeletePolicyArgs, FlowCommand, QueueArgs, QueueCommand, SetPolicyArgs};
 pub use schedule::{
     CatchUpArg, CreateArgs, IdArgs, ListSchedulesArgs, NoteArgs, OverlapArg, ScheduleCommand,
     TimingArgs, UpdateArgs,
@@ -103,7 +106,22 @@ pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), C
             commands::logs(&mut connect(server, tls).await?, &args, &mut out, ctrl_c()).await
         }
         TaskCommand::Watch(args) => commands::watch(server, tls, &args, &mut out, ctrl_c()).await,
+        TaskCommand::Why(args) => flow::why(client, &args, &mut out).await,
     }
+}
+
+/// Runs one `queue` subcommand (pause, resume) against the server in
+/// `client`, printing to stdout.
+pub async fn run_queue(client: &ClientArgs, command: QueueCommand) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    flow::run_queue(client, command, &mut out).await
+}
+
+/// Runs one `flow` subcommand (concurrency policies) against the server in
+/// `client`, printing to stdout.
+pub async fn run_flow(client: &ClientArgs, command: FlowCommand) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    flow::run_flow(client, command, &mut out).await
 }
 
 /// Runs one `schedule` subcommand against the server in `client`, printing

@@ -176,6 +176,12 @@ pub(crate) fn status_table(s: &pb::TaskStatus) -> Table {
             "waiting",
             waiting_reason_name(s.waiting_reason).replace('_', " "),
         );
+        if s.hold.is_some() {
+            row("held by", super::flow::explain(s));
+        }
+    }
+    if !s.concurrency_key.is_empty() {
+        row("concurrency key", s.concurrency_key.clone());
     }
     row("source", task_source_name(s.source));
     row("target", or_dash(&s.target).to_string());

@@ -1,0 +1,296 @@
+//! `switchyard queue pause|resume`, `switchyard flow set|delete|list` (to
+//! `FlowService`) and `switchyard task why` (what holds a pending task,
+//! from `GetTaskStatus`): their clap types, requests and output (lines for
+//! people, JSON with `--json`).
+//!
+//! Must not: hold server code; it talks gRPC only.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::args::{ClientArgs, StatusArgs};
+use super::commands::{connect, transport, Output};
+use super::error::CliError;
+use super::json::{hold, task_state_name, waiting_reason_name};
+use crate::pb;
+use crate::pb::flow_service_client::FlowServiceClient;
+
+fn rpc(status: tonic::Status) -> CliError {
+    CliError::status(&status)
+}
+
+/// `queue …`: pause and resume a task name or a queue.
+#[derive(Subcommand, Debug, Clone)]
+pub enum QueueCommand {
+    /// Pauses a task name or queue: its pending tasks wait (running ones
+    /// finish) until it is resumed. Durable.
+    Pause(QueueArgs),
+    /// Resumes a paused task name or queue.
+    Resume(QueueArgs),
+}
+
+/// A task name or a queue.
+#[derive(Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// The task name or queue.
+    pub name: String,
+}
+
+/// `flow …`: concurrency policies per key.
+#[derive(Subcommand, Debug, Clone)]
+pub enum FlowCommand {
+    /// Sets a concurrency policy: at most LIMIT tasks of one concurrency
+    /// key run at once among the tasks whose name or queue matches PATTERN.
+    Set(SetPolicyArgs),
+    /// Deletes a concurrency policy set at run time.
+    Delete(DeletePolicyArgs),
+    /// Lists the policies in the order they are matched, the default limit
+    /// and the paused names.
+    List,
+}
+
+/// `flow set`.
+#[derive(Args, Debug, Clone)]
+pub struct SetPolicyArgs {
+    /// A glob over task names and queues (`*` any run of characters).
+    pub pattern: String,
+    /// Tasks of one key at once (1 to 1,000,000).
+    #[arg(allow_negative_numbers = true)]
+    pub limit: i32,
+}
+
+/// `flow delete`.
+#[derive(Args, Debug, Clone)]
+pub struct DeletePolicyArgs {
+    /// The policy's pattern.
+    pub pattern: String,
+}
+
+async fn flow_client(
+    client: &ClientArgs,
+) -> Result<FlowServiceClient<switchyard_client::Transport>, CliError> {
+    Ok(FlowServiceClient::new(
+        transport(&client.server, &client.tls()).await?,
+    ))
+}
+
+/// Runs one `queue` subcommand.
+pub async fn run_queue<W: Write>(
+    client: &ClientArgs,
+    command: QueueCommand,
+    out: &mut Output<W>,
+) -> Result<(), CliError> {
+    let mut c = flow_client(client).await?;
+    let (name, text, changed) = match command {
+        QueueCommand::Pause(a) => {
+            let r = c
+                .pause_queue(pb::PauseQueueRequest {
+                    name: a.name.clone(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let text = if r.already {
+                "was paused already"
+            } else {
+                "paused"
+            };
+            (a.name, text, !r.already)
+        }
+        QueueCommand::Resume(a) => {
+            let r = c
+                .resume_queue(pb::ResumeQueueRequest {
+                    name: a.name.clone(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let text = if r.was_paused {
+                "resumed"
+            } else {
+                "was not paused"
+            };
+            (a.name, text, r.was_paused)
+        }
+    };
+    if out.json() {
+        return out.document(&json!({"name": name, "changed": changed}));
+    }
+    out.line(format!("{name}: {text}"))
+}
+
+/// Runs one `flow` subcommand.
+pub async fn run_flow<W: Write>(
+    client: &ClientArgs,
+    command: FlowCommand,
+    out: &mut Output<W>,
+) -> Result<(), CliError> {
+    let mut c = flow_client(client).await?;
+    match command {
+        FlowCommand::Set(a) => {
+            let r = c
+                .set_concurrency_policy(pb::SetConcurrencyPolicyRequest {
+                    policy: Some(pb::ConcurrencyPolicy {
+                        pattern: a.pattern.clone(),
+                        limit: a.limit,
+                        from_config: false,
+                    }),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if out.json() {
+                return out.document(&json!({"pattern": a.pattern, "replaced": r.replaced}));
+            }
+            let verb = if r.replaced { "replaced" } else { "set" };
+            out.line(format!("{}: limit {} per key ({verb})", a.pattern, a.limit))
+        }
+        FlowCommand::Delete(a) => {
+            c.delete_concurrency_policy(pb::DeleteConcurrencyPolicyRequest {
+                pattern: a.pattern.clone(),
+            })
+            .await
+            .map_err(rpc)?;
+            if out.json() {
+                return out.document(&json!({"pattern": a.pattern, "deleted": true}));
+            }
+            out.line(format!("{}: deleted", a.pattern))
+        }
+        FlowCommand::List => {
+            let r = c
+                .list_flow_rules(pb::ListFlowRulesRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if out.json() {
+                let policies: Vec<_> = r
+                    .policies
+                    .iter()
+                    .map(|p| json!({"pattern": p.pattern, "limit": p.limit, "from_config": p.from_config}))
+                    .collect();
+                return out.document(&json!({
+                    "policies": policies,
+                    "default_limit": r.default_limit,
+                    "paused": r.paused,
+                }));
+            }
+            for p in &r.policies {
+                let from = if p.from_config { " (config)" } else { "" };
+                out.line(format!("{}\tlimit {}{from}", p.pattern, p.limit))?;
+            }
+            if r.default_limit > 0 {
+                out.line(format!("default\tlimit {}", r.default_limit))?;
+            }
+            for p in &r.paused {
+                out.line(format!("{p}\tpaused"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `task why`: what holds a task, in words.
+pub async fn why<W: Write>(
+    client: &ClientArgs,
+    args: &StatusArgs,
+    out: &mut Output<W>,
+) -> Result<(), CliError> {
+    let mut c = connect(&client.server, &client.tls()).await?;
+    let r = c
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: args.id.clone(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let Some(s) = r.status else {
+        return Err(CliError::status(&tonic::Status::internal(
+            "the server answered without a status",
+        )));
+    };
+    let text = explain(&s);
+    if out.json() {
+        return out.document(&json!({
+            "id": s.id,
+            "state": task_state_name(s.state),
+            "waiting_reason": waiting_reason_name(s.waiting_reason),
+            "hold": s.hold.as_ref().map_or(serde_json::Value::Null, hold),
+            "explanation": text,
+        }));
+    }
+    out.line(text)
+}
+
+/// What holds a task, in one sentence.
+pub(crate) fn explain(s: &pb::TaskStatus) -> String {
+    use pb::WaitingReason as R;
+    if s.state != pb::TaskState::Pending as i32 {
+        return format!(
+            "task {} is {}: nothing holds it",
+            s.id,
+            task_state_name(s.state)
+        );
+    }
+    let h = s.hold.clone().unwrap_or_default();
+    let ahead = h
+        .ahead
+        .map(|n| format!("; {n} of its tasks are ahead of it"))
+        .unwrap_or_default();
+    match R::try_from(s.waiting_reason).unwrap_or(R::Unspecified) {
+        R::ConcurrencyLimit => format!(
+            "held by the concurrency policy {}: key {:?} has {} of {} tasks running{ahead}",
+            h.rule, h.concurrency_key, h.running, h.limit
+        ),
+        R::QueuePaused => format!(
+            "held: {} is paused (switchyard queue resume {})",
+            h.rule, h.rule
+        ),
+        R::Queued => "queued: waiting behind tasks of higher priority or older ones".into(),
+        R::NoWorker => format!("no connected worker takes the name {}", s.name),
+        R::Delayed => format!(
+            "delayed until {}",
+            s.run_at.as_ref().map(|t| t.to_string()).unwrap_or_default()
+        ),
+        R::BackingOff => format!(
+            "backing off after a failed attempt until {}",
+            s.run_at.as_ref().map(|t| t.to_string()).unwrap_or_default()
+        ),
+        R::CapacityFull => "every slot of the workers that take it is busy".into(),
+        R::EngineUnreachable => {
+            "its engine cannot be reached; it is kept and handed over when it is back".into()
+        }
+        R::Unspecified => "pending; the server gave no reason".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_names_the_rule_the_key_and_the_limit() {
+        let s = pb::TaskStatus {
+            id: "t".into(),
+            state: pb::TaskState::Pending as i32,
+            waiting_reason: pb::WaitingReason::ConcurrencyLimit as i32,
+            hold: Some(pb::Hold {
+                rule: "email.*".into(),
+                concurrency_key: "tenant-1".into(),
+                limit: 2,
+                running: 2,
+                ahead: Some(3),
+            }),
+            ..Default::default()
+        };
+        let t = explain(&s);
+        assert!(t.contains("email.*") && t.contains("tenant-1"), "{t}");
+        assert!(t.contains("2 of 2") && t.contains("3 of its tasks"), "{t}");
+        let done = pb::TaskStatus {
+            state: pb::TaskState::Completed as i32,
+            ..s
+        };
+        assert!(explain(&done).contains("nothing holds it"));
+    }
+}
