@@ -1258,3 +1258,75 @@ fn which(bin: &str) -> Option<PathBuf> {
         .map(|d| PathBuf::from(d).join(bin))
         .find(|p| p.exists())
 }
+
+/// Flow control on BullMQ (issue 21): a key at its limit is held in
+/// Switchyard (PENDING, `CONCURRENCY_LIMIT`) and never added to BullMQ, so
+/// a Node worker with 10 slots runs at most 2 jobs of the key at once (from
+/// its own log, in the order it wrote it). The policy comes from the
+/// configuration (`[[flow.concurrency]]`).
+#[tokio::test]
+async fn a_key_with_limit_2_runs_at_most_2_jobs_at_once_on_a_node_worker_with_10_slots() {
+    let url = redis_url();
+    if !prerequisites(&url).await {
+        return;
+    }
+    let p = Prefix::new(&url);
+    let s = server_with(&url, &p.name, &["fl-email"], |cfg| {
+        cfg.flow.concurrency = vec![switchyard::config::FlowPolicyConfig {
+            pattern: "fl-email".into(),
+            limit: 2,
+        }];
+    })
+    .await;
+    let mut c = s.client().await;
+    let worker = NodeWorker::start(&url, &p.name, "fl-email", 10).await;
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(
+            schedule(
+                &mut c,
+                task(
+                    "fl-email",
+                    json!({"mode": "slow", "ms": 60, "n": n}),
+                    pb::TaskOptions {
+                        concurrency_key: "tenant-1".into(),
+                        ..Default::default()
+                    },
+                ),
+            )
+            .await,
+        );
+    }
+    let last = status(&mut c, &ids[39]).await;
+    assert_eq!(
+        last.waiting_reason,
+        pb::WaitingReason::ConcurrencyLimit as i32,
+        "{last:?}"
+    );
+    assert!(
+        !p.exists("fl-email", &ids[39]).await,
+        "a held task is not in BullMQ"
+    );
+    for id in &ids {
+        let st = wait_state(&mut c, id, pb::TaskState::Completed, LONG_WAIT).await;
+        assert_eq!(st.source, pb::TaskSource::Bullmq as i32);
+    }
+    let (mut running, mut most) = (0i32, 0i32);
+    for v in worker.said.lock().iter() {
+        match v["event"].as_str() {
+            Some("start") => {
+                running += 1;
+                most = most.max(running);
+            }
+            Some("processed") => running -= 1,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        most, 2,
+        "at most (and at times exactly) 2 jobs of the key at once"
+    );
+    assert_eq!(worker.said("processed").len(), 40);
+    worker.stop().await;
+    p.clean().await;
+}

@@ -1411,3 +1411,96 @@ async fn every_schedule_field_is_bounded() {
     still_serves(&mut client).await;
     integrity_ok(server.data_dir());
 }
+
+// ---------------------------------------------------------------------------
+// Flow rules.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field() {
+    use switchyard::pb::flow_service_client::FlowServiceClient;
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut flow = FlowServiceClient::new(channel(&server.url).await);
+    let policy = |pattern: &str, limit: i32| pb::SetConcurrencyPolicyRequest {
+        policy: Some(pb::ConcurrencyPolicy {
+            pattern: pattern.into(),
+            limit,
+            from_config: false,
+        }),
+    };
+    for (case, req, field) in [
+        ("a zero limit", policy("a", 0), "policy.limit"),
+        ("a negative limit", policy("a", -5), "policy.limit"),
+        (
+            "a limit over the bound",
+            policy("a", i32::MAX),
+            "policy.limit",
+        ),
+        ("an empty pattern", policy("", 1), "policy.pattern"),
+        ("a bad glob", policy("a[", 1), "policy.pattern"),
+        (
+            "a pattern over the bound",
+            policy(&"p".repeat(100_000), 1),
+            "policy.pattern",
+        ),
+        (
+            "no policy",
+            pb::SetConcurrencyPolicyRequest { policy: None },
+            "policy",
+        ),
+    ] {
+        let r = flow.set_concurrency_policy(req).await;
+        if let Err(s) = &r {
+            assert!(s.message().len() + s.details().len() < MAX_ANSWER, "{case}");
+        }
+        assert_invalid(case, r, field);
+    }
+    assert_invalid(
+        "an unknown policy",
+        flow.delete_concurrency_policy(pb::DeleteConcurrencyPolicyRequest {
+            pattern: "never-set".into(),
+        })
+        .await,
+        "pattern",
+    );
+    for name in ["", "bad name", &"n".repeat(10_000)] {
+        assert_invalid(
+            "a bad name to pause",
+            flow.pause_queue(pb::PauseQueueRequest { name: name.into() })
+                .await,
+            "name",
+        );
+        assert_invalid(
+            "a bad name to resume",
+            flow.resume_queue(pb::ResumeQueueRequest { name: name.into() })
+                .await,
+            "name",
+        );
+    }
+    assert_invalid(
+        "a concurrency key over 256 bytes",
+        client
+            .schedule_task(simple_with(
+                "keyed",
+                json!({}),
+                pb::TaskOptions {
+                    concurrency_key: "k".repeat(257),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        "options.concurrency_key",
+    );
+    // Nothing was set by the refused calls.
+    let rules = flow
+        .list_flow_rules(pb::ListFlowRulesRequest {})
+        .await
+        .expect("ListFlowRules")
+        .into_inner();
+    assert!(
+        rules.policies.is_empty() && rules.paused.is_empty(),
+        "{rules:?}"
+    );
+    still_serves(&mut client).await;
+}
