@@ -14,6 +14,7 @@ import type { ChannelCredentials, ChannelOptions } from '@grpc/grpc-js';
 
 import { SwitchyardConnection, type SwitchyardTlsFiles } from './connection.js';
 import { ExecutionManagerService, type ExecutionManagerSettings } from './execution-manager.service.js';
+import { SwitchyardFlow } from './flow.js';
 import { StandardizedOrchestratorService } from './orchestrator.service.js';
 import { SwitchyardSchedules } from './schedules.js';
 import type { ScheduleDefaults } from './types.js';
@@ -54,6 +55,8 @@ export class SwitchyardClient {
   readonly executionManager: ExecutionManagerService;
   /** Schedules: tasks fired on a cron expression or an interval (`upsertJobScheduler`). */
   readonly schedules: SwitchyardSchedules;
+  /** Flow control: pause and resume queues, concurrency policies per key. */
+  readonly flow: SwitchyardFlow;
   private readonly workers = new Set<SwitchyardWorker>();
 
   constructor(readonly options: SwitchyardClientOptions) {
@@ -69,6 +72,7 @@ export class SwitchyardClient {
       cancelTimeoutMs: options.cancelTimeoutMs,
     });
     this.schedules = new SwitchyardSchedules(this.connection);
+    this.flow = new SwitchyardFlow(this.connection);
     this.executionManager = new ExecutionManagerService(
       this.orchestrator,
       options.defaults?.sessionId,

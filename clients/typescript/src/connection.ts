@@ -28,6 +28,7 @@ import { readFileSync } from 'node:fs';
 
 import { HealthCheckRequest, HealthCheckResponse_ServingStatus, HealthService } from './gen/grpc/health/v1/health.js';
 import { OrchestratorServiceService } from './gen/switchyard/v1/orchestrator.js';
+import { FlowServiceService } from './gen/switchyard/v1/flow.js';
 import { ScheduleServiceService } from './gen/switchyard/v1/schedule.js';
 import { WorkerServiceService } from './gen/switchyard/v1/worker.js';
 import { SwitchyardError } from './errors.js';
@@ -237,6 +238,22 @@ export class SwitchyardConnection {
     type Req = Parameters<(typeof ScheduleServiceService)[K]['requestSerialize']>[0];
     type Res = ReturnType<(typeof ScheduleServiceService)[K]['responseDeserialize']>;
     const def = ScheduleServiceService[method] as unknown as {
+      path: string;
+      requestSerialize: (v: Req) => Buffer;
+      responseDeserialize: (b: Buffer) => Res;
+    };
+    return this.unaryCall(def.path, def.requestSerialize, def.responseDeserialize, request, settings);
+  }
+
+  /** Calls a FlowService method. Rejects with a {@link SwitchyardError}. */
+  flowUnary<K extends keyof typeof FlowServiceService>(
+    method: K,
+    request: Parameters<(typeof FlowServiceService)[K]['requestSerialize']>[0],
+    settings: CallSettings = {},
+  ): Promise<ReturnType<(typeof FlowServiceService)[K]['responseDeserialize']>> {
+    type Req = Parameters<(typeof FlowServiceService)[K]['requestSerialize']>[0];
+    type Res = ReturnType<(typeof FlowServiceService)[K]['responseDeserialize']>;
+    const def = FlowServiceService[method] as unknown as {
       path: string;
       requestSerialize: (v: Req) => Buffer;
       responseDeserialize: (b: Buffer) => Res;

@@ -268,7 +268,7 @@ export function toJsonValue(value: unknown): unknown {
  */
 const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'taskType', 'priority', 'attempts', 'backoff', 'delay', 'timeout', 'userId', 'sessionId', 'immediate',
-  'idempotencyKey', 'labels', 'queue', 'cleanupTask', 'retention', 'temporal', 'n8n', 'cancelTimeoutMs',
+  'idempotencyKey', 'concurrencyKey', 'labels', 'queue', 'cleanupTask', 'retention', 'temporal', 'n8n', 'cancelTimeoutMs',
   // BullMQ's JobsOptions that mean something here, or nothing harmful.
   'jobId', 'removeOnComplete', 'removeOnFail', 'keepLogs', 'stackTraceLimit', 'sizeLimit', 'timestamp', 'telemetry', 'lifo',
   // BullMQ's JobsOptions that cannot be honoured: refused below with a reason.
@@ -346,6 +346,7 @@ export function toScheduleRequest(
       sessionId: options.sessionId ?? defaults.sessionId ?? '',
       immediate: options.immediate ?? false,
       idempotencyKey: options.idempotencyKey ?? (options.jobId === undefined ? '' : String(options.jobId)),
+      concurrencyKey: options.concurrencyKey ?? '',
       labels,
       cleanup: options.cleanupTask ? { name: options.cleanupTask } : undefined,
       retention: toRetention(options),
@@ -401,6 +402,16 @@ export function toTaskInfo(s: TaskStatus, payload?: Record<string, unknown>): Ta
     finishedAt: s.finishedAt,
     externalId: opt(s.externalId),
     waitingReason: waitingReasonName(s.waitingReason),
+    hold: s.hold
+      ? {
+          rule: s.hold.rule,
+          concurrencyKey: opt(s.hold.concurrencyKey),
+          limit: s.hold.limit,
+          running: s.hold.running,
+          ahead: s.hold.ahead,
+        }
+      : undefined,
+    concurrencyKey: opt(s.concurrencyKey ?? ''),
     cancelRequested: s.cancelRequested,
     labels: { ...s.labels },
     workerId: opt(s.workerId),

@@ -24,6 +24,7 @@ export {
   type SwitchyardConnectionOptions,
   type SwitchyardTlsFiles,
 } from './connection.js';
+export { SwitchyardFlow, type ConcurrencyPolicyInfo, type FlowRules } from './flow.js';
 export {
   SwitchyardSchedules,
   toScheduleSpec,

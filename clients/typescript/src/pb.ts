@@ -7,3 +7,4 @@ export * from './gen/switchyard/v1/task.js';
 export * from './gen/switchyard/v1/orchestrator.js';
 export * from './gen/switchyard/v1/worker.js';
 export * from './gen/switchyard/v1/schedule.js';
+export * from './gen/switchyard/v1/flow.js';

@@ -56,6 +56,8 @@ export type WaitingReasonName =
   | 'BACKING_OFF'
   | 'CAPACITY_FULL'
   | 'ENGINE_UNREACHABLE'
+  | 'CONCURRENCY_LIMIT'
+  | 'QUEUE_PAUSED'
   | 'UNRECOGNIZED';
 
 /** What a cancel did to one task. */
@@ -157,6 +159,13 @@ export interface ScheduleTaskOptions {
   immediate?: boolean;
   /** Scheduling twice with the same key returns the first task (`existing: true`). */
   idempotencyKey?: string;
+  /**
+   * The concurrency key (a user, tenant or resource id): the server's
+   * concurrency policies (`client.flow.setConcurrencyPolicy`) limit how many
+   * tasks of one key run at once, on any engine, and keys take turns in
+   * their queue. At most 256 bytes.
+   */
+  concurrencyKey?: string;
   /** Free-form labels, returned in status and usable in filters. */
   labels?: Record<string, string>;
   /** SIMPLE only: the queue (BullMQ queue name on the BullMQ backend). Default: the task name. */
@@ -333,6 +342,10 @@ export interface TaskInfo {
   externalId?: string;
   /** While PENDING: why it waits. */
   waitingReason?: WaitingReasonName;
+  /** While held by a flow rule (`CONCURRENCY_LIMIT`, `QUEUE_PAUSED`): the rule and its figures. */
+  hold?: { rule: string; concurrencyKey?: string; limit: number; running: number; ahead?: number };
+  /** The concurrency key, as scheduled. */
+  concurrencyKey?: string;
   /** A cancel was asked for and not yet acknowledged (the status stays RUNNING until it is). */
   cancelRequested: boolean;
   labels: Record<string, string>;

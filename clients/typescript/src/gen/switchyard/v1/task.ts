@@ -247,6 +247,18 @@ export enum WaitingReason {
    * that cannot be reached; it is kept and forwarded when the engine is back.
    */
   WAITING_REASON_ENGINE_UNREACHABLE = 6,
+  /**
+   * WAITING_REASON_CONCURRENCY_LIMIT - Its `concurrency_key` has as many tasks running (or handed to an
+   * engine) as its concurrency policy allows; it is held in Switchyard, on
+   * every engine, until one of them ends. `TaskStatus.hold` names the
+   * policy, the key, the limit and the tasks running.
+   */
+  WAITING_REASON_CONCURRENCY_LIMIT = 7,
+  /**
+   * WAITING_REASON_QUEUE_PAUSED - Its name or queue is paused (FlowService.PauseQueue); it is held in
+   * Switchyard until resumed. `TaskStatus.hold.rule` names what is paused.
+   */
+  WAITING_REASON_QUEUE_PAUSED = 8,
   UNRECOGNIZED = -1,
 }
 
@@ -273,6 +285,12 @@ export function waitingReasonFromJSON(object: any): WaitingReason {
     case 6:
     case "WAITING_REASON_ENGINE_UNREACHABLE":
       return WaitingReason.WAITING_REASON_ENGINE_UNREACHABLE;
+    case 7:
+    case "WAITING_REASON_CONCURRENCY_LIMIT":
+      return WaitingReason.WAITING_REASON_CONCURRENCY_LIMIT;
+    case 8:
+    case "WAITING_REASON_QUEUE_PAUSED":
+      return WaitingReason.WAITING_REASON_QUEUE_PAUSED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -296,6 +314,10 @@ export function waitingReasonToJSON(object: WaitingReason): string {
       return "WAITING_REASON_CAPACITY_FULL";
     case WaitingReason.WAITING_REASON_ENGINE_UNREACHABLE:
       return "WAITING_REASON_ENGINE_UNREACHABLE";
+    case WaitingReason.WAITING_REASON_CONCURRENCY_LIMIT:
+      return "WAITING_REASON_CONCURRENCY_LIMIT";
+    case WaitingReason.WAITING_REASON_QUEUE_PAUSED:
+      return "WAITING_REASON_QUEUE_PAUSED";
     case WaitingReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -392,6 +414,34 @@ export function stepStateToJSON(object: StepState): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+/**
+ * The flow rule that holds a PENDING task (waiting reason
+ * CONCURRENCY_LIMIT or QUEUE_PAUSED), with its figures when the status was
+ * taken.
+ */
+export interface Hold {
+  /**
+   * The rule: a concurrency policy's pattern, `default` for the server's
+   * default limit per key (`flow.default_concurrency`), or the paused name
+   * or queue.
+   */
+  rule: string;
+  /** The task's concurrency key (CONCURRENCY_LIMIT only). */
+  concurrencyKey: string;
+  /** The limit per key (CONCURRENCY_LIMIT only; else 0). */
+  limit: number;
+  /**
+   * Tasks of the key running or handed to an engine now (CONCURRENCY_LIMIT
+   * only).
+   */
+  running: number;
+  /**
+   * Tasks of the key ahead of this one in its queue: its place in line,
+   * from 0. Set by GetTaskStatus only (listings and events leave it unset).
+   */
+  ahead?: number | undefined;
 }
 
 /** How long to wait between attempts. */
@@ -530,7 +580,19 @@ export interface TaskOptions {
    * retention policy (`[retention]` in its configuration: by default 7 days
    * after COMPLETED, 30 days after FAILED or CANCELLED). Unset: the policy.
    */
-  retention: Retention | undefined;
+  retention:
+    | Retention
+    | undefined;
+  /**
+   * The concurrency key: a user, tenant or resource id. The server's
+   * concurrency policies (FlowService, `[[flow.concurrency]]`) limit how
+   * many tasks of one key run at once, on whichever engine runs them (a
+   * task over the limit is held PENDING in Switchyard with the reason
+   * CONCURRENCY_LIMIT), and within a queue the keys take turns
+   * (round-robin) instead of first come, first served. Empty: no key (the
+   * task is queued as before). At most 256 bytes.
+   */
+  concurrencyKey: string;
 }
 
 export interface TaskOptions_LabelsEntry {
@@ -813,6 +875,15 @@ export interface TaskStatus {
    * attempt budget: `attempt` counts from 1 again.
    */
   run: number;
+  /**
+   * While PENDING and held by a flow rule (waiting reason CONCURRENCY_LIMIT
+   * or QUEUE_PAUSED): the rule and its figures.
+   */
+  hold:
+    | Hold
+    | undefined;
+  /** The concurrency key, as scheduled. */
+  concurrencyKey: string;
 }
 
 export interface TaskStatus_LabelsEntry {
@@ -853,6 +924,143 @@ export interface StepStatus {
   /** The steps this one waits for. */
   dependsOn: string[];
 }
+
+function createBaseHold(): Hold {
+  return { rule: "", concurrencyKey: "", limit: 0, running: 0, ahead: undefined };
+}
+
+export const Hold: MessageFns<Hold> = {
+  encode(message: Hold, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rule !== "") {
+      writer.uint32(10).string(message.rule);
+    }
+    if (message.concurrencyKey !== "") {
+      writer.uint32(18).string(message.concurrencyKey);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).uint32(message.limit);
+    }
+    if (message.running !== 0) {
+      writer.uint32(32).uint32(message.running);
+    }
+    if (message.ahead !== undefined) {
+      writer.uint32(40).uint64(message.ahead);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Hold {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHold();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rule = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.concurrencyKey = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.running = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.ahead = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Hold {
+    return {
+      rule: isSet(object.rule) ? globalThis.String(object.rule) : "",
+      concurrencyKey: isSet(object.concurrencyKey)
+        ? globalThis.String(object.concurrencyKey)
+        : isSet(object.concurrency_key)
+        ? globalThis.String(object.concurrency_key)
+        : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      running: isSet(object.running) ? globalThis.Number(object.running) : 0,
+      ahead: isSet(object.ahead) ? globalThis.Number(object.ahead) : undefined,
+    };
+  },
+
+  toJSON(message: Hold): unknown {
+    const obj: any = {};
+    if (message.rule !== "") {
+      obj.rule = message.rule;
+    }
+    if (message.concurrencyKey !== "") {
+      obj.concurrencyKey = message.concurrencyKey;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.running !== 0) {
+      obj.running = Math.round(message.running);
+    }
+    if (message.ahead !== undefined) {
+      obj.ahead = Math.round(message.ahead);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Hold>, I>>(base?: I): Hold {
+    return Hold.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Hold>, I>>(object: I): Hold {
+    const message = createBaseHold();
+    message.rule = object.rule ?? "";
+    message.concurrencyKey = object.concurrencyKey ?? "";
+    message.limit = object.limit ?? 0;
+    message.running = object.running ?? 0;
+    message.ahead = object.ahead ?? undefined;
+    return message;
+  },
+};
 
 function createBaseBackoff(): Backoff {
   return { kind: 0, base: undefined, max: undefined };
@@ -1036,6 +1244,7 @@ function createBaseTaskOptions(): TaskOptions {
     labels: {},
     cleanup: undefined,
     retention: undefined,
+    concurrencyKey: "",
   };
 }
 
@@ -1076,6 +1285,9 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     }
     if (message.retention !== undefined) {
       Retention.encode(message.retention, writer.uint32(98).fork()).join();
+    }
+    if (message.concurrencyKey !== "") {
+      writer.uint32(106).string(message.concurrencyKey);
     }
     return writer;
   },
@@ -1192,6 +1404,14 @@ export const TaskOptions: MessageFns<TaskOptions> = {
             message.retention = Retention.decode(reader, reader.uint32());
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.concurrencyKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1247,6 +1467,11 @@ export const TaskOptions: MessageFns<TaskOptions> = {
         : {},
       cleanup: isSet(object.cleanup) ? CleanupTask.fromJSON(object.cleanup) : undefined,
       retention: isSet(object.retention) ? Retention.fromJSON(object.retention) : undefined,
+      concurrencyKey: isSet(object.concurrencyKey)
+        ? globalThis.String(object.concurrencyKey)
+        : isSet(object.concurrency_key)
+        ? globalThis.String(object.concurrency_key)
+        : "",
     };
   },
 
@@ -1294,6 +1519,9 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     if (message.retention !== undefined) {
       obj.retention = Retention.toJSON(message.retention);
     }
+    if (message.concurrencyKey !== "") {
+      obj.concurrencyKey = message.concurrencyKey;
+    }
     return obj;
   },
 
@@ -1332,6 +1560,7 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     message.retention = (object.retention !== undefined && object.retention !== null)
       ? Retention.fromPartial(object.retention)
       : undefined;
+    message.concurrencyKey = object.concurrencyKey ?? "";
     return message;
   },
 };
@@ -2094,6 +2323,8 @@ function createBaseTaskStatus(): TaskStatus {
     workflowVersion: 0,
     parentId: "",
     run: 0,
+    hold: undefined,
+    concurrencyKey: "",
   };
 }
 
@@ -2191,6 +2422,12 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     }
     if (message.run !== 0) {
       writer.uint32(248).uint32(message.run);
+    }
+    if (message.hold !== undefined) {
+      Hold.encode(message.hold, writer.uint32(258).fork()).join();
+    }
+    if (message.concurrencyKey !== "") {
+      writer.uint32(266).string(message.concurrencyKey);
     }
     return writer;
   },
@@ -2459,6 +2696,22 @@ export const TaskStatus: MessageFns<TaskStatus> = {
             message.run = reader.uint32();
             continue;
           }
+          case 32: {
+            if (tag !== 258) {
+              break;
+            }
+
+            message.hold = Hold.decode(reader, reader.uint32());
+            continue;
+          }
+          case 33: {
+            if (tag !== 266) {
+              break;
+            }
+
+            message.concurrencyKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2587,6 +2840,12 @@ export const TaskStatus: MessageFns<TaskStatus> = {
         ? globalThis.String(object.parent_id)
         : "",
       run: isSet(object.run) ? globalThis.Number(object.run) : 0,
+      hold: isSet(object.hold) ? Hold.fromJSON(object.hold) : undefined,
+      concurrencyKey: isSet(object.concurrencyKey)
+        ? globalThis.String(object.concurrencyKey)
+        : isSet(object.concurrency_key)
+        ? globalThis.String(object.concurrency_key)
+        : "",
     };
   },
 
@@ -2691,6 +2950,12 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     if (message.run !== 0) {
       obj.run = Math.round(message.run);
     }
+    if (message.hold !== undefined) {
+      obj.hold = Hold.toJSON(message.hold);
+    }
+    if (message.concurrencyKey !== "") {
+      obj.concurrencyKey = message.concurrencyKey;
+    }
     return obj;
   },
 
@@ -2740,6 +3005,8 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     message.workflowVersion = object.workflowVersion ?? 0;
     message.parentId = object.parentId ?? "";
     message.run = object.run ?? 0;
+    message.hold = (object.hold !== undefined && object.hold !== null) ? Hold.fromPartial(object.hold) : undefined;
+    message.concurrencyKey = object.concurrencyKey ?? "";
     return message;
   },
 };

@@ -48,6 +48,8 @@ class WaitingReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAITING_REASON_BACKING_OFF: _ClassVar[WaitingReason]
     WAITING_REASON_CAPACITY_FULL: _ClassVar[WaitingReason]
     WAITING_REASON_ENGINE_UNREACHABLE: _ClassVar[WaitingReason]
+    WAITING_REASON_CONCURRENCY_LIMIT: _ClassVar[WaitingReason]
+    WAITING_REASON_QUEUE_PAUSED: _ClassVar[WaitingReason]
 
 class StepState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -85,6 +87,8 @@ WAITING_REASON_DELAYED: WaitingReason
 WAITING_REASON_BACKING_OFF: WaitingReason
 WAITING_REASON_CAPACITY_FULL: WaitingReason
 WAITING_REASON_ENGINE_UNREACHABLE: WaitingReason
+WAITING_REASON_CONCURRENCY_LIMIT: WaitingReason
+WAITING_REASON_QUEUE_PAUSED: WaitingReason
 STEP_STATE_UNSPECIFIED: StepState
 STEP_STATE_PENDING: StepState
 STEP_STATE_RUNNING: StepState
@@ -95,6 +99,20 @@ STEP_STATE_SKIPPED: StepState
 STEP_STATE_COMPENSATING: StepState
 STEP_STATE_COMPENSATED: StepState
 STEP_STATE_COMPENSATION_FAILED: StepState
+
+class Hold(_message.Message):
+    __slots__ = ("rule", "concurrency_key", "limit", "running", "ahead")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    concurrency_key: str
+    limit: int
+    running: int
+    ahead: int
+    def __init__(self, rule: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., limit: _Optional[int] = ..., running: _Optional[int] = ..., ahead: _Optional[int] = ...) -> None: ...
 
 class Backoff(_message.Message):
     __slots__ = ("kind", "base", "max")
@@ -121,7 +139,7 @@ class CleanupTask(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("priority", "attempts", "backoff", "delay", "execution_timeout", "user_id", "session_id", "immediate", "idempotency_key", "labels", "cleanup", "retention")
+    __slots__ = ("priority", "attempts", "backoff", "delay", "execution_timeout", "user_id", "session_id", "immediate", "idempotency_key", "labels", "cleanup", "retention", "concurrency_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +159,7 @@ class TaskOptions(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CLEANUP_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     priority: int
     attempts: int
     backoff: Backoff
@@ -153,7 +172,8 @@ class TaskOptions(_message.Message):
     labels: _containers.ScalarMap[str, str]
     cleanup: CleanupTask
     retention: Retention
-    def __init__(self, priority: _Optional[int] = ..., attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., immediate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., cleanup: _Optional[_Union[CleanupTask, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ...) -> None: ...
+    concurrency_key: str
+    def __init__(self, priority: _Optional[int] = ..., attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., immediate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., cleanup: _Optional[_Union[CleanupTask, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
 
 class Retention(_message.Message):
     __slots__ = ("completed", "failed", "cancelled")
@@ -216,7 +236,7 @@ class TaskError(_message.Message):
     def __init__(self, message: _Optional[str] = ..., kind: _Optional[str] = ..., details: _Optional[str] = ..., retryable: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("id", "name", "task_type", "source", "state", "attempt", "max_attempts", "priority", "immediate", "user_id", "session_id", "progress", "progress_message", "result", "last_error", "created_at", "run_at", "started_at", "finished_at", "external_id", "waiting_reason", "cancel_requested", "labels", "worker_id", "idempotency_key", "target", "sequence", "steps", "workflow_version", "parent_id", "run")
+    __slots__ = ("id", "name", "task_type", "source", "state", "attempt", "max_attempts", "priority", "immediate", "user_id", "session_id", "progress", "progress_message", "result", "last_error", "created_at", "run_at", "started_at", "finished_at", "external_id", "waiting_reason", "cancel_requested", "labels", "worker_id", "idempotency_key", "target", "sequence", "steps", "workflow_version", "parent_id", "run", "hold", "concurrency_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +275,8 @@ class TaskStatus(_message.Message):
     WORKFLOW_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     task_type: TaskType
@@ -286,7 +308,9 @@ class TaskStatus(_message.Message):
     workflow_version: int
     parent_id: str
     run: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., immediate: _Optional[bool] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., external_id: _Optional[str] = ..., waiting_reason: _Optional[_Union[WaitingReason, str]] = ..., cancel_requested: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., target: _Optional[str] = ..., sequence: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., workflow_version: _Optional[int] = ..., parent_id: _Optional[str] = ..., run: _Optional[int] = ...) -> None: ...
+    hold: Hold
+    concurrency_key: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., immediate: _Optional[bool] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., external_id: _Optional[str] = ..., waiting_reason: _Optional[_Union[WaitingReason, str]] = ..., cancel_requested: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., target: _Optional[str] = ..., sequence: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., workflow_version: _Optional[int] = ..., parent_id: _Optional[str] = ..., run: _Optional[int] = ..., hold: _Optional[_Union[Hold, _Mapping]] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
 
 class StepStatus(_message.Message):
     __slots__ = ("id", "kind", "state", "attempt", "output", "error", "started_at", "finished_at", "task_id", "compensation_task_id", "depends_on")

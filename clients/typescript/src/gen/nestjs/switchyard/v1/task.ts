@@ -109,6 +109,18 @@ export enum WaitingReason {
    * that cannot be reached; it is kept and forwarded when the engine is back.
    */
   WAITING_REASON_ENGINE_UNREACHABLE = 6,
+  /**
+   * WAITING_REASON_CONCURRENCY_LIMIT - Its `concurrency_key` has as many tasks running (or handed to an
+   * engine) as its concurrency policy allows; it is held in Switchyard, on
+   * every engine, until one of them ends. `TaskStatus.hold` names the
+   * policy, the key, the limit and the tasks running.
+   */
+  WAITING_REASON_CONCURRENCY_LIMIT = 7,
+  /**
+   * WAITING_REASON_QUEUE_PAUSED - Its name or queue is paused (FlowService.PauseQueue); it is held in
+   * Switchyard until resumed. `TaskStatus.hold.rule` names what is paused.
+   */
+  WAITING_REASON_QUEUE_PAUSED = 8,
   UNRECOGNIZED = -1,
 }
 
@@ -135,6 +147,34 @@ export enum StepState {
   /** STEP_STATE_COMPENSATION_FAILED - Its compensation failed for good. */
   STEP_STATE_COMPENSATION_FAILED = 9,
   UNRECOGNIZED = -1,
+}
+
+/**
+ * The flow rule that holds a PENDING task (waiting reason
+ * CONCURRENCY_LIMIT or QUEUE_PAUSED), with its figures when the status was
+ * taken.
+ */
+export interface Hold {
+  /**
+   * The rule: a concurrency policy's pattern, `default` for the server's
+   * default limit per key (`flow.default_concurrency`), or the paused name
+   * or queue.
+   */
+  rule: string;
+  /** The task's concurrency key (CONCURRENCY_LIMIT only). */
+  concurrencyKey: string;
+  /** The limit per key (CONCURRENCY_LIMIT only; else 0). */
+  limit: number;
+  /**
+   * Tasks of the key running or handed to an engine now (CONCURRENCY_LIMIT
+   * only).
+   */
+  running: number;
+  /**
+   * Tasks of the key ahead of this one in its queue: its place in line,
+   * from 0. Set by GetTaskStatus only (listings and events leave it unset).
+   */
+  ahead?: number | undefined;
 }
 
 /** How long to wait between attempts. */
@@ -241,7 +281,19 @@ export interface TaskOptions {
    * retention policy (`[retention]` in its configuration: by default 7 days
    * after COMPLETED, 30 days after FAILED or CANCELLED). Unset: the policy.
    */
-  retention: Retention | undefined;
+  retention:
+    | Retention
+    | undefined;
+  /**
+   * The concurrency key: a user, tenant or resource id. The server's
+   * concurrency policies (FlowService, `[[flow.concurrency]]`) limit how
+   * many tasks of one key run at once, on whichever engine runs them (a
+   * task over the limit is held PENDING in Switchyard with the reason
+   * CONCURRENCY_LIMIT), and within a queue the keys take turns
+   * (round-robin) instead of first come, first served. Empty: no key (the
+   * task is queued as before). At most 256 bytes.
+   */
+  concurrencyKey: string;
 }
 
 export interface TaskOptions_LabelsEntry {
@@ -524,6 +576,15 @@ export interface TaskStatus {
    * attempt budget: `attempt` counts from 1 again.
    */
   run: number;
+  /**
+   * While PENDING and held by a flow rule (waiting reason CONCURRENCY_LIMIT
+   * or QUEUE_PAUSED): the rule and its figures.
+   */
+  hold:
+    | Hold
+    | undefined;
+  /** The concurrency key, as scheduled. */
+  concurrencyKey: string;
 }
 
 export interface TaskStatus_LabelsEntry {
