@@ -13,7 +13,7 @@ use serde_json::json;
 use super::args::{ClientArgs, StatusArgs};
 use super::commands::{connect, transport, Output};
 use super::error::CliError;
-use super::json::{hold, task_state_name, waiting_reason_name};
+use super::json::{task_state_name, to_json, waiting_reason_name};
 use crate::pb;
 use crate::pb::flow_service_client::FlowServiceClient;
 
@@ -165,16 +165,7 @@ pub async fn run_flow<W: Write>(
                 .map_err(rpc)?
                 .into_inner();
             if out.json() {
-                let policies: Vec<_> = r
-                    .policies
-                    .iter()
-                    .map(|p| json!({"pattern": p.pattern, "limit": p.limit, "from_config": p.from_config}))
-                    .collect();
-                return out.document(&json!({
-                    "policies": policies,
-                    "default_limit": r.default_limit,
-                    "paused": r.paused,
-                }));
+                return out.document(&to_json(&r));
             }
             for p in &r.policies {
                 let from = if p.from_config { " (config)" } else { "" };
@@ -215,8 +206,8 @@ pub async fn why<W: Write>(
         return out.document(&json!({
             "id": s.id,
             "state": task_state_name(s.state),
-            "waiting_reason": waiting_reason_name(s.waiting_reason),
-            "hold": s.hold.as_ref().map_or(serde_json::Value::Null, hold),
+            "waitingReason": waiting_reason_name(s.waiting_reason),
+            "hold": s.hold.as_ref().map_or(serde_json::Value::Null, to_json),
             "explanation": text,
         }));
     }
