@@ -5,12 +5,11 @@
 //! memory. Owns the SQLite table; must not decide anything.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use parking_lot::Mutex;
-use rusqlite::{params, Connection};
+use rusqlite::params;
 
 use crate::store::postgres::schedules::{ScheduleRow, ScheduleRows};
+use crate::store::sqlite::side::SideDb;
 use crate::store::StoreError;
 
 const SCHEMA: &str = "
@@ -30,42 +29,15 @@ pub enum Db {
     /// Nothing is kept (the task store is in memory too).
     Memory,
     /// `schedules.db`.
-    Sqlite(Arc<Mutex<Connection>>),
+    Sqlite(SideDb),
     /// The PostgreSQL store's `schedules` table.
     Postgres(Box<ScheduleRows>),
-}
-
-fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("schedules database: {e}"))
 }
 
 impl Db {
     /// Opens (or creates) `schedules.db` at `path`.
     pub fn open_sqlite(path: &Path) -> Result<Db, StoreError> {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db_err)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
-        Ok(Db::Sqlite(Arc::new(Mutex::new(conn))))
-    }
-
-    /// Runs `f` on the SQLite connection off the async threads.
-    async fn sqlite<T: Send + 'static>(
-        conn: &Arc<Mutex<Connection>>,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = conn.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock()))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("schedules database: {e}")))?
-            .map_err(db_err)
+        SideDb::open(path, SCHEMA, "schedules database").map(Db::Sqlite)
     }
 
     /// Every stored schedule, by id.
@@ -74,7 +46,7 @@ impl Db {
             Db::Memory => Ok(Vec::new()),
             Db::Postgres(rows) => rows.all().await,
             Db::Sqlite(conn) => {
-                Self::sqlite(conn, |c| {
+                conn.run(|c| {
                     let mut stmt = c.prepare(
                         "SELECT id, spec, template, paused, note, created_at, updated_at, state
                          FROM schedules ORDER BY id",
@@ -104,7 +76,7 @@ impl Db {
             Db::Memory => Ok(()),
             Db::Postgres(rows) => rows.put(&row).await,
             Db::Sqlite(conn) => {
-                Self::sqlite(conn, move |c| {
+                conn.run(move |c| {
                     c.execute(
                         "INSERT INTO schedules (id, spec, template, paused, note, created_at, updated_at, state)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -135,7 +107,7 @@ impl Db {
             Db::Postgres(rows) => rows.put_state(id, &state).await,
             Db::Sqlite(conn) => {
                 let id = id.to_string();
-                Self::sqlite(conn, move |c| {
+                conn.run(move |c| {
                     c.execute(
                         "UPDATE schedules SET state = ?2 WHERE id = ?1",
                         params![id, state],
@@ -156,7 +128,7 @@ impl Db {
             _ if states.is_empty() => Ok(()),
             Db::Postgres(rows) => rows.put_states(&states).await,
             Db::Sqlite(conn) => {
-                Self::sqlite(conn, move |c| {
+                conn.run(move |c| {
                     let tx = c.unchecked_transaction()?;
                     {
                         let mut stmt =
@@ -179,7 +151,7 @@ impl Db {
             Db::Postgres(rows) => rows.delete(id).await,
             Db::Sqlite(conn) => {
                 let id = id.to_string();
-                Self::sqlite(conn, move |c| {
+                conn.run(move |c| {
                     c.execute("DELETE FROM schedules WHERE id = ?1", params![id])
                         .map(drop)
                 })

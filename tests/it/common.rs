@@ -1189,3 +1189,28 @@ impl Drop for OwnPostgres {
             .output();
     }
 }
+
+/// Every task named `name`, all pages of `ListTasks` (1,000 a page).
+pub async fn all_named(client: &mut Client, name: &str) -> Vec<pb::TaskStatus> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_tasks(pb::ListTasksRequest {
+                filter: Some(pb::TaskFilter {
+                    names: vec![name.to_string()],
+                    ..Default::default()
+                }),
+                page_size: 1000,
+                page_token: token,
+            })
+            .await
+            .expect("ListTasks")
+            .into_inner();
+        out.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}

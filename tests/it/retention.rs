@@ -15,27 +15,11 @@ use tonic::Code;
 use crate::common::*;
 
 async fn list_ids(client: &mut Client, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_tasks(pb::ListTasksRequest {
-                filter: Some(pb::TaskFilter {
-                    names: vec![name.to_string()],
-                    ..Default::default()
-                }),
-                page_size: 1000,
-                page_token: token,
-            })
-            .await
-            .expect("ListTasks")
-            .into_inner();
-        out.extend(page.tasks.into_iter().map(|t| t.id));
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
+    all_named(client, name)
+        .await
+        .into_iter()
+        .map(|t| t.id)
+        .collect()
 }
 
 async fn completed_of(client: &mut Client, name: &str) -> u64 {

@@ -795,31 +795,6 @@ async fn list_and_watch_filter_the_fires_of_one_schedule() {
     server.stop().await;
 }
 
-/// Every task named `name`, all pages.
-async fn all_fires(client: &mut Client, name: &str) -> Vec<pb::TaskStatus> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_tasks(pb::ListTasksRequest {
-                filter: Some(pb::TaskFilter {
-                    names: vec![name.into()],
-                    ..Default::default()
-                }),
-                page_size: 1000,
-                page_token: token,
-            })
-            .await
-            .expect("ListTasks")
-            .into_inner();
-        out.extend(page.tasks);
-        if page.next_page_token.is_empty() {
-            return out;
-        }
-        token = page.next_page_token;
-    }
-}
-
 /// A thousand schedules on the same second: the runner takes the due ones
 /// side by side and writes their states together, and each schedule still
 /// fires each of its three ticks exactly once.
@@ -857,7 +832,7 @@ async fn a_thousand_schedules_on_one_second_each_fire_every_tick_once() {
     let all = wait_for("three fires of each schedule", LONG, || {
         let mut c = client.clone();
         async move {
-            let all = all_fires(&mut c, "sched-many").await;
+            let all = all_named(&mut c, "sched-many").await;
             (all.len() >= 3 * N).then_some(all)
         }
     })
@@ -887,5 +862,5 @@ async fn a_thousand_schedules_on_one_second_each_fire_every_tick_once() {
     let info = get(&mut schedules(&server.url).await, "many-0500").await;
     assert_eq!(info.fires, 3, "its count of fires is written");
     // Seen once more after a list: no fire after the end.
-    assert_eq!(all_fires(&mut client, "sched-many").await.len(), 3 * N);
+    assert_eq!(all_named(&mut client, "sched-many").await.len(), 3 * N);
 }

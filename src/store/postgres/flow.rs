@@ -6,9 +6,8 @@
 //! Owns the SQL of the `flow_rules` table; what a row means is the `flow`
 //! module's.
 
-use tokio::sync::Mutex;
-
-use super::{connect, pg_config, Fence, PgStore};
+use super::side::SideConn;
+use super::PgStore;
 use crate::store::StoreError;
 
 /// One stored rule, as columns.
@@ -26,105 +25,67 @@ pub struct FlowRow {
 
 /// The flow rules of one schema.
 pub struct FlowRows {
-    cfg: tokio_postgres::Config,
-    fence: Option<Fence>,
-    client: Mutex<Option<tokio_postgres::Client>>,
+    conn: SideConn,
 }
 
 impl FlowRows {
     /// The rows of `store`'s schema, written under its fence.
     pub fn open(store: &PgStore) -> Result<FlowRows, StoreError> {
         Ok(FlowRows {
-            cfg: pg_config(store.options(), "flow")?,
-            fence: store.fence(),
-            client: Mutex::new(None),
+            conn: SideConn::open(store, "flow")?,
         })
-    }
-
-    async fn with_client<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T, StoreError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(connect(&self.cfg).await.map_err(StoreError::from)?);
-        }
-        let Some(c) = guard.as_mut() else {
-            return Err(StoreError::Unavailable(
-                "cannot connect to the database".into(),
-            ));
-        };
-        f(c).await.map_err(StoreError::from)
     }
 
     /// Every stored rule, in the order they were first set.
     pub async fn all(&self) -> Result<Vec<FlowRow>, StoreError> {
-        self.with_client(async |c| {
-            let rows = c
-                .query(
-                    "SELECT kind, name, value, seq FROM flow_rules ORDER BY seq, kind, name",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| FlowRow {
-                    kind: r.get(0),
-                    name: r.get(1),
-                    value: r.get(2),
-                    seq: r.get(3),
-                })
-                .collect())
-        })
-        .await
+        self.conn
+            .with_client(async |c| {
+                let rows = c
+                    .query(
+                        "SELECT kind, name, value, seq FROM flow_rules ORDER BY seq, kind, name",
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| FlowRow {
+                        kind: r.get(0),
+                        name: r.get(1),
+                        value: r.get(2),
+                        seq: r.get(3),
+                    })
+                    .collect())
+            })
+            .await
     }
 
     /// Inserts a rule or changes its value (keeping its place).
     pub async fn put(&self, row: &FlowRow) -> Result<(), StoreError> {
-        let term = self.fence.as_ref().map_or(0, |f| f.term);
-        self.fenced(async |tx| {
-            tx.execute(
+        let term = self.conn.term();
+        self.conn
+            .fenced(async |tx| {
+                tx.execute(
                 "INSERT INTO flow_rules (kind, name, value, seq, term) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (kind, name) DO UPDATE SET value = $3, term = $5",
                 &[&row.kind, &row.name, &row.value, &row.seq, &term],
             )
             .await
             .map(drop)
-        })
-        .await
+            })
+            .await
     }
 
     /// Deletes a rule.
     pub async fn delete(&self, kind: &str, name: &str) -> Result<(), StoreError> {
-        self.fenced(async |tx| {
-            tx.execute(
-                "DELETE FROM flow_rules WHERE kind = $1 AND name = $2",
-                &[&kind, &name],
-            )
-            .await
-            .map(drop)
-        })
-        .await
-    }
-
-    /// Runs `f` in a transaction that first checks the fence.
-    async fn fenced(
-        &self,
-        f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error>,
-    ) -> Result<(), StoreError> {
-        let fence = self.fence.clone();
-        self.with_client(async |c| {
-            let tx = c.transaction().await?;
-            if let Some(f) = &fence {
+        self.conn
+            .fenced(async |tx| {
                 tx.execute(
-                    "SELECT switchyard_fence($1::int4, $2::int8, $3::text)",
-                    &[&f.partition, &f.term, &f.holder],
+                    "DELETE FROM flow_rules WHERE kind = $1 AND name = $2",
+                    &[&kind, &name],
                 )
-                .await?;
-            }
-            f(&tx).await?;
-            tx.commit().await
-        })
-        .await
+                .await
+                .map(drop)
+            })
+            .await
     }
 }

@@ -26,6 +26,7 @@ pub mod flow;
 mod lease;
 mod reads;
 pub mod schedules;
+mod side;
 #[cfg(test)]
 mod tests;
 pub mod versions;

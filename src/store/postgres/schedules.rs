@@ -5,9 +5,8 @@
 //!
 //! Owns the SQL of the `schedules` table; what a row means is the runner's.
 
-use tokio::sync::Mutex;
-
-use super::{connect, pg_config, Fence, PgStore};
+use super::side::SideConn;
+use super::PgStore;
 use crate::store::StoreError;
 
 /// One stored schedule, as columns: the runner serialises its parts.
@@ -33,68 +32,49 @@ pub struct ScheduleRow {
 
 /// The schedules of one schema.
 pub struct ScheduleRows {
-    cfg: tokio_postgres::Config,
-    fence: Option<Fence>,
-    client: Mutex<Option<tokio_postgres::Client>>,
+    conn: SideConn,
 }
 
 impl ScheduleRows {
     /// The rows of `store`'s schema, written under its fence.
     pub fn open(store: &PgStore) -> Result<ScheduleRows, StoreError> {
         Ok(ScheduleRows {
-            cfg: pg_config(store.options(), "schedules")?,
-            fence: store.fence(),
-            client: Mutex::new(None),
+            conn: SideConn::open(store, "schedules")?,
         })
-    }
-
-    async fn with_client<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
-    ) -> Result<T, StoreError> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            *guard = Some(connect(&self.cfg).await.map_err(StoreError::from)?);
-        }
-        let Some(c) = guard.as_mut() else {
-            return Err(StoreError::Unavailable(
-                "cannot connect to the database".into(),
-            ));
-        };
-        f(c).await.map_err(StoreError::from)
     }
 
     /// Every stored schedule, by id.
     pub async fn all(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        self.with_client(async |c| {
-            let rows = c
-                .query(
-                    "SELECT id, spec, template, paused, note, created_at, updated_at, state
+        self.conn
+            .with_client(async |c| {
+                let rows = c
+                    .query(
+                        "SELECT id, spec, template, paused, note, created_at, updated_at, state
                      FROM schedules ORDER BY id",
-                    &[],
-                )
-                .await?;
-            Ok(rows
-                .iter()
-                .map(|r| ScheduleRow {
-                    id: r.get(0),
-                    spec: r.get(1),
-                    template: r.get(2),
-                    paused: r.get(3),
-                    note: r.get(4),
-                    created_at: r.get(5),
-                    updated_at: r.get(6),
-                    state: r.get(7),
-                })
-                .collect())
-        })
-        .await
+                        &[],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| ScheduleRow {
+                        id: r.get(0),
+                        spec: r.get(1),
+                        template: r.get(2),
+                        paused: r.get(3),
+                        note: r.get(4),
+                        created_at: r.get(5),
+                        updated_at: r.get(6),
+                        state: r.get(7),
+                    })
+                    .collect())
+            })
+            .await
     }
 
     /// Inserts or replaces a whole schedule.
     pub async fn put(&self, row: &ScheduleRow) -> Result<(), StoreError> {
-        let term = self.fence.as_ref().map_or(0, |f| f.term);
-        self.fenced(async |tx| {
+        let term = self.conn.term();
+        self.conn.fenced(async |tx| {
             tx.execute(
                 "INSERT INTO schedules (id, spec, template, paused, note, created_at, updated_at, state, term)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -121,67 +101,49 @@ impl ScheduleRows {
     /// Replaces the fire state of a schedule that still exists (one deleted
     /// meanwhile stays deleted).
     pub async fn put_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
-        let term = self.fence.as_ref().map_or(0, |f| f.term);
-        self.fenced(async |tx| {
-            tx.execute(
-                "UPDATE schedules SET state = $2, term = $3 WHERE id = $1",
-                &[&id, &state, &term],
-            )
+        let term = self.conn.term();
+        self.conn
+            .fenced(async |tx| {
+                tx.execute(
+                    "UPDATE schedules SET state = $2, term = $3 WHERE id = $1",
+                    &[&id, &state, &term],
+                )
+                .await
+                .map(drop)
+            })
             .await
-            .map(drop)
-        })
-        .await
     }
 
     /// Replaces the fire states of several schedules in one transaction
     /// (the runner's pass); ids deleted meanwhile stay deleted.
     pub async fn put_states(&self, states: &[(String, String)]) -> Result<(), StoreError> {
-        let term = self.fence.as_ref().map_or(0, |f| f.term);
+        let term = self.conn.term();
         let (ids, states): (Vec<&str>, Vec<&str>) = states
             .iter()
             .map(|(id, st)| (id.as_str(), st.as_str()))
             .unzip();
-        self.fenced(async |tx| {
-            tx.execute(
-                "UPDATE schedules AS s SET state = u.state, term = $3
+        self.conn
+            .fenced(async |tx| {
+                tx.execute(
+                    "UPDATE schedules AS s SET state = u.state, term = $3
                  FROM UNNEST($1::text[], $2::text[]) AS u(id, state)
                  WHERE s.id = u.id",
-                &[&ids, &states, &term],
-            )
+                    &[&ids, &states, &term],
+                )
+                .await
+                .map(drop)
+            })
             .await
-            .map(drop)
-        })
-        .await
     }
 
     /// Deletes a schedule.
     pub async fn delete(&self, id: &str) -> Result<(), StoreError> {
-        self.fenced(async |tx| {
-            tx.execute("DELETE FROM schedules WHERE id = $1", &[&id])
-                .await
-                .map(drop)
-        })
-        .await
-    }
-
-    /// Runs `f` in a transaction that first checks the fence.
-    async fn fenced(
-        &self,
-        f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error>,
-    ) -> Result<(), StoreError> {
-        let fence = self.fence.clone();
-        self.with_client(async |c| {
-            let tx = c.transaction().await?;
-            if let Some(f) = &fence {
-                tx.execute(
-                    "SELECT switchyard_fence($1::int4, $2::int8, $3::text)",
-                    &[&f.partition, &f.term, &f.holder],
-                )
-                .await?;
-            }
-            f(&tx).await?;
-            tx.commit().await
-        })
-        .await
+        self.conn
+            .fenced(async |tx| {
+                tx.execute("DELETE FROM schedules WHERE id = $1", &[&id])
+                    .await
+                    .map(drop)
+            })
+            .await
     }
 }

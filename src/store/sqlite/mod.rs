@@ -128,6 +128,7 @@ mod checkpoint;
 mod disk;
 mod rows;
 mod schema;
+pub mod side;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
