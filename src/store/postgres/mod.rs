@@ -118,6 +118,22 @@ pub struct Fence {
     pub holder: String,
 }
 
+impl Fence {
+    /// Fails `tx` unless this replica still holds the term (a deposed
+    /// leader's transaction writes nothing).
+    pub(crate) async fn check(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        tx.execute(
+            "SELECT switchyard_fence($1::int4, $2::int8, $3::text)",
+            &[&self.partition, &self.term, &self.holder],
+        )
+        .await
+        .map(drop)
+    }
+}
+
 pub(crate) struct Group {
     ops: Vec<WriteOp>,
     done: Option<Completion>,

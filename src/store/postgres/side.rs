@@ -58,11 +58,7 @@ impl SideConn {
         self.with_client(async |c| {
             let tx = c.transaction().await?;
             if let Some(f) = &fence {
-                tx.execute(
-                    "SELECT switchyard_fence($1::int4, $2::int8, $3::text)",
-                    &[&f.partition, &f.term, &f.holder],
-                )
-                .await?;
+                f.check(&tx).await?;
             }
             f(&tx).await?;
             tx.commit().await

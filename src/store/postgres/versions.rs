@@ -122,11 +122,7 @@ fn serve(cfg: tokio_postgres::Config, rx: mpsc::Receiver<Request>) {
                     let done = async {
                         let tx = c.transaction().await?;
                         if let Some(f) = &fence {
-                            tx.execute(
-                                "SELECT switchyard_fence($1::int4, $2::int8, $3::text)",
-                                &[&f.partition, &f.term, &f.holder],
-                            )
-                            .await?;
+                            f.check(&tx).await?;
                         }
                         tx.execute(
                             "INSERT INTO workflow_versions (name, version, definition, created_at, term)
