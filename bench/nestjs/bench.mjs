@@ -21,11 +21,12 @@ const redis = new URL(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
 const queue = process.env.BENCH_QUEUE ?? 'bench-nestjs';
 const prefix = process.env.BULL_PREFIX ?? 'bull';
 const N = Number(process.env.N ?? 2000);
+const WARMUP = Number(process.env.WARMUP ?? 5000);
 const modes = new Set((process.env.MODE ?? 'queue,ts').split(','));
 const json = process.env.JSON === '1';
 
 async function measure(label, call) {
-  for (let i = 0; i < 200; i++) await call(i); // warm-up
+  for (let i = 0; i < WARMUP; i++) await call(i); // warm-up
   let t = process.hrtime.bigint();
   for (let i = 0; i < N; i++) await call(i);
   const seq = Number(process.hrtime.bigint() - t) / 1e6 / N;
@@ -48,7 +49,9 @@ if (modes.has('queue')) {
   await measure('Queue.add', (i) => q.add('job', { n: i }));
 }
 if (modes.has('ts')) {
-  const client = new SwitchyardClient({ url });
+  // TS_TRANSPORT=grpc-js times the calls through grpc-js instead of the
+  // client's default HTTP/2 transport (SwitchyardConnectionOptions.transport).
+  const client = new SwitchyardClient({ url, ...(process.env.TS_TRANSPORT ? { transport: process.env.TS_TRANSPORT } : {}) });
   await client.waitForServing();
   await measure('scheduleSimpleTask', (i) => client.orchestrator.scheduleSimpleTask(queue, { n: i }));
   await client.close();

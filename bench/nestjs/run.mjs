@@ -11,7 +11,8 @@
 //   make bench-client                     # builds first
 //   node bench/nestjs/run.mjs             # with the binaries already built
 //
-// Environment: RUNS (3), N (calls timed per measurement, 2000), ENGINES
+// Environment: RUNS (3), N (calls timed per measurement, 2000), WARMUP
+// (untimed sequential calls first, for both clients, 5000), ENGINES
 // (`embedded,bullmq`), STORE (`memory`: `serve --memory`; `sqlite`: a fresh
 // data directory, fsync per group commit), REDIS_URL
 // (redis://127.0.0.1:6379), SWITCHYARD_BIN and BENCH_BIN (default
@@ -37,6 +38,7 @@ const SERVER_BIN = process.env.SWITCHYARD_BIN ?? join(TARGET, 'release/switchyar
 const BENCH_BIN = process.env.BENCH_BIN ?? join(TARGET, 'release/bench');
 const RUNS = Math.max(1, Number(process.env.RUNS ?? 3));
 const N = Math.max(1, Number(process.env.N ?? 2000));
+const WARMUP = Math.max(0, Number(process.env.WARMUP ?? 5000));
 const ENGINES = (process.env.ENGINES ?? 'embedded,bullmq').split(',').filter(Boolean);
 const STORE = process.env.STORE ?? 'memory';
 const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -180,7 +182,7 @@ async function obliterate(prefix) {
 }
 
 async function rust(url) {
-  const [r] = await runJson(BENCH_BIN, ['--client-timing', url, '--client-name', QUEUE, '--client-calls', String(N)], envWith({}));
+  const [r] = await runJson(BENCH_BIN, ['--client-timing', url, '--client-name', QUEUE, '--client-calls', String(N), '--client-warmup', String(WARMUP)], envWith({}));
   return r;
 }
 
@@ -190,7 +192,7 @@ async function nodeBench(mode, extra, tag) {
     args.push('--cpu-prof', '--cpu-prof-dir', PROFILE_DIR, '--cpu-prof-name', `ts-${tag}.cpuprofile`);
   }
   args.push(join(HERE, 'bench.mjs'));
-  const [r] = await runJson(process.execPath, args, { ...envWith(extra), MODE: mode, JSON: '1', N: String(N), REDIS_URL, BENCH_QUEUE: QUEUE });
+  const [r] = await runJson(process.execPath, args, { ...envWith(extra), MODE: mode, JSON: '1', N: String(N), WARMUP: String(WARMUP), REDIS_URL, BENCH_QUEUE: QUEUE });
   return r;
 }
 
@@ -244,7 +246,7 @@ for (const engine of ENGINES) {
   overheads[engine] = ts.map((t, i) => t.seq_ms - (rs[i]?.seq_ms ?? NaN)).filter(Number.isFinite);
 }
 
-console.log(`\n${RUNS} run(s), N = ${N} calls per measurement, store: ${STORE}; median (min–max)\n`);
+console.log(`\n${RUNS} run(s), N = ${N} calls per measurement after ${WARMUP} untimed, store: ${STORE}; median (min–max)\n`);
 console.log('| client, engine | sequential ms/call | 32 in flight calls/s |');
 console.log('|---|---:|---:|');
 for (const [label, seq, r32] of rows) console.log(`| ${label} | ${ms(seq)} | ${rate(r32)} |`);
@@ -259,5 +261,5 @@ for (const engine of ENGINES) {
   }
 }
 if (process.env.JSON_OUT) {
-  writeFileSync(process.env.JSON_OUT, JSON.stringify({ runs: RUNS, n: N, store: STORE, figures, overheads }, null, 2));
+  writeFileSync(process.env.JSON_OUT, JSON.stringify({ runs: RUNS, n: N, warmup: WARMUP, store: STORE, figures, overheads }, null, 2));
 }

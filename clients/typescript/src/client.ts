@@ -43,6 +43,8 @@ export interface SwitchyardClientOptions {
   callTimeoutMs?: number;
   /** Extra @grpc/grpc-js channel options. */
   channelOptions?: ChannelOptions;
+  /** How unary calls travel: straight over HTTP/2 (the default where it applies) or through grpc-js (see `SwitchyardConnectionOptions.transport`). */
+  transport?: 'http2' | 'grpc-js';
   /** How long `cancelTask` waits for a running task's cancel to settle. Default 10 000 ms. */
   cancelTimeoutMs?: number;
   /** The worker that runs the execution manager's `ExecutionTask`s in this process. */
@@ -67,6 +69,7 @@ export class SwitchyardClient {
       metadata: options.metadata,
       callTimeoutMs: options.callTimeoutMs,
       channelOptions: options.channelOptions,
+      transport: options.transport,
     });
     this.orchestrator = new StandardizedOrchestratorService(this.connection, options.defaults ?? {}, {
       cancelTimeoutMs: options.cancelTimeoutMs,

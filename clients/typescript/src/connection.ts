@@ -32,6 +32,7 @@ import { FlowServiceService } from './gen/switchyard/v1/flow.js';
 import { ScheduleServiceService } from './gen/switchyard/v1/schedule.js';
 import { WorkerServiceService } from './gen/switchyard/v1/worker.js';
 import { SwitchyardError } from './errors.js';
+import { H2Unary } from './h2-unary.js';
 
 /** PEM files of a TLS connection (paths). */
 export interface SwitchyardTlsFiles {
@@ -45,6 +46,12 @@ export interface SwitchyardTlsFiles {
 
 /** grpc-js credentials from TLS files; a certificate without its key (or the reverse) is refused. */
 export function tlsCredentials(files: SwitchyardTlsFiles): ChannelCredentials {
+  const { ca, key, cert } = tlsFiles(files);
+  return grpcCredentials.createSsl(ca, key, cert);
+}
+
+/** The PEM contents of `files`; `INVALID_ARGUMENT` naming the file that cannot be read. */
+function tlsFiles(files: SwitchyardTlsFiles): { ca: Buffer | null; key: Buffer | null; cert: Buffer | null } {
   if ((files.certFile === undefined) !== (files.keyFile === undefined)) {
     throw SwitchyardError.invalidArgument('tls', 'a client certificate needs both certFile and keyFile');
   }
@@ -58,7 +65,7 @@ export function tlsCredentials(files: SwitchyardTlsFiles): ChannelCredentials {
       throw SwitchyardError.invalidArgument(`tls.${what}`, `${path}: ${(err as Error).message}`);
     }
   };
-  return grpcCredentials.createSsl(read('caFile', files.caFile), read('keyFile', files.keyFile), read('certFile', files.certFile));
+  return { ca: read('caFile', files.caFile), key: read('keyFile', files.keyFile), cert: read('certFile', files.certFile) };
 }
 
 /** How to reach the server. */
@@ -95,6 +102,16 @@ export interface SwitchyardConnectionOptions {
   metadata?: Record<string, string> | (() => Record<string, string>);
   /** Deadline of each unary call, in milliseconds. Default 30 000. */
   callTimeoutMs?: number;
+  /**
+   * How unary calls travel. `'http2'` (the default where it applies): straight
+   * over one Node HTTP/2 session per connection, which costs a fraction of
+   * grpc-js's time per call (bench/nestjs/README.md); it applies to one URL
+   * of the form `http(s)://host:port` or `host:port`, without `credentials`
+   * or `channelOptions`. `'grpc-js'`: every call through @grpc/grpc-js, as
+   * streams always are (WatchTasks, the worker stream). Either way the
+   * answers and errors are the same.
+   */
+  transport?: 'http2' | 'grpc-js';
 }
 
 /** The default of {@link SwitchyardConnectionOptions.callTimeoutMs}. */
@@ -162,6 +179,8 @@ export class SwitchyardConnection {
   private readonly options: SwitchyardConnectionOptions;
   /** One client, or one per URL (then each call picks one that is ready). */
   private readonly clients: Client[];
+  /** Unary calls straight over HTTP/2, where {@link SwitchyardConnectionOptions.transport} allows. */
+  private readonly lean: H2Unary | undefined;
   /** Where the next pick among {@link clients} starts (round robin). */
   private nextPick = 0;
   private closed = false;
@@ -212,6 +231,17 @@ export class SwitchyardConnection {
       this.clients = endpoints.map((e) => new Client(e.target, credsFor(e.secure), { ...channelOptions, ...options.channelOptions }));
     }
     this.grpc = this.clients[0] as Client;
+    const only = endpoints.length === 1 ? endpoints[0] : undefined;
+    const plainTarget = only !== undefined && /^(?:\[[0-9a-fA-F:.]+\]|[^:/[\]]+):\d+$/.test(only.target);
+    if (options.transport !== 'grpc-js' && plainTarget && !options.credentials && !options.channelOptions) {
+      this.lean = new H2Unary({
+        authority: (only as ParsedUrl).target,
+        secure: (only as ParsedUrl).secure,
+        tls: options.tls ? tlsFiles(options.tls) : undefined,
+        maxReceiveBytes: MAX_MESSAGE_BYTES,
+        maxSendBytes: MAX_MESSAGE_BYTES,
+      });
+    }
   }
 
   /** Whether {@link close} was called. */
@@ -344,6 +374,7 @@ export class SwitchyardConnection {
       for (const c of this.clients) {
         c.close();
       }
+      this.lean?.close();
     }
   }
 
@@ -378,7 +409,11 @@ export class SwitchyardConnection {
     const deadline = Date.now() + timeoutMs;
     let res: Res | undefined;
     try {
-      if (this.clients.length > 1) {
+      if (this.lean !== undefined) {
+        const body = serialize(request);
+        const answer = await this.lean.call(path, body, this.metadata(settings.metadata), deadline, settings.signal);
+        res = deserialize(answer);
+      } else if (this.clients.length > 1) {
         const client = await this.pickReady(deadline);
         if (this.closed) {
           throw new SwitchyardError({ code: 'UNAVAILABLE', details: 'the Switchyard connection is closed', method });

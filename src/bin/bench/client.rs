@@ -13,18 +13,16 @@ use serde_json::json;
 
 use crate::load::{payload_n, simple, MakeRequest, Pool, Producer, INFLIGHT_PER_CONNECTION};
 
-/// Sequential calls before the timed ones (as bench.mjs).
-const WARMUP: u64 = 200;
-
 /// Times `n` sequential `ScheduleTask` calls (SIMPLE, named `name`, payload
 /// `{"n": i}`), then `n` with 32 in flight, and prints
-/// `{"client":"rust","seq_ms":…,"rate32":…}`.
-pub async fn run(url: &str, name: &str, n: u64) -> Result<()> {
+/// `{"client":"rust","seq_ms":…,"rate32":…}`. `warmup` sequential calls
+/// come first, untimed (as bench.mjs's `WARMUP`).
+pub async fn run(url: &str, name: &str, n: u64, warmup: u64) -> Result<()> {
     let pool = Pool::new(url, INFLIGHT_PER_CONNECTION).await?;
     let name: Arc<str> = Arc::from(name);
     let make: MakeRequest = Arc::new(move |seq| simple(&name, payload_n(seq)));
     let mut client = pool.client(0);
-    for i in 0..WARMUP {
+    for i in 0..warmup {
         client.schedule_task(make(i)).await?;
     }
     let t = Instant::now();

@@ -142,6 +142,10 @@ struct Args {
     /// flight.
     #[arg(long, default_value_t = 2000, requires = "client_timing")]
     client_calls: u64,
+    /// With --client-timing: untimed sequential calls first (bench.mjs's
+    /// `WARMUP`; run.mjs passes the same to both clients).
+    #[arg(long, default_value_t = 200, requires = "client_timing")]
+    client_warmup: u64,
 }
 
 const SY: &str = "switchyard";
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
             url,
             &args.client_name,
             args.client_calls.max(1),
+            args.client_warmup,
         )) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
