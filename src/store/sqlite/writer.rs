@@ -5,6 +5,7 @@
 //! (full) is kept and tried again until it commits (`disk`).
 
 use super::*;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 
 /// How the writer batches.
 pub(super) struct Limits {
@@ -451,14 +452,15 @@ pub(super) fn apply_group(
                         "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                          ON CONFLICT DO NOTHING",
-                        rusqlite::types::Value::Text(p.to_string()),
+                        // Bound as it is (SQLite copies it once), not through an owned copy.
+                        ToSqlOutput::Borrowed(ValueRef::Text(p.as_bytes())),
                     ),
                     Payload::CopyOf(src) => (
                         "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
                                  COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16, ?17)
                          ON CONFLICT DO NOTHING",
-                        rusqlite::types::Value::Blob(src.as_bytes().to_vec()),
+                        ToSqlOutput::Borrowed(ValueRef::Blob(src.as_bytes())),
                     ),
                 };
                 let mut st = conn.prepare_cached(sql)?;
@@ -495,6 +497,7 @@ pub(super) fn apply_group(
                     out.push(WriteOutcome::Existing(id));
                     continue;
                 }
+                count_ended_insert(conn, task)?;
                 log_and_publish(conn, task, log, *event, now, events)?;
                 out.push(WriteOutcome::Done);
             }
@@ -551,6 +554,24 @@ pub(super) fn apply_group(
         }
     }
     Ok(out)
+}
+
+/// Counts a task inserted in a final state in `ended_counts`, as the
+/// update and delete triggers count the others (see the schema: an insert
+/// trigger would cost every insert a statement journal).
+fn count_ended_insert(conn: &Connection, task: &Task) -> Result<(), StoreError> {
+    if !task.rt.state.is_final() {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO ended_counts VALUES (?1, ?2, ?3, 1) ON CONFLICT DO UPDATE SET n = n + 1",
+    )?
+    .execute(params![
+        task.spec.task_type.code(),
+        task.spec.name,
+        task.rt.state.code()
+    ])?;
+    Ok(())
 }
 
 /// The `purge_at` column of a task's row: when retention may remove it.
