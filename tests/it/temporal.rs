@@ -755,6 +755,70 @@ async fn end_states_map_to_switchyard_states() {
     sy.stop().await;
 }
 
+/// RetryTask refuses a FAILED Temporal-routed task: FAILED_PRECONDITION
+/// that names the backend, says why and what to do instead; ReplayWorkflow
+/// too. The task stays as it was (FAILED, run 0, the same Temporal run), and
+/// Temporal holds one closed run of its workflow id: nothing was started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_of_a_failed_temporal_task_is_refused_and_says_why() {
+    let Some(rig) = shared_rig() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut sy = Server::start(dir.path(), &rig.address()).await;
+    let c = &mut sy.client;
+    let t = rig.temporal().await;
+
+    let id = schedule(c, workflow("SwitchyardFail", vec![json!("no retry here")]))
+        .await
+        .task_id;
+    let before = wait_state(c, &id, pb::TaskState::Failed).await;
+    assert_eq!(before.source, pb::TaskSource::Temporal as i32, "{before:?}");
+    assert!(!before.external_id.is_empty(), "{before:?}");
+
+    let err = c
+        .retry_task(pb::RetryTaskRequest {
+            task_id: id.clone(),
+            reason: "try again".into(),
+        })
+        .await
+        .expect_err("a Temporal-routed task cannot be retried");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let msg = err.message();
+    for part in [
+        id.as_str(),
+        "run by the temporal backend",
+        "cannot be retried",
+        "a new Temporal run of the task's workflow id is not started by Switchyard yet",
+        "schedule a new task instead",
+    ] {
+        assert!(msg.contains(part), "{part:?} is not in {msg:?}");
+    }
+
+    let err = c
+        .replay_workflow(pb::ReplayWorkflowRequest {
+            task_id: id.clone(),
+            from_step: "any".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("a Temporal workflow cannot be replayed");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("run by the temporal backend"),
+        "{err:?}"
+    );
+
+    let after = status(c, &id).await;
+    assert_eq!(state(&after), pb::TaskState::Failed, "{after:?}");
+    assert_eq!(after.run, 0, "no new run");
+    assert_eq!(after.external_id, before.external_id);
+    assert!(
+        !logs(c, &id).await.iter().any(|l| l.contains("retried")),
+        "nothing logged a retry"
+    );
+    assert_eq!(closed_runs(&t, &id).await, 1, "Temporal started nothing");
+    sy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_cancel_is_observed_by_the_workflow_and_acknowledged() {
     let Some(rig) = shared_rig() else { return };
