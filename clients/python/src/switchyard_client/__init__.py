@@ -1,7 +1,8 @@
 """Switchyard's Python client and worker, over stubs generated from
 `proto/switchyard/v1` (the API reference).
 
-- `AsyncClient`: every `OrchestratorService` call, asyncio.
+- `AsyncClient`: every `OrchestratorService` call, and the schedules of
+  `ScheduleService` (`create_schedule`, `update_schedule`, ...), asyncio.
 - `Client`: a small blocking facade for scripts.
 - `Worker`: runs task handlers registered by name (`@worker.task("name")`).
 - `errors`: `SwitchyardError` and a subclass per gRPC code, with the field
@@ -45,7 +46,12 @@ from .types import (
     Metrics,
     QueueMetrics,
     RegisteredWorkflow,
+    Schedule,
+    ScheduleCatchUp,
+    ScheduleOverlap,
+    SchedulePage,
     ScheduleResult,
+    ScheduleUpdate,
     StateCounts,
     StepState,
     StepStatus,
@@ -104,6 +110,11 @@ __all__ = [
     "QueueMetrics",
     "RegisteredWorkflow",
     "ScheduleResult",
+    "Schedule",
+    "ScheduleCatchUp",
+    "ScheduleOverlap",
+    "SchedulePage",
+    "ScheduleUpdate",
     "BulkResult",
     "StateCounts",
     "StepState",

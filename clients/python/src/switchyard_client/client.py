@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, AsyncIterator, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
@@ -24,9 +24,10 @@ import grpc
 
 from . import convert
 from ._gen.switchyard.v1 import orchestrator_pb2 as opb
+from ._gen.switchyard.v1 import schedule_pb2 as spb
 from ._gen.switchyard.v1 import task_pb2 as tpb
 from .connection import DEFAULT, TLS, Connection, resolve_timeout
-from .errors import FieldViolation, SwitchyardError, UnavailableError, error_class, from_rpc_error, invalid_argument
+from .errors import FieldViolation, InvalidArgumentError, SwitchyardError, UnavailableError, error_class, from_rpc_error, invalid_argument
 from .types import (
     Backoff,
     BulkResult,
@@ -38,7 +39,12 @@ from .types import (
     Metrics,
     RegisteredWorkflow,
     Retention,
+    Schedule,
+    ScheduleCatchUp,
+    ScheduleOverlap,
+    SchedulePage,
     ScheduleResult,
+    ScheduleUpdate,
     Task,
     TaskEvent,
     TaskPage,
@@ -596,6 +602,178 @@ class AsyncClient:
                 definition = {"raw": w.definition_json}
             out.append(WorkflowInfo(name=w.name, version=w.version, definition=definition))
         return out
+
+    # Schedules (ScheduleService).
+
+    async def _schedule_call(self, method: str, request: Any, timeout: Any, *, safe: bool = True) -> Any:
+        t = self.timeout if timeout is DEFAULT else resolve_timeout(timeout, self.timeout)
+        return await self.connection.unary(method, request, t, safe=safe, service="ScheduleService")
+
+    def _schedule_spec(
+        self,
+        spec: spb.ScheduleSpec,
+        name: str,
+        payload: Optional[Mapping[str, Any]],
+        task: Optional[Mapping[str, Any]],
+        **timing: Any,
+    ) -> None:
+        options = dict(task or {})
+        options.setdefault("task_type", TaskType.SIMPLE)
+        try:
+            template = self._schedule_request(name, payload, **options)
+        except InvalidArgumentError as err:
+            # Named as the server names a template's fields.
+            v = err.field_violations[0] if err.field_violations else FieldViolation("", str(err))
+            raise invalid_argument(f"spec.task.{v.field}", v.description) from None
+        except TypeError as err:
+            raise invalid_argument("spec.task", str(err)) from None
+        convert.fill_schedule_spec(spec, template, **timing)
+
+    async def create_schedule(
+        self,
+        schedule_id: str,
+        name: str,
+        payload: Optional[Mapping[str, Any]] = None,
+        *,
+        cron: Optional[str] = None,
+        interval: Optional[DurationLike] = None,
+        time_zone: Optional[str] = None,
+        start_at: Optional[datetime] = None,
+        end_at: Optional[datetime] = None,
+        jitter: Optional[DurationLike] = None,
+        overlap: Union[ScheduleOverlap, str, None] = None,
+        catchup_window: Optional[DurationLike] = None,
+        catchup: Union[ScheduleCatchUp, str, None] = None,
+        task: Optional[Mapping[str, Any]] = None,
+        paused: bool = False,
+        timeout: Any = DEFAULT,
+    ) -> Schedule:
+        """Creates the schedule `schedule_id` (`CreateSchedule`): each tick
+        schedules the task `name` with `payload`, as `schedule()` would.
+
+        Exactly one of `cron` (5 fields, or 6 with seconds first, read in
+        `time_zone`, an IANA name, default UTC) and `interval` (a duration,
+        at least 1 s). `start_at` / `end_at` (timezone-aware datetimes)
+        bound the ticks; `jitter` delays each fire by up to that much;
+        `overlap` says what a tick does while the previous fire is active
+        (SKIP by default); `catchup_window` (default 60 s) and `catchup`
+        (ALL by default) say which ticks missed during downtime still fire.
+        `task` holds the template's other options, the keyword arguments of
+        `schedule()` (`task_type`, `queue`, `priority`, `workflow_type`,
+        ...). `paused=True` creates it paused. Its first tick is the first
+        after now. AlreadyExistsError for an existing id;
+        InvalidArgumentError naming the field (`spec.cron`,
+        `spec.time_zone`, `spec.task.name`, ...)."""
+        req = spb.CreateScheduleRequest(schedule_id=schedule_id, paused=paused)
+        self._schedule_spec(
+            req.spec,
+            name,
+            payload,
+            task,
+            cron=cron,
+            interval=interval,
+            time_zone=time_zone,
+            start_at=start_at,
+            end_at=end_at,
+            jitter=jitter,
+            overlap=overlap,
+            catchup_window=catchup_window,
+            catchup=catchup,
+        )
+        res = await self._schedule_call("CreateSchedule", req, timeout, safe=False)
+        return convert.schedule_from_pb(res.schedule)
+
+    async def update_schedule(
+        self,
+        schedule_id: str,
+        name: str,
+        payload: Optional[Mapping[str, Any]] = None,
+        *,
+        cron: Optional[str] = None,
+        interval: Optional[DurationLike] = None,
+        time_zone: Optional[str] = None,
+        start_at: Optional[datetime] = None,
+        end_at: Optional[datetime] = None,
+        jitter: Optional[DurationLike] = None,
+        overlap: Union[ScheduleOverlap, str, None] = None,
+        catchup_window: Optional[DurationLike] = None,
+        catchup: Union[ScheduleCatchUp, str, None] = None,
+        task: Optional[Mapping[str, Any]] = None,
+        create_if_missing: bool = False,
+        timeout: Any = DEFAULT,
+    ) -> ScheduleUpdate:
+        """Replaces the whole spec of a schedule (`UpdateSchedule`; the
+        arguments are `create_schedule`'s), keeping its counters and its
+        previous fire; ticks of the new spec before now do not fire. With
+        `create_if_missing`, an unknown id is created (not paused) instead
+        of NotFoundError: BullMQ's `upsertJobScheduler`. `created` says
+        which happened."""
+        req = spb.UpdateScheduleRequest(schedule_id=schedule_id, create_if_missing=create_if_missing)
+        self._schedule_spec(
+            req.spec,
+            name,
+            payload,
+            task,
+            cron=cron,
+            interval=interval,
+            time_zone=time_zone,
+            start_at=start_at,
+            end_at=end_at,
+            jitter=jitter,
+            overlap=overlap,
+            catchup_window=catchup_window,
+            catchup=catchup,
+        )
+        res = await self._schedule_call("UpdateSchedule", req, timeout)
+        return ScheduleUpdate(schedule=convert.schedule_from_pb(res.schedule), created=res.created)
+
+    async def get_schedule(self, schedule_id: str, *, timeout: Any = DEFAULT) -> Schedule:
+        """One schedule, with its next fire times. NotFoundError for an
+        unknown id."""
+        res = await self._schedule_call("GetSchedule", spb.GetScheduleRequest(schedule_id=schedule_id), timeout)
+        return convert.schedule_from_pb(res.schedule)
+
+    async def list_schedules(self, *, page_size: int = 0, page_token: str = "", timeout: Any = DEFAULT) -> SchedulePage:
+        """One page of schedules, by id (`page_size` default 50, at most
+        1000). Pass `next_page_token` back as `page_token` for the next."""
+        req = spb.ListSchedulesRequest(page_size=page_size, page_token=page_token)
+        res = await self._schedule_call("ListSchedules", req, timeout)
+        return SchedulePage(schedules=[convert.schedule_from_pb(s) for s in res.schedules], next_page_token=res.next_page_token)
+
+    async def iter_schedules(self, *, page_size: int = 0, timeout: Any = DEFAULT) -> AsyncIterator[Schedule]:
+        """Every schedule, by id, page after page."""
+        token = ""
+        while True:
+            page = await self.list_schedules(page_size=page_size, page_token=token, timeout=timeout)
+            for s in page.schedules:
+                yield s
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def pause_schedule(self, schedule_id: str, *, note: str = "", timeout: Any = DEFAULT) -> Schedule:
+        """Pauses a schedule: no tick fires until it is resumed
+        (`trigger_schedule` still fires it). `note` says why (at most 1,024
+        bytes)."""
+        res = await self._schedule_call("PauseSchedule", spb.PauseScheduleRequest(schedule_id=schedule_id, note=note), timeout)
+        return convert.schedule_from_pb(res.schedule)
+
+    async def resume_schedule(self, schedule_id: str, *, note: str = "", timeout: Any = DEFAULT) -> Schedule:
+        """Resumes a paused schedule. Ticks that fell while it was paused do
+        not fire; the next tick after now does."""
+        res = await self._schedule_call("ResumeSchedule", spb.ResumeScheduleRequest(schedule_id=schedule_id, note=note), timeout)
+        return convert.schedule_from_pb(res.schedule)
+
+    async def delete_schedule(self, schedule_id: str, *, timeout: Any = DEFAULT) -> None:
+        """Deletes a schedule; the tasks it fired stay. NotFoundError for an
+        unknown id."""
+        await self._schedule_call("DeleteSchedule", spb.DeleteScheduleRequest(schedule_id=schedule_id), timeout)
+
+    async def trigger_schedule(self, schedule_id: str, *, timeout: Any = DEFAULT) -> str:
+        """Fires a schedule now, paused or not, whatever its overlap policy;
+        returns the id of the task it scheduled (committed)."""
+        res = await self._schedule_call("TriggerSchedule", spb.TriggerScheduleRequest(schedule_id=schedule_id), timeout, safe=False)
+        return str(res.task_id)
 
     # Watch.
 

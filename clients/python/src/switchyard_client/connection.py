@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import grpc
 import grpc.aio
 
-from ._gen.switchyard.v1 import orchestrator_pb2_grpc, worker_pb2_grpc
+from ._gen.switchyard.v1 import orchestrator_pb2_grpc, schedule_pb2_grpc, worker_pb2_grpc
 from .errors import from_rpc_error, invalid_argument
 
 Metadata = Tuple[Tuple[str, str], ...]
@@ -126,7 +126,9 @@ class Connection:
         self._channels: List[Optional[grpc.aio.Channel]] = [None] * len(self.endpoints)
         self._orch: List[Any] = [None] * len(self.endpoints)
         self._work: List[Any] = [None] * len(self.endpoints)
-        # The orchestrator's bound multicallables by method name, per address.
+        self._sched: List[Any] = [None] * len(self.endpoints)
+        # The bound multicallables by method name (`Service.Method` for a
+        # service other than the orchestrator), per address.
         self._calls: List[Dict[str, Any]] = [{} for _ in self.endpoints]
         self.current = 0
         self.closed = False
@@ -164,6 +166,13 @@ class Connection:
             stub = self._work[i] = worker_pb2_grpc.WorkerServiceStub(self._channel(i))
         return stub
 
+    def schedules(self, i: Optional[int] = None) -> schedule_pb2_grpc.ScheduleServiceStub:
+        i = self.current if i is None else i
+        stub = self._sched[i]
+        if stub is None:
+            stub = self._sched[i] = schedule_pb2_grpc.ScheduleServiceStub(self._channel(i))
+        return stub
+
     def channel(self, i: Optional[int] = None) -> grpc.aio.Channel:
         return self._channel(self.current if i is None else i)
 
@@ -193,17 +202,26 @@ class Connection:
         timeout: Optional[float],
         *,
         safe: bool = True,
+        service: str = "OrchestratorService",
     ) -> Any:
-        """Calls `OrchestratorService.<method>`, failing over to the next
-        address on UNAVAILABLE; raises a `SwitchyardError`."""
+        """Calls `<service>.<method>` (`OrchestratorService` or
+        `ScheduleService`), failing over to the next address on UNAVAILABLE;
+        raises a `SwitchyardError`."""
         n = len(self.endpoints)
         index = self.current
         metadata = self.metadata or None
+        key = method if service == "OrchestratorService" else f"{service}.{method}"
         for tried in range(1, n + 1):
             calls = self._calls[index]
-            fn = calls.get(method)
+            fn = calls.get(key)
             if fn is None:
-                fn = calls[method] = getattr(self.orchestrator(index), method)
+                if service == "OrchestratorService":
+                    stub: Any = self.orchestrator(index)
+                elif service == "ScheduleService":
+                    stub = self.schedules(index)
+                else:
+                    raise ValueError(f"unknown service {service!r}")
+                fn = calls[key] = getattr(stub, method)
             try:
                 return await fn(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as err:
@@ -253,6 +271,7 @@ class Connection:
         self._channels = [None] * len(self.endpoints)
         self._orch = [None] * len(self.endpoints)
         self._work = [None] * len(self.endpoints)
+        self._sched = [None] * len(self.endpoints)
         self._calls = [{} for _ in self.endpoints]
         for c in channels:
             await c.close()

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Type,
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from ._gen.switchyard.v1 import orchestrator_pb2 as opb
+from ._gen.switchyard.v1 import schedule_pb2 as spb
 from ._gen.switchyard.v1 import task_pb2 as tpb
 from .errors import invalid_argument
 from .types import (
@@ -29,6 +30,9 @@ from .types import (
     Metrics,
     QueueMetrics,
     Retention,
+    Schedule,
+    ScheduleCatchUp,
+    ScheduleOverlap,
     StateCounts,
     StepState,
     StepStatus,
@@ -68,6 +72,8 @@ _OUTCOME_PY, _ = _enum_maps(opb.CancelOutcome, "CANCEL_OUTCOME_", CancelOutcome)
 _EVENT_PY, _ = _enum_maps(opb.TaskEventKind, "TASK_EVENT_KIND_", EventKind)
 _LOG_SOURCE_PY, _ = _enum_maps(opb.LogSource, "LOG_SOURCE_", LogSource)
 _STEP_PY, _ = _enum_maps(tpb.StepState, "STEP_STATE_", StepState)
+_OVERLAP_PY, _OVERLAP_PB = _enum_maps(spb.ScheduleOverlapPolicy, "SCHEDULE_OVERLAP_POLICY_", ScheduleOverlap)
+_CATCHUP_PY, _CATCHUP_PB = _enum_maps(spb.ScheduleCatchUp, "SCHEDULE_CATCH_UP_", ScheduleCatchUp)
 _BACKOFF_PB = {"FIXED": tpb.Backoff.KIND_FIXED, "EXPONENTIAL": tpb.Backoff.KIND_EXPONENTIAL}
 
 
@@ -477,3 +483,90 @@ def ensure_str_list(value: Sequence[Any], field: str) -> List[str]:
 def task_state(number: int) -> Optional[TaskState]:
     """A `switchyard.v1.TaskState` number as a `TaskState` (None if unknown)."""
     return _STATE_PY.get(number)
+
+
+# Schedules.
+
+
+def _set_time(ts: timestamp_pb2.Timestamp, value: Any, field: str) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise invalid_argument(field, f"must be a timezone-aware datetime, got {value!r}")
+    ts.FromDatetime(value.astimezone(timezone.utc))
+
+
+def fill_schedule_spec(
+    spec: spb.ScheduleSpec,
+    task: opb.ScheduleTaskRequest,
+    *,
+    cron: Optional[str] = None,
+    interval: Optional[DurationLike] = None,
+    time_zone: Optional[str] = None,
+    start_at: Optional[datetime] = None,
+    end_at: Optional[datetime] = None,
+    jitter: Optional[DurationLike] = None,
+    overlap: Union[ScheduleOverlap, str, None] = None,
+    catchup_window: Optional[DurationLike] = None,
+    catchup: Union[ScheduleCatchUp, str, None] = None,
+) -> None:
+    """Fills a `ScheduleSpec`: its timing (exactly one of `cron` and
+    `interval`), its options and its task template. Bad values are named
+    as the server names them (`spec.cron`, `spec.interval`, ...)."""
+    if (cron is None) == (interval is None):
+        raise invalid_argument("spec.cron", "exactly one of cron and interval is required")
+    if cron is not None:
+        if not isinstance(cron, str):
+            raise invalid_argument("spec.cron", f"must be a string, got {type(cron).__name__}")
+        spec.cron = cron
+    else:
+        spec.interval.SetInParent()  # set, even when zero (the server then says why)
+        set_duration(spec.interval, interval, "spec.interval")  # type: ignore[arg-type]
+    if time_zone:
+        if not isinstance(time_zone, str):
+            raise invalid_argument("spec.time_zone", f"must be a string, got {type(time_zone).__name__}")
+        spec.time_zone = time_zone
+    if start_at is not None:
+        _set_time(spec.start_at, start_at, "spec.start_at")
+    if end_at is not None:
+        _set_time(spec.end_at, end_at, "spec.end_at")
+    if jitter is not None:
+        set_duration(spec.jitter, jitter, "spec.jitter")
+    if overlap is not None:
+        spec.overlap = _enum_value(overlap, _OVERLAP_PB, "spec.overlap", "overlap policy")  # type: ignore[assignment]
+    if catchup_window is not None:
+        set_duration(spec.catchup_window, catchup_window, "spec.catchup_window")
+    if catchup is not None:
+        spec.catchup = _enum_value(catchup, _CATCHUP_PB, "spec.catchup", "catch-up")  # type: ignore[assignment]
+    spec.task.CopyFrom(task)
+
+
+def schedule_from_pb(s: spb.ScheduleInfo) -> Schedule:
+    spec = s.spec
+    timing = spec.WhichOneof("timing")
+    t = spec.task
+    return Schedule(
+        id=s.schedule_id,
+        cron=spec.cron if timing == "cron" else None,
+        interval=duration_to_timedelta(spec.interval) if timing == "interval" else None,
+        time_zone=spec.time_zone,
+        start_at=timestamp_to_datetime(spec, "start_at"),
+        end_at=timestamp_to_datetime(spec, "end_at"),
+        jitter=duration_to_timedelta(spec.jitter) if spec.HasField("jitter") else None,
+        overlap=_OVERLAP_PY.get(spec.overlap) if spec.overlap else None,
+        catchup_window=duration_to_timedelta(spec.catchup_window) if spec.HasField("catchup_window") else None,
+        catchup=_CATCHUP_PY.get(spec.catchup) if spec.catchup else None,
+        task_name=t.name,
+        task_type=_TYPE_PY.get(t.task_type) if t.task_type else None,
+        payload=struct_to_dict(t.payload),
+        paused=s.paused,
+        note=s.note,
+        created_at=timestamp_to_datetime(s, "created_at"),
+        updated_at=timestamp_to_datetime(s, "updated_at"),
+        next_fires=[_ts(ts) for ts in s.next_fires],
+        last_fire_at=timestamp_to_datetime(s, "last_fire_at"),
+        last_task_id=s.last_task_id,
+        fires=s.fires,
+        skipped=s.skipped,
+        missed=s.missed,
+        last_error=s.last_error,
+        buffered=s.buffered,
+    )

@@ -26,7 +26,10 @@ from .types import (
     LogPage,
     Metrics,
     RegisteredWorkflow,
+    Schedule,
+    SchedulePage,
     ScheduleResult,
+    ScheduleUpdate,
     Task,
     TaskPage,
     WatchItem,
@@ -43,7 +46,10 @@ class Client:
     (`schedule`, `schedule_simple`, `schedule_workflow`,
     `schedule_integration`, `status`, `cancel`, `wait`, `disconnect`,
     `list_tasks`, `iter_tasks`, `logs`, `metrics`, `signal`,
-    `register_workflow`, `list_workflows`, `watch`)."""
+    `register_workflow`, `list_workflows`, `watch`, and the schedules:
+    `create_schedule`, `update_schedule`, `get_schedule`, `list_schedules`,
+    `iter_schedules`, `pause_schedule`, `resume_schedule`,
+    `delete_schedule`, `trigger_schedule`)."""
 
     def __init__(self, address: Union[str, Sequence[str]] = "127.0.0.1:50051", **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
@@ -140,6 +146,39 @@ class Client:
 
     def list_workflows(self, **kw: Any) -> List[WorkflowInfo]:
         return self._run(self._client.list_workflows(**kw))
+
+    def create_schedule(self, schedule_id: str, name: str, payload: Optional[Any] = None, **kw: Any) -> Schedule:
+        return self._run(self._client.create_schedule(schedule_id, name, payload, **kw))
+
+    def update_schedule(self, schedule_id: str, name: str, payload: Optional[Any] = None, **kw: Any) -> ScheduleUpdate:
+        return self._run(self._client.update_schedule(schedule_id, name, payload, **kw))
+
+    def get_schedule(self, schedule_id: str, **kw: Any) -> Schedule:
+        return self._run(self._client.get_schedule(schedule_id, **kw))
+
+    def list_schedules(self, **kw: Any) -> SchedulePage:
+        return self._run(self._client.list_schedules(**kw))
+
+    def iter_schedules(self, **kw: Any) -> Iterator[Schedule]:
+        token = ""
+        while True:
+            page = self.list_schedules(page_token=token, **kw)
+            yield from page.schedules
+            token = page.next_page_token
+            if not token:
+                return
+
+    def pause_schedule(self, schedule_id: str, **kw: Any) -> Schedule:
+        return self._run(self._client.pause_schedule(schedule_id, **kw))
+
+    def resume_schedule(self, schedule_id: str, **kw: Any) -> Schedule:
+        return self._run(self._client.resume_schedule(schedule_id, **kw))
+
+    def delete_schedule(self, schedule_id: str, **kw: Any) -> None:
+        self._run(self._client.delete_schedule(schedule_id, **kw))
+
+    def trigger_schedule(self, schedule_id: str, **kw: Any) -> str:
+        return self._run(self._client.trigger_schedule(schedule_id, **kw))
 
     def watch(self, **kw: Any) -> Iterator[WatchItem]:
         """A blocking iterator over `AsyncClient.watch`; closing it (or

@@ -130,6 +130,24 @@ class BackoffKind(_StrEnum):
     EXPONENTIAL = "EXPONENTIAL"
 
 
+class ScheduleOverlap(_StrEnum):
+    """What a schedule's tick does while its previous fire is still active
+    (`switchyard.v1.ScheduleOverlapPolicy`; Temporal's names)."""
+
+    SKIP = "SKIP"
+    BUFFER_ONE = "BUFFER_ONE"
+    ALLOW_ALL = "ALLOW_ALL"
+    CANCEL_OTHER = "CANCEL_OTHER"
+
+
+class ScheduleCatchUp(_StrEnum):
+    """Which missed ticks fire after downtime (`switchyard.v1.ScheduleCatchUp`):
+    every one in the catch-up window, or only the latest."""
+
+    ALL = "ALL"
+    ONE = "ONE"
+
+
 #: A JSON value: what payloads, results and signal payloads are made of.
 JSON = Union[Dict[str, Any], List[Any], str, int, float, bool, None]
 #: A duration: a `timedelta`, a number of seconds, or a string such as
@@ -383,6 +401,61 @@ class RegisteredWorkflow:
 
     name: str
     version: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A schedule as the server reports it (`switchyard.v1.ScheduleInfo`).
+
+    Exactly one of `cron` (read in `time_zone`; empty means UTC) and
+    `interval` is set. The spec is as the server resolved it: defaults
+    filled in (`overlap` SKIP, `catchup` ALL, `catchup_window` 60 s,
+    `jitter` 0). The template is `task_name`, `task_type` and `payload`. `next_fires` holds up to 5 times (none while
+    paused or after `end_at`); `fires` counts triggers too."""
+
+    id: str
+    cron: Optional[str]
+    interval: Optional[timedelta]
+    time_zone: str
+    start_at: Optional[datetime]
+    end_at: Optional[datetime]
+    jitter: Optional[timedelta]
+    overlap: Optional[ScheduleOverlap]
+    catchup_window: Optional[timedelta]
+    catchup: Optional[ScheduleCatchUp]
+    task_name: str
+    task_type: Optional[TaskType]
+    payload: Dict[str, Any]
+    paused: bool
+    note: str
+    created_at: Optional[datetime]
+    updated_at: Optional[datetime]
+    next_fires: List[datetime]
+    last_fire_at: Optional[datetime]
+    last_task_id: str
+    fires: int
+    skipped: int
+    missed: int
+    last_error: str
+    buffered: bool
+
+
+@dataclass(frozen=True)
+class SchedulePage:
+    """One page of `list_schedules()`, by id. `next_page_token` is empty on
+    the last page."""
+
+    schedules: List[Schedule]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class ScheduleUpdate:
+    """The answer to `update_schedule()`: the schedule, and whether
+    `create_if_missing` created it."""
+
+    schedule: Schedule
     created: bool
 
 
