@@ -5,7 +5,10 @@
 //! - `echo`: returns its payload;
 //! - `sleep`: payload `{"ms": N}`; sleeps N milliseconds, reporting progress
 //!   every tenth, and stops early when cancelled;
-//! - `fail`: always fails with a retryable error.
+//! - `fail`: always fails with a retryable error;
+//! - `flaky`: fails for good on a task's first run, and completes when the
+//!   task is run again by `RetryTask` (a later run's idempotency key is
+//!   `<task id>:run<n>:<attempt>`); returns that key.
 //!
 //! Ctrl-C drains (running tasks get 30 s); set `RUST_LOG` to tune the logs.
 //!
@@ -35,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .handler("echo", echo)
         .handler("sleep", sleep)
         .handler("fail", fail)
+        .handler("flaky", flaky)
         .build();
 
     worker.run(ctrl_c()).await?;
@@ -94,4 +98,16 @@ async fn fail(ctx: TaskContext) -> Result<Value, HandlerError> {
         ctx.max_attempts()
     ))
     .with_kind("requested_failure"))
+}
+
+/// Fails for good on the first run (no retry); completes on a later run
+/// (after `RetryTask`), returning the idempotency key that tells them apart.
+async fn flaky(ctx: TaskContext) -> Result<Value, HandlerError> {
+    let key = ctx.idempotency_key();
+    if !key.contains(":run") {
+        return Err(
+            HandlerError::fatal("fails on the first run; retry the task").with_kind("first_run"),
+        );
+    }
+    Ok(json!({ "idempotency_key": key }))
 }

@@ -511,6 +511,7 @@ pub async fn run_with(
                 cluster: cluster.clone(),
                 store_blocked,
                 schedules: schedules.clone(),
+                flow: flow_control.clone(),
             },
             tokens.clone(),
             tls.as_ref().map(|t| t.admin.clone()),

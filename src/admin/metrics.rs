@@ -490,6 +490,34 @@ impl Collector for CoreCollector {
                 .map(|(rule, n)| (l(&[("rule", *rule)]), *n as f64))
                 .collect::<Vec<_>>(),
         )?;
+        let mut held_by_queue = Vec::new();
+        let mut top_keys = Vec::new();
+        for q in &m.flow {
+            for (rule, n) in [
+                ("concurrency_limit", q.held_limit),
+                ("queue_paused", q.held_paused),
+            ] {
+                held_by_queue.push((l(&[("queue", q.name.as_str()), ("rule", rule)]), n as f64));
+            }
+            for k in &q.top_keys {
+                top_keys.push((
+                    l(&[("queue", q.name.as_str()), ("key", k.key.as_str())]),
+                    k.pending as f64,
+                ));
+            }
+        }
+        gauges(
+            &mut encoder,
+            "switchyard_queue_tasks_held",
+            "Pending tasks held by a flow rule per queue and rule (the 100 queues with the most keyed or held tasks)",
+            &held_by_queue,
+        )?;
+        gauges(
+            &mut encoder,
+            "switchyard_queue_key_pending",
+            "Ready tasks of the concurrency keys with the most of them, per queue (at most 5 keys per queue)",
+            &top_keys,
+        )?;
         gauges(
             &mut encoder,
             "switchyard_workers_connected",

@@ -14,7 +14,8 @@
 //! ([`crate::app::watch`]). No scheduling decision and no SQL
 //! here, and nothing here changes a task except `DELETE …/tasks/{id}`
 //! (`CancelTask`), `POST …/tasks/{id}/retry` (`RetryTask`) and `POST
-//! …/tasks/{id}/replay` (`ReplayWorkflow`).
+//! …/tasks/{id}/replay` (`ReplayWorkflow`); `POST …/flow/pause` and `POST
+//! …/flow/resume` (`PauseQueue`, `ResumeQueue`) change the flow rules.
 
 pub use crate::auth;
 pub mod error;
@@ -80,6 +81,8 @@ pub struct AdminState {
     pub store_blocked: tokio::sync::watch::Receiver<Option<String>>,
     /// The schedules (`GET /api/schedules`).
     pub schedules: crate::schedules::Schedules,
+    /// The flow rules (`GET …/flow`, pause and resume).
+    pub flow: crate::flow::FlowControl,
 }
 
 /// The admin router: every route, behind the bearer-token check.

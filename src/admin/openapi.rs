@@ -24,6 +24,9 @@ const MESSAGES: &[&str] = &[
     "switchyard.v1.GetMetricsResponse",
     "switchyard.v1.GetClusterStatusResponse",
     "switchyard.v1.ScheduleInfo",
+    "switchyard.v1.ListFlowRulesResponse",
+    "switchyard.v1.PauseQueueResponse",
+    "switchyard.v1.ResumeQueueResponse",
     "switchyard.v1.TaskEvent",
     "switchyard.v1.WatchGap",
     "switchyard.v1.WatchLive",
@@ -480,6 +483,42 @@ fn build() -> Value {
             true,
         )}),
     );
+    paths.insert(
+        api("/flow"),
+        json!({"get": get_op(
+            "The flow rules in force: concurrency policies, the default limit, the paused names (as ListFlowRules).",
+            &[],
+            json!({"200": ok_json("ListFlowRulesResponse", "The rules.")}),
+            true,
+        )}),
+    );
+    for (path, summary, schema, what) in [
+        (
+            "/flow/pause",
+            "Pauses a task name or queue: its pending tasks wait (queue_paused), running ones finish (as PauseQueue).",
+            "PauseQueueResponse",
+            "Whether it was paused already.",
+        ),
+        (
+            "/flow/resume",
+            "Resumes a paused task name or queue: its tasks are queued again (as ResumeQueue).",
+            "ResumeQueueResponse",
+            "Whether it was paused.",
+        ),
+    ] {
+        paths.insert(
+            api(path),
+            json!({"post": get_op(
+                summary,
+                takes::PAUSE,
+                json!({
+                    "200": ok_json(schema, what),
+                    "429": error("This server holds the most paused names it takes."),
+                }),
+                true,
+            )}),
+        );
+    }
     let mut events = get_op(
         "Task events as server-sent events: `event: task` (data: a TaskEvent, id: its \
          sequence; snapshot events have no id), `event: gap` (a WatchGap), `event: live` (a \

@@ -286,6 +286,13 @@ pub const SCHEDULE_AFTER: Param = Param::new(
     "The previous page's `next`; absent for the first page.",
 );
 
+/// `name` of `…/flow/pause` and `…/flow/resume`: what to pause or resume.
+pub const PAUSE_NAME: Param = Param::new(
+    "name",
+    Shape::Name,
+    "The task name or queue to pause or resume (required; the rules of a task name).",
+);
+
 /// A parsed query: every value checked against its parameter's shape.
 pub struct Params(Vec<(Param, String, String)>);
 

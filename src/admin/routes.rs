@@ -6,8 +6,10 @@
 //!
 //! Commands: `DELETE …/tasks/{id}` cancels (`CancelTask`), `POST
 //! …/tasks/{id}/retry` retries (`RetryTask`), `POST
-//! …/tasks/{id}/replay?fromStep=` replays a workflow (`ReplayWorkflow`);
-//! each answers the gRPC call's response.
+//! …/tasks/{id}/replay?fromStep=` replays a workflow (`ReplayWorkflow`),
+//! `POST …/flow/pause?name=` and `POST …/flow/resume?name=` pause and
+//! resume a task name or queue (`PauseQueue`, `ResumeQueue`); each answers
+//! the gRPC call's response.
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
@@ -49,6 +51,9 @@ pub fn routes(state: AdminState) -> Router {
         .route("/workers", get(workers))
         .route("/cluster", get(cluster))
         .route("/schedules", get(schedules))
+        .route("/flow", get(flow_rules))
+        .route("/flow/pause", post(pause_queue))
+        .route("/flow/resume", post(resume_queue))
         .route("/events", get(events));
     Router::new()
         .nest(PREFIX, api)
@@ -119,6 +124,8 @@ pub mod takes {
     ];
     /// `GET …/schedules`.
     pub const SCHEDULES: &[Param] = &[SCHEDULE_LIMIT, SCHEDULE_AFTER];
+    /// `POST …/flow/pause`, `POST …/flow/resume`.
+    pub const PAUSE: &[Param] = &[PAUSE_NAME];
 }
 
 /// The `{id}` of a task route. A segment that does not decode (bad
@@ -218,6 +225,46 @@ async fn replay_workflow(
     Ok(Json(to_json(&pb::ReplayWorkflowResponse {
         status: Some(convert::status(&t)),
     })))
+}
+
+// ---------------------------------------------------------------------------
+// Flow rules.
+// ---------------------------------------------------------------------------
+
+/// `GET …/flow`: the rules in force (`ListFlowRules`): the concurrency
+/// policies, the default limit and the paused names.
+async fn flow_rules(
+    State(s): State<AdminState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    Params::parse(q.as_deref(), &[])?;
+    Ok(Json(to_json(&crate::app::flow::rules(&s.flow.rules()))))
+}
+
+/// The required `name` of a pause or a resume.
+fn pause_name(p: &Params) -> Result<&str, ApiError> {
+    p.one(&params::PAUSE_NAME)
+        .ok_or_else(|| ApiError::field("name", "is required: the task name or queue"))
+}
+
+/// `POST …/flow/pause?name=`: `PauseQueue`.
+async fn pause_queue(
+    State(s): State<AdminState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::parse(q.as_deref(), takes::PAUSE)?;
+    let already = s.flow.pause(pause_name(&p)?).await?;
+    Ok(Json(to_json(&pb::PauseQueueResponse { already })))
+}
+
+/// `POST …/flow/resume?name=`: `ResumeQueue`.
+async fn resume_queue(
+    State(s): State<AdminState>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = Params::parse(q.as_deref(), takes::PAUSE)?;
+    let was_paused = s.flow.resume(pause_name(&p)?).await?;
+    Ok(Json(to_json(&pb::ResumeQueueResponse { was_paused })))
 }
 
 /// One task's lines after `after`, at most `limit`, and whether more

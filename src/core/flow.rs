@@ -28,7 +28,13 @@ use std::sync::Arc;
 use crate::domain::flow::{FlowRules, Hold};
 use crate::domain::*;
 
+use super::queries::{KeyPending, QueueFlowInfo};
 use super::state::{Active, QKey, State};
+
+/// The most keys per queue in the metrics' top keys.
+pub const TOP_KEYS: usize = 5;
+/// The most queues in the metrics' flow figures.
+pub const MAX_FLOW_QUEUES: usize = 100;
 
 /// A line's head in its queue's round-robin.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -443,6 +449,88 @@ impl State {
             }
         }
         (limited, self.flow.held.len() as u64)
+    }
+
+    /// Flow control per queue, for the metrics: each queue with keyed
+    /// ready tasks or tasks held by a pause, its [`TOP_KEYS`] keys with the
+    /// most ready tasks, and the tasks each rule holds; at most
+    /// [`MAX_FLOW_QUEUES`] queues (those with the most such tasks), by
+    /// name. One walk of the lines (O(keys)), no sort of all keys.
+    pub(super) fn queue_flow(&self) -> Vec<QueueFlowInfo> {
+        let mut out: HashMap<Arc<str>, (QueueFlowInfo, u64)> = HashMap::new();
+        for (name, q) in &self.queues {
+            let Some(fair) = q.fair.as_ref().filter(|f| !f.lines.is_empty()) else {
+                continue;
+            };
+            let mut keys: Vec<(&Arc<str>, u64)> = fair
+                .lines
+                .iter()
+                .map(|(k, l)| (k, l.waiting.len() as u64))
+                .collect();
+            let keyed: u64 = keys.iter().map(|(_, n)| n).sum();
+            let most_first = |a: &(&Arc<str>, u64), b: &(&Arc<str>, u64)| {
+                b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
+            };
+            if keys.len() > TOP_KEYS {
+                keys.select_nth_unstable_by(TOP_KEYS - 1, most_first);
+                keys.truncate(TOP_KEYS);
+            }
+            keys.sort_by(most_first);
+            let held_limit = fair
+                .lines
+                .iter()
+                .filter(|(k, l)| {
+                    l.head.is_none()
+                        && self
+                            .flow
+                            .parked
+                            .get(*k)
+                            .is_some_and(|qs| qs.iter().any(|x| x == name))
+                })
+                .map(|(_, l)| l.waiting.len() as u64)
+                .sum();
+            let info = QueueFlowInfo {
+                name: name.to_string(),
+                top_keys: keys
+                    .into_iter()
+                    .map(|(k, n)| KeyPending {
+                        key: k.to_string(),
+                        pending: n,
+                        running: self.flow.running_of(k),
+                    })
+                    .collect(),
+                held_limit,
+                held_paused: 0,
+            };
+            out.insert(name.clone(), (info, keyed));
+        }
+        for id in &self.flow.held {
+            let Some(a) = self.tasks.get(id) else {
+                continue;
+            };
+            let e = out.entry(a.key.clone()).or_insert_with(|| {
+                (
+                    QueueFlowInfo {
+                        name: a.key.to_string(),
+                        ..QueueFlowInfo::default()
+                    },
+                    0,
+                )
+            });
+            e.0.held_paused += 1;
+            e.1 += 1;
+        }
+        let mut all: Vec<(QueueFlowInfo, u64)> = out.into_values().collect();
+        let most = |a: &(QueueFlowInfo, u64), b: &(QueueFlowInfo, u64)| {
+            b.1.cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name))
+        };
+        if all.len() > MAX_FLOW_QUEUES {
+            all.select_nth_unstable_by(MAX_FLOW_QUEUES - 1, most);
+            all.truncate(MAX_FLOW_QUEUES);
+        }
+        let mut all: Vec<QueueFlowInfo> = all.into_iter().map(|(i, _)| i).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 }
 

@@ -87,7 +87,7 @@ pub use config::{CoreConfig, Routes};
 pub use engine::EngineKind;
 pub use error::{CoreError, FieldViolation};
 pub use protocol::{Assignment, CancelReason, Push, Report, WorkerInfo, WorkerLink};
-pub use queries::{MetricsSnapshot, QueueInfo};
+pub use queries::{KeyPending, MetricsSnapshot, QueueFlowInfo, QueueInfo};
 pub use retention::RemovalHook;
 pub use retry::ReplayHook;
 pub use schedule::{Admission, Scheduled};

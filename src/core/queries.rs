@@ -34,6 +34,34 @@ pub struct MetricsSnapshot {
     /// Pending tasks held by each flow rule: `concurrency_limit`,
     /// `queue_paused`.
     pub held: Vec<(&'static str, u64)>,
+    /// Flow control per queue (by name, at most 100): top keys and tasks
+    /// held per rule.
+    pub flow: Vec<QueueFlowInfo>,
+}
+
+/// One queue's flow-control figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueFlowInfo {
+    /// The queue key.
+    pub name: String,
+    /// The concurrency keys with the most ready tasks in the queue, most
+    /// first (ties by key), at most 5.
+    pub top_keys: Vec<KeyPending>,
+    /// Ready tasks held because their key runs its limit.
+    pub held_limit: u64,
+    /// Ready tasks held because their name or queue is paused.
+    pub held_paused: u64,
+}
+
+/// A concurrency key's ready tasks in one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPending {
+    /// The key.
+    pub key: String,
+    /// Its ready tasks in the queue.
+    pub pending: u64,
+    /// Its tasks running (over every queue).
+    pub running: u32,
 }
 
 /// One queue's figures.
@@ -220,6 +248,7 @@ impl Core {
         let (limited, paused) = st.held_counts();
         MetricsSnapshot {
             held: vec![("concurrency_limit", limited), ("queue_paused", paused)],
+            flow: st.queue_flow(),
             counts: st.counts.clone(),
             queues,
             throughput: st.throughput.per_sec(now),

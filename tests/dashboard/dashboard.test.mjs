@@ -5,8 +5,11 @@
 //
 // Checks: tasks appear and change state live, the task detail shows its
 // result and logs, a workflow shows its steps, the cancel button cancels a
-// running task, filters narrow the list, workers and charts show, and the
-// page keeps rendering during a burst. Saves target/artifacts/dashboard.png.
+// running task, the Retry button runs a failed task again until it
+// completes, "Replay from here" runs an ended workflow's later steps again,
+// the Pause and Resume buttons hold a task name's tasks and let them go,
+// filters narrow the list, workers and charts show, and the page keeps
+// rendering during a burst. Saves target/artifacts/dashboard.png.
 //
 // Run: make test-dashboard (builds the binaries, installs Chromium and
 // playwright-core). Outside CI, a missing Chromium skips; with CI=true it
@@ -124,6 +127,12 @@ before(async () => {
   writeFileSync(join(workflowDir, 'dash-flow.toml'),
     'name = "dash-flow"\n[[steps]]\nid = "greet"\ntask = "echo"\n' +
     '[[steps]]\nid = "approve"\nsignal = "go"\ntimeout = "1h"\n');
+  // Three steps that end: replayed from the second.
+  writeFileSync(join(workflowDir, 'dash-replay.toml'),
+    'name = "dash-replay"\n' +
+    '[[steps]]\nid = "one"\ntask = "echo"\ninput = { n = 1 }\n' +
+    '[[steps]]\nid = "two"\ntask = "echo"\ninput = { n = 2 }\n' +
+    '[[steps]]\nid = "three"\ntask = "echo"\ninput = { n = 3 }\n');
   const addrs = await startServer(workflowDir);
   grpcUrl = `http://${addrs.grpc}`;
   adminUrl = `http://${addrs.admin}`;
@@ -148,7 +157,7 @@ after(async () => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-test('the dashboard shows tasks live, opens one, cancels one', { timeout: 120_000 }, async (t) => {
+test('the dashboard shows tasks live, opens one, cancels one', { timeout: 180_000 }, async (t) => {
   if (!browser) {
     t.skip(`${CHROMIUM} is not installed`);
     return;
@@ -162,7 +171,7 @@ test('the dashboard shows tasks live, opens one, cancels one', { timeout: 120_00
   // The worker registers: it shows with its task names.
   await page.waitForSelector('.worker[data-worker^="example-worker-"]', { timeout: SHORT });
   const workerText = await page.textContent('.worker[data-worker^="example-worker-"]');
-  for (const n of ['echo', 'sleep', 'fail']) assert.ok(workerText.includes(n), workerText);
+  for (const n of ['echo', 'sleep', 'fail', 'flaky']) assert.ok(workerText.includes(n), workerText);
 
   // Tasks appear live, and change state live.
   const echo = await schedule('echo', { hello: 'dashboard' }, ['--user', 'dash-user']);
@@ -197,6 +206,86 @@ test('the dashboard shows tasks live, opens one, cancels one', { timeout: 120_00
   await page.click(row(flow));
   await page.waitForSelector('#d-steps li[data-step="greet"][data-state="completed"]', { timeout: SHORT });
   await page.waitForSelector('#d-steps li[data-step="approve"][data-state="running"]', { timeout: SHORT });
+
+  // Retry: `flaky` fails for good on its first run and completes on a later
+  // one. The button runs it again under its id (run 1), and it completes.
+  const flaky = await schedule('flaky', {}, ['--user', 'dash-user']);
+  await waitRowState(flaky, 'failed');
+  await page.click(row(flaky));
+  const flakyDetail = `#detail[data-task-id="${flaky}"]`;
+  await page.waitForSelector(`${flakyDetail}[data-state="failed"][data-run="0"] #d-error`, { timeout: SHORT });
+  assert.ok((await page.textContent('#d-error')).includes('first_run'));
+  assert.ok(await page.isVisible('#retry-btn'), 'a failed task shows Retry');
+  await page.click('#retry-btn');
+  await page.waitForSelector(`${flakyDetail}[data-state="completed"][data-run="1"] #d-result`, { timeout: SHORT });
+  assert.ok((await page.textContent('#d-result')).includes(`${flaky}:run1:1`),
+    'the worker ran the task again, under the new run\'s idempotency key');
+  assert.ok(await page.isHidden('#retry-btn'), 'no Retry for a completed task');
+  await waitRowState(flaky, 'completed');
+
+  // Replay: an ended three-step workflow, replayed from its second step.
+  // The first step keeps its task (and output); the second and third run
+  // again as new step tasks, and the workflow completes under run 1.
+  const replay = await schedule('dash-replay-run', {}, ['--workflow-type', 'dash-replay']);
+  await waitRowState(replay, 'completed');
+  await page.click(row(replay));
+  const replayDetail = `#detail[data-task-id="${replay}"]`;
+  await page.waitForSelector(`${replayDetail}[data-state="completed"][data-run="0"] #d-steps li[data-step="three"][data-state="completed"]`,
+    { timeout: SHORT });
+  const stepTasks = () => page.$$eval('#d-steps li[data-step]',
+    (ls) => Object.fromEntries(ls.map((l) => [l.dataset.step, { task: l.dataset.taskId, state: l.dataset.state }])));
+  const before = await stepTasks();
+  for (const st of ['one', 'two', 'three']) assert.ok(before[st].task, `step ${st} has a task: ${JSON.stringify(before)}`);
+  await page.click('#d-steps li[data-step="two"] button.replay-btn');
+  await page.waitForSelector(`${replayDetail}[data-state="completed"][data-run="1"] #d-steps li[data-step="three"][data-state="completed"]`,
+    { timeout: SHORT });
+  const after = await stepTasks();
+  assert.equal(after.one.task, before.one.task, 'the step before the replay point keeps its task');
+  for (const st of ['two', 'three']) {
+    assert.notEqual(after[st].task, before[st].task, `step ${st} ran again as a new task`);
+    assert.equal(after[st].state, 'completed', JSON.stringify(after));
+    await waitRowState(after[st].task, 'completed');
+  }
+  await waitRowState(replay, 'completed');
+
+  // Pause and resume a task name from the Queues panel: while paused, its
+  // new tasks wait (queue_paused) and none starts; after Resume they run.
+  const queue = '#queue-list .queue[data-queue="echo"]';
+  await page.waitForSelector(`${queue}[data-paused="false"] button.pause-btn[data-action="pause"]`, { timeout: SHORT });
+  await page.click(`${queue} button.pause-btn`);
+  await page.waitForSelector(`${queue}[data-paused="true"] button.pause-btn[data-action="resume"]`, { timeout: SHORT });
+  const held = await Promise.all(Array.from({ length: 3 }, (_, i) => schedule('echo', { held: i }, ['--user', 'paused'])));
+  for (const id of held) await waitRowState(id, 'pending');
+  // The queue says how many the pause holds (GetMetrics' queueFlow).
+  await page.waitForSelector(`${queue}[data-held-paused="3"]`, { timeout: SHORT });
+  await page.click(row(held[0]));
+  await page.waitForSelector(`#detail[data-task-id="${held[0]}"][data-state="pending"]`, { timeout: SHORT });
+  await page.waitForFunction(() => document.getElementById('d-body').textContent.includes('queue paused'),
+    null, { timeout: SHORT });
+  // Long enough for the worker (idle, with free slots) to have taken them,
+  // were they not held.
+  await page.waitForTimeout(1500);
+  for (const id of held) {
+    assert.equal(await page.getAttribute(row(id), 'data-state'), 'pending', `${id} started while paused`);
+  }
+  const resumedAt = Date.now();
+  await page.click(`${queue} button.pause-btn[data-action="resume"]`);
+  await page.waitForSelector(`${queue}[data-paused="false"]`, { timeout: SHORT });
+  for (const id of held) await waitRowState(id, 'completed');
+  for (const id of held) {
+    const { stdout } = await run(SERVER_BIN, ['--server', grpcUrl, '--json', 'task', 'status', id]);
+    const started = Date.parse(JSON.parse(stdout).status.startedAt);
+    assert.ok(started >= resumedAt - 50, `${id} started before the resume (${new Date(started).toISOString()})`);
+  }
+
+  // A concurrency limit of 1 per key on `sleep`: of one key's three tasks,
+  // one runs and two are held; the queue shows them and the key.
+  await run(SERVER_BIN, ['--server', grpcUrl, 'flow', 'set', 'sleep', '1']);
+  await Promise.all(Array.from({ length: 3 }, (_, i) =>
+    schedule('sleep', { ms: 15000, i }, ['--user', 'keyed', '--concurrency-key', 'dash-tenant'])));
+  const sleepQueue = '#queue-list .queue[data-queue="sleep"]';
+  await page.waitForSelector(`${sleepQueue}[data-held-limit="2"] .tag.key[data-key="dash-tenant"][data-pending="2"]`,
+    { timeout: SHORT });
 
   // A backlog for a task name no worker takes: a queue that stays deep.
   await Promise.all(Array.from({ length: 25 }, (_, i) => schedule('nightly-report', { i }, ['--user', 'ops'])));

@@ -446,6 +446,93 @@ async fn delete_cancels_and_logs_tell_why() {
     server.stop().await;
 }
 
+/// `POST …/flow/pause` and `…/flow/resume` pause and resume a task name as
+/// `PauseQueue`/`ResumeQueue` do (the gRPC listing and the task's waiting
+/// reason agree), `GET …/flow` lists the rules, and bad input is a 400
+/// naming its parameter.
+#[tokio::test]
+async fn flow_pause_and_resume_by_http() {
+    let server = TestServer::start().await;
+    let mut c = server.client().await;
+    let mut flow = pb::flow_service_client::FlowServiceClient::new(channel(&server.url).await);
+    let url = |route: &str, q: &str| format!("{}{API}/flow/{route}?{q}", server.admin_url());
+
+    let (st, body) = send(http().post(url("pause", "name=adm-paused"))).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body, json!({"already": false}));
+    let (_, again) = send(http().post(url("pause", "name=adm-paused"))).await;
+    assert_eq!(again, json!({"already": true}));
+    let (st, rules) = get(&server, &format!("{API}/flow")).await;
+    assert_eq!(st, 200, "{rules}");
+    assert_eq!(rules["paused"], json!(["adm-paused"]), "{rules}");
+    let listed = flow
+        .list_flow_rules(pb::ListFlowRulesRequest {})
+        .await
+        .expect("ListFlowRules")
+        .into_inner();
+    assert_eq!(
+        listed.paused,
+        vec!["adm-paused".to_string()],
+        "gRPC sees it"
+    );
+
+    // A task of the paused name waits, saying why.
+    let id = schedule(&mut c, simple("adm-paused", json!({}))).await;
+    let (_, t) = get(&server, &format!("{API}/tasks/{id}")).await;
+    assert_eq!(t["status"]["state"], "pending", "{t}");
+    assert_eq!(t["status"]["waitingReason"], "queue_paused", "{t}");
+
+    let (st, body) = send(http().post(url("resume", "name=adm-paused"))).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body, json!({"wasPaused": true}));
+    let (_, again) = send(http().post(url("resume", "name=adm-paused"))).await;
+    assert_eq!(again, json!({"wasPaused": false}));
+    let (_, rules) = get(&server, &format!("{API}/flow")).await;
+    assert_eq!(rules["paused"], json!([]), "{rules}");
+    wait_until("the task is no longer held", SHORT, || {
+        let server = &server;
+        let id = id.clone();
+        async move {
+            let (_, t) = get(server, &format!("{API}/tasks/{id}")).await;
+            t["status"]["waitingReason"] != "queue_paused"
+        }
+    })
+    .await;
+
+    let long = "n".repeat(switchyard::domain::rules::MAX_NAME_BYTES + 1);
+    for route in ["pause", "resume"] {
+        for (case, q, field) in [
+            ("no name", String::new(), "name"),
+            ("an empty name", "name=".to_string(), "name"),
+            ("a space", "name=a%20b".to_string(), "name"),
+            ("too long", format!("name={long}"), "name"),
+            (
+                "an unknown parameter",
+                "name=x&bogus=1".to_string(),
+                "bogus",
+            ),
+        ] {
+            assert_bad(
+                &format!("{route}: {case}"),
+                &send(http().post(url(route, &q))).await,
+                field,
+            );
+        }
+    }
+    let (_, rules) = get(&server, &format!("{API}/flow")).await;
+    assert_eq!(
+        rules["paused"],
+        json!([]),
+        "nothing bad was paused: {rules}"
+    );
+    assert_bad(
+        "flow takes no parameter",
+        &get(&server, &format!("{API}/flow?name=x")).await,
+        "name",
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn results_workers_and_metrics_json() {
     let server = TestServer::start().await;

@@ -245,6 +245,7 @@ async fn the_openapi_document_describes_what_the_routes_write() {
         "/workers",
         "/cluster",
         "/schedules",
+        "/flow",
         "/events",
     ] {
         assert!(
@@ -253,6 +254,23 @@ async fn the_openapi_document_describes_what_the_routes_write() {
         );
     }
     assert!(doc["paths"][format!("{API}/tasks/{{id}}")]["delete"].is_object());
+    for path in ["/flow/pause", "/flow/resume"] {
+        let post = &doc["paths"][format!("{API}{path}")]["post"];
+        assert!(
+            post["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "name")),
+            "{path} takes name: {post}"
+        );
+    }
+    let (_, rules) = get(&server, &format!("{API}/flow")).await;
+    assert_eq!(
+        rules.as_object().map(|o| o.keys().collect::<BTreeSet<_>>()),
+        doc["components"]["schemas"]["ListFlowRulesResponse"]["properties"]
+            .as_object()
+            .map(|o| o.keys().collect::<BTreeSet<_>>()),
+        "{rules}"
+    );
     let schemas = &doc["components"]["schemas"];
     // The keys a real answer has are the schema's, every one required.
     let (_, list) = get(&server, &format!("{API}/tasks?taskId={id}")).await;

@@ -511,3 +511,164 @@ async fn after_a_kill_9_the_limit_holds_and_the_rules_are_still_there() {
     server.wait_serving().await;
     assert!(server.terminate().await);
 }
+
+/// The figure of the Prometheus sample that starts with `prefix` (the name
+/// and labels), if any.
+fn sample(scrape: &str, prefix: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+}
+
+/// GetMetrics, its JSON on the admin API and Prometheus show, per queue,
+/// the keys with the most ready tasks (top 5, most first) and the tasks
+/// each rule holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_each_queues_top_keys_and_what_each_rule_holds() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut flow = flow_client(&server.url).await;
+    set_policy(&mut flow, "top-job", 1).await;
+    // Six keys, 5 to 1 tasks each (f: one); one of each key starts.
+    let mut reqs = Vec::new();
+    for (key, n) in [("a", 5), ("b", 4), ("c", 3), ("d", 2), ("e", 2), ("f", 1)] {
+        reqs.extend((0..n).map(|i| keyed("top-job", key, i)));
+    }
+    schedule_all(&mut client, reqs).await;
+    let mut worker = RawWorker::register(&server.url, &["top-job"], 10).await;
+    let mut started = Vec::new();
+    for _ in 0..6 {
+        started.push(worker.assignment().await);
+    }
+    // A paused name's tasks, held by the pause.
+    flow.pause_queue(pb::PauseQueueRequest {
+        name: "top-paused".into(),
+    })
+    .await
+    .expect("PauseQueue");
+    schedule_all(
+        &mut client,
+        (0..3)
+            .map(|n| simple("top-paused", json!({ "n": n })))
+            .collect(),
+    )
+    .await;
+
+    let m = client
+        .get_metrics(pb::GetMetricsRequest {})
+        .await
+        .expect("GetMetrics")
+        .into_inner();
+    assert_eq!(m.held.get("concurrency_limit"), Some(&11), "{:?}", m.held);
+    assert_eq!(m.held.get("queue_paused"), Some(&3), "{:?}", m.held);
+    let names: Vec<&str> = m.queue_flow.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["top-job", "top-paused"], "by name");
+    let q = &m.queue_flow[0];
+    assert_eq!(
+        q.top_keys
+            .iter()
+            .map(|k| (k.key.as_str(), k.pending, k.running))
+            .collect::<Vec<_>>(),
+        [
+            ("a", 4, 1),
+            ("b", 3, 1),
+            ("c", 2, 1),
+            ("d", 1, 1),
+            ("e", 1, 1)
+        ],
+        "the 5 keys with the most ready tasks, most first, ties by key"
+    );
+    assert_eq!((q.held_concurrency_limit, q.held_queue_paused), (11, 0));
+    let p = &m.queue_flow[1];
+    assert_eq!((p.held_concurrency_limit, p.held_queue_paused), (0, 3));
+    assert!(p.top_keys.is_empty());
+
+    // The admin API's JSON says the same (the dashboard reads it).
+    let json: serde_json::Value = reqwest::get(format!(
+        "{}/internal/execution-manager/metrics",
+        server.admin_url()
+    ))
+    .await
+    .expect("GET …/metrics")
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(json["held"]["concurrency_limit"], 11, "{json}");
+    assert_eq!(
+        json["queueFlow"][0]["topKeys"][0],
+        json!({"key": "a", "pending": 4, "running": 1}),
+        "{json}"
+    );
+    assert_eq!(json["queueFlow"][1]["heldQueuePaused"], 3, "{json}");
+
+    let scrape = reqwest::get(format!("{}/metrics", server.admin_url()))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("a body");
+    for (prefix, want) in [
+        (
+            "switchyard_queue_tasks_held{queue=\"top-job\",rule=\"concurrency_limit\"} ",
+            11.0,
+        ),
+        (
+            "switchyard_queue_tasks_held{queue=\"top-paused\",rule=\"queue_paused\"} ",
+            3.0,
+        ),
+        (
+            "switchyard_queue_key_pending{queue=\"top-job\",key=\"a\"} ",
+            4.0,
+        ),
+        (
+            "switchyard_queue_key_pending{queue=\"top-job\",key=\"e\"} ",
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&scrape, prefix), Some(want), "{prefix}\n{scrape}");
+    }
+    assert_eq!(
+        sample(
+            &scrape,
+            "switchyard_queue_key_pending{queue=\"top-job\",key=\"f\"} "
+        ),
+        None,
+        "f has nothing waiting"
+    );
+
+    // The running task of key a ends: the next of a starts, a's count
+    // goes down.
+    let mut a = None;
+    for t in &started {
+        if status(&mut client, &t.task_id).await.concurrency_key == "a" {
+            a = Some(t.clone());
+        }
+    }
+    let a = a.expect("a task of key a started");
+    worker
+        .send(pb::worker_message::Msg::Complete(pb::Complete {
+            task_id: a.task_id.clone(),
+            attempt: a.attempt,
+            result: None,
+        }))
+        .await;
+    worker.assignment().await;
+    wait_until("a's ready tasks to go down to 3", SHORT, || {
+        let mut c = client.clone();
+        async move {
+            let m = c
+                .get_metrics(pb::GetMetricsRequest {})
+                .await
+                .expect("GetMetrics")
+                .into_inner();
+            m.queue_flow
+                .first()
+                .and_then(|q| q.top_keys.first())
+                .is_some_and(|k| k.key == "a" && k.pending == 3)
+                && m.held.get("concurrency_limit") == Some(&10)
+        }
+    })
+    .await;
+    server.stop().await;
+}

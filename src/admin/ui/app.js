@@ -6,7 +6,8 @@
 // carries its last event sequence, so whichever arrives later wins. Every
 // body is the JSON dialect (GET /openapi.json): lower-case enum words
 // (`completed`), numbers as numbers, camelCase names. Counts,
-// queues, latencies and workers are polled every two seconds.
+// queues, latencies, workers, schedules and the flow rules (paused names)
+// are polled every two seconds.
 //
 // Smoothness under thousands of events per second: events only update a
 // Map and set a dirty flag; drawing happens on requestAnimationFrame at most
@@ -270,6 +271,7 @@
     const panel = $('detail');
     panel.dataset.state = st;
     panel.dataset.taskId = s.id;
+    panel.dataset.run = String(num(s.run));
     $('d-title').innerHTML = `${esc(s.name)} <span class="badge s-${esc(st)}">${esc(st)}</span>`;
     $('cancel-btn').disabled = FINAL.has(st) || s.cancelRequested;
     // RetryTask takes a FAILED, CANCELLED or COMPENSATED task that is not
@@ -282,6 +284,8 @@
       row('Type', esc(s.taskType)) +
       row('Source', esc(s.source)) +
       row('Attempt', `${num(s.attempt)} of ${num(s.maxAttempts)}`) +
+      // Run again by RetryTask or ReplayWorkflow: the run number.
+      (num(s.run) > 0 ? row('Run', `<span id="d-run">${num(s.run)}</span>`) : '') +
       row('Priority', esc(s.priority) + (s.immediate ? ' · immediate' : '')) +
       (s.userId ? row('User', esc(s.userId)) : '') +
       (s.sessionId ? row('Session', esc(s.sessionId)) : '') +
@@ -308,7 +312,8 @@
     if (s.steps && s.steps.length) {
       h += '<h3>Workflow steps</h3><ul class="steps" id="d-steps">' + s.steps.map((p) => {
         const ps = String(p.state || '');
-        return `<li data-step="${esc(p.id)}" data-state="${esc(ps)}"><span class="sid">${esc(p.id)}</span>` +
+        return `<li data-step="${esc(p.id)}" data-state="${esc(ps)}" data-task-id="${esc(p.taskId || '')}">` +
+          `<span class="sid">${esc(p.id)}</span>` +
           `<span class="muted">${esc(p.kind)}</span>` +
           `<span class="badge s-${esc(ps)}">${esc(word(ps))}</span>` +
           (num(p.attempt) > 1 ? `<span class="muted">attempt ${num(p.attempt)}</span>` : '') +
@@ -387,6 +392,7 @@
       prevTotals = { ...totals, at: now };
       const queues = {};
       for (const q of m.queues || []) queues[q.name] = num(q.ready);
+      queueRows(m.queues || [], m.queueFlow || []);
       const s2s = m.scheduleToStart || {};
       const run = m.runTime || {};
       history.push({
@@ -469,6 +475,76 @@
     } catch (e) {
       /* the metrics poll reports the server as unreachable */
     }
+  }
+
+  // ---------------------------------------------------------------------
+  // Queues and pauses: each task name or queue the metrics list (internal
+  // `#…` queues left out), and each paused name, with a Pause or Resume
+  // button (POST …/flow/pause?name=, …/flow/resume?name=). A paused name's
+  // pending tasks wait (queue_paused); running ones finish. With flow rules:
+  // the tasks each rule holds and the concurrency keys with the most ready
+  // tasks (GetMetrics' queueFlow).
+
+  let queueList = [];
+  let flowByName = new Map();
+  let paused = new Set();
+  let queuesHtml = '';
+
+  function queueRows(list, flow) {
+    queueList = list.filter((q) => !String(q.name).startsWith('#'));
+    flowByName = new Map(flow.map((f) => [f.name, f]));
+    renderQueues();
+  }
+
+  async function pollFlow() {
+    try {
+      const r = await api('/flow');
+      paused = new Set(r.paused || []);
+      renderQueues();
+    } catch (e) {
+      /* the metrics poll reports the server as unreachable */
+    }
+  }
+
+  function renderQueues() {
+    const byName = new Map(queueList.map((q) => [q.name, q]));
+    for (const n of paused) if (!byName.has(n)) byName.set(n, { name: n });
+    for (const n of flowByName.keys()) if (!byName.has(n)) byName.set(n, { name: n });
+    const names = [...byName.keys()].sort();
+    const h = names.length ? names.map((n) => {
+      const q = byName.get(n);
+      const p = paused.has(n);
+      const counts = `${fmtInt(num(q.ready))} ready · ${fmtInt(num(q.running))} running`;
+      const f = flowByName.get(n) || {};
+      const held = [[num(f.heldConcurrencyLimit), 'by key limits'], [num(f.heldQueuePaused), 'by the pause']]
+        .filter(([c]) => c > 0).map(([c, why]) => `${fmtInt(c)} held ${why}`).join(' · ');
+      const keys = (f.topKeys || []).map((k) => `<span class="tag key" data-key="${esc(k.key)}" ` +
+        `data-pending="${num(k.pending)}" title="${fmtInt(num(k.running))} running">${esc(k.key)} ` +
+        `${fmtInt(num(k.pending))}</span>`).join('');
+      return `<div class="worker queue" data-queue="${esc(n)}" data-paused="${p}" ` +
+        `data-held-limit="${num(f.heldConcurrencyLimit)}" data-held-paused="${num(f.heldQueuePaused)}"><div class="wn">` +
+        `<span>${esc(n)}${p ? ' <span class="tag paused">paused</span>' : ''}</span>` +
+        `<span class="slots">${counts} <button type="button" class="pause-btn ghost" data-name="${esc(n)}" ` +
+        `data-action="${p ? 'resume' : 'pause'}">${p ? 'Resume' : 'Pause'}</button></span></div>` +
+        (held ? `<div class="muted held">${held}</div>` : '') +
+        (keys ? `<div class="keys" title="concurrency keys with the most ready tasks">${keys}</div>` : '') + '</div>';
+    }).join('') : '<div class="muted">No queue.</div>';
+    if (h === queuesHtml) return;
+    queuesHtml = h;
+    $('queue-count').textContent = paused.size ? `${paused.size} paused` : '';
+    $('queue-list').innerHTML = h;
+  }
+
+  async function pauseOrResume(action, name) {
+    try {
+      const r = await api(`/flow/${action}?name=` + encodeURIComponent(name), { method: 'POST' });
+      const noop = action === 'pause' ? r.already : !r.wasPaused;
+      toast(`${action === 'pause' ? 'Paused' : 'Resumed'} ${name}${noop ? ' (it was already)' : ''}`);
+    } catch (e) {
+      toast(`Cannot ${action} ${name}: ${e.message}`, true);
+    }
+    queuesHtml = '';
+    await pollFlow();
   }
 
   // ---------------------------------------------------------------------
@@ -608,6 +684,19 @@
     const b = e.target.closest('button.replay-btn');
     if (b) rerunSelected('replay', b.dataset.step);
   });
+  $('queue-list').addEventListener('click', (e) => {
+    const b = e.target.closest('button.pause-btn');
+    if (!b) return;
+    b.disabled = true;
+    pauseOrResume(b.dataset.action, b.dataset.name);
+  });
+  $('pause-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const name = $('pause-name').value.trim();
+    if (!name) return;
+    $('pause-name').value = '';
+    pauseOrResume('pause', name);
+  });
   $('d-close').addEventListener('click', () => {
     selected = null;
     $('detail').hidden = true;
@@ -621,7 +710,9 @@
   pollWorkers();
   pollSchedules();
   pollCluster();
+  pollFlow();
   setInterval(pollMetrics, POLL_MS);
+  setInterval(pollFlow, POLL_MS);
   setInterval(pollWorkers, POLL_MS);
   setInterval(pollSchedules, POLL_MS);
   setInterval(pollCluster, POLL_MS);

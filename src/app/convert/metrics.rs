@@ -64,5 +64,28 @@ pub fn metrics(m: &MetricsSnapshot) -> pb::GetMetricsResponse {
         workers_connected: m.workers_connected,
         started_at: Some(ts(m.started_at)),
         last_sequence: m.last_seq,
+        queue_flow: m
+            .flow
+            .iter()
+            .map(|q| pb::QueueFlowMetrics {
+                name: q.name.clone(),
+                top_keys: q
+                    .top_keys
+                    .iter()
+                    .map(|k| pb::KeyPendingMetrics {
+                        key: k.key.clone(),
+                        pending: k.pending,
+                        running: k.running,
+                    })
+                    .collect(),
+                held_concurrency_limit: q.held_limit,
+                held_queue_paused: q.held_paused,
+            })
+            .collect(),
+        held: m
+            .held
+            .iter()
+            .map(|(rule, n)| (rule.to_string(), *n))
+            .collect(),
     }
 }

@@ -824,6 +824,46 @@ export interface QueueMetrics {
   freeSlots: number;
 }
 
+/** A concurrency key's ready tasks in one queue (GetMetrics). */
+export interface KeyPendingMetrics {
+  /** The concurrency key (`TaskOptions.concurrency_key`). */
+  key: string;
+  /**
+   * Its tasks ready to run in this queue and not started: waiting for
+   * their turn, or held because the key runs its limit.
+   */
+  pending: number;
+  /**
+   * Its tasks running now (or handed to an engine), over every queue: what
+   * its concurrency limit counts.
+   */
+  running: number;
+}
+
+/** One queue's flow-control figures (GetMetrics). */
+export interface QueueFlowMetrics {
+  /**
+   * The queue key: a task name, a SIMPLE task's queue, or an engine's
+   * internal queue (`#bullmq`, ...).
+   */
+  name: string;
+  /**
+   * The concurrency keys with the most ready tasks in this queue, most
+   * first (ties by key): at most 5.
+   */
+  topKeys: KeyPendingMetrics[];
+  /**
+   * Ready tasks held because their key runs its limit (waiting reason
+   * CONCURRENCY_LIMIT).
+   */
+  heldConcurrencyLimit: number;
+  /**
+   * Ready tasks held because their name or queue is paused (waiting
+   * reason QUEUE_PAUSED).
+   */
+  heldQueuePaused: number;
+}
+
 /** The metrics. */
 export interface GetMetricsResponse {
   /** Over all tasks the store holds. */
@@ -854,6 +894,19 @@ export interface GetMetricsResponse {
     | undefined;
   /** The sequence number of the last event. */
   lastSequence: number;
+  /**
+   * Flow control per queue, by name, for the queues with ready tasks of a
+   * concurrency key or tasks held by a flow rule: their top keys and the
+   * tasks each rule holds. At most 100 queues (those with the most such
+   * tasks).
+   */
+  queueFlow: QueueFlowMetrics[];
+  /**
+   * Ready tasks held by each flow rule over all queues, by the rule's
+   * waiting reason in lower case: `concurrency_limit`, `queue_paused`
+   * (both always present).
+   */
+  held: { [key: string]: number };
 }
 
 export interface GetMetricsResponse_ByTypeEntry {
@@ -864,6 +917,11 @@ export interface GetMetricsResponse_ByTypeEntry {
 export interface GetMetricsResponse_ByNameEntry {
   key: string;
   value: StateCounts | undefined;
+}
+
+export interface GetMetricsResponse_HeldEntry {
+  key: string;
+  value: number;
 }
 
 function createBaseGetClusterStatusRequest(): GetClusterStatusRequest {
@@ -5614,6 +5672,236 @@ export const QueueMetrics: MessageFns<QueueMetrics> = {
   },
 };
 
+function createBaseKeyPendingMetrics(): KeyPendingMetrics {
+  return { key: "", pending: 0, running: 0 };
+}
+
+export const KeyPendingMetrics: MessageFns<KeyPendingMetrics> = {
+  encode(message: KeyPendingMetrics, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.pending !== 0) {
+      writer.uint32(16).uint64(message.pending);
+    }
+    if (message.running !== 0) {
+      writer.uint32(24).uint32(message.running);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KeyPendingMetrics {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKeyPendingMetrics();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pending = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.running = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): KeyPendingMetrics {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      pending: isSet(object.pending) ? globalThis.Number(object.pending) : 0,
+      running: isSet(object.running) ? globalThis.Number(object.running) : 0,
+    };
+  },
+
+  toJSON(message: KeyPendingMetrics): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.pending !== 0) {
+      obj.pending = Math.round(message.pending);
+    }
+    if (message.running !== 0) {
+      obj.running = Math.round(message.running);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KeyPendingMetrics>, I>>(base?: I): KeyPendingMetrics {
+    return KeyPendingMetrics.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KeyPendingMetrics>, I>>(object: I): KeyPendingMetrics {
+    const message = createBaseKeyPendingMetrics();
+    message.key = object.key ?? "";
+    message.pending = object.pending ?? 0;
+    message.running = object.running ?? 0;
+    return message;
+  },
+};
+
+function createBaseQueueFlowMetrics(): QueueFlowMetrics {
+  return { name: "", topKeys: [], heldConcurrencyLimit: 0, heldQueuePaused: 0 };
+}
+
+export const QueueFlowMetrics: MessageFns<QueueFlowMetrics> = {
+  encode(message: QueueFlowMetrics, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    for (const v of message.topKeys) {
+      KeyPendingMetrics.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.heldConcurrencyLimit !== 0) {
+      writer.uint32(24).uint64(message.heldConcurrencyLimit);
+    }
+    if (message.heldQueuePaused !== 0) {
+      writer.uint32(32).uint64(message.heldQueuePaused);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueueFlowMetrics {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueueFlowMetrics();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.topKeys.push(KeyPendingMetrics.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.heldConcurrencyLimit = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.heldQueuePaused = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueueFlowMetrics {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      topKeys: globalThis.Array.isArray(object?.topKeys)
+        ? object.topKeys.map((e: any) => KeyPendingMetrics.fromJSON(e))
+        : globalThis.Array.isArray(object?.top_keys)
+        ? object.top_keys.map((e: any) => KeyPendingMetrics.fromJSON(e))
+        : [],
+      heldConcurrencyLimit: isSet(object.heldConcurrencyLimit)
+        ? globalThis.Number(object.heldConcurrencyLimit)
+        : isSet(object.held_concurrency_limit)
+        ? globalThis.Number(object.held_concurrency_limit)
+        : 0,
+      heldQueuePaused: isSet(object.heldQueuePaused)
+        ? globalThis.Number(object.heldQueuePaused)
+        : isSet(object.held_queue_paused)
+        ? globalThis.Number(object.held_queue_paused)
+        : 0,
+    };
+  },
+
+  toJSON(message: QueueFlowMetrics): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.topKeys?.length) {
+      obj.topKeys = message.topKeys.map((e) => KeyPendingMetrics.toJSON(e));
+    }
+    if (message.heldConcurrencyLimit !== 0) {
+      obj.heldConcurrencyLimit = Math.round(message.heldConcurrencyLimit);
+    }
+    if (message.heldQueuePaused !== 0) {
+      obj.heldQueuePaused = Math.round(message.heldQueuePaused);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QueueFlowMetrics>, I>>(base?: I): QueueFlowMetrics {
+    return QueueFlowMetrics.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QueueFlowMetrics>, I>>(object: I): QueueFlowMetrics {
+    const message = createBaseQueueFlowMetrics();
+    message.name = object.name ?? "";
+    message.topKeys = object.topKeys?.map((e) => KeyPendingMetrics.fromPartial(e)) || [];
+    message.heldConcurrencyLimit = object.heldConcurrencyLimit ?? 0;
+    message.heldQueuePaused = object.heldQueuePaused ?? 0;
+    return message;
+  },
+};
+
 function createBaseGetMetricsResponse(): GetMetricsResponse {
   return {
     total: undefined,
@@ -5626,6 +5914,8 @@ function createBaseGetMetricsResponse(): GetMetricsResponse {
     workersConnected: 0,
     startedAt: undefined,
     lastSequence: 0,
+    queueFlow: [],
+    held: {},
   };
 }
 
@@ -5661,6 +5951,12 @@ export const GetMetricsResponse: MessageFns<GetMetricsResponse> = {
     if (message.lastSequence !== 0) {
       writer.uint32(80).uint64(message.lastSequence);
     }
+    for (const v of message.queueFlow) {
+      QueueFlowMetrics.encode(v!, writer.uint32(242).fork()).join();
+    }
+    globalThis.Object.entries(message.held).forEach(([key, value]: [string, number]) => {
+      GetMetricsResponse_HeldEntry.encode({ key: key as any, value }, writer.uint32(250).fork()).join();
+    });
     return writer;
   },
 
@@ -5763,6 +6059,25 @@ export const GetMetricsResponse: MessageFns<GetMetricsResponse> = {
             message.lastSequence = longToNumber(reader.uint64());
             continue;
           }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.queueFlow.push(QueueFlowMetrics.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 31: {
+            if (tag !== 250) {
+              break;
+            }
+
+            const entry31 = GetMetricsResponse_HeldEntry.decode(reader, reader.uint32());
+            if (entry31.value !== undefined) {
+              message.held[entry31.key] = entry31.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5863,6 +6178,25 @@ export const GetMetricsResponse: MessageFns<GetMetricsResponse> = {
         : isSet(object.last_sequence)
         ? globalThis.Number(object.last_sequence)
         : 0,
+      queueFlow: globalThis.Array.isArray(object?.queueFlow)
+        ? object.queueFlow.map((e: any) => QueueFlowMetrics.fromJSON(e))
+        : globalThis.Array.isArray(object?.queue_flow)
+        ? object.queue_flow.map((e: any) => QueueFlowMetrics.fromJSON(e))
+        : [],
+      held: isObject(object.held)
+        ? (globalThis.Object.entries(object.held) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -5910,6 +6244,18 @@ export const GetMetricsResponse: MessageFns<GetMetricsResponse> = {
     if (message.lastSequence !== 0) {
       obj.lastSequence = Math.round(message.lastSequence);
     }
+    if (message.queueFlow?.length) {
+      obj.queueFlow = message.queueFlow.map((e) => QueueFlowMetrics.toJSON(e));
+    }
+    if (message.held) {
+      const entries = globalThis.Object.entries(message.held) as [string, number][];
+      if (entries.length > 0) {
+        obj.held = {};
+        entries.forEach(([k, v]) => {
+          obj.held[k] = Math.round(v);
+        });
+      }
+    }
     return obj;
   },
 
@@ -5950,6 +6296,16 @@ export const GetMetricsResponse: MessageFns<GetMetricsResponse> = {
     message.workersConnected = object.workersConnected ?? 0;
     message.startedAt = object.startedAt ?? undefined;
     message.lastSequence = object.lastSequence ?? 0;
+    message.queueFlow = object.queueFlow?.map((e) => QueueFlowMetrics.fromPartial(e)) || [];
+    message.held = (globalThis.Object.entries(object.held ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
     return message;
   },
 };
@@ -6128,6 +6484,91 @@ export const GetMetricsResponse_ByNameEntry: MessageFns<GetMetricsResponse_ByNam
     message.value = (object.value !== undefined && object.value !== null)
       ? StateCounts.fromPartial(object.value)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseGetMetricsResponse_HeldEntry(): GetMetricsResponse_HeldEntry {
+  return { key: "", value: 0 };
+}
+
+export const GetMetricsResponse_HeldEntry: MessageFns<GetMetricsResponse_HeldEntry> = {
+  encode(message: GetMetricsResponse_HeldEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetMetricsResponse_HeldEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetMetricsResponse_HeldEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetMetricsResponse_HeldEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: GetMetricsResponse_HeldEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetMetricsResponse_HeldEntry>, I>>(base?: I): GetMetricsResponse_HeldEntry {
+    return GetMetricsResponse_HeldEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetMetricsResponse_HeldEntry>, I>>(object: I): GetMetricsResponse_HeldEntry {
+    const message = createBaseGetMetricsResponse_HeldEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
     return message;
   },
 };

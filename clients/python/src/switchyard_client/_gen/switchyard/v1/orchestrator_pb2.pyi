@@ -505,8 +505,30 @@ class QueueMetrics(_message.Message):
     free_slots: int
     def __init__(self, name: _Optional[str] = ..., ready: _Optional[int] = ..., scheduled: _Optional[int] = ..., running: _Optional[int] = ..., workers: _Optional[int] = ..., free_slots: _Optional[int] = ...) -> None: ...
 
+class KeyPendingMetrics(_message.Message):
+    __slots__ = ("key", "pending", "running")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    pending: int
+    running: int
+    def __init__(self, key: _Optional[str] = ..., pending: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
+
+class QueueFlowMetrics(_message.Message):
+    __slots__ = ("name", "top_keys", "held_concurrency_limit", "held_queue_paused")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOP_KEYS_FIELD_NUMBER: _ClassVar[int]
+    HELD_CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    HELD_QUEUE_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    top_keys: _containers.RepeatedCompositeFieldContainer[KeyPendingMetrics]
+    held_concurrency_limit: int
+    held_queue_paused: int
+    def __init__(self, name: _Optional[str] = ..., top_keys: _Optional[_Iterable[_Union[KeyPendingMetrics, _Mapping]]] = ..., held_concurrency_limit: _Optional[int] = ..., held_queue_paused: _Optional[int] = ...) -> None: ...
+
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("total", "by_type", "by_name", "queues", "throughput_per_sec", "schedule_to_start", "run_time", "workers_connected", "started_at", "last_sequence")
+    __slots__ = ("total", "by_type", "by_name", "queues", "throughput_per_sec", "schedule_to_start", "run_time", "workers_connected", "started_at", "last_sequence", "queue_flow", "held")
     class ByTypeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -521,6 +543,13 @@ class GetMetricsResponse(_message.Message):
         key: str
         value: StateCounts
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[StateCounts, _Mapping]] = ...) -> None: ...
+    class HeldEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     BY_TYPE_FIELD_NUMBER: _ClassVar[int]
     BY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -531,6 +560,8 @@ class GetMetricsResponse(_message.Message):
     WORKERS_CONNECTED_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FLOW_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     total: StateCounts
     by_type: _containers.MessageMap[str, StateCounts]
     by_name: _containers.MessageMap[str, StateCounts]
@@ -541,4 +572,6 @@ class GetMetricsResponse(_message.Message):
     workers_connected: int
     started_at: _timestamp_pb2.Timestamp
     last_sequence: int
-    def __init__(self, total: _Optional[_Union[StateCounts, _Mapping]] = ..., by_type: _Optional[_Mapping[str, StateCounts]] = ..., by_name: _Optional[_Mapping[str, StateCounts]] = ..., queues: _Optional[_Iterable[_Union[QueueMetrics, _Mapping]]] = ..., throughput_per_sec: _Optional[float] = ..., schedule_to_start: _Optional[_Union[LatencySummary, _Mapping]] = ..., run_time: _Optional[_Union[LatencySummary, _Mapping]] = ..., workers_connected: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    queue_flow: _containers.RepeatedCompositeFieldContainer[QueueFlowMetrics]
+    held: _containers.ScalarMap[str, int]
+    def __init__(self, total: _Optional[_Union[StateCounts, _Mapping]] = ..., by_type: _Optional[_Mapping[str, StateCounts]] = ..., by_name: _Optional[_Mapping[str, StateCounts]] = ..., queues: _Optional[_Iterable[_Union[QueueMetrics, _Mapping]]] = ..., throughput_per_sec: _Optional[float] = ..., schedule_to_start: _Optional[_Union[LatencySummary, _Mapping]] = ..., run_time: _Optional[_Union[LatencySummary, _Mapping]] = ..., workers_connected: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., queue_flow: _Optional[_Iterable[_Union[QueueFlowMetrics, _Mapping]]] = ..., held: _Optional[_Mapping[str, int]] = ...) -> None: ...

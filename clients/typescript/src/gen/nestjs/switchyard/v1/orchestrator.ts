@@ -654,6 +654,46 @@ export interface QueueMetrics {
   freeSlots: number;
 }
 
+/** A concurrency key's ready tasks in one queue (GetMetrics). */
+export interface KeyPendingMetrics {
+  /** The concurrency key (`TaskOptions.concurrency_key`). */
+  key: string;
+  /**
+   * Its tasks ready to run in this queue and not started: waiting for
+   * their turn, or held because the key runs its limit.
+   */
+  pending: number;
+  /**
+   * Its tasks running now (or handed to an engine), over every queue: what
+   * its concurrency limit counts.
+   */
+  running: number;
+}
+
+/** One queue's flow-control figures (GetMetrics). */
+export interface QueueFlowMetrics {
+  /**
+   * The queue key: a task name, a SIMPLE task's queue, or an engine's
+   * internal queue (`#bullmq`, ...).
+   */
+  name: string;
+  /**
+   * The concurrency keys with the most ready tasks in this queue, most
+   * first (ties by key): at most 5.
+   */
+  topKeys: KeyPendingMetrics[];
+  /**
+   * Ready tasks held because their key runs its limit (waiting reason
+   * CONCURRENCY_LIMIT).
+   */
+  heldConcurrencyLimit: number;
+  /**
+   * Ready tasks held because their name or queue is paused (waiting
+   * reason QUEUE_PAUSED).
+   */
+  heldQueuePaused: number;
+}
+
 /** The metrics. */
 export interface GetMetricsResponse {
   /** Over all tasks the store holds. */
@@ -684,6 +724,19 @@ export interface GetMetricsResponse {
     | undefined;
   /** The sequence number of the last event. */
   lastSequence: number;
+  /**
+   * Flow control per queue, by name, for the queues with ready tasks of a
+   * concurrency key or tasks held by a flow rule: their top keys and the
+   * tasks each rule holds. At most 100 queues (those with the most such
+   * tasks).
+   */
+  queueFlow: QueueFlowMetrics[];
+  /**
+   * Ready tasks held by each flow rule over all queues, by the rule's
+   * waiting reason in lower case: `concurrency_limit`, `queue_paused`
+   * (both always present).
+   */
+  held: { [key: string]: number };
 }
 
 export interface GetMetricsResponse_ByTypeEntry {
@@ -694,6 +747,11 @@ export interface GetMetricsResponse_ByTypeEntry {
 export interface GetMetricsResponse_ByNameEntry {
   key: string;
   value: StateCounts | undefined;
+}
+
+export interface GetMetricsResponse_HeldEntry {
+  key: string;
+  value: number;
 }
 
 wrappers[".google.protobuf.Timestamp"] = {
