@@ -76,9 +76,10 @@ pub struct Config {
 }
 
 /// Flow control (`[flow]`): how many tasks of one concurrency key
-/// (`TaskOptions.concurrency_key`) run at once. Policies set at run time
-/// (`FlowService`) come before these; the first whose pattern matches a
-/// task's name (or queue) wins.
+/// (`TaskOptions.concurrency_key`) run at once, and how many start per
+/// interval. Policies and rate limits set at run time (`FlowService`) come
+/// before these; the first whose pattern matches a task's name (or queue)
+/// wins.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct FlowConfig {
@@ -89,6 +90,41 @@ pub struct FlowConfig {
     /// `[[flow.concurrency]]`: a pattern and a limit per key.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub concurrency: Vec<FlowPolicyConfig>,
+    /// `[[flow.rate_limit]]`: a pattern, a rate per interval and a burst.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limit: Vec<FlowRateConfig>,
+}
+
+/// One `[[flow.rate_limit]]`: at most `rate` tasks start per `interval`
+/// among the tasks whose name or queue matches `match`, up to `burst` at
+/// once; with `per_key`, per concurrency key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowRateConfig {
+    /// The glob pattern.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Starts per interval, 1 to 1,000,000.
+    pub rate: i64,
+    /// The interval (`"1s"`, `"1m"`), 1 ms to 24 h. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Starts at once after a quiet time, 1 to 1,000,000. Default 1.
+    pub burst: i64,
+    /// One bucket per concurrency key. Default false.
+    pub per_key: bool,
+}
+
+impl Default for FlowRateConfig {
+    fn default() -> Self {
+        FlowRateConfig {
+            pattern: String::new(),
+            rate: 0,
+            interval: Duration::from_secs(1),
+            burst: 1,
+            per_key: false,
+        }
+    }
 }
 
 /// One `[[flow.concurrency]]`: at most `limit` tasks of one key run at once
@@ -107,7 +143,7 @@ pub struct FlowPolicyConfig {
 impl FlowConfig {
     /// The rules these settings make; an error names the bad setting.
     pub fn rules(&self) -> Result<crate::domain::flow::FlowRules, String> {
-        use crate::domain::flow::{check_limit, ConcurrencyPolicy, FlowRules};
+        use crate::domain::flow::{check_limit, ConcurrencyPolicy, FlowRules, RateLimit};
         let default_limit = self
             .default_concurrency
             .map(|l| check_limit(l).map_err(|e| format!("flow.default_concurrency {e}")))
@@ -124,10 +160,23 @@ impl FlowConfig {
             }
             policies.push(policy);
         }
+        let mut rate_limits: Vec<RateLimit> = Vec::new();
+        for (i, r) in self.rate_limit.iter().enumerate() {
+            let limit = RateLimit::new(&r.pattern, r.rate, r.interval, r.burst, r.per_key, true)
+                .map_err(|e| format!("flow.rate_limit[{i}]: {e}"))?;
+            if rate_limits.iter().any(|q| q.pattern == limit.pattern) {
+                return Err(format!(
+                    "flow.rate_limit[{i}]: pattern {:?} is given twice",
+                    r.pattern
+                ));
+            }
+            rate_limits.push(limit);
+        }
         Ok(FlowRules {
             default_limit,
             policies,
             paused: Default::default(),
+            rate_limits,
         })
     }
 }
@@ -589,6 +638,47 @@ mod tests {
             .unwrap_err()
             .starts_with("flow.default_concurrency"));
         assert!(Config::default().flow.rules().is_ok());
+    }
+
+    #[test]
+    fn flow_reads_rate_limits_and_refuses_a_zero_rate_or_burst() {
+        let c: Config = toml::from_str(
+            "[[flow.rate_limit]]\nmatch = \"hook.*\"\nrate = 50\ninterval = \"1s\"\nburst = 10\n\
+             [[flow.rate_limit]]\nmatch = \"mail\"\nrate = 3\nper_key = true\n",
+        )
+        .unwrap();
+        let r = c.flow.rules().unwrap();
+        let l = &r.rate_limits[0];
+        assert_eq!(
+            (l.pattern.as_str(), l.rate, l.interval, l.burst, l.per_key),
+            ("hook.*", 50, Duration::from_secs(1), 10, false)
+        );
+        assert!(l.from_config);
+        let l = &r.rate_limits[1];
+        assert_eq!(
+            (l.interval, l.burst, l.per_key),
+            (Duration::from_secs(1), 1, true)
+        );
+        let mut bad = c.flow.clone();
+        bad.rate_limit[0].rate = 0;
+        assert!(bad
+            .rules()
+            .unwrap_err()
+            .starts_with("flow.rate_limit[0]: rate"));
+        bad.rate_limit[0].rate = 1;
+        bad.rate_limit[0].burst = 0;
+        assert!(bad
+            .rules()
+            .unwrap_err()
+            .starts_with("flow.rate_limit[0]: burst"));
+        bad.rate_limit[0].burst = 1;
+        bad.rate_limit[0].interval = Duration::ZERO;
+        assert!(bad
+            .rules()
+            .unwrap_err()
+            .starts_with("flow.rate_limit[0]: interval"));
+        let back: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.flow, c.flow);
     }
 
     #[test]

@@ -484,7 +484,7 @@ impl Collector for CoreCollector {
         gauges(
             &mut encoder,
             "switchyard_tasks_held",
-            "Pending tasks held by a flow rule, per rule (concurrency_limit: their key runs its limit; queue_paused: their name or queue is paused)",
+            "Pending tasks held by a flow rule, per rule (concurrency_limit: their key runs its limit; queue_paused: their name or queue is paused; rate_limited: their rate limit had no token)",
             &m.held
                 .iter()
                 .map(|(rule, n)| (l(&[("rule", *rule)]), *n as f64))
@@ -518,6 +518,17 @@ impl Collector for CoreCollector {
             "Ready tasks of the concurrency keys with the most of them, per queue (at most 5 keys per queue)",
             &top_keys,
         )?;
+        if !m.rate_tokens.is_empty() {
+            gauges(
+                &mut encoder,
+                "switchyard_rate_limit_tokens",
+                "Tokens in each rate limit's bucket, by its pattern (for a rate limit per key, the emptiest key's); one series per rate limit, at most 1,000",
+                &m.rate_tokens
+                    .iter()
+                    .map(|(rule, n)| (l(&[("rule", rule.as_str())]), *n))
+                    .collect::<Vec<_>>(),
+            )?;
+        }
         gauges(
             &mut encoder,
             "switchyard_workers_connected",

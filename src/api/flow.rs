@@ -47,7 +47,34 @@ impl FlowService for FlowApi {
         &self,
         _req: Request<pb::ListFlowRulesRequest>,
     ) -> Result<Response<pb::ListFlowRulesResponse>, Status> {
-        Ok(Response::new(conv::rules(&self.flow.rules())))
+        Ok(Response::new(conv::rules(
+            &self.flow.rules(),
+            &self.flow.rate_tokens(),
+        )))
+    }
+
+    #[instrument(skip_all)]
+    async fn set_rate_limit(
+        &self,
+        req: Request<pb::SetRateLimitRequest>,
+    ) -> Result<Response<pb::SetRateLimitResponse>, Status> {
+        let r = conv::rate_limit(req.into_inner().rate_limit)?;
+        let replaced = self
+            .flow
+            .set_rate_limit(&r.pattern, r.rate, r.interval, r.burst, r.per_key)
+            .await?;
+        Ok(Response::new(pb::SetRateLimitResponse { replaced }))
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_rate_limit(
+        &self,
+        req: Request<pb::DeleteRateLimitRequest>,
+    ) -> Result<Response<pb::DeleteRateLimitResponse>, Status> {
+        self.flow
+            .delete_rate_limit(&req.into_inner().pattern)
+            .await?;
+        Ok(Response::new(pb::DeleteRateLimitResponse {}))
     }
 
     #[instrument(skip_all, fields(name = %req.get_ref().name))]

@@ -1,9 +1,47 @@
 //! Flow rules ⇄ protobuf (`FlowService`): the rules in force as a listing,
 //! and the checks of a request's fields the flow component does not make.
 
+use std::time::Duration;
+
 use crate::core::CoreError;
 use crate::domain::flow::FlowRules;
 use crate::pb;
+
+/// A `SetRateLimit` request's rate limit, checked for what the flow
+/// component does not check itself (the interval's form).
+pub struct RateLimitArgs {
+    /// The pattern.
+    pub pattern: String,
+    /// Starts per interval, as sent.
+    pub rate: i64,
+    /// The interval.
+    pub interval: Duration,
+    /// The burst, as sent.
+    pub burst: i64,
+    /// One bucket per concurrency key.
+    pub per_key: bool,
+}
+
+/// The rate limit of a `SetRateLimit` request.
+pub fn rate_limit(r: Option<pb::RateLimit>) -> Result<RateLimitArgs, CoreError> {
+    let r = r.ok_or_else(|| CoreError::field("rate_limit", "is required"))?;
+    let d = r
+        .interval
+        .ok_or_else(|| CoreError::field("rate_limit.interval", "is required"))?;
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(CoreError::field(
+            "rate_limit.interval",
+            "must be a non-negative duration (nanos 0 to 999,999,999)",
+        ));
+    }
+    Ok(RateLimitArgs {
+        pattern: r.pattern,
+        rate: i64::from(r.rate),
+        interval: Duration::new(d.seconds as u64, d.nanos as u32),
+        burst: i64::from(r.burst),
+        per_key: r.per_key,
+    })
+}
 
 /// The policy of a `SetConcurrencyPolicy` request: its pattern and limit.
 pub fn policy(p: Option<pb::ConcurrencyPolicy>) -> Result<(String, i64), CoreError> {
@@ -11,8 +49,9 @@ pub fn policy(p: Option<pb::ConcurrencyPolicy>) -> Result<(String, i64), CoreErr
     Ok((p.pattern, i64::from(p.limit)))
 }
 
-/// The rules in force, as `ListFlowRules` answers them.
-pub fn rules(r: &FlowRules) -> pb::ListFlowRulesResponse {
+/// The rules in force, as `ListFlowRules` answers them, with the tokens
+/// of each rate limit (pattern, tokens).
+pub fn rules(r: &FlowRules, tokens: &[(String, f64)]) -> pb::ListFlowRulesResponse {
     pb::ListFlowRulesResponse {
         policies: r
             .policies
@@ -25,5 +64,24 @@ pub fn rules(r: &FlowRules) -> pb::ListFlowRulesResponse {
             .collect(),
         default_limit: r.default_limit.unwrap_or(0),
         paused: r.paused.iter().cloned().collect(),
+        rate_limits: r
+            .rate_limits
+            .iter()
+            .map(|l| pb::RateLimit {
+                pattern: l.pattern.clone(),
+                rate: l.rate.min(i32::MAX as u32) as i32,
+                interval: Some(prost_types::Duration {
+                    seconds: l.interval.as_secs() as i64,
+                    nanos: l.interval.subsec_nanos() as i32,
+                }),
+                burst: l.burst.min(i32::MAX as u32) as i32,
+                per_key: l.per_key,
+                from_config: l.from_config,
+                tokens: tokens
+                    .iter()
+                    .find(|(p, _)| *p == l.pattern)
+                    .map_or(f64::from(l.burst), |(_, t)| *t),
+            })
+            .collect(),
     }
 }

@@ -38,7 +38,7 @@ pub struct QueueArgs {
     pub name: String,
 }
 
-/// `flow …`: concurrency policies per key.
+/// `flow …`: concurrency policies per key and rate limits.
 #[derive(Subcommand, Debug, Clone)]
 pub enum FlowCommand {
     /// Sets a concurrency policy: at most LIMIT tasks of one concurrency
@@ -46,9 +46,36 @@ pub enum FlowCommand {
     Set(SetPolicyArgs),
     /// Deletes a concurrency policy set at run time.
     Delete(DeletePolicyArgs),
-    /// Lists the policies in the order they are matched, the default limit
-    /// and the paused names.
+    /// Lists the policies and the rate limits in the order they are
+    /// matched (with each rate limit's tokens now), the default limit and
+    /// the paused names.
     List,
+    /// Sets a rate limit: at most RATE tasks start per --per interval
+    /// among the tasks whose name or queue matches PATTERN, up to --burst
+    /// at once (a token bucket); with --per-key, per concurrency key.
+    RateSet(RateSetArgs),
+    /// Deletes a rate limit set at run time.
+    RateDelete(DeletePolicyArgs),
+}
+
+/// `flow rate-set`.
+#[derive(Args, Debug, Clone)]
+pub struct RateSetArgs {
+    /// A glob over task names and queues (`*` any run of characters).
+    pub pattern: String,
+    /// Starts per interval (1 to 1,000,000).
+    #[arg(allow_negative_numbers = true)]
+    pub rate: i32,
+    /// The interval (`1s`, `500ms`, `1m`), 1 ms to 24 h.
+    #[arg(long = "per", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// Starts at once after a quiet time (1 to 1,000,000); default: the
+    /// rate.
+    #[arg(long, allow_negative_numbers = true)]
+    pub burst: Option<i32>,
+    /// One bucket per concurrency key.
+    #[arg(long)]
+    pub per_key: bool,
 }
 
 /// `flow set`.
@@ -177,9 +204,89 @@ pub async fn run_flow<W: Write>(
             for p in &r.paused {
                 out.line(format!("{p}\tpaused"))?;
             }
+            for l in &r.rate_limits {
+                let from = if l.from_config { " (config)" } else { "" };
+                let per_key = if l.per_key { " per key" } else { "" };
+                out.line(format!(
+                    "{}\trate {} per {}{per_key}, burst {}, {:.1} tokens{from}",
+                    l.pattern,
+                    l.rate,
+                    interval_text(l.interval.as_ref()),
+                    l.burst,
+                    l.tokens
+                ))?;
+            }
             Ok(())
         }
+        FlowCommand::RateSet(a) => {
+            let burst = a.burst.unwrap_or(a.rate);
+            let r = c
+                .set_rate_limit(pb::SetRateLimitRequest {
+                    rate_limit: Some(pb::RateLimit {
+                        pattern: a.pattern.clone(),
+                        rate: a.rate,
+                        interval: Some(prost_types::Duration {
+                            seconds: a.interval.as_secs().min(i64::MAX as u64) as i64,
+                            nanos: a.interval.subsec_nanos() as i32,
+                        }),
+                        burst,
+                        per_key: a.per_key,
+                        from_config: false,
+                        tokens: 0.0,
+                    }),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if out.json() {
+                return out.document(&json!({"pattern": a.pattern, "replaced": r.replaced}));
+            }
+            let verb = if r.replaced { "replaced" } else { "set" };
+            let per_key = if a.per_key { " per key" } else { "" };
+            out.line(format!(
+                "{}: rate {} per {}{per_key}, burst {burst} ({verb})",
+                a.pattern,
+                a.rate,
+                humantime::format_duration(a.interval)
+            ))
+        }
+        FlowCommand::RateDelete(a) => {
+            c.delete_rate_limit(pb::DeleteRateLimitRequest {
+                pattern: a.pattern.clone(),
+            })
+            .await
+            .map_err(rpc)?;
+            if out.json() {
+                return out.document(&json!({"pattern": a.pattern, "deleted": true}));
+            }
+            out.line(format!("{}: rate limit deleted", a.pattern))
+        }
     }
+}
+
+/// A protobuf duration in words (`1s`, `500ms`).
+fn interval_text(d: Option<&prost_types::Duration>) -> String {
+    let d = d.cloned().unwrap_or_default();
+    let d = std::time::Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32);
+    humantime::format_duration(d).to_string()
+}
+
+/// A protobuf timestamp as RFC 3339, and how far from now.
+fn when_text(t: Option<&prost_types::Timestamp>) -> String {
+    let Some(t) = t else {
+        return "an unknown time".into();
+    };
+    let at = std::time::UNIX_EPOCH
+        + std::time::Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32);
+    let left = at
+        .duration_since(std::time::SystemTime::now())
+        .map(|d| format!(" (in {})", humantime::format_duration(round_ms(d))))
+        .unwrap_or_default();
+    format!("{}{left}", humantime::format_rfc3339_millis(at))
+}
+
+fn round_ms(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64)
 }
 
 /// `task why`: what holds a task, in words.
@@ -234,6 +341,22 @@ pub(crate) fn explain(s: &pb::TaskStatus) -> String {
             "held by the concurrency policy {}: key {:?} has {} of {} tasks running{ahead}",
             h.rule, h.concurrency_key, h.running, h.limit
         ),
+        R::RateLimited => {
+            let key = if h.concurrency_key.is_empty() {
+                String::new()
+            } else {
+                format!(" for key {:?}", h.concurrency_key)
+            };
+            format!(
+                "held by the rate limit {}{key} ({} per {}, burst {}): no token now; \
+                 it may start at {}",
+                h.rule,
+                h.rate,
+                interval_text(h.interval.as_ref()),
+                h.burst,
+                when_text(h.next_start_at.as_ref())
+            )
+        }
         R::QueuePaused => format!(
             "held: {} is paused (switchyard queue resume {})",
             h.rule, h.rule
@@ -272,6 +395,7 @@ mod tests {
                 limit: 2,
                 running: 2,
                 ahead: Some(3),
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -283,5 +407,38 @@ mod tests {
             ..s
         };
         assert!(explain(&done).contains("nothing holds it"));
+    }
+
+    #[test]
+    fn why_names_the_rate_limit_and_when_the_task_may_start() {
+        let s = pb::TaskStatus {
+            id: "t".into(),
+            state: pb::TaskState::Pending as i32,
+            waiting_reason: pb::WaitingReason::RateLimited as i32,
+            hold: Some(pb::Hold {
+                rule: "hook.*".into(),
+                concurrency_key: "tenant-1".into(),
+                next_start_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+                rate: 50,
+                interval: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                burst: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = explain(&s);
+        assert!(
+            t.contains("rate limit hook.*")
+                && t.contains("\"tenant-1\"")
+                && t.contains("50 per 1s, burst 10")
+                && t.contains("2023-11-14T22:13:20"),
+            "{t}"
+        );
     }
 }

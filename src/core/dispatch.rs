@@ -201,13 +201,18 @@ impl State {
                                 f.plain_dispatched();
                             }
                         }
-                        self.assign(head.id, wid);
+                        // Its rate limit may hold it on a timer instead.
+                        if !self.rate_blocked(head.id) {
+                            self.assign(head.id, wid);
+                        }
                     }
                     Pick::Keyed(head) => {
                         // `None`: its key ran out of room meanwhile (the
                         // line is parked); the next pick is another line.
                         if let Some(id) = self.take_head(&key, &head) {
-                            self.assign(id, wid);
+                            if !self.rate_blocked(id) {
+                                self.assign(id, wid);
+                            }
                             self.refill_line(&key, &head.ckey);
                         }
                     }

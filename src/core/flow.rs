@@ -1,10 +1,19 @@
-//! Flow control in the core: concurrency keys, fairness between keys, and
-//! paused names. One rule for every engine: a task held here is never
-//! handed to a worker, an in-process executor or a backend.
+//! Flow control in the core: concurrency keys, fairness between keys,
+//! rate limits and paused names. One rule for every engine: a task held
+//! here is never handed to a worker, an in-process executor or a backend.
 //!
 //! Owns: the running count of each concurrency key, each queue's
 //! round-robin of keys ([`Fair`]), the lines parked on their key's limit,
-//! the tasks held by a pause, and what a held task's status says.
+//! the tasks held by a pause, the rate limits' token buckets and the tasks
+//! they hold, and what a held task's status says.
+//!
+//! Rate limits. A token is taken when a task is about to be handed out
+//! (a worker or an engine has room for it), so starts, not schedules, are
+//! counted. A task that finds its bucket empty leaves its queue for a
+//! timer at the time its token is due; the tasks a bucket holds wake one
+//! token apart (the bucket's `wake`), so a backlog costs one wake-up per
+//! token, not one per task. A server without rate limits checks one empty
+//! vector per dispatch.
 //! Must not: write anything, or change a task's state (a held task stays
 //! PENDING and in the core's memory; the rules themselves are kept by the
 //! `flow` module above).
@@ -25,7 +34,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::domain::flow::{FlowRules, Hold};
+use crate::domain::flow::{Bucket, FlowRules, Hold, RateLimit};
 use crate::domain::*;
 
 use super::queries::{KeyPending, QueueFlowInfo};
@@ -142,6 +151,58 @@ pub(super) struct Flow {
     pub(super) parked: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Ready tasks held because their name or queue is paused.
     pub(super) held: HashSet<TaskId>,
+    /// The buckets of each rate limit, in the order of
+    /// `rules.rate_limits`.
+    pub(super) rates: Vec<Rates>,
+    /// Tasks held on a timer by a rate limit: when they wake, and the
+    /// rate limit's place in `rules.rate_limits`.
+    pub(super) rate_held: HashMap<TaskId, (Micros, usize)>,
+}
+
+/// A token bucket and the wake-up of the last task it held.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Slot {
+    pub(super) bucket: Bucket,
+    /// The wake-up given to the last task this bucket held; the next one
+    /// wakes a token later.
+    pub(super) wake: Micros,
+}
+
+/// The buckets of one rate limit.
+pub(super) struct Rates {
+    pub(super) rule: RateLimit,
+    /// The bucket of a rate limit without `per_key` (and of tasks without
+    /// a key under one with it).
+    pub(super) shared: Slot,
+    /// One bucket per concurrency key (`per_key`); full ones are dropped
+    /// now and then.
+    pub(super) keys: HashMap<Arc<str>, Slot>,
+    /// The number of keys at which full buckets are dropped next.
+    pub(super) prune_at: usize,
+}
+
+impl Rates {
+    fn new(rule: RateLimit) -> Rates {
+        Rates {
+            rule,
+            shared: Slot::default(),
+            keys: HashMap::new(),
+            prune_at: 1024,
+        }
+    }
+
+    /// The tokens left, for metrics: the shared bucket's, or for a rate
+    /// limit per key the emptiest key's (a full bucket if none).
+    pub(super) fn tokens(&self, now: Micros) -> f64 {
+        let shared = self.shared.bucket.tokens(&self.rule, now);
+        if !self.rule.per_key {
+            return shared;
+        }
+        self.keys
+            .values()
+            .map(|s| s.bucket.tokens(&self.rule, now))
+            .fold(shared, f64::min)
+    }
 }
 
 impl Flow {
@@ -166,6 +227,64 @@ impl Flow {
 }
 
 impl State {
+    /// Takes a token for task `id`, which is about to be handed out and is
+    /// out of its queue already: `false` if it may start; `true` if its
+    /// rate limit has no token now, and the task is then held on a timer
+    /// until its token is due.
+    pub(super) fn rate_blocked(&mut self, id: TaskId) -> bool {
+        if self.flow.rules.rate_limits.is_empty() {
+            return false;
+        }
+        let now = self.now;
+        let Some(a) = self.tasks.get_mut(&id) else {
+            return false;
+        };
+        let Some((i, _)) = self.flow.rules.rate_for(&a.task.spec) else {
+            return false;
+        };
+        let Some(rs) = self.flow.rates.get_mut(i) else {
+            return false;
+        };
+        let slot = match a.task.spec.concurrency_key().filter(|_| rs.rule.per_key) {
+            None => &mut rs.shared,
+            Some(k) => rs.keys.entry(Arc::from(k)).or_default(),
+        };
+        let next = match slot.bucket.take(&rs.rule, now) {
+            Ok(()) => {
+                if rs.keys.len() >= rs.prune_at {
+                    rs.keys.retain(|_, s| !s.bucket.full(now) || s.wake > now);
+                    rs.prune_at = (rs.keys.len() * 2).max(1024);
+                }
+                return false;
+            }
+            Err(next) => next,
+        };
+        // Held tasks wake one token apart, after the ones held before.
+        let step = rs.rule.emission_micros();
+        let wake = if slot.wake >= next {
+            (slot.wake as f64 + step).ceil() as Micros
+        } else {
+            next
+        };
+        slot.wake = wake;
+        a.queued = None;
+        a.timer = Some(wake);
+        let key = a.key.clone();
+        self.timers.insert((wake, id));
+        self.queue(&key).scheduled += 1;
+        self.flow.rate_held.insert(id, (wake, i));
+        true
+    }
+
+    /// The tokens left per rate limit (see [`Rates::tokens`]).
+    pub(super) fn rate_tokens(&self, now: Micros) -> Vec<(String, f64)> {
+        self.flow
+            .rates
+            .iter()
+            .map(|r| (r.rule.pattern.clone(), r.tokens(now)))
+            .collect()
+    }
+
     /// Puts a ready keyed task in its line (the head if it comes first and
     /// the key has room).
     pub(super) fn enter_line(&mut self, queue: &Arc<str>, ckey: &Arc<str>, lk: LKey) {
@@ -354,9 +473,31 @@ impl State {
         // Tasks without a key are placed again only if what is paused
         // changed.
         let paused_changed = rules.paused != self.flow.rules.paused;
+        let rates_changed = rules.rate_limits != self.flow.rules.rate_limits;
+        if rates_changed {
+            // A rate limit that stays as it was keeps its buckets.
+            let mut old = std::mem::take(&mut self.flow.rates);
+            self.flow.rates = rules
+                .rate_limits
+                .iter()
+                .map(|r| {
+                    match old
+                        .iter()
+                        .position(|o| o.rule.pattern == r.pattern && o.rule.same_bucket(r))
+                    {
+                        Some(at) => {
+                            let mut kept = old.swap_remove(at);
+                            kept.rule = r.clone();
+                            kept
+                        }
+                        None => Rates::new(r.clone()),
+                    }
+                })
+                .collect();
+        }
         self.flow.rules = rules;
         self.flow.parked.clear();
-        let ids: Vec<TaskId> = self
+        let mut ids: Vec<TaskId> = self
             .tasks
             .iter()
             .filter(|(_, a)| {
@@ -366,6 +507,11 @@ impl State {
             })
             .map(|(id, _)| *id)
             .collect();
+        // The tasks a rate limit holds are queued again and take a token
+        // under the new rules (their timer is given up).
+        if rates_changed {
+            ids.extend(self.flow.rate_held.keys().copied());
+        }
         for id in ids {
             self.unplace(id);
             self.place(id, self.now);
@@ -382,6 +528,35 @@ impl State {
     pub(super) fn hold_of(&self, a: &Active, ahead: bool) -> Option<(WaitingReason, Hold)> {
         if a.task.rt.state != TaskState::Pending {
             return None;
+        }
+        // Only a task on a timer may be held by a rate limit (no lookup
+        // on a server without rate limits).
+        let rate_held = if a.timer.is_some() && !self.flow.rate_held.is_empty() {
+            self.flow.rate_held.get(&a.task.id).copied()
+        } else {
+            None
+        };
+        if let Some((until, i)) = rate_held {
+            let r = self.flow.rules.rate_limits.get(i)?;
+            return Some((
+                WaitingReason::RateLimited,
+                Hold {
+                    rule: r.pattern.clone(),
+                    key: a
+                        .task
+                        .spec
+                        .concurrency_key()
+                        .filter(|_| r.per_key)
+                        .map(String::from),
+                    next_start: Some(until),
+                    rate: Some((
+                        r.rate,
+                        r.interval.as_millis().min(u128::from(u64::MAX)) as u64,
+                        r.burst,
+                    )),
+                    ..Hold::default()
+                },
+            ));
         }
         if a.held {
             let rule = self.flow.rules.paused_by(&a.task.spec)?;
@@ -427,6 +602,7 @@ impl State {
                 limit: limit.limit,
                 running,
                 ahead,
+                ..Hold::default()
             },
         ))
     }
@@ -532,6 +708,11 @@ impl State {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
+
+    /// Pending tasks held by a rate limit.
+    pub(super) fn rate_held_count(&self) -> u64 {
+        self.flow.rate_held.len() as u64
+    }
 }
 
 impl super::Core {
@@ -546,5 +727,12 @@ impl super::Core {
     /// The flow rules in force.
     pub fn flow_rules(&self) -> Arc<FlowRules> {
         self.inner.state.lock().flow.rules.clone()
+    }
+
+    /// The tokens left per rate limit, in the order of the rules' rate
+    /// limits: its pattern and its tokens now.
+    pub fn rate_tokens(&self) -> Vec<(String, f64)> {
+        let now = now_micros();
+        self.inner.state.lock().rate_tokens(now)
     }
 }

@@ -526,3 +526,105 @@ fn a_task_that_was_running_at_a_restart_keeps_its_slot_of_the_key() {
     });
     assert_eq!(assigned(&fx), [older.id]);
 }
+
+fn rate(st: &mut State, pattern: &str, rate: i64, burst: i64, per_key: bool) {
+    let rules = crate::domain::flow::FlowRules {
+        rate_limits: vec![crate::domain::flow::RateLimit::new(
+            pattern,
+            rate,
+            Duration::from_secs(1),
+            burst,
+            per_key,
+            false,
+        )
+        .unwrap()],
+        ..Default::default()
+    };
+    st.step(T0, |st| st.set_flow_rules(Arc::new(rules)));
+}
+
+#[test]
+fn a_rate_limit_holds_a_task_on_a_timer_until_its_token_is_due() {
+    let mut st = state();
+    // 2 a second, one at a time: a token every 500 ms.
+    rate(&mut st, "rl", 2, 1, false);
+    let (_, _, _rx) = worker(&mut st, "rl", 10);
+    let mut ids = Vec::new();
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        let (t, fx) = st.step(T0, |st| {
+            st.schedule_internal(new_task("rl", 1, Duration::ZERO))
+        });
+        ids.push(t.id);
+        started.extend(assigned(&fx));
+    }
+    assert_eq!(started, [ids[0]], "one token at T0");
+    let (reason, hold) = st.hold_of(&st.tasks[&ids[1]], false).expect("held");
+    assert_eq!(reason, WaitingReason::RateLimited);
+    assert_eq!(
+        (hold.rule.as_str(), hold.next_start, hold.rate),
+        ("rl", Some(T0 + 500_000), Some((2, 1000, 1)))
+    );
+    assert_eq!(
+        st.hold_of(&st.tasks[&ids[2]], false).unwrap().1.next_start,
+        Some(T0 + 1_000_000),
+        "the held tasks wake one token apart"
+    );
+    assert_eq!(
+        st.derived_reason(&st.tasks[&ids[2]]),
+        Some(WaitingReason::RateLimited)
+    );
+    assert_eq!(st.rate_held_count(), 2);
+    assert!(st.rate_tokens(T0)[0].1 < 0.01);
+
+    // Not before its token: nothing starts.
+    let ((), fx) = st.step(T0 + 499_999, |st| st.timers_due(T0 + 499_999));
+    assert!(assigned(&fx).is_empty());
+    let ((), fx) = st.step(T0 + 500_000, |st| st.timers_due(T0 + 500_000));
+    assert_eq!(assigned(&fx), [ids[1]]);
+    let ((), fx) = st.step(T0 + 1_000_000, |st| st.timers_due(T0 + 1_000_000));
+    assert_eq!(assigned(&fx), [ids[2]]);
+    assert_eq!(st.rate_held_count(), 0);
+}
+
+#[test]
+fn a_rate_per_key_gives_each_key_its_bucket_and_deleting_it_releases_at_once() {
+    let mut st = state();
+    rate(&mut st, "rk", 1, 1, true);
+    let (_, _, _rx) = worker(&mut st, "rk", 10);
+    let mut started = Vec::new();
+    let mut ids = Vec::new();
+    for key in ["a", "a", "b"] {
+        let (t, fx) = st.step(T0, |st| st.schedule_internal(keyed("rk", key, 0)));
+        ids.push(t.id);
+        started.extend(assigned(&fx));
+    }
+    assert_eq!(started, [ids[0], ids[2]], "a and b each have a token");
+    let hold = st.hold_of(&st.tasks[&ids[1]], false).unwrap().1;
+    assert_eq!(hold.key.as_deref(), Some("a"));
+    // No rate limit any more: the held task goes at once.
+    let ((), fx) = st.step(T0 + 1, |st| {
+        st.set_flow_rules(Arc::new(crate::domain::flow::FlowRules::default()))
+    });
+    assert_eq!(assigned(&fx), [ids[1]]);
+    assert_eq!(st.rate_held_count(), 0);
+    assert!(st.timers.is_empty());
+}
+
+#[test]
+fn a_cancelled_rate_held_task_leaves_the_timer_and_the_count() {
+    let mut st = state();
+    rate(&mut st, "rc", 1, 1, false);
+    let (_, _, _rx) = worker(&mut st, "rc", 10);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (t, _) = st.step(T0, |st| {
+            st.schedule_internal(new_task("rc", 1, Duration::ZERO))
+        });
+        ids.push(t.id);
+    }
+    assert_eq!(st.rate_held_count(), 1);
+    st.step(T0, |st| st.unplace(ids[1]));
+    assert_eq!(st.rate_held_count(), 0);
+    assert!(st.timers.is_empty());
+}

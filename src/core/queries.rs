@@ -32,11 +32,15 @@ pub struct MetricsSnapshot {
     /// Last event sequence.
     pub last_seq: u64,
     /// Pending tasks held by each flow rule: `concurrency_limit`,
-    /// `queue_paused`.
+    /// `queue_paused`, `rate_limited`.
     pub held: Vec<(&'static str, u64)>,
     /// Flow control per queue (by name, at most 100): top keys and tasks
     /// held per rule.
     pub flow: Vec<QueueFlowInfo>,
+    /// The tokens left per rate limit: its pattern and its tokens (the
+    /// emptiest key's for a rate limit per key). One entry per rate limit,
+    /// at most 1,000.
+    pub rate_tokens: Vec<(String, f64)>,
 }
 
 /// One queue's flow-control figures.
@@ -247,8 +251,13 @@ impl Core {
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         let (limited, paused) = st.held_counts();
         MetricsSnapshot {
-            held: vec![("concurrency_limit", limited), ("queue_paused", paused)],
+            held: vec![
+                ("concurrency_limit", limited),
+                ("queue_paused", paused),
+                ("rate_limited", st.rate_held_count()),
+            ],
             flow: st.queue_flow(),
+            rate_tokens: st.rate_tokens(now),
             counts: st.counts.clone(),
             queues,
             throughput: st.throughput.per_sec(now),

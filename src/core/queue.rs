@@ -150,6 +150,9 @@ impl State {
         if let Some(t) = timer {
             q.scheduled = q.scheduled.saturating_sub(1);
             self.timers.remove(&(t, id));
+            if !self.flow.rate_held.is_empty() {
+                self.flow.rate_held.remove(&id);
+            }
         }
     }
 }

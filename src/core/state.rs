@@ -282,7 +282,10 @@ impl State {
         if a.task.rt.state != TaskState::Pending {
             return None;
         }
-        if a.held || (a.queued.is_some() && a.task.spec.concurrency_key.is_some()) {
+        if a.held
+            || (a.queued.is_some() && a.task.spec.concurrency_key.is_some())
+            || (a.timer.is_some() && self.flow.rate_held.contains_key(&a.task.id))
+        {
             if let Some((r, _)) = self.hold_of(a, false) {
                 return Some(r);
             }

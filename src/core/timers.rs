@@ -25,19 +25,7 @@ impl Core {
             let now = now_micros();
             let run_lease_check = now >= next_lease_check;
             let next = self.with_state(|st| {
-                while let Some(&(t, id)) = st.timers.first() {
-                    if t > now {
-                        break;
-                    }
-                    st.timers.pop_first();
-                    if let Some(a) = st.tasks.get_mut(&id) {
-                        a.timer = None;
-                        let key = a.key.clone();
-                        let q = st.queue(&key);
-                        q.scheduled = q.scheduled.saturating_sub(1);
-                        st.place(id, now);
-                    }
-                }
+                st.timers_due(now);
                 while let Some(&(t, id)) = st.deadlines.first() {
                     if t > now {
                         break;
@@ -88,6 +76,27 @@ impl Core {
 }
 
 impl State {
+    /// Places the tasks whose timer (a delay, a backoff, a rate limit's
+    /// token) is due at `now`.
+    pub(super) fn timers_due(&mut self, now: Micros) {
+        while let Some(&(t, id)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if !self.flow.rate_held.is_empty() {
+                self.flow.rate_held.remove(&id);
+            }
+            if let Some(a) = self.tasks.get_mut(&id) {
+                a.timer = None;
+                let key = a.key.clone();
+                let q = self.queue(&key);
+                q.scheduled = q.scheduled.saturating_sub(1);
+                self.place(id, now);
+            }
+        }
+    }
+
     pub(super) fn deadline_passed(&mut self, id: TaskId) {
         let Some(a) = self.tasks.get_mut(&id) else {
             return;

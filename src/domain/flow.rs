@@ -2,12 +2,15 @@
 //! any engine sees it.
 //!
 //! Owns what a rule says (a concurrency policy per name or queue pattern,
-//! the default limit per key, the paused names) and the pure questions
-//! over them: which limit a task's key has, whether a task is paused. It
-//! decides nothing about when a task runs: the core counts the running
-//! tasks of each key and holds what the rules say to hold.
+//! the default limit per key, a rate limit per name or queue pattern, the
+//! paused names) and the pure questions over them: which limit a task's
+//! key has, which rate limit a task falls under, whether a task is paused,
+//! and the token bucket's arithmetic ([`Bucket`]). It decides nothing
+//! about when a task runs: the core counts the running tasks of each key,
+//! keeps the buckets, and holds what the rules say to hold.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +31,16 @@ pub const MAX_POLICIES: usize = 1000;
 pub const MAX_PAUSED: usize = 1000;
 /// The largest limit per key a policy may give.
 pub const MAX_LIMIT: u32 = 1_000_000;
+/// The most rate limits a server holds (config and run time).
+pub const MAX_RATE_LIMITS: usize = 1000;
+/// The most starts per interval a rate limit may allow.
+pub const MAX_RATE: u32 = 1_000_000;
+/// The largest burst of a rate limit.
+pub const MAX_BURST: u32 = 1_000_000;
+/// The shortest interval of a rate limit.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest interval of a rate limit.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// A concurrency policy: at most `limit` tasks of one concurrency key run
 /// at once among the tasks whose name (or, for SIMPLE tasks, queue)
@@ -87,6 +100,163 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a rate: 1 to [`MAX_RATE`] starts per interval.
+pub fn check_rate(rate: i64) -> Result<u32, String> {
+    if !(1..=i64::from(MAX_RATE)).contains(&rate) {
+        return Err(format!("must be between 1 and {MAX_RATE}, got {rate}"));
+    }
+    Ok(rate as u32)
+}
+
+/// Checks a burst: 1 to [`MAX_BURST`] starts at once.
+pub fn check_burst(burst: i64) -> Result<u32, String> {
+    if !(1..=i64::from(MAX_BURST)).contains(&burst) {
+        return Err(format!("must be between 1 and {MAX_BURST}, got {burst}"));
+    }
+    Ok(burst as u32)
+}
+
+/// Checks an interval: 1 ms to 24 h.
+pub fn check_interval(interval: Duration) -> Result<Duration, String> {
+    if interval < MIN_INTERVAL || interval > MAX_INTERVAL {
+        return Err(format!(
+            "must be between 1ms and 24h, got {}",
+            humantime::format_duration(interval)
+        ));
+    }
+    Ok(interval)
+}
+
+/// A rate limit: at most `rate` tasks start per `interval` among the tasks
+/// whose name (or, for SIMPLE tasks, queue) matches `pattern`, with up to
+/// `burst` at once after a quiet time (a token bucket of `burst` tokens
+/// that gains `rate` per `interval`). With `per_key`, each concurrency key
+/// has its own bucket (tasks without a key share one).
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// The pattern as written; it names the rate limit.
+    pub pattern: String,
+    matcher: globset::GlobMatcher,
+    /// Starts per interval, at least 1.
+    pub rate: u32,
+    /// The interval, 1 ms to 24 h.
+    pub interval: Duration,
+    /// The bucket's size: starts at once, at least 1.
+    pub burst: u32,
+    /// One bucket per concurrency key.
+    pub per_key: bool,
+    /// Whether it comes from the configuration (else it was set at run
+    /// time and is kept in the store).
+    pub from_config: bool,
+}
+
+impl PartialEq for RateLimit {
+    fn eq(&self, o: &Self) -> bool {
+        self.pattern == o.pattern && self.from_config == o.from_config && self.same_bucket(o)
+    }
+}
+
+impl RateLimit {
+    /// A rate limit; an error names the bad part (`pattern`, `rate`,
+    /// `interval`, `burst`).
+    pub fn new(
+        pattern: &str,
+        rate: i64,
+        interval: Duration,
+        burst: i64,
+        per_key: bool,
+        from_config: bool,
+    ) -> Result<Self, String> {
+        let matcher = check_pattern(pattern).map_err(|e| format!("pattern {e}"))?;
+        let rate = check_rate(rate).map_err(|e| format!("rate {e}"))?;
+        let interval = check_interval(interval).map_err(|e| format!("interval {e}"))?;
+        let burst = check_burst(burst).map_err(|e| format!("burst {e}"))?;
+        Ok(RateLimit {
+            pattern: pattern.to_string(),
+            matcher,
+            rate,
+            interval,
+            burst,
+            per_key,
+            from_config,
+        })
+    }
+
+    fn matches(&self, name: &str, queue: Option<&str>) -> bool {
+        self.matcher.is_match(name) || queue.is_some_and(|q| self.matcher.is_match(q))
+    }
+
+    /// Whether `o` fills its buckets the same way (a bucket then survives
+    /// a change of the rules).
+    pub fn same_bucket(&self, o: &Self) -> bool {
+        self.rate == o.rate
+            && self.interval == o.interval
+            && self.burst == o.burst
+            && self.per_key == o.per_key
+    }
+
+    /// Microseconds between two tokens.
+    pub fn emission_micros(&self) -> f64 {
+        self.interval.as_micros() as f64 / f64::from(self.rate)
+    }
+}
+
+/// A token bucket, kept as the time its next start is due if it starts
+/// back to back (GCRA's "theoretical arrival time"): a start at `now` is
+/// allowed while `tat - now` stays within the burst's tolerance, and moves
+/// `tat` on by one token's time. A bucket with `tat <= now` is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bucket {
+    /// Microseconds since the epoch.
+    pub tat: f64,
+}
+
+impl Bucket {
+    /// Takes a token at `now` (microseconds): `Ok` if one was there, else
+    /// `Err(when)`, the first time one is.
+    pub fn take(&mut self, rule: &RateLimit, now: i64) -> Result<(), i64> {
+        let t = rule.emission_micros();
+        let tolerance = t * f64::from(rule.burst - 1);
+        let now_f = now as f64;
+        let tat = self.tat.max(now_f);
+        if tat - now_f > tolerance {
+            return Err((tat - tolerance).ceil() as i64);
+        }
+        self.tat = tat + t;
+        Ok(())
+    }
+
+    /// Reserves the next token for a start that waits for it: `Ok` with
+    /// the time it is due (`now` if one is there), the bucket moving on as
+    /// if it was taken then; `Err` with that time, reserving nothing, when
+    /// it is more than `max_wait` microseconds away.
+    pub fn reserve(&mut self, rule: &RateLimit, now: i64, max_wait: i64) -> Result<i64, i64> {
+        let t = rule.emission_micros();
+        let tolerance = t * f64::from(rule.burst - 1);
+        let now_f = now as f64;
+        let tat = self.tat.max(now_f);
+        let at = ((tat - tolerance).max(now_f)).ceil() as i64;
+        if at.saturating_sub(now) > max_wait {
+            return Err(at);
+        }
+        self.tat = tat + t;
+        Ok(at)
+    }
+
+    /// The tokens there at `now`: 0 to the burst.
+    pub fn tokens(&self, rule: &RateLimit, now: i64) -> f64 {
+        let t = rule.emission_micros();
+        let now_f = now as f64;
+        let used = (self.tat - now_f).max(0.0) / t;
+        (f64::from(rule.burst) - used).clamp(0.0, f64::from(rule.burst))
+    }
+
+    /// Whether the bucket is full at `now` (it may then be forgotten).
+    pub fn full(&self, now: i64) -> bool {
+        self.tat <= now as f64
+    }
+}
+
 impl ConcurrencyPolicy {
     /// A policy; the pattern must be valid and the limit at least 1.
     pub fn new(pattern: &str, limit: i64, from_config: bool) -> Result<Self, String> {
@@ -125,6 +295,9 @@ pub struct FlowRules {
     pub policies: Vec<ConcurrencyPolicy>,
     /// Paused task names and queues: their pending tasks wait.
     pub paused: BTreeSet<String>,
+    /// Rate limits, the first match wins; run-time ones come before the
+    /// configuration's.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 /// Serialised form of a held task's rule, for a task's status.
@@ -146,6 +319,14 @@ pub struct Hold {
     /// counted them (`GetTaskStatus`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ahead: Option<u64>,
+    /// RATE_LIMITED only: when the task may start (microseconds since the
+    /// epoch), the time of the token it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start: Option<i64>,
+    /// RATE_LIMITED only: the rate limit's starts per interval, its
+    /// interval (ms) and its burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<(u32, u64, u32)>,
 }
 
 /// The name and, for SIMPLE tasks, the queue a rule is matched against.
@@ -188,6 +369,24 @@ impl FlowRules {
     pub fn policy(&self, pattern: &str) -> Option<&ConcurrencyPolicy> {
         self.policies.iter().find(|p| p.pattern == pattern)
     }
+
+    /// The rate limit a task falls under (the first that matches its name
+    /// or queue), with its place in `rate_limits`.
+    pub fn rate_for(&self, spec: &TaskSpec) -> Option<(usize, &RateLimit)> {
+        if self.rate_limits.is_empty() {
+            return None;
+        }
+        let (name, queue) = names(spec);
+        self.rate_limits
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches(name, queue))
+    }
+
+    /// The rate limit with this pattern, if any.
+    pub fn rate_limit(&self, pattern: &str) -> Option<&RateLimit> {
+        self.rate_limits.iter().find(|r| r.pattern == pattern)
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +413,7 @@ mod tests {
                 ConcurrencyPolicy::new("*", 5, true).unwrap(),
             ],
             paused: BTreeSet::new(),
+            rate_limits: Vec::new(),
         };
         let l = r.limit_for(&simple("email.send", None)).unwrap();
         assert_eq!((l.rule, l.limit), (Some("email.*"), 2));
@@ -254,5 +454,84 @@ mod tests {
             .starts_with("pattern"));
         assert!(check_key(&"k".repeat(257)).is_err());
         assert!(check_key(&"k".repeat(256)).is_ok());
+    }
+
+    #[test]
+    fn bad_rate_limits_are_refused_with_the_part_named() {
+        let s = Duration::from_secs(1);
+        let bad = |p: &str, r: i64, i: Duration, b: i64| {
+            RateLimit::new(p, r, i, b, false, false).unwrap_err()
+        };
+        assert!(bad("a", 0, s, 1).starts_with("rate"));
+        assert!(bad("a", -1, s, 1).starts_with("rate"));
+        assert!(bad("a", 1, Duration::ZERO, 1).starts_with("interval"));
+        assert!(bad("a", 1, Duration::from_secs(90_000), 1).starts_with("interval"));
+        assert!(bad("a", 1, s, 0).starts_with("burst"));
+        assert!(bad("a", 1, s, 1_000_001).starts_with("burst"));
+        assert!(bad("a[", 1, s, 1).starts_with("pattern"));
+        assert!(RateLimit::new("a", 1, s, 1, true, false).is_ok());
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_one_token_per_emission_interval() {
+        // 10 per second, burst 3: 3 at once, then one every 100 ms.
+        let r = RateLimit::new("a", 10, Duration::from_secs(1), 3, false, false).unwrap();
+        let mut b = Bucket::default();
+        let t0 = 1_000_000_000i64;
+        assert_eq!(b.tokens(&r, t0), 3.0);
+        for _ in 0..3 {
+            b.take(&r, t0).unwrap();
+        }
+        let next = b.take(&r, t0).unwrap_err();
+        assert_eq!(next, t0 + 100_000, "the next token is due in 100 ms");
+        assert_eq!(b.take(&r, next - 1), Err(next));
+        b.take(&r, next).unwrap();
+        assert_eq!(b.take(&r, next), Err(next + 100_000));
+        // After a quiet second the bucket is full again, and no fuller.
+        assert!(b.full(next + 1_000_000));
+        assert_eq!(b.tokens(&r, next + 5_000_000), 3.0);
+        // Over any window of length L, at most burst + rate * L starts.
+        let mut b = Bucket::default();
+        let mut starts = Vec::new();
+        let mut t = t0;
+        while t < t0 + 2_000_000 {
+            if b.take(&r, t).is_ok() {
+                starts.push(t);
+            }
+            t += 1_000;
+        }
+        assert_eq!(starts.len(), 3 + 20 - 1, "{starts:?}");
+    }
+
+    #[test]
+    fn a_reserved_token_is_due_one_emission_interval_after_the_last() {
+        let r = RateLimit::new("*", 10, Duration::from_secs(1), 2, false, true).unwrap();
+        let mut b = Bucket::default();
+        let t0 = 1_000_000_000i64;
+        assert_eq!(b.reserve(&r, t0, 0), Ok(t0));
+        assert_eq!(b.reserve(&r, t0, 0), Ok(t0), "the burst");
+        assert_eq!(
+            b.reserve(&r, t0, 50_000),
+            Err(t0 + 100_000),
+            "due in 100 ms, more than 50: not reserved"
+        );
+        assert_eq!(b.reserve(&r, t0, 1_000_000), Ok(t0 + 100_000));
+        assert_eq!(b.reserve(&r, t0, 1_000_000), Ok(t0 + 200_000));
+    }
+
+    #[test]
+    fn the_first_matching_rate_limit_applies() {
+        let s = Duration::from_secs(1);
+        let r = FlowRules {
+            rate_limits: vec![
+                RateLimit::new("hook.*", 5, s, 1, false, false).unwrap(),
+                RateLimit::new("*", 100, s, 10, true, true).unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(r.rate_for(&simple("hook.x", None)).unwrap().0, 0);
+        assert_eq!(r.rate_for(&simple("j", Some("hook.q"))).unwrap().0, 0);
+        assert_eq!(r.rate_for(&simple("other", None)).unwrap().0, 1);
+        assert!(FlowRules::default().rate_for(&simple("x", None)).is_none());
     }
 }

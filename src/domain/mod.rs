@@ -351,6 +351,9 @@ pub enum WaitingReason {
     ConcurrencyLimit,
     /// Its name or queue is paused (`TaskRuntime::hold` names it).
     QueuePaused,
+    /// Its rate limit has no token now (`TaskRuntime::hold` names the rate
+    /// limit and when the task may start).
+    RateLimited,
 }
 
 impl WaitingReason {
@@ -365,6 +368,7 @@ impl WaitingReason {
             WaitingReason::EngineUnreachable => 6,
             WaitingReason::ConcurrencyLimit => 7,
             WaitingReason::QueuePaused => 8,
+            WaitingReason::RateLimited => 9,
         }
     }
 
@@ -379,6 +383,7 @@ impl WaitingReason {
             6 => WaitingReason::EngineUnreachable,
             7 => WaitingReason::ConcurrencyLimit,
             8 => WaitingReason::QueuePaused,
+            9 => WaitingReason::RateLimited,
             _ => return None,
         })
     }
@@ -667,7 +672,8 @@ pub struct TaskRuntime {
     pub forwarded: bool,
     /// Executor-specific state (workflow steps), as JSON.
     pub detail: Option<Box<serde_json::Value>>,
-    /// While held by a flow rule (`ConcurrencyLimit`, `QueuePaused`): the
+    /// While held by a flow rule (`ConcurrencyLimit`, `QueuePaused`,
+    /// `RateLimited`): the
     /// rule and its figures at the time of the status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<Box<flow::Hold>>,

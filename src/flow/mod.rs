@@ -1,4 +1,5 @@
-//! Flow rules set at run time: concurrency policies and paused names.
+//! Flow rules set at run time: concurrency policies, rate limits and
+//! paused names.
 //!
 //! Owns the rules an operator sets through `FlowService` (kept through
 //! [`db`], so they hold after a restart and on a new leader), merged with
@@ -12,11 +13,12 @@ mod db;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 
 use crate::core::{Core, CoreError};
-use crate::domain::flow::{self, ConcurrencyPolicy, FlowRules};
+use crate::domain::flow::{self, ConcurrencyPolicy, FlowRules, RateLimit};
 use crate::domain::rules;
 use crate::store::postgres::flow::FlowRow;
 use crate::store::StoreError;
@@ -27,6 +29,31 @@ pub const FILE: &str = "flow.db";
 
 const KIND_CONCURRENCY: &str = "concurrency";
 const KIND_PAUSED: &str = "paused";
+const KIND_RATE: &str = "rate";
+
+/// A stored rate limit's value (`flow_rules.value`, JSON).
+#[derive(serde::Deserialize)]
+struct RateValue {
+    rate: i64,
+    interval_us: u64,
+    burst: i64,
+    #[serde(default)]
+    per_key: bool,
+}
+
+impl RateValue {
+    fn parse(pattern: &str, value: &str) -> Result<RateLimit, String> {
+        let v: RateValue = serde_json::from_str(value).map_err(|e| e.to_string())?;
+        RateLimit::new(
+            pattern,
+            v.rate,
+            Duration::from_micros(v.interval_us),
+            v.burst,
+            v.per_key,
+            false,
+        )
+    }
+}
 
 /// The flow rules: the configuration's, and those set at run time.
 #[derive(Clone)]
@@ -79,6 +106,7 @@ impl FlowControl {
             default_limit: self.inner.config.default_limit,
             policies: Vec::new(),
             paused: self.inner.config.paused.clone(),
+            rate_limits: Vec::new(),
         };
         for r in rows {
             match r.kind.as_str() {
@@ -94,12 +122,23 @@ impl FlowControl {
                 KIND_PAUSED => {
                     rules.paused.insert(r.name.clone());
                 }
+                KIND_RATE => match RateValue::parse(&r.name, &r.value) {
+                    Ok(l) => rules.rate_limits.push(l),
+                    Err(e) => {
+                        tracing::warn!(pattern = %r.name, cause = %e, "a stored rate limit cannot be used; skipped")
+                    }
+                },
                 other => tracing::warn!(kind = other, "an unknown flow rule kind; skipped"),
             }
         }
         for p in &self.inner.config.policies {
             if rules.policy(&p.pattern).is_none() {
                 rules.policies.push(p.clone());
+            }
+        }
+        for l in &self.inner.config.rate_limits {
+            if rules.rate_limit(&l.pattern).is_none() {
+                rules.rate_limits.push(l.clone());
             }
         }
         self.inner.core.set_flow_rules(rules);
@@ -171,6 +210,95 @@ impl FlowControl {
             ));
         };
         self.inner.db.delete(KIND_CONCURRENCY, pattern).await?;
+        rows.remove(at);
+        self.apply(&rows);
+        Ok(())
+    }
+
+    /// The tokens left per rate limit (pattern, tokens).
+    pub fn rate_tokens(&self) -> Vec<(String, f64)> {
+        self.inner.core.rate_tokens()
+    }
+
+    /// Sets a rate limit (adds it, or replaces the one with the same
+    /// pattern); returns whether one was replaced.
+    pub async fn set_rate_limit(
+        &self,
+        pattern: &str,
+        rate: i64,
+        interval: Duration,
+        burst: i64,
+        per_key: bool,
+    ) -> Result<bool, CoreError> {
+        flow::check_pattern(pattern).map_err(|e| CoreError::field("rate_limit.pattern", e))?;
+        let rate = flow::check_rate(rate).map_err(|e| CoreError::field("rate_limit.rate", e))?;
+        let interval = flow::check_interval(interval)
+            .map_err(|e| CoreError::field("rate_limit.interval", e))?;
+        let burst =
+            flow::check_burst(burst).map_err(|e| CoreError::field("rate_limit.burst", e))?;
+        let mut rows = self.inner.rows.lock().await;
+        if self.inner.config.rate_limit(pattern).is_some() {
+            return Err(CoreError::FailedPrecondition(format!(
+                "rate_limit.pattern: the rate limit {} comes from the configuration file \
+                 ([[flow.rate_limit]]); change it there",
+                crate::domain::text::quote(pattern)
+            )));
+        }
+        let at = rows
+            .iter()
+            .position(|r| r.kind == KIND_RATE && r.name == pattern);
+        let count = rows.iter().filter(|r| r.kind == KIND_RATE).count()
+            + self.inner.config.rate_limits.len();
+        if at.is_none() && count >= flow::MAX_RATE_LIMITS {
+            return Err(CoreError::ResourceExhausted(format!(
+                "this server holds {} rate limits, the most it takes",
+                flow::MAX_RATE_LIMITS
+            )));
+        }
+        let value = serde_json::json!({
+            "rate": rate,
+            "interval_us": interval.as_micros().min(u128::from(u64::MAX)) as u64,
+            "burst": burst,
+            "per_key": per_key,
+        });
+        let row = FlowRow {
+            kind: KIND_RATE.into(),
+            name: pattern.to_string(),
+            value: value.to_string(),
+            seq: at.map_or_else(|| Self::next_seq(&rows), |i| rows[i].seq),
+        };
+        self.inner.db.put(row.clone()).await?;
+        match at {
+            Some(i) => rows[i] = row,
+            None => rows.push(row),
+        }
+        self.apply(&rows);
+        Ok(at.is_some())
+    }
+
+    /// Deletes a rate limit set at run time.
+    pub async fn delete_rate_limit(&self, pattern: &str) -> Result<(), CoreError> {
+        let mut rows = self.inner.rows.lock().await;
+        let Some(at) = rows
+            .iter()
+            .position(|r| r.kind == KIND_RATE && r.name == pattern)
+        else {
+            if self.inner.config.rate_limit(pattern).is_some() {
+                return Err(CoreError::FailedPrecondition(format!(
+                    "pattern: the rate limit {} comes from the configuration file \
+                     ([[flow.rate_limit]]); change it there",
+                    crate::domain::text::quote(pattern)
+                )));
+            }
+            return Err(CoreError::field(
+                "pattern",
+                format!(
+                    "no rate limit {} was set at run time",
+                    crate::domain::text::quote(pattern)
+                ),
+            ));
+        };
+        self.inner.db.delete(KIND_RATE, pattern).await?;
         rows.remove(at);
         self.apply(&rows);
         Ok(())

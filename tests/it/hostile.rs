@@ -1492,6 +1492,78 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
             .await,
         "options.concurrency_key",
     );
+    // Rate limits: hostile figures are refused by name, not overflowed.
+    let rate =
+        |pattern: &str, rate: i32, seconds: i64, nanos: i32, burst: i32| pb::SetRateLimitRequest {
+            rate_limit: Some(pb::RateLimit {
+                pattern: pattern.into(),
+                rate,
+                interval: Some(prost_types::Duration { seconds, nanos }),
+                burst,
+                ..Default::default()
+            }),
+        };
+    for (case, req, field) in [
+        (
+            "a rate of i32::MIN",
+            rate("a", i32::MIN, 1, 0, 1),
+            "rate_limit.rate",
+        ),
+        (
+            "a rate of i32::MAX",
+            rate("a", i32::MAX, 1, 0, 1),
+            "rate_limit.rate",
+        ),
+        (
+            "an interval of i64::MAX seconds",
+            rate("a", 1, i64::MAX, 0, 1),
+            "rate_limit.interval",
+        ),
+        (
+            "an interval of i64::MIN seconds",
+            rate("a", 1, i64::MIN, 0, 1),
+            "rate_limit.interval",
+        ),
+        (
+            "an interval's nanos out of range",
+            rate("a", 1, 0, 1_000_000_000, 1),
+            "rate_limit.interval",
+        ),
+        (
+            "an interval of 1 ns",
+            rate("a", 1, 0, 1, 1),
+            "rate_limit.interval",
+        ),
+        (
+            "a burst of i32::MIN",
+            rate("a", 1, 1, 0, i32::MIN),
+            "rate_limit.burst",
+        ),
+        (
+            "a burst of i32::MAX",
+            rate("a", 1, 1, 0, i32::MAX),
+            "rate_limit.burst",
+        ),
+        (
+            "a rate limit pattern of 100,000 bytes",
+            rate(&"p".repeat(100_000), 1, 1, 0, 1),
+            "rate_limit.pattern",
+        ),
+    ] {
+        let r = flow.set_rate_limit(req).await;
+        if let Err(s) = &r {
+            assert!(s.message().len() + s.details().len() < MAX_ANSWER, "{case}");
+        }
+        assert_invalid(case, r, field);
+    }
+    assert_invalid(
+        "deleting a rate limit named by 100,000 bytes",
+        flow.delete_rate_limit(pb::DeleteRateLimitRequest {
+            pattern: "p".repeat(100_000),
+        })
+        .await,
+        "pattern",
+    );
     // Nothing was set by the refused calls.
     let rules = flow
         .list_flow_rules(pb::ListFlowRulesRequest {})
@@ -1499,7 +1571,7 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
         .expect("ListFlowRules")
         .into_inner();
     assert!(
-        rules.policies.is_empty() && rules.paused.is_empty(),
+        rules.policies.is_empty() && rules.paused.is_empty() && rules.rate_limits.is_empty(),
         "{rules:?}"
     );
     still_serves(&mut client).await;

@@ -22,6 +22,7 @@ mod core_list_metrics;
 mod core_watch;
 mod flow;
 mod hostile;
+mod rate_limit;
 mod retention;
 mod retry;
 mod schedule_refusals;

@@ -409,6 +409,14 @@ export function toTaskInfo(s: TaskStatus, payload?: Record<string, unknown>): Ta
           limit: s.hold.limit,
           running: s.hold.running,
           ahead: s.hold.ahead,
+          ...(s.hold.nextStartAt
+            ? {
+                nextStartAt: s.hold.nextStartAt,
+                rate: s.hold.rate,
+                intervalMs: s.hold.interval ? s.hold.interval.seconds * 1000 + Math.floor(s.hold.interval.nanos / 1e6) : 0,
+                burst: s.hold.burst,
+              }
+            : {}),
         }
       : undefined,
     concurrencyKey: opt(s.concurrencyKey ?? ''),

@@ -58,6 +58,7 @@ export type WaitingReasonName =
   | 'ENGINE_UNREACHABLE'
   | 'CONCURRENCY_LIMIT'
   | 'QUEUE_PAUSED'
+  | 'RATE_LIMITED'
   | 'UNRECOGNIZED';
 
 /** What a cancel did to one task. */
@@ -342,8 +343,22 @@ export interface TaskInfo {
   externalId?: string;
   /** While PENDING: why it waits. */
   waitingReason?: WaitingReasonName;
-  /** While held by a flow rule (`CONCURRENCY_LIMIT`, `QUEUE_PAUSED`): the rule and its figures. */
-  hold?: { rule: string; concurrencyKey?: string; limit: number; running: number; ahead?: number };
+  /**
+   * While held by a flow rule (`CONCURRENCY_LIMIT`, `QUEUE_PAUSED`, `RATE_LIMITED`): the rule and its
+   * figures. `RATE_LIMITED` adds when the task may start (`nextStartAt`) and the rate limit's `rate`
+   * per `intervalMs` with its `burst`.
+   */
+  hold?: {
+    rule: string;
+    concurrencyKey?: string;
+    limit: number;
+    running: number;
+    ahead?: number;
+    nextStartAt?: Date;
+    rate?: number;
+    intervalMs?: number;
+    burst?: number;
+  };
   /** The concurrency key, as scheduled. */
   concurrencyKey?: string;
   /** A cancel was asked for and not yet acknowledged (the status stays RUNNING until it is). */

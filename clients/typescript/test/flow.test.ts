@@ -1,8 +1,9 @@
 /**
  * Flow control from TypeScript against the real server: a concurrency
  * policy holds a key's tasks (CONCURRENCY_LIMIT, with the rule in `hold`),
- * pauseQueue holds a name's tasks (QUEUE_PAUSED) until resumeQueue, and
- * bad input is INVALID_ARGUMENT naming the field.
+ * pauseQueue holds a name's tasks (QUEUE_PAUSED) until resumeQueue, a rate
+ * limit holds a task over its rate (RATE_LIMITED, with when it may start),
+ * and bad input is INVALID_ARGUMENT naming the field.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -66,6 +67,49 @@ describe('flow', { timeout: 60_000 }, () => {
       release();
       await worker.close();
     }
+  });
+
+  it('a task over its rate limit waits with RATE_LIMITED and when it may start', async () => {
+    // One start a minute, burst 1: the second task waits about a minute.
+    assert.equal(await client.flow.setRateLimit('ts.rate', { rate: 1, intervalMs: 60_000, burst: 1 }), false);
+    const started: number[] = [];
+    const worker = createWorker({
+      url: server.url,
+      logger: false,
+      handlers: { 'ts.rate': (p: { n: number }) => void started.push(p.n) },
+    });
+    try {
+      await worker.waitUntilRegistered();
+      const a = await client.orchestrator.scheduleSimpleTask('ts.rate', { n: 1 });
+      const b = await client.orchestrator.scheduleSimpleTask('ts.rate', { n: 2 });
+      await until(async () => (await client.orchestrator.getTaskStatus(a)).status === 'COMPLETED', 'the first to run');
+      const held = await client.orchestrator.getTaskStatus(b);
+      assert.equal(held.waitingReason, 'RATE_LIMITED');
+      assert.equal(held.hold?.rule, 'ts.rate');
+      assert.equal(held.hold?.rate, 1);
+      assert.equal(held.hold?.intervalMs, 60_000);
+      assert.equal(held.hold?.burst, 1);
+      const wait = (held.hold?.nextStartAt?.getTime() ?? 0) - Date.now();
+      assert.ok(wait > 30_000 && wait <= 60_000, `next start in ${wait} ms`);
+      const rules = await client.flow.rules();
+      assert.equal(rules.rateLimits.length, 1);
+      assert.equal(rules.rateLimits[0].pattern, 'ts.rate');
+      assert.ok(rules.rateLimits[0].tokens < 1);
+      // Deleting the rate limit releases the held task at once.
+      await client.flow.deleteRateLimit('ts.rate');
+      await until(async () => (await client.orchestrator.getTaskStatus(b)).status === 'COMPLETED', 'the held task to run');
+      assert.deepEqual(started, [1, 2]);
+    } finally {
+      await worker.close();
+    }
+    await assert.rejects(
+      client.flow.setRateLimit('ts.rate', { rate: 0 }),
+      (e: unknown) => e instanceof SwitchyardError && e.code === 'INVALID_ARGUMENT' && e.fieldViolations.some((v) => v.field === 'rate_limit.rate'),
+    );
+    await assert.rejects(
+      client.flow.deleteRateLimit('never-set'),
+      (e: unknown) => e instanceof SwitchyardError && e.fieldViolations.some((v) => v.field === 'pattern'),
+    );
   });
 
   it('bad input is INVALID_ARGUMENT naming the field', async () => {

@@ -65,6 +65,7 @@ fn pb_reason(r: Option<WaitingReason>) -> pb::WaitingReason {
         Some(WaitingReason::EngineUnreachable) => pb::WaitingReason::EngineUnreachable,
         Some(WaitingReason::ConcurrencyLimit) => pb::WaitingReason::ConcurrencyLimit,
         Some(WaitingReason::QueuePaused) => pb::WaitingReason::QueuePaused,
+        Some(WaitingReason::RateLimited) => pb::WaitingReason::RateLimited,
     }
 }
 
@@ -75,6 +76,13 @@ fn hold(h: &crate::domain::flow::Hold) -> pb::Hold {
         limit: h.limit,
         running: h.running,
         ahead: h.ahead,
+        next_start_at: h.next_start.map(super::ts),
+        rate: h.rate.map_or(0, |r| r.0),
+        interval: h.rate.map(|r| prost_types::Duration {
+            seconds: (r.1 / 1000) as i64,
+            nanos: ((r.1 % 1000) * 1_000_000) as i32,
+        }),
+        burst: h.rate.map_or(0, |r| r.2),
     }
 }
 

@@ -78,8 +78,37 @@ pub struct WebhookConfig {
     /// Settings per `integration_source` (`github`, `jenkins`, ...).
     pub sources: BTreeMap<String, SourceConfig>,
     /// Settings per destination host (`n8n.example.com` or
-    /// `n8n.example.com:5678`). A field set here wins over the source's.
+    /// `n8n.example.com:5678`). A field set here wins over the source's;
+    /// `rate_limit` is taken from a host entry only.
     pub hosts: BTreeMap<String, SourceConfig>,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A host's pace (`[webhook.hosts."h".rate_limit]`): at most `rate` calls
+/// to the host start per `interval`, up to `burst` at once. A call waits
+/// in the webhook caller for its token (its task is RUNNING meanwhile);
+/// one whose token is further away than its timeout fails with the
+/// retryable kind `host_busy` and is offered again later, without using an
+/// attempt. To hold tasks PENDING (`RATE_LIMITED`) instead, give their
+/// name a rate limit (`[[flow.rate_limit]]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostRateConfig {
+    /// Calls per interval, 1 to 1,000,000.
+    pub rate: u32,
+    /// The interval, 1 ms to 24 h. Default 1s.
+    #[serde(default = "one_second", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Calls at once after a quiet time, 1 to 1,000,000. Default 1.
+    #[serde(default = "one")]
+    pub burst: u32,
 }
 
 impl Default for WebhookConfig {
@@ -125,6 +154,10 @@ pub struct SourceConfig {
     /// credentials to whatever URL a task names. Ignored for a host entry.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub auth_hosts: Vec<String>,
+    /// For a host: at most this many calls to it start per interval (see
+    /// [`HostRateConfig`]). Refused on a source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<HostRateConfig>,
 }
 
 /// How a call authenticates.

@@ -1,5 +1,5 @@
 //! One call's exchange: resolve the URL, check it with the SSRF guard,
-//! wait for room (the host's gate, then the executor's), send the signed
+//! wait for room (the host's pace, its gate, then the executor's), send the signed
 //! request with its headers and credentials, follow redirects (each hop
 //! checked again, credentials kept to their origin), and read the bounded
 //! answer, all within the call's budget (its timeout, and the task's
@@ -56,6 +56,15 @@ impl Executor {
         };
         let settings = self.settings(&url, source)?;
 
+        // The host's pace first: a call waiting for its token holds no
+        // permit.
+        if let Some((host, rule)) = settings.pace {
+            let mut wait = settings.timeout;
+            if let Some(d) = deadline {
+                wait = wait.min(Duration::from_micros((d - now_micros()).max(0) as u64));
+            }
+            self.pacer.wait(host, rule, wait).await?;
+        }
         let _host_permit = self.gates.permit(host_port(&url)).await?;
         let _global_permit = self.global.clone().acquire_owned().await.map_err(|_| {
             Failure::new(

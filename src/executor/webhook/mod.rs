@@ -46,12 +46,14 @@ use tracing::Instrument as _;
 use crate::core::{Core, CoreError, EngineKind};
 use crate::domain::{Target, TaskSpec};
 use exchange::causes;
-use gate::Gates;
+use gate::{Gates, Pacer};
 use guard::{AllowList, GuardedResolver};
 use inflight::Inflight;
 use settings::Settings;
 
-pub use config::{load_secret, AuthConfig, AuthKind, Secret, SourceConfig, WebhookConfig};
+pub use config::{
+    load_secret, AuthConfig, AuthKind, HostRateConfig, Secret, SourceConfig, WebhookConfig,
+};
 
 /// Idle connections are kept this long for reuse.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -101,6 +103,7 @@ struct Executor {
     hosts: HashMap<String, Settings>,
     global: Arc<Semaphore>,
     gates: Gates,
+    pacer: Pacer,
     inflight: Inflight,
 }
 
@@ -178,6 +181,7 @@ impl Executor {
             hosts,
             global: Arc::new(Semaphore::new(cfg.concurrency as usize)),
             gates: Gates::new(cfg.per_host_concurrency as usize),
+            pacer: Pacer::default(),
             inflight: Inflight::default(),
         })
     }

@@ -19,6 +19,7 @@ use super::call::Failure;
 use super::{guard, host_port, invalid, Executor};
 use super::{load_secret, AuthConfig, AuthKind, SourceConfig, WebhookConfig};
 use crate::core::CoreError;
+use crate::domain::flow::RateLimit;
 use crate::domain::FailureKind;
 
 /// Credentials ready to send.
@@ -34,6 +35,8 @@ pub(super) struct Settings {
     pub(super) auth_hosts: Vec<String>,
     pub(super) connect_timeout: Option<Duration>,
     pub(super) timeout: Option<Duration>,
+    /// A host entry's pace (`rate_limit`).
+    pub(super) pace: Option<RateLimit>,
 }
 
 /// What a call uses, picked from the host's, the source's and the global
@@ -42,6 +45,8 @@ pub(super) struct CallSettings<'a> {
     pub(super) client: &'a reqwest::Client,
     pub(super) timeout: Duration,
     pub(super) auth: Option<&'a Auth>,
+    /// The host entry's name and rate limit, if it has one.
+    pub(super) pace: Option<(&'a str, &'a RateLimit)>,
 }
 
 fn prepare_auth(
@@ -115,11 +120,26 @@ fn prepare_settings(
             return Err(invalid(&format!("{field}.{name}"), "must be more than 0"));
         }
     }
+    let pace = match &s.rate_limit {
+        None => None,
+        Some(r) => Some(
+            RateLimit::new(
+                "*",
+                i64::from(r.rate),
+                r.interval,
+                i64::from(r.burst),
+                false,
+                true,
+            )
+            .map_err(|e| invalid(&format!("{field}.rate_limit"), e))?,
+        ),
+    };
     Ok(Settings {
         auth,
         auth_hosts,
         connect_timeout: s.connect_timeout,
         timeout: s.timeout,
+        pace,
     })
 }
 
@@ -134,6 +154,13 @@ pub(super) fn prepare_all(
 ) -> Result<(ByName, ByName), CoreError> {
     let mut sources = HashMap::new();
     for (name, s) in &cfg.sources {
+        if s.rate_limit.is_some() {
+            return Err(invalid(
+                &format!("webhook.sources.{name}.rate_limit"),
+                "a rate limit is taken from a host entry (webhook.hosts); for a source's \
+                 tasks, give their name a [[flow.rate_limit]]",
+            ));
+        }
         sources.insert(
             name.clone(),
             prepare_settings(&format!("webhook.sources.{name}"), s, getenv)?,
@@ -164,13 +191,20 @@ impl Executor {
         source: Option<&str>,
     ) -> Result<CallSettings<'_>, Failure> {
         let s = source.and_then(|s| self.sources.get(s));
-        let (h, hp) = if self.hosts.is_empty() && s.is_none_or(|s| s.auth.is_none()) {
+        let (entry, hp) = if self.hosts.is_empty() && s.is_none_or(|s| s.auth.is_none()) {
             (None, String::new())
         } else {
             let hp = host_port(url);
             let host = guard::normalize_host(url.host_str().unwrap_or_default());
-            (self.hosts.get(&hp).or_else(|| self.hosts.get(&host)), hp)
+            (
+                self.hosts
+                    .get_key_value(&hp)
+                    .or_else(|| self.hosts.get_key_value(&host)),
+                hp,
+            )
         };
+        let h = entry.map(|(_, h)| h);
+        let pace = entry.and_then(|(k, h)| h.pace.as_ref().map(|r| (k.as_str(), r)));
         let connect_timeout = h
             .and_then(|h| h.connect_timeout)
             .or(s.and_then(|s| s.connect_timeout))
@@ -224,6 +258,7 @@ impl Executor {
             client,
             timeout,
             auth,
+            pace,
         })
     }
 }
@@ -267,5 +302,39 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("pa55"));
+    }
+
+    #[test]
+    fn a_rate_limit_is_taken_from_a_host_checked_and_refused_on_a_source() {
+        use super::super::HostRateConfig;
+        let env = |_: &str| -> Option<String> { None };
+        let rate = |rate, burst| SourceConfig {
+            rate_limit: Some(HostRateConfig {
+                rate,
+                interval: Duration::from_secs(1),
+                burst,
+            }),
+            ..SourceConfig::default()
+        };
+        let mut cfg = WebhookConfig::default();
+        cfg.hosts.insert("api.example.com".into(), rate(50, 10));
+        let (_, hosts) = prepare_all(&cfg, &env).unwrap();
+        let pace = hosts["api.example.com"].pace.as_ref().unwrap();
+        assert_eq!((pace.rate, pace.burst), (50, 10));
+
+        cfg.hosts.insert("api.example.com".into(), rate(0, 1));
+        let e = prepare_all(&cfg, &env).err().unwrap().to_string();
+        assert!(
+            e.contains("webhook.hosts.api.example.com.rate_limit"),
+            "{e}"
+        );
+        cfg.hosts.insert("api.example.com".into(), rate(1, 0));
+        let e = prepare_all(&cfg, &env).err().unwrap().to_string();
+        assert!(e.contains("burst"), "{e}");
+
+        cfg.hosts.clear();
+        cfg.sources.insert("github".into(), rate(5, 1));
+        let e = prepare_all(&cfg, &env).err().unwrap().to_string();
+        assert!(e.contains("webhook.sources.github.rate_limit"), "{e}");
     }
 }

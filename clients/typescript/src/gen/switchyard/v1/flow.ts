@@ -18,6 +18,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Duration } from "../../google/protobuf/duration.js";
 
 /** FlowService: flow control at the front door, for every engine. */
 
@@ -75,6 +76,70 @@ export interface ListFlowRulesResponse {
   defaultLimit: number;
   /** The paused names and queues, sorted. */
   paused: string[];
+  /**
+   * The rate limits, in the order they are matched (run-time ones first),
+   * with their tokens now.
+   */
+  rateLimits: RateLimit[];
+}
+
+/** A rate limit: a token bucket per pattern (or per concurrency key). */
+export interface RateLimit {
+  /**
+   * A glob over task names and SIMPLE tasks' queues (`*` any run of
+   * characters, `?` one, `[abc]` a set); it names the rate limit. 1 to 200
+   * bytes.
+   */
+  pattern: string;
+  /** Starts per `interval`: 1 to 1,000,000. */
+  rate: number;
+  /** The interval `rate` is counted over: 1 ms to 24 h. Required. */
+  interval:
+    | Duration
+    | undefined;
+  /**
+   * The bucket's size: starts at once after a quiet time, 1 to 1,000,000.
+   * Required (a burst of 1 spaces starts evenly).
+   */
+  burst: number;
+  /**
+   * Whether each concurrency key (`TaskOptions.concurrency_key`) has its
+   * own bucket; tasks without a key then share one. Default false: one
+   * bucket for every task the pattern matches.
+   */
+  perKey: boolean;
+  /**
+   * Output only: the rate limit comes from the configuration file (it
+   * cannot be changed or deleted here).
+   */
+  fromConfig: boolean;
+  /**
+   * Output only (ListFlowRules): the tokens in its bucket now, 0 to
+   * `burst`; for a rate limit per key, the emptiest key's.
+   */
+  tokens: number;
+}
+
+/** SetRateLimit's request. */
+export interface SetRateLimitRequest {
+  /** The rate limit (`from_config` and `tokens` are ignored). */
+  rateLimit: RateLimit | undefined;
+}
+
+/** SetRateLimit's answer. */
+export interface SetRateLimitResponse {
+  /** Whether a rate limit with the same pattern was replaced. */
+  replaced: boolean;
+}
+
+/** DeleteRateLimit's request. */
+export interface DeleteRateLimitRequest {
+  /** The pattern of a rate limit set at run time. */
+  pattern: string;
+}
+
+/** DeleteRateLimit's answer: empty. */
+export interface DeleteRateLimitResponse {
 }
 
 /** PauseQueue's request. */
@@ -516,7 +581,7 @@ export const ListFlowRulesRequest: MessageFns<ListFlowRulesRequest> = {
 };
 
 function createBaseListFlowRulesResponse(): ListFlowRulesResponse {
-  return { policies: [], defaultLimit: 0, paused: [] };
+  return { policies: [], defaultLimit: 0, paused: [], rateLimits: [] };
 }
 
 export const ListFlowRulesResponse: MessageFns<ListFlowRulesResponse> = {
@@ -529,6 +594,9 @@ export const ListFlowRulesResponse: MessageFns<ListFlowRulesResponse> = {
     }
     for (const v of message.paused) {
       writer.uint32(26).string(v!);
+    }
+    for (const v of message.rateLimits) {
+      RateLimit.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -570,6 +638,14 @@ export const ListFlowRulesResponse: MessageFns<ListFlowRulesResponse> = {
             message.paused.push(reader.string());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.rateLimits.push(RateLimit.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -593,6 +669,11 @@ export const ListFlowRulesResponse: MessageFns<ListFlowRulesResponse> = {
         ? globalThis.Number(object.default_limit)
         : 0,
       paused: globalThis.Array.isArray(object?.paused) ? object.paused.map((e: any) => globalThis.String(e)) : [],
+      rateLimits: globalThis.Array.isArray(object?.rateLimits)
+        ? object.rateLimits.map((e: any) => RateLimit.fromJSON(e))
+        : globalThis.Array.isArray(object?.rate_limits)
+        ? object.rate_limits.map((e: any) => RateLimit.fromJSON(e))
+        : [],
     };
   },
 
@@ -607,6 +688,9 @@ export const ListFlowRulesResponse: MessageFns<ListFlowRulesResponse> = {
     if (message.paused?.length) {
       obj.paused = message.paused;
     }
+    if (message.rateLimits?.length) {
+      obj.rateLimits = message.rateLimits.map((e) => RateLimit.toJSON(e));
+    }
     return obj;
   },
 
@@ -618,6 +702,443 @@ export const ListFlowRulesResponse: MessageFns<ListFlowRulesResponse> = {
     message.policies = object.policies?.map((e) => ConcurrencyPolicy.fromPartial(e)) || [];
     message.defaultLimit = object.defaultLimit ?? 0;
     message.paused = object.paused?.map((e) => e) || [];
+    message.rateLimits = object.rateLimits?.map((e) => RateLimit.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRateLimit(): RateLimit {
+  return { pattern: "", rate: 0, interval: undefined, burst: 0, perKey: false, fromConfig: false, tokens: 0 };
+}
+
+export const RateLimit: MessageFns<RateLimit> = {
+  encode(message: RateLimit, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pattern !== "") {
+      writer.uint32(10).string(message.pattern);
+    }
+    if (message.rate !== 0) {
+      writer.uint32(16).int32(message.rate);
+    }
+    if (message.interval !== undefined) {
+      Duration.encode(message.interval, writer.uint32(26).fork()).join();
+    }
+    if (message.burst !== 0) {
+      writer.uint32(32).int32(message.burst);
+    }
+    if (message.perKey !== false) {
+      writer.uint32(40).bool(message.perKey);
+    }
+    if (message.fromConfig !== false) {
+      writer.uint32(48).bool(message.fromConfig);
+    }
+    if (message.tokens !== 0) {
+      writer.uint32(57).double(message.tokens);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RateLimit {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRateLimit();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pattern = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rate = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.interval = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.burst = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.perKey = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.fromConfig = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.tokens = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RateLimit {
+    return {
+      pattern: isSet(object.pattern) ? globalThis.String(object.pattern) : "",
+      rate: isSet(object.rate) ? globalThis.Number(object.rate) : 0,
+      interval: isSet(object.interval) ? Duration.fromJSON(object.interval) : undefined,
+      burst: isSet(object.burst) ? globalThis.Number(object.burst) : 0,
+      perKey: isSet(object.perKey)
+        ? globalThis.Boolean(object.perKey)
+        : isSet(object.per_key)
+        ? globalThis.Boolean(object.per_key)
+        : false,
+      fromConfig: isSet(object.fromConfig)
+        ? globalThis.Boolean(object.fromConfig)
+        : isSet(object.from_config)
+        ? globalThis.Boolean(object.from_config)
+        : false,
+      tokens: isSet(object.tokens) ? globalThis.Number(object.tokens) : 0,
+    };
+  },
+
+  toJSON(message: RateLimit): unknown {
+    const obj: any = {};
+    if (message.pattern !== "") {
+      obj.pattern = message.pattern;
+    }
+    if (message.rate !== 0) {
+      obj.rate = Math.round(message.rate);
+    }
+    if (message.interval !== undefined) {
+      obj.interval = Duration.toJSON(message.interval);
+    }
+    if (message.burst !== 0) {
+      obj.burst = Math.round(message.burst);
+    }
+    if (message.perKey !== false) {
+      obj.perKey = message.perKey;
+    }
+    if (message.fromConfig !== false) {
+      obj.fromConfig = message.fromConfig;
+    }
+    if (message.tokens !== 0) {
+      obj.tokens = floatToJson(message.tokens);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RateLimit>, I>>(base?: I): RateLimit {
+    return RateLimit.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RateLimit>, I>>(object: I): RateLimit {
+    const message = createBaseRateLimit();
+    message.pattern = object.pattern ?? "";
+    message.rate = object.rate ?? 0;
+    message.interval = (object.interval !== undefined && object.interval !== null)
+      ? Duration.fromPartial(object.interval)
+      : undefined;
+    message.burst = object.burst ?? 0;
+    message.perKey = object.perKey ?? false;
+    message.fromConfig = object.fromConfig ?? false;
+    message.tokens = object.tokens ?? 0;
+    return message;
+  },
+};
+
+function createBaseSetRateLimitRequest(): SetRateLimitRequest {
+  return { rateLimit: undefined };
+}
+
+export const SetRateLimitRequest: MessageFns<SetRateLimitRequest> = {
+  encode(message: SetRateLimitRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.rateLimit !== undefined) {
+      RateLimit.encode(message.rateLimit, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetRateLimitRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetRateLimitRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.rateLimit = RateLimit.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetRateLimitRequest {
+    return {
+      rateLimit: isSet(object.rateLimit)
+        ? RateLimit.fromJSON(object.rateLimit)
+        : isSet(object.rate_limit)
+        ? RateLimit.fromJSON(object.rate_limit)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SetRateLimitRequest): unknown {
+    const obj: any = {};
+    if (message.rateLimit !== undefined) {
+      obj.rateLimit = RateLimit.toJSON(message.rateLimit);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetRateLimitRequest>, I>>(base?: I): SetRateLimitRequest {
+    return SetRateLimitRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetRateLimitRequest>, I>>(object: I): SetRateLimitRequest {
+    const message = createBaseSetRateLimitRequest();
+    message.rateLimit = (object.rateLimit !== undefined && object.rateLimit !== null)
+      ? RateLimit.fromPartial(object.rateLimit)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSetRateLimitResponse(): SetRateLimitResponse {
+  return { replaced: false };
+}
+
+export const SetRateLimitResponse: MessageFns<SetRateLimitResponse> = {
+  encode(message: SetRateLimitResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.replaced !== false) {
+      writer.uint32(8).bool(message.replaced);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SetRateLimitResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSetRateLimitResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.replaced = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SetRateLimitResponse {
+    return { replaced: isSet(object.replaced) ? globalThis.Boolean(object.replaced) : false };
+  },
+
+  toJSON(message: SetRateLimitResponse): unknown {
+    const obj: any = {};
+    if (message.replaced !== false) {
+      obj.replaced = message.replaced;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SetRateLimitResponse>, I>>(base?: I): SetRateLimitResponse {
+    return SetRateLimitResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SetRateLimitResponse>, I>>(object: I): SetRateLimitResponse {
+    const message = createBaseSetRateLimitResponse();
+    message.replaced = object.replaced ?? false;
+    return message;
+  },
+};
+
+function createBaseDeleteRateLimitRequest(): DeleteRateLimitRequest {
+  return { pattern: "" };
+}
+
+export const DeleteRateLimitRequest: MessageFns<DeleteRateLimitRequest> = {
+  encode(message: DeleteRateLimitRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pattern !== "") {
+      writer.uint32(10).string(message.pattern);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRateLimitRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRateLimitRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pattern = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteRateLimitRequest {
+    return { pattern: isSet(object.pattern) ? globalThis.String(object.pattern) : "" };
+  },
+
+  toJSON(message: DeleteRateLimitRequest): unknown {
+    const obj: any = {};
+    if (message.pattern !== "") {
+      obj.pattern = message.pattern;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRateLimitRequest>, I>>(base?: I): DeleteRateLimitRequest {
+    return DeleteRateLimitRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRateLimitRequest>, I>>(object: I): DeleteRateLimitRequest {
+    const message = createBaseDeleteRateLimitRequest();
+    message.pattern = object.pattern ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteRateLimitResponse(): DeleteRateLimitResponse {
+  return {};
+}
+
+export const DeleteRateLimitResponse: MessageFns<DeleteRateLimitResponse> = {
+  encode(_: DeleteRateLimitResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteRateLimitResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteRateLimitResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DeleteRateLimitResponse {
+    return {};
+  },
+
+  toJSON(_: DeleteRateLimitResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DeleteRateLimitResponse>, I>>(base?: I): DeleteRateLimitResponse {
+    return DeleteRateLimitResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DeleteRateLimitResponse>, I>>(_: I): DeleteRateLimitResponse {
+    const message = createBaseDeleteRateLimitResponse();
     return message;
   },
 };
@@ -910,18 +1431,33 @@ export const ResumeQueueResponse: MessageFns<ResumeQueueResponse> = {
  *   counts until it ends there. After a restart (or a failover) the tasks
  *   that were running, or with their engine, keep their place in the count
  *   and are handed out again first.
+ * - rate limits: at most `rate` tasks start per `interval` among the
+ *   tasks whose name or queue matches the rate limit's pattern, with up to
+ *   `burst` at once after a quiet time (a token bucket of `burst` tokens
+ *   that gains `rate` tokens per `interval`); with `per_key`, each
+ *   concurrency key has its own bucket. A start is a hand-over: to a
+ *   worker, to BullMQ or Temporal, or a webhook call (a rate limit whose
+ *   pattern matches an INTEGRATION task's name limits its calls). A task
+ *   whose start would exceed the rate stays PENDING with the waiting
+ *   reason RATE_LIMITED and `Hold.next_start_at`. Over any window of
+ *   length T, at most `burst + rate * T / interval` tasks start. The
+ *   first rate limit that matches a task applies. The buckets are in
+ *   memory: after a restart (or on a new leader) they start full.
  * - pauses: the pending tasks of a paused task name or queue wait with the
  *   reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
  *   paused: Switchyard holds the tasks, and jobs already added to BullMQ
  *   run.
  *
- * Policies set here and pauses are durable (the SQLite store keeps them in
- * `flow.db` beside its file; PostgreSQL in the `flow_rules` table) and come
- * before the configuration's (`[[flow.concurrency]]`): the first policy
- * whose pattern matches wins. Errors: INVALID_ARGUMENT naming the field
- * (`policy.pattern`, `policy.limit`, `pattern`, `name`); FAILED_PRECONDITION
- * for a policy of the configuration file (change the file); UNAVAILABLE
- * while the rules' storage cannot be written.
+ * Policies and rate limits set here and pauses are durable (the SQLite
+ * store keeps them in `flow.db` beside its file; PostgreSQL in the
+ * `flow_rules` table) and come before the configuration's
+ * (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
+ * rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
+ * the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
+ * `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
+ * `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
+ * file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
+ * rate limits; UNAVAILABLE while the rules' storage cannot be written.
  */
 export type FlowServiceService = typeof FlowServiceService;
 export const FlowServiceService = {
@@ -957,8 +1493,8 @@ export const FlowServiceService = {
       DeleteConcurrencyPolicyResponse.decode(value),
   },
   /**
-   * Every rule in force: the policies in the order they are matched, the
-   * default limit and the paused names.
+   * Every rule in force: the policies and the rate limits in the order
+   * they are matched, the default limit and the paused names.
    */
   listFlowRules: {
     path: "/switchyard.v1.FlowService/ListFlowRules" as const,
@@ -969,6 +1505,37 @@ export const FlowServiceService = {
     responseSerialize: (value: ListFlowRulesResponse): Buffer =>
       Buffer.from(ListFlowRulesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListFlowRulesResponse => ListFlowRulesResponse.decode(value),
+  },
+  /**
+   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * limit with the same rate, interval, burst and `per_key` keeps its
+   * buckets; otherwise they start full. Tasks it holds now take a token
+   * under the new rate at once.
+   */
+  setRateLimit: {
+    path: "/switchyard.v1.FlowService/SetRateLimit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SetRateLimitRequest): Buffer => Buffer.from(SetRateLimitRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SetRateLimitRequest => SetRateLimitRequest.decode(value),
+    responseSerialize: (value: SetRateLimitResponse): Buffer =>
+      Buffer.from(SetRateLimitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SetRateLimitResponse => SetRateLimitResponse.decode(value),
+  },
+  /**
+   * Deletes a rate limit set at run time; the tasks it held are queued at
+   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   */
+  deleteRateLimit: {
+    path: "/switchyard.v1.FlowService/DeleteRateLimit" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteRateLimitRequest): Buffer =>
+      Buffer.from(DeleteRateLimitRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteRateLimitRequest => DeleteRateLimitRequest.decode(value),
+    responseSerialize: (value: DeleteRateLimitResponse): Buffer =>
+      Buffer.from(DeleteRateLimitResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
   },
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
@@ -1011,10 +1578,22 @@ export interface FlowServiceServer extends UntypedServiceImplementation {
    */
   deleteConcurrencyPolicy: handleUnaryCall<DeleteConcurrencyPolicyRequest, DeleteConcurrencyPolicyResponse>;
   /**
-   * Every rule in force: the policies in the order they are matched, the
-   * default limit and the paused names.
+   * Every rule in force: the policies and the rate limits in the order
+   * they are matched, the default limit and the paused names.
    */
   listFlowRules: handleUnaryCall<ListFlowRulesRequest, ListFlowRulesResponse>;
+  /**
+   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * limit with the same rate, interval, burst and `per_key` keeps its
+   * buckets; otherwise they start full. Tasks it holds now take a token
+   * under the new rate at once.
+   */
+  setRateLimit: handleUnaryCall<SetRateLimitRequest, SetRateLimitResponse>;
+  /**
+   * Deletes a rate limit set at run time; the tasks it held are queued at
+   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   */
+  deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
    * until it is resumed; running ones finish. Pausing a paused name does
@@ -1068,8 +1647,8 @@ export interface FlowServiceClient extends Client {
     callback: (error: ServiceError | null, response: DeleteConcurrencyPolicyResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Every rule in force: the policies in the order they are matched, the
-   * default limit and the paused names.
+   * Every rule in force: the policies and the rate limits in the order
+   * they are matched, the default limit and the paused names.
    */
   listFlowRules(
     request: ListFlowRulesRequest,
@@ -1085,6 +1664,46 @@ export interface FlowServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListFlowRulesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * limit with the same rate, interval, burst and `per_key` keeps its
+   * buckets; otherwise they start full. Tasks it holds now take a token
+   * under the new rate at once.
+   */
+  setRateLimit(
+    request: SetRateLimitRequest,
+    callback: (error: ServiceError | null, response: SetRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  setRateLimit(
+    request: SetRateLimitRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SetRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  setRateLimit(
+    request: SetRateLimitRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SetRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Deletes a rate limit set at run time; the tasks it held are queued at
+   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   */
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
+  ): ClientUnaryCall;
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
   ): ClientUnaryCall;
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
@@ -1135,6 +1754,10 @@ export const FlowServiceClient = makeGenericClientConstructor(
   service: typeof FlowServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

@@ -259,6 +259,14 @@ export enum WaitingReason {
    * Switchyard until resumed. `TaskStatus.hold.rule` names what is paused.
    */
   WAITING_REASON_QUEUE_PAUSED = 8,
+  /**
+   * WAITING_REASON_RATE_LIMITED - Its rate limit (FlowService.SetRateLimit, `[[flow.rate_limit]]`) had
+   * no token when the task could have started; it is held in Switchyard,
+   * on every engine, until its token is due. `TaskStatus.hold` names the
+   * rate limit, the key (a rate limit per key), the rate, and when the
+   * task may start (`next_start_at`).
+   */
+  WAITING_REASON_RATE_LIMITED = 9,
   UNRECOGNIZED = -1,
 }
 
@@ -291,6 +299,9 @@ export function waitingReasonFromJSON(object: any): WaitingReason {
     case 8:
     case "WAITING_REASON_QUEUE_PAUSED":
       return WaitingReason.WAITING_REASON_QUEUE_PAUSED;
+    case 9:
+    case "WAITING_REASON_RATE_LIMITED":
+      return WaitingReason.WAITING_REASON_RATE_LIMITED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -318,6 +329,8 @@ export function waitingReasonToJSON(object: WaitingReason): string {
       return "WAITING_REASON_CONCURRENCY_LIMIT";
     case WaitingReason.WAITING_REASON_QUEUE_PAUSED:
       return "WAITING_REASON_QUEUE_PAUSED";
+    case WaitingReason.WAITING_REASON_RATE_LIMITED:
+      return "WAITING_REASON_RATE_LIMITED";
     case WaitingReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -418,17 +431,20 @@ export function stepStateToJSON(object: StepState): string {
 
 /**
  * The flow rule that holds a PENDING task (waiting reason
- * CONCURRENCY_LIMIT or QUEUE_PAUSED), with its figures when the status was
- * taken.
+ * CONCURRENCY_LIMIT, QUEUE_PAUSED or RATE_LIMITED), with its figures when
+ * the status was taken.
  */
 export interface Hold {
   /**
    * The rule: a concurrency policy's pattern, `default` for the server's
-   * default limit per key (`flow.default_concurrency`), or the paused name
-   * or queue.
+   * default limit per key (`flow.default_concurrency`), the paused name
+   * or queue, or a rate limit's pattern.
    */
   rule: string;
-  /** The task's concurrency key (CONCURRENCY_LIMIT only). */
+  /**
+   * The task's concurrency key (CONCURRENCY_LIMIT; RATE_LIMITED when the
+   * rate limit is per key).
+   */
   concurrencyKey: string;
   /** The limit per key (CONCURRENCY_LIMIT only; else 0). */
   limit: number;
@@ -441,7 +457,29 @@ export interface Hold {
    * Tasks of the key ahead of this one in its queue: its place in line,
    * from 0. Set by GetTaskStatus only (listings and events leave it unset).
    */
-  ahead?: number | undefined;
+  ahead?:
+    | number
+    | undefined;
+  /**
+   * RATE_LIMITED only: when the task may start, the time its token is
+   * due (tasks held by one bucket are given times one token apart). It
+   * starts then if a worker or its engine has room and no other task took
+   * the token first; else it is held again.
+   */
+  nextStartAt:
+    | Date
+    | undefined;
+  /** RATE_LIMITED only: the rate limit's starts per `interval`. */
+  rate: number;
+  /** RATE_LIMITED only: the rate limit's interval. */
+  interval:
+    | Duration
+    | undefined;
+  /**
+   * RATE_LIMITED only: the rate limit's burst (starts at once after a
+   * quiet time).
+   */
+  burst: number;
 }
 
 /** How long to wait between attempts. */
@@ -876,8 +914,9 @@ export interface TaskStatus {
    */
   run: number;
   /**
-   * While PENDING and held by a flow rule (waiting reason CONCURRENCY_LIMIT
-   * or QUEUE_PAUSED): the rule and its figures.
+   * While PENDING and held by a flow rule (waiting reason
+   * CONCURRENCY_LIMIT, QUEUE_PAUSED or RATE_LIMITED): the rule and its
+   * figures.
    */
   hold:
     | Hold
@@ -926,7 +965,17 @@ export interface StepStatus {
 }
 
 function createBaseHold(): Hold {
-  return { rule: "", concurrencyKey: "", limit: 0, running: 0, ahead: undefined };
+  return {
+    rule: "",
+    concurrencyKey: "",
+    limit: 0,
+    running: 0,
+    ahead: undefined,
+    nextStartAt: undefined,
+    rate: 0,
+    interval: undefined,
+    burst: 0,
+  };
 }
 
 export const Hold: MessageFns<Hold> = {
@@ -945,6 +994,18 @@ export const Hold: MessageFns<Hold> = {
     }
     if (message.ahead !== undefined) {
       writer.uint32(40).uint64(message.ahead);
+    }
+    if (message.nextStartAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.nextStartAt), writer.uint32(50).fork()).join();
+    }
+    if (message.rate !== 0) {
+      writer.uint32(56).uint32(message.rate);
+    }
+    if (message.interval !== undefined) {
+      Duration.encode(message.interval, writer.uint32(66).fork()).join();
+    }
+    if (message.burst !== 0) {
+      writer.uint32(72).uint32(message.burst);
     }
     return writer;
   },
@@ -1002,6 +1063,38 @@ export const Hold: MessageFns<Hold> = {
             message.ahead = longToNumber(reader.uint64());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.nextStartAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.rate = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.interval = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.burst = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1025,6 +1118,14 @@ export const Hold: MessageFns<Hold> = {
       limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
       running: isSet(object.running) ? globalThis.Number(object.running) : 0,
       ahead: isSet(object.ahead) ? globalThis.Number(object.ahead) : undefined,
+      nextStartAt: isSet(object.nextStartAt)
+        ? fromJsonTimestamp(object.nextStartAt)
+        : isSet(object.next_start_at)
+        ? fromJsonTimestamp(object.next_start_at)
+        : undefined,
+      rate: isSet(object.rate) ? globalThis.Number(object.rate) : 0,
+      interval: isSet(object.interval) ? Duration.fromJSON(object.interval) : undefined,
+      burst: isSet(object.burst) ? globalThis.Number(object.burst) : 0,
     };
   },
 
@@ -1045,6 +1146,18 @@ export const Hold: MessageFns<Hold> = {
     if (message.ahead !== undefined) {
       obj.ahead = Math.round(message.ahead);
     }
+    if (message.nextStartAt !== undefined) {
+      obj.nextStartAt = message.nextStartAt.toISOString();
+    }
+    if (message.rate !== 0) {
+      obj.rate = Math.round(message.rate);
+    }
+    if (message.interval !== undefined) {
+      obj.interval = Duration.toJSON(message.interval);
+    }
+    if (message.burst !== 0) {
+      obj.burst = Math.round(message.burst);
+    }
     return obj;
   },
 
@@ -1058,6 +1171,12 @@ export const Hold: MessageFns<Hold> = {
     message.limit = object.limit ?? 0;
     message.running = object.running ?? 0;
     message.ahead = object.ahead ?? undefined;
+    message.nextStartAt = object.nextStartAt ?? undefined;
+    message.rate = object.rate ?? 0;
+    message.interval = (object.interval !== undefined && object.interval !== null)
+      ? Duration.fromPartial(object.interval)
+      : undefined;
+    message.burst = object.burst ?? 0;
     return message;
   },
 };

@@ -40,18 +40,33 @@ class FlowServiceStub:
     counts until it ends there. After a restart (or a failover) the tasks
     that were running, or with their engine, keep their place in the count
     and are handed out again first.
+    - rate limits: at most `rate` tasks start per `interval` among the
+    tasks whose name or queue matches the rate limit's pattern, with up to
+    `burst` at once after a quiet time (a token bucket of `burst` tokens
+    that gains `rate` tokens per `interval`); with `per_key`, each
+    concurrency key has its own bucket. A start is a hand-over: to a
+    worker, to BullMQ or Temporal, or a webhook call (a rate limit whose
+    pattern matches an INTEGRATION task's name limits its calls). A task
+    whose start would exceed the rate stays PENDING with the waiting
+    reason RATE_LIMITED and `Hold.next_start_at`. Over any window of
+    length T, at most `burst + rate * T / interval` tasks start. The
+    first rate limit that matches a task applies. The buckets are in
+    memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
     reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
     paused: Switchyard holds the tasks, and jobs already added to BullMQ
     run.
 
-    Policies set here and pauses are durable (the SQLite store keeps them in
-    `flow.db` beside its file; PostgreSQL in the `flow_rules` table) and come
-    before the configuration's (`[[flow.concurrency]]`): the first policy
-    whose pattern matches wins. Errors: INVALID_ARGUMENT naming the field
-    (`policy.pattern`, `policy.limit`, `pattern`, `name`); FAILED_PRECONDITION
-    for a policy of the configuration file (change the file); UNAVAILABLE
-    while the rules' storage cannot be written.
+    Policies and rate limits set here and pauses are durable (the SQLite
+    store keeps them in `flow.db` beside its file; PostgreSQL in the
+    `flow_rules` table) and come before the configuration's
+    (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
+    rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
+    the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
+    `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
+    `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
+    file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
+    rate limits; UNAVAILABLE while the rules' storage cannot be written.
     """
 
     def __init__(self, channel):
@@ -74,6 +89,16 @@ class FlowServiceStub:
                 '/switchyard.v1.FlowService/ListFlowRules',
                 request_serializer=switchyard_dot_v1_dot_flow__pb2.ListFlowRulesRequest.SerializeToString,
                 response_deserializer=switchyard_dot_v1_dot_flow__pb2.ListFlowRulesResponse.FromString,
+                _registered_method=True)
+        self.SetRateLimit = channel.unary_unary(
+                '/switchyard.v1.FlowService/SetRateLimit',
+                request_serializer=switchyard_dot_v1_dot_flow__pb2.SetRateLimitRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_flow__pb2.SetRateLimitResponse.FromString,
+                _registered_method=True)
+        self.DeleteRateLimit = channel.unary_unary(
+                '/switchyard.v1.FlowService/DeleteRateLimit',
+                request_serializer=switchyard_dot_v1_dot_flow__pb2.DeleteRateLimitRequest.SerializeToString,
+                response_deserializer=switchyard_dot_v1_dot_flow__pb2.DeleteRateLimitResponse.FromString,
                 _registered_method=True)
         self.PauseQueue = channel.unary_unary(
                 '/switchyard.v1.FlowService/PauseQueue',
@@ -101,18 +126,33 @@ class FlowServiceServicer:
     counts until it ends there. After a restart (or a failover) the tasks
     that were running, or with their engine, keep their place in the count
     and are handed out again first.
+    - rate limits: at most `rate` tasks start per `interval` among the
+    tasks whose name or queue matches the rate limit's pattern, with up to
+    `burst` at once after a quiet time (a token bucket of `burst` tokens
+    that gains `rate` tokens per `interval`); with `per_key`, each
+    concurrency key has its own bucket. A start is a hand-over: to a
+    worker, to BullMQ or Temporal, or a webhook call (a rate limit whose
+    pattern matches an INTEGRATION task's name limits its calls). A task
+    whose start would exceed the rate stays PENDING with the waiting
+    reason RATE_LIMITED and `Hold.next_start_at`. Over any window of
+    length T, at most `burst + rate * T / interval` tasks start. The
+    first rate limit that matches a task applies. The buckets are in
+    memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
     reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
     paused: Switchyard holds the tasks, and jobs already added to BullMQ
     run.
 
-    Policies set here and pauses are durable (the SQLite store keeps them in
-    `flow.db` beside its file; PostgreSQL in the `flow_rules` table) and come
-    before the configuration's (`[[flow.concurrency]]`): the first policy
-    whose pattern matches wins. Errors: INVALID_ARGUMENT naming the field
-    (`policy.pattern`, `policy.limit`, `pattern`, `name`); FAILED_PRECONDITION
-    for a policy of the configuration file (change the file); UNAVAILABLE
-    while the rules' storage cannot be written.
+    Policies and rate limits set here and pauses are durable (the SQLite
+    store keeps them in `flow.db` beside its file; PostgreSQL in the
+    `flow_rules` table) and come before the configuration's
+    (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
+    rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
+    the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
+    `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
+    `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
+    file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
+    rate limits; UNAVAILABLE while the rules' storage cannot be written.
     """
 
     def SetConcurrencyPolicy(self, request, context):
@@ -132,8 +172,26 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFlowRules(self, request, context):
-        """Every rule in force: the policies in the order they are matched, the
-        default limit and the paused names.
+        """Every rule in force: the policies and the rate limits in the order
+        they are matched, the default limit and the paused names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRateLimit(self, request, context):
+        """Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+        limit with the same rate, interval, burst and `per_key` keeps its
+        buckets; otherwise they start full. Tasks it holds now take a token
+        under the new rate at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRateLimit(self, request, context):
+        """Deletes a rate limit set at run time; the tasks it held are queued at
+        once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +232,16 @@ def add_FlowServiceServicer_to_server(servicer, server):
                     request_deserializer=switchyard_dot_v1_dot_flow__pb2.ListFlowRulesRequest.FromString,
                     response_serializer=switchyard_dot_v1_dot_flow__pb2.ListFlowRulesResponse.SerializeToString,
             ),
+            'SetRateLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRateLimit,
+                    request_deserializer=switchyard_dot_v1_dot_flow__pb2.SetRateLimitRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_flow__pb2.SetRateLimitResponse.SerializeToString,
+            ),
+            'DeleteRateLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRateLimit,
+                    request_deserializer=switchyard_dot_v1_dot_flow__pb2.DeleteRateLimitRequest.FromString,
+                    response_serializer=switchyard_dot_v1_dot_flow__pb2.DeleteRateLimitResponse.SerializeToString,
+            ),
             'PauseQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseQueue,
                     request_deserializer=switchyard_dot_v1_dot_flow__pb2.PauseQueueRequest.FromString,
@@ -206,18 +274,33 @@ class FlowService:
     counts until it ends there. After a restart (or a failover) the tasks
     that were running, or with their engine, keep their place in the count
     and are handed out again first.
+    - rate limits: at most `rate` tasks start per `interval` among the
+    tasks whose name or queue matches the rate limit's pattern, with up to
+    `burst` at once after a quiet time (a token bucket of `burst` tokens
+    that gains `rate` tokens per `interval`); with `per_key`, each
+    concurrency key has its own bucket. A start is a hand-over: to a
+    worker, to BullMQ or Temporal, or a webhook call (a rate limit whose
+    pattern matches an INTEGRATION task's name limits its calls). A task
+    whose start would exceed the rate stays PENDING with the waiting
+    reason RATE_LIMITED and `Hold.next_start_at`. Over any window of
+    length T, at most `burst + rate * T / interval` tasks start. The
+    first rate limit that matches a task applies. The buckets are in
+    memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
     reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
     paused: Switchyard holds the tasks, and jobs already added to BullMQ
     run.
 
-    Policies set here and pauses are durable (the SQLite store keeps them in
-    `flow.db` beside its file; PostgreSQL in the `flow_rules` table) and come
-    before the configuration's (`[[flow.concurrency]]`): the first policy
-    whose pattern matches wins. Errors: INVALID_ARGUMENT naming the field
-    (`policy.pattern`, `policy.limit`, `pattern`, `name`); FAILED_PRECONDITION
-    for a policy of the configuration file (change the file); UNAVAILABLE
-    while the rules' storage cannot be written.
+    Policies and rate limits set here and pauses are durable (the SQLite
+    store keeps them in `flow.db` beside its file; PostgreSQL in the
+    `flow_rules` table) and come before the configuration's
+    (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
+    rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
+    the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
+    `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
+    `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
+    file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
+    rate limits; UNAVAILABLE while the rules' storage cannot be written.
     """
 
     @staticmethod
@@ -291,6 +374,60 @@ class FlowService:
             '/switchyard.v1.FlowService/ListFlowRules',
             switchyard_dot_v1_dot_flow__pb2.ListFlowRulesRequest.SerializeToString,
             switchyard_dot_v1_dot_flow__pb2.ListFlowRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRateLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.FlowService/SetRateLimit',
+            switchyard_dot_v1_dot_flow__pb2.SetRateLimitRequest.SerializeToString,
+            switchyard_dot_v1_dot_flow__pb2.SetRateLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRateLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchyard.v1.FlowService/DeleteRateLimit',
+            switchyard_dot_v1_dot_flow__pb2.DeleteRateLimitRequest.SerializeToString,
+            switchyard_dot_v1_dot_flow__pb2.DeleteRateLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,

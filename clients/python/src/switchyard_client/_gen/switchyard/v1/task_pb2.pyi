@@ -50,6 +50,7 @@ class WaitingReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAITING_REASON_ENGINE_UNREACHABLE: _ClassVar[WaitingReason]
     WAITING_REASON_CONCURRENCY_LIMIT: _ClassVar[WaitingReason]
     WAITING_REASON_QUEUE_PAUSED: _ClassVar[WaitingReason]
+    WAITING_REASON_RATE_LIMITED: _ClassVar[WaitingReason]
 
 class StepState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -89,6 +90,7 @@ WAITING_REASON_CAPACITY_FULL: WaitingReason
 WAITING_REASON_ENGINE_UNREACHABLE: WaitingReason
 WAITING_REASON_CONCURRENCY_LIMIT: WaitingReason
 WAITING_REASON_QUEUE_PAUSED: WaitingReason
+WAITING_REASON_RATE_LIMITED: WaitingReason
 STEP_STATE_UNSPECIFIED: StepState
 STEP_STATE_PENDING: StepState
 STEP_STATE_RUNNING: StepState
@@ -101,18 +103,26 @@ STEP_STATE_COMPENSATED: StepState
 STEP_STATE_COMPENSATION_FAILED: StepState
 
 class Hold(_message.Message):
-    __slots__ = ("rule", "concurrency_key", "limit", "running", "ahead")
+    __slots__ = ("rule", "concurrency_key", "limit", "running", "ahead", "next_start_at", "rate", "interval", "burst")
     RULE_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     AHEAD_FIELD_NUMBER: _ClassVar[int]
+    NEXT_START_AT_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
     rule: str
     concurrency_key: str
     limit: int
     running: int
     ahead: int
-    def __init__(self, rule: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., limit: _Optional[int] = ..., running: _Optional[int] = ..., ahead: _Optional[int] = ...) -> None: ...
+    next_start_at: _timestamp_pb2.Timestamp
+    rate: int
+    interval: _duration_pb2.Duration
+    burst: int
+    def __init__(self, rule: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., limit: _Optional[int] = ..., running: _Optional[int] = ..., ahead: _Optional[int] = ..., next_start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rate: _Optional[int] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., burst: _Optional[int] = ...) -> None: ...
 
 class Backoff(_message.Message):
     __slots__ = ("kind", "base", "max")

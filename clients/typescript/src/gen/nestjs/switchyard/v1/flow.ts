@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { GrpcMethod, GrpcStreamMethod } from "@nestjs/microservices";
 import { Observable } from "rxjs";
+import { Duration } from "../../google/protobuf/duration.js";
 
 /** FlowService: flow control at the front door, for every engine. */
 
@@ -64,6 +65,70 @@ export interface ListFlowRulesResponse {
   defaultLimit: number;
   /** The paused names and queues, sorted. */
   paused: string[];
+  /**
+   * The rate limits, in the order they are matched (run-time ones first),
+   * with their tokens now.
+   */
+  rateLimits: RateLimit[];
+}
+
+/** A rate limit: a token bucket per pattern (or per concurrency key). */
+export interface RateLimit {
+  /**
+   * A glob over task names and SIMPLE tasks' queues (`*` any run of
+   * characters, `?` one, `[abc]` a set); it names the rate limit. 1 to 200
+   * bytes.
+   */
+  pattern: string;
+  /** Starts per `interval`: 1 to 1,000,000. */
+  rate: number;
+  /** The interval `rate` is counted over: 1 ms to 24 h. Required. */
+  interval:
+    | Duration
+    | undefined;
+  /**
+   * The bucket's size: starts at once after a quiet time, 1 to 1,000,000.
+   * Required (a burst of 1 spaces starts evenly).
+   */
+  burst: number;
+  /**
+   * Whether each concurrency key (`TaskOptions.concurrency_key`) has its
+   * own bucket; tasks without a key then share one. Default false: one
+   * bucket for every task the pattern matches.
+   */
+  perKey: boolean;
+  /**
+   * Output only: the rate limit comes from the configuration file (it
+   * cannot be changed or deleted here).
+   */
+  fromConfig: boolean;
+  /**
+   * Output only (ListFlowRules): the tokens in its bucket now, 0 to
+   * `burst`; for a rate limit per key, the emptiest key's.
+   */
+  tokens: number;
+}
+
+/** SetRateLimit's request. */
+export interface SetRateLimitRequest {
+  /** The rate limit (`from_config` and `tokens` are ignored). */
+  rateLimit: RateLimit | undefined;
+}
+
+/** SetRateLimit's answer. */
+export interface SetRateLimitResponse {
+  /** Whether a rate limit with the same pattern was replaced. */
+  replaced: boolean;
+}
+
+/** DeleteRateLimit's request. */
+export interface DeleteRateLimitRequest {
+  /** The pattern of a rate limit set at run time. */
+  pattern: string;
+}
+
+/** DeleteRateLimit's answer: empty. */
+export interface DeleteRateLimitResponse {
 }
 
 /** PauseQueue's request. */
@@ -104,18 +169,33 @@ export interface ResumeQueueResponse {
  *   counts until it ends there. After a restart (or a failover) the tasks
  *   that were running, or with their engine, keep their place in the count
  *   and are handed out again first.
+ * - rate limits: at most `rate` tasks start per `interval` among the
+ *   tasks whose name or queue matches the rate limit's pattern, with up to
+ *   `burst` at once after a quiet time (a token bucket of `burst` tokens
+ *   that gains `rate` tokens per `interval`); with `per_key`, each
+ *   concurrency key has its own bucket. A start is a hand-over: to a
+ *   worker, to BullMQ or Temporal, or a webhook call (a rate limit whose
+ *   pattern matches an INTEGRATION task's name limits its calls). A task
+ *   whose start would exceed the rate stays PENDING with the waiting
+ *   reason RATE_LIMITED and `Hold.next_start_at`. Over any window of
+ *   length T, at most `burst + rate * T / interval` tasks start. The
+ *   first rate limit that matches a task applies. The buckets are in
+ *   memory: after a restart (or on a new leader) they start full.
  * - pauses: the pending tasks of a paused task name or queue wait with the
  *   reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
  *   paused: Switchyard holds the tasks, and jobs already added to BullMQ
  *   run.
  *
- * Policies set here and pauses are durable (the SQLite store keeps them in
- * `flow.db` beside its file; PostgreSQL in the `flow_rules` table) and come
- * before the configuration's (`[[flow.concurrency]]`): the first policy
- * whose pattern matches wins. Errors: INVALID_ARGUMENT naming the field
- * (`policy.pattern`, `policy.limit`, `pattern`, `name`); FAILED_PRECONDITION
- * for a policy of the configuration file (change the file); UNAVAILABLE
- * while the rules' storage cannot be written.
+ * Policies and rate limits set here and pauses are durable (the SQLite
+ * store keeps them in `flow.db` beside its file; PostgreSQL in the
+ * `flow_rules` table) and come before the configuration's
+ * (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
+ * rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
+ * the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
+ * `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
+ * `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
+ * file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
+ * rate limits; UNAVAILABLE while the rules' storage cannot be written.
  */
 
 export interface FlowServiceClient {
@@ -134,11 +214,27 @@ export interface FlowServiceClient {
   deleteConcurrencyPolicy(request: DeleteConcurrencyPolicyRequest): Observable<DeleteConcurrencyPolicyResponse>;
 
   /**
-   * Every rule in force: the policies in the order they are matched, the
-   * default limit and the paused names.
+   * Every rule in force: the policies and the rate limits in the order
+   * they are matched, the default limit and the paused names.
    */
 
   listFlowRules(request: ListFlowRulesRequest): Observable<ListFlowRulesResponse>;
+
+  /**
+   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * limit with the same rate, interval, burst and `per_key` keeps its
+   * buckets; otherwise they start full. Tasks it holds now take a token
+   * under the new rate at once.
+   */
+
+  setRateLimit(request: SetRateLimitRequest): Observable<SetRateLimitResponse>;
+
+  /**
+   * Deletes a rate limit set at run time; the tasks it held are queued at
+   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   */
+
+  deleteRateLimit(request: DeleteRateLimitRequest): Observable<DeleteRateLimitResponse>;
 
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
@@ -170,18 +266,33 @@ export interface FlowServiceClient {
  *   counts until it ends there. After a restart (or a failover) the tasks
  *   that were running, or with their engine, keep their place in the count
  *   and are handed out again first.
+ * - rate limits: at most `rate` tasks start per `interval` among the
+ *   tasks whose name or queue matches the rate limit's pattern, with up to
+ *   `burst` at once after a quiet time (a token bucket of `burst` tokens
+ *   that gains `rate` tokens per `interval`); with `per_key`, each
+ *   concurrency key has its own bucket. A start is a hand-over: to a
+ *   worker, to BullMQ or Temporal, or a webhook call (a rate limit whose
+ *   pattern matches an INTEGRATION task's name limits its calls). A task
+ *   whose start would exceed the rate stays PENDING with the waiting
+ *   reason RATE_LIMITED and `Hold.next_start_at`. Over any window of
+ *   length T, at most `burst + rate * T / interval` tasks start. The
+ *   first rate limit that matches a task applies. The buckets are in
+ *   memory: after a restart (or on a new leader) they start full.
  * - pauses: the pending tasks of a paused task name or queue wait with the
  *   reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
  *   paused: Switchyard holds the tasks, and jobs already added to BullMQ
  *   run.
  *
- * Policies set here and pauses are durable (the SQLite store keeps them in
- * `flow.db` beside its file; PostgreSQL in the `flow_rules` table) and come
- * before the configuration's (`[[flow.concurrency]]`): the first policy
- * whose pattern matches wins. Errors: INVALID_ARGUMENT naming the field
- * (`policy.pattern`, `policy.limit`, `pattern`, `name`); FAILED_PRECONDITION
- * for a policy of the configuration file (change the file); UNAVAILABLE
- * while the rules' storage cannot be written.
+ * Policies and rate limits set here and pauses are durable (the SQLite
+ * store keeps them in `flow.db` beside its file; PostgreSQL in the
+ * `flow_rules` table) and come before the configuration's
+ * (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
+ * rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
+ * the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
+ * `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
+ * `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
+ * file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
+ * rate limits; UNAVAILABLE while the rules' storage cannot be written.
  */
 
 export interface FlowServiceController {
@@ -207,13 +318,33 @@ export interface FlowServiceController {
     | DeleteConcurrencyPolicyResponse;
 
   /**
-   * Every rule in force: the policies in the order they are matched, the
-   * default limit and the paused names.
+   * Every rule in force: the policies and the rate limits in the order
+   * they are matched, the default limit and the paused names.
    */
 
   listFlowRules(
     request: ListFlowRulesRequest,
   ): Promise<ListFlowRulesResponse> | Observable<ListFlowRulesResponse> | ListFlowRulesResponse;
+
+  /**
+   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * limit with the same rate, interval, burst and `per_key` keeps its
+   * buckets; otherwise they start full. Tasks it holds now take a token
+   * under the new rate at once.
+   */
+
+  setRateLimit(
+    request: SetRateLimitRequest,
+  ): Promise<SetRateLimitResponse> | Observable<SetRateLimitResponse> | SetRateLimitResponse;
+
+  /**
+   * Deletes a rate limit set at run time; the tasks it held are queued at
+   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   */
+
+  deleteRateLimit(
+    request: DeleteRateLimitRequest,
+  ): Promise<DeleteRateLimitResponse> | Observable<DeleteRateLimitResponse> | DeleteRateLimitResponse;
 
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
@@ -241,6 +372,8 @@ export function FlowServiceControllerMethods() {
       "setConcurrencyPolicy",
       "deleteConcurrencyPolicy",
       "listFlowRules",
+      "setRateLimit",
+      "deleteRateLimit",
       "pauseQueue",
       "resumeQueue",
     ];

@@ -121,6 +121,14 @@ export enum WaitingReason {
    * Switchyard until resumed. `TaskStatus.hold.rule` names what is paused.
    */
   WAITING_REASON_QUEUE_PAUSED = 8,
+  /**
+   * WAITING_REASON_RATE_LIMITED - Its rate limit (FlowService.SetRateLimit, `[[flow.rate_limit]]`) had
+   * no token when the task could have started; it is held in Switchyard,
+   * on every engine, until its token is due. `TaskStatus.hold` names the
+   * rate limit, the key (a rate limit per key), the rate, and when the
+   * task may start (`next_start_at`).
+   */
+  WAITING_REASON_RATE_LIMITED = 9,
   UNRECOGNIZED = -1,
 }
 
@@ -151,17 +159,20 @@ export enum StepState {
 
 /**
  * The flow rule that holds a PENDING task (waiting reason
- * CONCURRENCY_LIMIT or QUEUE_PAUSED), with its figures when the status was
- * taken.
+ * CONCURRENCY_LIMIT, QUEUE_PAUSED or RATE_LIMITED), with its figures when
+ * the status was taken.
  */
 export interface Hold {
   /**
    * The rule: a concurrency policy's pattern, `default` for the server's
-   * default limit per key (`flow.default_concurrency`), or the paused name
-   * or queue.
+   * default limit per key (`flow.default_concurrency`), the paused name
+   * or queue, or a rate limit's pattern.
    */
   rule: string;
-  /** The task's concurrency key (CONCURRENCY_LIMIT only). */
+  /**
+   * The task's concurrency key (CONCURRENCY_LIMIT; RATE_LIMITED when the
+   * rate limit is per key).
+   */
   concurrencyKey: string;
   /** The limit per key (CONCURRENCY_LIMIT only; else 0). */
   limit: number;
@@ -174,7 +185,29 @@ export interface Hold {
    * Tasks of the key ahead of this one in its queue: its place in line,
    * from 0. Set by GetTaskStatus only (listings and events leave it unset).
    */
-  ahead?: number | undefined;
+  ahead?:
+    | number
+    | undefined;
+  /**
+   * RATE_LIMITED only: when the task may start, the time its token is
+   * due (tasks held by one bucket are given times one token apart). It
+   * starts then if a worker or its engine has room and no other task took
+   * the token first; else it is held again.
+   */
+  nextStartAt:
+    | Date
+    | undefined;
+  /** RATE_LIMITED only: the rate limit's starts per `interval`. */
+  rate: number;
+  /** RATE_LIMITED only: the rate limit's interval. */
+  interval:
+    | Duration
+    | undefined;
+  /**
+   * RATE_LIMITED only: the rate limit's burst (starts at once after a
+   * quiet time).
+   */
+  burst: number;
 }
 
 /** How long to wait between attempts. */
@@ -577,8 +610,9 @@ export interface TaskStatus {
    */
   run: number;
   /**
-   * While PENDING and held by a flow rule (waiting reason CONCURRENCY_LIMIT
-   * or QUEUE_PAUSED): the rule and its figures.
+   * While PENDING and held by a flow rule (waiting reason
+   * CONCURRENCY_LIMIT, QUEUE_PAUSED or RATE_LIMITED): the rule and its
+   * figures.
    */
   hold:
     | Hold
