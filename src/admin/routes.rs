@@ -232,13 +232,17 @@ async fn replay_workflow(
 // ---------------------------------------------------------------------------
 
 /// `GET …/flow`: the rules in force (`ListFlowRules`): the concurrency
-/// policies, the default limit and the paused names.
+/// policies, the default limit, the paused names and the rate limits with
+/// their tokens.
 async fn flow_rules(
     State(s): State<AdminState>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(q.as_deref(), &[])?;
-    Ok(Json(to_json(&crate::app::flow::rules(&s.flow.rules()))))
+    Ok(Json(to_json(&crate::app::flow::rules(
+        &s.flow.rules(),
+        &s.flow.rate_tokens(),
+    ))))
 }
 
 /// The required `name` of a pause or a resume.
