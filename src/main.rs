@@ -53,6 +53,12 @@ enum Command {
     /// Concurrency policies: how many tasks of one key run at once.
     #[command(subcommand)]
     Flow(switchyard::cli::FlowCommand),
+    /// Scoped API keys: create (prints the secret once), list, revoke.
+    #[command(subcommand)]
+    Keys(switchyard::cli::KeysCommand),
+    /// The audit log: who cancelled, paused, retried, signalled, changed a
+    /// key or registered a worker.
+    Audit(switchyard::cli::AuditArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -149,6 +155,8 @@ fn main() -> ExitCode {
             Command::Cluster(c) => switchyard::cli::run_cluster(&cli.client, c).await,
             Command::Queue(c) => switchyard::cli::run_queue(&cli.client, c).await,
             Command::Flow(c) => switchyard::cli::run_flow(&cli.client, c).await,
+            Command::Keys(c) => switchyard::cli::run_keys(&cli.client, c).await,
+            Command::Audit(a) => switchyard::cli::run_audit(&cli.client, a).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

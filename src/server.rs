@@ -10,14 +10,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+
+use crate::api::authz::Authorized;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
-use crate::api::{error, flow, orchestrator, schedules, worker};
+use crate::api::{error, flow, keys, orchestrator, schedules, worker};
 use crate::config::Config;
 use crate::core::Core;
 use crate::pb;
 use crate::pb::flow_service_server::FlowServiceServer;
+use crate::pb::keys_service_server::KeysServiceServer;
 use crate::pb::orchestrator_service_server::OrchestratorServiceServer;
 use crate::pb::schedule_service_server::ScheduleServiceServer;
 use crate::pb::worker_service_server::WorkerServiceServer;
@@ -149,6 +152,7 @@ pub enum BackupFailed {
 /// are copied last: a restored schedule's last tick is at least as late as
 /// the copied tasks' fires, and a tick the copy recorded but whose task it
 /// lacks is not fired again.
+/// The keys and the audit log (`keys.db`) follow.
 /// Existing destinations are refused unless `replace`.
 pub fn backup(
     config: &Config,
@@ -177,11 +181,16 @@ pub fn backup(
         return Err(BackupFailed::Memory);
     }
     // The side files that exist: the workflow registry and the schedules.
-    let sides: Vec<_> = [WORKFLOWS_FILE, crate::schedules::FILE, crate::flow::FILE]
-        .into_iter()
-        .map(|f| (config.data_dir.join(f), dest.with_extension(f)))
-        .filter(|(from, _)| from.is_file())
-        .collect();
+    let sides: Vec<_> = [
+        WORKFLOWS_FILE,
+        crate::schedules::FILE,
+        crate::flow::FILE,
+        crate::keys::FILE,
+    ]
+    .into_iter()
+    .map(|f| (config.data_dir.join(f), dest.with_extension(f)))
+    .filter(|(from, _)| from.is_file())
+    .collect();
     if !replace {
         for d in std::iter::once(dest).chain(sides.iter().map(|(_, to)| to.as_path())) {
             if d.symlink_metadata().is_ok() {
@@ -364,6 +373,7 @@ pub async fn run_with(
     // is lost (`serve_stop`).
     let schedules_stop = CancellationToken::new();
     let schedules = start_schedules(&core, &config, &store, schedules_stop.clone()).await?;
+    let keys = start_keys(&core, &config, &store, tokens.clone()).await?;
     tracing::info!(
         ?addr,
         store = %store.describe(&config),
@@ -383,6 +393,9 @@ pub async fn run_with(
         .await;
     health
         .set_serving::<FlowServiceServer<flow::FlowApi>>()
+        .await;
+    health
+        .set_serving::<KeysServiceServer<keys::KeysApi>>()
         .await;
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -419,7 +432,11 @@ pub async fn run_with(
         watch_stop.clone(),
         executors.workflows.clone(),
         cluster.clone(),
+        keys.clone(),
     );
+    // The keys' last use: policy on shutdown — one last write when the
+    // server stops serving.
+    tokio::spawn(keys.clone().flush_loop(serve_stop.clone()));
 
     {
         let (stop, serve_stop) = (stop.clone(), serve_stop.clone());
@@ -512,18 +529,19 @@ pub async fn run_with(
                 store_blocked,
                 schedules: schedules.clone(),
                 flow: flow_control.clone(),
+                keys: keys.clone(),
             },
-            tokens.clone(),
             tls.as_ref().map(|t| t.admin.clone()),
             serve_stop.clone(),
         ))),
         _ => None,
     };
 
-    // Health and reflection stay open; the other services need the token
-    // when `auth.tokens` is set. ScheduleService is a client's service: it
-    // takes the same certificate check as OrchestratorService.
-    let auth = crate::auth::GrpcAuth(tokens);
+    // Health and reflection stay open; the other services need a token or
+    // a key when any is configured, and the role the table names for each
+    // method (`keys::table`). ScheduleService, FlowService and KeysService
+    // are clients' services: they take the same certificate check as
+    // OrchestratorService.
     let (orchestrator_gate, worker_gate) = match &tls {
         Some(t) => (t.orchestrator.clone(), t.workers.clone()),
         None => (crate::tls::Gate::open(), crate::tls::Gate::open()),
@@ -540,43 +558,51 @@ pub async fn run_with(
         .add_service(reflection_v1alpha)
         // The certificate check (mTLS per service) runs before the token's.
         .add_service(InterceptedService::new(
-            InterceptedService::new(
+            Authorized::new(
                 OrchestratorServiceServer::new(orchestrator)
                     .max_decoding_message_size(max_msg)
                     .max_encoding_message_size(max_msg),
-                auth.clone(),
+                keys.clone(),
             ),
             orchestrator_gate.clone(),
         ))
         .add_service(InterceptedService::new(
-            InterceptedService::new(
-                WorkerServiceServer::new(worker::Workers::new(core.clone()))
+            Authorized::new(
+                WorkerServiceServer::new(worker::Workers::new(core.clone(), keys.clone()))
                     .max_decoding_message_size(max_msg)
                     .max_encoding_message_size(max_msg),
-                auth.clone(),
+                keys.clone(),
             ),
             worker_gate,
         ))
         .add_service(InterceptedService::new(
-            InterceptedService::new(
-                FlowServiceServer::new(flow::FlowApi::new(flow_control))
+            Authorized::new(
+                FlowServiceServer::new(flow::FlowApi::new(flow_control, keys.clone()))
                     .max_decoding_message_size(max_msg)
                     .max_encoding_message_size(max_msg),
-                auth.clone(),
+                keys.clone(),
             ),
             orchestrator_gate.clone(),
         ))
         .add_service(InterceptedService::new(
-            InterceptedService::new(
+            Authorized::new(
                 ScheduleServiceServer::new(schedules::ScheduleApi::new(
                     schedules.clone(),
                     crate::app::convert::Limits {
                         max_payload_bytes: config.limits.max_payload_bytes,
                     },
+                    keys.clone(),
                 ))
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(max_msg),
-                auth,
+                keys.clone(),
+            ),
+            orchestrator_gate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            Authorized::new(
+                KeysServiceServer::new(keys::KeysApi::new(keys.clone())),
+                keys,
             ),
             orchestrator_gate,
         ));
@@ -721,6 +747,27 @@ pub async fn start_schedules(
         max_payload_bytes: config.limits.max_payload_bytes,
     });
     Ok(Schedules::start(core.clone(), db, compile, stop).await?)
+}
+
+/// Opens the keys' storage beside the store (`keys.db` in the data
+/// directory, the PostgreSQL store's `api_keys` and `audit_events` tables,
+/// or memory for a store in memory) and loads them beside the static
+/// `auth.tokens`.
+pub async fn start_keys(
+    core: &Core,
+    config: &Config,
+    store: &OpenedStore,
+    tokens: crate::auth::Tokens,
+) -> Result<crate::keys::Keys, ServeError> {
+    use crate::keys::{Db, Keys};
+    let db = match store {
+        OpenedStore::Sqlite(_) if config.store.memory => Db::memory(),
+        OpenedStore::Sqlite(_) => Db::open_sqlite(&config.data_dir)?,
+        OpenedStore::Postgres(pg) => {
+            Db::Postgres(Box::new(crate::store::postgres::keys::KeyRows::open(pg)?))
+        }
+    };
+    Ok(Keys::load(tokens, db, core.clone()).await?)
 }
 
 /// Starts every configured engine: the in-process executors (webhook,

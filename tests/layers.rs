@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     // Engines: in-process executors, external backends, the schedules
     // runner (which makes tasks through the core as an edge would), and the
     // flow rules set at run time (which the core enforces).
-    &["executor", "backend", "schedules", "flow"],
+    &["executor", "backend", "schedules", "flow", "keys"],
     // What both edges share: conversions and the error mapping.
     &["app"],
     // The edges.

@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/v1/worker.proto",
         "switchyard/v1/schedule.proto",
         "switchyard/v1/flow.proto",
+        "switchyard/v1/keys.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

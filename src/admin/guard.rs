@@ -1,14 +1,18 @@
-//! The admin server's authentication middleware: every route but
-//! `/healthz` and `/readyz` needs a bearer token when any is configured ([`crate::auth`]
-//! holds them); the dashboard and the event stream may also take it as
-//! `?access_token=` (a browser and EventSource cannot set headers).
+//! The admin server's access check: every route but `/healthz` and
+//! `/readyz` needs a bearer token (a static `auth.tokens` token or an API
+//! key, [`crate::keys`]) when any is configured, and the role the one table
+//! ([`crate::keys::table::admin`]) names for it; the dashboard and the
+//! event stream may also take it as `?access_token=` (a browser and
+//! EventSource cannot set headers). The caller rides in the request's
+//! extensions for the routes that audit what they do.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{query_token, Tokens};
+use crate::auth::query_token;
+use crate::keys::{table, Keys};
 
 /// Routes that take `?access_token=` (EventSource cannot set headers, and a
 /// browser opening the dashboard cannot either).
@@ -19,10 +23,30 @@ fn query_token_allowed(path: &str) -> bool {
     )
 }
 
-/// The axum middleware: every route but the probes (`/healthz`,
-/// `/readyz`) needs a token when any is configured.
-pub async fn require(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
-    if tokens.is_open() || matches!(req.uri().path(), "/healthz" | "/readyz") {
+fn refuse(status: StatusCode, code: &'static str, message: String) -> Response {
+    let mut resp = (
+        status,
+        axum::Json(super::error::ErrorBody {
+            code,
+            message,
+            field: None,
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+/// The axum middleware.
+pub async fn require(State(keys): State<Keys>, mut req: Request, next: Next) -> Response {
+    let (need, scoping) = table::admin(req.method(), req.uri().path());
+    if need == table::Need::Open {
+        req.extensions_mut().insert(crate::keys::Principal::Open);
         return next.run(req).await;
     }
     let header = header_value(req.headers());
@@ -31,28 +55,15 @@ pub async fn require(State(tokens): State<Tokens>, req: Request, next: Next) -> 
     } else {
         None
     };
-    if tokens.allows(header.as_deref(), query.as_deref()) {
-        return next.run(req).await;
-    }
-    let message = if header.is_none() && query.is_none() {
-        "this server requires `Authorization: Bearer <token>`"
-    } else {
-        "the bearer token is not valid"
+    let who = match keys.authenticate(header.as_deref(), query.as_deref()) {
+        Ok(p) => p,
+        Err(u) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", u.to_string()),
     };
-    let mut resp = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(super::error::ErrorBody {
-            code: "UNAUTHENTICATED",
-            message: message.to_string(),
-            field: None,
-        }),
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
-    resp
+    if let Err(d) = who.may(need, scoping) {
+        return refuse(StatusCode::FORBIDDEN, "PERMISSION_DENIED", d.to_string());
+    }
+    req.extensions_mut().insert(who);
+    next.run(req).await
 }
 
 fn header_value(h: &HeaderMap) -> Option<String> {

@@ -36,7 +36,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Core;
-use auth::Tokens;
 use metrics::Metrics;
 
 /// `[admin]`: the admin HTTP server.
@@ -83,11 +82,14 @@ pub struct AdminState {
     pub schedules: crate::schedules::Schedules,
     /// The flow rules (`GET …/flow`, pause and resume).
     pub flow: crate::flow::FlowControl,
+    /// The keys: who may call which route (`guard`), and the audit log.
+    pub keys: crate::keys::Keys,
 }
 
-/// The admin router: every route, behind the bearer-token check.
-pub fn router(state: AdminState, tokens: Tokens) -> axum::Router {
-    routes::routes(state).layer(axum::middleware::from_fn_with_state(tokens, guard::require))
+/// The admin router: every route, behind the access check.
+pub fn router(state: AdminState) -> axum::Router {
+    let keys = state.keys.clone();
+    routes::routes(state).layer(axum::middleware::from_fn_with_state(keys, guard::require))
 }
 
 /// Serves the admin API on `listener` until `stop` is cancelled, then
@@ -97,7 +99,6 @@ pub fn router(state: AdminState, tokens: Tokens) -> axum::Router {
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
-    tokens: Tokens,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -113,11 +114,11 @@ pub async fn serve(
             %addr,
             dashboard = %format!("{scheme}://{addr}/"),
             metrics = %format!("{scheme}://{addr}/metrics"),
-            auth = if tokens.is_open() { "open" } else { "bearer token" },
+            auth = if state.keys.is_open() { "open" } else { "bearer token" },
             "admin server ready"
         );
     }
-    let app = router(state, tokens);
+    let app = router(state);
     let stopped = async move { stop.cancelled().await };
     if let Some(acceptor) = tls {
         // The accept loop sets TCP_NODELAY itself.

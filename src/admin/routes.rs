@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::sync::OnceLock;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,7 @@ use super::params::{self, Params};
 use super::AdminState;
 use crate::app::convert;
 use crate::domain::TaskId;
+use crate::keys::Principal;
 use crate::pb;
 use crate::pb::watch_tasks_response::Item;
 
@@ -176,6 +177,7 @@ async fn get_task(
 
 async fn cancel_task(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
@@ -184,6 +186,14 @@ async fn cancel_task(
     let force = p.flag(&params::FORCE);
     let reason = p.one(&params::REASON).unwrap_or_default();
     let (outcome, t) = s.core.cancel(id, reason, force).await?;
+    s.keys
+        .audit_task(
+            &who,
+            if force { "cancel (force)" } else { "cancel" },
+            id,
+            reason,
+        )
+        .await;
     Ok(Json(to_json(&pb::CancelTaskResponse {
         outcome: convert::cancel_outcome(outcome) as i32,
         status: Some(convert::status(&t)),
@@ -193,6 +203,7 @@ async fn cancel_task(
 /// `POST …/tasks/{id}/retry?reason=`: `RetryTask`.
 async fn retry_task(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
@@ -200,6 +211,7 @@ async fn retry_task(
     let id = task_id(id)?;
     let reason = p.one(&params::REASON).unwrap_or_default();
     let t = s.core.retry(id, reason).await?;
+    s.keys.audit_task(&who, "retry", id, reason).await;
     Ok(Json(to_json(&pb::RetryTaskResponse {
         status: Some(convert::status(&t)),
     })))
@@ -208,6 +220,7 @@ async fn retry_task(
 /// `POST …/tasks/{id}/replay?fromStep=&reason=`: `ReplayWorkflow`.
 async fn replay_workflow(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
@@ -222,6 +235,9 @@ async fn replay_workflow(
     })?;
     let reason = p.one(&params::REASON).unwrap_or_default();
     let t = s.core.replay(id, from, reason).await?;
+    s.keys
+        .audit_task(&who, "replay", id, &format!("from step {from:?}: {reason}"))
+        .await;
     Ok(Json(to_json(&pb::ReplayWorkflowResponse {
         status: Some(convert::status(&t)),
     })))
@@ -254,20 +270,26 @@ fn pause_name(p: &Params) -> Result<&str, ApiError> {
 /// `POST …/flow/pause?name=`: `PauseQueue`.
 async fn pause_queue(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::PAUSE)?;
-    let already = s.flow.pause(pause_name(&p)?).await?;
+    let name = pause_name(&p)?;
+    let already = s.flow.pause(name).await?;
+    s.keys.audit(&who, "pause_queue", name, "").await;
     Ok(Json(to_json(&pb::PauseQueueResponse { already })))
 }
 
 /// `POST …/flow/resume?name=`: `ResumeQueue`.
 async fn resume_queue(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::PAUSE)?;
-    let was_paused = s.flow.resume(pause_name(&p)?).await?;
+    let name = pause_name(&p)?;
+    let was_paused = s.flow.resume(name).await?;
+    s.keys.audit(&who, "resume_queue", name, "").await;
     Ok(Json(to_json(&pb::ResumeQueueResponse { was_paused })))
 }
 

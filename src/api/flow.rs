@@ -4,20 +4,23 @@
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::authz::caller;
 use crate::app::flow as conv;
 use crate::flow::FlowControl;
+use crate::keys::Keys;
 use crate::pb;
 use crate::pb::flow_service_server::FlowService;
 
 /// The service.
 pub struct FlowApi {
     flow: FlowControl,
+    keys: Keys,
 }
 
 impl FlowApi {
     /// A service over the flow rules.
-    pub fn new(flow: FlowControl) -> Self {
-        FlowApi { flow }
+    pub fn new(flow: FlowControl, keys: Keys) -> Self {
+        FlowApi { flow, keys }
     }
 }
 
@@ -82,7 +85,10 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
-        let already = self.flow.pause(&req.into_inner().name).await?;
+        let who = caller(&req)?;
+        let name = req.into_inner().name;
+        let already = self.flow.pause(&name).await?;
+        self.keys.audit(&who, "pause_queue", &name, "").await;
         Ok(Response::new(pb::PauseQueueResponse { already }))
     }
 
@@ -91,7 +97,10 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
-        let was_paused = self.flow.resume(&req.into_inner().name).await?;
+        let who = caller(&req)?;
+        let name = req.into_inner().name;
+        let was_paused = self.flow.resume(&name).await?;
+        self.keys.audit(&who, "resume_queue", &name, "").await;
         Ok(Response::new(pb::ResumeQueueResponse { was_paused }))
     }
 }

@@ -5,7 +5,9 @@
 
 pub use crate::app::convert;
 pub use crate::app::status as error;
+pub mod authz;
 pub mod flow;
+pub mod keys;
 pub mod orchestrator;
 pub mod schedules;
 pub mod worker;

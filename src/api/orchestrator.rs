@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::authz::caller;
 use super::convert::{self, Limits};
 use crate::core::Core;
 use crate::executor::WorkflowRegistry;
+use crate::keys::{Keys, Principal};
 use crate::pb;
 use crate::pb::orchestrator_service_server::OrchestratorService;
 
@@ -58,6 +60,7 @@ pub struct Orchestrator {
     shutdown: CancellationToken,
     workflows: Option<Arc<dyn WorkflowRegistry>>,
     cluster: Arc<dyn crate::app::cluster::ClusterView>,
+    keys: Keys,
 }
 
 impl Orchestrator {
@@ -68,6 +71,7 @@ impl Orchestrator {
         shutdown: CancellationToken,
         workflows: Option<Arc<dyn WorkflowRegistry>>,
         cluster: Arc<dyn crate::app::cluster::ClusterView>,
+        keys: Keys,
     ) -> Self {
         Orchestrator {
             core,
@@ -75,7 +79,17 @@ impl Orchestrator {
             shutdown,
             workflows,
             cluster,
+            keys,
         }
+    }
+
+    /// For a caller that sees only part of the tasks: NOT_FOUND unless it
+    /// sees task `id` (one read; nothing for an unscoped caller).
+    async fn check_sees(&self, who: &Principal, id: crate::domain::TaskId) -> Result<(), Status> {
+        if who.scoped() {
+            who.check(&self.core.status(id).await?)?;
+        }
+        Ok(())
     }
 
     fn registry(&self) -> Result<&Arc<dyn WorkflowRegistry>, Status> {
@@ -112,7 +126,9 @@ impl OrchestratorService for Orchestrator {
         } else {
             traceparent(&req)
         };
-        let new = convert::new_task(req.into_inner(), &self.limits, tp)?;
+        let who = caller(&req)?;
+        let mut new = convert::new_task(req.into_inner(), &self.limits, tp)?;
+        who.stamp(&mut new.spec)?;
         let s = self.core.schedule(new).await?;
         tracing::Span::current().record("task_id", tracing::field::display(s.task.id));
         Ok(Response::new(pb::ScheduleTaskResponse {
@@ -133,7 +149,11 @@ impl OrchestratorService for Orchestrator {
         } else {
             traceparent(&req)
         };
-        let items = convert::new_tasks(req.into_inner(), &self.limits, tp)?;
+        let who = caller(&req)?;
+        let mut items = convert::new_tasks(req.into_inner(), &self.limits, tp)?;
+        for new in items.iter_mut().flatten() {
+            who.stamp(&mut new.spec)?;
+        }
         let mut results = Vec::with_capacity(items.len());
         let mut valid = Vec::with_capacity(items.len());
         let mut at = Vec::with_capacity(items.len());
@@ -163,8 +183,10 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::GetTaskStatusRequest>,
     ) -> Result<Response<pb::GetTaskStatusResponse>, Status> {
+        let who = caller(&req)?;
         let id = convert::parse_id("task_id", &req.get_ref().task_id)?;
         let (t, payload) = self.core.status_with_payload(id).await?;
+        who.check(&t)?;
         Ok(Response::new(status_response(&t, &payload)))
     }
 
@@ -173,10 +195,20 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let id = convert::parse_id("task_id", &r.task_id)?;
         convert::check_reason(&r.reason)?;
+        self.check_sees(&who, id).await?;
         let (outcome, t) = self.core.cancel(id, &r.reason, r.force).await?;
+        self.keys
+            .audit_task(
+                &who,
+                if r.force { "cancel (force)" } else { "cancel" },
+                id,
+                &r.reason,
+            )
+            .await;
         Ok(Response::new(pb::CancelTaskResponse {
             outcome: convert::cancel_outcome(outcome) as i32,
             status: Some(convert::status(&t)),
@@ -188,10 +220,13 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::RetryTaskRequest>,
     ) -> Result<Response<pb::RetryTaskResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let id = convert::parse_id("task_id", &r.task_id)?;
         convert::check_reason(&r.reason)?;
+        self.check_sees(&who, id).await?;
         let t = self.core.retry(id, &r.reason).await?;
+        self.keys.audit_task(&who, "retry", id, &r.reason).await;
         Ok(Response::new(pb::RetryTaskResponse {
             status: Some(convert::status(&t)),
         }))
@@ -202,11 +237,21 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::ReplayWorkflowRequest>,
     ) -> Result<Response<pb::ReplayWorkflowResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let id = convert::parse_id("task_id", &r.task_id)?;
         convert::check_from_step(&r.from_step)?;
         convert::check_reason(&r.reason)?;
+        self.check_sees(&who, id).await?;
         let t = self.core.replay(id, &r.from_step, &r.reason).await?;
+        self.keys
+            .audit_task(
+                &who,
+                "replay",
+                id,
+                &format!("from step {:?}: {}", r.from_step, r.reason),
+            )
+            .await;
         Ok(Response::new(pb::ReplayWorkflowResponse {
             status: Some(convert::status(&t)),
         }))
@@ -219,8 +264,14 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::WatchTasksRequest>,
     ) -> Result<Response<Self::WatchTasksStream>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
-        let filter = convert::filter(r.filter, "filter")?;
+        let mut filter = convert::filter(r.filter, "filter")?;
+        if !who.narrow(&mut filter) {
+            // Another user's tasks: nothing to show, and the stream ends.
+            let (_, rx) = mpsc::channel::<Result<pb::WatchTasksResponse, Status>>(1);
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let (tx, rx) = mpsc::channel(1024);
         let core = self.core.clone();
         let shutdown = self.shutdown.clone();
@@ -239,6 +290,7 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::DisconnectRequest>,
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let (u, s) = (r.user_id.as_str(), r.session_id.as_str());
         if u.is_empty() == s.is_empty() {
@@ -255,6 +307,15 @@ impl OrchestratorService for Orchestrator {
         convert::check_owner("user_id", u)?;
         convert::check_owner("session_id", s)?;
         convert::check_reason(&r.reason)?;
+        if let Some(own) = who.user() {
+            // A user-bound key disconnects its own user only.
+            if !s.is_empty() {
+                return Err(crate::keys::Denied::Scope.into());
+            }
+            if u != own {
+                return Err(crate::keys::Denied::User.into());
+            }
+        }
         let reason = if r.reason.is_empty() {
             "disconnected".to_string()
         } else {
@@ -267,7 +328,19 @@ impl OrchestratorService for Orchestrator {
                 (!s.is_empty()).then_some(s),
                 &reason,
             )
-            .await?
+            .await?;
+        let target = if u.is_empty() {
+            format!("session {s}")
+        } else {
+            format!("user {u}")
+        };
+        self.keys
+            .audit(&who, "disconnect", &target, &r.reason)
+            .await;
+        for (id, _, _) in &receipts {
+            self.keys.note_task(&who, "disconnect", *id, &r.reason);
+        }
+        let receipts = receipts
             .into_iter()
             .map(|(id, name, o)| pb::DisconnectReceipt {
                 task_id: id.to_string(),
@@ -283,9 +356,13 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
-        let filter = convert::filter(r.filter, "filter")?;
+        let mut filter = convert::filter(r.filter, "filter")?;
         let limit = crate::app::list::page_size("page_size", r.page_size.into())?;
+        if !who.narrow(&mut filter) {
+            return Ok(Response::new(pb::ListTasksResponse::default()));
+        }
         let page =
             crate::app::list::page(&self.core, filter, limit, &r.page_token, "page_token").await?;
         Ok(Response::new(page))
@@ -296,9 +373,11 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::GetTaskLogsRequest>,
     ) -> Result<Response<pb::GetTaskLogsResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let id = convert::parse_id("task_id", &r.task_id)?;
         let limit = logs_limit(r.limit)?;
+        self.check_sees(&who, id).await?;
         let lines = self.core.logs(id, r.after_line, limit + 1).await?;
         Ok(Response::new(logs_response(lines, limit)))
     }
@@ -308,6 +387,7 @@ impl OrchestratorService for Orchestrator {
         &self,
         req: Request<pb::SignalTaskRequest>,
     ) -> Result<Response<pb::SignalTaskResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let id = convert::parse_id("task_id", &r.task_id)?;
         if let Err(e) = convert::check_name(&r.signal) {
@@ -325,7 +405,9 @@ impl OrchestratorService for Orchestrator {
                 crate::core::CoreError::field("payload", "is over the payload limit").into(),
             );
         }
+        self.check_sees(&who, id).await?;
         let t = self.core.signal(id, &r.signal, payload).await?;
+        self.keys.audit_task(&who, "signal", id, &r.signal).await;
         Ok(Response::new(pb::SignalTaskResponse {
             status: Some(convert::status(&t)),
         }))

@@ -4,9 +4,11 @@
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::authz::caller;
 use crate::app::convert::Limits;
 use crate::app::schedule::{self as conv, info};
 use crate::domain::now_micros;
+use crate::keys::Keys;
 use crate::pb;
 use crate::pb::schedule_service_server::ScheduleService;
 use crate::schedules::Schedules;
@@ -15,12 +17,17 @@ use crate::schedules::Schedules;
 pub struct ScheduleApi {
     schedules: Schedules,
     limits: Limits,
+    keys: Keys,
 }
 
 impl ScheduleApi {
     /// A service over the schedules.
-    pub fn new(schedules: Schedules, limits: Limits) -> Self {
-        ScheduleApi { schedules, limits }
+    pub fn new(schedules: Schedules, limits: Limits, keys: Keys) -> Self {
+        ScheduleApi {
+            schedules,
+            limits,
+            keys,
+        }
     }
 }
 
@@ -100,13 +107,17 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::PauseScheduleRequest>,
     ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
         conv::note(&r.note)?;
         let s = self
             .schedules
-            .set_paused(&r.schedule_id, true, r.note)
+            .set_paused(&r.schedule_id, true, r.note.clone())
             .await?;
+        self.keys
+            .audit(&who, "pause_schedule", &r.schedule_id, &r.note)
+            .await;
         Ok(Response::new(pb::PauseScheduleResponse {
             schedule: Some(info(&s, now_micros())),
         }))
@@ -117,13 +128,17 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::ResumeScheduleRequest>,
     ) -> Result<Response<pb::ResumeScheduleResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
         conv::note(&r.note)?;
         let s = self
             .schedules
-            .set_paused(&r.schedule_id, false, r.note)
+            .set_paused(&r.schedule_id, false, r.note.clone())
             .await?;
+        self.keys
+            .audit(&who, "resume_schedule", &r.schedule_id, &r.note)
+            .await;
         Ok(Response::new(pb::ResumeScheduleResponse {
             schedule: Some(info(&s, now_micros())),
         }))

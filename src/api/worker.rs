@@ -10,9 +10,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::authz::caller;
 use super::convert;
 use crate::core::{Core, CoreError, Push, Report};
 use crate::domain::text;
+use crate::keys::Keys;
 use crate::pb;
 use crate::pb::json::value_to_json;
 use crate::pb::server_message::Msg as Out;
@@ -26,15 +28,17 @@ pub const MAX_UNREGISTERED: usize = 1024;
 /// The service.
 pub struct Workers {
     core: Core,
+    keys: Keys,
     /// Streams open that have not sent `Register` yet.
     unregistered: Arc<AtomicUsize>,
 }
 
 impl Workers {
     /// A service over a core.
-    pub fn new(core: Core) -> Self {
+    pub fn new(core: Core, keys: Keys) -> Self {
         Workers {
             core,
+            keys,
             unregistered: Arc::default(),
         }
     }
@@ -68,6 +72,7 @@ impl WorkerService for Workers {
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<OutStream>, Status> {
+        let who = caller(&req)?;
         let mut inbound = req.into_inner();
         // A stream must register within a lease: one that never does would
         // otherwise hold its memory forever, uncounted.
@@ -96,8 +101,21 @@ impl WorkerService for Workers {
             .into());
         };
         let (name, names, slots, imm) = convert::registration(reg)?;
+        if let Err(n) = who.may_register(&names) {
+            return Err(Status::permission_denied(format!(
+                "register.task_names: this worker key may not register task name {n:?}"
+            )));
+        }
         let link = self.core.register_worker(&name, &names, slots, imm)?;
         let worker_id = link.id.clone();
+        self.keys
+            .audit(
+                &who,
+                "worker_register",
+                &worker_id,
+                &format!("worker {name:?}, names {}", names.join(",")),
+            )
+            .await;
         let (tx, rx) = mpsc::channel::<Result<pb::ServerMessage, Status>>(1024);
         let cfg = self.core.config();
         let _ = tx
@@ -116,11 +134,24 @@ impl WorkerService for Workers {
         let core = self.core.clone();
         tokio::spawn(
             async move {
+                let gone = who.gone();
+                tokio::pin!(gone);
                 let why = loop {
-                    match inbound.message().await {
-                        Ok(Some(m)) => handle(&core, &worker_id, m, &tx).await,
-                        Ok(None) => break "the worker closed its stream".to_string(),
-                        Err(e) => break format!("stream error: {}", e.message()),
+                    tokio::select! {
+                        m = inbound.message() => match m {
+                            Ok(Some(m)) => handle(&core, &worker_id, m, &tx).await,
+                            Ok(None) => break "the worker closed its stream".to_string(),
+                            Err(e) => break format!("stream error: {}", e.message()),
+                        },
+                        _ = &mut gone => {
+                            // A revoked or expired key's stream ends now.
+                            let _ = tx
+                                .send(Err(Status::unauthenticated(
+                                    "the worker's key was revoked or has expired",
+                                )))
+                                .await;
+                            break "its key was revoked or expired".to_string();
+                        }
                     }
                 };
                 core.worker_gone(&worker_id, &why);

@@ -2,7 +2,8 @@
 //! watch|list|logs`, `disconnect` and `metrics`, all over gRPC to
 //! `OrchestratorService`, and `schedule create|update|get|list|pause|resume|
 //! trigger|delete` to `ScheduleService` (`schedule.rs`), and `queue
-//! pause|resume`, `flow set|delete|list` and `task why` (`flow.rs`).
+//! pause|resume`, `flow set|delete|list` and `task why` (`flow.rs`), and
+//! `keys create|list|revoke` and `audit` to `KeysService` (`keys.rs`).
 //!
 //! This module owns the clap types of those subcommands, their output (tables
 //! for people, JSON with `--json`) and the readable rendering of gRPC errors.
@@ -42,6 +43,7 @@ mod commands;
 mod error;
 mod flow;
 mod json;
+mod keys;
 mod render;
 mod schedule;
 
@@ -55,6 +57,7 @@ pub use args::{
 };
 pub use error::CliError;
 pub use flow::{DeletePolicyArgs, FlowCommand, QueueArgs, QueueCommand, SetPolicyArgs};
+pub use keys::{AuditArgs, CreateKeyArgs, KeysCommand, RevokeKeyArgs, RoleArg, TokenArg};
 pub use schedule::{
     CatchUpArg, CreateArgs, IdArgs, ListSchedulesArgs, NoteArgs, OverlapArg, ScheduleCommand,
     TimingArgs, UpdateArgs,
@@ -122,6 +125,19 @@ pub async fn run_queue(client: &ClientArgs, command: QueueCommand) -> Result<(),
 pub async fn run_flow(client: &ClientArgs, command: FlowCommand) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
     flow::run_flow(client, command, &mut out).await
+}
+
+/// Runs one `keys` subcommand against the server in `client`, printing to
+/// stdout.
+pub async fn run_keys(client: &ClientArgs, command: KeysCommand) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    keys::run_keys(client, command, &mut out).await
+}
+
+/// Runs `audit` against the server in `client`, printing to stdout.
+pub async fn run_audit(client: &ClientArgs, args: AuditArgs) -> Result<(), CliError> {
+    let mut out = Output::new(io::stdout(), client.json);
+    keys::run_audit(client, args, &mut out).await
 }
 
 /// Runs one `schedule` subcommand against the server in `client`, printing

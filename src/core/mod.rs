@@ -51,6 +51,7 @@ mod flow;
 #[cfg(test)]
 mod machine_tests;
 pub mod metrics;
+mod note;
 mod protocol;
 mod queries;
 mod queue;

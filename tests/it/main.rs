@@ -23,6 +23,7 @@ mod core_watch;
 mod flow;
 mod hostile;
 mod rate_limit;
+mod keys;
 mod retention;
 mod retry;
 mod schedule_refusals;

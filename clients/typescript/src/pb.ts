@@ -8,3 +8,4 @@ export * from './gen/switchyard/v1/orchestrator.js';
 export * from './gen/switchyard/v1/worker.js';
 export * from './gen/switchyard/v1/schedule.js';
 export * from './gen/switchyard/v1/flow.js';
+export * from './gen/switchyard/v1/keys.js';

@@ -23,6 +23,7 @@
 //!   share one database.
 
 pub mod flow;
+pub mod keys;
 mod lease;
 mod reads;
 pub mod schedules;

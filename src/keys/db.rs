@@ -1,0 +1,339 @@
+//! Where the keys and the audit log are kept: `keys.db` beside the SQLite
+//! store, the `api_keys` and `audit_events` tables of the PostgreSQL store,
+//! or memory (a store in memory). Owns the SQLite tables' SQL; the
+//! PostgreSQL SQL is `store::postgres::keys`'s.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use parking_lot::Mutex;
+
+use super::{KeyRecord, Role};
+use crate::domain::Micros;
+use crate::store::postgres::keys::{AuditRow, KeyRow, KeyRows};
+use crate::store::sqlite::side::SideDb;
+use crate::store::StoreError;
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Its sequence number (assigned by the store).
+    pub seq: i64,
+    /// When.
+    pub time: Micros,
+    /// The key that did it.
+    pub key_id: String,
+    /// What.
+    pub action: String,
+    /// To what.
+    pub target: String,
+    /// More.
+    pub detail: String,
+}
+
+/// The most audit events kept in memory (a store in memory).
+const MEMORY_AUDIT: usize = 10_000;
+
+/// The storage.
+pub enum Db {
+    /// Nothing durable.
+    Memory(Mutex<Memory>),
+    /// `keys.db`.
+    Sqlite(SideDb),
+    /// The PostgreSQL tables.
+    Postgres(Box<KeyRows>),
+}
+
+/// The keys and events of a store in memory.
+#[derive(Default)]
+pub struct Memory {
+    keys: Vec<KeyRecord>,
+    audit: VecDeque<AuditEvent>,
+    seq: i64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL DEFAULT 'default',
+    hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    user_id TEXT,
+    names TEXT NOT NULL DEFAULT '',
+    expires_at INTEGER,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    namespace TEXT NOT NULL DEFAULT 'default',
+    key_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+fn to_row(r: &KeyRecord) -> KeyRow {
+    KeyRow {
+        id: r.id.clone(),
+        namespace: r.namespace.clone(),
+        hash: r.hash.clone(),
+        role: r.role.as_str().to_string(),
+        user_id: r.user_id.clone(),
+        names: r.names.join(","),
+        expires_at: r.expires_at,
+        created_at: r.created_at,
+        last_used_at: r.last_used_at,
+        revoked_at: r.revoked_at,
+    }
+}
+
+fn from_row(r: KeyRow) -> Option<KeyRecord> {
+    let role = match Role::parse(&r.role) {
+        Some(role) => role,
+        None => {
+            // A role this version does not know grants nothing.
+            tracing::warn!(key_id = %r.id, role = %r.role, "a stored key has an unknown role: ignored");
+            return None;
+        }
+    };
+    Some(KeyRecord {
+        id: r.id,
+        namespace: r.namespace,
+        hash: r.hash,
+        role,
+        user_id: r.user_id,
+        names: r
+            .names
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect(),
+        expires_at: r.expires_at,
+        created_at: r.created_at,
+        last_used_at: r.last_used_at,
+        revoked_at: r.revoked_at,
+    })
+}
+
+fn from_audit(r: AuditRow) -> AuditEvent {
+    AuditEvent {
+        seq: r.seq,
+        time: r.at,
+        key_id: r.key_id,
+        action: r.action,
+        target: r.target,
+        detail: r.detail,
+    }
+}
+
+impl Db {
+    /// Opens `keys.db` in `dir`.
+    pub fn open_sqlite(dir: &Path) -> Result<Db, StoreError> {
+        Ok(Db::Sqlite(SideDb::open(
+            &dir.join(super::FILE),
+            SCHEMA,
+            "keys database",
+        )?))
+    }
+
+    /// A store in memory.
+    pub fn memory() -> Db {
+        Db::Memory(Mutex::default())
+    }
+
+    /// Every key.
+    pub async fn all(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = match self {
+            Db::Memory(m) => return Ok(m.lock().keys.clone()),
+            Db::Sqlite(db) => {
+                db.run(|c| {
+                    let mut st = c.prepare(
+                        "SELECT id, namespace, hash, role, user_id, names, expires_at, created_at, \
+                         last_used_at, revoked_at FROM api_keys",
+                    )?;
+                    let rows = st.query_map([], |r| {
+                        Ok(KeyRow {
+                            id: r.get(0)?,
+                            namespace: r.get(1)?,
+                            hash: r.get(2)?,
+                            role: r.get(3)?,
+                            user_id: r.get(4)?,
+                            names: r.get(5)?,
+                            expires_at: r.get(6)?,
+                            created_at: r.get(7)?,
+                            last_used_at: r.get(8)?,
+                            revoked_at: r.get(9)?,
+                        })
+                    })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await?
+            }
+            Db::Postgres(p) => p.all().await?,
+        };
+        Ok(rows.into_iter().filter_map(from_row).collect())
+    }
+
+    /// Stores a new key.
+    pub async fn insert(&self, r: &KeyRecord) -> Result<(), StoreError> {
+        let row = to_row(r);
+        match self {
+            Db::Memory(m) => {
+                m.lock().keys.push(r.clone());
+                Ok(())
+            }
+            Db::Sqlite(db) => {
+                db.run(move |c| {
+                    c.execute(
+                        "INSERT INTO api_keys (id, namespace, hash, role, user_id, names, expires_at, \
+                         created_at, last_used_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        rusqlite::params![
+                            row.id,
+                            row.namespace,
+                            row.hash,
+                            row.role,
+                            row.user_id,
+                            row.names,
+                            row.expires_at,
+                            row.created_at,
+                            row.last_used_at,
+                            row.revoked_at
+                        ],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+            Db::Postgres(p) => p.insert(&row).await,
+        }
+    }
+
+    /// Marks a key revoked.
+    pub async fn revoke(&self, id: &str, at: Micros) -> Result<(), StoreError> {
+        match self {
+            Db::Memory(m) => {
+                if let Some(k) = m.lock().keys.iter_mut().find(|k| k.id == id) {
+                    k.revoked_at = Some(at);
+                }
+                Ok(())
+            }
+            Db::Sqlite(db) => {
+                let id = id.to_string();
+                db.run(move |c| {
+                    c.execute(
+                        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                        rusqlite::params![id, at],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+            Db::Postgres(p) => p.revoke(id, at).await,
+        }
+    }
+
+    /// Writes last-used times.
+    pub async fn touch(&self, used: &[(String, Micros)]) -> Result<(), StoreError> {
+        match self {
+            Db::Memory(m) => {
+                let mut m = m.lock();
+                for (id, at) in used {
+                    if let Some(k) = m.keys.iter_mut().find(|k| &k.id == id) {
+                        k.last_used_at = Some(*at);
+                    }
+                }
+                Ok(())
+            }
+            Db::Sqlite(db) => {
+                let used = used.to_vec();
+                db.run(move |c| {
+                    let mut st =
+                        c.prepare("UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1")?;
+                    for (id, at) in &used {
+                        st.execute(rusqlite::params![id, at])?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+            Db::Postgres(p) => p.touch(used).await,
+        }
+    }
+
+    /// Appends an audit event.
+    pub async fn append(&self, ev: &AuditEvent) -> Result<(), StoreError> {
+        let row = AuditRow {
+            seq: 0,
+            at: ev.time,
+            key_id: ev.key_id.clone(),
+            action: ev.action.clone(),
+            target: ev.target.clone(),
+            detail: ev.detail.clone(),
+        };
+        match self {
+            Db::Memory(m) => {
+                let mut m = m.lock();
+                m.seq += 1;
+                let mut ev = ev.clone();
+                ev.seq = m.seq;
+                m.audit.push_front(ev);
+                m.audit.truncate(MEMORY_AUDIT);
+                Ok(())
+            }
+            Db::Sqlite(db) => {
+                db.run(move |c| {
+                    c.execute(
+                        "INSERT INTO audit_events (at, key_id, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![row.at, row.key_id, row.action, row.target, row.detail],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+            Db::Postgres(p) => p.append(&row).await,
+        }
+    }
+
+    /// Events older than `before` (0: any), newest first, at most `limit`.
+    pub async fn page(&self, before: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let before = if before <= 0 { i64::MAX } else { before };
+        let rows = match self {
+            Db::Memory(m) => {
+                return Ok(m
+                    .lock()
+                    .audit
+                    .iter()
+                    .filter(|e| e.seq < before)
+                    .take(limit)
+                    .cloned()
+                    .collect())
+            }
+            Db::Sqlite(db) => {
+                db.run(move |c| {
+                    let mut st = c.prepare(
+                        "SELECT seq, at, key_id, action, target, detail FROM audit_events \
+                         WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+                    )?;
+                    let rows = st.query_map(rusqlite::params![before, limit as i64], |r| {
+                        Ok(AuditRow {
+                            seq: r.get(0)?,
+                            at: r.get(1)?,
+                            key_id: r.get(2)?,
+                            action: r.get(3)?,
+                            target: r.get(4)?,
+                            detail: r.get(5)?,
+                        })
+                    })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await?
+            }
+            Db::Postgres(p) => p.page(before, limit as i64).await?,
+        };
+        Ok(rows.into_iter().map(from_audit).collect())
+    }
+}
