@@ -135,6 +135,8 @@ impl OrchestratorService for Orchestrator {
             task_id: s.task.id.to_string(),
             existing: s.existing,
             status: Some(convert::status(&s.task)),
+            outcome: convert::schedule_outcome(s.outcome) as i32,
+            superseded_task_ids: convert::superseded_ids(&s),
         }))
     }
 

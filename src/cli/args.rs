@@ -256,6 +256,21 @@ pub struct ScheduleArgs {
     /// Scheduling twice with the same key returns the first task.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// How long the idempotency key matches this task (`10m`); after it,
+    /// the same key creates a new task. Default: as long as it is kept.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idempotency_ttl: Option<Duration>,
+    /// A debounce key: of tasks of the key scheduled closer together than
+    /// `--debounce-period`, only the last runs (or, with `--throttle`, only
+    /// the first).
+    #[arg(long, value_name = "KEY", requires = "debounce_period")]
+    pub debounce: Option<String>,
+    /// The debounce key's quiet period (or throttle period), e.g. `5s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "debounce")]
+    pub debounce_period: Option<Duration>,
+    /// The debounce key throttles: the first task of a period wins.
+    #[arg(long, requires = "debounce")]
+    pub throttle: bool,
     /// The concurrency key (a user, tenant or resource id): the server's
     /// concurrency policies limit how many tasks of one key run at once,
     /// and keys take turns in their queue.
@@ -714,6 +729,19 @@ impl ScheduleArgs {
             session_id: self.session.clone().unwrap_or_default(),
             immediate: self.immediate,
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            idempotency_ttl: opt_duration("idempotency-ttl", self.idempotency_ttl)?,
+            debounce: match &self.debounce {
+                Some(key) => Some(pb::Debounce {
+                    key: key.clone(),
+                    period: opt_duration("debounce-period", self.debounce_period)?,
+                    mode: if self.throttle {
+                        pb::DebounceMode::Throttle
+                    } else {
+                        pb::DebounceMode::Debounce
+                    } as i32,
+                }),
+                None => None,
+            },
             concurrency_key: self.concurrency_key.clone().unwrap_or_default(),
             labels,
             cleanup: self.cleanup.clone().map(|name| pb::CleanupTask { name }),

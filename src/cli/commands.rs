@@ -161,13 +161,24 @@ pub(crate) async fn schedule<W: Write>(
     if out.json() {
         return out.document(&json::to_json(&response));
     }
-    if response.existing {
+    if response.outcome == pb::ScheduleOutcome::Throttled as i32 {
+        out.line(format!(
+            "task {} holds this throttle key for its period; nothing new was scheduled",
+            response.task_id
+        ))?;
+    } else if response.existing {
         out.line(format!(
             "task {} already exists with this idempotency key; nothing new was scheduled",
             response.task_id
         ))?;
     } else {
         out.line(format!("scheduled {name} as task {}", response.task_id))?;
+    }
+    if !response.superseded_task_ids.is_empty() {
+        out.line(format!(
+            "superseded (cancelled): {}",
+            response.superseded_task_ids.join(", ")
+        ))?;
     }
     if let Some(status) = &response.status {
         out.line(render::status_table(status))?;
@@ -813,6 +824,7 @@ mod tests {
                             task_id: format!("t-{i}"),
                             existing: false,
                             state: pb::TaskState::Pending as i32,
+                            ..Default::default()
                         })
                     }),
                 })
@@ -836,6 +848,7 @@ mod tests {
                 task_id: "t-1".into(),
                 existing: false,
                 status: Some(task("t-1", pb::TaskState::Pending)),
+                ..Default::default()
             }))
         }
 

@@ -222,6 +222,20 @@ pub(crate) fn status_table(s: &pb::TaskStatus) -> Table {
     row("external id", or_dash(&s.external_id).to_string());
     row("worker", or_dash(&s.worker_id).to_string());
     row("idempotency key", or_dash(&s.idempotency_key).to_string());
+    if let Some(ttl) = &s.idempotency_ttl {
+        row("key window", span(Some(ttl)));
+    }
+    if let Some(d) = &s.debounce {
+        let mode = if d.mode == pb::DebounceMode::Throttle as i32 {
+            "throttle"
+        } else {
+            "debounce"
+        };
+        row(
+            "debounce",
+            format!("{mode} key {:?}, period {}", d.key, span(d.period.as_ref())),
+        );
+    }
     row("labels", or_dash(&labels(&s.labels)).to_string());
     row("sequence", s.sequence.to_string());
     t

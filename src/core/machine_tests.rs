@@ -212,7 +212,7 @@ fn effects_are_handed_out_once() {
 /// A task with a cleanup task, `max_attempts` attempts.
 fn with_cleanup(name: &str, max_attempts: u32) -> NewTask {
     let mut new = new_task(name, max_attempts, Duration::ZERO);
-    new.spec.cleanup = Some("undo".into());
+    new.spec.cleanup = Some(Box::new("undo".into()));
     new
 }
 
@@ -627,4 +627,117 @@ fn a_cancelled_rate_held_task_leaves_the_timer_and_the_count() {
     st.step(T0, |st| st.unplace(ids[1]));
     assert_eq!(st.rate_held_count(), 0);
     assert!(st.timers.is_empty());
+}
+
+/// A task of debounce key `key` (mode DEBOUNCE) waiting `delay`.
+fn debounced(name: &str, key: &str, delay: Duration) -> NewTask {
+    let mut new = new_task(name, 1, Duration::ZERO);
+    new.spec.dedup = Some(Box::new(crate::domain::debounce::Dedup {
+        ttl: None,
+        debounce: Some(crate::domain::debounce::Debounce {
+            key: key.into(),
+            period: Duration::from_secs(1),
+            mode: crate::domain::debounce::Mode::Debounce,
+        }),
+    }));
+    new.delay = delay;
+    new
+}
+
+#[test]
+fn a_newer_task_of_a_debounce_key_supersedes_the_pending_one_in_the_same_section() {
+    let mut st = state();
+    let quiet = Duration::from_secs(1);
+    let (a, _) = st.step(T0, |st| st.schedule_internal(debounced("d", "k", quiet)));
+    let (b, fx) = st.step(T0 + 10, |st| {
+        st.schedule_internal(debounced("d", "k", quiet))
+    });
+    // B's insert, then A's end, in one critical section's writes.
+    assert_eq!(
+        written_states(&fx),
+        [TaskState::Pending, TaskState::Cancelled]
+    );
+    let ended = fx
+        .ops
+        .iter()
+        .find_map(|op| match op {
+            WriteOp::Update { task, .. } if task.id == a.id => Some(task.clone()),
+            _ => None,
+        })
+        .expect("A's update");
+    let err = ended.rt.last_error.expect("A's error");
+    assert_eq!(err.kind, "superseded");
+    assert!(err.message.contains(&b.id.to_string()), "{}", err.message);
+    assert!(!st.tasks.contains_key(&a.id));
+    assert_eq!(st.debounce.get("k"), Some(&b.id));
+    // Another key is its own.
+    let (_, fx) = st.step(T0 + 20, |st| {
+        st.schedule_internal(debounced("d", "j", quiet))
+    });
+    assert_eq!(written_states(&fx), [TaskState::Pending]);
+    assert!(st.tasks.contains_key(&b.id));
+}
+
+#[test]
+fn a_started_task_of_a_debounce_key_is_never_superseded() {
+    let mut st = state();
+    let (_n, _, _rx) = worker(&mut st, "d", 1);
+    // No quiet period left: it starts at once.
+    let (a, fx) = st.step(T0, |st| {
+        st.schedule_internal(debounced("d", "k", Duration::ZERO))
+    });
+    assert_eq!(
+        written_states(&fx),
+        [TaskState::Pending, TaskState::Running]
+    );
+    let (b, fx) = st.step(T0 + 10, |st| {
+        st.schedule_internal(debounced("d", "k", Duration::from_secs(1)))
+    });
+    assert_eq!(written_states(&fx), [TaskState::Pending]);
+    assert_eq!(st.tasks[&a.id].task.rt.state, TaskState::Running);
+    // The pending one is the key's now, and a newer one replaces it.
+    let (_, fx) = st.step(T0 + 20, |st| {
+        st.schedule_internal(debounced("d", "k", Duration::from_secs(1)))
+    });
+    assert_eq!(
+        written_states(&fx),
+        [TaskState::Pending, TaskState::Cancelled]
+    );
+    assert!(!st.tasks.contains_key(&b.id));
+    assert_eq!(st.tasks[&a.id].task.rt.state, TaskState::Running);
+}
+
+#[test]
+fn read_back_out_of_order_the_newer_pending_task_of_a_key_survives() {
+    let mut st = state();
+    let quiet = Duration::from_secs(1);
+    // Two pending tasks of one key, as a crash between an insert and its
+    // supersede could leave them; placed newest first.
+    let (older, _) = st.step(T0, |st| st.schedule_internal(debounced("d", "x", quiet)));
+    let (newer, _) = st.step(T0, |st| st.schedule_internal(debounced("d", "y", quiet)));
+    let mut older_t = st.tasks[&older.id].task.clone();
+    let mut newer_t = st.tasks[&newer.id].task.clone();
+    let key_x = older_t.spec.clone();
+    // Both of key "z" now, with their own sequence numbers.
+    let respec = |t: &mut Task| {
+        let mut spec = (*key_x).clone();
+        if let Some(d) = spec.dedup.as_mut().and_then(|d| d.debounce.as_mut()) {
+            d.key = "z".into();
+        }
+        t.spec = Arc::new(spec);
+    };
+    respec(&mut older_t);
+    respec(&mut newer_t);
+    let mut fresh = state();
+    let (superseded, fx) = fresh.step(T0 + 1, |st| {
+        let first = st.add_pending(newer_t.clone(), None);
+        let second = st.add_pending(older_t.clone(), None);
+        (first, second)
+    });
+    assert!(superseded.0.is_empty());
+    // The older one placed second is superseded by the newer one already there.
+    assert!(superseded.1.is_empty());
+    assert_eq!(written_states(&fx), [TaskState::Cancelled]);
+    assert!(!fresh.tasks.contains_key(&older_t.id));
+    assert_eq!(fresh.debounce.get("z"), Some(&newer_t.id));
 }

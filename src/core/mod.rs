@@ -43,6 +43,7 @@
 
 mod cancel;
 mod config;
+mod debounce;
 mod dispatch;
 mod engine;
 mod error;
@@ -91,7 +92,7 @@ pub use protocol::{Assignment, CancelReason, Push, Report, WorkerInfo, WorkerLin
 pub use queries::{KeyPending, MetricsSnapshot, QueueFlowInfo, QueueInfo};
 pub use retention::RemovalHook;
 pub use retry::ReplayHook;
-pub use schedule::{Admission, Scheduled};
+pub use schedule::{Admission, Outcome, Scheduled};
 pub use signal::{Signal, SignalDelivery, SignalHook};
 pub use watch::REPLAY_PAGE;
 

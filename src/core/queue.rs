@@ -31,8 +31,9 @@ impl State {
         self.queues.entry(key.clone()).or_default()
     }
 
-    /// Adds a pending task to memory: on a timer or in its queue.
-    pub(super) fn add_pending(&mut self, task: Task, payload: Option<Arc<str>>) {
+    /// Adds a pending task to memory: on a timer or in its queue. Returns
+    /// the tasks of its debounce key it superseded (see `debounce.rs`).
+    pub(super) fn add_pending(&mut self, task: Task, payload: Option<Arc<str>>) -> Vec<TaskId> {
         let (k, _) = self.cfg.routes.route(&task.spec);
         let key: Arc<str> = match self.queues.get_key_value(k) {
             Some((k, _)) => k.clone(),
@@ -46,6 +47,7 @@ impl State {
         self.index_owner(&task);
         let id = task.id;
         let run_at = task.rt.run_at;
+        let dedup = task.spec.dedup.is_some();
         self.tasks.insert(
             id,
             Box::new(Active {
@@ -64,6 +66,12 @@ impl State {
             }),
         );
         self.place(id, self.now);
+        if dedup {
+            // A task of a debounce key supersedes the key's older one.
+            self.debounce_arrived(id)
+        } else {
+            Vec::new()
+        }
     }
 
     /// Puts a pending task where it belongs: a timer if not due, else its queue.
@@ -73,10 +81,13 @@ impl State {
         };
         let key = a.key.clone();
         // A delay is the engine's job once a backend holds the task; backoff
-        // after an unreachable engine stays on the core's timer (the outbox).
+        // after an unreachable engine stays on the core's timer (the outbox),
+        // and so does a debounce key's quiet period (a newer task of the key
+        // must find this one here to supersede it).
         let engine_delays = EngineKind::of_key(&key).is_backend()
             && !a.task.rt.forwarded
-            && a.task.rt.waiting_reason == Some(WaitingReason::Delayed);
+            && a.task.rt.waiting_reason == Some(WaitingReason::Delayed)
+            && a.task.spec.debounce_key().is_none();
         if a.task.rt.run_at > now && !engine_delays {
             a.timer = Some(a.task.rt.run_at);
             self.timers.insert((a.task.rt.run_at, id));

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::domain::debounce;
 use crate::domain::Payload;
 use crate::domain::*;
 use crate::store::{Completion, WriteOp, WriteOutcome};
@@ -30,9 +31,35 @@ pub type Admission = Arc<dyn Fn(&TaskSpec) -> Result<(), CoreError> + Send + Syn
 pub struct Scheduled {
     /// The task (the existing one if `existing`).
     pub task: Task,
-    /// Whether the idempotency key matched an existing task.
+    /// Whether the idempotency key (or a THROTTLE key) matched an existing
+    /// task.
     pub existing: bool,
+    /// What happened, in one word.
+    pub outcome: Outcome,
+    /// The pending tasks of its debounce key the new task superseded
+    /// (cancelled, committed before the answer).
+    pub superseded: Vec<TaskId>,
 }
+
+/// What scheduling a task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new task.
+    Created,
+    /// Its idempotency key matched an existing task, within the key's
+    /// window: nothing new.
+    Existing,
+    /// A new task, which superseded the older pending task of its debounce
+    /// key.
+    SupersededOthers,
+    /// Its THROTTLE key's first task is within its period: nothing new.
+    Throttled,
+}
+
+/// How many times a task whose idempotency key's window has passed is
+/// tried again (the key freed, then inserted): two concurrent schedules of
+/// such a key race, the loser finds the winner's task.
+const KEY_ROUNDS: usize = 3;
 
 impl Core {
     /// Accepts a task: commits it durably before answering.
@@ -104,6 +131,12 @@ impl Core {
     /// [`Core::schedule_many`] share. `Err` when the group did not commit
     /// (nothing of it is scheduled); otherwise one result per task, in
     /// order (an existing task's status may fail to be read).
+    ///
+    /// An insert whose idempotency key belongs to a task whose key window
+    /// has passed (`TaskOptions.idempotency_ttl`, a THROTTLE period) is
+    /// submitted again after the key is freed (`WriteOp::ReleaseKey`, in
+    /// the same group). A new task that superseded pending tasks of its
+    /// debounce key is answered once their cancels are durable too.
     async fn commit_new(
         &self,
         items: Vec<(NewTask, EngineKind)>,
@@ -130,14 +163,133 @@ impl Core {
                 early,
             });
         }
+        let n = fresh.len();
+        let mut settled = self.insert_group(fresh, Vec::new(), any_early).await?;
+        // Where each settled task goes in `out`: in the first round its own
+        // place; in a later one, the places of the tasks tried again.
+        let mut slots: Option<Vec<usize>> = None;
+        let mut out: Vec<Option<Result<Scheduled, CoreError>>> = (0..n).map(|_| None).collect();
+        let mut any_superseded = false;
+        for round in 1..=KEY_ROUNDS {
+            let mut again = Vec::new();
+            let mut again_slots = Vec::new();
+            let mut release = Vec::new();
+            for (i, s) in settled.into_iter().enumerate() {
+                let slot = slots.as_ref().map_or(i, |v| v[i]);
+                let r = match s {
+                    Settled::New(task, superseded) => {
+                        any_superseded |= !superseded.is_empty();
+                        Ok(Scheduled {
+                            task,
+                            existing: false,
+                            outcome: if superseded.is_empty() {
+                                Outcome::Created
+                            } else {
+                                Outcome::SupersededOthers
+                            },
+                            superseded,
+                        })
+                    }
+                    Settled::Existing(owner, mine) => match self.status(owner).await {
+                        Ok(old) => {
+                            let throttled = mine.as_ref().is_some_and(|(t, _)| {
+                                t.spec.debounce_mode() == Some(debounce::Mode::Throttle)
+                            });
+                            match mine {
+                                Some((task, Some(payload)))
+                                    if round < KEY_ROUNDS
+                                        && debounce::key_expired(
+                                            &old.spec,
+                                            old.created_at,
+                                            task.created_at,
+                                        ) =>
+                                {
+                                    if let Some(key) = &task.spec.idempotency_key {
+                                        release.push(WriteOp::ReleaseKey {
+                                            id: owner,
+                                            key: key.clone(),
+                                        });
+                                    }
+                                    let msg = format!(
+                                        "scheduled ({}); the key window of task {owner} had passed",
+                                        task.spec.task_type.as_str()
+                                    );
+                                    again.push(Fresh {
+                                        task,
+                                        payload: Payload::Json(payload.clone()),
+                                        msg,
+                                        cached: Some(payload),
+                                        early: false,
+                                    });
+                                    again_slots.push(slot);
+                                    continue;
+                                }
+                                _ => Ok(Scheduled {
+                                    task: old,
+                                    existing: true,
+                                    outcome: if throttled {
+                                        Outcome::Throttled
+                                    } else {
+                                        Outcome::Existing
+                                    },
+                                    superseded: Vec::new(),
+                                }),
+                            }
+                        }
+                        Err(e) => Err(e),
+                    },
+                    Settled::ToQueue(..) => Err(CoreError::Unavailable("not queued".into())),
+                };
+                out[slot] = Some(r);
+            }
+            if again.is_empty() {
+                break;
+            }
+            match self.insert_group(again, release, false).await {
+                Ok(s) => settled = s,
+                Err(e) => {
+                    // The first group committed; only these are not.
+                    let why = e.to_string();
+                    let mut e = Some(e);
+                    for slot in again_slots {
+                        out[slot] = Some(Err(e
+                            .take()
+                            .unwrap_or_else(|| CoreError::Unavailable(why.clone()))));
+                    }
+                    break;
+                }
+            }
+            slots = Some(again_slots);
+        }
+        if any_superseded {
+            // The superseded tasks' cancels were submitted when the new
+            // ones were placed: durable before the answer.
+            self.inner.store.flush().await.map_err(CoreError::Store)?;
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(CoreError::Unavailable("not settled".into()))))
+            .collect())
+    }
+
+    /// Submits `release` (keys to free) and the inserts of `fresh` as one
+    /// group, awaits its commit and settles each task (see
+    /// [`Core::commit_new`]).
+    async fn insert_group(
+        &self,
+        fresh: Vec<Fresh>,
+        release: Vec<WriteOp>,
+        any_early: bool,
+    ) -> Result<Vec<Settled>, CoreError> {
         let (tx, rx) = oneshot::channel();
+        let skip = release.len();
         // The early ones are queued in the critical section that submits
         // the inserts; `with_state` dispatches after the closure, and
         // submits what the dispatch wrote (RUNNING transitions) after them.
         let placed = if any_early {
-            self.with_state(|st| self.submit_inserts(st, fresh, tx))?
+            self.with_state(|st| self.submit_inserts(st, release, fresh, tx))?
         } else {
-            self.submit_inserts(&mut self.inner.state.lock(), fresh, tx)?
+            self.submit_inserts(&mut self.inner.state.lock(), release, fresh, tx)?
         };
         // What follows the commit (queueing the tasks, or withdrawing them)
         // must happen even if the caller goes away meanwhile (a client's
@@ -147,25 +299,12 @@ impl Core {
         let mut tail = Tail(Some(Pending {
             core: self.clone(),
             rx,
+            skip,
             placed,
         }));
         let res = (&mut tail.0.as_mut().expect("armed").rx).await;
         let pending = tail.0.take().expect("armed");
-        let mut out = Vec::new();
-        for s in pending.settle(res)? {
-            out.push(match s {
-                Settled::New(task) => Ok(Scheduled {
-                    task,
-                    existing: false,
-                }),
-                Settled::Existing(existing) => self.status(existing).await.map(|task| Scheduled {
-                    task,
-                    existing: true,
-                }),
-                Settled::ToQueue(..) => Err(CoreError::Unavailable("not queued".into())),
-            });
-        }
-        Ok(out)
+        pending.settle(res)
     }
 
     /// The queue key and engine of a new task, once its engine is running
@@ -186,20 +325,23 @@ impl Core {
     }
 
     /// Gives each new task its sequence number and submits their inserts
-    /// (each with its payload and first log line) as one group, to be
+    /// (each with its payload and first log line), after `release`, as one
+    /// group, to be
     /// answered on `done`; places the early ones (see [`overlaps_commit`])
     /// in their queues. Called under the state lock: the store sees
     /// sequence order.
     fn submit_inserts(
         &self,
         st: &mut State,
+        release: Vec<WriteOp>,
         fresh: Vec<Fresh>,
         done: Completion,
     ) -> Result<Vec<Placed>, CoreError> {
         if st.draining {
             return Err(CoreError::Unavailable("the server is shutting down".into()));
         }
-        let mut ops = Vec::with_capacity(fresh.len());
+        let mut ops = release;
+        ops.reserve(fresh.len());
         let mut kept = Vec::with_capacity(fresh.len());
         for mut f in fresh {
             f.task.rt.seq = st.seq();
@@ -216,7 +358,7 @@ impl Core {
             .into_iter()
             .map(|(task, cached, early)| {
                 if early {
-                    Placed::Queued(st.queue_accepted(task, cached))
+                    Placed::Queued(st.queue_accepted(task, cached).0)
                 } else {
                     Placed::AfterCommit(task, cached)
                 }
@@ -298,18 +440,23 @@ struct Fresh {
 struct Pending {
     core: Core,
     rx: InsertRx,
+    /// The operations of the group before its inserts (keys freed).
+    skip: usize,
     /// In submission order, one per insert of the group.
     placed: Vec<Placed>,
 }
 
 /// How a new task's insert settled.
 enum Settled {
-    /// Inserted; the task as queued.
-    New(Task),
+    /// Inserted; the task as queued, and the tasks of its debounce key it
+    /// superseded.
+    New(Task, Vec<TaskId>),
     /// Inserted; to be queued now (with its payload).
     ToQueue(Task, Option<Arc<str>>),
-    /// Its idempotency key belongs to this existing task.
-    Existing(TaskId),
+    /// Its idempotency key belongs to this existing task; the task that
+    /// was not inserted, with its payload, to try again should the key's
+    /// window have passed.
+    Existing(TaskId, Option<(Task, Option<Arc<str>>)>),
 }
 
 impl Pending {
@@ -322,7 +469,9 @@ impl Pending {
             oneshot::error::RecvError,
         >,
     ) -> Result<Vec<Settled>, CoreError> {
-        let Pending { core, placed, .. } = self;
+        let Pending {
+            core, placed, skip, ..
+        } = self;
         let withdraw_early = |why: &str| {
             for p in &placed {
                 if let Placed::Queued(t) = p {
@@ -344,15 +493,18 @@ impl Pending {
         let mut settled: Vec<Settled> = placed
             .into_iter()
             .enumerate()
-            .map(|(i, p)| match (outcome.get(i), p) {
-                (Some(WriteOutcome::Existing(existing)), p) => {
-                    if let Placed::Queued(t) = p {
+            .map(|(i, p)| match (outcome.get(skip + i), p) {
+                (Some(WriteOutcome::Existing(existing)), p) => match p {
+                    Placed::Queued(t) => {
                         // Not expected without an idempotency key (the id is new).
                         core.withdraw(t.id, "the store holds another task under its key");
+                        Settled::Existing(*existing, None)
                     }
-                    Settled::Existing(*existing)
-                }
-                (_, Placed::Queued(task)) => Settled::New(task),
+                    Placed::AfterCommit(task, cached) => {
+                        Settled::Existing(*existing, Some((task, cached)))
+                    }
+                },
+                (_, Placed::Queued(task)) => Settled::New(task, Vec::new()),
                 (_, Placed::AfterCommit(task, cached)) => Settled::ToQueue(task, cached),
             })
             .collect();
@@ -362,7 +514,8 @@ impl Pending {
                     .into_iter()
                     .map(|s| match s {
                         Settled::ToQueue(task, cached) => {
-                            Settled::New(st.queue_accepted(task, cached))
+                            let (task, superseded) = st.queue_accepted(task, cached);
+                            Settled::New(task, superseded)
                         }
                         s => s,
                     })
@@ -428,9 +581,11 @@ fn pending_task(spec: TaskSpec, delay: Duration, source: Source, now: Micros) ->
 
 /// Whether a task accepted by [`Core::schedule`] is queued while its insert
 /// commits, rather than after: a task for a worker queue of the embedded
-/// queue and with no idempotency key.
+/// queue with no idempotency key and no debounce key (a debounce key's task
+/// supersedes the older one when it is placed, which must follow the
+/// commits of both).
 pub(super) fn overlaps_commit(engine: EngineKind, spec: &TaskSpec) -> bool {
-    !engine.in_process() && spec.idempotency_key.is_none()
+    !engine.in_process() && spec.idempotency_key.is_none() && spec.dedup.is_none()
 }
 
 impl State {
@@ -455,17 +610,21 @@ impl State {
     }
 
     /// Counts an accepted task and puts it in its queue; returns it as
-    /// accepted (with its waiting reason).
-    fn queue_accepted(&mut self, task: Task, cached: Option<Arc<str>>) -> Task {
+    /// accepted (with its waiting reason), and the tasks of its debounce
+    /// key it superseded.
+    fn queue_accepted(&mut self, task: Task, cached: Option<Arc<str>>) -> (Task, Vec<TaskId>) {
         self.counts
             .add(task.spec.task_type, &task.spec.name, TaskState::Pending, 1);
         let mut snapshot = task.clone();
-        self.add_pending(task, cached);
+        let superseded = self.add_pending(task, cached);
         if let Some(a) = self.tasks.get(&snapshot.id) {
             snapshot.rt.waiting_reason = self.derived_reason(a);
             snapshot.rt.hold = self.hold_of(a, false).map(|(_, h)| Box::new(h));
+        } else if let Some(t) = self.finishing.get(&snapshot.id) {
+            // Superseded at once by a newer task of its debounce key.
+            snapshot = t.clone();
         }
-        snapshot
+        (snapshot, superseded)
     }
     /// Schedules the cleanup task of a task that failed for good or was cancelled.
     pub(super) fn schedule_cleanup(&mut self, id: TaskId, why: CleanupReason) {

@@ -117,6 +117,8 @@ pub(super) struct State {
     pub(super) pushes: Vec<(u64, mpsc::UnboundedSender<Push>, Push)>,
     /// Flow control: keys' running counts, paused names, the rules.
     pub(super) flow: Flow,
+    /// The newest pending task of each debounce key (see `debounce.rs`).
+    pub(super) debounce: HashMap<Box<str>, TaskId>,
 }
 
 /// What one critical section of the state machine asks its caller to carry
@@ -175,6 +177,7 @@ impl State {
             now: 0,
             pushes: Vec::new(),
             flow: Flow::default(),
+            debounce: HashMap::new(),
         }
     }
 
@@ -325,6 +328,9 @@ impl State {
     }
 
     pub(super) fn unindex_owner(&mut self, t: &Task) {
+        if t.spec.dedup.is_some() {
+            self.debounce_forget(t);
+        }
         if let Some(u) = &t.spec.user_id {
             if let Some(set) = self.by_user.get_mut(u) {
                 set.remove(&t.id);

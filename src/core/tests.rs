@@ -542,7 +542,7 @@ fn store_raw(store: &SqliteStore, spec: TaskSpec, rt: TaskRuntime) -> TaskId {
 async fn a_cancel_pending_at_a_restart_ends_cancelled_with_its_cleanup() {
     let store = SqliteStore::open(SqliteOptions::default()).unwrap();
     let mut spec = spec("t", None);
-    spec.cleanup = Some("undo".into());
+    spec.cleanup = Some(Box::new("undo".into()));
     let mut rt = TaskRuntime::new_pending(0, Source::Embedded, WaitingReason::Queued);
     rt.state = TaskState::Running;
     rt.attempt = 1;

@@ -87,11 +87,17 @@ pub enum FailureKind {
     ClientError,
     /// The payload could not be read from the store. Not retried.
     PayloadMissing,
+
+    // --- the core, again ---
+    /// A pending task of a debounce key was cancelled because a newer task
+    /// of the same key was scheduled within the quiet period (the error's
+    /// message names the newer task).
+    Superseded,
 }
 
 impl FailureKind {
     /// Every kind, in declaration order.
-    pub const ALL: [FailureKind; 29] = [
+    pub const ALL: [FailureKind; 30] = [
         FailureKind::Timeout,
         FailureKind::WorkerLost,
         FailureKind::InvalidTask,
@@ -121,6 +127,7 @@ impl FailureKind {
         FailureKind::ServerError,
         FailureKind::ClientError,
         FailureKind::PayloadMissing,
+        FailureKind::Superseded,
     ];
 
     /// The word in `TaskError.kind`.
@@ -155,6 +162,7 @@ impl FailureKind {
             FailureKind::ServerError => "server_error",
             FailureKind::ClientError => "client_error",
             FailureKind::PayloadMissing => "payload_missing",
+            FailureKind::Superseded => "superseded",
         }
     }
 
@@ -232,6 +240,7 @@ mod tests {
                 "server_error",
                 "client_error",
                 "payload_missing",
+                "superseded",
             ]
         );
     }

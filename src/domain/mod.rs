@@ -40,6 +40,7 @@ pub fn progress_percent(p: f64) -> f64 {
     }
 }
 
+pub mod debounce;
 pub mod failure;
 pub mod flow;
 pub mod retention;
@@ -515,7 +516,9 @@ pub struct TaskSpec {
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Cleanup task name.
-    pub cleanup: Option<Box<str>>,
+    /// (Boxed twice: the field costs one pointer, which keeps
+    /// `Arc<TaskSpec>` in its allocator size class with `dedup`.)
+    pub cleanup: Option<Box<Box<str>>>,
     /// Per-type target.
     pub target: Target,
     /// W3C traceparent of the scheduling request. (A boxed str, not a
@@ -534,6 +537,10 @@ pub struct TaskSpec {
     /// `a_pending_task_fits_its_allocator_size_classes`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_key: Option<Box<flow::Key>>,
+    /// The idempotency key's window and the debounce key
+    /// (`debounce::Dedup`); boxed: most tasks have neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<Box<debounce::Dedup>>,
 }
 
 impl TaskSpec {
@@ -571,6 +578,7 @@ impl TaskSpec {
             parent_id: None,
             retention: None,
             concurrency_key: None,
+            dedup: None,
         }
     }
 

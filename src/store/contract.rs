@@ -45,6 +45,10 @@ macro_rules! store_contract {
                 crate::store::contract::insert_get_update_and_idempotency(&$make).await
             }
             #[tokio::test]
+            async fn a_released_key_may_be_taken_by_an_insert_after_it() {
+                crate::store::contract::a_released_key_may_be_taken(&$make).await
+            }
+            #[tokio::test]
             async fn an_update_of_a_missing_task_publishes_nothing() {
                 crate::store::contract::an_update_of_a_missing_task_publishes_nothing(&$make).await
             }
@@ -241,6 +245,60 @@ pub(crate) async fn quarantine_sets_a_row_aside(h: &dyn Harness) {
     assert!(active.contains(&good.id), "{active:?}");
     let (g, _) = s.get(good.id).await.unwrap().unwrap();
     assert_eq!((g.rt.state, g.rt.seq), (TaskState::Running, 7));
+    h.close(o).await;
+}
+
+/// `WriteOp::ReleaseKey`: the old row keeps its history but not the key;
+/// an insert after the release in the same group takes it, and later
+/// inserts find the new owner. A release of a key the row no longer holds
+/// changes nothing.
+pub(crate) async fn a_released_key_may_be_taken(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let key = format!("r-{}", TaskId::now_v7());
+    let a = task(Some(&key));
+    assert_eq!(insert(s, &a).await, WriteOutcome::Done);
+    let b = task(Some(&key));
+    assert_eq!(insert(s, &b).await, WriteOutcome::Existing(a.id));
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![
+            WriteOp::ReleaseKey {
+                id: a.id,
+                key: key.clone().into_boxed_str(),
+            },
+            WriteOp::Insert {
+                task: b.clone(),
+                payload: Payload::Json(Arc::from("{}")),
+                log: vec![LogEntry::system(b.id, 0, "scheduled")],
+                event: Some(EventKind::Scheduled),
+            },
+        ],
+        Some(tx),
+    );
+    assert_eq!(
+        rx.await.unwrap().unwrap(),
+        vec![WriteOutcome::Done, WriteOutcome::Done]
+    );
+    let c = task(Some(&key));
+    assert_eq!(insert(s, &c).await, WriteOutcome::Existing(b.id));
+    // The old row is still there, its spec with its key.
+    let (old, _) = s.get(a.id).await.unwrap().unwrap();
+    assert_eq!(old.spec.idempotency_key.as_deref(), Some(key.as_str()));
+    // Releasing it again (it no longer holds the key) leaves B's alone.
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![WriteOp::ReleaseKey {
+            id: a.id,
+            key: key.clone().into_boxed_str(),
+        }],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    assert_eq!(
+        insert(s, &task(Some(&key))).await,
+        WriteOutcome::Existing(b.id)
+    );
     h.close(o).await;
 }
 

@@ -119,6 +119,17 @@ pub enum WriteOp {
     /// sweeper lists them with [`Store::due_for_removal`] or
     /// [`Store::oldest_ended`], a workflow's steps with it.
     Remove(Vec<TaskId>),
+    /// Free an idempotency key whose window has passed
+    /// (`TaskOptions.idempotency_ttl`, a THROTTLE period): the row of task
+    /// `id` keeps its history but no longer holds `key`, so an insert
+    /// after it in the same group may take the key. Nothing happens when
+    /// the row no longer holds that key.
+    ReleaseKey {
+        /// The task that held the key.
+        id: TaskId,
+        /// The key.
+        key: Box<str>,
+    },
     /// Set aside a stored row that cannot be read back (see
     /// [`Store::stream_active`]): it leaves every active scan, its reason is
     /// kept, and reading it answers [`StoreError::Corrupt`].

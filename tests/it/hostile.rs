@@ -685,6 +685,131 @@ async fn every_free_text_field_is_bounded() {
     integrity_ok(server.data_dir());
 }
 
+#[tokio::test]
+async fn debounce_keys_and_windows_are_bounded() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let huge = prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 999_999_999,
+    };
+    let cases: Vec<(&str, pb::TaskOptions, &str)> = vec![
+        (
+            "a debounce key of 1 MiB",
+            pb::TaskOptions {
+                debounce: Some(pb::Debounce {
+                    key: "k".repeat(1 << 20),
+                    period: Some(dur(Duration::from_secs(1))),
+                    mode: 0,
+                }),
+                ..Default::default()
+            },
+            "options.debounce.key",
+        ),
+        (
+            "a period of i64::MAX seconds",
+            pb::TaskOptions {
+                debounce: Some(pb::Debounce {
+                    key: "k".into(),
+                    period: Some(huge),
+                    mode: 2,
+                }),
+                ..Default::default()
+            },
+            "options.debounce.period",
+        ),
+        (
+            "a period with nanos past a second",
+            pb::TaskOptions {
+                debounce: Some(pb::Debounce {
+                    key: "k".into(),
+                    period: Some(prost_types::Duration {
+                        seconds: 1,
+                        nanos: 2_000_000_000,
+                    }),
+                    mode: 1,
+                }),
+                ..Default::default()
+            },
+            "options.debounce.period",
+        ),
+        (
+            "a ttl of i64::MAX seconds",
+            pb::TaskOptions {
+                idempotency_key: "k".into(),
+                idempotency_ttl: Some(huge),
+                ..Default::default()
+            },
+            "options.idempotency_ttl",
+        ),
+        (
+            "a ttl of i64::MIN seconds",
+            pb::TaskOptions {
+                idempotency_key: "k".into(),
+                idempotency_ttl: Some(prost_types::Duration {
+                    seconds: i64::MIN,
+                    nanos: -999_999_999,
+                }),
+                ..Default::default()
+            },
+            "options.idempotency_ttl",
+        ),
+        (
+            "a mode of i32::MIN",
+            pb::TaskOptions {
+                debounce: Some(pb::Debounce {
+                    key: "k".into(),
+                    period: Some(dur(Duration::from_secs(1))),
+                    mode: i32::MIN,
+                }),
+                ..Default::default()
+            },
+            "options.debounce.mode",
+        ),
+    ];
+    for (case, options, field) in cases {
+        refused(
+            case,
+            client
+                .schedule_task(simple_with("hostile-deb", json!({}), options))
+                .await,
+            field,
+        );
+    }
+    // A bulk of 1,000 tasks of one debounce key: one chain of supersedes,
+    // each answer naming one id, the whole answer bounded.
+    let tasks: Vec<_> = (0..1000)
+        .map(|n| {
+            simple_with(
+                "hostile-deb",
+                json!({ "n": n }),
+                pb::TaskOptions {
+                    debounce: Some(pb::Debounce {
+                        key: "one".into(),
+                        period: Some(dur(Duration::from_secs(60))),
+                        mode: 1,
+                    }),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let res = client
+        .schedule_tasks(pb::ScheduleTasksRequest { tasks })
+        .await
+        .expect("ScheduleTasks")
+        .into_inner();
+    assert!(res.encoded_len() < 200_000, "{} bytes", res.encoded_len());
+    let pending = all_named(&mut client, "hostile-deb")
+        .await
+        .into_iter()
+        .filter(|s| s.state == pb::TaskState::Pending as i32)
+        .count();
+    assert_eq!(pending, 1, "one task of the key is left pending");
+    still_serves(&mut client).await;
+    integrity_ok(server.data_dir());
+}
+
 // ---------------------------------------------------------------------------
 // Workers.
 // ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ mod core_grpcurl;
 mod core_leases;
 mod core_list_metrics;
 mod core_watch;
+mod debounce;
 mod flow;
 mod hostile;
 mod rate_limit;

@@ -16,6 +16,7 @@ from switchyard_client import (
     CancelOutcome,
     Client,
     DeadlineExceededError,
+    Debounce,
     EventKind,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -145,6 +146,32 @@ async def test_a_tasks_own_retention(client: AsyncClient, name: str) -> None:
     with pytest.raises(InvalidArgumentError) as err:
         await client.schedule(name, {}, retention=Retention(failed=timedelta(days=3651)))
     assert err.value.fields.keys() == {"options.retention.failed"}
+
+
+async def test_debounce_throttle_and_the_dedup_window(client: AsyncClient, name: str) -> None:
+    first = await client.schedule(name, {"n": 0}, debounce=Debounce("doc", "60s"))
+    second = await client.schedule(name, {"n": 1}, debounce=Debounce("doc", timedelta(seconds=60)))
+    assert first.outcome == "CREATED"
+    assert second.outcome == "SUPERSEDED_OTHERS"
+    assert second.superseded_task_ids == (first.task_id,)
+    gone = await client.status(first.task_id)
+    assert gone.state is TaskState.CANCELLED
+    assert gone.last_error is not None and gone.last_error.kind == "superseded"
+    t1 = await client.schedule(name, {}, debounce=Debounce("thr", 60, mode="THROTTLE"))
+    t2 = await client.schedule(name, {}, debounce=Debounce("thr", 60, mode="THROTTLE"))
+    assert (t1.outcome, t2.outcome, t2.existing, t2.task_id) == ("CREATED", "THROTTLED", True, t1.task_id)
+    k1 = await client.schedule(name, {}, idempotency_key=f"{name}-k", idempotency_ttl="60s")
+    k2 = await client.schedule(name, {}, idempotency_key=f"{name}-k", idempotency_ttl="60s")
+    assert (k2.outcome, k2.task_id) == ("EXISTING", k1.task_id)
+    results = await client.schedule_tasks([{"name": name, "debounce": Debounce("bulk", 60)} for _ in range(2)])
+    assert [r.outcome for r in results] == ["CREATED", "SUPERSEDED_OTHERS"]
+    assert results[1].superseded_task_ids == (results[0].task_id,)
+    with pytest.raises(InvalidArgumentError) as err:
+        await client.schedule(name, {}, debounce=Debounce("k", 0))
+    assert err.value.fields.keys() == {"options.debounce.period"}
+    with pytest.raises(InvalidArgumentError) as err:
+        await client.schedule(name, {}, debounce=Debounce("k", 1, mode="SOMETIMES"))
+    assert err.value.fields.keys() == {"options.debounce.mode"}
 
 
 async def test_cancel_running(client: AsyncClient, server: TestServer, name: str) -> None:

@@ -8,6 +8,7 @@ import type { Duration } from './gen/google/protobuf/duration.js';
 import {
   CancelOutcome,
   LogSource,
+  ScheduleOutcome,
   TaskEventKind,
   type LogLine,
   ScheduleTaskRequest,
@@ -15,6 +16,7 @@ import {
 } from './gen/switchyard/v1/orchestrator.js';
 import {
   Backoff_Kind,
+  DebounceMode,
   StepState,
   TaskOptions,
   TaskSource,
@@ -31,6 +33,7 @@ import {
   type CancelOutcomeName,
   type DurationLike,
   type ScheduleDefaults,
+  type ScheduleOutcomeName,
   type ScheduleTaskOptions,
   type StepInfo,
   type StepStateName,
@@ -268,19 +271,19 @@ export function toJsonValue(value: unknown): unknown {
  */
 const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
   'taskType', 'priority', 'attempts', 'backoff', 'delay', 'timeout', 'userId', 'sessionId', 'immediate',
-  'idempotencyKey', 'concurrencyKey', 'labels', 'queue', 'cleanupTask', 'retention', 'temporal', 'n8n', 'cancelTimeoutMs',
+  'idempotencyKey', 'idempotencyTtl', 'concurrencyKey', 'labels', 'queue', 'cleanupTask', 'retention', 'temporal', 'n8n', 'cancelTimeoutMs',
   // BullMQ's JobsOptions that mean something here, or nothing harmful.
   'jobId', 'removeOnComplete', 'removeOnFail', 'keepLogs', 'stackTraceLimit', 'sizeLimit', 'timestamp', 'telemetry', 'lifo',
+  // Mapped onto idempotencyKey/idempotencyTtl or Switchyard's debounce (toDedup).
+  'deduplication', 'debounce',
   // BullMQ's JobsOptions that cannot be honoured: refused below with a reason.
-  'repeat', 'parent', 'deduplication', 'debounce',
+  'repeat', 'parent',
 ]);
 
 /** BullMQ options that cannot be honoured, with the reason given when one is set. */
 const REFUSED_BULLMQ: Record<string, string> = {
   repeat: 'BullMQ repeatable jobs cannot be honoured: Switchyard has no repeat schedules (schedule each run, or use a COMPLEX workflow with a timer)',
   parent: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
-  deduplication: 'BullMQ deduplication cannot be honoured as such: use jobId (or idempotencyKey), which returns the first task for a repeated key',
-  debounce: 'BullMQ debounce cannot be honoured as such: use jobId (or idempotencyKey), which returns the first task for a repeated key',
   failParentOnFailure: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
   ignoreDependencyOnFailure: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
   removeDependencyOnFailure: 'BullMQ flows (parent jobs) cannot be honoured: use a COMPLEX workflow for dependent steps',
@@ -310,6 +313,67 @@ function checkOptionKeys(options: ScheduleTaskOptions): void {
     throw SwitchyardError.invalidArgument('options.idempotency_key', 'jobId and idempotencyKey are the same setting: give one, or the same value');
   }
 }
+
+/**
+ * The idempotency key, its window and the debounce key of `options`: its own
+ * `idempotencyKey` (or `jobId`), `idempotencyTtl` and `debounce`, or BullMQ's
+ * `deduplication` / older `debounce: { id, ttl }` mapped onto them.
+ */
+function toDedup(options: ScheduleTaskOptions): Pick<TaskOptions, 'idempotencyKey' | 'idempotencyTtl' | 'debounce'> {
+  let idempotencyKey = options.idempotencyKey ?? (options.jobId === undefined ? '' : String(options.jobId));
+  let idempotencyTtl = toDuration(options.idempotencyTtl, 'options.idempotency_ttl');
+  let debounce: TaskOptions['debounce'];
+  let dedup = options.deduplication;
+  const d = options.debounce;
+  if (d !== undefined && d !== null && typeof d === 'object' && 'id' in d) {
+    if (dedup !== undefined) {
+      throw SwitchyardError.invalidArgument('options.debounce', 'give BullMQ\'s deduplication or debounce, not both');
+    }
+    dedup = { id: d.id, ttl: d.ttl };
+  } else if (d !== undefined && d !== null) {
+    if (typeof d !== 'object' || typeof d.key !== 'string') {
+      throw SwitchyardError.invalidArgument('options.debounce.key', 'must be a string');
+    }
+    const mode = d.mode ?? 'DEBOUNCE';
+    if (mode !== 'DEBOUNCE' && mode !== 'THROTTLE') {
+      throw SwitchyardError.invalidArgument('options.debounce.mode', 'must be DEBOUNCE or THROTTLE');
+    }
+    debounce = {
+      key: d.key,
+      period: toDuration(d.period, 'options.debounce.period'),
+      mode: mode === 'THROTTLE' ? DebounceMode.DEBOUNCE_MODE_THROTTLE : DebounceMode.DEBOUNCE_MODE_DEBOUNCE,
+    };
+  }
+  if (dedup !== undefined && dedup !== null) {
+    if (typeof dedup !== 'object' || typeof dedup.id !== 'string' || dedup.id === '') {
+      throw SwitchyardError.invalidArgument('options.deduplication.id', 'must be a non-empty string');
+    }
+    if (idempotencyKey !== '' || debounce !== undefined) {
+      throw SwitchyardError.invalidArgument('options.deduplication', 'is the idempotency key (or debounce): give one of jobId, idempotencyKey, deduplication and debounce');
+    }
+    if (Boolean(dedup.extend) !== Boolean(dedup.replace)) {
+      throw SwitchyardError.invalidArgument('options.deduplication', 'extend and replace map onto Switchyard\'s debounce only together (the newest task wins after a quiet period of ttl)');
+    }
+    if (dedup.extend && dedup.replace) {
+      if (dedup.ttl === undefined) {
+        throw SwitchyardError.invalidArgument('options.deduplication.ttl', 'is required with extend and replace (it is the quiet period)');
+      }
+      debounce = {
+        key: dedup.id,
+        period: toDuration(dedup.ttl, 'options.deduplication.ttl'),
+        mode: DebounceMode.DEBOUNCE_MODE_DEBOUNCE,
+      };
+    } else {
+      idempotencyKey = dedup.id;
+      idempotencyTtl = toDuration(dedup.ttl, 'options.deduplication.ttl');
+    }
+  }
+  return { idempotencyKey, idempotencyTtl, debounce };
+}
+
+/** `SCHEDULE_OUTCOME_CREATED` → `CREATED`. */
+export const scheduleOutcomeName = (v: ScheduleOutcome): ScheduleOutcomeName =>
+  nameOf(ScheduleOutcome, 'SCHEDULE_OUTCOME_', v);
 
 /** Builds the ScheduleTaskRequest for `scheduleTask(name, payload, options)`. */
 export function toScheduleRequest(
@@ -345,7 +409,7 @@ export function toScheduleRequest(
       userId: options.userId ?? defaults.userId ?? '',
       sessionId: options.sessionId ?? defaults.sessionId ?? '',
       immediate: options.immediate ?? false,
-      idempotencyKey: options.idempotencyKey ?? (options.jobId === undefined ? '' : String(options.jobId)),
+      ...toDedup(options),
       concurrencyKey: options.concurrencyKey ?? '',
       labels,
       cleanup: options.cleanupTask ? { name: options.cleanupTask } : undefined,

@@ -14,6 +14,7 @@ import { filter as rxFilter } from 'rxjs';
 import type { CallSettings, SwitchyardConnection } from './connection.js';
 import {
   cancelOutcomeName,
+  scheduleOutcomeName,
   taskStateName,
   toJsonObject,
   toLogLine,
@@ -123,7 +124,14 @@ export class StandardizedOrchestratorService {
   async scheduleTask(name: string, payload: unknown, options: ScheduleTaskOptions = {}): Promise<ScheduleResult> {
     const res = await this.schedule(name, payload, options);
     const task = toTaskInfo(res.status);
-    return { taskId: res.taskId, existing: res.existing, status: task.status, task };
+    return {
+      taskId: res.taskId,
+      existing: res.existing,
+      outcome: scheduleOutcomeName(res.outcome),
+      supersededTaskIds: res.supersededTaskIds,
+      status: task.status,
+      task,
+    };
   }
 
   /**
@@ -178,7 +186,15 @@ export class StandardizedOrchestratorService {
         const index = sent[r.index];
         if (index === undefined) continue;
         if (r.scheduled) {
-          results[index] = { index, ok: true, taskId: r.scheduled.taskId, existing: r.scheduled.existing, status: taskStateName(r.scheduled.state) };
+          results[index] = {
+            index,
+            ok: true,
+            taskId: r.scheduled.taskId,
+            existing: r.scheduled.existing,
+            outcome: scheduleOutcomeName(r.scheduled.outcome),
+            supersededTaskIds: r.scheduled.supersededTaskIds,
+            status: taskStateName(r.scheduled.state),
+          };
         } else {
           const e = r.error;
           results[index] = {

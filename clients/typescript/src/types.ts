@@ -161,6 +161,12 @@ export interface ScheduleTaskOptions {
   /** Scheduling twice with the same key returns the first task (`existing: true`). */
   idempotencyKey?: string;
   /**
+   * The deduplication window of `idempotencyKey`: the key matches this task
+   * only for this long after it was scheduled; after it, the same key creates
+   * a new task. Default: as long as the task is kept. At most 365 days.
+   */
+  idempotencyTtl?: DurationLike;
+  /**
    * The concurrency key (a user, tenant or resource id): the server's
    * concurrency policies (`client.flow.setConcurrencyPolicy`) limit how many
    * tasks of one key run at once, on any engine, and keys take turns in
@@ -222,11 +228,42 @@ export interface ScheduleTaskOptions {
   repeat?: unknown;
   /** BullMQ flows: refused (use a COMPLEX workflow). */
   parent?: unknown;
-  /** BullMQ's deduplication: refused (use `jobId` / `idempotencyKey`). */
-  deduplication?: unknown;
-  /** BullMQ's debounce: refused (use `jobId` / `idempotencyKey`). */
-  debounce?: unknown;
+  /**
+   * BullMQ's deduplication, mapped onto Switchyard's: `{ id }` is the
+   * idempotency key (kept as long as the task, where BullMQ frees it when the
+   * job ends); `{ id, ttl }` (BullMQ's throttle mode) is the key with
+   * `idempotencyTtl: ttl` ms; `{ id, ttl, extend: true, replace: true }`
+   * (BullMQ's debounce mode) is `debounce: { key: id, period: ttl }`. Only
+   * `extend` or only `replace` is refused.
+   */
+  deduplication?: { id: string; ttl?: number; extend?: boolean; replace?: boolean };
+  /**
+   * A debounce or throttle key (Switchyard's `{ key, period, mode }`): of the
+   * tasks of one key scheduled closer together than `period`, DEBOUNCE (the
+   * default) runs only the last (the earlier pending ones end CANCELLED with
+   * `lastError.kind` `superseded`), THROTTLE only the first (the others answer
+   * with its id, `outcome: 'THROTTLED'`). BullMQ's older `debounce: { id, ttl }`
+   * is taken as `deduplication: { id, ttl }`. Not with `idempotencyKey`.
+   */
+  debounce?: DebounceOptions | { id: string; ttl?: number };
 }
+
+/** `ScheduleTaskOptions.debounce`. */
+export interface DebounceOptions {
+  /** The key, 1 to 256 bytes. */
+  key: string;
+  /** The quiet period (DEBOUNCE) or throttle period (THROTTLE): more than 0, at most 30 days. */
+  period: DurationLike;
+  /** `DEBOUNCE` (default) or `THROTTLE`. */
+  mode?: 'DEBOUNCE' | 'THROTTLE';
+}
+
+/**
+ * What scheduling did: `CREATED`, `EXISTING` (the idempotency key matched),
+ * `SUPERSEDED_OTHERS` (created; the older pending task of its debounce key was
+ * cancelled), `THROTTLED` (the throttle key's first task is within its period).
+ */
+export type ScheduleOutcomeName = 'CREATED' | 'EXISTING' | 'SUPERSEDED_OTHERS' | 'THROTTLED' | 'UNSPECIFIED' | 'UNRECOGNIZED';
 
 /** What the module or client applies to every `scheduleTask` unless the call says otherwise. */
 export interface ScheduleDefaults {
@@ -393,6 +430,10 @@ export interface ScheduleResult {
   taskId: string;
   /** True when the idempotency key matched an existing task: nothing new was scheduled. */
   existing: boolean;
+  /** What happened (see {@link ScheduleOutcomeName}). */
+  outcome: ScheduleOutcomeName;
+  /** `SUPERSEDED_OTHERS`: the ids of the tasks this one superseded (CANCELLED). */
+  supersededTaskIds: string[];
   /** The status right after scheduling (usually PENDING). */
   status: TaskStatusName;
   /** The whole task right after scheduling. */
@@ -423,6 +464,10 @@ export type BulkResult =
       taskId: string;
       /** True when the idempotency key matched an existing task (or an earlier item of the same call). */
       existing: boolean;
+      /** What happened (see {@link ScheduleOutcomeName}). */
+      outcome: ScheduleOutcomeName;
+      /** `SUPERSEDED_OTHERS`: the ids of the tasks this item superseded. */
+      supersededTaskIds: string[];
       /** Its status right after scheduling. */
       status: TaskStatusName;
     }

@@ -7,7 +7,7 @@ import { Metadata } from '@grpc/grpc-js';
 import { msToDuration, toMillis, toScheduleRequest, toTaskInfo } from '../src/convert.js';
 import { BadRequest, RetryInfo } from '../src/gen/google/rpc/error_details.js';
 import { Status } from '../src/gen/google/rpc/status.js';
-import { TaskSource, TaskState, TaskStatus, TaskType as PbTaskType } from '../src/gen/switchyard/v1/task.js';
+import { DebounceMode, TaskSource, TaskState, TaskStatus, TaskType as PbTaskType } from '../src/gen/switchyard/v1/task.js';
 import { truncateUtf8 } from '../src/worker/context.js';
 import { heartbeatPeriod } from '../src/worker/worker.js';
 import {
@@ -87,6 +87,30 @@ describe('the schedule request', () => {
     assert.equal(integration.taskType, PbTaskType.TASK_TYPE_INTEGRATION);
     assert.deepEqual(integration.integration?.n8n, { workflowId: 'wf-1', webhookUrl: '', integrationSource: 'github' });
     assert.equal(toScheduleRequest('x', {}, { taskType: 'complex' as never }).taskType, PbTaskType.TASK_TYPE_COMPLEX);
+  });
+
+  it("maps the dedup window, debounce and BullMQ's deduplication onto TaskOptions", () => {
+    const ttl = toScheduleRequest('x', {}, { idempotencyKey: 'k', idempotencyTtl: '10m' });
+    assert.equal(ttl.options?.idempotencyKey, 'k');
+    assert.deepEqual(ttl.options?.idempotencyTtl, { seconds: 600, nanos: 0 });
+    const own = toScheduleRequest('x', {}, { debounce: { key: 'doc-1', period: '2s', mode: 'THROTTLE' } });
+    assert.deepEqual(own.options?.debounce, { key: 'doc-1', period: { seconds: 2, nanos: 0 }, mode: DebounceMode.DEBOUNCE_MODE_THROTTLE });
+    assert.equal(own.options?.idempotencyKey, '');
+    const throttle = toScheduleRequest('x', {}, { deduplication: { id: 'd', ttl: 5000 } });
+    assert.equal(throttle.options?.idempotencyKey, 'd');
+    assert.deepEqual(throttle.options?.idempotencyTtl, { seconds: 5, nanos: 0 });
+    const older = toScheduleRequest('x', {}, { debounce: { id: 'd', ttl: 5000 } });
+    assert.deepEqual(older.options?.idempotencyTtl, { seconds: 5, nanos: 0 });
+    const debounce = toScheduleRequest('x', {}, { deduplication: { id: 'd', ttl: 1500, extend: true, replace: true } });
+    assert.equal(debounce.options?.idempotencyKey, '');
+    assert.deepEqual(debounce.options?.debounce, { key: 'd', period: { seconds: 1, nanos: 500_000_000 }, mode: DebounceMode.DEBOUNCE_MODE_DEBOUNCE });
+    const simple = toScheduleRequest('x', {}, { deduplication: { id: 'd' } });
+    assert.equal(simple.options?.idempotencyKey, 'd');
+    assert.equal(simple.options?.idempotencyTtl, undefined);
+    assert.throws(() => toScheduleRequest('x', {}, { deduplication: { id: 'd', ttl: 1, extend: true } }), (e: unknown) =>
+      e instanceof SwitchyardError && e.fieldViolations[0]?.field === 'options.deduplication');
+    assert.throws(() => toScheduleRequest('x', {}, { jobId: 'j', deduplication: { id: 'd' } }), (e: unknown) =>
+      e instanceof SwitchyardError && e.fieldViolations[0]?.field === 'options.deduplication');
   });
 
   it("maps BullMQ's removeOnComplete/removeOnFail onto retention, and its own option beats them", () => {

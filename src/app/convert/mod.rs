@@ -26,7 +26,8 @@ pub use filter::{check_from_step, check_owner, check_reason, filter};
 pub use metrics::metrics;
 pub use new_task::{new_task, new_tasks, Limits};
 pub use task::{
-    cancel_outcome, event, event_kind, log_line, scheduled_item, snapshot_event, status,
+    cancel_outcome, event, event_kind, log_line, schedule_outcome, scheduled_item, snapshot_event,
+    status, superseded_ids,
 };
 pub use worker::{assignment, fail_report, registration};
 

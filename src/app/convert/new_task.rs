@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::CoreError;
+use crate::domain::debounce;
 use crate::domain::retention::Retention;
 use crate::domain::rules;
 use crate::domain::*;
@@ -130,6 +131,12 @@ fn options(
     check_len(vs, "options.user_id", &o.user_id, 256);
     check_len(vs, "options.session_id", &o.session_id, 256);
     check_len(vs, "options.idempotency_key", &o.idempotency_key, 256);
+    if debounce::is_reserved(&o.idempotency_key) {
+        vs.add(
+            "options.idempotency_key",
+            "must not start with U+0001 (reserved for throttle keys)",
+        );
+    }
     check_len(
         vs,
         "options.concurrency_key",
@@ -139,6 +146,8 @@ fn options(
     check_labels(vs, &o.labels);
     let retention = o.retention.and_then(|r| retention(vs, r));
     let cleanup = o.cleanup.and_then(|c| cleanup(vs, c));
+    let (dedup, throttle_key, delay) =
+        dedup(vs, &o.idempotency_key, o.idempotency_ttl, o.debounce, delay);
     let spec = TaskSpec {
         priority: o.priority,
         max_attempts,
@@ -147,15 +156,92 @@ fn options(
         user_id: non_empty(o.user_id),
         session_id: non_empty(o.session_id),
         immediate: o.immediate,
-        idempotency_key: non_empty(o.idempotency_key).map(String::into_boxed_str),
+        idempotency_key: non_empty(o.idempotency_key)
+            .map(String::into_boxed_str)
+            .or(throttle_key),
         labels: o.labels.into_iter().collect::<BTreeMap<_, _>>(),
         cleanup,
         retention,
         concurrency_key: non_empty(o.concurrency_key)
             .map(|k| Box::new(crate::domain::flow::Key(k.into_boxed_str()))),
+        dedup,
         ..TaskSpec::new(name, tt.unwrap_or(TaskType::Simple), UNTARGETED)
     };
     (spec, delay)
+}
+
+/// The idempotency key's window and the debounce key, checked; the
+/// idempotency key a THROTTLE key is kept under; the delay, at least the
+/// quiet period of a DEBOUNCE key.
+fn dedup(
+    vs: &mut Violations,
+    idempotency_key: &str,
+    ttl: Option<prost_types::Duration>,
+    d: Option<pb::Debounce>,
+    delay: Duration,
+) -> (Option<Box<debounce::Dedup>>, Option<Box<str>>, Duration) {
+    if ttl.is_none() && d.is_none() {
+        return (None, None, delay);
+    }
+    let ttl_given = ttl.is_some();
+    let ttl = duration(vs, "options.idempotency_ttl", ttl, debounce::MAX_TTL);
+    if ttl.is_some_and(|t| t.is_zero()) {
+        vs.add("options.idempotency_ttl", "must be more than zero");
+    }
+    if ttl_given && idempotency_key.is_empty() {
+        vs.add(
+            "options.idempotency_ttl",
+            "requires options.idempotency_key",
+        );
+    }
+    let mut delay = delay;
+    let mut throttle_key = None;
+    let debounce = d.and_then(|d| {
+        if let Err(e) = debounce::check_key(&d.key) {
+            vs.add("options.debounce.key", e);
+        }
+        if d.period.is_none() {
+            vs.add("options.debounce.period", "is required");
+        }
+        let period = duration(
+            vs,
+            "options.debounce.period",
+            d.period,
+            debounce::MAX_PERIOD,
+        );
+        if period.is_some_and(|p| p.is_zero()) {
+            vs.add("options.debounce.period", "must be more than zero");
+        }
+        let mode = match pb::DebounceMode::try_from(d.mode) {
+            Ok(pb::DebounceMode::Throttle) => debounce::Mode::Throttle,
+            Ok(_) => debounce::Mode::Debounce,
+            Err(_) => {
+                vs.add("options.debounce.mode", format!("unknown mode {}", d.mode));
+                debounce::Mode::Debounce
+            }
+        };
+        if !idempotency_key.is_empty() {
+            vs.add(
+                "options.debounce",
+                "cannot be combined with options.idempotency_key",
+            );
+        }
+        let period = period.filter(|p| !p.is_zero())?;
+        match mode {
+            debounce::Mode::Debounce => delay = delay.max(period),
+            debounce::Mode::Throttle => throttle_key = Some(debounce::throttle_key(&d.key)),
+        }
+        Some(debounce::Debounce {
+            key: d.key.into_boxed_str(),
+            period,
+            mode,
+        })
+    });
+    let dedup = debounce::Dedup {
+        ttl: ttl.filter(|t| !t.is_zero()),
+        debounce,
+    };
+    (Some(Box::new(dedup)), throttle_key, delay)
 }
 
 /// The target of a task whose target is refused or not yet read.
@@ -238,9 +324,9 @@ fn retention(vs: &mut Violations, r: pb::Retention) -> Option<Box<Retention>> {
     (!keep.is_empty()).then(|| Box::new(keep))
 }
 
-fn cleanup(vs: &mut Violations, c: pb::CleanupTask) -> Option<Box<str>> {
+fn cleanup(vs: &mut Violations, c: pb::CleanupTask) -> Option<Box<Box<str>>> {
     match check_name(&c.name) {
-        Ok(()) => Some(c.name.into_boxed_str()),
+        Ok(()) => Some(Box::new(c.name.into_boxed_str())),
         Err(e) => {
             vs.add("options.cleanup.name", e);
             None
@@ -427,6 +513,77 @@ mod tests {
                 "options.priority",
                 "options.attempts",
                 "options.delay"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_debounce_waits_its_quiet_period_and_a_throttle_key_is_kept_apart() {
+        let with = |mode: pb::DebounceMode, delay: u64| {
+            let mut r = req();
+            r.options = Some(pb::TaskOptions {
+                delay: Some(prost_types::Duration {
+                    seconds: delay as i64,
+                    nanos: 0,
+                }),
+                debounce: Some(pb::Debounce {
+                    key: "doc".into(),
+                    period: Some(prost_types::Duration {
+                        seconds: 5,
+                        nanos: 0,
+                    }),
+                    mode: mode as i32,
+                }),
+                ..Default::default()
+            });
+            new_task(r, &limits(), None).unwrap()
+        };
+        let d = with(pb::DebounceMode::Unspecified, 0);
+        assert_eq!(d.delay, Duration::from_secs(5));
+        assert_eq!(d.spec.debounce_key(), Some("doc"));
+        assert_eq!(d.spec.idempotency_key, None);
+        // A longer delay wins.
+        assert_eq!(
+            with(pb::DebounceMode::Debounce, 9).delay,
+            Duration::from_secs(9)
+        );
+        let t = with(pb::DebounceMode::Throttle, 0);
+        assert_eq!(t.delay, Duration::ZERO);
+        assert_eq!(t.spec.debounce_key(), None);
+        assert_eq!(t.spec.key_window(), Some(Duration::from_secs(5)));
+        let key = t.spec.idempotency_key.as_deref().unwrap();
+        assert!(debounce::is_reserved(key), "{key:?}");
+        // Neither: no options box at all.
+        assert!(new_task(req(), &limits(), None)
+            .unwrap()
+            .spec
+            .dedup
+            .is_none());
+    }
+
+    #[test]
+    fn bad_windows_and_debounce_keys_are_named_in_field_order() {
+        let mut r = req();
+        r.options = Some(pb::TaskOptions {
+            idempotency_ttl: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            debounce: Some(pb::Debounce {
+                key: String::new(),
+                period: None,
+                mode: 9,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            fields(new_task(r, &limits(), None).unwrap_err()),
+            vec![
+                "options.idempotency_ttl",
+                "options.idempotency_ttl",
+                "options.debounce.key",
+                "options.debounce.period",
+                "options.debounce.mode"
             ]
         );
     }

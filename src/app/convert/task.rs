@@ -4,6 +4,7 @@
 //! types and builds messages; it validates nothing and must not touch the
 //! core's state.
 
+use crate::domain::debounce;
 use crate::domain::*;
 use crate::pb;
 use crate::pb::json::json_to_value;
@@ -19,8 +20,51 @@ pub fn scheduled_item(index: usize, s: &crate::core::Scheduled) -> pb::ScheduleT
                 task_id: s.task.id.to_string(),
                 existing: s.existing,
                 state: pb_state(s.task.rt.state) as i32,
+                outcome: schedule_outcome(s.outcome) as i32,
+                superseded_task_ids: superseded_ids(s),
             },
         )),
+    }
+}
+
+/// The answer's word for what scheduling did.
+pub fn schedule_outcome(o: crate::core::Outcome) -> pb::ScheduleOutcome {
+    use crate::core::Outcome;
+    match o {
+        Outcome::Created => pb::ScheduleOutcome::Created,
+        Outcome::Existing => pb::ScheduleOutcome::Existing,
+        Outcome::SupersededOthers => pb::ScheduleOutcome::SupersededOthers,
+        Outcome::Throttled => pb::ScheduleOutcome::Throttled,
+    }
+}
+
+/// The most superseded ids an answer lists.
+pub const MAX_SUPERSEDED_IDS: usize = 100;
+
+/// The ids a new task superseded, at most [`MAX_SUPERSEDED_IDS`].
+pub fn superseded_ids(s: &crate::core::Scheduled) -> Vec<String> {
+    s.superseded
+        .iter()
+        .take(MAX_SUPERSEDED_IDS)
+        .map(|id| id.to_string())
+        .collect()
+}
+
+fn pb_duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs().min(i64::MAX as u64) as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn pb_debounce(d: &debounce::Debounce) -> pb::Debounce {
+    pb::Debounce {
+        key: d.key.to_string(),
+        period: Some(pb_duration(d.period)),
+        mode: match d.mode {
+            debounce::Mode::Debounce => pb::DebounceMode::Debounce,
+            debounce::Mode::Throttle => pb::DebounceMode::Throttle,
+        } as i32,
     }
 }
 
@@ -122,6 +166,7 @@ pub fn status(t: &Task) -> pb::TaskStatus {
             .spec
             .idempotency_key
             .as_deref()
+            .filter(|k| !debounce::is_reserved(k))
             .unwrap_or_default()
             .to_owned(),
         target: t.spec.target.describe(),
@@ -144,6 +189,13 @@ pub fn status(t: &Task) -> pb::TaskStatus {
             .filter(|_| rt.state == TaskState::Pending)
             .map(hold),
         concurrency_key: t.spec.concurrency_key().unwrap_or_default().to_owned(),
+        idempotency_ttl: t.spec.dedup.as_deref().and_then(|d| d.ttl).map(pb_duration),
+        debounce: t
+            .spec
+            .dedup
+            .as_deref()
+            .and_then(|d| d.debounce.as_ref())
+            .map(pb_debounce),
     }
 }
 

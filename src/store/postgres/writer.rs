@@ -134,11 +134,12 @@ struct Stmts {
     write: Statement,
     quarantine: Statement,
     keys: Statement,
+    release: Statement,
 }
 
 impl Stmts {
     async fn prepare(c: &Client) -> Result<Stmts, tokio_postgres::Error> {
-        let (write, quarantine, keys) = futures::try_join!(
+        let (write, quarantine, keys, release) = futures::try_join!(
             c.prepare(WRITE),
             c.prepare(
                 "WITH q AS (
@@ -152,11 +153,17 @@ impl Stmts {
             c.prepare(
                 "SELECT idempotency_key, id FROM tasks WHERE idempotency_key = ANY($1::text[])"
             ),
+            c.prepare(
+                "UPDATE tasks t SET idempotency_key = NULL
+                 FROM unnest($1::uuid[], $2::text[]) AS u(id, key)
+                 WHERE t.id = u.id AND t.idempotency_key = u.key"
+            ),
         )?;
         Ok(Stmts {
             write,
             quarantine,
             keys,
+            release,
         })
     }
 }
@@ -204,6 +211,9 @@ struct Plan<'a> {
     log_message: Vec<&'a str>,
     q_id: Vec<Uuid>,
     q_reason: Vec<&'a str>,
+    /// Idempotency keys whose window has passed, freed before the inserts.
+    rel_id: Vec<Uuid>,
+    rel_key: Vec<&'a str>,
     /// Row writes skipped because a later one of the batch carries the row.
     coalesced: u64,
     /// Stamps each ended row with its removal time.
@@ -327,6 +337,10 @@ impl<'a> Plan<'a> {
                 }
                 (WriteOp::Log(lines), _) => self.add_logs(lines),
                 (WriteOp::Remove(ids), _) => self.removed.extend(ids.iter().copied()),
+                (WriteOp::ReleaseKey { id, key }, _) => {
+                    self.rel_id.push(*id);
+                    self.rel_key.push(key);
+                }
                 (WriteOp::Quarantine { key, reason }, _) => {
                     if let Ok(id) = Uuid::from_slice(key) {
                         self.q_id.push(id);
@@ -403,7 +417,29 @@ async fn commit(
         &p.upd_error_kind,
     ];
     let write = c.query_one(&s.write, &params);
-    let row = if p.q_id.is_empty() {
+    let row = if !p.rel_id.is_empty() {
+        // The rare batch that frees keys whose window has passed: freed
+        // first, in the same transaction, so the inserts may take them
+        // (the statement's parts see one snapshot, so it cannot be a part
+        // of it). Pipelined as the quarantine is below.
+        let now = now_micros();
+        let q_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&p.q_id, &now, &p.q_reason, &QUARANTINED];
+        let r_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&p.rel_id, &p.rel_key];
+        let (b, r, row, q, e) = futures::join!(
+            c.batch_execute("BEGIN"),
+            c.execute(&s.release, &r_params),
+            write,
+            c.execute(&s.quarantine, &q_params),
+            c.batch_execute("COMMIT"),
+        );
+        b?;
+        r?;
+        let row = row?;
+        q?;
+        e?;
+        row
+    } else if p.q_id.is_empty() {
         write.await?
     } else {
         // Polled together: every request leaves before the first answer
@@ -637,9 +673,10 @@ async fn commit_groups(
                     }
                     out.push(WriteOutcome::Done);
                 }
-                WriteOp::Log(_) | WriteOp::Quarantine { .. } | WriteOp::Remove(_) => {
-                    out.push(WriteOutcome::Done)
-                }
+                WriteOp::Log(_)
+                | WriteOp::Quarantine { .. }
+                | WriteOp::Remove(_)
+                | WriteOp::ReleaseKey { .. } => out.push(WriteOutcome::Done),
             }
         }
         results.push(Ok(out));

@@ -401,7 +401,10 @@ impl Latest {
 pub(super) fn op_task(op: &WriteOp) -> Option<TaskId> {
     match op {
         WriteOp::Insert { task, .. } | WriteOp::Update { task, .. } => Some(task.id),
-        WriteOp::Log(_) | WriteOp::Quarantine { .. } | WriteOp::Remove(_) => None,
+        WriteOp::Log(_)
+        | WriteOp::Quarantine { .. }
+        | WriteOp::Remove(_)
+        | WriteOp::ReleaseKey { .. } => None,
     }
 }
 
@@ -539,6 +542,13 @@ pub(super) fn apply_group(
                     logs.execute([id.as_bytes()])?;
                     rows.execute([id.as_bytes()])?;
                 }
+                out.push(WriteOutcome::Done);
+            }
+            WriteOp::ReleaseKey { id, key } => {
+                conn.prepare_cached(
+                    "UPDATE tasks SET idempotency_key = NULL WHERE id = ?1 AND idempotency_key = ?2",
+                )?
+                .execute(params![id.as_bytes(), &**key])?;
                 out.push(WriteOutcome::Done);
             }
             WriteOp::Quarantine { key, reason } => {

@@ -32,6 +32,7 @@ from .types import (
     Backoff,
     BulkResult,
     CancelResult,
+    Debounce,
     DisconnectReceipt,
     DurationLike,
     LogLine,
@@ -92,10 +93,21 @@ class _LazyScheduleResult(ScheduleResult):
     conversion is most of the client's own cost of a `schedule()`. It is a
     `ScheduleResult` in every other way (fields, equality, repr, replace)."""
 
-    def __init__(self, task_id: str, existing: bool, task: Any = _MISSING, *, _status: Any = None) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        existing: bool,
+        task: Any = _MISSING,
+        outcome: str = "CREATED",
+        superseded_task_ids: Tuple[str, ...] = (),
+        *,
+        _status: Any = None,
+    ) -> None:
         d = self.__dict__
         d["task_id"] = task_id
         d["existing"] = existing
+        d["outcome"] = outcome
+        d["superseded_task_ids"] = superseded_task_ids
         if task is not _MISSING:
             d["task"] = task
         else:
@@ -111,16 +123,34 @@ class _LazyScheduleResult(ScheduleResult):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ScheduleResult):
-            return (self.task_id, self.existing, self.task) == (other.task_id, other.existing, other.task)
+            return (self.task_id, self.existing, self.task, self.outcome, self.superseded_task_ids) == (
+                other.task_id,
+                other.existing,
+                other.task,
+                other.outcome,
+                other.superseded_task_ids,
+            )
         return NotImplemented
 
     __hash__ = ScheduleResult.__hash__  # type: ignore[assignment]
 
     def __reduce__(self) -> Any:
-        return (ScheduleResult, (self.task_id, self.existing, self.task))
+        return (ScheduleResult, (self.task_id, self.existing, self.task, self.outcome, self.superseded_task_ids))
 
 
 _LazyScheduleResult.__name__ = _LazyScheduleResult.__qualname__ = "ScheduleResult"
+
+
+def _schedule_result(res: Any) -> ScheduleResult:
+    """A `ScheduleTaskResponse` as a (lazy) `ScheduleResult`."""
+    return _LazyScheduleResult(
+        res.task_id,
+        res.existing,
+        _MISSING,
+        convert.schedule_outcome(res.outcome),
+        tuple(res.superseded_task_ids),
+        _status=res.status,
+    )
 
 
 class AsyncClient:
@@ -188,6 +218,8 @@ class AsyncClient:
         session_id: Optional[str] = None,
         immediate: bool = False,
         idempotency_key: Optional[str] = None,
+        idempotency_ttl: Optional[DurationLike] = None,
+        debounce: Optional[Debounce] = None,
         labels: Optional[Mapping[str, str]] = None,
         cleanup: Optional[str] = None,
         retention: Optional[Retention] = None,
@@ -210,8 +242,12 @@ class AsyncClient:
         `integration_source`). Priority runs -1000..1000 (higher first);
         `attempts` 1..100; `delay` and `execution_timeout` are durations
         (timedelta, seconds, or '30s'); `idempotency_key` makes a second
-        schedule return the first task with `existing=True`; `retention`
-        says how long the task is kept once it has ended.
+        schedule return the first task with `existing=True`, for
+        `idempotency_ttl` after it if given (then the same key creates a new
+        task); `debounce` (a `Debounce`) keeps only the last (or, throttling,
+        the first) of a burst of tasks of one key; `retention` says how long
+        the task is kept once it has ended. The result's `outcome` says what
+        happened.
         """
         if (
             task_type is TaskType.SIMPLE
@@ -221,6 +257,8 @@ class AsyncClient:
             and delay is None
             and execution_timeout is None
             and retention is None
+            and idempotency_ttl is None
+            and debounce is None
             and not (user_id or session_id or immediate or idempotency_key or labels or cleanup or queue)
         ):
             # The common case, built without the general path's calls.
@@ -243,7 +281,7 @@ class AsyncClient:
                     )
                 except grpc.RpcError as err:
                     raise from_rpc_error(err, "ScheduleTask") from None
-            return _LazyScheduleResult(res.task_id, res.existing, _status=res.status)
+            return _schedule_result(res)
         req = self._schedule_request(
             name,
             payload,
@@ -257,6 +295,8 @@ class AsyncClient:
             session_id=session_id,
             immediate=immediate,
             idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            debounce=debounce,
             labels=labels,
             cleanup=cleanup,
             retention=retention,
@@ -271,7 +311,7 @@ class AsyncClient:
             integration_source=integration_source,
         )
         res = await self._call("ScheduleTask", req, timeout, safe=bool(idempotency_key))
-        return _LazyScheduleResult(res.task_id, res.existing, _status=res.status)
+        return _schedule_result(res)
 
     async def schedule_tasks(
         self,
@@ -321,7 +361,12 @@ class AsyncClient:
                 if r.HasField("scheduled"):
                     s = r.scheduled
                     results[index] = BulkResult(
-                        index=index, task_id=s.task_id, existing=s.existing, state=convert.task_state(s.state)
+                        index=index,
+                        task_id=s.task_id,
+                        existing=s.existing,
+                        state=convert.task_state(s.state),
+                        outcome=convert.schedule_outcome(s.outcome),
+                        superseded_task_ids=tuple(s.superseded_task_ids),
                     )
                 else:
                     e = r.error

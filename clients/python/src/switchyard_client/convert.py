@@ -22,6 +22,7 @@ from .types import (
     Backoff,
     BackoffKind,
     CancelOutcome,
+    Debounce,
     DurationLike,
     EventKind,
     LatencySummary,
@@ -421,6 +422,8 @@ def fill_options(
     session_id: Optional[str] = None,
     immediate: bool = False,
     idempotency_key: Optional[str] = None,
+    idempotency_ttl: Optional[DurationLike] = None,
+    debounce: Optional[Debounce] = None,
     labels: Optional[Mapping[str, str]] = None,
     cleanup: Optional[str] = None,
     retention: Optional[Retention] = None,
@@ -454,6 +457,21 @@ def fill_options(
         o.immediate = True
     if idempotency_key:
         o.idempotency_key = idempotency_key
+    if idempotency_ttl is not None:
+        set_duration(o.idempotency_ttl, idempotency_ttl, "options.idempotency_ttl")
+    if debounce is not None:
+        if not isinstance(debounce, Debounce):
+            raise invalid_argument("options.debounce", f"must be a Debounce, got {type(debounce).__name__}")
+        d = o.debounce
+        d.SetInParent()
+        if not isinstance(debounce.key, str):
+            raise invalid_argument("options.debounce.key", "must be a string")
+        d.key = debounce.key
+        set_duration(d.period, debounce.period, "options.debounce.period")
+        mode = _DEBOUNCE_MODE_PB.get(str(debounce.mode).upper())
+        if mode is None:
+            raise invalid_argument("options.debounce.mode", f"must be DEBOUNCE or THROTTLE, got {debounce.mode!r}")
+        d.mode = mode  # type: ignore[assignment]
     if labels:
         for k, v in labels.items():
             if not isinstance(k, str) or not isinstance(v, str):
@@ -470,6 +488,17 @@ def fill_options(
             value = getattr(retention, field)
             if value is not None:
                 set_duration(getattr(r, field), value, f"options.retention.{field}")
+
+
+_DEBOUNCE_MODE_PB = {"DEBOUNCE": tpb.DEBOUNCE_MODE_DEBOUNCE, "THROTTLE": tpb.DEBOUNCE_MODE_THROTTLE}
+
+
+def schedule_outcome(number: int) -> str:
+    """A `switchyard.v1.ScheduleOutcome` number as its word (`CREATED`, ...)."""
+    try:
+        return str(opb.ScheduleOutcome.Name(number)).removeprefix("SCHEDULE_OUTCOME_")
+    except ValueError:
+        return "UNRECOGNIZED"
 
 
 def json_dumps(obj: Any) -> str:

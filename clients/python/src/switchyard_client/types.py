@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 
 class _StrEnum(str, enum.Enum):
@@ -254,13 +254,35 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Debounce:
+    """A debounce or throttle key (`schedule(debounce=...)`). Of the tasks of
+    one `key` scheduled closer together than `period` (a duration: timedelta,
+    seconds, or '5s'; more than 0, at most 30 days), mode `"DEBOUNCE"` (the
+    default) runs only the last: each newer one supersedes the pending older
+    one, which ends CANCELLED with `last_error.kind == "superseded"`, and the
+    newest starts once `period` has passed without a newer one. Mode
+    `"THROTTLE"` runs only the first: for `period` after it, scheduling
+    another task of the key creates nothing and returns the first's id
+    (`outcome == "THROTTLED"`). Keys are at most 256 bytes."""
+
+    key: str
+    period: DurationLike
+    mode: str = "DEBOUNCE"
+
+
+@dataclass(frozen=True)
 class ScheduleResult:
-    """The accepted task. `existing` is true when the idempotency key matched
-    an earlier task, whose id this is."""
+    """The accepted task. `existing` is true when the idempotency key (or a
+    throttle key) matched an earlier task, whose id this is. `outcome` says
+    what happened: `CREATED`, `EXISTING`, `SUPERSEDED_OTHERS` (created; the
+    older pending task of its debounce key, in `superseded_task_ids`, was
+    cancelled) or `THROTTLED`."""
 
     task_id: str
     existing: bool
     task: Task
+    outcome: str = "CREATED"
+    superseded_task_ids: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,6 +297,9 @@ class BulkResult:
     existing: bool = False
     state: Optional["TaskState"] = None
     error: Optional[Exception] = None
+    #: What happened, as `ScheduleResult.outcome` (empty when refused).
+    outcome: str = ""
+    superseded_task_ids: Tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -45,6 +45,72 @@ import {
  * track, cancel and watch tasks.
  */
 
+/** What scheduling a task did. */
+export enum ScheduleOutcome {
+  /** SCHEDULE_OUTCOME_UNSPECIFIED - Not set by this server. */
+  SCHEDULE_OUTCOME_UNSPECIFIED = 0,
+  /** SCHEDULE_OUTCOME_CREATED - A new task was created. */
+  SCHEDULE_OUTCOME_CREATED = 1,
+  /**
+   * SCHEDULE_OUTCOME_EXISTING - The idempotency key matched an existing task within its window; nothing
+   * new was created.
+   */
+  SCHEDULE_OUTCOME_EXISTING = 2,
+  /**
+   * SCHEDULE_OUTCOME_SUPERSEDED_OTHERS - A new task was created, and it superseded the older pending task of its
+   * debounce key (DEBOUNCE mode), which ended CANCELLED.
+   */
+  SCHEDULE_OUTCOME_SUPERSEDED_OTHERS = 3,
+  /**
+   * SCHEDULE_OUTCOME_THROTTLED - The throttle key (THROTTLE mode) has a task within its period; nothing
+   * new was created and the answer names that task.
+   */
+  SCHEDULE_OUTCOME_THROTTLED = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function scheduleOutcomeFromJSON(object: any): ScheduleOutcome {
+  switch (object) {
+    case 0:
+    case "SCHEDULE_OUTCOME_UNSPECIFIED":
+      return ScheduleOutcome.SCHEDULE_OUTCOME_UNSPECIFIED;
+    case 1:
+    case "SCHEDULE_OUTCOME_CREATED":
+      return ScheduleOutcome.SCHEDULE_OUTCOME_CREATED;
+    case 2:
+    case "SCHEDULE_OUTCOME_EXISTING":
+      return ScheduleOutcome.SCHEDULE_OUTCOME_EXISTING;
+    case 3:
+    case "SCHEDULE_OUTCOME_SUPERSEDED_OTHERS":
+      return ScheduleOutcome.SCHEDULE_OUTCOME_SUPERSEDED_OTHERS;
+    case 4:
+    case "SCHEDULE_OUTCOME_THROTTLED":
+      return ScheduleOutcome.SCHEDULE_OUTCOME_THROTTLED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ScheduleOutcome.UNRECOGNIZED;
+  }
+}
+
+export function scheduleOutcomeToJSON(object: ScheduleOutcome): string {
+  switch (object) {
+    case ScheduleOutcome.SCHEDULE_OUTCOME_UNSPECIFIED:
+      return "SCHEDULE_OUTCOME_UNSPECIFIED";
+    case ScheduleOutcome.SCHEDULE_OUTCOME_CREATED:
+      return "SCHEDULE_OUTCOME_CREATED";
+    case ScheduleOutcome.SCHEDULE_OUTCOME_EXISTING:
+      return "SCHEDULE_OUTCOME_EXISTING";
+    case ScheduleOutcome.SCHEDULE_OUTCOME_SUPERSEDED_OTHERS:
+      return "SCHEDULE_OUTCOME_SUPERSEDED_OTHERS";
+    case ScheduleOutcome.SCHEDULE_OUTCOME_THROTTLED:
+      return "SCHEDULE_OUTCOME_THROTTLED";
+    case ScheduleOutcome.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** What a cancel did. */
 export enum CancelOutcome {
   /** CANCEL_OUTCOME_UNSPECIFIED - Not used. */
@@ -415,12 +481,27 @@ export interface ScheduleTaskResponse {
   /** The task id (UUIDv7). */
   taskId: string;
   /**
-   * True when `idempotency_key` matched an existing task, whose id this is;
-   * nothing new was scheduled.
+   * True when `idempotency_key` (or a throttle key, see `outcome`) matched
+   * an existing task, whose id this is; nothing new was scheduled.
    */
   existing: boolean;
   /** The task's status right after scheduling. */
-  status: TaskStatus | undefined;
+  status:
+    | TaskStatus
+    | undefined;
+  /**
+   * What happened: CREATED, EXISTING (the idempotency key matched, within
+   * its window), SUPERSEDED_OTHERS (created, and the older pending task of
+   * its debounce key was cancelled) or THROTTLED (the throttle key's first
+   * task is within its period; `task_id` is that task's).
+   */
+  outcome: ScheduleOutcome;
+  /**
+   * SUPERSEDED_OTHERS: the ids of the tasks this one superseded (they are
+   * CANCELLED, committed before this answer). At most 100 ids; normally
+   * one, as a debounce key has at most one pending task.
+   */
+  supersededTaskIds: string[];
 }
 
 /** Schedules several tasks in one call (see ScheduleTasks). */
@@ -458,9 +539,9 @@ export interface ScheduledTask {
   /** The task id (UUIDv7). */
   taskId: string;
   /**
-   * True when `idempotency_key` matched an existing task (stored before, or
-   * an earlier item of the same call), whose id this is; nothing new was
-   * scheduled for this item.
+   * True when `idempotency_key` (or a throttle key) matched an existing
+   * task (stored before, or an earlier item of the same call), whose id
+   * this is; nothing new was scheduled for this item.
    */
   existing: boolean;
   /**
@@ -468,6 +549,17 @@ export interface ScheduledTask {
    * state now).
    */
   state: TaskState;
+  /**
+   * What happened, as ScheduleTaskResponse.outcome. Items of one call are
+   * taken in order: a later item of a debounce key supersedes an earlier
+   * one of the same call.
+   */
+  outcome: ScheduleOutcome;
+  /**
+   * SUPERSEDED_OTHERS: the ids of the tasks this item superseded, at most
+   * 100.
+   */
+  supersededTaskIds: string[];
 }
 
 /**
@@ -2203,7 +2295,7 @@ export const ScheduleTaskRequest: MessageFns<ScheduleTaskRequest> = {
 };
 
 function createBaseScheduleTaskResponse(): ScheduleTaskResponse {
-  return { taskId: "", existing: false, status: undefined };
+  return { taskId: "", existing: false, status: undefined, outcome: 0, supersededTaskIds: [] };
 }
 
 export const ScheduleTaskResponse: MessageFns<ScheduleTaskResponse> = {
@@ -2216,6 +2308,12 @@ export const ScheduleTaskResponse: MessageFns<ScheduleTaskResponse> = {
     }
     if (message.status !== undefined) {
       TaskStatus.encode(message.status, writer.uint32(26).fork()).join();
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(80).int32(message.outcome);
+    }
+    for (const v of message.supersededTaskIds) {
+      writer.uint32(90).string(v!);
     }
     return writer;
   },
@@ -2257,6 +2355,22 @@ export const ScheduleTaskResponse: MessageFns<ScheduleTaskResponse> = {
             message.status = TaskStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.supersededTaskIds.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2278,6 +2392,12 @@ export const ScheduleTaskResponse: MessageFns<ScheduleTaskResponse> = {
         : "",
       existing: isSet(object.existing) ? globalThis.Boolean(object.existing) : false,
       status: isSet(object.status) ? TaskStatus.fromJSON(object.status) : undefined,
+      outcome: isSet(object.outcome) ? scheduleOutcomeFromJSON(object.outcome) : 0,
+      supersededTaskIds: globalThis.Array.isArray(object?.supersededTaskIds)
+        ? object.supersededTaskIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.superseded_task_ids)
+        ? object.superseded_task_ids.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -2292,6 +2412,12 @@ export const ScheduleTaskResponse: MessageFns<ScheduleTaskResponse> = {
     if (message.status !== undefined) {
       obj.status = TaskStatus.toJSON(message.status);
     }
+    if (message.outcome !== 0) {
+      obj.outcome = scheduleOutcomeToJSON(message.outcome);
+    }
+    if (message.supersededTaskIds?.length) {
+      obj.supersededTaskIds = message.supersededTaskIds;
+    }
     return obj;
   },
 
@@ -2305,6 +2431,8 @@ export const ScheduleTaskResponse: MessageFns<ScheduleTaskResponse> = {
     message.status = (object.status !== undefined && object.status !== null)
       ? TaskStatus.fromPartial(object.status)
       : undefined;
+    message.outcome = object.outcome ?? 0;
+    message.supersededTaskIds = object.supersededTaskIds?.map((e) => e) || [];
     return message;
   },
 };
@@ -2557,7 +2685,7 @@ export const ScheduleTasksResult: MessageFns<ScheduleTasksResult> = {
 };
 
 function createBaseScheduledTask(): ScheduledTask {
-  return { taskId: "", existing: false, state: 0 };
+  return { taskId: "", existing: false, state: 0, outcome: 0, supersededTaskIds: [] };
 }
 
 export const ScheduledTask: MessageFns<ScheduledTask> = {
@@ -2570,6 +2698,12 @@ export const ScheduledTask: MessageFns<ScheduledTask> = {
     }
     if (message.state !== 0) {
       writer.uint32(24).int32(message.state);
+    }
+    if (message.outcome !== 0) {
+      writer.uint32(80).int32(message.outcome);
+    }
+    for (const v of message.supersededTaskIds) {
+      writer.uint32(90).string(v!);
     }
     return writer;
   },
@@ -2611,6 +2745,22 @@ export const ScheduledTask: MessageFns<ScheduledTask> = {
             message.state = reader.int32() as any;
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.outcome = reader.int32() as any;
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.supersededTaskIds.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2632,6 +2782,12 @@ export const ScheduledTask: MessageFns<ScheduledTask> = {
         : "",
       existing: isSet(object.existing) ? globalThis.Boolean(object.existing) : false,
       state: isSet(object.state) ? taskStateFromJSON(object.state) : 0,
+      outcome: isSet(object.outcome) ? scheduleOutcomeFromJSON(object.outcome) : 0,
+      supersededTaskIds: globalThis.Array.isArray(object?.supersededTaskIds)
+        ? object.supersededTaskIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.superseded_task_ids)
+        ? object.superseded_task_ids.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -2646,6 +2802,12 @@ export const ScheduledTask: MessageFns<ScheduledTask> = {
     if (message.state !== 0) {
       obj.state = taskStateToJSON(message.state);
     }
+    if (message.outcome !== 0) {
+      obj.outcome = scheduleOutcomeToJSON(message.outcome);
+    }
+    if (message.supersededTaskIds?.length) {
+      obj.supersededTaskIds = message.supersededTaskIds;
+    }
     return obj;
   },
 
@@ -2657,6 +2819,8 @@ export const ScheduledTask: MessageFns<ScheduledTask> = {
     message.taskId = object.taskId ?? "";
     message.existing = object.existing ?? false;
     message.state = object.state ?? 0;
+    message.outcome = object.outcome ?? 0;
+    message.supersededTaskIds = object.supersededTaskIds?.map((e) => e) || [];
     return message;
   },
 };

@@ -337,6 +337,65 @@ export function waitingReasonToJSON(object: WaitingReason): string {
   }
 }
 
+/** What a debounce key does with the tasks scheduled under it. */
+export enum DebounceMode {
+  /** DEBOUNCE_MODE_UNSPECIFIED - Unset: DEBOUNCE. */
+  DEBOUNCE_MODE_UNSPECIFIED = 0,
+  /**
+   * DEBOUNCE_MODE_DEBOUNCE - The newest task wins. The task waits the quiet period (`period`, or its
+   * `delay` if longer) before it may start; each newer task of the key
+   * scheduled meanwhile supersedes it: the older task, if still PENDING and
+   * never started, ends CANCELLED with `last_error.kind = "superseded"`
+   * (its message names the newer task). So of a burst of tasks closer
+   * together than the period, only the last runs, a period after it was
+   * scheduled. A task already started (or retrying, or run again by
+   * RetryTask) is never superseded. The wait is held in Switchyard on every
+   * engine: a task routed to BullMQ or Temporal is handed over only after it.
+   */
+  DEBOUNCE_MODE_DEBOUNCE = 1,
+  /**
+   * DEBOUNCE_MODE_THROTTLE - The first task wins: for `period` after it was scheduled, scheduling
+   * another task of the key creates nothing and answers with the first
+   * task's id (outcome THROTTLED, `existing = true`), whatever the first
+   * task's state. After the period, the next task of the key is created and
+   * opens a new period. The first task runs at once (after its `delay`).
+   */
+  DEBOUNCE_MODE_THROTTLE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function debounceModeFromJSON(object: any): DebounceMode {
+  switch (object) {
+    case 0:
+    case "DEBOUNCE_MODE_UNSPECIFIED":
+      return DebounceMode.DEBOUNCE_MODE_UNSPECIFIED;
+    case 1:
+    case "DEBOUNCE_MODE_DEBOUNCE":
+      return DebounceMode.DEBOUNCE_MODE_DEBOUNCE;
+    case 2:
+    case "DEBOUNCE_MODE_THROTTLE":
+      return DebounceMode.DEBOUNCE_MODE_THROTTLE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DebounceMode.UNRECOGNIZED;
+  }
+}
+
+export function debounceModeToJSON(object: DebounceMode): string {
+  switch (object) {
+    case DebounceMode.DEBOUNCE_MODE_UNSPECIFIED:
+      return "DEBOUNCE_MODE_UNSPECIFIED";
+    case DebounceMode.DEBOUNCE_MODE_DEBOUNCE:
+      return "DEBOUNCE_MODE_DEBOUNCE";
+    case DebounceMode.DEBOUNCE_MODE_THROTTLE:
+      return "DEBOUNCE_MODE_THROTTLE";
+    case DebounceMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Where a workflow step is. */
 export enum StepState {
   /** STEP_STATE_UNSPECIFIED - Not started: its dependencies have not completed. */
@@ -597,8 +656,10 @@ export interface TaskOptions {
   immediate: boolean;
   /**
    * Scheduling twice with the same key returns the first task (and
-   * `existing = true`) instead of creating another. At most 256 bytes. Keys
-   * are kept as long as the task is kept.
+   * `existing = true`, outcome EXISTING) instead of creating another. At
+   * most 256 bytes; it may not start with the character U+0001 (reserved
+   * for THROTTLE keys). Keys are kept as long as the task is kept, or for
+   * `idempotency_ttl`. Not with `debounce`.
    */
   idempotencyKey: string;
   /**
@@ -631,11 +692,51 @@ export interface TaskOptions {
    * task is queued as before). At most 256 bytes.
    */
   concurrencyKey: string;
+  /**
+   * The deduplication window of `idempotency_key`: the key matches this
+   * task only for this long after it was scheduled; after it, scheduling
+   * with the same key creates a new task (this one keeps its history, and
+   * its status still shows the key). Unset: as long as the task is kept.
+   * More than zero and at most 365 days; requires `idempotency_key`.
+   * BullMQ's `deduplication: { id, ttl }` maps onto the key and this.
+   */
+  idempotencyTtl:
+    | Duration
+    | undefined;
+  /**
+   * A debounce or throttle key: see Debounce. Works for every task type and
+   * engine: it is applied in Switchyard before any engine sees the task.
+   * Not with `idempotency_key`.
+   */
+  debounce: Debounce | undefined;
 }
 
 export interface TaskOptions_LabelsEntry {
   key: string;
   value: string;
+}
+
+/**
+ * A debounce or throttle key (`TaskOptions.debounce`). Keys are global
+ * (not per task name) and committed before the answer, so they hold across
+ * a restart: a task waiting its quiet period still starts once it has
+ * passed, and a throttle period still refuses.
+ */
+export interface Debounce {
+  /**
+   * The key: typically what the burst is about (a document, a user, a
+   * search box). 1 to 256 bytes. Required.
+   */
+  key: string;
+  /**
+   * The quiet period (DEBOUNCE) or the throttle period (THROTTLE). More than
+   * zero and at most 30 days. Required.
+   */
+  period:
+    | Duration
+    | undefined;
+  /** DEBOUNCE (the default) or THROTTLE. */
+  mode: DebounceMode;
 }
 
 /**
@@ -804,7 +905,9 @@ export interface TaskError {
    * (`invalid_target`, `ssrf_refused`, `auth_refused`, `host_busy`,
    * `connect_error`, `no_response`, `response_interrupted`,
    * `response_too_large`, `redirect_error`, `webhook_not_registered`,
-   * `rate_limited`, `server_error`, `client_error`, `payload_missing`).
+   * `rate_limited`, `server_error`, `client_error`, `payload_missing`), and the
+   * core's `superseded` (a CANCELLED task of a debounce key that a newer task
+   * of the key replaced).
    * Those words are stable. At most 128 bytes.
    */
   kind: string;
@@ -923,6 +1026,15 @@ export interface TaskStatus {
     | undefined;
   /** The concurrency key, as scheduled. */
   concurrencyKey: string;
+  /**
+   * The idempotency key's window (`TaskOptions.idempotency_ttl`), as
+   * scheduled; unset when the key is kept as long as the task.
+   */
+  idempotencyTtl:
+    | Duration
+    | undefined;
+  /** The debounce or throttle key (`TaskOptions.debounce`), as scheduled. */
+  debounce: Debounce | undefined;
 }
 
 export interface TaskStatus_LabelsEntry {
@@ -1364,6 +1476,8 @@ function createBaseTaskOptions(): TaskOptions {
     cleanup: undefined,
     retention: undefined,
     concurrencyKey: "",
+    idempotencyTtl: undefined,
+    debounce: undefined,
   };
 }
 
@@ -1407,6 +1521,12 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     }
     if (message.concurrencyKey !== "") {
       writer.uint32(106).string(message.concurrencyKey);
+    }
+    if (message.idempotencyTtl !== undefined) {
+      Duration.encode(message.idempotencyTtl, writer.uint32(114).fork()).join();
+    }
+    if (message.debounce !== undefined) {
+      Debounce.encode(message.debounce, writer.uint32(122).fork()).join();
     }
     return writer;
   },
@@ -1531,6 +1651,22 @@ export const TaskOptions: MessageFns<TaskOptions> = {
             message.concurrencyKey = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.idempotencyTtl = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.debounce = Debounce.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1591,6 +1727,12 @@ export const TaskOptions: MessageFns<TaskOptions> = {
         : isSet(object.concurrency_key)
         ? globalThis.String(object.concurrency_key)
         : "",
+      idempotencyTtl: isSet(object.idempotencyTtl)
+        ? Duration.fromJSON(object.idempotencyTtl)
+        : isSet(object.idempotency_ttl)
+        ? Duration.fromJSON(object.idempotency_ttl)
+        : undefined,
+      debounce: isSet(object.debounce) ? Debounce.fromJSON(object.debounce) : undefined,
     };
   },
 
@@ -1641,6 +1783,12 @@ export const TaskOptions: MessageFns<TaskOptions> = {
     if (message.concurrencyKey !== "") {
       obj.concurrencyKey = message.concurrencyKey;
     }
+    if (message.idempotencyTtl !== undefined) {
+      obj.idempotencyTtl = Duration.toJSON(message.idempotencyTtl);
+    }
+    if (message.debounce !== undefined) {
+      obj.debounce = Debounce.toJSON(message.debounce);
+    }
     return obj;
   },
 
@@ -1680,6 +1828,12 @@ export const TaskOptions: MessageFns<TaskOptions> = {
       ? Retention.fromPartial(object.retention)
       : undefined;
     message.concurrencyKey = object.concurrencyKey ?? "";
+    message.idempotencyTtl = (object.idempotencyTtl !== undefined && object.idempotencyTtl !== null)
+      ? Duration.fromPartial(object.idempotencyTtl)
+      : undefined;
+    message.debounce = (object.debounce !== undefined && object.debounce !== null)
+      ? Debounce.fromPartial(object.debounce)
+      : undefined;
     return message;
   },
 };
@@ -1765,6 +1919,109 @@ export const TaskOptions_LabelsEntry: MessageFns<TaskOptions_LabelsEntry> = {
     const message = createBaseTaskOptions_LabelsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseDebounce(): Debounce {
+  return { key: "", period: undefined, mode: 0 };
+}
+
+export const Debounce: MessageFns<Debounce> = {
+  encode(message: Debounce, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.period !== undefined) {
+      Duration.encode(message.period, writer.uint32(18).fork()).join();
+    }
+    if (message.mode !== 0) {
+      writer.uint32(24).int32(message.mode);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Debounce {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDebounce();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.period = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Debounce {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      period: isSet(object.period) ? Duration.fromJSON(object.period) : undefined,
+      mode: isSet(object.mode) ? debounceModeFromJSON(object.mode) : 0,
+    };
+  },
+
+  toJSON(message: Debounce): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.period !== undefined) {
+      obj.period = Duration.toJSON(message.period);
+    }
+    if (message.mode !== 0) {
+      obj.mode = debounceModeToJSON(message.mode);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Debounce>, I>>(base?: I): Debounce {
+    return Debounce.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Debounce>, I>>(object: I): Debounce {
+    const message = createBaseDebounce();
+    message.key = object.key ?? "";
+    message.period = (object.period !== undefined && object.period !== null)
+      ? Duration.fromPartial(object.period)
+      : undefined;
+    message.mode = object.mode ?? 0;
     return message;
   },
 };
@@ -2444,6 +2701,8 @@ function createBaseTaskStatus(): TaskStatus {
     run: 0,
     hold: undefined,
     concurrencyKey: "",
+    idempotencyTtl: undefined,
+    debounce: undefined,
   };
 }
 
@@ -2547,6 +2806,12 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     }
     if (message.concurrencyKey !== "") {
       writer.uint32(266).string(message.concurrencyKey);
+    }
+    if (message.idempotencyTtl !== undefined) {
+      Duration.encode(message.idempotencyTtl, writer.uint32(322).fork()).join();
+    }
+    if (message.debounce !== undefined) {
+      Debounce.encode(message.debounce, writer.uint32(330).fork()).join();
     }
     return writer;
   },
@@ -2831,6 +3096,22 @@ export const TaskStatus: MessageFns<TaskStatus> = {
             message.concurrencyKey = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.idempotencyTtl = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.debounce = Debounce.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2965,6 +3246,12 @@ export const TaskStatus: MessageFns<TaskStatus> = {
         : isSet(object.concurrency_key)
         ? globalThis.String(object.concurrency_key)
         : "",
+      idempotencyTtl: isSet(object.idempotencyTtl)
+        ? Duration.fromJSON(object.idempotencyTtl)
+        : isSet(object.idempotency_ttl)
+        ? Duration.fromJSON(object.idempotency_ttl)
+        : undefined,
+      debounce: isSet(object.debounce) ? Debounce.fromJSON(object.debounce) : undefined,
     };
   },
 
@@ -3075,6 +3362,12 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     if (message.concurrencyKey !== "") {
       obj.concurrencyKey = message.concurrencyKey;
     }
+    if (message.idempotencyTtl !== undefined) {
+      obj.idempotencyTtl = Duration.toJSON(message.idempotencyTtl);
+    }
+    if (message.debounce !== undefined) {
+      obj.debounce = Debounce.toJSON(message.debounce);
+    }
     return obj;
   },
 
@@ -3126,6 +3419,12 @@ export const TaskStatus: MessageFns<TaskStatus> = {
     message.run = object.run ?? 0;
     message.hold = (object.hold !== undefined && object.hold !== null) ? Hold.fromPartial(object.hold) : undefined;
     message.concurrencyKey = object.concurrencyKey ?? "";
+    message.idempotencyTtl = (object.idempotencyTtl !== undefined && object.idempotencyTtl !== null)
+      ? Duration.fromPartial(object.idempotencyTtl)
+      : undefined;
+    message.debounce = (object.debounce !== undefined && object.debounce !== null)
+      ? Debounce.fromPartial(object.debounce)
+      : undefined;
     return message;
   },
 };

@@ -14,6 +14,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ScheduleOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_OUTCOME_UNSPECIFIED: _ClassVar[ScheduleOutcome]
+    SCHEDULE_OUTCOME_CREATED: _ClassVar[ScheduleOutcome]
+    SCHEDULE_OUTCOME_EXISTING: _ClassVar[ScheduleOutcome]
+    SCHEDULE_OUTCOME_SUPERSEDED_OTHERS: _ClassVar[ScheduleOutcome]
+    SCHEDULE_OUTCOME_THROTTLED: _ClassVar[ScheduleOutcome]
+
 class CancelOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CANCEL_OUTCOME_UNSPECIFIED: _ClassVar[CancelOutcome]
@@ -42,6 +50,11 @@ class LogSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOG_SOURCE_SYSTEM: _ClassVar[LogSource]
     LOG_SOURCE_WORKER: _ClassVar[LogSource]
     LOG_SOURCE_ENGINE: _ClassVar[LogSource]
+SCHEDULE_OUTCOME_UNSPECIFIED: ScheduleOutcome
+SCHEDULE_OUTCOME_CREATED: ScheduleOutcome
+SCHEDULE_OUTCOME_EXISTING: ScheduleOutcome
+SCHEDULE_OUTCOME_SUPERSEDED_OTHERS: ScheduleOutcome
+SCHEDULE_OUTCOME_THROTTLED: ScheduleOutcome
 CANCEL_OUTCOME_UNSPECIFIED: CancelOutcome
 CANCEL_OUTCOME_CANCELLED: CancelOutcome
 CANCEL_OUTCOME_CANCEL_REQUESTED: CancelOutcome
@@ -184,14 +197,18 @@ class ScheduleTaskRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., task_type: _Optional[_Union[_task_pb2.TaskType, str]] = ..., options: _Optional[_Union[_task_pb2.TaskOptions, _Mapping]] = ..., simple: _Optional[_Union[_task_pb2.SimpleTarget, _Mapping]] = ..., complex: _Optional[_Union[_task_pb2.ComplexTarget, _Mapping]] = ..., integration: _Optional[_Union[_task_pb2.IntegrationTarget, _Mapping]] = ...) -> None: ...
 
 class ScheduleTaskResponse(_message.Message):
-    __slots__ = ("task_id", "existing", "status")
+    __slots__ = ("task_id", "existing", "status", "outcome", "superseded_task_ids")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     EXISTING_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     existing: bool
     status: _task_pb2.TaskStatus
-    def __init__(self, task_id: _Optional[str] = ..., existing: _Optional[bool] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, _Mapping]] = ...) -> None: ...
+    outcome: ScheduleOutcome
+    superseded_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., existing: _Optional[bool] = ..., status: _Optional[_Union[_task_pb2.TaskStatus, _Mapping]] = ..., outcome: _Optional[_Union[ScheduleOutcome, str]] = ..., superseded_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScheduleTasksRequest(_message.Message):
     __slots__ = ("tasks",)
@@ -216,14 +233,18 @@ class ScheduleTasksResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., scheduled: _Optional[_Union[ScheduledTask, _Mapping]] = ..., error: _Optional[_Union[ScheduleTaskError, _Mapping]] = ...) -> None: ...
 
 class ScheduledTask(_message.Message):
-    __slots__ = ("task_id", "existing", "state")
+    __slots__ = ("task_id", "existing", "state", "outcome", "superseded_task_ids")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     EXISTING_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDED_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     existing: bool
     state: _task_pb2.TaskState
-    def __init__(self, task_id: _Optional[str] = ..., existing: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
+    outcome: ScheduleOutcome
+    superseded_task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., existing: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ..., outcome: _Optional[_Union[ScheduleOutcome, str]] = ..., superseded_task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScheduleTaskError(_message.Message):
     __slots__ = ("code", "message", "field", "violations")

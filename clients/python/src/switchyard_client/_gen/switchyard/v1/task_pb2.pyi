@@ -52,6 +52,12 @@ class WaitingReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAITING_REASON_QUEUE_PAUSED: _ClassVar[WaitingReason]
     WAITING_REASON_RATE_LIMITED: _ClassVar[WaitingReason]
 
+class DebounceMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEBOUNCE_MODE_UNSPECIFIED: _ClassVar[DebounceMode]
+    DEBOUNCE_MODE_DEBOUNCE: _ClassVar[DebounceMode]
+    DEBOUNCE_MODE_THROTTLE: _ClassVar[DebounceMode]
+
 class StepState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STEP_STATE_UNSPECIFIED: _ClassVar[StepState]
@@ -91,6 +97,9 @@ WAITING_REASON_ENGINE_UNREACHABLE: WaitingReason
 WAITING_REASON_CONCURRENCY_LIMIT: WaitingReason
 WAITING_REASON_QUEUE_PAUSED: WaitingReason
 WAITING_REASON_RATE_LIMITED: WaitingReason
+DEBOUNCE_MODE_UNSPECIFIED: DebounceMode
+DEBOUNCE_MODE_DEBOUNCE: DebounceMode
+DEBOUNCE_MODE_THROTTLE: DebounceMode
 STEP_STATE_UNSPECIFIED: StepState
 STEP_STATE_PENDING: StepState
 STEP_STATE_RUNNING: StepState
@@ -149,7 +158,7 @@ class CleanupTask(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("priority", "attempts", "backoff", "delay", "execution_timeout", "user_id", "session_id", "immediate", "idempotency_key", "labels", "cleanup", "retention", "concurrency_key")
+    __slots__ = ("priority", "attempts", "backoff", "delay", "execution_timeout", "user_id", "session_id", "immediate", "idempotency_key", "labels", "cleanup", "retention", "concurrency_key", "idempotency_ttl", "debounce")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +179,8 @@ class TaskOptions(_message.Message):
     CLEANUP_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_TTL_FIELD_NUMBER: _ClassVar[int]
+    DEBOUNCE_FIELD_NUMBER: _ClassVar[int]
     priority: int
     attempts: int
     backoff: Backoff
@@ -183,7 +194,19 @@ class TaskOptions(_message.Message):
     cleanup: CleanupTask
     retention: Retention
     concurrency_key: str
-    def __init__(self, priority: _Optional[int] = ..., attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., immediate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., cleanup: _Optional[_Union[CleanupTask, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
+    idempotency_ttl: _duration_pb2.Duration
+    debounce: Debounce
+    def __init__(self, priority: _Optional[int] = ..., attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., execution_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., immediate: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., cleanup: _Optional[_Union[CleanupTask, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ..., concurrency_key: _Optional[str] = ..., idempotency_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debounce: _Optional[_Union[Debounce, _Mapping]] = ...) -> None: ...
+
+class Debounce(_message.Message):
+    __slots__ = ("key", "period", "mode")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    period: _duration_pb2.Duration
+    mode: DebounceMode
+    def __init__(self, key: _Optional[str] = ..., period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., mode: _Optional[_Union[DebounceMode, str]] = ...) -> None: ...
 
 class Retention(_message.Message):
     __slots__ = ("completed", "failed", "cancelled")
@@ -246,7 +269,7 @@ class TaskError(_message.Message):
     def __init__(self, message: _Optional[str] = ..., kind: _Optional[str] = ..., details: _Optional[str] = ..., retryable: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class TaskStatus(_message.Message):
-    __slots__ = ("id", "name", "task_type", "source", "state", "attempt", "max_attempts", "priority", "immediate", "user_id", "session_id", "progress", "progress_message", "result", "last_error", "created_at", "run_at", "started_at", "finished_at", "external_id", "waiting_reason", "cancel_requested", "labels", "worker_id", "idempotency_key", "target", "sequence", "steps", "workflow_version", "parent_id", "run", "hold", "concurrency_key")
+    __slots__ = ("id", "name", "task_type", "source", "state", "attempt", "max_attempts", "priority", "immediate", "user_id", "session_id", "progress", "progress_message", "result", "last_error", "created_at", "run_at", "started_at", "finished_at", "external_id", "waiting_reason", "cancel_requested", "labels", "worker_id", "idempotency_key", "target", "sequence", "steps", "workflow_version", "parent_id", "run", "hold", "concurrency_key", "idempotency_ttl", "debounce")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +310,8 @@ class TaskStatus(_message.Message):
     RUN_FIELD_NUMBER: _ClassVar[int]
     HOLD_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_TTL_FIELD_NUMBER: _ClassVar[int]
+    DEBOUNCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     task_type: TaskType
@@ -320,7 +345,9 @@ class TaskStatus(_message.Message):
     run: int
     hold: Hold
     concurrency_key: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., immediate: _Optional[bool] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., external_id: _Optional[str] = ..., waiting_reason: _Optional[_Union[WaitingReason, str]] = ..., cancel_requested: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., target: _Optional[str] = ..., sequence: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., workflow_version: _Optional[int] = ..., parent_id: _Optional[str] = ..., run: _Optional[int] = ..., hold: _Optional[_Union[Hold, _Mapping]] = ..., concurrency_key: _Optional[str] = ...) -> None: ...
+    idempotency_ttl: _duration_pb2.Duration
+    debounce: Debounce
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., immediate: _Optional[bool] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., progress: _Optional[float] = ..., progress_message: _Optional[str] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., last_error: _Optional[_Union[TaskError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., external_id: _Optional[str] = ..., waiting_reason: _Optional[_Union[WaitingReason, str]] = ..., cancel_requested: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., worker_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., target: _Optional[str] = ..., sequence: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[StepStatus, _Mapping]]] = ..., workflow_version: _Optional[int] = ..., parent_id: _Optional[str] = ..., run: _Optional[int] = ..., hold: _Optional[_Union[Hold, _Mapping]] = ..., concurrency_key: _Optional[str] = ..., idempotency_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., debounce: _Optional[_Union[Debounce, _Mapping]] = ...) -> None: ...
 
 class StepStatus(_message.Message):
     __slots__ = ("id", "kind", "state", "attempt", "output", "error", "started_at", "finished_at", "task_id", "compensation_task_id", "depends_on")

@@ -26,6 +26,30 @@ import {
  * track, cancel and watch tasks.
  */
 
+/** What scheduling a task did. */
+export enum ScheduleOutcome {
+  /** SCHEDULE_OUTCOME_UNSPECIFIED - Not set by this server. */
+  SCHEDULE_OUTCOME_UNSPECIFIED = 0,
+  /** SCHEDULE_OUTCOME_CREATED - A new task was created. */
+  SCHEDULE_OUTCOME_CREATED = 1,
+  /**
+   * SCHEDULE_OUTCOME_EXISTING - The idempotency key matched an existing task within its window; nothing
+   * new was created.
+   */
+  SCHEDULE_OUTCOME_EXISTING = 2,
+  /**
+   * SCHEDULE_OUTCOME_SUPERSEDED_OTHERS - A new task was created, and it superseded the older pending task of its
+   * debounce key (DEBOUNCE mode), which ended CANCELLED.
+   */
+  SCHEDULE_OUTCOME_SUPERSEDED_OTHERS = 3,
+  /**
+   * SCHEDULE_OUTCOME_THROTTLED - The throttle key (THROTTLE mode) has a task within its period; nothing
+   * new was created and the answer names that task.
+   */
+  SCHEDULE_OUTCOME_THROTTLED = 4,
+  UNRECOGNIZED = -1,
+}
+
 /** What a cancel did. */
 export enum CancelOutcome {
   /** CANCEL_OUTCOME_UNSPECIFIED - Not used. */
@@ -245,12 +269,27 @@ export interface ScheduleTaskResponse {
   /** The task id (UUIDv7). */
   taskId: string;
   /**
-   * True when `idempotency_key` matched an existing task, whose id this is;
-   * nothing new was scheduled.
+   * True when `idempotency_key` (or a throttle key, see `outcome`) matched
+   * an existing task, whose id this is; nothing new was scheduled.
    */
   existing: boolean;
   /** The task's status right after scheduling. */
-  status: TaskStatus | undefined;
+  status:
+    | TaskStatus
+    | undefined;
+  /**
+   * What happened: CREATED, EXISTING (the idempotency key matched, within
+   * its window), SUPERSEDED_OTHERS (created, and the older pending task of
+   * its debounce key was cancelled) or THROTTLED (the throttle key's first
+   * task is within its period; `task_id` is that task's).
+   */
+  outcome: ScheduleOutcome;
+  /**
+   * SUPERSEDED_OTHERS: the ids of the tasks this one superseded (they are
+   * CANCELLED, committed before this answer). At most 100 ids; normally
+   * one, as a debounce key has at most one pending task.
+   */
+  supersededTaskIds: string[];
 }
 
 /** Schedules several tasks in one call (see ScheduleTasks). */
@@ -288,9 +327,9 @@ export interface ScheduledTask {
   /** The task id (UUIDv7). */
   taskId: string;
   /**
-   * True when `idempotency_key` matched an existing task (stored before, or
-   * an earlier item of the same call), whose id this is; nothing new was
-   * scheduled for this item.
+   * True when `idempotency_key` (or a throttle key) matched an existing
+   * task (stored before, or an earlier item of the same call), whose id
+   * this is; nothing new was scheduled for this item.
    */
   existing: boolean;
   /**
@@ -298,6 +337,17 @@ export interface ScheduledTask {
    * state now).
    */
   state: TaskState;
+  /**
+   * What happened, as ScheduleTaskResponse.outcome. Items of one call are
+   * taken in order: a later item of a debounce key supersedes an earlier
+   * one of the same call.
+   */
+  outcome: ScheduleOutcome;
+  /**
+   * SUPERSEDED_OTHERS: the ids of the tasks this item superseded, at most
+   * 100.
+   */
+  supersededTaskIds: string[];
 }
 
 /**

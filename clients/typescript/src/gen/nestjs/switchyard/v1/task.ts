@@ -132,6 +132,33 @@ export enum WaitingReason {
   UNRECOGNIZED = -1,
 }
 
+/** What a debounce key does with the tasks scheduled under it. */
+export enum DebounceMode {
+  /** DEBOUNCE_MODE_UNSPECIFIED - Unset: DEBOUNCE. */
+  DEBOUNCE_MODE_UNSPECIFIED = 0,
+  /**
+   * DEBOUNCE_MODE_DEBOUNCE - The newest task wins. The task waits the quiet period (`period`, or its
+   * `delay` if longer) before it may start; each newer task of the key
+   * scheduled meanwhile supersedes it: the older task, if still PENDING and
+   * never started, ends CANCELLED with `last_error.kind = "superseded"`
+   * (its message names the newer task). So of a burst of tasks closer
+   * together than the period, only the last runs, a period after it was
+   * scheduled. A task already started (or retrying, or run again by
+   * RetryTask) is never superseded. The wait is held in Switchyard on every
+   * engine: a task routed to BullMQ or Temporal is handed over only after it.
+   */
+  DEBOUNCE_MODE_DEBOUNCE = 1,
+  /**
+   * DEBOUNCE_MODE_THROTTLE - The first task wins: for `period` after it was scheduled, scheduling
+   * another task of the key creates nothing and answers with the first
+   * task's id (outcome THROTTLED, `existing = true`), whatever the first
+   * task's state. After the period, the next task of the key is created and
+   * opens a new period. The first task runs at once (after its `delay`).
+   */
+  DEBOUNCE_MODE_THROTTLE = 2,
+  UNRECOGNIZED = -1,
+}
+
 /** Where a workflow step is. */
 export enum StepState {
   /** STEP_STATE_UNSPECIFIED - Not started: its dependencies have not completed. */
@@ -293,8 +320,10 @@ export interface TaskOptions {
   immediate: boolean;
   /**
    * Scheduling twice with the same key returns the first task (and
-   * `existing = true`) instead of creating another. At most 256 bytes. Keys
-   * are kept as long as the task is kept.
+   * `existing = true`, outcome EXISTING) instead of creating another. At
+   * most 256 bytes; it may not start with the character U+0001 (reserved
+   * for THROTTLE keys). Keys are kept as long as the task is kept, or for
+   * `idempotency_ttl`. Not with `debounce`.
    */
   idempotencyKey: string;
   /**
@@ -327,11 +356,51 @@ export interface TaskOptions {
    * task is queued as before). At most 256 bytes.
    */
   concurrencyKey: string;
+  /**
+   * The deduplication window of `idempotency_key`: the key matches this
+   * task only for this long after it was scheduled; after it, scheduling
+   * with the same key creates a new task (this one keeps its history, and
+   * its status still shows the key). Unset: as long as the task is kept.
+   * More than zero and at most 365 days; requires `idempotency_key`.
+   * BullMQ's `deduplication: { id, ttl }` maps onto the key and this.
+   */
+  idempotencyTtl:
+    | Duration
+    | undefined;
+  /**
+   * A debounce or throttle key: see Debounce. Works for every task type and
+   * engine: it is applied in Switchyard before any engine sees the task.
+   * Not with `idempotency_key`.
+   */
+  debounce: Debounce | undefined;
 }
 
 export interface TaskOptions_LabelsEntry {
   key: string;
   value: string;
+}
+
+/**
+ * A debounce or throttle key (`TaskOptions.debounce`). Keys are global
+ * (not per task name) and committed before the answer, so they hold across
+ * a restart: a task waiting its quiet period still starts once it has
+ * passed, and a throttle period still refuses.
+ */
+export interface Debounce {
+  /**
+   * The key: typically what the burst is about (a document, a user, a
+   * search box). 1 to 256 bytes. Required.
+   */
+  key: string;
+  /**
+   * The quiet period (DEBOUNCE) or the throttle period (THROTTLE). More than
+   * zero and at most 30 days. Required.
+   */
+  period:
+    | Duration
+    | undefined;
+  /** DEBOUNCE (the default) or THROTTLE. */
+  mode: DebounceMode;
 }
 
 /**
@@ -500,7 +569,9 @@ export interface TaskError {
    * (`invalid_target`, `ssrf_refused`, `auth_refused`, `host_busy`,
    * `connect_error`, `no_response`, `response_interrupted`,
    * `response_too_large`, `redirect_error`, `webhook_not_registered`,
-   * `rate_limited`, `server_error`, `client_error`, `payload_missing`).
+   * `rate_limited`, `server_error`, `client_error`, `payload_missing`), and the
+   * core's `superseded` (a CANCELLED task of a debounce key that a newer task
+   * of the key replaced).
    * Those words are stable. At most 128 bytes.
    */
   kind: string;
@@ -619,6 +690,15 @@ export interface TaskStatus {
     | undefined;
   /** The concurrency key, as scheduled. */
   concurrencyKey: string;
+  /**
+   * The idempotency key's window (`TaskOptions.idempotency_ttl`), as
+   * scheduled; unset when the key is kept as long as the task.
+   */
+  idempotencyTtl:
+    | Duration
+    | undefined;
+  /** The debounce or throttle key (`TaskOptions.debounce`), as scheduled. */
+  debounce: Debounce | undefined;
 }
 
 export interface TaskStatus_LabelsEntry {
