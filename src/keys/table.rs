@@ -172,7 +172,11 @@ const GRPC: &[(&str, Need, Scoping)] = &[
         Global,
     ),
     ("/switchyard.v1.FlowService/SetRateLimit", Configure, Global),
-    ("/switchyard.v1.FlowService/DeleteRateLimit", Configure, Global),
+    (
+        "/switchyard.v1.FlowService/DeleteRateLimit",
+        Configure,
+        Global,
+    ),
     ("/switchyard.v1.FlowService/ListFlowRules", Read, Global),
     ("/switchyard.v1.FlowService/PauseQueue", Operate, Global),
     ("/switchyard.v1.FlowService/ResumeQueue", Operate, Global),
