@@ -153,66 +153,22 @@ impl FlowControl {
     pub async fn set_policy(&self, pattern: &str, limit: i64) -> Result<bool, CoreError> {
         flow::check_pattern(pattern).map_err(|e| CoreError::field("policy.pattern", e))?;
         let limit = flow::check_limit(limit).map_err(|e| CoreError::field("policy.limit", e))?;
-        let mut rows = self.inner.rows.lock().await;
-        if self.inner.config.policy(pattern).is_some() {
-            return Err(CoreError::FailedPrecondition(format!(
-                "policy.pattern: the policy {} comes from the configuration file \
-                 ([[flow.concurrency]]); change it there",
-                crate::domain::text::quote(pattern)
-            )));
-        }
-        let at = rows
-            .iter()
-            .position(|r| r.kind == KIND_CONCURRENCY && r.name == pattern);
-        let count = rows.iter().filter(|r| r.kind == KIND_CONCURRENCY).count()
-            + self.inner.config.policies.len();
-        if at.is_none() && count >= flow::MAX_POLICIES {
-            return Err(CoreError::ResourceExhausted(format!(
-                "this server holds {} concurrency policies, the most it takes",
-                flow::MAX_POLICIES
-            )));
-        }
-        let row = FlowRow {
-            kind: KIND_CONCURRENCY.into(),
-            name: pattern.to_string(),
-            value: limit.to_string(),
-            seq: at.map_or_else(|| Self::next_seq(&rows), |i| rows[i].seq),
-        };
-        self.inner.db.put(row.clone()).await?;
-        match at {
-            Some(i) => rows[i] = row,
-            None => rows.push(row),
-        }
-        self.apply(&rows);
-        Ok(at.is_some())
+        let in_config = self.inner.config.policy(pattern).is_some();
+        let value = limit.to_string();
+        self.put_pattern_rule(
+            &POLICY,
+            pattern,
+            in_config,
+            self.inner.config.policies.len(),
+            value,
+        )
+        .await
     }
 
     /// Deletes a policy set at run time.
     pub async fn delete_policy(&self, pattern: &str) -> Result<(), CoreError> {
-        let mut rows = self.inner.rows.lock().await;
-        let Some(at) = rows
-            .iter()
-            .position(|r| r.kind == KIND_CONCURRENCY && r.name == pattern)
-        else {
-            if self.inner.config.policy(pattern).is_some() {
-                return Err(CoreError::FailedPrecondition(format!(
-                    "pattern: the policy {} comes from the configuration file \
-                     ([[flow.concurrency]]); change it there",
-                    crate::domain::text::quote(pattern)
-                )));
-            }
-            return Err(CoreError::field(
-                "pattern",
-                format!(
-                    "no concurrency policy {} was set at run time",
-                    crate::domain::text::quote(pattern)
-                ),
-            ));
-        };
-        self.inner.db.delete(KIND_CONCURRENCY, pattern).await?;
-        rows.remove(at);
-        self.apply(&rows);
-        Ok(())
+        let in_config = self.inner.config.policy(pattern).is_some();
+        self.delete_pattern_rule(&POLICY, pattern, in_config).await
     }
 
     /// The tokens left per rate limit (pattern, tokens).
@@ -236,35 +192,61 @@ impl FlowControl {
             .map_err(|e| CoreError::field("rate_limit.interval", e))?;
         let burst =
             flow::check_burst(burst).map_err(|e| CoreError::field("rate_limit.burst", e))?;
-        let mut rows = self.inner.rows.lock().await;
-        if self.inner.config.rate_limit(pattern).is_some() {
-            return Err(CoreError::FailedPrecondition(format!(
-                "rate_limit.pattern: the rate limit {} comes from the configuration file \
-                 ([[flow.rate_limit]]); change it there",
-                crate::domain::text::quote(pattern)
-            )));
-        }
-        let at = rows
-            .iter()
-            .position(|r| r.kind == KIND_RATE && r.name == pattern);
-        let count = rows.iter().filter(|r| r.kind == KIND_RATE).count()
-            + self.inner.config.rate_limits.len();
-        if at.is_none() && count >= flow::MAX_RATE_LIMITS {
-            return Err(CoreError::ResourceExhausted(format!(
-                "this server holds {} rate limits, the most it takes",
-                flow::MAX_RATE_LIMITS
-            )));
-        }
         let value = serde_json::json!({
             "rate": rate,
             "interval_us": interval.as_micros().min(u128::from(u64::MAX)) as u64,
             "burst": burst,
             "per_key": per_key,
         });
+        let in_config = self.inner.config.rate_limit(pattern).is_some();
+        let in_file = self.inner.config.rate_limits.len();
+        self.put_pattern_rule(&RATE, pattern, in_config, in_file, value.to_string())
+            .await
+    }
+
+    /// Deletes a rate limit set at run time.
+    pub async fn delete_rate_limit(&self, pattern: &str) -> Result<(), CoreError> {
+        let in_config = self.inner.config.rate_limit(pattern).is_some();
+        self.delete_pattern_rule(&RATE, pattern, in_config).await
+    }
+
+    /// Adds or replaces the run-time rule of kind `k` with `pattern`
+    /// (stored first, then applied); returns whether one was replaced. A
+    /// rule of the configuration file is not changed here, and a new rule
+    /// past the kind's bound is refused.
+    async fn put_pattern_rule(
+        &self,
+        k: &PatternKind,
+        pattern: &str,
+        in_config: bool,
+        in_file: usize,
+        value: String,
+    ) -> Result<bool, CoreError> {
+        let mut rows = self.inner.rows.lock().await;
+        if in_config {
+            return Err(CoreError::FailedPrecondition(format!(
+                "{}.pattern: the {} {} comes from the configuration file \
+                 ({}); change it there",
+                k.field,
+                k.short,
+                crate::domain::text::quote(pattern),
+                k.section
+            )));
+        }
+        let at = rows
+            .iter()
+            .position(|r| r.kind == k.kind && r.name == pattern);
+        let count = rows.iter().filter(|r| r.kind == k.kind).count() + in_file;
+        if at.is_none() && count >= k.max {
+            return Err(CoreError::ResourceExhausted(format!(
+                "this server holds {} {}, the most it takes",
+                k.max, k.plural
+            )));
+        }
         let row = FlowRow {
-            kind: KIND_RATE.into(),
+            kind: k.kind.into(),
             name: pattern.to_string(),
-            value: value.to_string(),
+            value,
             seq: at.map_or_else(|| Self::next_seq(&rows), |i| rows[i].seq),
         };
         self.inner.db.put(row.clone()).await?;
@@ -276,29 +258,37 @@ impl FlowControl {
         Ok(at.is_some())
     }
 
-    /// Deletes a rate limit set at run time.
-    pub async fn delete_rate_limit(&self, pattern: &str) -> Result<(), CoreError> {
+    /// Deletes the run-time rule of kind `k` with `pattern`.
+    async fn delete_pattern_rule(
+        &self,
+        k: &PatternKind,
+        pattern: &str,
+        in_config: bool,
+    ) -> Result<(), CoreError> {
         let mut rows = self.inner.rows.lock().await;
         let Some(at) = rows
             .iter()
-            .position(|r| r.kind == KIND_RATE && r.name == pattern)
+            .position(|r| r.kind == k.kind && r.name == pattern)
         else {
-            if self.inner.config.rate_limit(pattern).is_some() {
+            if in_config {
                 return Err(CoreError::FailedPrecondition(format!(
-                    "pattern: the rate limit {} comes from the configuration file \
-                     ([[flow.rate_limit]]); change it there",
-                    crate::domain::text::quote(pattern)
+                    "pattern: the {} {} comes from the configuration file \
+                     ({}); change it there",
+                    k.short,
+                    crate::domain::text::quote(pattern),
+                    k.section
                 )));
             }
             return Err(CoreError::field(
                 "pattern",
                 format!(
-                    "no rate limit {} was set at run time",
+                    "no {} {} was set at run time",
+                    k.long,
                     crate::domain::text::quote(pattern)
                 ),
             ));
         };
-        self.inner.db.delete(KIND_RATE, pattern).await?;
+        self.inner.db.delete(k.kind, pattern).await?;
         rows.remove(at);
         self.apply(&rows);
         Ok(())
@@ -347,3 +337,40 @@ impl FlowControl {
         Ok(true)
     }
 }
+
+/// A kind of flow rule set at run time by pattern: how its rows are kept
+/// and how its errors name it.
+struct PatternKind {
+    /// The rows' `kind`.
+    kind: &'static str,
+    /// The request's field (`policy`, `rate_limit`).
+    field: &'static str,
+    /// The rule, briefly and in full, and the plural.
+    short: &'static str,
+    long: &'static str,
+    plural: &'static str,
+    /// Its section of the configuration file.
+    section: &'static str,
+    /// The most a server holds (configuration and run time).
+    max: usize,
+}
+
+const POLICY: PatternKind = PatternKind {
+    kind: KIND_CONCURRENCY,
+    field: "policy",
+    short: "policy",
+    long: "concurrency policy",
+    plural: "concurrency policies",
+    section: "[[flow.concurrency]]",
+    max: flow::MAX_POLICIES,
+};
+
+const RATE: PatternKind = PatternKind {
+    kind: KIND_RATE,
+    field: "rate_limit",
+    short: "rate limit",
+    long: "rate limit",
+    plural: "rate limits",
+    section: "[[flow.rate_limit]]",
+    max: flow::MAX_RATE_LIMITS,
+};
