@@ -477,6 +477,16 @@ impl Keys {
         who: &Principal,
         new: NewKey,
     ) -> Result<(KeyRecord, String), CoreError> {
+        if matches!(who, Principal::Open) && new.role != Role::Admin {
+            // The first key closes an open server: were it not an admin,
+            // nobody could manage keys afterwards.
+            return Err(CoreError::FailedPrecondition(
+                "role: this server has no token and no key yet, so its first key must be \
+                 an admin key (or set auth.tokens first): a first key of another role \
+                 would leave nobody able to create or revoke keys"
+                    .into(),
+            ));
+        }
         let secret = format!(
             "sy_{}",
             base64::Engine::encode(

@@ -920,6 +920,25 @@ async fn an_open_server_closes_with_its_first_key() {
     let server = TestServer::start().await;
     let mut c = server.client().await;
     c.get_metrics(pb::GetMetricsRequest {}).await.expect("open");
+    // Its first key must be an admin's: another role would lock every
+    // caller out of key management. Refused, and the server stays open.
+    let err = keys_client(&server)
+        .await
+        .create_key(pb::CreateKeyRequest {
+            role: pb::KeyRole::Reader as i32,
+            user_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("first key must be an admin key"),
+        "{err:?}"
+    );
+    c.get_metrics(pb::GetMetricsRequest {})
+        .await
+        .expect("still open after the refusal");
     let r = keys_client(&server)
         .await
         .create_key(pb::CreateKeyRequest {

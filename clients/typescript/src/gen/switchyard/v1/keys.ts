@@ -1296,7 +1296,11 @@ export const ListAuditEventsResponse: MessageFns<ListAuditEventsResponse> = {
  */
 export type KeysServiceService = typeof KeysServiceService;
 export const KeysServiceService = {
-  /** Creates a key and answers its secret, once. */
+  /**
+   * Creates a key and answers its secret, once. On an open server (no
+   * static token and no key yet) the first key closes the server, so it
+   * must be an ADMIN key: another role is FAILED_PRECONDITION.
+   */
   createKey: {
     path: "/switchyard.v1.KeysService/CreateKey" as const,
     requestStream: false as const,
@@ -1348,7 +1352,11 @@ export const KeysServiceService = {
 } as const;
 
 export interface KeysServiceServer extends UntypedServiceImplementation {
-  /** Creates a key and answers its secret, once. */
+  /**
+   * Creates a key and answers its secret, once. On an open server (no
+   * static token and no key yet) the first key closes the server, so it
+   * must be an ADMIN key: another role is FAILED_PRECONDITION.
+   */
   createKey: handleUnaryCall<CreateKeyRequest, CreateKeyResponse>;
   /** Every key, newest first, revoked ones included (without secrets). */
   listKeys: handleUnaryCall<ListKeysRequest, ListKeysResponse>;
@@ -1366,7 +1374,11 @@ export interface KeysServiceServer extends UntypedServiceImplementation {
 }
 
 export interface KeysServiceClient extends Client {
-  /** Creates a key and answers its secret, once. */
+  /**
+   * Creates a key and answers its secret, once. On an open server (no
+   * static token and no key yet) the first key closes the server, so it
+   * must be an ADMIN key: another role is FAILED_PRECONDITION.
+   */
   createKey(
     request: CreateKeyRequest,
     callback: (error: ServiceError | null, response: CreateKeyResponse) => void,

@@ -119,7 +119,9 @@ class KeysServiceServicer:
     """
 
     def CreateKey(self, request, context):
-        """Creates a key and answers its secret, once.
+        """Creates a key and answers its secret, once. On an open server (no
+        static token and no key yet) the first key closes the server, so it
+        must be an ADMIN key: another role is FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -206,7 +206,11 @@ wrappers[".google.protobuf.Timestamp"] = {
  */
 
 export interface KeysServiceClient {
-  /** Creates a key and answers its secret, once. */
+  /**
+   * Creates a key and answers its secret, once. On an open server (no
+   * static token and no key yet) the first key closes the server, so it
+   * must be an ADMIN key: another role is FAILED_PRECONDITION.
+   */
 
   createKey(request: CreateKeyRequest): Observable<CreateKeyResponse>;
 
@@ -263,7 +267,11 @@ export interface KeysServiceClient {
  */
 
 export interface KeysServiceController {
-  /** Creates a key and answers its secret, once. */
+  /**
+   * Creates a key and answers its secret, once. On an open server (no
+   * static token and no key yet) the first key closes the server, so it
+   * must be an ADMIN key: another role is FAILED_PRECONDITION.
+   */
 
   createKey(request: CreateKeyRequest): Promise<CreateKeyResponse> | Observable<CreateKeyResponse> | CreateKeyResponse;
 
