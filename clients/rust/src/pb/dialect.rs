@@ -338,22 +338,31 @@ fn item_schema(field: &FieldDescriptor, todo: &mut Vec<MessageDescriptor>, nulla
     };
     match field.kind() {
         Kind::Double | Kind::Float => json!({"type": ["number", "null"]}),
+        // An `optional` scalar the message leaves unset is written as null.
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            json!({"type": "integer", "format": "int32"})
+            or_null(json!({"type": "integer", "format": "int32"}))
         }
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": "integer", "format": "int64"})
+            or_null(json!({"type": "integer", "format": "int64"}))
         }
         Kind::Uint32 | Kind::Fixed32 => {
-            json!({"type": "integer", "format": "int32", "minimum": 0})
+            or_null(json!({"type": "integer", "format": "int32", "minimum": 0}))
         }
         Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": "integer", "format": "int64", "minimum": 0})
+            or_null(json!({"type": "integer", "format": "int64", "minimum": 0}))
         }
-        Kind::Bool => json!({"type": "boolean"}),
-        Kind::String => json!({"type": "string"}),
-        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
-        Kind::Enum(e) => json!({"type": "string", "enum": enum_words(&e)}),
+        Kind::Bool => or_null(json!({"type": "boolean"})),
+        Kind::String => or_null(json!({"type": "string"})),
+        Kind::Bytes => or_null(json!({"type": "string", "contentEncoding": "base64"})),
+        Kind::Enum(e) => {
+            let words = json!({"type": "string", "enum": enum_words(&e)});
+            // `enum` lists the words only: null is another branch.
+            if nullable {
+                json!({"anyOf": [words, {"type": "null"}]})
+            } else {
+                words
+            }
+        }
         Kind::Message(m) => match m.full_name() {
             TIMESTAMP => or_null(json!({"type": "string", "format": "date-time"})),
             DURATION => json!({"type": ["number", "null"], "description": "milliseconds"}),
