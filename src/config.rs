@@ -271,9 +271,10 @@ pub struct RetentionConfig {
     /// How often the sweeper looks for tasks to remove.
     #[serde(with = "humantime_serde")]
     pub sweep_every: Duration,
-    /// Tasks removed per write. The store's writer takes one removing
-    /// write per group commit, so a small one never makes a commit long;
-    /// a sweep queues up to eight at once.
+    /// Tasks removed per write. The store's writer adds removals to each
+    /// group commit in slices (at most as many tasks as the commit's
+    /// other writes, at least 32), after the writes that came, so they
+    /// never make a commit long; a sweep queues up to 25 writes at once.
     pub batch: usize,
     /// Rules for the tasks whose name (or queue) matches a pattern; the
     /// first match wins, field by field, over the settings above.
@@ -321,7 +322,7 @@ impl Default for RetentionConfig {
             max_failed: None,
             max_cancelled: None,
             sweep_every: Duration::from_secs(1),
-            batch: 100,
+            batch: 32,
             rules: Vec::new(),
         }
     }

@@ -146,7 +146,7 @@ impl Default for CoreConfig {
             metrics_sink: None,
             retention: Default::default(),
             sweep_every: Duration::from_secs(1),
-            sweep_batch: 100,
+            sweep_batch: 32,
         }
     }
 }

@@ -16,8 +16,9 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::store::{Ended, WriteOp};
 
-/// Removing writes a sweep queues at once (each of `sweep_batch` tasks).
-const IN_FLIGHT: usize = 8;
+/// Removing writes a sweep queues at once (each of `sweep_batch` tasks):
+/// the writer takes them a slice per commit ([`crate::store::batch`]).
+const IN_FLIGHT: usize = 25;
 
 /// Told, once their removal is durable, of the removed tasks an engine ran
 /// (so it can drop what it keeps of them: BullMQ's job). Must not block.
@@ -109,9 +110,10 @@ impl Core {
     }
 
     /// Removes the listed tasks durably, `sweep_batch` per write, all the
-    /// writes queued at once: the store's writer takes one removing write
-    /// per commit ([`crate::store::GroupCost`]), so they ride on
-    /// consecutive commits and none of them makes a commit long. Each
+    /// writes queued at once: the store's writer sets them aside and adds
+    /// a slice of them to each commit, after the writes that came
+    /// ([`crate::store::batch`]), so none of them makes a commit long or
+    /// makes a write wait behind it. Each
     /// chunk, once durable, leaves the counts; a chunk that fails stays
     /// (the next sweep lists it again) and the sweep reports the failure.
     async fn remove(&self, mut rows: Vec<Ended>) -> Result<usize, CoreError> {

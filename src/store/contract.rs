@@ -77,8 +77,12 @@ macro_rules! store_contract {
                 crate::store::contract::ended_tasks_are_removed_when_due(&$make).await
             }
             #[tokio::test]
-            async fn removing_writes_ride_on_one_commit_each() {
-                crate::store::contract::removals_ride_one_per_commit(&$make).await
+            async fn removing_writes_ride_on_commits_in_slices() {
+                crate::store::contract::removals_ride_in_slices(&$make).await
+            }
+            #[tokio::test]
+            async fn a_removal_spares_a_task_run_again() {
+                crate::store::contract::a_removal_spares_a_task_run_again(&$make).await
             }
             #[tokio::test]
             async fn an_ended_task_run_again_leaves_the_ended_set() {
@@ -846,26 +850,38 @@ pub(crate) async fn a_rerun_leaves_the_ended_set(h: &dyn Harness) {
     h.close(o).await;
 }
 
-/// Removing writes queued together ride on consecutive commits, one each
-/// ([`super::GroupCost`]): a sweep's removals never pile into one commit
+/// Removing writes queued together ride on consecutive commits, a slice
+/// each ([`super::batch`]): a sweep's removals never pile into one commit
 /// that would hold the writes behind it.
-pub(crate) async fn removals_ride_one_per_commit(h: &dyn Harness) {
+pub(crate) async fn removals_ride_in_slices(h: &dyn Harness) {
     let o = h.open(Duration::from_millis(300)).await;
     let s = &*o.store;
+    let per = super::batch::REMOVE_SLICE / 2 + 1;
     let mut ids = Vec::new();
-    for _ in 0..6 {
-        let t = task(None);
-        insert(s, &t).await;
+    let mut ops = Vec::new();
+    for _ in 0..3 * per {
+        let mut t = task(None);
+        t.rt.state = TaskState::Completed;
+        t.rt.finished_at = Some(now_micros());
         ids.push(t.id);
+        ops.push(WriteOp::Insert {
+            task: t,
+            payload: Payload::Json(Arc::from("{}")),
+            log: vec![LogEntry::system(ids[ids.len() - 1], 0, "ended")],
+            event: None,
+        });
     }
+    let (tx, rx) = oneshot::channel();
+    s.submit(ops, Some(tx));
+    rx.await.unwrap().unwrap();
     let before = (o.commits)();
-    // A lazy write first: the writer waits for company (up to 300 ms), so
-    // the three removals are all queued while it gathers its batch.
+    // A lazy write first: the writer waits for company (up to 300 ms), and
+    // the removals queue meanwhile.
     s.submit_lazy(vec![WriteOp::Log(vec![LogEntry::system(
         ids[0], 1, "lazy",
     )])]);
     let waits: Vec<_> = ids
-        .chunks(2)
+        .chunks(per)
         .map(|c| {
             let (tx, rx) = oneshot::channel();
             s.submit(vec![WriteOp::Remove(c.to_vec())], Some(tx));
@@ -875,11 +891,48 @@ pub(crate) async fn removals_ride_one_per_commit(h: &dyn Harness) {
     for w in waits {
         w.await.unwrap().unwrap();
     }
+    // Two removals of more than half a slice never share a commit.
     let commits = (o.commits)() - before;
     assert!(commits >= 3, "three removing writes in {commits} commit(s)");
     for id in ids {
         assert!(s.get(id).await.unwrap().is_none());
     }
+    h.close(o).await;
+}
+
+/// A removal takes only a row that is still ended: a write queued after
+/// it (a retry that runs the task again) may commit first, and then the
+/// task stays, with its log.
+pub(crate) async fn a_removal_spares_a_task_run_again(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let t = task(None);
+    insert(s, &t).await;
+    let mut ended = t.clone();
+    ended.rt.state = TaskState::Failed;
+    ended.rt.finished_at = Some(now_micros());
+    let base = s.max_seq().await.unwrap();
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![change(&ended, TaskState::Failed, base + 1, "failed")],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    // Run again, and the removal listed before it, in one group: the
+    // update comes first.
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![
+            change(&t, TaskState::Pending, base + 2, "retried"),
+            WriteOp::Remove(vec![t.id]),
+        ],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    let (back, _) = s.get(t.id).await.unwrap().expect("the task stays");
+    assert_eq!(back.rt.state, TaskState::Pending);
+    let logs = s.logs(t.id, 0, 100).await.unwrap();
+    assert!(logs.iter().any(|l| l.message == "retried"), "{logs:?}");
     h.close(o).await;
 }
 

@@ -7,6 +7,7 @@
 //! [`postgres::PgStore`] implements the same trait for several replicas over
 //! one PostgreSQL database.
 
+pub(crate) mod batch;
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod postgres;
@@ -139,48 +140,6 @@ pub enum WriteOp {
         /// Why it cannot be read.
         reason: String,
     },
-}
-
-/// What a queued group costs the batch (group commit) it joins.
-///
-/// A removal weighs as many operations as it removes tasks, and a batch
-/// carries at most one removing group: the group that would be the
-/// second one starts the next batch instead. Retention's removals thus
-/// ride on commits a chunk at a time and never make one commit much
-/// longer than a batch of ordinary writes would (both writers follow
-/// this, so a store's commits stay short under a sweep).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GroupCost {
-    /// Operations it counts for against the batch's `max_batch`.
-    pub weight: usize,
-    /// Whether it removes tasks.
-    pub removes: bool,
-}
-
-impl GroupCost {
-    /// The cost of a group of these operations.
-    pub fn of(ops: &[WriteOp]) -> GroupCost {
-        let mut cost = GroupCost {
-            weight: 0,
-            removes: false,
-        };
-        for op in ops {
-            cost.weight += match op {
-                WriteOp::Remove(ids) => {
-                    cost.removes = true;
-                    ids.len().max(1)
-                }
-                _ => 1,
-            };
-        }
-        cost
-    }
-
-    /// Whether a group of this cost must wait for the next batch, the
-    /// batch so far having `removing` set when one of its groups removes.
-    pub fn waits(self, removing: bool) -> bool {
-        self.removes && removing
-    }
 }
 
 /// What one write did.

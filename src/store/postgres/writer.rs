@@ -29,7 +29,8 @@ use uuid::Uuid;
 use super::{Fence, Group, Shared};
 use crate::domain::retention::RetentionPolicy;
 use crate::domain::{now_micros, Payload, Task, TaskEvent};
-use crate::store::{GroupCost, StoreError, WriteOp, WriteOutcome};
+use crate::store::batch::{Batch, BatchFormer, Queued};
+use crate::store::{StoreError, WriteOp, WriteOutcome};
 
 /// How the writer batches.
 pub(super) struct Limits {
@@ -124,9 +125,10 @@ l AS (
        OR (SELECT true FROM tasks t WHERE t.id = u.task_id)
     ORDER BY u.ord),
 d AS (
-    DELETE FROM tasks WHERE id = ANY($32::uuid[])),
+    DELETE FROM tasks WHERE id = ANY($32::uuid[]) AND state IN (3, 4, 5, 7)
+    RETURNING id),
 dl AS (
-    DELETE FROM task_logs WHERE task_id = ANY($32::uuid[]))
+    DELETE FROM task_logs WHERE task_id IN (SELECT id FROM d))
 SELECT (SELECT array_agg(id) FROM i), (SELECT array_agg(id) FROM w), (SELECT count(*) FROM f)";
 
 /// The writer's prepared statements, per connection.
@@ -336,7 +338,15 @@ impl<'a> Plan<'a> {
                     self.add_logs(log);
                 }
                 (WriteOp::Log(lines), _) => self.add_logs(lines),
-                (WriteOp::Remove(ids), _) => self.removed.extend(ids.iter().copied()),
+                // A task this batch writes (run again after it ended) is
+                // not removed: its removal queued earlier but rides after
+                // the ordinary writes ([`crate::store::batch`]), and one
+                // statement must not both update and delete a row.
+                (WriteOp::Remove(ids), _) => {
+                    let upd_at = &self.upd_at;
+                    self.removed
+                        .extend(ids.iter().copied().filter(|id| !upd_at.contains_key(id)))
+                }
                 (WriteOp::ReleaseKey { id, key }, _) => {
                     self.rel_id.push(*id);
                     self.rel_key.push(key);
@@ -684,6 +694,16 @@ async fn commit_groups(
     (results, events)
 }
 
+impl Queued for Group {
+    fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+    fn lazy(&self) -> bool {
+        self.lazy
+    }
+}
+
+/// The writer: forms batches ([`crate::store::batch`]) and commits them.
 pub(super) async fn run(
     client: Client,
     cfg: tokio_postgres::Config,
@@ -699,26 +719,22 @@ pub(super) async fn run(
         }
     };
     let mut conn = Conn { cfg, live: stmts };
-    // A removing group that found its batch removing already: it starts
-    // the next one ([`GroupCost`]).
-    let mut held: Option<Group> = None;
+    let mut former = BatchFormer::new();
     loop {
-        let first = match held.take() {
-            Some(g) => g,
-            None => match rx.recv().await {
-                Some(g) => g,
+        // Wait for a write, unless removals wait for a commit already.
+        if !former.removals_waiting() {
+            match rx.recv().await {
+                Some(g) => former.push(g),
                 None => break,
-            },
-        };
-        let cost = GroupCost::of(&first.ops);
-        let (mut n, mut removing) = (cost.weight, cost.removes);
-        let mut groups = vec![first];
-        let mut lazy_only = groups[0].lazy;
+            }
+        }
+        // Everything queued now joins (removals aside); only lazy writes
+        // so far: wait (a little) for one that needs a commit.
         let lazy_until = tokio::time::Instant::now() + limits.lazy_within;
-        while n < limits.max_batch {
+        while !former.full(limits.max_batch) {
             let next = match rx.try_recv() {
                 Ok(g) => Some(g),
-                Err(mpsc::error::TryRecvError::Empty) if lazy_only => {
+                Err(mpsc::error::TryRecvError::Empty) if former.lazy_only() => {
                     tokio::time::timeout_at(lazy_until, rx.recv())
                         .await
                         .ok()
@@ -727,19 +743,15 @@ pub(super) async fn run(
                 Err(_) => None,
             };
             match next {
-                Some(g) => {
-                    let cost = GroupCost::of(&g.ops);
-                    if cost.waits(removing) {
-                        held = Some(g);
-                        break;
-                    }
-                    n += cost.weight;
-                    removing |= cost.removes;
-                    lazy_only &= g.lazy;
-                    groups.push(g);
-                }
+                Some(g) => former.push(g),
                 None => break,
             }
+        }
+        let Batch {
+            groups, weight: n, ..
+        } = former.take();
+        if groups.is_empty() {
+            continue;
         }
         if let Some(term) = *shared.fenced.borrow() {
             for g in groups {

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    page_sql, CommitListener, Completion, Counts, Ended, GroupCost, ListQuery, Store, StoreError,
-    WriteOp, WriteOutcome, LAZY_COMMIT_WITHIN,
+    page_sql, CommitListener, Completion, Counts, Ended, ListQuery, Store, StoreError, WriteOp,
+    WriteOutcome, LAZY_COMMIT_WITHIN,
 };
 use crate::domain::retention::RetentionPolicy;
 use crate::domain::{

@@ -1,10 +1,12 @@
 //! The writer thread: drains the queued groups, applies each under a
 //! savepoint, commits them in one transaction (group commit) and publishes
 //! their events once durable; a task written several times in one batch
-//! has its row written once (coalescing). A batch the disk cannot take
-//! (full) is kept and tried again until it commits (`disk`).
+//! has its row written once (coalescing). Retention's removals ride on
+//! the commits in slices ([`crate::store::batch`]). A batch the disk
+//! cannot take (full) is kept and tried again until it commits (`disk`).
 
 use super::*;
+use crate::store::batch::{Batch, BatchFormer, Queued};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
 /// How the writer batches.
@@ -15,6 +17,15 @@ pub(super) struct Limits {
     pub(super) lazy_within: Duration,
     /// When ended rows may be removed (their `purge_at`).
     pub(super) retention: Arc<RetentionPolicy>,
+}
+
+impl Queued for Group {
+    fn ops(&self) -> &[WriteOp] {
+        &self.ops
+    }
+    fn lazy(&self) -> bool {
+        self.lazy
+    }
 }
 
 pub(super) fn writer_loop(
@@ -33,61 +44,56 @@ pub(super) fn writer_loop(
     } = limits;
     // Free pages to give back to the file system (after removals).
     let mut reclaim = false;
-    // A removing group that found its batch removing already: it starts
-    // the next one ([`GroupCost`]).
-    let mut held: Option<Group> = None;
+    let mut former = BatchFormer::new();
     loop {
-        let first = if let Some(g) = held.take() {
-            g
-        } else if reclaim {
-            match rx.recv_timeout(RECLAIM_EVERY) {
-                Ok(g) => g,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    reclaim = give_back(&conn.lock());
-                    continue;
+        // Wait for a write, unless removals wait for a commit already.
+        if !former.removals_waiting() {
+            let first = if reclaim {
+                match rx.recv_timeout(RECLAIM_EVERY) {
+                    Ok(g) => g,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        reclaim = give_back(&conn.lock());
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match rx.recv() {
-                Ok(g) => g,
-                Err(_) => break,
-            }
-        };
+            } else {
+                match rx.recv() {
+                    Ok(g) => g,
+                    Err(_) => break,
+                }
+            };
+            former.push(first);
+        }
         if restart_wanted.swap(false, Ordering::AcqRel) {
             restart_wal(&conn.lock(), &stats);
         }
-        let cost = GroupCost::of(&first.ops);
-        let (mut n, mut removing) = (cost.weight, cost.removes);
-        let mut groups = vec![first];
-        // Only lazy writes so far: wait (a little) for one that needs a
-        // commit, and ride on it.
-        let mut lazy_only = groups[0].lazy;
+        // Everything queued now joins (removals aside); only lazy writes
+        // so far: wait (a little) for one that needs a commit, and ride
+        // on it.
         let lazy_until = Instant::now() + lazy_within;
-        while n < max_batch {
+        while !former.full(max_batch) {
             let next = match rx.try_recv() {
                 Ok(g) => Ok(g),
-                Err(mpsc::TryRecvError::Empty) if lazy_only => rx
+                Err(mpsc::TryRecvError::Empty) if former.lazy_only() => rx
                     .recv_timeout(lazy_until.saturating_duration_since(Instant::now()))
                     .map_err(|_| ()),
                 Err(_) => Err(()),
             };
             match next {
-                Ok(g) => {
-                    let cost = GroupCost::of(&g.ops);
-                    if cost.waits(removing) {
-                        held = Some(g);
-                        break;
-                    }
-                    n += cost.weight;
-                    removing |= cost.removes;
-                    lazy_only &= g.lazy;
-                    groups.push(g);
-                }
+                Ok(g) => former.push(g),
                 Err(()) => break,
             }
         }
-        reclaim |= removing;
+        let Batch {
+            groups,
+            weight: n,
+            removes,
+        } = former.take();
+        if groups.is_empty() {
+            continue;
+        }
+        reclaim |= removes;
         let started = Instant::now();
         let commit = commit_batch(&conn, &groups, &stats, &health, &retention);
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -536,11 +542,16 @@ pub(super) fn apply_group(
                 out.push(WriteOutcome::Done);
             }
             WriteOp::Remove(ids) => {
+                // Only an ended row goes (with its log lines): a removal
+                // waits for its slice of a commit ([`crate::store::batch`])
+                // and a write queued after it (a retry) may commit first.
+                let mut rows = conn
+                    .prepare_cached("DELETE FROM tasks WHERE id = ?1 AND state IN (3, 4, 5, 7)")?;
                 let mut logs = conn.prepare_cached("DELETE FROM task_logs WHERE task_id = ?1")?;
-                let mut rows = conn.prepare_cached("DELETE FROM tasks WHERE id = ?1")?;
                 for id in ids {
-                    logs.execute([id.as_bytes()])?;
-                    rows.execute([id.as_bytes()])?;
+                    if rows.execute([id.as_bytes()])? > 0 {
+                        logs.execute([id.as_bytes()])?;
+                    }
                 }
                 out.push(WriteOutcome::Done);
             }
