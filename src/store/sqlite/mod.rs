@@ -98,9 +98,45 @@ pub struct CommitStats {
 
 struct Group {
     ops: Vec<WriteOp>,
+    /// The JSON columns of its row writes, one per op, encoded by the
+    /// submitting thread: the writer thread, which every write waits for,
+    /// only binds them.
+    enc: Vec<Encoded>,
     done: Option<Completion>,
     /// Submitted with [`Store::submit_lazy`]: does not start a commit.
     lazy: bool,
+}
+
+/// An op's JSON columns, encoded before the writer takes it.
+enum Encoded {
+    /// Nothing to encode, or it could not be (the writer then encodes it
+    /// and reports why).
+    None,
+    /// An insert's `spec` and `rt`.
+    Insert(String, String),
+    /// An update's `rt`.
+    Update(String),
+}
+
+impl Encoded {
+    fn all(ops: &[WriteOp]) -> Vec<Encoded> {
+        ops.iter()
+            .map(|op| match op {
+                WriteOp::Insert { task, .. } => match (
+                    serde_json::to_string(&*task.spec),
+                    serde_json::to_string(&task.rt),
+                ) {
+                    (Ok(spec), Ok(rt)) => Encoded::Insert(spec, rt),
+                    _ => Encoded::None,
+                },
+                WriteOp::Update { task, .. } => match serde_json::to_string(&task.rt) {
+                    Ok(rt) => Encoded::Update(rt),
+                    Err(_) => Encoded::None,
+                },
+                _ => Encoded::None,
+            })
+            .collect()
+    }
 }
 
 type Listener = OnceLock<Arc<dyn CommitListener>>;
@@ -337,6 +373,7 @@ fn release_cache(conn: &Connection) {
 impl Store for SqliteStore {
     fn submit(&self, ops: Vec<WriteOp>, done: Option<Completion>) {
         self.send(Group {
+            enc: Encoded::all(&ops),
             ops,
             done,
             lazy: false,
@@ -345,6 +382,7 @@ impl Store for SqliteStore {
 
     fn submit_lazy(&self, ops: Vec<WriteOp>) {
         self.send(Group {
+            enc: Encoded::all(&ops),
             ops,
             done: None,
             lazy: true,

@@ -221,7 +221,7 @@ fn try_batch(
     let mut events = Vec::new();
     let mut latest = Latest::of(groups);
     for g in groups {
-        match apply_group(&tx, &g.ops, &mut events, latest.as_mut(), retention) {
+        match apply_group(&tx, g, &mut events, latest.as_mut(), retention) {
             Ok(out) => outs.push(Ok(out)),
             // The disk, not the group: the batch is tried again whole
             // (dropping `tx` rolls back what SQLite has not).
@@ -251,7 +251,7 @@ fn try_group(
 ) -> Result<Result<GroupDone, StoreError>, StoreError> {
     let tx = conn.transaction()?;
     let mut events = Vec::new();
-    match apply_group(&tx, &g.ops, &mut events, None, retention) {
+    match apply_group(&tx, g, &mut events, None, retention) {
         Ok(out) => {
             tx.commit()?;
             Ok(Ok((out, events)))
@@ -419,16 +419,16 @@ pub(super) fn op_task(op: &WriteOp) -> Option<TaskId> {
 /// the `quarantine` table).
 pub(super) const QUARANTINED: i64 = 100;
 
-pub(super) fn apply_group(
+fn apply_group(
     conn: &Connection,
-    ops: &[WriteOp],
+    g: &Group,
     events: &mut Vec<Arc<TaskEvent>>,
     mut latest: Option<&mut Latest>,
     retention: &RetentionPolicy,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
-    let mut out = Vec::with_capacity(ops.len());
+    let mut out = Vec::with_capacity(g.ops.len());
     let now = now_micros();
-    for op in ops {
+    for (op, enc) in g.ops.iter().zip(&g.enc) {
         let superseded = match (&mut latest, op_task(op)) {
             (Some(l), Some(id)) => {
                 let s = l.superseded(id) && matches!(op, WriteOp::Update { .. });
@@ -454,8 +454,17 @@ pub(super) fn apply_group(
                 log,
                 event,
             } => {
-                let spec = serde_json::to_string(&*task.spec).map_err(|e| corrupt(task.id, e))?;
-                let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
+                let encoded;
+                let (spec, rt) = match enc {
+                    Encoded::Insert(spec, rt) => (spec, rt),
+                    _ => {
+                        encoded = (
+                            serde_json::to_string(&*task.spec).map_err(|e| corrupt(task.id, e))?,
+                            serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?,
+                        );
+                        (&encoded.0, &encoded.1)
+                    }
+                };
                 let (sql, payload) = match payload {
                     Payload::Json(p) => (
                         "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind)
@@ -511,7 +520,15 @@ pub(super) fn apply_group(
                 out.push(WriteOutcome::Done);
             }
             WriteOp::Update { task, log, event } => {
-                let rt = serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
+                let encoded;
+                let rt = match enc {
+                    Encoded::Update(rt) => rt,
+                    _ => {
+                        encoded =
+                            serde_json::to_string(&task.rt).map_err(|e| corrupt(task.id, e))?;
+                        &encoded
+                    }
+                };
                 let n = conn
                     .prepare_cached(
                         "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6,
