@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use switchyard::worker::{TaskContext, Worker};
+use switchyard_client::TlsFiles;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +17,7 @@ use crate::worker::Sink;
 /// returned task shuts it down (drain) when `stop` is cancelled.
 pub async fn start(
     url: &str,
+    tls: &TlsFiles,
     i: usize,
     names: &[&str],
     slots: u32,
@@ -27,6 +29,9 @@ pub async fn start(
         .concurrency(slots)
         .immediate_slots(0)
         .drain_timeout(Duration::from_secs(2));
+    if !tls.is_empty() {
+        b = b.tls(tls.clone());
+    }
     for name in names {
         let sink = sink.clone();
         b = b.handler(*name, move |ctx: TaskContext| {

@@ -13,9 +13,8 @@ use prost_types::value::Kind;
 use switchyard::pb;
 use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
-use crate::server::connect;
+use crate::server::{connect_with, Access, Authed};
 
 /// Calls in flight per HTTP/2 connection.
 pub const INFLIGHT_PER_CONNECTION: usize = 32;
@@ -29,27 +28,34 @@ pub fn now_ns() -> u64 {
 /// One client per connection; loop `i` uses connection `i / 32`.
 #[derive(Clone)]
 pub struct Pool {
-    clients: Vec<OrchestratorServiceClient<Channel>>,
+    clients: Vec<OrchestratorServiceClient<Authed>>,
 }
 
 impl Pool {
     /// Enough connections for `inflight` calls (one per 32).
     pub async fn new(url: &str, inflight: usize) -> Result<Pool> {
+        Pool::with_access(url, inflight, &Access::default()).await
+    }
+
+    /// [`Pool::new`] over TLS and with a bearer token, as `access` says.
+    pub async fn with_access(url: &str, inflight: usize, access: &Access) -> Result<Pool> {
         let n = inflight.div_ceil(INFLIGHT_PER_CONNECTION).max(1);
         let mut clients = Vec::with_capacity(n);
         for _ in 0..n {
-            clients.push(OrchestratorServiceClient::new(connect(url).await?));
+            clients.push(OrchestratorServiceClient::new(
+                connect_with(url, access).await?,
+            ));
         }
         Ok(Pool { clients })
     }
 
     /// The client for loop `i`.
-    pub fn client(&self, i: usize) -> OrchestratorServiceClient<Channel> {
+    pub fn client(&self, i: usize) -> OrchestratorServiceClient<Authed> {
         self.clients[(i / INFLIGHT_PER_CONNECTION) % self.clients.len()].clone()
     }
 
     /// Round-robin, for the open loop.
-    pub fn nth(&self, i: u64) -> OrchestratorServiceClient<Channel> {
+    pub fn nth(&self, i: u64) -> OrchestratorServiceClient<Authed> {
         self.clients[(i as usize) % self.clients.len()].clone()
     }
 }
@@ -241,7 +247,19 @@ pub async fn schedule_throughput(
     db: bool,
 ) -> Result<Rate> {
     let pool = Pool::new(url, inflight).await?;
-    let p = Producer::spawn(&pool, inflight, None, make);
+    schedule_rate(&pool, server, inflight, (warmup, window), make, db).await
+}
+
+/// [`schedule_throughput`] on the connections of `pool`.
+pub async fn schedule_rate(
+    pool: &Pool,
+    server: u32,
+    inflight: usize,
+    (warmup, window): (Duration, Duration),
+    make: MakeRequest,
+    db: bool,
+) -> Result<Rate> {
+    let p = Producer::spawn(pool, inflight, None, make);
     let counts = p.counts.clone();
     let rate = measure_rate(&counts.ok, server, warmup, window, db).await;
     let counts = p.stop().await;

@@ -18,6 +18,7 @@ mod report;
 mod scenarios;
 mod schedules;
 mod server;
+mod tlskeys;
 mod webhook;
 mod worker;
 
@@ -52,8 +53,10 @@ struct Args {
     /// Which parts to run: Switchyard's scenarios a–k (g: via BullMQ, with
     /// Node's Queue.add interleaved; h: via Temporal, with the Python
     /// client interleaved; i: the store over months; j: ScheduleTasks, 100
-    /// per call; k: c at half load with 10,000 schedules firing), the peers' own scenarios (bullmq, with Queue.addBulk for
-    /// j; temporal),
+    /// per call; k: c at half load with 10,000 schedules firing), tls (not
+    /// in the default set: a and c with TLS and 1,000 API keys against
+    /// plaintext without auth), the peers' own scenarios (bullmq, with
+    /// Queue.addBulk for j; temporal),
     /// and on PostgreSQL: a, b and c again (pa, pb, pc), graphile-worker's
     /// (graphile, interleaved with them) and the failover of three replicas.
     #[arg(
@@ -88,6 +91,10 @@ struct Args {
     /// Pending tasks in the store of scenario i.
     #[arg(long, default_value_t = 100_000)]
     months_pending: u64,
+    /// API keys created on each TLS server of the tls scenario (default
+    /// 1,000).
+    #[arg(long)]
+    tls_keys: Option<usize>,
     /// Lease lengths of the failover scenario (--quick: the first only).
     #[arg(long, value_delimiter = ',', default_value = "1s,2s", value_parser = humantime::parse_duration)]
     lease_ttls: Vec<Duration>,
@@ -221,6 +228,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(p) = args.failover_pending {
         plan.failover_pending = p.max(1);
     }
+    if let Some(k) = args.tls_keys {
+        plan.tls_keys = k.max(2);
+    }
     if !args.server_bin.exists() {
         anyhow::bail!(
             "{} does not exist: run `cargo build --release --bins` (make bench does)",
@@ -264,6 +274,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         bin: args.server_bin.clone(),
         env,
         perf_dir: args.perf_dir.clone(),
+        tls: None,
     };
     std::fs::create_dir_all(&args.work_dir)?;
     let ctx = Ctx::new(
@@ -308,7 +319,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // c's rates: 25% and 50% of b's 1 × 100 figure (measured now if b was
     // not run).
     let mut rates: Vec<(u32, f64)> = Vec::new();
-    if wants(&args, "c") || wants(&args, "bullmq") || wants(&args, "k") {
+    if ["c", "bullmq", "k", "tls"].iter().any(|p| wants(&args, p)) {
         let max = match sy.stat("b.1x100").map(|s| s.median) {
             Some(m) => m,
             None => {
@@ -361,6 +372,29 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 Err(e) => {
                     fail(&mut sy, "k.", e);
                     break;
+                }
+            }
+        }
+    }
+    if wants(&args, "tls") {
+        let rate = rates.iter().find(|(p, _)| *p == 50).map(|(_, r)| *r);
+        let dir = args.work_dir.join(format!("tls-{}", std::process::id()));
+        match tlskeys::Certs::generate(&dir) {
+            Err(e) => fail(&mut sy, "tls.", e.context("making the certificates")),
+            Ok(certs) => {
+                for run in 0..plan.runs {
+                    log(format!(
+                        "tls. a and c with TLS and {} API keys, and plaintext without auth, run {}",
+                        plan.tls_keys,
+                        run + 1
+                    ));
+                    match tlskeys::tls(&ctx, &certs, plan.tls_keys, rate).await {
+                        Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                        Err(e) => {
+                            fail(&mut sy, "tls.", e);
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -1232,6 +1266,52 @@ fn rows(
         Unit::Count,
         Better::Higher,
     ));
+    let tls_keys = plan.tls_keys;
+    for &c in &plan.inflight {
+        r.push(
+            RowDef::new(
+                format!("tls.c{c}"),
+                format!("tls. ScheduleTask over TLS with {tls_keys} API keys (a scheduler key's), {c} in flight"),
+                Unit::PerSec,
+                Better::Higher,
+            )
+            .vs(SY, format!("tls.plain.c{c}"), "plaintext without auth, same run"),
+        );
+    }
+    r.push(
+        RowDef::new(
+            "tls.c256.server_cpu_us",
+            format!(
+                "tls. server CPU per ScheduleTask over TLS with {tls_keys} API keys, 256 in flight"
+            ),
+            Unit::Us,
+            Better::Lower,
+        )
+        .vs(
+            SY,
+            "tls.plain.c256.server_cpu_us",
+            "plaintext without auth, same run",
+        ),
+    );
+    for &(pct, rate) in rates.iter().filter(|(pct, _)| *pct == 50) {
+        for (q, name) in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")] {
+            r.push(
+                RowDef::new(
+                    format!("tls.{pct}.{q}"),
+                    format!("tls. schedule-to-start {name} at {pct}% load ({rate:.0}/s) over TLS with {tls_keys} API keys (raw worker)"),
+                    Unit::Ms,
+                    Better::Lower,
+                )
+                .vs(SY, format!("tls.plain.{pct}.{q}"), "plaintext without auth, same run"),
+            );
+        }
+    }
+    r.push(RowDef::new(
+        "tls.50.p99_ratio",
+        "tls. p99 at 50% load, TLS and keys ÷ plaintext (each run)",
+        Unit::Ratio,
+        Better::Lower,
+    ));
     let n = plan.drain_n;
     r.push(
         RowDef::new(
@@ -1766,6 +1846,19 @@ fn targets(
             .map(|v| ("k.p99_added_ms".into(), v)),
         1.0,
         Unit::Ms,
+    ));
+    // Issue 23: TLS and keys against plaintext without auth.
+    t.push(at_least(
+        "tls. ScheduleTask with TLS and 1,000 API keys ≥ 0.9× plaintext without auth, same run (each concurrency; issue 23)",
+        min_ratio("tls.c", ""),
+        0.9,
+        Unit::Ratio,
+    ));
+    t.push(at_most(
+        "tls. p99 schedule-to-start at half load with TLS and 1,000 API keys ≤ 1.1× plaintext without auth (issue 23)",
+        med("tls.50.p99_ratio").map(|v| ("tls.50.p99_ratio".into(), v)),
+        1.1,
+        Unit::Ratio,
     ));
     // Issue 25: the accept path against a durable BullMQ.
     t.push(at_least(

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use switchyard::pb;
 use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
 use switchyard::pb::watch_tasks_response::Item;
+use switchyard_client::TlsFiles;
 use tonic::transport::Channel;
 
 use crate::load::{
@@ -19,7 +20,7 @@ use crate::load::{
     Producer, Rate,
 };
 use crate::pg::Pg;
-use crate::server::{Server, ServerSpec, Stop};
+use crate::server::{Access, Server, ServerSpec, Stop};
 use crate::webhook::Hook;
 use crate::worker::{Sink, WorkerKind, Workers};
 
@@ -56,6 +57,8 @@ pub struct Plan {
     pub months_pending: u64,
     /// Minutes the soak ran (0: it did not).
     pub soak_minutes: u32,
+    /// API keys created on each TLS server of tls.
+    pub tls_keys: usize,
 }
 
 impl Plan {
@@ -82,6 +85,7 @@ impl Plan {
                 months_finished: 20_000,
                 months_pending: 2_000,
                 soak_minutes: 0,
+                tls_keys: 1_000,
             }
         } else {
             Plan {
@@ -105,6 +109,7 @@ impl Plan {
                 months_finished: 1_000_000,
                 months_pending: 100_000,
                 soak_minutes: 0,
+                tls_keys: 1_000,
             }
         }
     }
@@ -216,6 +221,26 @@ impl Ctx {
 
     /// A fresh server with `env` added to its configuration.
     pub async fn fresh_with(&self, tag: &str, env: &[(String, String)]) -> Result<Fresh> {
+        self.fresh_spec(tag, env, None).await
+    }
+
+    /// A fresh server serving TLS (its `[tls]` in `env`), reached with
+    /// `trust`'s CA.
+    pub async fn fresh_tls(
+        &self,
+        tag: &str,
+        env: &[(String, String)],
+        trust: TlsFiles,
+    ) -> Result<Fresh> {
+        self.fresh_spec(tag, env, Some(trust)).await
+    }
+
+    async fn fresh_spec(
+        &self,
+        tag: &str,
+        env: &[(String, String)],
+        tls: Option<TlsFiles>,
+    ) -> Result<Fresh> {
         let n = self.next_id();
         let pg_tag = if self.pg.is_some() { "pg-" } else { "" };
         let dir = self
@@ -224,6 +249,7 @@ impl Ctx {
         let _ = std::fs::remove_dir_all(&dir);
         let mut spec = self.spec.clone();
         spec.env.extend(env.iter().cloned());
+        spec.tls = tls;
         let schema = self.pg.as_ref().map(|pg| (pg.clone(), pg.schema_name()));
         if let Some((pg, name)) = &schema {
             spec.env.extend(Ctx::pg_env(pg, name));
@@ -333,7 +359,7 @@ pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
 
 /// `id`, `id.server_cpu_us`, `id.bench_cpu_us`, on PostgreSQL
 /// `id.db_cpu_us`, and their sum `id.total_cpu_us`.
-fn push_rate(out: &mut Vec<(String, f64)>, id: &str, r: Rate) {
+pub fn push_rate(out: &mut Vec<(String, f64)>, id: &str, r: Rate) {
     out.push((id.to_string(), r.per_sec));
     out.push((format!("{id}.server_cpu_us"), r.server_cpu_us));
     out.push((format!("{id}.bench_cpu_us"), r.bench_cpu_us));
@@ -437,13 +463,53 @@ pub async fn latency_over(
     warmup: Duration,
     window: Duration,
 ) -> Result<Latency> {
+    let make: MakeRequest = Arc::new(|t| simple("bench.c", payload_t(t)));
+    let load = LatencyLoad::plain(ctx, "bench.c", make);
+    latency_with(ctx, url, rate, (warmup, window), &load).await
+}
+
+/// What c's measurement sends, and how its producer and worker connect.
+pub struct LatencyLoad {
+    /// The task name the worker serves.
+    pub name: &'static str,
+    /// Builds a task from its send time, which must go into the payload as
+    /// `t`.
+    pub make: MakeRequest,
+    /// The producer's connections.
+    pub producer: Access,
+    /// The worker's client and connection.
+    pub worker: (WorkerKind, Access),
+}
+
+impl LatencyLoad {
+    /// Plaintext, no token, the worker client of the run.
+    pub fn plain(ctx: &Ctx, name: &'static str, make: MakeRequest) -> LatencyLoad {
+        LatencyLoad {
+            name,
+            make,
+            producer: Access::default(),
+            worker: (ctx.worker, Access::default()),
+        }
+    }
+}
+
+/// c's measurement of `load`'s tasks on the server at `url`.
+pub async fn latency_with(
+    ctx: &Ctx,
+    url: &str,
+    rate: f64,
+    (warmup, window): (Duration, Duration),
+    load: &LatencyLoad,
+) -> Result<Latency> {
     let sink = Sink::with_latency();
-    let workers = Workers::start(ctx.worker, url, &["bench.c"], 1, 100, sink.clone()).await?;
-    let pool = Pool::new(url, ctx.plan.producer_inflight).await?;
+    let (kind, access) = &load.worker;
+    let workers =
+        Workers::start_with(*kind, url, access, &[load.name], (1, 100), sink.clone()).await?;
+    let pool = Pool::with_access(url, ctx.plan.producer_inflight, &load.producer).await?;
+    let make = load.make.clone();
     let start = load::now_ns();
     let from = start + warmup.as_nanos() as u64;
     sink.record_between(from, from + window.as_nanos() as u64);
-    let make: MakeRequest = Arc::new(|t| simple("bench.c", payload_t(t)));
     let ol = open_loop(&pool, rate, warmup + window, make, warmup).await;
     // Every accepted task must start.
     let deadline = Instant::now() + Duration::from_secs(30);

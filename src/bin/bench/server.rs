@@ -8,7 +8,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use switchyard_client::TlsFiles;
 use tokio::process::{Child, Command};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,7 +27,49 @@ pub struct ServerSpec {
     pub env: Vec<(String, String)>,
     /// Record each server with `perf record` into this directory.
     pub perf_dir: Option<PathBuf>,
+    /// TLS: the server serves `https://` (its `[tls]` is in `env`), and
+    /// the bench trusts these files' CA.
+    pub tls: Option<TlsFiles>,
 }
+
+/// How the bench's clients reach a server: TLS (an `https://` URL and the
+/// CA to trust) and a bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// For an `https://` URL: the CA to trust.
+    pub tls: TlsFiles,
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Bearer> {
+        token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse::<MetadataValue<Ascii>>()
+                    .context("the token is not valid metadata")
+            })
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// A channel with the bearer token of `access` on every call.
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 /// How to stop it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,10 +188,11 @@ impl Server {
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("the server exited at once"))?;
+        let scheme = if spec.tls.is_some() { "https" } else { "http" };
         let mut server = Server {
             child,
             pid,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             data_dir: data_dir.to_path_buf(),
             log,
             spec: spec.clone(),
@@ -182,11 +229,13 @@ impl Server {
                     self.log_tail()
                 );
             }
-            if let Ok(ch) = Endpoint::from_shared(self.url.clone())?
-                .connect_timeout(Duration::from_millis(200))
-                .connect()
-                .await
-            {
+            let endpoint = Endpoint::from_shared(self.url.clone())?
+                .connect_timeout(Duration::from_millis(200));
+            let endpoint = match &self.spec.tls {
+                Some(files) => files.apply(endpoint).map_err(|e| anyhow!("TLS: {e}"))?,
+                None => endpoint,
+            };
+            if let Ok(ch) = endpoint.connect().await {
                 let mut health = HealthClient::new(ch);
                 // The listener is bound before the store is loaded, so a
                 // check may wait in the backlog until the server serves.
@@ -343,13 +392,30 @@ fn start_perf(dir: &Path, pid: u32) -> Result<Child> {
 
 /// Connects one HTTP/2 connection to `url`.
 pub async fn connect(url: &str) -> Result<Channel> {
-    Endpoint::from_shared(url.to_string())?
+    connect_tls(url, &TlsFiles::default()).await
+}
+
+/// Connects one HTTP/2 connection to `url`, over TLS trusting `tls`'s CA
+/// if the URL is `https://`.
+pub async fn connect_tls(url: &str, tls: &TlsFiles) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_adaptive_window(true)
+        .http2_adaptive_window(true);
+    tls.apply(endpoint)
+        .map_err(|e| anyhow!("TLS: {e}"))?
         .connect()
         .await
         .with_context(|| format!("connecting to {url}"))
+}
+
+/// [`connect_tls`] with `access`'s bearer token on every call.
+pub async fn connect_with(url: &str, access: &Access) -> Result<Authed> {
+    let ch = connect_tls(url, &access.tls).await?;
+    Ok(InterceptedService::new(
+        ch,
+        Bearer::new(access.token.as_deref())?,
+    ))
 }
 
 /// CPU time (user + system, every thread) a process has used, in seconds.

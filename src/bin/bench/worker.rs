@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::{latency_histogram, now_ns};
-use crate::server::connect;
+use crate::server::{connect_with, Access};
 
 /// Which worker client the bench uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,6 +179,24 @@ impl Workers {
         slots: u32,
         sink: Arc<Sink>,
     ) -> Result<Workers> {
+        let access = Access::default();
+        Workers::start_with(kind, url, &access, names, (connections, slots), sink).await
+    }
+
+    /// [`Workers::start`] over TLS and with a bearer token, as `access`
+    /// says. The worker library takes no token (only TLS files): with a
+    /// token, use the raw stream.
+    pub async fn start_with(
+        kind: WorkerKind,
+        url: &str,
+        access: &Access,
+        names: &[&str],
+        (connections, slots): (usize, u32),
+        sink: Arc<Sink>,
+    ) -> Result<Workers> {
+        if kind == WorkerKind::Lib && access.token.is_some() {
+            bail!("the worker library sends no bearer token: this needs --worker raw");
+        }
         let stop = CancellationToken::new();
         let mut w = Workers {
             stop: stop.clone(),
@@ -190,7 +208,7 @@ impl Workers {
                     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
                     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
                     let task = tokio::spawn(raw_worker(
-                        url.to_string(),
+                        (url.to_string(), access.clone()),
                         format!("bench-raw-{i}"),
                         names,
                         slots,
@@ -211,9 +229,16 @@ impl Workers {
                     }
                 }
                 WorkerKind::Lib => {
-                    let task =
-                        crate::libworker::start(url, i, names, slots, sink.clone(), stop.clone())
-                            .await?;
+                    let task = crate::libworker::start(
+                        url,
+                        &access.tls,
+                        i,
+                        names,
+                        slots,
+                        sink.clone(),
+                        stop.clone(),
+                    )
+                    .await?;
                     w.tasks.push(task);
                 }
             }
@@ -236,7 +261,7 @@ impl Workers {
 }
 
 async fn raw_worker(
-    url: String,
+    (url, access): (String, Access),
     name: String,
     names: Vec<String>,
     slots: u32,
@@ -244,7 +269,7 @@ async fn raw_worker(
     stop: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
-    let channel = connect(&url).await?;
+    let channel = connect_with(&url, &access).await?;
     let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(8192);
     let send = |m: WorkerMsg| pb::WorkerMessage { msg: Some(m) };
     tx.send(send(WorkerMsg::Register(pb::Register {
