@@ -59,6 +59,8 @@ pub struct Plan {
     pub soak_minutes: u32,
     /// API keys created on each TLS server of tls.
     pub tls_keys: usize,
+    /// Distinct concurrency keys in fk.
+    pub fk_keys: u64,
 }
 
 impl Plan {
@@ -86,6 +88,7 @@ impl Plan {
                 months_pending: 2_000,
                 soak_minutes: 0,
                 tls_keys: 1_000,
+                fk_keys: 10_000,
             }
         } else {
             Plan {
@@ -110,6 +113,7 @@ impl Plan {
                 months_pending: 100_000,
                 soak_minutes: 0,
                 tls_keys: 1_000,
+                fk_keys: 10_000,
             }
         }
     }
@@ -373,16 +377,32 @@ pub fn push_rate(out: &mut Vec<(String, f64)>, id: &str, r: Rate) {
 }
 
 async fn e2e_once(ctx: &Ctx, server: &Server, conns: usize, slots: u32) -> Result<Rate> {
+    e2e_with(
+        ctx,
+        server,
+        conns,
+        slots,
+        "bench.b",
+        simple_maker("bench.b"),
+    )
+    .await
+}
+
+/// End-to-end throughput of the tasks `make` builds (named `name`) with
+/// `conns` worker connections of `slots` slots and the producer running.
+pub async fn e2e_with(
+    ctx: &Ctx,
+    server: &Server,
+    conns: usize,
+    slots: u32,
+    name: &str,
+    make: MakeRequest,
+) -> Result<Rate> {
     let url = server.url.as_str();
     let sink = Sink::counting();
-    let workers = Workers::start(ctx.worker, url, &["bench.b"], conns, slots, sink.clone()).await?;
+    let workers = Workers::start(ctx.worker, url, &[name], conns, slots, sink.clone()).await?;
     let pool = Pool::new(url, ctx.plan.producer_inflight).await?;
-    let p = Producer::spawn(
-        &pool,
-        ctx.plan.producer_inflight,
-        None,
-        simple_maker("bench.b"),
-    );
+    let p = Producer::spawn(&pool, ctx.plan.producer_inflight, None, make);
     let rate = measure_rate(
         &sink.started,
         server.pid(),
