@@ -6,12 +6,15 @@
 //!   `i` gets key `i % keys`) under a concurrency policy of
 //!   [`LIMIT`] per key set through `FlowService`, and on another fresh
 //!   server the same without keys or policy, in the same run.
+//! - **fm**: the server's RSS with `pending` tasks over `keys` keys (the
+//!   same policy), no worker connected.
 //!
 //! Each measurement runs on a fresh server; the keyed and unkeyed ones
 //! alternate, so both see the same machine load.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use switchyard::pb;
@@ -19,12 +22,14 @@ use switchyard::pb::flow_service_client::FlowServiceClient;
 use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
 
 use crate::load::{payload_n, payload_t, simple, MakeRequest};
-use crate::scenarios::{self, Ctx, Latency, LatencyLoad};
+use crate::scenarios::{self, Ctx, Latency, LatencyLoad, MIB};
 
-/// Tasks of one key that may run at once, in fk.
+/// Tasks of one key that may run at once, in fk and fm.
 pub const LIMIT: i32 = 4;
 /// fk's task name (and so its queue).
 const FK_NAME: &str = "bench.fk";
+/// fm's task name: no worker serves it.
+const FM_NAME: &str = "bench.fm";
 
 /// The key of task `seq` among `keys`.
 fn key_of(seq: u64, keys: u64) -> String {
@@ -151,4 +156,36 @@ pub async fn fk(ctx: &Ctx, keys: u64, rate: Option<f64>) -> Result<Vec<(String, 
         figures.push(("fk.50.p99_added_ms".into(), p99[1] - p99[0]));
     }
     Ok(figures)
+}
+
+/// fm: `pending` tasks over `keys` keys, no worker; the server's RSS once
+/// every one is accepted.
+pub async fn fm(ctx: &Ctx, pending: u64, keys: u64) -> Result<Vec<(String, f64)>> {
+    let f = ctx.fresh("fm").await?;
+    let r = async {
+        let make = keyed_maker(FM_NAME, keys);
+        keyed_server(&f.server.url, FM_NAME, &make).await?;
+        // The probe is one more pending task.
+        let took =
+            scenarios::fill_with(&f.server.url, pending - 1, ctx.plan.fill_inflight, make).await?;
+        let n = scenarios::pending_count(&f.server.url).await?;
+        if n != pending {
+            bail!("the server reports {n} pending tasks, not {pending}");
+        }
+        // As f: a second for the writer and the allocator to settle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = &f.server;
+        Ok(vec![
+            ("fm.fill".to_string(), pending as f64 / took.as_secs_f64()),
+            ("fm.rss".into(), s.rss_bytes().unwrap_or(0) as f64 / MIB),
+            (
+                "fm.rss_peak".into(),
+                s.peak_rss_bytes().unwrap_or(0) as f64 / MIB,
+            ),
+            ("fm.disk".into(), s.disk_bytes() as f64 / MIB),
+        ])
+    }
+    .await;
+    f.done().await;
+    r.context("fm")
 }

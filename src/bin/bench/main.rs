@@ -55,16 +55,17 @@ struct Args {
     /// Node's Queue.add interleaved; h: via Temporal, with the Python
     /// client interleaved; i: the store over months; j: ScheduleTasks, 100
     /// per call; k: c at half load with 10,000 schedules firing), fk (b
-    /// and c with 10,000 concurrency keys against the same without), tls
-    /// (not in the default set: a and c with TLS and 1,000 API keys against
-    /// plaintext without auth), the peers' own scenarios (bullmq, with
-    /// Queue.addBulk for j; temporal),
+    /// and c with 10,000 concurrency keys against the same without), fm
+    /// (RSS with 1,000,000 pending over 100,000 keys), tls (not in the
+    /// default set: a and c with TLS and 1,000 API keys against plaintext
+    /// without auth), the peers' own scenarios (bullmq, with Queue.addBulk
+    /// for j; temporal),
     /// and on PostgreSQL: a, b and c again (pa, pb, pc), graphile-worker's
     /// (graphile, interleaved with them) and the failover of three replicas.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,b,c,d,e,f,g,h,i,j,k,fk,bullmq,temporal,pa,pb,pc,graphile,failover"
+        default_value = "a,b,c,d,e,f,g,h,i,j,k,fk,fm,bullmq,temporal,pa,pb,pc,graphile,failover"
     )]
     only: Vec<String>,
     /// PostgreSQL for pa, pb, pc, graphile and failover (a fresh schema per
@@ -96,6 +97,13 @@ struct Args {
     /// Distinct concurrency keys in fk (given round-robin to its tasks).
     #[arg(long)]
     fk_keys: Option<u64>,
+    /// Pending tasks in fm (default 1,000,000; 20,000 with --quick).
+    #[arg(long)]
+    fm_pending: Option<u64>,
+    /// Distinct concurrency keys over fm's pending tasks (default 100,000;
+    /// 2,000 with --quick).
+    #[arg(long)]
+    fm_keys: Option<u64>,
     /// API keys created on each TLS server of the tls scenario (default
     /// 1,000).
     #[arg(long)]
@@ -238,6 +246,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if let Some(k) = args.fk_keys {
         plan.fk_keys = k.max(1);
+    }
+    if let Some(p) = args.fm_pending {
+        plan.fm_pending = p.max(2);
+    }
+    if let Some(k) = args.fm_keys {
+        plan.fm_keys = k.max(1);
     }
     if !args.server_bin.exists() {
         anyhow::bail!(
@@ -524,6 +538,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         match scenarios::memory(&ctx).await {
             Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
             Err(e) => fail(&mut sy, "f.", e),
+        }
+    }
+
+    if wants(&args, "fm") {
+        log(format!(
+            "fm. memory with {} pending tasks over {} concurrency keys",
+            plan.fm_pending, plan.fm_keys
+        ));
+        match flowkeys::fm(&ctx, plan.fm_pending, plan.fm_keys).await {
+            Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+            Err(e) => fail(&mut sy, "fm.", e),
         }
     }
 
@@ -1369,6 +1394,34 @@ fn rows(
         Unit::Ratio,
         Better::Lower,
     ));
+    let (fmn, fmk) = (plan.fm_pending, plan.fm_keys);
+    r.push(RowDef::new(
+        "fm.fill",
+        format!(
+            "fm. fill of {fmn} pending over {fmk} concurrency keys, {} in flight",
+            plan.fill_inflight
+        ),
+        Unit::PerSec,
+        Better::Higher,
+    ));
+    r.push(RowDef::new(
+        "fm.rss",
+        format!("fm. RSS with {fmn} pending over {fmk} concurrency keys"),
+        Unit::MiB,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "fm.rss_peak",
+        format!("fm. peak RSS while filling {fmn} pending over {fmk} keys"),
+        Unit::MiB,
+        Better::Lower,
+    ));
+    r.push(RowDef::new(
+        "fm.disk",
+        format!("fm. store on disk with {fmn} pending over {fmk} keys"),
+        Unit::MiB,
+        Better::Lower,
+    ));
     let n = plan.drain_n;
     r.push(
         RowDef::new(
@@ -1929,6 +1982,23 @@ fn targets(
         ),
         plan.fk_keys >= 10_000,
     ));
+    let fm_rss = med("fm.rss");
+    t.push(TargetCheck {
+        target: "fm. < 1.2 GiB RSS with 1,000,000 pending over 100,000 concurrency keys (issue 21)"
+            .into(),
+        measured: match fm_rss {
+            Some(v) => format!(
+                "{v:.0} MiB with {} pending over {} keys",
+                plan.fm_pending, plan.fm_keys
+            ),
+            None => "not measured".into(),
+        },
+        met: if plan.fm_pending >= 1_000_000 && plan.fm_keys >= 100_000 {
+            fm_rss.map(|v| v < 1.2 * 1024.0)
+        } else {
+            None
+        },
+    });
     // Issue 23: TLS and keys against plaintext without auth.
     t.push(at_least(
         "tls. ScheduleTask with TLS and 1,000 API keys ≥ 0.9× plaintext without auth, same run (each concurrency; issue 23)",

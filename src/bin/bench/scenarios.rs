@@ -61,6 +61,10 @@ pub struct Plan {
     pub tls_keys: usize,
     /// Distinct concurrency keys in fk.
     pub fk_keys: u64,
+    /// Pending tasks in fm.
+    pub fm_pending: u64,
+    /// Distinct concurrency keys over fm's pending tasks.
+    pub fm_keys: u64,
 }
 
 impl Plan {
@@ -89,6 +93,8 @@ impl Plan {
                 soak_minutes: 0,
                 tls_keys: 1_000,
                 fk_keys: 10_000,
+                fm_pending: 20_000,
+                fm_keys: 2_000,
             }
         } else {
             Plan {
@@ -114,6 +120,8 @@ impl Plan {
                 soak_minutes: 0,
                 tls_keys: 1_000,
                 fk_keys: 10_000,
+                fm_pending: 1_000_000,
+                fm_keys: 100_000,
             }
         }
     }
@@ -418,11 +426,15 @@ pub async fn e2e_with(
 }
 
 pub async fn fill(url: &str, n: u64, inflight: usize, name: &'static str) -> Result<Duration> {
+    fill_with(url, n, inflight, simple_maker(name)).await
+}
+
+/// Schedules `n` tasks built by `make`, `inflight` calls at a time; every
+/// one must be accepted. Returns how long it took.
+pub async fn fill_with(url: &str, n: u64, inflight: usize, make: MakeRequest) -> Result<Duration> {
     let pool = Pool::new(url, inflight).await?;
     let t = Instant::now();
-    let counts = Producer::spawn(&pool, inflight, Some(n), simple_maker(name))
-        .join()
-        .await;
+    let counts = Producer::spawn(&pool, inflight, Some(n), make).join().await;
     check(&counts)?;
     let ok = counts.ok.load(Ordering::Relaxed);
     if ok < n {
@@ -926,7 +938,7 @@ pub async fn memory(ctx: &Ctx) -> Result<Vec<(String, f64)>> {
     r
 }
 
-const MIB: f64 = 1024.0 * 1024.0;
+pub const MIB: f64 = 1024.0 * 1024.0;
 
 async fn memory_on(ctx: &Ctx, server: Server) -> Result<Vec<(String, f64)>> {
     let n = ctx.plan.pending_n;
@@ -968,7 +980,7 @@ async fn memory_on(ctx: &Ctx, server: Server) -> Result<Vec<(String, f64)>> {
     Ok(out)
 }
 
-async fn pending_count(url: &str) -> Result<u64> {
+pub async fn pending_count(url: &str) -> Result<u64> {
     let mut client = OrchestratorServiceClient::new(crate::server::connect(url).await?);
     let m = tokio::time::timeout(
         Duration::from_secs(60),
