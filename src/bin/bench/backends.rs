@@ -6,6 +6,8 @@
 //!   Redis (read from the queue's `wait`, `prioritized` and `delayed` keys),
 //!   not when `ScheduleTask` answers: Switchyard answers once the task is
 //!   durable, and adds the job right after.
+//! - **jb**: g with `ScheduleTasks` of 100 tasks a call (j's load) against
+//!   Node's `Queue.addBulk` of 100 on the same Redis.
 //! - **h**: COMPLEX tasks through Switchyard's Temporal backend on the same
 //!   dev server as the Python peer's `start_workflow`. A workflow counts as
 //!   started when Switchyard reports it RUNNING with its run id (the
@@ -31,8 +33,8 @@ use switchyard::pb::watch_tasks_response::Item;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::load::{check, payload_n, simple, MakeRequest, Pool, Producer};
-use crate::scenarios::Ctx;
+use crate::load::{check, payload_n, simple, BulkProducer, Counts, MakeRequest, Pool, Producer};
+use crate::scenarios::{Ctx, BULK_INFLIGHT, BULK_PER_CALL};
 use crate::server::cpu_secs;
 
 /// The task name, and so the BullMQ queue, of g.
@@ -152,19 +154,71 @@ pub async fn via_bullmq(ctx: &Ctx, redis_url: &str) -> Result<Vec<(String, f64)>
         let cleaned = unlink_prefix(&mut admin, &prefix).await;
         let r = r.with_context(|| format!("g: {c} in flight"))?;
         cleaned.with_context(|| format!("g: deleting the keys under {prefix}"))?;
-        let id = format!("g.c{c}");
-        out.push((id.clone(), r.jobs_per_sec.min(r.accepted_per_sec)));
-        out.push((format!("{id}.accepted"), r.accepted_per_sec));
-        out.push((format!("{id}.in_redis"), r.jobs_per_sec));
-        out.push((format!("{id}.server_cpu_us"), r.server_cpu_us));
-        out.push((format!("{id}.redis_cpu_us"), r.redis_cpu_us));
-        out.push((format!("{id}.bench_cpu_us"), r.bench_cpu_us));
-        out.push((
-            format!("{id}.total_cpu_us"),
-            r.server_cpu_us + r.redis_cpu_us + r.bench_cpu_us,
-        ));
+        push_bullmq_rate(&mut out, &format!("g.c{c}"), &r);
     }
     Ok(out)
+}
+
+/// jb at each number of calls in flight of j: `ScheduleTasks` of
+/// [`BULK_PER_CALL`] SIMPLE tasks routed to BullMQ, `jb.bulk100.c{c}` (jobs
+/// in Redis per second, or accepted items per second if fewer), with
+/// `.accepted`, `.in_redis` and CPU per job as g's.
+pub async fn bulk_via_bullmq(ctx: &Ctx, redis_url: &str) -> Result<Vec<(String, f64)>> {
+    let mut admin = redis_conn(redis_url).await?;
+    let mut out = Vec::new();
+    for &c in &BULK_INFLIGHT {
+        let prefix = format!("swbench-sy-{}-{}", std::process::id(), ctx.next_id());
+        let f = ctx
+            .fresh_with("jb", &bullmq_env(redis_url, &prefix))
+            .await?;
+        let r = async {
+            let pool = Pool::new(&f.server.url, c).await?;
+            let p = Load::Bulk(BulkProducer::spawn(&pool, c, BULK_PER_CALL, G_QUEUE));
+            measure_via_bullmq(ctx, &f.server, &mut admin, &prefix, p).await
+        }
+        .await;
+        f.done().await;
+        let cleaned = unlink_prefix(&mut admin, &prefix).await;
+        let r = r.with_context(|| format!("jb: {c} calls of {BULK_PER_CALL} in flight"))?;
+        cleaned.with_context(|| format!("jb: deleting the keys under {prefix}"))?;
+        push_bullmq_rate(&mut out, &format!("jb.bulk{BULK_PER_CALL}.c{c}"), &r);
+    }
+    Ok(out)
+}
+
+fn push_bullmq_rate(out: &mut Vec<(String, f64)>, id: &str, r: &BullmqRate) {
+    out.push((id.to_string(), r.jobs_per_sec.min(r.accepted_per_sec)));
+    out.push((format!("{id}.accepted"), r.accepted_per_sec));
+    out.push((format!("{id}.in_redis"), r.jobs_per_sec));
+    out.push((format!("{id}.server_cpu_us"), r.server_cpu_us));
+    out.push((format!("{id}.redis_cpu_us"), r.redis_cpu_us));
+    out.push((format!("{id}.bench_cpu_us"), r.bench_cpu_us));
+    out.push((
+        format!("{id}.total_cpu_us"),
+        r.server_cpu_us + r.redis_cpu_us + r.bench_cpu_us,
+    ));
+}
+
+/// The load of g (one task a call) or of jb (`ScheduleTasks`).
+enum Load {
+    One(Producer),
+    Bulk(BulkProducer),
+}
+
+impl Load {
+    fn accepted(&self) -> &AtomicU64 {
+        match self {
+            Load::One(p) => &p.counts.ok,
+            Load::Bulk(p) => &p.counts.ok,
+        }
+    }
+
+    async fn stop(self) -> Arc<Counts> {
+        match self {
+            Load::One(p) => p.stop().await,
+            Load::Bulk(p) => p.stop().await,
+        }
+    }
 }
 
 struct BullmqRate {
@@ -209,14 +263,25 @@ async fn bullmq_once(
 ) -> Result<BullmqRate> {
     let pool = Pool::new(&server.url, inflight).await?;
     let make: MakeRequest = Arc::new(|seq| simple(G_QUEUE, payload_n(seq)));
-    let p = Producer::spawn(&pool, inflight, None, make);
-    let counts = p.counts.clone();
+    let p = Load::One(Producer::spawn(&pool, inflight, None, make));
+    measure_via_bullmq(ctx, server, admin, prefix, p).await
+}
+
+/// The jobs `load` puts in Redis over the window, and the tasks it got
+/// accepted; then every accepted task must reach Redis, once.
+async fn measure_via_bullmq(
+    ctx: &Ctx,
+    server: &crate::server::Server,
+    admin: &mut MultiplexedConnection,
+    prefix: &str,
+    load: Load,
+) -> Result<BullmqRate> {
     let pid = server.pid();
     tokio::time::sleep(ctx.plan.warmup).await;
-    let s1 = sample(admin, prefix, &counts.ok, pid).await;
+    let s1 = sample(admin, prefix, load.accepted(), pid).await;
     tokio::time::sleep(ctx.plan.window).await;
-    let s2 = sample(admin, prefix, &counts.ok, pid).await;
-    let counts = p.stop().await;
+    let s2 = sample(admin, prefix, load.accepted(), pid).await;
+    let counts = load.stop().await;
     let (s1, s2) = (s1?, s2?);
     check(&counts)?;
     // Every accepted task must reach Redis, once.

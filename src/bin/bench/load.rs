@@ -280,59 +280,93 @@ pub async fn bulk_throughput(
     db: bool,
 ) -> Result<Rate> {
     let pool = Pool::new(url, inflight).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new(Counts::default());
-    let next = Arc::new(AtomicU64::new(0));
-    let mut loops = Vec::with_capacity(inflight);
-    for i in 0..inflight {
-        let mut client = pool.client(i);
-        let (stop, counts, next) = (stop.clone(), counts.clone(), next.clone());
-        loops.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let first = next.fetch_add(per_call as u64, Ordering::Relaxed);
-                let tasks = (first..first + per_call as u64)
-                    .map(|seq| simple(name, payload_n(seq)))
-                    .collect();
-                match client
-                    .schedule_tasks(pb::ScheduleTasksRequest { tasks })
-                    .await
-                {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        let ok = r
-                            .results
-                            .iter()
-                            .filter(|x| {
-                                matches!(
-                                    x.outcome,
-                                    Some(pb::schedule_tasks_result::Outcome::Scheduled(_))
-                                )
-                            })
-                            .count();
-                        counts.ok.fetch_add(ok as u64, Ordering::Relaxed);
-                        if ok < r.results.len() {
-                            counts.error(tonic::Status::internal(format!(
-                                "{} of {} items refused",
-                                r.results.len() - ok,
-                                r.results.len()
-                            )));
-                        }
-                    }
-                    Err(s) => {
-                        counts.error(s);
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                }
-            }
-        }));
-    }
-    let rate = measure_rate(&counts.ok, server, warmup, window, db).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in loops {
-        let _ = l.await;
-    }
+    let p = BulkProducer::spawn(&pool, inflight, per_call, name);
+    let rate = measure_rate(&p.counts.ok, server, warmup, window, db).await;
+    let counts = p.stop().await;
     check(&counts)?;
     Ok(rate)
+}
+
+/// `inflight` loops sending `ScheduleTasks` calls of `per_call` SIMPLE
+/// tasks named `name` (`{"n": seq}`) back to back until stopped;
+/// `counts.ok` counts accepted items, and an answer with refused items
+/// counts as an error.
+pub struct BulkProducer {
+    stop: Arc<AtomicBool>,
+    /// Accepted items so far.
+    pub counts: Arc<Counts>,
+    loops: Vec<JoinHandle<()>>,
+}
+
+impl BulkProducer {
+    /// Starts the loops.
+    pub fn spawn(
+        pool: &Pool,
+        inflight: usize,
+        per_call: usize,
+        name: &'static str,
+    ) -> BulkProducer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Counts::default());
+        let next = Arc::new(AtomicU64::new(0));
+        let mut loops = Vec::with_capacity(inflight);
+        for i in 0..inflight {
+            let mut client = pool.client(i);
+            let (stop, counts, next) = (stop.clone(), counts.clone(), next.clone());
+            loops.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let first = next.fetch_add(per_call as u64, Ordering::Relaxed);
+                    let tasks = (first..first + per_call as u64)
+                        .map(|seq| simple(name, payload_n(seq)))
+                        .collect();
+                    match client
+                        .schedule_tasks(pb::ScheduleTasksRequest { tasks })
+                        .await
+                    {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            let ok = r
+                                .results
+                                .iter()
+                                .filter(|x| {
+                                    matches!(
+                                        x.outcome,
+                                        Some(pb::schedule_tasks_result::Outcome::Scheduled(_))
+                                    )
+                                })
+                                .count();
+                            counts.ok.fetch_add(ok as u64, Ordering::Relaxed);
+                            if ok < r.results.len() {
+                                counts.error(tonic::Status::internal(format!(
+                                    "{} of {} items refused",
+                                    r.results.len() - ok,
+                                    r.results.len()
+                                )));
+                            }
+                        }
+                        Err(s) => {
+                            counts.error(s);
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        BulkProducer {
+            stop,
+            counts,
+            loops,
+        }
+    }
+
+    /// Stops the loops and waits for the calls in flight.
+    pub async fn stop(self) -> Arc<Counts> {
+        self.stop.store(true, Ordering::Relaxed);
+        for l in self.loops {
+            let _ = l.await;
+        }
+        self.counts
+    }
 }
 
 /// Fails if every call failed, or more than 1% did.

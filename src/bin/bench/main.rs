@@ -56,16 +56,17 @@ struct Args {
     /// client interleaved; i: the store over months; j: ScheduleTasks, 100
     /// per call; k: c at half load with 10,000 schedules firing), fk (b
     /// and c with 10,000 concurrency keys against the same without), fm
-    /// (RSS with 1,000,000 pending over 100,000 keys), tls (not in the
-    /// default set: a and c with TLS and 1,000 API keys against plaintext
-    /// without auth), the peers' own scenarios (bullmq, with Queue.addBulk
-    /// for j; temporal),
+    /// (RSS with 1,000,000 pending over 100,000 keys), jb (j through the
+    /// BullMQ backend, with Node's Queue.addBulk interleaved), tls (not in
+    /// the default set: a and c with TLS and 1,000 API keys against
+    /// plaintext without auth), the peers' own scenarios (bullmq, with
+    /// Queue.addBulk for j; temporal),
     /// and on PostgreSQL: a, b and c again (pa, pb, pc), graphile-worker's
     /// (graphile, interleaved with them) and the failover of three replicas.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "a,b,c,d,e,f,g,h,i,j,k,fk,fm,bullmq,temporal,pa,pb,pc,graphile,failover"
+        default_value = "a,b,c,d,e,f,g,h,i,j,k,fk,fm,jb,bullmq,temporal,pa,pb,pc,graphile,failover"
     )]
     only: Vec<String>,
     /// PostgreSQL for pa, pb, pc, graphile and failover (a fresh schema per
@@ -722,30 +723,35 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         );
     }
     let (want_g, want_bullmq) = (wants(&args, "g"), wants(&args, "bullmq"));
-    if want_g || want_bullmq {
+    let want_jb = wants(&args, "jb");
+    if want_g || want_bullmq || want_jb {
         match peers::Redis::find_or_start(args.redis_url.clone(), &args.work_dir.join("redis"))
             .await
         {
             Err(e) => {
                 let why = format!("skipped: no Redis: {e:#}");
                 bull.side.note("*", why.clone());
-                sy.note("g.", why);
+                sy.note("g.", why.clone());
+                sy.note("jb.", why);
             }
             Ok(redis) => {
-                let mut add_measured = false;
+                let (mut add_measured, mut addbulk_measured) = (false, false);
                 let probe = [
                     ctx.spec.env.clone(),
                     backends::bullmq_env(&redis.url, "swbench-probe"),
                 ]
                 .concat();
-                match server::config_accepts(&args.server_bin, &probe) {
-                    Err(why) if want_g => sy.note(
-                        "g.",
-                        format!(
-                            "n/a (the server has no BullMQ backend: {})",
-                            why.lines().last().unwrap_or("")
-                        ),
-                    ),
+                let backend = server::config_accepts(&args.server_bin, &probe);
+                if let Err(why) = &backend {
+                    let why = format!(
+                        "n/a (the server has no BullMQ backend: {})",
+                        why.lines().last().unwrap_or("")
+                    );
+                    sy.note("g.", why.clone());
+                    sy.note("jb.", why);
+                }
+                match backend {
+                    Err(_) => {}
                     _ if !want_g => {}
                     _ => {
                         for run in 0..plan.runs {
@@ -770,10 +776,36 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                         }
                     }
                 }
+                // jb: j through the BullMQ backend, each run followed by
+                // Queue.addBulk at the same calls in flight.
+                if want_jb && backend.is_ok() {
+                    for run in 0..plan.runs {
+                        log(format!(
+                            "jb. ScheduleTasks of {} via the BullMQ backend, run {}",
+                            scenarios::BULK_PER_CALL,
+                            run + 1
+                        ));
+                        match backends::bulk_via_bullmq(&ctx, &redis.url).await {
+                            Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
+                            Err(e) => {
+                                fail(&mut sy, "jb.", e);
+                                break;
+                            }
+                        }
+                        if node_ok {
+                            log("jb. the peer: Queue.addBulk at the same calls in flight");
+                            let r = bullmq_call(&args, &plan, &rates, &redis.url, &["addbulk"], 1)
+                                .await;
+                            bull.merge(r, "bullmq");
+                            addbulk_measured = true;
+                        }
+                    }
+                }
                 if want_bullmq && node_ok {
                     let parts: Vec<&str> = ["add", "addbulk", "e2e", "drain", "lat"]
                         .into_iter()
                         .filter(|p| !(add_measured && *p == "add"))
+                        .filter(|p| !(addbulk_measured && *p == "addbulk"))
                         .collect();
                     log("bullmq: running bench/bullmq/bench.mjs");
                     let r = bullmq_call(&args, &plan, &rates, &redis.url, &parts, plan.runs).await;
@@ -927,7 +959,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut peer_info = serde_json::Map::new();
     let mut peers_ok = true;
     for (name, wanted, p) in [
-        ("bullmq", want_g || want_bullmq, bull),
+        ("bullmq", want_g || want_bullmq || want_jb, bull),
         (DURABLE_BULLMQ, want_g || want_bullmq, bulld),
         ("temporal", want_h || want_temporal, temp),
         ("graphile-worker", want_graphile, gw),
@@ -1284,6 +1316,22 @@ fn rows(
             RowDef::new(
                 format!("j.bulk{k}.c{c}"),
                 format!("j. ScheduleTasks of {k}, {c} calls in flight: durable tasks/s"),
+                Unit::PerSec,
+                Better::Higher,
+            )
+            .vs(
+                "bullmq",
+                format!("addbulk{k}.c{c}"),
+                format!("Queue.addBulk of {k}, {c} in flight: jobs/s"),
+            ),
+        );
+    }
+    for c in scenarios::BULK_INFLIGHT {
+        let k = scenarios::BULK_PER_CALL;
+        r.push(
+            RowDef::new(
+                format!("jb.bulk{k}.c{c}"),
+                format!("jb. ScheduleTasks of {k} via the BullMQ backend (job in Redis), {c} calls in flight: jobs/s"),
                 Unit::PerSec,
                 Better::Higher,
             )
@@ -1944,7 +1992,7 @@ fn targets(
         Unit::PerSec,
     ));
     t.push(at_least(
-        "j. ScheduleTasks, 100 per call: ≥ 1.0× Queue.addBulk per job (each concurrency; embedded store, not yet through the BullMQ backend)",
+        "j. ScheduleTasks, 100 per call: ≥ 1.0× Queue.addBulk per job (each concurrency; embedded store; through the BullMQ backend: jb)",
         min_ratio("j.bulk", ""),
         1.0,
         Unit::Ratio,
@@ -1999,6 +2047,12 @@ fn targets(
             None
         },
     });
+    t.push(at_least(
+        "jb. ScheduleTasks, 100 per call, through the BullMQ backend: ≥ 1.0× Queue.addBulk per job (each concurrency; issue 22)",
+        min_ratio("jb.bulk", ""),
+        1.0,
+        Unit::Ratio,
+    ));
     // Issue 23: TLS and keys against plaintext without auth.
     t.push(at_least(
         "tls. ScheduleTask with TLS and 1,000 API keys ≥ 0.9× plaintext without auth, same run (each concurrency; issue 23)",
