@@ -3,7 +3,8 @@
 //! key, [`crate::keys`]) when any is configured, and the role the one table
 //! ([`crate::keys::table::admin`]) names for it; the dashboard and the
 //! event stream may also take it as `?access_token=` (a browser and
-//! EventSource cannot set headers). The caller rides in the request's
+//! EventSource cannot set headers). A key's rate counts each request (429
+//! with `Retry-After` when it is over). The caller rides in the request's
 //! extensions for the routes that audit what they do.
 
 use axum::extract::{Request, State};
@@ -61,6 +62,20 @@ pub async fn require(State(keys): State<Keys>, mut req: Request, next: Next) -> 
     };
     if let Err(d) = who.may(need, scoping) {
         return refuse(StatusCode::FORBIDDEN, "PERMISSION_DENIED", d.to_string());
+    }
+    if let Err(l) = who.admit() {
+        let mut resp = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            l.to_string(),
+        );
+        if let Some(d) = l.retry_after() {
+            // Whole seconds, rounded up (RFC 9110's delay-seconds).
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
+        return resp;
     }
     req.extensions_mut().insert(who);
     next.run(req).await

@@ -3,7 +3,8 @@
 //! `authorization` metadata ([`Keys::authenticate`], from memory), looks
 //! up what the method needs in the one table ([`crate::keys::table`]) and
 //! refuses with UNAUTHENTICATED or PERMISSION_DENIED before the handler
-//! runs. The caller ([`Principal`]) rides in the request's extensions for
+//! runs, then counts the call against the key's rate (RESOURCE_EXHAUSTED
+//! with a retry delay when it is over). The caller ([`Principal`]) rides in the request's extensions for
 //! the handlers that narrow a call to its scope.
 
 use std::future::Future;
@@ -11,13 +12,28 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tonic::server::NamedService;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::keys::{table, Denied, Keys, Principal};
+use crate::keys::{table, Denied, Keys, Limited, Principal};
 
 impl From<Denied> for Status {
     fn from(d: Denied) -> Status {
         Status::permission_denied(d.to_string())
+    }
+}
+
+/// RESOURCE_EXHAUSTED naming the limit, with `google.rpc.QuotaFailure`
+/// (subject `key:<id>`, the limit's name) and, when a retry can succeed
+/// (the rate), `google.rpc.RetryInfo` with the delay.
+impl From<Limited> for Status {
+    fn from(l: Limited) -> Status {
+        let mut details = ErrorDetails::new();
+        details.add_quota_failure_violation(format!("key:{}", l.key()), l.limit());
+        if let Some(d) = l.retry_after() {
+            details.set_retry_info(Some(d));
+        }
+        Status::with_error_details(Code::ResourceExhausted, l.to_string(), details)
     }
 }
 
@@ -75,8 +91,12 @@ where
             .and_then(|v| v.to_str().ok());
         let refused = match self.keys.authenticate(header, None) {
             Err(u) => Some(Status::unauthenticated(u.to_string())),
-            Ok(p) => match p.may(need, scoping) {
-                Err(d) => Some(d.into()),
+            Ok(p) => match p
+                .may(need, scoping)
+                .map_err(Status::from)
+                .and_then(|()| p.admit().map_err(Status::from))
+            {
+                Err(s) => Some(s),
                 Ok(()) => {
                     req.extensions_mut().insert(p);
                     None

@@ -7,6 +7,7 @@ use tracing::instrument;
 use super::authz::caller;
 use super::convert;
 use crate::core::CoreError;
+use crate::keys::limit::{MAX_PAYLOAD_BYTES, MAX_RPS, MIN_RPS};
 use crate::keys::{AuditEvent, KeyRecord, Keys, NewKey, Role, MAX_NAMES, MAX_USER_BYTES};
 use crate::pb;
 use crate::pb::keys_service_server::KeysService;
@@ -115,6 +116,27 @@ fn new_key(r: pb::CreateKeyRequest) -> Result<NewKey, CoreError> {
             Some(d)
         }
     };
+    let rps = r.max_requests_per_second;
+    let max_rps = if rps == 0.0 {
+        None
+    } else if rps.is_finite() && (MIN_RPS..=MAX_RPS).contains(&rps) {
+        Some(rps)
+    } else {
+        return Err(CoreError::field(
+            "max_requests_per_second",
+            format!("must be 0 (no limit) or {MIN_RPS} to {MAX_RPS} calls per second, got {rps}"),
+        ));
+    };
+    let max_payload_bytes = match r.max_payload_bytes {
+        0 => None,
+        b if (1..=MAX_PAYLOAD_BYTES).contains(&b) => Some(b as u64),
+        b => return Err(CoreError::field(
+            "max_payload_bytes",
+            format!(
+                "must be 0 (the server's limit only) or 1 to {MAX_PAYLOAD_BYTES} bytes, got {b}"
+            ),
+        )),
+    };
     let mut names = r.names;
     names.sort();
     names.dedup();
@@ -123,6 +145,8 @@ fn new_key(r: pb::CreateKeyRequest) -> Result<NewKey, CoreError> {
         user_id: (!r.user_id.is_empty()).then_some(r.user_id),
         names,
         expires_in,
+        max_rps,
+        max_payload_bytes,
     })
 }
 
@@ -137,6 +161,10 @@ fn key(r: &KeyRecord) -> pb::ApiKey {
         last_used_at: r.last_used_at.map(convert::ts),
         revoked_at: r.revoked_at.map(convert::ts),
         namespace: r.namespace.clone(),
+        max_requests_per_second: r.max_rps.unwrap_or(0.0),
+        max_payload_bytes: r
+            .max_payload_bytes
+            .map_or(0, |b| b.min(i64::MAX as u64) as i64),
     }
 }
 

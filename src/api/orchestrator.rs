@@ -99,6 +99,15 @@ impl Orchestrator {
     }
 }
 
+/// The bytes of a new task's payload, as a key's `max_payload_bytes`
+/// counts them (serialised JSON).
+fn payload_bytes(p: &crate::domain::Payload) -> usize {
+    match p {
+        crate::domain::Payload::Json(s) => s.len(),
+        crate::domain::Payload::CopyOf(_) => 0,
+    }
+}
+
 fn traceparent<T>(req: &Request<T>) -> Option<String> {
     req.metadata()
         .get("traceparent")
@@ -129,6 +138,7 @@ impl OrchestratorService for Orchestrator {
         let who = caller(&req)?;
         let mut new = convert::new_task(req.into_inner(), &self.limits, tp)?;
         who.stamp(&mut new.spec)?;
+        who.fits_payload(payload_bytes(&new.payload))?;
         let s = self.core.schedule(new).await?;
         tracing::Span::current().record("task_id", tracing::field::display(s.task.id));
         Ok(Response::new(pb::ScheduleTaskResponse {
@@ -153,8 +163,15 @@ impl OrchestratorService for Orchestrator {
         };
         let who = caller(&req)?;
         let mut items = convert::new_tasks(req.into_inner(), &self.limits, tp)?;
-        for new in items.iter_mut().flatten() {
-            who.stamp(&mut new.spec)?;
+        for item in items.iter_mut() {
+            if let Ok(new) = item {
+                who.stamp(&mut new.spec)?;
+                // Over the key's payload limit: this item alone is refused,
+                // as ScheduleTask would refuse it.
+                if let Err(l) = who.fits_payload(payload_bytes(&new.payload)) {
+                    *item = Err(crate::core::CoreError::ResourceExhausted(l.to_string()));
+                }
+            }
         }
         let mut results = Vec::with_capacity(items.len());
         let mut valid = Vec::with_capacity(items.len());
@@ -402,11 +419,13 @@ impl OrchestratorService for Orchestrator {
                 return Err(crate::core::CoreError::field("payload", e.to_string()).into())
             }
         };
-        if payload.to_string().len() > self.limits.max_payload_bytes {
+        let bytes = payload.to_string().len();
+        if bytes > self.limits.max_payload_bytes {
             return Err(
                 crate::core::CoreError::field("payload", "is over the payload limit").into(),
             );
         }
+        who.fits_payload(bytes)?;
         self.check_sees(&who, id).await?;
         let t = self.core.signal(id, &r.signal, payload).await?;
         self.keys.audit_task(&who, "signal", id, &r.signal).await;

@@ -51,6 +51,17 @@ pub struct ClientArgs {
     /// object per line for `task watch` and `task logs`.
     #[arg(long, global = true, display_order = 1001)]
     pub json: bool,
+    /// The bearer token every call sends (`authorization: Bearer <token>`):
+    /// an API key's secret, a static `auth.tokens` token or a JWT the
+    /// server accepts. Needed when the server has authentication on.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_TOKEN",
+        hide_env_values = true,
+        display_order = 1005
+    )]
+    pub token: Option<String>,
 }
 
 impl ClientArgs {
@@ -60,6 +71,14 @@ impl ClientArgs {
             ca_file: self.ca_file.clone(),
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),
+        }
+    }
+
+    /// How every call connects: the TLS files and `--token`.
+    pub fn conn(&self) -> super::commands::Conn {
+        super::commands::Conn {
+            tls: self.tls(),
+            token: self.token.clone(),
         }
     }
 }

@@ -72,6 +72,66 @@ impl<W: Write> Output<W> {
     }
 }
 
+/// How the CLI connects: TLS files and the bearer token every call sends
+/// (`--token`, `SWITCHYARD_TOKEN`).
+#[derive(Clone, Default)]
+pub struct Conn {
+    /// `--ca-file`, `--cert-file`, `--key-file`.
+    pub tls: TlsFiles,
+    /// `--token`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Conn {
+    /// The `authorization` header of `--token`; a token that is no valid
+    /// header value is a usage error.
+    fn authorization(&self) -> Result<Option<http::HeaderValue>, CliError> {
+        let Some(t) = &self.token else {
+            return Ok(None);
+        };
+        let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+            .map_err(|_| CliError::usage("--token: not a valid header value"))?;
+        v.set_sensitive(true);
+        Ok(Some(v))
+    }
+}
+
+/// `inner`, sending `auth` as `authorization` with every call (of every
+/// service: the one place a token is added).
+fn with_token<S>(inner: S, auth: Option<http::HeaderValue>) -> switchyard_client::Transport
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = tonic::transport::Error,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match auth {
+        None => switchyard_client::Transport::new(inner),
+        Some(v) => switchyard_client::Transport::new(tower::util::MapRequest::new(
+            inner,
+            move |mut r: http::Request<tonic::body::Body>| {
+                r.headers_mut()
+                    .insert(http::header::AUTHORIZATION, v.clone());
+                r
+            },
+        )),
+    }
+}
+
 /// `host:port` means `http://host:port`.
 pub(crate) fn server_uri(server: &str) -> String {
     if server.contains("://") {
@@ -86,7 +146,7 @@ pub(crate) fn server_uri(server: &str) -> String {
 /// one and move to the next when a call fails at the transport (a standby
 /// forwards to the leader).
 /// `https://` addresses use TLS with `tls`'s CA and client certificate.
-pub(crate) async fn connect(server: &str, tls: &TlsFiles) -> Result<Client, CliError> {
+pub(crate) async fn connect(server: &str, tls: &Conn) -> Result<Client, CliError> {
     Ok(
         OrchestratorServiceClient::new(transport(server, tls).await?)
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -96,8 +156,10 @@ pub(crate) async fn connect(server: &str, tls: &TlsFiles) -> Result<Client, CliE
 /// The transport to `server` every service's client uses (see [`connect`]).
 pub(crate) async fn transport(
     server: &str,
-    tls: &TlsFiles,
+    conn: &Conn,
 ) -> Result<switchyard_client::Transport, CliError> {
+    let tls = &conn.tls;
+    let auth = conn.authorization()?;
     let parts: Vec<&str> = server
         .split(',')
         .map(str::trim)
@@ -116,7 +178,7 @@ pub(crate) async fn transport(
     let endpoints = switchyard_client::failover::expand_dns(endpoints).await;
     if endpoints.len() > 1 {
         let failover = switchyard_client::failover::Failover::connect(endpoints).await;
-        return Ok(switchyard_client::Transport::new(failover));
+        return Ok(with_token(failover, auth));
     }
     let uri = server_uri(server);
     let endpoint = Endpoint::from_shared(uri.clone())
@@ -127,7 +189,7 @@ pub(crate) async fn transport(
         .connect()
         .await
         .map_err(|e| CliError::connect(&uri, &e))?;
-    Ok(switchyard_client::Transport::new(channel))
+    Ok(with_token(channel, auth))
 }
 
 fn rpc(status: Status) -> CliError {
@@ -585,7 +647,7 @@ fn watch_retryable(code: Code) -> bool {
 /// missed or printed twice. The first connection must succeed.
 pub(crate) async fn watch<W: Write>(
     server: &str,
-    tls: &TlsFiles,
+    tls: &Conn,
     args: &WatchArgs,
     out: &mut Output<W>,
     stop: impl Future<Output = ()>,
@@ -1142,9 +1204,7 @@ mod tests {
 
     /// Runs a task command (not watch) against `addr`, returning its output.
     async fn run(addr: SocketAddr, json: bool, args: &[&str]) -> (Result<(), CliError>, String) {
-        let mut client = connect(&addr.to_string(), &TlsFiles::default())
-            .await
-            .unwrap();
+        let mut client = connect(&addr.to_string(), &Conn::default()).await.unwrap();
         let mut out = Output::new(Vec::new(), json);
         let result = match task_command(args) {
             TaskCommand::Schedule(a) => match a.to_request() {
@@ -1217,9 +1277,7 @@ mod tests {
         );
         assert!(lines[3].1.is_err() && lines[4].1.is_err());
 
-        let mut client = connect(&addr.to_string(), &TlsFiles::default())
-            .await
-            .unwrap();
+        let mut client = connect(&addr.to_string(), &Conn::default()).await.unwrap();
         let mut out = Output::new(Vec::new(), false);
         let err = schedule_many(&mut client, lines.clone(), &mut out)
             .await
@@ -1296,7 +1354,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let err = connect(&addr.to_string(), &TlsFiles::default())
+        let err = connect(&addr.to_string(), &Conn::default())
             .await
             .unwrap_err();
         assert_eq!(err.exit_code(), CliError::UNREACHABLE);
@@ -1405,15 +1463,9 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
-        watch(
-            &addr.to_string(),
-            &TlsFiles::default(),
-            &args,
-            &mut out,
-            stop,
-        )
-        .await
-        .unwrap();
+        watch(&addr.to_string(), &Conn::default(), &args, &mut out, stop)
+            .await
+            .unwrap();
         let text = buf.text();
         assert_eq!(mock.state().watch_calls, [0, 6], "{text}");
         let lines: Vec<_> = text.lines().collect();
@@ -1436,7 +1488,7 @@ mod tests {
         let mut out = Output::new(Vec::new(), false);
         let err = watch(
             &addr.to_string(),
-            &TlsFiles::default(),
+            &Conn::default(),
             &args,
             &mut out,
             std::future::pending(),
@@ -1449,9 +1501,7 @@ mod tests {
     #[tokio::test]
     async fn disconnect_and_metrics_print_tables() {
         let addr = serve(MockOrchestrator::default()).await;
-        let mut client = connect(&addr.to_string(), &TlsFiles::default())
-            .await
-            .unwrap();
+        let mut client = connect(&addr.to_string(), &Conn::default()).await.unwrap();
         let mut out = Output::new(Vec::new(), false);
         let args = DisconnectArgs {
             user: Some("u".into()),
@@ -1478,7 +1528,7 @@ mod tests {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dead_addr = dead.local_addr().unwrap();
         drop(dead);
-        let mut client = connect(&format!("{dead_addr},{addr}"), &TlsFiles::default())
+        let mut client = connect(&format!("{dead_addr},{addr}"), &Conn::default())
             .await
             .unwrap();
         let mut out = Output::new(Vec::new(), false);

@@ -99,7 +99,7 @@ async fn flow_client(
     client: &ClientArgs,
 ) -> Result<FlowServiceClient<switchyard_client::Transport>, CliError> {
     Ok(FlowServiceClient::new(
-        transport(&client.server, &client.tls()).await?,
+        transport(&client.server, &client.conn()).await?,
     ))
 }
 
@@ -295,7 +295,7 @@ pub async fn why<W: Write>(
     args: &StatusArgs,
     out: &mut Output<W>,
 ) -> Result<(), CliError> {
-    let mut c = connect(&client.server, &client.tls()).await?;
+    let mut c = connect(&client.server, &client.conn()).await?;
     let r = c
         .get_task_status(pb::GetTaskStatusRequest {
             task_id: args.id.clone(),

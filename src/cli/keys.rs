@@ -1,7 +1,8 @@
 //! `switchyard keys create|list|revoke` and `switchyard audit` (to
 //! `KeysService`): their clap types, requests and output (lines for people,
-//! JSON with `--json`). They send `--token` (or `SWITCHYARD_TOKEN`) as the
-//! bearer token: an admin key or a static token.
+//! JSON with `--json`). Like every client command they send the global
+//! `--token` (or `SWITCHYARD_TOKEN`) as the bearer token: here an admin key,
+//! a static token or an admin JWT.
 //!
 //! Must not: hold server code; it talks gRPC only.
 
@@ -15,15 +16,6 @@ use super::commands::{transport, Output};
 use super::error::CliError;
 use crate::pb;
 use crate::pb::keys_service_client::KeysServiceClient;
-
-/// The bearer token the keys commands send.
-#[derive(Args, Debug, Clone, Default)]
-pub struct TokenArg {
-    /// The bearer token to send: an admin key or a static `auth.tokens`
-    /// token.
-    #[arg(long, env = "SWITCHYARD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
 
 /// A key's role.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +38,7 @@ pub enum KeysCommand {
     /// Creates a key and prints its secret, once.
     Create(CreateKeyArgs),
     /// Lists the keys (never their secrets).
-    List(TokenArg),
+    List,
     /// Revokes a key: refused at once, its worker streams closed.
     Revoke(RevokeKeyArgs),
 }
@@ -66,9 +58,15 @@ pub struct CreateKeyArgs {
     /// How long it lasts (`30d`, `12h`); default: no expiry.
     #[arg(long, value_parser = super::args::parse_duration)]
     pub expires: Option<std::time::Duration>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub token: TokenArg,
+    /// Its rate limit, in calls per second (0.01 to 100,000; fractions
+    /// allowed); over it a call is RESOURCE_EXHAUSTED with a retry delay.
+    /// Default: none.
+    #[arg(long, allow_negative_numbers = true)]
+    pub rps: Option<f64>,
+    /// The largest task payload it may send, in bytes of JSON (1 to 1 GiB).
+    /// Default: only the server's limit.
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_payload: Option<i64>,
 }
 
 /// `keys revoke`.
@@ -76,9 +74,6 @@ pub struct CreateKeyArgs {
 pub struct RevokeKeyArgs {
     /// The key's id.
     pub id: String,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub token: TokenArg,
 }
 
 /// `audit`: the audit log, newest first.
@@ -90,24 +85,10 @@ pub struct AuditArgs {
     /// Only events older than this sequence number.
     #[arg(long, default_value_t = 0)]
     pub before: i64,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub token: TokenArg,
 }
 
 fn rpc(status: tonic::Status) -> CliError {
     CliError::status(&status)
-}
-
-fn request<T>(msg: T, token: &TokenArg) -> Result<tonic::Request<T>, CliError> {
-    let mut req = tonic::Request::new(msg);
-    if let Some(t) = &token.token {
-        let v = format!("Bearer {t}")
-            .parse()
-            .map_err(|_| CliError::usage("--token: not a valid header value"))?;
-        req.metadata_mut().insert("authorization", v);
-    }
-    Ok(req)
 }
 
 fn time(t: &Option<prost_types::Timestamp>) -> String {
@@ -141,12 +122,14 @@ fn key_json(k: &pb::ApiKey) -> serde_json::Value {
         "lastUsedAt": k.last_used_at.as_ref().map(|_| time(&k.last_used_at)),
         "revokedAt": k.revoked_at.as_ref().map(|_| time(&k.revoked_at)),
         "namespace": k.namespace,
+        "maxRequestsPerSecond": k.max_requests_per_second,
+        "maxPayloadBytes": k.max_payload_bytes,
     })
 }
 
 fn key_line(k: &pb::ApiKey) -> String {
     format!(
-        "{}  {:<9}  user {}  names {}  created {}  expires {}  last used {}{}",
+        "{}  {:<9}  user {}  names {}  created {}  expires {}  last used {}{}{}",
         k.id,
         role_name(k.role),
         if k.user_id.is_empty() {
@@ -162,6 +145,7 @@ fn key_line(k: &pb::ApiKey) -> String {
         time(&k.created_at),
         time(&k.expires_at),
         time(&k.last_used_at),
+        limits(k),
         if k.revoked_at.is_some() {
             format!("  REVOKED {}", time(&k.revoked_at))
         } else {
@@ -170,13 +154,25 @@ fn key_line(k: &pb::ApiKey) -> String {
     )
 }
 
+/// A key's limits, for its line (nothing when it has none).
+fn limits(k: &pb::ApiKey) -> String {
+    let mut s = String::new();
+    if k.max_requests_per_second > 0.0 {
+        s.push_str(&format!("  rps {}", k.max_requests_per_second));
+    }
+    if k.max_payload_bytes > 0 {
+        s.push_str(&format!("  max payload {} B", k.max_payload_bytes));
+    }
+    s
+}
+
 /// Runs one `keys` subcommand.
 pub async fn run_keys<W: Write>(
     client: &ClientArgs,
     command: KeysCommand,
     out: &mut Output<W>,
 ) -> Result<(), CliError> {
-    let mut c = KeysServiceClient::new(transport(&client.server, &client.tls()).await?);
+    let mut c = KeysServiceClient::new(transport(&client.server, &client.conn()).await?);
     match command {
         KeysCommand::Create(a) => {
             let role = match a.role {
@@ -194,12 +190,10 @@ pub async fn run_keys<W: Write>(
                     seconds: d.as_secs().min(i64::MAX as u64) as i64,
                     nanos: d.subsec_nanos() as i32,
                 }),
+                max_requests_per_second: a.rps.unwrap_or(0.0),
+                max_payload_bytes: a.max_payload.unwrap_or(0),
             };
-            let r = c
-                .create_key(request(msg, &a.token)?)
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let r = c.create_key(msg).await.map_err(rpc)?.into_inner();
             let key = r.key.unwrap_or_default();
             if out.json() {
                 return out.document(&json!({"key": key_json(&key), "secret": r.secret}));
@@ -207,9 +201,9 @@ pub async fn run_keys<W: Write>(
             out.line(key_line(&key))?;
             out.line(format!("secret (shown once, keep it now): {}", r.secret))
         }
-        KeysCommand::List(t) => {
+        KeysCommand::List => {
             let r = c
-                .list_keys(request(pb::ListKeysRequest {}, &t)?)
+                .list_keys(pb::ListKeysRequest {})
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -227,10 +221,7 @@ pub async fn run_keys<W: Write>(
         }
         KeysCommand::Revoke(a) => {
             let r = c
-                .revoke_key(request(
-                    pb::RevokeKeyRequest { id: a.id.clone() },
-                    &a.token,
-                )?)
+                .revoke_key(pb::RevokeKeyRequest { id: a.id.clone() })
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -252,16 +243,12 @@ pub async fn run_audit<W: Write>(
     args: AuditArgs,
     out: &mut Output<W>,
 ) -> Result<(), CliError> {
-    let mut c = KeysServiceClient::new(transport(&client.server, &client.tls()).await?);
+    let mut c = KeysServiceClient::new(transport(&client.server, &client.conn()).await?);
     let msg = pb::ListAuditEventsRequest {
         page_size: args.limit,
         before: args.before,
     };
-    let r = c
-        .list_audit_events(request(msg, &args.token)?)
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    let r = c.list_audit_events(msg).await.map_err(rpc)?.into_inner();
     if out.json() {
         let events: Vec<_> = r
             .events

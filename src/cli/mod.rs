@@ -57,7 +57,7 @@ pub use args::{
 };
 pub use error::CliError;
 pub use flow::{DeletePolicyArgs, FlowCommand, QueueArgs, QueueCommand, SetPolicyArgs};
-pub use keys::{AuditArgs, CreateKeyArgs, KeysCommand, RevokeKeyArgs, RoleArg, TokenArg};
+pub use keys::{AuditArgs, CreateKeyArgs, KeysCommand, RevokeKeyArgs, RoleArg};
 pub use schedule::{
     CatchUpArg, CreateArgs, IdArgs, ListSchedulesArgs, NoteArgs, OverlapArg, ScheduleCommand,
     TimingArgs, UpdateArgs,
@@ -78,7 +78,7 @@ async fn ctrl_c() {
 pub async fn run_task(client: &ClientArgs, command: TaskCommand) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
     let server = &client.server;
-    let tls = &client.tls();
+    let tls = &client.conn();
     match command {
         TaskCommand::Schedule(args) => {
             // Bad flags fail before the connection does.
@@ -144,21 +144,21 @@ pub async fn run_audit(client: &ClientArgs, args: AuditArgs) -> Result<(), CliEr
 /// to stdout.
 pub async fn run_schedule(client: &ClientArgs, command: ScheduleCommand) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    schedule::run(&client.server, &client.tls(), command, &mut out).await
+    schedule::run(&client.server, &client.conn(), command, &mut out).await
 }
 
 /// Runs `disconnect`: cancels every active task of a user or a session and
 /// prints a receipt per task.
 pub async fn run_disconnect(client: &ClientArgs, args: DisconnectArgs) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    let mut grpc = connect(&client.server, &client.tls()).await?;
+    let mut grpc = connect(&client.server, &client.conn()).await?;
     commands::disconnect(&mut grpc, &args, &mut out).await
 }
 
 /// Runs `cluster status`: who leads, under which term, and the replicas.
 pub async fn run_cluster(client: &ClientArgs, cmd: ClusterCommand) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    let mut grpc = connect(&client.server, &client.tls()).await?;
+    let mut grpc = connect(&client.server, &client.conn()).await?;
     match cmd {
         ClusterCommand::Status => commands::cluster_status(&mut grpc, &mut out).await,
     }
@@ -168,6 +168,6 @@ pub async fn run_cluster(client: &ClientArgs, cmd: ClusterCommand) -> Result<(),
 /// latency.
 pub async fn run_metrics(client: &ClientArgs, args: MetricsArgs) -> Result<(), CliError> {
     let mut out = Output::new(io::stdout(), client.json);
-    let mut grpc = connect(&client.server, &client.tls()).await?;
+    let mut grpc = connect(&client.server, &client.conn()).await?;
     commands::metrics(&mut grpc, &args, &mut out).await
 }

@@ -12,12 +12,12 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
 use super::args::{parse_duration, ScheduleArgs};
+use super::commands::Conn;
 use super::commands::{transport, Output};
 use super::error::CliError;
 use super::render;
 use crate::pb;
 use crate::pb::schedule_service_client::ScheduleServiceClient;
-use switchyard_client::TlsFiles;
 
 type Client = ScheduleServiceClient<switchyard_client::Transport>;
 
@@ -262,7 +262,7 @@ fn print_one<W: Write>(out: &mut Output<W>, s: &pb::ScheduleInfo) -> Result<(), 
     out.line(t)
 }
 
-async fn connect(server: &str, tls: &TlsFiles) -> Result<Client, CliError> {
+async fn connect(server: &str, tls: &Conn) -> Result<Client, CliError> {
     Ok(ScheduleServiceClient::new(transport(server, tls).await?))
 }
 
@@ -273,7 +273,7 @@ fn rpc(status: tonic::Status) -> CliError {
 /// Runs one `schedule` subcommand, writing to `out`.
 pub(crate) async fn run<W: Write>(
     server: &str,
-    tls: &TlsFiles,
+    tls: &Conn,
     command: ScheduleCommand,
     out: &mut Output<W>,
 ) -> Result<(), CliError> {

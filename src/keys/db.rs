@@ -63,7 +63,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     expires_at INTEGER,
     created_at INTEGER NOT NULL,
     last_used_at INTEGER,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    max_requests_per_second REAL,
+    max_payload_bytes INTEGER
 );
 CREATE TABLE IF NOT EXISTS audit_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -88,6 +90,8 @@ fn to_row(r: &KeyRecord) -> KeyRow {
         created_at: r.created_at,
         last_used_at: r.last_used_at,
         revoked_at: r.revoked_at,
+        max_rps: r.max_rps,
+        max_payload_bytes: r.max_payload_bytes,
     }
 }
 
@@ -116,6 +120,12 @@ fn from_row(r: KeyRow) -> Option<KeyRecord> {
         created_at: r.created_at,
         last_used_at: r.last_used_at,
         revoked_at: r.revoked_at,
+        // A limit out of bounds (edited by hand) is none, never a refusal
+        // of every call.
+        max_rps: r
+            .max_rps
+            .filter(|v| (super::limit::MIN_RPS..=super::limit::MAX_RPS).contains(v)),
+        max_payload_bytes: r.max_payload_bytes.filter(|b| *b > 0),
     })
 }
 
@@ -131,13 +141,18 @@ fn from_audit(r: AuditRow) -> AuditEvent {
 }
 
 impl Db {
-    /// Opens `keys.db` in `dir`.
+    /// Opens `keys.db` in `dir` (a file of an earlier version gains the
+    /// limit columns).
     pub fn open_sqlite(dir: &Path) -> Result<Db, StoreError> {
-        Ok(Db::Sqlite(SideDb::open(
-            &dir.join(super::FILE),
-            SCHEMA,
-            "keys database",
-        )?))
+        let db = SideDb::open(&dir.join(super::FILE), SCHEMA, "keys database")?;
+        db.add_columns(
+            "api_keys",
+            &[
+                ("max_requests_per_second", "REAL"),
+                ("max_payload_bytes", "INTEGER"),
+            ],
+        )?;
+        Ok(Db::Sqlite(db))
     }
 
     /// A store in memory.
@@ -153,7 +168,8 @@ impl Db {
                 db.run(|c| {
                     let mut st = c.prepare(
                         "SELECT id, namespace, hash, role, user_id, names, expires_at, created_at, \
-                         last_used_at, revoked_at FROM api_keys",
+                         last_used_at, revoked_at, max_requests_per_second, max_payload_bytes \
+                         FROM api_keys",
                     )?;
                     let rows = st.query_map([], |r| {
                         Ok(KeyRow {
@@ -167,6 +183,10 @@ impl Db {
                             created_at: r.get(7)?,
                             last_used_at: r.get(8)?,
                             revoked_at: r.get(9)?,
+                            max_rps: r.get(10)?,
+                            max_payload_bytes: r
+                                .get::<_, Option<i64>>(11)?
+                                .map(|b| b.max(0) as u64),
                         })
                     })?;
                     rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -190,7 +210,8 @@ impl Db {
                 db.run(move |c| {
                     c.execute(
                         "INSERT INTO api_keys (id, namespace, hash, role, user_id, names, expires_at, \
-                         created_at, last_used_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                         created_at, last_used_at, revoked_at, max_requests_per_second, max_payload_bytes) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                         rusqlite::params![
                             row.id,
                             row.namespace,
@@ -201,7 +222,9 @@ impl Db {
                             row.expires_at,
                             row.created_at,
                             row.last_used_at,
-                            row.revoked_at
+                            row.revoked_at,
+                            row.max_rps,
+                            row.max_payload_bytes.map(|b| b.min(i64::MAX as u64) as i64)
                         ],
                     )
                     .map(drop)
@@ -335,5 +358,38 @@ impl Db {
             Db::Postgres(p) => p.page(before, limit as i64).await?,
         };
         Ok(rows.into_iter().map(from_audit).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_keys_file_of_an_earlier_version_gains_the_limit_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = rusqlite::Connection::open(dir.path().join(super::super::FILE)).unwrap();
+        old.execute_batch(
+            "CREATE TABLE api_keys (id TEXT PRIMARY KEY, namespace TEXT NOT NULL DEFAULT 'default', \
+             hash TEXT NOT NULL UNIQUE, role TEXT NOT NULL, user_id TEXT, names TEXT NOT NULL DEFAULT '', \
+             expires_at INTEGER, created_at INTEGER NOT NULL, last_used_at INTEGER, revoked_at INTEGER);
+             INSERT INTO api_keys (id, hash, role, created_at) VALUES ('key_old', 'h1', 'reader', 1);",
+        )
+        .unwrap();
+        drop(old);
+        let db = Db::open_sqlite(dir.path()).unwrap();
+        let mut new = db.all().await.unwrap().pop().expect("the old key");
+        assert_eq!((new.max_rps, new.max_payload_bytes), (None, None));
+        new.id = "key_new".into();
+        new.hash = "h2".into();
+        new.max_rps = Some(2.5);
+        new.max_payload_bytes = Some(100);
+        db.insert(&new).await.unwrap();
+        drop(db);
+        // Opened again: nothing to add, and the limits read back.
+        let db = Db::open_sqlite(dir.path()).unwrap();
+        let back = db.all().await.unwrap();
+        let k = back.iter().find(|k| k.id == "key_new").unwrap();
+        assert_eq!((k.max_rps, k.max_payload_bytes), (Some(2.5), Some(100)));
     }
 }

@@ -12,6 +12,7 @@
 //! (`open`, the local default).
 
 pub mod db;
+pub mod limit;
 pub mod table;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::core::{Core, CoreError};
 use crate::domain::{now_micros, LogEntry, Micros, Task, TaskFilter, TaskId, TaskSpec};
 
 pub use db::{AuditEvent, Db};
+pub use limit::Limited;
 pub use table::{Need, Scoping};
 
 /// The SQLite store's keys file in the data directory.
@@ -93,7 +95,7 @@ impl Role {
 }
 
 /// A stored key (its secret's hash, never the secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyRecord {
     /// `key_` and 16 hex digits.
     pub id: String,
@@ -115,6 +117,10 @@ pub struct KeyRecord {
     pub last_used_at: Option<Micros>,
     /// When it was revoked.
     pub revoked_at: Option<Micros>,
+    /// Its rate limit, in calls per second.
+    pub max_rps: Option<f64>,
+    /// The largest payload it may send, in bytes.
+    pub max_payload_bytes: Option<u64>,
 }
 
 /// A key in memory: its record, and what changes.
@@ -126,6 +132,8 @@ pub struct Entry {
     used: AtomicBool,
     /// Cancelled when the key is revoked (an open worker stream ends).
     revoked: CancellationToken,
+    /// Its rate, when it has one (this replica's count).
+    bucket: Option<limit::Bucket>,
 }
 
 impl Entry {
@@ -139,6 +147,7 @@ impl Entry {
             revoked_at: AtomicI64::new(record.revoked_at.unwrap_or(0)),
             used: AtomicBool::new(false),
             revoked,
+            bucket: record.max_rps.map(limit::Bucket::new),
             record,
         })
     }
@@ -279,6 +288,39 @@ impl Principal {
         Ok(())
     }
 
+    /// Counts one call against the caller's rate: `Err` when it is over
+    /// (a token, an open server and a key without a rate always pass).
+    pub fn admit(&self) -> Result<(), Limited> {
+        let Principal::Key(e) = self else {
+            return Ok(());
+        };
+        match &e.bucket {
+            Some(b) => b
+                .take(std::time::Instant::now())
+                .map_err(|retry_after| Limited::Rate {
+                    key: e.record.id.clone(),
+                    rps: b.rate(),
+                    retry_after,
+                }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the caller may send a payload of `bytes` (serialised JSON).
+    pub fn fits_payload(&self, bytes: usize) -> Result<(), Limited> {
+        let Principal::Key(e) = self else {
+            return Ok(());
+        };
+        match e.record.max_payload_bytes {
+            Some(limit) if bytes as u64 > limit => Err(Limited::Payload {
+                key: e.record.id.clone(),
+                limit,
+                got: bytes as u64,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a worker may register these task names: `Err` names the
     /// first it may not.
     pub fn may_register<'a>(&self, names: &'a [String]) -> Result<(), &'a str> {
@@ -361,6 +403,10 @@ pub struct NewKey {
     pub names: Vec<String>,
     /// How long it lasts.
     pub expires_in: Option<std::time::Duration>,
+    /// Its rate limit, in calls per second.
+    pub max_rps: Option<f64>,
+    /// The largest payload it may send, in bytes.
+    pub max_payload_bytes: Option<u64>,
 }
 
 /// The keys: in memory for every call, in the store for restarts. Cheap to
@@ -508,12 +554,14 @@ impl Keys {
             created_at: now,
             last_used_at: None,
             revoked_at: None,
+            max_rps: new.max_rps,
+            max_payload_bytes: new.max_payload_bytes,
         };
         self.inner.db.insert(&record).await?;
         self.inner.any.store(true, Ordering::Relaxed);
         self.insert(Entry::new(record.clone()));
         let detail = format!(
-            "role {}{}{}",
+            "role {}{}{}{}{}",
             record.role.as_str(),
             record
                 .user_id
@@ -524,7 +572,15 @@ impl Keys {
                 String::new()
             } else {
                 format!(", names {}", record.names.join(","))
-            }
+            },
+            record
+                .max_rps
+                .map(|r| format!(", max_requests_per_second {r}"))
+                .unwrap_or_default(),
+            record
+                .max_payload_bytes
+                .map(|b| format!(", max_payload_bytes {b}"))
+                .unwrap_or_default(),
         );
         self.audit(who, "key_create", &record.id, &detail).await;
         Ok((record, secret))
@@ -677,6 +733,8 @@ mod tests {
             created_at: 0,
             last_used_at: None,
             revoked_at: None,
+            max_rps: None,
+            max_payload_bytes: None,
         }))
     }
 

@@ -1701,3 +1701,59 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
     );
     still_serves(&mut client).await;
 }
+
+#[tokio::test]
+async fn a_keys_limits_refuse_negative_and_absurd_values_naming_the_field() {
+    use switchyard::pb::keys_service_client::KeysServiceClient;
+    let server = TestServer::start_with(|c| c.auth.tokens = vec!["root".into()]).await;
+    let mut keys = KeysServiceClient::new(channel(&server.url).await);
+    let req = |rps: f64, bytes: i64| {
+        let mut r = tonic::Request::new(pb::CreateKeyRequest {
+            role: pb::KeyRole::Reader as i32,
+            max_requests_per_second: rps,
+            max_payload_bytes: bytes,
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("authorization", "Bearer root".parse().unwrap());
+        r
+    };
+    let rps = "max_requests_per_second";
+    let bytes = "max_payload_bytes";
+    for (case, r, field) in [
+        ("a negative rate", req(-1.0, 0), rps),
+        ("a rate of NaN", req(f64::NAN, 0), rps),
+        ("an infinite rate", req(f64::INFINITY, 0), rps),
+        ("a rate of minus infinity", req(f64::NEG_INFINITY, 0), rps),
+        ("a rate under the bound", req(0.001, 0), rps),
+        ("a rate over the bound", req(1e12, 0), rps),
+        ("the smallest positive rate", req(f64::MIN_POSITIVE, 0), rps),
+        ("a negative payload limit", req(0.0, -1), bytes),
+        ("the most negative payload limit", req(0.0, i64::MIN), bytes),
+        ("a payload limit over 1 GiB", req(0.0, (1 << 30) + 1), bytes),
+        ("the largest payload limit", req(0.0, i64::MAX), bytes),
+    ] {
+        let r = keys.create_key(r).await;
+        if let Err(s) = &r {
+            assert!(s.message().len() + s.details().len() < MAX_ANSWER, "{case}");
+        }
+        assert_invalid(case, r, field);
+    }
+    // Nothing was created; the bounds themselves are accepted.
+    let mut list = tonic::Request::new(pb::ListKeysRequest {});
+    list.metadata_mut()
+        .insert("authorization", "Bearer root".parse().unwrap());
+    assert!(keys
+        .list_keys(list)
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .is_empty());
+    keys.create_key(req(0.01, 1 << 30))
+        .await
+        .expect("the bounds");
+    keys.create_key(req(100_000.0, 1))
+        .await
+        .expect("the bounds");
+}

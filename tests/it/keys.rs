@@ -53,6 +53,7 @@ async fn create(
                 user_id: user.into(),
                 names: names.iter().map(|s| s.to_string()).collect(),
                 expires_in: expires_in.map(dur),
+                ..Default::default()
             },
             Some(ROOT),
         ))
@@ -728,6 +729,7 @@ async fn bad_key_requests_are_invalid_arguments_naming_the_field() {
                     user_id: user.into(),
                     names,
                     expires_in: expires,
+                    ..Default::default()
                 },
                 Some(ROOT),
             )

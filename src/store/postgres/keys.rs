@@ -9,7 +9,7 @@ use super::PgStore;
 use crate::store::StoreError;
 
 /// One key, as columns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyRow {
     /// Id.
     pub id: String,
@@ -31,6 +31,10 @@ pub struct KeyRow {
     pub last_used_at: Option<i64>,
     /// Revocation, µs.
     pub revoked_at: Option<i64>,
+    /// Rate limit, calls per second.
+    pub max_rps: Option<f64>,
+    /// Payload limit, bytes.
+    pub max_payload_bytes: Option<u64>,
 }
 
 /// One audit event, as columns.
@@ -70,7 +74,8 @@ impl KeyRows {
                 let rows = c
                     .query(
                         "SELECT id, namespace, hash, role, user_id, names, expires_at, created_at, \
-                         last_used_at, revoked_at FROM api_keys",
+                         last_used_at, revoked_at, max_requests_per_second, max_payload_bytes \
+                         FROM api_keys",
                         &[],
                     )
                     .await?;
@@ -87,6 +92,8 @@ impl KeyRows {
                         created_at: r.get(7),
                         last_used_at: r.get(8),
                         revoked_at: r.get(9),
+                        max_rps: r.get(10),
+                        max_payload_bytes: r.get::<_, Option<i64>>(11).map(|b| b.max(0) as u64),
                     })
                     .collect())
             })
@@ -100,8 +107,9 @@ impl KeyRows {
             .fenced(async |tx| {
                 tx.execute(
                     "INSERT INTO api_keys (id, namespace, hash, role, user_id, names, expires_at, \
-                     created_at, last_used_at, revoked_at, term) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                     created_at, last_used_at, revoked_at, term, max_requests_per_second, \
+                     max_payload_bytes) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                     &[
                         &k.id,
                         &k.namespace,
@@ -114,6 +122,8 @@ impl KeyRows {
                         &k.last_used_at,
                         &k.revoked_at,
                         &term,
+                        &k.max_rps,
+                        &k.max_payload_bytes.map(|b| b.min(i64::MAX as u64) as i64),
                     ],
                 )
                 .await

@@ -40,6 +40,30 @@ impl SideDb {
         })
     }
 
+    /// Adds the columns `table` lacks (a file of an earlier version):
+    /// `(name, declaration)` pairs, each added with `ALTER TABLE … ADD
+    /// COLUMN`. Names and declarations are the owner's constants.
+    pub fn add_columns(&self, table: &str, columns: &[(&str, &str)]) -> Result<(), StoreError> {
+        let what = self.what;
+        let err = |e: rusqlite::Error| StoreError::Unavailable(format!("{what}: {e}"));
+        let conn = self.conn.lock();
+        let mut st = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .map_err(err)?;
+        let have = st
+            .query_map([], |r| r.get::<_, String>(1))
+            .map_err(err)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(err)?;
+        for (name, decl) in columns {
+            if !have.iter().any(|h| h == name) {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {decl}"))
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the connection on a blocking thread.
     pub async fn run<T: Send + 'static>(
         &self,

@@ -115,6 +115,13 @@ export interface ApiKey {
     | undefined;
   /** The namespace it belongs to: always `default` for now. */
   namespace: string;
+  /** Its rate limit, in calls per second (fractions allowed); 0: none. */
+  maxRequestsPerSecond: number;
+  /**
+   * The largest task payload it may send, in bytes of serialised JSON; 0:
+   * only the server's own `limits.max_payload_bytes`.
+   */
+  maxPayloadBytes: number;
 }
 
 /** CreateKey's request. */
@@ -133,7 +140,25 @@ export interface CreateKeyRequest {
    * How long the key is accepted, from now: 1 second to 10 years; unset:
    * no expiry. Zero or negative is INVALID_ARGUMENT naming `expires_in`.
    */
-  expiresIn: Duration | undefined;
+  expiresIn:
+    | Duration
+    | undefined;
+  /**
+   * Calls per second the key may make (a token bucket holding one second's
+   * worth, at least one call): 0.01 to 100,000, fractions allowed (0.5 is
+   * one call every two seconds); 0 (the default): no limit. Negative, NaN,
+   * infinite or out of range is INVALID_ARGUMENT naming the field.
+   */
+  maxRequestsPerSecond: number;
+  /**
+   * The largest task payload the key may send, in bytes of serialised JSON
+   * (each task's payload in ScheduleTask, ScheduleTasks and SignalTask's
+   * payload): 1 to 1 GiB; 0 (the default): only the server's own limit.
+   * Over it, ScheduleTask and SignalTask answer RESOURCE_EXHAUSTED and
+   * ScheduleTasks refuses that item with RESOURCE_EXHAUSTED. Negative or
+   * over 1 GiB is INVALID_ARGUMENT naming the field.
+   */
+  maxPayloadBytes: number;
 }
 
 /** CreateKey's answer. */
@@ -233,6 +258,8 @@ function createBaseApiKey(): ApiKey {
     lastUsedAt: undefined,
     revokedAt: undefined,
     namespace: "",
+    maxRequestsPerSecond: 0,
+    maxPayloadBytes: 0,
   };
 }
 
@@ -264,6 +291,12 @@ export const ApiKey: MessageFns<ApiKey> = {
     }
     if (message.namespace !== "") {
       writer.uint32(74).string(message.namespace);
+    }
+    if (message.maxRequestsPerSecond !== 0) {
+      writer.uint32(81).double(message.maxRequestsPerSecond);
+    }
+    if (message.maxPayloadBytes !== 0) {
+      writer.uint32(88).int64(message.maxPayloadBytes);
     }
     return writer;
   },
@@ -353,6 +386,22 @@ export const ApiKey: MessageFns<ApiKey> = {
             message.namespace = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.maxRequestsPerSecond = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.maxPayloadBytes = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -396,6 +445,16 @@ export const ApiKey: MessageFns<ApiKey> = {
         ? fromJsonTimestamp(object.revoked_at)
         : undefined,
       namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "",
+      maxRequestsPerSecond: isSet(object.maxRequestsPerSecond)
+        ? globalThis.Number(object.maxRequestsPerSecond)
+        : isSet(object.max_requests_per_second)
+        ? globalThis.Number(object.max_requests_per_second)
+        : 0,
+      maxPayloadBytes: isSet(object.maxPayloadBytes)
+        ? globalThis.Number(object.maxPayloadBytes)
+        : isSet(object.max_payload_bytes)
+        ? globalThis.Number(object.max_payload_bytes)
+        : 0,
     };
   },
 
@@ -428,6 +487,12 @@ export const ApiKey: MessageFns<ApiKey> = {
     if (message.namespace !== "") {
       obj.namespace = message.namespace;
     }
+    if (message.maxRequestsPerSecond !== 0) {
+      obj.maxRequestsPerSecond = floatToJson(message.maxRequestsPerSecond);
+    }
+    if (message.maxPayloadBytes !== 0) {
+      obj.maxPayloadBytes = Math.round(message.maxPayloadBytes);
+    }
     return obj;
   },
 
@@ -445,12 +510,14 @@ export const ApiKey: MessageFns<ApiKey> = {
     message.lastUsedAt = object.lastUsedAt ?? undefined;
     message.revokedAt = object.revokedAt ?? undefined;
     message.namespace = object.namespace ?? "";
+    message.maxRequestsPerSecond = object.maxRequestsPerSecond ?? 0;
+    message.maxPayloadBytes = object.maxPayloadBytes ?? 0;
     return message;
   },
 };
 
 function createBaseCreateKeyRequest(): CreateKeyRequest {
-  return { role: 0, userId: "", names: [], expiresIn: undefined };
+  return { role: 0, userId: "", names: [], expiresIn: undefined, maxRequestsPerSecond: 0, maxPayloadBytes: 0 };
 }
 
 export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
@@ -466,6 +533,12 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
     }
     if (message.expiresIn !== undefined) {
       Duration.encode(message.expiresIn, writer.uint32(34).fork()).join();
+    }
+    if (message.maxRequestsPerSecond !== 0) {
+      writer.uint32(41).double(message.maxRequestsPerSecond);
+    }
+    if (message.maxPayloadBytes !== 0) {
+      writer.uint32(48).int64(message.maxPayloadBytes);
     }
     return writer;
   },
@@ -515,6 +588,22 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
             message.expiresIn = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.maxRequestsPerSecond = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.maxPayloadBytes = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -541,6 +630,16 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
         : isSet(object.expires_in)
         ? Duration.fromJSON(object.expires_in)
         : undefined,
+      maxRequestsPerSecond: isSet(object.maxRequestsPerSecond)
+        ? globalThis.Number(object.maxRequestsPerSecond)
+        : isSet(object.max_requests_per_second)
+        ? globalThis.Number(object.max_requests_per_second)
+        : 0,
+      maxPayloadBytes: isSet(object.maxPayloadBytes)
+        ? globalThis.Number(object.maxPayloadBytes)
+        : isSet(object.max_payload_bytes)
+        ? globalThis.Number(object.max_payload_bytes)
+        : 0,
     };
   },
 
@@ -558,6 +657,12 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
     if (message.expiresIn !== undefined) {
       obj.expiresIn = Duration.toJSON(message.expiresIn);
     }
+    if (message.maxRequestsPerSecond !== 0) {
+      obj.maxRequestsPerSecond = floatToJson(message.maxRequestsPerSecond);
+    }
+    if (message.maxPayloadBytes !== 0) {
+      obj.maxPayloadBytes = Math.round(message.maxPayloadBytes);
+    }
     return obj;
   },
 
@@ -572,6 +677,8 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
     message.expiresIn = (object.expiresIn !== undefined && object.expiresIn !== null)
       ? Duration.fromPartial(object.expiresIn)
       : undefined;
+    message.maxRequestsPerSecond = object.maxRequestsPerSecond ?? 0;
+    message.maxPayloadBytes = object.maxPayloadBytes ?? 0;
     return message;
   },
 };
@@ -1288,6 +1395,25 @@ export const ListAuditEventsResponse: MessageFns<ListAuditEventsResponse> = {
  * UNAUTHENTICATED. With no static token and no key stored, the server is
  * open (the local default): creating the first key closes it.
  *
+ * A key may carry limits (`max_requests_per_second`, `max_payload_bytes`).
+ * A call over either answers RESOURCE_EXHAUSTED with a message naming the
+ * limit and `google.rpc.QuotaFailure` details (subject `key:<id>`); over
+ * the rate, also `google.rpc.RetryInfo` with the delay after which a call
+ * fits again. The rate is a token bucket per key on the replica that
+ * serves the call (the leader: standbys forward to it), holding one
+ * second's worth of calls (at least one): a key may burst that many calls
+ * at once, then make `max_requests_per_second` a second. Every gRPC call
+ * and every admin HTTP request counts once (a stream once, when it opens;
+ * ScheduleTasks once, whatever its size). Over HTTP the answer is 429 with
+ * `Retry-After`. A key's limits are fixed when it is created (revoke it and
+ * create another to change them) and hold from its first call.
+ *
+ * A JWT may stand in for a key (`[auth.jwt]` in the server's config): it
+ * is verified (HS256 with a shared secret, or RS256/ES256 against a JWKS
+ * file; `exp` and `iss` required, `aud` when configured) and its claims
+ * give the role, the user and the names a key would. Such a caller is
+ * audited as `jwt:<sub>`; a JWT carries no limits.
+ *
  * Keys are stored hashed (SHA-256 of the secret), never the secret: the
  * secret is shown once, by CreateKey. A revoked key is refused at once, and
  * an open worker stream of it is closed. Keys are durable (the SQLite store
@@ -1459,6 +1585,10 @@ export const KeysServiceClient = makeGenericClientConstructor(
   service: typeof KeysServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

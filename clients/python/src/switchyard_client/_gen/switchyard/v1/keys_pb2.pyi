@@ -28,7 +28,7 @@ KEY_ROLE_READER: KeyRole
 KEY_ROLE_WORKER: KeyRole
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "role", "user_id", "names", "expires_at", "created_at", "last_used_at", "revoked_at", "namespace")
+    __slots__ = ("id", "role", "user_id", "names", "expires_at", "created_at", "last_used_at", "revoked_at", "namespace", "max_requests_per_second", "max_payload_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class ApiKey(_message.Message):
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     role: KeyRole
     user_id: str
@@ -47,19 +49,25 @@ class ApiKey(_message.Message):
     last_used_at: _timestamp_pb2.Timestamp
     revoked_at: _timestamp_pb2.Timestamp
     namespace: str
-    def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[KeyRole, str]] = ..., user_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
+    max_requests_per_second: float
+    max_payload_bytes: int
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[KeyRole, str]] = ..., user_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., namespace: _Optional[str] = ..., max_requests_per_second: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("role", "user_id", "names", "expires_in")
+    __slots__ = ("role", "user_id", "names", "expires_in", "max_requests_per_second", "max_payload_bytes")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     role: KeyRole
     user_id: str
     names: _containers.RepeatedScalarFieldContainer[str]
     expires_in: _duration_pb2.Duration
-    def __init__(self, role: _Optional[_Union[KeyRole, str]] = ..., user_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., expires_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    max_requests_per_second: float
+    max_payload_bytes: int
+    def __init__(self, role: _Optional[_Union[KeyRole, str]] = ..., user_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., expires_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_requests_per_second: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key", "secret")

@@ -51,6 +51,25 @@ class KeysServiceStub:
     UNAUTHENTICATED. With no static token and no key stored, the server is
     open (the local default): creating the first key closes it.
 
+    A key may carry limits (`max_requests_per_second`, `max_payload_bytes`).
+    A call over either answers RESOURCE_EXHAUSTED with a message naming the
+    limit and `google.rpc.QuotaFailure` details (subject `key:<id>`); over
+    the rate, also `google.rpc.RetryInfo` with the delay after which a call
+    fits again. The rate is a token bucket per key on the replica that
+    serves the call (the leader: standbys forward to it), holding one
+    second's worth of calls (at least one): a key may burst that many calls
+    at once, then make `max_requests_per_second` a second. Every gRPC call
+    and every admin HTTP request counts once (a stream once, when it opens;
+    ScheduleTasks once, whatever its size). Over HTTP the answer is 429 with
+    `Retry-After`. A key's limits are fixed when it is created (revoke it and
+    create another to change them) and hold from its first call.
+
+    A JWT may stand in for a key (`[auth.jwt]` in the server's config): it
+    is verified (HS256 with a shared secret, or RS256/ES256 against a JWKS
+    file; `exp` and `iss` required, `aud` when configured) and its claims
+    give the role, the user and the names a key would. Such a caller is
+    audited as `jwt:<sub>`; a JWT carries no limits.
+
     Keys are stored hashed (SHA-256 of the secret), never the secret: the
     secret is shown once, by CreateKey. A revoked key is refused at once, and
     an open worker stream of it is closed. Keys are durable (the SQLite store
@@ -110,6 +129,25 @@ class KeysServiceServicer:
     allow is PERMISSION_DENIED; no key, an unknown, expired or revoked key is
     UNAUTHENTICATED. With no static token and no key stored, the server is
     open (the local default): creating the first key closes it.
+
+    A key may carry limits (`max_requests_per_second`, `max_payload_bytes`).
+    A call over either answers RESOURCE_EXHAUSTED with a message naming the
+    limit and `google.rpc.QuotaFailure` details (subject `key:<id>`); over
+    the rate, also `google.rpc.RetryInfo` with the delay after which a call
+    fits again. The rate is a token bucket per key on the replica that
+    serves the call (the leader: standbys forward to it), holding one
+    second's worth of calls (at least one): a key may burst that many calls
+    at once, then make `max_requests_per_second` a second. Every gRPC call
+    and every admin HTTP request counts once (a stream once, when it opens;
+    ScheduleTasks once, whatever its size). Over HTTP the answer is 429 with
+    `Retry-After`. A key's limits are fixed when it is created (revoke it and
+    create another to change them) and hold from its first call.
+
+    A JWT may stand in for a key (`[auth.jwt]` in the server's config): it
+    is verified (HS256 with a shared secret, or RS256/ES256 against a JWKS
+    file; `exp` and `iss` required, `aud` when configured) and its claims
+    give the role, the user and the names a key would. Such a caller is
+    audited as `jwt:<sub>`; a JWT carries no limits.
 
     Keys are stored hashed (SHA-256 of the secret), never the secret: the
     secret is shown once, by CreateKey. A revoked key is refused at once, and
@@ -206,6 +244,25 @@ class KeysService:
     allow is PERMISSION_DENIED; no key, an unknown, expired or revoked key is
     UNAUTHENTICATED. With no static token and no key stored, the server is
     open (the local default): creating the first key closes it.
+
+    A key may carry limits (`max_requests_per_second`, `max_payload_bytes`).
+    A call over either answers RESOURCE_EXHAUSTED with a message naming the
+    limit and `google.rpc.QuotaFailure` details (subject `key:<id>`); over
+    the rate, also `google.rpc.RetryInfo` with the delay after which a call
+    fits again. The rate is a token bucket per key on the replica that
+    serves the call (the leader: standbys forward to it), holding one
+    second's worth of calls (at least one): a key may burst that many calls
+    at once, then make `max_requests_per_second` a second. Every gRPC call
+    and every admin HTTP request counts once (a stream once, when it opens;
+    ScheduleTasks once, whatever its size). Over HTTP the answer is 429 with
+    `Retry-After`. A key's limits are fixed when it is created (revoke it and
+    create another to change them) and hold from its first call.
+
+    A JWT may stand in for a key (`[auth.jwt]` in the server's config): it
+    is verified (HS256 with a shared secret, or RS256/ES256 against a JWKS
+    file; `exp` and `iss` required, `aud` when configured) and its claims
+    give the role, the user and the names a key would. Such a caller is
+    audited as `jwt:<sub>`; a JWT carries no limits.
 
     Keys are stored hashed (SHA-256 of the secret), never the secret: the
     secret is shown once, by CreateKey. A revoked key is refused at once, and

@@ -57,6 +57,13 @@ export interface ApiKey {
     | undefined;
   /** The namespace it belongs to: always `default` for now. */
   namespace: string;
+  /** Its rate limit, in calls per second (fractions allowed); 0: none. */
+  maxRequestsPerSecond: number;
+  /**
+   * The largest task payload it may send, in bytes of serialised JSON; 0:
+   * only the server's own `limits.max_payload_bytes`.
+   */
+  maxPayloadBytes: number;
 }
 
 /** CreateKey's request. */
@@ -75,7 +82,25 @@ export interface CreateKeyRequest {
    * How long the key is accepted, from now: 1 second to 10 years; unset:
    * no expiry. Zero or negative is INVALID_ARGUMENT naming `expires_in`.
    */
-  expiresIn: Duration | undefined;
+  expiresIn:
+    | Duration
+    | undefined;
+  /**
+   * Calls per second the key may make (a token bucket holding one second's
+   * worth, at least one call): 0.01 to 100,000, fractions allowed (0.5 is
+   * one call every two seconds); 0 (the default): no limit. Negative, NaN,
+   * infinite or out of range is INVALID_ARGUMENT naming the field.
+   */
+  maxRequestsPerSecond: number;
+  /**
+   * The largest task payload the key may send, in bytes of serialised JSON
+   * (each task's payload in ScheduleTask, ScheduleTasks and SignalTask's
+   * payload): 1 to 1 GiB; 0 (the default): only the server's own limit.
+   * Over it, ScheduleTask and SignalTask answer RESOURCE_EXHAUSTED and
+   * ScheduleTasks refuses that item with RESOURCE_EXHAUSTED. Negative or
+   * over 1 GiB is INVALID_ARGUMENT naming the field.
+   */
+  maxPayloadBytes: number;
 }
 
 /** CreateKey's answer. */
@@ -198,6 +223,25 @@ wrappers[".google.protobuf.Timestamp"] = {
  * UNAUTHENTICATED. With no static token and no key stored, the server is
  * open (the local default): creating the first key closes it.
  *
+ * A key may carry limits (`max_requests_per_second`, `max_payload_bytes`).
+ * A call over either answers RESOURCE_EXHAUSTED with a message naming the
+ * limit and `google.rpc.QuotaFailure` details (subject `key:<id>`); over
+ * the rate, also `google.rpc.RetryInfo` with the delay after which a call
+ * fits again. The rate is a token bucket per key on the replica that
+ * serves the call (the leader: standbys forward to it), holding one
+ * second's worth of calls (at least one): a key may burst that many calls
+ * at once, then make `max_requests_per_second` a second. Every gRPC call
+ * and every admin HTTP request counts once (a stream once, when it opens;
+ * ScheduleTasks once, whatever its size). Over HTTP the answer is 429 with
+ * `Retry-After`. A key's limits are fixed when it is created (revoke it and
+ * create another to change them) and hold from its first call.
+ *
+ * A JWT may stand in for a key (`[auth.jwt]` in the server's config): it
+ * is verified (HS256 with a shared secret, or RS256/ES256 against a JWKS
+ * file; `exp` and `iss` required, `aud` when configured) and its claims
+ * give the role, the user and the names a key would. Such a caller is
+ * audited as `jwt:<sub>`; a JWT carries no limits.
+ *
  * Keys are stored hashed (SHA-256 of the secret), never the secret: the
  * secret is shown once, by CreateKey. A revoked key is refused at once, and
  * an open worker stream of it is closed. Keys are durable (the SQLite store
@@ -258,6 +302,25 @@ export interface KeysServiceClient {
  * allow is PERMISSION_DENIED; no key, an unknown, expired or revoked key is
  * UNAUTHENTICATED. With no static token and no key stored, the server is
  * open (the local default): creating the first key closes it.
+ *
+ * A key may carry limits (`max_requests_per_second`, `max_payload_bytes`).
+ * A call over either answers RESOURCE_EXHAUSTED with a message naming the
+ * limit and `google.rpc.QuotaFailure` details (subject `key:<id>`); over
+ * the rate, also `google.rpc.RetryInfo` with the delay after which a call
+ * fits again. The rate is a token bucket per key on the replica that
+ * serves the call (the leader: standbys forward to it), holding one
+ * second's worth of calls (at least one): a key may burst that many calls
+ * at once, then make `max_requests_per_second` a second. Every gRPC call
+ * and every admin HTTP request counts once (a stream once, when it opens;
+ * ScheduleTasks once, whatever its size). Over HTTP the answer is 429 with
+ * `Retry-After`. A key's limits are fixed when it is created (revoke it and
+ * create another to change them) and hold from its first call.
+ *
+ * A JWT may stand in for a key (`[auth.jwt]` in the server's config): it
+ * is verified (HS256 with a shared secret, or RS256/ES256 against a JWKS
+ * file; `exp` and `iss` required, `aud` when configured) and its claims
+ * give the role, the user and the names a key would. Such a caller is
+ * audited as `jwt:<sub>`; a JWT carries no limits.
  *
  * Keys are stored hashed (SHA-256 of the secret), never the secret: the
  * secret is shown once, by CreateKey. A revoked key is refused at once, and
