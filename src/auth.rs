@@ -31,6 +31,82 @@ pub struct AuthConfig {
     /// A file with more tokens, one a line (`#` starts a comment).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_file: Option<PathBuf>,
+    /// `[auth.jwt]`: JWTs accepted beside the tokens and keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `[auth.jwt]`: a bearer that is a JWT signed by this issuer is verified
+/// and its claims give the caller's role, user and task names, as a key's
+/// would. Exactly one of `hs256_secret` and `jwks_file`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The HS256 shared secret (at least 32 bytes). Never printed.
+    #[serde(
+        serialize_with = "redacted_one",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hs256_secret: Option<String>,
+    /// A JWKS file (`{"keys": [...]}`) of RS256 and ES256 (P-256) public
+    /// keys; a token's `kid` picks its key. Read at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` every token must carry (required).
+    pub issuer: String,
+    /// The `aud` every token must carry; unset: not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// The claim that holds the role (`admin`, `operator`, `scheduler`,
+    /// `reader`, `worker`).
+    pub role_claim: String,
+    /// The claim that binds the caller to a user (a string); absent from
+    /// a token: not bound. Default `user_id`, not `sub`: `sub` is in nearly
+    /// every token and would bind even an admin's.
+    pub user_claim: String,
+    /// The claim that lists a worker's task names (an array of strings, or
+    /// one comma-separated string).
+    pub names_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: std::time::Duration,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            jwks_file: None,
+            issuer: String::new(),
+            audience: None,
+            role_claim: "role".into(),
+            user_claim: "user_id".into(),
+            names_claim: "names".into(),
+            leeway: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("jwks_file", &self.jwks_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("role_claim", &self.role_claim)
+            .field("user_claim", &self.user_claim)
+            .field("names_claim", &self.names_claim)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+fn redacted_one<S: Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -38,6 +114,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
             .field("tokens_file", &self.tokens_file)
+            .field("jwt", &self.jwt)
             .finish()
     }
 }
@@ -241,12 +318,14 @@ mod tests {
         let t = Tokens::load(&AuthConfig {
             tokens: vec!["x".into()],
             tokens_file: Some(f),
+            jwt: None,
         })
         .unwrap();
         assert!(t.accepts("from-file") && t.accepts("x") && !t.accepts("# ops"));
         let missing = Tokens::load(&AuthConfig {
             tokens: vec![],
             tokens_file: Some(dir.path().join("nope")),
+            jwt: None,
         });
         assert!(missing.unwrap_err().contains("auth.tokens_file"));
     }
@@ -268,6 +347,7 @@ mod tests {
         let e = Tokens::load(&AuthConfig {
             tokens: vec![],
             tokens_file: Some(f),
+            jwt: None,
         })
         .unwrap_err();
         assert!(e.contains("holds no token"), "{e}");
@@ -280,8 +360,14 @@ mod tests {
         let c = AuthConfig {
             tokens: vec!["s3cret".into()],
             tokens_file: None,
+            jwt: Some(JwtConfig {
+                hs256_secret: Some("jwt-s3cret".into()),
+                issuer: "i".into(),
+                ..JwtConfig::default()
+            }),
         };
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!toml::to_string(&c).unwrap().contains("s3cret"));
+        assert!(toml::to_string(&c).unwrap().contains("<redacted>"));
     }
 }

@@ -731,6 +731,36 @@ mod tests {
     }
 
     #[test]
+    fn a_jwt_section_layers_and_is_never_printed_with_its_secret() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "[auth.jwt]\nissuer = \"https://issuer.test\"\n\
+                 hs256_secret = \"a-shared-secret-of-at-least-32-bytes!\"\nrole_claim = \"sy_role\"\n",
+            )?;
+            jail.set_env("SWITCHYARD_AUTH__JWT__AUDIENCE", "switchyard");
+            let c = Config::load(Some(Path::new("s.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            let j = c.auth.jwt.clone().expect("[auth.jwt]");
+            assert_eq!(j.audience.as_deref(), Some("switchyard"));
+            assert_eq!(
+                (
+                    j.role_claim.as_str(),
+                    j.user_claim.as_str(),
+                    j.names_claim.as_str()
+                ),
+                ("sy_role", "user_id", "names")
+            );
+            let printed = c.to_toml();
+            assert!(!printed.contains("at-least-32"), "{printed}");
+            assert!(!format!("{c:?}").contains("at-least-32"));
+            Ok(())
+        });
+        let e = toml::from_str::<Config>("[auth.jwt]\nissuer = \"i\"\nnope = 1\n").unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

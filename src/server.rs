@@ -767,7 +767,11 @@ pub async fn start_keys(
             Db::Postgres(Box::new(crate::store::postgres::keys::KeyRows::open(pg)?))
         }
     };
-    Ok(Keys::load(tokens, db, core.clone()).await?)
+    let jwt = match &config.auth.jwt {
+        Some(cfg) => Some(crate::keys::jwt::Jwt::load(cfg).map_err(ServeError::Config)?),
+        None => None,
+    };
+    Ok(Keys::load(tokens, jwt, db, core.clone()).await?)
 }
 
 /// Starts every configured engine: the in-process executors (webhook,

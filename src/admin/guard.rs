@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::query_token;
-use crate::keys::{table, Keys};
+use crate::keys::{table, Keys, Refusal};
 
 /// Routes that take `?access_token=` (EventSource cannot set headers, and a
 /// browser opening the dashboard cannot either).
@@ -58,7 +58,12 @@ pub async fn require(State(keys): State<Keys>, mut req: Request, next: Next) -> 
     };
     let who = match keys.authenticate(header.as_deref(), query.as_deref()) {
         Ok(p) => p,
-        Err(u) => return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", u.to_string()),
+        Err(Refusal::Unknown(u)) => {
+            return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", u.to_string())
+        }
+        Err(Refusal::Denied(d)) => {
+            return refuse(StatusCode::FORBIDDEN, "PERMISSION_DENIED", d.to_string())
+        }
     };
     if let Err(d) = who.may(need, scoping) {
         return refuse(StatusCode::FORBIDDEN, "PERMISSION_DENIED", d.to_string());

@@ -15,7 +15,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::keys::{table, Denied, Keys, Limited, Principal};
+use crate::keys::{table, Denied, Keys, Limited, Principal, Refusal};
 
 impl From<Denied> for Status {
     fn from(d: Denied) -> Status {
@@ -90,7 +90,8 @@ where
             .get("authorization")
             .and_then(|v| v.to_str().ok());
         let refused = match self.keys.authenticate(header, None) {
-            Err(u) => Some(Status::unauthenticated(u.to_string())),
+            Err(Refusal::Unknown(u)) => Some(Status::unauthenticated(u.to_string())),
+            Err(Refusal::Denied(d)) => Some(d.into()),
             Ok(p) => match p
                 .may(need, scoping)
                 .map_err(Status::from)

@@ -130,12 +130,14 @@ fn new_key(r: pb::CreateKeyRequest) -> Result<NewKey, CoreError> {
     let max_payload_bytes = match r.max_payload_bytes {
         0 => None,
         b if (1..=MAX_PAYLOAD_BYTES).contains(&b) => Some(b as u64),
-        b => return Err(CoreError::field(
-            "max_payload_bytes",
-            format!(
+        b => {
+            return Err(CoreError::field(
+                "max_payload_bytes",
+                format!(
                 "must be 0 (the server's limit only) or 1 to {MAX_PAYLOAD_BYTES} bytes, got {b}"
             ),
-        )),
+            ))
+        }
     };
     let mut names = r.names;
     names.sort();

@@ -12,6 +12,7 @@
 //! (`open`, the local default).
 
 pub mod db;
+pub mod jwt;
 pub mod limit;
 pub mod table;
 
@@ -149,6 +150,25 @@ impl Entry {
             revoked,
             bucket: record.max_rps.map(limit::Bucket::new),
             record,
+        })
+    }
+
+    /// The caller a verified JWT describes: a key that is stored nowhere,
+    /// expires with the token and has no limits.
+    fn of_jwt(c: jwt::Claims) -> Arc<Entry> {
+        Entry::new(KeyRecord {
+            id: c.id,
+            namespace: DEFAULT_NAMESPACE.into(),
+            hash: String::new(),
+            role: c.role,
+            user_id: c.user_id,
+            names: c.names,
+            expires_at: Some(c.expires_at),
+            created_at: now_micros(),
+            last_used_at: None,
+            revoked_at: None,
+            max_rps: None,
+            max_payload_bytes: None,
         })
     }
 
@@ -373,6 +393,20 @@ pub enum Denied {
     /// A user-bound key names another user.
     #[error("this key is bound to another user")]
     User,
+    /// A valid JWT whose claims grant nothing (no role, an unknown one).
+    #[error("{0}")]
+    Claim(String),
+}
+
+/// Why a bearer is refused before any check of the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not known (UNAUTHENTICATED).
+    #[error(transparent)]
+    Unknown(#[from] Unknown),
+    /// Known, but granted nothing (PERMISSION_DENIED): a JWT's claims.
+    #[error(transparent)]
+    Denied(#[from] Denied),
 }
 
 /// Why a caller is not known (UNAUTHENTICATED).
@@ -418,6 +452,7 @@ pub struct Keys {
 
 struct Inner {
     statics: Tokens,
+    jwt: Option<jwt::Jwt>,
     by_hash: RwLock<HashMap<[u8; 32], Arc<Entry>>>,
     by_id: RwLock<HashMap<String, Arc<Entry>>>,
     any: AtomicBool,
@@ -439,13 +474,19 @@ pub fn bearer(v: &str) -> Option<&str> {
 }
 
 impl Keys {
-    /// The keys of `db`, beside the static tokens; audited task actions
-    /// are noted in the task's log through `core`.
-    pub async fn load(statics: Tokens, db: Db, core: Core) -> Result<Keys, CoreError> {
+    /// The keys of `db`, beside the static tokens and the JWT verifier;
+    /// audited task actions are noted in the task's log through `core`.
+    pub async fn load(
+        statics: Tokens,
+        jwt: Option<jwt::Jwt>,
+        db: Db,
+        core: Core,
+    ) -> Result<Keys, CoreError> {
         let records = db.all().await?;
         let keys = Keys {
             inner: Arc::new(Inner {
                 statics,
+                jwt,
                 by_hash: Default::default(),
                 by_id: Default::default(),
                 any: AtomicBool::new(!records.is_empty()),
@@ -470,7 +511,9 @@ impl Keys {
 
     /// Whether no caller needs a token.
     pub fn is_open(&self) -> bool {
-        self.inner.statics.is_open() && !self.inner.any.load(Ordering::Relaxed)
+        self.inner.statics.is_open()
+            && self.inner.jwt.is_none()
+            && !self.inner.any.load(Ordering::Relaxed)
     }
 
     /// Who sends this `authorization` value (or, where the route allows it,
@@ -480,7 +523,7 @@ impl Keys {
         &self,
         authorization: Option<&str>,
         access_token: Option<&str>,
-    ) -> Result<Principal, Unknown> {
+    ) -> Result<Principal, Refusal> {
         if self.is_open() {
             return Ok(Principal::Open);
         }
@@ -489,25 +532,26 @@ impl Keys {
         let secret = match (authorization.and_then(bearer), access_token) {
             (Some(t), _) => t,
             (None, Some(q)) if !q.is_empty() => q,
-            _ if authorization.is_some() => return Err(Unknown::Invalid),
-            _ => return Err(Unknown::Missing),
+            _ if authorization.is_some() => return Err(Unknown::Invalid.into()),
+            _ => return Err(Unknown::Missing.into()),
         };
         if !self.inner.statics.is_open() && self.inner.statics.accepts(secret) {
             return Ok(Principal::Token);
         }
-        let e = self
-            .inner
-            .by_hash
-            .read()
-            .get(&digest(secret))
-            .cloned()
-            .ok_or(Unknown::Invalid)?;
+        let found = self.inner.by_hash.read().get(&digest(secret)).cloned();
+        let e = match (found, &self.inner.jwt) {
+            (Some(e), _) => e,
+            (None, Some(j)) if jwt::Jwt::looks_like(secret) => {
+                return Ok(Principal::Key(Entry::of_jwt(j.verify(secret)?)))
+            }
+            (None, _) => return Err(Unknown::Invalid.into()),
+        };
         if e.revoked.is_cancelled() {
-            return Err(Unknown::Revoked);
+            return Err(Unknown::Revoked.into());
         }
         let now = now_micros();
         if e.record.expires_at.is_some_and(|at| at <= now) {
-            return Err(Unknown::Expired);
+            return Err(Unknown::Expired.into());
         }
         // Last use to within a second: one store write per key and flush.
         if now - e.last_used.load(Ordering::Relaxed) > 1_000_000 {

@@ -23,6 +23,7 @@ mod core_watch;
 mod debounce;
 mod flow;
 mod hostile;
+mod jwt;
 mod key_limits;
 mod keys;
 mod rate_limit;
