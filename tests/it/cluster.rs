@@ -838,3 +838,60 @@ async fn a_schedule_fires_each_tick_once_across_a_leader_kill() {
     let expected: Vec<i64> = (0..12).map(|i| start + i * second).collect();
     assert_eq!(ticks, expected, "every tick once, none twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_limits_hold_through_a_standby_and_on_a_new_leader() {
+    use switchyard::pb::keys_service_client::KeysServiceClient;
+    use tonic_types::StatusExt;
+    let mut cluster = Cluster::start_with(2, LEASE, &[("SWITCHYARD_AUTH__TOKENS", "s3cret")]).await;
+    let leader = cluster.wait_leader(LONG).await;
+    let standby = 1 - leader;
+    let urls: Vec<String> = (0..2)
+        .map(|i| cluster.replicas[i].as_ref().unwrap().url.clone())
+        .collect();
+    let url = |i: usize| urls[i].clone();
+    let created = KeysServiceClient::new(channel(&url(leader)).await)
+        .create_key(with_token(pb::CreateKeyRequest {
+            role: pb::KeyRole::Scheduler as i32,
+            max_requests_per_second: 1.0,
+            max_payload_bytes: 50,
+            ..Default::default()
+        }))
+        .await
+        .expect("CreateKey on the leader")
+        .into_inner();
+    let key = created.secret;
+    let as_key = |m: pb::ScheduleTaskRequest| {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    let big = || simple("limits-cluster", json!({"blob": "x".repeat(100)}));
+    // Through the standby (it forwards to the leader): the payload bound,
+    // then the rate (that call spent the burst of one), with its details.
+    let mut via = connect(&url(standby)).await;
+    let err = via.schedule_task(as_key(big())).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_payload_bytes"), "{err:?}");
+    let err = via
+        .schedule_task(as_key(simple("limits-cluster", json!({}))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.get_details_retry_info().is_some(), "{err:?}");
+    // The leader dies; the new one loads the key, limits included.
+    cluster.replicas[leader].as_ref().unwrap().signal("KILL");
+    cluster.replicas[leader]
+        .as_mut()
+        .unwrap()
+        .exited_within(Duration::from_secs(10))
+        .await
+        .expect("the leader is gone");
+    let new = cluster.wait_leader(LONG).await;
+    assert_eq!(new, standby);
+    let mut c = connect(&url(new)).await;
+    let err = c.schedule_task(as_key(big())).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_payload_bytes"), "{err:?}");
+}
