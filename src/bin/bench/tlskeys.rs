@@ -147,6 +147,7 @@ async fn create_keys(url: &str, certs: &Certs, n: usize) -> Result<Secrets> {
             user_id: String::new(),
             names,
             expires_in: None,
+            ..Default::default()
         }
     };
     let made: Vec<Result<(usize, String), tonic::Status>> = futures::stream::iter(0..n.max(2))
