@@ -1214,3 +1214,30 @@ pub async fn all_named(client: &mut Client, name: &str) -> Vec<pb::TaskStatus> {
         token = page.next_page_token;
     }
 }
+
+/// The most of `times` (wall-clock ms, from an engine's worker) that fall
+/// in one window of `width_ms`.
+pub fn most_in_window_ms(times: &[f64], width_ms: f64) -> usize {
+    let mut times = times.to_vec();
+    times.sort_by(f64::total_cmp);
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= width_ms {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+/// The most running at once in a worker's log of starts (`true`) and ends
+/// (`false`), in the order it wrote them.
+pub fn most_at_once(log: impl IntoIterator<Item = bool>) -> i64 {
+    let (mut running, mut most) = (0i64, 0i64);
+    for start in log {
+        running += if start { 1 } else { -1 };
+        most = most.max(running);
+    }
+    most
+}

@@ -38,7 +38,7 @@ use switchyard::pb::orchestrator_service_client::OrchestratorServiceClient;
 type Client = OrchestratorServiceClient<Channel>;
 
 const TASK_QUEUE: &str = "switchyard-test";
-const TYPES: [&str; 8] = [
+const TYPES: [&str; 9] = [
     "SwitchyardComplete",
     "SwitchyardQuick",
     "SwitchyardFail",
@@ -47,11 +47,14 @@ const TYPES: [&str; 8] = [
     "SwitchyardGated",
     "SwitchyardContinue",
     "SwitchyardAwaitSignal",
+    "SwitchyardJournal",
 ];
 /// How long a workflow step may take on a busy two-core machine.
 const WAIT: Duration = Duration::from_secs(60);
 
 use crate::common::init_tracing;
+
+mod flow;
 
 // ---------------------------------------------------------------------------
 // Waiting.

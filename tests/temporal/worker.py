@@ -21,10 +21,12 @@ worker and the dev server and exits, so nothing outlives the tests.
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -59,6 +61,20 @@ async def gated_step(gate: str) -> str:
         activity.heartbeat(info.attempt)
         await asyncio.sleep(0.1)
     raise ApplicationError("gate never opened", type="GateTimeout", non_retryable=True)
+
+
+@activity.defn
+async def journal_step(path: str, n: int, ms: int) -> None:
+    """Appends `{"event": "start", ...}` to the file `path` (JSON lines,
+    wall-clock seconds in `at`), runs `ms` milliseconds, then appends
+    `{"event": "end", ...}`: the worker's own log of what ran when. One
+    append each, in the order they happened (the activities share this
+    event loop)."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": "start", "n": n, "at": time.time()}) + "\n")
+    await asyncio.sleep(ms / 1000)
+    with open(path, "a") as f:
+        f.write(json.dumps({"event": "end", "n": n, "at": time.time()}) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -161,8 +177,28 @@ class AwaitSignal:
         return {"approved": self.payload}
 
 
-WORKFLOWS = [Complete, Quick, Fail, WaitCancel, Long, Gated, Continue, AwaitSignal]
-ACTIVITIES = [record_cancel, gated_step]
+@workflow.defn(name="SwitchyardJournal")
+class Journal:
+    """Runs `journal_step` once (no retries): its start and end times go to
+    the journal file `path`."""
+
+    @workflow.run
+    async def run(self, path: str, n: int, ms: int) -> dict:
+        await workflow.execute_activity(
+            journal_step,
+            args=[path, n, ms],
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+        )
+        return {"n": n}
+
+
+WORKFLOWS = [Complete, Quick, Fail, WaitCancel, Long, Gated, Continue, AwaitSignal, Journal]
+ACTIVITIES = [record_cancel, gated_step, journal_step]
+# A second worker, on the task queue `<task queue>-10`, with 10 slots for
+# workflow tasks and 10 for activities (the flow-control tests: more room
+# than the limit they check).
+TEN_SLOTS_SUFFIX = "-10"
 
 # ---------------------------------------------------------------------------
 # The supervisor
@@ -262,7 +298,15 @@ async def main() -> None:
             activities=ACTIVITIES,
             max_concurrent_activities=200,
         )
-        worker_task = asyncio.create_task(worker.run())
+        ten = Worker(
+            client,
+            task_queue=args.task_queue + TEN_SLOTS_SUFFIX,
+            workflows=WORKFLOWS,
+            activities=ACTIVITIES,
+            max_concurrent_workflow_tasks=10,
+            max_concurrent_activities=10,
+        )
+        worker_task = asyncio.gather(worker.run(), ten.run())
         say("READY")
 
         loop = asyncio.get_running_loop()
