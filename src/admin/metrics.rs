@@ -496,6 +496,7 @@ impl Collector for CoreCollector {
             for (rule, n) in [
                 ("concurrency_limit", q.held_limit),
                 ("queue_paused", q.held_paused),
+                ("rate_limited", q.held_rate),
             ] {
                 held_by_queue.push((l(&[("queue", q.name.as_str()), ("rule", rule)]), n as f64));
             }

@@ -37,13 +37,15 @@ use std::sync::Arc;
 use crate::domain::flow::{Bucket, FlowRules, Hold, RateLimit};
 use crate::domain::*;
 
-use super::queries::{KeyPending, QueueFlowInfo};
+use super::queries::{KeyPending, QueueFlowInfo, RateTokens};
 use super::state::{Active, QKey, State};
 
 /// The most keys per queue in the metrics' top keys.
 pub const TOP_KEYS: usize = 5;
 /// The most queues in the metrics' flow figures.
 pub const MAX_FLOW_QUEUES: usize = 100;
+/// The most rate limits per queue in the metrics' flow figures.
+pub const MAX_QUEUE_RATE_LIMITS: usize = 10;
 
 /// A line's head in its queue's round-robin.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -628,11 +630,14 @@ impl State {
     }
 
     /// Flow control per queue, for the metrics: each queue with keyed
-    /// ready tasks or tasks held by a pause, its [`TOP_KEYS`] keys with the
-    /// most ready tasks, and the tasks each rule holds; at most
+    /// ready tasks or tasks held by a pause or a rate limit, its
+    /// [`TOP_KEYS`] keys with the most ready tasks, the tasks each rule
+    /// holds, and the rate limits that apply to it with their tokens at
+    /// `now` (those holding any of its tasks and those whose pattern
+    /// matches its name, at most [`MAX_QUEUE_RATE_LIMITS`]); at most
     /// [`MAX_FLOW_QUEUES`] queues (those with the most such tasks), by
     /// name. One walk of the lines (O(keys)), no sort of all keys.
-    pub(super) fn queue_flow(&self) -> Vec<QueueFlowInfo> {
+    pub(super) fn queue_flow(&self, now: Micros) -> Vec<QueueFlowInfo> {
         let mut out: HashMap<Arc<str>, (QueueFlowInfo, u64)> = HashMap::new();
         for (name, q) in &self.queues {
             let Some(fair) = q.fair.as_ref().filter(|f| !f.lines.is_empty()) else {
@@ -676,7 +681,7 @@ impl State {
                     })
                     .collect(),
                 held_limit,
-                held_paused: 0,
+                ..QueueFlowInfo::default()
             };
             out.insert(name.clone(), (info, keyed));
         }
@@ -696,6 +701,26 @@ impl State {
             e.0.held_paused += 1;
             e.1 += 1;
         }
+        // The rate limits holding each queue's tasks, by their place in
+        // the rules.
+        let mut rate_of: HashMap<Arc<str>, BTreeSet<usize>> = HashMap::new();
+        for (id, (_, i)) in &self.flow.rate_held {
+            let Some(a) = self.tasks.get(id) else {
+                continue;
+            };
+            let e = out.entry(a.key.clone()).or_insert_with(|| {
+                (
+                    QueueFlowInfo {
+                        name: a.key.to_string(),
+                        ..QueueFlowInfo::default()
+                    },
+                    0,
+                )
+            });
+            e.0.held_rate += 1;
+            e.1 += 1;
+            rate_of.entry(a.key.clone()).or_default().insert(*i);
+        }
         let mut all: Vec<(QueueFlowInfo, u64)> = out.into_values().collect();
         let most = |a: &(QueueFlowInfo, u64), b: &(QueueFlowInfo, u64)| {
             b.1.cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name))
@@ -706,6 +731,32 @@ impl State {
         }
         let mut all: Vec<QueueFlowInfo> = all.into_iter().map(|(i, _)| i).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
+        if !self.flow.rates.is_empty() {
+            for info in &mut all {
+                let mut at = rate_of.remove(info.name.as_str()).unwrap_or_default();
+                at.extend(
+                    self.flow
+                        .rates
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.rule.applies_to(&info.name))
+                        .map(|(i, _)| i),
+                );
+                info.rate_limits = at
+                    .into_iter()
+                    .filter_map(|i| self.flow.rates.get(i))
+                    .take(MAX_QUEUE_RATE_LIMITS)
+                    .map(|r| RateTokens {
+                        pattern: r.rule.pattern.clone(),
+                        tokens: r.tokens(now),
+                        rate: r.rule.rate,
+                        interval: r.rule.interval,
+                        burst: r.rule.burst,
+                        per_key: r.rule.per_key,
+                    })
+                    .collect();
+            }
+        }
         all
     }
 
@@ -721,7 +772,23 @@ impl super::Core {
     /// what they no longer hold is dispatched.
     pub fn set_flow_rules(&self, rules: FlowRules) {
         let rules = Arc::new(rules);
+        let told = rules.clone();
         self.with_state(|st| st.set_flow_rules(rules));
+        self.inner.flow_rules.send_if_modified(|v| {
+            let changed = **v != *told;
+            if changed {
+                *v = told;
+            }
+            changed
+        });
+    }
+
+    /// The flow rules in force, now and as they change: for an engine that
+    /// mirrors a rule in its own terms (the BullMQ backend pauses a paused
+    /// queue in Redis too). The core holds the tasks whatever the engine
+    /// does.
+    pub fn watch_flow_rules(&self) -> tokio::sync::watch::Receiver<Arc<FlowRules>> {
+        self.inner.flow_rules.subscribe()
     }
 
     /// The flow rules in force.

@@ -89,7 +89,7 @@ pub use config::{CoreConfig, Routes};
 pub use engine::EngineKind;
 pub use error::{CoreError, FieldViolation};
 pub use protocol::{Assignment, CancelReason, Push, Report, WorkerInfo, WorkerLink};
-pub use queries::{KeyPending, MetricsSnapshot, QueueFlowInfo, QueueInfo};
+pub use queries::{KeyPending, MetricsSnapshot, QueueFlowInfo, QueueInfo, RateTokens};
 pub use retention::RemovalHook;
 pub use retry::ReplayHook;
 pub use schedule::{Admission, Outcome, Scheduled};
@@ -122,6 +122,9 @@ struct Inner {
     /// How the workflow engine rewrites a run for a replay (see
     /// [`Core::on_replay`]).
     replay_hook: parking_lot::RwLock<Option<ReplayHook>>,
+    /// The flow rules in force, for the engines that mirror some of them
+    /// (see [`Core::watch_flow_rules`]).
+    flow_rules: tokio::sync::watch::Sender<Arc<crate::domain::flow::FlowRules>>,
 }
 
 struct Listener {
@@ -165,6 +168,7 @@ impl Core {
             removal_hooks: Default::default(),
             signal_hooks: Default::default(),
             replay_hook: Default::default(),
+            flow_rules: tokio::sync::watch::Sender::new(Default::default()),
         });
         store.set_listener(Arc::new(Listener {
             hub,

@@ -44,7 +44,7 @@ pub struct MetricsSnapshot {
 }
 
 /// One queue's flow-control figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueueFlowInfo {
     /// The queue key.
     pub name: String,
@@ -55,6 +55,30 @@ pub struct QueueFlowInfo {
     pub held_limit: u64,
     /// Ready tasks held because their name or queue is paused.
     pub held_paused: u64,
+    /// Pending tasks held because their rate limit had no token.
+    pub held_rate: u64,
+    /// The rate limits that apply to the queue (see
+    /// `State::queue_flow`), in the order they are matched; at most
+    /// [`super::flow::MAX_QUEUE_RATE_LIMITS`].
+    pub rate_limits: Vec<RateTokens>,
+}
+
+/// A rate limit and the tokens in its bucket now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateTokens {
+    /// Its pattern.
+    pub pattern: String,
+    /// Tokens now, 0 to `burst` (the emptiest key's for a rate limit per
+    /// key).
+    pub tokens: f64,
+    /// Starts per `interval`.
+    pub rate: u32,
+    /// The interval.
+    pub interval: std::time::Duration,
+    /// The bucket's size.
+    pub burst: u32,
+    /// One bucket per concurrency key.
+    pub per_key: bool,
 }
 
 /// A concurrency key's ready tasks in one queue.
@@ -256,7 +280,7 @@ impl Core {
                 ("queue_paused", paused),
                 ("rate_limited", st.rate_held_count()),
             ],
-            flow: st.queue_flow(),
+            flow: st.queue_flow(now),
             rate_tokens: st.rate_tokens(now),
             counts: st.counts.clone(),
             queues,

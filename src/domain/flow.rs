@@ -186,6 +186,12 @@ impl RateLimit {
         self.matcher.is_match(name) || queue.is_some_and(|q| self.matcher.is_match(q))
     }
 
+    /// Whether it applies to the tasks of a queue key (a task name, or a
+    /// SIMPLE task's queue): its pattern matches the key.
+    pub fn applies_to(&self, queue: &str) -> bool {
+        self.matcher.is_match(queue)
+    }
+
     /// Whether `o` fills its buckets the same way (a bucket then survives
     /// a change of the rules).
     pub fn same_bucket(&self, o: &Self) -> bool {

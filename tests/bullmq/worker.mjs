@@ -1,6 +1,7 @@
 // A real Node BullMQ 5 worker for tests/it/bullmq.rs. It processes the jobs
 // Switchyard adds, honours Switchyard's cancellation of active jobs, and
-// reports what it did as JSON lines on stdout.
+// reports what it did as JSON lines on stdout (`start` and `processed` with
+// `at`, the wall clock in ms).
 //
 // Environment: REDIS_URL, PREFIX, QUEUE, CONCURRENCY (default 1).
 // What a job does comes from its data:
@@ -70,7 +71,7 @@ const sleep = (ms, signal, stopMs = 0) =>
 async function process_(job, signal) {
   const d = job.data || {};
   const attempt = job.attemptsMade + 1;
-  say({ event: 'start', id: job.id, name: job.name, attempt, priority: job.opts.priority ?? 0 });
+  say({ event: 'start', id: job.id, name: job.name, attempt, priority: job.opts.priority ?? 0, at: Date.now() });
   switch (d.mode) {
     case 'fail':
       throw new TypeError(`boom on attempt ${attempt}`);
@@ -86,7 +87,7 @@ async function process_(job, signal) {
       await job.updateProgress(50);
       await job.log('second line');
   }
-  say({ event: 'processed', id: job.id, name: job.name, attempt });
+  say({ event: 'processed', id: job.id, name: job.name, attempt, at: Date.now() });
   return { ok: true, echo: d, by: 'node' };
 }
 

@@ -21,6 +21,8 @@ use tokio_stream::StreamExt;
 use crate::common::*;
 use switchyard::pb;
 
+mod flow;
+
 const LONG_WAIT: Duration = Duration::from_secs(30);
 
 fn redis_url() -> String {

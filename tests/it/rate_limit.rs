@@ -421,6 +421,58 @@ async fn a_held_task_says_rate_limited_and_when_in_status_cli_metrics_and_rules(
     );
     let tokens = value("switchyard_rate_limit_tokens{rule=\"rl-why\"} ").expect("tokens");
     assert!(tokens < 0.1, "{tokens} tokens, {scrape}");
+    assert_eq!(
+        value("switchyard_queue_tasks_held{queue=\"rl-why\",rule=\"rate_limited\"} "),
+        Some(1.0),
+        "{scrape}"
+    );
+
+    // GetMetrics, per queue: the task the rate holds, and the rate limit
+    // with its tokens.
+    let m = client
+        .get_metrics(pb::GetMetricsRequest {})
+        .await
+        .expect("GetMetrics")
+        .into_inner();
+    let q = m
+        .queue_flow
+        .iter()
+        .find(|q| q.name == "rl-why")
+        .unwrap_or_else(|| panic!("rl-why in queue_flow: {:?}", m.queue_flow));
+    assert_eq!(q.held_rate_limited, 1, "{q:?}");
+    assert_eq!(q.rate_limits.len(), 1, "{q:?}");
+    let r = &q.rate_limits[0];
+    assert_eq!(
+        (r.pattern.as_str(), r.rate, r.burst, r.per_key),
+        ("rl-why", 1, 1, true)
+    );
+    assert_eq!(r.interval, Some(dur(Duration::from_secs(60))));
+    assert!(r.tokens < 0.1, "{r:?}");
+    assert_eq!(m.held.get("rate_limited"), Some(&1));
+    // The admin route the dashboard's Queues panel reads says the same.
+    let json: serde_json::Value = reqwest::get(format!(
+        "{}/internal/execution-manager/metrics",
+        server.admin_url()
+    ))
+    .await
+    .expect("GET …/metrics")
+    .json()
+    .await
+    .expect("JSON");
+    let q = json["queueFlow"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "rl-why"))
+        .unwrap_or_else(|| panic!("rl-why in queueFlow: {json}"));
+    assert_eq!(q["heldRateLimited"], 1, "{json}");
+    assert_eq!(q["rateLimits"][0]["pattern"], "rl-why", "{json}");
+    assert_eq!(q["rateLimits"][0]["burst"], 1, "{json}");
+    assert_eq!(q["rateLimits"][0]["intervalMs"], 60000.0, "{json}");
+    assert!(
+        q["rateLimits"][0]["tokens"]
+            .as_f64()
+            .is_some_and(|t| t < 0.1),
+        "{json}"
+    );
 
     let r = rules(&mut flow).await;
     assert_eq!(r.rate_limits.len(), 1);

@@ -516,18 +516,29 @@
       const p = paused.has(n);
       const counts = `${fmtInt(num(q.ready))} ready · ${fmtInt(num(q.running))} running`;
       const f = flowByName.get(n) || {};
-      const held = [[num(f.heldConcurrencyLimit), 'by key limits'], [num(f.heldQueuePaused), 'by the pause']]
+      const held = [[num(f.heldConcurrencyLimit), 'by key limits'], [num(f.heldQueuePaused), 'by the pause'],
+        [num(f.heldRateLimited), 'by rate limits']]
         .filter(([c]) => c > 0).map(([c, why]) => `${fmtInt(c)} held ${why}`).join(' · ');
+      const rates = (f.rateLimits || []).map((r) => {
+        const tokens = Math.floor(Number(r.tokens || 0));
+        return `<span class="tag rate" data-pattern="${esc(r.pattern)}" data-tokens="${tokens}" ` +
+          `data-burst="${num(r.burst)}" title="rate limit ${esc(r.pattern)}: ${fmtInt(num(r.rate))} per ` +
+          `${fmtInt(num(r.intervalMs))} ms${r.perKey ? ', per key' : ''}">${esc(r.pattern)} ` +
+          `${fmtInt(tokens)}/${fmtInt(num(r.burst))} tokens</span>`;
+      }).join('');
       const keys = (f.topKeys || []).map((k) => `<span class="tag key" data-key="${esc(k.key)}" ` +
         `data-pending="${num(k.pending)}" title="${fmtInt(num(k.running))} running">${esc(k.key)} ` +
         `${fmtInt(num(k.pending))}</span>`).join('');
       return `<div class="worker queue" data-queue="${esc(n)}" data-paused="${p}" ` +
-        `data-held-limit="${num(f.heldConcurrencyLimit)}" data-held-paused="${num(f.heldQueuePaused)}"><div class="wn">` +
+        `data-held-limit="${num(f.heldConcurrencyLimit)}" data-held-paused="${num(f.heldQueuePaused)}" ` +
+        `data-held-rate="${num(f.heldRateLimited)}"><div class="wn">` +
         `<span>${esc(n)}${p ? ' <span class="tag paused">paused</span>' : ''}</span>` +
         `<span class="slots">${counts} <button type="button" class="pause-btn ghost" data-name="${esc(n)}" ` +
         `data-action="${p ? 'resume' : 'pause'}">${p ? 'Resume' : 'Pause'}</button></span></div>` +
         (held ? `<div class="muted held">${held}</div>` : '') +
-        (keys ? `<div class="keys" title="concurrency keys with the most ready tasks">${keys}</div>` : '') + '</div>';
+        (keys ? `<div class="keys" title="concurrency keys with the most ready tasks">${keys}</div>` : '') +
+        (rates ? `<div class="keys rates" title="rate limits and the tokens left in their buckets">${rates}</div>` : '') +
+        '</div>';
     }).join('') : '<div class="muted">No queue.</div>';
     if (h === queuesHtml) return;
     queuesHtml = h;

@@ -80,6 +80,19 @@ pub fn metrics(m: &MetricsSnapshot) -> pb::GetMetricsResponse {
                     .collect(),
                 held_concurrency_limit: q.held_limit,
                 held_queue_paused: q.held_paused,
+                held_rate_limited: q.held_rate,
+                rate_limits: q
+                    .rate_limits
+                    .iter()
+                    .map(|r| pb::QueueRateTokens {
+                        pattern: r.pattern.clone(),
+                        tokens: r.tokens,
+                        rate: r.rate as i32,
+                        interval: Some(super::task::pb_duration(r.interval)),
+                        burst: r.burst as i32,
+                        per_key: r.per_key,
+                    })
+                    .collect(),
             })
             .collect(),
         held: m

@@ -50,7 +50,7 @@ pub fn superseded_ids(s: &crate::core::Scheduled) -> Vec<String> {
         .collect()
 }
 
-fn pb_duration(d: std::time::Duration) -> prost_types::Duration {
+pub(super) fn pb_duration(d: std::time::Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs().min(i64::MAX as u64) as i64,
         nanos: d.subsec_nanos() as i32,

@@ -48,6 +48,56 @@ end
 return 0
 "#;
 
+/// Pauses or resumes a BullMQ queue as BullMQ 5's own `Queue.pause()` and
+/// `Queue.resume()` do (its `pause-7.lua`: the `wait` list becomes the
+/// `paused` list and `meta.paused` is set, so no worker takes a job, and
+/// jobs added meanwhile go to `paused`; on resume the other way round, with
+/// a marker so that blocked workers wake), and marks the pause as
+/// Switchyard's (`meta` field `switchyard:paused`: `1` if Switchyard paused
+/// BullMQ's queue, `0` if it was paused already): a resume only undoes a
+/// pause Switchyard made, and a queue paused by someone else stays paused.
+/// Returns 1 if BullMQ's queue changed, else 0.
+///
+/// KEYS: wait, paused, meta, prioritized, events, delayed, marker.
+/// ARGV[1]: `paused` or `resumed`.
+const PAUSE: &str = r#"
+local meta = KEYS[3]
+local function move(src, dst)
+  if redis.call('EXISTS', src) == 0 then return end
+  if redis.call('EXISTS', dst) == 0 then
+    redis.call('RENAME', src, dst)
+  else
+    while redis.call('RPOPLPUSH', src, dst) do end
+  end
+end
+if ARGV[1] == 'paused' then
+  if redis.call('HEXISTS', meta, 'switchyard:paused') == 1 then return 0 end
+  if redis.call('HEXISTS', meta, 'paused') == 1 then
+    redis.call('HSET', meta, 'switchyard:paused', 0)
+    return 0
+  end
+  redis.call('HSET', meta, 'switchyard:paused', 1)
+  move(KEYS[1], KEYS[2])
+  redis.call('HSET', meta, 'paused', 1)
+  redis.call('DEL', KEYS[7])
+  redis.call('XADD', KEYS[5], '*', 'event', 'paused')
+  return 1
+end
+local mine = redis.call('HGET', meta, 'switchyard:paused')
+redis.call('HDEL', meta, 'switchyard:paused')
+if mine ~= '1' or redis.call('HEXISTS', meta, 'paused') == 0 then return 0 end
+move(KEYS[2], KEYS[1])
+redis.call('HDEL', meta, 'paused')
+if redis.call('LLEN', KEYS[1]) > 0 or redis.call('ZCARD', KEYS[4]) > 0 then
+  redis.call('ZADD', KEYS[7], 0, '0')
+else
+  local next = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  if next[2] then redis.call('ZADD', KEYS[7], tonumber(next[2]) / 0x1000, '1') end
+end
+redis.call('XADD', KEYS[5], '*', 'event', 'resumed')
+return 1
+"#;
+
 /// What [`Conn::take_out`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakeOut {
@@ -97,6 +147,7 @@ pub struct Conn {
     building: tokio::sync::Mutex<()>,
     take_out: redis::Script,
     set_opts: redis::Script,
+    pause: redis::Script,
 }
 
 /// A failed Redis call, as text.
@@ -120,6 +171,7 @@ impl Conn {
             building: tokio::sync::Mutex::new(()),
             take_out: redis::Script::new(TAKE_OUT),
             set_opts: redis::Script::new(SET_OPTS),
+            pause: redis::Script::new(PAUSE),
         })
     }
 
@@ -251,6 +303,55 @@ impl Conn {
             -1 => TakeOut::Missing(last),
             _ => TakeOut::Elsewhere,
         })
+    }
+
+    /// Pauses (or resumes) `queue` in BullMQ, as Switchyard's pause (see
+    /// [`PAUSE`]); returns whether BullMQ's queue changed.
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<bool, RedisFailure> {
+        let mut c = self.manager().await?;
+        let mut inv = self.pause.prepare_invoke();
+        for s in [
+            "wait",
+            "paused",
+            "meta",
+            "prioritized",
+            "events",
+            "delayed",
+            "marker",
+        ] {
+            inv.key(self.key(queue, s));
+        }
+        inv.arg(if paused { "paused" } else { "resumed" });
+        let registry = format!("{}:switchyard:paused", self.cfg.prefix);
+        // The queues Switchyard paused are listed, so that a restarted
+        // server finds those to resume: listed before the pause, unlisted
+        // after the resume (a crash in between leaves a name whose resume
+        // finds nothing to do).
+        if paused {
+            let mut p = redis::pipe();
+            p.cmd("SADD").arg(&registry).arg(queue).ignore();
+            self.timed("pause", p.query_async::<()>(&mut c)).await?;
+        }
+        let changed: i64 = self.timed("pause", inv.invoke_async(&mut c)).await?;
+        if !paused {
+            let mut p = redis::pipe();
+            p.cmd("SREM").arg(&registry).arg(queue).ignore();
+            self.timed("resume", p.query_async::<()>(&mut c)).await?;
+        }
+        Ok(changed == 1)
+    }
+
+    /// The queues Switchyard paused in BullMQ (and has not resumed).
+    pub async fn paused_queues(&self) -> Result<Vec<String>, RedisFailure> {
+        let mut c = self.manager().await?;
+        let registry = format!("{}:switchyard:paused", self.cfg.prefix);
+        self.timed(
+            "paused queues",
+            redis::cmd("SMEMBERS")
+                .arg(registry)
+                .query_async::<Vec<String>>(&mut c),
+        )
+        .await
     }
 
     /// Removes a job with BullMQ's removeJob (refused for a locked job).

@@ -31,6 +31,7 @@
 //! queue's jobs, its mailbox, its reports), `apply.rs` (the stream's events
 //! applied to them), `add.rs` (adding a job, the add's answer), `cancel.rs`,
 //! `resync.rs` (lost contact, a new position, reading jobs' state again),
+//! `pause.rs` (a queue paused through `FlowService` paused in BullMQ too),
 //! `reader.rs` (the events stream) and `event.rs` (a stream entry, parsed
 //! once into a typed event).
 
@@ -43,6 +44,7 @@ mod apply;
 mod cancel;
 mod event;
 mod follower;
+mod pause;
 mod reader;
 mod resync;
 
@@ -92,6 +94,16 @@ pub fn start(core: &Core, cfg: &BullmqConfig) -> Result<JoinHandle<()>, CoreErro
             tokio::spawn(remove_jobs(shared, ended));
         })
     });
+    // Paused queues are paused in BullMQ too; the loop stops with the
+    // backend (`shared.stop`).
+    tokio::spawn(tracing::Instrument::instrument(
+        pause::run(
+            shared.clone(),
+            cfg.queues.clone(),
+            shared.core.watch_flow_rules(),
+        ),
+        tracing::info_span!("bullmq-pause"),
+    ));
     tracing::info!(url = %cfg.redacted_url(), prefix = %cfg.prefix, queues = ?cfg.queues, "bullmq backend started");
     let span = tracing::info_span!("bullmq-backend");
     Ok(tokio::spawn(tracing::Instrument::instrument(

@@ -1444,9 +1444,10 @@ export const ResumeQueueResponse: MessageFns<ResumeQueueResponse> = {
  *   first rate limit that matches a task applies. The buckets are in
  *   memory: after a restart (or on a new leader) they start full.
  * - pauses: the pending tasks of a paused task name or queue wait with the
- *   reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
- *   paused: Switchyard holds the tasks, and jobs already added to BullMQ
- *   run.
+ *   reason QUEUE_PAUSED; running ones finish. A paused name that is a
+ *   BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
+ *   already added there do not start until the resume, which resumes
+ *   BullMQ's queue; a queue someone else paused in BullMQ stays paused).
  *
  * Policies and rate limits set here and pauses are durable (the SQLite
  * store keeps them in `flow.db` beside its file; PostgreSQL in the
@@ -1539,8 +1540,9 @@ export const FlowServiceService = {
   },
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. Pausing a paused name does
-   * nothing.
+   * until it is resumed; running ones finish. A BullMQ-routed queue is
+   * paused in BullMQ too, shortly after the answer. Pausing a paused name
+   * does nothing.
    */
   pauseQueue: {
     path: "/switchyard.v1.FlowService/PauseQueue" as const,
@@ -1553,7 +1555,8 @@ export const FlowServiceService = {
   },
   /**
    * Resumes a paused name or queue: its tasks are queued again in their
-   * order. Resuming a name that is not paused does nothing.
+   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
+   * there. Resuming a name that is not paused does nothing.
    */
   resumeQueue: {
     path: "/switchyard.v1.FlowService/ResumeQueue" as const,
@@ -1596,13 +1599,15 @@ export interface FlowServiceServer extends UntypedServiceImplementation {
   deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. Pausing a paused name does
-   * nothing.
+   * until it is resumed; running ones finish. A BullMQ-routed queue is
+   * paused in BullMQ too, shortly after the answer. Pausing a paused name
+   * does nothing.
    */
   pauseQueue: handleUnaryCall<PauseQueueRequest, PauseQueueResponse>;
   /**
    * Resumes a paused name or queue: its tasks are queued again in their
-   * order. Resuming a name that is not paused does nothing.
+   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
+   * there. Resuming a name that is not paused does nothing.
    */
   resumeQueue: handleUnaryCall<ResumeQueueRequest, ResumeQueueResponse>;
 }
@@ -1707,8 +1712,9 @@ export interface FlowServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. Pausing a paused name does
-   * nothing.
+   * until it is resumed; running ones finish. A BullMQ-routed queue is
+   * paused in BullMQ too, shortly after the answer. Pausing a paused name
+   * does nothing.
    */
   pauseQueue(
     request: PauseQueueRequest,
@@ -1727,7 +1733,8 @@ export interface FlowServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Resumes a paused name or queue: its tasks are queued again in their
-   * order. Resuming a name that is not paused does nothing.
+   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
+   * there. Resuming a name that is not paused does nothing.
    */
   resumeQueue(
     request: ResumeQueueRequest,

@@ -954,6 +954,41 @@ export interface QueueFlowMetrics {
    * reason QUEUE_PAUSED).
    */
   heldQueuePaused: number;
+  /**
+   * Pending tasks held because their rate limit had no token when they
+   * were about to start (waiting reason RATE_LIMITED).
+   */
+  heldRateLimited: number;
+  /**
+   * The rate limits that apply to this queue, in the order they are
+   * matched: those holding any of its tasks and those whose pattern
+   * matches its name; with the tokens in their buckets now. At most 10.
+   */
+  rateLimits: QueueRateTokens[];
+}
+
+/**
+ * A rate limit that applies to a queue, with its tokens now (GetMetrics'
+ * `QueueFlowMetrics`). See FlowService's `RateLimit`.
+ */
+export interface QueueRateTokens {
+  /** The rate limit's pattern (it names it). */
+  pattern: string;
+  /**
+   * The tokens in its bucket now, 0 to `burst` (a start takes one); for a
+   * rate limit per key, the emptiest key's.
+   */
+  tokens: number;
+  /** Starts per `interval`: 1 to 1,000,000. */
+  rate: number;
+  /** The interval `rate` is counted over: 1 ms to 24 h. */
+  interval:
+    | Duration
+    | undefined;
+  /** The bucket's size: 1 to 1,000,000. */
+  burst: number;
+  /** Whether each concurrency key has its own bucket. */
+  perKey: boolean;
 }
 
 /** The metrics. */
@@ -988,15 +1023,15 @@ export interface GetMetricsResponse {
   lastSequence: number;
   /**
    * Flow control per queue, by name, for the queues with ready tasks of a
-   * concurrency key or tasks held by a flow rule: their top keys and the
-   * tasks each rule holds. At most 100 queues (those with the most such
-   * tasks).
+   * concurrency key or tasks held by a flow rule: their top keys, the
+   * tasks each rule holds and the rate limits that apply. At most 100
+   * queues (those with the most such tasks).
    */
   queueFlow: QueueFlowMetrics[];
   /**
-   * Ready tasks held by each flow rule over all queues, by the rule's
-   * waiting reason in lower case: `concurrency_limit`, `queue_paused`
-   * (both always present).
+   * Pending tasks held by each flow rule over all queues, by the rule's
+   * waiting reason in lower case: `concurrency_limit`, `queue_paused`,
+   * `rate_limited` (all three always present).
    */
   held: { [key: string]: number };
 }
@@ -5938,7 +5973,7 @@ export const KeyPendingMetrics: MessageFns<KeyPendingMetrics> = {
 };
 
 function createBaseQueueFlowMetrics(): QueueFlowMetrics {
-  return { name: "", topKeys: [], heldConcurrencyLimit: 0, heldQueuePaused: 0 };
+  return { name: "", topKeys: [], heldConcurrencyLimit: 0, heldQueuePaused: 0, heldRateLimited: 0, rateLimits: [] };
 }
 
 export const QueueFlowMetrics: MessageFns<QueueFlowMetrics> = {
@@ -5954,6 +5989,12 @@ export const QueueFlowMetrics: MessageFns<QueueFlowMetrics> = {
     }
     if (message.heldQueuePaused !== 0) {
       writer.uint32(32).uint64(message.heldQueuePaused);
+    }
+    if (message.heldRateLimited !== 0) {
+      writer.uint32(40).uint64(message.heldRateLimited);
+    }
+    for (const v of message.rateLimits) {
+      QueueRateTokens.encode(v!, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -6003,6 +6044,22 @@ export const QueueFlowMetrics: MessageFns<QueueFlowMetrics> = {
             message.heldQueuePaused = longToNumber(reader.uint64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.heldRateLimited = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.rateLimits.push(QueueRateTokens.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -6033,6 +6090,16 @@ export const QueueFlowMetrics: MessageFns<QueueFlowMetrics> = {
         : isSet(object.held_queue_paused)
         ? globalThis.Number(object.held_queue_paused)
         : 0,
+      heldRateLimited: isSet(object.heldRateLimited)
+        ? globalThis.Number(object.heldRateLimited)
+        : isSet(object.held_rate_limited)
+        ? globalThis.Number(object.held_rate_limited)
+        : 0,
+      rateLimits: globalThis.Array.isArray(object?.rateLimits)
+        ? object.rateLimits.map((e: any) => QueueRateTokens.fromJSON(e))
+        : globalThis.Array.isArray(object?.rate_limits)
+        ? object.rate_limits.map((e: any) => QueueRateTokens.fromJSON(e))
+        : [],
     };
   },
 
@@ -6050,6 +6117,12 @@ export const QueueFlowMetrics: MessageFns<QueueFlowMetrics> = {
     if (message.heldQueuePaused !== 0) {
       obj.heldQueuePaused = Math.round(message.heldQueuePaused);
     }
+    if (message.heldRateLimited !== 0) {
+      obj.heldRateLimited = Math.round(message.heldRateLimited);
+    }
+    if (message.rateLimits?.length) {
+      obj.rateLimits = message.rateLimits.map((e) => QueueRateTokens.toJSON(e));
+    }
     return obj;
   },
 
@@ -6062,6 +6135,163 @@ export const QueueFlowMetrics: MessageFns<QueueFlowMetrics> = {
     message.topKeys = object.topKeys?.map((e) => KeyPendingMetrics.fromPartial(e)) || [];
     message.heldConcurrencyLimit = object.heldConcurrencyLimit ?? 0;
     message.heldQueuePaused = object.heldQueuePaused ?? 0;
+    message.heldRateLimited = object.heldRateLimited ?? 0;
+    message.rateLimits = object.rateLimits?.map((e) => QueueRateTokens.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseQueueRateTokens(): QueueRateTokens {
+  return { pattern: "", tokens: 0, rate: 0, interval: undefined, burst: 0, perKey: false };
+}
+
+export const QueueRateTokens: MessageFns<QueueRateTokens> = {
+  encode(message: QueueRateTokens, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.pattern !== "") {
+      writer.uint32(10).string(message.pattern);
+    }
+    if (message.tokens !== 0) {
+      writer.uint32(17).double(message.tokens);
+    }
+    if (message.rate !== 0) {
+      writer.uint32(24).int32(message.rate);
+    }
+    if (message.interval !== undefined) {
+      Duration.encode(message.interval, writer.uint32(34).fork()).join();
+    }
+    if (message.burst !== 0) {
+      writer.uint32(40).int32(message.burst);
+    }
+    if (message.perKey !== false) {
+      writer.uint32(48).bool(message.perKey);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueueRateTokens {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueueRateTokens();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.pattern = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.tokens = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.rate = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.interval = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.burst = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.perKey = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueueRateTokens {
+    return {
+      pattern: isSet(object.pattern) ? globalThis.String(object.pattern) : "",
+      tokens: isSet(object.tokens) ? globalThis.Number(object.tokens) : 0,
+      rate: isSet(object.rate) ? globalThis.Number(object.rate) : 0,
+      interval: isSet(object.interval) ? Duration.fromJSON(object.interval) : undefined,
+      burst: isSet(object.burst) ? globalThis.Number(object.burst) : 0,
+      perKey: isSet(object.perKey)
+        ? globalThis.Boolean(object.perKey)
+        : isSet(object.per_key)
+        ? globalThis.Boolean(object.per_key)
+        : false,
+    };
+  },
+
+  toJSON(message: QueueRateTokens): unknown {
+    const obj: any = {};
+    if (message.pattern !== "") {
+      obj.pattern = message.pattern;
+    }
+    if (message.tokens !== 0) {
+      obj.tokens = floatToJson(message.tokens);
+    }
+    if (message.rate !== 0) {
+      obj.rate = Math.round(message.rate);
+    }
+    if (message.interval !== undefined) {
+      obj.interval = Duration.toJSON(message.interval);
+    }
+    if (message.burst !== 0) {
+      obj.burst = Math.round(message.burst);
+    }
+    if (message.perKey !== false) {
+      obj.perKey = message.perKey;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<QueueRateTokens>, I>>(base?: I): QueueRateTokens {
+    return QueueRateTokens.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<QueueRateTokens>, I>>(object: I): QueueRateTokens {
+    const message = createBaseQueueRateTokens();
+    message.pattern = object.pattern ?? "";
+    message.tokens = object.tokens ?? 0;
+    message.rate = object.rate ?? 0;
+    message.interval = (object.interval !== undefined && object.interval !== null)
+      ? Duration.fromPartial(object.interval)
+      : undefined;
+    message.burst = object.burst ?? 0;
+    message.perKey = object.perKey ?? false;
     return message;
   },
 };

@@ -53,9 +53,10 @@ class FlowServiceStub:
     first rate limit that matches a task applies. The buckets are in
     memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
-    reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
-    paused: Switchyard holds the tasks, and jobs already added to BullMQ
-    run.
+    reason QUEUE_PAUSED; running ones finish. A paused name that is a
+    BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
+    already added there do not start until the resume, which resumes
+    BullMQ's queue; a queue someone else paused in BullMQ stays paused).
 
     Policies and rate limits set here and pauses are durable (the SQLite
     store keeps them in `flow.db` beside its file; PostgreSQL in the
@@ -139,9 +140,10 @@ class FlowServiceServicer:
     first rate limit that matches a task applies. The buckets are in
     memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
-    reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
-    paused: Switchyard holds the tasks, and jobs already added to BullMQ
-    run.
+    reason QUEUE_PAUSED; running ones finish. A paused name that is a
+    BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
+    already added there do not start until the resume, which resumes
+    BullMQ's queue; a queue someone else paused in BullMQ stays paused).
 
     Policies and rate limits set here and pauses are durable (the SQLite
     store keeps them in `flow.db` beside its file; PostgreSQL in the
@@ -199,8 +201,9 @@ class FlowServiceServicer:
 
     def PauseQueue(self, request, context):
         """Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-        until it is resumed; running ones finish. Pausing a paused name does
-        nothing.
+        until it is resumed; running ones finish. A BullMQ-routed queue is
+        paused in BullMQ too, shortly after the answer. Pausing a paused name
+        does nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,7 +211,8 @@ class FlowServiceServicer:
 
     def ResumeQueue(self, request, context):
         """Resumes a paused name or queue: its tasks are queued again in their
-        order. Resuming a name that is not paused does nothing.
+        order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
+        there. Resuming a name that is not paused does nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,9 +291,10 @@ class FlowService:
     first rate limit that matches a task applies. The buckets are in
     memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
-    reason QUEUE_PAUSED; running ones finish. BullMQ's own queue is not
-    paused: Switchyard holds the tasks, and jobs already added to BullMQ
-    run.
+    reason QUEUE_PAUSED; running ones finish. A paused name that is a
+    BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
+    already added there do not start until the resume, which resumes
+    BullMQ's queue; a queue someone else paused in BullMQ stays paused).
 
     Policies and rate limits set here and pauses are durable (the SQLite
     store keeps them in `flow.db` beside its file; PostgreSQL in the

@@ -537,16 +537,36 @@ class KeyPendingMetrics(_message.Message):
     def __init__(self, key: _Optional[str] = ..., pending: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
 
 class QueueFlowMetrics(_message.Message):
-    __slots__ = ("name", "top_keys", "held_concurrency_limit", "held_queue_paused")
+    __slots__ = ("name", "top_keys", "held_concurrency_limit", "held_queue_paused", "held_rate_limited", "rate_limits")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOP_KEYS_FIELD_NUMBER: _ClassVar[int]
     HELD_CONCURRENCY_LIMIT_FIELD_NUMBER: _ClassVar[int]
     HELD_QUEUE_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    HELD_RATE_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
     name: str
     top_keys: _containers.RepeatedCompositeFieldContainer[KeyPendingMetrics]
     held_concurrency_limit: int
     held_queue_paused: int
-    def __init__(self, name: _Optional[str] = ..., top_keys: _Optional[_Iterable[_Union[KeyPendingMetrics, _Mapping]]] = ..., held_concurrency_limit: _Optional[int] = ..., held_queue_paused: _Optional[int] = ...) -> None: ...
+    held_rate_limited: int
+    rate_limits: _containers.RepeatedCompositeFieldContainer[QueueRateTokens]
+    def __init__(self, name: _Optional[str] = ..., top_keys: _Optional[_Iterable[_Union[KeyPendingMetrics, _Mapping]]] = ..., held_concurrency_limit: _Optional[int] = ..., held_queue_paused: _Optional[int] = ..., held_rate_limited: _Optional[int] = ..., rate_limits: _Optional[_Iterable[_Union[QueueRateTokens, _Mapping]]] = ...) -> None: ...
+
+class QueueRateTokens(_message.Message):
+    __slots__ = ("pattern", "tokens", "rate", "interval", "burst", "per_key")
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    PER_KEY_FIELD_NUMBER: _ClassVar[int]
+    pattern: str
+    tokens: float
+    rate: int
+    interval: _duration_pb2.Duration
+    burst: int
+    per_key: bool
+    def __init__(self, pattern: _Optional[str] = ..., tokens: _Optional[float] = ..., rate: _Optional[int] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., burst: _Optional[int] = ..., per_key: _Optional[bool] = ...) -> None: ...
 
 class GetMetricsResponse(_message.Message):
     __slots__ = ("total", "by_type", "by_name", "queues", "throughput_per_sec", "schedule_to_start", "run_time", "workers_connected", "started_at", "last_sequence", "queue_flow", "held")

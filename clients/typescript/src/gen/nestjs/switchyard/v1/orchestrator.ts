@@ -742,6 +742,41 @@ export interface QueueFlowMetrics {
    * reason QUEUE_PAUSED).
    */
   heldQueuePaused: number;
+  /**
+   * Pending tasks held because their rate limit had no token when they
+   * were about to start (waiting reason RATE_LIMITED).
+   */
+  heldRateLimited: number;
+  /**
+   * The rate limits that apply to this queue, in the order they are
+   * matched: those holding any of its tasks and those whose pattern
+   * matches its name; with the tokens in their buckets now. At most 10.
+   */
+  rateLimits: QueueRateTokens[];
+}
+
+/**
+ * A rate limit that applies to a queue, with its tokens now (GetMetrics'
+ * `QueueFlowMetrics`). See FlowService's `RateLimit`.
+ */
+export interface QueueRateTokens {
+  /** The rate limit's pattern (it names it). */
+  pattern: string;
+  /**
+   * The tokens in its bucket now, 0 to `burst` (a start takes one); for a
+   * rate limit per key, the emptiest key's.
+   */
+  tokens: number;
+  /** Starts per `interval`: 1 to 1,000,000. */
+  rate: number;
+  /** The interval `rate` is counted over: 1 ms to 24 h. */
+  interval:
+    | Duration
+    | undefined;
+  /** The bucket's size: 1 to 1,000,000. */
+  burst: number;
+  /** Whether each concurrency key has its own bucket. */
+  perKey: boolean;
 }
 
 /** The metrics. */
@@ -776,15 +811,15 @@ export interface GetMetricsResponse {
   lastSequence: number;
   /**
    * Flow control per queue, by name, for the queues with ready tasks of a
-   * concurrency key or tasks held by a flow rule: their top keys and the
-   * tasks each rule holds. At most 100 queues (those with the most such
-   * tasks).
+   * concurrency key or tasks held by a flow rule: their top keys, the
+   * tasks each rule holds and the rate limits that apply. At most 100
+   * queues (those with the most such tasks).
    */
   queueFlow: QueueFlowMetrics[];
   /**
-   * Ready tasks held by each flow rule over all queues, by the rule's
-   * waiting reason in lower case: `concurrency_limit`, `queue_paused`
-   * (both always present).
+   * Pending tasks held by each flow rule over all queues, by the rule's
+   * waiting reason in lower case: `concurrency_limit`, `queue_paused`,
+   * `rate_limited` (all three always present).
    */
   held: { [key: string]: number };
 }
