@@ -138,6 +138,10 @@ pub struct FlowPolicyConfig {
     pub pattern: String,
     /// Tasks of one key at once, at least 1.
     pub limit: i64,
+    /// Turns per round of fairness of some keys (`{ "tenant-a" = 3 }`),
+    /// 1 to 100 each, at most 100 keys; other keys have 1.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub weights: std::collections::BTreeMap<String, i64>,
 }
 
 impl FlowConfig {
@@ -151,6 +155,7 @@ impl FlowConfig {
         let mut policies: Vec<ConcurrencyPolicy> = Vec::new();
         for (i, p) in self.concurrency.iter().enumerate() {
             let policy = ConcurrencyPolicy::new(&p.pattern, p.limit, true)
+                .and_then(|c| c.with_weights(p.weights.clone()))
                 .map_err(|e| format!("flow.concurrency[{i}]: {e}"))?;
             if policies.iter().any(|q| q.pattern == policy.pattern) {
                 return Err(format!(

@@ -31,8 +31,8 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::SetConcurrencyPolicyRequest>,
     ) -> Result<Response<pb::SetConcurrencyPolicyResponse>, Status> {
-        let (pattern, limit) = conv::policy(req.into_inner().policy)?;
-        let replaced = self.flow.set_policy(&pattern, limit).await?;
+        let p = conv::policy(req.into_inner().policy)?;
+        let replaced = self.flow.set_policy(&p.pattern, p.limit, p.weights).await?;
         Ok(Response::new(pb::SetConcurrencyPolicyResponse { replaced }))
     }
 

@@ -43,10 +43,29 @@ pub fn rate_limit(r: Option<pb::RateLimit>) -> Result<RateLimitArgs, CoreError> 
     })
 }
 
-/// The policy of a `SetConcurrencyPolicy` request: its pattern and limit.
-pub fn policy(p: Option<pb::ConcurrencyPolicy>) -> Result<(String, i64), CoreError> {
+/// A `SetConcurrencyPolicy` request's policy, as sent (the flow component
+/// checks it).
+pub struct PolicyArgs {
+    /// The pattern.
+    pub pattern: String,
+    /// The limit per key.
+    pub limit: i64,
+    /// Keys and their weights.
+    pub weights: Vec<(String, i64)>,
+}
+
+/// The policy of a `SetConcurrencyPolicy` request.
+pub fn policy(p: Option<pb::ConcurrencyPolicy>) -> Result<PolicyArgs, CoreError> {
     let p = p.ok_or_else(|| CoreError::field("policy", "is required"))?;
-    Ok((p.pattern, i64::from(p.limit)))
+    Ok(PolicyArgs {
+        pattern: p.pattern,
+        limit: i64::from(p.limit),
+        weights: p
+            .weights
+            .into_iter()
+            .map(|(k, w)| (k, i64::from(w)))
+            .collect(),
+    })
 }
 
 /// The rules in force, as `ListFlowRules` answers them, with the tokens
@@ -60,6 +79,11 @@ pub fn rules(r: &FlowRules, tokens: &[(String, f64)]) -> pb::ListFlowRulesRespon
                 pattern: p.pattern.clone(),
                 limit: p.limit.min(i32::MAX as u32) as i32,
                 from_config: p.from_config,
+                weights: p
+                    .weights
+                    .iter()
+                    .map(|(k, w)| (k.clone(), (*w).min(i32::MAX as u32) as i32))
+                    .collect(),
             })
             .collect(),
         default_limit: r.default_limit.unwrap_or(0),

@@ -86,6 +86,20 @@ pub struct SetPolicyArgs {
     /// Tasks of one key at once (1 to 1,000,000).
     #[arg(allow_negative_numbers = true)]
     pub limit: i32,
+    /// A key's turns per round of fairness, `KEY=WEIGHT` (1 to 100);
+    /// repeat for several keys. Other keys have 1.
+    #[arg(long = "weight", value_name = "KEY=WEIGHT", value_parser = parse_weight)]
+    pub weights: Vec<(String, i32)>,
+}
+
+fn parse_weight(s: &str) -> Result<(String, i32), String> {
+    let (k, w) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: expected KEY=WEIGHT"))?;
+    let w = w
+        .parse::<i32>()
+        .map_err(|e| format!("{s:?}: the weight: {e}"))?;
+    Ok((k.to_string(), w))
 }
 
 /// `flow delete`.
@@ -163,6 +177,7 @@ pub async fn run_flow<W: Write>(
                         pattern: a.pattern.clone(),
                         limit: a.limit,
                         from_config: false,
+                        weights: a.weights.iter().cloned().collect(),
                     }),
                 })
                 .await
@@ -196,7 +211,15 @@ pub async fn run_flow<W: Write>(
             }
             for p in &r.policies {
                 let from = if p.from_config { " (config)" } else { "" };
-                out.line(format!("{}\tlimit {}{from}", p.pattern, p.limit))?;
+                let mut weights: Vec<String> =
+                    p.weights.iter().map(|(k, w)| format!("{k}={w}")).collect();
+                weights.sort();
+                let weights = if weights.is_empty() {
+                    String::new()
+                } else {
+                    format!("\tweights {}", weights.join(","))
+                };
+                out.line(format!("{}\tlimit {}{weights}{from}", p.pattern, p.limit))?;
             }
             if r.default_limit > 0 {
                 out.line(format!("default\tlimit {}", r.default_limit))?;

@@ -25,8 +25,10 @@
 //! priority, then *round*: a line's next head gets the round after the
 //! one last dispatched, so keys of one lane and priority take turns
 //! (round-robin) whatever their backlog, while the immediate lane and
-//! priority still win across keys. Tasks without a key take their turn
-//! as one more line. A line whose key runs its limit has no head: it is
+//! priority still win across keys. A key of weight `w` (a policy's
+//! `weights`) keeps the current round for `w` of its heads
+//! (`Line::turns`). Tasks without a key take their turn as one more
+//! line. A line whose key runs its limit has no head: it is
 //! parked, and is given one again when a task of the key releases its
 //! slot.
 
@@ -76,6 +78,10 @@ pub(super) struct LKey {
 pub(super) struct Line {
     pub(super) waiting: BTreeSet<LKey>,
     pub(super) head: Option<Head>,
+    /// The round of the line's last dispatched head, and how many of its
+    /// heads were dispatched in that round (a key of weight `w` has `w`
+    /// turns per round).
+    pub(super) turns: Option<(u64, u32)>,
 }
 
 /// A queue's keyed tasks; made when its first keyed task comes.
@@ -130,12 +136,19 @@ impl Fair {
         self.plain_round = self.round + 1;
     }
 
-    fn new_head(&mut self, lk: LKey, ckey: &Arc<str>) -> Head {
+    /// A line's next head: in the next round, or in the current one while
+    /// the line (of weight `weight`) has turns left in it.
+    fn new_head(&mut self, lk: LKey, ckey: &Arc<str>, weight: u32) -> Head {
         self.stamp += 1;
+        let again = self
+            .lines
+            .get(ckey)
+            .and_then(|l| l.turns)
+            .is_some_and(|(round, used)| round == self.round && used < weight);
         Head {
             lane: lk.qk.lane,
             prio: lk.qk.prio,
-            round: self.round + 1,
+            round: if again { self.round } else { self.round + 1 },
             stamp: self.stamp,
             lk,
             ckey: ckey.clone(),
@@ -373,10 +386,14 @@ impl State {
             self.flow.park(ckey, queue);
             return;
         }
+        let weight = self
+            .tasks
+            .get(&first.qk.id)
+            .map_or(1, |a| self.flow.rules.weight_for(&a.task.spec, ckey));
         let Some(fair) = self.queues.get_mut(queue).and_then(|q| q.fair.as_mut()) else {
             return;
         };
-        let head = fair.new_head(first, ckey);
+        let head = fair.new_head(first, ckey, weight);
         fair.heads.insert(head.clone());
         if let Some(line) = fair.lines.get_mut(ckey) {
             line.head = Some(head);
@@ -402,6 +419,10 @@ impl State {
             return None;
         }
         line.waiting.remove(&h.lk);
+        line.turns = match line.turns {
+            Some((round, used)) if round == h.round => Some((round, used + 1)),
+            _ => Some((h.round, 1)),
+        };
         fair.round = fair.round.max(h.round);
         if line.waiting.is_empty() {
             fair.lines.remove(&h.ckey);

@@ -9,7 +9,7 @@
 //! about when a task runs: the core counts the running tasks of each key,
 //! keeps the buckets, and holds what the rules say to hold.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,10 @@ pub const MAX_BURST: u32 = 1_000_000;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest interval of a rate limit.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The most keys with a weight in one policy.
+pub const MAX_WEIGHTS: usize = 100;
+/// The largest weight of a key: its turns per round.
+pub const MAX_WEIGHT: u32 = 100;
 
 /// A concurrency policy: at most `limit` tasks of one concurrency key run
 /// at once among the tasks whose name (or, for SIMPLE tasks, queue)
@@ -55,12 +59,42 @@ pub struct ConcurrencyPolicy {
     /// Whether it comes from the configuration (else it was set at run
     /// time and is kept in the store).
     pub from_config: bool,
+    /// Turns per round of fairness of some keys (1 to [`MAX_WEIGHT`]); a
+    /// key not here has 1. At most [`MAX_WEIGHTS`] keys.
+    pub weights: BTreeMap<String, u32>,
 }
 
 impl PartialEq for ConcurrencyPolicy {
     fn eq(&self, o: &Self) -> bool {
-        self.pattern == o.pattern && self.limit == o.limit && self.from_config == o.from_config
+        self.pattern == o.pattern
+            && self.limit == o.limit
+            && self.from_config == o.from_config
+            && self.weights == o.weights
     }
+}
+
+/// Checks a policy's weights: at most [`MAX_WEIGHTS`] keys, each a
+/// non-empty concurrency key, each weight 1 to [`MAX_WEIGHT`].
+pub fn check_weights(
+    weights: impl IntoIterator<Item = (String, i64)>,
+) -> Result<BTreeMap<String, u32>, String> {
+    let mut out = BTreeMap::new();
+    for (key, w) in weights {
+        if out.len() >= MAX_WEIGHTS {
+            return Err(format!("must hold at most {MAX_WEIGHTS} keys"));
+        }
+        if key.is_empty() {
+            return Err("must not have an empty key".into());
+        }
+        check_key(&key).map_err(|e| format!("key {e}"))?;
+        if !(1..=i64::from(MAX_WEIGHT)).contains(&w) {
+            return Err(format!(
+                "must give each key a weight between 1 and {MAX_WEIGHT}, got {w}"
+            ));
+        }
+        out.insert(key, w as u32);
+    }
+    Ok(out)
 }
 
 /// Checks a policy's pattern: not empty, bounded, a valid glob.
@@ -273,7 +307,18 @@ impl ConcurrencyPolicy {
             matcher,
             limit,
             from_config,
+            weights: BTreeMap::new(),
         })
+    }
+
+    /// The policy with these weights (see [`check_weights`]); an error
+    /// starts with `weights`.
+    pub fn with_weights(
+        mut self,
+        weights: impl IntoIterator<Item = (String, i64)>,
+    ) -> Result<Self, String> {
+        self.weights = check_weights(weights).map_err(|e| format!("weights {e}"))?;
+        Ok(self)
     }
 
     fn matches(&self, name: &str, queue: Option<&str>) -> bool {
@@ -359,6 +404,20 @@ impl FlowRules {
             .map(|limit| KeyLimit { rule: None, limit })
     }
 
+    /// The weight of a keyed task's key (its turns per round of fairness):
+    /// the first matching policy's weight for the key, else 1.
+    pub fn weight_for(&self, spec: &TaskSpec, key: &str) -> u32 {
+        if self.policies.iter().all(|p| p.weights.is_empty()) {
+            return 1;
+        }
+        let (name, queue) = names(spec);
+        self.policies
+            .iter()
+            .find(|p| p.matches(name, queue))
+            .and_then(|p| p.weights.get(key).copied())
+            .unwrap_or(1)
+    }
+
     /// The paused name or queue that holds the task, if any.
     pub fn paused_by(&self, spec: &TaskSpec) -> Option<&str> {
         if self.paused.is_empty() {
@@ -431,6 +490,38 @@ mod tests {
         r.default_limit = Some(3);
         let l = r.limit_for(&simple("other", None)).unwrap();
         assert_eq!((l.rule, l.limit), (None, 3));
+    }
+
+    #[test]
+    fn a_key_s_weight_is_the_first_matching_policy_s_else_1() {
+        let r = FlowRules {
+            policies: vec![
+                ConcurrencyPolicy::new("email.*", 2, false)
+                    .unwrap()
+                    .with_weights([("vip".to_string(), 3)])
+                    .unwrap(),
+                ConcurrencyPolicy::new("*", 5, true)
+                    .unwrap()
+                    .with_weights([("other".to_string(), 2)])
+                    .unwrap(),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(r.weight_for(&simple("email.send", None), "vip"), 3);
+        assert_eq!(r.weight_for(&simple("email.send", None), "other"), 1);
+        assert_eq!(r.weight_for(&simple("x", None), "other"), 2);
+        assert_eq!(FlowRules::default().weight_for(&simple("x", None), "k"), 1);
+        let bad = |w: Vec<(String, i64)>| {
+            ConcurrencyPolicy::new("a", 1, false)
+                .unwrap()
+                .with_weights(w)
+                .unwrap_err()
+        };
+        assert!(bad(vec![("k".into(), 0)]).starts_with("weights"));
+        assert!(bad(vec![("k".into(), 101)]).starts_with("weights"));
+        assert!(bad(vec![(String::new(), 1)]).starts_with("weights"));
+        assert!(bad(vec![("k".repeat(257), 1)]).starts_with("weights"));
+        assert!(bad((0..101).map(|i| (format!("k{i}"), 1)).collect()).starts_with("weights"));
     }
 
     #[test]

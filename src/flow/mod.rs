@@ -31,6 +31,38 @@ const KIND_CONCURRENCY: &str = "concurrency";
 const KIND_PAUSED: &str = "paused";
 const KIND_RATE: &str = "rate";
 
+/// A stored concurrency policy's value (`flow_rules.value`): its limit as
+/// a number, or, with weights, `{"limit": N, "weights": {"key": W}}`.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct PolicyValue {
+    limit: i64,
+    #[serde(default)]
+    weights: std::collections::BTreeMap<String, i64>,
+}
+
+impl PolicyValue {
+    fn parse(pattern: &str, value: &str) -> Result<ConcurrencyPolicy, String> {
+        let v = if value.trim_start().starts_with('{') {
+            serde_json::from_str::<PolicyValue>(value).map_err(|e| e.to_string())?
+        } else {
+            PolicyValue {
+                limit: value.parse::<i64>().unwrap_or(0),
+                weights: Default::default(),
+            }
+        };
+        ConcurrencyPolicy::new(pattern, v.limit, false)?.with_weights(v.weights)
+    }
+
+    /// The stored text: the bare limit without weights (as before weights
+    /// existed), else the JSON object.
+    fn text(limit: u32, weights: &std::collections::BTreeMap<String, u32>) -> String {
+        if weights.is_empty() {
+            return limit.to_string();
+        }
+        serde_json::json!({ "limit": limit, "weights": weights }).to_string()
+    }
+}
+
 /// A stored rate limit's value (`flow_rules.value`, JSON).
 #[derive(serde::Deserialize)]
 struct RateValue {
@@ -110,15 +142,12 @@ impl FlowControl {
         };
         for r in rows {
             match r.kind.as_str() {
-                KIND_CONCURRENCY => {
-                    let limit = r.value.parse::<i64>().unwrap_or(0);
-                    match ConcurrencyPolicy::new(&r.name, limit, false) {
-                        Ok(p) => rules.policies.push(p),
-                        Err(e) => {
-                            tracing::warn!(pattern = %r.name, cause = %e, "a stored concurrency policy cannot be used; skipped")
-                        }
+                KIND_CONCURRENCY => match PolicyValue::parse(&r.name, &r.value) {
+                    Ok(p) => rules.policies.push(p),
+                    Err(e) => {
+                        tracing::warn!(pattern = %r.name, cause = %e, "a stored concurrency policy cannot be used; skipped")
                     }
-                }
+                },
                 KIND_PAUSED => {
                     rules.paused.insert(r.name.clone());
                 }
@@ -148,13 +177,21 @@ impl FlowControl {
         rows.iter().map(|r| r.seq).max().unwrap_or(0) + 1
     }
 
-    /// Sets a concurrency policy (adds it, or changes the limit of the one
-    /// with the same pattern); returns whether one was replaced.
-    pub async fn set_policy(&self, pattern: &str, limit: i64) -> Result<bool, CoreError> {
+    /// Sets a concurrency policy (adds it, or changes the limit and
+    /// weights of the one with the same pattern); returns whether one was
+    /// replaced.
+    pub async fn set_policy(
+        &self,
+        pattern: &str,
+        limit: i64,
+        weights: Vec<(String, i64)>,
+    ) -> Result<bool, CoreError> {
         flow::check_pattern(pattern).map_err(|e| CoreError::field("policy.pattern", e))?;
         let limit = flow::check_limit(limit).map_err(|e| CoreError::field("policy.limit", e))?;
+        let weights =
+            flow::check_weights(weights).map_err(|e| CoreError::field("policy.weights", e))?;
         let in_config = self.inner.config.policy(pattern).is_some();
-        let value = limit.to_string();
+        let value = PolicyValue::text(limit, &weights);
         self.put_pattern_rule(
             &POLICY,
             pattern,
@@ -374,3 +411,20 @@ const RATE: PatternKind = PatternKind {
     section: "[[flow.rate_limit]]",
     max: flow::MAX_RATE_LIMITS,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_policy_is_a_bare_limit_or_an_object_with_weights() {
+        let p = PolicyValue::parse("a", "3").unwrap();
+        assert_eq!((p.limit, p.weights.len()), (3, 0));
+        let weights: std::collections::BTreeMap<String, u32> = [("k".to_string(), 4)].into();
+        let text = PolicyValue::text(2, &weights);
+        let p = PolicyValue::parse("a", &text).unwrap();
+        assert_eq!((p.limit, p.weights), (2, weights));
+        assert_eq!(PolicyValue::text(5, &Default::default()), "5");
+        assert!(PolicyValue::parse("a", r#"{"limit": 1, "weights": {"k": 0}}"#).is_err());
+    }
+}

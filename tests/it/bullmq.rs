@@ -1277,6 +1277,7 @@ async fn a_key_with_limit_2_runs_at_most_2_jobs_at_once_on_a_node_worker_with_10
         cfg.flow.concurrency = vec![switchyard::config::FlowPolicyConfig {
             pattern: "fl-email".into(),
             limit: 2,
+            ..Default::default()
         }];
     })
     .await;

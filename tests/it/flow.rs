@@ -28,7 +28,7 @@ async fn set_policy(flow: &mut Flow, pattern: &str, limit: i32) {
         policy: Some(pb::ConcurrencyPolicy {
             pattern: pattern.into(),
             limit,
-            from_config: false,
+            ..Default::default()
         }),
     })
     .await
@@ -363,6 +363,92 @@ async fn key_b_s_10_tasks_start_before_key_a_s_200th_of_10_000() {
     server.stop().await;
 }
 
+/// Weighted fairness: key A of weight 3, key B of weight 1 (the default),
+/// one slot: A is served 3 times for B's once (A B A A, then B A A A in
+/// each round), and ListFlowRules gives the weight back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_weight_3_is_served_3_times_for_another_key_s_once() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut flow = flow_client(&server.url).await;
+    flow.set_concurrency_policy(pb::SetConcurrencyPolicyRequest {
+        policy: Some(pb::ConcurrencyPolicy {
+            pattern: "wfair".into(),
+            limit: 1000,
+            weights: [("A".to_string(), 3)].into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("SetConcurrencyPolicy");
+    let a = schedule_all(
+        &mut client,
+        (0..100).map(|n| keyed_k("wfair", "A", n)).collect(),
+    )
+    .await;
+    let b = schedule_all(
+        &mut client,
+        (0..100).map(|n| keyed_k("wfair", "B", n)).collect(),
+    )
+    .await;
+    let spans = Spans::default();
+    // One slot: the order handlers start in is the order of dispatch.
+    let (worker, _) = spawn_worker(logging_worker(
+        &server.url,
+        "wfair",
+        1,
+        Duration::ZERO,
+        &spans,
+    ))
+    .await;
+    wait_until("80 tasks to start", LONG, || {
+        let n = spans.len();
+        async move { n >= 80 }
+    })
+    .await;
+    let keys: String = spans
+        .order()
+        .iter()
+        .take(80)
+        .map(|id| {
+            if a.contains(id) {
+                'A'
+            } else if b.contains(id) {
+                'B'
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let na = keys.chars().filter(|c| *c == 'A').count();
+    // Equal weights would give 40 each.
+    assert!(
+        (58..=62).contains(&na),
+        "{na} of A's tasks in the first 80 starts: {keys}"
+    );
+    assert!(
+        !keys.contains("BB"),
+        "B never has two turns in a row: {keys}"
+    );
+    assert!(
+        !keys.contains("AAAA"),
+        "A never has more than 3 turns in a row: {keys}"
+    );
+    let r = flow
+        .list_flow_rules(pb::ListFlowRulesRequest {})
+        .await
+        .expect("ListFlowRules")
+        .into_inner();
+    let p = r
+        .policies
+        .iter()
+        .find(|p| p.pattern == "wfair")
+        .expect("the policy");
+    assert_eq!(p.weights.get("A"), Some(&3), "{p:?}");
+    worker.shutdown();
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_starts_while_paused_and_everything_runs_after_resume() {
     let server = TestServer::start().await;
@@ -451,7 +537,16 @@ async fn after_a_kill_9_the_limit_holds_and_the_rules_are_still_there() {
     let url = server.url.clone();
     let mut client = connect(&url).await;
     let mut flow = flow_client(&url).await;
-    set_policy(&mut flow, "crash-lim", 2).await;
+    flow.set_concurrency_policy(pb::SetConcurrencyPolicyRequest {
+        policy: Some(pb::ConcurrencyPolicy {
+            pattern: "crash-lim".into(),
+            limit: 2,
+            weights: [("K".to_string(), 2)].into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("SetConcurrencyPolicy");
     flow.pause_queue(pb::PauseQueueRequest {
         name: "crash-paused".into(),
     })
@@ -492,9 +587,10 @@ async fn after_a_kill_9_the_limit_holds_and_the_rules_are_still_there() {
         rules
             .policies
             .iter()
-            .map(|p| (p.pattern.as_str(), p.limit))
+            .map(|p| (p.pattern.as_str(), p.limit, p.weights.get("K").copied()))
             .collect::<Vec<_>>(),
-        [("crash-lim", 2)]
+        [("crash-lim", 2, Some(2))],
+        "the policy and its weights are kept"
     );
     assert_eq!(rules.paused, vec!["crash-paused".to_string()]);
     for id in &ids {

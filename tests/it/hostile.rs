@@ -1551,7 +1551,15 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
         policy: Some(pb::ConcurrencyPolicy {
             pattern: pattern.into(),
             limit,
-            from_config: false,
+            ..Default::default()
+        }),
+    };
+    let weighted = |weights: Vec<(String, i32)>| pb::SetConcurrencyPolicyRequest {
+        policy: Some(pb::ConcurrencyPolicy {
+            pattern: "a".into(),
+            limit: 1,
+            weights: weights.into_iter().collect(),
+            ..Default::default()
         }),
     };
     for (case, req, field) in [
@@ -1573,6 +1581,31 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
             "no policy",
             pb::SetConcurrencyPolicyRequest { policy: None },
             "policy",
+        ),
+        (
+            "a zero weight",
+            weighted(vec![("k".into(), 0)]),
+            "policy.weights",
+        ),
+        (
+            "a weight over the bound",
+            weighted(vec![("k".into(), i32::MAX)]),
+            "policy.weights",
+        ),
+        (
+            "a weighted key over the length bound",
+            weighted(vec![("k".repeat(100_000), 1)]),
+            "policy.weights",
+        ),
+        (
+            "an empty weighted key",
+            weighted(vec![(String::new(), 2)]),
+            "policy.weights",
+        ),
+        (
+            "too many weighted keys",
+            weighted((0..10_000).map(|i| (format!("k{i}"), 1)).collect()),
+            "policy.weights",
         ),
     ] {
         let r = flow.set_concurrency_policy(req).await;

@@ -82,11 +82,19 @@ export class SwitchyardFlow {
 
   /**
    * Sets a concurrency policy: at most `limit` tasks of one concurrency key
-   * run at once among the tasks whose name or queue matches `pattern`.
-   * Resolves with whether a policy with that pattern was replaced.
+   * run at once among the tasks whose name or queue matches `pattern`;
+   * `weights` gives some keys more turns per round of fairness (1 to 100;
+   * others have 1). Resolves with whether a policy with that pattern was
+   * replaced.
    */
-  async setConcurrencyPolicy(pattern: string, limit: number): Promise<boolean> {
-    return (await this.connection.flowUnary('setConcurrencyPolicy', { policy: { pattern, limit, fromConfig: false } })).replaced;
+  async setConcurrencyPolicy(
+    pattern: string,
+    limit: number,
+    weights: Record<string, number> = {},
+  ): Promise<boolean> {
+    return (await this.connection.flowUnary('setConcurrencyPolicy', {
+      policy: { pattern, limit, fromConfig: false, weights },
+    })).replaced;
   }
 
   /** Deletes a concurrency policy set at run time. */

@@ -121,6 +121,7 @@ async fn a_key_with_limit_2_runs_at_most_2_workflows_at_once_on_a_worker_with_10
         cfg.flow.concurrency = vec![FlowPolicyConfig {
             pattern: "wf.SwitchyardJournal".into(),
             limit: 2,
+            ..Default::default()
         }];
     })
     .await;

@@ -37,6 +37,19 @@ export interface ConcurrencyPolicy {
    * be changed or deleted here).
    */
   fromConfig: boolean;
+  /**
+   * Weighted fairness: the turns per round of some concurrency keys among
+   * the keys of one lane and priority in a queue (a key of weight 3 is
+   * served 3 times for another key's once). 1 to 100 each; a key not
+   * here has 1. At most 100 keys, each 1 to 256 bytes. The limit still
+   * holds: a key at its limit waits whatever its weight.
+   */
+  weights: { [key: string]: number };
+}
+
+export interface ConcurrencyPolicy_WeightsEntry {
+  key: string;
+  value: number;
 }
 
 /** SetConcurrencyPolicy's request. */
@@ -167,7 +180,7 @@ export interface ResumeQueueResponse {
 }
 
 function createBaseConcurrencyPolicy(): ConcurrencyPolicy {
-  return { pattern: "", limit: 0, fromConfig: false };
+  return { pattern: "", limit: 0, fromConfig: false, weights: {} };
 }
 
 export const ConcurrencyPolicy: MessageFns<ConcurrencyPolicy> = {
@@ -181,6 +194,9 @@ export const ConcurrencyPolicy: MessageFns<ConcurrencyPolicy> = {
     if (message.fromConfig !== false) {
       writer.uint32(24).bool(message.fromConfig);
     }
+    globalThis.Object.entries(message.weights).forEach(([key, value]: [string, number]) => {
+      ConcurrencyPolicy_WeightsEntry.encode({ key: key as any, value }, writer.uint32(34).fork()).join();
+    });
     return writer;
   },
 
@@ -221,6 +237,17 @@ export const ConcurrencyPolicy: MessageFns<ConcurrencyPolicy> = {
             message.fromConfig = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            const entry4 = ConcurrencyPolicy_WeightsEntry.decode(reader, reader.uint32());
+            if (entry4.value !== undefined) {
+              message.weights[entry4.key] = entry4.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -242,6 +269,20 @@ export const ConcurrencyPolicy: MessageFns<ConcurrencyPolicy> = {
         : isSet(object.from_config)
         ? globalThis.Boolean(object.from_config)
         : false,
+      weights: isObject(object.weights)
+        ? (globalThis.Object.entries(object.weights) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -256,6 +297,15 @@ export const ConcurrencyPolicy: MessageFns<ConcurrencyPolicy> = {
     if (message.fromConfig !== false) {
       obj.fromConfig = message.fromConfig;
     }
+    if (message.weights) {
+      const entries = globalThis.Object.entries(message.weights) as [string, number][];
+      if (entries.length > 0) {
+        obj.weights = {};
+        entries.forEach(([k, v]) => {
+          obj.weights[k] = Math.round(v);
+        });
+      }
+    }
     return obj;
   },
 
@@ -267,6 +317,102 @@ export const ConcurrencyPolicy: MessageFns<ConcurrencyPolicy> = {
     message.pattern = object.pattern ?? "";
     message.limit = object.limit ?? 0;
     message.fromConfig = object.fromConfig ?? false;
+    message.weights = (globalThis.Object.entries(object.weights ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseConcurrencyPolicy_WeightsEntry(): ConcurrencyPolicy_WeightsEntry {
+  return { key: "", value: 0 };
+}
+
+export const ConcurrencyPolicy_WeightsEntry: MessageFns<ConcurrencyPolicy_WeightsEntry> = {
+  encode(message: ConcurrencyPolicy_WeightsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).int32(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConcurrencyPolicy_WeightsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConcurrencyPolicy_WeightsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConcurrencyPolicy_WeightsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: ConcurrencyPolicy_WeightsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ConcurrencyPolicy_WeightsEntry>, I>>(base?: I): ConcurrencyPolicy_WeightsEntry {
+    return ConcurrencyPolicy_WeightsEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ConcurrencyPolicy_WeightsEntry>, I>>(
+    object: I,
+  ): ConcurrencyPolicy_WeightsEntry {
+    const message = createBaseConcurrencyPolicy_WeightsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
     return message;
   },
 };
@@ -1777,6 +1923,10 @@ type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

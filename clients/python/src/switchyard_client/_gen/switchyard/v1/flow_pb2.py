@@ -26,45 +26,49 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18switchyard/v1/flow.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\"H\n\x11\x43oncurrencyPolicy\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x13\n\x0b\x66rom_config\x18\x03 \x01(\x08\"O\n\x1bSetConcurrencyPolicyRequest\x12\x30\n\x06policy\x18\x01 \x01(\x0b\x32 .switchyard.v1.ConcurrencyPolicy\"0\n\x1cSetConcurrencyPolicyResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"1\n\x1e\x44\x65leteConcurrencyPolicyRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\"!\n\x1f\x44\x65leteConcurrencyPolicyResponse\"\x16\n\x14ListFlowRulesRequest\"\xa1\x01\n\x15ListFlowRulesResponse\x12\x32\n\x08policies\x18\x01 \x03(\x0b\x32 .switchyard.v1.ConcurrencyPolicy\x12\x15\n\rdefault_limit\x18\x02 \x01(\r\x12\x0e\n\x06paused\x18\x03 \x03(\t\x12-\n\x0brate_limits\x18\x04 \x03(\x0b\x32\x18.switchyard.v1.RateLimit\"\x9c\x01\n\tRateLimit\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x05\x12+\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x04 \x01(\x05\x12\x0f\n\x07per_key\x18\x05 \x01(\x08\x12\x13\n\x0b\x66rom_config\x18\x06 \x01(\x08\x12\x0e\n\x06tokens\x18\x07 \x01(\x01\"C\n\x13SetRateLimitRequest\x12,\n\nrate_limit\x18\x01 \x01(\x0b\x32\x18.switchyard.v1.RateLimit\"(\n\x14SetRateLimitResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\")\n\x16\x44\x65leteRateLimitRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteRateLimitResponse\"!\n\x11PauseQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x12PauseQueueResponse\x12\x0f\n\x07\x61lready\x18\x01 \x01(\x08\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x13ResumeQueueResponse\x12\x12\n\nwas_paused\x18\x01 \x01(\x08\x32\xb8\x05\n\x0b\x46lowService\x12o\n\x14SetConcurrencyPolicy\x12*.switchyard.v1.SetConcurrencyPolicyRequest\x1a+.switchyard.v1.SetConcurrencyPolicyResponse\x12x\n\x17\x44\x65leteConcurrencyPolicy\x12-.switchyard.v1.DeleteConcurrencyPolicyRequest\x1a..switchyard.v1.DeleteConcurrencyPolicyResponse\x12Z\n\rListFlowRules\x12#.switchyard.v1.ListFlowRulesRequest\x1a$.switchyard.v1.ListFlowRulesResponse\x12W\n\x0cSetRateLimit\x12\".switchyard.v1.SetRateLimitRequest\x1a#.switchyard.v1.SetRateLimitResponse\x12`\n\x0f\x44\x65leteRateLimit\x12%.switchyard.v1.DeleteRateLimitRequest\x1a&.switchyard.v1.DeleteRateLimitResponse\x12Q\n\nPauseQueue\x12 .switchyard.v1.PauseQueueRequest\x1a!.switchyard.v1.PauseQueueResponse\x12T\n\x0bResumeQueue\x12!.switchyard.v1.ResumeQueueRequest\x1a\".switchyard.v1.ResumeQueueResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18switchyard/v1/flow.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\"\xb8\x01\n\x11\x43oncurrencyPolicy\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x13\n\x0b\x66rom_config\x18\x03 \x01(\x08\x12>\n\x07weights\x18\x04 \x03(\x0b\x32-.switchyard.v1.ConcurrencyPolicy.WeightsEntry\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"O\n\x1bSetConcurrencyPolicyRequest\x12\x30\n\x06policy\x18\x01 \x01(\x0b\x32 .switchyard.v1.ConcurrencyPolicy\"0\n\x1cSetConcurrencyPolicyResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\"1\n\x1e\x44\x65leteConcurrencyPolicyRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\"!\n\x1f\x44\x65leteConcurrencyPolicyResponse\"\x16\n\x14ListFlowRulesRequest\"\xa1\x01\n\x15ListFlowRulesResponse\x12\x32\n\x08policies\x18\x01 \x03(\x0b\x32 .switchyard.v1.ConcurrencyPolicy\x12\x15\n\rdefault_limit\x18\x02 \x01(\r\x12\x0e\n\x06paused\x18\x03 \x03(\t\x12-\n\x0brate_limits\x18\x04 \x03(\x0b\x32\x18.switchyard.v1.RateLimit\"\x9c\x01\n\tRateLimit\x12\x0f\n\x07pattern\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\x05\x12+\n\x08interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x04 \x01(\x05\x12\x0f\n\x07per_key\x18\x05 \x01(\x08\x12\x13\n\x0b\x66rom_config\x18\x06 \x01(\x08\x12\x0e\n\x06tokens\x18\x07 \x01(\x01\"C\n\x13SetRateLimitRequest\x12,\n\nrate_limit\x18\x01 \x01(\x0b\x32\x18.switchyard.v1.RateLimit\"(\n\x14SetRateLimitResponse\x12\x10\n\x08replaced\x18\x01 \x01(\x08\")\n\x16\x44\x65leteRateLimitRequest\x12\x0f\n\x07pattern\x18\x01 \x01(\t\"\x19\n\x17\x44\x65leteRateLimitResponse\"!\n\x11PauseQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"%\n\x12PauseQueueResponse\x12\x0f\n\x07\x61lready\x18\x01 \x01(\x08\"\"\n\x12ResumeQueueRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\")\n\x13ResumeQueueResponse\x12\x12\n\nwas_paused\x18\x01 \x01(\x08\x32\xb8\x05\n\x0b\x46lowService\x12o\n\x14SetConcurrencyPolicy\x12*.switchyard.v1.SetConcurrencyPolicyRequest\x1a+.switchyard.v1.SetConcurrencyPolicyResponse\x12x\n\x17\x44\x65leteConcurrencyPolicy\x12-.switchyard.v1.DeleteConcurrencyPolicyRequest\x1a..switchyard.v1.DeleteConcurrencyPolicyResponse\x12Z\n\rListFlowRules\x12#.switchyard.v1.ListFlowRulesRequest\x1a$.switchyard.v1.ListFlowRulesResponse\x12W\n\x0cSetRateLimit\x12\".switchyard.v1.SetRateLimitRequest\x1a#.switchyard.v1.SetRateLimitResponse\x12`\n\x0f\x44\x65leteRateLimit\x12%.switchyard.v1.DeleteRateLimitRequest\x1a&.switchyard.v1.DeleteRateLimitResponse\x12Q\n\nPauseQueue\x12 .switchyard.v1.PauseQueueRequest\x1a!.switchyard.v1.PauseQueueResponse\x12T\n\x0bResumeQueue\x12!.switchyard.v1.ResumeQueueRequest\x1a\".switchyard.v1.ResumeQueueResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.flow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONCURRENCYPOLICY']._serialized_start=75
-  _globals['_CONCURRENCYPOLICY']._serialized_end=147
-  _globals['_SETCONCURRENCYPOLICYREQUEST']._serialized_start=149
-  _globals['_SETCONCURRENCYPOLICYREQUEST']._serialized_end=228
-  _globals['_SETCONCURRENCYPOLICYRESPONSE']._serialized_start=230
-  _globals['_SETCONCURRENCYPOLICYRESPONSE']._serialized_end=278
-  _globals['_DELETECONCURRENCYPOLICYREQUEST']._serialized_start=280
-  _globals['_DELETECONCURRENCYPOLICYREQUEST']._serialized_end=329
-  _globals['_DELETECONCURRENCYPOLICYRESPONSE']._serialized_start=331
-  _globals['_DELETECONCURRENCYPOLICYRESPONSE']._serialized_end=364
-  _globals['_LISTFLOWRULESREQUEST']._serialized_start=366
-  _globals['_LISTFLOWRULESREQUEST']._serialized_end=388
-  _globals['_LISTFLOWRULESRESPONSE']._serialized_start=391
-  _globals['_LISTFLOWRULESRESPONSE']._serialized_end=552
-  _globals['_RATELIMIT']._serialized_start=555
-  _globals['_RATELIMIT']._serialized_end=711
-  _globals['_SETRATELIMITREQUEST']._serialized_start=713
-  _globals['_SETRATELIMITREQUEST']._serialized_end=780
-  _globals['_SETRATELIMITRESPONSE']._serialized_start=782
-  _globals['_SETRATELIMITRESPONSE']._serialized_end=822
-  _globals['_DELETERATELIMITREQUEST']._serialized_start=824
-  _globals['_DELETERATELIMITREQUEST']._serialized_end=865
-  _globals['_DELETERATELIMITRESPONSE']._serialized_start=867
-  _globals['_DELETERATELIMITRESPONSE']._serialized_end=892
-  _globals['_PAUSEQUEUEREQUEST']._serialized_start=894
-  _globals['_PAUSEQUEUEREQUEST']._serialized_end=927
-  _globals['_PAUSEQUEUERESPONSE']._serialized_start=929
-  _globals['_PAUSEQUEUERESPONSE']._serialized_end=966
-  _globals['_RESUMEQUEUEREQUEST']._serialized_start=968
-  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1002
-  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1004
-  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1045
-  _globals['_FLOWSERVICE']._serialized_start=1048
-  _globals['_FLOWSERVICE']._serialized_end=1744
+  _globals['_CONCURRENCYPOLICY_WEIGHTSENTRY']._loaded_options = None
+  _globals['_CONCURRENCYPOLICY_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_CONCURRENCYPOLICY']._serialized_start=76
+  _globals['_CONCURRENCYPOLICY']._serialized_end=260
+  _globals['_CONCURRENCYPOLICY_WEIGHTSENTRY']._serialized_start=214
+  _globals['_CONCURRENCYPOLICY_WEIGHTSENTRY']._serialized_end=260
+  _globals['_SETCONCURRENCYPOLICYREQUEST']._serialized_start=262
+  _globals['_SETCONCURRENCYPOLICYREQUEST']._serialized_end=341
+  _globals['_SETCONCURRENCYPOLICYRESPONSE']._serialized_start=343
+  _globals['_SETCONCURRENCYPOLICYRESPONSE']._serialized_end=391
+  _globals['_DELETECONCURRENCYPOLICYREQUEST']._serialized_start=393
+  _globals['_DELETECONCURRENCYPOLICYREQUEST']._serialized_end=442
+  _globals['_DELETECONCURRENCYPOLICYRESPONSE']._serialized_start=444
+  _globals['_DELETECONCURRENCYPOLICYRESPONSE']._serialized_end=477
+  _globals['_LISTFLOWRULESREQUEST']._serialized_start=479
+  _globals['_LISTFLOWRULESREQUEST']._serialized_end=501
+  _globals['_LISTFLOWRULESRESPONSE']._serialized_start=504
+  _globals['_LISTFLOWRULESRESPONSE']._serialized_end=665
+  _globals['_RATELIMIT']._serialized_start=668
+  _globals['_RATELIMIT']._serialized_end=824
+  _globals['_SETRATELIMITREQUEST']._serialized_start=826
+  _globals['_SETRATELIMITREQUEST']._serialized_end=893
+  _globals['_SETRATELIMITRESPONSE']._serialized_start=895
+  _globals['_SETRATELIMITRESPONSE']._serialized_end=935
+  _globals['_DELETERATELIMITREQUEST']._serialized_start=937
+  _globals['_DELETERATELIMITREQUEST']._serialized_end=978
+  _globals['_DELETERATELIMITRESPONSE']._serialized_start=980
+  _globals['_DELETERATELIMITRESPONSE']._serialized_end=1005
+  _globals['_PAUSEQUEUEREQUEST']._serialized_start=1007
+  _globals['_PAUSEQUEUEREQUEST']._serialized_end=1040
+  _globals['_PAUSEQUEUERESPONSE']._serialized_start=1042
+  _globals['_PAUSEQUEUERESPONSE']._serialized_end=1079
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=1081
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=1115
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=1117
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=1158
+  _globals['_FLOWSERVICE']._serialized_start=1161
+  _globals['_FLOWSERVICE']._serialized_end=1857
 # @@protoc_insertion_point(module_scope)

@@ -11,14 +11,23 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConcurrencyPolicy(_message.Message):
-    __slots__ = ("pattern", "limit", "from_config")
+    __slots__ = ("pattern", "limit", "from_config", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FROM_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     pattern: str
     limit: int
     from_config: bool
-    def __init__(self, pattern: _Optional[str] = ..., limit: _Optional[int] = ..., from_config: _Optional[bool] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, int]
+    def __init__(self, pattern: _Optional[str] = ..., limit: _Optional[int] = ..., from_config: _Optional[bool] = ..., weights: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SetConcurrencyPolicyRequest(_message.Message):
     __slots__ = ("policy",)

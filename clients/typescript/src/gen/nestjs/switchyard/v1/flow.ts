@@ -26,6 +26,19 @@ export interface ConcurrencyPolicy {
    * be changed or deleted here).
    */
   fromConfig: boolean;
+  /**
+   * Weighted fairness: the turns per round of some concurrency keys among
+   * the keys of one lane and priority in a queue (a key of weight 3 is
+   * served 3 times for another key's once). 1 to 100 each; a key not
+   * here has 1. At most 100 keys, each 1 to 256 bytes. The limit still
+   * holds: a key at its limit waits whatever its weight.
+   */
+  weights: { [key: string]: number };
+}
+
+export interface ConcurrencyPolicy_WeightsEntry {
+  key: string;
+  value: number;
 }
 
 /** SetConcurrencyPolicy's request. */
