@@ -8,6 +8,8 @@
 // running task, the Retry button runs a failed task again until it
 // completes, "Replay from here" runs an ended workflow's later steps again,
 // the Pause and Resume buttons hold a task name's tasks and let them go,
+// the Queues panel shows what a key limit and a rate limit hold (with the
+// rate limit's tokens),
 // filters narrow the list, workers and charts show, and the page keeps
 // rendering during a burst. Saves target/artifacts/dashboard.png.
 //
@@ -286,6 +288,17 @@ test('the dashboard shows tasks live, opens one, cancels one', { timeout: 180_00
   const sleepQueue = '#queue-list .queue[data-queue="sleep"]';
   await page.waitForSelector(`${sleepQueue}[data-held-limit="2"] .tag.key[data-key="dash-tenant"][data-pending="2"]`,
     { timeout: SHORT });
+
+  // A rate limit of one start a minute on `fail`: of three tasks one
+  // starts (and fails), two are held; the queue shows them and the rate
+  // limit with its tokens (GetMetrics' heldRateLimited and rateLimits).
+  await run(SERVER_BIN, ['--server', grpcUrl, 'flow', 'rate-set', 'fail', '1', '--per', '1m', '--burst', '1']);
+  await Promise.all(Array.from({ length: 3 }, (_, i) => schedule('fail', { i }, ['--user', 'rated'])));
+  const failQueue = '#queue-list .queue[data-queue="fail"]';
+  await page.waitForSelector(
+    `${failQueue}[data-held-rate="2"] .tag.rate[data-pattern="fail"][data-tokens="0"][data-burst="1"]`,
+    { timeout: SHORT });
+  assert.match(await page.textContent(failQueue), /2 held by rate limits/);
 
   // A backlog for a task name no worker takes: a queue that stays deep.
   await Promise.all(Array.from({ length: 25 }, (_, i) => schedule('nightly-report', { i }, ['--user', 'ops'])));
