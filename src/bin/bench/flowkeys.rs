@@ -74,6 +74,7 @@ async fn keyed_server(url: &str, pattern: &str, make: &MakeRequest) -> Result<()
                 pattern: pattern.to_string(),
                 limit: LIMIT,
                 from_config: false,
+                ..Default::default()
             }),
         })
         .await
