@@ -152,6 +152,8 @@ pub async fn stand_by(
                     store: store.clone(),
                     auth: GrpcAuth(checks.tokens.clone()),
                     max_message: checks.max_message,
+                    jwt: checks.jwt,
+                    keys: checks.keys.clone(),
                 };
                 tokio::spawn(serve_connection(io, svc, promoted.clone()));
             }
@@ -215,6 +217,23 @@ pub struct Checks {
     pub tokens: Tokens,
     /// The largest message decoded (RESOURCE_EXHAUSTED beyond).
     pub max_message: usize,
+    /// Whether `[auth.jwt]` is set: the leader then takes JWTs.
+    pub jwt: bool,
+    /// The cluster's API keys (read to see whether there are any).
+    pub keys: Option<Arc<crate::keys::Db>>,
+}
+
+/// Whether a cluster is closed by API keys or JWTs (so a caller without a
+/// static token may not read from a standby); closed when the keys cannot
+/// be read.
+async fn closed_by_keys(jwt: bool, keys: Option<&crate::keys::Db>) -> bool {
+    if jwt {
+        return true;
+    }
+    match keys {
+        Some(db) => db.all().await.map_or(true, |k| !k.is_empty()),
+        None => false,
+    }
 }
 
 /// A standby's answer to a request: health locally, the rest forwarded.
@@ -225,6 +244,8 @@ struct Forward<H> {
     store: Arc<dyn Store>,
     auth: GrpcAuth,
     max_message: usize,
+    jwt: bool,
+    keys: Option<Arc<crate::keys::Db>>,
 }
 
 impl<H> Forward<H>
@@ -308,6 +329,17 @@ impl<H> Forward<H> {
                     tracing::debug!(cause = %e, "standby: the leader cannot be reached; answering a read from the store")
                 }
             }
+        }
+        // A standby checks only the static tokens: it holds no keys and
+        // verifies no JWT. With none set, it answers to anyone only while
+        // the cluster has no keys and takes no JWT; otherwise it refuses,
+        // rather than show any task to any caller.
+        if self.auth.0.is_open() && closed_by_keys(self.jwt, self.keys.as_deref()).await {
+            return tonic::Status::unavailable(
+                "no leader answers; while leaderless a standby answers reads only to a static \
+                 token of `auth.tokens`, and this cluster's keys and JWTs are checked by its leader",
+            )
+            .into_http();
         }
         // The same token check as the leader's services.
         let mut auth = self.auth.clone();

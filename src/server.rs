@@ -319,6 +319,10 @@ pub async fn run_with(
             crate::cluster::Checks {
                 tokens: tokens.clone(),
                 max_message: max_message(&config),
+                jwt: config.auth.jwt.is_some(),
+                keys: Some(Arc::new(crate::keys::Db::Postgres(Box::new(
+                    crate::store::postgres::keys::KeyRows::open(pg)?,
+                )))),
             },
             stop.clone(),
         )

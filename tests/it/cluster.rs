@@ -895,3 +895,77 @@ async fn a_keys_limits_hold_through_a_standby_and_on_a_new_leader() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("max_payload_bytes"), "{err:?}");
 }
+
+/// A cluster closed by API keys (no static token): while no leader
+/// answers, a standby, which cannot check a key, refuses reads
+/// (UNAVAILABLE) to everyone instead of answering them unauthenticated.
+/// An open cluster's standby answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_of_a_cluster_closed_by_keys_answers_no_read_while_leaderless() {
+    use switchyard::pb::keys_service_client::KeysServiceClient;
+    let mut cluster = Cluster::start_with(2, "120s", &[]).await;
+    let leader = cluster.wait_leader(LONG).await;
+    let standby = 1 - leader;
+    let urls: Vec<String> = (0..2)
+        .map(|i| cluster.replicas[i].as_ref().unwrap().url.clone())
+        .collect();
+    let mut client = connect(&urls[leader]).await;
+    let open_id = client
+        .schedule_task(simple("open-read", json!({})))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    // Open so far: a standby answers (forwarded, the leader lives).
+    connect(&urls[standby])
+        .await
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: open_id.clone(),
+        })
+        .await
+        .expect("an open cluster answers anyone");
+    let key = KeysServiceClient::new(channel(&urls[leader]).await)
+        .create_key(pb::CreateKeyRequest {
+            role: pb::KeyRole::Admin as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("the first key, an admin key")
+        .into_inner()
+        .secret;
+    let with_key = |id: &str| {
+        let mut r = tonic::Request::new(pb::GetTaskStatusRequest {
+            task_id: id.to_string(),
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    cluster.replicas[leader].as_ref().unwrap().signal("KILL");
+    cluster.replicas[leader]
+        .as_mut()
+        .unwrap()
+        .exited_within(Duration::from_secs(10))
+        .await
+        .expect("the leader is gone");
+    let mut via = connect(&urls[standby]).await;
+    let e = via
+        .get_task_status(pb::GetTaskStatusRequest {
+            task_id: open_id.clone(),
+        })
+        .await
+        .expect_err("no read without a key");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("static"), "{e:?}");
+    let e = via.get_task_status(with_key(&open_id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    let e = via
+        .get_task_logs(pb::GetTaskLogsRequest {
+            task_id: open_id,
+            after_line: 0,
+            limit: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+}
