@@ -1017,3 +1017,67 @@ async fn admin_routes_follow_the_roles() {
         200
     );
 }
+
+/// The Rust worker library sends its token (`WorkerBuilder::token`): with
+/// a worker key for its name it registers and completes a task; without a
+/// token, or with a key for other names, it stops at once, refused.
+#[tokio::test]
+async fn the_rust_worker_library_serves_with_a_worker_key() {
+    use switchyard_client::worker::{TaskContext, Worker, WorkerError};
+    let server = TestServer::start_with(|c| c.auth.tokens = vec![ROOT.into()]).await;
+    let (_, secret) = create(&server, pb::KeyRole::Worker, "", &["keyed.echo"], None).await;
+    let worker = |token: Option<&str>, name: &str| {
+        let mut b =
+            Worker::builder(server.url.clone()).handler(name, |ctx: TaskContext| async move {
+                Ok(ctx.payload().clone())
+            });
+        if let Some(t) = token {
+            b = b.token(t);
+        }
+        b.build()
+    };
+    for (token, name, want) in [
+        (None, "keyed.echo", Code::Unauthenticated),
+        (Some(secret.as_str()), "keyed.other", Code::PermissionDenied),
+    ] {
+        let refused = within("a refused worker to stop", LONG, async {
+            worker(token, name).run(std::future::pending()).await
+        })
+        .await;
+        assert!(
+            matches!(&refused, Err(WorkerError::Refused(s)) if s.code() == want),
+            "{token:?} {name}: {refused:?}"
+        );
+    }
+    let (handle, _) = spawn_worker(worker(Some(&secret), "keyed.echo")).await;
+    let mut client = connect(&server.url).await;
+    let id = client
+        .schedule_task(with(simple("keyed.echo", json!({"n": 3})), Some(ROOT)))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let done = within("the task to complete", LONG, async {
+        loop {
+            let s = client
+                .get_task_status(with(
+                    pb::GetTaskStatusRequest {
+                        task_id: id.clone(),
+                    },
+                    Some(ROOT),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if s.state == pb::TaskState::Completed as i32 {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(done.result.is_some(), "{done:?}");
+    handle.shutdown();
+}

@@ -134,6 +134,8 @@ struct Config {
     immediate_slots: u32,
     drain_timeout: Duration,
     tls: crate::TlsFiles,
+    /// Sent as `authorization: Bearer <token>` when the stream opens.
+    token: Option<String>,
 }
 
 /// Where the worker is, for [`WorkerHandle::wait_registered`].
@@ -171,6 +173,7 @@ impl Worker {
                 immediate_slots: DEFAULT_IMMEDIATE_SLOTS,
                 drain_timeout: DEFAULT_DRAIN_TIMEOUT,
                 tls: crate::TlsFiles::default(),
+                token: None,
             },
             handlers: HashMap::new(),
         }
@@ -278,6 +281,16 @@ impl WorkerBuilder {
     /// Setting files for an `http://` URL is refused when the worker runs.
     pub fn tls(mut self, files: crate::TlsFiles) -> Self {
         self.config.tls = files;
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` when the work stream opens: a
+    /// static token of the server's `auth.tokens`, a worker key (which
+    /// may serve only its listed task names) or a JWT. A token that is
+    /// not valid metadata, or that the server refuses, stops the worker
+    /// with [`WorkerError::Refused`] (a retry cannot help).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = Some(token.into());
         self
     }
 

@@ -193,7 +193,19 @@ impl Worker {
         if tx.try_send(message(Msg::Register(register))).is_err() {
             return SessionEnd::Lost("the outbound buffer refused Register".to_owned());
         }
-        let outbound = Outbound::new(rx, closer.clone());
+        let mut outbound = tonic::Request::new(Outbound::new(rx, closer.clone()));
+        if let Some(token) = &self.config.token {
+            match format!("Bearer {token}").parse() {
+                Ok(v) => {
+                    outbound.metadata_mut().insert("authorization", v);
+                }
+                Err(_) => {
+                    return SessionEnd::Fatal(WorkerError::Refused(
+                        tonic::Status::invalid_argument("the worker's token is not valid metadata"),
+                    ))
+                }
+            }
+        }
 
         let response = tokio::select! {
             biased;
