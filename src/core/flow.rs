@@ -710,15 +710,7 @@ impl State {
             let Some(a) = self.tasks.get(id) else {
                 continue;
             };
-            let e = out.entry(a.key.clone()).or_insert_with(|| {
-                (
-                    QueueFlowInfo {
-                        name: a.key.to_string(),
-                        ..QueueFlowInfo::default()
-                    },
-                    0,
-                )
-            });
+            let e = queue_entry(&mut out, &a.key);
             e.0.held_paused += 1;
             e.1 += 1;
         }
@@ -729,15 +721,7 @@ impl State {
             let Some(a) = self.tasks.get(id) else {
                 continue;
             };
-            let e = out.entry(a.key.clone()).or_insert_with(|| {
-                (
-                    QueueFlowInfo {
-                        name: a.key.to_string(),
-                        ..QueueFlowInfo::default()
-                    },
-                    0,
-                )
-            });
+            let e = queue_entry(&mut out, &a.key);
             e.0.held_rate += 1;
             e.1 += 1;
             rate_of.entry(a.key.clone()).or_default().insert(*i);
@@ -823,4 +807,22 @@ impl super::Core {
         let now = now_micros();
         self.inner.state.lock().rate_tokens(now)
     }
+}
+
+/// A queue's entry in [`State::queue_flow`]'s map (its figures and the
+/// tasks held in it), made empty for a queue only rules other than keys
+/// hold.
+fn queue_entry<'a>(
+    out: &'a mut HashMap<Arc<str>, (QueueFlowInfo, u64)>,
+    key: &Arc<str>,
+) -> &'a mut (QueueFlowInfo, u64) {
+    out.entry(key.clone()).or_insert_with(|| {
+        (
+            QueueFlowInfo {
+                name: key.to_string(),
+                ..QueueFlowInfo::default()
+            },
+            0,
+        )
+    })
 }

@@ -1241,3 +1241,28 @@ pub fn most_at_once(log: impl IntoIterator<Item = bool>) -> i64 {
     }
     most
 }
+
+/// Start times (ms) of 60 tasks under a rate limit of 20 a second with a
+/// burst of 2, as an engine's worker recorded them: no second holds more
+/// than the rate and the burst (and 2 starts of slack: a worker sees a
+/// start some ms after its hand-over, not always the same), and the
+/// starts are spread over about the 2.9 s the rate needs.
+pub fn assert_paced_20_a_second(starts: &[f64], what: &str) {
+    let busiest = most_in_window_ms(starts, 1000.0);
+    assert!(
+        busiest <= 20 + 2 + 2,
+        "{busiest} {what} started within one second (rate 20, burst 2)"
+    );
+    let first = starts.iter().copied().fold(f64::INFINITY, f64::min);
+    let last = starts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = last - first;
+    // 2 at once, then 58 at 20 a second: 2.9 s, less the jitter.
+    assert!(
+        span >= 2_500.0,
+        "the starts were spread over {span} ms only"
+    );
+    assert!(
+        span <= 20_000.0,
+        "the starts took {span} ms, far slower than 20/s"
+    );
+}
