@@ -1284,13 +1284,13 @@ async fn a_key_with_limit_2_runs_at_most_2_jobs_at_once_on_a_node_worker_with_10
     let mut c = s.client().await;
     let worker = NodeWorker::start(&url, &p.name, "fl-email", 10).await;
     let mut ids = Vec::new();
-    for n in 0..40 {
+    for n in 0..500 {
         ids.push(
             schedule(
                 &mut c,
                 task(
                     "fl-email",
-                    json!({"mode": "slow", "ms": 60, "n": n}),
+                    json!({"mode": "slow", "ms": 10, "n": n}),
                     pb::TaskOptions {
                         concurrency_key: "tenant-1".into(),
                         ..Default::default()
@@ -1300,14 +1300,14 @@ async fn a_key_with_limit_2_runs_at_most_2_jobs_at_once_on_a_node_worker_with_10
             .await,
         );
     }
-    let last = status(&mut c, &ids[39]).await;
+    let last = status(&mut c, &ids[499]).await;
     assert_eq!(
         last.waiting_reason,
         pb::WaitingReason::ConcurrencyLimit as i32,
         "{last:?}"
     );
     assert!(
-        !p.exists("fl-email", &ids[39]).await,
+        !p.exists("fl-email", &ids[499]).await,
         "a held task is not in BullMQ"
     );
     for id in &ids {
@@ -1329,7 +1329,7 @@ async fn a_key_with_limit_2_runs_at_most_2_jobs_at_once_on_a_node_worker_with_10
         most, 2,
         "at most (and at times exactly) 2 jobs of the key at once"
     );
-    assert_eq!(worker.said("processed").len(), 40);
+    assert_eq!(worker.said("processed").len(), 500);
     worker.stop().await;
     p.clean().await;
 }
