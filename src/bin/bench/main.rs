@@ -1377,19 +1377,13 @@ fn rows(
         )
         .vs(SY, "fk.nokeys", "the same without keys, same run"),
     );
-    for &(pct, rate) in rates.iter().filter(|(pct, _)| *pct == 50) {
-        for (q, name) in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")] {
-            r.push(
-                RowDef::new(
-                    format!("fk.{pct}.keys.{q}"),
-                    format!("fk. schedule-to-start {name} at {pct}% load ({rate:.0}/s) with {keys} concurrency keys"),
-                    Unit::Ms,
-                    Better::Lower,
-                )
-                .vs(SY, format!("fk.{pct}.nokeys.{q}"), "the same without keys, same run"),
-            );
-        }
-    }
+    half_load_latency_rows(
+        &mut r,
+        rates,
+        ("fk.{pct}.keys.{q}", "fk.{pct}.nokeys.{q}"),
+        &format!("fk. schedule-to-start {{name}} at {{pct}}% load ({{rate}}/s) with {keys} concurrency keys"),
+        "the same without keys, same run",
+    );
     r.push(RowDef::new(
         "fk.50.p99_added_ms",
         "fk. p99 added by the keys at 50% load (keys − no keys, each run)",
@@ -1423,19 +1417,13 @@ fn rows(
             "plaintext without auth, same run",
         ),
     );
-    for &(pct, rate) in rates.iter().filter(|(pct, _)| *pct == 50) {
-        for (q, name) in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")] {
-            r.push(
-                RowDef::new(
-                    format!("tls.{pct}.{q}"),
-                    format!("tls. schedule-to-start {name} at {pct}% load ({rate:.0}/s) over TLS with {tls_keys} API keys (raw worker)"),
-                    Unit::Ms,
-                    Better::Lower,
-                )
-                .vs(SY, format!("tls.plain.{pct}.{q}"), "plaintext without auth, same run"),
-            );
-        }
-    }
+    half_load_latency_rows(
+        &mut r,
+        rates,
+        ("tls.{pct}.{q}", "tls.plain.{pct}.{q}"),
+        &format!("tls. schedule-to-start {{name}} at {{pct}}% load ({{rate}}/s) over TLS with {tls_keys} API keys (raw worker)"),
+        "plaintext without auth, same run",
+    );
     r.push(RowDef::new(
         "tls.50.p99_ratio",
         "tls. p99 at 50% load, TLS and keys ÷ plaintext (each run)",
@@ -2323,5 +2311,57 @@ fn push_latency(sy: &mut Side, scenario: &str, pct: u32, l: &scenarios::Latency)
         ("reply_p99", l.reply_p99),
     ] {
         sy.push(&format!("{scenario}.{pct}.{k}"), v);
+    }
+}
+
+/// The p50, p99 and p99.9 rows of a scenario at half load against the
+/// same server's other run: ids and the label are templates in which
+/// `{pct}`, `{q}`, `{name}` and `{rate}` are filled in.
+fn half_load_latency_rows(
+    r: &mut Vec<RowDef>,
+    rates: &[(u32, f64)],
+    (id, peer_id): (&str, &str),
+    label: &str,
+    peer_label: &str,
+) {
+    for &(pct, rate) in rates.iter().filter(|(pct, _)| *pct == 50) {
+        for (q, name) in [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")] {
+            let fill = |t: &str| {
+                t.replace("{pct}", &pct.to_string())
+                    .replace("{q}", q)
+                    .replace("{name}", name)
+                    .replace("{rate}", &format!("{rate:.0}"))
+            };
+            r.push(
+                RowDef::new(fill(id), fill(label), Unit::Ms, Better::Lower).vs(
+                    SY,
+                    fill(peer_id),
+                    peer_label.to_string(),
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_load_rows_fill_their_templates() {
+        let mut r = Vec::new();
+        half_load_latency_rows(
+            &mut r,
+            &[(25, 1615.2), (50, 3230.4)],
+            ("fk.{pct}.keys.{q}", "fk.{pct}.nokeys.{q}"),
+            "fk. schedule-to-start {name} at {pct}% load ({rate}/s) with 10000 concurrency keys",
+            "the same without keys, same run",
+        );
+        let ids: Vec<&str> = r.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["fk.50.keys.p50", "fk.50.keys.p99", "fk.50.keys.p999"]);
+        assert_eq!(
+            r[2].label,
+            "fk. schedule-to-start p99.9 at 50% load (3230/s) with 10000 concurrency keys"
+        );
     }
 }
