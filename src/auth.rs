@@ -67,6 +67,9 @@ pub struct JwtConfig {
     /// The claim that lists a worker's task names (an array of strings, or
     /// one comma-separated string).
     pub names_claim: String,
+    /// The claim that names the namespace the caller acts in (`default`
+    /// when the token has none).
+    pub namespace_claim: String,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: std::time::Duration,
@@ -82,6 +85,7 @@ impl Default for JwtConfig {
             role_claim: "role".into(),
             user_claim: "user_id".into(),
             names_claim: "names".into(),
+            namespace_claim: "namespace".into(),
             leeway: std::time::Duration::from_secs(30),
         }
     }
@@ -100,6 +104,7 @@ impl std::fmt::Debug for JwtConfig {
             .field("role_claim", &self.role_claim)
             .field("user_claim", &self.user_claim)
             .field("names_claim", &self.names_claim)
+            .field("namespace_claim", &self.namespace_claim)
             .field("leeway", &self.leeway)
             .finish()
     }

@@ -376,6 +376,16 @@ type ReadFuture<T> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send>,
 >;
 
+/// The namespace a static token's read names (`default` without the
+/// header): a task of another is NOT_FOUND, as on the leader.
+fn asked_namespace<T>(req: &tonic::Request<T>) -> String {
+    req.metadata()
+        .get(crate::keys::NAMESPACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(crate::keys::DEFAULT_NAMESPACE)
+        .to_string()
+}
+
 /// GetTaskStatus from the database.
 struct StatusRead(Arc<dyn Store>);
 
@@ -385,10 +395,13 @@ impl tonic::server::UnaryService<pb::GetTaskStatusRequest> for StatusRead {
     fn call(&mut self, req: tonic::Request<pb::GetTaskStatusRequest>) -> Self::Future {
         let store = self.0.clone();
         Box::pin(async move {
+            let ns = asked_namespace(&req);
             let id = convert::parse_id("task_id", &req.get_ref().task_id)?;
             match store.get(id).await.map_err(CoreError::from)? {
-                Some((t, payload)) => Ok(tonic::Response::new(status_response(&t, &payload))),
-                None => Err(CoreError::NotFound(id.to_string()).into()),
+                Some((t, payload)) if t.spec.namespace() == ns => {
+                    Ok(tonic::Response::new(status_response(&t, &payload)))
+                }
+                _ => Err(CoreError::NotFound(id.to_string()).into()),
             }
         })
     }
@@ -403,10 +416,12 @@ impl tonic::server::UnaryService<pb::GetTaskLogsRequest> for LogsRead {
     fn call(&mut self, req: tonic::Request<pb::GetTaskLogsRequest>) -> Self::Future {
         let store = self.0.clone();
         Box::pin(async move {
+            let ns = asked_namespace(&req);
             let r = req.into_inner();
             let id = convert::parse_id("task_id", &r.task_id)?;
             let limit = logs_limit(r.limit)?;
-            if store.get(id).await.map_err(CoreError::from)?.is_none() {
+            let seen = store.get(id).await.map_err(CoreError::from)?;
+            if seen.is_none_or(|(t, _)| t.spec.namespace() != ns) {
                 return Err(CoreError::NotFound(id.to_string()).into());
             }
             let lines = store

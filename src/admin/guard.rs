@@ -15,6 +15,9 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::query_token;
 use crate::keys::{table, Keys, Refusal};
 
+const DEFAULT_NS: std::borrow::Cow<'static, str> =
+    std::borrow::Cow::Borrowed(crate::keys::DEFAULT_NAMESPACE);
+
 /// Routes that take `?access_token=` (EventSource cannot set headers, and a
 /// browser opening the dashboard cannot either).
 fn query_token_allowed(path: &str) -> bool {
@@ -47,7 +50,8 @@ fn refuse(status: StatusCode, code: &'static str, message: String) -> Response {
 pub async fn require(State(keys): State<Keys>, mut req: Request, next: Next) -> Response {
     let (need, scoping) = table::admin(req.method(), req.uri().path());
     if need == table::Need::Open {
-        req.extensions_mut().insert(crate::keys::Principal::Open);
+        req.extensions_mut()
+            .insert(crate::keys::Principal::Open(DEFAULT_NS));
         return next.run(req).await;
     }
     let header = header_value(req.headers());
@@ -56,7 +60,16 @@ pub async fn require(State(keys): State<Keys>, mut req: Request, next: Next) -> 
     } else {
         None
     };
-    let who = match keys.authenticate(header.as_deref(), query.as_deref()) {
+    // The namespace the request acts in (a token's or an open server's
+    // caller names it; a key has its own).
+    let asked = req
+        .headers()
+        .get(crate::keys::NAMESPACE_HEADER)
+        .map(|v| v.to_str().unwrap_or("?").to_string());
+    let who = match keys
+        .authenticate(header.as_deref(), query.as_deref())
+        .and_then(|p| p.in_namespace(asked.as_deref()).map_err(Refusal::from))
+    {
         Ok(p) => p,
         Err(Refusal::Unknown(u)) => {
             return refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", u.to_string())

@@ -146,12 +146,21 @@ fn task_id(id: Result<Path<String>, PathRejection>) -> Result<TaskId, ApiError> 
 // Tasks.
 // ---------------------------------------------------------------------------
 
+/// NOT_FOUND, as for an unknown id, for a task of another namespace (the
+/// admin routes serve callers that are never user-bound).
+async fn sees(s: &AdminState, who: &Principal, id: TaskId) -> Result<(), ApiError> {
+    who.check(&s.core.status(id).await?)?;
+    Ok(())
+}
+
 async fn list_tasks(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::LIST)?;
-    let filter = p.filter()?;
+    let mut filter = p.filter()?;
+    who.narrow(&mut filter);
     // As ListTasks: the same page size rule; the token is the last id.
     let limit = crate::app::list::page_size("limit", p.count(&params::PAGE_LIMIT))?;
     let token = p.one(&params::PAGE_TOKEN).unwrap_or_default();
@@ -161,11 +170,13 @@ async fn list_tasks(
 
 async fn get_task(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(q.as_deref(), &[])?;
     let (t, payload) = s.core.status_with_payload(task_id(id)?).await?;
+    who.check(&t)?;
     let payload = serde_json::from_str::<Value>(&payload)
         .ok()
         .and_then(|v| crate::pb::json::json_to_struct(&v).ok());
@@ -185,6 +196,7 @@ async fn cancel_task(
     let id = task_id(id)?;
     let force = p.flag(&params::FORCE);
     let reason = p.one(&params::REASON).unwrap_or_default();
+    sees(&s, &who, id).await?;
     let (outcome, t) = s.core.cancel(id, reason, force).await?;
     s.keys
         .audit_task(
@@ -210,6 +222,7 @@ async fn retry_task(
     let p = Params::parse(q.as_deref(), takes::RETRY)?;
     let id = task_id(id)?;
     let reason = p.one(&params::REASON).unwrap_or_default();
+    sees(&s, &who, id).await?;
     let t = s.core.retry(id, reason).await?;
     s.keys.audit_task(&who, "retry", id, reason).await;
     Ok(Json(to_json(&pb::RetryTaskResponse {
@@ -234,6 +247,7 @@ async fn replay_workflow(
         )
     })?;
     let reason = p.one(&params::REASON).unwrap_or_default();
+    sees(&s, &who, id).await?;
     let t = s.core.replay(id, from, reason).await?;
     s.keys
         .audit_task(&who, "replay", id, &format!("from step {from:?}: {reason}"))
@@ -311,13 +325,15 @@ async fn read_logs(
 /// most 5000).
 async fn task_logs(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     id: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::TASK_LOGS)?;
     let limit = p.count(&params::LOG_LIMIT) as usize;
-    let (lines, has_more) =
-        read_logs(&s, task_id(id)?, p.position(&params::AFTER_LINE), limit).await?;
+    let id = task_id(id)?;
+    sees(&s, &who, id).await?;
+    let (lines, has_more) = read_logs(&s, id, p.position(&params::AFTER_LINE), limit).await?;
     Ok(Json(to_json(&pb::GetTaskLogsResponse { lines, has_more })))
 }
 
@@ -327,9 +343,14 @@ async fn task_logs(
 /// each with its `taskId` (`afterLine`: only each task's lines after that
 /// number). With one `taskId`, that task's lines from the start (or after
 /// `afterLine`), as `…/tasks/{id}/logs`.
-async fn logs(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Result<Json<Value>, ApiError> {
+async fn logs(
+    State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::LOGS)?;
-    let filter = p.filter()?;
+    let mut filter = p.filter()?;
+    who.narrow(&mut filter);
     let limit = p.count(&params::LOG_LIMIT) as usize;
     let after = p.position(&params::AFTER_LINE);
     let line = |id: &str, l: &pb::LogLine| {
@@ -340,6 +361,7 @@ async fn logs(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Result<Json
         v
     };
     if let [id] = filter.task_ids[..] {
+        sees(&s, &who, id).await?;
         let (lines, has_more) = read_logs(&s, id, after, limit).await?;
         let id = id.to_string();
         let lines: Vec<Value> = lines.iter().map(|l| line(&id, l)).collect();
@@ -552,11 +574,13 @@ async fn not_found() -> ApiError {
 /// active task matching the filter.
 async fn events(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::EVENTS)?;
-    let filter = p.filter()?;
+    let mut filter = p.filter()?;
+    who.narrow(&mut filter);
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()

@@ -89,7 +89,15 @@ where
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let refused = match self.keys.authenticate(header, None) {
+        let asked = req
+            .headers()
+            .get(crate::keys::NAMESPACE_HEADER)
+            .map(|v| v.to_str().unwrap_or("?"));
+        let refused = match self
+            .keys
+            .authenticate(header, None)
+            .and_then(|p| p.in_namespace(asked).map_err(Refusal::from))
+        {
             Err(Refusal::Unknown(u)) => Some(Status::unauthenticated(u.to_string())),
             Err(Refusal::Denied(d)) => Some(d.into()),
             Ok(p) => match p

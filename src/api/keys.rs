@@ -139,10 +139,15 @@ fn new_key(r: pb::CreateKeyRequest) -> Result<NewKey, CoreError> {
             ))
         }
     };
+    if !r.namespace.is_empty() {
+        crate::domain::namespace::check(&r.namespace)
+            .map_err(|e| CoreError::field("namespace", e))?;
+    }
     let mut names = r.names;
     names.sort();
     names.dedup();
     Ok(NewKey {
+        namespace: (!r.namespace.is_empty()).then_some(r.namespace),
         role,
         user_id: (!r.user_id.is_empty()).then_some(r.user_id),
         names,
@@ -190,6 +195,12 @@ impl KeysService for KeysApi {
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
         let who = caller(&req)?;
         let new = new_key(req.into_inner())?;
+        if let Some(ns) = new.namespace.as_deref().filter(|ns| !who.manages(ns)) {
+            return Err(Status::permission_denied(format!(
+                "namespace: a key of namespace {} may not create keys of namespace {ns}",
+                who.namespace()
+            )));
+        }
         let (record, secret) = self.keys.create(&who, new).await?;
         Ok(Response::new(pb::CreateKeyResponse {
             key: Some(key(&record)),
@@ -200,10 +211,18 @@ impl KeysService for KeysApi {
     #[instrument(skip_all)]
     async fn list_keys(
         &self,
-        _req: Request<pb::ListKeysRequest>,
+        req: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let who = caller(&req)?;
         Ok(Response::new(pb::ListKeysResponse {
-            keys: self.keys.list().iter().take(10_000).map(key).collect(),
+            keys: self
+                .keys
+                .list()
+                .iter()
+                .filter(|k| who.manages(&k.namespace))
+                .take(10_000)
+                .map(key)
+                .collect(),
         }))
     }
 

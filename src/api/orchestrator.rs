@@ -83,12 +83,10 @@ impl Orchestrator {
         }
     }
 
-    /// For a caller that sees only part of the tasks: NOT_FOUND unless it
-    /// sees task `id` (one read; nothing for an unscoped caller).
+    /// NOT_FOUND unless the caller sees task `id`: one of its namespace
+    /// (and, for a scoped key, its user's or its own).
     async fn check_sees(&self, who: &Principal, id: crate::domain::TaskId) -> Result<(), Status> {
-        if who.scoped() {
-            who.check(&self.core.status(id).await?)?;
-        }
+        who.check(&self.core.status(id).await?)?;
         Ok(())
     }
 
@@ -343,6 +341,7 @@ impl OrchestratorService for Orchestrator {
         let receipts = self
             .core
             .disconnect(
+                who.namespace(),
                 (!u.is_empty()).then_some(u),
                 (!s.is_empty()).then_some(s),
                 &reason,

@@ -7,11 +7,11 @@ use tracing::instrument;
 use super::authz::caller;
 use crate::app::convert::Limits;
 use crate::app::schedule::{self as conv, info};
-use crate::domain::now_micros;
-use crate::keys::Keys;
+use crate::domain::{namespace, now_micros, Micros};
+use crate::keys::{Keys, Principal};
 use crate::pb;
 use crate::pb::schedule_service_server::ScheduleService;
-use crate::schedules::Schedules;
+use crate::schedules::{Schedule, Schedules};
 
 /// The service.
 pub struct ScheduleApi {
@@ -31,6 +31,21 @@ impl ScheduleApi {
     }
 }
 
+/// A schedule id as the schedules component keys it: qualified by the
+/// caller's namespace (`id@ns`; the bare id in `default`).
+fn qualified(who: &Principal, id: &str) -> String {
+    namespace::qualify(id, who.namespace()).into_owned()
+}
+
+/// A schedule as the caller sees it: its bare id.
+fn info_in(who: &Principal, s: &Schedule, now: Micros) -> pb::ScheduleInfo {
+    let mut i = info(s, now);
+    if let Some(bare) = namespace::unqualify(&s.id, who.namespace()) {
+        i.schedule_id = bare.to_string();
+    }
+    i
+}
+
 #[tonic::async_trait]
 impl ScheduleService for ScheduleApi {
     #[instrument(skip_all, fields(schedule = %req.get_ref().schedule_id))]
@@ -38,15 +53,16 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
         let (spec, template) = conv::spec(r.spec, &self.limits)?;
         let s = self
             .schedules
-            .create(r.schedule_id, spec, template, r.paused)
+            .create(qualified(&who, &r.schedule_id), spec, template, r.paused)
             .await?;
         Ok(Response::new(pb::CreateScheduleResponse {
-            schedule: Some(info(&s, now_micros())),
+            schedule: Some(info_in(&who, &s, now_micros())),
         }))
     }
 
@@ -55,15 +71,21 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::UpdateScheduleRequest>,
     ) -> Result<Response<pb::UpdateScheduleResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
         let (spec, template) = conv::spec(r.spec, &self.limits)?;
         let (s, created) = self
             .schedules
-            .update(&r.schedule_id, spec, template, r.create_if_missing)
+            .update(
+                &qualified(&who, &r.schedule_id),
+                spec,
+                template,
+                r.create_if_missing,
+            )
             .await?;
         Ok(Response::new(pb::UpdateScheduleResponse {
-            schedule: Some(info(&s, now_micros())),
+            schedule: Some(info_in(&who, &s, now_micros())),
             created,
         }))
     }
@@ -73,11 +95,12 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::GetScheduleRequest>,
     ) -> Result<Response<pb::GetScheduleResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
-        let s = self.schedules.get(&r.schedule_id)?;
+        let s = self.schedules.get(&qualified(&who, &r.schedule_id))?;
         Ok(Response::new(pb::GetScheduleResponse {
-            schedule: Some(info(&s, now_micros())),
+            schedule: Some(info_in(&who, &s, now_micros())),
         }))
     }
 
@@ -86,19 +109,26 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let limit = conv::page_size(r.page_size)?;
         let after = conv::page_token(&r.page_token)?;
-        let mut page = self.schedules.list(after, limit + 1);
+        let ns = who.namespace();
+        let after = if after.is_empty() {
+            String::new()
+        } else {
+            namespace::qualify(after, ns).into_owned()
+        };
+        let mut page = self.schedules.list_in(ns, &after, limit + 1);
         let more = page.len() > limit;
         page.truncate(limit);
         let now = now_micros();
         Ok(Response::new(pb::ListSchedulesResponse {
             next_page_token: match page.last() {
-                Some(s) if more => s.id.clone(),
+                Some(s) if more => namespace::split(&s.id).0.to_string(),
                 _ => String::new(),
             },
-            schedules: page.iter().map(|s| info(s, now)).collect(),
+            schedules: page.iter().map(|s| info_in(&who, s, now)).collect(),
         }))
     }
 
@@ -113,13 +143,13 @@ impl ScheduleService for ScheduleApi {
         conv::note(&r.note)?;
         let s = self
             .schedules
-            .set_paused(&r.schedule_id, true, r.note.clone())
+            .set_paused(&qualified(&who, &r.schedule_id), true, r.note.clone())
             .await?;
         self.keys
             .audit(&who, "pause_schedule", &r.schedule_id, &r.note)
             .await;
         Ok(Response::new(pb::PauseScheduleResponse {
-            schedule: Some(info(&s, now_micros())),
+            schedule: Some(info_in(&who, &s, now_micros())),
         }))
     }
 
@@ -134,13 +164,13 @@ impl ScheduleService for ScheduleApi {
         conv::note(&r.note)?;
         let s = self
             .schedules
-            .set_paused(&r.schedule_id, false, r.note.clone())
+            .set_paused(&qualified(&who, &r.schedule_id), false, r.note.clone())
             .await?;
         self.keys
             .audit(&who, "resume_schedule", &r.schedule_id, &r.note)
             .await;
         Ok(Response::new(pb::ResumeScheduleResponse {
-            schedule: Some(info(&s, now_micros())),
+            schedule: Some(info_in(&who, &s, now_micros())),
         }))
     }
 
@@ -149,9 +179,12 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
-        self.schedules.delete(&r.schedule_id).await?;
+        self.schedules
+            .delete(&qualified(&who, &r.schedule_id))
+            .await?;
         Ok(Response::new(pb::DeleteScheduleResponse {}))
     }
 
@@ -160,9 +193,13 @@ impl ScheduleService for ScheduleApi {
         &self,
         req: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
-        let s = self.schedules.trigger(&r.schedule_id).await?;
+        let s = self
+            .schedules
+            .trigger(&qualified(&who, &r.schedule_id))
+            .await?;
         tracing::Span::current().record("task_id", tracing::field::display(s.task.id));
         Ok(Response::new(pb::TriggerScheduleResponse {
             task_id: s.task.id.to_string(),

@@ -106,7 +106,13 @@ impl WorkerService for Workers {
                 "register.task_names: this worker key may not register task name {n:?}"
             )));
         }
-        let link = self.core.register_worker(&name, &names, slots, imm)?;
+        // Its queue keys: the names, in the worker's namespace (a worker
+        // takes only its namespace's tasks).
+        let keys: Vec<String> = names
+            .iter()
+            .map(|n| crate::domain::namespace::qualify(n, who.namespace()).into_owned())
+            .collect();
+        let link = self.core.register_worker(&name, &keys, slots, imm)?;
         let worker_id = link.id.clone();
         self.keys
             .audit(

@@ -62,6 +62,16 @@ pub struct ClientArgs {
         display_order = 1005
     )]
     pub token: Option<String>,
+    /// The namespace every call acts in (the `switchyard-namespace`
+    /// header): for a static token or a server without authentication; a
+    /// key acts in its own namespace. Default: `default`.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_NAMESPACE",
+        display_order = 1006
+    )]
+    pub namespace: Option<String>,
 }
 
 impl ClientArgs {
@@ -79,6 +89,7 @@ impl ClientArgs {
         super::commands::Conn {
             tls: self.tls(),
             token: self.token.clone(),
+            namespace: self.namespace.clone(),
         }
     }
 }

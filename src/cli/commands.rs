@@ -80,6 +80,8 @@ pub struct Conn {
     pub tls: TlsFiles,
     /// `--token`.
     pub token: Option<String>,
+    /// `--namespace`.
+    pub namespace: Option<String>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -87,27 +89,41 @@ impl std::fmt::Debug for Conn {
         f.debug_struct("Conn")
             .field("tls", &self.tls)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("namespace", &self.namespace)
             .finish()
     }
 }
 
 impl Conn {
-    /// The `authorization` header of `--token`; a token that is no valid
-    /// header value is a usage error.
-    fn authorization(&self) -> Result<Option<http::HeaderValue>, CliError> {
-        let Some(t) = &self.token else {
-            return Ok(None);
-        };
-        let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
-            .map_err(|_| CliError::usage("--token: not a valid header value"))?;
-        v.set_sensitive(true);
-        Ok(Some(v))
+    /// The headers every call sends: `authorization` of `--token`, and
+    /// the namespace of `--namespace`; a value that is no valid header
+    /// value is a usage error.
+    fn headers(&self) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, CliError> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.token {
+            let mut v = http::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .map_err(|_| CliError::usage("--token: not a valid header value"))?;
+            v.set_sensitive(true);
+            out.push((http::header::AUTHORIZATION, v));
+        }
+        if let Some(ns) = &self.namespace {
+            let v = http::HeaderValue::from_str(ns.trim())
+                .map_err(|_| CliError::usage("--namespace: not a valid header value"))?;
+            out.push((
+                http::HeaderName::from_static(crate::keys::NAMESPACE_HEADER),
+                v,
+            ));
+        }
+        Ok(out)
     }
 }
 
-/// `inner`, sending `auth` as `authorization` with every call (of every
-/// service: the one place a token is added).
-fn with_token<S>(inner: S, auth: Option<http::HeaderValue>) -> switchyard_client::Transport
+/// `inner`, sending `headers` (the token, the namespace) with every call
+/// (of every service: the one place they are added).
+fn with_headers<S>(
+    inner: S,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+) -> switchyard_client::Transport
 where
     S: tower::Service<
             http::Request<tonic::body::Body>,
@@ -119,17 +135,18 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    match auth {
-        None => switchyard_client::Transport::new(inner),
-        Some(v) => switchyard_client::Transport::new(tower::util::MapRequest::new(
-            inner,
-            move |mut r: http::Request<tonic::body::Body>| {
-                r.headers_mut()
-                    .insert(http::header::AUTHORIZATION, v.clone());
-                r
-            },
-        )),
+    if headers.is_empty() {
+        return switchyard_client::Transport::new(inner);
     }
+    switchyard_client::Transport::new(tower::util::MapRequest::new(
+        inner,
+        move |mut r: http::Request<tonic::body::Body>| {
+            for (k, v) in &headers {
+                r.headers_mut().insert(k.clone(), v.clone());
+            }
+            r
+        },
+    ))
 }
 
 /// `host:port` means `http://host:port`.
@@ -159,7 +176,7 @@ pub(crate) async fn transport(
     conn: &Conn,
 ) -> Result<switchyard_client::Transport, CliError> {
     let tls = &conn.tls;
-    let auth = conn.authorization()?;
+    let auth = conn.headers()?;
     let parts: Vec<&str> = server
         .split(',')
         .map(str::trim)
@@ -178,7 +195,7 @@ pub(crate) async fn transport(
     let endpoints = switchyard_client::failover::expand_dns(endpoints).await;
     if endpoints.len() > 1 {
         let failover = switchyard_client::failover::Failover::connect(endpoints).await;
-        return Ok(with_token(failover, auth));
+        return Ok(with_headers(failover, auth));
     }
     let uri = server_uri(server);
     let endpoint = Endpoint::from_shared(uri.clone())
@@ -189,7 +206,7 @@ pub(crate) async fn transport(
         .connect()
         .await
         .map_err(|e| CliError::connect(&uri, &e))?;
-    Ok(with_token(channel, auth))
+    Ok(with_headers(channel, auth))
 }
 
 fn rpc(status: Status) -> CliError {

@@ -67,6 +67,10 @@ pub struct CreateKeyArgs {
     /// Default: only the server's limit.
     #[arg(long, allow_negative_numbers = true)]
     pub max_payload: Option<i64>,
+    /// The namespace the key acts in (default: the caller's own; only a
+    /// caller of `default` may name another).
+    #[arg(long = "key-namespace", value_name = "NAMESPACE")]
+    pub key_namespace: Option<String>,
 }
 
 /// `keys revoke`.
@@ -192,6 +196,7 @@ pub async fn run_keys<W: Write>(
                 }),
                 max_requests_per_second: a.rps.unwrap_or(0.0),
                 max_payload_bytes: a.max_payload.unwrap_or(0),
+                namespace: a.key_namespace.clone().unwrap_or_default(),
             };
             let r = c.create_key(msg).await.map_err(rpc)?.into_inner();
             let key = r.key.unwrap_or_default();

@@ -89,6 +89,7 @@ impl Core {
     /// returns.
     pub async fn disconnect(
         &self,
+        namespace: &str,
         user_id: Option<&str>,
         session_id: Option<&str>,
         reason: &str,
@@ -105,6 +106,13 @@ impl Core {
             ids.sort();
             ids.dedup();
             let mut out = Vec::with_capacity(ids.len());
+            // Tasks of one namespace only: another's user and session ids
+            // are its own.
+            ids.retain(|id| {
+                st.tasks
+                    .get(id)
+                    .is_some_and(|a| a.task.spec.namespace() == namespace)
+            });
             for id in ids {
                 if let Some((o, t)) =
                     st.cancel_locked(id, CancelReason::Disconnected, reason, false)

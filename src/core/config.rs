@@ -59,8 +59,11 @@ impl Routes {
         list.iter().any(|x| x == "*" || x == v)
     }
 
-    /// The queue key and the engine of a task.
-    pub fn route<'a>(&self, spec: &'a TaskSpec) -> (&'a str, EngineKind) {
+    /// The queue key and the engine of a task: an in-process engine's key,
+    /// or for the embedded queue the task's name, qualified by its
+    /// namespace (`name@ns`, see `domain::namespace`) so a worker takes
+    /// only its namespace's tasks.
+    pub fn route<'a>(&self, spec: &'a TaskSpec) -> (std::borrow::Cow<'a, str>, EngineKind) {
         let engine = match (&spec.task_type, &spec.target) {
             (TaskType::Simple, Target::Simple { queue }) => {
                 let q = queue.as_deref().unwrap_or(&spec.name);
@@ -79,7 +82,11 @@ impl Routes {
             (TaskType::Complex, _) => EngineKind::Workflow,
             (TaskType::Simple, _) => EngineKind::Queue,
         };
-        (engine.key().unwrap_or(&spec.name), engine)
+        let key = match engine.key() {
+            Some(k) => std::borrow::Cow::Borrowed(k),
+            None => crate::domain::namespace::qualify(&spec.name, spec.namespace()),
+        };
+        (key, engine)
     }
 
     /// Refuses the target's settings that `engine`, where the task is

@@ -35,7 +35,7 @@ impl State {
     /// the tasks of its debounce key it superseded (see `debounce.rs`).
     pub(super) fn add_pending(&mut self, task: Task, payload: Option<Arc<str>>) -> Vec<TaskId> {
         let (k, _) = self.cfg.routes.route(&task.spec);
-        let key: Arc<str> = match self.queues.get_key_value(k) {
+        let key: Arc<str> = match self.queues.get_key_value(&*k) {
             Some((k, _)) => k.clone(),
             None => Arc::from(k),
         };

@@ -136,7 +136,7 @@ impl Core {
                 backend.name()
             )));
         }
-        if engine.in_process() && !self.has_consumer(key) {
+        if engine.in_process() && !self.has_consumer(&key) {
             return Err(CoreError::FailedPrecondition(format!(
                 "no executor for {} tasks is running on this server (queue {key})",
                 t.spec.task_type.as_str()

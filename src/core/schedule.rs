@@ -309,16 +309,19 @@ impl Core {
 
     /// The queue key and engine of a new task, once its engine is running
     /// here and admits it.
-    fn admit<'a>(&self, spec: &'a TaskSpec) -> Result<(&'a str, EngineKind), CoreError> {
+    fn admit<'a>(
+        &self,
+        spec: &'a TaskSpec,
+    ) -> Result<(std::borrow::Cow<'a, str>, EngineKind), CoreError> {
         let (key, engine) = self.inner.cfg.routes.route(spec);
-        if engine.in_process() && !self.has_consumer(key) {
+        if engine.in_process() && !self.has_consumer(&key) {
             return Err(CoreError::FailedPrecondition(format!(
                 "no executor for {} tasks is running on this server (queue {key})",
                 spec.task_type.as_str()
             )));
         }
         self.inner.cfg.routes.check_settings(spec, engine)?;
-        if let Some(admit) = self.inner.admissions.read().get(key) {
+        if let Some(admit) = self.inner.admissions.read().get(&*key) {
             admit(spec)?;
         }
         Ok((key, engine))
@@ -638,6 +641,10 @@ impl State {
         let mut labels = std::collections::BTreeMap::new();
         labels.insert("cleanup_of".to_string(), id.to_string());
         labels.insert("cleanup_reason".to_string(), why.as_str().to_string());
+        // The cleanup task runs in its task's namespace.
+        if let Some(ns) = spec.namespace_column() {
+            labels.insert(crate::domain::namespace::LABEL.into(), ns.into());
+        }
         let new_spec = TaskSpec {
             priority: spec.priority,
             max_attempts: spec.max_attempts.max(3),

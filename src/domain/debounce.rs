@@ -86,6 +86,9 @@ pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("must not be empty".into());
     }
+    if key.starts_with(RESERVED) {
+        return Err("must not start with U+0001 (reserved for the server's own keys)".into());
+    }
     if key.len() > MAX_KEY_BYTES {
         return Err(format!(
             "must be at most {MAX_KEY_BYTES} bytes, got {}",

@@ -43,6 +43,7 @@ pub fn progress_percent(p: f64) -> f64 {
 pub mod debounce;
 pub mod failure;
 pub mod flow;
+pub mod namespace;
 pub mod retention;
 pub mod schedule;
 
@@ -554,6 +555,19 @@ impl TaskSpec {
         self.labels.get(schedule::LABEL).map(String::as_str)
     }
 
+    /// The namespace the task belongs to (its `switchyard.namespace`
+    /// label; `default` without one).
+    pub fn namespace(&self) -> &str {
+        self.labels
+            .get(namespace::LABEL)
+            .map_or(namespace::DEFAULT, String::as_str)
+    }
+
+    /// The namespace column the stores keep: none for `default`.
+    pub fn namespace_column(&self) -> Option<&str> {
+        self.labels.get(namespace::LABEL).map(String::as_str)
+    }
+
     /// A task named `name` of type `task_type` for `target`, with every
     /// option at its default: priority 0, one attempt, the default backoff,
     /// no time limit, owner, session, idempotency key, labels, cleanup,
@@ -1004,6 +1018,10 @@ pub struct TaskFilter {
     pub schedule_id: Option<String>,
     /// Tasks whose last error has this kind (`TaskError::kind`).
     pub error_kind: Option<String>,
+    /// Tasks of this namespace only (`default`: the tasks without one).
+    /// Every caller's list and watch sets it (`Principal::narrow`); only
+    /// the server's own sweeps leave it unset.
+    pub namespace: Option<String>,
 }
 
 impl TaskFilter {
@@ -1026,6 +1044,11 @@ impl TaskFilter {
         }
         if let Some(k) = &self.error_kind {
             if t.rt.error_kind() != Some(k.as_str()) {
+                return false;
+            }
+        }
+        if let Some(ns) = &self.namespace {
+            if t.spec.namespace() != ns {
                 return false;
             }
         }

@@ -38,6 +38,8 @@ pub struct Claims {
     pub user_id: Option<String>,
     /// A worker's task names.
     pub names: Vec<String>,
+    /// The namespace it acts in.
+    pub namespace: Option<String>,
     /// `exp`, µs.
     pub expires_at: i64,
 }
@@ -56,6 +58,7 @@ pub struct Jwt {
     role_claim: String,
     user_claim: String,
     names_claim: String,
+    namespace_claim: String,
     leeway: u64,
 }
 
@@ -92,6 +95,7 @@ impl Jwt {
             ("role_claim", &cfg.role_claim),
             ("user_claim", &cfg.user_claim),
             ("names_claim", &cfg.names_claim),
+            ("namespace_claim", &cfg.namespace_claim),
         ] {
             if claim.is_empty() || claim.len() > 128 {
                 return Err(format!("auth.jwt.{name} must be 1 to 128 bytes"));
@@ -141,6 +145,7 @@ impl Jwt {
             role_claim: cfg.role_claim.clone(),
             user_claim: cfg.user_claim.clone(),
             names_claim: cfg.names_claim.clone(),
+            namespace_claim: cfg.namespace_claim.clone(),
             leeway: cfg.leeway.as_secs(),
         })
     }
@@ -259,6 +264,19 @@ impl Jwt {
                 self.names_claim
             )));
         }
+        let namespace = match c.get(&self.namespace_claim) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(ns)) if crate::domain::namespace::check(ns).is_ok() => {
+                Some(ns.clone())
+            }
+            Some(_) => {
+                return Err(denied(format!(
+                    "the token's {} claim is not a namespace name (1 to 64 bytes of \
+                     lowercase letters, digits, - and _)",
+                    self.namespace_claim
+                )))
+            }
+        };
         let id = match c.get("sub").and_then(Value::as_str) {
             Some(sub) if !sub.is_empty() => {
                 format!("jwt:{}", crate::domain::text::cut(sub, MAX_SUB_BYTES))
@@ -274,6 +292,7 @@ impl Jwt {
             role,
             user_id,
             names,
+            namespace,
             expires_at,
         })
     }
@@ -333,6 +352,12 @@ mod tests {
             ("jwt", Some("alice"))
         );
         assert_eq!(c.names, ["x", "y"]);
+        assert_eq!(c.namespace, None, "no claim: `default`");
+        let t = token(
+            json!({"iss": "https://issuer.test", "aud": "switchyard", "exp": exp(60),
+            "role": "operator", "namespace": "acme"}),
+        );
+        assert_eq!(j.verify(&t).unwrap().namespace.as_deref(), Some("acme"));
     }
 
     #[test]
@@ -388,6 +413,8 @@ mod tests {
         for (claim, v) in [
             ("role", json!("root")),
             ("role", json!(1)),
+            ("namespace", json!("Not A Namespace")),
+            ("namespace", json!(7)),
             ("user_id", json!("")),
         ] {
             assert!(

@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod limit;
 pub mod table;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -36,8 +37,12 @@ pub use table::{Need, Scoping};
 pub const FILE: &str = "keys.db";
 /// The label a scheduler key's tasks carry: the key's id.
 pub const LABEL: &str = "switchyard.key";
-/// The namespace of every key, until namespaces exist.
-pub const DEFAULT_NAMESPACE: &str = "default";
+/// The namespace of a key that names none.
+pub const DEFAULT_NAMESPACE: &str = crate::domain::namespace::DEFAULT;
+/// The request header (gRPC metadata) in which a static token or an open
+/// server's caller names the namespace it acts in (`default` without it).
+/// A key acts in its own namespace: naming another is PERMISSION_DENIED.
+pub const NAMESPACE_HEADER: &str = "switchyard-namespace";
 /// The most task names a worker key lists.
 pub const MAX_NAMES: usize = 100;
 /// The longest user a key is bound to.
@@ -100,7 +105,7 @@ impl Role {
 pub struct KeyRecord {
     /// `key_` and 16 hex digits.
     pub id: String,
-    /// Always [`DEFAULT_NAMESPACE`] for now.
+    /// The namespace it acts in.
     pub namespace: String,
     /// SHA-256 of the secret, hex.
     pub hash: String,
@@ -158,7 +163,7 @@ impl Entry {
     fn of_jwt(c: jwt::Claims) -> Arc<Entry> {
         Entry::new(KeyRecord {
             id: c.id,
-            namespace: DEFAULT_NAMESPACE.into(),
+            namespace: c.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
             hash: String::new(),
             role: c.role,
             user_id: c.user_id,
@@ -184,11 +189,13 @@ impl Entry {
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub enum Principal {
-    /// A server without authentication: everything is allowed.
-    Open,
-    /// One of the static `auth.tokens`: an admin.
-    Token,
-    /// An API key.
+    /// A server without authentication: everything is allowed, in the
+    /// namespace the call names ([`NAMESPACE_HEADER`]).
+    Open(Cow<'static, str>),
+    /// One of the static `auth.tokens`: an admin, in the namespace the
+    /// call names.
+    Token(Cow<'static, str>),
+    /// An API key, in its own namespace.
     Key(Arc<Entry>),
 }
 
@@ -196,8 +203,8 @@ impl Principal {
     /// The id the audit log records.
     pub fn key_id(&self) -> &str {
         match self {
-            Principal::Open => "open",
-            Principal::Token => "token",
+            Principal::Open(_) => "open",
+            Principal::Token(_) => "token",
             Principal::Key(e) => &e.record.id,
         }
     }
@@ -205,7 +212,7 @@ impl Principal {
     /// The role.
     pub fn role(&self) -> Role {
         match self {
-            Principal::Open | Principal::Token => Role::Admin,
+            Principal::Open(_) | Principal::Token(_) => Role::Admin,
             Principal::Key(e) => e.record.role,
         }
     }
@@ -223,9 +230,51 @@ impl Principal {
         self.role() == Role::Scheduler
     }
 
-    /// Whether the caller sees only part of the tasks.
+    /// Whether the caller sees only part of its namespace's tasks.
     pub fn scoped(&self) -> bool {
         self.user().is_some() || self.own_tasks_only()
+    }
+
+    /// The namespace the caller acts in.
+    pub fn namespace(&self) -> &str {
+        match self {
+            Principal::Open(ns) | Principal::Token(ns) => ns,
+            Principal::Key(e) => &e.record.namespace,
+        }
+    }
+
+    /// Whether the caller may manage the keys of namespace `ns`: those of
+    /// its own, or any for a caller of `default`.
+    pub fn manages(&self, ns: &str) -> bool {
+        self.namespace() == DEFAULT_NAMESPACE || self.namespace() == ns
+    }
+
+    /// Whether the caller is a key of a namespace other than `default` (a
+    /// tenant): it makes no server-wide call.
+    pub fn tenant(&self) -> bool {
+        matches!(self, Principal::Key(e) if e.record.namespace != DEFAULT_NAMESPACE)
+    }
+
+    /// The caller, acting in the namespace a call names (`asked`, from
+    /// [`NAMESPACE_HEADER`]): a token or an open server's caller takes it;
+    /// a key may only name its own.
+    pub fn in_namespace(self, asked: Option<&str>) -> Result<Principal, Denied> {
+        let Some(asked) = asked.filter(|a| !a.is_empty()) else {
+            return Ok(self);
+        };
+        crate::domain::namespace::check(asked)
+            .map_err(|e| Denied::Namespace(format!("{NAMESPACE_HEADER} {e}")))?;
+        Ok(match self {
+            Principal::Open(_) => Principal::Open(Cow::Owned(asked.to_string())),
+            Principal::Token(_) => Principal::Token(Cow::Owned(asked.to_string())),
+            Principal::Key(e) if e.record.namespace == asked => Principal::Key(e),
+            Principal::Key(e) => {
+                return Err(Denied::Namespace(format!(
+                    "this key belongs to namespace {}, not {asked}",
+                    e.record.namespace
+                )))
+            }
+        })
     }
 
     /// Whether the caller may make a call that needs `need` with `scoping`:
@@ -237,7 +286,8 @@ impl Principal {
         let fits = match scoping {
             Scoping::Tasks => true,
             Scoping::User => !self.own_tasks_only(),
-            Scoping::Global => !self.scoped(),
+            Scoping::Namespace => !self.scoped(),
+            Scoping::Global => !self.scoped() && !self.tenant(),
         };
         if fits {
             Ok(())
@@ -246,8 +296,12 @@ impl Principal {
         }
     }
 
-    /// Whether the caller may see the task.
+    /// Whether the caller may see the task (never one of another
+    /// namespace).
     pub fn sees(&self, t: &Task) -> bool {
+        if t.spec.namespace() != self.namespace() {
+            return false;
+        }
         if let Some(u) = self.user() {
             if t.spec.user_id.as_deref() != Some(u) {
                 return false;
@@ -270,9 +324,16 @@ impl Principal {
         }
     }
 
-    /// Narrows a list or watch filter to the caller's user. `false`: the
-    /// filter asks for another user's tasks (the answer is empty).
+    /// Narrows a list or watch filter to the caller's namespace and user.
+    /// `false`: the filter asks for another user's tasks (the answer is
+    /// empty).
     pub fn narrow(&self, f: &mut TaskFilter) -> bool {
+        f.namespace = Some(self.namespace().to_string());
+        // A schedule's id is qualified by its namespace (`id@ns`).
+        if let Some(s) = f.schedule_id.take() {
+            f.schedule_id =
+                Some(crate::domain::namespace::qualify(&s, self.namespace()).into_owned());
+        }
         let Some(u) = self.user() else {
             return true;
         };
@@ -285,11 +346,13 @@ impl Principal {
         }
     }
 
-    /// Marks a task the caller schedules: a user-bound key's tasks are its
+    /// Marks a task the caller schedules: it belongs to the caller's
+    /// namespace ([`stamp_namespace`]), a user-bound key's tasks are its
     /// user's (another user is PERMISSION_DENIED, as `Denied::User`), a
     /// scheduler key's carry its id in [`LABEL`]. Any caller's own
     /// [`LABEL`] is replaced, so no caller claims another key's tasks.
     pub fn stamp(&self, spec: &mut TaskSpec) -> Result<(), Denied> {
+        stamp_namespace(spec, self.namespace());
         if let Some(u) = self.user() {
             match spec.user_id.as_deref() {
                 None => spec.user_id = Some(u.to_string()),
@@ -381,6 +444,26 @@ impl Principal {
     }
 }
 
+/// Puts a new task in namespace `ns`: its [`crate::domain::namespace::LABEL`]
+/// (none for `default`; a caller's own is replaced), and its idempotency
+/// and debounce keys qualified, so no key matches another namespace's task.
+pub fn stamp_namespace(spec: &mut TaskSpec, ns: &str) {
+    use crate::domain::namespace as nsp;
+    if ns == nsp::DEFAULT {
+        spec.labels.remove(nsp::LABEL);
+        return;
+    }
+    spec.labels.insert(nsp::LABEL.into(), ns.into());
+    if let Some(k) = spec.idempotency_key.take() {
+        spec.idempotency_key = Some(nsp::qualify_key(&k, ns).into());
+    }
+    if let Some(d) = spec.dedup.as_deref_mut() {
+        if let Some(db) = d.debounce.as_mut() {
+            db.key = nsp::qualify_key(&db.key, ns).into();
+        }
+    }
+}
+
 /// Why a caller may not make a call (PERMISSION_DENIED).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
@@ -396,6 +479,9 @@ pub enum Denied {
     /// A valid JWT whose claims grant nothing (no role, an unknown one).
     #[error("{0}")]
     Claim(String),
+    /// The call names a namespace the caller may not act in.
+    #[error("{0}")]
+    Namespace(String),
 }
 
 /// Why a bearer is refused before any check of the call.
@@ -429,6 +515,8 @@ pub enum Unknown {
 /// What a new key is.
 #[derive(Debug, Clone)]
 pub struct NewKey {
+    /// The namespace it acts in (`None`: its creator's).
+    pub namespace: Option<String>,
     /// Its role.
     pub role: Role,
     /// The user it is bound to.
@@ -525,7 +613,7 @@ impl Keys {
         access_token: Option<&str>,
     ) -> Result<Principal, Refusal> {
         if self.is_open() {
-            return Ok(Principal::Open);
+            return Ok(Principal::Open(Cow::Borrowed(DEFAULT_NAMESPACE)));
         }
         // A bearer header first; else, where the route takes one, the query
         // token (a wrong bearer is not rescued by it).
@@ -536,7 +624,7 @@ impl Keys {
             _ => return Err(Unknown::Missing.into()),
         };
         if !self.inner.statics.is_open() && self.inner.statics.accepts(secret) {
-            return Ok(Principal::Token);
+            return Ok(Principal::Token(Cow::Borrowed(DEFAULT_NAMESPACE)));
         }
         let found = self.inner.by_hash.read().get(&digest(secret)).cloned();
         let e = match (found, &self.inner.jwt) {
@@ -567,7 +655,7 @@ impl Keys {
         who: &Principal,
         new: NewKey,
     ) -> Result<(KeyRecord, String), CoreError> {
-        if matches!(who, Principal::Open) && new.role != Role::Admin {
+        if matches!(who, Principal::Open(_)) && new.role != Role::Admin {
             // The first key closes an open server: were it not an admin,
             // nobody could manage keys afterwards.
             return Err(CoreError::FailedPrecondition(
@@ -584,10 +672,15 @@ impl Keys {
                 rand::random::<[u8; 32]>()
             )
         );
+        // The edge refused a namespace the caller does not manage.
+        let namespace = new
+            .namespace
+            .filter(|ns| who.manages(ns))
+            .unwrap_or_else(|| who.namespace().to_string());
         let now = now_micros();
         let record = KeyRecord {
             id: format!("key_{:016x}", rand::random::<u64>()),
-            namespace: DEFAULT_NAMESPACE.into(),
+            namespace,
             hash: hex::encode(digest(&secret)),
             role: new.role,
             user_id: new.user_id,
@@ -605,7 +698,8 @@ impl Keys {
         self.inner.any.store(true, Ordering::Relaxed);
         self.insert(Entry::new(record.clone()));
         let detail = format!(
-            "role {}{}{}{}{}",
+            "namespace {}, role {}{}{}{}{}",
+            record.namespace,
             record.role.as_str(),
             record
                 .user_id
@@ -651,6 +745,7 @@ impl Keys {
             .by_id
             .read()
             .get(id)
+            .filter(|e| who.manages(&e.record.namespace))
             .cloned()
             .ok_or_else(|| CoreError::Absent(format!("key {id} not found")))?;
         if e.revoked.is_cancelled() {
@@ -690,7 +785,7 @@ impl Keys {
     /// for many tasks). A server without authentication has no key to
     /// name: its task logs keep only the action's own line.
     pub fn note_task(&self, who: &Principal, action: &str, id: TaskId, detail: &str) {
-        if matches!(who, Principal::Open) {
+        if matches!(who, Principal::Open(_)) {
             return;
         }
         let line = if detail.is_empty() {
@@ -818,7 +913,9 @@ mod tests {
             Some("key_0000000000000001")
         );
         let mut other = mine.clone();
-        Principal::Token.stamp(&mut other).unwrap();
+        Principal::Token(Cow::Borrowed(DEFAULT_NAMESPACE))
+            .stamp(&mut other)
+            .unwrap();
         assert!(
             !other.labels.contains_key(LABEL),
             "an unscoped caller's label is dropped"

@@ -52,7 +52,11 @@ pub enum Scoping {
     /// A user-bound key yes (the handler narrows to its user); a scheduler
     /// key no.
     User,
-    /// No: the call reaches every task or the whole server.
+    /// No, but a key of any namespace yes: the call stays inside the
+    /// caller's namespace (its schedules, its workers, its keys).
+    Namespace,
+    /// No, nor a key of a namespace other than `default`: the call reaches
+    /// every task or the whole server.
     Global,
 }
 
@@ -128,38 +132,46 @@ const GRPC: &[(&str, Need, Scoping)] = &[
         Configure,
         Global,
     ),
-    ("/switchyard.v1.WorkerService/Work", Work, Global),
+    ("/switchyard.v1.WorkerService/Work", Work, Namespace),
     (
         "/switchyard.v1.ScheduleService/CreateSchedule",
         Configure,
-        Global,
+        Namespace,
     ),
     (
         "/switchyard.v1.ScheduleService/UpdateSchedule",
         Configure,
-        Global,
+        Namespace,
     ),
     (
         "/switchyard.v1.ScheduleService/DeleteSchedule",
         Configure,
-        Global,
+        Namespace,
     ),
-    ("/switchyard.v1.ScheduleService/GetSchedule", Read, Global),
-    ("/switchyard.v1.ScheduleService/ListSchedules", Read, Global),
+    (
+        "/switchyard.v1.ScheduleService/GetSchedule",
+        Read,
+        Namespace,
+    ),
+    (
+        "/switchyard.v1.ScheduleService/ListSchedules",
+        Read,
+        Namespace,
+    ),
     (
         "/switchyard.v1.ScheduleService/PauseSchedule",
         Operate,
-        Global,
+        Namespace,
     ),
     (
         "/switchyard.v1.ScheduleService/ResumeSchedule",
         Operate,
-        Global,
+        Namespace,
     ),
     (
         "/switchyard.v1.ScheduleService/TriggerSchedule",
         Operate,
-        Global,
+        Namespace,
     ),
     (
         "/switchyard.v1.FlowService/SetConcurrencyPolicy",
@@ -180,9 +192,9 @@ const GRPC: &[(&str, Need, Scoping)] = &[
     ("/switchyard.v1.FlowService/ListFlowRules", Read, Global),
     ("/switchyard.v1.FlowService/PauseQueue", Operate, Global),
     ("/switchyard.v1.FlowService/ResumeQueue", Operate, Global),
-    ("/switchyard.v1.KeysService/CreateKey", Admin, Global),
-    ("/switchyard.v1.KeysService/ListKeys", Admin, Global),
-    ("/switchyard.v1.KeysService/RevokeKey", Admin, Global),
+    ("/switchyard.v1.KeysService/CreateKey", Admin, Namespace),
+    ("/switchyard.v1.KeysService/ListKeys", Admin, Namespace),
+    ("/switchyard.v1.KeysService/RevokeKey", Admin, Namespace),
     ("/switchyard.v1.KeysService/ListAuditEvents", Admin, Global),
 ];
 

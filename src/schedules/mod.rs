@@ -364,6 +364,23 @@ impl Schedules {
             .collect()
     }
 
+    /// A page of namespace `ns`'s schedules in id order: ids after `after`
+    /// (a qualified id; empty: from the first), at most `limit`.
+    pub fn list_in(&self, ns: &str, after: &str, limit: usize) -> Vec<Schedule> {
+        use std::ops::Bound;
+        let map = self.inner.map.lock();
+        let from = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.to_string())
+        };
+        map.range((from, Bound::Unbounded))
+            .filter(|(id, _)| crate::domain::namespace::split(id).1 == ns)
+            .take(limit)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
     /// Writes a whole schedule, then keeps it and wakes the runner.
     async fn save(&self, s: Schedule) -> Result<Schedule, CoreError> {
         self.inner.db.put(s.row()).await.map_err(store_err)?;

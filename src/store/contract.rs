@@ -938,8 +938,34 @@ pub(crate) async fn a_removal_spares_a_task_run_again(h: &dyn Harness) {
 
 /// The filters a page of `ListTasks` (and the admin routes, the dashboard
 /// and a watch's snapshot, which page through the same query) can combine,
-/// one case each.
+/// one case each, in namespace `default` as every caller of it sends them
+/// (`Principal::narrow`), and a namespace of its own with and without
+/// another filter.
 pub(crate) fn filter_cases() -> Vec<(&'static str, TaskFilter)> {
+    let mut cases = filters_of_one_namespace();
+    for (_, f) in cases.iter_mut() {
+        f.namespace = Some(crate::domain::namespace::DEFAULT.into());
+    }
+    let acme = || Some("acme".to_string());
+    cases.push((
+        "namespace",
+        TaskFilter {
+            namespace: acme(),
+            ..Default::default()
+        },
+    ));
+    cases.push((
+        "namespace and states",
+        TaskFilter {
+            namespace: acme(),
+            states: vec![TaskState::Pending],
+            ..Default::default()
+        },
+    ));
+    cases
+}
+
+fn filters_of_one_namespace() -> Vec<(&'static str, TaskFilter)> {
     let f = TaskFilter::default;
     vec![
         ("none", f()),

@@ -755,6 +755,18 @@ async fn debounce_keys_and_windows_are_bounded() {
             "options.idempotency_ttl",
         ),
         (
+            "a debounce key in the server's reserved prefix",
+            pb::TaskOptions {
+                debounce: Some(pb::Debounce {
+                    key: "\u{1}ns:other\u{1f}k".into(),
+                    period: Some(dur(Duration::from_secs(1))),
+                    mode: 1,
+                }),
+                ..Default::default()
+            },
+            "options.debounce.key",
+        ),
+        (
             "a mode of i32::MIN",
             pb::TaskOptions {
                 debounce: Some(pb::Debounce {
@@ -1740,17 +1752,19 @@ async fn a_keys_limits_refuse_negative_and_absurd_values_naming_the_field() {
     use switchyard::pb::keys_service_client::KeysServiceClient;
     let server = TestServer::start_with(|c| c.auth.tokens = vec!["root".into()]).await;
     let mut keys = KeysServiceClient::new(channel(&server.url).await);
-    let req = |rps: f64, bytes: i64| {
+    let named = |rps: f64, bytes: i64, ns: &str| {
         let mut r = tonic::Request::new(pb::CreateKeyRequest {
             role: pb::KeyRole::Reader as i32,
             max_requests_per_second: rps,
             max_payload_bytes: bytes,
+            namespace: ns.into(),
             ..Default::default()
         });
         r.metadata_mut()
             .insert("authorization", "Bearer root".parse().unwrap());
         r
     };
+    let req = |rps: f64, bytes: i64| named(rps, bytes, "");
     let rps = "max_requests_per_second";
     let bytes = "max_payload_bytes";
     for (case, r, field) in [
@@ -1765,6 +1779,32 @@ async fn a_keys_limits_refuse_negative_and_absurd_values_naming_the_field() {
         ("the most negative payload limit", req(0.0, i64::MIN), bytes),
         ("a payload limit over 1 GiB", req(0.0, (1 << 30) + 1), bytes),
         ("the largest payload limit", req(0.0, i64::MAX), bytes),
+        (
+            "a namespace of 65 bytes",
+            named(0.0, 0, &"n".repeat(65)),
+            "namespace",
+        ),
+        (
+            "a namespace of 1 MiB",
+            named(0.0, 0, &"n".repeat(1 << 20)),
+            "namespace",
+        ),
+        (
+            "a namespace in capitals",
+            named(0.0, 0, "Acme"),
+            "namespace",
+        ),
+        ("a namespace with `@`", named(0.0, 0, "a@b"), "namespace"),
+        (
+            "a namespace with a NUL",
+            named(0.0, 0, "a\u{0}b"),
+            "namespace",
+        ),
+        (
+            "a namespace starting with `-`",
+            named(0.0, 0, "-a"),
+            "namespace",
+        ),
     ] {
         let r = keys.create_key(r).await;
         if let Err(s) = &r {
@@ -1789,4 +1829,41 @@ async fn a_keys_limits_refuse_negative_and_absurd_values_naming_the_field() {
     keys.create_key(req(100_000.0, 1))
         .await
         .expect("the bounds");
+    keys.create_key(named(0.0, 0, &"n".repeat(64)))
+        .await
+        .expect("a namespace of 64 bytes");
+
+    // The namespace header: a bad name is PERMISSION_DENIED naming the
+    // header, and changes nothing.
+    let mut client = server.client().await;
+    for (case, v) in [
+        ("65 bytes", "n".repeat(65)),
+        ("capitals", "Acme".to_string()),
+        ("an `@`", "a@b".to_string()),
+        ("a space", "a b".to_string()),
+        ("8 KiB", "n".repeat(8 << 10)),
+    ] {
+        let mut r = tonic::Request::new(simple("hostile-ns", json!({})));
+        r.metadata_mut()
+            .insert("authorization", "Bearer root".parse().unwrap());
+        r.metadata_mut()
+            .insert("switchyard-namespace", v.parse().unwrap());
+        let err = client.schedule_task(r).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{case}: {err:?}");
+        assert!(
+            err.message().contains("switchyard-namespace"),
+            "{case}: {err:?}"
+        );
+        assert!(err.message().len() < 300, "{case}: bounded");
+    }
+    let mut r = tonic::Request::new(pb::ListTasksRequest::default());
+    r.metadata_mut()
+        .insert("authorization", "Bearer root".parse().unwrap());
+    assert!(client
+        .list_tasks(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .is_empty());
 }

@@ -26,6 +26,7 @@ mod hostile;
 mod jwt;
 mod key_limits;
 mod keys;
+mod namespaces;
 mod rate_limit;
 mod retention;
 mod retry;

@@ -34,6 +34,7 @@ pub enum ClientError {
 pub struct Client {
     inner: OrchestratorServiceClient<Transport>,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    namespace: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// What a [`Client`] sends its calls over: one channel, or a
@@ -95,6 +96,7 @@ impl Client {
             return Ok(Client {
                 inner: OrchestratorServiceClient::new(Transport::new(failover)),
                 token: None,
+                namespace: None,
             });
         }
         let channel = endpoints[0]
@@ -109,6 +111,7 @@ impl Client {
         Client {
             inner: OrchestratorServiceClient::new(Transport::new(channel)),
             token: None,
+            namespace: None,
         }
     }
 
@@ -122,6 +125,18 @@ impl Client {
         Ok(self)
     }
 
+    /// Sends `switchyard-namespace: <namespace>` with every call: the
+    /// namespace a static token acts in (a key acts in its own; naming
+    /// another is PERMISSION_DENIED). A value that is not valid metadata
+    /// is refused.
+    pub fn with_namespace(mut self, namespace: &str) -> Result<Client, Status> {
+        let v = namespace
+            .parse()
+            .map_err(|_| Status::invalid_argument("the namespace is not valid metadata"))?;
+        self.namespace = Some(v);
+        Ok(self)
+    }
+
     /// The generated client, for calls this type does not wrap.
     pub fn raw(&mut self) -> &mut OrchestratorServiceClient<Transport> {
         &mut self.inner
@@ -131,6 +146,9 @@ impl Client {
         let mut r = Request::new(msg);
         if let Some(t) = &self.token {
             r.metadata_mut().insert("authorization", t.clone());
+        }
+        if let Some(ns) = &self.namespace {
+            r.metadata_mut().insert("switchyard-namespace", ns.clone());
         }
         r
     }

@@ -59,7 +59,7 @@ pub(super) fn pb_duration(d: std::time::Duration) -> prost_types::Duration {
 
 fn pb_debounce(d: &debounce::Debounce) -> pb::Debounce {
     pb::Debounce {
-        key: d.key.to_string(),
+        key: crate::domain::namespace::unqualify_key(&d.key).to_string(),
         period: Some(pb_duration(d.period)),
         mode: match d.mode {
             debounce::Mode::Debounce => pb::DebounceMode::Debounce,
@@ -166,6 +166,7 @@ pub fn status(t: &Task) -> pb::TaskStatus {
             .spec
             .idempotency_key
             .as_deref()
+            .map(crate::domain::namespace::unqualify_key)
             .filter(|k| !debounce::is_reserved(k))
             .unwrap_or_default()
             .to_owned(),

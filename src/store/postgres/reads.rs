@@ -76,6 +76,11 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (Vec<String>, Params) {
     if let Some(k) = &f.error_kind {
         w.add("error_kind", "text", vec![k.clone()]);
     }
+    match f.namespace.as_deref() {
+        None => {}
+        Some(crate::domain::namespace::DEFAULT) => w.clauses.push("namespace IS NULL".into()),
+        Some(ns) => w.add("namespace", "text", vec![ns.to_string()]),
+    }
     w.add("id", "uuid", f.task_ids.clone());
     w.add("name", "text", f.names.clone());
     let small = |v: Vec<i64>| v.into_iter().map(|c| c as i16).collect::<Vec<i16>>();

@@ -306,7 +306,7 @@ async fn every_list_filter_and_sweep_query_uses_an_index() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 36);
+    assert_eq!(checked, 40);
     let now = 25_000i64;
     let limit = 500i64;
     check(

@@ -95,17 +95,17 @@ WITH f AS (
 i AS (
     INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id,
                        session_id, idempotency_key, parent_id, spec, rt, payload, term,
-                       purge_at, schedule_id, error_kind)
+                       purge_at, schedule_id, error_kind, namespace)
     SELECT u.id, u.created_at, u.name, u.task_type, u.state, u.seq, u.source, u.user_id,
            u.session_id, u.idempotency_key, u.parent_id, u.spec, u.rt,
            COALESCE(u.payload, (SELECT t.payload FROM tasks t WHERE t.id = u.payload_of), '{}'),
-           $2::int8, u.purge_at, u.schedule_id, u.error_kind
+           $2::int8, u.purge_at, u.schedule_id, u.error_kind, u.namespace
     FROM unnest($4::uuid[], $5::int8[], $6::text[], $7::int2[], $8::int2[], $9::int8[],
                 $10::int2[], $11::text[], $12::text[], $13::text[], $14::uuid[], $15::text[],
-                $16::text[], $17::text[], $18::uuid[], $30::int8[], $33::text[], $34::text[])
+                $16::text[], $17::text[], $18::uuid[], $30::int8[], $33::text[], $34::text[], $36::text[])
          AS u(id, created_at, name, task_type, state, seq, source, user_id, session_id,
               idempotency_key, parent_id, spec, rt, payload, payload_of, purge_at,
-              schedule_id, error_kind)
+              schedule_id, error_kind, namespace)
     ON CONFLICT DO NOTHING
     RETURNING id),
 w AS (
@@ -192,6 +192,7 @@ struct Plan<'a> {
     ins_payload_of: Vec<Option<Uuid>>,
     ins_purge: Vec<Option<i64>>,
     ins_error_kind: Vec<Option<&'a str>>,
+    ins_namespace: Vec<Option<&'a str>>,
     /// Where each task inserted in this batch is in `ins_*`.
     ins_at: HashMap<Uuid, usize>,
     /// Where each task updated in this batch is in `upd_*`.
@@ -280,6 +281,7 @@ impl<'a> Plan<'a> {
                     self.ins_rt.push(rt);
                     self.ins_purge.push(purge_at(&self.retention, task));
                     self.ins_error_kind.push(task.rt.error_kind());
+                    self.ins_namespace.push(task.spec.namespace_column());
                     match payload {
                         Payload::Json(p) => {
                             self.ins_payload.push(Some(p));
@@ -389,7 +391,7 @@ async fn commit(
         Some(f) => (f.partition, f.term, Some(f.holder.as_str())),
         None => (0, 0, None),
     };
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 35] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 36] = [
         &partition,
         &term,
         &holder,
@@ -425,6 +427,7 @@ async fn commit(
         &p.ins_schedule,
         &p.ins_error_kind,
         &p.upd_error_kind,
+        &p.ins_namespace,
     ];
     let write = c.query_one(&s.write, &params);
     let row = if !p.rel_id.is_empty() {

@@ -115,6 +115,11 @@ pub(super) fn filter_sql(f: &TaskFilter) -> (String, Vec<rusqlite::types::Value>
     if let Some(k) = &f.error_kind {
         push_in("error_kind", vec![Value::Text(k.clone())], &mut clauses);
     }
+    match f.namespace.as_deref() {
+        None => {}
+        Some(crate::domain::namespace::DEFAULT) => clauses.push("namespace IS NULL".into()),
+        Some(ns) => push_in("namespace", vec![Value::Text(ns.to_string())], &mut clauses),
+    }
     push_in(
         "id",
         f.task_ids

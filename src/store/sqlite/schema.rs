@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     payload TEXT NOT NULL,
     purge_at INTEGER,
     schedule_id TEXT,
-    error_kind TEXT
+    error_kind TEXT,
+    namespace TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_seq ON tasks(seq);
@@ -36,6 +37,9 @@ CREATE INDEX IF NOT EXISTS tasks_user_id ON tasks(user_id, id) WHERE user_id IS 
 CREATE INDEX IF NOT EXISTS tasks_session_id ON tasks(session_id, id) WHERE session_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_schedule_id ON tasks(schedule_id, id) WHERE schedule_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_error_kind ON tasks(error_kind, id) WHERE error_kind IS NOT NULL;
+-- A namespace other than `default` (whose tasks keep none): its lists walk
+-- this index; `default`'s walk the filter's own with `namespace IS NULL`.
+CREATE INDEX IF NOT EXISTS tasks_namespace ON tasks(namespace, id) WHERE namespace IS NOT NULL;
 -- Retention: a workflow's steps go with it; ended tasks by removal time,
 -- and by name in the order they ended (count caps).
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
@@ -130,6 +134,15 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
                  WHERE rt LIKE '%\"last_error\":{%' AND json_valid(rt);
              COMMIT;",
         )?;
+    }
+    // Namespaces: rows of earlier versions are all of `default` (none).
+    let has_namespace: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'namespace'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_namespace {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN namespace TEXT;")?;
     }
     let has_purge: bool = conn.query_row(
         "SELECT count(*) FROM pragma_table_info('tasks') WHERE name = 'purge_at'",

@@ -201,7 +201,7 @@ fn every_list_filter_and_sweep_query_uses_an_index() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 36);
+    assert_eq!(checked, 40);
     use rusqlite::types::Value;
     for (what, sql, params) in [
         (

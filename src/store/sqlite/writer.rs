@@ -467,16 +467,16 @@ fn apply_group(
                 };
                 let (sql, payload) = match payload {
                     Payload::Json(p) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind, namespace)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
                          ON CONFLICT DO NOTHING",
                         // Bound as it is (SQLite copies it once), not through an owned copy.
                         ToSqlOutput::Borrowed(ValueRef::Text(p.as_bytes())),
                     ),
                     Payload::CopyOf(src) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind)
+                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind, namespace)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16, ?17)
+                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16, ?17, ?18)
                          ON CONFLICT DO NOTHING",
                         ToSqlOutput::Borrowed(ValueRef::Blob(src.as_bytes())),
                     ),
@@ -500,6 +500,7 @@ fn apply_group(
                     purge_at(retention, task),
                     task.spec.schedule_id(),
                     task.rt.error_kind(),
+                    task.spec.namespace_column(),
                 ])?;
                 if n == 0 {
                     let existing: Option<Vec<u8>> = match &task.spec.idempotency_key {

@@ -170,6 +170,10 @@ impl Flow {
             label
         };
         labels.insert("workflow_step".to_string(), label);
+        // A step belongs to its workflow's namespace (its workers too).
+        if let Some(ns) = self.spec.namespace_column() {
+            labels.insert(crate::domain::namespace::LABEL.into(), ns.into());
+        }
         NewTask {
             spec: TaskSpec {
                 priority: self.spec.priority,

@@ -113,7 +113,10 @@ export interface ApiKey {
   revokedAt:
     | Date
     | undefined;
-  /** The namespace it belongs to: always `default` for now. */
+  /**
+   * The namespace it acts in: every task it schedules, reads or cancels,
+   * every schedule and every worker of it belong to that namespace.
+   */
   namespace: string;
   /** Its rate limit, in calls per second (fractions allowed); 0: none. */
   maxRequestsPerSecond: number;
@@ -159,6 +162,15 @@ export interface CreateKeyRequest {
    * over 1 GiB is INVALID_ARGUMENT naming the field.
    */
   maxPayloadBytes: number;
+  /**
+   * The namespace the key acts in: 1 to 64 bytes of lowercase letters,
+   * digits, `-` and `_`, starting with a letter or a digit; empty: the
+   * caller's own. Only a caller of namespace `default` (a key of it, a
+   * static token, an open server) may name another: a key of another
+   * namespace naming one is PERMISSION_DENIED. A bad name is
+   * INVALID_ARGUMENT naming `namespace`.
+   */
+  namespace: string;
 }
 
 /** CreateKey's answer. */
@@ -517,7 +529,15 @@ export const ApiKey: MessageFns<ApiKey> = {
 };
 
 function createBaseCreateKeyRequest(): CreateKeyRequest {
-  return { role: 0, userId: "", names: [], expiresIn: undefined, maxRequestsPerSecond: 0, maxPayloadBytes: 0 };
+  return {
+    role: 0,
+    userId: "",
+    names: [],
+    expiresIn: undefined,
+    maxRequestsPerSecond: 0,
+    maxPayloadBytes: 0,
+    namespace: "",
+  };
 }
 
 export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
@@ -539,6 +559,9 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
     }
     if (message.maxPayloadBytes !== 0) {
       writer.uint32(48).int64(message.maxPayloadBytes);
+    }
+    if (message.namespace !== "") {
+      writer.uint32(58).string(message.namespace);
     }
     return writer;
   },
@@ -604,6 +627,14 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
             message.maxPayloadBytes = longToNumber(reader.int64());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -640,6 +671,7 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
         : isSet(object.max_payload_bytes)
         ? globalThis.Number(object.max_payload_bytes)
         : 0,
+      namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "",
     };
   },
 
@@ -663,6 +695,9 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
     if (message.maxPayloadBytes !== 0) {
       obj.maxPayloadBytes = Math.round(message.maxPayloadBytes);
     }
+    if (message.namespace !== "") {
+      obj.namespace = message.namespace;
+    }
     return obj;
   },
 
@@ -679,6 +714,7 @@ export const CreateKeyRequest: MessageFns<CreateKeyRequest> = {
       : undefined;
     message.maxRequestsPerSecond = object.maxRequestsPerSecond ?? 0;
     message.maxPayloadBytes = object.maxPayloadBytes ?? 0;
+    message.namespace = object.namespace ?? "";
     return message;
   },
 };
@@ -1436,7 +1472,11 @@ export const KeysServiceService = {
     responseSerialize: (value: CreateKeyResponse): Buffer => Buffer.from(CreateKeyResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateKeyResponse => CreateKeyResponse.decode(value),
   },
-  /** Every key, newest first, revoked ones included (without secrets). */
+  /**
+   * Every key, newest first, revoked ones included (without secrets): a
+   * caller of namespace `default` sees every namespace's keys, another only
+   * its own namespace's.
+   */
   listKeys: {
     path: "/switchyard.v1.KeysService/ListKeys" as const,
     requestStream: false as const,
@@ -1448,7 +1488,8 @@ export const KeysServiceService = {
   },
   /**
    * Revokes a key: every later call with it is UNAUTHENTICATED. An unknown
-   * id is NOT_FOUND; revoking a revoked key does nothing.
+   * id, or a key of another namespace for a caller outside `default`, is
+   * NOT_FOUND; revoking a revoked key does nothing.
    */
   revokeKey: {
     path: "/switchyard.v1.KeysService/RevokeKey" as const,
@@ -1462,7 +1503,8 @@ export const KeysServiceService = {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it.
+   * registration, with the id of the key that did it. Server-wide: only a
+   * caller of namespace `default` reads it.
    */
   listAuditEvents: {
     path: "/switchyard.v1.KeysService/ListAuditEvents" as const,
@@ -1484,17 +1526,23 @@ export interface KeysServiceServer extends UntypedServiceImplementation {
    * must be an ADMIN key: another role is FAILED_PRECONDITION.
    */
   createKey: handleUnaryCall<CreateKeyRequest, CreateKeyResponse>;
-  /** Every key, newest first, revoked ones included (without secrets). */
+  /**
+   * Every key, newest first, revoked ones included (without secrets): a
+   * caller of namespace `default` sees every namespace's keys, another only
+   * its own namespace's.
+   */
   listKeys: handleUnaryCall<ListKeysRequest, ListKeysResponse>;
   /**
    * Revokes a key: every later call with it is UNAUTHENTICATED. An unknown
-   * id is NOT_FOUND; revoking a revoked key does nothing.
+   * id, or a key of another namespace for a caller outside `default`, is
+   * NOT_FOUND; revoking a revoked key does nothing.
    */
   revokeKey: handleUnaryCall<RevokeKeyRequest, RevokeKeyResponse>;
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it.
+   * registration, with the id of the key that did it. Server-wide: only a
+   * caller of namespace `default` reads it.
    */
   listAuditEvents: handleUnaryCall<ListAuditEventsRequest, ListAuditEventsResponse>;
 }
@@ -1520,7 +1568,11 @@ export interface KeysServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateKeyResponse) => void,
   ): ClientUnaryCall;
-  /** Every key, newest first, revoked ones included (without secrets). */
+  /**
+   * Every key, newest first, revoked ones included (without secrets): a
+   * caller of namespace `default` sees every namespace's keys, another only
+   * its own namespace's.
+   */
   listKeys(
     request: ListKeysRequest,
     callback: (error: ServiceError | null, response: ListKeysResponse) => void,
@@ -1538,7 +1590,8 @@ export interface KeysServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Revokes a key: every later call with it is UNAUTHENTICATED. An unknown
-   * id is NOT_FOUND; revoking a revoked key does nothing.
+   * id, or a key of another namespace for a caller outside `default`, is
+   * NOT_FOUND; revoking a revoked key does nothing.
    */
   revokeKey(
     request: RevokeKeyRequest,
@@ -1558,7 +1611,8 @@ export interface KeysServiceClient extends Client {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it.
+   * registration, with the id of the key that did it. Server-wide: only a
+   * caller of namespace `default` reads it.
    */
   listAuditEvents(
     request: ListAuditEventsRequest,

@@ -54,20 +54,22 @@ class ApiKey(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[KeyRole, str]] = ..., user_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., namespace: _Optional[str] = ..., max_requests_per_second: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("role", "user_id", "names", "expires_in", "max_requests_per_second", "max_payload_bytes")
+    __slots__ = ("role", "user_id", "names", "expires_in", "max_requests_per_second", "max_payload_bytes", "namespace")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     role: KeyRole
     user_id: str
     names: _containers.RepeatedScalarFieldContainer[str]
     expires_in: _duration_pb2.Duration
     max_requests_per_second: float
     max_payload_bytes: int
-    def __init__(self, role: _Optional[_Union[KeyRole, str]] = ..., user_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., expires_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_requests_per_second: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ...) -> None: ...
+    namespace: str
+    def __init__(self, role: _Optional[_Union[KeyRole, str]] = ..., user_id: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., expires_in: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_requests_per_second: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
     __slots__ = ("key", "secret")

@@ -166,7 +166,9 @@ class KeysServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListKeys(self, request, context):
-        """Every key, newest first, revoked ones included (without secrets).
+        """Every key, newest first, revoked ones included (without secrets): a
+        caller of namespace `default` sees every namespace's keys, another only
+        its own namespace's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,7 +176,8 @@ class KeysServiceServicer:
 
     def RevokeKey(self, request, context):
         """Revokes a key: every later call with it is UNAUTHENTICATED. An unknown
-        id is NOT_FOUND; revoking a revoked key does nothing.
+        id, or a key of another namespace for a caller outside `default`, is
+        NOT_FOUND; revoking a revoked key does nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,7 +186,8 @@ class KeysServiceServicer:
     def ListAuditEvents(self, request, context):
         """The audit log, newest first, a page at a time: every cancel,
         disconnect, pause, resume, retry, replay, signal, key change and worker
-        registration, with the id of the key that did it.
+        registration, with the id of the key that did it. Server-wide: only a
+        caller of namespace `default` reads it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,10 @@ export interface ApiKey {
   revokedAt:
     | Date
     | undefined;
-  /** The namespace it belongs to: always `default` for now. */
+  /**
+   * The namespace it acts in: every task it schedules, reads or cancels,
+   * every schedule and every worker of it belong to that namespace.
+   */
   namespace: string;
   /** Its rate limit, in calls per second (fractions allowed); 0: none. */
   maxRequestsPerSecond: number;
@@ -101,6 +104,15 @@ export interface CreateKeyRequest {
    * over 1 GiB is INVALID_ARGUMENT naming the field.
    */
   maxPayloadBytes: number;
+  /**
+   * The namespace the key acts in: 1 to 64 bytes of lowercase letters,
+   * digits, `-` and `_`, starting with a letter or a digit; empty: the
+   * caller's own. Only a caller of namespace `default` (a key of it, a
+   * static token, an open server) may name another: a key of another
+   * namespace naming one is PERMISSION_DENIED. A bad name is
+   * INVALID_ARGUMENT naming `namespace`.
+   */
+  namespace: string;
 }
 
 /** CreateKey's answer. */
@@ -258,13 +270,18 @@ export interface KeysServiceClient {
 
   createKey(request: CreateKeyRequest): Observable<CreateKeyResponse>;
 
-  /** Every key, newest first, revoked ones included (without secrets). */
+  /**
+   * Every key, newest first, revoked ones included (without secrets): a
+   * caller of namespace `default` sees every namespace's keys, another only
+   * its own namespace's.
+   */
 
   listKeys(request: ListKeysRequest): Observable<ListKeysResponse>;
 
   /**
    * Revokes a key: every later call with it is UNAUTHENTICATED. An unknown
-   * id is NOT_FOUND; revoking a revoked key does nothing.
+   * id, or a key of another namespace for a caller outside `default`, is
+   * NOT_FOUND; revoking a revoked key does nothing.
    */
 
   revokeKey(request: RevokeKeyRequest): Observable<RevokeKeyResponse>;
@@ -272,7 +289,8 @@ export interface KeysServiceClient {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it.
+   * registration, with the id of the key that did it. Server-wide: only a
+   * caller of namespace `default` reads it.
    */
 
   listAuditEvents(request: ListAuditEventsRequest): Observable<ListAuditEventsResponse>;
@@ -338,13 +356,18 @@ export interface KeysServiceController {
 
   createKey(request: CreateKeyRequest): Promise<CreateKeyResponse> | Observable<CreateKeyResponse> | CreateKeyResponse;
 
-  /** Every key, newest first, revoked ones included (without secrets). */
+  /**
+   * Every key, newest first, revoked ones included (without secrets): a
+   * caller of namespace `default` sees every namespace's keys, another only
+   * its own namespace's.
+   */
 
   listKeys(request: ListKeysRequest): Promise<ListKeysResponse> | Observable<ListKeysResponse> | ListKeysResponse;
 
   /**
    * Revokes a key: every later call with it is UNAUTHENTICATED. An unknown
-   * id is NOT_FOUND; revoking a revoked key does nothing.
+   * id, or a key of another namespace for a caller outside `default`, is
+   * NOT_FOUND; revoking a revoked key does nothing.
    */
 
   revokeKey(request: RevokeKeyRequest): Promise<RevokeKeyResponse> | Observable<RevokeKeyResponse> | RevokeKeyResponse;
@@ -352,7 +375,8 @@ export interface KeysServiceController {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it.
+   * registration, with the id of the key that did it. Server-wide: only a
+   * caller of namespace `default` reads it.
    */
 
   listAuditEvents(
