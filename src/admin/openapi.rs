@@ -304,6 +304,24 @@ fn components() -> Value {
         }),
     );
     schemas.insert(
+        "Caller".into(),
+        json!({
+            "type": "object",
+            "description": "Who the bearer is and what it may do (the dashboard hides what it may not).",
+            "properties": {
+                "keyId": {"type": "string", "description": "The key's id, `token`, `open`, or `jwt:<sub>`."},
+                "role": {"type": "string", "enum": ["admin", "operator", "scheduler", "reader", "worker"]},
+                "namespace": {"type": "string"},
+                "userId": {"type": ["string", "null"], "description": "The user a bound key is bound to."},
+                "canCancel": {"type": "boolean"},
+                "canOperate": {"type": "boolean", "description": "Retry, replay, pause and resume."},
+                "serverWide": {"type": "boolean", "description": "Metrics, workers, cluster, schedules and flow rules."},
+            },
+            "required": ["keyId", "role", "namespace", "userId", "canCancel", "canOperate", "serverWide"],
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
         "SchedulePage".into(),
         json!({
             "type": "object",
@@ -453,6 +471,15 @@ fn build() -> Value {
             "Counts, queues, throughput and latencies (as GetMetrics).",
             &[],
             json!({"200": ok_json("GetMetricsResponse", "The metrics.")}),
+            true,
+        )}),
+    );
+    paths.insert(
+        api("/caller"),
+        json!({"get": get_op(
+            "Who the bearer is and what it may do: its key, role, namespace and user.",
+            &[],
+            json!({"200": ok_json("Caller", "The caller.")}),
             true,
         )}),
     );

@@ -49,6 +49,7 @@ pub fn routes(state: AdminState) -> Router {
         .route("/tasks/{id}/logs", get(task_logs))
         .route("/logs", get(logs))
         .route("/metrics", get(metrics_json))
+        .route("/caller", get(caller))
         .route("/workers", get(workers))
         .route("/cluster", get(cluster))
         .route("/schedules", get(schedules))
@@ -146,11 +147,20 @@ fn task_id(id: Result<Path<String>, PathRejection>) -> Result<TaskId, ApiError> 
 // Tasks.
 // ---------------------------------------------------------------------------
 
-/// NOT_FOUND, as for an unknown id, for a task of another namespace (the
-/// admin routes serve callers that are never user-bound).
+/// NOT_FOUND, as for an unknown id, for a task the caller does not see
+/// (another namespace's, another user's, a task a scheduler key did not
+/// schedule).
 async fn sees(s: &AdminState, who: &Principal, id: TaskId) -> Result<(), ApiError> {
     who.check(&s.core.status(id).await?)?;
     Ok(())
+}
+
+/// Narrows a filter to the caller's namespace and user; a filter that asks
+/// for another user's tasks then matches none (the nil id is no task's).
+fn narrow(who: &Principal, filter: &mut crate::domain::TaskFilter) {
+    if !who.narrow(filter) {
+        filter.task_ids = vec![TaskId::nil()];
+    }
 }
 
 async fn list_tasks(
@@ -160,7 +170,7 @@ async fn list_tasks(
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::LIST)?;
     let mut filter = p.filter()?;
-    who.narrow(&mut filter);
+    narrow(&who, &mut filter);
     // As ListTasks: the same page size rule; the token is the last id.
     let limit = crate::app::list::page_size("limit", p.count(&params::PAGE_LIMIT))?;
     let token = p.one(&params::PAGE_TOKEN).unwrap_or_default();
@@ -350,7 +360,7 @@ async fn logs(
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::LOGS)?;
     let mut filter = p.filter()?;
-    who.narrow(&mut filter);
+    narrow(&who, &mut filter);
     let limit = p.count(&params::LOG_LIMIT) as usize;
     let after = p.position(&params::AFTER_LINE);
     let line = |id: &str, l: &pb::LogLine| {
@@ -475,6 +485,25 @@ async fn cluster(
     Ok(Json(v))
 }
 
+/// `GET …/caller`: who the bearer is and what it may do (the dashboard
+/// shows only the actions and panels it may use).
+async fn caller(
+    Extension(who): Extension<Principal>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    use crate::keys::{Need, Scoping};
+    Params::parse(q.as_deref(), &[])?;
+    Ok(Json(serde_json::json!({
+        "keyId": who.key_id(),
+        "role": who.role().as_str(),
+        "namespace": who.namespace(),
+        "userId": who.user(),
+        "canCancel": who.may(Need::Cancel, Scoping::Tasks).is_ok(),
+        "canOperate": who.may(Need::Operate, Scoping::Tasks).is_ok(),
+        "serverWide": who.may(Need::Read, Scoping::Global).is_ok(),
+    })))
+}
+
 async fn workers(
     State(s): State<AdminState>,
     RawQuery(q): RawQuery,
@@ -580,7 +609,7 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::EVENTS)?;
     let mut filter = p.filter()?;
-    who.narrow(&mut filter);
+    narrow(&who, &mut filter);
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()

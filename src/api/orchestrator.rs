@@ -97,15 +97,6 @@ impl Orchestrator {
     }
 }
 
-/// The bytes of a new task's payload, as a key's `max_payload_bytes`
-/// counts them (serialised JSON).
-fn payload_bytes(p: &crate::domain::Payload) -> usize {
-    match p {
-        crate::domain::Payload::Json(s) => s.len(),
-        crate::domain::Payload::CopyOf(_) => 0,
-    }
-}
-
 fn traceparent<T>(req: &Request<T>) -> Option<String> {
     req.metadata()
         .get("traceparent")
@@ -136,7 +127,7 @@ impl OrchestratorService for Orchestrator {
         let who = caller(&req)?;
         let mut new = convert::new_task(req.into_inner(), &self.limits, tp)?;
         who.stamp(&mut new.spec)?;
-        who.fits_payload(payload_bytes(&new.payload))?;
+        who.fits_payload(new.payload.json_len())?;
         let s = self.core.schedule(new).await?;
         tracing::Span::current().record("task_id", tracing::field::display(s.task.id));
         Ok(Response::new(pb::ScheduleTaskResponse {
@@ -166,7 +157,7 @@ impl OrchestratorService for Orchestrator {
                 who.stamp(&mut new.spec)?;
                 // Over the key's payload limit: this item alone is refused,
                 // as ScheduleTask would refuse it.
-                if let Err(l) = who.fits_payload(payload_bytes(&new.payload)) {
+                if let Err(l) = who.fits_payload(new.payload.json_len()) {
                     *item = Err(crate::core::CoreError::ResourceExhausted(l.to_string()));
                 }
             }

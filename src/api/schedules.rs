@@ -56,7 +56,9 @@ impl ScheduleService for ScheduleApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
-        let (spec, template) = conv::spec(r.spec, &self.limits)?;
+        let (spec, template, payload) = conv::spec(r.spec, &self.limits)?;
+        // Each fire sends the template's payload: the key's limit holds.
+        who.fits_payload(payload)?;
         let s = self
             .schedules
             .create(qualified(&who, &r.schedule_id), spec, template, r.paused)
@@ -74,7 +76,9 @@ impl ScheduleService for ScheduleApi {
         let who = caller(&req)?;
         let r = req.into_inner();
         conv::schedule_id(&r.schedule_id)?;
-        let (spec, template) = conv::spec(r.spec, &self.limits)?;
+        let (spec, template, payload) = conv::spec(r.spec, &self.limits)?;
+        // Each fire sends the template's payload: the key's limit holds.
+        who.fits_payload(payload)?;
         let (s, created) = self
             .schedules
             .update(

@@ -82,13 +82,14 @@ fn timestamp(
     Some(t.seconds * 1_000_000 + i64::from(t.nanos / 1000))
 }
 
-/// Validates a spec: the domain's spec and the template's bytes (the
-/// `ScheduleTaskRequest`, re-encoded). Every violation is named
-/// `spec.<field>`.
+/// Validates a spec: the domain's spec, the template's bytes (the
+/// `ScheduleTaskRequest`, re-encoded) and its task's payload size in bytes
+/// of serialised JSON (a key's `max_payload_bytes` bounds it). Every
+/// violation is named `spec.<field>`.
 pub fn spec(
     s: Option<pb::ScheduleSpec>,
     limits: &Limits,
-) -> Result<(ScheduleSpec, Arc<[u8]>), CoreError> {
+) -> Result<(ScheduleSpec, Arc<[u8]>, usize), CoreError> {
     use pb::schedule_spec::Timing as T;
     let Some(s) = s else {
         return Err(CoreError::field("spec", "is required"));
@@ -160,7 +161,7 @@ pub fn spec(
         Some(task) => {
             let bytes = task.encode_to_vec();
             match convert::new_task(task, limits, None) {
-                Ok(_) => Some(bytes),
+                Ok(new) => Some((bytes, new.payload.json_len())),
                 Err(CoreError::InvalidArgument(inner)) => {
                     vs.extend(inner.into_iter().map(|v| FieldViolation {
                         field: format!("spec.task.{}", v.field),
@@ -188,7 +189,7 @@ pub fn spec(
         }));
     }
     match (out, template) {
-        (Some(out), Some(t)) if vs.is_empty() => Ok((out, t.into())),
+        (Some(out), Some((t, payload))) if vs.is_empty() => Ok((out, t.into(), payload)),
         _ => Err(CoreError::InvalidArgument(vs)),
     }
 }

@@ -789,6 +789,17 @@ pub enum Payload {
     CopyOf(TaskId),
 }
 
+impl Payload {
+    /// Its bytes of serialised JSON, as a key's `max_payload_bytes` counts
+    /// them (none for a copy: its bytes were counted once).
+    pub fn json_len(&self) -> usize {
+        match self {
+            Payload::Json(s) => s.len(),
+            Payload::CopyOf(_) => 0,
+        }
+    }
+}
+
 /// Where a workflow step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -217,14 +217,19 @@ pub fn grpc_methods() -> impl Iterator<Item = (&'static str, Need, Scoping)> {
     GRPC.iter().copied()
 }
 
-/// What an admin route needs, by method and path. The admin API does not
-/// narrow its answers to a caller's scope (yet): every route but the probes
-/// is [`Scoping::Global`].
+/// What an admin route needs, by method and path, and how far a scoped
+/// caller reaches: the task routes narrow their answers as the gRPC
+/// methods do (a user-bound key's lists, logs and event stream hold its
+/// user's tasks; another's task is 404 to it; a scheduler key reads and
+/// cancels the tasks it scheduled), so the dashboard page itself takes a
+/// user-bound key (its global panels are refused: 403). The other routes
+/// reach the whole server ([`Scoping::Global`]).
 pub fn admin(method: &http::Method, path: &str) -> (Need, Scoping) {
     const API: &str = "/internal/execution-manager";
     match path {
         "/healthz" | "/readyz" => return (Open, Global),
-        "/" | "/dashboard" | "/dashboard/" | "/openapi.json" | "/metrics" => return (Read, Global),
+        "/" | "/dashboard" | "/dashboard/" => return (Read, User),
+        "/openapi.json" | "/metrics" => return (Read, Global),
         _ => {}
     }
     let Some(rest) = path.strip_prefix(API) else {
@@ -239,7 +244,14 @@ pub fn admin(method: &http::Method, path: &str) -> (Need, Scoping) {
         ("GET" | "HEAD", _) => Read,
         _ => Admin,
     };
-    (need, Global)
+    let scoping = match segs.as_slice() {
+        // One task: the handler answers 404 for one the caller does not see.
+        ["tasks", _] | ["tasks", _, "logs" | "retry" | "replay"] | ["caller"] => Tasks,
+        // Lists of tasks: narrowed to the caller's user.
+        ["tasks"] | ["logs"] | ["events"] => User,
+        _ => Global,
+    };
+    (need, scoping)
 }
 
 #[cfg(test)]
@@ -258,16 +270,31 @@ mod tests {
         assert_eq!(admin(&get, "/healthz"), (Open, Global));
         assert_eq!(
             admin(&get, "/internal/execution-manager/tasks"),
-            (Read, Global)
+            (Read, User)
         );
         assert_eq!(
             admin(&http::Method::DELETE, "/internal/execution-manager/tasks/x"),
-            (Cancel, Global)
+            (Cancel, Tasks)
         );
         assert_eq!(
             admin(
                 &http::Method::POST,
                 "/internal/execution-manager/tasks/x/retry"
+            ),
+            (Operate, Tasks)
+        );
+        assert_eq!(
+            admin(&get, "/internal/execution-manager/events"),
+            (Read, User)
+        );
+        assert_eq!(
+            admin(&get, "/internal/execution-manager/workers"),
+            (Read, Global)
+        );
+        assert_eq!(
+            admin(
+                &http::Method::POST,
+                "/internal/execution-manager/flow/pause"
             ),
             (Operate, Global)
         );

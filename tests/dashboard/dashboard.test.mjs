@@ -11,7 +11,10 @@
 // the Queues panel shows what a key limit and a rate limit hold (with the
 // rate limit's tokens),
 // filters narrow the list, workers and charts show, and the page keeps
-// rendering during a burst. Saves target/artifacts/dashboard.png.
+// rendering during a burst. Saves target/artifacts/dashboard.png. On a
+// server with API keys: a reader's dashboard has no cancel button (and its
+// HTTP cancel is refused), a user-bound key's shows its user's tasks only
+// and no server-wide panel, an operator's has the cancel button.
 //
 // Run: make test-dashboard (builds the binaries, installs Chromium and
 // playwright-core). Outside CI, a missing Chromium skips; with CI=true it
@@ -52,7 +55,7 @@ function child(cmd, args, env) {
 }
 
 /** Resolves with the addresses once the server logs both listeners. */
-function startServer(workflowDir) {
+function startServer(workflowDir, extraEnv = {}) {
   return new Promise((resolveReady, reject) => {
     const p = child(
       SERVER_BIN,
@@ -61,6 +64,7 @@ function startServer(workflowDir) {
         SWITCHYARD_LOG__FILTER: 'info',
         SWITCHYARD_SCHEDULER__SHUTDOWN_GRACE: '1s',
         SWITCHYARD_WORKFLOWS__DIR: workflowDir,
+        ...extraEnv,
       },
     );
     let grpc;
@@ -342,4 +346,81 @@ test('the dashboard shows tasks live, opens one, cancels one', { timeout: 180_00
   await page.screenshot({ path: shot, fullPage: true });
   assert.ok(existsSync(shot));
   assert.deepEqual(pageErrors, [], `no script errors:\n${serverLog.slice(-3000)}`);
+});
+
+test('the dashboard shows each key only what it may see and do', { timeout: 120_000 }, async (t) => {
+  if (!browser) {
+    t.skip('Chromium is not installed');
+    return;
+  }
+  const ROOT_TOKEN = 'dash-root-token';
+  const flows = mkdtempSync(join(tmpdir(), 'switchyard-flows-'));
+  dirs.push(flows);
+  const addrs = await startServer(flows, { SWITCHYARD_AUTH__TOKENS: ROOT_TOKEN });
+  const grpc = `http://${addrs.grpc}`;
+  const admin = `http://${addrs.admin}`;
+  const cli = async (...args) => {
+    const { stdout } = await run(SERVER_BIN, ['--server', grpc, '--token', ROOT_TOKEN, '--json', ...args]);
+    return JSON.parse(stdout);
+  };
+  const key = async (...args) => (await cli('keys', 'create', ...args)).secret;
+  const reader = await key('--role', 'reader');
+  const alice = await key('--role', 'reader', '--user', 'alice');
+  const operator = await key('--role', 'operator');
+  // No worker: the tasks stay pending, so a cancel would change them.
+  const ofAlice = (await cli('task', 'schedule', 'dash-keys', '--payload', '{}', '--user', 'alice')).taskId;
+  const ofBob = (await cli('task', 'schedule', 'dash-keys', '--payload', '{}', '--user', 'bob')).taskId;
+  const p = await browser.newPage();
+  const errors = [];
+  p.on('pageerror', (e) => errors.push(e.message));
+  const open = async (secret) => {
+    await p.goto(`${admin}/?access_token=${encodeURIComponent(secret)}`);
+    await p.waitForSelector('body[data-role]', { state: 'attached', timeout: SHORT });
+  };
+
+  // A reader: every task, no cancel button; its HTTP cancel is refused.
+  await open(reader);
+  await p.waitForSelector(row(ofBob), { timeout: SHORT });
+  await p.click(row(ofBob));
+  await p.waitForSelector(`#detail[data-task-id="${ofBob}"]`, { timeout: SHORT });
+  assert.equal(await p.isHidden('#cancel-btn'), true, "a reader's dashboard has no cancel button");
+  assert.equal(await p.isHidden('#retry-btn'), true);
+  assert.equal(await p.isHidden('#pause-form'), true, 'nor a pause form');
+  const refused = await fetch(`${admin}/internal/execution-manager/tasks/${ofBob}`, {
+    method: 'DELETE', headers: { Authorization: `Bearer ${reader}` },
+  });
+  assert.equal(refused.status, 403);
+  const still = await cli('task', 'status', ofBob);
+  assert.equal(JSON.stringify(still).includes('"pending"') || JSON.stringify(still).includes('PENDING'), true,
+    `a refused cancel changes nothing: ${JSON.stringify(still)}`);
+
+  // A key bound to alice: her task only, her user filter fixed, no
+  // server-wide panel; bob's task is 404 to it over HTTP.
+  await open(alice);
+  await p.waitForSelector(row(ofAlice), { timeout: SHORT });
+  assert.equal(await p.$(row(ofBob)), null, "bob's task is not listed");
+  assert.equal(await p.inputValue('#f-user'), 'alice');
+  assert.equal(await p.isDisabled('#f-user'), true);
+  assert.equal(await p.isHidden('#cards'), true, 'no server-wide counts');
+  assert.equal(await p.isHidden('.panel.workers'), true, 'no workers panel');
+  assert.match(await p.textContent('#who'), /reader · default · user alice/);
+  const other = await fetch(`${admin}/internal/execution-manager/tasks/${ofBob}`, {
+    headers: { Authorization: `Bearer ${alice}` },
+  });
+  assert.equal(other.status, 404, "another user's task is not found");
+  const metrics = await fetch(`${admin}/internal/execution-manager/metrics`, {
+    headers: { Authorization: `Bearer ${alice}` },
+  });
+  assert.equal(metrics.status, 403, 'the metrics are not a user-bound key\'s');
+
+  // An operator: the cancel button, and it cancels.
+  await open(operator);
+  await p.waitForSelector(row(ofBob), { timeout: SHORT });
+  await p.click(row(ofBob));
+  await p.waitForSelector(`#detail[data-task-id="${ofBob}"]`, { timeout: SHORT });
+  assert.equal(await p.isHidden('#cancel-btn'), false);
+  await p.click('#cancel-btn');
+  await p.waitForSelector(`#detail[data-task-id="${ofBob}"][data-state="cancelled"]`, { timeout: SHORT });
+  await p.close();
+  assert.deepEqual(errors, [], `no script errors:\n${serverLog.slice(-3000)}`);
 });

@@ -194,6 +194,83 @@ async fn a_payload_over_a_keys_limit_is_resource_exhausted_naming_it() {
     c.schedule_task(with(big, ROOT)).await.expect("the token");
 }
 
+/// A schedule's template sends its payload at every fire: an admin key's
+/// payload limit holds for CreateSchedule and UpdateSchedule too.
+#[tokio::test]
+async fn a_schedules_template_over_a_keys_payload_limit_is_resource_exhausted() {
+    use switchyard::pb::schedule_service_client::ScheduleServiceClient;
+    let server = TestServer::start_with(|c| c.auth.tokens = vec![ROOT.into()]).await;
+    let (id, key) = create(&server.url, pb::KeyRole::Admin, 0.0, 100).await;
+    let mut sc = ScheduleServiceClient::new(channel(&server.url).await);
+    let spec = |payload: serde_json::Value| pb::ScheduleSpec {
+        timing: Some(pb::schedule_spec::Timing::Interval(dur(
+            Duration::from_secs(3600),
+        ))),
+        task: Some(simple("limits-sched", payload)),
+        ..Default::default()
+    };
+    let big = json!({"blob": "x".repeat(200)});
+    let err = sc
+        .create_schedule(with(
+            pb::CreateScheduleRequest {
+                schedule_id: "limits-a".into(),
+                spec: Some(spec(big.clone())),
+                paused: true,
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_payload_bytes = 100"), "{err:?}");
+    let q = err.get_details_quota_failure().expect("QuotaFailure");
+    assert_eq!(q.violations[0].subject, format!("key:{id}"));
+    // Nothing was created; a small template is.
+    let err = sc
+        .get_schedule(with(
+            pb::GetScheduleRequest {
+                schedule_id: "limits-a".into(),
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    sc.create_schedule(with(
+        pb::CreateScheduleRequest {
+            schedule_id: "limits-a".into(),
+            spec: Some(spec(json!({"n": 1}))),
+            paused: true,
+        },
+        &key,
+    ))
+    .await
+    .expect("a template under the limit");
+    let err = sc
+        .update_schedule(with(
+            pb::UpdateScheduleRequest {
+                schedule_id: "limits-a".into(),
+                spec: Some(spec(big.clone())),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // The static token has no such limit.
+    sc.update_schedule(with(
+        pb::UpdateScheduleRequest {
+            schedule_id: "limits-a".into(),
+            spec: Some(spec(big)),
+            ..Default::default()
+        },
+        ROOT,
+    ))
+    .await
+    .expect("the token");
+}
+
 #[tokio::test]
 async fn a_keys_limits_are_stored_and_hold_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();

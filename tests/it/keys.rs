@@ -1018,6 +1018,156 @@ async fn admin_routes_follow_the_roles() {
     );
 }
 
+/// The admin API narrows as the gRPC methods do: a user-bound key lists,
+/// reads and streams its user's tasks only (another's is 404), a scheduler
+/// key reads and cancels the tasks it scheduled and lists nothing, a key of
+/// another namespace sees that namespace only; none of them reaches a
+/// server-wide route; `…/caller` says what each may do.
+#[tokio::test]
+async fn admin_routes_narrow_user_bound_scheduler_and_namespace_keys() {
+    let server = TestServer::start_with(|c| c.auth.tokens = vec![ROOT.into()]).await;
+    let (_, alice) = create(&server, pb::KeyRole::Operator, "alice", &[], None).await;
+    let (_, sched) = create(&server, pb::KeyRole::Scheduler, "", &[], None).await;
+    let tenant = keys_client(&server)
+        .await
+        .create_key(with(
+            pb::CreateKeyRequest {
+                role: pb::KeyRole::Reader as i32,
+                namespace: "acme".into(),
+                ..Default::default()
+            },
+            Some(ROOT),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let c = server.client().await;
+    let owned = |user: &str| {
+        let mut r = simple("keys-admin-scope", json!({}));
+        r.options.get_or_insert_with(Default::default).user_id = user.into();
+        r
+    };
+    let schedule = |r: pb::ScheduleTaskRequest, secret: &str| {
+        let mut c = c.clone();
+        let secret = secret.to_string();
+        async move {
+            c.schedule_task(with(r, Some(&secret)))
+                .await
+                .unwrap()
+                .into_inner()
+                .task_id
+        }
+    };
+    let of_alice = schedule(owned("alice"), ROOT).await;
+    let of_bob = schedule(owned("bob"), ROOT).await;
+    let mine = schedule(simple("keys-admin-scope", json!({})), &sched).await;
+    let http = reqwest::Client::new();
+    let api = format!("{}/internal/execution-manager", server.admin_url());
+    let get = |path: String, secret: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path).bearer_auth(secret).send().await.unwrap();
+            let code = r.status().as_u16();
+            (
+                code,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["tasks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| t["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // alice's key: her task only, bob's 404, even when asking for bob's.
+    let (code, list) = get(format!("{api}/tasks"), alice.clone()).await;
+    assert_eq!((code, ids(&list)), (200, vec![of_alice.clone()]));
+    let (code, list) = get(format!("{api}/tasks?userId=bob"), alice.clone()).await;
+    assert_eq!((code, ids(&list)), (200, vec![]));
+    assert_eq!(
+        get(format!("{api}/tasks/{of_bob}"), alice.clone()).await.0,
+        404
+    );
+    assert_eq!(
+        get(format!("{api}/tasks/{of_bob}/logs"), alice.clone())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        get(format!("{api}/tasks/{of_alice}"), alice.clone())
+            .await
+            .0,
+        200
+    );
+    let cancel = |id: String, secret: String| {
+        let http = http.clone();
+        let api = api.clone();
+        async move {
+            http.delete(format!("{api}/tasks/{id}"))
+                .bearer_auth(secret)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(cancel(of_bob.clone(), alice.clone()).await, 404);
+    assert_eq!(root_state(&server, &of_bob).await, pb::TaskState::Pending);
+    for route in ["metrics", "workers", "schedules", "flow", "cluster"] {
+        assert_eq!(
+            get(format!("{api}/{route}"), alice.clone()).await.0,
+            403,
+            "{route}"
+        );
+    }
+    let (code, me) = get(format!("{api}/caller"), alice.clone()).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (
+            me["role"].as_str(),
+            me["userId"].as_str(),
+            me["serverWide"].as_bool(),
+            me["canCancel"].as_bool()
+        ),
+        (Some("operator"), Some("alice"), Some(false), Some(true))
+    );
+    // The scheduler key: its own task, not another's, and no list.
+    assert_eq!(
+        get(format!("{api}/tasks/{mine}"), sched.clone()).await.0,
+        200
+    );
+    assert_eq!(
+        get(format!("{api}/tasks/{of_alice}"), sched.clone())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(get(format!("{api}/tasks"), sched.clone()).await.0, 403);
+    assert_eq!(cancel(of_alice.clone(), sched.clone()).await, 404);
+    assert_eq!(cancel(mine.clone(), sched.clone()).await, 200);
+    // A key of namespace acme: acme's tasks only (none), default's 404.
+    let (code, list) = get(format!("{api}/tasks"), tenant.clone()).await;
+    assert_eq!((code, ids(&list)), (200, vec![]));
+    assert_eq!(
+        get(format!("{api}/tasks/{of_alice}"), tenant.clone())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(get(format!("{api}/metrics"), tenant.clone()).await.0, 403);
+    let (_, me) = get(format!("{api}/caller"), tenant.clone()).await;
+    assert_eq!(me["namespace"].as_str(), Some("acme"));
+    assert_eq!(me["canCancel"].as_bool(), Some(false));
+}
+
 /// The Rust worker library sends its token (`WorkerBuilder::token`): with
 /// a worker key for its name it registers and completes a task; without a
 /// token, or with a key for other names, it stops at once, refused.

@@ -92,6 +92,12 @@
     toast.timer = setTimeout(() => { t.hidden = true; }, 3500);
   }
 
+  // Who the bearer is: the dashboard shows only what it may use. A key
+  // bound to a user sees that user's tasks (the server narrows every list
+  // and stream) and no server-wide panel; a reader has no cancel button.
+  // Without the route (an older server), everything is shown.
+  let me = { canCancel: true, canOperate: true, serverWide: true, userId: null };
+
   async function api(path, opts = {}) {
     const headers = token ? { Authorization: 'Bearer ' + token } : {};
     const resp = await fetch(API + path, { ...opts, headers });
@@ -273,10 +279,11 @@
     panel.dataset.taskId = s.id;
     panel.dataset.run = String(num(s.run));
     $('d-title').innerHTML = `${esc(s.name)} <span class="badge s-${esc(st)}">${esc(st)}</span>`;
+    $('cancel-btn').hidden = !me.canCancel;
     $('cancel-btn').disabled = FINAL.has(st) || s.cancelRequested;
     // RetryTask takes a FAILED, CANCELLED or COMPENSATED task that is not
     // a workflow's step (those replay with their workflow).
-    $('retry-btn').hidden = !RETRYABLE.has(st) || !!s.parentId;
+    $('retry-btn').hidden = !me.canOperate || !RETRYABLE.has(st) || !!s.parentId;
     $('retry-btn').disabled = false;
     const row = (k, v) => `<dt>${esc(k)}</dt><dd>${v}</dd>`;
     let h = '<dl class="kv">' +
@@ -533,8 +540,8 @@
         `data-held-limit="${num(f.heldConcurrencyLimit)}" data-held-paused="${num(f.heldQueuePaused)}" ` +
         `data-held-rate="${num(f.heldRateLimited)}"><div class="wn">` +
         `<span>${esc(n)}${p ? ' <span class="tag paused">paused</span>' : ''}</span>` +
-        `<span class="slots">${counts} <button type="button" class="pause-btn ghost" data-name="${esc(n)}" ` +
-        `data-action="${p ? 'resume' : 'pause'}">${p ? 'Resume' : 'Pause'}</button></span></div>` +
+        `<span class="slots">${counts}${me.canOperate ? ` <button type="button" class="pause-btn ghost" data-name="${esc(n)}" ` +
+        `data-action="${p ? 'resume' : 'pause'}">${p ? 'Resume' : 'Pause'}</button>` : ''}</span></div>` +
         (held ? `<div class="muted held">${held}</div>` : '') +
         (keys ? `<div class="keys" title="concurrency keys with the most ready tasks">${keys}</div>` : '') +
         (rates ? `<div class="keys rates" title="rate limits and the tokens left in their buckets">${rates}</div>` : '') +
@@ -715,17 +722,49 @@
   });
   window.addEventListener('resize', () => { chartsDirty = true; });
 
-  connect();
-  loadList();
-  pollMetrics();
-  pollWorkers();
-  pollSchedules();
-  pollCluster();
-  pollFlow();
-  setInterval(pollMetrics, POLL_MS);
-  setInterval(pollFlow, POLL_MS);
-  setInterval(pollWorkers, POLL_MS);
-  setInterval(pollSchedules, POLL_MS);
-  setInterval(pollCluster, POLL_MS);
-  requestAnimationFrame(frame);
+  async function start() {
+    try {
+      me = await api('/caller');
+    } catch (e) {
+      if (/^40[13]/.test(e.message)) setConn('down', e.message);
+    }
+    document.body.dataset.role = me.role || '';
+    document.body.dataset.serverWide = String(!!me.serverWide);
+    if (me.keyId) {
+      $('who').textContent = [me.role, me.namespace, me.userId ? 'user ' + me.userId : '']
+        .filter(Boolean).join(' · ');
+      $('who').hidden = false;
+    }
+    if (me.userId) {
+      $('f-user').value = me.userId;
+      $('f-user').disabled = true;
+    }
+    $('cancel-btn').hidden = !me.canCancel;
+    $('retry-btn').hidden = true;
+    connect();
+    loadList();
+    if (!me.serverWide) {
+      // Metrics, charts, workers, queues, schedules and the cluster are
+      // the whole server's: not this key's to see.
+      for (const sel of ['#cards', '.charts', '.panel.queues', '.panel.workers', '.panel.schedules']) {
+        const el = document.querySelector(sel);
+        if (el) el.hidden = true;
+      }
+      requestAnimationFrame(frame);
+      return;
+    }
+    if (!me.canOperate) $('pause-form').hidden = true;
+    pollMetrics();
+    pollWorkers();
+    pollSchedules();
+    pollCluster();
+    pollFlow();
+    setInterval(pollMetrics, POLL_MS);
+    setInterval(pollFlow, POLL_MS);
+    setInterval(pollWorkers, POLL_MS);
+    setInterval(pollSchedules, POLL_MS);
+    setInterval(pollCluster, POLL_MS);
+    requestAnimationFrame(frame);
+  }
+  start();
 })();

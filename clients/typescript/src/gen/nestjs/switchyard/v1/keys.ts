@@ -97,9 +97,10 @@ export interface CreateKeyRequest {
   maxRequestsPerSecond: number;
   /**
    * The largest task payload the key may send, in bytes of serialised JSON
-   * (each task's payload in ScheduleTask, ScheduleTasks and SignalTask's
-   * payload): 1 to 1 GiB; 0 (the default): only the server's own limit.
-   * Over it, ScheduleTask and SignalTask answer RESOURCE_EXHAUSTED and
+   * (each task's payload in ScheduleTask, ScheduleTasks, SignalTask's
+   * payload, and the task template of CreateSchedule and UpdateSchedule):
+   * 1 to 1 GiB; 0 (the default): only the server's own limit. Over it,
+   * ScheduleTask, SignalTask and the schedule calls answer RESOURCE_EXHAUSTED and
    * ScheduleTasks refuses that item with RESOURCE_EXHAUSTED. Negative or
    * over 1 GiB is INVALID_ARGUMENT naming the field.
    */
