@@ -2,7 +2,7 @@
 //! work, routed to the engine that suits it.
 //!
 //! Layers, from the bottom up (ARCHITECTURE.md; `tests/layers.rs` keeps
-//! them): [`domain`], [`store`] (durable storage), [`core`] (the scheduler
+//! them): [`reload`] (files read again when they change), [`domain`], [`store`] (durable storage), [`core`] (the scheduler
 //! state machine), the engines ([`executor`], [`backend`], [`schedules`],
 //! [`flow`]: the flow rules set at run time), [`app`] (what
 //! both edges share), the edges ([`api`] for gRPC, [`admin`] for HTTP),
@@ -27,6 +27,7 @@ pub mod flow;
 pub mod keys;
 /// The generated protos, their codec and Struct ⇄ JSON (the client crate's).
 pub use switchyard_client::pb;
+pub mod reload;
 pub mod schedules;
 pub mod server;
 pub mod store;

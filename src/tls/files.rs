@@ -3,9 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::Mutex;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -14,9 +12,7 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
 use super::TlsError;
-
-/// How often, at most, the certificate's files are looked at.
-const RECHECK_EVERY: Duration = Duration::from_secs(1);
+use crate::reload::{Reloading, RECHECK_EVERY};
 
 fn file_error(setting: &'static str, path: &Path, cause: impl ToString) -> TlsError {
     TlsError::File {
@@ -68,36 +64,12 @@ fn certified_key(
     Ok(Arc::new(ck))
 }
 
-/// What identifies a version of a file: its modification time and size.
-type Stamp = Option<(SystemTime, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
 /// The server's certificate, served from memory and read again from its
-/// files when their stamps change. A pair that cannot be used (half
-/// written, mismatched) keeps the one before and is tried again at the
-/// next look.
+/// files when they change ([`crate::reload`]). A pair that cannot be used
+/// (half written, mismatched) keeps the one before and is tried again when
+/// a file changes once more.
 #[derive(Debug)]
-pub(super) struct ReloadingCert {
-    cert: PathBuf,
-    key: PathBuf,
-    provider: Arc<CryptoProvider>,
-    state: Mutex<Loaded>,
-}
-
-#[derive(Debug)]
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    /// The files' stamps when `key` was read.
-    stamps: (Stamp, Stamp),
-    /// Stamps whose files could not be used: not read again (nor logged
-    /// again) until a file changes once more.
-    refused: Option<(Stamp, Stamp)>,
-    looked: Instant,
-}
+pub(super) struct ReloadingCert(Reloading<Arc<CertifiedKey>>);
 
 impl ReloadingCert {
     /// Reads both files now: an error here stops the start-up.
@@ -106,49 +78,16 @@ impl ReloadingCert {
         key: PathBuf,
         provider: Arc<CryptoProvider>,
     ) -> Result<ReloadingCert, TlsError> {
-        let stamps = (stamp(&cert), stamp(&key));
-        let loaded = certified_key(&cert, &key, &provider)?;
-        Ok(ReloadingCert {
-            cert,
-            key,
-            provider,
-            state: Mutex::new(Loaded {
-                key: loaded,
-                stamps,
-                refused: None,
-                looked: Instant::now(),
-            }),
+        let files = vec![cert.clone(), key.clone()];
+        Reloading::load("TLS certificate", files, RECHECK_EVERY, move || {
+            certified_key(&cert, &key, &provider)
         })
-    }
-
-    /// The certificate to serve now, read again first if its files changed
-    /// (looked at once a second at most: two `stat` calls).
-    fn current(&self) -> Arc<CertifiedKey> {
-        let mut s = self.state.lock();
-        if s.looked.elapsed() >= RECHECK_EVERY {
-            s.looked = Instant::now();
-            let now = (stamp(&self.cert), stamp(&self.key));
-            if now != s.stamps && Some(now) != s.refused {
-                match certified_key(&self.cert, &self.key, &self.provider) {
-                    Ok(k) => {
-                        s.key = k;
-                        s.stamps = now;
-                        s.refused = None;
-                        tracing::info!(cert_file = %self.cert.display(), "TLS certificate reloaded");
-                    }
-                    Err(e) => {
-                        s.refused = Some(now);
-                        tracing::warn!(cause = %e, "TLS certificate files changed but cannot be used (yet); serving the previous certificate");
-                    }
-                }
-            }
-        }
-        s.key.clone()
+        .map(ReloadingCert)
     }
 }
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current())
+        Some(self.0.current())
     }
 }

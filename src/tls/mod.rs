@@ -4,7 +4,7 @@
 //! check for workers.
 //!
 //! It owns reading the certificate, key and CA files and reloading the
-//! certificate when its files change ([`files`]). It must not touch
+//! certificate when its files change ([`files`], through [`crate::reload`]). It must not touch
 //! requests beyond their peer certificates, the core or the store; the
 //! server decides where the acceptors and gates go.
 //!
@@ -50,7 +50,7 @@ pub enum ClientAuth {
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// The server's certificate chain, PEM (the leaf first). Read again
-    /// when its modification time or size changes (looked at, at most,
+    /// when its modification time, size or inode changes (looked at, at most,
     /// once a second, when a connection arrives): a rotated certificate is
     /// served without a restart.
     #[serde(skip_serializing_if = "Option::is_none")]
