@@ -1,13 +1,18 @@
 //! JWTs as an alternative to API keys (issue 23, item 3, `[auth.jwt]`):
-//! tokens made here, HS256 with a shared secret and ES256 with a P-256 key
-//! generated here and served in a JWKS file. A valid token acts as the key
-//! its claims describe (role, user, names; audited as `jwt:<sub>`); an
-//! expired, forged, wrongly issued or wrongly keyed token is
+//! tokens made here, HS256 with a shared secret, ES256 with a P-256 key
+//! generated here and RS256 with the test-only RSA keys of
+//! `tests/fixtures/jwt/`, both served in a JWKS file. A valid token acts as
+//! the key its claims describe (role, user, names; audited as `jwt:<sub>`);
+//! an expired, forged, wrongly issued or wrongly keyed token is
 //! UNAUTHENTICATED, one whose role is unknown PERMISSION_DENIED; a server
 //! with only `[auth.jwt]` is closed; the CLI sends one with `--token`.
 
+use std::path::Path;
+
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivatePkcs1KeyDer;
 use serde_json::{json, Value};
 use tonic::{Code, Request};
 
@@ -307,4 +312,144 @@ async fn an_es256_token_is_checked_against_a_jwks_file() {
     c.get_metrics(with(pb::GetMetricsRequest {}, "root"))
         .await
         .expect("the static token");
+}
+
+/// A test-only RSA key of `tests/fixtures/jwt/`.
+struct Rsa {
+    /// Its private key, PKCS#1 DER: what signs.
+    pkcs1: Vec<u8>,
+    /// Its public key, PKCS#1 DER (`RSAPublicKey`).
+    public_der: Vec<u8>,
+    /// Its modulus and exponent, big-endian.
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+impl Rsa {
+    fn fixture(name: &str) -> Rsa {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jwt")
+            .join(name);
+        let pkcs1 = PrivatePkcs1KeyDer::from_pem_file(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .secret_pkcs1_der()
+            .to_vec();
+        let pair = ring::rsa::KeyPair::from_der(&pkcs1).expect("an RSA key");
+        let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+        Rsa {
+            public_der: pair.public().as_ref().to_vec(),
+            n: public.n,
+            e: public.e,
+            pkcs1,
+        }
+    }
+
+    /// Its JWK: `kty` RSA, `n` and `e`, under `kid`.
+    fn jwk(&self, kid: &str) -> Value {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+            "n": b64(&self.n), "e": b64(&self.e)})
+    }
+
+    /// A token of `claims` signed with `alg` (RS256, RS512…) under `kid`.
+    fn sign(&self, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_string);
+        encode(&h, claims, &EncodingKey::from_rsa_der(&self.pkcs1)).unwrap()
+    }
+}
+
+/// A server whose `[auth.jwt]` reads `file`, beside the static token `root`.
+async fn jwks_server(file: &Path) -> TestServer {
+    let file = file.to_path_buf();
+    TestServer::start_with(move |c| {
+        c.auth.tokens = vec!["root".into()];
+        c.auth.jwt = Some(JwtConfig {
+            jwks_file: Some(file),
+            issuer: ISSUER.into(),
+            ..JwtConfig::default()
+        })
+    })
+    .await
+}
+
+/// The code of `GetMetrics` with `bearer`: OK or the refusal's.
+async fn metrics_code(c: &mut Client, bearer: &str) -> Code {
+    match c.get_metrics(with(pb::GetMetricsRequest {}, bearer)).await {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test]
+async fn an_rs256_token_is_checked_against_a_jwks_file() {
+    let (key, other) = (
+        Rsa::fixture("test-only-rsa-a.pem"),
+        Rsa::fixture("test-only-rsa-b.pem"),
+    );
+    let jwks = json!({"keys": [key.jwk("r1")]});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, jwks.to_string()).unwrap();
+    let server = jwks_server(&file).await;
+    let mut c = server.client().await;
+    let claims = json!({"iss": ISSUER, "exp": exp(60), "sub": "rsa-svc", "role": "reader"});
+    assert_eq!(
+        metrics_code(&mut c, &key.sign(Algorithm::RS256, Some("r1"), &claims)).await,
+        Code::Ok,
+        "an RS256 token with its kid"
+    );
+    assert_eq!(
+        metrics_code(&mut c, &key.sign(Algorithm::RS256, None, &claims)).await,
+        Code::Ok,
+        "without a kid: the key of its algorithm"
+    );
+    // Algorithm confusion: an HS256 token whose "secret" is the public key,
+    // in each form an attacker could take it from.
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let pem = format!(
+        "-----BEGIN RSA PUBLIC KEY-----\n{}\n-----END RSA PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&key.public_der)
+    );
+    let hs_over = |secret: &[u8]| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    for (case, bearer) in [
+        (
+            "another RSA key",
+            other.sign(Algorithm::RS256, Some("r1"), &claims),
+        ),
+        (
+            "another RSA key, no kid",
+            other.sign(Algorithm::RS256, None, &claims),
+        ),
+        (
+            "an unknown kid",
+            key.sign(Algorithm::RS256, Some("r2"), &claims),
+        ),
+        (
+            "RS512 with the key",
+            key.sign(Algorithm::RS512, Some("r1"), &claims),
+        ),
+        (
+            "HS256 over the JWKS file",
+            hs_over(jwks.to_string().as_bytes()),
+        ),
+        ("HS256 over the public key's DER", hs_over(&key.public_der)),
+        ("HS256 over the public key's PEM", hs_over(pem.as_bytes())),
+        ("HS256 over n", hs_over(&key.n)),
+        ("HS256 over n in base64url", hs_over(b64(&key.n).as_bytes())),
+    ] {
+        assert_eq!(
+            metrics_code(&mut c, &bearer).await,
+            Code::Unauthenticated,
+            "{case}"
+        );
+    }
+    server.stop().await;
 }
