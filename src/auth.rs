@@ -48,8 +48,11 @@ pub struct JwtConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub hs256_secret: Option<String>,
-    /// A JWKS file (`{"keys": [...]}`) of RS256 and ES256 (P-256) public
-    /// keys; a token's `kid` picks its key. Read at start.
+    /// A JWKS file (`{"keys": [...]}`, 1 to 100 keys, at most 1 MiB) of
+    /// RS256 and ES256 (P-256) public keys; a token's `kid` picks its key.
+    /// Read at start (a mistake stops it), then again when the file changes
+    /// (looked at once a second at most, when a JWT arrives); a version
+    /// that cannot be used keeps the last good keys and logs a warning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
     /// The `iss` every token must carry (required).

@@ -4,11 +4,17 @@
 //! present) and its claims are mapped to the role, user and task names a
 //! key carries, so the same checks apply to it.
 //!
-//! Owns: reading the JWKS file, picking the key (`kid`, else the header's
-//! algorithm), the claim mapping. Must not: know gRPC or HTTP (a refusal is
+//! Owns: reading the JWKS file (again when it changes, through
+//! [`crate::reload`]: a file that cannot be used keeps the last good key
+//! set), picking the key (`kid`, else the header's algorithm), the claim
+//! mapping. Must not: know gRPC or HTTP (a refusal is
 //! [`Unknown`] or [`Denied`], mapped by the edges).
 
 use std::collections::HashSet;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -16,6 +22,7 @@ use serde_json::{Map, Value};
 
 use super::{Denied, Refusal, Role, Unknown, MAX_NAMES, MAX_USER_BYTES};
 use crate::auth::JwtConfig;
+use crate::reload::{Reloading, RECHECK_EVERY};
 
 /// The shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's
 /// size).
@@ -24,6 +31,9 @@ const MIN_SECRET_BYTES: usize = 32;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// The most keys a JWKS file holds.
 const MAX_KEYS: usize = 100;
+/// The largest JWKS file read (it is read again, on a request's path, when
+/// it changes).
+const MAX_JWKS_BYTES: u64 = 1024 * 1024;
 /// The longest `sub` kept in the caller's id (`jwt:<sub>`).
 const MAX_SUB_BYTES: usize = 128;
 
@@ -50,9 +60,25 @@ struct VerifyingKey {
     key: DecodingKey,
 }
 
+/// The verifying keys: the HS256 secret, or a JWKS file's keys, read again
+/// when the file changes.
+enum KeySet {
+    Fixed(Arc<[VerifyingKey]>),
+    File(Reloading<Arc<[VerifyingKey]>>),
+}
+
+impl KeySet {
+    fn current(&self) -> Arc<[VerifyingKey]> {
+        match self {
+            KeySet::Fixed(k) => k.clone(),
+            KeySet::File(r) => r.current(),
+        }
+    }
+}
+
 /// The verifier of `[auth.jwt]`.
 pub struct Jwt {
-    keys: Vec<VerifyingKey>,
+    keys: KeySet,
     issuer: String,
     audience: Option<String>,
     role_claim: String,
@@ -64,7 +90,10 @@ pub struct Jwt {
 
 impl std::fmt::Debug for Jwt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Jwt({} keys, issuer {})", self.keys.len(), self.issuer)
+        match &self.keys {
+            KeySet::Fixed(_) => write!(f, "Jwt(HS256, issuer {})", self.issuer),
+            KeySet::File(r) => write!(f, "Jwt({r:?}, issuer {})", self.issuer),
+        }
     }
 }
 
@@ -84,10 +113,49 @@ fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Algorithm, String> {
     }
 }
 
+/// The keys of a JWKS file; an error names the setting and the file.
+fn jwks(path: &Path) -> Result<Arc<[VerifyingKey]>, String> {
+    let what = |e: String| format!("auth.jwt.jwks_file {}: {e}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_JWKS_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| what(e.to_string()))?;
+    if text.len() as u64 > MAX_JWKS_BYTES {
+        return Err(what(format!(
+            "is larger than {} KiB",
+            MAX_JWKS_BYTES / 1024
+        )));
+    }
+    let set: JwkSet = serde_json::from_str(&text).map_err(|e| what(e.to_string()))?;
+    if set.keys.is_empty() || set.keys.len() > MAX_KEYS {
+        return Err(what(format!("must hold 1 to {MAX_KEYS} keys")));
+    }
+    set.keys
+        .iter()
+        .enumerate()
+        .map(|(i, jwk)| {
+            let alg = jwk_algorithm(jwk).map_err(|e| what(format!("key {i}: {e}")))?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| what(format!("key {i}: {e}")))?;
+            Ok(VerifyingKey {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key,
+            })
+        })
+        .collect()
+}
+
 impl Jwt {
     /// The verifier `cfg` describes; a mistake is an error naming the
-    /// setting (the server refuses to start).
+    /// setting (the server refuses to start). A JWKS file is read again
+    /// when it changes (looked at once a second at most, when a JWT
+    /// arrives).
     pub fn load(cfg: &JwtConfig) -> Result<Jwt, String> {
+        Jwt::load_every(cfg, RECHECK_EVERY)
+    }
+
+    /// [`Jwt::load`], the JWKS file looked at once per `every` at most.
+    fn load_every(cfg: &JwtConfig, every: Duration) -> Result<Jwt, String> {
         if cfg.issuer.trim().is_empty() {
             return Err("auth.jwt.issuer is required".into());
         }
@@ -108,33 +176,20 @@ impl Jwt {
                         "auth.jwt.hs256_secret must be at least {MIN_SECRET_BYTES} bytes"
                     ));
                 }
-                vec![VerifyingKey {
+                KeySet::Fixed(Arc::new([VerifyingKey {
                     kid: None,
                     alg: Algorithm::HS256,
                     key: DecodingKey::from_secret(secret.as_bytes()),
-                }]
+                }]))
             }
             (None, Some(path)) => {
-                let what = |e: String| format!("auth.jwt.jwks_file {}: {e}", path.display());
-                let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
-                let set: JwkSet = serde_json::from_str(&text).map_err(|e| what(e.to_string()))?;
-                if set.keys.is_empty() || set.keys.len() > MAX_KEYS {
-                    return Err(what(format!("must hold 1 to {MAX_KEYS} keys")));
-                }
-                set.keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, jwk)| {
-                        let alg = jwk_algorithm(jwk).map_err(|e| what(format!("key {i}: {e}")))?;
-                        let key = DecodingKey::from_jwk(jwk)
-                            .map_err(|e| what(format!("key {i}: {e}")))?;
-                        Ok(VerifyingKey {
-                            kid: jwk.common.key_id.clone(),
-                            alg,
-                            key,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, String>>()?
+                let file = path.clone();
+                KeySet::File(Reloading::load(
+                    "JWKS file",
+                    vec![path.clone()],
+                    every,
+                    move || jwks(&file),
+                )?)
             }
             _ => return Err("auth.jwt needs exactly one of hs256_secret and jwks_file".to_string()),
         };
@@ -165,11 +220,12 @@ impl Jwt {
         // The token's `kid` picks its key; without one, every key of its
         // algorithm is tried. A key is only ever used with its own
         // algorithm (no algorithm confusion).
-        let candidates = self.keys.iter().filter(|k| {
+        let keys = self.keys.current();
+        let candidates = keys.iter().filter(|k| {
             k.alg == header.alg
                 && match (&header.kid, &k.kid) {
                     (Some(want), Some(have)) => want == have,
-                    (Some(_), None) => self.keys.len() == 1,
+                    (Some(_), None) => keys.len() == 1,
                     (None, _) => true,
                 }
         });
@@ -430,6 +486,74 @@ mod tests {
         assert!(matches!(j.verify(&token(no_role)), Err(Refusal::Denied(_))));
         assert!(!Jwt::looks_like("sy_abc"));
         assert!(!Jwt::looks_like("a.b.c"));
+    }
+
+    /// A P-256 key's JWK (`kid`) and a signer of ES256 tokens with it.
+    fn es256(kid: &str) -> (Value, impl Fn(Value) -> String) {
+        let b64 =
+            |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let p = kp.public_key_raw();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+            "x": b64(&p[1..33]), "y": b64(&p[33..65])});
+        let key = EncodingKey::from_ec_der(&kp.serialize_der());
+        let kid = kid.to_string();
+        (jwk, move |claims: Value| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some(kid.clone());
+            encode(&h, &claims, &key).unwrap()
+        })
+    }
+
+    #[test]
+    fn a_jwks_file_is_read_again_when_it_changes_and_keeps_its_last_good_keys() {
+        let (jwk_a, a) = es256("a");
+        let (jwk_b, b) = es256("b");
+        let claims = json!({"iss": "i", "exp": exp(60), "role": "reader"});
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        let write = |v: &str| {
+            // Replaced by a rename, as a deployment would.
+            let tmp = dir.path().join("jwks.tmp");
+            std::fs::write(&tmp, v).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+        };
+        write(&json!({"keys": [jwk_a]}).to_string());
+        let j = Jwt::load_every(
+            &JwtConfig {
+                jwks_file: Some(file.clone()),
+                issuer: "i".into(),
+                ..JwtConfig::default()
+            },
+            Duration::ZERO,
+        )
+        .unwrap();
+        let ok = |t: String| j.verify(&t).is_ok();
+        assert!(ok(a(claims.clone())));
+        assert!(!ok(b(claims.clone())), "b is not in the file yet");
+        // Added, then a removed; written in place.
+        std::fs::write(&file, json!({"keys": [jwk_a, jwk_b]}).to_string()).unwrap();
+        assert!(ok(b(claims.clone())) && ok(a(claims.clone())));
+        write(&json!({"keys": [jwk_b]}).to_string());
+        assert!(!ok(a(claims.clone())), "a was removed");
+        // Files that cannot be used keep the last good set (b).
+        // Past the size bound only: a good set, padded.
+        let too_large = json!({"keys": [jwk_a], "pad": "x".repeat(1 << 20)}).to_string();
+        for bad in [
+            "garbage",
+            "",
+            r#"{"keys": []}"#,
+            r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
+            &too_large,
+        ] {
+            write(bad);
+            assert!(ok(b(claims.clone())), "after {:.20}", bad);
+            assert!(!ok(a(claims.clone())), "after {:.20}", bad);
+        }
+        std::fs::remove_file(&file).unwrap();
+        assert!(ok(b(claims.clone())), "a removed file keeps them too");
+        write(&json!({"keys": [jwk_a]}).to_string());
+        assert!(ok(a(claims.clone())) && !ok(b(claims.clone())));
     }
 
     #[test]

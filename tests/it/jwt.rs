@@ -5,7 +5,9 @@
 //! the key its claims describe (role, user, names; audited as `jwt:<sub>`);
 //! an expired, forged, wrongly issued or wrongly keyed token is
 //! UNAUTHENTICATED, one whose role is unknown PERMISSION_DENIED; a server
-//! with only `[auth.jwt]` is closed; the CLI sends one with `--token`.
+//! with only `[auth.jwt]` is closed; the CLI sends one with `--token`; a
+//! JWKS file rewritten on disk is used without a restart, and one that
+//! cannot be used keeps the last good keys.
 
 use std::path::Path;
 
@@ -451,5 +453,82 @@ async fn an_rs256_token_is_checked_against_a_jwks_file() {
             "{case}"
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_jwks_file_rewritten_on_disk_is_used_without_a_restart() {
+    let (a, b) = (
+        Rsa::fixture("test-only-rsa-a.pem"),
+        Rsa::fixture("test-only-rsa-b.pem"),
+    );
+    let logs = server_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    // As a deployment replaces it: a new file renamed over the old.
+    let replace = |jwks: &Value| {
+        let tmp = dir.path().join("jwks.json.tmp");
+        std::fs::write(&tmp, jwks.to_string()).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    replace(&json!({"keys": [a.jwk("a")]}));
+    let server = jwks_server(&file).await;
+    let mut c = server.client().await;
+    let claims = json!({"iss": ISSUER, "exp": exp(300), "sub": "rotating", "role": "reader"});
+    let (token_a, token_b) = (
+        a.sign(Algorithm::RS256, Some("a"), &claims),
+        b.sign(Algorithm::RS256, Some("b"), &claims),
+    );
+    assert_eq!(metrics_code(&mut c, &token_a).await, Code::Ok);
+    assert_eq!(metrics_code(&mut c, &token_b).await, Code::Unauthenticated);
+
+    // Replaced by a rename: B's key in, A's out, seen within the bound
+    // (the file is looked at once a second at most).
+    replace(&json!({"keys": [b.jwk("b")]}));
+    let bound = std::time::Duration::from_secs(3);
+    wait_until("a token of the new key to be accepted", bound, || {
+        let mut c = c.clone();
+        let t = token_b.clone();
+        async move { metrics_code(&mut c, &t).await == Code::Ok }
+    })
+    .await;
+    assert_eq!(
+        metrics_code(&mut c, &token_a).await,
+        Code::Unauthenticated,
+        "the removed key"
+    );
+
+    // Garbage written in place: the last good keys stay, with a warning
+    // that names the file.
+    std::fs::write(&file, "{not json").unwrap();
+    let warned = |logs: &[u8]| {
+        String::from_utf8_lossy(logs).lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("JWKS file changed but cannot be used")
+                && l.contains(&*file.to_string_lossy())
+        })
+    };
+    wait_until("the warning about the unusable file", bound, || {
+        let mut c = c.clone();
+        let t = token_b.clone();
+        let seen = warned(&logs.lock());
+        async move {
+            assert_eq!(metrics_code(&mut c, &t).await, Code::Ok, "B still works");
+            seen
+        }
+    })
+    .await;
+    assert_eq!(metrics_code(&mut c, &token_b).await, Code::Ok);
+    assert_eq!(metrics_code(&mut c, &token_a).await, Code::Unauthenticated);
+
+    // Written in place again: A back.
+    std::fs::write(&file, json!({"keys": [a.jwk("a")]}).to_string()).unwrap();
+    wait_until("A's key to be back", bound, || {
+        let mut c = c.clone();
+        let t = token_a.clone();
+        async move { metrics_code(&mut c, &t).await == Code::Ok }
+    })
+    .await;
+    assert_eq!(metrics_code(&mut c, &token_b).await, Code::Unauthenticated);
     server.stop().await;
 }
