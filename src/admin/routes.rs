@@ -8,8 +8,8 @@
 //! …/tasks/{id}/retry` retries (`RetryTask`), `POST
 //! …/tasks/{id}/replay?fromStep=` replays a workflow (`ReplayWorkflow`),
 //! `POST …/flow/pause?name=` and `POST …/flow/resume?name=` pause and
-//! resume a task name or queue (`PauseQueue`, `ResumeQueue`); each answers
-//! the gRPC call's response.
+//! resume a task name or queue (`PauseQueue`, `ResumeQueue`) of the
+//! caller's namespace; each answers the gRPC call's response.
 
 use std::convert::Infallible;
 use std::sync::OnceLock;
@@ -271,17 +271,19 @@ async fn replay_workflow(
 // Flow rules.
 // ---------------------------------------------------------------------------
 
-/// `GET …/flow`: the rules in force (`ListFlowRules`): the concurrency
-/// policies, the default limit, the paused names and the rate limits with
-/// their tokens.
+/// `GET …/flow`: the rules in force in the caller's namespace
+/// (`ListFlowRules`): the concurrency policies, the default limit, the
+/// paused names and the rate limits with their tokens.
 async fn flow_rules(
     State(s): State<AdminState>,
+    Extension(who): Extension<Principal>,
     RawQuery(q): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     Params::parse(q.as_deref(), &[])?;
     Ok(Json(to_json(&crate::app::flow::rules(
         &s.flow.rules(),
         &s.flow.rate_tokens(),
+        who.namespace(),
     ))))
 }
 
@@ -299,7 +301,7 @@ async fn pause_queue(
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::PAUSE)?;
     let name = pause_name(&p)?;
-    let already = s.flow.pause(name).await?;
+    let already = s.flow.pause(who.namespace(), name).await?;
     s.keys.audit(&who, "pause_queue", name, "").await;
     Ok(Json(to_json(&pb::PauseQueueResponse { already })))
 }
@@ -312,7 +314,7 @@ async fn resume_queue(
 ) -> Result<Json<Value>, ApiError> {
     let p = Params::parse(q.as_deref(), takes::PAUSE)?;
     let name = pause_name(&p)?;
-    let was_paused = s.flow.resume(name).await?;
+    let was_paused = s.flow.resume(who.namespace(), name).await?;
     s.keys.audit(&who, "resume_queue", name, "").await;
     Ok(Json(to_json(&pb::ResumeQueueResponse { was_paused })))
 }

@@ -1,5 +1,6 @@
 //! `FlowService`: thin handlers that validate, call the flow component and
-//! map errors. No holding decision here (the core makes it).
+//! map errors. No holding decision here (the core makes it). Every call
+//! acts on the caller's namespace's rules only (`Principal::namespace`).
 
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -31,8 +32,12 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::SetConcurrencyPolicyRequest>,
     ) -> Result<Response<pb::SetConcurrencyPolicyResponse>, Status> {
+        let who = caller(&req)?;
         let p = conv::policy(req.into_inner().policy)?;
-        let replaced = self.flow.set_policy(&p.pattern, p.limit, p.weights).await?;
+        let replaced = self
+            .flow
+            .set_policy(who.namespace(), &p.pattern, p.limit, p.weights)
+            .await?;
         Ok(Response::new(pb::SetConcurrencyPolicyResponse { replaced }))
     }
 
@@ -41,18 +46,23 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::DeleteConcurrencyPolicyRequest>,
     ) -> Result<Response<pb::DeleteConcurrencyPolicyResponse>, Status> {
-        self.flow.delete_policy(&req.into_inner().pattern).await?;
+        let who = caller(&req)?;
+        self.flow
+            .delete_policy(who.namespace(), &req.into_inner().pattern)
+            .await?;
         Ok(Response::new(pb::DeleteConcurrencyPolicyResponse {}))
     }
 
     #[instrument(skip_all)]
     async fn list_flow_rules(
         &self,
-        _req: Request<pb::ListFlowRulesRequest>,
+        req: Request<pb::ListFlowRulesRequest>,
     ) -> Result<Response<pb::ListFlowRulesResponse>, Status> {
+        let who = caller(&req)?;
         Ok(Response::new(conv::rules(
             &self.flow.rules(),
             &self.flow.rate_tokens(),
+            who.namespace(),
         )))
     }
 
@@ -61,10 +71,18 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::SetRateLimitRequest>,
     ) -> Result<Response<pb::SetRateLimitResponse>, Status> {
+        let who = caller(&req)?;
         let r = conv::rate_limit(req.into_inner().rate_limit)?;
         let replaced = self
             .flow
-            .set_rate_limit(&r.pattern, r.rate, r.interval, r.burst, r.per_key)
+            .set_rate_limit(
+                who.namespace(),
+                &r.pattern,
+                r.rate,
+                r.interval,
+                r.burst,
+                r.per_key,
+            )
             .await?;
         Ok(Response::new(pb::SetRateLimitResponse { replaced }))
     }
@@ -74,8 +92,9 @@ impl FlowService for FlowApi {
         &self,
         req: Request<pb::DeleteRateLimitRequest>,
     ) -> Result<Response<pb::DeleteRateLimitResponse>, Status> {
+        let who = caller(&req)?;
         self.flow
-            .delete_rate_limit(&req.into_inner().pattern)
+            .delete_rate_limit(who.namespace(), &req.into_inner().pattern)
             .await?;
         Ok(Response::new(pb::DeleteRateLimitResponse {}))
     }
@@ -87,7 +106,7 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
         let who = caller(&req)?;
         let name = req.into_inner().name;
-        let already = self.flow.pause(&name).await?;
+        let already = self.flow.pause(who.namespace(), &name).await?;
         self.keys.audit(&who, "pause_queue", &name, "").await;
         Ok(Response::new(pb::PauseQueueResponse { already }))
     }
@@ -99,7 +118,7 @@ impl FlowService for FlowApi {
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
         let who = caller(&req)?;
         let name = req.into_inner().name;
-        let was_paused = self.flow.resume(&name).await?;
+        let was_paused = self.flow.resume(who.namespace(), &name).await?;
         self.keys.audit(&who, "resume_queue", &name, "").await;
         Ok(Response::new(pb::ResumeQueueResponse { was_paused }))
     }

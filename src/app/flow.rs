@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::core::CoreError;
 use crate::domain::flow::FlowRules;
+use crate::domain::namespace;
 use crate::pb;
 
 /// A `SetRateLimit` request's rate limit, checked for what the flow
@@ -68,13 +69,15 @@ pub fn policy(p: Option<pb::ConcurrencyPolicy>) -> Result<PolicyArgs, CoreError>
     })
 }
 
-/// The rules in force, as `ListFlowRules` answers them, with the tokens
-/// of each rate limit (pattern, tokens).
-pub fn rules(r: &FlowRules, tokens: &[(String, f64)]) -> pb::ListFlowRulesResponse {
+/// The rules of namespace `ns` in force, as `ListFlowRules` answers them
+/// (bare patterns and names), with the tokens of each rate limit (its
+/// pattern qualified by its namespace, tokens; see `Core::rate_tokens`).
+pub fn rules(r: &FlowRules, tokens: &[(String, f64)], ns: &str) -> pb::ListFlowRulesResponse {
     pb::ListFlowRulesResponse {
         policies: r
             .policies
             .iter()
+            .filter(|p| *p.namespace == *ns)
             .map(|p| pb::ConcurrencyPolicy {
                 pattern: p.pattern.clone(),
                 limit: p.limit.min(i32::MAX as u32) as i32,
@@ -86,11 +89,15 @@ pub fn rules(r: &FlowRules, tokens: &[(String, f64)]) -> pb::ListFlowRulesRespon
                     .collect(),
             })
             .collect(),
-        default_limit: r.default_limit.unwrap_or(0),
-        paused: r.paused.iter().cloned().collect(),
+        default_limit: r
+            .default_limit
+            .filter(|_| ns == namespace::DEFAULT)
+            .unwrap_or(0),
+        paused: r.paused_in(ns).cloned().collect(),
         rate_limits: r
             .rate_limits
             .iter()
+            .filter(|l| *l.namespace == *ns)
             .map(|l| pb::RateLimit {
                 pattern: l.pattern.clone(),
                 rate: l.rate.min(i32::MAX as u32) as i32,
@@ -103,7 +110,7 @@ pub fn rules(r: &FlowRules, tokens: &[(String, f64)]) -> pb::ListFlowRulesRespon
                 from_config: l.from_config,
                 tokens: tokens
                     .iter()
-                    .find(|(p, _)| *p == l.pattern)
+                    .find(|(p, _)| *p == namespace::qualify(&l.pattern, ns))
                     .map_or(f64::from(l.burst), |(_, t)| *t),
             })
             .collect(),

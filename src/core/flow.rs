@@ -291,12 +291,14 @@ impl State {
         true
     }
 
-    /// The tokens left per rate limit (see [`Rates::tokens`]).
+    /// The tokens left per rate limit (see [`Rates::tokens`]), by the
+    /// rate limit's pattern qualified by its namespace (`pattern@ns`
+    /// outside `default`, see `domain::namespace::qualify`).
     pub(super) fn rate_tokens(&self, now: Micros) -> Vec<(String, f64)> {
         self.flow
             .rates
             .iter()
-            .map(|r| (r.rule.pattern.clone(), r.tokens(now)))
+            .map(|r| (qualified_pattern(&r.rule), r.tokens(now)))
             .collect()
     }
 
@@ -504,10 +506,11 @@ impl State {
                 .rate_limits
                 .iter()
                 .map(|r| {
-                    match old
-                        .iter()
-                        .position(|o| o.rule.pattern == r.pattern && o.rule.same_bucket(r))
-                    {
+                    match old.iter().position(|o| {
+                        o.rule.pattern == r.pattern
+                            && o.rule.namespace == r.namespace
+                            && o.rule.same_bucket(r)
+                    }) {
                         Some(at) => {
                             let mut kept = old.swap_remove(at);
                             kept.rule = r.clone();
@@ -752,7 +755,7 @@ impl State {
                     .filter_map(|i| self.flow.rates.get(i))
                     .take(MAX_QUEUE_RATE_LIMITS)
                     .map(|r| RateTokens {
-                        pattern: r.rule.pattern.clone(),
+                        pattern: qualified_pattern(&r.rule),
                         tokens: r.tokens(now),
                         rate: r.rule.rate,
                         interval: r.rule.interval,
@@ -802,11 +805,18 @@ impl super::Core {
     }
 
     /// The tokens left per rate limit, in the order of the rules' rate
-    /// limits: its pattern and its tokens now.
+    /// limits: its pattern qualified by its namespace (`pattern@ns`
+    /// outside `default`) and its tokens now.
     pub fn rate_tokens(&self) -> Vec<(String, f64)> {
         let now = now_micros();
         self.inner.state.lock().rate_tokens(now)
     }
+}
+
+/// A rate limit's pattern qualified by its namespace, as the metrics and
+/// the tokens name it (server-wide).
+fn qualified_pattern(r: &RateLimit) -> String {
+    crate::domain::namespace::qualify(&r.pattern, &r.namespace).into_owned()
 }
 
 /// A queue's entry in [`State::queue_flow`]'s map (its figures and the

@@ -434,6 +434,61 @@ fn a_key_at_its_limit_is_held_and_goes_on_when_one_of_its_tasks_ends() {
     assert_eq!(st.held_counts(), (1, 0));
 }
 
+/// A keyed task of `name` in namespace `ns`.
+fn keyed_in(ns: &str, name: &str, key: &str) -> NewTask {
+    let mut t = keyed(name, key, 0);
+    crate::keys::stamp_namespace(&mut t.spec, ns);
+    t
+}
+
+#[test]
+fn a_namespace_s_rules_hold_only_its_own_tasks() {
+    let mut st = state();
+    let rules = crate::domain::flow::FlowRules {
+        policies: vec![crate::domain::flow::ConcurrencyPolicy::new("*", 1, false)
+            .unwrap()
+            .in_namespace("acme")],
+        paused: [("acme".to_string(), ["p".to_string()].into())].into(),
+        ..Default::default()
+    };
+    st.step(T0, |st| st.set_flow_rules(Arc::new(rules)));
+    // Workers of each namespace take its queue key (`name@ns`).
+    let (_, _, _a) = worker(&mut st, "mail@acme", 10);
+    let (_, _, _b) = worker(&mut st, "mail@beta", 10);
+    let (_, _, _pa) = worker(&mut st, "p@acme", 10);
+    let (_, _, _pb) = worker(&mut st, "p@beta", 10);
+    let mut acme = Vec::new();
+    let mut beta = Vec::new();
+    for _ in 0..3 {
+        acme.push(
+            st.step(T0, |st| st.schedule_internal(keyed_in("acme", "mail", "a")))
+                .0
+                .id,
+        );
+        beta.push(
+            st.step(T0, |st| st.schedule_internal(keyed_in("beta", "mail", "b")))
+                .0
+                .id,
+        );
+    }
+    let running = |st: &State, ids: &[TaskId]| {
+        ids.iter()
+            .filter(|id| st.tasks[*id].worker.is_some())
+            .count()
+    };
+    assert_eq!(running(&st, &acme), 1, "acme's `*` limits acme's key");
+    assert_eq!(running(&st, &beta), 3, "and not beta's, of the same name");
+    // acme's pause of `p` holds acme's `p`, not beta's.
+    let (pa, fx) = st.step(T0, |st| st.schedule_internal(keyed_in("acme", "p", "x")));
+    assert!(assigned(&fx).is_empty());
+    assert_eq!(
+        st.derived_reason(&st.tasks[&pa.id]),
+        Some(WaitingReason::QueuePaused)
+    );
+    let (pb, fx) = st.step(T0, |st| st.schedule_internal(keyed_in("beta", "p", "x")));
+    assert_eq!(assigned(&fx), [pb.id]);
+}
+
 #[test]
 fn keys_take_turns_and_priority_still_wins() {
     let mut st = state();
@@ -483,7 +538,7 @@ fn a_paused_name_holds_its_tasks_until_resumed() {
     let mut st = state();
     let (_, _, _rx) = worker(&mut st, "p", 4);
     let paused = crate::domain::flow::FlowRules {
-        paused: ["p".to_string()].into(),
+        paused: [("default".to_string(), ["p".to_string()].into())].into(),
         ..Default::default()
     };
     st.step(T0, |st| st.set_flow_rules(Arc::new(paused)));

@@ -37,9 +37,9 @@ pub struct MetricsSnapshot {
     /// Flow control per queue (by name, at most 100): top keys and tasks
     /// held per rule.
     pub flow: Vec<QueueFlowInfo>,
-    /// The tokens left per rate limit: its pattern and its tokens (the
-    /// emptiest key's for a rate limit per key). One entry per rate limit,
-    /// at most 1,000.
+    /// The tokens left per rate limit: its pattern (`pattern@ns` outside
+    /// `default`) and its tokens (the emptiest key's for a rate limit per
+    /// key). One entry per rate limit, at most 1,000.
     pub rate_tokens: Vec<(String, f64)>,
 }
 
@@ -66,7 +66,8 @@ pub struct QueueFlowInfo {
 /// A rate limit and the tokens in its bucket now.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RateTokens {
-    /// Its pattern.
+    /// Its pattern (`pattern@ns` for a rate limit of a namespace other
+    /// than `default`).
     pub pattern: String,
     /// Tokens now, 0 to `burst` (the emptiest key's for a rate limit per
     /// key).

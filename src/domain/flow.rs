@@ -8,12 +8,20 @@
 //! and the token bucket's arithmetic ([`Bucket`]). It decides nothing
 //! about when a task runs: the core counts the running tasks of each key,
 //! keeps the buckets, and holds what the rules say to hold.
+//!
+//! Every rule belongs to one namespace (`domain::namespace`; the
+//! configuration's to `default`) and applies only to that namespace's
+//! tasks, whatever its pattern (`*` included): each policy and rate limit
+//! carries its namespace, and the paused names are kept per namespace. A
+//! lookup reads the task's namespace once and compares it before any
+//! pattern, with no allocation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::namespace;
 use super::{Target, TaskSpec};
 
 /// A task's concurrency key (`TaskSpec::concurrency_key`).
@@ -25,13 +33,13 @@ pub struct Key(pub Box<str>);
 pub const MAX_KEY_BYTES: usize = 256;
 /// The longest policy pattern.
 pub const MAX_PATTERN_BYTES: usize = 200;
-/// The most concurrency policies a server holds (config and run time).
+/// The most concurrency policies a namespace holds (config and run time).
 pub const MAX_POLICIES: usize = 1000;
-/// The most paused names a server holds.
+/// The most paused names a namespace holds.
 pub const MAX_PAUSED: usize = 1000;
 /// The largest limit per key a policy may give.
 pub const MAX_LIMIT: u32 = 1_000_000;
-/// The most rate limits a server holds (config and run time).
+/// The most rate limits a namespace holds (config and run time).
 pub const MAX_RATE_LIMITS: usize = 1000;
 /// The most starts per interval a rate limit may allow.
 pub const MAX_RATE: u32 = 1_000_000;
@@ -47,12 +55,15 @@ pub const MAX_WEIGHTS: usize = 100;
 pub const MAX_WEIGHT: u32 = 100;
 
 /// A concurrency policy: at most `limit` tasks of one concurrency key run
-/// at once among the tasks whose name (or, for SIMPLE tasks, queue)
-/// matches `pattern` (`*` any run of characters, `?` one).
+/// at once among the tasks of its namespace whose name (or, for SIMPLE
+/// tasks, queue) matches `pattern` (`*` any run of characters, `?` one).
 #[derive(Debug, Clone)]
 pub struct ConcurrencyPolicy {
-    /// The pattern as written; it names the policy.
+    /// The pattern as written; with the namespace, it names the policy.
     pub pattern: String,
+    /// The namespace whose tasks it applies to (`default` for the
+    /// configuration's).
+    pub namespace: Box<str>,
     matcher: globset::GlobMatcher,
     /// Tasks of one key running at once, at least 1.
     pub limit: u32,
@@ -67,6 +78,7 @@ pub struct ConcurrencyPolicy {
 impl PartialEq for ConcurrencyPolicy {
     fn eq(&self, o: &Self) -> bool {
         self.pattern == o.pattern
+            && self.namespace == o.namespace
             && self.limit == o.limit
             && self.from_config == o.from_config
             && self.weights == o.weights
@@ -97,10 +109,18 @@ pub fn check_weights(
     Ok(out)
 }
 
-/// Checks a policy's pattern: not empty, bounded, a valid glob.
+/// Checks a policy's pattern: not empty, bounded, a valid glob, without
+/// `@` (no name holds one; inside the server it separates a rule's
+/// pattern from its namespace, see `domain::namespace`).
 pub fn check_pattern(pattern: &str) -> Result<globset::GlobMatcher, String> {
     if pattern.is_empty() {
         return Err("must not be empty".into());
+    }
+    if pattern.contains(namespace::SEP) {
+        return Err(format!(
+            "must not hold {:?} (no task name or queue holds one)",
+            namespace::SEP
+        ));
     }
     if pattern.len() > MAX_PATTERN_BYTES {
         return Err(format!(
@@ -162,14 +182,19 @@ pub fn check_interval(interval: Duration) -> Result<Duration, String> {
 }
 
 /// A rate limit: at most `rate` tasks start per `interval` among the tasks
-/// whose name (or, for SIMPLE tasks, queue) matches `pattern`, with up to
+/// of its namespace whose name (or, for SIMPLE tasks, queue) matches
+/// `pattern`, with up to
 /// `burst` at once after a quiet time (a token bucket of `burst` tokens
 /// that gains `rate` per `interval`). With `per_key`, each concurrency key
 /// has its own bucket (tasks without a key share one).
 #[derive(Debug, Clone)]
 pub struct RateLimit {
-    /// The pattern as written; it names the rate limit.
+    /// The pattern as written; with the namespace, it names the rate
+    /// limit.
     pub pattern: String,
+    /// The namespace whose tasks it applies to (`default` for the
+    /// configuration's).
+    pub namespace: Box<str>,
     matcher: globset::GlobMatcher,
     /// Starts per interval, at least 1.
     pub rate: u32,
@@ -186,7 +211,10 @@ pub struct RateLimit {
 
 impl PartialEq for RateLimit {
     fn eq(&self, o: &Self) -> bool {
-        self.pattern == o.pattern && self.from_config == o.from_config && self.same_bucket(o)
+        self.pattern == o.pattern
+            && self.namespace == o.namespace
+            && self.from_config == o.from_config
+            && self.same_bucket(o)
     }
 }
 
@@ -207,6 +235,7 @@ impl RateLimit {
         let burst = check_burst(burst).map_err(|e| format!("burst {e}"))?;
         Ok(RateLimit {
             pattern: pattern.to_string(),
+            namespace: namespace::DEFAULT.into(),
             matcher,
             rate,
             interval,
@@ -216,14 +245,24 @@ impl RateLimit {
         })
     }
 
-    fn matches(&self, name: &str, queue: Option<&str>) -> bool {
-        self.matcher.is_match(name) || queue.is_some_and(|q| self.matcher.is_match(q))
+    /// The rate limit in namespace `ns` (else `default`'s).
+    pub fn in_namespace(mut self, ns: &str) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    fn matches(&self, ns: &str, name: &str, queue: Option<&str>) -> bool {
+        *self.namespace == *ns
+            && (self.matcher.is_match(name) || queue.is_some_and(|q| self.matcher.is_match(q)))
     }
 
     /// Whether it applies to the tasks of a queue key (a task name, or a
-    /// SIMPLE task's queue): its pattern matches the key.
+    /// SIMPLE task's queue, qualified by its namespace as the core keys
+    /// queues): the key is of its namespace and its pattern matches the
+    /// bare name.
     pub fn applies_to(&self, queue: &str) -> bool {
-        self.matcher.is_match(queue)
+        let (name, ns) = namespace::split(queue);
+        *self.namespace == *ns && self.matcher.is_match(name)
     }
 
     /// Whether `o` fills its buckets the same way (a bucket then survives
@@ -304,6 +343,7 @@ impl ConcurrencyPolicy {
         let limit = check_limit(limit).map_err(|e| format!("limit {e}"))?;
         Ok(ConcurrencyPolicy {
             pattern: pattern.to_string(),
+            namespace: namespace::DEFAULT.into(),
             matcher,
             limit,
             from_config,
@@ -321,8 +361,15 @@ impl ConcurrencyPolicy {
         Ok(self)
     }
 
-    fn matches(&self, name: &str, queue: Option<&str>) -> bool {
-        self.matcher.is_match(name) || queue.is_some_and(|q| self.matcher.is_match(q))
+    /// The policy in namespace `ns` (else `default`'s).
+    pub fn in_namespace(mut self, ns: &str) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    fn matches(&self, ns: &str, name: &str, queue: Option<&str>) -> bool {
+        *self.namespace == *ns
+            && (self.matcher.is_match(name) || queue.is_some_and(|q| self.matcher.is_match(q)))
     }
 }
 
@@ -335,19 +382,25 @@ pub struct KeyLimit<'a> {
     pub limit: u32,
 }
 
-/// Every flow rule the server holds.
+/// Paused task names and queues, per namespace: namespace → names.
+pub type Paused = BTreeMap<String, BTreeSet<String>>;
+
+/// Every flow rule the server holds, of every namespace.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FlowRules {
-    /// The limit per key of keyed tasks no policy matches; `None`: no limit
-    /// (their keys are still served round-robin).
+    /// The limit per key of `default`'s keyed tasks no policy matches
+    /// (the configuration's `default_limit`); `None`: no limit (their
+    /// keys are still served round-robin). Other namespaces have none.
     pub default_limit: Option<u32>,
-    /// Policies, the first match wins. Run-time policies come before the
-    /// configuration's, so one set at run time overrides the file.
+    /// Policies, the first match of the task's namespace wins. Run-time
+    /// policies come before the configuration's, so one set at run time
+    /// overrides the file.
     pub policies: Vec<ConcurrencyPolicy>,
-    /// Paused task names and queues: their pending tasks wait.
-    pub paused: BTreeSet<String>,
-    /// Rate limits, the first match wins; run-time ones come before the
-    /// configuration's.
+    /// Paused task names and queues of each namespace: their pending tasks
+    /// of that namespace wait.
+    pub paused: Paused,
+    /// Rate limits, the first match of the task's namespace wins;
+    /// run-time ones come before the configuration's.
     pub rate_limits: Vec<RateLimit>,
 }
 
@@ -393,14 +446,19 @@ impl FlowRules {
     /// The limit on a keyed task's key: the first matching policy's, else
     /// the default; `None` when nothing limits it.
     pub fn limit_for(&self, spec: &TaskSpec) -> Option<KeyLimit<'_>> {
+        if self.policies.is_empty() && self.default_limit.is_none() {
+            return None;
+        }
         let (name, queue) = names(spec);
-        if let Some(p) = self.policies.iter().find(|p| p.matches(name, queue)) {
+        let ns = spec.namespace();
+        if let Some(p) = self.policies.iter().find(|p| p.matches(ns, name, queue)) {
             return Some(KeyLimit {
                 rule: Some(&p.pattern),
                 limit: p.limit,
             });
         }
         self.default_limit
+            .filter(|_| ns == namespace::DEFAULT)
             .map(|limit| KeyLimit { rule: None, limit })
     }
 
@@ -411,9 +469,10 @@ impl FlowRules {
             return 1;
         }
         let (name, queue) = names(spec);
+        let ns = spec.namespace();
         self.policies
             .iter()
-            .find(|p| p.matches(name, queue))
+            .find(|p| p.matches(ns, name, queue))
             .and_then(|p| p.weights.get(key).copied())
             .unwrap_or(1)
     }
@@ -423,16 +482,29 @@ impl FlowRules {
         if self.paused.is_empty() {
             return None;
         }
+        let paused = self.paused.get(spec.namespace())?;
         let (name, queue) = names(spec);
-        if let Some(p) = self.paused.get(name) {
+        if let Some(p) = paused.get(name) {
             return Some(p);
         }
-        queue.and_then(|q| self.paused.get(q)).map(String::as_str)
+        queue.and_then(|q| paused.get(q)).map(String::as_str)
     }
 
-    /// The policy with this pattern, if any.
-    pub fn policy(&self, pattern: &str) -> Option<&ConcurrencyPolicy> {
-        self.policies.iter().find(|p| p.pattern == pattern)
+    /// Whether `name` is paused in namespace `ns`.
+    pub fn is_paused(&self, ns: &str, name: &str) -> bool {
+        self.paused.get(ns).is_some_and(|p| p.contains(name))
+    }
+
+    /// The paused names of namespace `ns`.
+    pub fn paused_in(&self, ns: &str) -> impl Iterator<Item = &String> {
+        self.paused.get(ns).into_iter().flatten()
+    }
+
+    /// The policy of namespace `ns` with this pattern, if any.
+    pub fn policy(&self, ns: &str, pattern: &str) -> Option<&ConcurrencyPolicy> {
+        self.policies
+            .iter()
+            .find(|p| p.pattern == pattern && *p.namespace == *ns)
     }
 
     /// The rate limit a task falls under (the first that matches its name
@@ -442,15 +514,18 @@ impl FlowRules {
             return None;
         }
         let (name, queue) = names(spec);
+        let ns = spec.namespace();
         self.rate_limits
             .iter()
             .enumerate()
-            .find(|(_, r)| r.matches(name, queue))
+            .find(|(_, r)| r.matches(ns, name, queue))
     }
 
-    /// The rate limit with this pattern, if any.
-    pub fn rate_limit(&self, pattern: &str) -> Option<&RateLimit> {
-        self.rate_limits.iter().find(|r| r.pattern == pattern)
+    /// The rate limit of namespace `ns` with this pattern, if any.
+    pub fn rate_limit(&self, ns: &str, pattern: &str) -> Option<&RateLimit> {
+        self.rate_limits
+            .iter()
+            .find(|r| r.pattern == pattern && *r.namespace == *ns)
     }
 }
 
@@ -477,7 +552,7 @@ mod tests {
                 ConcurrencyPolicy::new("email.*", 2, false).unwrap(),
                 ConcurrencyPolicy::new("*", 5, true).unwrap(),
             ],
-            paused: BTreeSet::new(),
+            paused: Paused::new(),
             rate_limits: Vec::new(),
         };
         let l = r.limit_for(&simple("email.send", None)).unwrap();
@@ -524,10 +599,75 @@ mod tests {
         assert!(bad((0..101).map(|i| (format!("k{i}"), 1)).collect()).starts_with("weights"));
     }
 
+    fn of(ns: &str, name: &str, queue: Option<&str>) -> TaskSpec {
+        let mut t = simple(name, queue);
+        t.labels.insert(namespace::LABEL.into(), ns.into());
+        t
+    }
+
+    #[test]
+    fn a_rule_applies_only_to_the_tasks_of_its_namespace() {
+        let s = Duration::from_secs(1);
+        let r = FlowRules {
+            default_limit: Some(7),
+            policies: vec![
+                ConcurrencyPolicy::new("*", 1, false)
+                    .unwrap()
+                    .in_namespace("acme"),
+                ConcurrencyPolicy::new("mail", 3, false).unwrap(),
+            ],
+            paused: [("acme".to_string(), ["mail".to_string()].into())].into(),
+            rate_limits: vec![RateLimit::new("*", 5, s, 1, false, false)
+                .unwrap()
+                .in_namespace("beta")],
+        };
+        // acme's `*` holds acme's tasks only.
+        let l = r.limit_for(&of("acme", "mail", None)).unwrap();
+        assert_eq!((l.rule, l.limit), (Some("*"), 1));
+        let l = r.limit_for(&simple("mail", None)).unwrap();
+        assert_eq!((l.rule, l.limit), (Some("mail"), 3));
+        assert_eq!(
+            r.limit_for(&of("beta", "mail", None)),
+            None,
+            "no default limit outside default"
+        );
+        assert_eq!(r.limit_for(&simple("x", None)).unwrap().limit, 7);
+        // acme's pause holds acme's `mail`, by name or queue, only.
+        assert_eq!(r.paused_by(&of("acme", "mail", None)), Some("mail"));
+        assert_eq!(r.paused_by(&of("acme", "j", Some("mail"))), Some("mail"));
+        assert_eq!(r.paused_by(&simple("mail", None)), None);
+        assert_eq!(r.paused_by(&of("beta", "mail", None)), None);
+        assert!(r.is_paused("acme", "mail") && !r.is_paused(namespace::DEFAULT, "mail"));
+        // beta's rate limit.
+        assert!(r.rate_for(&of("beta", "x", None)).is_some());
+        assert!(r.rate_for(&of("acme", "x", None)).is_none());
+        assert!(r.rate_for(&simple("x", None)).is_none());
+        assert!(r.rate_limits[0].applies_to("x@beta"));
+        assert!(!r.rate_limits[0].applies_to("x"));
+        assert!(!r.rate_limits[0].applies_to("x@acme"));
+        // Rules are named by namespace and pattern.
+        assert!(r.policy("acme", "*").is_some());
+        assert!(r.policy(namespace::DEFAULT, "*").is_none());
+        assert!(r.rate_limit("beta", "*").is_some());
+        assert!(r.rate_limit("acme", "*").is_none());
+    }
+
+    #[test]
+    fn a_pattern_may_not_hold_the_namespace_separator() {
+        assert!(check_pattern("a@acme").is_err());
+        assert!(ConcurrencyPolicy::new("*@x", 1, false)
+            .unwrap_err()
+            .starts_with("pattern"));
+    }
+
     #[test]
     fn a_pause_holds_a_name_or_a_queue() {
         let r = FlowRules {
-            paused: ["emails".to_string()].into(),
+            paused: [(
+                namespace::DEFAULT.to_string(),
+                ["emails".to_string()].into(),
+            )]
+            .into(),
             ..Default::default()
         };
         assert_eq!(r.paused_by(&simple("emails", None)), Some("emails"));

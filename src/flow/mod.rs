@@ -6,6 +6,15 @@
 //! the configuration's (`[flow]`), and hands the whole set to the core,
 //! which enforces it (`core::flow`) for every engine.
 //!
+//! Every rule belongs to a namespace: the caller's when set at run time,
+//! `default` for the configuration's. A stored row names it by its pattern
+//! (or paused name) qualified by the namespace, `pattern@ns` outside
+//! `default` (`domain::namespace::qualify`; patterns and names hold no
+//! `@`), so the tables of both stores are as they were. Each namespace
+//! has its own bounds ([`flow::MAX_POLICIES`], [`flow::MAX_RATE_LIMITS`],
+//! [`flow::MAX_PAUSED`]), so one namespace's rules never crowd out
+//! another's.
+//!
 //! Must not: hold or release a task itself (the core does), touch the task
 //! store, or know about gRPC.
 
@@ -19,6 +28,7 @@ use tokio::sync::Mutex;
 
 use crate::core::{Core, CoreError};
 use crate::domain::flow::{self, ConcurrencyPolicy, FlowRules, RateLimit};
+use crate::domain::namespace::{self, DEFAULT};
 use crate::domain::rules;
 use crate::store::postgres::flow::FlowRow;
 use crate::store::StoreError;
@@ -141,18 +151,24 @@ impl FlowControl {
             rate_limits: Vec::new(),
         };
         for r in rows {
+            // The row's name is qualified by the rule's namespace.
+            let (name, ns) = namespace::split(&r.name);
             match r.kind.as_str() {
-                KIND_CONCURRENCY => match PolicyValue::parse(&r.name, &r.value) {
-                    Ok(p) => rules.policies.push(p),
+                KIND_CONCURRENCY => match PolicyValue::parse(name, &r.value) {
+                    Ok(p) => rules.policies.push(p.in_namespace(ns)),
                     Err(e) => {
                         tracing::warn!(pattern = %r.name, cause = %e, "a stored concurrency policy cannot be used; skipped")
                     }
                 },
                 KIND_PAUSED => {
-                    rules.paused.insert(r.name.clone());
+                    rules
+                        .paused
+                        .entry(ns.to_string())
+                        .or_default()
+                        .insert(name.to_string());
                 }
-                KIND_RATE => match RateValue::parse(&r.name, &r.value) {
-                    Ok(l) => rules.rate_limits.push(l),
+                KIND_RATE => match RateValue::parse(name, &r.value) {
+                    Ok(l) => rules.rate_limits.push(l.in_namespace(ns)),
                     Err(e) => {
                         tracing::warn!(pattern = %r.name, cause = %e, "a stored rate limit cannot be used; skipped")
                     }
@@ -160,13 +176,14 @@ impl FlowControl {
                 other => tracing::warn!(kind = other, "an unknown flow rule kind; skipped"),
             }
         }
+        // The configuration's rules are `default`'s.
         for p in &self.inner.config.policies {
-            if rules.policy(&p.pattern).is_none() {
+            if rules.policy(DEFAULT, &p.pattern).is_none() {
                 rules.policies.push(p.clone());
             }
         }
         for l in &self.inner.config.rate_limits {
-            if rules.rate_limit(&l.pattern).is_none() {
+            if rules.rate_limit(DEFAULT, &l.pattern).is_none() {
                 rules.rate_limits.push(l.clone());
             }
         }
@@ -177,11 +194,12 @@ impl FlowControl {
         rows.iter().map(|r| r.seq).max().unwrap_or(0) + 1
     }
 
-    /// Sets a concurrency policy (adds it, or changes the limit and
-    /// weights of the one with the same pattern); returns whether one was
-    /// replaced.
+    /// Sets a concurrency policy of namespace `ns` (adds it, or changes
+    /// the limit and weights of the one with the same pattern); returns
+    /// whether one was replaced.
     pub async fn set_policy(
         &self,
+        ns: &str,
         pattern: &str,
         limit: i64,
         weights: Vec<(String, i64)>,
@@ -190,33 +208,41 @@ impl FlowControl {
         let limit = flow::check_limit(limit).map_err(|e| CoreError::field("policy.limit", e))?;
         let weights =
             flow::check_weights(weights).map_err(|e| CoreError::field("policy.weights", e))?;
-        let in_config = self.inner.config.policy(pattern).is_some();
+        let in_config = self.inner.config.policy(ns, pattern).is_some();
+        let in_file = self.in_file(ns, self.inner.config.policies.len());
         let value = PolicyValue::text(limit, &weights);
-        self.put_pattern_rule(
-            &POLICY,
-            pattern,
-            in_config,
-            self.inner.config.policies.len(),
-            value,
-        )
-        .await
+        self.put_pattern_rule(&POLICY, ns, pattern, in_config, in_file, value)
+            .await
     }
 
-    /// Deletes a policy set at run time.
-    pub async fn delete_policy(&self, pattern: &str) -> Result<(), CoreError> {
-        let in_config = self.inner.config.policy(pattern).is_some();
-        self.delete_pattern_rule(&POLICY, pattern, in_config).await
+    /// Deletes a policy of namespace `ns` set at run time.
+    pub async fn delete_policy(&self, ns: &str, pattern: &str) -> Result<(), CoreError> {
+        let in_config = self.inner.config.policy(ns, pattern).is_some();
+        self.delete_pattern_rule(&POLICY, ns, pattern, in_config)
+            .await
     }
 
-    /// The tokens left per rate limit (pattern, tokens).
+    /// How many of a kind's rules the configuration gives namespace `ns`
+    /// (`n` of them are the file's, all `default`'s).
+    fn in_file(&self, ns: &str, n: usize) -> usize {
+        if ns == DEFAULT {
+            n
+        } else {
+            0
+        }
+    }
+
+    /// The tokens left per rate limit (pattern qualified by its namespace,
+    /// tokens).
     pub fn rate_tokens(&self) -> Vec<(String, f64)> {
         self.inner.core.rate_tokens()
     }
 
-    /// Sets a rate limit (adds it, or replaces the one with the same
-    /// pattern); returns whether one was replaced.
+    /// Sets a rate limit of namespace `ns` (adds it, or replaces the one
+    /// with the same pattern); returns whether one was replaced.
     pub async fn set_rate_limit(
         &self,
+        ns: &str,
         pattern: &str,
         rate: i64,
         interval: Duration,
@@ -235,25 +261,34 @@ impl FlowControl {
             "burst": burst,
             "per_key": per_key,
         });
-        let in_config = self.inner.config.rate_limit(pattern).is_some();
-        let in_file = self.inner.config.rate_limits.len();
-        self.put_pattern_rule(&RATE, pattern, in_config, in_file, value.to_string())
+        let in_config = self.inner.config.rate_limit(ns, pattern).is_some();
+        let in_file = self.in_file(ns, self.inner.config.rate_limits.len());
+        self.put_pattern_rule(&RATE, ns, pattern, in_config, in_file, value.to_string())
             .await
     }
 
-    /// Deletes a rate limit set at run time.
-    pub async fn delete_rate_limit(&self, pattern: &str) -> Result<(), CoreError> {
-        let in_config = self.inner.config.rate_limit(pattern).is_some();
-        self.delete_pattern_rule(&RATE, pattern, in_config).await
+    /// Deletes a rate limit of namespace `ns` set at run time.
+    pub async fn delete_rate_limit(&self, ns: &str, pattern: &str) -> Result<(), CoreError> {
+        let in_config = self.inner.config.rate_limit(ns, pattern).is_some();
+        self.delete_pattern_rule(&RATE, ns, pattern, in_config)
+            .await
     }
 
-    /// Adds or replaces the run-time rule of kind `k` with `pattern`
-    /// (stored first, then applied); returns whether one was replaced. A
-    /// rule of the configuration file is not changed here, and a new rule
-    /// past the kind's bound is refused.
+    /// How many rows of `kind` namespace `ns` holds.
+    fn count_in(rows: &[FlowRow], kind: &str, ns: &str) -> usize {
+        rows.iter()
+            .filter(|r| r.kind == kind && namespace::split(&r.name).1 == ns)
+            .count()
+    }
+
+    /// Adds or replaces the run-time rule of kind `k` of namespace `ns`
+    /// with `pattern` (stored first, then applied); returns whether one
+    /// was replaced. A rule of the configuration file is not changed here,
+    /// and a new rule past the kind's bound in the namespace is refused.
     async fn put_pattern_rule(
         &self,
         k: &PatternKind,
+        ns: &str,
         pattern: &str,
         in_config: bool,
         in_file: usize,
@@ -270,19 +305,18 @@ impl FlowControl {
                 k.section
             )));
         }
-        let at = rows
-            .iter()
-            .position(|r| r.kind == k.kind && r.name == pattern);
-        let count = rows.iter().filter(|r| r.kind == k.kind).count() + in_file;
+        let key = namespace::qualify(pattern, ns);
+        let at = rows.iter().position(|r| r.kind == k.kind && r.name == key);
+        let count = Self::count_in(&rows, k.kind, ns) + in_file;
         if at.is_none() && count >= k.max {
             return Err(CoreError::ResourceExhausted(format!(
-                "this server holds {} {}, the most it takes",
+                "namespace {ns} holds {} {}, the most it takes",
                 k.max, k.plural
             )));
         }
         let row = FlowRow {
             kind: k.kind.into(),
-            name: pattern.to_string(),
+            name: key.into_owned(),
             value,
             seq: at.map_or_else(|| Self::next_seq(&rows), |i| rows[i].seq),
         };
@@ -295,18 +329,18 @@ impl FlowControl {
         Ok(at.is_some())
     }
 
-    /// Deletes the run-time rule of kind `k` with `pattern`.
+    /// Deletes the run-time rule of kind `k` of namespace `ns` with
+    /// `pattern`.
     async fn delete_pattern_rule(
         &self,
         k: &PatternKind,
+        ns: &str,
         pattern: &str,
         in_config: bool,
     ) -> Result<(), CoreError> {
         let mut rows = self.inner.rows.lock().await;
-        let Some(at) = rows
-            .iter()
-            .position(|r| r.kind == k.kind && r.name == pattern)
-        else {
+        let key = namespace::qualify(pattern, ns);
+        let Some(at) = rows.iter().position(|r| r.kind == k.kind && r.name == key) else {
             if in_config {
                 return Err(CoreError::FailedPrecondition(format!(
                     "pattern: the {} {} comes from the configuration file \
@@ -325,30 +359,32 @@ impl FlowControl {
                 ),
             ));
         };
-        self.inner.db.delete(k.kind, pattern).await?;
+        self.inner.db.delete(k.kind, &key).await?;
         rows.remove(at);
         self.apply(&rows);
         Ok(())
     }
 
-    /// Pauses a task name or queue; returns whether it was paused already.
-    pub async fn pause(&self, name: &str) -> Result<bool, CoreError> {
+    /// Pauses a task name or queue of namespace `ns`; returns whether it
+    /// was paused already.
+    pub async fn pause(&self, ns: &str, name: &str) -> Result<bool, CoreError> {
         rules::check_name(name).map_err(|e| CoreError::field("name", e))?;
+        let key = namespace::qualify(name, ns);
         let mut rows = self.inner.rows.lock().await;
-        if self.inner.config.paused.contains(name)
-            || rows.iter().any(|r| r.kind == KIND_PAUSED && r.name == name)
+        if self.inner.config.is_paused(ns, name)
+            || rows.iter().any(|r| r.kind == KIND_PAUSED && r.name == key)
         {
             return Ok(true);
         }
-        if rows.iter().filter(|r| r.kind == KIND_PAUSED).count() >= flow::MAX_PAUSED {
+        if Self::count_in(&rows, KIND_PAUSED, ns) >= flow::MAX_PAUSED {
             return Err(CoreError::ResourceExhausted(format!(
-                "this server holds {} paused names, the most it takes",
+                "namespace {ns} holds {} paused names, the most it takes",
                 flow::MAX_PAUSED
             )));
         }
         let row = FlowRow {
             kind: KIND_PAUSED.into(),
-            name: name.to_string(),
+            name: key.into_owned(),
             value: String::new(),
             seq: Self::next_seq(&rows),
         };
@@ -358,17 +394,19 @@ impl FlowControl {
         Ok(false)
     }
 
-    /// Resumes a paused task name or queue; returns whether it was paused.
-    pub async fn resume(&self, name: &str) -> Result<bool, CoreError> {
+    /// Resumes a paused task name or queue of namespace `ns`; returns
+    /// whether it was paused.
+    pub async fn resume(&self, ns: &str, name: &str) -> Result<bool, CoreError> {
         rules::check_name(name).map_err(|e| CoreError::field("name", e))?;
+        let key = namespace::qualify(name, ns);
         let mut rows = self.inner.rows.lock().await;
         let Some(at) = rows
             .iter()
-            .position(|r| r.kind == KIND_PAUSED && r.name == name)
+            .position(|r| r.kind == KIND_PAUSED && r.name == key)
         else {
             return Ok(false);
         };
-        self.inner.db.delete(KIND_PAUSED, name).await?;
+        self.inner.db.delete(KIND_PAUSED, &key).await?;
         rows.remove(at);
         self.apply(&rows);
         Ok(true)
@@ -388,7 +426,7 @@ struct PatternKind {
     plural: &'static str,
     /// Its section of the configuration file.
     section: &'static str,
-    /// The most a server holds (configuration and run time).
+    /// The most a namespace holds (configuration and run time).
     max: usize,
 }
 

@@ -53,7 +53,8 @@ pub enum Scoping {
     /// key no.
     User,
     /// No, but a key of any namespace yes: the call stays inside the
-    /// caller's namespace (its schedules, its workers, its keys).
+    /// caller's namespace (its schedules, its workers, its keys, its flow
+    /// rules).
     Namespace,
     /// No, nor a key of a namespace other than `default`: the call reaches
     /// every task or the whole server.
@@ -176,22 +177,26 @@ const GRPC: &[(&str, Need, Scoping)] = &[
     (
         "/switchyard.v1.FlowService/SetConcurrencyPolicy",
         Configure,
-        Global,
+        Namespace,
     ),
     (
         "/switchyard.v1.FlowService/DeleteConcurrencyPolicy",
         Configure,
-        Global,
+        Namespace,
     ),
-    ("/switchyard.v1.FlowService/SetRateLimit", Configure, Global),
+    (
+        "/switchyard.v1.FlowService/SetRateLimit",
+        Configure,
+        Namespace,
+    ),
     (
         "/switchyard.v1.FlowService/DeleteRateLimit",
         Configure,
-        Global,
+        Namespace,
     ),
-    ("/switchyard.v1.FlowService/ListFlowRules", Read, Global),
-    ("/switchyard.v1.FlowService/PauseQueue", Operate, Global),
-    ("/switchyard.v1.FlowService/ResumeQueue", Operate, Global),
+    ("/switchyard.v1.FlowService/ListFlowRules", Read, Namespace),
+    ("/switchyard.v1.FlowService/PauseQueue", Operate, Namespace),
+    ("/switchyard.v1.FlowService/ResumeQueue", Operate, Namespace),
     ("/switchyard.v1.KeysService/CreateKey", Admin, Namespace),
     ("/switchyard.v1.KeysService/ListKeys", Admin, Namespace),
     ("/switchyard.v1.KeysService/RevokeKey", Admin, Namespace),

@@ -22,6 +22,7 @@ mod core_list_metrics;
 mod core_watch;
 mod debounce;
 mod flow;
+mod flow_namespaces;
 mod hostile;
 mod jwt;
 mod key_limits;

@@ -11,6 +11,12 @@
 //! BullMQ is left paused. The core holds the tasks of a paused queue
 //! whatever Redis says; this only reaches what BullMQ already has. It must
 //! not hold or release a task.
+//!
+//! Only `default`'s pauses are mirrored. A BullMQ queue is shared by every
+//! namespace whose tasks are routed to it (BullMQ has no namespaces), so a
+//! pause of another namespace does not pause it: the core still holds that
+//! namespace's pending tasks of the paused name or queue, and the jobs of
+//! that namespace BullMQ already has run on.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use tokio::sync::watch;
 
 use super::Shared;
 use crate::domain::flow::FlowRules;
+use crate::domain::namespace::DEFAULT;
 
 /// How often every pause is put in BullMQ again (BullMQ's pause is
 /// idempotent): after Redis lost its data, or a failed call.
@@ -32,11 +39,11 @@ fn routed(queues: &[String], q: &str) -> bool {
     queues.iter().any(|r| r == "*" || r == q)
 }
 
-/// The BullMQ queues to pause: the paused names that are routed queues.
+/// The BullMQ queues to pause: `default`'s paused names that are routed
+/// queues (another namespace's pause leaves the shared queue running).
 fn wanted(queues: &[String], rules: &FlowRules) -> BTreeSet<String> {
     rules
-        .paused
-        .iter()
+        .paused_in(DEFAULT)
         .filter(|p| routed(queues, p))
         .cloned()
         .collect()
@@ -117,8 +124,12 @@ mod tests {
 
     #[test]
     fn only_paused_names_that_are_routed_queues_are_paused_in_bullmq() {
-        let rules = FlowRules {
-            paused: ["emails".to_string(), "resize".to_string()].into(),
+        let mut rules = FlowRules {
+            paused: [(
+                DEFAULT.to_string(),
+                ["emails".to_string(), "resize".to_string()].into(),
+            )]
+            .into(),
             ..Default::default()
         };
         let q = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -128,5 +139,13 @@ mod tests {
         );
         assert_eq!(wanted(&q(&["*"]), &rules).len(), 2);
         assert!(wanted(&q(&[]), &rules).is_empty());
+        // Another namespace's pause leaves BullMQ's shared queue running.
+        rules
+            .paused
+            .insert("acme".into(), ["other".to_string()].into());
+        assert_eq!(
+            wanted(&q(&["emails", "other"]), &rules),
+            ["emails".to_string()].into()
+        );
     }
 }
