@@ -699,7 +699,7 @@ impl State {
                 top_keys: keys
                     .into_iter()
                     .map(|(k, n)| KeyPending {
-                        key: k.to_string(),
+                        key: crate::domain::namespace::unqualify_key(k).to_string(),
                         pending: n,
                         running: self.flow.running_of(k),
                     })

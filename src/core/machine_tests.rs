@@ -490,6 +490,32 @@ fn a_namespace_s_rules_hold_only_its_own_tasks() {
 }
 
 #[test]
+fn the_same_key_in_two_namespaces_has_two_counts() {
+    let mut st = state();
+    let rules = crate::domain::flow::FlowRules {
+        policies: vec![crate::domain::flow::ConcurrencyPolicy::new("*", 1, false)
+            .unwrap()
+            .in_namespace("acme")],
+        ..Default::default()
+    };
+    st.step(T0, |st| st.set_flow_rules(Arc::new(rules)));
+    let (_, _, _a) = worker(&mut st, "mail@acme", 10);
+    let (_, _, _b) = worker(&mut st, "mail@beta", 10);
+    // beta's three of key k run (no rule of beta's holds them)...
+    for _ in 0..3 {
+        let (t, fx) = st.step(T0, |st| st.schedule_internal(keyed_in("beta", "mail", "k")));
+        assert_eq!(assigned(&fx), [t.id]);
+    }
+    // ...and do not count against acme's limit on its own key k.
+    let (a1, fx) = st.step(T0, |st| st.schedule_internal(keyed_in("acme", "mail", "k")));
+    assert_eq!(assigned(&fx), [a1.id], "acme's k has a count of its own");
+    let (a2, fx) = st.step(T0, |st| st.schedule_internal(keyed_in("acme", "mail", "k")));
+    assert!(assigned(&fx).is_empty());
+    let (_, hold) = st.hold_of(&st.tasks[&a2.id], false).expect("held");
+    assert_eq!((hold.limit, hold.running), (1, 1));
+}
+
+#[test]
 fn keys_take_turns_and_priority_still_wins() {
     let mut st = state();
     let mut a = Vec::new();

@@ -85,11 +85,12 @@ pub struct RateTokens {
 /// A concurrency key's ready tasks in one queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyPending {
-    /// The key.
+    /// The key, as its caller gave it (the queue's name says its
+    /// namespace).
     pub key: String,
     /// Its ready tasks in the queue.
     pub pending: u64,
-    /// Its tasks running (over every queue).
+    /// Its tasks running (over every queue of its namespace).
     pub running: u32,
 }
 

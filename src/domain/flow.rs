@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use super::namespace;
 use super::{Target, TaskSpec};
 
-/// A task's concurrency key (`TaskSpec::concurrency_key`).
+/// A task's concurrency key (`TaskSpec::concurrency_key`); outside
+/// `default` qualified by its namespace behind a reserved prefix
+/// (`namespace::qualify_key`), so keys of two namespaces never share a
+/// count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Key(pub Box<str>);
@@ -463,7 +466,8 @@ impl FlowRules {
     }
 
     /// The weight of a keyed task's key (its turns per round of fairness):
-    /// the first matching policy's weight for the key, else 1.
+    /// the first matching policy's weight for the key (as its caller gave
+    /// it: a policy weighs bare keys), else 1.
     pub fn weight_for(&self, spec: &TaskSpec, key: &str) -> u32 {
         if self.policies.iter().all(|p| p.weights.is_empty()) {
             return 1;
@@ -473,7 +477,7 @@ impl FlowRules {
         self.policies
             .iter()
             .find(|p| p.matches(ns, name, queue))
-            .and_then(|p| p.weights.get(key).copied())
+            .and_then(|p| p.weights.get(namespace::unqualify_key(key)).copied())
             .unwrap_or(1)
     }
 

@@ -533,7 +533,10 @@ pub struct TaskSpec {
     pub retention: Option<Box<retention::Retention>>,
     /// The concurrency key (a user, tenant or resource id): the flow rules
     /// limit how many tasks of one key run at once and serve keys
-    /// round-robin. At most [`flow::MAX_KEY_BYTES`].
+    /// round-robin. At most [`flow::MAX_KEY_BYTES`] as the caller gives it;
+    /// kept qualified by the task's namespace outside `default`
+    /// (`namespace::qualify_key`), so two namespaces' keys never share a
+    /// count; the edges show it bare.
     /// (Boxed twice: the field costs one pointer, see
     /// `a_pending_task_fits_its_allocator_size_classes`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]

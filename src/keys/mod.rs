@@ -445,8 +445,9 @@ impl Principal {
 }
 
 /// Puts a new task in namespace `ns`: its [`crate::domain::namespace::LABEL`]
-/// (none for `default`; a caller's own is replaced), and its idempotency
-/// and debounce keys qualified, so no key matches another namespace's task.
+/// (none for `default`; a caller's own is replaced), and its idempotency,
+/// debounce and concurrency keys qualified, so no key matches another
+/// namespace's task (nor counts against another namespace's limit).
 pub fn stamp_namespace(spec: &mut TaskSpec, ns: &str) {
     use crate::domain::namespace as nsp;
     if ns == nsp::DEFAULT {
@@ -461,6 +462,9 @@ pub fn stamp_namespace(spec: &mut TaskSpec, ns: &str) {
         if let Some(db) = d.debounce.as_mut() {
             db.key = nsp::qualify_key(&db.key, ns).into();
         }
+    }
+    if let Some(k) = spec.concurrency_key.as_deref_mut() {
+        k.0 = nsp::qualify_key(&k.0, ns).into();
     }
 }
 

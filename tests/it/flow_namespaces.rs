@@ -1,8 +1,9 @@
 //! Flow rules per namespace, on the store the suite runs on (SQLite, or
 //! PostgreSQL with `SWITCHYARD_TEST_STORE=postgres`): a key of a namespace
 //! sets, lists, deletes, pauses and resumes its namespace's rules only; a
-//! rule of one namespace never holds another's tasks of the same name; the
-//! rules of each namespace survive a restart.
+//! rule of one namespace never holds another's tasks of the same name (nor
+//! counts them: the same concurrency key in two namespaces is two keys);
+//! the rules of each namespace survive a restart.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -234,6 +235,7 @@ async fn a_namespace_s_limit_and_pause_hold_only_its_own_tasks() {
         let s = state_of(&mut c, id, &acme).await;
         assert_eq!(s.state, pb::TaskState::Pending as i32);
         assert_eq!(s.waiting_reason, pb::WaitingReason::QueuePaused as i32);
+        assert_eq!(s.concurrency_key, "k", "the key as acme gave it");
     }
     // beta's resume of the name it never paused changes nothing of acme's.
     let r = flow

@@ -1585,6 +1585,11 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
         ("an empty pattern", policy("", 1), "policy.pattern"),
         ("a bad glob", policy("a[", 1), "policy.pattern"),
         (
+            "a pattern holding the namespace separator",
+            policy("a@acme", 1),
+            "policy.pattern",
+        ),
+        (
             "a pattern over the bound",
             policy(&"p".repeat(100_000), 1),
             "policy.pattern",
@@ -1662,6 +1667,20 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
             .await,
         "options.concurrency_key",
     );
+    assert_invalid(
+        "a concurrency key in the server's reserved prefix",
+        client
+            .schedule_task(simple_with(
+                "keyed",
+                json!({}),
+                pb::TaskOptions {
+                    concurrency_key: "\u{1}ns:acme\u{1f}k".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        "options.concurrency_key",
+    );
     // Rate limits: hostile figures are refused by name, not overflowed.
     let rate =
         |pattern: &str, rate: i32, seconds: i64, nanos: i32, burst: i32| pb::SetRateLimitRequest {
@@ -1719,6 +1738,11 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
             rate(&"p".repeat(100_000), 1, 1, 0, 1),
             "rate_limit.pattern",
         ),
+        (
+            "a rate limit pattern holding the namespace separator",
+            rate("*@acme", 1, 1, 0, 1),
+            "rate_limit.pattern",
+        ),
     ] {
         let r = flow.set_rate_limit(req).await;
         if let Err(s) = &r {
@@ -1734,6 +1758,15 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
         .await,
         "pattern",
     );
+    // A namespace header that names no namespace is refused before
+    // anything is set.
+    let mut bad_ns = tonic::Request::new(policy("a", 1));
+    bad_ns
+        .metadata_mut()
+        .insert("switchyard-namespace", "Bad Name".parse().unwrap());
+    let e = flow.set_concurrency_policy(bad_ns).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("switchyard-namespace"), "{e:?}");
     // Nothing was set by the refused calls.
     let rules = flow
         .list_flow_rules(pb::ListFlowRulesRequest {})
@@ -1745,6 +1778,37 @@ async fn flow_rules_refuse_bad_limits_patterns_names_and_keys_naming_the_field()
         "{rules:?}"
     );
     still_serves(&mut client).await;
+}
+
+/// The bounds on flow rules hold per namespace: a namespace at its most
+/// paused names is refused more (RESOURCE_EXHAUSTED naming it), and
+/// another namespace still pauses.
+#[tokio::test]
+async fn a_namespace_at_its_most_paused_names_leaves_others_room() {
+    use switchyard::pb::flow_service_client::FlowServiceClient;
+    let server = TestServer::start_with(|c| c.store.memory = true).await;
+    let mut flow = FlowServiceClient::new(channel(&server.url).await);
+    let pause = |name: String, ns: &str| {
+        let mut r = tonic::Request::new(pb::PauseQueueRequest { name });
+        r.metadata_mut()
+            .insert("switchyard-namespace", ns.parse().unwrap());
+        r
+    };
+    for i in 0..switchyard::domain::flow::MAX_PAUSED {
+        flow.pause_queue(pause(format!("q{i}"), "acme"))
+            .await
+            .expect("PauseQueue under the bound");
+    }
+    let e = flow
+        .pause_queue(pause("one-more".into(), "acme"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("acme"), "{e:?}");
+    flow.pause_queue(pause("q0".into(), "beta"))
+        .await
+        .expect("another namespace has room of its own");
+    still_serves(&mut server.client().await).await;
 }
 
 #[tokio::test]

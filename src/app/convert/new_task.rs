@@ -143,6 +143,12 @@ fn options(
         &o.concurrency_key,
         crate::domain::flow::MAX_KEY_BYTES,
     );
+    if o.concurrency_key.starts_with(debounce::RESERVED) {
+        vs.add(
+            "options.concurrency_key",
+            "must not start with U+0001 (reserved for the server's own keys)",
+        );
+    }
     check_labels(vs, &o.labels);
     let retention = o.retention.and_then(|r| retention(vs, r));
     let cleanup = o.cleanup.and_then(|c| cleanup(vs, c));

@@ -116,7 +116,12 @@ fn pb_reason(r: Option<WaitingReason>) -> pb::WaitingReason {
 fn hold(h: &crate::domain::flow::Hold) -> pb::Hold {
     pb::Hold {
         rule: h.rule.clone(),
-        concurrency_key: h.key.clone().unwrap_or_default(),
+        concurrency_key: h
+            .key
+            .as_deref()
+            .map(crate::domain::namespace::unqualify_key)
+            .unwrap_or_default()
+            .to_owned(),
         limit: h.limit,
         running: h.running,
         ahead: h.ahead,
@@ -189,7 +194,12 @@ pub fn status(t: &Task) -> pb::TaskStatus {
             .as_deref()
             .filter(|_| rt.state == TaskState::Pending)
             .map(hold),
-        concurrency_key: t.spec.concurrency_key().unwrap_or_default().to_owned(),
+        concurrency_key: t
+            .spec
+            .concurrency_key()
+            .map(crate::domain::namespace::unqualify_key)
+            .unwrap_or_default()
+            .to_owned(),
         idempotency_ttl: t.spec.dedup.as_deref().and_then(|d| d.ttl).map(pb_duration),
         debounce: t
             .spec
