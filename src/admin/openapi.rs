@@ -513,7 +513,7 @@ fn build() -> Value {
     paths.insert(
         api("/flow"),
         json!({"get": get_op(
-            "The flow rules in force: concurrency policies, the default limit, the paused names (as ListFlowRules).",
+            "The flow rules in force in the caller's namespace (its switchyard-namespace header): concurrency policies, the default limit, the paused names (as ListFlowRules).",
             &[],
             json!({"200": ok_json("ListFlowRulesResponse", "The rules.")}),
             true,
@@ -522,13 +522,13 @@ fn build() -> Value {
     for (path, summary, schema, what) in [
         (
             "/flow/pause",
-            "Pauses a task name or queue: its pending tasks wait (queue_paused), running ones finish (as PauseQueue).",
+            "Pauses a task name or queue of the caller's namespace: its pending tasks there wait (queue_paused), running ones finish (as PauseQueue).",
             "PauseQueueResponse",
             "Whether it was paused already.",
         ),
         (
             "/flow/resume",
-            "Resumes a paused task name or queue: its tasks are queued again (as ResumeQueue).",
+            "Resumes a paused task name or queue of the caller's namespace: its tasks are queued again (as ResumeQueue).",
             "ResumeQueueResponse",
             "Whether it was paused.",
         ),

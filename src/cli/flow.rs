@@ -21,7 +21,8 @@ fn rpc(status: tonic::Status) -> CliError {
     CliError::status(&status)
 }
 
-/// `queue …`: pause and resume a task name or a queue.
+/// `queue …`: pause and resume a task name or a queue of the namespace
+/// the call acts in (`--namespace`, or the key's own).
 #[derive(Subcommand, Debug, Clone)]
 pub enum QueueCommand {
     /// Pauses a task name or queue: its pending tasks wait (running ones
@@ -38,7 +39,9 @@ pub struct QueueArgs {
     pub name: String,
 }
 
-/// `flow …`: concurrency policies per key and rate limits.
+/// `flow …`: concurrency policies per key and rate limits of the namespace
+/// the call acts in (`--namespace`, or the key's own); they hold only that
+/// namespace's tasks.
 #[derive(Subcommand, Debug, Clone)]
 pub enum FlowCommand {
     /// Sets a concurrency policy: at most LIMIT tasks of one concurrency

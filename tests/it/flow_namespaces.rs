@@ -271,6 +271,27 @@ async fn a_namespace_s_limit_and_pause_hold_only_its_own_tasks() {
     let via_root = rules(&mut flow, Some(ROOT), Some("acme")).await;
     assert_eq!(via_root, mine);
 
+    // The admin API's GET …/flow serves the namespace the header names.
+    let admin_flow = |ns: Option<&'static str>| {
+        let url = format!("{}/internal/execution-manager/flow", server.admin_url());
+        async move {
+            let mut req = reqwest::Client::new().get(url).bearer_auth(ROOT);
+            if let Some(ns) = ns {
+                req = req.header("switchyard-namespace", ns);
+            }
+            let resp = req.send().await.expect("GET …/flow");
+            assert_eq!(resp.status(), 200);
+            resp.json::<serde_json::Value>().await.expect("JSON")
+        }
+    };
+    let of_acme = admin_flow(Some("acme")).await;
+    assert_eq!(of_acme["paused"], json!(["ns.flow"]), "{of_acme}");
+    let of_default = admin_flow(None).await;
+    assert!(
+        of_default["paused"].as_array().is_none_or(|a| a.is_empty()),
+        "{of_default}"
+    );
+
     // beta's policy of the same pattern is beta's; deleting it leaves
     // acme's, and beta cannot delete acme's.
     flow.set_concurrency_policy(with(policy("ns.flow", 5), Some(&beta), None))

@@ -25,9 +25,9 @@ import { Duration } from "../../google/protobuf/duration.js";
 /** A concurrency policy. */
 export interface ConcurrencyPolicy {
   /**
-   * A glob over task names and SIMPLE tasks' queues (`*` any run of
-   * characters, `?` one, `[abc]` a set); it names the policy. 1 to 200
-   * bytes.
+   * A glob over the task names and SIMPLE tasks' queues of the caller's
+   * namespace (`*` any run of characters, `?` one, `[abc]` a set); with
+   * the namespace it names the policy. 1 to 200 bytes, without `@`.
    */
   pattern: string;
   /** Tasks of one concurrency key that may run at once: 1 to 1,000,000. */
@@ -84,7 +84,8 @@ export interface ListFlowRulesResponse {
   policies: ConcurrencyPolicy[];
   /**
    * The limit per key of keyed tasks no policy matches
-   * (`flow.default_concurrency`); 0: none.
+   * (`flow.default_concurrency`): `default`'s only; 0: none (always 0 in
+   * another namespace).
    */
   defaultLimit: number;
   /** The paused names and queues, sorted. */
@@ -99,9 +100,9 @@ export interface ListFlowRulesResponse {
 /** A rate limit: a token bucket per pattern (or per concurrency key). */
 export interface RateLimit {
   /**
-   * A glob over task names and SIMPLE tasks' queues (`*` any run of
-   * characters, `?` one, `[abc]` a set); it names the rate limit. 1 to 200
-   * bytes.
+   * A glob over the task names and SIMPLE tasks' queues of the caller's
+   * namespace (`*` any run of characters, `?` one, `[abc]` a set); with
+   * the namespace it names the rate limit. 1 to 200 bytes, without `@`.
    */
   pattern: string;
   /** Starts per `interval`: 1 to 1,000,000. */
@@ -1566,14 +1567,24 @@ export const ResumeQueueResponse: MessageFns<ResumeQueueResponse> = {
 /**
  * Sets the flow rules that hold runnable tasks in Switchyard before any
  * engine (the embedded queue, BullMQ, Temporal, the webhook caller) sees
- * them:
+ * them.
+ *
+ * Every rule belongs to one namespace and applies only to that
+ * namespace's tasks, whatever its pattern (`*` included): each call acts
+ * on the rules of the caller's namespace (a key's own; for a static token
+ * or an open server the one the `switchyard-namespace` header names,
+ * `default` without it). A key of any namespace may make these calls, as
+ * its role allows. The configuration file's rules (and its default limit)
+ * are `default`'s. Patterns and names are the bare ones tasks are
+ * scheduled with (a pattern holds no `@`).
  *
  * - concurrency policies: at most `limit` tasks of one concurrency key
  *   (`TaskOptions.concurrency_key`) run at once among the tasks whose name
  *   or queue matches the policy's pattern. A task over the limit stays
  *   PENDING with the waiting reason CONCURRENCY_LIMIT. The count is per
- *   key: tasks of one key under two policies share it, each policy holding
- *   its own tasks to its own limit. A task handed to BullMQ or Temporal
+ *   key of a namespace: tasks of one key under two policies share it, each
+ *   policy holding its own tasks to its own limit; the same key in two
+ *   namespaces is two keys. A task handed to BullMQ or Temporal
  *   counts until it ends there. After a restart (or a failover) the tasks
  *   that were running, or with their engine, keep their place in the count
  *   and are handed out again first.
@@ -1590,27 +1601,34 @@ export const ResumeQueueResponse: MessageFns<ResumeQueueResponse> = {
  *   first rate limit that matches a task applies. The buckets are in
  *   memory: after a restart (or on a new leader) they start full.
  * - pauses: the pending tasks of a paused task name or queue wait with the
- *   reason QUEUE_PAUSED; running ones finish. A paused name that is a
- *   BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
- *   already added there do not start until the resume, which resumes
- *   BullMQ's queue; a queue someone else paused in BullMQ stays paused).
+ *   reason QUEUE_PAUSED; running ones finish. A paused name of `default`
+ *   that is a BullMQ-routed queue is paused in BullMQ too (BullMQ 5's
+ *   pause: jobs already added there do not start until the resume, which
+ *   resumes BullMQ's queue; a queue someone else paused in BullMQ stays
+ *   paused). A pause of another namespace is not: BullMQ's queue is shared
+ *   by every namespace routed to it, so Switchyard holds that namespace's
+ *   pending tasks itself, and the jobs BullMQ already has run on.
  *
  * Policies and rate limits set here and pauses are durable (the SQLite
  * store keeps them in `flow.db` beside its file; PostgreSQL in the
  * `flow_rules` table) and come before the configuration's
  * (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
- * rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
- * the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
- * `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
- * `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
- * file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
- * rate limits; UNAVAILABLE while the rules' storage cannot be written.
+ * rate limit) of the task's namespace whose pattern matches wins. Errors:
+ * INVALID_ARGUMENT naming the field (`policy.pattern`, `policy.limit`,
+ * `rate_limit.pattern`, `rate_limit.rate`, `rate_limit.interval`,
+ * `rate_limit.burst`, `pattern`, `name`); PERMISSION_DENIED for a
+ * `switchyard-namespace` header a key may not name, or that names no
+ * namespace; FAILED_PRECONDITION for a rule of the configuration file
+ * (change the file); RESOURCE_EXHAUSTED past 1,000 policies, 1,000 rate
+ * limits or 1,000 paused names in one namespace; UNAVAILABLE while the
+ * rules' storage cannot be written.
  */
 export type FlowServiceService = typeof FlowServiceService;
 export const FlowServiceService = {
   /**
-   * Sets (adds or replaces) a concurrency policy, by its pattern. Tasks
-   * waiting now are held or released by the new limit at once.
+   * Sets (adds or replaces) a concurrency policy of the caller's
+   * namespace, by its pattern. Tasks waiting now are held or released by
+   * the new limit at once.
    */
   setConcurrencyPolicy: {
     path: "/switchyard.v1.FlowService/SetConcurrencyPolicy" as const,
@@ -1624,8 +1642,9 @@ export const FlowServiceService = {
     responseDeserialize: (value: Buffer): SetConcurrencyPolicyResponse => SetConcurrencyPolicyResponse.decode(value),
   },
   /**
-   * Deletes a policy set at run time. An unknown pattern is
-   * INVALID_ARGUMENT naming `pattern`.
+   * Deletes a policy of the caller's namespace set at run time. An
+   * unknown pattern (another namespace's included) is INVALID_ARGUMENT
+   * naming `pattern`.
    */
   deleteConcurrencyPolicy: {
     path: "/switchyard.v1.FlowService/DeleteConcurrencyPolicy" as const,
@@ -1640,8 +1659,9 @@ export const FlowServiceService = {
       DeleteConcurrencyPolicyResponse.decode(value),
   },
   /**
-   * Every rule in force: the policies and the rate limits in the order
-   * they are matched, the default limit and the paused names.
+   * Every rule of the caller's namespace in force: the policies and the
+   * rate limits in the order they are matched, the default limit and the
+   * paused names, with bare patterns and names.
    */
   listFlowRules: {
     path: "/switchyard.v1.FlowService/ListFlowRules" as const,
@@ -1654,7 +1674,8 @@ export const FlowServiceService = {
     responseDeserialize: (value: Buffer): ListFlowRulesResponse => ListFlowRulesResponse.decode(value),
   },
   /**
-   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * Sets (adds or replaces) a rate limit of the caller's namespace, by its
+   * pattern. A replaced rate
    * limit with the same rate, interval, burst and `per_key` keeps its
    * buckets; otherwise they start full. Tasks it holds now take a token
    * under the new rate at once.
@@ -1670,8 +1691,9 @@ export const FlowServiceService = {
     responseDeserialize: (value: Buffer): SetRateLimitResponse => SetRateLimitResponse.decode(value),
   },
   /**
-   * Deletes a rate limit set at run time; the tasks it held are queued at
-   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   * Deletes a rate limit of the caller's namespace set at run time; the
+   * tasks it held are queued at once. An unknown pattern is
+   * INVALID_ARGUMENT naming `pattern`.
    */
   deleteRateLimit: {
     path: "/switchyard.v1.FlowService/DeleteRateLimit" as const,
@@ -1685,10 +1707,12 @@ export const FlowServiceService = {
     responseDeserialize: (value: Buffer): DeleteRateLimitResponse => DeleteRateLimitResponse.decode(value),
   },
   /**
-   * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. A BullMQ-routed queue is
-   * paused in BullMQ too, shortly after the answer. Pausing a paused name
-   * does nothing.
+   * Pauses a task name or a queue of the caller's namespace: its pending
+   * tasks of that namespace wait (QUEUE_PAUSED) until it is resumed;
+   * running ones finish; other namespaces' tasks of the same name run on.
+   * A BullMQ-routed queue paused in `default` is paused in BullMQ too,
+   * shortly after the answer (not when paused in another namespace: see
+   * above). Pausing a paused name does nothing.
    */
   pauseQueue: {
     path: "/switchyard.v1.FlowService/PauseQueue" as const,
@@ -1700,9 +1724,10 @@ export const FlowServiceService = {
     responseDeserialize: (value: Buffer): PauseQueueResponse => PauseQueueResponse.decode(value),
   },
   /**
-   * Resumes a paused name or queue: its tasks are queued again in their
-   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
-   * there. Resuming a name that is not paused does nothing.
+   * Resumes a paused name or queue of the caller's namespace: its tasks
+   * are queued again in their order, and a BullMQ-routed queue Switchyard
+   * paused in BullMQ is resumed there. Resuming a name that is not paused
+   * in the caller's namespace does nothing.
    */
   resumeQueue: {
     path: "/switchyard.v1.FlowService/ResumeQueue" as const,
@@ -1717,51 +1742,60 @@ export const FlowServiceService = {
 
 export interface FlowServiceServer extends UntypedServiceImplementation {
   /**
-   * Sets (adds or replaces) a concurrency policy, by its pattern. Tasks
-   * waiting now are held or released by the new limit at once.
+   * Sets (adds or replaces) a concurrency policy of the caller's
+   * namespace, by its pattern. Tasks waiting now are held or released by
+   * the new limit at once.
    */
   setConcurrencyPolicy: handleUnaryCall<SetConcurrencyPolicyRequest, SetConcurrencyPolicyResponse>;
   /**
-   * Deletes a policy set at run time. An unknown pattern is
-   * INVALID_ARGUMENT naming `pattern`.
+   * Deletes a policy of the caller's namespace set at run time. An
+   * unknown pattern (another namespace's included) is INVALID_ARGUMENT
+   * naming `pattern`.
    */
   deleteConcurrencyPolicy: handleUnaryCall<DeleteConcurrencyPolicyRequest, DeleteConcurrencyPolicyResponse>;
   /**
-   * Every rule in force: the policies and the rate limits in the order
-   * they are matched, the default limit and the paused names.
+   * Every rule of the caller's namespace in force: the policies and the
+   * rate limits in the order they are matched, the default limit and the
+   * paused names, with bare patterns and names.
    */
   listFlowRules: handleUnaryCall<ListFlowRulesRequest, ListFlowRulesResponse>;
   /**
-   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * Sets (adds or replaces) a rate limit of the caller's namespace, by its
+   * pattern. A replaced rate
    * limit with the same rate, interval, burst and `per_key` keeps its
    * buckets; otherwise they start full. Tasks it holds now take a token
    * under the new rate at once.
    */
   setRateLimit: handleUnaryCall<SetRateLimitRequest, SetRateLimitResponse>;
   /**
-   * Deletes a rate limit set at run time; the tasks it held are queued at
-   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   * Deletes a rate limit of the caller's namespace set at run time; the
+   * tasks it held are queued at once. An unknown pattern is
+   * INVALID_ARGUMENT naming `pattern`.
    */
   deleteRateLimit: handleUnaryCall<DeleteRateLimitRequest, DeleteRateLimitResponse>;
   /**
-   * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. A BullMQ-routed queue is
-   * paused in BullMQ too, shortly after the answer. Pausing a paused name
-   * does nothing.
+   * Pauses a task name or a queue of the caller's namespace: its pending
+   * tasks of that namespace wait (QUEUE_PAUSED) until it is resumed;
+   * running ones finish; other namespaces' tasks of the same name run on.
+   * A BullMQ-routed queue paused in `default` is paused in BullMQ too,
+   * shortly after the answer (not when paused in another namespace: see
+   * above). Pausing a paused name does nothing.
    */
   pauseQueue: handleUnaryCall<PauseQueueRequest, PauseQueueResponse>;
   /**
-   * Resumes a paused name or queue: its tasks are queued again in their
-   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
-   * there. Resuming a name that is not paused does nothing.
+   * Resumes a paused name or queue of the caller's namespace: its tasks
+   * are queued again in their order, and a BullMQ-routed queue Switchyard
+   * paused in BullMQ is resumed there. Resuming a name that is not paused
+   * in the caller's namespace does nothing.
    */
   resumeQueue: handleUnaryCall<ResumeQueueRequest, ResumeQueueResponse>;
 }
 
 export interface FlowServiceClient extends Client {
   /**
-   * Sets (adds or replaces) a concurrency policy, by its pattern. Tasks
-   * waiting now are held or released by the new limit at once.
+   * Sets (adds or replaces) a concurrency policy of the caller's
+   * namespace, by its pattern. Tasks waiting now are held or released by
+   * the new limit at once.
    */
   setConcurrencyPolicy(
     request: SetConcurrencyPolicyRequest,
@@ -1779,8 +1813,9 @@ export interface FlowServiceClient extends Client {
     callback: (error: ServiceError | null, response: SetConcurrencyPolicyResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Deletes a policy set at run time. An unknown pattern is
-   * INVALID_ARGUMENT naming `pattern`.
+   * Deletes a policy of the caller's namespace set at run time. An
+   * unknown pattern (another namespace's included) is INVALID_ARGUMENT
+   * naming `pattern`.
    */
   deleteConcurrencyPolicy(
     request: DeleteConcurrencyPolicyRequest,
@@ -1798,8 +1833,9 @@ export interface FlowServiceClient extends Client {
     callback: (error: ServiceError | null, response: DeleteConcurrencyPolicyResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Every rule in force: the policies and the rate limits in the order
-   * they are matched, the default limit and the paused names.
+   * Every rule of the caller's namespace in force: the policies and the
+   * rate limits in the order they are matched, the default limit and the
+   * paused names, with bare patterns and names.
    */
   listFlowRules(
     request: ListFlowRulesRequest,
@@ -1817,7 +1853,8 @@ export interface FlowServiceClient extends Client {
     callback: (error: ServiceError | null, response: ListFlowRulesResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * Sets (adds or replaces) a rate limit of the caller's namespace, by its
+   * pattern. A replaced rate
    * limit with the same rate, interval, burst and `per_key` keeps its
    * buckets; otherwise they start full. Tasks it holds now take a token
    * under the new rate at once.
@@ -1838,8 +1875,9 @@ export interface FlowServiceClient extends Client {
     callback: (error: ServiceError | null, response: SetRateLimitResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Deletes a rate limit set at run time; the tasks it held are queued at
-   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   * Deletes a rate limit of the caller's namespace set at run time; the
+   * tasks it held are queued at once. An unknown pattern is
+   * INVALID_ARGUMENT naming `pattern`.
    */
   deleteRateLimit(
     request: DeleteRateLimitRequest,
@@ -1857,10 +1895,12 @@ export interface FlowServiceClient extends Client {
     callback: (error: ServiceError | null, response: DeleteRateLimitResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. A BullMQ-routed queue is
-   * paused in BullMQ too, shortly after the answer. Pausing a paused name
-   * does nothing.
+   * Pauses a task name or a queue of the caller's namespace: its pending
+   * tasks of that namespace wait (QUEUE_PAUSED) until it is resumed;
+   * running ones finish; other namespaces' tasks of the same name run on.
+   * A BullMQ-routed queue paused in `default` is paused in BullMQ too,
+   * shortly after the answer (not when paused in another namespace: see
+   * above). Pausing a paused name does nothing.
    */
   pauseQueue(
     request: PauseQueueRequest,
@@ -1878,9 +1918,10 @@ export interface FlowServiceClient extends Client {
     callback: (error: ServiceError | null, response: PauseQueueResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Resumes a paused name or queue: its tasks are queued again in their
-   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
-   * there. Resuming a name that is not paused does nothing.
+   * Resumes a paused name or queue of the caller's namespace: its tasks
+   * are queued again in their order, and a BullMQ-routed queue Switchyard
+   * paused in BullMQ is resumed there. Resuming a name that is not paused
+   * in the caller's namespace does nothing.
    */
   resumeQueue(
     request: ResumeQueueRequest,

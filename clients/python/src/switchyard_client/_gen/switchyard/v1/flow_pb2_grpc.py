@@ -29,14 +29,24 @@ if _version_not_supported:
 class FlowServiceStub:
     """Sets the flow rules that hold runnable tasks in Switchyard before any
     engine (the embedded queue, BullMQ, Temporal, the webhook caller) sees
-    them:
+    them.
+
+    Every rule belongs to one namespace and applies only to that
+    namespace's tasks, whatever its pattern (`*` included): each call acts
+    on the rules of the caller's namespace (a key's own; for a static token
+    or an open server the one the `switchyard-namespace` header names,
+    `default` without it). A key of any namespace may make these calls, as
+    its role allows. The configuration file's rules (and its default limit)
+    are `default`'s. Patterns and names are the bare ones tasks are
+    scheduled with (a pattern holds no `@`).
 
     - concurrency policies: at most `limit` tasks of one concurrency key
     (`TaskOptions.concurrency_key`) run at once among the tasks whose name
     or queue matches the policy's pattern. A task over the limit stays
     PENDING with the waiting reason CONCURRENCY_LIMIT. The count is per
-    key: tasks of one key under two policies share it, each policy holding
-    its own tasks to its own limit. A task handed to BullMQ or Temporal
+    key of a namespace: tasks of one key under two policies share it, each
+    policy holding its own tasks to its own limit; the same key in two
+    namespaces is two keys. A task handed to BullMQ or Temporal
     counts until it ends there. After a restart (or a failover) the tasks
     that were running, or with their engine, keep their place in the count
     and are handed out again first.
@@ -53,21 +63,27 @@ class FlowServiceStub:
     first rate limit that matches a task applies. The buckets are in
     memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
-    reason QUEUE_PAUSED; running ones finish. A paused name that is a
-    BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
-    already added there do not start until the resume, which resumes
-    BullMQ's queue; a queue someone else paused in BullMQ stays paused).
+    reason QUEUE_PAUSED; running ones finish. A paused name of `default`
+    that is a BullMQ-routed queue is paused in BullMQ too (BullMQ 5's
+    pause: jobs already added there do not start until the resume, which
+    resumes BullMQ's queue; a queue someone else paused in BullMQ stays
+    paused). A pause of another namespace is not: BullMQ's queue is shared
+    by every namespace routed to it, so Switchyard holds that namespace's
+    pending tasks itself, and the jobs BullMQ already has run on.
 
     Policies and rate limits set here and pauses are durable (the SQLite
     store keeps them in `flow.db` beside its file; PostgreSQL in the
     `flow_rules` table) and come before the configuration's
     (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
-    rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
-    the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
-    `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
-    `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
-    file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
-    rate limits; UNAVAILABLE while the rules' storage cannot be written.
+    rate limit) of the task's namespace whose pattern matches wins. Errors:
+    INVALID_ARGUMENT naming the field (`policy.pattern`, `policy.limit`,
+    `rate_limit.pattern`, `rate_limit.rate`, `rate_limit.interval`,
+    `rate_limit.burst`, `pattern`, `name`); PERMISSION_DENIED for a
+    `switchyard-namespace` header a key may not name, or that names no
+    namespace; FAILED_PRECONDITION for a rule of the configuration file
+    (change the file); RESOURCE_EXHAUSTED past 1,000 policies, 1,000 rate
+    limits or 1,000 paused names in one namespace; UNAVAILABLE while the
+    rules' storage cannot be written.
     """
 
     def __init__(self, channel):
@@ -116,14 +132,24 @@ class FlowServiceStub:
 class FlowServiceServicer:
     """Sets the flow rules that hold runnable tasks in Switchyard before any
     engine (the embedded queue, BullMQ, Temporal, the webhook caller) sees
-    them:
+    them.
+
+    Every rule belongs to one namespace and applies only to that
+    namespace's tasks, whatever its pattern (`*` included): each call acts
+    on the rules of the caller's namespace (a key's own; for a static token
+    or an open server the one the `switchyard-namespace` header names,
+    `default` without it). A key of any namespace may make these calls, as
+    its role allows. The configuration file's rules (and its default limit)
+    are `default`'s. Patterns and names are the bare ones tasks are
+    scheduled with (a pattern holds no `@`).
 
     - concurrency policies: at most `limit` tasks of one concurrency key
     (`TaskOptions.concurrency_key`) run at once among the tasks whose name
     or queue matches the policy's pattern. A task over the limit stays
     PENDING with the waiting reason CONCURRENCY_LIMIT. The count is per
-    key: tasks of one key under two policies share it, each policy holding
-    its own tasks to its own limit. A task handed to BullMQ or Temporal
+    key of a namespace: tasks of one key under two policies share it, each
+    policy holding its own tasks to its own limit; the same key in two
+    namespaces is two keys. A task handed to BullMQ or Temporal
     counts until it ends there. After a restart (or a failover) the tasks
     that were running, or with their engine, keep their place in the count
     and are handed out again first.
@@ -140,49 +166,59 @@ class FlowServiceServicer:
     first rate limit that matches a task applies. The buckets are in
     memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
-    reason QUEUE_PAUSED; running ones finish. A paused name that is a
-    BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
-    already added there do not start until the resume, which resumes
-    BullMQ's queue; a queue someone else paused in BullMQ stays paused).
+    reason QUEUE_PAUSED; running ones finish. A paused name of `default`
+    that is a BullMQ-routed queue is paused in BullMQ too (BullMQ 5's
+    pause: jobs already added there do not start until the resume, which
+    resumes BullMQ's queue; a queue someone else paused in BullMQ stays
+    paused). A pause of another namespace is not: BullMQ's queue is shared
+    by every namespace routed to it, so Switchyard holds that namespace's
+    pending tasks itself, and the jobs BullMQ already has run on.
 
     Policies and rate limits set here and pauses are durable (the SQLite
     store keeps them in `flow.db` beside its file; PostgreSQL in the
     `flow_rules` table) and come before the configuration's
     (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
-    rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
-    the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
-    `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
-    `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
-    file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
-    rate limits; UNAVAILABLE while the rules' storage cannot be written.
+    rate limit) of the task's namespace whose pattern matches wins. Errors:
+    INVALID_ARGUMENT naming the field (`policy.pattern`, `policy.limit`,
+    `rate_limit.pattern`, `rate_limit.rate`, `rate_limit.interval`,
+    `rate_limit.burst`, `pattern`, `name`); PERMISSION_DENIED for a
+    `switchyard-namespace` header a key may not name, or that names no
+    namespace; FAILED_PRECONDITION for a rule of the configuration file
+    (change the file); RESOURCE_EXHAUSTED past 1,000 policies, 1,000 rate
+    limits or 1,000 paused names in one namespace; UNAVAILABLE while the
+    rules' storage cannot be written.
     """
 
     def SetConcurrencyPolicy(self, request, context):
-        """Sets (adds or replaces) a concurrency policy, by its pattern. Tasks
-        waiting now are held or released by the new limit at once.
+        """Sets (adds or replaces) a concurrency policy of the caller's
+        namespace, by its pattern. Tasks waiting now are held or released by
+        the new limit at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteConcurrencyPolicy(self, request, context):
-        """Deletes a policy set at run time. An unknown pattern is
-        INVALID_ARGUMENT naming `pattern`.
+        """Deletes a policy of the caller's namespace set at run time. An
+        unknown pattern (another namespace's included) is INVALID_ARGUMENT
+        naming `pattern`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFlowRules(self, request, context):
-        """Every rule in force: the policies and the rate limits in the order
-        they are matched, the default limit and the paused names.
+        """Every rule of the caller's namespace in force: the policies and the
+        rate limits in the order they are matched, the default limit and the
+        paused names, with bare patterns and names.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetRateLimit(self, request, context):
-        """Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+        """Sets (adds or replaces) a rate limit of the caller's namespace, by its
+        pattern. A replaced rate
         limit with the same rate, interval, burst and `per_key` keeps its
         buckets; otherwise they start full. Tasks it holds now take a token
         under the new rate at once.
@@ -192,27 +228,31 @@ class FlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRateLimit(self, request, context):
-        """Deletes a rate limit set at run time; the tasks it held are queued at
-        once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+        """Deletes a rate limit of the caller's namespace set at run time; the
+        tasks it held are queued at once. An unknown pattern is
+        INVALID_ARGUMENT naming `pattern`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PauseQueue(self, request, context):
-        """Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-        until it is resumed; running ones finish. A BullMQ-routed queue is
-        paused in BullMQ too, shortly after the answer. Pausing a paused name
-        does nothing.
+        """Pauses a task name or a queue of the caller's namespace: its pending
+        tasks of that namespace wait (QUEUE_PAUSED) until it is resumed;
+        running ones finish; other namespaces' tasks of the same name run on.
+        A BullMQ-routed queue paused in `default` is paused in BullMQ too,
+        shortly after the answer (not when paused in another namespace: see
+        above). Pausing a paused name does nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeQueue(self, request, context):
-        """Resumes a paused name or queue: its tasks are queued again in their
-        order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
-        there. Resuming a name that is not paused does nothing.
+        """Resumes a paused name or queue of the caller's namespace: its tasks
+        are queued again in their order, and a BullMQ-routed queue Switchyard
+        paused in BullMQ is resumed there. Resuming a name that is not paused
+        in the caller's namespace does nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,14 +307,24 @@ def add_FlowServiceServicer_to_server(servicer, server):
 class FlowService:
     """Sets the flow rules that hold runnable tasks in Switchyard before any
     engine (the embedded queue, BullMQ, Temporal, the webhook caller) sees
-    them:
+    them.
+
+    Every rule belongs to one namespace and applies only to that
+    namespace's tasks, whatever its pattern (`*` included): each call acts
+    on the rules of the caller's namespace (a key's own; for a static token
+    or an open server the one the `switchyard-namespace` header names,
+    `default` without it). A key of any namespace may make these calls, as
+    its role allows. The configuration file's rules (and its default limit)
+    are `default`'s. Patterns and names are the bare ones tasks are
+    scheduled with (a pattern holds no `@`).
 
     - concurrency policies: at most `limit` tasks of one concurrency key
     (`TaskOptions.concurrency_key`) run at once among the tasks whose name
     or queue matches the policy's pattern. A task over the limit stays
     PENDING with the waiting reason CONCURRENCY_LIMIT. The count is per
-    key: tasks of one key under two policies share it, each policy holding
-    its own tasks to its own limit. A task handed to BullMQ or Temporal
+    key of a namespace: tasks of one key under two policies share it, each
+    policy holding its own tasks to its own limit; the same key in two
+    namespaces is two keys. A task handed to BullMQ or Temporal
     counts until it ends there. After a restart (or a failover) the tasks
     that were running, or with their engine, keep their place in the count
     and are handed out again first.
@@ -291,21 +341,27 @@ class FlowService:
     first rate limit that matches a task applies. The buckets are in
     memory: after a restart (or on a new leader) they start full.
     - pauses: the pending tasks of a paused task name or queue wait with the
-    reason QUEUE_PAUSED; running ones finish. A paused name that is a
-    BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
-    already added there do not start until the resume, which resumes
-    BullMQ's queue; a queue someone else paused in BullMQ stays paused).
+    reason QUEUE_PAUSED; running ones finish. A paused name of `default`
+    that is a BullMQ-routed queue is paused in BullMQ too (BullMQ 5's
+    pause: jobs already added there do not start until the resume, which
+    resumes BullMQ's queue; a queue someone else paused in BullMQ stays
+    paused). A pause of another namespace is not: BullMQ's queue is shared
+    by every namespace routed to it, so Switchyard holds that namespace's
+    pending tasks itself, and the jobs BullMQ already has run on.
 
     Policies and rate limits set here and pauses are durable (the SQLite
     store keeps them in `flow.db` beside its file; PostgreSQL in the
     `flow_rules` table) and come before the configuration's
     (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
-    rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
-    the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
-    `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
-    `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
-    file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
-    rate limits; UNAVAILABLE while the rules' storage cannot be written.
+    rate limit) of the task's namespace whose pattern matches wins. Errors:
+    INVALID_ARGUMENT naming the field (`policy.pattern`, `policy.limit`,
+    `rate_limit.pattern`, `rate_limit.rate`, `rate_limit.interval`,
+    `rate_limit.burst`, `pattern`, `name`); PERMISSION_DENIED for a
+    `switchyard-namespace` header a key may not name, or that names no
+    namespace; FAILED_PRECONDITION for a rule of the configuration file
+    (change the file); RESOURCE_EXHAUSTED past 1,000 policies, 1,000 rate
+    limits or 1,000 paused names in one namespace; UNAVAILABLE while the
+    rules' storage cannot be written.
     """
 
     @staticmethod

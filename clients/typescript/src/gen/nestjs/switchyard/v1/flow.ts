@@ -14,9 +14,9 @@ import { Duration } from "../../google/protobuf/duration.js";
 /** A concurrency policy. */
 export interface ConcurrencyPolicy {
   /**
-   * A glob over task names and SIMPLE tasks' queues (`*` any run of
-   * characters, `?` one, `[abc]` a set); it names the policy. 1 to 200
-   * bytes.
+   * A glob over the task names and SIMPLE tasks' queues of the caller's
+   * namespace (`*` any run of characters, `?` one, `[abc]` a set); with
+   * the namespace it names the policy. 1 to 200 bytes, without `@`.
    */
   pattern: string;
   /** Tasks of one concurrency key that may run at once: 1 to 1,000,000. */
@@ -73,7 +73,8 @@ export interface ListFlowRulesResponse {
   policies: ConcurrencyPolicy[];
   /**
    * The limit per key of keyed tasks no policy matches
-   * (`flow.default_concurrency`); 0: none.
+   * (`flow.default_concurrency`): `default`'s only; 0: none (always 0 in
+   * another namespace).
    */
   defaultLimit: number;
   /** The paused names and queues, sorted. */
@@ -88,9 +89,9 @@ export interface ListFlowRulesResponse {
 /** A rate limit: a token bucket per pattern (or per concurrency key). */
 export interface RateLimit {
   /**
-   * A glob over task names and SIMPLE tasks' queues (`*` any run of
-   * characters, `?` one, `[abc]` a set); it names the rate limit. 1 to 200
-   * bytes.
+   * A glob over the task names and SIMPLE tasks' queues of the caller's
+   * namespace (`*` any run of characters, `?` one, `[abc]` a set); with
+   * the namespace it names the rate limit. 1 to 200 bytes, without `@`.
    */
   pattern: string;
   /** Starts per `interval`: 1 to 1,000,000. */
@@ -171,14 +172,24 @@ export interface ResumeQueueResponse {
 /**
  * Sets the flow rules that hold runnable tasks in Switchyard before any
  * engine (the embedded queue, BullMQ, Temporal, the webhook caller) sees
- * them:
+ * them.
+ *
+ * Every rule belongs to one namespace and applies only to that
+ * namespace's tasks, whatever its pattern (`*` included): each call acts
+ * on the rules of the caller's namespace (a key's own; for a static token
+ * or an open server the one the `switchyard-namespace` header names,
+ * `default` without it). A key of any namespace may make these calls, as
+ * its role allows. The configuration file's rules (and its default limit)
+ * are `default`'s. Patterns and names are the bare ones tasks are
+ * scheduled with (a pattern holds no `@`).
  *
  * - concurrency policies: at most `limit` tasks of one concurrency key
  *   (`TaskOptions.concurrency_key`) run at once among the tasks whose name
  *   or queue matches the policy's pattern. A task over the limit stays
  *   PENDING with the waiting reason CONCURRENCY_LIMIT. The count is per
- *   key: tasks of one key under two policies share it, each policy holding
- *   its own tasks to its own limit. A task handed to BullMQ or Temporal
+ *   key of a namespace: tasks of one key under two policies share it, each
+ *   policy holding its own tasks to its own limit; the same key in two
+ *   namespaces is two keys. A task handed to BullMQ or Temporal
  *   counts until it ends there. After a restart (or a failover) the tasks
  *   that were running, or with their engine, keep their place in the count
  *   and are handed out again first.
@@ -195,47 +206,57 @@ export interface ResumeQueueResponse {
  *   first rate limit that matches a task applies. The buckets are in
  *   memory: after a restart (or on a new leader) they start full.
  * - pauses: the pending tasks of a paused task name or queue wait with the
- *   reason QUEUE_PAUSED; running ones finish. A paused name that is a
- *   BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
- *   already added there do not start until the resume, which resumes
- *   BullMQ's queue; a queue someone else paused in BullMQ stays paused).
+ *   reason QUEUE_PAUSED; running ones finish. A paused name of `default`
+ *   that is a BullMQ-routed queue is paused in BullMQ too (BullMQ 5's
+ *   pause: jobs already added there do not start until the resume, which
+ *   resumes BullMQ's queue; a queue someone else paused in BullMQ stays
+ *   paused). A pause of another namespace is not: BullMQ's queue is shared
+ *   by every namespace routed to it, so Switchyard holds that namespace's
+ *   pending tasks itself, and the jobs BullMQ already has run on.
  *
  * Policies and rate limits set here and pauses are durable (the SQLite
  * store keeps them in `flow.db` beside its file; PostgreSQL in the
  * `flow_rules` table) and come before the configuration's
  * (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
- * rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
- * the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
- * `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
- * `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
- * file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
- * rate limits; UNAVAILABLE while the rules' storage cannot be written.
+ * rate limit) of the task's namespace whose pattern matches wins. Errors:
+ * INVALID_ARGUMENT naming the field (`policy.pattern`, `policy.limit`,
+ * `rate_limit.pattern`, `rate_limit.rate`, `rate_limit.interval`,
+ * `rate_limit.burst`, `pattern`, `name`); PERMISSION_DENIED for a
+ * `switchyard-namespace` header a key may not name, or that names no
+ * namespace; FAILED_PRECONDITION for a rule of the configuration file
+ * (change the file); RESOURCE_EXHAUSTED past 1,000 policies, 1,000 rate
+ * limits or 1,000 paused names in one namespace; UNAVAILABLE while the
+ * rules' storage cannot be written.
  */
 
 export interface FlowServiceClient {
   /**
-   * Sets (adds or replaces) a concurrency policy, by its pattern. Tasks
-   * waiting now are held or released by the new limit at once.
+   * Sets (adds or replaces) a concurrency policy of the caller's
+   * namespace, by its pattern. Tasks waiting now are held or released by
+   * the new limit at once.
    */
 
   setConcurrencyPolicy(request: SetConcurrencyPolicyRequest): Observable<SetConcurrencyPolicyResponse>;
 
   /**
-   * Deletes a policy set at run time. An unknown pattern is
-   * INVALID_ARGUMENT naming `pattern`.
+   * Deletes a policy of the caller's namespace set at run time. An
+   * unknown pattern (another namespace's included) is INVALID_ARGUMENT
+   * naming `pattern`.
    */
 
   deleteConcurrencyPolicy(request: DeleteConcurrencyPolicyRequest): Observable<DeleteConcurrencyPolicyResponse>;
 
   /**
-   * Every rule in force: the policies and the rate limits in the order
-   * they are matched, the default limit and the paused names.
+   * Every rule of the caller's namespace in force: the policies and the
+   * rate limits in the order they are matched, the default limit and the
+   * paused names, with bare patterns and names.
    */
 
   listFlowRules(request: ListFlowRulesRequest): Observable<ListFlowRulesResponse>;
 
   /**
-   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * Sets (adds or replaces) a rate limit of the caller's namespace, by its
+   * pattern. A replaced rate
    * limit with the same rate, interval, burst and `per_key` keeps its
    * buckets; otherwise they start full. Tasks it holds now take a token
    * under the new rate at once.
@@ -244,25 +265,29 @@ export interface FlowServiceClient {
   setRateLimit(request: SetRateLimitRequest): Observable<SetRateLimitResponse>;
 
   /**
-   * Deletes a rate limit set at run time; the tasks it held are queued at
-   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   * Deletes a rate limit of the caller's namespace set at run time; the
+   * tasks it held are queued at once. An unknown pattern is
+   * INVALID_ARGUMENT naming `pattern`.
    */
 
   deleteRateLimit(request: DeleteRateLimitRequest): Observable<DeleteRateLimitResponse>;
 
   /**
-   * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. A BullMQ-routed queue is
-   * paused in BullMQ too, shortly after the answer. Pausing a paused name
-   * does nothing.
+   * Pauses a task name or a queue of the caller's namespace: its pending
+   * tasks of that namespace wait (QUEUE_PAUSED) until it is resumed;
+   * running ones finish; other namespaces' tasks of the same name run on.
+   * A BullMQ-routed queue paused in `default` is paused in BullMQ too,
+   * shortly after the answer (not when paused in another namespace: see
+   * above). Pausing a paused name does nothing.
    */
 
   pauseQueue(request: PauseQueueRequest): Observable<PauseQueueResponse>;
 
   /**
-   * Resumes a paused name or queue: its tasks are queued again in their
-   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
-   * there. Resuming a name that is not paused does nothing.
+   * Resumes a paused name or queue of the caller's namespace: its tasks
+   * are queued again in their order, and a BullMQ-routed queue Switchyard
+   * paused in BullMQ is resumed there. Resuming a name that is not paused
+   * in the caller's namespace does nothing.
    */
 
   resumeQueue(request: ResumeQueueRequest): Observable<ResumeQueueResponse>;
@@ -271,14 +296,24 @@ export interface FlowServiceClient {
 /**
  * Sets the flow rules that hold runnable tasks in Switchyard before any
  * engine (the embedded queue, BullMQ, Temporal, the webhook caller) sees
- * them:
+ * them.
+ *
+ * Every rule belongs to one namespace and applies only to that
+ * namespace's tasks, whatever its pattern (`*` included): each call acts
+ * on the rules of the caller's namespace (a key's own; for a static token
+ * or an open server the one the `switchyard-namespace` header names,
+ * `default` without it). A key of any namespace may make these calls, as
+ * its role allows. The configuration file's rules (and its default limit)
+ * are `default`'s. Patterns and names are the bare ones tasks are
+ * scheduled with (a pattern holds no `@`).
  *
  * - concurrency policies: at most `limit` tasks of one concurrency key
  *   (`TaskOptions.concurrency_key`) run at once among the tasks whose name
  *   or queue matches the policy's pattern. A task over the limit stays
  *   PENDING with the waiting reason CONCURRENCY_LIMIT. The count is per
- *   key: tasks of one key under two policies share it, each policy holding
- *   its own tasks to its own limit. A task handed to BullMQ or Temporal
+ *   key of a namespace: tasks of one key under two policies share it, each
+ *   policy holding its own tasks to its own limit; the same key in two
+ *   namespaces is two keys. A task handed to BullMQ or Temporal
  *   counts until it ends there. After a restart (or a failover) the tasks
  *   that were running, or with their engine, keep their place in the count
  *   and are handed out again first.
@@ -295,27 +330,34 @@ export interface FlowServiceClient {
  *   first rate limit that matches a task applies. The buckets are in
  *   memory: after a restart (or on a new leader) they start full.
  * - pauses: the pending tasks of a paused task name or queue wait with the
- *   reason QUEUE_PAUSED; running ones finish. A paused name that is a
- *   BullMQ-routed queue is paused in BullMQ too (BullMQ 5's pause: jobs
- *   already added there do not start until the resume, which resumes
- *   BullMQ's queue; a queue someone else paused in BullMQ stays paused).
+ *   reason QUEUE_PAUSED; running ones finish. A paused name of `default`
+ *   that is a BullMQ-routed queue is paused in BullMQ too (BullMQ 5's
+ *   pause: jobs already added there do not start until the resume, which
+ *   resumes BullMQ's queue; a queue someone else paused in BullMQ stays
+ *   paused). A pause of another namespace is not: BullMQ's queue is shared
+ *   by every namespace routed to it, so Switchyard holds that namespace's
+ *   pending tasks itself, and the jobs BullMQ already has run on.
  *
  * Policies and rate limits set here and pauses are durable (the SQLite
  * store keeps them in `flow.db` beside its file; PostgreSQL in the
  * `flow_rules` table) and come before the configuration's
  * (`[[flow.concurrency]]`, `[[flow.rate_limit]]`): the first policy (or
- * rate limit) whose pattern matches wins. Errors: INVALID_ARGUMENT naming
- * the field (`policy.pattern`, `policy.limit`, `rate_limit.pattern`,
- * `rate_limit.rate`, `rate_limit.interval`, `rate_limit.burst`,
- * `pattern`, `name`); FAILED_PRECONDITION for a rule of the configuration
- * file (change the file); RESOURCE_EXHAUSTED past 1,000 policies or 1,000
- * rate limits; UNAVAILABLE while the rules' storage cannot be written.
+ * rate limit) of the task's namespace whose pattern matches wins. Errors:
+ * INVALID_ARGUMENT naming the field (`policy.pattern`, `policy.limit`,
+ * `rate_limit.pattern`, `rate_limit.rate`, `rate_limit.interval`,
+ * `rate_limit.burst`, `pattern`, `name`); PERMISSION_DENIED for a
+ * `switchyard-namespace` header a key may not name, or that names no
+ * namespace; FAILED_PRECONDITION for a rule of the configuration file
+ * (change the file); RESOURCE_EXHAUSTED past 1,000 policies, 1,000 rate
+ * limits or 1,000 paused names in one namespace; UNAVAILABLE while the
+ * rules' storage cannot be written.
  */
 
 export interface FlowServiceController {
   /**
-   * Sets (adds or replaces) a concurrency policy, by its pattern. Tasks
-   * waiting now are held or released by the new limit at once.
+   * Sets (adds or replaces) a concurrency policy of the caller's
+   * namespace, by its pattern. Tasks waiting now are held or released by
+   * the new limit at once.
    */
 
   setConcurrencyPolicy(
@@ -323,8 +365,9 @@ export interface FlowServiceController {
   ): Promise<SetConcurrencyPolicyResponse> | Observable<SetConcurrencyPolicyResponse> | SetConcurrencyPolicyResponse;
 
   /**
-   * Deletes a policy set at run time. An unknown pattern is
-   * INVALID_ARGUMENT naming `pattern`.
+   * Deletes a policy of the caller's namespace set at run time. An
+   * unknown pattern (another namespace's included) is INVALID_ARGUMENT
+   * naming `pattern`.
    */
 
   deleteConcurrencyPolicy(
@@ -335,8 +378,9 @@ export interface FlowServiceController {
     | DeleteConcurrencyPolicyResponse;
 
   /**
-   * Every rule in force: the policies and the rate limits in the order
-   * they are matched, the default limit and the paused names.
+   * Every rule of the caller's namespace in force: the policies and the
+   * rate limits in the order they are matched, the default limit and the
+   * paused names, with bare patterns and names.
    */
 
   listFlowRules(
@@ -344,7 +388,8 @@ export interface FlowServiceController {
   ): Promise<ListFlowRulesResponse> | Observable<ListFlowRulesResponse> | ListFlowRulesResponse;
 
   /**
-   * Sets (adds or replaces) a rate limit, by its pattern. A replaced rate
+   * Sets (adds or replaces) a rate limit of the caller's namespace, by its
+   * pattern. A replaced rate
    * limit with the same rate, interval, burst and `per_key` keeps its
    * buckets; otherwise they start full. Tasks it holds now take a token
    * under the new rate at once.
@@ -355,8 +400,9 @@ export interface FlowServiceController {
   ): Promise<SetRateLimitResponse> | Observable<SetRateLimitResponse> | SetRateLimitResponse;
 
   /**
-   * Deletes a rate limit set at run time; the tasks it held are queued at
-   * once. An unknown pattern is INVALID_ARGUMENT naming `pattern`.
+   * Deletes a rate limit of the caller's namespace set at run time; the
+   * tasks it held are queued at once. An unknown pattern is
+   * INVALID_ARGUMENT naming `pattern`.
    */
 
   deleteRateLimit(
@@ -364,10 +410,12 @@ export interface FlowServiceController {
   ): Promise<DeleteRateLimitResponse> | Observable<DeleteRateLimitResponse> | DeleteRateLimitResponse;
 
   /**
-   * Pauses a task name or a queue: its pending tasks wait (QUEUE_PAUSED)
-   * until it is resumed; running ones finish. A BullMQ-routed queue is
-   * paused in BullMQ too, shortly after the answer. Pausing a paused name
-   * does nothing.
+   * Pauses a task name or a queue of the caller's namespace: its pending
+   * tasks of that namespace wait (QUEUE_PAUSED) until it is resumed;
+   * running ones finish; other namespaces' tasks of the same name run on.
+   * A BullMQ-routed queue paused in `default` is paused in BullMQ too,
+   * shortly after the answer (not when paused in another namespace: see
+   * above). Pausing a paused name does nothing.
    */
 
   pauseQueue(
@@ -375,9 +423,10 @@ export interface FlowServiceController {
   ): Promise<PauseQueueResponse> | Observable<PauseQueueResponse> | PauseQueueResponse;
 
   /**
-   * Resumes a paused name or queue: its tasks are queued again in their
-   * order, and a BullMQ-routed queue Switchyard paused in BullMQ is resumed
-   * there. Resuming a name that is not paused does nothing.
+   * Resumes a paused name or queue of the caller's namespace: its tasks
+   * are queued again in their order, and a BullMQ-routed queue Switchyard
+   * paused in BullMQ is resumed there. Resuming a name that is not paused
+   * in the caller's namespace does nothing.
    */
 
   resumeQueue(
