@@ -110,7 +110,8 @@ impl Conn {
             let v = http::HeaderValue::from_str(ns.trim())
                 .map_err(|_| CliError::usage("--namespace: not a valid header value"))?;
             out.push((
-                http::HeaderName::from_static(crate::keys::NAMESPACE_HEADER),
+                // The server's `switchyard-namespace` (the CLI uses only the protos).
+                http::HeaderName::from_static("switchyard-namespace"),
                 v,
             ));
         }

@@ -437,7 +437,7 @@ fn a_key_at_its_limit_is_held_and_goes_on_when_one_of_its_tasks_ends() {
 /// A keyed task of `name` in namespace `ns`.
 fn keyed_in(ns: &str, name: &str, key: &str) -> NewTask {
     let mut t = keyed(name, key, 0);
-    crate::keys::stamp_namespace(&mut t.spec, ns);
+    crate::domain::namespace::stamp(&mut t.spec, ns);
     t
 }
 

@@ -19,12 +19,17 @@
 
 use std::borrow::Cow;
 
+use super::TaskSpec;
+
 /// The namespace of everything that names none.
 pub const DEFAULT: &str = "default";
 /// The label a task of a namespace other than `default` carries.
 pub const LABEL: &str = "switchyard.namespace";
 /// The longest namespace name.
 pub const MAX_BYTES: usize = 64;
+/// The request header (gRPC metadata) in which a static token's or an
+/// open server's call names the namespace it acts in.
+pub const HEADER: &str = "switchyard-namespace";
 /// What separates a name from its namespace inside the server.
 pub const SEP: char = '@';
 
@@ -102,6 +107,29 @@ pub fn unqualify_key(key: &str) -> &str {
     match key.strip_prefix("\u{1}ns:") {
         Some(rest) => rest.split_once('\u{1f}').map_or(key, |(_, k)| k),
         None => key,
+    }
+}
+
+/// Puts a new task in namespace `ns`: its [`LABEL`]
+/// (none for `default`; a caller's own is replaced), and its idempotency,
+/// debounce and concurrency keys qualified, so no key matches another
+/// namespace's task (nor counts against another namespace's limit).
+pub fn stamp(spec: &mut TaskSpec, ns: &str) {
+    if ns == DEFAULT {
+        spec.labels.remove(LABEL);
+        return;
+    }
+    spec.labels.insert(LABEL.into(), ns.into());
+    if let Some(k) = spec.idempotency_key.take() {
+        spec.idempotency_key = Some(qualify_key(&k, ns).into());
+    }
+    if let Some(d) = spec.dedup.as_deref_mut() {
+        if let Some(db) = d.debounce.as_mut() {
+            db.key = qualify_key(&db.key, ns).into();
+        }
+    }
+    if let Some(k) = spec.concurrency_key.as_deref_mut() {
+        k.0 = qualify_key(&k.0, ns).into();
     }
 }
 

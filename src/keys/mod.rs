@@ -42,7 +42,7 @@ pub const DEFAULT_NAMESPACE: &str = crate::domain::namespace::DEFAULT;
 /// The request header (gRPC metadata) in which a static token or an open
 /// server's caller names the namespace it acts in (`default` without it).
 /// A key acts in its own namespace: naming another is PERMISSION_DENIED.
-pub const NAMESPACE_HEADER: &str = "switchyard-namespace";
+pub const NAMESPACE_HEADER: &str = crate::domain::namespace::HEADER;
 /// The most task names a worker key lists.
 pub const MAX_NAMES: usize = 100;
 /// The longest user a key is bound to.
@@ -347,12 +347,12 @@ impl Principal {
     }
 
     /// Marks a task the caller schedules: it belongs to the caller's
-    /// namespace ([`stamp_namespace`]), a user-bound key's tasks are its
+    /// namespace ([`crate::domain::namespace::stamp`]), a user-bound key's tasks are its
     /// user's (another user is PERMISSION_DENIED, as `Denied::User`), a
     /// scheduler key's carry its id in [`LABEL`]. Any caller's own
     /// [`LABEL`] is replaced, so no caller claims another key's tasks.
     pub fn stamp(&self, spec: &mut TaskSpec) -> Result<(), Denied> {
-        stamp_namespace(spec, self.namespace());
+        crate::domain::namespace::stamp(spec, self.namespace());
         if let Some(u) = self.user() {
             match spec.user_id.as_deref() {
                 None => spec.user_id = Some(u.to_string()),
@@ -441,30 +441,6 @@ impl Principal {
             _ = e.revoked.cancelled() => {}
             _ = expiry => {}
         }
-    }
-}
-
-/// Puts a new task in namespace `ns`: its [`crate::domain::namespace::LABEL`]
-/// (none for `default`; a caller's own is replaced), and its idempotency,
-/// debounce and concurrency keys qualified, so no key matches another
-/// namespace's task (nor counts against another namespace's limit).
-pub fn stamp_namespace(spec: &mut TaskSpec, ns: &str) {
-    use crate::domain::namespace as nsp;
-    if ns == nsp::DEFAULT {
-        spec.labels.remove(nsp::LABEL);
-        return;
-    }
-    spec.labels.insert(nsp::LABEL.into(), ns.into());
-    if let Some(k) = spec.idempotency_key.take() {
-        spec.idempotency_key = Some(nsp::qualify_key(&k, ns).into());
-    }
-    if let Some(d) = spec.dedup.as_deref_mut() {
-        if let Some(db) = d.debounce.as_mut() {
-            db.key = nsp::qualify_key(&db.key, ns).into();
-        }
-    }
-    if let Some(k) = spec.concurrency_key.as_deref_mut() {
-        k.0 = nsp::qualify_key(&k.0, ns).into();
     }
 }
 

@@ -162,7 +162,10 @@ impl Schedules {
                 .labels
                 .insert(LABEL_TICK.to_string(), tick_label.to_string());
             // A fire belongs to its schedule's namespace (`id@ns`).
-            crate::keys::stamp_namespace(&mut new.spec, crate::domain::namespace::split(&s.id).1);
+            crate::domain::namespace::stamp(
+                &mut new.spec,
+                crate::domain::namespace::split(&s.id).1,
+            );
             self.inner.core.schedule(new).await
         }
         .await;
