@@ -536,11 +536,13 @@
       const keys = (f.topKeys || []).map((k) => `<span class="tag key" data-key="${esc(k.key)}" ` +
         `data-pending="${num(k.pending)}" title="${fmtInt(num(k.running))} running">${esc(k.key)} ` +
         `${fmtInt(num(k.pending))}</span>`).join('');
+      // Another namespace's queue (`name@ns`) is paused by that
+      // namespace's callers, not from here (a name holds no `@`).
       return `<div class="worker queue" data-queue="${esc(n)}" data-paused="${p}" ` +
         `data-held-limit="${num(f.heldConcurrencyLimit)}" data-held-paused="${num(f.heldQueuePaused)}" ` +
         `data-held-rate="${num(f.heldRateLimited)}"><div class="wn">` +
         `<span>${esc(n)}${p ? ' <span class="tag paused">paused</span>' : ''}</span>` +
-        `<span class="slots">${counts}${me.canOperate ? ` <button type="button" class="pause-btn ghost" data-name="${esc(n)}" ` +
+        `<span class="slots">${counts}${me.canOperate && !n.includes('@') ? ` <button type="button" class="pause-btn ghost" data-name="${esc(n)}" ` +
         `data-action="${p ? 'resume' : 'pause'}">${p ? 'Resume' : 'Pause'}</button>` : ''}</span></div>` +
         (held ? `<div class="muted held">${held}</div>` : '') +
         (keys ? `<div class="keys" title="concurrency keys with the most ready tasks">${keys}</div>` : '') +
