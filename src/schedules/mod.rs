@@ -351,22 +351,19 @@ impl Schedules {
 
     /// Up to `limit` schedules after the id `after`, by id.
     pub fn list(&self, after: &str, limit: usize) -> Vec<Schedule> {
-        use std::ops::Bound;
-        let map = self.inner.map.lock();
-        let from = if after.is_empty() {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(after.to_string())
-        };
-        map.range((from, Bound::Unbounded))
-            .take(limit)
-            .map(|(_, s)| s.clone())
-            .collect()
+        self.page(after, limit, |_| true)
     }
 
     /// A page of namespace `ns`'s schedules in id order: ids after `after`
     /// (a qualified id; empty: from the first), at most `limit`.
     pub fn list_in(&self, ns: &str, after: &str, limit: usize) -> Vec<Schedule> {
+        self.page(after, limit, |id| {
+            crate::domain::namespace::split(id).1 == ns
+        })
+    }
+
+    /// Up to `limit` schedules whose id `keep`s, after the id `after`.
+    fn page(&self, after: &str, limit: usize, keep: impl Fn(&str) -> bool) -> Vec<Schedule> {
         use std::ops::Bound;
         let map = self.inner.map.lock();
         let from = if after.is_empty() {
@@ -375,7 +372,7 @@ impl Schedules {
             Bound::Excluded(after.to_string())
         };
         map.range((from, Bound::Unbounded))
-            .filter(|(id, _)| crate::domain::namespace::split(id).1 == ns)
+            .filter(|(id, _)| keep(id))
             .take(limit)
             .map(|(_, s)| s.clone())
             .collect()

@@ -1266,3 +1266,46 @@ pub fn assert_paced_20_a_second(starts: &[f64], what: &str) {
         "the starts took {span} ms, far slower than 20/s"
     );
 }
+
+/// `msg` with a bearer secret (none: an open server) and, when given, the
+/// namespace header (`switchyard-namespace`).
+pub fn with_ns<T>(msg: T, secret: Option<&str>, ns: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(s) = secret {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {s}").parse().unwrap());
+    }
+    if let Some(ns) = ns {
+        r.metadata_mut()
+            .insert("switchyard-namespace", ns.parse().unwrap());
+    }
+    r
+}
+
+/// A key of `role` (a worker key's `names`) in namespace `ns`, made with
+/// the static token `root`: (id, secret).
+pub async fn key_in(
+    url: &str,
+    root: &str,
+    ns: &str,
+    role: pb::KeyRole,
+    names: &[&str],
+) -> (String, String) {
+    let r = switchyard::pb::keys_service_client::KeysServiceClient::new(channel(url).await)
+        .create_key(with_ns(
+            pb::CreateKeyRequest {
+                role: role as i32,
+                names: names.iter().map(|s| s.to_string()).collect(),
+                namespace: ns.into(),
+                ..Default::default()
+            },
+            Some(root),
+            None,
+        ))
+        .await
+        .expect("CreateKey with the root token")
+        .into_inner();
+    let k = r.key.expect("the key");
+    assert_eq!(k.namespace, ns);
+    (k.id, r.secret)
+}

@@ -13,7 +13,6 @@ use parking_lot::Mutex;
 use serde_json::json;
 use switchyard::pb;
 use switchyard::pb::flow_service_client::FlowServiceClient;
-use switchyard::pb::keys_service_client::KeysServiceClient;
 use switchyard_client::worker::{TaskContext, Worker};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -24,38 +23,15 @@ const ROOT: &str = "root-token";
 
 type Flow = FlowServiceClient<Channel>;
 
-/// `msg` with a bearer secret (none: an open server) and, when given, the
-/// namespace header.
 fn with<T>(msg: T, secret: Option<&str>, ns: Option<&str>) -> Request<T> {
-    let mut r = Request::new(msg);
-    if let Some(s) = secret {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {s}").parse().unwrap());
-    }
-    if let Some(ns) = ns {
-        r.metadata_mut()
-            .insert("switchyard-namespace", ns.parse().unwrap());
-    }
-    r
+    with_ns(msg, secret, ns)
 }
 
 /// A key of `role` in namespace `ns`, made with the root token: its secret.
 async fn key_in(server: &TestServer, ns: &str, role: pb::KeyRole, names: &[&str]) -> String {
-    KeysServiceClient::new(channel(&server.url).await)
-        .create_key(with(
-            pb::CreateKeyRequest {
-                role: role as i32,
-                names: names.iter().map(|s| s.to_string()).collect(),
-                namespace: ns.into(),
-                ..Default::default()
-            },
-            Some(ROOT),
-            None,
-        ))
+    crate::common::key_in(&server.url, ROOT, ns, role, names)
         .await
-        .expect("CreateKey with the root token")
-        .into_inner()
-        .secret
+        .1
 }
 
 fn policy(pattern: &str, limit: i32) -> pb::SetConcurrencyPolicyRequest {

@@ -23,16 +23,8 @@ use crate::common::*;
 
 const ROOT: &str = "root-token";
 
-/// `msg` with a bearer secret and, when given, the namespace header.
 fn with<T>(msg: T, secret: &str, ns: Option<&str>) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {secret}").parse().unwrap());
-    if let Some(ns) = ns {
-        r.metadata_mut()
-            .insert("switchyard-namespace", ns.parse().unwrap());
-    }
-    r
+    with_ns(msg, Some(secret), ns)
 }
 
 async fn keys_client(server: &TestServer) -> KeysServiceClient<Channel> {
@@ -46,24 +38,7 @@ async fn key_in(
     role: pb::KeyRole,
     names: &[&str],
 ) -> (String, String) {
-    let r = keys_client(server)
-        .await
-        .create_key(with(
-            pb::CreateKeyRequest {
-                role: role as i32,
-                names: names.iter().map(|s| s.to_string()).collect(),
-                namespace: ns.into(),
-                ..Default::default()
-            },
-            ROOT,
-            None,
-        ))
-        .await
-        .expect("CreateKey with the root token")
-        .into_inner();
-    let k = r.key.expect("the key");
-    assert_eq!(k.namespace, ns);
-    (k.id, r.secret)
+    crate::common::key_in(&server.url, ROOT, ns, role, names).await
 }
 
 /// A task owned by `user` in `session` with idempotency key `key`.
@@ -150,34 +125,31 @@ async fn tasks_idempotency_keys_and_disconnects_never_cross_namespaces() {
             status(&mut c, &a.task_id, secret, ns).await,
             Err(Code::NotFound)
         );
-        let err = c
-            .cancel_task(with(
+        let id = || a.task_id.clone();
+        let refused = [
+            c.cancel_task(with(
                 pb::CancelTaskRequest {
-                    task_id: a.task_id.clone(),
+                    task_id: id(),
                     ..Default::default()
                 },
                 secret,
                 ns,
             ))
             .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{err:?}");
-        let err = c
-            .get_task_logs(with(
+            .map(drop),
+            c.get_task_logs(with(
                 pb::GetTaskLogsRequest {
-                    task_id: a.task_id.clone(),
+                    task_id: id(),
                     ..Default::default()
                 },
                 secret,
                 ns,
             ))
             .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{err:?}");
-        let err = c
-            .signal_task(with(
+            .map(drop),
+            c.signal_task(with(
                 pb::SignalTaskRequest {
-                    task_id: a.task_id.clone(),
+                    task_id: id(),
                     signal: "go".into(),
                     ..Default::default()
                 },
@@ -185,8 +157,21 @@ async fn tasks_idempotency_keys_and_disconnects_never_cross_namespaces() {
                 ns,
             ))
             .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+            .map(drop),
+            c.retry_task(with(
+                pb::RetryTaskRequest {
+                    task_id: id(),
+                    ..Default::default()
+                },
+                secret,
+                ns,
+            ))
+            .await
+            .map(drop),
+        ];
+        for (call, r) in ["cancel", "logs", "signal", "retry"].iter().zip(refused) {
+            assert_eq!(r.unwrap_err().code(), Code::NotFound, "{call}");
+        }
     }
     // The Rust client names the namespace for a static token.
     let mut rust = switchyard_client::Client::connect(server.url.clone())
