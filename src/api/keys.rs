@@ -183,6 +183,7 @@ fn event(e: &AuditEvent) -> pb::AuditEvent {
         action: e.action.clone(),
         target: e.target.clone(),
         detail: e.detail.clone(),
+        namespace: e.namespace.clone(),
     }
 }
 
@@ -248,6 +249,7 @@ impl KeysService for KeysApi {
         &self,
         req: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let limit = match r.page_size {
             0 => 100,
@@ -259,7 +261,7 @@ impl KeysService for KeysApi {
         if r.before < 0 {
             return Err(CoreError::field("before", "must not be negative").into());
         }
-        let events = self.keys.audit_page(r.before, limit + 1).await?;
+        let events = self.keys.audit_page(&who, r.before, limit + 1).await?;
         let more = events.len() > limit;
         let events: Vec<_> = events.iter().take(limit).map(event).collect();
         let next_before = if more {

@@ -260,7 +260,8 @@ pub async fn run_audit<W: Write>(
             .iter()
             .map(|e| {
                 json!({"seq": e.seq, "time": time(&e.time), "keyId": e.key_id,
-                       "action": e.action, "target": e.target, "detail": e.detail})
+                       "namespace": e.namespace, "action": e.action,
+                       "target": e.target, "detail": e.detail})
             })
             .collect();
         return out.document(&json!({"events": events, "nextBefore": r.next_before}));
@@ -270,7 +271,11 @@ pub async fn run_audit<W: Write>(
             "{}  {}  {}  {}  {}{}",
             e.seq,
             time(&e.time),
-            e.key_id,
+            // The caller's namespace, when it is not `default`.
+            match e.namespace.as_str() {
+                "" | "default" => e.key_id.clone(),
+                ns => format!("{}@{ns}", e.key_id),
+            },
             e.action,
             e.target,
             if e.detail.is_empty() {

@@ -29,6 +29,8 @@ pub struct AuditEvent {
     pub target: String,
     /// More.
     pub detail: String,
+    /// The namespace of the caller that did it.
+    pub namespace: String,
 }
 
 /// The most audit events kept in memory (a store in memory).
@@ -76,6 +78,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
     target TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+-- The audit log of one namespace, newest first (a namespace's admin).
+CREATE INDEX IF NOT EXISTS audit_events_namespace ON audit_events(namespace, seq);
 ";
 
 fn to_row(r: &KeyRecord) -> KeyRow {
@@ -137,6 +141,7 @@ fn from_audit(r: AuditRow) -> AuditEvent {
         action: r.action,
         target: r.target,
         detail: r.detail,
+        namespace: r.namespace,
     }
 }
 
@@ -296,6 +301,7 @@ impl Db {
             action: ev.action.clone(),
             target: ev.target.clone(),
             detail: ev.detail.clone(),
+            namespace: ev.namespace.clone(),
         };
         match self {
             Db::Memory(m) => {
@@ -310,8 +316,16 @@ impl Db {
             Db::Sqlite(db) => {
                 db.run(move |c| {
                     c.execute(
-                        "INSERT INTO audit_events (at, key_id, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        rusqlite::params![row.at, row.key_id, row.action, row.target, row.detail],
+                        "INSERT INTO audit_events (at, key_id, action, target, detail, namespace) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        rusqlite::params![
+                            row.at,
+                            row.key_id,
+                            row.action,
+                            row.target,
+                            row.detail,
+                            row.namespace
+                        ],
                     )
                     .map(drop)
                 })
@@ -321,27 +335,44 @@ impl Db {
         }
     }
 
-    /// Events older than `before` (0: any), newest first, at most `limit`.
-    pub async fn page(&self, before: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+    /// Events older than `before` (0: any), of namespace `ns` when given,
+    /// newest first, at most `limit`.
+    pub async fn page(
+        &self,
+        before: i64,
+        limit: usize,
+        ns: Option<&str>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
         let before = if before <= 0 { i64::MAX } else { before };
+        let of_ns = ns.map(str::to_string);
         let rows = match self {
             Db::Memory(m) => {
                 return Ok(m
                     .lock()
                     .audit
                     .iter()
-                    .filter(|e| e.seq < before)
+                    .filter(|e| e.seq < before && ns.is_none_or(|n| e.namespace == n))
                     .take(limit)
                     .cloned()
                     .collect())
             }
             Db::Sqlite(db) => {
                 db.run(move |c| {
-                    let mut st = c.prepare(
-                        "SELECT seq, at, key_id, action, target, detail FROM audit_events \
-                         WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
-                    )?;
-                    let rows = st.query_map(rusqlite::params![before, limit as i64], |r| {
+                    // `?3` NULL: every namespace (the index walks one).
+                    let mut st = c.prepare(match of_ns {
+                        None => {
+                            "SELECT seq, at, key_id, action, target, detail, namespace \
+                             FROM audit_events WHERE seq < ?1 AND ?3 IS NULL \
+                             ORDER BY seq DESC LIMIT ?2"
+                        }
+                        Some(_) => {
+                            "SELECT seq, at, key_id, action, target, detail, namespace \
+                             FROM audit_events WHERE namespace = ?3 AND seq < ?1 \
+                             ORDER BY seq DESC LIMIT ?2"
+                        }
+                    })?;
+                    let params = rusqlite::params![before, limit as i64, of_ns];
+                    let rows = st.query_map(params, |r| {
                         Ok(AuditRow {
                             seq: r.get(0)?,
                             at: r.get(1)?,
@@ -349,13 +380,14 @@ impl Db {
                             action: r.get(3)?,
                             target: r.get(4)?,
                             detail: r.get(5)?,
+                            namespace: r.get(6)?,
                         })
                     })?;
                     rows.collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .await?
             }
-            Db::Postgres(p) => p.page(before, limit as i64).await?,
+            Db::Postgres(p) => p.page(before, limit as i64, ns).await?,
         };
         Ok(rows.into_iter().map(from_audit).collect())
     }
@@ -391,5 +423,49 @@ mod tests {
         let back = db.all().await.unwrap();
         let k = back.iter().find(|k| k.id == "key_new").unwrap();
         assert_eq!((k.max_rps, k.max_payload_bytes), (Some(2.5), Some(100)));
+    }
+
+    /// A namespace's page of the audit log reads its events only, newest
+    /// first, walking the namespace's index (no scan of the log).
+    #[tokio::test]
+    async fn a_namespace_reads_its_audit_events_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_sqlite(dir.path()).unwrap();
+        for (i, ns) in ["default", "acme", "beta", "acme"].iter().enumerate() {
+            db.append(&AuditEvent {
+                seq: 0,
+                time: i as i64,
+                key_id: format!("key_{i}"),
+                action: "cancel".into(),
+                target: "t".into(),
+                detail: String::new(),
+                namespace: ns.to_string(),
+            })
+            .await
+            .unwrap();
+        }
+        let acme = db.page(0, 10, Some("acme")).await.unwrap();
+        let ids: Vec<&str> = acme.iter().map(|e| e.key_id.as_str()).collect();
+        assert_eq!(ids, ["key_3", "key_1"]);
+        assert_eq!(db.page(0, 10, None).await.unwrap().len(), 4);
+        assert_eq!(
+            db.page(acme[0].seq, 10, Some("acme")).await.unwrap().len(),
+            1
+        );
+        drop(db);
+        let c = rusqlite::Connection::open(dir.path().join(super::super::FILE)).unwrap();
+        let plan: Vec<String> = c
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT seq FROM audit_events \
+                 WHERE namespace = 'acme' AND seq < 9 ORDER BY seq DESC LIMIT 10",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let text = plan.join(" | ");
+        assert!(text.contains("audit_events_namespace"), "{text}");
+        assert!(!text.contains("TEMP B-TREE"), "{text}");
     }
 }

@@ -749,6 +749,7 @@ impl Keys {
             action: action.to_string(),
             target: target.to_string(),
             detail: detail.to_string(),
+            namespace: who.namespace().to_string(),
         };
         if let Err(e) = self.inner.db.append(&ev).await {
             tracing::error!(cause = %e, action, target, key_id = who.key_id(), "writing the audit log");
@@ -780,10 +781,14 @@ impl Keys {
     /// (0: from the newest), at most `limit`.
     pub async fn audit_page(
         &self,
+        who: &Principal,
         before: i64,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, CoreError> {
-        Ok(self.inner.db.page(before, limit).await?)
+        // A caller of `default` reads every namespace's events (as it
+        // manages every namespace's keys); another, its own namespace's.
+        let ns = Some(who.namespace()).filter(|ns| *ns != DEFAULT_NAMESPACE);
+        Ok(self.inner.db.page(before, limit, ns).await?)
     }
 
     /// Writes the last-used times that changed. Policy: run by

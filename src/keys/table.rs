@@ -200,7 +200,11 @@ const GRPC: &[(&str, Need, Scoping)] = &[
     ("/switchyard.v1.KeysService/CreateKey", Admin, Namespace),
     ("/switchyard.v1.KeysService/ListKeys", Admin, Namespace),
     ("/switchyard.v1.KeysService/RevokeKey", Admin, Namespace),
-    ("/switchyard.v1.KeysService/ListAuditEvents", Admin, Global),
+    (
+        "/switchyard.v1.KeysService/ListAuditEvents",
+        Admin,
+        Namespace,
+    ),
 ];
 
 /// What a gRPC method needs. Health and reflection are open; a method not

@@ -410,19 +410,55 @@ async fn a_namespace_admin_manages_its_own_keys_only() {
     assert!(beta
         .iter()
         .any(|k| k.id == beta_reader && k.revoked_at.is_none()));
-    // The audit log is server-wide: not for a namespace's admin.
-    let err = k
-        .list_audit_events(with(
-            pb::ListAuditEventsRequest {
-                page_size: 10,
-                before: 0,
-            },
-            &acme_admin,
-            None,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // The audit log: a namespace's admin reads its namespace's events only
+    // (the reader it made; not the root token's creations, nor beta's);
+    // the root token reads every namespace's, each naming its namespace.
+    let audit = |secret: String| {
+        let mut k = kc.clone();
+        async move {
+            k.list_audit_events(with(
+                pb::ListAuditEventsRequest {
+                    page_size: 100,
+                    before: 0,
+                },
+                &secret,
+                None,
+            ))
+            .await
+            .expect("ListAuditEvents")
+            .into_inner()
+            .events
+        }
+    };
+    let (_, beta_admin) = key_in(&server, "beta", pb::KeyRole::Admin, &[]).await;
+    k.create_key(with(
+        pb::CreateKeyRequest {
+            role: pb::KeyRole::Reader as i32,
+            ..Default::default()
+        },
+        &beta_admin,
+        None,
+    ))
+    .await
+    .expect("beta's admin makes a key of beta");
+    let of_acme = audit(acme_admin.clone()).await;
+    assert_eq!(
+        of_acme
+            .iter()
+            .map(|e| (e.action.as_str(), e.target.as_str(), e.namespace.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("key_create", made.id.as_str(), "acme")],
+        "{of_acme:?}"
+    );
+    let of_beta = audit(beta_admin).await;
+    assert!(
+        of_beta.len() == 1 && of_beta[0].namespace == "beta",
+        "{of_beta:?}"
+    );
+    let all = audit(ROOT.into()).await;
+    for ns in ["default", "acme", "beta"] {
+        assert!(all.iter().any(|e| e.namespace == ns), "{ns}: {all:?}");
+    }
 }
 
 #[tokio::test]

@@ -52,6 +52,8 @@ pub struct AuditRow {
     pub target: String,
     /// Detail.
     pub detail: String,
+    /// The namespace of the caller that did it.
+    pub namespace: String,
 }
 
 /// The key and audit rows of one schema.
@@ -169,9 +171,17 @@ impl KeyRows {
         self.conn
             .fenced(async |tx| {
                 tx.execute(
-                    "INSERT INTO audit_events (at, key_id, action, target, detail, term) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[&e.at, &e.key_id, &e.action, &e.target, &e.detail, &term],
+                    "INSERT INTO audit_events (at, key_id, action, target, detail, term, namespace) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &e.at,
+                        &e.key_id,
+                        &e.action,
+                        &e.target,
+                        &e.detail,
+                        &term,
+                        &e.namespace,
+                    ],
                 )
                 .await
                 .map(drop)
@@ -179,17 +189,35 @@ impl KeyRows {
             .await
     }
 
-    /// Events with `seq < before`, newest first, at most `limit`.
-    pub async fn page(&self, before: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+    /// Events with `seq < before` (of namespace `ns`, when given), newest
+    /// first, at most `limit`.
+    pub async fn page(
+        &self,
+        before: i64,
+        limit: i64,
+        ns: Option<&str>,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         self.conn
             .with_client(async |c| {
-                let rows = c
-                    .query(
-                        "SELECT seq, at, key_id, action, target, detail FROM audit_events \
-                         WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
-                        &[&before, &limit],
-                    )
-                    .await?;
+                let rows = match ns {
+                    None => {
+                        c.query(
+                            "SELECT seq, at, key_id, action, target, detail, namespace \
+                             FROM audit_events WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                            &[&before, &limit],
+                        )
+                        .await?
+                    }
+                    Some(ns) => {
+                        c.query(
+                            "SELECT seq, at, key_id, action, target, detail, namespace \
+                             FROM audit_events WHERE namespace = $3 AND seq < $1 \
+                             ORDER BY seq DESC LIMIT $2",
+                            &[&before, &limit, &ns],
+                        )
+                        .await?
+                    }
+                };
                 Ok(rows
                     .iter()
                     .map(|r| AuditRow {
@@ -199,6 +227,7 @@ impl KeyRows {
                         action: r.get(3),
                         target: r.get(4),
                         detail: r.get(5),
+                        namespace: r.get(6),
                     })
                     .collect())
             })

@@ -239,6 +239,8 @@ export interface AuditEvent {
   target: string;
   /** More, in words (a reason, the names a worker registered). */
   detail: string;
+  /** The namespace the caller acted in. */
+  namespace: string;
 }
 
 /** ListAuditEvents's request. */
@@ -1077,7 +1079,7 @@ export const RevokeKeyResponse: MessageFns<RevokeKeyResponse> = {
 };
 
 function createBaseAuditEvent(): AuditEvent {
-  return { seq: 0, time: undefined, keyId: "", action: "", target: "", detail: "" };
+  return { seq: 0, time: undefined, keyId: "", action: "", target: "", detail: "", namespace: "" };
 }
 
 export const AuditEvent: MessageFns<AuditEvent> = {
@@ -1099,6 +1101,9 @@ export const AuditEvent: MessageFns<AuditEvent> = {
     }
     if (message.detail !== "") {
       writer.uint32(50).string(message.detail);
+    }
+    if (message.namespace !== "") {
+      writer.uint32(58).string(message.namespace);
     }
     return writer;
   },
@@ -1164,6 +1169,14 @@ export const AuditEvent: MessageFns<AuditEvent> = {
             message.detail = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.namespace = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1188,6 +1201,7 @@ export const AuditEvent: MessageFns<AuditEvent> = {
       action: isSet(object.action) ? globalThis.String(object.action) : "",
       target: isSet(object.target) ? globalThis.String(object.target) : "",
       detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      namespace: isSet(object.namespace) ? globalThis.String(object.namespace) : "",
     };
   },
 
@@ -1211,6 +1225,9 @@ export const AuditEvent: MessageFns<AuditEvent> = {
     if (message.detail !== "") {
       obj.detail = message.detail;
     }
+    if (message.namespace !== "") {
+      obj.namespace = message.namespace;
+    }
     return obj;
   },
 
@@ -1225,6 +1242,7 @@ export const AuditEvent: MessageFns<AuditEvent> = {
     message.action = object.action ?? "";
     message.target = object.target ?? "";
     message.detail = object.detail ?? "";
+    message.namespace = object.namespace ?? "";
     return message;
   },
 };
@@ -1504,8 +1522,9 @@ export const KeysServiceService = {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it. Server-wide: only a
-   * caller of namespace `default` reads it.
+   * registration, with the id of the key that did it and its namespace. A
+   * caller of namespace `default` reads every namespace's events; an admin
+   * key of another namespace, its own namespace's only.
    */
   listAuditEvents: {
     path: "/switchyard.v1.KeysService/ListAuditEvents" as const,
@@ -1542,8 +1561,9 @@ export interface KeysServiceServer extends UntypedServiceImplementation {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it. Server-wide: only a
-   * caller of namespace `default` reads it.
+   * registration, with the id of the key that did it and its namespace. A
+   * caller of namespace `default` reads every namespace's events; an admin
+   * key of another namespace, its own namespace's only.
    */
   listAuditEvents: handleUnaryCall<ListAuditEventsRequest, ListAuditEventsResponse>;
 }
@@ -1612,8 +1632,9 @@ export interface KeysServiceClient extends Client {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it. Server-wide: only a
-   * caller of namespace `default` reads it.
+   * registration, with the id of the key that did it and its namespace. A
+   * caller of namespace `default` reads every namespace's events; an admin
+   * key of another namespace, its own namespace's only.
    */
   listAuditEvents(
     request: ListAuditEventsRequest,

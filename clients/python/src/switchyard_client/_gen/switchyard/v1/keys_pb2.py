@@ -27,15 +27,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18switchyard/v1/keys.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.switchyard.v1.KeyRole\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05names\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnamespace\x18\t \x01(\t\x12\x1f\n\x17max_requests_per_second\x18\n \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x0b \x01(\x03\"\xd6\x01\n\x10\x43reateKeyRequest\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.switchyard.v1.KeyRole\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17max_requests_per_second\x18\x05 \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x06 \x01(\x03\x12\x11\n\tnamespace\x18\x07 \x01(\t\"G\n\x11\x43reateKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"7\n\x10ListKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.switchyard.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x11RevokeKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey\x12\x0f\n\x07\x61lready\x18\x02 \x01(\x08\"\x83\x01\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\";\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x0e\n\x06\x62\x65\x66ore\x18\x02 \x01(\x03\"Y\n\x17ListAuditEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.AuditEvent\x12\x13\n\x0bnext_before\x18\x02 \x01(\x03*\x90\x01\n\x07KeyRole\x12\x18\n\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0eKEY_ROLE_ADMIN\x10\x01\x12\x15\n\x11KEY_ROLE_OPERATOR\x10\x02\x12\x16\n\x12KEY_ROLE_SCHEDULER\x10\x03\x12\x13\n\x0fKEY_ROLE_READER\x10\x04\x12\x13\n\x0fKEY_ROLE_WORKER\x10\x05\x32\xdc\x02\n\x0bKeysService\x12N\n\tCreateKey\x12\x1f.switchyard.v1.CreateKeyRequest\x1a .switchyard.v1.CreateKeyResponse\x12K\n\x08ListKeys\x12\x1e.switchyard.v1.ListKeysRequest\x1a\x1f.switchyard.v1.ListKeysResponse\x12N\n\tRevokeKey\x12\x1f.switchyard.v1.RevokeKeyRequest\x1a .switchyard.v1.RevokeKeyResponse\x12`\n\x0fListAuditEvents\x12%.switchyard.v1.ListAuditEventsRequest\x1a&.switchyard.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18switchyard/v1/keys.proto\x12\rswitchyard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.switchyard.v1.KeyRole\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\r\n\x05names\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnamespace\x18\t \x01(\t\x12\x1f\n\x17max_requests_per_second\x18\n \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x0b \x01(\x03\"\xd6\x01\n\x10\x43reateKeyRequest\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.switchyard.v1.KeyRole\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05names\x18\x03 \x03(\t\x12-\n\nexpires_in\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x17max_requests_per_second\x18\x05 \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x06 \x01(\x03\x12\x11\n\tnamespace\x18\x07 \x01(\t\"G\n\x11\x43reateKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"7\n\x10ListKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.switchyard.v1.ApiKey\"\x1e\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x11RevokeKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.switchyard.v1.ApiKey\x12\x0f\n\x07\x61lready\x18\x02 \x01(\x08\"\x96\x01\n\nAuditEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x11\n\tnamespace\x18\x07 \x01(\t\";\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x0e\n\x06\x62\x65\x66ore\x18\x02 \x01(\x03\"Y\n\x17ListAuditEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.switchyard.v1.AuditEvent\x12\x13\n\x0bnext_before\x18\x02 \x01(\x03*\x90\x01\n\x07KeyRole\x12\x18\n\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0eKEY_ROLE_ADMIN\x10\x01\x12\x15\n\x11KEY_ROLE_OPERATOR\x10\x02\x12\x16\n\x12KEY_ROLE_SCHEDULER\x10\x03\x12\x13\n\x0fKEY_ROLE_READER\x10\x04\x12\x13\n\x0fKEY_ROLE_WORKER\x10\x05\x32\xdc\x02\n\x0bKeysService\x12N\n\tCreateKey\x12\x1f.switchyard.v1.CreateKeyRequest\x1a .switchyard.v1.CreateKeyResponse\x12K\n\x08ListKeys\x12\x1e.switchyard.v1.ListKeysRequest\x1a\x1f.switchyard.v1.ListKeysResponse\x12N\n\tRevokeKey\x12\x1f.switchyard.v1.RevokeKeyRequest\x1a .switchyard.v1.RevokeKeyResponse\x12`\n\x0fListAuditEvents\x12%.switchyard.v1.ListAuditEventsRequest\x1a&.switchyard.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchyard.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYROLE']._serialized_start=1233
-  _globals['_KEYROLE']._serialized_end=1377
+  _globals['_KEYROLE']._serialized_start=1252
+  _globals['_KEYROLE']._serialized_end=1396
   _globals['_APIKEY']._serialized_start=109
   _globals['_APIKEY']._serialized_end=472
   _globals['_CREATEKEYREQUEST']._serialized_start=475
@@ -51,11 +51,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEKEYRESPONSE']._serialized_start=872
   _globals['_REVOKEKEYRESPONSE']._serialized_end=944
   _globals['_AUDITEVENT']._serialized_start=947
-  _globals['_AUDITEVENT']._serialized_end=1078
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1080
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1139
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1141
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1230
-  _globals['_KEYSSERVICE']._serialized_start=1380
-  _globals['_KEYSSERVICE']._serialized_end=1728
+  _globals['_AUDITEVENT']._serialized_end=1097
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1099
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1158
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1160
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1249
+  _globals['_KEYSSERVICE']._serialized_start=1399
+  _globals['_KEYSSERVICE']._serialized_end=1747
 # @@protoc_insertion_point(module_scope)

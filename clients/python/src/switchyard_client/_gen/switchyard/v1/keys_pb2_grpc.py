@@ -186,8 +186,9 @@ class KeysServiceServicer:
     def ListAuditEvents(self, request, context):
         """The audit log, newest first, a page at a time: every cancel,
         disconnect, pause, resume, retry, replay, signal, key change and worker
-        registration, with the id of the key that did it. Server-wide: only a
-        caller of namespace `default` reads it.
+        registration, with the id of the key that did it and its namespace. A
+        caller of namespace `default` reads every namespace's events; an admin
+        key of another namespace, its own namespace's only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -181,6 +181,8 @@ export interface AuditEvent {
   target: string;
   /** More, in words (a reason, the names a worker registered). */
   detail: string;
+  /** The namespace the caller acted in. */
+  namespace: string;
 }
 
 /** ListAuditEvents's request. */
@@ -290,8 +292,9 @@ export interface KeysServiceClient {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it. Server-wide: only a
-   * caller of namespace `default` reads it.
+   * registration, with the id of the key that did it and its namespace. A
+   * caller of namespace `default` reads every namespace's events; an admin
+   * key of another namespace, its own namespace's only.
    */
 
   listAuditEvents(request: ListAuditEventsRequest): Observable<ListAuditEventsResponse>;
@@ -376,8 +379,9 @@ export interface KeysServiceController {
   /**
    * The audit log, newest first, a page at a time: every cancel,
    * disconnect, pause, resume, retry, replay, signal, key change and worker
-   * registration, with the id of the key that did it. Server-wide: only a
-   * caller of namespace `default` reads it.
+   * registration, with the id of the key that did it and its namespace. A
+   * caller of namespace `default` reads every namespace's events; an admin
+   * key of another namespace, its own namespace's only.
    */
 
   listAuditEvents(
