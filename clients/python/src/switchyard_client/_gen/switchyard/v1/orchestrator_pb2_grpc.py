@@ -39,6 +39,14 @@ class OrchestratorServiceStub:
     cannot be read back (it was quarantined at start-up). An error quotes at
     most 64 bytes of a refused value and carries at most 20 field violations
     (the message counts the rest).
+
+    Every call acts in one namespace: an API key's own (or a JWT's
+    `namespace` claim), or, for a static token and a server without
+    authentication, the one the `switchyard-namespace` metadata names
+    (`default` without it; a key naming another is PERMISSION_DENIED). A task
+    of another namespace is NOT_FOUND, exactly as an unknown id; lists and
+    watches show the caller's namespace only; Disconnect reaches only it; an
+    idempotency, debounce or concurrency key is its namespace's.
     """
 
     def __init__(self, channel):
@@ -137,6 +145,14 @@ class OrchestratorServiceServicer:
     cannot be read back (it was quarantined at start-up). An error quotes at
     most 64 bytes of a refused value and carries at most 20 field violations
     (the message counts the rest).
+
+    Every call acts in one namespace: an API key's own (or a JWT's
+    `namespace` claim), or, for a static token and a server without
+    authentication, the one the `switchyard-namespace` metadata names
+    (`default` without it; a key naming another is PERMISSION_DENIED). A task
+    of another namespace is NOT_FOUND, exactly as an unknown id; lists and
+    watches show the caller's namespace only; Disconnect reaches only it; an
+    idempotency, debounce or concurrency key is its namespace's.
     """
 
     def ScheduleTask(self, request, context):
@@ -424,6 +440,14 @@ class OrchestratorService:
     cannot be read back (it was quarantined at start-up). An error quotes at
     most 64 bytes of a refused value and carries at most 20 field violations
     (the message counts the rest).
+
+    Every call acts in one namespace: an API key's own (or a JWT's
+    `namespace` claim), or, for a static token and a server without
+    authentication, the one the `switchyard-namespace` metadata names
+    (`default` without it; a key naming another is PERMISSION_DENIED). A task
+    of another namespace is NOT_FOUND, exactly as an unknown id; lists and
+    watches show the caller's namespace only; Disconnect reaches only it; an
+    idempotency, debounce or concurrency key is its namespace's.
     """
 
     @staticmethod

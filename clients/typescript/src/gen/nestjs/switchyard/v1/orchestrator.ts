@@ -863,6 +863,14 @@ wrappers[".google.protobuf.Struct"] = { fromObject: Struct.wrap, toObject: Struc
  * cannot be read back (it was quarantined at start-up). An error quotes at
  * most 64 bytes of a refused value and carries at most 20 field violations
  * (the message counts the rest).
+ *
+ * Every call acts in one namespace: an API key's own (or a JWT's
+ * `namespace` claim), or, for a static token and a server without
+ * authentication, the one the `switchyard-namespace` metadata names
+ * (`default` without it; a key naming another is PERMISSION_DENIED). A task
+ * of another namespace is NOT_FOUND, exactly as an unknown id; lists and
+ * watches show the caller's namespace only; Disconnect reaches only it; an
+ * idempotency, debounce or concurrency key is its namespace's.
  */
 
 export interface OrchestratorServiceClient {
@@ -1043,6 +1051,14 @@ export interface OrchestratorServiceClient {
  * cannot be read back (it was quarantined at start-up). An error quotes at
  * most 64 bytes of a refused value and carries at most 20 field violations
  * (the message counts the rest).
+ *
+ * Every call acts in one namespace: an API key's own (or a JWT's
+ * `namespace` claim), or, for a static token and a server without
+ * authentication, the one the `switchyard-namespace` metadata names
+ * (`default` without it; a key naming another is PERMISSION_DENIED). A task
+ * of another namespace is NOT_FOUND, exactly as an unknown id; lists and
+ * watches show the caller's namespace only; Disconnect reaches only it; an
+ * idempotency, debounce or concurrency key is its namespace's.
  */
 
 export interface OrchestratorServiceController {
