@@ -514,12 +514,15 @@ async fn a_worker_takes_only_its_namespace_tasks() {
         }
     })
     .await;
-    // Beta's task, scheduled first, waited: acme's worker never took it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Beta's task was scheduled first: had it been acme's worker's to take,
+    // it would have been handed over before acme's (queues are FIFO), so it
+    // would no longer be pending now that acme's has completed. No wait
+    // is needed to see that it was not.
     assert_eq!(
         state(of_beta.clone(), beta.clone()).await,
         pb::TaskState::Pending as i32
     );
+    assert_eq!(*got.lock().unwrap(), vec!["acme:acme".to_string()]);
     let (beta_handle, _) = spawn_worker(worker(&beta_worker, "beta")).await;
     within("beta's task to complete on beta's worker", LONG, async {
         while state(of_beta.clone(), beta.clone()).await != pb::TaskState::Completed as i32 {
