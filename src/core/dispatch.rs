@@ -98,15 +98,12 @@ impl State {
             }
         }
         let line = format!("handed to the {} backend", engine.name());
-        // Rebuilt after a crash (the task is offered to the backend again):
-        // it rides on the next commit.
-        self.lazily(|st| {
-            st.emit(
-                id,
-                EventKind::Updated,
-                vec![LogEntry::system(id, attempt, line)],
-            )
-        });
+        // Only a log line: the row and its watchers learn of the hand-off
+        // from the backend's next report (the engine took it, or could not
+        // be reached), which carries these fields. Rebuilt after a crash
+        // (the task is offered to the backend again): it rides on the next
+        // commit.
+        self.lazily(|st| st.log(LogEntry::system(id, attempt, line)));
     }
 
     /// Moves an assigned task to RUNNING, with its execution deadline.

@@ -20,49 +20,75 @@ impl Core {
         attempt: u32,
         report: Report,
     ) -> Result<(), CoreError> {
+        self.with_state(|st| st.worker_report(worker_id, id, attempt, report))
+    }
+
+    /// Several reports of one worker, applied in order in one critical
+    /// section (so their writes go to the store together); one answer
+    /// each, as [`Core::report`]'s.
+    pub fn report_all(
+        &self,
+        worker_id: &str,
+        reports: Vec<(TaskId, u32, Report)>,
+    ) -> Vec<Result<(), CoreError>> {
         self.with_state(|st| {
-            let n = st.worker_ids.get(worker_id).copied();
-            let holds = match (n, st.tasks.get(&id)) {
-                (Some(n), Some(a)) => {
-                    a.worker == Some(n)
-                        && a.task.rt.attempt == attempt
-                        && matches!(
-                            a.task.rt.state,
-                            TaskState::Running | TaskState::Compensating | TaskState::Pending
-                        )
-                }
-                _ => false,
-            };
-            if !holds {
-                return Err(CoreError::FailedPrecondition(format!(
-                    "worker {worker_id} does not hold attempt {attempt} of task {id}"
-                )));
-            }
-            let mut report = report;
-            if let Some(n) = n {
-                if let Some(w) = st.workers.get_mut(&n) {
-                    w.last_seen = st.now;
-                    // A backend's log lines come from its engine (BullMQ's job
-                    // log, Temporal's history); an embedded executor's are
-                    // Switchyard's own; a remote worker's are the worker's.
-                    if let Report::Log { source, .. } = &mut report {
-                        if let Some(engine) = w.engine {
-                            *source = if engine.is_backend() {
-                                LogSource::Engine
-                            } else {
-                                LogSource::System
-                            };
-                        }
-                    }
-                }
-            }
-            st.apply_report(id, attempt, report);
-            Ok(())
+            reports
+                .into_iter()
+                .map(|(id, attempt, r)| st.worker_report(worker_id, id, attempt, r))
+                .collect()
         })
     }
 }
 
 impl State {
+    /// A worker's report, checked: refused (with the reason) if the worker
+    /// does not hold that attempt.
+    fn worker_report(
+        &mut self,
+        worker_id: &str,
+        id: TaskId,
+        attempt: u32,
+        report: Report,
+    ) -> Result<(), CoreError> {
+        let n = self.worker_ids.get(worker_id).copied();
+        let holds = match (n, self.tasks.get(&id)) {
+            (Some(n), Some(a)) => {
+                a.worker == Some(n)
+                    && a.task.rt.attempt == attempt
+                    && matches!(
+                        a.task.rt.state,
+                        TaskState::Running | TaskState::Compensating | TaskState::Pending
+                    )
+            }
+            _ => false,
+        };
+        if !holds {
+            return Err(CoreError::FailedPrecondition(format!(
+                "worker {worker_id} does not hold attempt {attempt} of task {id}"
+            )));
+        }
+        let mut report = report;
+        if let Some(n) = n {
+            if let Some(w) = self.workers.get_mut(&n) {
+                w.last_seen = self.now;
+                // A backend's log lines come from its engine (BullMQ's job
+                // log, Temporal's history); an embedded executor's are
+                // Switchyard's own; a remote worker's are the worker's.
+                if let Report::Log { source, .. } = &mut report {
+                    if let Some(engine) = w.engine {
+                        *source = if engine.is_backend() {
+                            LogSource::Engine
+                        } else {
+                            LogSource::System
+                        };
+                    }
+                }
+            }
+        }
+        self.apply_report(id, attempt, report);
+        Ok(())
+    }
+
     /// Applies a report of a worker that holds `attempt` of task `id`.
     pub(super) fn apply_report(&mut self, id: TaskId, attempt: u32, report: Report) {
         match report {

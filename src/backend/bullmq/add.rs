@@ -1,6 +1,7 @@
 //! Adding a task's job to its BullMQ queue: the follower's side (a new
 //! assignment, one add at a time per job, adds waiting for the reader's
-//! first position, the add's answer and the events buffered meanwhile) and
+//! first position, a round's adds sent together and their answers reported
+//! in one group, the events buffered meanwhile) and
 //! the add itself (the payload from the core, BullMQ's options, the add
 //! script).
 //!
@@ -76,85 +77,119 @@ impl Follower {
         }
         job.adding = true;
         let task = job.task.clone();
+        self.to_add.push((job_id.to_string(), task, payload));
+    }
+
+    /// Sends the adds of this round to Redis side by side (on the
+    /// multiplexed connection); the follower hears of them together.
+    pub(super) fn flush_adds(&mut self) {
+        if self.to_add.is_empty() {
+            return;
+        }
+        let adds = std::mem::take(&mut self.to_add);
         let (shared, queue, tx, epoch) = (
             self.shared.clone(),
             self.queue.clone(),
             self.tx.clone(),
             self.epoch,
         );
-        let job_id = job_id.to_string();
-        // Adds run side by side on the multiplexed connection; the follower
-        // hears of each when it is done.
         tokio::spawn(async move {
-            let result = add(&shared, &queue, &task, payload).await;
-            let _ = tx.send(Msg::Added {
-                job_id,
-                result,
-                epoch,
-            });
+            let results =
+                futures::future::join_all(adds.into_iter().map(|(job_id, task, payload)| {
+                    let (shared, queue) = (&shared, &queue);
+                    async move {
+                        let result = add(shared, queue, &task, payload).await;
+                        (job_id, result)
+                    }
+                }))
+                .await;
+            let _ = tx.send(Msg::Added { results, epoch });
         });
     }
 
-    pub(super) async fn added(&mut self, job_id: String, result: Result<bool, String>, epoch: u64) {
-        let Some(job) = self.jobs.get_mut(&job_id) else {
-            return;
-        };
-        job.adding = false;
-        let buffered = std::mem::take(&mut job.buffered);
-        let delayed = match result {
-            Ok(d) => d,
-            Err(message) => {
-                let retry_after = self.shared.retry_after();
-                tracing::warn!(task_id = %job_id, cause = %message, ?retry_after, "cannot add the job; kept in the outbox");
-                self.end(
-                    &job_id,
-                    Report::Unreachable {
-                        retry_after,
-                        message,
-                    },
-                );
-                return;
+    pub(super) async fn added(&mut self, results: Vec<(String, Result<bool, String>)>, epoch: u64) {
+        // First every answer's report, in one group: Redis has the job
+        // (one lazy write each: should the server die before it commits,
+        // the task is offered again after the restart, the add finds the
+        // job, and the follower reads where it is: `again`), or could not
+        // be reached (the task goes back to the outbox).
+        let mut reports = Vec::with_capacity(results.len());
+        let mut buffered = Vec::with_capacity(results.len());
+        for (job_id, result) in results {
+            let Some(job) = self.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            job.adding = false;
+            let events = std::mem::take(&mut job.buffered);
+            let report = match result {
+                Ok(delayed) => {
+                    let reason = if delayed {
+                        WaitingReason::Delayed
+                    } else {
+                        WaitingReason::Queued
+                    };
+                    buffered.push((job_id.clone(), reason, events));
+                    Report::Forwarded {
+                        external_id: job_id.clone(),
+                        waiting_reason: reason,
+                    }
+                }
+                Err(message) => {
+                    let retry_after = self.shared.retry_after();
+                    tracing::warn!(task_id = %job_id, cause = %message, ?retry_after, "cannot add the job; kept in the outbox");
+                    reports.push((
+                        job_id,
+                        Report::Unreachable {
+                            retry_after,
+                            message,
+                        },
+                    ));
+                    continue;
+                }
+            };
+            reports.push((job_id, report));
+        }
+        if !buffered.is_empty() {
+            self.shared.reached();
+        }
+        let unreachable: Vec<String> = reports
+            .iter()
+            .filter(|(_, r)| matches!(r, Report::Unreachable { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let accepted = self.report_all(reports);
+        for id in unreachable {
+            self.forget(&id);
+        }
+        // Then, for each job Redis has, what happened to it meanwhile.
+        for (job_id, reason, events) in buffered {
+            if !accepted.contains(&job_id) {
+                continue;
             }
-        };
-        self.shared.reached();
-        let reason = if delayed {
-            WaitingReason::Delayed
-        } else {
-            WaitingReason::Queued
-        };
-        // One lazy write: should the server die before it commits, the task
-        // is offered again after the restart, the add finds the job, and the
-        // follower reads where it is (`again`).
-        let forwarded = Report::Forwarded {
-            external_id: job_id.clone(),
-            waiting_reason: reason,
-        };
-        if !self.report(&job_id, forwarded) {
-            return;
-        }
-        if let Some(job) = self.jobs.get_mut(&job_id) {
-            job.shown = Some((TaskState::Pending, Some(reason)));
-        }
-        for entry in buffered {
-            self.event(entry, &HashMap::new()).await;
-        }
-        // Read where the job is now if the reader restarted from a later
-        // position while the add was in flight, or if an earlier try had
-        // added the job already (this add then changed nothing and its
-        // events are long gone).
-        let maybe_added = self
-            .jobs
-            .get_mut(&job_id)
-            .map(|j| std::mem::take(&mut j.maybe_added));
-        if maybe_added.is_some_and(|m| m || epoch != self.epoch) {
-            self.resync_jobs(vec![job_id.clone()]).await;
-        }
-        if self
-            .jobs
-            .get(&job_id)
-            .is_some_and(|j| j.cancel == CancelState::Wanted)
-        {
-            self.try_cancel(&job_id).await;
+            if let Some(job) = self.jobs.get_mut(&job_id) {
+                job.shown = Some((TaskState::Pending, Some(reason)));
+            }
+            for entry in events {
+                self.event(entry, &HashMap::new()).await;
+            }
+            // Read where the job is now if the reader restarted from a later
+            // position while the add was in flight, or if an earlier try had
+            // added the job already (this add then changed nothing and its
+            // events are long gone).
+            let maybe_added = self
+                .jobs
+                .get_mut(&job_id)
+                .map(|j| std::mem::take(&mut j.maybe_added));
+            if maybe_added.is_some_and(|m| m || epoch != self.epoch) {
+                self.resync_jobs(vec![job_id.clone()]).await;
+            }
+            if self
+                .jobs
+                .get(&job_id)
+                .is_some_and(|j| j.cancel == CancelState::Wanted)
+            {
+                self.try_cancel(&job_id).await;
+            }
         }
     }
 }

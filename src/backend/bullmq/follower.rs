@@ -9,7 +9,7 @@
 //! entries (`event.rs` does), and it reaches the store only through the
 //! core's reports.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -31,10 +31,10 @@ pub(super) enum Msg {
         task_id: TaskId,
         reason: CancelReason,
     },
-    /// An add finished.
+    /// A round of adds finished: each job's result (whether it is delayed,
+    /// or why Redis could not be reached).
     Added {
-        job_id: String,
-        result: Result<bool, String>,
+        results: Vec<(String, Result<bool, String>)>,
         epoch: u64,
     },
     /// The reader is (again) reading from `pos`; `continuous` if nothing
@@ -99,7 +99,13 @@ pub(super) struct Follower {
     /// (in `waiting_adds`), so that no event of a new job comes before it.
     pub(super) positioned: bool,
     pub(super) waiting_adds: Vec<(String, Option<Arc<str>>)>,
+    /// Adds started while handling the current messages: they go to Redis
+    /// together once those are handled ([`Follower::flush_adds`]).
+    pub(super) to_add: Vec<(String, Task, Option<Arc<str>>)>,
 }
+
+/// Most messages handled before the adds they started go out.
+const ROUND: usize = 256;
 
 impl Follower {
     /// Starts a queue's follower and its reader; returns its channel.
@@ -115,6 +121,7 @@ impl Follower {
             contact: true,
             positioned: false,
             waiting_adds: Vec::new(),
+            to_add: Vec::new(),
         };
         let span = tracing::info_span!("bullmq-follower", queue = %queue);
         // Policy on shutdown: both stop when the backend's token is cancelled.
@@ -129,24 +136,36 @@ impl Follower {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let stop = self.shared.stop.clone();
         loop {
-            let msg = tokio::select! {
+            let first = tokio::select! {
                 _ = stop.cancelled() => return,
                 m = rx.recv() => match m { Some(m) => m, None => return },
             };
-            match msg {
-                Msg::Assign(a) => self.assign(*a).await,
-                Msg::Cancel { task_id, reason } => self.cancel(task_id, &reason).await,
-                Msg::Added {
-                    job_id,
-                    result,
-                    epoch,
-                } => self.added(job_id, result, epoch).await,
-                Msg::Ready { continuous, pos } => self.ready(continuous, pos).await,
-                Msg::Lost(why) => self.lost(&why),
-                Msg::Events(batch) => self.events(batch).await,
-                Msg::Resync(ids) => self.resync_again(ids).await,
-                Msg::RetryCancel(job_id) => self.retry_cancel(job_id).await,
+            // The messages already waiting are handled in a round, and the
+            // jobs they add go to Redis together at its end: a bulk of
+            // tasks becomes one round of adds and one group of reports.
+            let mut msg = Some(first);
+            let mut handled = 0;
+            while let Some(m) = msg.take() {
+                self.handle(m).await;
+                handled += 1;
+                if handled < ROUND {
+                    msg = rx.try_recv().ok();
+                }
             }
+            self.flush_adds();
+        }
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Assign(a) => self.assign(*a).await,
+            Msg::Cancel { task_id, reason } => self.cancel(task_id, &reason).await,
+            Msg::Added { results, epoch } => self.added(results, epoch).await,
+            Msg::Ready { continuous, pos } => self.ready(continuous, pos).await,
+            Msg::Lost(why) => self.lost(&why),
+            Msg::Events(batch) => self.events(batch).await,
+            Msg::Resync(ids) => self.resync_again(ids).await,
+            Msg::RetryCancel(job_id) => self.retry_cancel(job_id).await,
         }
     }
 
@@ -171,6 +190,34 @@ impl Follower {
                 false
             }
         }
+    }
+
+    /// Reports on several jobs' tasks in one group; returns the jobs whose
+    /// reports were taken (a refused one's job is dropped, as
+    /// [`Follower::report`]'s).
+    pub(super) fn report_all(&mut self, reports: Vec<(String, Report)>) -> HashSet<String> {
+        let mut ids = Vec::with_capacity(reports.len());
+        let mut batch = Vec::with_capacity(reports.len());
+        for (job_id, r) in reports {
+            if let Some(job) = self.jobs.get(&job_id) {
+                batch.push((job.task.id, job.attempt, r));
+                ids.push(job_id);
+            }
+        }
+        let answers = self.shared.core.report_all(&self.shared.worker_id, batch);
+        let mut taken = HashSet::with_capacity(ids.len());
+        for (job_id, answer) in ids.into_iter().zip(answers) {
+            match answer {
+                Ok(()) => {
+                    taken.insert(job_id);
+                }
+                Err(e) => {
+                    tracing::debug!(task_id = %job_id, cause = %e, "report refused; no longer following");
+                    self.forget(&job_id);
+                }
+            }
+        }
+        taken
     }
 
     /// Reports a final outcome and stops following.

@@ -3,6 +3,7 @@
 use super::*;
 use crate::store::contract::{self, store_contract, Harness, Opened};
 
+use crate::domain::EventKind;
 use contract::task;
 
 async fn insert(s: &SqliteStore, t: &Task) -> WriteOutcome {
@@ -362,4 +363,73 @@ async fn a_file_of_version_1_is_upgraded_at_open() {
         )
         .unwrap();
     assert_eq!(adopt, 0, "adopted once");
+}
+
+/// An update that keeps every indexed column but `seq` takes the light
+/// statement; one that changes the state writes every column whatever its
+/// event, so the state's index and the ended counts follow.
+#[tokio::test]
+async fn an_update_writes_the_columns_whichever_statement_takes_it() {
+    let s = SqliteStore::open(SqliteOptions::default()).unwrap();
+    let mut t = task(None);
+    assert_eq!(insert(&s, &t).await, WriteOutcome::Done);
+    let write = |t: &Task, event: EventKind| {
+        let (s, t) = (s.clone(), t.clone());
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            s.submit(
+                vec![WriteOp::Update {
+                    task: t,
+                    log: Vec::new(),
+                    event: Some(event),
+                }],
+                Some(tx),
+            );
+            rx.await.unwrap().unwrap();
+        }
+    };
+    let in_state = |state: TaskState| {
+        let s = s.clone();
+        async move {
+            s.list(ListQuery {
+                filter: TaskFilter {
+                    states: vec![state],
+                    ..Default::default()
+                },
+                limit: 10,
+                before: None,
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.rt.seq, t.rt.external_id.map(String::from)))
+            .collect::<Vec<_>>()
+        }
+    };
+    // The state kept: seq and the runtime change.
+    t.rt.seq = 7;
+    t.rt.external_id = Some("job-1".into());
+    write(&t, EventKind::Updated).await;
+    assert_eq!(
+        in_state(TaskState::Pending).await,
+        [(7, Some("job-1".to_string()))]
+    );
+    // The state changed under an event that usually keeps it: the light
+    // statement finds no row as it was, and the full one writes it.
+    t.rt.seq = 8;
+    t.rt.state = TaskState::Completed;
+    t.rt.finished_at = Some(now_micros());
+    write(&t, EventKind::Progress).await;
+    assert!(in_state(TaskState::Pending).await.is_empty());
+    assert_eq!(
+        in_state(TaskState::Completed).await,
+        [(8, Some("job-1".to_string()))]
+    );
+    let counts = s.counts().await.unwrap();
+    assert!(
+        counts
+            .iter()
+            .any(|c| c.2 == TaskState::Completed && c.3 == 1),
+        "{counts:?}"
+    );
 }

@@ -6,6 +6,7 @@
 //! cannot take (full) is kept and tried again until it commits (`disk`).
 
 use super::*;
+use crate::domain::EventKind;
 use crate::store::batch::{Batch, BatchFormer, Queued};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 
@@ -530,21 +531,28 @@ fn apply_group(
                         &encoded
                     }
                 };
-                let n = conn
-                    .prepare_cached(
-                        "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6,
-                                          error_kind = ?7
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![
-                        task.id.as_bytes(),
-                        task.rt.state.code(),
-                        task.rt.seq as i64,
-                        task.rt.source.code(),
-                        rt,
-                        purge_at(retention, task),
-                        task.rt.error_kind(),
-                    ])?;
+                let columns = params![
+                    task.id.as_bytes(),
+                    task.rt.state.code(),
+                    task.rt.seq as i64,
+                    task.rt.source.code(),
+                    rt,
+                    purge_at(retention, task),
+                    task.rt.error_kind(),
+                ];
+                // Most changes that keep the state (an engine took the task,
+                // progress, a hold) leave every indexed column but `seq` as
+                // it is: the light statement then rewrites the row and one
+                // index entry, where the full one rewrites six and runs the
+                // state triggers. Its WHERE checks that the columns are
+                // unchanged, so a wrong guess only costs a lookup.
+                let light = matches!(event, Some(EventKind::Updated | EventKind::Progress))
+                    && conn.prepare_cached(LIGHT_UPDATE)?.execute(columns)? == 1;
+                let n = if light {
+                    1
+                } else {
+                    conn.prepare_cached(FULL_UPDATE)?.execute(columns)?
+                };
                 if n == 0 {
                     // No such row: the task's insert failed (the core
                     // withdraws such a task). Nothing of it is logged or
@@ -594,6 +602,19 @@ fn apply_group(
     }
     Ok(out)
 }
+
+/// A row write: every mutable column.
+const FULL_UPDATE: &str =
+    "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6,
+                                    error_kind = ?7
+                   WHERE id = ?1";
+
+/// A row write that keeps every indexed column but `seq` (the same
+/// parameters as [`FULL_UPDATE`]): it changes nothing unless they are
+/// unchanged. With no state in its SET list, the state triggers do not run.
+const LIGHT_UPDATE: &str = "UPDATE tasks SET seq = ?3, rt = ?5
+                    WHERE id = ?1 AND state = ?2 AND source = ?4 AND purge_at IS ?6
+                      AND error_kind IS ?7";
 
 /// Counts a task inserted in a final state in `ended_counts`, as the
 /// update and delete triggers count the others (see the schema: an insert
