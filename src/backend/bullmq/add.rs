@@ -50,13 +50,7 @@ impl Follower {
             self.try_cancel(&job_id).await;
         } else if resume {
             self.resync_jobs(vec![job_id.clone()]).await;
-            if self
-                .jobs
-                .get(&job_id)
-                .is_some_and(|j| j.cancel == CancelState::Wanted)
-            {
-                self.try_cancel(&job_id).await;
-            }
+            self.cancel_if_wanted(&job_id).await;
         } else {
             self.start_add(&job_id, a.payload);
         }
@@ -183,13 +177,7 @@ impl Follower {
             if maybe_added.is_some_and(|m| m || epoch != self.epoch) {
                 self.resync_jobs(vec![job_id.clone()]).await;
             }
-            if self
-                .jobs
-                .get(&job_id)
-                .is_some_and(|j| j.cancel == CancelState::Wanted)
-            {
-                self.try_cancel(&job_id).await;
-            }
+            self.cancel_if_wanted(&job_id).await;
         }
     }
 }

@@ -109,14 +109,15 @@ impl Follower {
         });
     }
 
-    /// A cancel tried again after `CANCEL_RETRY`, if it is still wanted.
-    pub(super) async fn retry_cancel(&mut self, job_id: String) {
+    /// Tries a cancel that is still wanted: after `CANCEL_RETRY`, or once
+    /// the job's add or state read let it go ahead.
+    pub(super) async fn cancel_if_wanted(&mut self, job_id: &str) {
         if self
             .jobs
-            .get(&job_id)
+            .get(job_id)
             .is_some_and(|j| j.cancel == CancelState::Wanted)
         {
-            self.try_cancel(&job_id).await;
+            self.try_cancel(job_id).await;
         }
     }
 }

@@ -165,7 +165,7 @@ impl Follower {
             Msg::Lost(why) => self.lost(&why),
             Msg::Events(batch) => self.events(batch).await,
             Msg::Resync(ids) => self.resync_again(ids).await,
-            Msg::RetryCancel(job_id) => self.retry_cancel(job_id).await,
+            Msg::RetryCancel(job_id) => self.cancel_if_wanted(&job_id).await,
         }
     }
 
