@@ -194,8 +194,9 @@ async fn add(
         Err(CoreError::NotFound(_)) => return Err("the payload is not in the store".into()),
         Err(e) => return Err(format!("reading the payload: {e}")),
     };
-    let data: serde_json::Value =
-        serde_json::from_str(&payload).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    // Checked, not parsed into a tree: it goes to Redis as it is.
+    let data = serde_json::value::RawValue::from_string(payload.to_string())
+        .map_err(|e| format!("the payload is not JSON: {e}"))?;
     let opts = AddOptions::of(task, now_micros());
     shared.conn.add(queue, &task.spec.name, data, &opts).await?;
     Ok(!opts.delay.is_zero())

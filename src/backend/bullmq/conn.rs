@@ -13,7 +13,7 @@ use std::time::Duration;
 use bullmq_rs::{Queue, QueueBuilder, RedisConnection};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value as RValue};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::config::BullmqConfig;
 use super::mapping::{AddOptions, JobPlace};
@@ -143,7 +143,7 @@ pub struct Conn {
     url: String,
     client: redis::Client,
     manager: tokio::sync::Mutex<Option<ConnectionManager>>,
-    queues: parking_lot::Mutex<HashMap<String, Arc<Queue<Value>>>>,
+    queues: parking_lot::Mutex<HashMap<String, Arc<Queue<Box<RawValue>>>>>,
     building: tokio::sync::Mutex<()>,
     take_out: redis::Script,
     set_opts: redis::Script,
@@ -215,7 +215,7 @@ impl Conn {
     }
 
     /// The bullmq-rs queue of `name` (made on first use).
-    async fn queue(&self, name: &str) -> Result<Arc<Queue<Value>>, RedisFailure> {
+    async fn queue(&self, name: &str) -> Result<Arc<Queue<Box<RawValue>>>, RedisFailure> {
         if let Some(q) = self.queues.lock().get(name) {
             return Ok(q.clone());
         }
@@ -228,7 +228,7 @@ impl Conn {
             QueueBuilder::new(name)
                 .connection(RedisConnection::new(self.url.clone()))
                 .prefix(self.cfg.prefix.clone())
-                .build::<Value>(),
+                .build::<Box<RawValue>>(),
         )
         .await
         .map_err(|_| fail("connect", "timed out"))?
@@ -250,12 +250,14 @@ impl Conn {
         }
     }
 
-    /// Adds a job (a no-op if the job id exists).
+    /// Adds a job (a no-op if the job id exists). `data` is the job's JSON
+    /// as it goes to Redis: passed through, not parsed into a tree and
+    /// written out again.
     pub async fn add(
         &self,
         queue: &str,
         name: &str,
-        data: Value,
+        data: Box<RawValue>,
         opts: &AddOptions,
     ) -> Result<(), RedisFailure> {
         let q = self.queue(queue).await?;

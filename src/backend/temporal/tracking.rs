@@ -148,7 +148,7 @@ impl TrackingSink for BullmqTrackingSink {
     }
 
     async fn publish(&self, queue: &str, event: &TrackingEvent) -> Result<(), String> {
-        let data = serde_json::to_value(event).map_err(|e| e.to_string())?;
+        let data = serde_json::value::to_raw_value(event).map_err(|e| e.to_string())?;
         let opts = crate::backend::bullmq::mapping::AddOptions {
             priority: 0,
             delay: std::time::Duration::ZERO,
