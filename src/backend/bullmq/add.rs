@@ -108,55 +108,49 @@ impl Follower {
         // job, and the follower reads where it is: `again`), or could not
         // be reached (the task goes back to the outbox).
         let mut reports = Vec::with_capacity(results.len());
-        let mut buffered = Vec::with_capacity(results.len());
+        let mut forwarded = Vec::with_capacity(results.len());
+        let mut unreachable = Vec::new();
         for (job_id, result) in results {
             let Some(job) = self.jobs.get_mut(&job_id) else {
                 continue;
             };
             job.adding = false;
             let events = std::mem::take(&mut job.buffered);
-            let report = match result {
+            match result {
                 Ok(delayed) => {
                     let reason = if delayed {
                         WaitingReason::Delayed
                     } else {
                         WaitingReason::Queued
                     };
-                    buffered.push((job_id.clone(), reason, events));
-                    Report::Forwarded {
+                    let report = Report::Forwarded {
                         external_id: job_id.clone(),
                         waiting_reason: reason,
-                    }
+                    };
+                    reports.push((job_id.clone(), report));
+                    forwarded.push((job_id, reason, events));
                 }
                 Err(message) => {
                     let retry_after = self.shared.retry_after();
                     tracing::warn!(task_id = %job_id, cause = %message, ?retry_after, "cannot add the job; kept in the outbox");
-                    reports.push((
-                        job_id,
-                        Report::Unreachable {
-                            retry_after,
-                            message,
-                        },
-                    ));
-                    continue;
+                    let report = Report::Unreachable {
+                        retry_after,
+                        message,
+                    };
+                    reports.push((job_id.clone(), report));
+                    unreachable.push(job_id);
                 }
-            };
-            reports.push((job_id, report));
+            }
         }
-        if !buffered.is_empty() {
+        if !forwarded.is_empty() {
             self.shared.reached();
         }
-        let unreachable: Vec<String> = reports
-            .iter()
-            .filter(|(_, r)| matches!(r, Report::Unreachable { .. }))
-            .map(|(id, _)| id.clone())
-            .collect();
         let accepted = self.report_all(reports);
         for id in unreachable {
             self.forget(&id);
         }
         // Then, for each job Redis has, what happened to it meanwhile.
-        for (job_id, reason, events) in buffered {
+        for (job_id, reason, events) in forwarded {
             if !accepted.contains(&job_id) {
                 continue;
             }
