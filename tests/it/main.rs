@@ -24,6 +24,7 @@ mod debounce;
 mod flow;
 mod flow_namespaces;
 mod hostile;
+mod http2;
 mod jwt;
 mod key_limits;
 mod keys;
