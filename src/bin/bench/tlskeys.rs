@@ -5,7 +5,8 @@
 //! `keys` API keys with `KeysService.CreateKey`; the load uses one of them
 //! (a `scheduler` key), c's worker another (a `worker` key for its task
 //! name). Against the same measurements on a fresh server in plaintext
-//! with no authentication, in the same run, alternating.
+//! with no authentication, running beside it: each figure is taken in
+//! windows alternating between the two ([`tls`]).
 //!
 //! c's worker is the raw `WorkerService` stream on both sides: the Rust
 //! worker library sends no bearer token.
@@ -190,8 +191,83 @@ async fn create_keys(url: &str, certs: &Certs, n: usize) -> Result<Secrets> {
     })
 }
 
-/// One run of tls: a at each concurrency, then c at `rate` if given; each
-/// measurement plaintext without auth, then with TLS and keys.
+/// Measurements per side and concurrency (or latency) in one run, taken
+/// in turn: plaintext, TLS, TLS, plaintext, … so that a machine that slows
+/// down or speeds up during the run weighs on both sides alike.
+const SLICES: usize = 4;
+
+/// The same for c's latency: twice as many windows, each half c's window.
+const LATENCY_SLICES: usize = 2 * SLICES;
+
+/// The median of `values` (NaN if there are none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Whether slice `i`'s first measurement is TLS's: ABBA order.
+fn tls_first(i: usize) -> bool {
+    i % 2 == 1
+}
+
+/// A server of each kind for one measurement: plaintext without auth, and
+/// TLS with `keys` API keys; `Some(secrets)` for TLS's.
+async fn servers(
+    ctx: &Ctx,
+    certs: &Certs,
+    keys: usize,
+    tag: &str,
+) -> Result<[(scenarios::Fresh, Option<Secrets>); 2]> {
+    let plain = ctx.fresh(&format!("{tag}-plain")).await?;
+    let secure = match ctx.fresh_tls(tag, &certs.env(), certs.trust.clone()).await {
+        Ok(f) => f,
+        Err(e) => {
+            plain.done().await;
+            return Err(e);
+        }
+    };
+    match create_keys(&secure.server.url, certs, keys).await {
+        Ok(s) => Ok([(plain, None), (secure, Some(s))]),
+        Err(e) => {
+            plain.done().await;
+            secure.done().await;
+            Err(e)
+        }
+    }
+}
+
+/// Rates measured in equal windows, as one: the mean rate, and CPU per
+/// operation weighted by each window's operations.
+fn mean_rate(rates: &[load::Rate]) -> load::Rate {
+    let n = rates.len().max(1) as f64;
+    let ops: f64 = rates
+        .iter()
+        .map(|r| r.per_sec)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    let per_op =
+        |f: fn(&load::Rate) -> f64| rates.iter().map(|r| f(r) * r.per_sec).sum::<f64>() / ops;
+    load::Rate {
+        per_sec: rates.iter().map(|r| r.per_sec).sum::<f64>() / n,
+        server_cpu_us: per_op(|r| r.server_cpu_us),
+        bench_cpu_us: per_op(|r| r.bench_cpu_us),
+        db_cpu_us: None,
+    }
+}
+
+/// One run of tls: a at each concurrency, then c at `rate` if given. Each
+/// is measured on two servers running side by side, plaintext without auth
+/// and TLS with keys, in windows taken in turn (ABBA), so that the ratio
+/// compares the two under the same machine conditions: a's rate is the
+/// mean of [`SLICES`] windows per side; c's quantiles are the medians over
+/// [`LATENCY_SLICES`] windows per side, and its p99 ratio the median of
+/// each TLS window's p99 over the plaintext window beside it, so that one
+/// window in which the machine stalled does not decide the run.
 pub async fn tls(
     ctx: &Ctx,
     certs: &Certs,
@@ -199,68 +275,100 @@ pub async fn tls(
     rate: Option<f64>,
 ) -> Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
-    let times = (ctx.plan.warmup, ctx.plan.window);
+    // The run's window, cut into slices; a shorter warm-up before each
+    // slice but the first (the connections stay open between slices).
+    let slice = ctx.plan.window * 2 / SLICES as u32;
+    let rewarm = ctx.plan.warmup / 4;
     let make: MakeRequest = Arc::new(|seq| simple("bench.a", payload_n(seq)));
     for &c in &ctx.plan.inflight {
-        for secure in [false, true] {
-            let f = if secure {
-                ctx.fresh_tls("tls", &certs.env(), certs.trust.clone())
-                    .await?
-            } else {
-                ctx.fresh("tls-plain").await?
-            };
-            let r = async {
-                let access = if secure {
-                    let s = create_keys(&f.server.url, certs, keys).await?;
-                    certs.access(&s.load)
-                } else {
-                    Access::default()
-                };
-                let pool = Pool::with_access(&f.server.url, c, &access).await?;
-                load::schedule_rate(&pool, f.server.pid(), c, times, make.clone(), false).await
-            }
-            .await;
-            f.done().await;
-            let id = if secure {
-                format!("tls.c{c}")
-            } else {
-                format!("tls.plain.c{c}")
-            };
-            scenarios::push_rate(&mut out, &id, r.with_context(|| format!("tls: {id}"))?);
-        }
-    }
-    let Some(rate) = rate else { return Ok(out) };
-    let mut p99 = [0.0; 2];
-    for (i, secure) in [false, true].into_iter().enumerate() {
-        let f = if secure {
-            ctx.fresh_tls("tls-c", &certs.env(), certs.trust.clone())
-                .await?
-        } else {
-            ctx.fresh("tls-c-plain").await?
-        };
+        let sides = servers(ctx, certs, keys, "tls").await?;
         let r = async {
-            let make: MakeRequest = Arc::new(|t| simple(NAME, payload_t(t)));
-            let mut load = LatencyLoad::plain(ctx, NAME, make);
-            load.worker.0 = WorkerKind::Raw;
-            if secure {
-                let s = create_keys(&f.server.url, certs, keys).await?;
-                load.producer = certs.access(&s.load);
-                load.worker.1 = certs.access(&s.worker);
+            let mut pools = Vec::new();
+            for (f, secrets) in &sides {
+                let access = match secrets {
+                    Some(s) => certs.access(&s.load),
+                    None => Access::default(),
+                };
+                pools.push(Pool::with_access(&f.server.url, c, &access).await?);
             }
-            let times = (ctx.plan.lat_warmup, ctx.plan.lat_window);
-            scenarios::latency_with(ctx, &f.server.url, rate, times, &load).await
+            let mut rates: [Vec<load::Rate>; 2] = Default::default();
+            for i in 0..SLICES {
+                let warmup = if i == 0 { ctx.plan.warmup } else { rewarm };
+                let order = if tls_first(i) { [1, 0] } else { [0, 1] };
+                for side in order {
+                    let pid = sides[side].0.server.pid();
+                    let r = load::schedule_rate(
+                        &pools[side],
+                        pid,
+                        c,
+                        (warmup, slice),
+                        make.clone(),
+                        false,
+                    )
+                    .await?;
+                    rates[side].push(r);
+                }
+            }
+            anyhow::Ok(rates)
         }
         .await;
-        f.done().await;
-        let tag = if secure { "tls" } else { "tls.plain" };
-        let l: Latency = r.with_context(|| format!("{tag}: schedule-to-start"))?;
-        for (q, v) in [("p50", l.p50), ("p99", l.p99), ("p999", l.p999)] {
-            out.push((format!("{tag}.50.{q}"), v));
+        for (f, _) in sides {
+            f.done().await;
         }
-        p99[i] = l.p99;
+        let [plain, secure] = r.with_context(|| format!("tls: a at {c} in flight"))?;
+        scenarios::push_rate(&mut out, &format!("tls.plain.c{c}"), mean_rate(&plain));
+        scenarios::push_rate(&mut out, &format!("tls.c{c}"), mean_rate(&secure));
     }
-    if p99[0] > 0.0 {
-        out.push(("tls.50.p99_ratio".into(), p99[1] / p99[0]));
+    let Some(rate) = rate else { return Ok(out) };
+    let sides = servers(ctx, certs, keys, "tls-c").await?;
+    let r = async {
+        let make: MakeRequest = Arc::new(|t| simple(NAME, payload_t(t)));
+        let loads: Vec<LatencyLoad> = sides
+            .iter()
+            .map(|(_, secrets)| {
+                let mut load = LatencyLoad::plain(ctx, NAME, make.clone());
+                load.worker.0 = WorkerKind::Raw;
+                if let Some(s) = secrets {
+                    load.producer = certs.access(&s.load);
+                    load.worker.1 = certs.access(&s.worker);
+                }
+                load
+            })
+            .collect();
+        // Latency windows of half c's window, twice as many as a's: a
+        // tail is what differs least between two windows of one side.
+        let times = (ctx.plan.lat_warmup, ctx.plan.lat_window / 2);
+        let mut slices: [Vec<Latency>; 2] = Default::default();
+        for i in 0..LATENCY_SLICES {
+            let order = if tls_first(i) { [1, 0] } else { [0, 1] };
+            for side in order {
+                let url = &sides[side].0.server.url;
+                let l = scenarios::latency_with(ctx, url, rate, times, &loads[side]).await?;
+                slices[side].push(l);
+            }
+        }
+        anyhow::Ok(slices)
     }
+    .await;
+    for (f, _) in sides {
+        f.done().await;
+    }
+    let [plain, secure] = r.context("tls: schedule-to-start")?;
+    for (tag, side) in [("tls.plain", &plain), ("tls", &secure)] {
+        for (q, f) in [
+            ("p50", (|l: &Latency| l.p50) as fn(&Latency) -> f64),
+            ("p99", |l| l.p99),
+            ("p999", |l| l.p999),
+        ] {
+            out.push((format!("{tag}.50.{q}"), median(side.iter().map(f))));
+        }
+    }
+    // Each TLS window against the plaintext window next to it in time.
+    let ratios = plain
+        .iter()
+        .zip(&secure)
+        .filter(|(p, _)| p.p99 > 0.0)
+        .map(|(p, s)| s.p99 / p.p99);
+    out.push(("tls.50.p99_ratio".into(), median(ratios)));
     Ok(out)
 }
