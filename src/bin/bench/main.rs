@@ -1426,7 +1426,7 @@ fn rows(
     );
     r.push(RowDef::new(
         "tls.50.p99_ratio",
-        "tls. p99 at 50% load, TLS and keys ÷ plaintext (each run)",
+        "tls. p99 at 50% load, TLS and keys ÷ plaintext (each run: the median over windows side by side)",
         Unit::Ratio,
         Better::Lower,
     ));
