@@ -201,13 +201,8 @@ const LATENCY_SLICES: usize = 2 * SLICES;
 
 /// The median of `values` (NaN if there are none).
 fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+    let v: Vec<f64> = values.collect();
+    crate::report::Stat::of(&v).map_or(f64::NAN, |s| s.median)
 }
 
 /// Whether slice `i`'s first measurement is TLS's: ABBA order.
