@@ -126,10 +126,6 @@ pub const WORKFLOWS_FILE: &str = "workflows.db";
 /// the queue; a thousand covers a client whose every call times out at once.
 const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 
-/// Calls the server may reset for a protocol error on one connection
-/// before it answers GOAWAY (hyper's own default, which tonic turns off).
-const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-
 /// Why `switchyard backup` wrote nothing, or not everything.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupFailed {
@@ -561,14 +557,16 @@ pub async fn run_with(
         None => (crate::tls::Gate::open(), crate::tls::Gate::open()),
     };
     let router = Server::builder()
-        // The "rapid reset" guards, set rather than left to the defaults:
-        // tonic turns hyper's limit on streams the server resets off, and
-        // h2's 20 calls cancelled before the server took them closed the
-        // whole connection when a client's calls passed their deadlines
-        // together (a stalled machine, a NestJS backend sharing one
-        // connection): every other call on it failed.
+        // The "rapid reset" guard, set rather than left to h2's default:
+        // 20 calls cancelled before the server took them closed the whole
+        // connection when a client's calls passed their deadlines together
+        // (a stalled machine, a NestJS backend sharing one connection):
+        // every other call on it failed. The limit on streams the server
+        // resets itself stays off, as tonic leaves it: h2 counts those over
+        // a connection's whole life, so a long-lived connection reached
+        // hyper's 1,024 in normal use and was sent away (bench k, a minute
+        // of load).
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         // A server span per RPC, parented on the caller's traceparent, while
         // tracing is on (nothing otherwise).
         .trace_fn(crate::telemetry::grpc_request_span)
