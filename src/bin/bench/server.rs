@@ -400,8 +400,15 @@ pub async fn connect(url: &str) -> Result<Channel> {
 pub async fn connect_tls(url: &str, tls: &TlsFiles) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_adaptive_window(true);
+        .tcp_nodelay(true);
+    // No adaptive window: with it, hyper starts the connection's window at
+    // HTTP/2's 64 KiB, and h2 (0.4.16 and later) allows the small DATA
+    // frames that wait unread on a connection half its window of framing
+    // overhead (about 160 answers of a few dozen bytes). When the machine
+    // stalled, a burst of answers waited for the calls' tasks, and the
+    // bench's own h2 closed its connection with ENHANCE_YOUR_CALM: every
+    // call on it failed ("h2 protocol error"). hyper's fixed windows (5 MiB
+    // for the connection) leave room for about 12,000.
     tls.apply(endpoint)
         .map_err(|e| anyhow!("TLS: {e}"))?
         .connect()
