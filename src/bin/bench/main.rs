@@ -109,6 +109,11 @@ struct Args {
     /// 1,000).
     #[arg(long)]
     tls_keys: Option<usize>,
+    /// Runs tls as a control: its second server plaintext without auth too,
+    /// like the first, so its ratios show the method's own spread (what a
+    /// side-by-side ratio is when nothing differs).
+    #[arg(long)]
+    tls_control: bool,
     /// Lease lengths of the failover scenario (--quick: the first only).
     #[arg(long, value_delimiter = ',', default_value = "1s,2s", value_parser = humantime::parse_duration)]
     lease_ttls: Vec<Duration>,
@@ -245,6 +250,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(k) = args.tls_keys {
         plan.tls_keys = k.max(2);
     }
+    plan.tls_control = args.tls_control;
     if let Some(k) = args.fk_keys {
         plan.fk_keys = k.max(1);
     }
@@ -426,12 +432,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Err(e) => fail(&mut sy, "tls.", e.context("making the certificates")),
             Ok(certs) => {
                 for run in 0..plan.runs {
+                    let side = match plan.tls_control {
+                        true => "a second plaintext server without auth (control)".to_string(),
+                        false => format!("TLS and {} API keys", plan.tls_keys),
+                    };
                     log(format!(
-                        "tls. a and c with TLS and {} API keys, and plaintext without auth, run {}",
-                        plan.tls_keys,
+                        "tls. a and c with {side}, and plaintext without auth, run {}",
                         run + 1
                     ));
-                    match tlskeys::tls(&ctx, &certs, plan.tls_keys, rate).await {
+                    let keys = (!plan.tls_control).then_some(plan.tls_keys);
+                    match tlskeys::tls(&ctx, &certs, keys, rate).await {
                         Ok(v) => v.into_iter().for_each(|(k, x)| sy.push(&k, x)),
                         Err(e) => {
                             fail(&mut sy, "tls.", e);
@@ -1390,24 +1400,32 @@ fn rows(
         Unit::Ms,
         Better::Lower,
     ));
-    let tls_keys = plan.tls_keys;
+    let tls_side = match plan.tls_control {
+        true => "on a second plaintext server without auth (control)".to_string(),
+        false => format!(
+            "over TLS with {} API keys (the load's a scheduler key)",
+            plan.tls_keys
+        ),
+    };
     for &c in &plan.inflight {
         r.push(
             RowDef::new(
                 format!("tls.c{c}"),
-                format!("tls. ScheduleTask over TLS with {tls_keys} API keys (a scheduler key's), {c} in flight"),
+                format!("tls. ScheduleTask {tls_side}, {c} in flight"),
                 Unit::PerSec,
                 Better::Higher,
             )
-            .vs(SY, format!("tls.plain.c{c}"), "plaintext without auth, same run"),
+            .vs(
+                SY,
+                format!("tls.plain.c{c}"),
+                "plaintext without auth, same run",
+            ),
         );
     }
     r.push(
         RowDef::new(
             "tls.c256.server_cpu_us",
-            format!(
-                "tls. server CPU per ScheduleTask over TLS with {tls_keys} API keys, 256 in flight"
-            ),
+            format!("tls. server CPU per ScheduleTask {tls_side}, 256 in flight"),
             Unit::Us,
             Better::Lower,
         )
@@ -1421,7 +1439,9 @@ fn rows(
         &mut r,
         rates,
         ("tls.{pct}.{q}", "tls.plain.{pct}.{q}"),
-        &format!("tls. schedule-to-start {{name}} at {{pct}}% load ({{rate}}/s) over TLS with {tls_keys} API keys (raw worker)"),
+        &format!(
+            "tls. schedule-to-start {{name}} at {{pct}}% load ({{rate}}/s) {tls_side} (raw worker)"
+        ),
         "plaintext without auth, same run",
     );
     r.push(RowDef::new(

@@ -59,6 +59,9 @@ pub struct Plan {
     pub soak_minutes: u32,
     /// API keys created on each TLS server of tls.
     pub tls_keys: usize,
+    /// tls as a control (`--tls-control`): both sides plaintext without
+    /// auth, to show what the ratios are when nothing differs.
+    pub tls_control: bool,
     /// Distinct concurrency keys in fk.
     pub fk_keys: u64,
     /// Pending tasks in fm.
@@ -92,6 +95,7 @@ impl Plan {
                 months_pending: 2_000,
                 soak_minutes: 0,
                 tls_keys: 1_000,
+                tls_control: false,
                 fk_keys: 10_000,
                 fm_pending: 20_000,
                 fm_keys: 2_000,
@@ -119,6 +123,7 @@ impl Plan {
                 months_pending: 100_000,
                 soak_minutes: 0,
                 tls_keys: 1_000,
+                tls_control: false,
                 fk_keys: 10_000,
                 fm_pending: 1_000_000,
                 fm_keys: 100_000,

@@ -211,14 +211,24 @@ fn tls_first(i: usize) -> bool {
 }
 
 /// A server of each kind for one measurement: plaintext without auth, and
-/// TLS with `keys` API keys; `Some(secrets)` for TLS's.
+/// TLS with `keys` API keys; `Some(secrets)` for TLS's. With no `keys`
+/// (the control), the second is plaintext without auth too.
 async fn servers(
     ctx: &Ctx,
     certs: &Certs,
-    keys: usize,
+    keys: Option<usize>,
     tag: &str,
 ) -> Result<[(scenarios::Fresh, Option<Secrets>); 2]> {
     let plain = ctx.fresh(&format!("{tag}-plain")).await?;
+    let Some(keys) = keys else {
+        return match ctx.fresh(&format!("{tag}-control")).await {
+            Ok(other) => Ok([(plain, None), (other, None)]),
+            Err(e) => {
+                plain.done().await;
+                Err(e)
+            }
+        };
+    };
     let secure = match ctx.fresh_tls(tag, &certs.env(), certs.trust.clone()).await {
         Ok(f) => f,
         Err(e) => {
@@ -262,11 +272,12 @@ fn mean_rate(rates: &[load::Rate]) -> load::Rate {
 /// mean of [`SLICES`] windows per side; c's quantiles are the medians over
 /// [`LATENCY_SLICES`] windows per side, and its p99 ratio the median of
 /// each TLS window's p99 over the plaintext window beside it, so that one
-/// window in which the machine stalled does not decide the run.
+/// window in which the machine stalled does not decide the run. With no
+/// `keys`, the control: the second side is plaintext without auth too.
 pub async fn tls(
     ctx: &Ctx,
     certs: &Certs,
-    keys: usize,
+    keys: Option<usize>,
     rate: Option<f64>,
 ) -> Result<Vec<(String, f64)>> {
     let mut out = Vec::new();
