@@ -162,7 +162,7 @@ async fn stalled_answers(
 /// waiting unread on its connection, and h2 (0.4.16 and later) closes a
 /// connection whose small DATA frames waiting unread pass half its window
 /// in framing overhead, with ENHANCE_YOUR_CALM: every call on it fails.
-/// With hyper's adaptive window, which starts at 64 KiB, that is about 130
+/// With hyper's adaptive window, which starts at 64 KiB, that is about 130 health
 /// answers; with the fixed windows the Rust client library keeps (tonic's
 /// defaults, 5 MiB), about 10,000. The bench used the adaptive window and
 /// failed a soak's calls by the tens of thousands this way when the machine
