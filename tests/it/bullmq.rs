@@ -1290,7 +1290,12 @@ async fn a_key_with_limit_2_runs_at_most_2_jobs_at_once_on_a_node_worker_with_10
                 &mut c,
                 task(
                     "fl-email",
-                    json!({"mode": "slow", "ms": 10, "n": n}),
+                    // 40 ms: 500 jobs two at a time take 10 s, so the
+                    // last is still held when its status is read even when
+                    // 500 sequential calls on PostgreSQL take a few
+                    // seconds (with 10 ms, a slow machine's CI found it
+                    // already queued for the worker).
+                    json!({"mode": "slow", "ms": 40, "n": n}),
                     pb::TaskOptions {
                         concurrency_key: "tenant-1".into(),
                         ..Default::default()
