@@ -124,25 +124,17 @@ async fn a_flood_of_cancelled_calls_beyond_the_limit_is_sent_away() {
         .expect("the server still serves other connections");
 }
 
-/// Sends `calls` health checks at once on one connection through
-/// `endpoint`, then stalls the client's only thread while the answers
-/// arrive, as a machine that stalls does: the connection's task then reads
-/// them all before any call's task runs, and each answer's message (a
-/// small DATA frame) waits unread. How many calls succeeded, or the first
-/// error.
-async fn stalled_answers(
-    endpoint: tonic::transport::Endpoint,
-    calls: usize,
-) -> Result<usize, String> {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
-    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-    let handles: Vec<_> = (0..calls)
-        .map(|_| {
-            let mut c = HealthClient::new(channel.clone());
-            tokio::spawn(async move { c.check(HealthCheckRequest::default()).await })
-        })
-        .collect();
+/// Starts `calls` calls at once (`call` makes each), then stalls the
+/// client's only thread while the answers arrive, as a machine that stalls
+/// does: the connection's task then reads them all before any call's task
+/// runs, and each answer's message (a small DATA frame) waits unread. How
+/// many calls succeeded, or the first error.
+async fn stalled_answers<F, Fut>(calls: usize, call: F) -> Result<usize, String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    let handles: Vec<_> = (0..calls).map(|_| tokio::spawn(call())).collect();
     // Let every call go out, then stall while the answers arrive.
     for _ in 0..50 {
         tokio::task::yield_now().await;
@@ -151,7 +143,7 @@ async fn stalled_answers(
     let mut ok = 0;
     for h in handles {
         match h.await.map_err(|e| e.to_string())? {
-            Ok(_) => ok += 1,
+            Ok(()) => ok += 1,
             Err(s) => return Err(format!("{s:?}")),
         }
     }
@@ -162,23 +154,44 @@ async fn stalled_answers(
 /// waiting unread on its connection, and h2 (0.4.16 and later) closes a
 /// connection whose small DATA frames waiting unread pass half its window
 /// in framing overhead, with ENHANCE_YOUR_CALM: every call on it fails.
-/// With hyper's adaptive window, which starts at 64 KiB, that is about 130 health
-/// answers; with the fixed windows the Rust client library keeps (tonic's
-/// defaults, 5 MiB), about 10,000. The bench used the adaptive window and
-/// failed a soak's calls by the tens of thousands this way when the machine
-/// stalled.
+/// With hyper's adaptive window, which starts at 64 KiB, that is about 130
+/// health answers; with the fixed windows the Rust client library keeps
+/// (tonic's defaults, 5 MiB), thousands. The bench used the adaptive window
+/// and failed a soak's calls by the tens of thousands this way when the
+/// machine stalled.
 #[tokio::test]
 async fn answers_waiting_unread_behind_a_stall_keep_the_connection() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
     let server = TestServer::start().await;
-    let endpoint = || tonic::transport::Endpoint::from_shared(server.url.clone()).unwrap();
-    // As `switchyard_client::Client::connect` builds its endpoint.
-    assert_eq!(
-        stalled_answers(endpoint().connect_timeout(Duration::from_secs(5)), 3000).await,
-        Ok(3000)
-    );
+    // The Rust client library itself: 3,000 statuses of a task.
+    let mut client = switchyard_client::Client::connect(server.url.clone())
+        .await
+        .expect("connect");
+    let id = client
+        .schedule(simple("h2.stall", serde_json::json!({})))
+        .await
+        .expect("schedule")
+        .task_id;
+    let library = stalled_answers(3000, || {
+        let (mut c, id) = (client.clone(), id.clone());
+        async move { c.status(&id).await.map(|_| ()) }
+    })
+    .await;
+    assert_eq!(library, Ok(3000));
     // The failure this guards against: the adaptive window, with a third
-    // as many answers.
-    let adaptive = stalled_answers(endpoint().http2_adaptive_window(true), 1000).await;
+    // as many (health) answers.
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .http2_adaptive_window(true)
+        .connect()
+        .await
+        .expect("connect");
+    let adaptive = stalled_answers(1000, || {
+        let mut c = HealthClient::new(channel.clone());
+        async move { c.check(HealthCheckRequest::default()).await.map(|_| ()) }
+    })
+    .await;
     assert!(
         adaptive
             .as_ref()
