@@ -104,7 +104,7 @@ pub(crate) use crate::pb::code_name;
 
 /// A status as one line `CODE: message`, then one indented line per detail
 /// the server attached (`google.rpc.BadRequest` field violations first).
-pub(crate) fn describe_status(status: &Status) -> String {
+pub fn describe_status(status: &Status) -> String {
     let mut message = status.message().to_string();
     if message.is_empty() {
         message = status.code().description().to_string();

@@ -55,7 +55,7 @@ pub use args::{
     MetricsArgs, ReplayArgs, RetryArgs, ScheduleArgs, ScheduleManyArgs, StatusArgs, TaskCommand,
     TaskSourceArg, TaskStateArg, TaskTypeArg, WatchArgs,
 };
-pub use error::CliError;
+pub use error::{describe_status, CliError};
 pub use flow::{DeletePolicyArgs, FlowCommand, QueueArgs, QueueCommand, SetPolicyArgs};
 pub use keys::{AuditArgs, CreateKeyArgs, KeysCommand, RevokeKeyArgs, RoleArg};
 pub use schedule::{

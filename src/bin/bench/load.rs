@@ -378,23 +378,13 @@ pub fn check(counts: &Counts) -> Result<()> {
         bail!(
             "{errors} of {} ScheduleTask calls failed; first: {}",
             ok + errors,
-            e.map(|s| describe(&s)).unwrap_or_default()
+            // Its causes too: for a transport error, h2 says "detected" for
+            // its own side giving up, "received" for the peer's.
+            e.map(|s| switchyard::cli::describe_status(&s))
+                .unwrap_or_default()
         );
     }
     Ok(())
-}
-
-/// A failed call's code and message, and the errors under it (for a
-/// transport error, which side of the connection gave up, and why: h2
-/// says "detected" for its own, "received" for the peer's).
-pub fn describe(s: &tonic::Status) -> String {
-    let mut out = format!("{:?}: {}", s.code(), s.message());
-    let mut cause = std::error::Error::source(s);
-    while let Some(c) = cause {
-        out.push_str(&format!(" ({c})"));
-        cause = c.source();
-    }
-    out
 }
 
 /// What the pacer did.
