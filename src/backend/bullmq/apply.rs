@@ -40,16 +40,20 @@ impl Follower {
         }
         if let Some(last) = last {
             self.seen = last;
-            let done: Vec<String> = self
-                .jobs
-                .iter()
-                .filter(|(_, j)| {
-                    j.cancel_until
-                        .as_deref()
-                        .is_some_and(|u| stream_id_ge(&self.seen, u))
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
+            // Only the jobs waiting for a cancel's point: the others are
+            // the backlog, which may be large.
+            let mut done = Vec::new();
+            let (jobs, seen) = (&self.jobs, &self.seen);
+            self.cancels_until.retain(|id| {
+                match jobs.get(id).and_then(|j| j.cancel_until.as_deref()) {
+                    Some(u) if stream_id_ge(seen, u) => {
+                        done.push(id.clone());
+                        false
+                    }
+                    Some(_) => true,
+                    None => false,
+                }
+            });
             for id in done {
                 self.logs(&id, vec![format!("BullMQ job {id} is not in Redis")]);
                 self.end(&id, Report::CancelAck);

@@ -94,6 +94,7 @@ impl Follower {
                     self.end(job_id, Report::CancelAck);
                 } else if let Some(j) = self.jobs.get_mut(job_id) {
                     j.cancel_until = Some(until);
+                    self.cancels_until.insert(job_id.to_string());
                 }
             }
         }

@@ -102,6 +102,9 @@ pub(super) struct Follower {
     /// Adds started while handling the current messages: they go to Redis
     /// together once those are handled ([`Follower::flush_adds`]).
     pub(super) to_add: Vec<(String, Task, Option<Arc<str>>)>,
+    /// The jobs whose `cancel_until` is set: checked after each batch of
+    /// events (a scan of `jobs` would cost every batch the whole backlog).
+    pub(super) cancels_until: HashSet<String>,
 }
 
 /// Most messages handled before the adds they started go out.
@@ -122,6 +125,7 @@ impl Follower {
             positioned: false,
             waiting_adds: Vec::new(),
             to_add: Vec::new(),
+            cancels_until: HashSet::new(),
         };
         let span = tracing::info_span!("bullmq-follower", queue = %queue);
         // Policy on shutdown: both stop when the backend's token is cancelled.

@@ -9,14 +9,13 @@
 //! connection and position; it must not apply events or touch jobs (the
 //! follower does).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::conn::Conn;
-use super::event::Entry;
+use super::event::read_reply;
 use super::follower::Msg;
 use super::Shared;
 
@@ -140,21 +139,14 @@ async fn read(
             .arg("STREAMS")
             .arg(key)
             .arg(&cur);
-        let read = cmd.query_async::<Option<redis::streams::StreamReadReply>>(c);
+        let read = cmd.query_async::<redis::Value>(c);
         let stop = shared.stop.clone();
         let r = tokio::select! {
             _ = stop.cancelled() => return Err(()),
             r = read => r,
         };
-        match r {
-            Ok(None) => {}
-            Ok(Some(reply)) => {
-                let batch: Vec<Entry> = reply
-                    .keys
-                    .into_iter()
-                    .flat_map(|k| k.ids)
-                    .map(entry)
-                    .collect();
+        match r.map_err(|e| e.to_string()).and_then(read_reply) {
+            Ok(batch) => {
                 if let Some(last) = batch.last() {
                     at.pos = Some(last.id.clone());
                 }
@@ -168,15 +160,4 @@ async fn read(
             }
         }
     }
-}
-
-/// A stream entry's fields as text (a field that is not text is left out),
-/// parsed.
-fn entry(e: redis::streams::StreamId) -> Entry {
-    let fields: HashMap<String, String> = e
-        .map
-        .into_iter()
-        .filter_map(|(f, v)| redis::from_redis_value::<String>(v).ok().map(|v| (f, v)))
-        .collect();
-    Entry::parse(e.id, fields)
 }
