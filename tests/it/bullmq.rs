@@ -830,6 +830,88 @@ async fn cancel_removes_a_waiting_job() {
 
 /// RetryTask of a task routed to BullMQ is refused, naming why: BullMQ
 /// keeps the ended job under the task's id, so a new add would be ignored.
+/// A cancel of a job that is gone from Redis (lost with Redis's data, or
+/// removed by someone else) ends the task CANCELLED once the follower has
+/// read the events stream up to where it was when the cancel looked: here
+/// the stream is 20,000 entries ahead of the follower, so the cancel waits
+/// for it to catch up, while the backlog of other jobs stays followed.
+#[tokio::test]
+async fn a_cancel_of_a_job_gone_from_redis_ends_once_the_stream_is_read_up_to_it() {
+    let url = redis_url();
+    if !prerequisites(&url).await {
+        return;
+    }
+    let p = Prefix::new(&url);
+    let s = server(&url, &p.name, &["idle"]).await;
+    let mut c = s.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            schedule(
+                &mut c,
+                task("idle", json!({"mode": "ok"}), Default::default()),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        let c2 = c.clone();
+        wait_for("the job to be added", LONG_WAIT, || {
+            let mut c2 = c2.clone();
+            let id = id.clone();
+            async move { (!status(&mut c2, &id).await.external_id.is_empty()).then_some(()) }
+        })
+        .await;
+    }
+    let lost = &ids[0];
+    let mut conn = p.conn().await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(p.key("idle", lost))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let mut pipe = redis::pipe();
+    for i in 0..20_000 {
+        pipe.cmd("XADD")
+            .arg(p.key("idle", "events"))
+            .arg("*")
+            .arg("event")
+            .arg("noise")
+            .arg("n")
+            .arg(i)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("XADD");
+
+    cancel(&mut c, lost, "not needed").await;
+    wait_state(&mut c, lost, pb::TaskState::Cancelled, LONG_WAIT).await;
+    let lines: Vec<String> = logs(&mut c, lost)
+        .await
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("BullMQ job {lost} is not in Redis")),
+        "{lines:?}"
+    );
+    // The others are still followed and waiting in Redis.
+    for id in &ids[1..] {
+        assert_eq!(
+            status(&mut c, id).await.state,
+            pb::TaskState::Pending as i32
+        );
+        assert!(p.exists("idle", id).await);
+    }
+    let r = cancel(&mut c, &ids[1], "not needed").await;
+    assert_eq!(r.outcome, pb::CancelOutcome::Cancelled as i32);
+    wait_state(&mut c, &ids[1], pb::TaskState::Cancelled, LONG_WAIT).await;
+
+    s.stop().await;
+    p.clean().await;
+}
+
 #[tokio::test]
 async fn a_retry_of_a_bullmq_task_is_refused_naming_the_backend() {
     let url = redis_url();
