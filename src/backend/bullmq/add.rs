@@ -31,7 +31,7 @@ impl Follower {
         };
         self.jobs.insert(
             job_id.clone(),
-            Job {
+            Box::new(Job {
                 attempt: task.rt.attempt,
                 attempts_made: 0,
                 shown: None,
@@ -42,7 +42,7 @@ impl Follower {
                 removing: false,
                 maybe_added,
                 task,
-            },
+            }),
         );
         if cancel == CancelState::Wanted && !resume {
             // Cancelled while in the outbox after an add whose outcome was

@@ -88,7 +88,9 @@ pub(super) struct Follower {
     pub(super) shared: Arc<Shared>,
     pub(super) queue: Arc<str>,
     pub(super) tx: mpsc::UnboundedSender<Msg>,
-    pub(super) jobs: HashMap<String, Job>,
+    /// Boxed: the map grows with a backlog, and each time it does it
+    /// moves its entries (a job holds its whole task).
+    pub(super) jobs: HashMap<String, Box<Job>>,
     /// Bumped whenever the reader starts from a position it did not read up
     /// to (adds in flight then read their job's state).
     pub(super) epoch: u64,
