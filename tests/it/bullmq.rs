@@ -278,6 +278,16 @@ impl Watch {
     }
 }
 
+/// Waits until the task's job is in Redis (its status names the job).
+async fn wait_added(c: &Client, id: &str) {
+    wait_for("the job to be added", LONG_WAIT, || {
+        let mut c = c.clone();
+        let id = id.to_string();
+        async move { (!status(&mut c, &id).await.external_id.is_empty()).then_some(()) }
+    })
+    .await;
+}
+
 fn task(queue: &str, data: Value, options: pb::TaskOptions) -> pb::ScheduleTaskRequest {
     simple_with(queue, data, options)
 }
@@ -643,13 +653,7 @@ async fn priority_order_holds_across_the_mapping() {
         ids.insert(id, *label);
     }
     for id in ids.keys() {
-        let c2 = c.clone();
-        wait_for("the job to be added", LONG_WAIT, || {
-            let mut c2 = c2.clone();
-            let id = id.clone();
-            async move { (!status(&mut c2, &id).await.external_id.is_empty()).then_some(()) }
-        })
-        .await;
+        wait_added(&c, id).await;
     }
     let label_of = |want: &str| {
         ids.iter()
@@ -780,13 +784,7 @@ async fn cancel_removes_a_waiting_job() {
         task("idle", json!({"mode": "ok"}), Default::default()),
     )
     .await;
-    let c2 = c.clone();
-    wait_for("the job to be added", LONG_WAIT, || {
-        let mut c2 = c2.clone();
-        let id = id.clone();
-        async move { (!status(&mut c2, &id).await.external_id.is_empty()).then_some(()) }
-    })
-    .await;
+    wait_added(&c, &id).await;
     assert!(p.exists("idle", &id).await);
 
     let r = cancel(&mut c, &id, "not needed").await;
@@ -855,13 +853,7 @@ async fn a_cancel_of_a_job_gone_from_redis_ends_once_the_stream_is_read_up_to_it
         );
     }
     for id in &ids {
-        let c2 = c.clone();
-        wait_for("the job to be added", LONG_WAIT, || {
-            let mut c2 = c2.clone();
-            let id = id.clone();
-            async move { (!status(&mut c2, &id).await.external_id.is_empty()).then_some(()) }
-        })
-        .await;
+        wait_added(&c, id).await;
     }
     let lost = &ids[0];
     let mut conn = p.conn().await;
