@@ -77,19 +77,33 @@ CREATE TABLE IF NOT EXISTS ended_counts (
 -- insert keep a statement journal, which cost the writer a tenth of its time
 -- per new task. Files of earlier versions drop theirs here.
 DROP TRIGGER IF EXISTS tasks_ended_insert;
+-- The bodies resolve conflicts with FAIL, not SQLite's default ABORT: a
+-- statement that may ABORT halfway must be undone alone, so SQLite keeps a
+-- statement journal (a copy of every page it changes) for each DELETE that
+-- fires a trigger and each UPDATE of `state` (the writer's full row write
+-- is `UPDATE OR FAIL`, which the bodies follow). The writer never needs
+-- one: a statement that fails rolls its whole transaction back. Files
+-- whose triggers lack it have them replaced (see `upgrade`).
+-- The enter trigger makes its row, then counts: an upsert's DO UPDATE
+-- always ABORTs on a conflict (so it would bring the journal back), and
+-- under the writer's `UPDATE OR FAIL` an `INSERT OR IGNORE` would FAIL.
 CREATE TRIGGER IF NOT EXISTS tasks_ended_enter AFTER UPDATE OF state ON tasks
 WHEN NEW.state IN (3, 4, 5, 7) AND NEW.state IS NOT OLD.state BEGIN
-    INSERT INTO ended_counts VALUES (NEW.task_type, NEW.name, NEW.state, 1)
-    ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT OR FAIL INTO ended_counts
+        SELECT NEW.task_type, NEW.name, NEW.state, 0
+        WHERE NOT EXISTS (SELECT 1 FROM ended_counts WHERE task_type = NEW.task_type
+                          AND name = NEW.name AND state = NEW.state);
+    UPDATE OR FAIL ended_counts SET n = n + 1
+    WHERE task_type = NEW.task_type AND name = NEW.name AND state = NEW.state;
 END;
 CREATE TRIGGER IF NOT EXISTS tasks_ended_leave AFTER UPDATE OF state ON tasks
 WHEN OLD.state IN (3, 4, 5, 7) AND NEW.state IS NOT OLD.state BEGIN
-    UPDATE ended_counts SET n = n - 1
+    UPDATE OR FAIL ended_counts SET n = n - 1
     WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
 END;
 CREATE TRIGGER IF NOT EXISTS tasks_ended_delete AFTER DELETE ON tasks
 WHEN OLD.state IN (3, 4, 5, 7) BEGIN
-    UPDATE ended_counts SET n = n - 1
+    UPDATE OR FAIL ended_counts SET n = n - 1
     WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
 END;
 INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '2');
@@ -107,6 +121,23 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     )?;
     if !has_tasks {
         return Ok(());
+    }
+    // The ended-count triggers of earlier versions ABORT on a conflict
+    // (which costs a statement journal, see SCHEMA); SCHEMA creates them
+    // again.
+    let old_triggers: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'
+           AND name IN ('tasks_ended_enter', 'tasks_ended_leave', 'tasks_ended_delete')
+           AND sql NOT LIKE '%OR FAIL%'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old_triggers > 0 {
+        conn.execute_batch(
+            "DROP TRIGGER IF EXISTS tasks_ended_enter;
+             DROP TRIGGER IF EXISTS tasks_ended_leave;
+             DROP TRIGGER IF EXISTS tasks_ended_delete;",
+        )?;
     }
     // Schedules: the fires' schedule id in a column of its own (rows of
     // earlier versions were fired by no schedule).

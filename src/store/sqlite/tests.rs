@@ -433,3 +433,115 @@ async fn an_update_writes_the_columns_whichever_statement_takes_it() {
         "{counts:?}"
     );
 }
+
+/// A file whose ended-count triggers ABORT on a conflict (earlier
+/// versions: SQLite then keeps a statement journal for every removal and
+/// state change) gets the FAIL ones at open, and the counts still follow
+/// an update into a final state, a retry out of it, and a removal.
+#[tokio::test]
+async fn the_ended_count_triggers_of_earlier_files_are_replaced_at_open() {
+    let files = Files::new();
+    let path = files.0.path().join("t.db");
+    drop(files.open(Duration::ZERO).await);
+    {
+        let c = Connection::open(&path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.execute_batch(
+            "DROP TRIGGER tasks_ended_enter;
+             DROP TRIGGER tasks_ended_leave;
+             DROP TRIGGER tasks_ended_delete;
+             CREATE TRIGGER tasks_ended_enter AFTER UPDATE OF state ON tasks
+             WHEN NEW.state IN (3, 4, 5, 7) AND NEW.state IS NOT OLD.state BEGIN
+                 INSERT INTO ended_counts VALUES (NEW.task_type, NEW.name, NEW.state, 1)
+                 ON CONFLICT DO UPDATE SET n = n + 1;
+             END;
+             CREATE TRIGGER tasks_ended_leave AFTER UPDATE OF state ON tasks
+             WHEN OLD.state IN (3, 4, 5, 7) AND NEW.state IS NOT OLD.state BEGIN
+                 UPDATE ended_counts SET n = n - 1
+                 WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
+             END;
+             CREATE TRIGGER tasks_ended_delete AFTER DELETE ON tasks
+             WHEN OLD.state IN (3, 4, 5, 7) BEGIN
+                 UPDATE ended_counts SET n = n - 1
+                 WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
+             END;",
+        )
+        .unwrap();
+    }
+    let triggers = |path: &std::path::Path| {
+        let c = Connection::open(path).unwrap();
+        let mut q = c
+            .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+            .unwrap();
+        q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    };
+    let before = triggers(&path);
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(
+        before.iter().all(|(_, sql)| !sql.contains("OR FAIL")),
+        "{before:?}"
+    );
+
+    let s = SqliteStore::open(SqliteOptions {
+        path: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let after = triggers(&path);
+    assert_eq!(
+        after.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        [
+            "tasks_ended_delete",
+            "tasks_ended_enter",
+            "tasks_ended_leave"
+        ]
+    );
+    assert!(
+        after.iter().all(|(_, sql)| sql.contains("OR FAIL")),
+        "{after:?}"
+    );
+
+    let write = |op: WriteOp| {
+        let s = s.clone();
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            s.submit(vec![op], Some(tx));
+            rx.await.unwrap().unwrap();
+        }
+    };
+    let completed = |s: Arc<SqliteStore>| async move {
+        s.final_counts()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.2 == TaskState::Completed)
+            .map(|c| c.3)
+            .sum::<u64>()
+    };
+    // The task moved to `state` (its row's full write).
+    let moved = |t: &mut Task, state: TaskState, event: EventKind| {
+        t.rt.seq += 1;
+        t.rt.state = state;
+        t.rt.finished_at = state.is_final().then(now_micros);
+        WriteOp::Update {
+            task: t.clone(),
+            log: Vec::new(),
+            event: Some(event),
+        }
+    };
+    let mut t = task(None);
+    assert_eq!(insert(&s, &t).await, WriteOutcome::Done);
+    write(moved(&mut t, TaskState::Completed, EventKind::Completed)).await;
+    assert_eq!(completed(s.clone()).await, 1);
+    // Run again: it leaves the ended set.
+    write(moved(&mut t, TaskState::Pending, EventKind::Updated)).await;
+    assert_eq!(completed(s.clone()).await, 0);
+    write(moved(&mut t, TaskState::Completed, EventKind::Completed)).await;
+    assert_eq!(completed(s.clone()).await, 1);
+    write(WriteOp::Remove(vec![t.id])).await;
+    assert_eq!(completed(s.clone()).await, 0);
+    assert!(s.get(t.id).await.unwrap().is_none());
+}

@@ -603,9 +603,12 @@ fn apply_group(
     Ok(out)
 }
 
-/// A row write: every mutable column.
+/// A row write: every mutable column. `OR FAIL`, which the ended-count
+/// triggers it fires follow: no statement may ABORT, so SQLite keeps no
+/// statement journal for it (see the schema); a failure rolls the whole
+/// transaction back anyway.
 const FULL_UPDATE: &str =
-    "UPDATE tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6,
+    "UPDATE OR FAIL tasks SET state = ?2, seq = ?3, source = ?4, rt = ?5, purge_at = ?6,
                                     error_kind = ?7
                    WHERE id = ?1";
 
