@@ -235,7 +235,17 @@ impl SqliteStore {
                             .map_err(|e| open_err(&path.display().to_string(), &e))?;
                     }
                 }
-                let w = Connection::open(path)?;
+                // With `synchronous = full`, the writer's WAL writes of a
+                // commit reach the file as one (see `switchyard_wal_vfs`).
+                let w = if opts.synchronous == Synchronous::Full && switchyard_wal_vfs::register() {
+                    Connection::open_with_flags_and_vfs(
+                        path,
+                        OpenFlags::default(),
+                        switchyard_wal_vfs::NAME,
+                    )?
+                } else {
+                    Connection::open(path)?
+                };
                 // Space freed by retention goes back to the file system
                 // (see `writer::give_back`). Takes effect on a new file only;
                 // an older file reuses its free pages instead.
