@@ -269,14 +269,20 @@ unsafe extern "C" fn close(f: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-/// Flushes, then calls the `unix` file's method `m`.
-macro_rules! flushed_then {
-    ($name:ident, $m:ident, ($($arg:ident: $ty:ty),*), $missing:expr) => {
+/// A method that calls the `unix` file's method `m`: after writing out what
+/// is held (`flush`: the call needs the file as SQLite wrote it), or at once
+/// (`keep`: nothing held matters to it).
+macro_rules! forward {
+    (@held flush, $f:ident) => {
+        let rc = flush($f);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+    };
+    (@held keep, $f:ident) => {};
+    ($name:ident, $m:ident, $held:ident, ($($arg:ident: $ty:ty),*), $missing:expr) => {
         unsafe extern "C" fn $name(f: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> c_int {
-            let rc = flush(f);
-            if rc != ffi::SQLITE_OK {
-                return rc;
-            }
+            forward!(@held $held, f);
             let inner = inner(f);
             match methods(inner).$m {
                 Some(x) => x(inner $(, $arg)*),
@@ -286,29 +292,15 @@ macro_rules! flushed_then {
     };
 }
 
-flushed_then!(sync, xSync, (flags: c_int), ffi::SQLITE_IOERR_FSYNC);
-flushed_then!(truncate, xTruncate, (size: ffi::sqlite3_int64), ffi::SQLITE_IOERR_TRUNCATE);
-flushed_then!(file_size, xFileSize, (size: *mut ffi::sqlite3_int64), ffi::SQLITE_IOERR_FSTAT);
-flushed_then!(file_control, xFileControl, (op: c_int, arg: *mut c_void), ffi::SQLITE_NOTFOUND);
-
-/// Calls the `unix` file's method `m` (nothing held matters to it).
-macro_rules! forwarded {
-    ($name:ident, $m:ident, ($($arg:ident: $ty:ty),*), $missing:expr) => {
-        unsafe extern "C" fn $name(f: *mut ffi::sqlite3_file $(, $arg: $ty)*) -> c_int {
-            let inner = inner(f);
-            match methods(inner).$m {
-                Some(x) => x(inner $(, $arg)*),
-                None => $missing,
-            }
-        }
-    };
-}
-
-forwarded!(lock, xLock, (level: c_int), ffi::SQLITE_OK);
-forwarded!(unlock, xUnlock, (level: c_int), ffi::SQLITE_OK);
-forwarded!(check_reserved_lock, xCheckReservedLock, (out: *mut c_int), ffi::SQLITE_OK);
-forwarded!(sector_size, xSectorSize, (), 4096);
-forwarded!(device_characteristics, xDeviceCharacteristics, (), 0);
+forward!(sync, xSync, flush, (flags: c_int), ffi::SQLITE_IOERR_FSYNC);
+forward!(truncate, xTruncate, flush, (size: ffi::sqlite3_int64), ffi::SQLITE_IOERR_TRUNCATE);
+forward!(file_size, xFileSize, flush, (size: *mut ffi::sqlite3_int64), ffi::SQLITE_IOERR_FSTAT);
+forward!(file_control, xFileControl, flush, (op: c_int, arg: *mut c_void), ffi::SQLITE_NOTFOUND);
+forward!(lock, xLock, keep, (level: c_int), ffi::SQLITE_OK);
+forward!(unlock, xUnlock, keep, (level: c_int), ffi::SQLITE_OK);
+forward!(check_reserved_lock, xCheckReservedLock, keep, (out: *mut c_int), ffi::SQLITE_OK);
+forward!(sector_size, xSectorSize, keep, (), 4096);
+forward!(device_characteristics, xDeviceCharacteristics, keep, (), 0);
 
 #[cfg(test)]
 mod tests {
