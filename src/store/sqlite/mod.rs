@@ -287,6 +287,7 @@ impl SqliteStore {
                 max_batch: opts.max_batch.max(1),
                 lazy_within: opts.lazy_within,
                 retention: opts.retention.clone(),
+                lines: LogLines::open(&writer_conn.lock())?,
             };
             std::thread::Builder::new()
                 .name("store-writer".into())

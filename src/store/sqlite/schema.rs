@@ -45,16 +45,22 @@ CREATE INDEX IF NOT EXISTS tasks_namespace ON tasks(namespace, id) WHERE namespa
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_purge ON tasks(purge_at) WHERE purge_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks(state, name, seq) WHERE state IN (3, 4, 5, 7);
+-- A task's log lines, in one B-tree keyed by the task: a line is one
+-- insert, and a task's removal one range of it. The numbers come from the
+-- writer (`writer::LogLines`), which reserves them in `meta`; a table
+-- keyed by its rowid, with an index on the task, cost a second B-tree per
+-- line and per removal. Files of earlier versions are moved to it
+-- (`upgrade`).
 CREATE TABLE IF NOT EXISTS task_logs (
-    line INTEGER PRIMARY KEY,
     task_id BLOB NOT NULL,
+    line INTEGER NOT NULL,
     time INTEGER NOT NULL,
     source INTEGER NOT NULL,
     level TEXT NOT NULL,
     attempt INTEGER NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS task_logs_task ON task_logs(task_id, line);
+    message TEXT NOT NULL,
+    PRIMARY KEY (task_id, line)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     id BLOB PRIMARY KEY,
@@ -121,6 +127,38 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     )?;
     if !has_tasks {
         return Ok(());
+    }
+    // Log lines of earlier versions: a rowid table with an index on the
+    // task; moved, numbers and all, to the table keyed by the task, and
+    // the next number reserved (see `writer::LogLines`).
+    let logs_by_rowid: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'task_logs'
+           AND sql NOT LIKE '%WITHOUT ROWID%'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if logs_by_rowid {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE task_logs_by_task (
+                 task_id BLOB NOT NULL,
+                 line INTEGER NOT NULL,
+                 time INTEGER NOT NULL,
+                 source INTEGER NOT NULL,
+                 level TEXT NOT NULL,
+                 attempt INTEGER NOT NULL,
+                 message TEXT NOT NULL,
+                 PRIMARY KEY (task_id, line)
+             ) WITHOUT ROWID;
+             INSERT INTO task_logs_by_task
+                 SELECT task_id, line, time, source, level, attempt, message FROM task_logs;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT OR REPLACE INTO meta(key, value)
+                 SELECT 'log_lines_reserved', coalesce(max(line), 0) + 1 FROM task_logs;
+             DROP TABLE task_logs;
+             ALTER TABLE task_logs_by_task RENAME TO task_logs;
+             COMMIT;",
+        )?;
     }
     // The ended-count triggers of earlier versions ABORT on a conflict
     // (which costs a statement journal, see SCHEMA); SCHEMA creates them

@@ -315,6 +315,15 @@ async fn a_file_of_version_1_is_upgraded_at_open() {
             )
             .unwrap();
         }
+        // Log lines numbered by rowid, as version 1 did.
+        for (line, t, msg) in [(7, &done, "one"), (9, &active, "two"), (12, &done, "three")] {
+            c.execute(
+                "INSERT INTO task_logs (line, task_id, time, source, level, attempt, message)
+                 VALUES (?1, ?2, 1, 1, 'info', 0, ?3)",
+                params![line, t.id.as_bytes(), msg],
+            )
+            .unwrap();
+        }
     }
     let s = SqliteStore::open(SqliteOptions {
         path: Some(path.clone()),
@@ -322,6 +331,33 @@ async fn a_file_of_version_1_is_upgraded_at_open() {
         ..Default::default()
     })
     .unwrap();
+    // The lines moved to the table keyed by the task, numbers and all; a
+    // new one is numbered after every old one.
+    let lines = |id| {
+        let s = &s;
+        async move {
+            s.logs(id, 0, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| (l.line, l.message))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        lines(done.id).await,
+        [(7, "one".to_string()), (12, "three".to_string())]
+    );
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![WriteOp::Log(vec![LogEntry::system(active.id, 1, "four")])],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    assert_eq!(
+        lines(active.id).await,
+        [(9, "two".to_string()), (13, "four".to_string())]
+    );
     let finals = s.final_counts().await.unwrap();
     assert_eq!(
         finals,
@@ -363,6 +399,88 @@ async fn a_file_of_version_1_is_upgraded_at_open() {
         )
         .unwrap();
     assert_eq!(adopt, 0, "adopted once");
+    let by_task: String = c
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'task_logs'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(by_task.contains("WITHOUT ROWID"), "{by_task}");
+}
+
+/// Log line numbers come from the writer's counter, reserved in blocks in
+/// the file: they keep rising within a task across a reopen, and a
+/// reservation made by a transaction that rolled back (a refused group)
+/// is made again, so no number committed before the reopen is handed out
+/// after it.
+#[tokio::test]
+async fn log_lines_keep_rising_across_a_refused_group_and_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        SqliteStore::open(SqliteOptions {
+            path: Some(dir.path().join("t.db")),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let write = |s: &SqliteStore, ops: Vec<WriteOp>| {
+        let (tx, rx) = oneshot::channel();
+        s.submit(ops, Some(tx));
+        async move { rx.await.unwrap() }
+    };
+    let line = |a: &Task, m: &str| WriteOp::Log(vec![LogEntry::system(a.id, 1, m)]);
+    let a = task(None);
+    let s = open();
+    assert_eq!(insert(&s, &a).await, WriteOutcome::Done);
+    drop(s);
+    // A line the file refuses (a trigger of the test's own).
+    Connection::open(dir.path().join("t.db"))
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON task_logs WHEN NEW.message = 'refused'
+             BEGIN SELECT RAISE(FAIL, 'refused by the test'); END;",
+        )
+        .unwrap();
+    // Reopened, the counter starts at the reservation, so the next line
+    // reserves a new block. Here that line's group is refused, and the
+    // reservation rolls back with it.
+    let s = open();
+    assert!(write(&s, vec![line(&a, "refused")]).await.is_err());
+    write(&s, vec![line(&a, "kept")]).await.unwrap();
+    drop(s);
+    // Every committed number is below the reservation in the file.
+    let (reserved, last): (String, i64) = Connection::open(dir.path().join("t.db"))
+        .unwrap()
+        .query_row(
+            "SELECT (SELECT value FROM meta WHERE key = 'log_lines_reserved'),
+                    (SELECT max(line) FROM task_logs)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(reserved.parse::<i64>().unwrap() > last, "{reserved} {last}");
+    let s = open();
+    let after = (1..=5).map(|i| line(&a, &format!("after {i}"))).collect();
+    write(&s, after).await.unwrap();
+    let got = s.logs(a.id, 0, 100).await.unwrap();
+    assert_eq!(
+        got.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
+        [
+            "scheduled",
+            "kept",
+            "after 1",
+            "after 2",
+            "after 3",
+            "after 4",
+            "after 5"
+        ]
+    );
+    assert!(
+        got.windows(2).all(|w| w[0].line < w[1].line),
+        "{:?}",
+        got.iter().map(|l| l.line).collect::<Vec<_>>()
+    );
 }
 
 /// An update that keeps every indexed column but `seq` takes the light

@@ -18,6 +18,8 @@ pub(super) struct Limits {
     pub(super) lazy_within: Duration,
     /// When ended rows may be removed (their `purge_at`).
     pub(super) retention: Arc<RetentionPolicy>,
+    /// The log line numbers.
+    pub(super) lines: LogLines,
 }
 
 impl Queued for Group {
@@ -42,6 +44,7 @@ pub(super) fn writer_loop(
         max_batch,
         lazy_within,
         retention,
+        lines,
     } = limits;
     // Free pages to give back to the file system (after removals).
     let mut reclaim = false;
@@ -96,7 +99,7 @@ pub(super) fn writer_loop(
         }
         reclaim |= removes;
         let started = Instant::now();
-        let commit = commit_batch(&conn, &groups, &stats, &health, &retention);
+        let commit = commit_batch(&conn, &groups, &stats, &health, &retention, &lines);
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(n as u64, Ordering::Relaxed);
         stats
@@ -181,16 +184,17 @@ fn commit_batch(
     stats: &CommitStats,
     health: &Health,
     retention: &RetentionPolicy,
+    lines: &LogLines,
 ) -> Result<Done, StoreError> {
     if let Some(done) = until_written(conn, health, stats, |c| {
-        try_batch(c, groups, stats, retention)
+        try_batch(c, groups, stats, retention, lines)
     })? {
         return Ok(done);
     }
     let mut results = Vec::with_capacity(groups.len());
     let mut events = Vec::new();
     for g in groups {
-        match until_written(conn, health, stats, |c| try_group(c, g, retention)) {
+        match until_written(conn, health, stats, |c| try_group(c, g, retention, lines)) {
             Ok(Ok((out, group_events))) => {
                 results.push(Ok(out));
                 events.extend(group_events);
@@ -216,13 +220,29 @@ fn try_batch(
     groups: &[Group],
     stats: &CommitStats,
     retention: &RetentionPolicy,
+    lines: &LogLines,
+) -> Result<Option<Done>, StoreError> {
+    let mark = lines.mark();
+    let done = batch_in_transaction(conn, groups, stats, retention, lines);
+    if !matches!(done, Ok(Some(_))) {
+        lines.undo(mark);
+    }
+    done
+}
+
+fn batch_in_transaction(
+    conn: &mut Connection,
+    groups: &[Group],
+    stats: &CommitStats,
+    retention: &RetentionPolicy,
+    lines: &LogLines,
 ) -> Result<Option<Done>, StoreError> {
     let tx = conn.transaction()?;
     let mut outs = Vec::with_capacity(groups.len());
     let mut events = Vec::new();
     let mut latest = Latest::of(groups);
     for g in groups {
-        match apply_group(&tx, g, &mut events, latest.as_mut(), retention) {
+        match apply_group(&tx, g, &mut events, latest.as_mut(), retention, lines) {
             Ok(out) => outs.push(Ok(out)),
             // The disk, not the group: the batch is tried again whole
             // (dropping `tx` rolls back what SQLite has not).
@@ -249,10 +269,25 @@ fn try_group(
     conn: &mut Connection,
     g: &Group,
     retention: &RetentionPolicy,
+    lines: &LogLines,
+) -> Result<Result<GroupDone, StoreError>, StoreError> {
+    let mark = lines.mark();
+    let done = group_in_transaction(conn, g, retention, lines);
+    if !matches!(done, Ok(Ok(_))) {
+        lines.undo(mark);
+    }
+    done
+}
+
+fn group_in_transaction(
+    conn: &mut Connection,
+    g: &Group,
+    retention: &RetentionPolicy,
+    lines: &LogLines,
 ) -> Result<Result<GroupDone, StoreError>, StoreError> {
     let tx = conn.transaction()?;
     let mut events = Vec::new();
-    match apply_group(&tx, g, &mut events, None, retention) {
+    match apply_group(&tx, g, &mut events, None, retention, lines) {
         Ok(out) => {
             tx.commit()?;
             Ok(Ok((out, events)))
@@ -426,6 +461,7 @@ fn apply_group(
     events: &mut Vec<Arc<TaskEvent>>,
     mut latest: Option<&mut Latest>,
     retention: &RetentionPolicy,
+    lines: &LogLines,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let mut out = Vec::with_capacity(g.ops.len());
     let now = now_micros();
@@ -446,7 +482,7 @@ fn apply_group(
         match op {
             WriteOp::Update { task, log, event } if superseded => {
                 // A later write of this batch carries the row.
-                log_and_publish(conn, task, log, *event, now, events)?;
+                log_and_publish(conn, lines, task, log, *event, now, events)?;
                 out.push(WriteOutcome::Done);
             }
             WriteOp::Insert {
@@ -518,7 +554,7 @@ fn apply_group(
                     continue;
                 }
                 count_ended_insert(conn, task)?;
-                log_and_publish(conn, task, log, *event, now, events)?;
+                log_and_publish(conn, lines, task, log, *event, now, events)?;
                 out.push(WriteOutcome::Done);
             }
             WriteOp::Update { task, log, event } => {
@@ -560,11 +596,11 @@ fn apply_group(
                     out.push(WriteOutcome::Done);
                     continue;
                 }
-                log_and_publish(conn, task, log, *event, now, events)?;
+                log_and_publish(conn, lines, task, log, *event, now, events)?;
                 out.push(WriteOutcome::Done);
             }
-            WriteOp::Log(lines) => {
-                insert_logs(conn, lines)?;
+            WriteOp::Log(new) => {
+                insert_logs(conn, lines, new)?;
                 out.push(WriteOutcome::Done);
             }
             WriteOp::Remove(ids) => {
@@ -646,13 +682,14 @@ pub(super) fn purge_at(retention: &RetentionPolicy, task: &Task) -> Option<i64> 
 /// commit is durable.
 pub(super) fn log_and_publish(
     conn: &Connection,
+    lines: &LogLines,
     task: &Task,
     log: &[LogEntry],
     event: Option<crate::domain::EventKind>,
     now: crate::domain::Micros,
     events: &mut Vec<Arc<TaskEvent>>,
 ) -> Result<(), StoreError> {
-    insert_logs(conn, log)?;
+    insert_logs(conn, lines, log)?;
     if let Some(kind) = event {
         events.push(Arc::new(TaskEvent {
             seq: task.rt.seq,
@@ -671,16 +708,22 @@ pub(super) fn corrupt(id: TaskId, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-pub(super) fn insert_logs(conn: &Connection, lines: &[LogEntry]) -> Result<(), StoreError> {
+pub(super) fn insert_logs(
+    conn: &Connection,
+    numbers: &LogLines,
+    lines: &[LogEntry],
+) -> Result<(), StoreError> {
     if lines.is_empty() {
         return Ok(());
     }
     let mut st = conn.prepare_cached(
-        "INSERT INTO task_logs (task_id, time, source, level, attempt, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO task_logs (task_id, line, time, source, level, attempt, message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for l in lines {
         st.execute(params![
             l.task_id.as_bytes(),
+            numbers.next(conn)?,
             l.time,
             l.source.code(),
             l.level,
@@ -689,4 +732,70 @@ pub(super) fn insert_logs(conn: &Connection, lines: &[LogEntry]) -> Result<(), S
         ])?;
     }
     Ok(())
+}
+
+/// Log line numbers: one counter for the whole store, kept by the writer.
+/// `task_logs` is keyed by (task, line), so SQLite cannot hand out the
+/// next number as it does a rowid, and finding the largest one would read
+/// the whole table. So the writer reserves numbers in blocks of
+/// [`LogLines::BLOCK`] in `meta` (`log_lines_reserved`), in the transaction
+/// that first uses a number of the block: every committed line is below
+/// the reservation. At open the counter starts there, so a restart skips
+/// the rest of the block (lines only increase, they are not contiguous:
+/// `LogLine.line`). A transaction that does not commit takes its
+/// reservation back ([`LogLines::undo`]); its numbers are not used again.
+pub(super) struct LogLines {
+    next: std::cell::Cell<i64>,
+    reserved: std::cell::Cell<i64>,
+}
+
+impl LogLines {
+    /// Numbers reserved at a time.
+    pub(super) const BLOCK: i64 = 1 << 16;
+    const KEY: &'static str = "log_lines_reserved";
+
+    /// The counter of the store on `conn`, from its reservation.
+    pub(super) fn open(conn: &Connection) -> Result<Self, StoreError> {
+        let reserved: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [Self::KEY], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let from = match reserved {
+            None => 1,
+            Some(v) => v.parse::<i64>().map_err(|_| StoreError::Open {
+                path: "meta".into(),
+                reason: format!("{} is {v:?}, not a number", Self::KEY),
+            })?,
+        };
+        Ok(LogLines {
+            next: std::cell::Cell::new(from),
+            reserved: std::cell::Cell::new(from),
+        })
+    }
+
+    /// The next number, reserving a block first in the open transaction
+    /// when the last one is used up.
+    fn next(&self, conn: &Connection) -> Result<i64, StoreError> {
+        let n = self.next.get();
+        if n >= self.reserved.get() {
+            let upto = n + Self::BLOCK;
+            conn.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+                .execute(params![Self::KEY, upto.to_string()])?;
+            self.reserved.set(upto);
+        }
+        self.next.set(n + 1);
+        Ok(n)
+    }
+
+    /// What is reserved before a transaction, for [`LogLines::undo`].
+    fn mark(&self) -> i64 {
+        self.reserved.get()
+    }
+
+    /// The transaction begun at `mark` did not commit: a reservation it
+    /// made is not in the file, so the next line reserves again.
+    fn undo(&self, mark: i64) {
+        self.reserved.set(mark);
+    }
 }
