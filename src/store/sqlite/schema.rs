@@ -1,9 +1,27 @@
 //! The tables and indexes, created if missing at every open, and the
 //! upgrades of files written by earlier versions.
 
+/// The columns of `task_logs`, in the schema and in the upgrade that moves
+/// an earlier version's log to it.
+macro_rules! task_logs_columns {
+    () => {
+        "(
+    task_id BLOB NOT NULL,
+    line INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    source INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (task_id, line)
+) WITHOUT ROWID"
+    };
+}
+
 /// The current schema. Every statement is idempotent; [`upgrade`] runs
 /// first on a file of an earlier version.
-pub(super) const SCHEMA: &str = r#"
+pub(super) const SCHEMA: &str = concat!(
+    r#"
 CREATE TABLE IF NOT EXISTS tasks (
     id BLOB PRIMARY KEY,
     created_at INTEGER NOT NULL,
@@ -51,16 +69,9 @@ CREATE INDEX IF NOT EXISTS tasks_ended ON tasks(state, name, seq) WHERE state IN
 -- keyed by its rowid, with an index on the task, cost a second B-tree per
 -- line and per removal. Files of earlier versions are moved to it
 -- (`upgrade`).
-CREATE TABLE IF NOT EXISTS task_logs (
-    task_id BLOB NOT NULL,
-    line INTEGER NOT NULL,
-    time INTEGER NOT NULL,
-    source INTEGER NOT NULL,
-    level TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    message TEXT NOT NULL,
-    PRIMARY KEY (task_id, line)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_logs "#,
+    task_logs_columns!(),
+    r#";
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     id BLOB PRIMARY KEY,
@@ -113,7 +124,8 @@ WHEN OLD.state IN (3, 4, 5, 7) BEGIN
     WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
 END;
 INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '2');
-"#;
+"#
+);
 
 /// Brings a file of schema version 1 to version 2, in one transaction:
 /// the `purge_at` column, the ended counts (counted once, here), and the
@@ -138,18 +150,11 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if logs_by_rowid {
-        conn.execute_batch(
+        conn.execute_batch(concat!(
             "BEGIN IMMEDIATE;
-             CREATE TABLE task_logs_by_task (
-                 task_id BLOB NOT NULL,
-                 line INTEGER NOT NULL,
-                 time INTEGER NOT NULL,
-                 source INTEGER NOT NULL,
-                 level TEXT NOT NULL,
-                 attempt INTEGER NOT NULL,
-                 message TEXT NOT NULL,
-                 PRIMARY KEY (task_id, line)
-             ) WITHOUT ROWID;
+             CREATE TABLE task_logs_by_task ",
+            task_logs_columns!(),
+            ";
              INSERT INTO task_logs_by_task
                  SELECT task_id, line, time, source, level, attempt, message FROM task_logs;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -157,8 +162,8 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
                  SELECT 'log_lines_reserved', coalesce(max(line), 0) + 1 FROM task_logs;
              DROP TABLE task_logs;
              ALTER TABLE task_logs_by_task RENAME TO task_logs;
-             COMMIT;",
-        )?;
+             COMMIT;"
+        ))?;
     }
     // The ended-count triggers of earlier versions ABORT on a conflict
     // (which costs a statement journal, see SCHEMA); SCHEMA creates them
