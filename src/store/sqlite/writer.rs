@@ -222,12 +222,10 @@ fn try_batch(
     retention: &RetentionPolicy,
     lines: &LogLines,
 ) -> Result<Option<Done>, StoreError> {
-    let mark = lines.mark();
-    let done = batch_in_transaction(conn, groups, stats, retention, lines);
-    if !matches!(done, Ok(Some(_))) {
-        lines.undo(mark);
-    }
-    done
+    lines.kept_if(
+        || batch_in_transaction(conn, groups, stats, retention, lines),
+        |done| matches!(done, Ok(Some(_))),
+    )
 }
 
 fn batch_in_transaction(
@@ -271,12 +269,10 @@ fn try_group(
     retention: &RetentionPolicy,
     lines: &LogLines,
 ) -> Result<Result<GroupDone, StoreError>, StoreError> {
-    let mark = lines.mark();
-    let done = group_in_transaction(conn, g, retention, lines);
-    if !matches!(done, Ok(Ok(_))) {
-        lines.undo(mark);
-    }
-    done
+    lines.kept_if(
+        || group_in_transaction(conn, g, retention, lines),
+        |done| matches!(done, Ok(Ok(_))),
+    )
 }
 
 fn group_in_transaction(
@@ -743,7 +739,7 @@ pub(super) fn insert_logs(
 /// the reservation. At open the counter starts there, so a restart skips
 /// the rest of the block (lines only increase, they are not contiguous:
 /// `LogLine.line`). A transaction that does not commit takes its
-/// reservation back ([`LogLines::undo`]); its numbers are not used again.
+/// reservation back ([`LogLines::kept_if`]); its numbers are not used again.
 pub(super) struct LogLines {
     next: std::cell::Cell<i64>,
     reserved: std::cell::Cell<i64>,
@@ -788,14 +784,15 @@ impl LogLines {
         Ok(n)
     }
 
-    /// What is reserved before a transaction, for [`LogLines::undo`].
-    fn mark(&self) -> i64 {
-        self.reserved.get()
-    }
-
-    /// The transaction begun at `mark` did not commit: a reservation it
-    /// made is not in the file, so the next line reserves again.
-    fn undo(&self, mark: i64) {
-        self.reserved.set(mark);
+    /// Runs one transaction: a reservation it made is kept only if it
+    /// `committed`; otherwise it is not in the file, and the next line
+    /// reserves again.
+    fn kept_if<T>(&self, transaction: impl FnOnce() -> T, committed: impl Fn(&T) -> bool) -> T {
+        let before = self.reserved.get();
+        let done = transaction();
+        if !committed(&done) {
+            self.reserved.set(before);
+        }
+        done
     }
 }
