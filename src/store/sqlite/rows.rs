@@ -202,8 +202,9 @@ pub(super) fn due_sql() -> String {
 pub(super) fn oldest_sql(state: TaskState) -> String {
     format!(
         "SELECT {ENDED_COLUMNS} FROM tasks
-         WHERE state IN (3, 4, 5, 7) AND state = {} AND name = ?1 AND parent_id IS NULL
+         WHERE {} AND state = {} AND name = ?1 AND parent_id IS NULL
          ORDER BY seq LIMIT ?2",
+        ended!("state"),
         state.code()
     )
 }
@@ -245,7 +246,8 @@ pub(super) fn ended_with_steps(
              UNION ALL SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id
          )
          SELECT {ENDED_COLUMNS} FROM tasks WHERE id IN (SELECT id FROM tree)
-         AND id <> ?1 AND state IN (3, 4, 5, 7)"
+         AND id <> ?1 AND {}",
+        ended!("state")
     ))?;
     let mut out = Vec::with_capacity(top.len());
     for e in top {
@@ -280,10 +282,11 @@ pub(super) fn adopt_ended(conn: &Connection, policy: &RetentionPolicy) -> Result
     let started = Instant::now();
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let done = (|| -> Result<usize, StoreError> {
-        let mut read = conn.prepare(
-            "SELECT id, created_at, spec, rt FROM tasks
-             WHERE state IN (3, 4, 5, 7) AND parent_id IS NULL",
-        )?;
+        let mut read = conn.prepare(concat!(
+            "SELECT id, created_at, spec, rt FROM tasks WHERE ",
+            ended!("state"),
+            " AND parent_id IS NULL"
+        ))?;
         let mut set = conn.prepare("UPDATE tasks SET purge_at = ?2 WHERE id = ?1")?;
         let mut rows = read.query([])?;
         let mut n = 0;

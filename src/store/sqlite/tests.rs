@@ -240,6 +240,48 @@ fn every_list_filter_and_sweep_query_uses_an_index() {
         );
         assert!(text.contains("USING"), "{what}: {text}");
     }
+    let caps = plan(
+        &oldest_sql(TaskState::Failed),
+        vec![Value::Text("a".into()), Value::Integer(10)],
+    )
+    .join(" | ");
+    assert!(caps.contains("tasks_ended"), "{caps}");
+}
+
+/// The opcodes of `sql` as SQLite compiles it, with the programs of the
+/// triggers it fires.
+fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
+    let mut st = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+    let nulls = vec![rusqlite::types::Value::Null; st.parameter_count()];
+    st.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(1))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// No statement the writer runs for every task (with the triggers and the
+/// partial indexes it updates) builds a temporary B-tree: an `IN` list of
+/// constants did, at every run (see `ended!`).
+#[test]
+fn no_write_of_a_task_builds_a_temporary_b_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    drop(
+        SqliteStore::open(SqliteOptions {
+            path: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let conn = Connection::open(&path).unwrap();
+    for sql in writer::PER_TASK_WRITES {
+        let ops = opcodes(&conn, sql);
+        assert!(ops.len() > 5, "{sql}: {ops:?}");
+        assert!(!ops.iter().any(|o| o == "OpenEphemeral"), "{sql}: {ops:?}");
+    }
+    // The check itself: the same removal with the `IN` list builds one.
+    let in_list = "DELETE FROM tasks WHERE id = ?1 AND state IN (3, 4, 5, 7)";
+    assert!(opcodes(&conn, in_list).iter().any(|o| o == "OpenEphemeral"));
 }
 
 /// The schema of version 1 (before retention), as an earlier release wrote it.
@@ -554,8 +596,10 @@ async fn an_update_writes_the_columns_whichever_statement_takes_it() {
 
 /// A file whose ended-count triggers ABORT on a conflict (earlier
 /// versions: SQLite then keeps a statement journal for every removal and
-/// state change) gets the FAIL ones at open, and the counts still follow
-/// an update into a final state, a retry out of it, and a removal.
+/// state change) and test the state with an `IN` list, as its partial
+/// index does, gets the FAIL ones and the index again at open, and the
+/// counts still follow an update into a final state, a retry out of it,
+/// and a removal.
 #[tokio::test]
 async fn the_ended_count_triggers_of_earlier_files_are_replaced_at_open() {
     let files = Files::new();
@@ -582,7 +626,9 @@ async fn the_ended_count_triggers_of_earlier_files_are_replaced_at_open() {
              WHEN OLD.state IN (3, 4, 5, 7) BEGIN
                  UPDATE ended_counts SET n = n - 1
                  WHERE task_type = OLD.task_type AND name = OLD.name AND state = OLD.state;
-             END;",
+             END;
+             DROP INDEX tasks_ended;
+             CREATE INDEX tasks_ended ON tasks(state, name, seq) WHERE state IN (3, 4, 5, 7);",
         )
         .unwrap();
     }
@@ -621,6 +667,30 @@ async fn the_ended_count_triggers_of_earlier_files_are_replaced_at_open() {
         after.iter().all(|(_, sql)| sql.contains("OR FAIL")),
         "{after:?}"
     );
+    // Nothing tests the state with an `IN` list any more, and the count
+    // caps' query uses the partial index made again.
+    {
+        let c = Connection::open(&path).unwrap();
+        let in_lists: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_master WHERE sql LIKE '%IN (3, 4, 5, 7)%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(in_lists.is_empty(), "{in_lists:?}");
+        let plan: Vec<String> = c
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                oldest_sql(TaskState::Completed)
+            ))
+            .unwrap()
+            .query_map(params!["a", 1], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.join(" ").contains("tasks_ended"), "{plan:?}");
+    }
 
     let write = |op: WriteOp| {
         let s = s.clone();

@@ -500,17 +500,12 @@ fn apply_group(
                 };
                 let (sql, payload) = match payload {
                     Payload::Json(p) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind, namespace)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
-                         ON CONFLICT DO NOTHING",
+                        INSERT_WITH_PAYLOAD,
                         // Bound as it is (SQLite copies it once), not through an owned copy.
                         ToSqlOutput::Borrowed(ValueRef::Text(p.as_bytes())),
                     ),
                     Payload::CopyOf(src) => (
-                        "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind, namespace)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                                 COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16, ?17, ?18)
-                         ON CONFLICT DO NOTHING",
+                        INSERT_COPYING_PAYLOAD,
                         ToSqlOutput::Borrowed(ValueRef::Blob(src.as_bytes())),
                     ),
                 };
@@ -603,9 +598,8 @@ fn apply_group(
                 // Only an ended row goes (with its log lines): a removal
                 // waits for its slice of a commit ([`crate::store::batch`])
                 // and a write queued after it (a retry) may commit first.
-                let mut rows = conn
-                    .prepare_cached("DELETE FROM tasks WHERE id = ?1 AND state IN (3, 4, 5, 7)")?;
-                let mut logs = conn.prepare_cached("DELETE FROM task_logs WHERE task_id = ?1")?;
+                let mut rows = conn.prepare_cached(REMOVE_ENDED)?;
+                let mut logs = conn.prepare_cached(REMOVE_LOGS)?;
                 for id in ids {
                     if rows.execute([id.as_bytes()])? > 0 {
                         logs.execute([id.as_bytes()])?;
@@ -634,6 +628,39 @@ fn apply_group(
     }
     Ok(out)
 }
+
+/// A new task, its payload given.
+const INSERT_WITH_PAYLOAD: &str = "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind, namespace)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+     ON CONFLICT DO NOTHING";
+
+/// A new task with the payload of task `?14`.
+const INSERT_COPYING_PAYLOAD: &str = "INSERT INTO tasks (id, created_at, name, task_type, state, seq, source, user_id, session_id, idempotency_key, parent_id, spec, rt, payload, purge_at, schedule_id, error_kind, namespace)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+             COALESCE((SELECT payload FROM tasks WHERE id = ?14), '{}'), ?15, ?16, ?17, ?18)
+     ON CONFLICT DO NOTHING";
+
+/// Retention's removal of an ended task, and of its log.
+const REMOVE_ENDED: &str = concat!("DELETE FROM tasks WHERE id = ?1 AND ", ended!("state"));
+const REMOVE_LOGS: &str = "DELETE FROM task_logs WHERE task_id = ?1";
+
+/// A log line.
+const INSERT_LOG: &str =
+    "INSERT INTO task_logs (task_id, line, time, source, level, attempt, message)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// Every statement the writer runs for each task (the tests check that
+/// none of them, with the triggers they fire, builds a temporary B-tree).
+#[cfg(test)]
+pub(super) const PER_TASK_WRITES: [&str; 7] = [
+    INSERT_WITH_PAYLOAD,
+    INSERT_COPYING_PAYLOAD,
+    FULL_UPDATE,
+    LIGHT_UPDATE,
+    REMOVE_ENDED,
+    REMOVE_LOGS,
+    INSERT_LOG,
+];
 
 /// A row write: every mutable column. `OR FAIL`, which the ended-count
 /// triggers it fires follow: no statement may ABORT, so SQLite keeps no
@@ -712,10 +739,7 @@ pub(super) fn insert_logs(
     if lines.is_empty() {
         return Ok(());
     }
-    let mut st = conn.prepare_cached(
-        "INSERT INTO task_logs (task_id, line, time, source, level, attempt, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
+    let mut st = conn.prepare_cached(INSERT_LOG)?;
     for l in lines {
         st.execute(params![
             l.task_id.as_bytes(),
