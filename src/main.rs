@@ -121,6 +121,8 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread and any SQLite call (see the function).
+    switchyard_wal_vfs::install_page_cache_at_start();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

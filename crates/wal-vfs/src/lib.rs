@@ -24,6 +24,10 @@
 //! Every other file (the database, its shared memory, temporary files) is
 //! the `unix` VFS's own file, unchanged.
 //!
+//! The crate also holds the process's page cache ([`pcache`]): SQLite's
+//! own, without a walk of the whole cache at the end of most commits that
+//! rebalanced a B-tree.
+//!
 //! Safety: SQLite calls these functions with the file it allocated
 //! (`szOsFile` bytes, 8-aligned) and opened through [`open`], from one
 //! connection at a time; a WAL file's handle is a [`WalFile`] whose inner
@@ -37,6 +41,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use libsqlite3_sys as ffi;
+
+pub mod pcache;
+
+/// Installs [`pcache`]'s page cache for the whole process; whether it was
+/// installed. Call it first thing in `main`, before any other thread runs
+/// and before any SQLite call: SQLite takes a page cache only before it
+/// initializes, and only while no other thread calls it. Later calls (or
+/// a first call after SQLite initialized) change nothing and answer
+/// whether it was installed.
+pub fn install_page_cache_at_start() -> bool {
+    static DONE: OnceLock<bool> = OnceLock::new();
+    // SAFETY: the caller runs this before any other thread uses SQLite
+    // (see above); the OnceLock makes later calls no-ops.
+    *DONE.get_or_init(|| unsafe { pcache::install() })
+}
 
 /// The name the writer's connection opens with.
 pub const NAME: &str = "switchyard-wal";
