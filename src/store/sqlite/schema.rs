@@ -221,6 +221,9 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if old_ended_index {
+        tracing::info!(
+            "rebuilding the index of ended tasks once, for this version (about 1 s per million)"
+        );
         conn.execute_batch("DROP INDEX tasks_ended;")?;
     }
     // Schedules: the fires' schedule id in a column of its own (rows of
