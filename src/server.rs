@@ -306,7 +306,11 @@ pub async fn run_with(
     }
     let retention = Arc::new(config.retention.policy().map_err(ServeError::Config)?);
     let flow_rules = config.flow.rules().map_err(ServeError::Config)?;
+    let opening = std::time::Instant::now();
     let store = open_store(&config, retention.clone()).await?;
+    // The open alone (`ready_in_ms` below counts from after it, and from
+    // the lease on PostgreSQL): an upgrade of an earlier file runs here.
+    let store_open_ms = opening.elapsed().as_millis() as u64;
     // On PostgreSQL: stand by until this replica holds the lease.
     let mut listener = listener;
     let mut leading: Option<(Arc<Lease>, i64)> = None;
@@ -388,6 +392,7 @@ pub async fn run_with(
         ?addr,
         store = %store.describe(&config),
         ready_in_ms = started.elapsed().as_millis() as u64,
+        store_open_ms,
         "switchyard ready"
     );
 
