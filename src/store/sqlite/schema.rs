@@ -193,38 +193,29 @@ pub(super) fn upgrade(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
         ))?;
     }
     // The ended-count triggers of earlier versions ABORT on a conflict
-    // (which costs a statement journal, see SCHEMA), or test the state
-    // with an `IN` list (a temporary B-tree at every run, see `ended!`);
-    // SCHEMA creates them again.
-    let old_triggers: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'
-           AND name IN ('tasks_ended_enter', 'tasks_ended_leave', 'tasks_ended_delete')
-           AND (sql NOT LIKE '%OR FAIL%' OR sql LIKE '%IN (3, 4, 5, 7)%')",
-        [],
-        |r| r.get(0),
-    )?;
-    if old_triggers > 0 {
-        conn.execute_batch(
-            "DROP TRIGGER IF EXISTS tasks_ended_enter;
-             DROP TRIGGER IF EXISTS tasks_ended_leave;
-             DROP TRIGGER IF EXISTS tasks_ended_delete;",
-        )?;
-    }
-    // So does the partial index of ended tasks: SCHEMA builds it again
-    // with `ended!`'s condition, which the queries meant for it repeat
-    // (with the old condition they would no longer use it). Once, at the
-    // first open: about as long as the index's first build.
-    let old_ended_index: bool = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'tasks_ended'
-           AND sql LIKE '%IN (3, 4, 5, 7)%'",
+    // (which costs a statement journal, see SCHEMA), and they and the
+    // partial index of ended tasks test the state with an `IN` list (a
+    // temporary B-tree at every run, see `ended!`): SCHEMA makes all four
+    // again, the index with the condition the queries meant for it repeat.
+    // Once, at the first open; the index takes as long as its first build.
+    let old_ended: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master
+           WHERE name IN ('tasks_ended', 'tasks_ended_enter', 'tasks_ended_leave',
+                          'tasks_ended_delete')
+             AND (sql LIKE '%IN (3, 4, 5, 7)%' OR (type = 'trigger' AND sql NOT LIKE '%OR FAIL%'))",
         [],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
-    if old_ended_index {
+    if old_ended {
         tracing::info!(
             "rebuilding the index of ended tasks once, for this version (about 1 s per million)"
         );
-        conn.execute_batch("DROP INDEX tasks_ended;")?;
+        conn.execute_batch(
+            "DROP TRIGGER IF EXISTS tasks_ended_enter;
+             DROP TRIGGER IF EXISTS tasks_ended_leave;
+             DROP TRIGGER IF EXISTS tasks_ended_delete;
+             DROP INDEX IF EXISTS tasks_ended;",
+        )?;
     }
     // Schedules: the fires' schedule id in a column of its own (rows of
     // earlier versions were fired by no schedule).
