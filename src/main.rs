@@ -10,6 +10,10 @@ use clap::{Parser, Subcommand};
 // Its v2 (the `v2` feature), not v3: with a million pending tasks v3 held
 // 1,016 MiB after the fill and 985–1,081 MiB after restarts, v2 924 and
 // 882–939 MiB, at the same throughput (bench scenarios a, b, c, f).
+// Without transparent huge pages (the `no_thp` feature: mimalloc does not
+// `madvise` its memory for them): with them, every page mimalloc gave back
+// and touched again was a 2 MiB page for the kernel to zero, a tenth of the
+// server's CPU while scheduling in bulk (the README's Performance section).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchyard::config::{Config, LogFormat, Overrides};
