@@ -446,6 +446,7 @@ pub enum Target {
     /// SIMPLE: a queue.
     Simple {
         /// The queue (defaults to the name on engines that need one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         queue: Option<String>,
     },
     /// COMPLEX: a workflow.
@@ -455,19 +456,25 @@ pub enum Target {
         /// Arguments, as JSON values.
         workflow_args: Vec<serde_json::Value>,
         /// The engine's task queue.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         task_queue: Option<String>,
         /// A BullMQ queue that follows the workflow.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         tracking_queue: Option<String>,
         /// The workflow id (default the task id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         workflow_id: Option<String>,
     },
     /// INTEGRATION: a webhook.
     Integration {
         /// n8n workflow id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         workflow_id: Option<String>,
         /// Full URL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         webhook_url: Option<String>,
         /// The external system.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         integration_source: Option<String>,
     },
 }
@@ -491,6 +498,13 @@ impl Target {
 }
 
 /// What was asked for: the immutable part of a task.
+///
+/// Stored as JSON (with [`TaskRuntime`], most of a task's row). An unset
+/// `Option` field is left out of it rather than written as `null`: a third
+/// of a new task's row. Every version reads an absent `Option` field as
+/// `None` (serde's rule for `Option` fields, `default` or not), so rows
+/// written either way read the same in both directions
+/// (`unset_fields_are_left_out_and_read_as_before`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     /// The task name.
@@ -504,28 +518,38 @@ pub struct TaskSpec {
     /// Delay between attempts.
     pub backoff: Backoff,
     /// Time limit of one attempt.
-    #[serde(with = "humantime_serde", default)]
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub execution_timeout: Option<Duration>,
     /// Owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// Session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     /// Immediate lane.
     pub immediate: bool,
     /// Idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<Box<str>>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Cleanup task name.
     /// (Boxed twice: the field costs one pointer, which keeps
     /// `Arc<TaskSpec>` in its allocator size class with `dedup`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<Box<Box<str>>>,
     /// Per-type target.
     pub target: Target,
     /// W3C traceparent of the scheduling request. (A boxed str, not a
     /// String: 8 bytes that keep the spec in a smaller allocator size class.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<Box<str>>,
     /// The workflow this task is a step of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<TaskId>,
     /// How long it is kept once it has ended, where the task sets it
     /// (boxed: most tasks leave it to the server's policy).
@@ -638,7 +662,8 @@ impl TaskError {
     }
 }
 
-/// The mutable part of a task.
+/// The mutable part of a task. Stored as JSON; an unset `Option` field is
+/// left out of it, as in [`TaskSpec`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRuntime {
     /// State.
@@ -648,32 +673,40 @@ pub struct TaskRuntime {
     /// When it may start.
     pub run_at: Micros,
     /// When the current or last attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Micros>,
     /// When it became final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Micros>,
     /// Progress 0..100. Rows written before NaN was refused hold `null`
     /// here; they read as 0.
     #[serde(deserialize_with = "progress_or_null")]
     pub progress: f64,
     /// Progress message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_message: Option<Box<str>>,
     /// Result of a completed task (boxed, as the other rare fields are:
     /// a pending task carries none of them, and each inline byte costs a
     /// million pending tasks a megabyte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<serde_json::Value>>,
     /// Last error. Boxed: most tasks never have one, and the 72 bytes it
     /// would take inline keep every in-memory task a size class larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<Box<TaskError>>,
     /// The engine's id (boxed: 8 bytes less than a `String` in every
     /// in-memory task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<Box<str>>,
     /// The engine.
     pub source: Source,
     /// Why it waits, while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_reason: Option<WaitingReason>,
     /// A cancel is pending acknowledgement.
     pub cancel_requested: bool,
     /// The worker running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<Box<str>>,
     /// How often its worker was lost during the current attempt.
     pub lease_losses: u32,
@@ -696,6 +729,7 @@ pub struct TaskRuntime {
     /// Whether it has been handed to its external engine (outbox).
     pub forwarded: bool,
     /// Executor-specific state (workflow steps), as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Box<serde_json::Value>>,
     /// While held by a flow rule (`ConcurrencyLimit`, `QueuePaused`,
     /// `RateLimited`): the
@@ -1111,6 +1145,81 @@ mod tests {
             max: Duration::from_millis(10),
         };
         assert_eq!(b.delay(1), b.delay(9));
+    }
+
+    /// A new task's JSON has no `null` in it; the JSON of an earlier
+    /// version (every unset field written as `null`) reads as the same
+    /// task; and a reader of that version (plain `Option` fields, no
+    /// `default`) reads the new JSON's absent fields as `None`.
+    #[test]
+    fn unset_fields_are_left_out_and_read_as_before() {
+        let spec = TaskSpec::new(
+            "send-email",
+            TaskType::Simple,
+            Target::Simple { queue: None },
+        );
+        let rt = TaskRuntime::new_pending(1_000, Source::Embedded, WaitingReason::Queued);
+        let spec_json = serde_json::to_string(&spec).unwrap();
+        let rt_json = serde_json::to_string(&rt).unwrap();
+        for j in [&spec_json, &rt_json] {
+            assert!(!j.contains("null"), "{j}");
+        }
+        // As the previous version wrote them.
+        let mut old_spec = serde_json::to_value(&spec).unwrap();
+        for f in [
+            "execution_timeout",
+            "user_id",
+            "session_id",
+            "idempotency_key",
+            "cleanup",
+            "traceparent",
+            "parent_id",
+        ] {
+            assert!(old_spec.get(f).is_none(), "{f}");
+            old_spec[f] = serde_json::Value::Null;
+        }
+        let mut old_rt = serde_json::to_value(&rt).unwrap();
+        for f in [
+            "started_at",
+            "finished_at",
+            "progress_message",
+            "result",
+            "last_error",
+            "external_id",
+            "worker_id",
+            "detail",
+        ] {
+            assert!(old_rt.get(f).is_none(), "{f}");
+            old_rt[f] = serde_json::Value::Null;
+        }
+        assert_eq!(serde_json::from_value::<TaskSpec>(old_spec).unwrap(), spec);
+        assert_eq!(serde_json::from_value::<TaskRuntime>(old_rt).unwrap(), rt);
+        // A reader of the previous version: its `Option` fields had no
+        // `default`.
+        #[derive(Deserialize)]
+        struct EarlierRuntime {
+            attempt: u32,
+            started_at: Option<Micros>,
+            worker_id: Option<Box<str>>,
+            last_error: Option<Box<TaskError>>,
+        }
+        let earlier: EarlierRuntime = serde_json::from_str(&rt_json).unwrap();
+        assert_eq!(earlier.attempt, 0);
+        assert!(earlier.started_at.is_none() && earlier.worker_id.is_none());
+        assert!(earlier.last_error.is_none());
+        // A set field is written, and read back.
+        assert!(
+            spec_json.contains(r#""target":{"Simple":{}}"#),
+            "{spec_json}"
+        );
+        let mut set = spec.clone();
+        set.user_id = Some("u1".into());
+        set.target = Target::Simple {
+            queue: Some("emails".into()),
+        };
+        set.execution_timeout = Some(Duration::from_secs(5));
+        let back: TaskSpec = serde_json::from_str(&serde_json::to_string(&set).unwrap()).unwrap();
+        assert_eq!(back, set);
     }
 
     #[test]
