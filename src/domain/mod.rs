@@ -1164,34 +1164,40 @@ mod tests {
         for j in [&spec_json, &rt_json] {
             assert!(!j.contains("null"), "{j}");
         }
-        // As the previous version wrote them.
-        let mut old_spec = serde_json::to_value(&spec).unwrap();
-        for f in [
-            "execution_timeout",
-            "user_id",
-            "session_id",
-            "idempotency_key",
-            "cleanup",
-            "traceparent",
-            "parent_id",
-        ] {
-            assert!(old_spec.get(f).is_none(), "{f}");
-            old_spec[f] = serde_json::Value::Null;
+        // As the previous version wrote them: each unset field as `null`.
+        fn earlier(v: &impl Serialize, unset: &[&str]) -> serde_json::Value {
+            let mut v = serde_json::to_value(v).unwrap();
+            for f in unset {
+                assert!(v.get(f).is_none(), "{f}");
+                v[*f] = serde_json::Value::Null;
+            }
+            v
         }
-        let mut old_rt = serde_json::to_value(&rt).unwrap();
-        for f in [
-            "started_at",
-            "finished_at",
-            "progress_message",
-            "result",
-            "last_error",
-            "external_id",
-            "worker_id",
-            "detail",
-        ] {
-            assert!(old_rt.get(f).is_none(), "{f}");
-            old_rt[f] = serde_json::Value::Null;
-        }
+        let old_spec = earlier(
+            &spec,
+            &[
+                "execution_timeout",
+                "user_id",
+                "session_id",
+                "idempotency_key",
+                "cleanup",
+                "traceparent",
+                "parent_id",
+            ],
+        );
+        let old_rt = earlier(
+            &rt,
+            &[
+                "started_at",
+                "finished_at",
+                "progress_message",
+                "result",
+                "last_error",
+                "external_id",
+                "worker_id",
+                "detail",
+            ],
+        );
         assert_eq!(serde_json::from_value::<TaskSpec>(old_spec).unwrap(), spec);
         assert_eq!(serde_json::from_value::<TaskRuntime>(old_rt).unwrap(), rt);
         // A reader of the previous version: its `Option` fields had no
