@@ -500,10 +500,10 @@ impl Target {
 /// What was asked for: the immutable part of a task.
 ///
 /// Stored as JSON (with [`TaskRuntime`], most of a task's row). An unset
-/// `Option` field is left out of it rather than written as `null`: a third
-/// of a new task's row. Every version reads an absent `Option` field as
-/// `None` (serde's rule for `Option` fields, `default` or not), so rows
-/// written either way read the same in both directions
+/// `Option` field is left out of it rather than written as `null` (287 of
+/// a new task's 647 bytes of JSON). Every version reads an absent `Option`
+/// field as `None` (serde's rule for `Option` fields, `default` or not), so
+/// rows written either way read the same in both directions
 /// (`unset_fields_are_left_out_and_read_as_before`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
