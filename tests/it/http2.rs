@@ -2,18 +2,23 @@
 //! connection: a client whose calls are cancelled in a burst keeps its
 //! connection (the calls of a NestJS backend share one), and a flood of
 //! cancelled calls beyond the limit is still answered with GOAWAY
-//! (`ENHANCE_YOUR_CALM`, the "rapid reset" guard). And a Rust client
-//! connected as the client library connects keeps its connection while a
-//! few thousand answers wait on it unread behind a stall.
+//! (`ENHANCE_YOUR_CALM`, the "rapid reset" guard). A worker's stream keeps
+//! its connection when thousands of its small messages arrive at once (what
+//! a paused server reads when it resumes), within a bound that still holds.
+//! And a Rust client connected as the client library connects keeps its
+//! connection while a few thousand answers wait on it unread behind a stall.
 
 use std::time::Duration;
 
+use prost::Message;
+use switchyard::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::common::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -64,8 +69,26 @@ enum Answer {
 async fn send_burst(addr: std::net::SocketAddr, calls: usize) -> Answer {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(&burst(calls)).await.expect("write the burst");
+    match read_until(&mut tcp, &mut Vec::new(), pong).await {
+        Ok(()) => Answer::Pong,
+        Err(code) => Answer::GoAway(code),
+    }
+}
+
+/// Whether a frame is the answer to the bursts' PING.
+fn pong(kind: u8, flags: u8, _stream: u32, payload: &[u8]) -> bool {
+    kind == PING && flags & ACK != 0 && payload == b"switchyd"
+}
+
+/// Reads the server's frames (`buf` holds what was read past the last
+/// whole frame) until `want` takes one: `Ok`; or until GOAWAY: its code.
+/// At most 10 s.
+async fn read_until(
+    tcp: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut want: impl FnMut(u8, u8, u32, &[u8]) -> bool,
+) -> Result<(), u32> {
     let read = async {
-        let mut buf = Vec::new();
         let mut chunk = [0u8; 16 * 1024];
         loop {
             // Whole frames from the front of `buf`.
@@ -75,15 +98,14 @@ async fn send_burst(addr: std::net::SocketAddr, calls: usize) -> Answer {
                     break;
                 }
                 let (kind, flags) = (buf[3], buf[4]);
+                let stream = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
                 let payload = buf[9..9 + len].to_vec();
                 buf.drain(..9 + len);
-                match kind {
-                    PING if flags & ACK != 0 && payload == b"switchyd" => return Answer::Pong,
-                    GOAWAY => {
-                        let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
-                        return Answer::GoAway(code);
-                    }
-                    _ => {}
+                if kind == GOAWAY {
+                    return Err(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+                }
+                if want(kind, flags, stream, &payload) {
+                    return Ok(());
                 }
             }
             let n = tcp.read(&mut chunk).await.expect("read");
@@ -93,7 +115,87 @@ async fn send_burst(addr: std::net::SocketAddr, calls: usize) -> Answer {
     };
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .expect("an answer to the burst within 10 s")
+        .expect("an answer within 10 s")
+}
+
+/// One gRPC message in a DATA frame of stream 1.
+fn grpc_data(out: &mut Vec<u8>, msg: &pb::WorkerMessage) {
+    let msg = msg.encode_to_vec();
+    let mut body = vec![0];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    frame(out, DATA, 0, 1, &body);
+}
+
+/// A header field, HPACK "literal without indexing, new name" (short
+/// strings, no Huffman).
+fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// The preface, empty SETTINGS and a `WorkerService.Work` call on stream 1
+/// that registers for `name`.
+fn worker_call(name: &str) -> Vec<u8> {
+    let mut out = PREFACE.to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    // `:method POST`, `:scheme http` (static table), `:path` (its name
+    // from the static table), then the gRPC headers.
+    let path = "/switchyard.v1.WorkerService/Work";
+    let mut h = vec![0x83, 0x86, 0x04, path.len() as u8];
+    h.extend_from_slice(path.as_bytes());
+    literal(&mut h, "content-type", "application/grpc");
+    literal(&mut h, "te", "trailers");
+    frame(&mut out, HEADERS, END_HEADERS, 1, &h);
+    let register = pb::worker_message::Msg::Register(pb::Register {
+        worker_name: "h2-burst".into(),
+        task_names: vec![name.to_string()],
+        slots: 1,
+        immediate_slots: 0,
+    });
+    grpc_data(&mut out, &wmsg(register));
+    out
+}
+
+/// Opens a worker's call for `name` and, once the server has opened its
+/// windows (its SETTINGS, acknowledged, and the connection's
+/// WINDOW_UPDATE), sends `heartbeats` heartbeats, each a DATA frame of its
+/// own (16 bytes), then a PING, in one write: as a paused server reads a
+/// worker's messages that piled up meanwhile. The connection, what was
+/// read past the last frame, and the answer to the PING (or the GOAWAY).
+async fn worker_burst(
+    addr: std::net::SocketAddr,
+    name: &str,
+    heartbeats: usize,
+) -> (TcpStream, Vec<u8>, Result<(), u32>) {
+    const WINDOW_UPDATE: u8 = 0x8;
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(&worker_call(name))
+        .await
+        .expect("write the call");
+    let mut buf = Vec::new();
+    let mut settings = 0;
+    let opened = read_until(&mut tcp, &mut buf, |kind, flags, stream, _| {
+        settings += usize::from(kind == SETTINGS && flags & ACK == 0);
+        kind == WINDOW_UPDATE && stream == 0
+    })
+    .await;
+    assert_eq!(opened, Ok(()), "the server opens the connection's window");
+    let mut out = Vec::new();
+    for _ in 0..settings {
+        frame(&mut out, SETTINGS, ACK, 0, &[]);
+    }
+    let heartbeat = wmsg(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {}));
+    for _ in 0..heartbeats {
+        grpc_data(&mut out, &heartbeat);
+    }
+    frame(&mut out, PING, 0, 0, b"switchyd");
+    tcp.write_all(&out).await.expect("write the burst");
+    let answer = read_until(&mut tcp, &mut buf, pong).await;
+    (tcp, buf, answer)
 }
 
 #[tokio::test]
@@ -198,4 +300,41 @@ async fn answers_waiting_unread_behind_a_stall_keep_the_connection() {
             .is_err_and(|e| e.contains("too_many_data_frames")),
         "{adaptive:?}"
     );
+}
+
+/// A server that pauses (a CPU-throttled container, a stalled machine)
+/// finds its workers' messages piled up when it resumes, and reads them in
+/// one go: each a DATA frame of its own, under 256 bytes. h2 bounds such
+/// frames waiting unread on a connection by half its window, and sends the
+/// connection away past it: with hyper's 1 MiB window, about 2,100
+/// heartbeats (or 2,700 completions) closed a worker's connection and
+/// every task it ran. 10,000 heartbeats keep the connection, and the stream
+/// still receives its tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_streams_burst_of_small_messages_keeps_its_connection() {
+    let server = TestServer::start().await;
+    let (mut tcp, mut buf, answer) = worker_burst(server.addr, "h2.burst", 10_000).await;
+    assert_eq!(answer, Ok(()));
+    let mut client = server.client().await;
+    let id = schedule(&mut client, simple("h2.burst", serde_json::json!({}))).await;
+    let assigned = read_until(&mut tcp, &mut buf, |kind, _, stream, payload| {
+        kind == DATA && stream == 1 && payload.windows(id.len()).any(|w| w == id.as_bytes())
+    })
+    .await;
+    assert_eq!(assigned, Ok(()), "the task reaches the worker's stream");
+}
+
+/// The bound still holds: a connection whose small frames pile up far past
+/// it (60,000 heartbeats, more than three times what the window allows) is sent
+/// away with ENHANCE_YOUR_CALM, and the server serves the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_small_messages_beyond_the_bound_is_sent_away() {
+    let server = TestServer::start().await;
+    let (_, _, answer) = worker_burst(server.addr, "h2.flood", 60_000).await;
+    assert_eq!(answer, Err(ENHANCE_YOUR_CALM));
+    let mut client = server.client().await;
+    client
+        .get_metrics(switchyard::pb::GetMetricsRequest {})
+        .await
+        .expect("the server still serves other connections");
 }
