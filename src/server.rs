@@ -124,7 +124,7 @@ pub const WORKFLOWS_FILE: &str = "workflows.db";
 /// connection, before the server answers GOAWAY (`ENHANCE_YOUR_CALM`). A
 /// cancelled call the server never took costs it nothing but its place in
 /// the queue; a thousand covers a client whose every call times out at once.
-const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
+pub(crate) const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 
 /// The flow-control window of one connection (every stream on it
 /// together), set rather than left to hyper's 1 MiB. h2 also bounds the
@@ -139,7 +139,7 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 /// connection, closed the connection and every task it ran. 8 MiB allows
 /// about 16,000 heartbeats or 21,000 completions, while a connection still
 /// holds at most 8 MiB of payload that nobody reads.
-const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Why `switchyard backup` wrote nothing, or not everything.
 #[derive(Debug, thiserror::Error)]

@@ -969,3 +969,39 @@ async fn a_standby_of_a_cluster_closed_by_keys_answers_no_read_while_leaderless(
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
 }
+
+/// A standby serves its clients' connections itself (it forwards their
+/// calls to the leader), with the gRPC port's HTTP/2 limits
+/// (`tests/it/http2.rs`), not hyper's defaults: 200 calls cancelled before
+/// it took them keep the connection (hyper's 20 sent it away), and a
+/// worker's 10,000 heartbeats arriving at once keep its stream (hyper's
+/// 1 MiB window sent it away), which still gets its tasks through the
+/// standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standbys_connections_have_the_grpc_ports_http2_limits() {
+    use crate::http2::{assigned, send_burst, worker_burst, Answer};
+    let cluster = Cluster::start(2).await;
+    let leader = cluster.wait_leader(LONG).await;
+    let standby = cluster.replicas[1 - leader].as_ref().unwrap();
+    assert_eq!(send_burst(standby.addr, 200).await, Answer::Pong);
+    // The standby forwards once it has read who leads.
+    let mut via = connect(&standby.url).await;
+    let deadline = Instant::now() + LONG;
+    while via
+        .schedule_task(simple("h2-standby-ready", json!({})))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the standby never forwarded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut tcp, mut buf, answer) = worker_burst(standby.addr, "h2-standby", 10_000).await;
+    assert_eq!(answer, Ok(()));
+    let mut client = connect(&cluster.replicas[leader].as_ref().unwrap().url).await;
+    let id = schedule(&mut client, simple("h2-standby", json!({}))).await;
+    assert_eq!(
+        assigned(&mut tcp, &mut buf, &id).await,
+        Ok(()),
+        "the task reaches the worker through the standby"
+    );
+}

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use crate::common::*;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
+pub(crate) const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -61,12 +61,12 @@ fn burst(calls: usize) -> Vec<u8> {
 /// How the server answered the burst: its PING came back, or it went away
 /// with this error code.
 #[derive(Debug, PartialEq)]
-enum Answer {
+pub(crate) enum Answer {
     Pong,
     GoAway(u32),
 }
 
-async fn send_burst(addr: std::net::SocketAddr, calls: usize) -> Answer {
+pub(crate) async fn send_burst(addr: std::net::SocketAddr, calls: usize) -> Answer {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(&burst(calls)).await.expect("write the burst");
     match read_until(&mut tcp, &mut Vec::new(), pong).await {
@@ -83,7 +83,7 @@ fn pong(kind: u8, flags: u8, _stream: u32, payload: &[u8]) -> bool {
 /// Reads the server's frames (`buf` holds what was read past the last
 /// whole frame) until `want` takes one: `Ok`; or until GOAWAY: its code.
 /// At most 10 s.
-async fn read_until(
+pub(crate) async fn read_until(
     tcp: &mut TcpStream,
     buf: &mut Vec<u8>,
     mut want: impl FnMut(u8, u8, u32, &[u8]) -> bool,
@@ -166,7 +166,7 @@ fn worker_call(name: &str) -> Vec<u8> {
 /// own (16 bytes), then a PING, in one write: as a paused server reads a
 /// worker's messages that piled up meanwhile. The connection, what was
 /// read past the last frame, and the answer to the PING (or the GOAWAY).
-async fn worker_burst(
+pub(crate) async fn worker_burst(
     addr: std::net::SocketAddr,
     name: &str,
     heartbeats: usize,
@@ -317,16 +317,25 @@ async fn a_worker_streams_burst_of_small_messages_keeps_its_connection() {
     assert_eq!(answer, Ok(()));
     let mut client = server.client().await;
     let id = schedule(&mut client, simple("h2.burst", serde_json::json!({}))).await;
-    let assigned = read_until(&mut tcp, &mut buf, |kind, _, stream, payload| {
+    assert_eq!(
+        assigned(&mut tcp, &mut buf, &id).await,
+        Ok(()),
+        "the task reaches the worker's stream"
+    );
+}
+
+/// Reads the worker's stream (1) until a message that holds `id` (its
+/// assignment): `Ok`, or the GOAWAY's code.
+pub(crate) async fn assigned(tcp: &mut TcpStream, buf: &mut Vec<u8>, id: &str) -> Result<(), u32> {
+    read_until(tcp, buf, |kind, _, stream, payload| {
         kind == DATA && stream == 1 && payload.windows(id.len()).any(|w| w == id.as_bytes())
     })
-    .await;
-    assert_eq!(assigned, Ok(()), "the task reaches the worker's stream");
+    .await
 }
 
 /// The bound still holds: a connection whose small frames pile up far past
-/// it (60,000 heartbeats, more than three times what the window allows) is sent
-/// away with ENHANCE_YOUR_CALM, and the server serves the others.
+/// it (60,000 heartbeats, more than three times what the window allows) is
+/// sent away with ENHANCE_YOUR_CALM, and the server serves the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_small_messages_beyond_the_bound_is_sent_away() {
     let server = TestServer::start().await;
