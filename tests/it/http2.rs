@@ -171,6 +171,17 @@ pub(crate) async fn worker_burst(
     name: &str,
     heartbeats: usize,
 ) -> (TcpStream, Vec<u8>, Result<(), u32>) {
+    let heartbeat = wmsg(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {}));
+    worker_burst_of(addr, name, &heartbeat, heartbeats).await
+}
+
+/// [`worker_burst`] with `n` copies of `msg`.
+async fn worker_burst_of(
+    addr: std::net::SocketAddr,
+    name: &str,
+    msg: &pb::WorkerMessage,
+    n: usize,
+) -> (TcpStream, Vec<u8>, Result<(), u32>) {
     const WINDOW_UPDATE: u8 = 0x8;
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(&worker_call(name))
@@ -188,9 +199,8 @@ pub(crate) async fn worker_burst(
     for _ in 0..settings {
         frame(&mut out, SETTINGS, ACK, 0, &[]);
     }
-    let heartbeat = wmsg(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {}));
-    for _ in 0..heartbeats {
-        grpc_data(&mut out, &heartbeat);
+    for _ in 0..n {
+        grpc_data(&mut out, msg);
     }
     frame(&mut out, PING, 0, 0, b"switchyd");
     tcp.write_all(&out).await.expect("write the burst");
@@ -334,12 +344,21 @@ pub(crate) async fn assigned(tcp: &mut TcpStream, buf: &mut Vec<u8>, id: &str) -
 }
 
 /// The bound still holds: a connection whose small frames pile up far past
-/// it (60,000 heartbeats, more than three times what the window allows) is
-/// sent away with ENHANCE_YOUR_CALM, and the server serves the others.
+/// it is sent away with ENHANCE_YOUR_CALM, and the server serves the
+/// others. To pile them up whatever the machine's speed, the stream's
+/// reader is held: each message is refused (a progress report for a task
+/// id that does not parse), the refusals wait unread (this client never
+/// opens its receive window beyond 64 KiB), so the stream's loop soon waits
+/// to send one and reads nothing more. 40,000 such frames of 10 bytes are
+/// more than twice what the window allows (about 17,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_small_messages_beyond_the_bound_is_sent_away() {
     let server = TestServer::start().await;
-    let (_, _, answer) = worker_burst(server.addr, "h2.flood", 60_000).await;
+    let refused = wmsg(pb::worker_message::Msg::Progress(pb::Progress {
+        task_id: "x".into(),
+        ..Default::default()
+    }));
+    let (_, _, answer) = worker_burst_of(server.addr, "h2.flood", &refused, 40_000).await;
     assert_eq!(answer, Err(ENHANCE_YOUR_CALM));
     let mut client = server.client().await;
     client
