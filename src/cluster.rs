@@ -449,14 +449,14 @@ async fn serve_connection<H>(
         let svc = svc.clone();
         async move { Ok::<_, std::convert::Infallible>(svc.call(req.map(Body::new)).await) }
     });
-    // The HTTP/2 limits of the gRPC port (`server.rs`), not hyper's
+    // The HTTP/2 limits of the gRPC port (`http2.rs`), not hyper's
     // defaults: its 20 calls cancelled before they were taken, its 1,024
     // streams reset by the server over a connection's life and its 1 MiB
     // connection window each closed connections that the leader keeps.
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_pending_accept_reset_streams(crate::server::MAX_PENDING_ACCEPT_RESETS)
+        .max_pending_accept_reset_streams(crate::http2::MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(None)
-        .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
+        .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

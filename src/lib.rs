@@ -24,6 +24,7 @@ pub mod core;
 pub mod domain;
 pub mod executor;
 pub mod flow;
+pub mod http2;
 pub mod keys;
 /// The generated protos, their codec and Struct ⇄ JSON (the client crate's).
 pub use switchyard_client::pb;

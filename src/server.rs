@@ -18,6 +18,7 @@ use tonic::transport::Server;
 use crate::api::{error, flow, keys, orchestrator, schedules, worker};
 use crate::config::Config;
 use crate::core::Core;
+use crate::http2;
 use crate::pb;
 use crate::pb::flow_service_server::FlowServiceServer;
 use crate::pb::keys_service_server::KeysServiceServer;
@@ -119,27 +120,6 @@ impl OpenedStore {
 pub const STORE_FILE: &str = "switchyard.db";
 /// The embedded workflow engine's registry in `data_dir` (SQLite store).
 pub const WORKFLOWS_FILE: &str = "workflows.db";
-
-/// Calls a client may open and cancel before the server takes them, on one
-/// connection, before the server answers GOAWAY (`ENHANCE_YOUR_CALM`). A
-/// cancelled call the server never took costs it nothing but its place in
-/// the queue; a thousand covers a client whose every call times out at once.
-pub(crate) const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
-
-/// The flow-control window of one connection (every stream on it
-/// together), set rather than left to hyper's 1 MiB. h2 also bounds the
-/// DATA frames of under 256 bytes that wait unread on a connection: each
-/// counts 256 bytes less its own length against a budget of half this
-/// window, and past it h2 sends the connection away (GOAWAY
-/// `ENHANCE_YOUR_CALM`, "too_many_data_frames"). A worker's messages
-/// (completions, heartbeats, logs) are such frames, one each, and they pile
-/// up unread whenever the server pauses (a CPU-throttled container, a
-/// stalled machine): with 1 MiB, about 2,100 heartbeats or 2,700
-/// completions, a seventh of a second of bench b's rate on one worker
-/// connection, closed the connection and every task it ran. 8 MiB allows
-/// about 16,000 heartbeats or 21,000 completions, while a connection still
-/// holds at most 8 MiB of payload that nobody reads.
-pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Why `switchyard backup` wrote nothing, or not everything.
 #[derive(Debug, thiserror::Error)]
@@ -586,9 +566,9 @@ pub async fn run_with(
         // a connection's whole life, so a long-lived connection reached
         // hyper's 1,024 in normal use and was sent away (bench k, a minute
         // of load).
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+        .http2_max_pending_accept_reset_streams(Some(http2::MAX_PENDING_ACCEPT_RESETS))
         // A paused server's worker connections keep their piled-up messages.
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(http2::CONNECTION_WINDOW)
         // A server span per RPC, parented on the caller's traceparent, while
         // tracing is on (nothing otherwise).
         .trace_fn(crate::telemetry::grpc_request_span)

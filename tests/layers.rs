@@ -18,8 +18,9 @@ const LAYERS: &[&[&str]] = &[
     // Files read again when they change (the TLS certificate, the JWKS
     // file): below the modules that read them.
     &["reload"],
-    // Leaves: the model, logs/traces/metrics hooks, bearer tokens, TLS.
-    &["domain", "telemetry", "auth", "tls"],
+    // Leaves: the model, logs/traces/metrics hooks, bearer tokens, TLS, the
+    // HTTP/2 limits.
+    &["domain", "telemetry", "auth", "tls", "http2"],
     // Generated protos, their codec and Struct ⇄ JSON.
     &["pb"],
     &["store"],
