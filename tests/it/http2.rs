@@ -30,7 +30,7 @@ const CANCEL: u32 = 0x8;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// The server's limit on calls cancelled before it took them
-/// (`server::MAX_PENDING_ACCEPT_RESETS`).
+/// (`http2::MAX_PENDING_ACCEPT_RESETS`).
 const LIMIT: usize = 1024;
 
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
