@@ -420,12 +420,11 @@ impl tonic::server::UnaryService<pb::GetTaskLogsRequest> for LogsRead {
             let r = req.into_inner();
             let id = convert::parse_id("task_id", &r.task_id)?;
             let limit = logs_limit(r.limit)?;
-            let seen = store.get(id).await.map_err(CoreError::from)?;
-            if seen.is_none_or(|(t, _)| t.spec.namespace() != ns) {
-                return Err(CoreError::NotFound(id.to_string()).into());
-            }
-            let lines = store
-                .logs(id, r.after_line, limit + 1)
+            let task = match store.get(id).await.map_err(CoreError::from)? {
+                Some((t, _)) if t.spec.namespace() == ns => t,
+                _ => return Err(CoreError::NotFound(id.to_string()).into()),
+            };
+            let lines = crate::store::task_logs(&*store, &task, r.after_line, limit + 1)
                 .await
                 .map_err(CoreError::from)?;
             Ok(tonic::Response::new(logs_response(lines, limit)))

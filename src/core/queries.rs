@@ -214,11 +214,11 @@ impl Core {
         limit: usize,
     ) -> Result<Vec<LogEntry>, CoreError> {
         // Known task? (NOT_FOUND otherwise.)
-        self.status(id).await?;
+        let task = self.status(id).await?;
         // Lines queued but not yet committed are not shown; flush first so a
         // reader sees everything that happened before its call.
         self.flush_for_read().await?;
-        Ok(self.inner.store.logs(id, after, limit).await?)
+        Ok(crate::store::task_logs(&*self.inner.store, &task, after, limit).await?)
     }
 
     /// Waits for what is queued to be committed before a read, so the read

@@ -143,16 +143,19 @@ impl Core {
     ) -> Result<Vec<Result<Scheduled, CoreError>>, CoreError> {
         let mut fresh = Vec::with_capacity(items.len());
         let mut any_early = false;
-        for (new, engine) in items {
+        for (mut new, engine) in items {
             let early = overlaps_commit(engine, &new.spec);
             any_early |= early;
-            let mut msg = format!("scheduled ({})", new.spec.task_type.as_str());
-            if !new.delay.is_zero() {
-                msg.push_str(&format!(
-                    ", delayed {}",
+            // Without a delay, the first line is derived when the log is
+            // read (`TaskSpec::first_line_derived`): no log row.
+            let msg = (!new.delay.is_zero()).then(|| {
+                format!(
+                    "{}, delayed {}",
+                    LogEntry::scheduled(new.spec.task_type),
                     humantime::format_duration(new.delay)
-                ));
-            }
+                )
+            });
+            new.spec.first_line_derived = msg.is_none();
             let cached = cached_payload(&new.payload);
             let task = pending_task(new.spec, new.delay, engine.source(), now_micros());
             fresh.push(Fresh {
@@ -196,7 +199,7 @@ impl Core {
                                 t.spec.debounce_mode() == Some(debounce::Mode::Throttle)
                             });
                             match mine {
-                                Some((task, Some(payload)))
+                                Some((mut task, Some(payload)))
                                     if round < KEY_ROUNDS
                                         && debounce::key_expired(
                                             &old.spec,
@@ -210,10 +213,12 @@ impl Core {
                                             key: key.clone(),
                                         });
                                     }
-                                    let msg = format!(
-                                        "scheduled ({}); the key window of task {owner} had passed",
-                                        task.spec.task_type.as_str()
-                                    );
+                                    // This first line says more: stored.
+                                    Arc::make_mut(&mut task.spec).first_line_derived = false;
+                                    let msg = Some(format!(
+                                        "{}; the key window of task {owner} had passed",
+                                        LogEntry::scheduled(task.spec.task_type)
+                                    ));
                                     again.push(Fresh {
                                         task,
                                         payload: Payload::Json(payload.clone()),
@@ -351,7 +356,11 @@ impl Core {
             ops.push(WriteOp::Insert {
                 task: f.task.clone(),
                 payload: f.payload,
-                log: vec![LogEntry::system(f.task.id, 0, f.msg)],
+                log: f
+                    .msg
+                    .map(|m| LogEntry::system(f.task.id, 0, m))
+                    .into_iter()
+                    .collect(),
                 event: Some(EventKind::Scheduled),
             });
             kept.push((f.task, f.cached, f.early));
@@ -432,8 +441,9 @@ type InsertRx = oneshot::Receiver<Result<Vec<WriteOutcome>, Arc<crate::store::St
 struct Fresh {
     task: Task,
     payload: Payload,
-    /// Its first log line.
-    msg: String,
+    /// Its first log line, unless it is derived
+    /// (`TaskSpec::first_line_derived`).
+    msg: Option<String>,
     cached: Option<Arc<str>>,
     /// Queued before its insert is durable (see [`overlaps_commit`]).
     early: bool,
@@ -596,14 +606,17 @@ impl State {
     /// the current critical section's writes, and it is queued at once.
     pub(super) fn schedule_internal(&mut self, new: NewTask) -> Task {
         let source = self.cfg.routes.route(&new.spec).1.source();
-        let mut task = pending_task(new.spec, new.delay, source, self.now);
+        // Its first line, "scheduled (TYPE)", is derived when the log is
+        // read (`TaskSpec::first_line_derived`).
+        let mut spec = new.spec;
+        spec.first_line_derived = true;
+        let mut task = pending_task(spec, new.delay, source, self.now);
         task.rt.seq = self.seq();
         let cached = cached_payload(&new.payload);
-        let msg = format!("scheduled ({})", task.spec.task_type.as_str());
         self.push_op(WriteOp::Insert {
             task: task.clone(),
             payload: new.payload,
-            log: vec![LogEntry::system(task.id, 0, msg)],
+            log: Vec::new(),
             event: Some(EventKind::Scheduled),
         });
         self.counts

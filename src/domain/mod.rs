@@ -569,6 +569,15 @@ pub struct TaskSpec {
     /// (`debounce::Dedup`); boxed: most tasks have neither.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<Box<debounce::Dedup>>,
+    /// Its first log line, "scheduled (TYPE)", is not stored: it is derived
+    /// from the task when its log is read ([`Task::derived_first_line`]),
+    /// which spares every new task a log row (an insert into the log's
+    /// B-tree, and its removal). Set by the core on tasks whose first line
+    /// says nothing else (no delay); rows of earlier versions lack it and
+    /// keep their stored line. Here rather than in [`TaskRuntime`]: it is
+    /// fixed at creation, and the spec has room for it in its size class.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub first_line_derived: bool,
 }
 
 impl TaskSpec {
@@ -620,6 +629,7 @@ impl TaskSpec {
             retention: None,
             concurrency_key: None,
             dedup: None,
+            first_line_derived: false,
         }
     }
 
@@ -803,6 +813,19 @@ pub struct Task {
     pub spec: Arc<TaskSpec>,
     /// Where it is.
     pub rt: TaskRuntime,
+}
+
+impl Task {
+    /// Its first log line, when it is derived rather than stored
+    /// ([`TaskSpec::first_line_derived`]): "scheduled (TYPE)" at its
+    /// creation time, numbered [`LogEntry::DERIVED_LINE`].
+    pub fn derived_first_line(&self) -> Option<LogEntry> {
+        self.spec.first_line_derived.then(|| LogEntry {
+            line: LogEntry::DERIVED_LINE,
+            time: self.created_at,
+            ..LogEntry::system(self.id, 0, LogEntry::scheduled(self.spec.task_type))
+        })
+    }
 }
 
 /// A new task to schedule, as validated by the API edge.
@@ -1025,6 +1048,16 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// The number of a derived first line ([`Task::derived_first_line`]):
+    /// below every number the stores hand out, which start at 2, so it
+    /// comes first in its task's log and `after_line = 0` includes it.
+    pub const DERIVED_LINE: u64 = 1;
+
+    /// A new task's first line.
+    pub fn scheduled(task_type: TaskType) -> String {
+        format!("scheduled ({})", task_type.as_str())
+    }
+
     /// A system line at `info` level.
     pub fn system(task_id: TaskId, attempt: u32, message: impl Into<String>) -> Self {
         LogEntry {

@@ -89,6 +89,10 @@ macro_rules! store_contract {
                 crate::store::contract::a_rerun_leaves_the_ended_set(&$make).await
             }
             #[tokio::test]
+            async fn a_derived_first_line_comes_first_and_pages() {
+                crate::store::contract::a_derived_first_line_comes_first_and_pages(&$make).await
+            }
+            #[tokio::test]
             async fn filters_lists_counts_and_changes() {
                 crate::store::contract::filters_lists_counts_and_changes(&$make).await
             }
@@ -374,6 +378,67 @@ pub(crate) async fn insert_get_update_and_idempotency(h: &dyn Harness) {
     let logs = s.logs(a.id, 0, 10).await.unwrap();
     assert_eq!(logs.len(), 1);
     assert_eq!(s.logs(a.id, logs[0].line, 10).await.unwrap().len(), 0);
+    h.close(o).await;
+}
+
+/// A task whose first line is derived (`TaskSpec::first_line_derived`)
+/// stores none: its log reads "scheduled (TYPE)" at its creation time,
+/// numbered 1, then the stored lines, which a fresh store numbers from 2;
+/// pages split anywhere. A task without the flag reads its stored lines
+/// alone (rows of earlier versions).
+pub(crate) async fn a_derived_first_line_comes_first_and_pages(h: &dyn Harness) {
+    let o = h.open(super::LAZY_COMMIT_WITHIN).await;
+    let s = &*o.store;
+    let mut a = task(None);
+    Arc::make_mut(&mut a.spec).first_line_derived = true;
+    let (tx, rx) = oneshot::channel();
+    s.submit(
+        vec![
+            WriteOp::Insert {
+                task: a.clone(),
+                payload: Payload::Json(Arc::from("{}")),
+                log: Vec::new(),
+                event: Some(EventKind::Scheduled),
+            },
+            update(&a, TaskState::Running, 2),
+        ],
+        Some(tx),
+    );
+    rx.await.unwrap().unwrap();
+    assert!(
+        s.logs(a.id, 0, 10).await.unwrap().len() == 1,
+        "one stored line"
+    );
+    let (stored, _) = s.get(a.id).await.unwrap().unwrap();
+    assert!(stored.spec.first_line_derived, "the flag is stored");
+    let read = |after, limit| {
+        let stored = stored.clone();
+        async move { super::task_logs(s, &stored, after, limit).await.unwrap() }
+    };
+    let all = read(0, 10).await;
+    let msgs: Vec<(u64, &str)> = all.iter().map(|l| (l.line, l.message.as_str())).collect();
+    assert_eq!(msgs[0], (1, "scheduled (SIMPLE)"));
+    assert_eq!(msgs[1].1, "seq 2");
+    assert!(
+        msgs[1].0 >= 2,
+        "a fresh store numbers its lines from 2: {msgs:?}"
+    );
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[0].time, all[0].attempt), (a.created_at, 0));
+    assert_eq!(all[0].source, crate::domain::LogSource::System);
+    // Pages of one line: the derived line, then the stored one, then none.
+    assert_eq!(read(0, 1).await, all[..1]);
+    assert_eq!(read(1, 1).await, all[1..]);
+    assert!(read(all[1].line, 1).await.is_empty());
+    assert!(read(0, 0).await.is_empty());
+    // Without the flag: the stored lines only.
+    let b = task(None);
+    insert(s, &b).await;
+    let (b, _) = s.get(b.id).await.unwrap().unwrap();
+    let lines = super::task_logs(s, &b, 0, 10).await.unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].message, "scheduled");
+    assert!(lines[0].line >= 2);
     h.close(o).await;
 }
 

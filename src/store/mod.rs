@@ -383,11 +383,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Ended>, StoreError>;
 }
 
+/// A task's log lines after `after`, at most `limit`, oldest first: its
+/// derived first line ([`Task::derived_first_line`]) when `after` is below
+/// it, then the lines the store holds. Every reader of a log goes through
+/// here ([`Store::logs`] alone misses the derived line).
+pub async fn task_logs(
+    store: &dyn Store,
+    task: &Task,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<LogEntry>, StoreError> {
+    match task.derived_first_line() {
+        Some(first) if after < first.line && limit > 0 => {
+            let mut lines = vec![first];
+            if limit > 1 {
+                lines.extend(
+                    store
+                        .logs(task.id, LogEntry::DERIVED_LINE, limit - 1)
+                        .await?,
+                );
+            }
+            Ok(lines)
+        }
+        _ => store.logs(task.id, after, limit).await,
+    }
+}
+
 /// The messages of a task's first log lines (tests).
 #[cfg(test)]
 pub async fn log_messages(store: &dyn Store, id: TaskId) -> Vec<String> {
-    store
-        .logs(id, 0, 100)
+    let (task, _) = store.get(id).await.unwrap().expect("the task is stored");
+    task_logs(store, &task, 0, 100)
         .await
         .unwrap()
         .into_iter()

@@ -327,6 +327,25 @@ async fn an_idempotency_key_matches_within_its_window_and_creates_a_new_task_aft
     assert_eq!(outcome(&after), pb::ScheduleOutcome::Created);
     assert!(!after.existing);
     assert_ne!(after.task_id, first.task_id);
+    // Its first line says why it is new, once (that line is stored, not
+    // derived: the first attempt's task derived a plain one).
+    let lines = log_messages(&mut client, &after.task_id).await;
+    let scheduled: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("scheduled"))
+        .collect();
+    assert_eq!(
+        scheduled,
+        [&format!(
+            "scheduled (SIMPLE); the key window of task {} had passed",
+            first.task_id
+        )],
+        "{lines:?}"
+    );
+    assert_eq!(
+        log_messages(&mut client, &first.task_id).await[0],
+        "scheduled (SIMPLE)"
+    );
     // The new task holds the key now, for its own window.
     let again = schedule_full(&mut client, keyed("ttl-job", "order-7", None, 4)).await;
     assert_eq!(outcome(&again), pb::ScheduleOutcome::Existing);

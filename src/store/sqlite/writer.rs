@@ -781,13 +781,16 @@ impl LogLines {
                 r.get(0)
             })
             .optional()?;
+        // Numbers start at 2: 1 is a task's derived first line
+        // (`LogEntry::DERIVED_LINE`).
         let from = match reserved {
-            None => 1,
+            None => 2,
             Some(v) => v.parse::<i64>().map_err(|_| StoreError::Open {
                 path: "meta".into(),
                 reason: format!("{} is {v:?}, not a number", Self::KEY),
             })?,
-        };
+        }
+        .max(2);
         Ok(LogLines {
             next: std::cell::Cell::new(from),
             reserved: std::cell::Cell::new(from),
