@@ -405,8 +405,9 @@ pub(crate) async fn a_derived_first_line_comes_first_and_pages(h: &dyn Harness) 
         Some(tx),
     );
     rx.await.unwrap().unwrap();
-    assert!(
-        s.logs(a.id, 0, 10).await.unwrap().len() == 1,
+    assert_eq!(
+        s.logs(a.id, 0, 10).await.unwrap().len(),
+        1,
         "one stored line"
     );
     let (stored, _) = s.get(a.id).await.unwrap().unwrap();
